@@ -1,0 +1,2 @@
+//! `grape`: run a Grape (DHT node + HTTP API).
+fn main() {}

@@ -1,0 +1,2 @@
+//! `grenache`: the command-line client.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The Grape: a DHT node plus the HTTP API (`/announce`, `/lookup`, `/put`, `/get`).

@@ -1,0 +1,1 @@
+//! PUB/SUB over WebSocket.

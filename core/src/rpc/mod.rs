@@ -1,0 +1,306 @@
+//! Transport-independent RPC: the envelope, the server-side handler and reply handle, and the
+//! client-side transport contract.
+//!
+//! The wire envelope is the reference's, on every transport:
+//! * request: JSON array `[rid, key, payload]` (rid is a uuid-v4 string from our clients; servers
+//!   echo whatever JSON value arrives in slot 0);
+//! * reply: JSON array `[rid, error, result]`, where `error` is `null` or the error message string.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::tls::PeerCert;
+
+pub mod envelope;
+
+/// A boxed, sendable future, as returned by [`ClientTransport::request`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The message sent back when a handler drops its [`Reply`] without answering.
+pub const ERR_NO_REPLY: &str = "ERR_NO_REPLY";
+/// The message sent back when a handler panics.
+pub const ERR_HANDLER_PANIC: &str = "ERR_HANDLER_PANIC";
+/// The message sent back when a handler does not answer within the server's reply timeout.
+pub const ERR_TIMEOUT: &str = "ERR_TIMEOUT";
+
+/// Which transport a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// HTTP or HTTPS (grenache-nodejs-http).
+    #[default]
+    Http,
+    /// WebSocket, plain or TLS (grenache-nodejs-ws).
+    Ws,
+}
+
+/// HTTP-specific request details (the reference's `meta` argument).
+#[derive(Debug, Clone, Default)]
+pub struct HttpMeta {
+    /// The request came with `Transfer-Encoding: chunked` (the reference's `isStream`).
+    pub is_stream: bool,
+    /// The request carried `grc-compress: gzip`; the reply is gzipped too.
+    pub compress: bool,
+    /// The `_gr` header, parsed (`[rid, key]`), if present.
+    pub info_headers: Option<Value>,
+    /// The `_a` header (action), if present.
+    pub action: Option<String>,
+    /// The `_ar` header parsed as JSON, or `{}` when absent or invalid.
+    pub args: Value,
+}
+
+/// Who sent a request and how.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The transport the request arrived on.
+    pub transport: TransportKind,
+    /// The remote socket address, when known.
+    pub remote_addr: Option<SocketAddr>,
+    /// The client's TLS certificate, when the connection is TLS and the client sent one.
+    /// Its [`PeerCert::fingerprint`] is the SHA-1 `AA:BB:...` string Node apps key permissions on.
+    pub cert: Option<Arc<PeerCert>>,
+    /// HTTP details; `None` on other transports.
+    pub http: Option<HttpMeta>,
+}
+
+/// A request as a server handler sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The request id, exactly as sent (echoed in the reply).
+    pub rid: Value,
+    /// The service key (slot 1 of the envelope). A non-string key is given as its JSON text.
+    pub key: String,
+    /// The payload (slot 2), `null` when absent.
+    pub payload: Value,
+    /// Transport details.
+    pub info: RequestInfo,
+}
+
+/// What a handler answers: a result, or an error message that travels to the client.
+pub type ReplyBody = std::result::Result<Value, String>;
+
+/// The handle a server gives a handler with each request, to answer it exactly once.
+///
+/// It is `Send`: answer later, from any thread or task. Answering consumes it, so a second answer
+/// cannot compile. Dropping it unanswered sends the error `ERR_NO_REPLY`; dropping it while a panic
+/// unwinds sends `ERR_HANDLER_PANIC`. Either way the client gets a reply instead of a timeout.
+#[derive(Debug)]
+pub struct Reply {
+    rid: Value,
+    tx: Option<oneshot::Sender<ReplyBody>>,
+}
+
+/// The receiving side of a [`Reply`], held by the transport.
+pub type ReplyReceiver = oneshot::Receiver<ReplyBody>;
+
+impl Reply {
+    /// A new reply handle for `rid` and the receiver the transport awaits.
+    pub fn new(rid: Value) -> (Reply, ReplyReceiver) {
+        let (tx, rx) = oneshot::channel();
+        (Reply { rid, tx: Some(tx) }, rx)
+    }
+
+    /// The id of the request this handle answers.
+    pub fn rid(&self) -> &Value {
+        &self.rid
+    }
+
+    /// True when nobody waits for the answer any more (the connection closed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    /// Answers with a result.
+    pub fn ok(self, result: Value) {
+        self.send(Ok(result));
+    }
+
+    /// Answers with an error message; the client receives it as an [`ErrorKind::Remote`] error.
+    pub fn err(self, message: impl Into<String>) {
+        self.send(Err(message.into()));
+    }
+
+    /// Answers with a result or an error.
+    pub fn send(mut self, body: ReplyBody) {
+        if let Some(tx) = self.tx.take() {
+            // The receiver is gone only when the client's connection closed: nothing to do.
+            let _ = tx.send(body);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let msg = if std::thread::panicking() { ERR_HANDLER_PANIC } else { ERR_NO_REPLY };
+            let _ = tx.send(Err(msg.to_string()));
+        }
+    }
+}
+
+/// A server-side request handler.
+///
+/// `handle` runs on a runtime worker thread and must not block: answer through the [`Reply`] at
+/// once, or move it into a task and answer later. Closures `Fn(Request, Reply)` are handlers.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request.
+    fn handle(&self, request: Request, reply: Reply);
+}
+
+impl<F> Handler for F
+where
+    F: Fn(Request, Reply) + Send + Sync + 'static,
+{
+    fn handle(&self, request: Request, reply: Reply) {
+        self(request, reply)
+    }
+}
+
+/// A handler made from an async function: each request runs in its own task.
+///
+/// ```
+/// # use grenache::rpc::handler_fn;
+/// let h = handler_fn(|req| async move {
+///     Ok::<_, String>(serde_json::json!(format!("{}: world", req.payload)))
+/// });
+/// ```
+pub fn handler_fn<F, Fut, E>(f: F) -> impl Handler
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<Value, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    move |req: Request, reply: Reply| {
+        let fut = f(req);
+        tokio::spawn(async move {
+            reply.send(fut.await.map_err(|e| e.to_string()));
+        });
+    }
+}
+
+/// Runs `handler` on `request` and waits for its answer, as every server transport does.
+///
+/// A panic in the handler becomes `ERR_HANDLER_PANIC`, a dropped reply `ERR_NO_REPLY`, and no
+/// answer within `reply_timeout` (when set) becomes `ERR_TIMEOUT`.
+pub async fn dispatch(handler: &dyn Handler, request: Request, reply_timeout: Option<Duration>) -> ReplyBody {
+    let (reply, rx) = Reply::new(request.rid.clone());
+    if std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(request, reply))).is_err() {
+        tracing::warn!("rpc handler panicked");
+    }
+    let received = match reply_timeout {
+        Some(t) => match tokio::time::timeout(t, rx).await {
+            Ok(r) => r,
+            Err(_) => return Err(ERR_TIMEOUT.to_string()),
+        },
+        None => rx.await,
+    };
+    received.unwrap_or_else(|_| Err(ERR_NO_REPLY.to_string()))
+}
+
+/// A request on its way out, as given to a [`ClientTransport`].
+#[derive(Debug, Clone)]
+pub struct OutgoingRequest {
+    /// The request id (uuid v4).
+    pub rid: String,
+    /// The service key.
+    pub key: Arc<str>,
+    /// The payload, already serialised as JSON text (serialised once, shared by `map` and retries).
+    pub payload_json: Arc<str>,
+    /// Give up after this long. `None` waits forever (not recommended).
+    pub timeout: Option<Duration>,
+    /// HTTP only: gzip the request and expect a gzipped reply (`grc-compress: gzip`).
+    pub compress: bool,
+}
+
+impl OutgoingRequest {
+    /// The envelope `[rid, key, payload]` as bytes.
+    pub fn envelope(&self) -> Vec<u8> {
+        envelope::encode_request(&self.rid, &self.key, &self.payload_json)
+    }
+}
+
+/// The client side of a transport (HTTP, WS): sends one request to one destination.
+///
+/// Implementations own their connection pooling and must honour `timeout` exactly; dropping the
+/// returned future cancels the request and frees what it held.
+pub trait ClientTransport: Send + Sync + 'static {
+    /// Sends `request` to `dest` (`"host:port"`) and resolves to the reply's result. An error reply
+    /// is an [`ErrorKind::Remote`] error carrying the remote message.
+    fn request(&self, dest: &str, request: OutgoingRequest) -> BoxFuture<'static, Result<Value>>;
+
+    /// How many live connections this transport holds to `dest` (used for `maxActiveKeyDests`).
+    fn active_connections(&self, dest: &str) -> usize;
+
+    /// Closes every connection. Requests in flight fail with [`ErrorKind::Closed`].
+    fn close(&self);
+}
+
+/// Turns a decoded reply `(err, result)` into the client's result.
+pub fn reply_to_result(err: Option<String>, result: Value) -> Result<Value> {
+    match err {
+        Some(msg) => Err(Error::new(ErrorKind::Remote, msg)),
+        None => Ok(result),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(payload: Value) -> Request {
+        Request { rid: json!("r1"), key: "k".into(), payload, info: RequestInfo::default() }
+    }
+
+    #[tokio::test]
+    async fn dropped_reply_sends_no_reply_error() {
+        let h = |_req: Request, _reply: Reply| {};
+        assert_eq!(dispatch(&h, req(json!(1)), None).await, Err(ERR_NO_REPLY.to_string()));
+    }
+
+    #[tokio::test]
+    async fn panicking_handler_sends_panic_error() {
+        let h = |_req: Request, _reply: Reply| panic!("boom");
+        assert_eq!(dispatch(&h, req(json!(1)), None).await, Err(ERR_HANDLER_PANIC.to_string()));
+    }
+
+    #[tokio::test]
+    async fn reply_from_another_task_arrives() {
+        let h = |req: Request, reply: Reply| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                reply.ok(json!([req.payload, "world"]));
+            });
+        };
+        assert_eq!(dispatch(&h, req(json!("hello")), None).await, Ok(json!(["hello", "world"])));
+    }
+
+    #[tokio::test]
+    async fn silent_handler_times_out() {
+        let h = |_req: Request, reply: Reply| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(reply);
+            });
+        };
+        let r = dispatch(&h, req(json!(1)), Some(Duration::from_millis(20))).await;
+        assert_eq!(r, Err(ERR_TIMEOUT.to_string()));
+    }
+
+    #[tokio::test]
+    async fn handler_fn_maps_errors_to_messages() {
+        let h = handler_fn(|req: Request| async move {
+            if req.payload == json!("fail") { Err("ERR_BOOM") } else { Ok(json!("world")) }
+        });
+        assert_eq!(dispatch(&h, req(json!("fail")), None).await, Err("ERR_BOOM".to_string()));
+        assert_eq!(dispatch(&h, req(json!("x")), None).await, Ok(json!("world")));
+    }
+}

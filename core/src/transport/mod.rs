@@ -1,0 +1,1 @@
+//! Transports: one module per wire protocol, each with its client and its server.

@@ -1,0 +1,1 @@
+//! Support for the end-to-end tests: locating and starting the Node.js reference peers.
