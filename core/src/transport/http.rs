@@ -806,8 +806,12 @@ async fn handle_request(
         Ok(d) => d,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, &format!("ERR_DECODE: {}", e.message())),
     };
+    // Like the reference, each `_gr` slot wins only when it is truthy.
     let (rid, key) = match gr_rid_key {
-        Some((rid, key)) => (rid, key),
+        Some((rid, key)) => (
+            if is_truthy(&rid) { rid } else { decoded.rid },
+            if key.is_empty() || key == "0" || key == "false" { decoded.key } else { key },
+        ),
         None => (decoded.rid, decoded.key),
     };
     let request = Request { rid: rid.clone(), key, payload: decoded.payload, info };
@@ -820,6 +824,15 @@ async fn handle_request(
         }
     } else {
         full(StatusCode::OK, out)
+    }
+}
+
+fn is_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        _ => true,
     }
 }
 
