@@ -234,12 +234,74 @@ typedef uint32_t grenache_transport;
 #endif // __cplusplus
 
 /**
+ * How a TLS server treats client certificates (the `client_auth` argument of
+ * `grenache_server_tls_new`).
+ */
+enum grenache_client_auth
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Do not ask for a client certificate.
+     */
+    GRENACHE_CLIENT_AUTH_NONE = 0,
+    /**
+     * Ask for one; a certificate the client sends must chain to the CA.
+     */
+    GRENACHE_CLIENT_AUTH_OPTIONAL = 1,
+    /**
+     * The client must send a certificate that chains to the CA.
+     */
+    GRENACHE_CLIENT_AUTH_REQUIRED = 2,
+    /**
+     * Ask for one and accept any (or none) without checking its issuer, like Node's
+     * `requestCert: true, rejectUnauthorized: false`; decide in the handler with
+     * `grenache_request_fingerprint`.
+     */
+    GRENACHE_CLIENT_AUTH_ANY = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum grenache_client_auth grenache_client_auth;
+#else
+typedef uint32_t grenache_client_auth;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * An RPC client: finds the workers of a service through a Link and sends them requests.
+ * Thread-safe. Create it with `grenache_client_new_http`; free it with `grenache_client_free`.
+ */
+typedef struct grenache_client grenache_client;
+
+/**
+ * TLS settings of a client: the CA that server certificates must chain to and an optional
+ * client certificate. Immutable once built. Free with `grenache_client_tls_free`.
+ */
+typedef struct grenache_client_tls grenache_client_tls;
+
+/**
  * The detail of a failed asynchronous operation, handed to its completion callback.
  *
  * Borrowed: valid only until the callback returns; never free it. Read it with
  * `grenache_error_code` and `grenache_error_message`.
  */
 typedef struct grenache_error grenache_error;
+
+/**
+ * An ed25519 key pair that signs mutable DHT items (`grenache_link_put_mutable`).
+ * Create it with `grenache_keypair_generate` or `grenache_keypair_from_secret_hex`, free it with
+ * `grenache_keypair_free`. Immutable, so thread-safe.
+ */
+typedef struct grenache_keypair grenache_keypair;
+
+/**
+ * A Link: the client of one Grape's HTTP API (lookups with a cache, announces, DHT put/get).
+ * Create it with `grenache_link_new`, free it with `grenache_link_free`. Thread-safe: its
+ * functions may be called from many threads at once.
+ */
+typedef struct grenache_link grenache_link;
 
 /**
  * The handle to answer one request, exactly once, from any thread, now or later.
@@ -271,9 +333,87 @@ typedef struct grenache_request grenache_request;
  */
 typedef struct grenache_runtime grenache_runtime;
 
+/**
+ * A listening RPC server. Each request goes to its handler callback with a `grenache_reply` to
+ * answer. Create it with `grenache_server_new_http`; free it with `grenache_server_free`.
+ */
+typedef struct grenache_server grenache_server;
+
+/**
+ * TLS settings of a server: its certificate and key, and how it treats client certificates.
+ * Immutable once built; may be shared by several servers. Free with `grenache_server_tls_free`.
+ */
+typedef struct grenache_server_tls grenache_server_tls;
+
+/**
+ * The completion of an operation that yields JSON text (a request's result, a lookup's peer
+ * list, a put's hash, a get's item). Fires exactly once, on a worker thread (or, with
+ * `GRENACHE_RESULT_CANCELLED`, on the thread that frees the handle).
+ *
+ * On success `code` is `GRENACHE_RESULT_OK`, `err` is NULL and `json`/`json_len` hold the result
+ * as NUL-terminated JSON text. On failure `err` holds the detail (for `GRENACHE_RESULT_REMOTE`
+ * the remote handler's own text) and `json` is NULL. `err` and `json` are borrowed: valid only
+ * until the callback returns.
+ */
+typedef void (*grenache_json_cb)(void *userdata, grenache_result code, const grenache_error *err, const char *json, size_t json_len);
+
+/**
+ * The completion of an operation that yields nothing (an announce). Fires exactly once, like
+ * `grenache_json_cb`; `err` is NULL on success and borrowed otherwise.
+ */
+typedef void (*grenache_done_cb)(void *userdata, grenache_result code, const grenache_error *err);
+
+/**
+ * A request handler: called for each request, on a worker thread, possibly concurrently.
+ *
+ * It receives the `userdata` given at registration, the borrowed `req` (valid until it returns)
+ * and the owned `reply`, which it must answer or free exactly once, now or later, from any thread.
+ * It must not block for long (it holds a worker thread); it may call any non-blocking function
+ * of this library, including `grenache_reply_*` and starting client requests.
+ */
+typedef void (*grenache_handler_cb)(void *userdata, const grenache_request *req, grenache_reply *reply);
+
+/**
+ * Destroys the `userdata` of a long-lived callback. Called exactly once, after the last call of
+ * that callback returned, on any thread. May be NULL when the userdata needs no cleanup.
+ */
+typedef void (*grenache_free_cb)(void *userdata);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Creates an HTTP RPC client (grenache-nodejs-http compatible) that finds workers through
+ * `link`; with `tls` (NULL: plain HTTP) it speaks HTTPS (settings copied). Non-blocking.
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_client_new_http(const grenache_link *link, const grenache_client_tls *tls, grenache_client **out);
+
+/**
+ * Sends the JSON payload `json` (`json_len` bytes, e.g. `"\"hello\""`) to one worker of the
+ * service `key` and waits at most `timeout_ms` ms (0: 30 s). `cb` fires exactly once with the
+ * result as JSON text, or an error: `LOOKUP_EMPTY`, `TIMEOUT`, `CONNECT`, `REMOTE` (the error
+ * detail's message is the remote handler's text), `CANCELLED` (client freed first)...
+ *
+ * Non-blocking; allowed inside callbacks. Argument errors (`NULL_PARAMETER`, `INVALID_UTF8`)
+ * are returned without calling `cb`; a payload that is not JSON completes with
+ * `INVALID_ARGUMENT`.
+ */
+grenache_result grenache_client_request(const grenache_client *client, const char *key, const char *json, size_t json_len, uint64_t timeout_ms, grenache_json_cb cb, void *userdata);
+
+/**
+ * Sends the JSON payload to every worker of `key` at once; `cb` fires exactly once with their
+ * results as a JSON array text, or the first error. Same contract as `grenache_client_request`.
+ */
+grenache_result grenache_client_map(const grenache_client *client, const char *key, const char *json, size_t json_len, uint64_t timeout_ms, grenache_json_cb cb, void *userdata);
+
+/**
+ * Fires the completions of requests in flight with `GRENACHE_RESULT_CANCELLED` (on this
+ * thread), closes connections and frees the client; after it returns none of its callbacks runs
+ * any more. NULL is ignored. Allowed inside callbacks (including its own completions).
+ */
+void grenache_client_free(grenache_client *client);
 
 /**
  * The stable name of a result code: `"OK"`, `"ERR_TIMEOUT"`, `"ERR_GRAPE_LOOKUP_EMPTY"`...
@@ -310,6 +450,108 @@ grenache_result grenache_error_code(const grenache_error *err);
  * Borrowed from `err`: valid only until the completion callback returns; copy it to keep it.
  */
 const char *grenache_error_message(const grenache_error *err);
+
+/**
+ * Creates a Link to the Grape HTTP API at `grape_url` (`"http://127.0.0.1:30001"`), run by `rt`.
+ *
+ * Ownership: the caller owns `*out` and frees it with `grenache_link_free`; `rt` is not taken
+ * (the Link keeps its own reference to the worker threads). Errors: `NULL_PARAMETER`,
+ * `INVALID_UTF8`, `INVALID_ARGUMENT` (not an `http://host:port` URL). Non-blocking.
+ */
+grenache_result grenache_link_new(const grenache_runtime *rt, const char *grape_url, grenache_link **out);
+
+/**
+ * Frees a Link: stops its keep-announcing loops and fires the completions of its calls in flight
+ * with `GRENACHE_RESULT_CANCELLED` (on this thread) before returning; after it returns none of
+ * its callbacks runs any more. Servers and clients created from the Link keep working (they hold
+ * their own reference). NULL is ignored. Allowed inside callbacks.
+ */
+void grenache_link_free(grenache_link *link);
+
+/**
+ * Looks up the peers announcing `name`. `cb` gets a JSON array of `"host:port"` strings, or
+ * `GRENACHE_RESULT_LOOKUP_EMPTY` when nobody announces it.
+ *
+ * Non-blocking; allowed inside callbacks. Returns `NULL_PARAMETER` / `INVALID_UTF8` without
+ * calling `cb`; otherwise returns OK and `cb` fires exactly once.
+ */
+grenache_result grenache_link_lookup(const grenache_link *link, const char *name, grenache_json_cb cb, void *userdata);
+
+/**
+ * Announces once that `name` is served on `port` of this host. `cb` fires exactly once.
+ *
+ * Non-blocking; allowed inside callbacks. Argument errors are returned without calling `cb`.
+ */
+grenache_result grenache_link_announce(const grenache_link *link, const char *name, uint16_t port, grenache_done_cb cb, void *userdata);
+
+/**
+ * Keeps announcing `name` on `port`: now, then every `interval_ms` milliseconds (jittered ±50 %;
+ * keep it well under the Grape's 2-minute peer age) until `grenache_link_stop_announcing` or
+ * `grenache_link_free`. Starting it again for a running `(name, port)` does nothing.
+ * Non-blocking; allowed inside callbacks. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
+ * `INVALID_ARGUMENT` (interval 0).
+ */
+grenache_result grenache_link_start_announcing(const grenache_link *link, const char *name, uint16_t port, uint64_t interval_ms);
+
+/**
+ * Stops the keep-announcing loop of `(name, port)`. Returns `INVALID_STATE` when none runs.
+ */
+grenache_result grenache_link_stop_announcing(const grenache_link *link, const char *name, uint16_t port);
+
+/**
+ * Stores the JSON value in `json` (`json_len` bytes) in the DHT as an immutable item. `cb` gets
+ * the item's hash as a JSON string (`"\"8c3f...\""`). Invalid JSON completes with
+ * `INVALID_ARGUMENT`. Non-blocking; allowed inside callbacks.
+ */
+grenache_result grenache_link_put(const grenache_link *link, const char *json, size_t json_len, grenache_json_cb cb, void *userdata);
+
+/**
+ * Signs the JSON value in `json` with `key` and stores it as a mutable item with sequence number
+ * `seq` and an optional `salt` (NULL for none). `cb` gets the item's hash as a JSON string.
+ * A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking.
+ */
+grenache_result grenache_link_put_mutable(const grenache_link *link, const grenache_keypair *key, const char *json, size_t json_len, int64_t seq, const char *salt, grenache_json_cb cb, void *userdata);
+
+/**
+ * Reads the DHT item with hex hash `hash` (and `salt`, or NULL, for salted mutable items). `cb`
+ * gets the item as a JSON object (`{"v": ..., "k": ..., "seq": ...}`), or the JSON text `null`
+ * when there is none. Non-blocking; allowed inside callbacks.
+ */
+grenache_result grenache_link_get(const grenache_link *link, const char *hash, const char *salt, grenache_json_cb cb, void *userdata);
+
+/**
+ * Generates a random key pair into `*out` (owned by the caller: `grenache_keypair_free`).
+ */
+grenache_result grenache_keypair_generate(grenache_keypair **out);
+
+/**
+ * The key pair of a 32-byte secret seed given as 64 hex characters, into `*out` (owned by the
+ * caller). Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT`.
+ */
+grenache_result grenache_keypair_from_secret_hex(const char *secret_hex, grenache_keypair **out);
+
+/**
+ * Writes the public key as 64 hex characters plus a NUL into `buf` (`len` >= 65) and 64 into
+ * `*out_n`. Nothing is written on error (`NULL_PARAMETER`, `BUFFER_TOO_SMALL`).
+ */
+grenache_result grenache_keypair_public_hex(const grenache_keypair *key, char *buf, size_t len, size_t *out_n);
+
+/**
+ * Writes the secret seed as 64 hex characters plus a NUL into `buf` (`len` >= 65) and 64 into
+ * `*out_n`. Nothing is written on error (`NULL_PARAMETER`, `BUFFER_TOO_SMALL`).
+ */
+grenache_result grenache_keypair_secret_hex(const grenache_keypair *key, char *buf, size_t len, size_t *out_n);
+
+/**
+ * Writes the hex hash under which the mutable items of `key` (with `salt`, or NULL) are stored:
+ * 40 hex characters plus a NUL into `buf` (`len` >= 41), 40 into `*out_n`.
+ */
+grenache_result grenache_keypair_target_hex(const grenache_keypair *key, const char *salt, char *buf, size_t len, size_t *out_n);
+
+/**
+ * Frees a key pair. NULL is ignored.
+ */
+void grenache_keypair_free(grenache_keypair *key);
 
 /**
  * The service key of a request (`"rpc_test"`) as a NUL-terminated string, borrowed from `req`.
@@ -393,6 +635,78 @@ grenache_result grenache_runtime_new(size_t worker_threads, grenache_runtime **o
  * wait for the workers: the shutdown then continues on a helper thread and this returns at once.
  */
 void grenache_runtime_free(grenache_runtime *rt);
+
+/**
+ * Starts an HTTP RPC server (grenache-nodejs-http compatible) on `port` (0: any free port; read
+ * it back with `grenache_server_port`), serving `handler`, announced through `link`. With `tls`
+ * (NULL: plain HTTP) it is HTTPS; the settings are copied.
+ *
+ * `handler` is called for each request on a worker thread, possibly concurrently, with
+ * `userdata`; `free_userdata` (may be NULL) runs exactly once after the server is freed and its
+ * last handler call returned, also when this call fails.
+ *
+ * Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `IO` (bind failed),
+ * `INVALID_STATE`.
+ */
+grenache_result grenache_server_new_http(const grenache_link *link, uint16_t port, const grenache_server_tls *tls, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
+
+/**
+ * The port the server listens on (0 when `server` is NULL).
+ */
+uint16_t grenache_server_port(const grenache_server *server);
+
+/**
+ * Announces `name` on the server's port once; `cb` fires exactly once. Non-blocking.
+ */
+grenache_result grenache_server_announce(const grenache_server *server, const char *name, grenache_done_cb cb, void *userdata);
+
+/**
+ * Keeps announcing `name` on the server's port every `interval_ms` ms (jittered ±50 %) until
+ * `grenache_server_stop_announcing` or `grenache_server_free`. Non-blocking. Errors:
+ * `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT` (interval 0).
+ */
+grenache_result grenache_server_start_announcing(const grenache_server *server, const char *name, uint64_t interval_ms);
+
+/**
+ * Stops announcing `name`. Returns `INVALID_STATE` when it was not announced.
+ */
+grenache_result grenache_server_stop_announcing(const grenache_server *server, const char *name);
+
+/**
+ * Stops announcing, stops listening and closes connections, fires pending announce completions
+ * with `GRENACHE_RESULT_CANCELLED`, then frees the server. Requests being handled may still be
+ * answered (their replies go nowhere); `free_userdata` runs after the last handler call. NULL is
+ * ignored. Allowed inside callbacks.
+ */
+void grenache_server_free(grenache_server *server);
+
+/**
+ * Builds server TLS settings from PEM text: `cert_pem` (the chain), `key_pem`, `client_ca_pem`
+ * (NULL: none) and `client_auth` (one of `GRENACHE_CLIENT_AUTH_*`). Writes `*out` (owned by the
+ * caller) on success. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT` (unknown
+ * `client_auth`), `CERTIFICATE` (unparsable PEM), `TLS_CONFIG`.
+ */
+grenache_result grenache_server_tls_new(const char *cert_pem, const char *key_pem, const char *client_ca_pem, uint32_t client_auth, grenache_server_tls **out);
+
+/**
+ * Frees server TLS settings (servers built with them keep their own copy). NULL is ignored.
+ */
+void grenache_server_tls_free(grenache_server_tls *tls);
+
+/**
+ * Builds client TLS settings from PEM text: `ca_pem` (the CA that server certificates must chain
+ * to), and optionally a client certificate `cert_pem` + `key_pem` (both NULL for none). Server
+ * names are not checked (Grenache peers are addressed by IP). Writes `*out` (owned by the
+ * caller) on success. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT` (only one of
+ * cert/key), `CERTIFICATE`, `TLS_CONFIG`.
+ */
+grenache_result grenache_client_tls_new(const char *ca_pem, const char *cert_pem, const char *key_pem, grenache_client_tls **out);
+
+/**
+ * Frees client TLS settings (clients built with them keep their own copy). NULL is ignored.
+ */
+void grenache_client_tls_free(grenache_client_tls *tls);
 
 /**
  * The library version as a static NUL-terminated string, `"grenache/MAJOR.MINOR.PATCH"`.

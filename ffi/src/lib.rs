@@ -6,15 +6,18 @@
 //! generated header, `include/grenache.h`.
 #![allow(non_camel_case_types)]
 #![warn(missing_docs)]
-// Adapters (userdata, request views) used by the server and client wrappers as transports land.
-#![allow(dead_code)]
 
 mod panic;
 mod ptr;
 
+pub mod callback;
+pub mod client;
 pub mod error;
+pub mod link;
 pub mod reply;
 pub mod runtime;
+pub mod server;
+pub mod tls;
 pub mod version;
 
 pub use error::{grenache_error, grenache_result};

@@ -235,8 +235,9 @@ impl Drop for OwnedUserData {
 /// Adapts a C handler callback into a core [`Handler`]; the userdata destructor runs when the
 /// returned handler (and every clone of it held by in-flight requests) is dropped.
 pub(crate) fn c_handler(cb: grenache_handler_cb, userdata: *mut c_void, free: grenache_free_cb) -> Option<Arc<dyn Handler>> {
-    let f = cb?;
+    // Own the userdata first, so that it is freed even when the callback is missing.
     let ud = OwnedUserData::new(userdata, free);
+    let f = cb?;
     Some(Arc::new(move |request: Request, reply: Reply| {
         let view = grenache_request::from_request(&request);
         let r = Box::into_raw(Box::new(grenache_reply { reply }));

@@ -17,9 +17,20 @@
 //! (they would stall the runtime that must make them progress) and return
 //! [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) there instead; see [`on_worker_thread`].
 
+mod client;
+mod link;
 mod ops;
-mod runtime;
 pub mod rpc;
+mod runtime;
+mod server;
 
+pub use client::{ClientOptions, ClientTransportKind, EmbedClient};
+pub use link::EmbedLink;
 pub use ops::{Ops, in_completion};
 pub use runtime::{Runtime, RuntimeOptions, on_worker_thread};
+pub use server::{EmbedServer, ServerOptions, ServerTransportKind};
+
+/// Re-exports the option types the facade's callers fill in.
+pub use crate::link::{Keypair, LinkConfig, MutableItem};
+pub use crate::rpc::RequestOptions;
+pub use crate::tls::{ClientTls, ServerTls};

@@ -1,0 +1,105 @@
+//! `grenache_client`: an RPC client (the reference's `PeerRPCClient`).
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use grenache_core::embed::{ClientOptions, ClientTransportKind, EmbedClient, RequestOptions};
+
+use crate::callback::{grenache_json_cb, json_completion, try_callback};
+use crate::error::grenache_result;
+use crate::link::grenache_link;
+use crate::panic::ffi_panic_boundary;
+use crate::ptr::{try_box, try_ref, try_str, try_str_len, write_out};
+use crate::tls::grenache_client_tls;
+
+/// An RPC client: finds the workers of a service through a Link and sends them requests.
+/// Thread-safe. Create it with `grenache_client_new_http`; free it with `grenache_client_free`.
+#[derive(Debug)]
+pub struct grenache_client {
+    inner: EmbedClient,
+}
+
+/// Creates an HTTP RPC client (grenache-nodejs-http compatible) that finds workers through
+/// `link`; with `tls` (NULL: plain HTTP) it speaks HTTPS (settings copied). Non-blocking.
+/// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_new_http(link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+        match EmbedClient::new(&link.inner, ClientTransportKind::Http, ClientOptions { tls, default_timeout: None }) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_client { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+fn opts(timeout_ms: u64) -> RequestOptions {
+    RequestOptions { timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)), ..Default::default() }
+}
+
+/// Sends the JSON payload `json` (`json_len` bytes, e.g. `"\"hello\""`) to one worker of the
+/// service `key` and waits at most `timeout_ms` ms (0: 30 s). `cb` fires exactly once with the
+/// result as JSON text, or an error: `LOOKUP_EMPTY`, `TIMEOUT`, `CONNECT`, `REMOTE` (the error
+/// detail's message is the remote handler's text), `CANCELLED` (client freed first)...
+///
+/// Non-blocking; allowed inside callbacks. Argument errors (`NULL_PARAMETER`, `INVALID_UTF8`)
+/// are returned without calling `cb`; a payload that is not JSON completes with
+/// `INVALID_ARGUMENT`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_request(
+    client: *const grenache_client,
+    key: *const c_char,
+    json: *const c_char,
+    json_len: usize,
+    timeout_ms: u64,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        let key = try_str!(key);
+        let text = try_str_len!(json, json_len);
+        let cb = try_callback!(cb);
+        c.inner.request(key.to_string(), text, opts(timeout_ms), json_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// Sends the JSON payload to every worker of `key` at once; `cb` fires exactly once with their
+/// results as a JSON array text, or the first error. Same contract as `grenache_client_request`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_map(
+    client: *const grenache_client,
+    key: *const c_char,
+    json: *const c_char,
+    json_len: usize,
+    timeout_ms: u64,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        let key = try_str!(key);
+        let text = try_str_len!(json, json_len);
+        let cb = try_callback!(cb);
+        c.inner.map(key.to_string(), text, opts(timeout_ms), json_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// Fires the completions of requests in flight with `GRENACHE_RESULT_CANCELLED` (on this
+/// thread), closes connections and frees the client; after it returns none of its callbacks runs
+/// any more. NULL is ignored. Allowed inside callbacks (including its own completions).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_free(client: *mut grenache_client) {
+    ffi_panic_boundary! {
+        drop(try_box!(client));
+    }
+}

@@ -1,0 +1,268 @@
+//! `grenache_link`: the client of a Grape's HTTP API, and `grenache_keypair` for mutable items.
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use grenache_core::embed::{EmbedLink, Keypair, LinkConfig, MutableItem};
+
+use crate::callback::{done_completion, grenache_done_cb, grenache_json_cb, json_completion, try_callback};
+use crate::error::grenache_result;
+use crate::panic::ffi_panic_boundary;
+use crate::ptr::{try_box, try_ref, try_str, try_str_len, write_out};
+use crate::runtime::grenache_runtime;
+
+/// A Link: the client of one Grape's HTTP API (lookups with a cache, announces, DHT put/get).
+/// Create it with `grenache_link_new`, free it with `grenache_link_free`. Thread-safe: its
+/// functions may be called from many threads at once.
+#[derive(Debug)]
+pub struct grenache_link {
+    pub(crate) inner: EmbedLink,
+}
+
+/// An ed25519 key pair that signs mutable DHT items (`grenache_link_put_mutable`).
+/// Create it with `grenache_keypair_generate` or `grenache_keypair_from_secret_hex`, free it with
+/// `grenache_keypair_free`. Immutable, so thread-safe.
+#[derive(Debug)]
+pub struct grenache_keypair {
+    inner: Keypair,
+}
+
+/// Creates a Link to the Grape HTTP API at `grape_url` (`"http://127.0.0.1:30001"`), run by `rt`.
+///
+/// Ownership: the caller owns `*out` and frees it with `grenache_link_free`; `rt` is not taken
+/// (the Link keeps its own reference to the worker threads). Errors: `NULL_PARAMETER`,
+/// `INVALID_UTF8`, `INVALID_ARGUMENT` (not an `http://host:port` URL). Non-blocking.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_new(rt: *const grenache_runtime, grape_url: *const c_char, out: *mut *mut grenache_link) -> grenache_result {
+    ffi_panic_boundary! {
+        let rt = try_ref!(rt);
+        let url = try_str!(grape_url);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        match EmbedLink::new(&rt.rt, LinkConfig::with_grape(url)) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Frees a Link: stops its keep-announcing loops and fires the completions of its calls in flight
+/// with `GRENACHE_RESULT_CANCELLED` (on this thread) before returning; after it returns none of
+/// its callbacks runs any more. Servers and clients created from the Link keep working (they hold
+/// their own reference). NULL is ignored. Allowed inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_free(link: *mut grenache_link) {
+    ffi_panic_boundary! {
+        drop(try_box!(link));
+    }
+}
+
+/// Looks up the peers announcing `name`. `cb` gets a JSON array of `"host:port"` strings, or
+/// `GRENACHE_RESULT_LOOKUP_EMPTY` when nobody announces it.
+///
+/// Non-blocking; allowed inside callbacks. Returns `NULL_PARAMETER` / `INVALID_UTF8` without
+/// calling `cb`; otherwise returns OK and `cb` fires exactly once.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_lookup(link: *const grenache_link, name: *const c_char, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        let cb = try_callback!(cb);
+        link.inner.lookup(name.to_string(), json_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// Announces once that `name` is served on `port` of this host. `cb` fires exactly once.
+///
+/// Non-blocking; allowed inside callbacks. Argument errors are returned without calling `cb`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_announce(link: *const grenache_link, name: *const c_char, port: u16, cb: grenache_done_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        let cb = try_callback!(cb);
+        link.inner.announce(name.to_string(), port, done_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// Keeps announcing `name` on `port`: now, then every `interval_ms` milliseconds (jittered ±50 %;
+/// keep it well under the Grape's 2-minute peer age) until `grenache_link_stop_announcing` or
+/// `grenache_link_free`. Starting it again for a running `(name, port)` does nothing.
+/// Non-blocking; allowed inside callbacks. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
+/// `INVALID_ARGUMENT` (interval 0).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_start_announcing(link: *const grenache_link, name: *const c_char, port: u16, interval_ms: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        if interval_ms == 0 {
+            return grenache_result::InvalidArgument;
+        }
+        match link.inner.start_announcing(name, port, Duration::from_millis(interval_ms)) {
+            Ok(()) => grenache_result::Ok,
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Stops the keep-announcing loop of `(name, port)`. Returns `INVALID_STATE` when none runs.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_stop_announcing(link: *const grenache_link, name: *const c_char, port: u16) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        if link.inner.stop_announcing(name, port) { grenache_result::Ok } else { grenache_result::InvalidState }
+    }
+}
+
+/// Stores the JSON value in `json` (`json_len` bytes) in the DHT as an immutable item. `cb` gets
+/// the item's hash as a JSON string (`"\"8c3f...\""`). Invalid JSON completes with
+/// `INVALID_ARGUMENT`. Non-blocking; allowed inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_put(link: *const grenache_link, json: *const c_char, json_len: usize, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let text = try_str_len!(json, json_len);
+        let cb = try_callback!(cb);
+        let done = json_completion(cb, userdata);
+        link.inner.put(text, move |r| done(r.map(|h| serde_json::Value::String(h).to_string())));
+        grenache_result::Ok
+    }
+}
+
+/// Signs the JSON value in `json` with `key` and stores it as a mutable item with sequence number
+/// `seq` and an optional `salt` (NULL for none). `cb` gets the item's hash as a JSON string.
+/// A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_put_mutable(
+    link: *const grenache_link,
+    key: *const grenache_keypair,
+    json: *const c_char,
+    json_len: usize,
+    seq: i64,
+    salt: *const c_char,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let key = try_ref!(key);
+        let text = try_str_len!(json, json_len);
+        let salt = if salt.is_null() { None } else { Some(try_str!(salt).to_string()) };
+        let cb = try_callback!(cb);
+        let v = match grenache_core::embed::rpc::parse_json(text) {
+            Ok(v) => v,
+            Err(e) => return grenache_result::from(&e),
+        };
+        let item = MutableItem { v, seq, salt, cas: None };
+        let done = json_completion(cb, userdata);
+        link.inner.put_mutable(&key.inner, item, move |r| done(r.map(|h| serde_json::Value::String(h).to_string())));
+        grenache_result::Ok
+    }
+}
+
+/// Reads the DHT item with hex hash `hash` (and `salt`, or NULL, for salted mutable items). `cb`
+/// gets the item as a JSON object (`{"v": ..., "k": ..., "seq": ...}`), or the JSON text `null`
+/// when there is none. Non-blocking; allowed inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_get(link: *const grenache_link, hash: *const c_char, salt: *const c_char, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let hash = try_str!(hash);
+        let salt = if salt.is_null() { None } else { Some(try_str!(salt).to_string()) };
+        let cb = try_callback!(cb);
+        link.inner.get(hash.to_string(), salt, json_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// Generates a random key pair into `*out` (owned by the caller: `grenache_keypair_free`).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_keypair_generate(out: *mut *mut grenache_keypair) -> grenache_result {
+    ffi_panic_boundary! {
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        unsafe { write_out(out, Box::into_raw(Box::new(grenache_keypair { inner: Keypair::generate() }))) };
+        grenache_result::Ok
+    }
+}
+
+/// The key pair of a 32-byte secret seed given as 64 hex characters, into `*out` (owned by the
+/// caller). Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_keypair_from_secret_hex(secret_hex: *const c_char, out: *mut *mut grenache_keypair) -> grenache_result {
+    ffi_panic_boundary! {
+        let s = try_str!(secret_hex);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        match Keypair::from_secret_hex(s) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_keypair { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+fn write_hex(s: &str, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+    if buf.is_null() || out_n.is_null() {
+        return grenache_result::NullParameter;
+    }
+    if s.len() + 1 > len {
+        return grenache_result::BufferTooSmall;
+    }
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
+        buf.add(s.len()).write(0);
+        write_out(out_n, s.len());
+    }
+    grenache_result::Ok
+}
+
+/// Writes the public key as 64 hex characters plus a NUL into `buf` (`len` >= 65) and 64 into
+/// `*out_n`. Nothing is written on error (`NULL_PARAMETER`, `BUFFER_TOO_SMALL`).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_keypair_public_hex(key: *const grenache_keypair, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+    ffi_panic_boundary! {
+        let key = try_ref!(key);
+        write_hex(&key.inner.public_hex(), buf, len, out_n)
+    }
+}
+
+/// Writes the secret seed as 64 hex characters plus a NUL into `buf` (`len` >= 65) and 64 into
+/// `*out_n`. Nothing is written on error (`NULL_PARAMETER`, `BUFFER_TOO_SMALL`).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_keypair_secret_hex(key: *const grenache_keypair, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+    ffi_panic_boundary! {
+        let key = try_ref!(key);
+        write_hex(&key.inner.secret_hex(), buf, len, out_n)
+    }
+}
+
+/// Writes the hex hash under which the mutable items of `key` (with `salt`, or NULL) are stored:
+/// 40 hex characters plus a NUL into `buf` (`len` >= 41), 40 into `*out_n`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_keypair_target_hex(key: *const grenache_keypair, salt: *const c_char, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+    ffi_panic_boundary! {
+        let key = try_ref!(key);
+        let salt = if salt.is_null() { None } else { Some(try_str!(salt)) };
+        write_hex(&key.inner.target_hex(salt), buf, len, out_n)
+    }
+}
+
+/// Frees a key pair. NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_keypair_free(key: *mut grenache_keypair) {
+    ffi_panic_boundary! {
+        drop(try_box!(key));
+    }
+}
