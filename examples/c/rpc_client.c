@@ -24,7 +24,7 @@ int main(int argc, char **argv) {
 
     for (i = 0; i < count; i++) {
         /* The worker may not be announced yet: retry an empty lookup for a while. */
-        for (tries = 0; tries < 100; tries++) {
+        for (tries = 0; tries < 300; tries++) {
             completion_reset(&c);
             DIE_IF(grenache_client_request(client, "rpc_test", hello, strlen(hello), 10000, on_json, &c),
                    "grenache_client_request");

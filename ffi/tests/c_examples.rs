@@ -20,3 +20,39 @@ fn basics_under_asan() {
 fn basics_under_valgrind() {
     run_example("basics", Flavor::Valgrind, &[], &[]);
 }
+
+#[test]
+fn rpc_server_and_client_run() {
+    support::run_rpc_pair(Flavor::Plain);
+}
+
+#[test]
+fn rpc_server_and_client_under_asan() {
+    support::run_rpc_pair(Flavor::Asan);
+}
+
+#[test]
+fn rpc_server_and_client_under_valgrind() {
+    support::run_rpc_pair(Flavor::Valgrind);
+}
+
+fn put_get(flavor: Flavor) {
+    let net = support::GrapeNet::start(true);
+    let out = run_example("put_get", flavor, &[&net.urls[0]], &[]);
+    assert!(out.contains("hello world") && out.contains("mutable hello"), "{out}");
+}
+
+#[test]
+fn put_get_runs() {
+    put_get(Flavor::Plain);
+}
+
+#[test]
+fn put_get_under_asan() {
+    put_get(Flavor::Asan);
+}
+
+#[test]
+fn put_get_under_valgrind() {
+    put_get(Flavor::Valgrind);
+}

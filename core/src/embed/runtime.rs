@@ -2,8 +2,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -108,18 +108,32 @@ impl Runtime {
                 "a blocking call was made on a runtime worker thread (inside a callback)",
             ));
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        // A Mutex + Condvar rather than a channel: waiting on them needs no `thread::current()`
+        // handle, which std would keep in a thread-local of the caller's (C) thread forever.
+        let slot: Arc<(Mutex<Option<Result<T>>>, Condvar)> = Arc::new((Mutex::new(None), Condvar::new()));
+        let tx = Arc::clone(&slot);
+        let sender = Sender(Some(tx));
         self.spawn(async move {
-            let _ = tx.send(fut.await);
+            let mut sender = sender;
+            let out = fut.await;
+            sender.send(out);
         });
-        match rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                Err(Error::timeout(format!("no answer within {timeout:?}")))
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*slot;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = g.take() {
+                return r;
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                Err(Error::new(ErrorKind::Cancelled, "the runtime was shut down"))
+            if Arc::strong_count(&slot) == 1 {
+                // The task was dropped without an answer: the runtime is shut down.
+                return Err(Error::new(ErrorKind::Cancelled, "the runtime was shut down"));
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::timeout(format!("no answer within {timeout:?}")));
+            }
+            g = cv.wait_timeout(g, left.min(Duration::from_millis(100))).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
@@ -180,5 +194,21 @@ mod tests {
         });
         assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
         rt.shutdown();
+    }
+}
+
+type Slot<T> = Arc<(Mutex<Option<Result<T>>>, Condvar)>;
+
+/// The answering side of [`Runtime::block_on`]. When it is dropped unsent (runtime shut down),
+/// the waiter notices within 100 ms from the slot's reference count.
+struct Sender<T>(Option<Slot<T>>);
+
+impl<T> Sender<T> {
+    fn send(&mut self, v: Result<T>) {
+        if let Some(slot) = self.0.take() {
+            let (lock, cv) = &*slot;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+            cv.notify_all();
+        }
     }
 }

@@ -27,11 +27,12 @@ impl Flavor {
     }
 }
 
-/// `target/<profile>`, where cargo put `libgrenache.so`.
+/// `target/<profile>/deps`, where cargo puts the `libgrenache.so` it builds for this test run
+/// (`cargo test` does not copy it up to `target/<profile>`, `cargo build` does).
 pub fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test>-<hash>
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    exe.parent().expect("target/<profile>/deps").to_path_buf()
 }
 
 /// The workspace root.
@@ -48,7 +49,7 @@ pub fn lsan_suppressions() -> PathBuf {
 pub fn build(name: &str, flavor: Flavor) -> PathBuf {
     let lib = lib_dir();
     assert!(lib.join("libgrenache.so").exists(), "libgrenache.so not built in {}", lib.display());
-    let out_dir = lib.join("c-examples");
+    let out_dir = lib.parent().expect("target/<profile>").join("c-examples");
     std::fs::create_dir_all(&out_dir).expect("mkdir c-examples");
     let out = out_dir.join(format!("{name}{}", flavor.suffix()));
     let mut cmd = Command::new("cc");
@@ -176,4 +177,84 @@ pub fn check(name: &str, flavor: Flavor, ok: bool, out: &str, err: &str) {
     assert!(ok, "{name} ({flavor:?}) failed\n--- stdout\n{out}\n--- stderr\n{err}");
     assert!(!err.contains("ERROR: AddressSanitizer"), "{name}: ASan report\n{err}");
     assert!(!err.contains("ERROR: LeakSanitizer"), "{name}: LSan report\n{err}");
+}
+
+/// Two Node reference Grapes bootstrapped on each other (as in the reference README), stopped
+/// when dropped.
+pub struct GrapeNet {
+    /// Runs the helper processes' stdout readers.
+    pub rt: tokio::runtime::Runtime,
+    grapes: Vec<grenache_e2e::NodeProcess>,
+    /// The Grapes' HTTP API URLs.
+    pub urls: Vec<String>,
+}
+
+impl std::fmt::Debug for GrapeNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrapeNet").field("urls", &self.urls).finish()
+    }
+}
+
+impl GrapeNet {
+    /// Starts two Node Grapes (`verify`: with an ed25519 verifier, needed for mutable puts).
+    pub fn start(verify: bool) -> GrapeNet {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let (grapes, urls) = rt.block_on(async move {
+            let d1 = grenache_e2e::free_port();
+            let d2 = grenache_e2e::free_port();
+            let a1 = grenache_e2e::free_tcp_port();
+            let a2 = grenache_e2e::free_tcp_port();
+            let mut grapes = Vec::new();
+            for (d, a, b) in [(d1, a1, d2), (d2, a2, d1)] {
+                let (d, a, b) = (d.to_string(), a.to_string(), format!("127.0.0.1:{b}"));
+                let mut args = vec!["--dht-port", &d, "--api-port", &a, "--bootstrap", &b];
+                if verify {
+                    args.push("--verify");
+                }
+                let mut p = grenache_e2e::NodeProcess::spawn("grape.js", &args);
+                loop {
+                    let v = p.json(Duration::from_secs(20)).await;
+                    if v["event"] == "started" {
+                        break;
+                    }
+                }
+                grapes.push(p);
+            }
+            // Let the two DHT nodes find each other.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (grapes, vec![format!("http://127.0.0.1:{a1}"), format!("http://127.0.0.1:{a2}")])
+        });
+        GrapeNet { rt, grapes, urls }
+    }
+}
+
+impl Drop for GrapeNet {
+    fn drop(&mut self) {
+        let grapes = std::mem::take(&mut self.grapes);
+        self.rt.block_on(async move {
+            for mut g in grapes {
+                g.kill().await;
+            }
+        });
+    }
+}
+
+/// Runs the rpc_test pair in `flavor` against a fresh Grape network: the server announces on one
+/// Grape, the client looks up through the other. Returns the client's stdout.
+pub fn run_rpc_pair(flavor: Flavor) -> String {
+    let net = GrapeNet::start(false);
+    let count = 5;
+    // count requests + 1 map + 1 remote-error request, all answered by the one server.
+    let total = (count + 2).to_string();
+    let timeout = if flavor == Flavor::Valgrind { Duration::from_secs(300) } else { Duration::from_secs(90) };
+    let server = spawn("rpc_server", flavor, &[&net.urls[0], &total], &[]);
+    let client = spawn("rpc_client", flavor, &[&net.urls[1], &count.to_string()], &[]);
+    let (cok, cout, cerr) = client.wait(timeout);
+    let (sok, sout, serr) = server.wait(Duration::from_secs(60));
+    check("rpc_client", flavor, cok, &cout, &cerr);
+    check("rpc_server", flavor, sok, &sout, &serr);
+    assert!(cout.contains("rpc_test hello -> \"world\""), "{cout}");
+    assert!(sout.contains(&format!("answered {total}")), "{sout}");
+    drop(net);
+    cout
 }
