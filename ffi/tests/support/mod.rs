@@ -46,10 +46,23 @@ pub fn lsan_suppressions() -> PathBuf {
 }
 
 /// Compiles `examples/c/<name>.c` (plus `common.h`) with warnings as errors; returns the binary.
+/// Built once per test process, into a folder of that process (tests run in parallel, and a
+/// binary must not be rewritten while another test runs it).
 pub fn build(name: &str, flavor: Flavor) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<((String, Flavor), PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(k, _)| k.0 == name && k.1 == flavor) {
+        return p.clone();
+    }
+    let p = compile(name, flavor);
+    built.push(((name.to_string(), flavor), p.clone()));
+    p
+}
+
+fn compile(name: &str, flavor: Flavor) -> PathBuf {
     let lib = lib_dir();
     assert!(lib.join("libgrenache.so").exists(), "libgrenache.so not built in {}", lib.display());
-    let out_dir = lib.parent().expect("target/<profile>").join("c-examples");
+    let out_dir = lib.parent().expect("target/<profile>").join("c-examples").join(std::process::id().to_string());
     std::fs::create_dir_all(&out_dir).expect("mkdir c-examples");
     let out = out_dir.join(format!("{name}{}", flavor.suffix()));
     let mut cmd = Command::new("cc");
