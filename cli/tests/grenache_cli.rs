@@ -1,6 +1,8 @@
 //! Runs the built `grenache` binary against Node reference Grapes: lookup, announce, request,
 //! map, serve, put/get (immutable and signed mutable), keygen, error names and exit codes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Stdio;
 use std::time::Duration;
 

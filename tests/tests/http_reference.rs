@@ -3,6 +3,8 @@
 //! a worker killed mid-load, a handler that never replies or panics, a payload over the limit,
 //! malformed requests, retry rules, destination choice.
 
+#![allow(clippy::unwrap_used)]
+
 mod link_support;
 
 use std::collections::HashSet;
@@ -106,8 +108,7 @@ async fn http_buffered_meta_compress_stream_and_large_payload() {
 async fn http_streaming_raw_upload_size_and_content_type() {
     // peer-rpc-server-streaming.js / rpc-server-readstream-size.js: a raw upload with a
     // content-type header reaches a raw-body handler intact.
-    let mut cfg = HttpServerConfig::default();
-    cfg.stream_handler = Some(Arc::new(link_support::RawEcho));
+    let cfg = HttpServerConfig { stream_handler: Some(Arc::new(link_support::RawEcho)), ..Default::default() };
     let (_s, dest) = bare_server(link_support::echo_handler(0), cfg).await;
     let http = HttpClient::default();
     let resp = http
@@ -136,8 +137,7 @@ async fn http_streaming_raw_upload_size_and_content_type() {
 
 #[tokio::test]
 async fn http_handler_faults_become_error_replies() {
-    let mut cfg = HttpServerConfig::default();
-    cfg.reply_timeout = Some(Duration::from_millis(300));
+    let cfg = HttpServerConfig { reply_timeout: Some(Duration::from_millis(300)), ..Default::default() };
     let (_s, dest) = bare_server(link_support::echo_handler(0), cfg).await;
     let c = client(&no_grape());
     let o = RequestOptions { dest: Some(dest.clone()), ..opts() };
@@ -159,8 +159,7 @@ async fn http_handler_faults_become_error_replies() {
 
 #[tokio::test]
 async fn http_payload_over_limit_and_malformed_requests() {
-    let mut cfg = HttpServerConfig::default();
-    cfg.max_body = 10_000;
+    let cfg = HttpServerConfig { max_body: 10_000, ..Default::default() };
     let (_s, dest) = bare_server(link_support::echo_handler(0), cfg).await;
     let c = client(&no_grape());
     let o = RequestOptions { dest: Some(dest.clone()), ..opts() };

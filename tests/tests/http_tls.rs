@@ -3,6 +3,8 @@
 //! (X.509 v1, read from its npm package at test time), and Rust↔Rust with certificates made at
 //! test time by rcgen.
 
+#![allow(clippy::unwrap_used)]
+
 mod link_support;
 
 use std::sync::Arc;
