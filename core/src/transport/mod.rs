@@ -1,1 +1,3 @@
 //! Transports: one module per wire protocol, each with its client and its server.
+
+pub mod ws;
