@@ -438,6 +438,17 @@ impl Drop for WsServer {
     }
 }
 
+impl crate::rpc::ServerTransport for WsServer {
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and closes every socket (in the background).
+    fn close(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
