@@ -80,6 +80,18 @@ async fn cli_against_grapes() {
     let (code, v, _) = run(&grape, &["request", "svc_fixed", "anything"]).await;
     assert_eq!((code, v), (0, json!({"ok": true})));
 
+    // The transport is a value: the same over WebSocket.
+    let mut ws = Command::new(BIN)
+        .args(["--grape", &grape, "serve", "svc_ws", "--bind", "127.0.0.1", "--transport", "ws"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut wlines = BufReader::new(ws.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), wlines.next_line()).await.unwrap().unwrap().unwrap();
+    let (code, v, err) = run(&grape, &["request", "svc_ws", r#"{"over":"ws"}"#, "--transport", "ws"]).await;
+    assert_eq!((code, v), (0, json!({"over": "ws"})), "{err}");
+
     // announce + lookup.
     let (code, v, _) = run(&grape, &["announce", "svc_other", "4321"]).await;
     assert_eq!((code, v), (0, json!({"announced": "svc_other", "port": 4321})));
@@ -131,4 +143,5 @@ async fn cli_against_grapes() {
 
     drop(serve);
     drop(fixed);
+    drop(ws);
 }

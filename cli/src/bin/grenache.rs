@@ -26,6 +26,7 @@ use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
 use grenache::rpc::{ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, ServerTransport};
 use grenache::tls::{ClientAuth, ClientTls, ServerTls};
 use grenache::transport::http::{HttpClient, HttpClientConfig, HttpServer, HttpServerConfig};
+use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
 use grenache::{Error, ErrorKind, Result};
 use serde_json::{Value, json};
 
@@ -186,31 +187,54 @@ struct TlsOpts {
 enum TransportChoice {
     /// HTTP, or HTTPS with the --tls-* options (grenache-nodejs-http).
     Http,
+    /// WebSocket, or WSS with the --tls-* options (grenache-nodejs-ws).
+    Ws,
 }
 
 fn read_file(p: &PathBuf) -> Result<Vec<u8>> {
     std::fs::read(p).map_err(|e| Error::invalid(format!("cannot read {}: {e}", p.display())))
 }
 
+fn client_tls(tls: &TlsOpts) -> Result<Option<ClientTls>> {
+    if tls.tls_ca.is_none() && tls.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let mut b = ClientTls::builder();
+    b = match &tls.tls_ca {
+        Some(ca) => b.ca_pem(read_file(ca)?),
+        None => b.danger_accept_any_server_cert(),
+    };
+    if let (Some(c), Some(k)) = (&tls.tls_cert, &tls.tls_key) {
+        b = b.client_cert_pem(read_file(c)?, read_file(k)?);
+    }
+    Ok(Some(b.build()?))
+}
+
+fn server_tls(tls: &TlsOpts, require_client_cert: bool) -> Result<Option<ServerTls>> {
+    let (Some(c), Some(k)) = (&tls.tls_cert, &tls.tls_key) else { return Ok(None) };
+    let mut b = ServerTls::builder(read_file(c)?, read_file(k)?);
+    if let Some(ca) = &tls.tls_ca {
+        b = b.client_ca_pem(read_file(ca)?);
+    }
+    b = b.client_auth(if require_client_cert { ClientAuth::Required } else { ClientAuth::AnyCertificate });
+    Ok(Some(b.build()?))
+}
+
 impl TransportChoice {
     fn client(self, tls: &TlsOpts) -> Result<Arc<dyn ClientTransport>> {
-        match self {
+        let tls = client_tls(tls)?;
+        Ok(match self {
             TransportChoice::Http => {
-                let mut cfg = HttpClientConfig::default();
-                if tls.tls_ca.is_some() || tls.tls_cert.is_some() {
-                    let mut b = ClientTls::builder();
-                    b = match &tls.tls_ca {
-                        Some(ca) => b.ca_pem(read_file(ca)?),
-                        None => b.danger_accept_any_server_cert(),
-                    };
-                    if let (Some(c), Some(k)) = (&tls.tls_cert, &tls.tls_key) {
-                        b = b.client_cert_pem(read_file(c)?, read_file(k)?);
-                    }
-                    cfg.tls = Some(b.build()?.config());
-                }
-                Ok(Arc::new(HttpClient::new(cfg)))
+                Arc::new(HttpClient::new(HttpClientConfig { tls: tls.map(|t| t.config()), ..Default::default() }))
             }
-        }
+            TransportChoice::Ws => {
+                let mut cfg = WsClientConfig::default();
+                if let Some(t) = tls {
+                    cfg = cfg.tls(t);
+                }
+                Arc::new(WsClient::new(cfg))
+            }
+        })
     }
 
     async fn serve(
@@ -221,20 +245,20 @@ impl TransportChoice {
         require_client_cert: bool,
         reply_timeout: Option<Duration>,
     ) -> Result<Arc<dyn ServerTransport>> {
-        match self {
+        let tls = server_tls(tls, require_client_cert)?;
+        Ok(match self {
             TransportChoice::Http => {
-                let mut cfg = HttpServerConfig { reply_timeout, ..Default::default() };
-                if let (Some(c), Some(k)) = (&tls.tls_cert, &tls.tls_key) {
-                    let mut b = ServerTls::builder(read_file(c)?, read_file(k)?);
-                    if let Some(ca) = &tls.tls_ca {
-                        b = b.client_ca_pem(read_file(ca)?);
-                    }
-                    b = b.client_auth(if require_client_cert { ClientAuth::Required } else { ClientAuth::AnyCertificate });
-                    cfg.tls = Some(b.build()?.config());
-                }
-                Ok(Arc::new(HttpServer::bind(addr, handler, cfg).await?))
+                let cfg = HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
+                Arc::new(HttpServer::bind(addr, handler, cfg).await?)
             }
-        }
+            TransportChoice::Ws => {
+                let mut cfg = WsServerConfig::default().reply_timeout(reply_timeout);
+                if let Some(t) = tls {
+                    cfg = cfg.tls(t);
+                }
+                Arc::new(WsServer::bind_arc(addr, handler, cfg).await?)
+            }
+        })
     }
 }
 
