@@ -304,6 +304,12 @@ typedef struct grenache_keypair grenache_keypair;
 typedef struct grenache_link grenache_link;
 
 /**
+ * A publisher (the reference's `PeerPub`): a WebSocket server that sends each published
+ * message to every connected subscriber. Thread-safe. Free with `grenache_publisher_free`.
+ */
+typedef struct grenache_publisher grenache_publisher;
+
+/**
  * The handle to answer one request, exactly once, from any thread, now or later.
  *
  * Owned by the handler that received it: answer it with `grenache_reply_send` or
@@ -346,6 +352,12 @@ typedef struct grenache_server grenache_server;
 typedef struct grenache_server_tls grenache_server_tls;
 
 /**
+ * A subscription to every publisher announcing a name (the reference's `PeerSub`), delivering
+ * messages to a callback. Free with `grenache_subscriber_free`.
+ */
+typedef struct grenache_subscriber grenache_subscriber;
+
+/**
  * The completion of an operation that yields JSON text (a request's result, a lookup's peer
  * list, a put's hash, a get's item). Fires exactly once, on a worker thread (or, with
  * `GRENACHE_RESULT_CANCELLED`, on the thread that frees the handle).
@@ -364,6 +376,20 @@ typedef void (*grenache_json_cb)(void *userdata, grenache_result code, const gre
 typedef void (*grenache_done_cb)(void *userdata, grenache_result code, const grenache_error *err);
 
 /**
+ * Receives one message: `publisher` is the publisher's `"host:port"`, `data`/`len` the message
+ * (NUL-terminated; text frames are UTF-8). Both borrowed until the callback returns. Called on a
+ * worker thread, one message at a time per subscriber. May call any non-blocking function,
+ * including `grenache_subscriber_free` on its own subscriber.
+ */
+typedef void (*grenache_message_cb)(void *userdata, const char *publisher, const char *data, size_t len);
+
+/**
+ * Destroys the `userdata` of a long-lived callback. Called exactly once, after the last call of
+ * that callback returned, on any thread. May be NULL when the userdata needs no cleanup.
+ */
+typedef void (*grenache_free_cb)(void *userdata);
+
+/**
  * A request handler: called for each request, on a worker thread, possibly concurrently.
  *
  * It receives the `userdata` given at registration, the borrowed `req` (valid until it returns)
@@ -372,12 +398,6 @@ typedef void (*grenache_done_cb)(void *userdata, grenache_result code, const gre
  * of this library, including `grenache_reply_*` and starting client requests.
  */
 typedef void (*grenache_handler_cb)(void *userdata, const grenache_request *req, grenache_reply *reply);
-
-/**
- * Destroys the `userdata` of a long-lived callback. Called exactly once, after the last call of
- * that callback returned, on any thread. May be NULL when the userdata needs no cleanup.
- */
-typedef void (*grenache_free_cb)(void *userdata);
 
 #ifdef __cplusplus
 extern "C" {
@@ -389,6 +409,12 @@ extern "C" {
  * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
  */
 grenache_result grenache_client_new_http(const grenache_link *link, const grenache_client_tls *tls, grenache_client **out);
+
+/**
+ * Creates a WebSocket RPC client (grenache-nodejs-ws compatible; pooled, multiplexed sockets);
+ * with `tls` it speaks `wss://`. Same contract as `grenache_client_new_http`.
+ */
+grenache_result grenache_client_new_ws(const grenache_link *link, const grenache_client_tls *tls, grenache_client **out);
 
 /**
  * Sends the JSON payload `json` (`json_len` bytes, e.g. `"\"hello\""`) to one worker of the
@@ -554,6 +580,66 @@ grenache_result grenache_keypair_target_hex(const grenache_keypair *key, const c
 void grenache_keypair_free(grenache_keypair *key);
 
 /**
+ * Starts a publisher on `port` (0: any free port), with `tls` (NULL: plain `ws://`; settings
+ * copied). Blocks until bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `IO`,
+ * `INVALID_STATE`.
+ */
+grenache_result grenache_publisher_new(const grenache_link *link, uint16_t port, const grenache_server_tls *tls, grenache_publisher **out);
+
+/**
+ * The publisher's port (0 when `publisher` is NULL).
+ */
+uint16_t grenache_publisher_port(const grenache_publisher *publisher);
+
+/**
+ * Keeps announcing `name` on the publisher's port every `interval_ms` ms (jittered ±50 %) until
+ * the publisher is freed. Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
+ * `INVALID_ARGUMENT` (interval 0).
+ */
+grenache_result grenache_publisher_start_announcing(const grenache_publisher *publisher, const char *name, uint64_t interval_ms);
+
+/**
+ * Publishes the UTF-8 text `msg` (`len` bytes) to every connected subscriber and writes how many
+ * it was queued for into `*out_count` (may be NULL). Non-blocking (slow subscribers have bounded
+ * queues). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+ */
+grenache_result grenache_publisher_publish(const grenache_publisher *publisher, const char *msg, size_t len, size_t *out_count);
+
+/**
+ * How many subscribers are connected (0 when `publisher` is NULL).
+ */
+size_t grenache_publisher_subscribers(const grenache_publisher *publisher);
+
+/**
+ * Stops announcing, closes every subscriber's socket and frees the publisher. NULL is ignored.
+ */
+void grenache_publisher_free(grenache_publisher *publisher);
+
+/**
+ * Subscribes to every publisher announcing `name` (looked up through `link`, again every few
+ * seconds; lost publishers are reconnected), with `tls` (NULL: plain `ws://`). Each message goes
+ * to `on_message` with `userdata`; `free_userdata` (may be NULL) runs exactly once after the
+ * subscription stopped (also when this call fails), on any thread. Non-blocking.
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
+ * `CANCELLED` (runtime freed).
+ */
+grenache_result grenache_subscriber_new(const grenache_link *link, const char *name, const grenache_client_tls *tls, grenache_message_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
+
+/**
+ * How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is
+ * NULL).
+ */
+size_t grenache_subscriber_publishers(const grenache_subscriber *sub);
+
+/**
+ * Stops the subscription and frees it: after it returns `on_message` is not running (unless
+ * called from inside it) and never runs again; `free_userdata` follows once the subscription's
+ * task has ended. NULL is ignored. Allowed inside callbacks.
+ */
+void grenache_subscriber_free(grenache_subscriber *sub);
+
+/**
  * The service key of a request (`"rpc_test"`) as a NUL-terminated string, borrowed from `req`.
  * Its length without the NUL goes to `*out_len` unless `out_len` is NULL. NULL when `req` is NULL.
  */
@@ -650,6 +736,13 @@ void grenache_runtime_free(grenache_runtime *rt);
  * `INVALID_STATE`.
  */
 grenache_result grenache_server_new_http(const grenache_link *link, uint16_t port, const grenache_server_tls *tls, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
+
+/**
+ * Starts a WebSocket RPC server (grenache-nodejs-ws compatible): the same contract as
+ * `grenache_server_new_http`; with `tls` it serves `wss://` and the client certificate's
+ * fingerprint reaches the handler (`grenache_request_fingerprint`).
+ */
+grenache_result grenache_server_new_ws(const grenache_link *link, uint16_t port, const grenache_server_tls *tls, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
 
 /**
  * The port the server listens on (0 when `server` is NULL).

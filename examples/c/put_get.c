@@ -16,7 +16,7 @@ static int put_then_get(grenache_link *link, completion *c, const char *hash_jso
     for (tries = 0; tries < 50; tries++) {
         completion_reset(c);
         DIE_IF(grenache_link_get(link, hash, salt, on_json, c), "grenache_link_get");
-        if (completion_wait(c, 10000) != 0) return 1;
+        if (completion_wait(c, 60000) != 0) return 1;
         if (c->code == GRENACHE_RESULT_OK && strstr(c->json, expect)) {
             printf("get %s -> %s\n", hash, c->json);
             return 0;
@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
 
     DIE_IF(grenache_link_put(link, value, strlen(value), on_json, &c), "grenache_link_put");
-    if (completion_wait(&c, 10000) != 0 || c.code != GRENACHE_RESULT_OK) {
+    if (completion_wait(&c, 60000) != 0 || c.code != GRENACHE_RESULT_OK) {
         fprintf(stderr, "put: %s %s\n", grenache_result_name(c.code), c.message ? c.message : "");
         return 1;
     }
@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
     completion_reset(&c);
     DIE_IF(grenache_link_put_mutable(link, key, mvalue, strlen(mvalue), 1, NULL, on_json, &c),
            "grenache_link_put_mutable");
-    if (completion_wait(&c, 10000) != 0 || c.code != GRENACHE_RESULT_OK) {
+    if (completion_wait(&c, 60000) != 0 || c.code != GRENACHE_RESULT_OK) {
         fprintf(stderr, "put_mutable: %s %s\n", grenache_result_name(c.code), c.message ? c.message : "");
         failures++;
     } else {

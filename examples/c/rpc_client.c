@@ -1,7 +1,7 @@
 /* rpc_client.c: the reference README's rpc_test client in C: sends "hello" to the service
  * "rpc_test" and expects "world", COUNT times, then once to every worker with map.
  *
- *   rpc_client GRAPE_URL [COUNT]
+ *   rpc_client GRAPE_URL [COUNT [http|ws]]
  *
  * Exits 0 when every answer was "world".
  */
@@ -16,11 +16,16 @@ int main(int argc, char **argv) {
     grenache_client *client = NULL;
     completion c;
     int i, tries, failures = 0;
+    int ws = argc > 3 && strcmp(argv[3], "ws") == 0;
 
     completion_init(&c);
     DIE_IF(grenache_runtime_new(2, &rt), "grenache_runtime_new");
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
-    DIE_IF(grenache_client_new_http(link, NULL, &client), "grenache_client_new_http");
+    if (ws) {
+        DIE_IF(grenache_client_new_ws(link, NULL, &client), "grenache_client_new_ws");
+    } else {
+        DIE_IF(grenache_client_new_http(link, NULL, &client), "grenache_client_new_http");
+    }
 
     for (i = 0; i < count; i++) {
         /* The worker may not be announced yet: retry an empty lookup for a while. */
@@ -28,8 +33,8 @@ int main(int argc, char **argv) {
             completion_reset(&c);
             DIE_IF(grenache_client_request(client, "rpc_test", hello, strlen(hello), 10000, on_json, &c),
                    "grenache_client_request");
-            if (completion_wait(&c, 15000) != 0) {
-                fprintf(stderr, "no completion within 15 s\n");
+            if (completion_wait(&c, 60000) != 0) {
+                fprintf(stderr, "no completion within 60 s\n");
                 return 1;
             }
             if (c.code != GRENACHE_RESULT_LOOKUP_EMPTY) break;
@@ -46,7 +51,7 @@ int main(int argc, char **argv) {
 
     completion_reset(&c);
     DIE_IF(grenache_client_map(client, "rpc_test", hello, strlen(hello), 10000, on_json, &c), "grenache_client_map");
-    if (completion_wait(&c, 15000) != 0 || c.code != GRENACHE_RESULT_OK || strstr(c.json, "\"world\"") == NULL) {
+    if (completion_wait(&c, 60000) != 0 || c.code != GRENACHE_RESULT_OK || strstr(c.json, "\"world\"") == NULL) {
         fprintf(stderr, "map: %s %s\n", grenache_result_name(c.code), c.message ? c.message : "");
         failures++;
     } else {
@@ -56,7 +61,7 @@ int main(int argc, char **argv) {
     /* A remote error arrives with the remote text. */
     completion_reset(&c);
     DIE_IF(grenache_client_request(client, "rpc_test", "\"bye\"", 5, 10000, on_json, &c), "grenache_client_request");
-    if (completion_wait(&c, 15000) != 0 || c.code != GRENACHE_RESULT_REMOTE ||
+    if (completion_wait(&c, 60000) != 0 || c.code != GRENACHE_RESULT_REMOTE ||
         strcmp(c.message, "ERR_UNKNOWN_REQUEST") != 0) {
         fprintf(stderr, "expected ERR_REMOTE ERR_UNKNOWN_REQUEST, got %s\n", grenache_result_name(c.code));
         failures++;

@@ -3,7 +3,7 @@
  * second request is answered later from a thread of its own, to show that a grenache_reply may
  * be answered from any thread.
  *
- *   rpc_server GRAPE_URL [MAX_REQUESTS [PORT]]
+ *   rpc_server GRAPE_URL [MAX_REQUESTS [http|ws]]
  *
  * Prints "listening PORT" once announced, exits 0 after MAX_REQUESTS answers (default: run for
  * 10 minutes), freeing everything.
@@ -86,7 +86,7 @@ static void on_free(void *userdata) {
 int main(int argc, char **argv) {
     const char *grape = argc > 1 ? argv[1] : "http://127.0.0.1:30001";
     long max_requests = argc > 2 ? atol(argv[2]) : 0;
-    unsigned port = argc > 3 ? (unsigned)atoi(argv[3]) : 0;
+    int ws = argc > 3 && strcmp(argv[3], "ws") == 0;
     grenache_runtime *rt = NULL;
     grenache_link *link = NULL;
     grenache_server *server = NULL;
@@ -101,12 +101,15 @@ int main(int argc, char **argv) {
 
     DIE_IF(grenache_runtime_new(2, &rt), "grenache_runtime_new");
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
-    DIE_IF(grenache_server_new_http(link, (uint16_t)port, NULL, on_request, &st, on_free, &server),
-           "grenache_server_new_http");
+    if (ws) {
+        DIE_IF(grenache_server_new_ws(link, 0, NULL, on_request, &st, on_free, &server), "grenache_server_new_ws");
+    } else {
+        DIE_IF(grenache_server_new_http(link, 0, NULL, on_request, &st, on_free, &server), "grenache_server_new_http");
+    }
 
     /* Announce once and wait for it, then keep announcing every second like the reference. */
     DIE_IF(grenache_server_announce(server, "rpc_test", on_done, &announced), "grenache_server_announce");
-    if (completion_wait(&announced, 20000) != 0 || announced.code != GRENACHE_RESULT_OK) {
+    if (completion_wait(&announced, 60000) != 0 || announced.code != GRENACHE_RESULT_OK) {
         fprintf(stderr, "announce failed: %s %s\n", grenache_result_name(announced.code),
                 announced.message ? announced.message : "");
         return 1;

@@ -19,24 +19,37 @@ pub struct grenache_client {
     inner: EmbedClient,
 }
 
+fn new_client(kind: ClientTransportKind, link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
+    let link = try_ref!(link);
+    if out.is_null() {
+        return grenache_result::NullParameter;
+    }
+    let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+    match EmbedClient::new(&link.inner, kind, ClientOptions { tls, default_timeout: None }) {
+        Ok(inner) => {
+            unsafe { write_out(out, Box::into_raw(Box::new(grenache_client { inner }))) };
+            grenache_result::Ok
+        }
+        Err(e) => grenache_result::from(&e),
+    }
+}
+
 /// Creates an HTTP RPC client (grenache-nodejs-http compatible) that finds workers through
 /// `link`; with `tls` (NULL: plain HTTP) it speaks HTTPS (settings copied). Non-blocking.
 /// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_client_new_http(link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
     ffi_panic_boundary! {
-        let link = try_ref!(link);
-        if out.is_null() {
-            return grenache_result::NullParameter;
-        }
-        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-        match EmbedClient::new(&link.inner, ClientTransportKind::Http, ClientOptions { tls, default_timeout: None }) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_client { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        new_client(ClientTransportKind::Http, link, tls, out)
+    }
+}
+
+/// Creates a WebSocket RPC client (grenache-nodejs-ws compatible; pooled, multiplexed sockets);
+/// with `tls` it speaks `wss://`. Same contract as `grenache_client_new_http`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_new_ws(link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
+    ffi_panic_boundary! {
+        new_client(ClientTransportKind::Ws, link, tls, out)
     }
 }
 

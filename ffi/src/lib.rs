@@ -14,6 +14,7 @@ pub mod callback;
 pub mod client;
 pub mod error;
 pub mod link;
+pub mod pubsub;
 pub mod reply;
 pub mod runtime;
 pub mod server;

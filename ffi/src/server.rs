@@ -20,6 +20,34 @@ pub struct grenache_server {
     inner: EmbedServer,
 }
 
+fn new_server(
+    kind: ServerTransportKind,
+    link: *const grenache_link,
+    port: u16,
+    tls: *const grenache_server_tls,
+    handler: grenache_handler_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_server,
+) -> grenache_result {
+    // The handler owns the userdata from here on, so every early return frees it.
+    let handler = c_handler(handler, userdata, free_userdata);
+    let link = try_ref!(link);
+    let Some(handler) = handler else { return grenache_result::NullParameter };
+    if out.is_null() {
+        return grenache_result::NullParameter;
+    }
+    let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+    let opts = ServerOptions { port, tls, reply_timeout: None };
+    match EmbedServer::listen(&link.inner, kind, handler, opts) {
+        Ok(inner) => {
+            unsafe { write_out(out, Box::into_raw(Box::new(grenache_server { inner }))) };
+            grenache_result::Ok
+        }
+        Err(e) => grenache_result::from(&e),
+    }
+}
+
 /// Starts an HTTP RPC server (grenache-nodejs-http compatible) on `port` (0: any free port; read
 /// it back with `grenache_server_port`), serving `handler`, announced through `link`. With `tls`
 /// (NULL: plain HTTP) it is HTTPS; the settings are copied.
@@ -42,22 +70,25 @@ pub extern "C" fn grenache_server_new_http(
     out: *mut *mut grenache_server,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        // The handler owns the userdata from here on, so every early return frees it.
-        let handler = c_handler(handler, userdata, free_userdata);
-        let link = try_ref!(link);
-        let Some(handler) = handler else { return grenache_result::NullParameter };
-        if out.is_null() {
-            return grenache_result::NullParameter;
-        }
-        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-        let opts = ServerOptions { port, tls, reply_timeout: None };
-        match EmbedServer::listen(&link.inner, ServerTransportKind::Http, handler, opts) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_server { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        new_server(ServerTransportKind::Http, link, port, tls, handler, userdata, free_userdata, out)
+    }
+}
+
+/// Starts a WebSocket RPC server (grenache-nodejs-ws compatible): the same contract as
+/// `grenache_server_new_http`; with `tls` it serves `wss://` and the client certificate's
+/// fingerprint reaches the handler (`grenache_request_fingerprint`).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_new_ws(
+    link: *const grenache_link,
+    port: u16,
+    tls: *const grenache_server_tls,
+    handler: grenache_handler_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_server,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        new_server(ServerTransportKind::Ws, link, port, tls, handler, userdata, free_userdata, out)
     }
 }
 

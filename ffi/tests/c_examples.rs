@@ -56,3 +56,33 @@ fn put_get_under_asan() {
 fn put_get_under_valgrind() {
     put_get(Flavor::Valgrind);
 }
+
+#[test]
+fn rpc_over_ws_runs() {
+    support::run_rpc_pair_on(Flavor::Plain, "ws");
+}
+
+#[test]
+fn rpc_over_ws_under_asan() {
+    support::run_rpc_pair_on(Flavor::Asan, "ws");
+}
+
+#[test]
+fn rpc_over_ws_under_valgrind() {
+    support::run_rpc_pair_on(Flavor::Valgrind, "ws");
+}
+
+#[test]
+fn pubsub_runs() {
+    support::run_pubsub_pair(Flavor::Plain);
+}
+
+#[test]
+fn pubsub_under_asan() {
+    support::run_pubsub_pair(Flavor::Asan);
+}
+
+#[test]
+fn pubsub_under_valgrind() {
+    support::run_pubsub_pair(Flavor::Valgrind);
+}

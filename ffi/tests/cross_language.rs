@@ -16,11 +16,20 @@ use support::{Flavor, GrapeNet, check, spawn};
 
 #[test]
 fn c_server_answers_node_http_client() {
+    c_server_answers_node_client("http", "http_client.js");
+}
+
+#[test]
+fn c_ws_server_answers_node_ws_client() {
+    c_server_answers_node_client("ws", "ws_client.js");
+}
+
+fn c_server_answers_node_client(transport: &str, script: &'static str) {
     let net = GrapeNet::start(false);
-    let server = spawn("rpc_server", Flavor::Plain, &[&net.urls[0], "2"], &[]);
+    let server = spawn("rpc_server", Flavor::Plain, &[&net.urls[0], "2", transport], &[]);
     let url = net.urls[1].clone();
     net.rt.block_on(async move {
-        let mut node = grenache_e2e::NodeProcess::spawn("http_client.js", &["--grape", &url]);
+        let mut node = grenache_e2e::NodeProcess::spawn(script, &["--grape", &url]);
         assert_eq!(node.json(Duration::from_secs(20)).await["event"], "started");
         // The worker may not be announced yet: retry until the lookup finds it.
         let mut id = 0;
@@ -28,7 +37,12 @@ fn c_server_answers_node_http_client() {
             id += 1;
             let cmd = json!({"id": id, "op": "request", "key": "rpc_test", "payload": "hello", "opts": {"timeout": 10000}});
             node.send_line(&cmd.to_string()).await;
-            let a = node.json(Duration::from_secs(30)).await;
+            let a = loop {
+                let a = node.json(Duration::from_secs(30)).await;
+                if a.get("id").is_some() {
+                    break a;
+                }
+            };
             if a["err"].is_null() || id > 100 {
                 break a;
             }
@@ -71,4 +85,25 @@ fn c_server_answers_rust_client() {
     });
     let (ok, out, err) = server.wait(Duration::from_secs(30));
     check("rpc_server", Flavor::Plain, ok, &out, &err);
+}
+
+#[test]
+fn c_publisher_reaches_node_subscriber() {
+    let net = GrapeNet::start(false);
+    let publisher = spawn("pubsub_pub", Flavor::Plain, &[&net.urls[0], "5"], &[]);
+    let url = net.urls[1].clone();
+    net.rt.block_on(async move {
+        let mut node = grenache_e2e::NodeProcess::spawn("ws_sub.js", &["--grape", &url, "--name", "pubsub_test"]);
+        let mut got = 0;
+        while got < 3 {
+            let e = node.json(Duration::from_secs(60)).await;
+            if e["event"] == "message" {
+                assert!(e["data"].as_str().is_some_and(|d| d.starts_with("hello ")), "{e}");
+                got += 1;
+            }
+        }
+        node.kill().await;
+    });
+    let (ok, out, err) = publisher.wait(Duration::from_secs(60));
+    check("pubsub_pub", Flavor::Plain, ok, &out, &err);
 }

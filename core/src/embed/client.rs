@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
 use crate::tls::ClientTls;
 use crate::transport::http::{HttpClient, HttpClientConfig};
+use crate::transport::ws::{WsClient, WsClientConfig};
 
 use super::{EmbedLink, Ops, Runtime};
 
@@ -16,6 +17,8 @@ use super::{EmbedLink, Ops, Runtime};
 pub enum ClientTransportKind {
     /// HTTP (grenache-nodejs-http).
     Http,
+    /// WebSocket (grenache-nodejs-ws).
+    Ws,
 }
 
 /// Options of an [`EmbedClient`].
@@ -46,6 +49,13 @@ impl EmbedClient {
                 tls: options.tls.as_ref().map(|t| t.config()),
                 ..Default::default()
             })),
+            ClientTransportKind::Ws => {
+                let mut config = WsClientConfig::default();
+                if let Some(t) = options.tls {
+                    config = config.tls(t);
+                }
+                Arc::new(WsClient::new(config))
+            }
         };
         let mut config = PeerRpcClientConfig::default();
         if let Some(t) = options.default_timeout {

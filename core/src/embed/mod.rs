@@ -20,17 +20,20 @@
 mod client;
 mod link;
 mod ops;
+mod pubsub;
 pub mod rpc;
 mod runtime;
 mod server;
 
 pub use client::{ClientOptions, ClientTransportKind, EmbedClient};
 pub use link::EmbedLink;
-pub use ops::{Ops, in_completion};
+pub use ops::{Gate, Ops, in_completion};
+pub use pubsub::{EmbedPublisher, EmbedSubscriber};
 pub use runtime::{Runtime, RuntimeOptions, on_worker_thread};
 pub use server::{EmbedServer, ServerOptions, ServerTransportKind};
 
 /// Re-exports the option types the facade's callers fill in.
 pub use crate::link::{Keypair, LinkConfig, MutableItem};
 pub use crate::rpc::RequestOptions;
+pub use crate::pubsub::SubMessage;
 pub use crate::tls::{ClientTls, ServerTls};

@@ -338,3 +338,60 @@ mod tests {
         rt.shutdown();
     }
 }
+
+thread_local! {
+    static IN_GATE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Guards the calls of a long-lived callback (a subscription's message handler) so that after
+/// [`Gate::close`] returns, no call is running or will start: close waits for running calls,
+/// except one running on the closing thread itself (a callback that closes its own handle).
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    inner: Arc<(Mutex<(bool, usize)>, Condvar)>,
+}
+
+impl Gate {
+    /// A new open gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Runs `f` unless the gate is closed; returns false when closed.
+    pub fn run(&self, f: impl FnOnce()) -> bool {
+        {
+            let mut g = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0 {
+                return false;
+            }
+            g.1 += 1;
+        }
+        IN_GATE.with(|c| c.set(c.get() + 1));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        IN_GATE.with(|c| c.set(c.get() - 1));
+        let mut g = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 -= 1;
+        if g.1 == 0 {
+            self.inner.1.notify_all();
+        }
+        true
+    }
+
+    /// Closes the gate and waits (at most `wait`) for running calls on other threads.
+    pub fn close(&self, wait: Duration) {
+        let mut g = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = true;
+        let own = IN_GATE.with(|c| c.get());
+        let deadline = Instant::now() + wait;
+        while g.1 > own {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = match self.inner.1.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}

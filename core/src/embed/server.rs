@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::rpc::{Handler, PeerRpcServer};
 use crate::tls::ServerTls;
 use crate::transport::http::{HttpServer, HttpServerConfig};
+use crate::transport::ws::{WsServer, WsServerConfig};
 
 use super::{EmbedLink, Ops, Runtime};
 
@@ -31,6 +32,8 @@ pub struct ServerOptions {
 pub enum ServerTransportKind {
     /// HTTP (grenache-nodejs-http).
     Http,
+    /// WebSocket (grenache-nodejs-ws).
+    Ws,
 }
 
 /// A listening RPC server (a [`PeerRpcServer`]) driven by an embed [`Runtime`].
@@ -61,7 +64,14 @@ impl EmbedServer {
                         reply_timeout: options.reply_timeout,
                         ..Default::default()
                     };
-                    Arc::new(HttpServer::bind(addr, handler, config).await?)
+                    Arc::new(HttpServer::bind(addr, handler, config).await?) as Arc<dyn crate::rpc::ServerTransport>
+                }
+                ServerTransportKind::Ws => {
+                    let mut config = WsServerConfig::default().reply_timeout(options.reply_timeout);
+                    if let Some(t) = options.tls {
+                        config = config.tls(t);
+                    }
+                    Arc::new(WsServer::bind_arc(addr, handler, config).await?)
                 }
             };
             Ok(PeerRpcServer::new(core_link, transport))

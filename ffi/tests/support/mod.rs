@@ -255,19 +255,39 @@ impl Drop for GrapeNet {
 /// Runs the rpc_test pair in `flavor` against a fresh Grape network: the server announces on one
 /// Grape, the client looks up through the other. Returns the client's stdout.
 pub fn run_rpc_pair(flavor: Flavor) -> String {
+    run_rpc_pair_on(flavor, "http")
+}
+
+/// [`run_rpc_pair`] over `transport` (`"http"` or `"ws"`).
+pub fn run_rpc_pair_on(flavor: Flavor, transport: &str) -> String {
     let net = GrapeNet::start(false);
     let count = 5;
     // count requests + 1 map + 1 remote-error request, all answered by the one server.
     let total = (count + 2).to_string();
     let timeout = if flavor == Flavor::Valgrind { Duration::from_secs(300) } else { Duration::from_secs(90) };
-    let server = spawn("rpc_server", flavor, &[&net.urls[0], &total], &[]);
-    let client = spawn("rpc_client", flavor, &[&net.urls[1], &count.to_string()], &[]);
+    let server = spawn("rpc_server", flavor, &[&net.urls[0], &total, transport], &[]);
+    let client = spawn("rpc_client", flavor, &[&net.urls[1], &count.to_string(), transport], &[]);
     let (cok, cout, cerr) = client.wait(timeout);
-    let (sok, sout, serr) = server.wait(Duration::from_secs(60));
+    let (sok, sout, serr) = server.wait(timeout);
     check("rpc_client", flavor, cok, &cout, &cerr);
     check("rpc_server", flavor, sok, &sout, &serr);
     assert!(cout.contains("rpc_test hello -> \"world\""), "{cout}");
     assert!(sout.contains(&format!("answered {total}")), "{sout}");
     drop(net);
     cout
+}
+
+/// Runs the pub/sub pair in `flavor`: the publisher announces on one Grape, the subscriber looks
+/// up through the other and waits for 10 messages.
+pub fn run_pubsub_pair(flavor: Flavor) {
+    let net = GrapeNet::start(false);
+    let timeout = if flavor == Flavor::Valgrind { Duration::from_secs(300) } else { Duration::from_secs(90) };
+    let publisher = spawn("pubsub_pub", flavor, &[&net.urls[0], "10"], &[]);
+    let sub = spawn("pubsub_sub", flavor, &[&net.urls[1], "10"], &[]);
+    let (ok, out, err) = sub.wait(timeout);
+    check("pubsub_sub", flavor, ok, &out, &err);
+    assert!(out.contains("received 1"), "{out}");
+    let (ok, out, err) = publisher.wait(timeout);
+    check("pubsub_pub", flavor, ok, &out, &err);
+    drop(net);
 }

@@ -1,0 +1,173 @@
+//! PUB/SUB over WebSocket: `grenache_publisher` and `grenache_subscriber`.
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use grenache_core::embed::{EmbedPublisher, EmbedSubscriber};
+
+use crate::error::grenache_result;
+use crate::link::grenache_link;
+use crate::panic::ffi_panic_boundary;
+use crate::ptr::{NulString, try_box, try_ref, try_str, try_str_len, write_out};
+use crate::reply::{OwnedUserData, grenache_free_cb};
+use crate::tls::{grenache_client_tls, grenache_server_tls};
+
+/// A publisher (the reference's `PeerPub`): a WebSocket server that sends each published
+/// message to every connected subscriber. Thread-safe. Free with `grenache_publisher_free`.
+#[derive(Debug)]
+pub struct grenache_publisher {
+    inner: EmbedPublisher,
+}
+
+/// A subscription to every publisher announcing a name (the reference's `PeerSub`), delivering
+/// messages to a callback. Free with `grenache_subscriber_free`.
+#[derive(Debug)]
+pub struct grenache_subscriber {
+    inner: EmbedSubscriber,
+}
+
+/// Receives one message: `publisher` is the publisher's `"host:port"`, `data`/`len` the message
+/// (NUL-terminated; text frames are UTF-8). Both borrowed until the callback returns. Called on a
+/// worker thread, one message at a time per subscriber. May call any non-blocking function,
+/// including `grenache_subscriber_free` on its own subscriber.
+pub type grenache_message_cb =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, publisher: *const c_char, data: *const c_char, len: usize)>;
+
+/// Starts a publisher on `port` (0: any free port), with `tls` (NULL: plain `ws://`; settings
+/// copied). Blocks until bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
+/// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `IO`,
+/// `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_new(link: *const grenache_link, port: u16, tls: *const grenache_server_tls, out: *mut *mut grenache_publisher) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+        match EmbedPublisher::bind(&link.inner, port, tls) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// The publisher's port (0 when `publisher` is NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_port(publisher: *const grenache_publisher) -> u16 {
+    ffi_panic_boundary! {
+        try_ref!(publisher).inner.port()
+    }
+}
+
+/// Keeps announcing `name` on the publisher's port every `interval_ms` ms (jittered ±50 %) until
+/// the publisher is freed. Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
+/// `INVALID_ARGUMENT` (interval 0).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_start_announcing(publisher: *const grenache_publisher, name: *const c_char, interval_ms: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let p = try_ref!(publisher);
+        let name = try_str!(name);
+        if interval_ms == 0 {
+            return grenache_result::InvalidArgument;
+        }
+        p.inner.start_announcing(name, Duration::from_millis(interval_ms));
+        grenache_result::Ok
+    }
+}
+
+/// Publishes the UTF-8 text `msg` (`len` bytes) to every connected subscriber and writes how many
+/// it was queued for into `*out_count` (may be NULL). Non-blocking (slow subscribers have bounded
+/// queues). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_publish(publisher: *const grenache_publisher, msg: *const c_char, len: usize, out_count: *mut usize) -> grenache_result {
+    ffi_panic_boundary! {
+        let p = try_ref!(publisher);
+        let text = try_str_len!(msg, len);
+        let n = p.inner.publish(text);
+        if !out_count.is_null() {
+            unsafe { write_out(out_count, n) };
+        }
+        grenache_result::Ok
+    }
+}
+
+/// How many subscribers are connected (0 when `publisher` is NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_subscribers(publisher: *const grenache_publisher) -> usize {
+    ffi_panic_boundary! {
+        try_ref!(publisher).inner.subscribers()
+    }
+}
+
+/// Stops announcing, closes every subscriber's socket and frees the publisher. NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_free(publisher: *mut grenache_publisher) {
+    ffi_panic_boundary! {
+        drop(try_box!(publisher));
+    }
+}
+
+/// Subscribes to every publisher announcing `name` (looked up through `link`, again every few
+/// seconds; lost publishers are reconnected), with `tls` (NULL: plain `ws://`). Each message goes
+/// to `on_message` with `userdata`; `free_userdata` (may be NULL) runs exactly once after the
+/// subscription stopped (also when this call fails), on any thread. Non-blocking.
+/// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
+/// `CANCELLED` (runtime freed).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_subscriber_new(
+    link: *const grenache_link,
+    name: *const c_char,
+    tls: *const grenache_client_tls,
+    on_message: grenache_message_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_subscriber,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let ud = OwnedUserData::new(userdata, free_userdata);
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        let Some(cb) = on_message else { return grenache_result::NullParameter };
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+        let on_message = move |m: &grenache_core::embed::SubMessage| {
+            let publisher = NulString::new(m.publisher.to_string());
+            let mut data = Vec::with_capacity(m.data.len() + 1);
+            data.extend_from_slice(&m.data);
+            data.push(0);
+            unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr().cast(), m.data.len()) };
+        };
+        match EmbedSubscriber::subscribe(&link.inner, name, tls, on_message) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_subscriber { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is
+/// NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_subscriber_publishers(sub: *const grenache_subscriber) -> usize {
+    ffi_panic_boundary! {
+        try_ref!(sub).inner.publishers()
+    }
+}
+
+/// Stops the subscription and frees it: after it returns `on_message` is not running (unless
+/// called from inside it) and never runs again; `free_userdata` follows once the subscription's
+/// task has ended. NULL is ignored. Allowed inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_subscriber_free(sub: *mut grenache_subscriber) {
+    ffi_panic_boundary! {
+        drop(try_box!(sub));
+    }
+}
