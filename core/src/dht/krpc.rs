@@ -406,6 +406,7 @@ pub fn decode_peer(b: &[u8]) -> Option<SocketAddrV4> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -85,6 +85,8 @@ struct Pending {
     tx: oneshot::Sender<std::result::Result<Response, KrpcError>>,
 }
 
+type CachedTable = (Instant, Arc<Vec<TokenNode>>);
+type WalkJob = (Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>);
 type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
 
 #[derive(Debug)]
@@ -103,7 +105,7 @@ pub(crate) struct State {
     pending: HashMap<u16, Pending>,
     next_tid: u16,
     /// Cached per-target tables: key = (method tag, target).
-    tables: lru::LruCache<(u8, Vec<u8>), (Instant, Arc<Vec<TokenNode>>)>,
+    tables: lru::LruCache<(u8, Vec<u8>), CachedTable>,
     lookups: HashMap<Vec<u8>, Vec<oneshot::Sender<LookupResult>>>,
     pinging: HashSet<[u8; 20]>,
 }
@@ -526,7 +528,7 @@ impl Inner {
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
         let seeds = self.state().table.closest(&target, K);
-        let mut set: JoinSet<(Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>)> = JoinSet::new();
+        let mut set: JoinSet<WalkJob> = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);
         let mut queries = 0usize;
         let bootstrap_needed = force_bootstrap || seeds.len() < self.config.bootstrap.len();
@@ -575,10 +577,10 @@ impl Inner {
             match res {
                 Ok(r) => {
                     let rid = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok());
-                    if let Some(id) = id {
-                        if let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id)) {
-                            c.1 = St::Done;
-                        }
+                    if let Some(id) = id
+                        && let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id))
+                    {
+                        c.1 = St::Done;
                     }
                     if let Some(rid) = rid
                         && rid != self.id
@@ -968,6 +970,7 @@ impl Clone for LookupOutcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -309,6 +309,7 @@ impl ValueStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
