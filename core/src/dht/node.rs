@@ -363,7 +363,9 @@ impl Inner {
         let now = Instant::now();
         match msg.body {
             Body::Query(q) => {
-                if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                if !q.read_only
+                    && let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok())
+                {
                     self.add_node(NodeInfo { id, addr: from });
                 }
                 let handled = self.state().handle_query(&q, from, now);
@@ -480,7 +482,8 @@ impl Inner {
             }
         }
         let _guard = Guard(self, tid);
-        let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(Query { id: Some(self.id.to_vec()), method }) };
+        let query = Query { id: Some(self.id.to_vec()), method, read_only: false };
+        let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(query) };
         self.send(to, &msg.encode()).await.map_err(QueryError::Other)?;
         match tokio::time::timeout(self.config.query_timeout, rx).await {
             Ok(Ok(Ok(r))) => Ok(r),
@@ -984,7 +987,7 @@ mod tests {
     }
 
     fn query(method: Method) -> Query {
-        Query { id: Some(vec![1; 20]), method }
+        Query { id: Some(vec![1; 20]), method, read_only: false }
     }
 
     #[test]
