@@ -1,1 +1,859 @@
-//! PUB/SUB over WebSocket.
+//! PUB/SUB over WebSocket, wire-compatible with grenache-nodejs-ws 1.0.0 (`PeerPub`, `PeerSub`).
+//!
+//! The wire has no envelope: a publisher is one channel, announced under a name in the DHT;
+//! [`PeerPub::publish`] sends the message as-is, one text frame, to every connected subscriber. A
+//! subscriber dials `ws://host:port/ws` and sends nothing.
+//!
+//! Differences from the reference (also in `docs/compat.md`):
+//! * **Slow subscribers are bounded.** Each subscriber has a queue of
+//!   [`PubConfig::queue_capacity`] messages (default 1024). When it is full, the
+//!   [`SlowSubscriberPolicy`] applies: [`Disconnect`](SlowSubscriberPolicy::Disconnect) (the
+//!   default) closes that subscriber's socket so it can reconnect and resume with fresh messages,
+//!   [`DropOldest`](SlowSubscriberPolicy::DropOldest) discards its oldest queued message. Either way
+//!   the publisher's memory stays bounded and other subscribers are not slowed down. The reference
+//!   buffers without limit.
+//! * [`PeerSub::sub`] connects to **every** publisher the lookup returns (the reference picks one
+//!   at random), looks the name up again every [`SubConfig::relookup_interval`] to pick up new
+//!   publishers, and reconnects with back-off when a publisher goes away (the reference never
+//!   reconnects and closes sockets still connecting after 5 s).
+//! * Optional TLS on both sides ([`PubConfig::tls`], [`SubConfig::tls`]); the reference has none.
+//! * Closing a [`Subscription`] closes its sockets (the reference's `PeerSub.stop()` leaves them).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::link::{AnnounceHandle, Link};
+use crate::tls::{ClientTls, ServerTls, VerifyClient};
+use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, accept_ws, dial};
+
+/// A subscriber whose socket accepts no bytes for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publisher
+// ---------------------------------------------------------------------------------------------
+
+/// What a publisher does when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowSubscriberPolicy {
+    /// Close the slow subscriber's socket (our subscribers reconnect and resume with new
+    /// messages; messages queued for it are lost). The default.
+    #[default]
+    Disconnect,
+    /// Drop the subscriber's oldest queued message to make room (it misses messages but stays
+    /// connected).
+    DropOldest,
+}
+
+/// Settings of a [`PeerPub`].
+#[derive(Clone)]
+pub struct PubConfig {
+    tls: Option<ServerTls>,
+    verify_client: Option<VerifyClient>,
+    queue_capacity: usize,
+    policy: SlowSubscriberPolicy,
+    max_subscribers: usize,
+    max_message_size: usize,
+    handshake_timeout: Duration,
+}
+
+impl Default for PubConfig {
+    fn default() -> Self {
+        PubConfig {
+            tls: None,
+            verify_client: None,
+            queue_capacity: 1024,
+            policy: SlowSubscriberPolicy::Disconnect,
+            max_subscribers: 10_000,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for PubConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubConfig")
+            .field("tls", &self.tls)
+            .field("verify_client", &self.verify_client.is_some())
+            .field("queue_capacity", &self.queue_capacity)
+            .field("policy", &self.policy)
+            .field("max_subscribers", &self.max_subscribers)
+            .field("max_message_size", &self.max_message_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PubConfig {
+    /// Serve `wss://` (an extension: the reference's PUB/SUB has no TLS). Default: plain.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A hook that accepts or refuses each subscriber before its upgrade (`HTTP 401`).
+    /// Default: none.
+    pub fn verify_client(mut self, hook: VerifyClient) -> Self {
+        self.verify_client = Some(hook);
+        self
+    }
+
+    /// Messages queued per subscriber before [`SlowSubscriberPolicy`] applies. Default is 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// What to do with a subscriber whose queue is full. Default is
+    /// [`SlowSubscriberPolicy::Disconnect`].
+    pub fn slow_subscriber_policy(mut self, p: SlowSubscriberPolicy) -> Self {
+        self.policy = p;
+        self
+    }
+
+    /// Subscribers served at once; further ones wait in the listen backlog. Default is 10,000.
+    pub fn max_subscribers(mut self, n: usize) -> Self {
+        self.max_subscribers = n.max(1);
+        self
+    }
+
+    /// The largest frame accepted from a subscriber (they send nothing). Default is 16 MiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1024);
+        self
+    }
+}
+
+/// One subscriber's bounded queue.
+struct SubQueue {
+    q: Mutex<QueueState>,
+    notify: Notify,
+    /// Cancelled by the publisher to disconnect a slow subscriber, even mid-write.
+    kick: CancellationToken,
+}
+
+struct QueueState {
+    items: VecDeque<Message>,
+    /// Set by the publisher to disconnect a slow subscriber.
+    kicked: bool,
+    dropped: u64,
+}
+
+/// Counters of a [`PeerPub`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PubStats {
+    /// Subscribers connected now.
+    pub subscribers: usize,
+    /// Messages published since start.
+    pub published: u64,
+    /// Messages dropped from full queues ([`SlowSubscriberPolicy::DropOldest`]).
+    pub dropped: u64,
+    /// Subscribers disconnected for being slow ([`SlowSubscriberPolicy::Disconnect`]).
+    pub kicked: u64,
+}
+
+struct PubShared {
+    subs: Mutex<HashMap<u64, Arc<SubQueue>>>,
+    next_id: AtomicU64,
+    capacity: usize,
+    policy: SlowSubscriberPolicy,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    kicked: AtomicU64,
+    count: watch::Sender<usize>,
+}
+
+/// A publisher: a WebSocket server that sends each published message to every subscriber.
+///
+/// Dropping it (or [`PeerPub::close`]) stops announcing, stops accepting and closes every
+/// subscriber's socket.
+pub struct PeerPub {
+    local_addr: SocketAddr,
+    shared: Arc<PubShared>,
+    shutdown: CancellationToken,
+    announces: Mutex<Vec<AnnounceHandle>>,
+}
+
+impl fmt::Debug for PeerPub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerPub").field("local_addr", &self.local_addr).field("stats", &self.stats()).finish()
+    }
+}
+
+impl PeerPub {
+    /// Binds `addr` (port 0 picks a free port) and starts accepting subscribers.
+    pub async fn bind(addr: SocketAddr, config: PubConfig) -> Result<PeerPub> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (count, _) = watch::channel(0);
+        let shared = Arc::new(PubShared {
+            subs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            capacity: config.queue_capacity,
+            policy: config.policy,
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            kicked: AtomicU64::new(0),
+            count,
+        });
+        let shutdown = CancellationToken::new();
+        let settings = AcceptSettings {
+            tls: config.tls.clone(),
+            verify_client: config.verify_client.clone(),
+            max_message_size: config.max_message_size,
+            handshake_timeout: config.handshake_timeout,
+        };
+        tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+        Ok(PeerPub { local_addr, shared, shutdown, announces: Mutex::new(Vec::new()) })
+    }
+
+    /// The address the publisher listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The port to announce.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Keeps announcing `name` on this publisher's port through `link` every `interval`
+    /// (jittered), until the publisher is closed. See [`Link::start_announcing`].
+    pub fn start_announcing(&self, link: &Link, name: &str, interval: Duration) -> AnnounceHandle {
+        let h = link.start_announcing(name, self.port(), interval);
+        lock(&self.announces).push(h.clone());
+        h
+    }
+
+    /// Sends `message` as one text frame to every connected subscriber; returns how many it was
+    /// queued for. Never blocks: a full queue applies the [`SlowSubscriberPolicy`].
+    pub fn publish(&self, message: impl Into<String>) -> usize {
+        self.publish_message(Message::Text(Utf8Bytes::from(message.into())))
+    }
+
+    /// Sends `data` as one binary frame to every connected subscriber (the reference sends Node
+    /// Buffers this way).
+    pub fn publish_binary(&self, data: impl Into<Bytes>) -> usize {
+        self.publish_message(Message::Binary(data.into()))
+    }
+
+    fn publish_message(&self, msg: Message) -> usize {
+        let s = &self.shared;
+        s.published.fetch_add(1, Ordering::Relaxed);
+        let subs = lock(&s.subs);
+        for q in subs.values() {
+            let mut st = lock(&q.q);
+            if st.kicked {
+                continue;
+            }
+            if st.items.len() >= s.capacity {
+                match s.policy {
+                    SlowSubscriberPolicy::DropOldest => {
+                        st.items.pop_front();
+                        st.dropped += 1;
+                        s.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    SlowSubscriberPolicy::Disconnect => {
+                        st.kicked = true;
+                        st.items.clear();
+                        s.kicked.fetch_add(1, Ordering::Relaxed);
+                        drop(st);
+                        q.kick.cancel();
+                        continue;
+                    }
+                }
+            }
+            st.items.push_back(msg.clone());
+            drop(st);
+            q.notify.notify_one();
+        }
+        subs.len()
+    }
+
+    /// Subscribers connected now.
+    pub fn subscribers(&self) -> usize {
+        lock(&self.shared.subs).len()
+    }
+
+    /// Waits until at least `n` subscribers are connected, or fails after `timeout`.
+    pub async fn wait_subscribers(&self, n: usize, timeout: Duration) -> Result<()> {
+        let mut rx = self.shared.count.subscribe();
+        let fut = rx.wait_for(|c| *c >= n);
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::timeout(format!("fewer than {n} subscribers after {timeout:?}"))),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PubStats {
+        let s = &self.shared;
+        PubStats {
+            subscribers: lock(&s.subs).len(),
+            published: s.published.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            kicked: s.kicked.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops announcing, stops accepting and closes every subscriber's socket.
+    pub fn close(&self) {
+        for h in lock(&self.announces).drain(..) {
+            h.stop();
+        }
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for PeerPub {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn pub_accept_loop(
+    listener: TcpListener,
+    shared: Arc<PubShared>,
+    settings: AcceptSettings,
+    max_subscribers: usize,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_subscribers));
+    let settings = Arc::new(settings);
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("pub accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let shared = shared.clone();
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let ws = match accept_ws(tcp, remote, &settings).await {
+                Ok((ws, _cert)) => ws,
+                Err(e) => {
+                    tracing::debug!("pub: {e}");
+                    return;
+                }
+            };
+            serve_subscriber(ws, shared, shutdown).await;
+        });
+    }
+}
+
+async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken) {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let q = Arc::new(SubQueue {
+        q: Mutex::new(QueueState { items: VecDeque::new(), kicked: false, dropped: 0 }),
+        notify: Notify::new(),
+        kick: CancellationToken::new(),
+    });
+    {
+        let mut subs = lock(&shared.subs);
+        subs.insert(id, q.clone());
+        let n = subs.len();
+        shared.count.send_replace(n);
+    }
+    let mut batch: Vec<Message> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = q.notify.notified() => {
+                let kicked = {
+                    let mut st = lock(&q.q);
+                    batch.extend(st.items.drain(..));
+                    st.kicked
+                };
+                if kicked {
+                    tracing::debug!("pub: disconnecting a slow subscriber");
+                    break;
+                }
+                // A subscriber that does not read for WRITE_TIMEOUT is dropped even if its
+                // queue never fills (e.g. a stalled TCP window with few, large messages).
+                let write = async {
+                    for m in batch.drain(..) {
+                        ws.feed(m).await?;
+                    }
+                    ws.flush().await
+                };
+                tokio::select! {
+                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+                        Ok(Ok(())) => {}
+                        _ => break,
+                    },
+                    _ = q.kick.cancelled() => break,
+                }
+            }
+            msg = ws.next() => match msg {
+                // Subscribers send nothing that matters; pings are answered on the next flush.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {
+                    if ws.flush().await.is_err() {
+                        break;
+                    }
+                }
+            },
+            _ = q.kick.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    {
+        let mut subs = lock(&shared.subs);
+        subs.remove(&id);
+        let n = subs.len();
+        shared.count.send_replace(n);
+    }
+    if q.kick.is_cancelled() {
+        // Its socket is not being read: do not wait for a close handshake.
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriber
+// ---------------------------------------------------------------------------------------------
+
+/// Settings of a [`PeerSub`].
+#[derive(Clone)]
+pub struct SubConfig {
+    tls: Option<ClientTls>,
+    relookup_interval: Duration,
+    lookup_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    buffer: usize,
+    max_message_size: usize,
+    max_publishers: usize,
+}
+
+impl Default for SubConfig {
+    fn default() -> Self {
+        SubConfig {
+            tls: None,
+            relookup_interval: Duration::from_secs(5),
+            lookup_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            buffer: 4096,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_publishers: 100,
+        }
+    }
+}
+
+impl fmt::Debug for SubConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubConfig")
+            .field("tls", &self.tls)
+            .field("relookup_interval", &self.relookup_interval)
+            .field("lookup_timeout", &self.lookup_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("buffer", &self.buffer)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_publishers", &self.max_publishers)
+            .finish()
+    }
+}
+
+impl SubConfig {
+    /// Dial `wss://` with this TLS configuration (an extension). Default: plain.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// How often the name is looked up again to find new publishers (the Link's lookup cache is
+    /// bypassed). Default is 5 s.
+    pub fn relookup_interval(mut self, t: Duration) -> Self {
+        self.relookup_interval = t.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Timeout of each lookup (the reference's 5 s). Default is 5 s.
+    pub fn lookup_timeout(mut self, t: Duration) -> Self {
+        self.lookup_timeout = t;
+        self
+    }
+
+    /// Time allowed for connect + TLS + upgrade. Default is 5 s.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Back-off between reconnect attempts to a publisher: starts at `min`, doubles up to `max`.
+    /// Defaults are 100 ms and 2 s.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min.max(Duration::from_millis(1));
+        self.reconnect_max = max.max(self.reconnect_min);
+        self
+    }
+
+    /// Messages buffered for the application. When full, sockets are not read, so TCP pushes back
+    /// to the publishers (whose own policy then applies). Default is 4096.
+    pub fn buffer(mut self, n: usize) -> Self {
+        self.buffer = n.max(1);
+        self
+    }
+
+    /// The largest message accepted; a larger one closes that publisher's socket (it is
+    /// reconnected). Default is 16 MiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1024);
+        self
+    }
+
+    /// Most publishers connected per subscription (a Grape lookup returns at most 100).
+    /// Default is 100.
+    pub fn max_publishers(mut self, n: usize) -> Self {
+        self.max_publishers = n.max(1);
+        self
+    }
+}
+
+/// One message received from a publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubMessage {
+    /// The publisher's `host:port`.
+    pub publisher: Arc<str>,
+    /// The frame's bytes.
+    pub data: Bytes,
+    /// True for a binary frame, false for a text frame (valid UTF-8).
+    pub binary: bool,
+}
+
+impl SubMessage {
+    /// The message as text: `Some` for text frames (and binary frames that are UTF-8).
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.data).ok()
+    }
+}
+
+/// Where a subscription finds its publishers.
+#[derive(Clone, Debug)]
+enum Source {
+    Link(Link),
+    Fixed(Vec<String>),
+}
+
+/// Subscribes to publishers found through a [`Link`] (the reference's `PeerSub`).
+#[derive(Clone, Debug)]
+pub struct PeerSub {
+    link: Link,
+    config: SubConfig,
+}
+
+impl PeerSub {
+    /// A subscriber that finds publishers with `link`.
+    pub fn new(link: Link, config: SubConfig) -> PeerSub {
+        PeerSub { link, config }
+    }
+
+    /// Subscribes to every publisher announcing `name`: looks it up, connects to each, delivers
+    /// their messages through the returned [`Subscription`], reconnects to publishers that go
+    /// away, and looks the name up again every `relookup_interval` to pick up new ones.
+    /// Needs a tokio runtime.
+    pub fn sub(&self, name: &str) -> Subscription {
+        Subscription::start(Source::Link(self.link.clone()), name.to_string(), self.config.clone())
+    }
+
+    /// Subscribes to publishers at fixed `host:port` addresses, without a lookup.
+    pub fn sub_to(dests: Vec<String>, config: SubConfig) -> Subscription {
+        Subscription::start(Source::Fixed(dests), String::new(), config)
+    }
+}
+
+struct SubShared {
+    connected: Mutex<HashSet<Arc<str>>>,
+    connected_tx: watch::Sender<usize>,
+    lookup_error: Mutex<Option<Error>>,
+    received: AtomicU64,
+    connects: AtomicUsize,
+}
+
+impl SubShared {
+    fn set_connected(&self, dest: &Arc<str>, on: bool) {
+        let mut c = lock(&self.connected);
+        if on {
+            c.insert(dest.clone());
+        } else {
+            c.remove(dest);
+        }
+        self.connected_tx.send_replace(c.len());
+    }
+}
+
+/// A live subscription: a stream of [`SubMessage`]s from every publisher of a name. Dropping it
+/// (or [`Subscription::close`]) closes its sockets.
+pub struct Subscription {
+    rx: mpsc::Receiver<SubMessage>,
+    shared: Arc<SubShared>,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").field("publishers", &self.publishers()).finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    fn start(source: Source, name: String, config: SubConfig) -> Subscription {
+        let (tx, rx) = mpsc::channel(config.buffer);
+        let (connected_tx, _) = watch::channel(0);
+        let shared = Arc::new(SubShared {
+            connected: Mutex::new(HashSet::new()),
+            connected_tx,
+            lookup_error: Mutex::new(None),
+            received: AtomicU64::new(0),
+            connects: AtomicUsize::new(0),
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(manage(source, name, config, tx, shared.clone(), cancel.clone()));
+        Subscription { rx, shared, cancel }
+    }
+
+    /// The next message; `None` once the subscription is closed.
+    pub async fn recv(&mut self) -> Option<SubMessage> {
+        self.rx.recv().await
+    }
+
+    /// The next message, or a [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error after
+    /// `timeout`.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<SubMessage> {
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(Error::new(crate::ErrorKind::Closed, "subscription closed")),
+            Err(_) => Err(Error::timeout(format!("no message within {timeout:?}"))),
+        }
+    }
+
+    /// A message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<SubMessage> {
+        self.rx.try_recv().ok()
+    }
+
+    /// How many publishers are connected now.
+    pub fn publishers(&self) -> usize {
+        lock(&self.shared.connected).len()
+    }
+
+    /// How many successful connections (first connects and reconnects) were made so far.
+    pub fn connects(&self) -> usize {
+        self.shared.connects.load(Ordering::Relaxed)
+    }
+
+    /// Messages received so far.
+    pub fn received(&self) -> u64 {
+        self.shared.received.load(Ordering::Relaxed)
+    }
+
+    /// The error of the last failed lookup, if the last lookup failed (e.g. `ERR_GRAPE_LOOKUP_EMPTY`).
+    pub fn lookup_error(&self) -> Option<Error> {
+        lock(&self.shared.lookup_error).as_ref().map(|e| Error::new(e.kind(), e.message().to_string()))
+    }
+
+    /// Waits until at least `n` publishers are connected, or fails after `timeout`.
+    pub async fn wait_publishers(&self, n: usize, timeout: Duration) -> Result<()> {
+        let mut rx = self.shared.connected_tx.subscribe();
+        match tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::timeout(format!("fewer than {n} publishers after {timeout:?}"))),
+        }
+    }
+
+    /// Closes every socket; `recv` then drains what was buffered and returns `None`.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = SubMessage;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<SubMessage>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Keeps one connection task per publisher found; looks up again periodically.
+async fn manage(
+    source: Source,
+    name: String,
+    config: SubConfig,
+    tx: mpsc::Sender<SubMessage>,
+    shared: Arc<SubShared>,
+    cancel: CancellationToken,
+) {
+    let mut tasks: HashMap<String, CancellationToken> = HashMap::new();
+    loop {
+        let found: Option<Vec<String>> = match &source {
+            Source::Fixed(d) => Some(d.clone()),
+            Source::Link(link) => {
+                link.invalidate(&name);
+                let r = tokio::select! {
+                    r = tokio::time::timeout(config.lookup_timeout, link.lookup(&name)) => r,
+                    _ = cancel.cancelled() => break,
+                };
+                match r {
+                    Ok(Ok(d)) => {
+                        *lock(&shared.lookup_error) = None;
+                        Some(d)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!("sub {name}: lookup failed: {e}");
+                        *lock(&shared.lookup_error) = Some(e);
+                        None
+                    }
+                    Err(_) => {
+                        *lock(&shared.lookup_error) = Some(Error::timeout("lookup timed out"));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(dests) = found {
+            let current: HashSet<&String> = dests.iter().collect();
+            // Forget publishers no longer announced, unless connected (they still work).
+            let connected = lock(&shared.connected).clone();
+            tasks.retain(|d, t| {
+                let keep = current.contains(d) || connected.contains(d.as_str());
+                if !keep {
+                    t.cancel();
+                }
+                keep
+            });
+            for d in dests {
+                if tasks.len() >= config.max_publishers {
+                    break;
+                }
+                if tasks.contains_key(&d) {
+                    continue;
+                }
+                let token = cancel.child_token();
+                tasks.insert(d.clone(), token.clone());
+                tokio::spawn(publisher_conn(Arc::from(d.as_str()), config.clone(), tx.clone(), shared.clone(), token));
+            }
+        }
+        if matches!(source, Source::Fixed(_)) {
+            // Fixed publishers: nothing to look up again.
+            cancel.cancelled().await;
+            break;
+        }
+        let wait = if tasks.is_empty() { config.relookup_interval.min(Duration::from_secs(1)) } else { config.relookup_interval };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+    for t in tasks.values() {
+        t.cancel();
+    }
+}
+
+/// Connects to one publisher and forwards its frames; reconnects with back-off until cancelled.
+async fn publisher_conn(
+    dest: Arc<str>,
+    config: SubConfig,
+    tx: mpsc::Sender<SubMessage>,
+    shared: Arc<SubShared>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = config.reconnect_min;
+    loop {
+        let dialled = tokio::select! {
+            r = dial(&dest, config.tls.as_ref(), config.max_message_size, config.connect_timeout) => r,
+            _ = cancel.cancelled() => return,
+        };
+        match dialled {
+            Ok(mut ws) => {
+                backoff = config.reconnect_min;
+                shared.connects.fetch_add(1, Ordering::Relaxed);
+                shared.set_connected(&dest, true);
+                loop {
+                    let msg = tokio::select! {
+                        m = ws.next() => m,
+                        _ = cancel.cancelled() => {
+                            shared.set_connected(&dest, false);
+                            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                            return;
+                        }
+                    };
+                    let (data, binary) = match msg {
+                        Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
+                        Some(Ok(Message::Binary(b))) => (b, true),
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {
+                            // A ping: the pong goes out with the next flush.
+                            let _ = ws.flush().await;
+                            continue;
+                        }
+                    };
+                    shared.received.fetch_add(1, Ordering::Relaxed);
+                    let m = SubMessage { publisher: dest.clone(), data, binary };
+                    tokio::select! {
+                        r = tx.send(m) => if r.is_err() {
+                            // The application dropped the subscription.
+                            shared.set_connected(&dest, false);
+                            return;
+                        },
+                        _ = cancel.cancelled() => {
+                            shared.set_connected(&dest, false);
+                            return;
+                        }
+                    }
+                }
+                shared.set_connected(&dest, false);
+                tracing::debug!("sub: publisher {dest} went away; reconnecting");
+            }
+            Err(e) => tracing::debug!("sub: cannot reach publisher {dest}: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = cancel.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(config.reconnect_max);
+    }
+}

@@ -19,7 +19,12 @@ use tokio::sync::oneshot;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tls::PeerCert;
 
+pub mod client;
 pub mod envelope;
+pub mod server;
+
+pub use client::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
+pub use server::PeerRpcServer;
 
 /// A boxed, sendable future, as returned by [`ClientTransport::request`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -240,6 +245,16 @@ pub trait ClientTransport: Send + Sync + 'static {
     fn active_connections(&self, dest: &str) -> usize;
 
     /// Closes every connection. Requests in flight fail with [`ErrorKind::Closed`].
+    fn close(&self);
+}
+
+/// The server side of a transport, as a [`PeerRpcServer`] holds it: a listener already serving a
+/// [`Handler`], whose port the server announces.
+pub trait ServerTransport: Send + Sync + 'static {
+    /// The bound address (its port is what gets announced).
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Stops listening and closes every connection.
     fn close(&self);
 }
 

@@ -1,0 +1,175 @@
+//! The RPC client peer (the reference's `PeerRPCClient`), generic over the transport.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{ClientTransport, OutgoingRequest};
+use crate::error::{Error, ErrorKind, Result};
+use crate::link::Link;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct PeerRpcClientConfig {
+    /// Once this many of a key's destinations have live connections, new requests go only to
+    /// those (the reference's `maxActiveKeyDests`, 5).
+    pub max_active_key_dests: usize,
+    /// Timeout of a request attempt when [`RequestOptions::timeout`] is `None`. The reference has
+    /// none (requests can wait forever); we default to 30 s.
+    pub default_timeout: Duration,
+}
+
+impl Default for PeerRpcClientConfig {
+    fn default() -> Self {
+        PeerRpcClientConfig { max_active_key_dests: 5, default_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Per-call options of [`PeerRpcClient::request`] and [`PeerRpcClient::map`].
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Give up an attempt after this long (`None`: the client's `default_timeout`).
+    pub timeout: Option<Duration>,
+    /// Total attempts (0 and 1 both mean one). Each retry picks another destination when there is
+    /// one. `request` only.
+    pub retry: u32,
+    /// Also retry when the remote handler answered an error (the reference always does; we do
+    /// not by default, since a handler error is an answer).
+    pub retry_remote: bool,
+    /// HTTP: gzip the request and the reply (`grc-compress: gzip`).
+    pub compress: bool,
+    /// Send to this `"ip:port"` without a lookup. `request` only.
+    pub dest: Option<String>,
+    /// Overrides the client's `max_active_key_dests`.
+    pub max_active_key_dests: Option<usize>,
+    /// `map` only: ask at most this many random workers (0: all).
+    pub limit: usize,
+}
+
+/// Sends requests to the workers announcing a key, through one transport.
+#[derive(Clone)]
+pub struct PeerRpcClient {
+    link: Link,
+    transport: Arc<dyn ClientTransport>,
+    config: PeerRpcClientConfig,
+}
+
+impl std::fmt::Debug for PeerRpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerRpcClient").field("link", &self.link).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl PeerRpcClient {
+    /// A client that finds workers with `link` and reaches them through `transport`.
+    pub fn new(link: Link, transport: Arc<dyn ClientTransport>, config: PeerRpcClientConfig) -> PeerRpcClient {
+        PeerRpcClient { link, transport, config }
+    }
+
+    /// The Link.
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn ClientTransport> {
+        &self.transport
+    }
+
+    /// Closes the transport's connections (the reference's `stop()`).
+    pub fn stop(&self) {
+        self.transport.close();
+    }
+
+    /// Looks `key` up and picks one destination the way `request` does.
+    pub async fn pick_dest(&self, key: &str, opts: &RequestOptions) -> Result<String> {
+        let dests = self.link.lookup_shared(key).await?;
+        self.choose(&dests, &HashSet::new(), opts).ok_or_else(|| Error::new(ErrorKind::LookupEmpty, key.to_string()))
+    }
+
+    fn choose(&self, dests: &[String], exclude: &HashSet<String>, opts: &RequestOptions) -> Option<String> {
+        let mut candidates: Vec<&String> = dests.iter().filter(|d| !exclude.contains(*d)).collect();
+        if candidates.is_empty() {
+            candidates = dests.iter().collect();
+        }
+        let max = opts.max_active_key_dests.unwrap_or(self.config.max_active_key_dests).max(1);
+        let active: Vec<&String> = candidates.iter().copied().filter(|d| self.transport.active_connections(d) > 0).collect();
+        let pool = if active.len() >= max { active } else { candidates };
+        pool.choose(&mut rand::thread_rng()).map(|d| (*d).clone())
+    }
+
+    fn outgoing(&self, key: &Arc<str>, payload_json: &Arc<str>, opts: &RequestOptions) -> OutgoingRequest {
+        OutgoingRequest {
+            rid: uuid::Uuid::new_v4().to_string(),
+            key: key.clone(),
+            payload_json: payload_json.clone(),
+            timeout: Some(opts.timeout.unwrap_or(self.config.default_timeout)),
+            compress: opts.compress,
+        }
+    }
+
+    /// Sends `payload` to one worker announcing `key` and returns its result.
+    ///
+    /// A remote handler's error is an [`ErrorKind::Remote`] error with the remote message.
+    pub async fn request<T: Serialize + ?Sized>(&self, key: &str, payload: &T, opts: &RequestOptions) -> Result<Value> {
+        let json: Arc<str> = serde_json::to_string(payload)?.into();
+        self.request_json(key, json, opts).await
+    }
+
+    /// [`PeerRpcClient::request`] with a payload already serialised as JSON text.
+    pub async fn request_json(&self, key: &str, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Value> {
+        let key: Arc<str> = key.into();
+        let dests: Arc<[String]> = match &opts.dest {
+            Some(d) => vec![d.clone()].into(),
+            None => self.link.lookup_shared(&key).await?,
+        };
+        let attempts = opts.retry.max(1);
+        let mut exclude = HashSet::new();
+        let mut last = None;
+        for _ in 0..attempts {
+            let Some(dest) = self.choose(&dests, &exclude, opts) else { break };
+            match self.transport.request(&dest, self.outgoing(&key, &payload_json, opts)).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_remote() && !opts.retry_remote => return Err(e),
+                Err(e) => {
+                    if opts.dest.is_none() && e.kind() == ErrorKind::Connect {
+                        // A dead worker: look the key up afresh next time.
+                        self.link.invalidate(&key);
+                    }
+                    exclude.insert(dest);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(ErrorKind::LookupEmpty, key.to_string())))
+    }
+
+    /// Sends `payload` to every worker announcing `key` (or `opts.limit` random ones) at once and
+    /// returns their results in destination order; the first error fails the call.
+    pub async fn map<T: Serialize + ?Sized>(&self, key: &str, payload: &T, opts: &RequestOptions) -> Result<Vec<Value>> {
+        self.map_settled(key, payload, opts).await?.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Like [`PeerRpcClient::map`], returning each worker's address and outcome.
+    pub async fn map_settled<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        payload: &T,
+        opts: &RequestOptions,
+    ) -> Result<Vec<(String, Result<Value>)>> {
+        let json: Arc<str> = serde_json::to_string(payload)?.into();
+        let key: Arc<str> = key.into();
+        let mut dests = self.link.lookup(&key).await?;
+        if opts.limit > 0 {
+            dests.shuffle(&mut rand::thread_rng());
+            dests.truncate(opts.limit);
+        }
+        let futs = dests.iter().map(|d| self.transport.request(d, self.outgoing(&key, &json, opts)));
+        let results = futures_util::future::join_all(futs).await;
+        Ok(dests.into_iter().zip(results).collect())
+    }
+}

@@ -1,0 +1,78 @@
+//! The RPC server peer (the reference's `PeerRPCServer`): a transport listener serving a handler,
+//! announced under one or more names through a [`Link`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::ServerTransport;
+use crate::error::Result;
+use crate::link::{AnnounceHandle, Link};
+
+/// The announce interval the reference's examples use with the Grape's 2-minute peer age.
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A listening transport plus the names it is announced under.
+pub struct PeerRpcServer {
+    link: Link,
+    transport: Arc<dyn ServerTransport>,
+    announcers: Mutex<HashMap<String, AnnounceHandle>>,
+}
+
+impl std::fmt::Debug for PeerRpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerRpcServer").field("addr", &self.transport.local_addr()).finish_non_exhaustive()
+    }
+}
+
+impl PeerRpcServer {
+    /// Wraps a listening transport (e.g. an [`HttpServer`](crate::transport::http::HttpServer)).
+    pub fn new(link: Link, transport: Arc<dyn ServerTransport>) -> PeerRpcServer {
+        PeerRpcServer { link, transport, announcers: Mutex::new(HashMap::new()) }
+    }
+
+    /// The listening port (the one announced).
+    pub fn port(&self) -> u16 {
+        self.transport.local_addr().port()
+    }
+
+    /// The Link.
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Announces `name` once.
+    pub async fn announce(&self, name: &str) -> Result<()> {
+        self.link.announce(name, self.port()).await
+    }
+
+    /// Keeps announcing `name` every `interval` (jittered ±50 %) until stopped; see
+    /// [`Link::start_announcing`].
+    pub fn start_announcing(&self, name: &str, interval: Duration) -> AnnounceHandle {
+        let h = self.link.start_announcing(name, self.port(), interval);
+        let mut a = self.announcers.lock().unwrap_or_else(|e| e.into_inner());
+        a.insert(name.to_string(), h.clone());
+        h
+    }
+
+    /// Stops announcing `name`. False when it was not announced.
+    pub fn stop_announcing(&self, name: &str) -> bool {
+        self.announcers.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.link.stop_announcing(name, self.port())
+    }
+
+    /// Stops every announce loop and closes the transport.
+    pub fn stop(&self) {
+        let names: Vec<String> = self.announcers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(n, _)| n).collect();
+        for n in names {
+            self.link.stop_announcing(&n, self.port());
+        }
+        self.transport.close();
+    }
+}
+
+impl Drop for PeerRpcServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

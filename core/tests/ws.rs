@@ -1,0 +1,357 @@
+//! WebSocket RPC transport: wire behaviour, pooling, faults, limits and TLS. All on 127.0.0.1 with
+//! ports picked by the OS.
+
+#[path = "tls_certs/mod.rs"]
+mod tls_certs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use grenache::ErrorKind;
+use grenache::rpc::{OutgoingRequest, Reply, Request};
+use grenache::tls::{ClientAuth, ClientTls, ServerTls, verify_client};
+use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+/// "hello" → "world"; "fail" → ERR_BOOM; {"sleep":ms,"v":x} → x after ms; "cert" → fingerprint;
+/// anything else is echoed.
+fn test_handler(req: Request, reply: Reply) {
+    match &req.payload {
+        Value::String(s) if s == "hello" => reply.ok(json!("world")),
+        Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
+        Value::String(s) if s == "cert" => reply.ok(json!(req.info.cert.as_ref().map(|c| c.fingerprint.clone()))),
+        Value::Object(o) if o.contains_key("sleep") => {
+            let ms = o.get("sleep").and_then(Value::as_u64).unwrap_or(0);
+            let v = o.get("v").cloned().unwrap_or(Value::Null);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reply.ok(v);
+            });
+        }
+        other => reply.ok(other.clone()),
+    }
+}
+
+fn out(payload: Value, timeout: Option<Duration>) -> OutgoingRequest {
+    OutgoingRequest {
+        rid: uuid::Uuid::new_v4().to_string(),
+        key: Arc::from("rpc_ws_test"),
+        payload_json: Arc::from(payload.to_string()),
+        timeout,
+        compress: false,
+    }
+}
+
+async fn server() -> WsServer {
+    WsServer::bind(any_port(), test_handler, WsServerConfig::default()).await.expect("bind")
+}
+
+async fn raw_client(addr: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (ws, _) = tokio::time::timeout(LONG, tokio_tungstenite::connect_async(format!("ws://{addr}{path}")))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    ws
+}
+
+async fn next_text<S>(ws: &mut S) -> String
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(LONG, ws.next()).await.expect("reply in time") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ws_request_reply_and_error_reply() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::default();
+    assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"));
+    let e = c.send(&dest, out(json!("fail"), Some(LONG))).await.expect_err("remote error");
+    assert_eq!(e.kind(), ErrorKind::Remote);
+    assert_eq!(e.message(), "ERR_BOOM");
+    let v = json!({"hello": "world", "n": 1.5, "u": "ü€"});
+    assert_eq!(c.send(&dest, out(v.clone(), Some(LONG))).await.expect("echo"), v);
+}
+
+#[tokio::test]
+async fn ws_server_wire_any_path_binary_text_and_malformed() {
+    let s = server().await;
+    let mut a = raw_client(s.local_addr(), "/any/path?x=1").await;
+    let mut b = raw_client(s.local_addr(), "/ws").await;
+    a.send(Message::text(r#"["rid-text","k","hello"]"#)).await.expect("send");
+    assert_eq!(next_text(&mut a).await, r#"["rid-text",null,"world"]"#);
+    a.send(Message::binary(br#"[12345,"k",{"a":1}]"#.to_vec())).await.expect("send");
+    assert_eq!(next_text(&mut a).await, r#"[12345,null,{"a":1}]"#);
+    a.send(Message::text(r#"{"0":"objrid","1":"k","2":"p"}"#)).await.expect("send");
+    assert_eq!(next_text(&mut a).await, r#"["objrid",null,"p"]"#);
+    // Malformed frames are dropped; neither this socket nor another one is closed.
+    a.send(Message::text("not json")).await.expect("send");
+    a.send(Message::text("null")).await.expect("send");
+    a.send(Message::binary(vec![0xff, 0xfe, 0x00])).await.expect("send");
+    a.send(Message::text(r#"["after",null,"hello"]"#)).await.expect("send");
+    assert_eq!(next_text(&mut a).await, r#"["after",null,"world"]"#);
+    b.send(Message::text(r#"["b","k","hello"]"#)).await.expect("send");
+    assert_eq!(next_text(&mut b).await, r#"["b",null,"world"]"#);
+}
+
+#[tokio::test]
+async fn ws_many_in_flight_per_socket_replies_in_any_order() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::new(WsClientConfig::default().max_active_dest_transports(1));
+    let t0 = Instant::now();
+    let futs = (0..50u64).map(|i| {
+        let c = c.clone();
+        let dest = dest.clone();
+        async move { c.send(&dest, out(json!({"sleep": 500 - i * 10, "v": i}), Some(LONG))).await }
+    });
+    let results = futures_util::future::join_all(futs).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.expect("reply"), json!(i));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "requests ran concurrently: {:?}", t0.elapsed());
+    assert_eq!(c.open_sockets(&dest), 1);
+}
+
+#[tokio::test]
+async fn ws_pool_of_3_and_2_transports_per_dest() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    for (max, want) in [(None, 3), (Some(2), 2)] {
+        let mut cfg = WsClientConfig::default();
+        if let Some(m) = max {
+            cfg = cfg.max_active_dest_transports(m);
+        }
+        let c = WsClient::new(cfg);
+        for _ in 0..4 {
+            c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply");
+        }
+        assert_eq!(c.pool_size(&dest), want);
+        assert_eq!(c.open_sockets(&dest), want);
+        // Sockets on the server side too.
+        let srv = &s;
+        let deadline = Instant::now() + LONG;
+        while srv.connections() < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.close_all();
+    }
+}
+
+#[tokio::test]
+async fn ws_connection_refused_fails_promptly_with_clear_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let c = WsClient::default();
+    let t0 = Instant::now();
+    let e = c.send(&format!("127.0.0.1:{port}"), out(json!("hello"), Some(LONG))).await.expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // Concurrent requests waiting for the same failed connect all fail too.
+    let dest = format!("127.0.0.1:{port}");
+    let futs = (0..10).map(|_| c.send(&dest, out(json!("x"), Some(LONG))));
+    for r in futures_util::future::join_all(futs).await {
+        assert_eq!(r.expect_err("refused").kind(), ErrorKind::Connect);
+    }
+}
+
+#[tokio::test]
+async fn ws_server_closed_with_requests_in_flight_fails_them_at_once() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::default();
+    c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("warm");
+    let pending: Vec<_> = (0..5)
+        .map(|_| {
+            let c = c.clone();
+            let dest = dest.clone();
+            tokio::spawn(async move { c.send(&dest, out(json!({"sleep": 30_000}), Some(LONG))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    s.close().await;
+    for p in pending {
+        let e = p.await.expect("join").expect_err("closed");
+        assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "failed at once, not at the timeout: {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn ws_timeouts_fire_on_time() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::default();
+    c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("warm");
+    let t0 = Instant::now();
+    let e = c.send(&dest, out(json!({"sleep": 10_000}), Some(Duration::from_millis(300)))).await.expect_err("timeout");
+    let took = t0.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(took >= Duration::from_millis(290) && took < Duration::from_millis(2500), "{took:?}");
+    // A default timeout applies to requests without one.
+    let c = WsClient::new(WsClientConfig::default().default_request_timeout(Some(Duration::from_millis(200))));
+    let e = c.send(&dest, out(json!({"sleep": 10_000}), None)).await.expect_err("timeout");
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn ws_idle_sockets_close_and_leave_the_pool() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::new(WsClientConfig::default().idle_timeout(Some(Duration::from_millis(200))));
+    c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply");
+    assert_eq!(c.pool_size(&dest), 1);
+    let deadline = Instant::now() + LONG;
+    while c.pool_size(&dest) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.pool_size(&dest), 0, "idle transport dropped");
+    while s.connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.connections(), 0, "server saw the close");
+    // The next request reconnects.
+    assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"));
+}
+
+#[tokio::test]
+async fn ws_max_message_size_closes_only_the_offending_socket() {
+    let s = WsServer::bind(any_port(), test_handler, WsServerConfig::default().max_message_size(4096)).await.expect("bind");
+    let dest = s.local_addr().to_string();
+    let good = WsClient::default();
+    let bad = WsClient::default();
+    good.send(&dest, out(json!("hello"), Some(LONG))).await.expect("warm");
+    let e = bad.send(&dest, out(json!("x".repeat(10_000)), Some(LONG))).await.expect_err("too big");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert_eq!(good.send(&dest, out(json!("hello"), Some(LONG))).await.expect("still fine"), json!("world"));
+    // The client bounds replies too.
+    let small = WsClient::new(WsClientConfig::default().max_message_size(2048));
+    let e = small.send(&dest, out(json!("y".repeat(3000)), Some(LONG))).await;
+    assert!(e.is_err(), "a reply above the client's limit is refused");
+}
+
+#[tokio::test]
+async fn ws_pending_map_is_bounded() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::new(WsClientConfig::default().max_active_dest_transports(1).max_pending_per_connection(2));
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            let dest = dest.clone();
+            tokio::spawn(async move { c.send(&dest, out(json!({"sleep": 500}), Some(LONG))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let e = c.send(&dest, out(json!("hello"), Some(LONG))).await.expect_err("bounded");
+    assert_eq!(e.kind(), ErrorKind::InvalidState);
+    for h in slow {
+        h.await.expect("join").expect("slow ok");
+    }
+    assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("room again"), json!("world"));
+}
+
+#[tokio::test]
+async fn ws_server_limits_in_flight_per_socket() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let (r2, m2) = (running.clone(), max_seen.clone());
+    let handler = move |_req: Request, reply: Reply| {
+        let now = r2.fetch_add(1, Ordering::SeqCst) + 1;
+        m2.fetch_max(now, Ordering::SeqCst);
+        let r3 = r2.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            r3.fetch_sub(1, Ordering::SeqCst);
+            reply.ok(json!(1));
+        });
+    };
+    let s = WsServer::bind(any_port(), handler, WsServerConfig::default().max_in_flight_per_connection(4)).await.expect("bind");
+    let dest = s.local_addr().to_string();
+    let c = WsClient::new(WsClientConfig::default().max_active_dest_transports(1));
+    let futs = (0..40).map(|_| c.send(&dest, out(json!(0), Some(LONG))));
+    for r in futures_util::future::join_all(futs).await {
+        r.expect("reply");
+    }
+    assert!(max_seen.load(Ordering::SeqCst) <= 4, "{}", max_seen.load(Ordering::SeqCst));
+}
+
+async fn tls_round_trip(pki: &tls_certs::Pki) {
+    let allowed = grenache::tls::PeerCert::from_der(
+        grenache::tls::certs_from_pem(pki.client.cert_pem.as_bytes()).expect("pem")[0].to_vec(),
+    )
+    .fingerprint;
+    let allowed2 = allowed.clone();
+    let server_tls = ServerTls::builder(pki.server.cert_pem.clone(), pki.server.key_pem.clone())
+        .client_ca_pem(pki.ca.cert_pem.clone())
+        .client_auth(ClientAuth::Required)
+        .build()
+        .expect("server tls");
+    let cfg = WsServerConfig::default()
+        .tls(server_tls)
+        .verify_client(verify_client(move |c| c.cert.is_some_and(|c| c.fingerprint == allowed2) && c.path == "/ws"));
+    let s = WsServer::bind(any_port(), test_handler, cfg).await.expect("bind");
+    let dest = s.local_addr().to_string();
+
+    let good = ClientTls::builder()
+        .ca_pem(pki.ca.cert_pem.clone())
+        .client_cert_pem(pki.client.cert_pem.clone(), pki.client.key_pem.clone())
+        .build()
+        .expect("client tls");
+    let c = WsClient::new(WsClientConfig::default().tls(good));
+    assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"));
+    assert_eq!(c.send(&dest, out(json!("cert"), Some(LONG))).await.expect("reply"), json!(allowed));
+
+    // Another valid certificate of the same CA: TLS is fine, the hook refuses (HTTP 401).
+    let other = ClientTls::builder()
+        .ca_pem(pki.ca.cert_pem.clone())
+        .client_cert_pem(pki.client2.cert_pem.clone(), pki.client2.key_pem.clone())
+        .build()
+        .expect("client tls");
+    let c2 = WsClient::new(WsClientConfig::default().tls(other));
+    let t0 = Instant::now();
+    let e = c2.send(&dest, out(json!("hello"), Some(LONG))).await.expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::ClientRefused, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+
+    // No client certificate at all: the TLS handshake fails.
+    let none = ClientTls::builder().ca_pem(pki.ca.cert_pem.clone()).build().expect("client tls");
+    let c3 = WsClient::new(WsClientConfig::default().tls(none));
+    let e = c3.send(&dest, out(json!("hello"), Some(LONG))).await.expect_err("no cert");
+    assert!(matches!(e.kind(), ErrorKind::TlsHandshake | ErrorKind::Connect), "{e}");
+}
+
+#[tokio::test]
+async fn ws_tls_client_cert_verify_client_v3() {
+    tls_round_trip(&tls_certs::RcgenCa::pki("ws-ca")).await;
+}
+
+#[tokio::test]
+async fn ws_tls_client_cert_verify_client_v1() {
+    let Some(pki) = tls_certs::openssl_pki(true) else {
+        eprintln!("SKIP: openssl not installed");
+        return;
+    };
+    tls_round_trip(&pki).await;
+}
