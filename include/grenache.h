@@ -290,6 +290,12 @@ typedef struct grenache_client_tls grenache_client_tls;
 typedef struct grenache_error grenache_error;
 
 /**
+ * A running Grape: a DHT node (UDP) plus the Grape HTTP API (TCP) that Links talk to.
+ * Start it with `grenache_grape_start`, stop and free it with `grenache_grape_free`.
+ */
+typedef struct grenache_grape grenache_grape;
+
+/**
  * An ed25519 key pair that signs mutable DHT items (`grenache_link_put_mutable`).
  * Create it with `grenache_keypair_generate` or `grenache_keypair_from_secret_hex`, free it with
  * `grenache_keypair_free`. Immutable, so thread-safe.
@@ -476,6 +482,34 @@ grenache_result grenache_error_code(const grenache_error *err);
  * Borrowed from `err`: valid only until the completion callback returns; copy it to keep it.
  */
 const char *grenache_error_message(const grenache_error *err);
+
+/**
+ * Starts a Grape with its DHT on UDP `dht_port` and its HTTP API on TCP `api_port` (0: any free
+ * port for either; read them back with `grenache_grape_dht_port` / `grenache_grape_api_port`),
+ * bootstrapping from `bootstrap`, a comma-separated list of `"host:port"` DHT addresses of
+ * other Grapes (NULL or `""`: none). Peers are kept for the reference's 2 minutes.
+ *
+ * Blocks until both ports are bound (at most 10 s): not allowed inside callbacks
+ * (`INVALID_STATE`). Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`,
+ * `INVALID_UTF8`, `IO` (a port is busy), `INVALID_STATE`.
+ */
+grenache_result grenache_grape_start(const grenache_runtime *rt, uint16_t dht_port, uint16_t api_port, const char *bootstrap, grenache_grape **out);
+
+/**
+ * The Grape's DHT (UDP) port, for other Grapes' bootstrap lists (0 when `grape` is NULL).
+ */
+uint16_t grenache_grape_dht_port(const grenache_grape *grape);
+
+/**
+ * The Grape's HTTP API port: Links connect to `http://127.0.0.1:<port>` (0 when `grape` is NULL).
+ */
+uint16_t grenache_grape_api_port(const grenache_grape *grape);
+
+/**
+ * Stops the Grape, frees its ports and the handle. Blocks (at most 10 s) until stopped; inside
+ * a callback the stop finishes in the background instead. NULL is ignored.
+ */
+void grenache_grape_free(grenache_grape *grape);
 
 /**
  * Creates a Link to the Grape HTTP API at `grape_url` (`"http://127.0.0.1:30001"`), run by `rt`.

@@ -13,6 +13,7 @@ mod ptr;
 pub mod callback;
 pub mod client;
 pub mod error;
+pub mod grape;
 pub mod link;
 pub mod pubsub;
 pub mod reply;

@@ -86,3 +86,21 @@ fn pubsub_under_asan() {
 fn pubsub_under_valgrind() {
     support::run_pubsub_pair(Flavor::Valgrind);
 }
+
+// Our own Grapes, started from C (no Node process involved).
+
+#[test]
+fn local_network_runs() {
+    let out = run_example("local_network", Flavor::Plain, &[], &[]);
+    assert!(out.contains("rpc_test hello -> \"world\""), "{out}");
+}
+
+#[test]
+fn local_network_under_asan() {
+    run_example("local_network", Flavor::Asan, &[], &[]);
+}
+
+#[test]
+fn local_network_under_valgrind() {
+    run_example("local_network", Flavor::Valgrind, &[], &[]);
+}

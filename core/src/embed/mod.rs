@@ -18,6 +18,7 @@
 //! [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) there instead; see [`on_worker_thread`].
 
 mod client;
+mod grape;
 mod link;
 mod ops;
 mod pubsub;
@@ -26,6 +27,7 @@ mod runtime;
 mod server;
 
 pub use client::{ClientOptions, ClientTransportKind, EmbedClient};
+pub use grape::EmbedGrape;
 pub use link::EmbedLink;
 pub use ops::{Gate, Ops, in_completion};
 pub use pubsub::{EmbedPublisher, EmbedSubscriber};
@@ -33,6 +35,7 @@ pub use runtime::{Runtime, RuntimeOptions, on_worker_thread};
 pub use server::{EmbedServer, ServerOptions, ServerTransportKind};
 
 /// Re-exports the option types the facade's callers fill in.
+pub use crate::grape::GrapeConfig;
 pub use crate::link::{Keypair, LinkConfig, MutableItem};
 pub use crate::rpc::RequestOptions;
 pub use crate::pubsub::SubMessage;
