@@ -44,3 +44,10 @@ else
   log "cargo test"
   cargo test --workspace --locked --no-fail-fast -- --test-threads "$jobs"
 fi
+
+# 5. The runnable Rust examples (the C and Ruby examples run inside the test suite).
+log "examples"
+for ex in quickstart ws_ssl_whitelist; do
+  cargo run --quiet --locked --example "$ex" >/dev/null
+  echo "example $ex: ok"
+done
