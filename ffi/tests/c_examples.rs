@@ -104,3 +104,12 @@ fn local_network_under_asan() {
 fn local_network_under_valgrind() {
     run_example("local_network", Flavor::Valgrind, &[], &[]);
 }
+
+#[test]
+fn rpc_bench_runs_over_http_and_ws() {
+    let net = support::GrapeNet::start(false);
+    for t in ["http", "ws"] {
+        let out = run_example("rpc_bench", Flavor::Plain, &[&net.urls[0], t, "300", "20", &format!("bench_{t}")], &[]);
+        assert!(out.contains("\"failed\":0"), "{out}");
+    }
+}
