@@ -2,7 +2,6 @@
 //! certificate's SHA-1 fingerprint (`grenache_request_fingerprint`) of a client built with
 //! `grenache_client_tls_new`, over WSS and HTTPS, against our own Grapes.
 
-#[allow(dead_code)]
 #[path = "../../core/tests/tls_certs/mod.rs"]
 mod tls_certs;
 
