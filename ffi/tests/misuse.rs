@@ -13,7 +13,7 @@ use grenache::callback::grenache_json_cb;
 use grenache::client::*;
 use grenache::error::{grenache_error, grenache_error_code, grenache_result};
 use grenache::link::*;
-use grenache::reply::{grenache_reply, grenache_request};
+use grenache::reply::{grenache_reply, grenache_reply_send, grenache_request};
 use grenache::runtime::*;
 use grenache::server::*;
 use grenache::tls::*;
@@ -250,4 +250,65 @@ fn blocking_calls_inside_callbacks_return_invalid_state() {
     assert_eq!(*n.code.lock().expect("lock"), Some(R::InvalidState));
     grenache_link_free(link);
     grenache_runtime_free(rt);
+}
+
+static STASH: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static FREED_SERVER: AtomicUsize = AtomicUsize::new(0);
+unsafe extern "C" fn count_server_free(_ud: *mut c_void) {
+    FREED_SERVER.fetch_add(1, Ordering::SeqCst);
+}
+
+unsafe extern "C" fn stash_reply(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    STASH.lock().expect("lock").push(reply as usize);
+}
+
+#[test]
+fn freeing_a_server_with_requests_in_flight() {
+    use grenache::grape::*;
+    let rt = runtime();
+    let mut g = null_mut();
+    assert_eq!(grenache_grape_start(rt, 0, 0, null(), &mut g), R::Ok);
+    let mut g2 = null_mut();
+    let boot = std::ffi::CString::new(format!("127.0.0.1:{}", grenache_grape_dht_port(g))).expect("c");
+    assert_eq!(grenache_grape_start(rt, 0, 0, boot.as_ptr(), &mut g2), R::Ok);
+    let link = link(rt, &format!("http://127.0.0.1:{}", grenache_grape_api_port(g)));
+    let before = FREED_SERVER.load(Ordering::SeqCst);
+    let mut server = null_mut();
+    assert_eq!(grenache_server_new_ws(link, 0, null(), Some(stash_reply), null_mut(), Some(count_server_free), &mut server), R::Ok);
+    assert_eq!(grenache_server_start_announcing(server, c"stash".as_ptr(), 500), R::Ok);
+    let mut client = null_mut();
+    assert_eq!(grenache_client_new_ws(link, null(), &mut client), R::Ok);
+    let t = Arc::new(Tally::default());
+    let ud = Arc::as_ptr(&t) as *mut c_void;
+    // Wait until the server is found and holds a request.
+    let mut issued = 0;
+    for _ in 0..300 {
+        issued += 1;
+        assert_eq!(grenache_client_request(client, c"stash".as_ptr(), c"1".as_ptr(), 1, 30_000, Some(tally_json), ud), R::Ok);
+        std::thread::sleep(Duration::from_millis(100));
+        if !STASH.lock().expect("lock").is_empty() {
+            break;
+        }
+    }
+    let held = STASH.lock().expect("lock").len();
+    assert!(held >= 1, "the handler never got a request");
+    // Free the server while it holds unanswered replies: the clients get an error, not a hang.
+    grenache_server_free(server);
+    let t0 = std::time::Instant::now();
+    while t.calls.load(Ordering::SeqCst) < issued && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(t.calls.load(Ordering::SeqCst), issued, "requests in flight did not fail within 20 s");
+    eprintln!("in-flight requests failed {:?} after the server was freed: {:?}", t0.elapsed(), t.codes.lock().expect("lock"));
+    // Answering a held reply after its server is gone is harmless.
+    for r in STASH.lock().expect("lock").drain(..) {
+        assert_eq!(grenache_reply_send(r as *mut grenache_reply, c"1".as_ptr(), 1), R::Ok);
+    }
+    grenache_client_free(client);
+    grenache_link_free(link);
+    grenache_grape_free(g2);
+    grenache_grape_free(g);
+    grenache_runtime_free(rt);
+    assert!(t.codes.lock().expect("lock").iter().all(|c| *c != R::Ok), "no request was answered");
+    assert_eq!(FREED_SERVER.load(Ordering::SeqCst), before + 1, "free_userdata ran once");
 }
