@@ -23,7 +23,7 @@ command -v node >/dev/null 2>&1 || apt_install nodejs npm
 command -v npm >/dev/null 2>&1 || apt_install npm
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # C ABI examples (ffi/tests/c_examples.rs): a C compiler, pkg-config, valgrind.
-apt_install gcc libc6-dev pkg-config valgrind ruby ruby-ffi
+apt_install gcc g++ libc6-dev pkg-config valgrind ruby ruby-ffi
 
 # 2. The Node.js reference peers, pinned in tests/interop/package-lock.json.
 log "npm ci (Node reference peers)"

@@ -113,3 +113,28 @@ fn rpc_bench_runs_over_http_and_ws() {
         assert!(out.contains("\"failed\":0"), "{out}");
     }
 }
+
+/// The header compiles cleanly as C99, C11 and C++17 (cbindgen's `cpp_compat`).
+#[test]
+fn header_compiles_as_c99_c11_and_cpp17() {
+    let dir = support::lib_dir().parent().expect("profile").join("c-examples");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let c_src = dir.join("header_check.c");
+    std::fs::write(&c_src, "#include \"grenache.h\"\nint main(void) { return GRENACHE_RESULT_OK; }\n").expect("write");
+    let cpp_src = dir.join("header_check.cpp");
+    std::fs::write(
+        &cpp_src,
+        "#include \"grenache.h\"\nint main() { grenache_runtime *rt = nullptr; (void)rt; return GRENACHE_RESULT_OK; }\n",
+    )
+    .expect("write");
+    let include = support::root().join("include");
+    for (cc, std, src) in [("cc", "-std=c99", &c_src), ("cc", "-std=c11", &c_src), ("c++", "-std=c++17", &cpp_src)] {
+        let o = std::process::Command::new(cc)
+            .args([std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
+            .arg(&include)
+            .arg(src)
+            .output()
+            .unwrap_or_else(|e| panic!("{cc} not found (scripts/test.sh installs gcc and g++): {e}"));
+        assert!(o.status.success(), "{cc} {std}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
