@@ -33,8 +33,10 @@
  *  - userdata is always the first parameter of a callback. A one-shot completion callback fires
  *    EXACTLY ONCE: with the result, with an error, or with GRENACHE_RESULT_CANCELLED when its
  *    handle (or the runtime) is freed first; after the handle's _free returns, none of its
- *    completions runs any more. Long-lived callbacks (request handlers, subscriptions) are
- *    registered with a free_userdata destructor that runs exactly once, after their last call.
+ *    completions runs any more (when _free is itself called inside a callback, completions
+ *    already running on other threads may still be finishing). Long-lived callbacks (request
+ *    handlers, subscriptions) are registered with a free_userdata destructor that runs exactly
+ *    once, after their last call.
  *  - Inside a callback you may call every non-blocking function (answer replies, start requests,
  *    read errors and requests, even free the handle whose callback is running). Blocking functions
  *    (those documented as "blocks", e.g. binding a server or grenache_runtime_free) return
