@@ -320,6 +320,31 @@ mod tests {
     }
 
     #[test]
+    fn gate_close_waits_for_running_calls_and_refuses_new_ones() {
+        let gate = Gate::new();
+        let g2 = gate.clone();
+        let (started_tx, started_rx) = mpsc::channel();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let f2 = finished.clone();
+        let t = std::thread::spawn(move || {
+            g2.run(|| {
+                started_tx.send(()).expect("send");
+                std::thread::sleep(Duration::from_millis(100));
+                f2.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        started_rx.recv_timeout(Duration::from_secs(5)).expect("started");
+        gate.close(Duration::from_secs(5));
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "close returned while a call was running");
+        assert!(t.join().expect("join"));
+        assert!(!gate.run(|| panic!("must not run after close")));
+        // Closing from inside a call does not wait for itself.
+        let gate = Gate::new();
+        let g3 = gate.clone();
+        assert!(gate.run(move || g3.close(Duration::from_secs(5))));
+    }
+
+    #[test]
     fn racing_close_and_completion_fire_once() {
         let rt = rt();
         for _ in 0..50 {
