@@ -378,6 +378,39 @@ typedef struct grenache_subscriber grenache_subscriber;
 typedef void (*grenache_json_cb)(void *userdata, grenache_result code, const grenache_error *err, const char *json, size_t json_len);
 
 /**
+ * Per-call options of `grenache_client_request_opts` and `grenache_client_map_opts`.
+ * Zero-initialise it (`grenache_request_options o = {0};`) and set what you need: all zeros and
+ * NULL mean the defaults.
+ */
+typedef struct {
+    /**
+     * Give up an attempt after this many milliseconds (0: 30 s).
+     */
+    uint64_t timeout_ms;
+    /**
+     * Total attempts of a request (0 and 1: one); each retry picks another worker when there is
+     * one. Request only.
+     */
+    uint32_t retry;
+    /**
+     * Also retry when the remote handler answered an error. Request only.
+     */
+    bool retry_remote;
+    /**
+     * HTTP: gzip the request and the reply (`grc-compress: gzip`).
+     */
+    bool compress;
+    /**
+     * Map only: ask at most this many random workers (0: all).
+     */
+    size_t limit;
+    /**
+     * Send to this `"ip:port"` without a lookup (NULL: look the key up). Request only.
+     */
+    const char *dest;
+} grenache_request_options;
+
+/**
  * The completion of an operation that yields nothing (an announce). Fires exactly once, like
  * `grenache_json_cb`; `err` is NULL on success and borrowed otherwise.
  */
@@ -441,6 +474,18 @@ grenache_result grenache_client_request(const grenache_client *client, const cha
  * results as a JSON array text, or the first error. Same contract as `grenache_client_request`.
  */
 grenache_result grenache_client_map(const grenache_client *client, const char *key, const char *json, size_t json_len, uint64_t timeout_ms, grenache_json_cb cb, void *userdata);
+
+/**
+ * `grenache_client_request` with options (`opts` may be NULL: the defaults). The options are
+ * copied. Same contract; `INVALID_UTF8` for a non-UTF-8 `opts->dest`.
+ */
+grenache_result grenache_client_request_opts(const grenache_client *client, const char *key, const char *json, size_t json_len, const grenache_request_options *opts, grenache_json_cb cb, void *userdata);
+
+/**
+ * `grenache_client_map` with options (`opts` may be NULL: the defaults; `limit` picks that many
+ * random workers). Same contract.
+ */
+grenache_result grenache_client_map_opts(const grenache_client *client, const char *key, const char *json, size_t json_len, const grenache_request_options *opts, grenache_json_cb cb, void *userdata);
 
 /**
  * Fires the completions of requests in flight with `GRENACHE_RESULT_CANCELLED` (on this

@@ -15,6 +15,7 @@ int main(int argc, char **argv) {
     grenache_link *link = NULL;
     grenache_client *client = NULL;
     completion c;
+    grenache_request_options opts;
     int i, tries, failures = 0;
     int ws = argc > 3 && strcmp(argv[3], "ws") == 0;
 
@@ -49,8 +50,14 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* map with options: at most one random worker, HTTP bodies gzipped. */
     completion_reset(&c);
-    DIE_IF(grenache_client_map(client, "rpc_test", hello, strlen(hello), 10000, on_json, &c), "grenache_client_map");
+    memset(&opts, 0, sizeof opts);
+    opts.timeout_ms = 10000;
+    opts.limit = 1;
+    opts.compress = !ws;
+    DIE_IF(grenache_client_map_opts(client, "rpc_test", hello, strlen(hello), &opts, on_json, &c),
+           "grenache_client_map_opts");
     if (completion_wait(&c, 60000) != 0 || c.code != GRENACHE_RESULT_OK || strstr(c.json, "\"world\"") == NULL) {
         fprintf(stderr, "map: %s %s\n", grenache_result_name(c.code), c.message ? c.message : "");
         failures++;

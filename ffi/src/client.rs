@@ -53,6 +53,40 @@ pub extern "C" fn grenache_client_new_ws(link: *const grenache_link, tls: *const
     }
 }
 
+/// Per-call options of `grenache_client_request_opts` and `grenache_client_map_opts`.
+/// Zero-initialise it (`grenache_request_options o = {0};`) and set what you need: all zeros and
+/// NULL mean the defaults.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct grenache_request_options {
+    /// Give up an attempt after this many milliseconds (0: 30 s).
+    pub timeout_ms: u64,
+    /// Total attempts of a request (0 and 1: one); each retry picks another worker when there is
+    /// one. Request only.
+    pub retry: u32,
+    /// Also retry when the remote handler answered an error. Request only.
+    pub retry_remote: bool,
+    /// HTTP: gzip the request and the reply (`grc-compress: gzip`).
+    pub compress: bool,
+    /// Map only: ask at most this many random workers (0: all).
+    pub limit: usize,
+    /// Send to this `"ip:port"` without a lookup (NULL: look the key up). Request only.
+    pub dest: *const c_char,
+}
+
+fn options(o: &grenache_request_options) -> Result<RequestOptions, grenache_result> {
+    let dest = if o.dest.is_null() { None } else { Some(unsafe { crate::ptr::str_from_c(o.dest) }?.to_string()) };
+    Ok(RequestOptions {
+        timeout: (o.timeout_ms > 0).then(|| Duration::from_millis(o.timeout_ms)),
+        retry: o.retry,
+        retry_remote: o.retry_remote,
+        compress: o.compress,
+        dest,
+        limit: o.limit,
+        ..Default::default()
+    })
+}
+
 fn opts(timeout_ms: u64) -> RequestOptions {
     RequestOptions { timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)), ..Default::default() }
 }
@@ -103,6 +137,64 @@ pub extern "C" fn grenache_client_map(
         let text = try_str_len!(json, json_len);
         let cb = try_callback!(cb);
         c.inner.map(key.to_string(), text, opts(timeout_ms), json_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// `grenache_client_request` with options (`opts` may be NULL: the defaults). The options are
+/// copied. Same contract; `INVALID_UTF8` for a non-UTF-8 `opts->dest`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_request_opts(
+    client: *const grenache_client,
+    key: *const c_char,
+    json: *const c_char,
+    json_len: usize,
+    opts: *const grenache_request_options,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        let key = try_str!(key);
+        let text = try_str_len!(json, json_len);
+        let o = match unsafe { opts.as_ref() } {
+            Some(o) => match options(o) {
+                Ok(o) => o,
+                Err(e) => return e,
+            },
+            None => RequestOptions::default(),
+        };
+        let cb = try_callback!(cb);
+        c.inner.request(key.to_string(), text, o, json_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// `grenache_client_map` with options (`opts` may be NULL: the defaults; `limit` picks that many
+/// random workers). Same contract.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_map_opts(
+    client: *const grenache_client,
+    key: *const c_char,
+    json: *const c_char,
+    json_len: usize,
+    opts: *const grenache_request_options,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        let key = try_str!(key);
+        let text = try_str_len!(json, json_len);
+        let o = match unsafe { opts.as_ref() } {
+            Some(o) => match options(o) {
+                Ok(o) => o,
+                Err(e) => return e,
+            },
+            None => RequestOptions::default(),
+        };
+        let cb = try_callback!(cb);
+        c.inner.map(key.to_string(), text, o, json_completion(cb, userdata));
         grenache_result::Ok
     }
 }

@@ -105,6 +105,9 @@ fn null_handles_and_strings_are_rejected() {
     assert_eq!(grenache_client_request(c, c"k".as_ptr(), null(), 1, 0, cb, ud), R::NullParameter);
     assert_eq!(grenache_client_request(c, c"k".as_ptr(), c"1".as_ptr(), 1, 0, None, ud), R::NullParameter);
     assert_eq!(grenache_client_map(c, c"\xff".as_ptr(), c"1".as_ptr(), 1, 0, cb, ud), R::InvalidUtf8);
+    let bad = grenache_request_options { timeout_ms: 0, retry: 0, retry_remote: false, compress: false, limit: 0, dest: c"\xff".as_ptr() };
+    assert_eq!(grenache_client_request_opts(c, c"k".as_ptr(), c"1".as_ptr(), 1, &bad, cb, ud), R::InvalidUtf8);
+    assert_eq!(grenache_client_map_opts(c, c"k".as_ptr(), c"1".as_ptr(), 1, null(), None, ud), R::NullParameter);
     // Nothing was started, so no completion fired.
     assert_eq!(t.calls.load(Ordering::SeqCst), 0);
 
@@ -113,6 +116,18 @@ fn null_handles_and_strings_are_rejected() {
     grenache_client_free(c);
     assert_eq!(t.calls.load(Ordering::SeqCst), 1);
     assert!(matches!(t.codes.lock().expect("lock")[0], R::InvalidArgument | R::Cancelled));
+
+    // A fixed destination skips the lookup: a refused port completes with CONNECT.
+    let mut c2 = null_mut();
+    assert_eq!(grenache_client_new_http(link, null(), &mut c2), R::Ok);
+    let (tx, rx) = std::sync::mpsc::channel::<R>();
+    unsafe extern "C" fn code_to_channel(ud: *mut c_void, code: R, _e: *const grenache_error, _j: *const c_char, _n: usize) {
+        let _ = unsafe { &*(ud as *const std::sync::mpsc::Sender<R>) }.send(code);
+    }
+    let o = grenache_request_options { timeout_ms: 5000, retry: 2, retry_remote: false, compress: true, limit: 0, dest: c"127.0.0.1:1".as_ptr() };
+    assert_eq!(grenache_client_request_opts(c2, c"k".as_ptr(), c"1".as_ptr(), 1, &o, Some(code_to_channel), &tx as *const _ as *mut c_void), R::Ok);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).expect("completion"), R::Connect);
+    grenache_client_free(c2);
 
     // Server creation frees the userdata even when it fails.
     let before = FREED.load(Ordering::SeqCst);
