@@ -127,6 +127,8 @@ int main(int argc, char **argv) {
         waited += 10;
     }
     printf("answered %ld\n", answered);
+    /* Give the last replies a moment to reach the wire: freeing the server closes its sockets. */
+    sleep_ms(300);
 
     grenache_server_free(server);
     grenache_link_free(link);

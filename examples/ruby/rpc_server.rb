@@ -31,6 +31,7 @@ while (max.zero? || n < max) && Time.now < deadline
   end
 end
 puts "answered #{n}"
+sleep 0.3 # let the last replies reach the wire before the sockets close
 server.close
 link.close
 rt.close

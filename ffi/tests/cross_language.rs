@@ -10,6 +10,7 @@ use std::time::Duration;
 use grenache_core::link::Link;
 use grenache_core::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
 use grenache_core::transport::http::{HttpClient, HttpClientConfig};
+use grenache_core::transport::ws::{WsClient, WsClientConfig};
 use grenache_core::ErrorKind;
 use serde_json::json;
 use support::{Flavor, GrapeNet, check, spawn};
@@ -59,12 +60,27 @@ fn c_server_answers_node_client(transport: &str, script: &'static str) {
 
 #[test]
 fn c_server_answers_rust_client() {
+    c_server_answers_rust_client_on("http");
+}
+
+#[test]
+fn c_ws_server_answers_rust_ws_client() {
+    c_server_answers_rust_client_on("ws");
+}
+
+fn c_server_answers_rust_client_on(transport: &str) {
     let net = GrapeNet::start(false);
-    let server = spawn("rpc_server", Flavor::Plain, &[&net.urls[0], "2"], &[]);
+    let server = spawn("rpc_server", Flavor::Plain, &[&net.urls[0], "2", transport], &[]);
     let url = net.urls[1].clone();
+    let ws = transport == "ws";
     net.rt.block_on(async move {
         let link = Link::with_grape(url).expect("link");
-        let client = PeerRpcClient::new(link, Arc::new(HttpClient::new(HttpClientConfig::default())), PeerRpcClientConfig::default());
+        let t: Arc<dyn grenache_core::rpc::ClientTransport> = if ws {
+            Arc::new(WsClient::new(WsClientConfig::default()))
+        } else {
+            Arc::new(HttpClient::new(HttpClientConfig::default()))
+        };
+        let client = PeerRpcClient::new(link, t, PeerRpcClientConfig::default());
         let opts = RequestOptions { timeout: Some(Duration::from_secs(10)), ..Default::default() };
         let mut tries = 0;
         let v = loop {
