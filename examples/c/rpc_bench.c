@@ -14,6 +14,7 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     long to_send;
+    long total;
     long done;
     long failed;
 } bench_state;
@@ -32,12 +33,12 @@ static void on_reply(void *userdata, grenache_result code, const grenache_error 
     (void)err;
     (void)json;
     (void)len;
+    send_one(st); /* keep the pipeline full first */
     pthread_mutex_lock(&st->lock);
     st->done++;
     if (code != GRENACHE_RESULT_OK) st->failed++;
-    pthread_cond_broadcast(&st->cond);
+    if (st->done >= st->total) pthread_cond_broadcast(&st->cond); /* wake main only at the end */
     pthread_mutex_unlock(&st->lock);
-    send_one(st);
 }
 
 static void send_one(bench_state *st) {
@@ -50,6 +51,7 @@ static void send_one(bench_state *st) {
         pthread_mutex_lock(&st->lock);
         st->done++;
         st->failed++;
+        if (st->done >= st->total) pthread_cond_broadcast(&st->cond);
         pthread_mutex_unlock(&st->lock);
     }
 }
@@ -104,6 +106,7 @@ int main(int argc, char **argv) {
     }
 
     st.to_send = n;
+    st.total = n;
     t0 = now_secs();
     for (i = 0; i < conc && i < n; i++) send_one(&st);
     pthread_mutex_lock(&st.lock);

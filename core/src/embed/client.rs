@@ -75,9 +75,13 @@ impl EmbedClient {
         opts: RequestOptions,
         done: impl FnOnce(Result<String>) + Send + 'static,
     ) {
-        let payload = match super::rpc::parse_json(payload_json) {
-            Ok(v) => Arc::<str>::from(v.to_string()),
-            Err(e) => return self.ops.spawn(&self.rt, async move { Err(e) }, done),
+        // Validate only: the text goes on the wire as it is (no parse + re-serialise).
+        let payload = match serde_json::from_str::<serde::de::IgnoredAny>(payload_json) {
+            Ok(_) => Arc::<str>::from(payload_json),
+            Err(e) => {
+                let e = crate::Error::new(crate::ErrorKind::InvalidArgument, format!("invalid JSON: {e}"));
+                return self.ops.spawn(&self.rt, async move { Err(e) }, done);
+            }
         };
         let c = self.client.clone();
         self.ops.spawn(

@@ -1,5 +1,6 @@
 //! In-flight one-shot operations whose completion fires exactly once.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,7 +20,8 @@ pub fn in_completion() -> bool {
     IN_COMPLETION.with(|c| c.get() > 0)
 }
 
-type Cancel = Box<dyn FnOnce() + Send>;
+/// A completion, type-erased (`Box<D>` for the op's concrete closure type `D`).
+type Done = Box<dyn Any + Send>;
 
 /// The set of in-flight operations of one handle (a client, a link...).
 ///
@@ -53,8 +55,22 @@ struct State {
 }
 
 struct Pending {
-    cancel: Cancel,
+    done: Done,
+    /// Fires `done` with `Cancelled` (monomorphised for its type).
+    cancel: fn(Done),
     abort: Option<tokio::task::AbortHandle>,
+}
+
+impl Pending {
+    fn fire_cancelled(self) {
+        (self.cancel)(self.done)
+    }
+}
+
+fn cancel_done<T, D: FnOnce(Result<T>) + Send + 'static>(done: Done) {
+    if let Ok(d) = done.downcast::<D>() {
+        (*d)(Err(cancelled()));
+    }
 }
 
 /// Fires the completion when the task is dropped before it finished (runtime shut down, aborted).
@@ -118,23 +134,16 @@ impl Ops {
         F: Future<Output = Result<T>> + Send + 'static,
         D: FnOnce(Result<T>) + Send + 'static,
     {
-        let slot: Arc<Mutex<Option<D>>> = Arc::new(Mutex::new(Some(done)));
-        let cancel_slot = slot.clone();
-        let cancel: Cancel = Box::new(move || {
-            if let Some(d) = take(&cancel_slot) {
-                d(Err(cancelled()));
-            }
-        });
         let id = {
             let mut st = self.lock();
             if st.closed {
                 drop(st);
-                cancel();
+                done(Err(cancelled()));
                 return;
             }
             let id = st.next;
             st.next += 1;
-            st.pending.insert(id, Pending { cancel, abort: None });
+            st.pending.insert(id, Pending { done: Box::new(done), cancel: cancel_done::<T, D>, abort: None });
             id
         };
         let guard = Guard { ops: self.clone(), id, armed: true };
@@ -144,20 +153,17 @@ impl Ops {
             // Claim the operation; if close() already claimed it, its completion fired Cancelled.
             let claimed = {
                 let mut st = ops.lock();
-                match st.pending.remove(&guard.id) {
-                    Some(_) => {
-                        st.running += 1;
-                        true
-                    }
-                    None => false,
+                let p = st.pending.remove(&guard.id);
+                if p.is_some() {
+                    st.running += 1;
                 }
+                p
             };
             guard.disarm();
-            if claimed {
-                if let Some(d) = take(&slot) {
-                    ops.run_completion(move || d(out));
-                } else {
-                    ops.finish_running();
+            if let Some(p) = claimed {
+                match p.done.downcast::<D>() {
+                    Ok(d) => ops.run_completion(move || (*d)(out)),
+                    Err(_) => ops.finish_running(),
                 }
             }
         });
@@ -178,7 +184,7 @@ impl Ops {
             p
         };
         if let Some(p) = p {
-            self.run_completion(p.cancel);
+            self.run_completion(move || p.fire_cancelled());
         }
     }
 
@@ -214,7 +220,7 @@ impl Ops {
             if let Some(a) = &p.abort {
                 a.abort();
             }
-            self.run_completion(p.cancel);
+            self.run_completion(move || p.fire_cancelled());
         }
         if in_completion() {
             return;
@@ -232,10 +238,6 @@ impl Ops {
             };
         }
     }
-}
-
-fn take<D>(slot: &Mutex<Option<D>>) -> Option<D> {
-    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 fn cancelled() -> Error {
