@@ -418,3 +418,20 @@ async fn dropping_every_handle_frees_the_port() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn announce_recovers_after_the_cached_nodes_die() {
+    let a = Dht::bind(cfg(&[])).await.unwrap();
+    let b = Dht::bind(cfg(&[a.local_addr()])).await.unwrap();
+    b.ready().await;
+    assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
+    a.shutdown().await;
+    // a new node joins through b; b's cached table still only holds the dead a
+    let d = Dht::bind(cfg(&[b.local_addr()])).await.unwrap();
+    d.ready().await;
+    let e = b.announce(b"svc:phoenix", 1000).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AllQueriesFailed);
+    // the failed table was dropped: the next announce walks again and reaches d
+    assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
+    assert_eq!(d.local_peers(b"svc:phoenix", 10), vec![peer("127.0.0.1:1000")]);
+}

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::bencode::{self, Value};
+use super::bencode;
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
@@ -634,7 +634,8 @@ impl Inner {
         let mut st = self.state();
         let key = (tag, target.to_vec());
         match st.tables.get(&key) {
-            Some((at, t)) if at.elapsed() < TABLE_TTL => Some(t.clone()),
+            // an empty table (looked up while alone) is not worth keeping: walk again
+            Some((at, t)) if at.elapsed() < TABLE_TTL && !t.is_empty() => Some(t.clone()),
             Some(_) => {
                 st.tables.pop(&key);
                 None
@@ -768,24 +769,32 @@ impl Inner {
                 self.emit(DhtEvent::Announce { info_hash: info_hash.to_vec(), peer });
             }
         }
-        self.query_all(&table, |n| Method::AnnouncePeer {
-            info_hash: Some(info_hash.to_vec()),
-            port: Some(i64::from(port)),
-            implied_port: false,
-            token: Some(n.token.clone()),
-        })
-        .await
+        let r = self
+            .query_all(&table, |n| Method::AnnouncePeer {
+                info_hash: Some(info_hash.to_vec()),
+                port: Some(i64::from(port)),
+                implied_port: false,
+                token: Some(n.token.clone()),
+            })
+            .await;
+        self.forget_failed_table(0, info_hash, &r);
+        r
+    }
+
+    /// Drops a cached table when nobody in it answered, so the next call walks again.
+    fn forget_failed_table<T>(&self, tag: u8, target: &[u8], r: &Result<T>) {
+        if let Err(e) = r
+            && matches!(e.kind(), ErrorKind::AllQueriesFailed | ErrorKind::NoNodes)
+        {
+            self.state().tables.pop(&(tag, target.to_vec()));
+        }
     }
 
     pub(crate) async fn put(self: &Arc<Self>, item: PutItem) -> Result<([u8; 20], usize)> {
         let (target, args, local) = match item {
             PutItem::Immutable { v_bencoded } => {
                 let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
-                let too_big = match &v {
-                    Value::Bytes(b) => b.len() > store::MAX_V_BYTES,
-                    _ => v_bencoded.len() > store::MAX_V_BYTES,
-                };
-                if too_big {
+                if store::v_too_big(&v, &v_bencoded) {
                     return Err(Error::invalid("v must be less than 1000 bytes in put()"));
                 }
                 let target = store::sha1(&v_bencoded);
@@ -794,7 +803,7 @@ impl Inner {
             }
             PutItem::Mutable { v_bencoded, k, sig, seq, salt, cas } => {
                 let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
-                if v_bencoded.len() > store::MAX_V_BYTES + 5 {
+                if store::v_too_big(&v, &v_bencoded) {
                     return Err(Error::invalid("v must be less than 1000 bytes in put()"));
                 }
                 let salt = salt.filter(|s| !s.is_empty());
@@ -825,14 +834,15 @@ impl Inner {
                 t
             }
         };
-        let n = self
+        let r = self
             .query_all(&table, |n| {
                 let mut a = args.clone();
                 a.token = Some(n.token.clone());
                 Method::Put(a)
             })
-            .await?;
-        Ok((target, n))
+            .await;
+        self.forget_failed_table(1, &target, &r);
+        Ok((target, r?))
     }
 
     pub(crate) async fn get(self: &Arc<Self>, target: [u8; 20], salt: Option<&[u8]>, use_local: bool) -> Result<Option<GetResult>> {
@@ -976,6 +986,7 @@ impl Clone for LookupOutcome {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::dht::bencode::Value;
 
     fn state() -> State {
         let cfg = DhtConfig { peer_max_age: Duration::from_secs(60), ..DhtConfig::default() };

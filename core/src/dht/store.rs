@@ -222,6 +222,15 @@ pub fn mutable_target(k: &[u8; 32], salt: &[u8]) -> [u8; 20] {
 /// Largest accepted `v`, in bytes (of the string for a byte string, of the encoding otherwise).
 pub const MAX_V_BYTES: usize = 1000;
 
+/// The BEP44 size rule: a byte string may hold up to [`MAX_V_BYTES`] bytes (what bittorrent-dht
+/// checks); any other value's encoding may be up to [`MAX_V_BYTES`] bytes.
+pub fn v_too_big(v: &Value, v_bencoded: &[u8]) -> bool {
+    match v {
+        Value::Bytes(b) => b.len() > MAX_V_BYTES,
+        _ => v_bencoded.len() > MAX_V_BYTES,
+    }
+}
+
 /// The BEP44 value store: an LRU bounded by `max_values`, no time expiry (like bittorrent-dht).
 #[derive(Debug)]
 pub struct ValueStore {
@@ -270,11 +279,7 @@ impl ValueStore {
     pub fn apply_put(&mut self, a: &PutArgs) -> PutOutcome {
         let Some(v) = &a.v else { return PutOutcome::Drop };
         let v_bencoded = v.encode();
-        let too_big = match v {
-            Value::Bytes(b) => b.len() > MAX_V_BYTES,
-            _ => v_bencoded.len() > MAX_V_BYTES,
-        };
-        if too_big {
+        if v_too_big(v, &v_bencoded) {
             return PutOutcome::Error(KrpcError::new(205, "data payload too large"));
         }
         if a.k.is_none() && a.sig.is_none() {
