@@ -435,3 +435,37 @@ async fn announce_recovers_after_the_cached_nodes_die() {
     assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
     assert_eq!(d.local_peers(b"svc:phoenix", 10), vec![peer("127.0.0.1:1000")]);
 }
+
+#[tokio::test]
+async fn identical_concurrent_lookups_are_merged() {
+    // The only node known is a fake that never answers: every walk asks it once and waits for
+    // the timeout. Ten concurrent lookups of one name must cost a single get_peers.
+    let fake = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let node = Dht::bind(cfg(&[fake.local_addr().unwrap()])).await.unwrap();
+    node.ready().await;
+    let lookups: Vec<_> = (0..10)
+        .map(|_| {
+            let n = node.clone();
+            tokio::spawn(async move { n.lookup(b"svc:merged").await })
+        })
+        .collect();
+    let other = node.clone();
+    let different = tokio::spawn(async move { other.lookup(b"svc:other").await.map(|v| v.len()) });
+    let mut get_peers = std::collections::HashMap::<Vec<u8>, usize>::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, fake.recv_from(&mut buf)).await {
+        if let Ok(m) = grenache::dht::krpc::decode(&buf[..n])
+            && let grenache::dht::krpc::Body::Query(q) = m.body
+            && let grenache::dht::krpc::Method::GetPeers { info_hash: Some(ih) } = q.method
+        {
+            *get_peers.entry(ih).or_default() += 1;
+        }
+    }
+    for l in lookups {
+        assert!(l.await.unwrap().unwrap().is_empty());
+    }
+    assert_eq!(different.await.unwrap().unwrap(), 0);
+    assert_eq!(get_peers.get(&b"svc:merged"[..]), Some(&1), "{get_peers:?}");
+    assert_eq!(get_peers.get(&b"svc:other"[..]), Some(&1), "{get_peers:?}");
+}
