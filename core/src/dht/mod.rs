@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 
+#[doc(hidden)]
+pub use node::{FUZZ_TOKEN_PLACEHOLDER, answer_datagrams};
+
 /// Configuration of a DHT node. Defaults are the Grape's documented ones.
 #[derive(Debug, Clone)]
 pub struct DhtConfig {

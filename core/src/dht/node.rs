@@ -1062,6 +1062,20 @@ mod tests {
     }
 
     #[test]
+    fn answer_datagrams_reaches_the_announce_path() {
+        let flow: Vec<&[u8]> = vec![
+            b"d1:ad2:id20:abcdefghij012345678912:implied_porti0e9:info_hash3:svc4:porti7000e5:token20:TOKENTOKENTOKENTOKENe1:q13:announce_peer1:t2:ab1:y1:qe",
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash3:svce1:q9:get_peers1:t2:ac1:y1:qe",
+            b"d1:t2:aa1:y1:qe",
+        ];
+        let r = answer_datagrams(&flow);
+        assert_eq!(r[0].as_deref(), Some(&b"d1:rd2:id20:UUUUUUUUUUUUUUUUUUUUe1:t2:ab1:y1:re"[..]));
+        let Body::Response(gp) = krpc::decode(r[1].as_ref().unwrap()).unwrap().body else { panic!() };
+        assert_eq!(gp.values, Some(vec![vec![127, 0, 0, 1, 0x1b, 0x58]]));
+        assert_eq!(r[2], None);
+    }
+
+    #[test]
     fn put_get_flow() {
         let mut s = state();
         let now = Instant::now();
@@ -1085,4 +1099,42 @@ mod tests {
         assert!(r.nodes.is_none());
         assert_eq!(r.token, Some(token));
     }
+}
+
+/// The placeholder that [`answer_datagrams`] replaces with a valid token for 127.0.0.1.
+pub const FUZZ_TOKEN_PLACEHOLDER: &[u8; 20] = b"TOKENTOKENTOKENTOKEN";
+
+/// Feeds datagrams (all from `127.0.0.1:6881`) to one fresh node state, without a socket, and
+/// returns the reply to each (for fuzzing). Every occurrence of [`FUZZ_TOKEN_PLACEHOLDER`] is
+/// first replaced by a valid token, so announce and put paths are reachable.
+pub fn answer_datagrams(datagrams: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+    let cfg = DhtConfig { max_peers: 64, max_values: 16, ..DhtConfig::default() };
+    let mut st = State::new([0x55; 20], &cfg);
+    let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881);
+    let token = st.tokens.generate(*from.ip());
+    let now = Instant::now();
+    datagrams
+        .iter()
+        .map(|d| {
+            let mut d = d.to_vec();
+            let mut i = 0;
+            while i + 20 <= d.len() {
+                if &d[i..i + 20] == FUZZ_TOKEN_PLACEHOLDER {
+                    d[i..i + 20].copy_from_slice(&token);
+                    i += 20;
+                } else {
+                    i += 1;
+                }
+            }
+            let msg = krpc::decode(&d).ok()?;
+            let Body::Query(q) = msg.body else { return None };
+            if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                st.table.insert(NodeInfo { id, addr: from }, now);
+            }
+            let reply = st.handle_query(&q, from, now).reply?;
+            let bytes = Message { t: msg.t, body: reply }.encode();
+            assert!(bytes.len() <= 65_507, "reply too large");
+            Some(bytes)
+        })
+        .collect()
 }
