@@ -982,6 +982,44 @@ impl Clone for LookupOutcome {
     }
 }
 
+/// The placeholder that [`answer_datagrams`] replaces with a valid token for 127.0.0.1.
+pub const FUZZ_TOKEN_PLACEHOLDER: &[u8; 20] = b"TOKENTOKENTOKENTOKEN";
+
+/// Feeds datagrams (all from `127.0.0.1:6881`) to one fresh node state, without a socket, and
+/// returns the reply to each (for fuzzing). Every occurrence of [`FUZZ_TOKEN_PLACEHOLDER`] is
+/// first replaced by a valid token, so announce and put paths are reachable.
+pub fn answer_datagrams(datagrams: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+    let cfg = DhtConfig { max_peers: 64, max_values: 16, ..DhtConfig::default() };
+    let mut st = State::new([0x55; 20], &cfg);
+    let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881);
+    let token = st.tokens.generate(*from.ip());
+    let now = Instant::now();
+    datagrams
+        .iter()
+        .map(|d| {
+            let mut d = d.to_vec();
+            let mut i = 0;
+            while i + 20 <= d.len() {
+                if &d[i..i + 20] == FUZZ_TOKEN_PLACEHOLDER {
+                    d[i..i + 20].copy_from_slice(&token);
+                    i += 20;
+                } else {
+                    i += 1;
+                }
+            }
+            let msg = krpc::decode(&d).ok()?;
+            let Body::Query(q) = msg.body else { return None };
+            if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                st.table.insert(NodeInfo { id, addr: from }, now);
+            }
+            let reply = st.handle_query(&q, from, now).reply?;
+            let bytes = Message { t: msg.t, body: reply }.encode();
+            assert!(bytes.len() <= 65_507, "reply too large");
+            Some(bytes)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1099,42 +1137,4 @@ mod tests {
         assert!(r.nodes.is_none());
         assert_eq!(r.token, Some(token));
     }
-}
-
-/// The placeholder that [`answer_datagrams`] replaces with a valid token for 127.0.0.1.
-pub const FUZZ_TOKEN_PLACEHOLDER: &[u8; 20] = b"TOKENTOKENTOKENTOKEN";
-
-/// Feeds datagrams (all from `127.0.0.1:6881`) to one fresh node state, without a socket, and
-/// returns the reply to each (for fuzzing). Every occurrence of [`FUZZ_TOKEN_PLACEHOLDER`] is
-/// first replaced by a valid token, so announce and put paths are reachable.
-pub fn answer_datagrams(datagrams: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
-    let cfg = DhtConfig { max_peers: 64, max_values: 16, ..DhtConfig::default() };
-    let mut st = State::new([0x55; 20], &cfg);
-    let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881);
-    let token = st.tokens.generate(*from.ip());
-    let now = Instant::now();
-    datagrams
-        .iter()
-        .map(|d| {
-            let mut d = d.to_vec();
-            let mut i = 0;
-            while i + 20 <= d.len() {
-                if &d[i..i + 20] == FUZZ_TOKEN_PLACEHOLDER {
-                    d[i..i + 20].copy_from_slice(&token);
-                    i += 20;
-                } else {
-                    i += 1;
-                }
-            }
-            let msg = krpc::decode(&d).ok()?;
-            let Body::Query(q) = msg.body else { return None };
-            if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
-                st.table.insert(NodeInfo { id, addr: from }, now);
-            }
-            let reply = st.handle_query(&q, from, now).reply?;
-            let bytes = Message { t: msg.t, body: reply }.encode();
-            assert!(bytes.len() <= 65_507, "reply too large");
-            Some(bytes)
-        })
-        .collect()
 }
