@@ -469,3 +469,32 @@ async fn identical_concurrent_lookups_are_merged() {
     assert_eq!(get_peers.get(&b"svc:merged"[..]), Some(&1), "{get_peers:?}");
     assert_eq!(get_peers.get(&b"svc:other"[..]), Some(&1), "{get_peers:?}");
 }
+
+#[tokio::test]
+async fn dead_nodes_are_dropped_and_an_empty_table_bootstraps_again() {
+    let d = Dht::bind(cfg(&[])).await.unwrap();
+    let d_addr = d.local_addr();
+    let mut c = cfg(&[d_addr]);
+    c.node_liveness = Duration::from_millis(300);
+    c.query_timeout = Duration::from_millis(300);
+    let c = Dht::bind(c).await.unwrap();
+    c.ready().await;
+    assert_eq!(c.node_count(), 1);
+    // d dies: the liveness check pings it and drops it
+    d.shutdown().await;
+    eventually(Duration::from_secs(20), "dead node dropped", || {
+        let c = c.clone();
+        async move { (c.node_count() == 0).then_some(()) }
+    })
+    .await;
+    // a node comes back on the bootstrap address: the empty table bootstraps again and finds it
+    let mut again = cfg(&[]);
+    again.bind = d_addr;
+    let d2 = Dht::bind(again).await.unwrap();
+    eventually(Duration::from_secs(20), "re-bootstrapped", || {
+        let c = c.clone();
+        async move { (c.node_count() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(d2.node_count(), 1, "d2 learned about c from its queries");
+}

@@ -906,9 +906,10 @@ impl Inner {
         let start = Instant::now();
         let mut last_rotation = start;
         let mut last_sweep = start;
-        let mut next_liveness = start + random_liveness_delay();
+        let mut next_liveness = start + random_liveness_delay(self.config.node_liveness);
         let sweep_every = self.config.peer_max_age.clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -924,15 +925,18 @@ impl Inner {
                 last_sweep = now;
                 self.state().peers.sweep(now);
             }
-            if now >= next_liveness {
-                next_liveness = now + random_liveness_delay();
+            if now >= next_liveness && !running.load(std::sync::atomic::Ordering::Acquire) {
+                next_liveness = now + random_liveness_delay(self.config.node_liveness);
+                running.store(true, std::sync::atomic::Ordering::Release);
                 let inner = self.clone();
                 let cancel = self.cancel.clone();
+                let running = running.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = inner.check_liveness() => {}
                     }
+                    running.store(false, std::sync::atomic::Ordering::Release);
                 });
             }
         }
@@ -967,8 +971,14 @@ impl Inner {
     }
 }
 
-fn random_liveness_delay() -> Duration {
-    Duration::from_millis(rand::thread_rng().gen_range(30_000..90_000))
+/// Delay until the next liveness check: 30-90 s like bittorrent-dht, but never more than
+/// 0.5-1.5x `node_liveness` (so short liveness settings, e.g. in tests, are honoured), and
+/// at least 100 ms.
+fn random_liveness_delay(node_liveness: Duration) -> Duration {
+    let mut rng = rand::thread_rng();
+    let classic = Duration::from_millis(rng.gen_range(30_000..90_000));
+    let scaled = node_liveness.mul_f64(rng.gen_range(0.5..1.5));
+    classic.min(scaled).max(Duration::from_millis(100))
 }
 
 /// Locks a mutex, recovering from poisoning (a panic elsewhere must not stop the node).
