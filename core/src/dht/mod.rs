@@ -83,22 +83,29 @@ impl Default for DhtConfig {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum DhtEvent {
-    /// The UDP socket is bound.
+    /// The UDP socket is bound. Sent from inside [`Dht::bind`], i.e. before anyone can
+    /// subscribe; use [`Dht::local_addr`] instead.
     Listening(SocketAddr),
-    /// The bootstrap walk finished (fires even if every bootstrap node was unreachable).
+    /// The bootstrap walk finished (fires even if every bootstrap node was unreachable, after
+    /// the query timeout; at once with no bootstrap nodes, possibly before a subscriber exists:
+    /// prefer [`Dht::ready`] / [`Dht::is_ready`]). Fires once.
     Ready,
-    /// A node was added to the routing table.
+    /// A new node was added to the routing table (from a query or reply carrying a 20-byte id,
+    /// not sent with BEP43 `ro=1`).
     Node(SocketAddr),
-    /// A malformed or unexpected datagram was dropped.
+    /// A malformed or unexpected datagram was dropped (bad bencode, wrong shape, unknown or
+    /// short transaction id, reply from the wrong IP), or a UDP error. The text is for logs.
     Warning(String),
-    /// A peer was stored in this node's peer store for `info_hash`.
+    /// A peer was stored (or refreshed) in this node's peer store for `info_hash`: a remote
+    /// `announce_peer` was accepted, or this node announced with `self_host` set.
     Announce {
         /// The raw info-hash bytes (a Grenache service name's UTF-8 bytes).
         info_hash: Vec<u8>,
         /// The stored peer.
         peer: SocketAddrV4,
     },
-    /// A lookup found a peer.
+    /// A lookup found a peer (from the own store or a remote `values` reply). Each peer is
+    /// reported at most once per lookup; merged identical lookups report it once in total.
     Peer {
         /// The raw info-hash bytes.
         info_hash: Vec<u8>,
