@@ -498,3 +498,19 @@ async fn dead_nodes_are_dropped_and_an_empty_table_bootstraps_again() {
     .await;
     assert_eq!(d2.node_count(), 1, "d2 learned about c from its queries");
 }
+
+/// The Grape spawns these futures on a multi-threaded runtime: they must be `Send`, and the
+/// handle `Send + Sync`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn futures_are_send(d: Dht) {
+    fn send<T: Send>(_: T) {}
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&d);
+    send(d.announce(b"x", 1));
+    send(d.lookup(b"x"));
+    send(d.put(PutItem::Immutable { v_bencoded: b"1:x".to_vec() }));
+    send(d.get([0; 20], None, true));
+    send(d.ready());
+    send(d.shutdown());
+    send(Dht::bind(cfg(&[])));
+}
