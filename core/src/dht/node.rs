@@ -346,7 +346,11 @@ impl Inner {
                 Err(e) => {
                     // ICMP port unreachable etc. surface here on some platforms; keep serving.
                     self.emit(DhtEvent::Warning(format!("UDP receive error: {e}")));
-                    tokio::task::yield_now().await;
+                    // do not spin if the error repeats
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
                 }
             }
         }
