@@ -36,6 +36,9 @@ pub const MAX_REPLY_VALUES: usize = 256;
 pub const MAX_LOCAL_PEERS: usize = 1000;
 /// Most nodes queried by one iterative walk.
 pub const MAX_WALK_QUERIES: usize = 1000;
+/// Most token-holding nodes kept per target (announce/put go to all of them). Bounds the
+/// `max_tables` cache to about `max_tables x 100 x 70` bytes in the worst case.
+pub const MAX_TABLE_NODES: usize = 5 * K;
 /// Lifetime of a cached per-target table of token-holding nodes.
 pub const TABLE_TTL: Duration = Duration::from_secs(300);
 /// Secret rotation period for tokens.
@@ -631,6 +634,7 @@ impl Inner {
         }
         tokens.sort_by(|a, b| routing::cmp_distance(&target, &a.info.id, &b.info.id));
         tokens.dedup_by(|a, b| a.info.id == b.info.id);
+        tokens.truncate(MAX_TABLE_NODES);
         tokens
     }
 
