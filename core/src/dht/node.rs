@@ -229,6 +229,7 @@ pub(crate) struct Inner {
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Inner {
@@ -262,6 +263,7 @@ impl Inner {
             ready,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(MAX_PENDING),
         });
         let _ = inner.events.send(DhtEvent::Listening(local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
@@ -317,6 +319,7 @@ impl Inner {
 
     pub(crate) async fn shutdown(&self) {
         self.cancel.cancel();
+        self.slots.close();
         let sock = lock(&self.socket).take();
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
         for t in tasks {
@@ -465,6 +468,8 @@ impl Inner {
 
     /// Sends one query and waits for its reply (or error, or timeout).
     pub(crate) async fn query(self: &Arc<Self>, to: SocketAddrV4, method: Method) -> std::result::Result<Response, QueryError> {
+        // at most MAX_PENDING transactions: further queries wait for a slot (like k-rpc's queue)
+        let _slot = self.slots.acquire().await.map_err(|_| QueryError::Other(Error::new(ErrorKind::Cancelled, "DHT node is shut down")))?;
         let (tid, rx) = {
             let mut st = self.state();
             if st.pending.len() >= MAX_PENDING {
