@@ -16,7 +16,22 @@
 //! * KRPC errors from remote nodes map to [`ErrorKind::SeqTooLow`]
 //!   (302), [`ErrorKind::CasMismatch`] (301) and
 //!   [`ErrorKind::Dht`] (others); the message is `"<code> <text>"` as
-//!   bittorrent-dht reports it, e.g. `"302 sequence number less than current"`.
+//!   bittorrent-dht reports it, e.g. `"302 sequence number less than current"`. As in the
+//!   reference, announce/put only surface 3xx errors, and only when no node succeeded; other
+//!   failures give `AllQueriesFailed`.
+//!
+//! Deliberate departures from bittorrent-dht 10 (none affects what a Node Grape sees as valid):
+//! * Malformed datagrams (the §4.5 crash inputs, fields of the wrong type, ports out of range)
+//!   are dropped with a [`DhtEvent::Warning`]; the node never panics.
+//! * `nodes` replies carry the 20 closest nodes (the reference sends its whole table) and
+//!   `values` at most 256 random peers, so datagrams stay small.
+//! * Mutable BEP44 items are verified with ed25519 (stock Grape 1.0.0 answers 400 instead);
+//!   a salt over 64 bytes gets error 207.
+//! * Peer records expire exactly at `peer_max_age` (record-cache: 0.67x-1.33x). The store is
+//!   bounded by `max_peers` over all keys; when full, new records get error 202.
+//! * BEP43 `ro=1` senders are not added to the routing table.
+//! * Distances to targets of unequal length follow k-bucket's rule but compare exactly (k-bucket
+//!   folds them into a double); ties are broken by node id.
 
 pub mod bencode;
 pub mod krpc;
