@@ -514,3 +514,36 @@ fn futures_are_send(d: Dht) {
     send(d.shutdown());
     send(Dht::bind(cfg(&[])));
 }
+
+#[tokio::test]
+async fn a_full_bucket_stays_at_k_nodes() {
+    let node = Dht::bind(cfg(&[])).await.unwrap();
+    let own = node.id();
+    let mut socks = Vec::new();
+    // 30 senders whose ids all differ from ours in the first bit: they share bucket 0.
+    for i in 0..30u8 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut id = own;
+        id[0] ^= 0x80;
+        id[19] = i;
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        s.send_to(&q, node.local_addr()).await.unwrap();
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+        socks.push(s);
+    }
+    assert_eq!(node.node_count(), 20, "K = 20 per bucket");
+    // a sender with BEP43 ro=1 is never added
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut q = b"d1:ad2:id20:".to_vec();
+    let mut id = own;
+    id[0] ^= 0x40;
+    q.extend_from_slice(&id);
+    q.extend_from_slice(b"e1:q4:ping2:roi1e1:t2:pp1:y1:qe");
+    s.send_to(&q, node.local_addr()).await.unwrap();
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(node.node_count(), 20);
+}
