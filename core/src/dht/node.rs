@@ -427,7 +427,8 @@ impl Inner {
     }
 
     /// Adds a node to the routing table; when its bucket is full, pings the least recently seen
-    /// node (if not heard from for 10 s) and replaces it if it is dead.
+    /// node (if not heard from for 10 s, or `node_liveness` if shorter) and replaces it if it is
+    /// dead.
     pub(crate) fn add_node(self: &Arc<Self>, info: NodeInfo) {
         let now = Instant::now();
         let mut st = self.state();
@@ -439,7 +440,7 @@ impl Inner {
             Insert::Full(oldest) => {
                 let stale = st
                     .table
-                    .stale(Duration::from_secs(10), now)
+                    .stale(Duration::from_secs(10).min(self.config.node_liveness), now)
                     .into_iter()
                     .any(|n| n.id == oldest.id);
                 if !stale || st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(oldest.id) {
