@@ -330,9 +330,9 @@ impl HttpClient {
     ) -> Result<(StatusCode, Bytes)> {
         let client = self.client()?;
         let max = self.inner.config.max_body;
-        let url = req.uri().to_string();
+        let url = dest;
         let fut = async move {
-            let resp = client.request(req).await.map_err(|e| map_client_error(&url, e))?;
+            let resp = client.request(req).await.map_err(|e| map_client_error(url, e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), max).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -404,7 +404,7 @@ impl HttpClient {
         body: BodyStream,
         timeout: Option<Duration>,
     ) -> Result<StreamResponse> {
-        let rid = uuid::Uuid::new_v4().to_string();
+        let rid = crate::rpc::new_rid();
         self.request_stream_with_rid(dest, &rid, key, headers, body, timeout).await
     }
 
@@ -855,7 +855,7 @@ mod tests {
 
     fn out(payload: &Value, compress: bool) -> OutgoingRequest {
         OutgoingRequest {
-            rid: uuid::Uuid::new_v4().to_string(),
+            rid: crate::rpc::new_rid(),
             key: "k".into(),
             payload_json: serde_json::to_string(payload).unwrap().into(),
             timeout: Some(Duration::from_secs(10)),
