@@ -263,7 +263,7 @@ impl Link {
             });
         }
         let cfg = &self.inner.config;
-        let budget = cfg.request_timeout * cfg.retries.max(1) + Duration::from_secs(1);
+        let budget = cfg.request_timeout.saturating_mul(cfg.retries.max(1)).saturating_add(Duration::from_secs(1));
         match tokio::time::timeout(budget, rx).await {
             Ok(Ok(Ok(list))) => Ok(list),
             Ok(Ok(Err((kind, msg)))) => Err(Error::new(kind, msg)),
@@ -426,7 +426,7 @@ impl Link {
 /// A uniform random delay in `[0.5, 1.5] × interval`.
 pub fn jitter(interval: Duration) -> Duration {
     let f: f64 = rand::thread_rng().gen_range(0.5..=1.5);
-    interval.mul_f64(f)
+    Duration::try_from_secs_f64(interval.as_secs_f64() * f).unwrap_or(Duration::MAX)
 }
 
 fn is_error_string(s: &str) -> bool {
@@ -695,6 +695,12 @@ mod tests {
         assert_eq!(data["salt"], json!("s"));
         assert!(Keypair::from_secret_hex("zz").is_err());
         assert!(Keypair::from_secret_hex("00").is_err());
+    }
+
+    #[test]
+    fn extreme_durations_do_not_panic() {
+        let _ = jitter(Duration::MAX);
+        let _ = jitter(Duration::ZERO);
     }
 
     #[test]
