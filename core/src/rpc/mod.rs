@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn rids_are_uuid_v4() {
         let r = new_rid();
-        let u = uuid::Uuid::parse_str(&r).unwrap();
+        let u = uuid::Uuid::parse_str(&r).expect("a uuid");
         assert_eq!(u.get_version_num(), 4);
         assert_eq!(r.len(), 36);
         assert_ne!(r, new_rid());
