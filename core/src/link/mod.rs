@@ -251,12 +251,18 @@ impl Link {
             let link = self.clone();
             let name = name.to_string();
             tokio::spawn(async move {
+                // Removes the in-flight entry even if this task is aborted (waiters then see
+                // `Cancelled` instead of waiting for their timeout).
+                let mut guard = InflightGuard { link: link.clone(), name: name.clone(), armed: true };
                 let res: LookupResult = link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
                 if let Ok(list) = &res
-                    && !link.inner.config.lookup_cache_ttl.is_zero() {
-                        lock(&link.inner.cache).put(name.clone(), (Instant::now(), list.clone()));
-                    }
+                    && !link.inner.config.lookup_cache_ttl.is_zero()
+                {
+                    lock(&link.inner.cache).put(name.clone(), (Instant::now(), list.clone()));
+                }
                 let waiters = lock(&link.inner.inflight).remove(&name).unwrap_or_default();
+                // Removed: from now on a new lookup of this name may start; leave its entry alone.
+                guard.armed = false;
                 for w in waiters {
                     let _ = w.send(res.clone());
                 }
@@ -419,6 +425,20 @@ impl Link {
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(v @ Value::Object(_)) => Ok(Some(v)),
             Some(other) => Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object"))),
+        }
+    }
+}
+
+struct InflightGuard {
+    link: Link,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.link.inner.inflight).remove(&self.name);
         }
     }
 }
