@@ -189,7 +189,10 @@ impl Link {
         let parsed: Option<Value> = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             None
         } else {
-            Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+            Some(
+                serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+            )
         };
         if !status.is_success() {
             let text = match &parsed {
@@ -200,9 +203,10 @@ impl Link {
             return Err(grape_error(Some(status.as_u16()), &text));
         }
         if let Some(Value::String(s)) = &parsed
-            && is_error_string(s) {
-                return Err(grape_error(None, s));
-            }
+            && is_error_string(s)
+        {
+            return Err(grape_error(None, s));
+        }
         Ok(parsed)
     }
 
@@ -254,7 +258,8 @@ impl Link {
                 // Removes the in-flight entry even if this task is aborted (waiters then see
                 // `Cancelled` instead of waiting for their timeout).
                 let mut guard = InflightGuard { link: link.clone(), name: name.clone(), armed: true };
-                let res: LookupResult = link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
+                let res: LookupResult =
+                    link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
                 if let Ok(list) = &res
                     && !link.inner.config.lookup_cache_ttl.is_zero()
                 {
@@ -325,9 +330,10 @@ impl Link {
         let id = format!("{port}:{name}");
         let mut announcers = lock(&self.inner.announcers);
         if let Some(h) = announcers.get(&id)
-            && !h.token.is_cancelled() {
-                return h.clone();
-            }
+            && !h.token.is_cancelled()
+        {
+            return h.clone();
+        }
         announcers.retain(|_, h| !h.token.is_cancelled());
         let (tx, rx) = watch::channel(AnnounceStatus::default());
         let handle = AnnounceHandle { name: name.into(), port, token: CancellationToken::new(), status: rx };
@@ -424,7 +430,9 @@ impl Link {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(v @ Value::Object(_)) => Ok(Some(v)),
-            Some(other) => Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object"))),
+            Some(other) => {
+                Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object")))
+            }
         }
     }
 }

@@ -42,8 +42,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{self, decode_reply};
 use crate::rpc::{
-    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, Request, RequestInfo, ServerTransport, TransportKind,
-    dispatch, reply_to_result,
+    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, Request, RequestInfo, ServerTransport,
+    TransportKind, dispatch, reply_to_result,
 };
 use crate::tls::PeerCert;
 
@@ -62,15 +62,22 @@ pub const HEADER_ARGS: &str = "_ar";
 /// A stream of raw body chunks (streaming mode).
 pub type BodyStream = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static>>;
 
-type ReqBody = Either<Full<Bytes>, StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>>;
-type RespBody = Either<Full<Bytes>, StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>>;
+type ReqBody = Either<
+    Full<Bytes>,
+    StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>,
+>;
+type RespBody = Either<
+    Full<Bytes>,
+    StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>,
+>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
     enc.write_all(data)?;
     Ok(enc.finish()?)
 }
@@ -236,10 +243,9 @@ impl tower_service::Service<http::Uri> for Connector {
                     Some(tls) => {
                         let name = rustls_pki_types::ServerName::try_from(host.clone())
                             .map_err(|e| Error::invalid(format!("bad TLS server name {host:?}: {e}")))?;
-                        let s = tls
-                            .connect(name, tcp)
-                            .await
-                            .map_err(|e| Error::new(ErrorKind::TlsHandshake, format!("TLS handshake with {dest}: {e}")))?;
+                        let s = tls.connect(name, tcp).await.map_err(|e| {
+                            Error::new(ErrorKind::TlsHandshake, format!("TLS handshake with {dest}: {e}"))
+                        })?;
                         Io::Tls(Box::new(s))
                     }
                 };
@@ -319,7 +325,9 @@ impl HttpClient {
     }
 
     fn uri(&self, dest: &str) -> Result<http::Uri> {
-        format!("{}://{}/", self.inner.scheme, dest).parse().map_err(|e| Error::invalid(format!("bad destination {dest:?}: {e}")))
+        format!("{}://{}/", self.inner.scheme, dest)
+            .parse()
+            .map_err(|e| Error::invalid(format!("bad destination {dest:?}: {e}")))
     }
 
     async fn send(
@@ -366,7 +374,8 @@ impl HttpClient {
             builder = builder.header(HEADER_COMPRESS, "gzip");
             gzip(&envelope)?
         } else {
-            builder = builder.header(HEADER_COMPRESS, "none").header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8");
+            builder =
+                builder.header(HEADER_COMPRESS, "none").header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8");
             envelope
         };
         let req = builder
@@ -377,9 +386,10 @@ impl HttpClient {
             return Err(status_error(status, &bytes));
         }
         let bytes = if request.compress {
-            Bytes::from(gunzip(&bytes, self.inner.config.max_body).map_err(|e| {
-                Error::new(e.kind(), format!("ERR_REPLY_ENCODING_COMPRESSION: {}", e.message()))
-            })?)
+            Bytes::from(
+                gunzip(&bytes, self.inner.config.max_body)
+                    .map_err(|e| Error::new(e.kind(), format!("ERR_REPLY_ENCODING_COMPRESSION: {}", e.message())))?,
+            )
         } else {
             bytes
         };
@@ -681,8 +691,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: Cancella
     }
 }
 
-async fn serve_conn<I>(io: I, remote: SocketAddr, cert: Option<Arc<PeerCert>>, ctx: Arc<ServerCtx>, token: CancellationToken)
-where
+async fn serve_conn<I>(
+    io: I,
+    remote: SocketAddr,
+    cert: Option<Arc<PeerCert>>,
+    ctx: Arc<ServerCtx>,
+    token: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc_ctx = ctx.clone();
@@ -756,15 +771,12 @@ async fn handle_request(
     if let (Some((rid, key)), Some(sh)) = (&gr_rid_key, &ctx.config.stream_handler) {
         use futures_util::StreamExt;
         let headers = req.headers().clone();
-        let body: BodyStream = Box::pin(
-            http_body_util::BodyStream::new(req.into_body())
-                .filter_map(|f| async move {
-                    match f {
-                        Ok(frame) => frame.into_data().ok().map(Ok),
-                        Err(e) => Some(Err(std::io::Error::other(e))),
-                    }
-                }),
-        );
+        let body: BodyStream = Box::pin(http_body_util::BodyStream::new(req.into_body()).filter_map(|f| async move {
+            match f {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(std::io::Error::other(e))),
+            }
+        }));
         let sreq = StreamRequest { rid: rid.clone(), key: key.clone(), info, headers, body };
         return match sh.handle(sreq).await {
             Ok(stream) => {
@@ -897,7 +909,8 @@ mod tests {
             if i % 7 == 0 {
                 body = gzip(&body).unwrap();
             }
-            let mut head = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            let mut head =
+                format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
             if i % 3 == 0 {
                 head.push_str("grc-compress: gzip\r\n");
             }
