@@ -168,6 +168,19 @@ async fn http_rust_client_calls_node_server() {
         String::from_utf8_lossy(&resp.body),
         "node-stream:rid-123:rpc_node_stream:uploadPublic:{\"foo\":\"bar\"}:application/pdf:megalargefile"
     );
+    // The same with the answer read as a stream.
+    let (status, mut stream) = http
+        .request_stream_body(&dest2, "rid-456", "rpc_node_stream", &[], body("chunked"), Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let mut got = Vec::new();
+    while let Some(chunk) =
+        tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap()
+    {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "node-stream:rid-456:rpc_node_stream:null:{}::chunked");
     // A buffered request to Node's streaming server is answered through its reply handler.
     let r = client.request("rpc_node_stream", "hi", &opts).await.unwrap();
     assert_eq!(r, json!({"from": "node-stream", "payload": "hi"}));

@@ -136,6 +136,26 @@ async fn http_streaming_raw_upload_size_and_content_type() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&resp.body), "rust-stream:r1:rpc_stream::{}:application/pdf:megalargefile");
+    // The same with the answer streamed back.
+    let (status, mut stream) = http
+        .request_stream_body(
+            &dest,
+            "r2",
+            "rpc_stream",
+            &[("_a", "up")],
+            Box::pin(futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"megalargefile")) })),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let mut got = Vec::new();
+    while let Some(chunk) =
+        tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap()
+    {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "rust-stream:r2:rpc_stream:up:{}::megalargefile");
     // The whole PDF, in 64 KiB chunks: the handler sees every byte.
     let data = pdf();
     let chunks: Vec<std::io::Result<bytes::Bytes>> =

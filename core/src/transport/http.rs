@@ -428,6 +428,19 @@ impl HttpClient {
         body: BodyStream,
         timeout: Option<Duration>,
     ) -> Result<StreamResponse> {
+        let req = self.stream_request(dest, rid, key, headers, body)?;
+        let (status, body) = self.send(dest, req, timeout).await?;
+        Ok(StreamResponse { status: status.as_u16(), body })
+    }
+
+    fn stream_request(
+        &self,
+        dest: &str,
+        rid: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: BodyStream,
+    ) -> Result<http::Request<ReqBody>> {
         use futures_util::StreamExt;
         let gr = serde_json::to_string(&serde_json::json!([rid, key]))?;
         let mut builder = http::Request::post(self.uri(dest)?).header(HEADER_GR, gr);
@@ -436,12 +449,52 @@ impl HttpClient {
         }
         let frames: Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>> =
             Box::pin(body.map(|r| r.map(Frame::data)));
-        let req = builder
+        builder
             .body(Either::Right(StreamBody::new(frames)))
-            .map_err(|e| Error::invalid(format!("building the stream request: {e}")))?;
-        let (status, body) = self.send(dest, req, timeout).await?;
-        Ok(StreamResponse { status: status.as_u16(), body })
+            .map_err(|e| Error::invalid(format!("building the stream request: {e}")))
     }
+
+    /// Streaming mode with a streamed answer: like [`HttpClient::request_stream_with_rid`], but
+    /// returns as soon as the response headers arrive, with the status and the raw response body
+    /// as a stream (for downloads larger than `max_body`). `timeout` covers the upload and the wait
+    /// for the response headers; reading the body is bounded by the caller (e.g. with
+    /// `tokio::time::timeout` around each chunk).
+    pub async fn request_stream_body(
+        &self,
+        dest: &str,
+        rid: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: BodyStream,
+        timeout: Option<Duration>,
+    ) -> Result<(u16, BodyStream)> {
+        let req = self.stream_request(dest, rid, key, headers, body)?;
+        let client = self.client()?;
+        let fut = async {
+            tokio::select! {
+                r = client.request(req) => r.map_err(|e| map_client_error(dest, e)),
+                _ = self.inner.closed.cancelled() => Err(Error::new(ErrorKind::Closed, "the HTTP client was closed")),
+            }
+        };
+        let resp = match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| Error::timeout(format!("no response from {dest} within {t:?}")))??,
+            None => fut.await?,
+        };
+        Ok((resp.status().as_u16(), incoming_stream(resp.into_body())))
+    }
+}
+
+/// A hyper body as a stream of data chunks (trailers are skipped).
+fn incoming_stream(body: Incoming) -> BodyStream {
+    use futures_util::StreamExt;
+    Box::pin(http_body_util::BodyStream::new(body).filter_map(|f| async move {
+        match f {
+            Ok(frame) => frame.into_data().ok().map(Ok),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        }
+    }))
 }
 
 fn status_error(status: StatusCode, body: &[u8]) -> Error {
@@ -771,12 +824,7 @@ async fn handle_request(
     if let (Some((rid, key)), Some(sh)) = (&gr_rid_key, &ctx.config.stream_handler) {
         use futures_util::StreamExt;
         let headers = req.headers().clone();
-        let body: BodyStream = Box::pin(http_body_util::BodyStream::new(req.into_body()).filter_map(|f| async move {
-            match f {
-                Ok(frame) => frame.into_data().ok().map(Ok),
-                Err(e) => Some(Err(std::io::Error::other(e))),
-            }
-        }));
+        let body = incoming_stream(req.into_body());
         let sreq = StreamRequest { rid: rid.clone(), key: key.clone(), info, headers, body };
         return match sh.handle(sreq).await {
             Ok(stream) => {
