@@ -202,7 +202,7 @@ async fn http_handler_faults_become_error_replies() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
     assert!(
-        t0.elapsed() >= Duration::from_millis(380) && t0.elapsed() < Duration::from_millis(1500),
+        t0.elapsed() >= Duration::from_millis(380) && t0.elapsed() < Duration::from_millis(3000),
         "{:?}",
         t0.elapsed()
     );
@@ -363,7 +363,7 @@ async fn http_worker_killed_mid_load_retry_lands_elsewhere() {
         .await
         .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Connect | ErrorKind::Closed | ErrorKind::Timeout), "{e}");
-    assert!(t0.elapsed() < Duration::from_millis(2500));
+    assert!(t0.elapsed() < Duration::from_millis(3000));
     for _ in 0..10 {
         let r = c.request("rpc_kill", "x", &o).await.unwrap();
         assert_eq!(r["port"], port2);
