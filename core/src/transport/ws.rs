@@ -496,6 +496,31 @@ async fn accept_loop(
     }
 }
 
+/// The reply envelope `[rid, error|null, result]` as text, written without building a tree.
+fn reply_text(rid: &Value, body: &std::result::Result<Value, String>) -> String {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'[');
+    let ok = serde_json::to_writer(&mut out, rid).is_ok()
+        && match body {
+            Ok(result) => {
+                out.extend_from_slice(b",null,");
+                serde_json::to_writer(&mut out, result).is_ok()
+            }
+            Err(msg) => {
+                out.push(b',');
+                let ok = serde_json::to_writer(&mut out, msg).is_ok();
+                out.extend_from_slice(b",null");
+                ok
+            }
+        };
+    out.push(b']');
+    if !ok {
+        out = encode_reply(rid, body);
+    }
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Serves one socket in one task: reads requests, runs them through [`dispatch`] (concurrently,
 /// up to `max_in_flight`), writes replies as they complete, flushing when nothing else is ready.
 async fn serve_connection(
@@ -514,9 +539,7 @@ async fn serve_connection(
         tokio::select! {
             biased;
             Some((rid, body)) = running.next(), if !running.is_empty() => {
-                let bytes = encode_reply(&rid, &body);
-                let text = String::from_utf8(bytes).unwrap_or_default();
-                if ws.feed(Message::text(text)).await.is_err() {
+                if ws.feed(Message::text(reply_text(&rid, &body))).await.is_err() {
                     return;
                 }
                 dirty = true;
@@ -1097,6 +1120,17 @@ impl ClientTransport for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_text_matches_the_envelope_encoder() {
+        for (rid, body) in [
+            (serde_json::json!("r1"), Ok(serde_json::json!({"a": [1, "ü€"]}))),
+            (serde_json::json!(12345), Err("ERR_BOOM".to_string())),
+            (Value::Null, Ok(Value::Null)),
+        ] {
+            assert_eq!(reply_text(&rid, &body).into_bytes(), encode_reply(&rid, &body));
+        }
+    }
 
     #[test]
     fn dest_parsing() {
