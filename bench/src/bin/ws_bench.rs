@@ -67,10 +67,10 @@ async fn wait_lookup(link: &Link, name: &str, n: usize) {
     let deadline = Instant::now() + LONG;
     loop {
         link.invalidate(name);
-        if let Ok(v) = link.lookup(name).await {
-            if v.len() >= n {
-                return;
-            }
+        if let Ok(v) = link.lookup(name).await
+            && v.len() >= n
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "{name} never announced");
         tokio::time::sleep(Duration::from_millis(50)).await;

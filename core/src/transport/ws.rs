@@ -173,6 +173,7 @@ pub(crate) async fn accept_ws(
         let cert2 = cert.clone();
         let refused = Arc::new(AtomicBool::new(false));
         let refused2 = refused.clone();
+        #[allow(clippy::result_large_err)] // the signature is tungstenite's
         let callback = move |req: &HsRequest, resp: HsResponse| -> std::result::Result<HsResponse, ErrorResponse> {
             if let Some(hook) = hook {
                 let info = ClientInfo::new(cert2.as_deref(), Some(remote), req.uri().path());
@@ -745,10 +746,10 @@ impl Conn {
             return Ok(s);
         }
         // Someone else tried while we waited for the lock: share their failure.
-        if let Some((at, kind, msg)) = &st.last_failure {
-            if *at >= asked {
-                return Err(Error::new(*kind, msg.clone()));
-            }
+        if let Some((at, kind, msg)) = &st.last_failure
+            && *at >= asked
+        {
+            return Err(Error::new(*kind, msg.clone()));
         }
         match dial(&self.dest, inner.config.tls.as_ref(), inner.config.max_message_size, inner.config.connect_timeout).await {
             Ok(ws) => {
@@ -856,10 +857,10 @@ async fn reader_task(
                         p.closed = true;
                         drop(p);
                         let _ = session.tx.try_send(Message::Close(None));
-                        if let Some(c) = conn.upgrade() {
-                            if let Some(pool) = c.pool.upgrade() {
-                                pool.remove_conn(&c);
-                            }
+                        if let Some(c) = conn.upgrade()
+                            && let Some(pool) = c.pool.upgrade()
+                        {
+                            pool.remove_conn(&c);
                         }
                         break "idle";
                     }
@@ -992,10 +993,10 @@ impl WsClient {
         if !pools.contains_key(dest) && pools.len() >= self.inner.config.max_dests {
             // Drop destinations with nothing open to stay bounded.
             pools.retain(|_, v| v.iter().any(|c| c.live_session().is_some()));
-            if pools.len() >= self.inner.config.max_dests {
-                if let Some(k) = pools.keys().next().cloned() {
-                    pools.remove(&k);
-                }
+            if pools.len() >= self.inner.config.max_dests
+                && let Some(k) = pools.keys().next().cloned()
+            {
+                pools.remove(&k);
             }
         }
         let list = pools.entry(Arc::from(dest)).or_default();
