@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod dht;
+pub mod embed;
 pub mod error;
 pub mod grape;
 pub mod link;

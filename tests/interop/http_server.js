@@ -1,5 +1,5 @@
 // A grenache-nodejs-http 1.0.2 PeerRPCServer for interop tests.
-// Usage: node http_server.js --grape URL --name NAME --port P [--streaming]
+// Usage: node http_server.js --grape URL --name NAME --port P [--streaming] [--bench]
 //                            [--key F --cert F --ca F]   (HTTPS, client certs requested)
 // Buffered handler ('request'): payload "fail" -> Error('ERR_BOOM'); {sleep: ms} -> answers after ms;
 // otherwise {from:'node', port, key, payload, meta:{isStream,compress,infoHeaders,action,args}, fingerprint}.
@@ -17,6 +17,7 @@ const opt = (n, d) => { const i = args.indexOf(n); return i >= 0 ? args[i + 1] :
 const port = Number(opt('--port'))
 const name = opt('--name')
 const streaming = args.includes('--streaming')
+const bench = args.includes('--bench') // answer every request 'world' (benchmarks)
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
 
 const conf = { timeout: 300000, disableBuffered: streaming }
@@ -38,6 +39,7 @@ const service = peer.transport('server')
 service.listen(port)
 
 service.on('request', (rid, key, payload, handler, cert, meta) => {
+  if (bench) return handler.reply(null, 'world')
   if (payload === 'fail') return handler.reply(new Error('ERR_BOOM'))
   const result = {
     from: 'node',

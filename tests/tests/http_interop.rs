@@ -2,6 +2,8 @@
 //! directions: plain, gzip, streaming (`_gr`, raw bodies and envelopes), error replies, timeouts,
 //! and `map` over a mix of Rust and Node workers.
 
+#![allow(clippy::unwrap_used)]
+
 mod link_support;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! (announce, cache, chaining, lookup, put-get) plus our fixes (typed Grape errors, empty lookups
 //! not cached, coalescing, surfaced announce errors, recovery from a dead Grape, signed mutable put).
 
+#![allow(clippy::unwrap_used)]
+
 mod link_support;
 
 use std::sync::Arc;

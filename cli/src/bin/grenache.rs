@@ -1,2 +1,432 @@
-//! `grenache`: the command-line client.
-fn main() {}
+//! `grenache`: the command-line client of a Grape and of Grenache RPC services.
+//!
+//! Results are printed as JSON on stdout; errors go to stderr as `ERR_NAME: message`, and the
+//! process exits with a code that tells the kind of failure:
+//!
+//! | code | meaning |
+//! |---:|---|
+//! | 0 | success |
+//! | 1 | any other error |
+//! | 2 | bad command line (clap) |
+//! | 3 | timeout |
+//! | 4 | connection failure (refused, closed, TLS handshake) |
+//! | 5 | lookup found no peer (`ERR_GRAPE_LOOKUP_EMPTY`) |
+//! | 6 | the remote handler answered an error (`ERR_REMOTE: <its message>`) |
+//! | 7 | the Grape or the DHT answered an error |
+//! | 8 | invalid input (bad JSON, bad key file, bad address) |
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
+use grenache::rpc::{ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, ServerTransport};
+use grenache::tls::{ClientAuth, ClientTls, ServerTls};
+use grenache::transport::http::{HttpClient, HttpClientConfig, HttpServer, HttpServerConfig};
+use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
+use grenache::{Error, ErrorKind, Result};
+use serde_json::{Value, json};
+
+/// Command-line client for Grenache: Grape lookups and announces, DHT put/get, RPC requests, and
+/// a small RPC server.
+#[derive(Debug, Parser)]
+#[command(name = "grenache", version, about)]
+struct Cli {
+    /// The Grape HTTP API to talk to.
+    #[arg(long, global = true, default_value = DEFAULT_GRAPE)]
+    grape: String,
+    /// Timeout of each call to the Grape, in milliseconds.
+    #[arg(long, global = true, default_value_t = 2500)]
+    grape_timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Prints the addresses ("ip:port") announcing NAME, as a JSON array.
+    Lookup {
+        /// The service name.
+        name: String,
+    },
+    /// Announces once that NAME is served on PORT of this host.
+    Announce {
+        /// The service name.
+        name: String,
+        /// The port.
+        port: u16,
+    },
+    /// Sends JSON to one worker of NAME and prints its result.
+    Request {
+        /// The service name.
+        name: String,
+        /// The payload, as JSON (a bare word that is not JSON is sent as a string).
+        json: String,
+        #[command(flatten)]
+        rpc: RpcOpts,
+        /// Total attempts; each retry goes to another worker when there is one.
+        #[arg(long, default_value_t = 1)]
+        retry: u32,
+        /// Also retry when the handler answers an error.
+        #[arg(long)]
+        retry_remote: bool,
+        /// Send to this "ip:port" without a lookup.
+        #[arg(long)]
+        dest: Option<String>,
+    },
+    /// Sends JSON to every worker of NAME and prints their results as a JSON array.
+    Map {
+        /// The service name.
+        name: String,
+        /// The payload, as JSON.
+        json: String,
+        #[command(flatten)]
+        rpc: RpcOpts,
+        /// Ask at most this many random workers (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Serves NAME: echoes each payload back (or answers --reply), announced until Ctrl-C.
+    Serve {
+        /// The service name(s) to announce.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Port to listen on (0: any free port). The port is printed on start.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Answer every request with this JSON instead of echoing.
+        #[arg(long)]
+        reply: Option<String>,
+        /// The transport.
+        #[arg(long, value_enum, default_value_t = TransportChoice::Http)]
+        transport: TransportChoice,
+        /// Re-announce every this many milliseconds (jittered ±50 %).
+        #[arg(long, default_value_t = 10_000)]
+        interval: u64,
+        /// Answer ERR_TIMEOUT when the handler takes longer (milliseconds).
+        #[arg(long)]
+        reply_timeout: Option<u64>,
+        #[command(flatten)]
+        tls: TlsOpts,
+        /// Require a client certificate signed by --tls-ca (HTTPS).
+        #[arg(long)]
+        require_client_cert: bool,
+    },
+    /// Stores a value in the DHT and prints its hash. With --key it is a signed mutable item.
+    Put {
+        /// The value, as JSON (a bare word that is not JSON is stored as a string).
+        json: String,
+        /// Key file written by `keygen`: makes the item mutable and signed.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Sequence number of a mutable item.
+        #[arg(long, default_value_t = 0)]
+        seq: i64,
+        /// Salt of a mutable item.
+        #[arg(long)]
+        salt: Option<String>,
+        /// Compare-and-swap: only store if the current sequence number is this.
+        #[arg(long)]
+        cas: Option<i64>,
+    },
+    /// Reads an item from the DHT by hash; prints it, or `null` when not found.
+    Get {
+        /// The 40-hex-character hash.
+        hash: String,
+        /// Salt of a mutable item.
+        #[arg(long)]
+        salt: Option<String>,
+    },
+    /// Makes an ed25519 key pair for mutable items, writes it to FILE and prints the public key.
+    Keygen {
+        /// Where to write the key file (JSON with "secret" and "public" hex); created with mode 0600.
+        file: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RpcOpts {
+    /// Timeout of each attempt, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout: u64,
+    /// Gzip the request and the reply (grc-compress: gzip).
+    #[arg(long)]
+    compress: bool,
+    /// The transport.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Http)]
+    transport: TransportChoice,
+    #[command(flatten)]
+    tls: TlsOpts,
+}
+
+#[derive(Debug, Args, Clone)]
+struct TlsOpts {
+    /// Certificate (PEM): the server's for `serve`, the client's for requests. Enables HTTPS.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) the peer's certificate must chain to.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+/// The transports this CLI can use. A transport is a value: adding one is a new variant here and
+/// two match arms below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportChoice {
+    /// HTTP, or HTTPS with the --tls-* options (grenache-nodejs-http).
+    Http,
+    /// WebSocket, or WSS with the --tls-* options (grenache-nodejs-ws).
+    Ws,
+}
+
+fn read_file(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).map_err(|e| Error::invalid(format!("cannot read {}: {e}", p.display())))
+}
+
+fn client_tls(tls: &TlsOpts) -> Result<Option<ClientTls>> {
+    if tls.tls_ca.is_none() && tls.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let mut b = ClientTls::builder();
+    b = match &tls.tls_ca {
+        Some(ca) => b.ca_pem(read_file(ca)?),
+        None => b.danger_accept_any_server_cert(),
+    };
+    if let (Some(c), Some(k)) = (&tls.tls_cert, &tls.tls_key) {
+        b = b.client_cert_pem(read_file(c)?, read_file(k)?);
+    }
+    Ok(Some(b.build()?))
+}
+
+fn server_tls(tls: &TlsOpts, require_client_cert: bool) -> Result<Option<ServerTls>> {
+    let (Some(c), Some(k)) = (&tls.tls_cert, &tls.tls_key) else { return Ok(None) };
+    let mut b = ServerTls::builder(read_file(c)?, read_file(k)?);
+    if let Some(ca) = &tls.tls_ca {
+        b = b.client_ca_pem(read_file(ca)?);
+    }
+    b = b.client_auth(if require_client_cert { ClientAuth::Required } else { ClientAuth::AnyCertificate });
+    Ok(Some(b.build()?))
+}
+
+impl TransportChoice {
+    fn client(self, tls: &TlsOpts) -> Result<Arc<dyn ClientTransport>> {
+        let tls = client_tls(tls)?;
+        Ok(match self {
+            TransportChoice::Http => {
+                Arc::new(HttpClient::new(HttpClientConfig { tls: tls.map(|t| t.config()), ..Default::default() }))
+            }
+            TransportChoice::Ws => {
+                let mut cfg = WsClientConfig::default();
+                if let Some(t) = tls {
+                    cfg = cfg.tls(t);
+                }
+                Arc::new(WsClient::new(cfg))
+            }
+        })
+    }
+
+    async fn serve(
+        self,
+        addr: SocketAddr,
+        handler: Arc<dyn Handler>,
+        tls: &TlsOpts,
+        require_client_cert: bool,
+        reply_timeout: Option<Duration>,
+    ) -> Result<Arc<dyn ServerTransport>> {
+        let tls = server_tls(tls, require_client_cert)?;
+        Ok(match self {
+            TransportChoice::Http => {
+                let cfg = HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
+                Arc::new(HttpServer::bind(addr, handler, cfg).await?)
+            }
+            TransportChoice::Ws => {
+                let mut cfg = WsServerConfig::default().reply_timeout(reply_timeout);
+                if let Some(t) = tls {
+                    cfg = cfg.tls(t);
+                }
+                Arc::new(WsServer::bind_arc(addr, handler, cfg).await?)
+            }
+        })
+    }
+}
+
+/// JSON text, or a bare word taken as a string.
+fn parse_payload(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::Timeout => 3,
+        ErrorKind::Connect | ErrorKind::Closed | ErrorKind::Io | ErrorKind::TlsHandshake => 4,
+        ErrorKind::LookupEmpty => 5,
+        ErrorKind::Remote => 6,
+        ErrorKind::Grape
+        | ErrorKind::NoNodes
+        | ErrorKind::AllQueriesFailed
+        | ErrorKind::SeqTooLow
+        | ErrorKind::CasMismatch
+        | ErrorKind::Dht
+        | ErrorKind::PayloadTooLarge => 7,
+        ErrorKind::InvalidArgument | ErrorKind::Decode | ErrorKind::Certificate | ErrorKind::TlsConfig => 8,
+        _ => 1,
+    }
+}
+
+fn print(v: &Value) {
+    println!("{v}");
+}
+
+fn load_key(p: &PathBuf) -> Result<Keypair> {
+    let text = read_file(p)?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("key file {}: {e}", p.display())))?;
+    let secret = v["secret"].as_str().ok_or_else(|| Error::invalid(format!("key file {} has no \"secret\"", p.display())))?;
+    Keypair::from_secret_hex(secret)
+}
+
+fn write_key(p: &PathBuf, key: &Keypair, force: bool) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(p).map_err(|e| Error::invalid(format!("cannot create {}: {e}", p.display())))?;
+    let body = json!({"secret": key.secret_hex(), "public": key.public_hex()});
+    writeln!(f, "{body}")?;
+    Ok(())
+}
+
+fn handler(fixed: Option<Value>) -> Arc<dyn Handler> {
+    Arc::new(move |req: Request, reply: Reply| match &fixed {
+        Some(v) => reply.ok(v.clone()),
+        None => reply.ok(req.payload),
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let link = Link::new(LinkConfig {
+        request_timeout: Duration::from_millis(cli.grape_timeout.max(1)),
+        ..LinkConfig::with_grape(cli.grape.clone())
+    })?;
+    match cli.cmd {
+        Cmd::Lookup { name } => print(&json!(link.lookup(&name).await?)),
+        Cmd::Announce { name, port } => {
+            link.announce(&name, port).await?;
+            print(&json!({"announced": name, "port": port}));
+        }
+        Cmd::Request { name, json: payload, rpc, retry, retry_remote, dest } => {
+            let client = PeerRpcClient::new(link, rpc.transport.client(&rpc.tls)?, PeerRpcClientConfig::default());
+            let opts = RequestOptions {
+                timeout: Some(Duration::from_millis(rpc.timeout)),
+                retry,
+                retry_remote,
+                compress: rpc.compress,
+                dest,
+                ..Default::default()
+            };
+            print(&client.request(&name, &parse_payload(&payload), &opts).await?);
+        }
+        Cmd::Map { name, json: payload, rpc, limit } => {
+            let client = PeerRpcClient::new(link, rpc.transport.client(&rpc.tls)?, PeerRpcClientConfig::default());
+            let opts = RequestOptions { timeout: Some(Duration::from_millis(rpc.timeout)), compress: rpc.compress, limit, ..Default::default() };
+            print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
+        }
+        Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, require_client_cert } => {
+            let fixed = reply.as_deref().map(parse_payload);
+            let addr: SocketAddr =
+                format!("{bind}:{port}").parse().map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let server = transport
+                .serve(addr, handler(fixed), &tls, require_client_cert, reply_timeout.map(Duration::from_millis))
+                .await?;
+            let peer = PeerRpcServer::new(link, server);
+            let mut handles = Vec::new();
+            for n in &names {
+                let h = peer.start_announcing(n, Duration::from_millis(interval.max(100)));
+                h.first_result(Duration::from_secs(30)).await?;
+                handles.push(h);
+            }
+            print(&json!({"event": "started", "port": peer.port(), "names": names}));
+            // Keep serving until Ctrl-C; report announce failures as they happen.
+            let mut warned = false;
+            loop {
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => {
+                        r?;
+                        break;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let err = handles.iter().find_map(|h| h.last_error());
+                        match (&err, warned) {
+                            (Some(e), false) => { eprintln!("{}: announce failing: {}", e.kind().name(), e); warned = true; }
+                            (None, true) => { eprintln!("announce recovered"); warned = false; }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            peer.stop();
+            print(&json!({"event": "stopped"}));
+        }
+        Cmd::Put { json: value, key, seq, salt, cas } => {
+            let v = parse_payload(&value);
+            let hash = match key {
+                Some(kf) => {
+                    let k = load_key(&kf)?;
+                    link.put_mutable(&k, &MutableItem { v, seq, salt, cas }).await?
+                }
+                None => link.put_value(&v).await?,
+            };
+            print(&json!(hash));
+        }
+        Cmd::Get { hash, salt } => {
+            let item = match salt {
+                Some(s) => link.get_salted(&hash, &s).await?,
+                None => link.get(&hash).await?,
+            };
+            print(&item.unwrap_or(Value::Null));
+        }
+        Cmd::Keygen { file, force } => {
+            let k = Keypair::generate();
+            write_key(&file, &k, force)?;
+            print(&json!({"public": k.public_hex(), "file": file}));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.message();
+            if msg.is_empty() {
+                eprintln!("{}", e.kind().name());
+            } else {
+                eprintln!("{}: {}", e.kind().name(), msg);
+            }
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

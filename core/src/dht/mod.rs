@@ -1,11 +1,34 @@
 //! The KRPC DHT node, wire-compatible with `bittorrent-dht` 10.0.0 as run by Node Grapes.
 //!
-//! CONTRACT (used by `grape`): the public API of [`Dht`] below. Bodies are filled in by the DHT work.
+//! CONTRACT (used by `grape`): the public API of [`Dht`] below.
+//!
+//! Layout: [`bencode`] (codec), [`krpc`] (typed messages and their wire form), [`routing`] (XOR
+//! distance incl. k-bucket's unequal-length rule, routing table), [`store`] (tokens, peer store,
+//! BEP44 store and signature helpers) and `node` (socket loop, walks, announce/lookup/put/get,
+//! maintenance).
+//!
+//! Semantics worth knowing (see also the method docs):
+//! * Info-hashes are any byte string (Grenache uses the raw service name).
+//! * [`Dht::lookup`] returns the peers of the own store **and** those found on the network
+//!   (without duplicates) and emits [`DhtEvent::Peer`] for each. [`Dht::local_peers`] reads
+//!   only the own store.
+//! * Peer records expire exactly `peer_max_age` after their last announce (0 = never).
+//! * KRPC errors from remote nodes map to [`ErrorKind::SeqTooLow`](crate::ErrorKind::SeqTooLow)
+//!   (302), [`ErrorKind::CasMismatch`](crate::ErrorKind::CasMismatch) (301) and
+//!   [`ErrorKind::Dht`](crate::ErrorKind::Dht) (others); the message is `"<code> <text>"` as
+//!   bittorrent-dht reports it, e.g. `"302 sequence number less than current"`.
+
+pub mod bencode;
+pub mod krpc;
+mod node;
+pub mod routing;
+pub mod store;
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 
 /// Configuration of a DHT node. Defaults are the Grape's documented ones.
 #[derive(Debug, Clone)]
@@ -16,7 +39,8 @@ pub struct DhtConfig {
     pub bootstrap: Vec<String>,
     /// How long an announced peer is kept (`dht_peer_maxAge`). Default 120 s.
     pub peer_max_age: Duration,
-    /// Upper bound on stored peers, over all keys. Default 10 000... (the DHT work may raise it).
+    /// Upper bound on stored peers, over all keys. Default 1 000 000 (the Node reference caps at
+    /// 10 000; a record costs ~24 bytes plus ~100 bytes per key). When full, new records are refused.
     pub max_peers: usize,
     /// LRU size of per-target closest-node tables (`dht_maxTables`). Default 5000.
     pub max_tables: usize,
@@ -30,6 +54,26 @@ pub struct DhtConfig {
     pub concurrency: usize,
     /// When set, an announce also stores `host:port` in this node's own peer store (the Grape's `host`).
     pub self_host: Option<std::net::Ipv4Addr>,
+}
+
+impl Default for DhtConfig {
+    /// The Grape's documented defaults: bind `0.0.0.0:20001`, no bootstrap, peer max age 120 s,
+    /// 1 000 000 peers, 5000 tables, 5000 values, liveness 5 min, query timeout 2 s,
+    /// concurrency 16, no self host.
+    fn default() -> Self {
+        DhtConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 20001)),
+            bootstrap: Vec::new(),
+            peer_max_age: Duration::from_secs(120),
+            max_peers: 1_000_000,
+            max_tables: 5000,
+            max_values: 5000,
+            node_liveness: Duration::from_secs(300),
+            query_timeout: Duration::from_secs(2),
+            concurrency: 16,
+            self_host: None,
+        }
+    }
 }
 
 /// An event from the DHT node (the Grape re-emits these).
@@ -112,55 +156,124 @@ pub struct MutableMeta {
 }
 
 /// A running DHT node. Cheap to clone; every clone drives the same node.
+///
+/// The node stops when [`Dht::shutdown`] is called or when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Dht {
-    _private: (),
+    inner: Arc<node::Inner>,
+    _guard: Arc<DropGuard>,
+}
+
+/// Cancels the node when the last [`Dht`] handle goes away.
+#[derive(Debug)]
+struct DropGuard(tokio_util::sync::CancellationToken);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl Dht {
     /// Binds the UDP socket and starts the node (and its bootstrap walk).
-    pub async fn bind(_config: DhtConfig) -> Result<Dht> {
-        todo!("dht")
+    ///
+    /// Emits [`DhtEvent::Listening`] (before any subscriber can exist, so in practice only
+    /// [`Dht::local_addr`] is useful), then [`DhtEvent::Ready`] once the bootstrap walk ends.
+    pub async fn bind(config: DhtConfig) -> Result<Dht> {
+        let inner = node::Inner::bind(config).await?;
+        let guard = Arc::new(DropGuard(inner.cancel.clone()));
+        Ok(Dht { inner, _guard: guard })
     }
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
-        todo!("dht")
+        self.inner.local_addr
     }
     /// This node's 20-byte id.
     pub fn id(&self) -> [u8; 20] {
-        todo!("dht")
+        self.inner.id
     }
-    /// Subscribes to events.
+    /// Subscribes to events (a broadcast channel of 1024; slow receivers see `Lagged`).
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<DhtEvent> {
-        todo!("dht")
+        self.inner.events.subscribe()
     }
-    /// Resolves once the bootstrap walk has finished.
+    /// Resolves once the bootstrap walk has finished (at once if it already has, or after shutdown).
     pub async fn ready(&self) {
-        todo!("dht")
+        let mut rx = self.inner.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
+    /// True once the bootstrap walk has finished.
+    pub fn is_ready(&self) -> bool {
+        *self.inner.ready.borrow()
+    }
+
+    async fn guarded<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(Error::new(ErrorKind::Cancelled, "DHT node is shut down"));
+        }
+        tokio::select! {
+            _ = self.inner.cancel.cancelled() => Err(Error::new(ErrorKind::Cancelled, "DHT node is shut down")),
+            r = fut => r,
+        }
+    }
+
     /// Announces `port` for `info_hash` to every token-holding node found by a lookup.
     /// Returns how many nodes acknowledged. Errors: NoNodes, AllQueriesFailed, or a KRPC 3xx.
-    pub async fn announce(&self, _info_hash: &[u8], _port: u16) -> Result<usize> {
-        todo!("dht")
+    ///
+    /// Like bittorrent-dht, the lookup's table of token-holding nodes is cached per info-hash for
+    /// 5 minutes (LRU of `max_tables`), so repeated announces do not walk again. With
+    /// `self_host` set, the peer `self_host:port` is also stored locally (and
+    /// [`DhtEvent::Announce`] fires) even when the network part fails. Port 0 is
+    /// `InvalidArgument` (the Grape replaces 0 by its DHT port before calling this).
+    pub async fn announce(&self, info_hash: &[u8], port: u16) -> Result<usize> {
+        self.guarded(self.inner.announce(info_hash, port)).await
     }
     /// Iterative `get_peers`: the peers found (own store + network), without duplicates.
-    pub async fn lookup(&self, _info_hash: &[u8]) -> Result<Vec<SocketAddrV4>> {
-        todo!("dht")
+    ///
+    /// Never fails for lack of nodes (an isolated node returns its own store). Identical
+    /// lookups in flight are merged. Fires [`DhtEvent::Peer`] for each peer found.
+    pub async fn lookup(&self, info_hash: &[u8]) -> Result<Vec<SocketAddrV4>> {
+        self.guarded(async { Ok(self.inner.lookup(info_hash).await?.peers.clone()) }).await
+    }
+    /// The live peers of this node's own peer store for `info_hash` (no network), at most
+    /// `limit`, in random order.
+    pub fn local_peers(&self, info_hash: &[u8], limit: usize) -> Vec<SocketAddrV4> {
+        self.inner.state().peers.get(info_hash, limit, Instant::now())
     }
     /// BEP44 put. Returns the 20-byte target and how many nodes stored it.
-    pub async fn put(&self, _item: PutItem) -> Result<([u8; 20], usize)> {
-        todo!("dht")
+    ///
+    /// Immutable values are also kept in the own store (even if the network put fails, as
+    /// bittorrent-dht does); mutable ones are not. Errors: InvalidArgument (v not bencode,
+    /// too large, salt > 64 bytes), NoNodes, AllQueriesFailed, SeqTooLow (302), CasMismatch (301).
+    pub async fn put(&self, item: PutItem) -> Result<([u8; 20], usize)> {
+        self.guarded(self.inner.put(item)).await
     }
     /// BEP44 get. `salt` is needed to verify salted mutable items; `use_local` consults the own store.
-    pub async fn get(&self, _target: [u8; 20], _salt: Option<&[u8]>, _use_local: bool) -> Result<Option<GetResult>> {
-        todo!("dht")
+    ///
+    /// Network replies are verified: immutable values must hash to `target` (the first match
+    /// ends the walk); mutable ones need a valid signature and `SHA-1(k ‖ salt) == target`, and
+    /// the highest `seq` wins. `Ok(None)` when nothing was found.
+    pub async fn get(&self, target: [u8; 20], salt: Option<&[u8]>, use_local: bool) -> Result<Option<GetResult>> {
+        self.guarded(self.inner.get(target, salt, use_local)).await
     }
-    /// Adds a node to contact (like bittorrent-dht's `addNode`).
-    pub fn add_node(&self, _addr: SocketAddr) {
-        todo!("dht")
+    /// Adds a node to contact (like bittorrent-dht's `addNode`): it is pinged, and added to the
+    /// routing table when it answers.
+    pub fn add_node(&self, addr: SocketAddr) {
+        let SocketAddr::V4(addr) = addr else { return };
+        let inner = self.inner.clone();
+        let cancel = inner.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = inner.query(addr, krpc::Method::Ping) => {}
+            }
+        });
+    }
+    /// Number of nodes in the routing table.
+    pub fn node_count(&self) -> usize {
+        self.inner.state().table.len()
     }
     /// Stops the node and frees the UDP port. Pending operations fail with `Cancelled`.
     pub async fn shutdown(&self) {
-        todo!("dht")
+        self.inner.shutdown().await;
     }
 }

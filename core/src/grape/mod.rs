@@ -1,1 +1,515 @@
 //! The Grape: a DHT node plus the HTTP API (`/announce`, `/lookup`, `/put`, `/get`).
+//!
+//! A Grape is two servers in one: a UDP KRPC DHT node ([`crate::dht::Dht`]) and an HTTP/1.1 JSON
+//! API that services and clients call (grenache-nodejs-link, grenache-cli, our `link`). It is
+//! wire-compatible with grenache-grape 1.0.0; see `grape-protocol.md` and `docs/compat.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> grenache::Result<()> {
+//! use grenache::grape::{Grape, GrapeConfig};
+//! let mut config = GrapeConfig::default();
+//! config.dht_port(0).api_port(0).bootstrap(vec!["127.0.0.1:20001".into()]);
+//! let grape = Grape::start(config).await?;
+//! println!("API on http://{}", grape.api_addr());
+//! grape.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! For tests, [`Testnet`] starts a few local Grapes that know each other.
+
+pub mod api;
+pub mod cache;
+mod http;
+mod testnet;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dht::{Dht, DhtConfig, DhtEvent, PutItem};
+use crate::error::{Error, ErrorKind, Result};
+use api::{Reply, Request};
+use cache::LookupCache;
+
+pub use testnet::Testnet;
+
+/// At most this many peers in a `/lookup` reply.
+pub const LOOKUP_MAX_PEERS: usize = 100;
+/// Records per generation in the lookup cache (the reference's fixed 5000).
+pub const LOOKUP_CACHE_SIZE: usize = 5000;
+/// Capacity of the event channel; a slow subscriber loses the oldest events (`Lagged`).
+pub const EVENT_CAPACITY: usize = 1024;
+/// Upper bound on any single DHT operation started by an HTTP request.
+const DHT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Configuration of a [`Grape`]. Defaults are the reference's documented ones (`grape-protocol.md`
+/// §6.1), **not** the 1.0.0 CLI's accidental ones (no expiry, no size limit).
+///
+/// Setters return `&mut Self` so they chain:
+/// ```
+/// let mut c = grenache::grape::GrapeConfig::default();
+/// c.dht_port(0).api_port(0).peer_max_age(std::time::Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone)]
+pub struct GrapeConfig {
+    host: Option<IpAddr>,
+    dht_bind: IpAddr,
+    dht_port: u16,
+    api_port: Option<u16>,
+    bootstrap: Vec<String>,
+    peer_max_age: Duration,
+    max_tables: usize,
+    max_values: usize,
+    max_peers: usize,
+    node_liveness: Duration,
+    check_max_payload_size: usize,
+    max_connections: usize,
+}
+
+impl Default for GrapeConfig {
+    fn default() -> GrapeConfig {
+        GrapeConfig {
+            host: None,
+            dht_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dht_port: 20001,
+            api_port: None,
+            bootstrap: Vec::new(),
+            peer_max_age: Duration::from_secs(120),
+            max_tables: 5000,
+            max_values: 5000,
+            max_peers: 10_000,
+            node_liveness: Duration::from_secs(300),
+            check_max_payload_size: 8192,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl GrapeConfig {
+    /// A default configuration (see each setter for its default).
+    pub fn new() -> GrapeConfig {
+        GrapeConfig::default()
+    }
+
+    /// Address the HTTP API binds to (the reference's `host`, CLI `-b`). When it is an IPv4
+    /// address, an announce also stores `host:port` in this Grape's own peer store.
+    ///
+    /// Default is `None`: the API listens on every IPv4 address (`0.0.0.0`).
+    pub fn host(&mut self, host: Option<IpAddr>) -> &mut Self {
+        self.host = host;
+        self
+    }
+
+    /// Address the UDP DHT socket binds to (the reference always uses `0.0.0.0`; tests use
+    /// `127.0.0.1`).
+    ///
+    /// Default is `0.0.0.0`.
+    pub fn dht_bind(&mut self, ip: IpAddr) -> &mut Self {
+        self.dht_bind = ip;
+        self
+    }
+
+    /// UDP port of the DHT node; `0` picks a free port (see [`Grape::dht_addr`]).
+    ///
+    /// Default is `20001`.
+    pub fn dht_port(&mut self, port: u16) -> &mut Self {
+        self.dht_port = port;
+        self
+    }
+
+    /// TCP port of the HTTP API; `0` picks a free port (see [`Grape::api_addr`]). Required:
+    /// [`Grape::start`] fails with `InvalidArgument` (`ERR_NO_PORT`) without it.
+    ///
+    /// Default is `None`.
+    pub fn api_port(&mut self, port: u16) -> &mut Self {
+        self.api_port = Some(port);
+        self
+    }
+
+    /// DHT bootstrap nodes as `"host:port"` strings.
+    ///
+    /// Default is empty (no bootstrap; the public BitTorrent routers are never used).
+    pub fn bootstrap(&mut self, nodes: Vec<String>) -> &mut Self {
+        self.bootstrap = nodes;
+        self
+    }
+
+    /// How long an announced service is kept (`dht_peer_maxAge`). The lookup cache keeps peers
+    /// for half of it. Zero disables expiry.
+    ///
+    /// Default is 120 s.
+    pub fn peer_max_age(&mut self, age: Duration) -> &mut Self {
+        self.peer_max_age = age;
+        self
+    }
+
+    /// LRU size of the per-target closest-node tables (`dht_maxTables`).
+    ///
+    /// Default is 5000.
+    pub fn max_tables(&mut self, n: usize) -> &mut Self {
+        self.max_tables = n;
+        self
+    }
+
+    /// LRU size of the BEP44 value store (`dht_maxValues`).
+    ///
+    /// Default is 5000.
+    pub fn max_values(&mut self, n: usize) -> &mut Self {
+        self.max_values = n;
+        self
+    }
+
+    /// Upper bound on announced peers stored by the DHT node, over all names.
+    ///
+    /// Default is 10 000 (the reference's fixed value).
+    pub fn max_peers(&mut self, n: usize) -> &mut Self {
+        self.max_peers = n;
+        self
+    }
+
+    /// Routing-table liveness period (`dht_nodeLiveness`).
+    ///
+    /// Default is 5 minutes.
+    pub fn node_liveness(&mut self, d: Duration) -> &mut Self {
+        self.node_liveness = d;
+        self
+    }
+
+    /// Largest accepted HTTP body in bytes (`check_maxPayloadSize`); a body exactly this size is
+    /// accepted, one byte more gets `413 ERR_GRAPE_PAYLOAD_SIZE`. `usize::MAX` disables the limit.
+    ///
+    /// Default is 8192.
+    pub fn check_max_payload_size(&mut self, bytes: usize) -> &mut Self {
+        self.check_max_payload_size = bytes;
+        self
+    }
+
+    /// Most HTTP connections served at once (further ones wait to be accepted).
+    ///
+    /// Default is 10 000.
+    pub fn max_connections(&mut self, n: usize) -> &mut Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// The configured HTTP port, if any.
+    pub fn get_api_port(&self) -> Option<u16> {
+        self.api_port
+    }
+
+    /// The configured peer max age.
+    pub fn get_peer_max_age(&self) -> Duration {
+        self.peer_max_age
+    }
+}
+
+/// An event of a running [`Grape`] (the reference's EventEmitter events).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum GrapeEvent {
+    /// The UDP socket is bound.
+    Listening,
+    /// The DHT bootstrap walk finished (also when every bootstrap node was unreachable).
+    Ready,
+    /// A service was stored in this Grape's peer store; the argument is its name.
+    Announce(String),
+    /// A lookup found a peer, as `"ip:port"`.
+    Peer(String),
+    /// A node was added to the routing table.
+    Node,
+    /// A malformed or unexpected datagram was dropped.
+    Warning(String),
+}
+
+/// A running Grape. Cheap to clone; every clone drives the same Grape.
+#[derive(Debug, Clone)]
+pub struct Grape {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dht: Dht,
+    dht_addr: SocketAddr,
+    api_addr: SocketAddr,
+    events: broadcast::Sender<GrapeEvent>,
+    cache: Mutex<LookupCache>,
+    /// Lookups in flight, by name: later callers wait for the first one's walk.
+    inflight: Mutex<HashMap<Vec<u8>, watch::Receiver<bool>>>,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Grape {
+    /// Binds the UDP DHT socket and the HTTP API and starts both. Resolves once both are bound
+    /// (the DHT bootstrap may still be running: see [`Grape::ready`]).
+    ///
+    /// Errors: `InvalidArgument` (`ERR_NO_PORT`) without an API port; `Io` when a port is busy.
+    pub async fn start(config: GrapeConfig) -> Result<Grape> {
+        let Some(api_port) = config.api_port else {
+            return Err(Error::invalid("ERR_NO_PORT: api_port is required"));
+        };
+        let http_ip = config.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        // Bind HTTP first so a busy API port does not leave a DHT node running.
+        let listener = TcpListener::bind(SocketAddr::new(http_ip, api_port))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot bind the HTTP API to {http_ip}:{api_port}: {e}")))?;
+        let api_addr = listener.local_addr()?;
+
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let dht_config = DhtConfig {
+            bind: SocketAddr::new(config.dht_bind, config.dht_port),
+            bootstrap: config.bootstrap.clone(),
+            peer_max_age: config.peer_max_age,
+            max_peers: config.max_peers,
+            max_tables: config.max_tables,
+            max_values: config.max_values,
+            node_liveness: config.node_liveness,
+            query_timeout: Duration::from_secs(2),
+            concurrency: 16,
+            self_host: match config.host {
+                Some(IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            },
+        };
+        let dht = Dht::bind(dht_config).await.map_err(|e| {
+            Error::new(e.kind(), format!("cannot start the DHT on UDP {}:{}: {}", config.dht_bind, config.dht_port, e.message()))
+        })?;
+        // Subscribe before anything can happen on the node.
+        let dht_events = dht.events();
+        let dht_addr = dht.local_addr();
+        let _ = events.send(GrapeEvent::Listening);
+
+        // `_mem` lives half the peer max age (rounded up to a millisecond).
+        let mem_age = Duration::from_millis(u64::try_from(config.peer_max_age.as_millis().div_ceil(2)).unwrap_or(u64::MAX));
+        let inner = Arc::new(Inner {
+            dht,
+            dht_addr,
+            api_addr,
+            events,
+            cache: Mutex::new(LookupCache::new(mem_age, LOOKUP_CACHE_SIZE)),
+            inflight: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+
+        let forward = tokio::spawn(forward_events(Arc::downgrade(&inner), dht_events, inner.stop.clone()));
+        let opts = http::ServerOptions {
+            max_body: config.check_max_payload_size,
+            max_connections: config.max_connections,
+        };
+        let server = tokio::spawn(http::serve(listener, Arc::new(Api(Arc::downgrade(&inner))), opts, inner.stop.clone()));
+        lock(&inner.tasks).extend([forward, server]);
+        tracing::info!(dht = %dht_addr, api = %api_addr, "grape started");
+        Ok(Grape { inner })
+    }
+
+    /// The bound UDP address of the DHT node.
+    pub fn dht_addr(&self) -> SocketAddr {
+        self.inner.dht_addr
+    }
+
+    /// The bound TCP address of the HTTP API.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.inner.api_addr
+    }
+
+    /// The API base URL, `http://127.0.0.1:<port>` when bound to every address.
+    pub fn api_url(&self) -> String {
+        let a = self.inner.api_addr;
+        let ip = if a.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { a.ip() };
+        format!("http://{}", SocketAddr::new(ip, a.port()))
+    }
+
+    /// `"127.0.0.1:<dht port>"` (or the bound IP), for other Grapes' bootstrap lists.
+    pub fn dht_bootstrap_addr(&self) -> String {
+        let a = self.inner.dht_addr;
+        let ip = if a.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { a.ip() };
+        SocketAddr::new(ip, a.port()).to_string()
+    }
+
+    /// The DHT node (for direct DHT calls).
+    pub fn dht(&self) -> &Dht {
+        &self.inner.dht
+    }
+
+    /// Subscribes to events. The channel is bounded ([`EVENT_CAPACITY`]): a subscriber that falls
+    /// behind gets `RecvError::Lagged` and misses the oldest events.
+    pub fn events(&self) -> broadcast::Receiver<GrapeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Resolves once the DHT bootstrap walk has finished (it finishes even if no bootstrap node
+    /// answers, after the query timeout). Wrap it in a timeout if you need a bound.
+    pub async fn ready(&self) {
+        self.inner.dht.ready().await
+    }
+
+    /// Announces `name` on `port` (0: this Grape's DHT port). Returns how many DHT nodes stored it.
+    pub async fn announce(&self, name: &str, port: u16) -> Result<usize> {
+        self.inner.announce(name.as_bytes(), port).await
+    }
+
+    /// Looks `name` up: up to 100 peers seen by any lookup for the name recently, random order.
+    pub async fn lookup(&self, name: &str) -> Result<Vec<SocketAddrV4>> {
+        self.inner.lookup(name.as_bytes()).await
+    }
+
+    /// Stops the HTTP API and the DHT node and frees both ports. Connections in flight get their
+    /// reply (up to 2 s); idle keep-alive connections are closed.
+    pub async fn stop(&self) {
+        self.inner.stop.cancel();
+        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.tasks).drain(..).collect();
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                abort.abort();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.dht.shutdown()).await;
+        tracing::info!(api = %self.inner.api_addr, "grape stopped");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Re-emits DHT events as Grape events and feeds found peers into the lookup cache.
+async fn forward_events(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiver<DhtEvent>, stop: CancellationToken) {
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = rx.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "grape fell behind the DHT events");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let out = match ev {
+            DhtEvent::Listening(_) => None,
+            DhtEvent::Ready => Some(GrapeEvent::Ready),
+            DhtEvent::Node(_) => Some(GrapeEvent::Node),
+            DhtEvent::Warning(w) => Some(GrapeEvent::Warning(w)),
+            DhtEvent::Announce { info_hash, .. } => {
+                Some(GrapeEvent::Announce(String::from_utf8_lossy(&info_hash).into_owned()))
+            }
+            DhtEvent::Peer { info_hash, peer } => {
+                lock(&inner.cache).add(&info_hash, peer);
+                Some(GrapeEvent::Peer(peer.to_string()))
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        if let Some(e) = out {
+            let _ = inner.events.send(e);
+        }
+    }
+}
+
+impl Inner {
+    async fn announce(&self, name: &[u8], port: u16) -> Result<usize> {
+        let port = if port == 0 { self.dht_addr.port() } else { port };
+        match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.announce(name, port)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(ErrorKind::AllQueriesFailed, "All queries failed")),
+        }
+    }
+
+    /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
+    /// the lookup cache.
+    async fn lookup(self: &Arc<Self>, name: &[u8]) -> Result<Vec<SocketAddrV4>> {
+        let mut rx = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(name) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    inflight.insert(name.to_vec(), rx.clone());
+                    let me = self.clone();
+                    let key = name.to_vec();
+                    // A task of its own, so a client that hangs up does not cancel other waiters.
+                    tokio::spawn(async move {
+                        let found = tokio::time::timeout(DHT_OP_TIMEOUT, me.dht.lookup(&key)).await;
+                        match found {
+                            Ok(Ok(peers)) => {
+                                let mut cache = lock(&me.cache);
+                                for p in peers {
+                                    cache.add(&key, p);
+                                }
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "lookup walk failed"),
+                            Err(_) => tracing::debug!("lookup walk timed out"),
+                        }
+                        lock(&me.inflight).remove(&key);
+                        let _ = tx.send(true);
+                    });
+                    rx
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DHT_OP_TIMEOUT + Duration::from_secs(1), rx.wait_for(|done| *done)).await;
+        Ok(lock(&self.cache).get(name, LOOKUP_MAX_PEERS))
+    }
+
+    async fn handle(self: &Arc<Self>, req: Request) -> Reply {
+        match req {
+            Request::Lookup { name } => match self.lookup(&name).await {
+                Ok(peers) => Reply::json_text(api::lookup_json(&peers)),
+                Err(e) => Reply::app_error(200, e.message()),
+            },
+            Request::Announce { name, port } => match self.announce(&name, port).await {
+                Ok(n) => Reply::json_text(n.to_string()),
+                Err(e) => api::dht_error_reply(&e),
+            },
+            Request::Put(item) => self.put(item).await,
+            Request::Get(get) => {
+                let Ok(target) = <[u8; 20]>::try_from(get.target.as_slice()) else {
+                    // Only a 20-byte target can match anything.
+                    return Reply::empty();
+                };
+                let salt = get.salt.as_deref();
+                match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.get(target, salt, get.use_local)).await {
+                    Ok(Ok(Some(res))) => Reply::json_text(api::get_result_json(&res, salt)),
+                    Ok(Ok(None)) => Reply::empty(),
+                    Ok(Err(e)) if matches!(e.kind(), ErrorKind::NoNodes | ErrorKind::AllQueriesFailed | ErrorKind::Timeout) => {
+                        Reply::empty()
+                    }
+                    Ok(Err(e)) => api::dht_error_reply(&e),
+                    Err(_) => Reply::empty(),
+                }
+            }
+        }
+    }
+
+    async fn put(&self, item: PutItem) -> Reply {
+        match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.put(item)).await {
+            Ok(Ok((target, _))) => Reply::json_text(serde_json::Value::String(hex::encode(target)).to_string()),
+            Ok(Err(e)) => api::dht_error_reply(&e),
+            Err(_) => Reply::app_error(200, "All queries failed"),
+        }
+    }
+}
+
+/// The HTTP handler: a weak handle, so open connections never keep a stopped Grape alive.
+struct Api(std::sync::Weak<Inner>);
+
+impl http::Handler for Api {
+    async fn handle(&self, req: Request) -> Reply {
+        match self.0.upgrade() {
+            Some(inner) => inner.handle(req).await,
+            None => Reply::raw(503, "ERR_GRAPE_STOPPED"),
+        }
+    }
+}

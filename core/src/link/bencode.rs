@@ -47,6 +47,7 @@ fn write(out: &mut Vec<u8>, v: &Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -82,12 +82,13 @@ impl LinkConfig {
 }
 
 type LookupResult = std::result::Result<Arc<[String]>, (ErrorKind, String)>;
+type LookupCache = lru::LruCache<String, (Instant, Arc<[String]>)>;
 
 struct Inner {
     config: LinkConfig,
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
-    cache: Mutex<lru::LruCache<String, (Instant, Arc<[String]>)>>,
+    cache: Mutex<LookupCache>,
     inflight: Mutex<HashMap<String, Vec<oneshot::Sender<LookupResult>>>>,
     announcers: Mutex<HashMap<String, AnnounceHandle>>,
 }
@@ -198,11 +199,10 @@ impl Link {
             };
             return Err(grape_error(Some(status.as_u16()), &text));
         }
-        if let Some(Value::String(s)) = &parsed {
-            if is_error_string(s) {
+        if let Some(Value::String(s)) = &parsed
+            && is_error_string(s) {
                 return Err(grape_error(None, s));
             }
-        }
         Ok(parsed)
     }
 
@@ -252,11 +252,10 @@ impl Link {
             let name = name.to_string();
             tokio::spawn(async move {
                 let res: LookupResult = link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
-                if let Ok(list) = &res {
-                    if !link.inner.config.lookup_cache_ttl.is_zero() {
+                if let Ok(list) = &res
+                    && !link.inner.config.lookup_cache_ttl.is_zero() {
                         lock(&link.inner.cache).put(name.clone(), (Instant::now(), list.clone()));
                     }
-                }
                 let waiters = lock(&link.inner.inflight).remove(&name).unwrap_or_default();
                 for w in waiters {
                     let _ = w.send(res.clone());
@@ -319,11 +318,10 @@ impl Link {
     pub fn start_announcing(&self, name: &str, port: u16, interval: Duration) -> AnnounceHandle {
         let id = format!("{port}:{name}");
         let mut announcers = lock(&self.inner.announcers);
-        if let Some(h) = announcers.get(&id) {
-            if !h.token.is_cancelled() {
+        if let Some(h) = announcers.get(&id)
+            && !h.token.is_cancelled() {
                 return h.clone();
             }
-        }
         announcers.retain(|_, h| !h.token.is_cancelled());
         let (tx, rx) = watch::channel(AnnounceStatus::default());
         let handle = AnnounceHandle { name: name.into(), port, token: CancellationToken::new(), status: rx };
@@ -663,6 +661,7 @@ pub fn immutable_target_hex(v: &Value) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -837,6 +837,7 @@ fn is_truthy(v: &Value) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::rpc::Reply;

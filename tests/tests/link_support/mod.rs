@@ -1,6 +1,8 @@
 //! Shared helpers for the Link/HTTP end-to-end tests: a pair of Node reference Grapes.
 #![allow(dead_code)]
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use grenache::link::{Link, LinkConfig};

@@ -1,0 +1,147 @@
+//! Runs the built `grenache` binary against Node reference Grapes: lookup, announce, request,
+//! map, serve, put/get (immutable and signed mutable), keygen, error names and exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use grenache_e2e::{NodeProcess, free_port, free_tcp_port};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_grenache");
+
+async fn grapes() -> (Vec<NodeProcess>, String) {
+    let (d1, d2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
+    let mut procs = Vec::new();
+    for (dht, api, boot) in [(d1, a1, d2), (d2, a2, d1)] {
+        let (dht, api, boot) = (dht.to_string(), api.to_string(), format!("127.0.0.1:{boot}"));
+        let mut p = NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
+        while p.json(Duration::from_secs(30)).await["event"] != "started" {}
+        procs.push(p);
+    }
+    (procs, format!("http://127.0.0.1:{a1}"))
+}
+
+/// Runs `grenache --grape <grape> <args>`; returns (exit code, stdout JSON or Null, stderr).
+async fn run(grape: &str, args: &[&str]) -> (i32, Value, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(BIN).arg("--grape").arg(grape).args(args).stdin(Stdio::null()).output(),
+    )
+    .await
+    .expect("grenache finishes")
+    .expect("grenache runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_against_grapes() {
+    let (_g, grape) = grapes().await;
+
+    // serve (echo) on a free port, announced.
+    let mut serve = Command::new(BIN)
+        .args(["--grape", &grape, "serve", "svc_cli", "--bind", "127.0.0.1", "--interval", "1000"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let started: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(started["event"], "started");
+    let port = started["port"].as_u64().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+
+    let (code, v, _) = run(&grape, &["lookup", "svc_cli"]).await;
+    assert_eq!((code, v), (0, json!([addr])));
+    let (code, v, _) = run(&grape, &["request", "svc_cli", r#"{"a":1}"#, "--timeout", "5000", "--retry", "2"]).await;
+    assert_eq!((code, v), (0, json!({"a": 1})));
+    let (code, v, _) = run(&grape, &["request", "svc_cli", "hello", "--dest", &addr, "--compress"]).await;
+    assert_eq!((code, v), (0, json!("hello")));
+    let (code, v, _) = run(&grape, &["map", "svc_cli", r#""hi""#]).await;
+    assert_eq!((code, v), (0, json!(["hi"])));
+
+    // A fixed-answer server on a second name.
+    let mut fixed = Command::new(BIN)
+        .args(["--grape", &grape, "serve", "svc_fixed", "--bind", "127.0.0.1", "--reply", r#"{"ok":true}"#])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut flines = BufReader::new(fixed.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), flines.next_line()).await.unwrap().unwrap().unwrap();
+    let (code, v, _) = run(&grape, &["request", "svc_fixed", "anything"]).await;
+    assert_eq!((code, v), (0, json!({"ok": true})));
+
+    // The transport is a value: the same over WebSocket.
+    let mut ws = Command::new(BIN)
+        .args(["--grape", &grape, "serve", "svc_ws", "--bind", "127.0.0.1", "--transport", "ws"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut wlines = BufReader::new(ws.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), wlines.next_line()).await.unwrap().unwrap().unwrap();
+    let (code, v, err) = run(&grape, &["request", "svc_ws", r#"{"over":"ws"}"#, "--transport", "ws"]).await;
+    assert_eq!((code, v), (0, json!({"over": "ws"})), "{err}");
+
+    // announce + lookup.
+    let (code, v, _) = run(&grape, &["announce", "svc_other", "4321"]).await;
+    assert_eq!((code, v), (0, json!({"announced": "svc_other", "port": 4321})));
+    let (code, v, _) = run(&grape, &["lookup", "svc_other"]).await;
+    assert_eq!((code, v), (0, json!(["127.0.0.1:4321"])));
+
+    // put / get, immutable.
+    let (code, v, _) = run(&grape, &["put", "hello world"]).await;
+    assert_eq!((code, v.clone()), (0, json!("6d33adc2b6b2c14c3036feefb7fedbca1a880527")));
+    let (code, v, _) = run(&grape, &["get", v.as_str().unwrap()]).await;
+    assert_eq!((code, v["v"].clone()), (0, json!("hello world")));
+    let (code, v, _) = run(&grape, &["get", "0000000000000000000000000000000000000000"]).await;
+    assert_eq!((code, v), (0, Value::Null));
+
+    // keygen + signed mutable put / get.
+    let dir = std::env::temp_dir().join(format!("grenache-cli-{}-{}", std::process::id(), free_tcp_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kf = dir.join("key.json");
+    let kfs = kf.to_string_lossy().to_string();
+    let (code, v, _) = run(&grape, &["keygen", &kfs]).await;
+    assert_eq!(code, 0);
+    let public = v["public"].as_str().unwrap().to_string();
+    let (code, _, err) = run(&grape, &["keygen", &kfs]).await;
+    assert_eq!(code, 8, "keygen does not overwrite: {err}");
+    let (code, hash, err) = run(&grape, &["put", "mutable v1", "--key", &kfs, "--seq", "1", "--salt", "s1"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, v, _) = run(&grape, &["get", hash.as_str().unwrap(), "--salt", "s1"]).await;
+    assert_eq!(code, 0);
+    assert_eq!((v["v"].clone(), v["k"].clone(), v["seq"].clone()), (json!("mutable v1"), json!(public), json!(1)));
+    let (code, _, err) = run(&grape, &["put", "mutable v1", "--key", &kfs, "--seq", "1", "--salt", "s1"]).await;
+    assert_eq!(code, 7, "{err}");
+    assert!(err.starts_with("ERR_SEQ_TOO_LOW"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Errors: names on stderr, distinct exit codes.
+    let (code, _, err) = run(&grape, &["lookup", "svc_none"]).await;
+    assert_eq!(code, 5);
+    assert!(err.starts_with("ERR_GRAPE_LOOKUP_EMPTY"), "{err}");
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let (code, _, err) = run(&dead, &["lookup", "x"]).await;
+    assert_eq!(code, 4);
+    assert!(err.starts_with("ERR_CONNECT"), "{err}");
+    let (code, _, err) = run(&grape, &["request", "x", "1", "--dest", &format!("127.0.0.1:{}", free_tcp_port())]).await;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, _) = run(&grape, &["put", "x", "--key", "/nonexistent/key.json"]).await;
+    assert_eq!(code, 8);
+    let (code, _, _) = run(&grape, &["frobnicate"]).await;
+    assert_eq!(code, 2);
+
+    drop(serve);
+    drop(fixed);
+    drop(ws);
+}

@@ -1,0 +1,633 @@
+//! KRPC messages: typed queries, responses and errors, and their bencode wire form.
+//!
+//! Two layers, like `mainline`: [`decode`] turns a datagram into a [`Message`] (or a
+//! [`KrpcDecodeError`]: such datagrams are dropped), [`Message::encode`] produces the canonical
+//! bytes. Semantic checks that the reference answers with a KRPC error (e.g. a `find_node` without
+//! `target` gets error 203) are NOT decode errors: the field is an `Option` and the node decides.
+//! A field of the wrong type (an integer `target`, a list `id`, a port that is not an integer) is a
+//! decode error, so the whole datagram is dropped (the reference crashes on some of these, §4.5).
+//!
+//! Unknown keys are ignored (mainline's `v`, `ro`, `ip`...).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::bencode::{self, Value};
+
+/// A decoded KRPC message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Transaction id (any length; we send 2 bytes).
+    pub t: Vec<u8>,
+    /// The payload.
+    pub body: Body,
+}
+
+/// What a KRPC message carries (`y` = `q`, `r` or `e`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A query (`y = q`).
+    Query(Query),
+    /// A response (`y = r`).
+    Response(Response),
+    /// An error (`y = e`).
+    Error(KrpcError),
+}
+
+/// A query: the sender's id (`a.id`) and the method with its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// `a.id`, when present (any length is kept; only 20-byte ids are routable).
+    pub id: Option<Vec<u8>>,
+    /// Method and arguments.
+    pub method: Method,
+    /// BEP43 `ro = 1` (top-level key): the sender does not answer queries, so it is not added to
+    /// routing tables. (bittorrent-dht ignores `ro`; honouring it keeps read-only clients such as
+    /// `mainline` in client mode out of our tables.)
+    pub read_only: bool,
+}
+
+/// Query methods and their arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// `ping`
+    Ping,
+    /// `find_node`
+    FindNode {
+        /// `a.target` (any length).
+        target: Option<Vec<u8>>,
+    },
+    /// `get_peers`
+    GetPeers {
+        /// `a.info_hash` (any length: Grenache sends raw service names).
+        info_hash: Option<Vec<u8>>,
+    },
+    /// `announce_peer`
+    AnnouncePeer {
+        /// `a.info_hash`.
+        info_hash: Option<Vec<u8>>,
+        /// `a.port` (range-checked by the node, not here).
+        port: Option<i64>,
+        /// `a.implied_port` non-zero.
+        implied_port: bool,
+        /// `a.token`.
+        token: Option<Vec<u8>>,
+    },
+    /// BEP44 `get`
+    Get {
+        /// `a.target`.
+        target: Option<Vec<u8>>,
+    },
+    /// BEP44 `put`
+    Put(PutArgs),
+    /// Any other method name (never answered).
+    Other(Vec<u8>),
+}
+
+/// Arguments of a BEP44 `put`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PutArgs {
+    /// `a.token`.
+    pub token: Option<Vec<u8>>,
+    /// `a.v` (any bencode value).
+    pub v: Option<Value>,
+    /// `a.k` (public key, 32 bytes when valid).
+    pub k: Option<Vec<u8>>,
+    /// `a.sig` (64 bytes when valid).
+    pub sig: Option<Vec<u8>>,
+    /// `a.seq`.
+    pub seq: Option<i64>,
+    /// `a.salt` (present, possibly empty).
+    pub salt: Option<Vec<u8>>,
+    /// `a.cas`.
+    pub cas: Option<i64>,
+}
+
+/// The `r` dict of a response. Every field is optional; unknown keys are dropped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Response {
+    /// `r.id`.
+    pub id: Option<Vec<u8>>,
+    /// `r.nodes`: raw compact node info (26 bytes per node); see [`decode_nodes`].
+    pub nodes: Option<Vec<u8>>,
+    /// `r.values`: list of compact peers (6 bytes each when valid).
+    pub values: Option<Vec<Vec<u8>>>,
+    /// `r.token`.
+    pub token: Option<Vec<u8>>,
+    /// `r.v` (BEP44 value).
+    pub v: Option<Value>,
+    /// `r.k`.
+    pub k: Option<Vec<u8>>,
+    /// `r.sig`.
+    pub sig: Option<Vec<u8>>,
+    /// `r.seq`.
+    pub seq: Option<i64>,
+}
+
+/// A KRPC error `e: [code, message]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KrpcError {
+    /// Error code (201 generic, 202 server, 203 protocol, 204 method unknown, 205 too large,
+    /// 301 CAS mismatch, 302 seq too low...).
+    pub code: i64,
+    /// Error text (bytes on the wire; UTF-8 in practice).
+    pub message: Vec<u8>,
+}
+
+impl KrpcError {
+    /// A new error.
+    pub fn new(code: i64, message: &str) -> KrpcError {
+        KrpcError { code, message: message.as_bytes().to_vec() }
+    }
+}
+
+/// Why a datagram was not a usable KRPC message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KrpcDecodeError {
+    /// Not valid bencode.
+    Bencode(bencode::DecodeError),
+    /// Valid bencode with the wrong shape (missing `t`/`y`/`q`/`a`, a field of the wrong type...).
+    Shape(&'static str),
+}
+
+impl std::fmt::Display for KrpcDecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KrpcDecodeError::Bencode(e) => write!(f, "{e}"),
+            KrpcDecodeError::Shape(s) => write!(f, "krpc: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for KrpcDecodeError {}
+
+type Dict = BTreeMap<Vec<u8>, Value>;
+
+fn opt_bytes(d: &Dict, key: &'static str) -> Result<Option<Vec<u8>>, KrpcDecodeError> {
+    match d.get(key.as_bytes()) {
+        None => Ok(None),
+        Some(Value::Bytes(b)) => Ok(Some(b.clone())),
+        Some(_) => Err(KrpcDecodeError::Shape(key)),
+    }
+}
+
+fn opt_int(d: &Dict, key: &'static str) -> Result<Option<i64>, KrpcDecodeError> {
+    match d.get(key.as_bytes()) {
+        None => Ok(None),
+        Some(Value::Int(i)) => Ok(Some(*i)),
+        Some(_) => Err(KrpcDecodeError::Shape(key)),
+    }
+}
+
+/// Decodes one datagram. Never panics; every malformed input is an `Err`.
+pub fn decode(datagram: &[u8]) -> Result<Message, KrpcDecodeError> {
+    let v = bencode::decode(datagram).map_err(KrpcDecodeError::Bencode)?;
+    let top = v.as_dict().ok_or(KrpcDecodeError::Shape("not a dict"))?;
+    let t = opt_bytes(top, "t")?.ok_or(KrpcDecodeError::Shape("missing t"))?;
+    let y = opt_bytes(top, "y")?.ok_or(KrpcDecodeError::Shape("missing y"))?;
+    let body = match y.as_slice() {
+        b"q" => Body::Query(decode_query(top)?),
+        b"r" => {
+            let r = match top.get(&b"r"[..]) {
+                Some(Value::Dict(r)) => r,
+                _ => return Err(KrpcDecodeError::Shape("missing r")),
+            };
+            Body::Response(decode_response(r)?)
+        }
+        b"e" => {
+            let e = top.get(&b"e"[..]).and_then(Value::as_list).ok_or(KrpcDecodeError::Shape("missing e"))?;
+            let code = e.first().and_then(Value::as_int).ok_or(KrpcDecodeError::Shape("e code"))?;
+            let message = match e.get(1) {
+                Some(Value::Bytes(b)) => b.clone(),
+                None => Vec::new(),
+                Some(_) => return Err(KrpcDecodeError::Shape("e message")),
+            };
+            Body::Error(KrpcError { code, message })
+        }
+        _ => return Err(KrpcDecodeError::Shape("unknown y")),
+    };
+    Ok(Message { t, body })
+}
+
+fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
+    let q = opt_bytes(top, "q")?.ok_or(KrpcDecodeError::Shape("missing q"))?;
+    let a = match top.get(&b"a"[..]) {
+        Some(Value::Dict(a)) => a,
+        _ => return Err(KrpcDecodeError::Shape("missing a")),
+    };
+    let id = opt_bytes(a, "id")?;
+    let read_only = matches!(top.get(&b"ro"[..]), Some(Value::Int(i)) if *i != 0);
+    let method = match q.as_slice() {
+        b"ping" => Method::Ping,
+        b"find_node" => Method::FindNode { target: opt_bytes(a, "target")? },
+        b"get_peers" => Method::GetPeers { info_hash: opt_bytes(a, "info_hash")? },
+        b"announce_peer" => Method::AnnouncePeer {
+            info_hash: opt_bytes(a, "info_hash")?,
+            port: opt_int(a, "port")?,
+            implied_port: opt_int(a, "implied_port")?.unwrap_or(0) != 0,
+            token: opt_bytes(a, "token")?,
+        },
+        b"get" => Method::Get { target: opt_bytes(a, "target")? },
+        b"put" => Method::Put(PutArgs {
+            token: opt_bytes(a, "token")?,
+            v: a.get(&b"v"[..]).cloned(),
+            k: opt_bytes(a, "k")?,
+            sig: opt_bytes(a, "sig")?,
+            seq: opt_int(a, "seq")?,
+            salt: opt_bytes(a, "salt")?,
+            cas: opt_int(a, "cas")?,
+        }),
+        _ => Method::Other(q),
+    };
+    Ok(Query { id, method, read_only })
+}
+
+fn decode_response(r: &Dict) -> Result<Response, KrpcDecodeError> {
+    let values = match r.get(&b"values"[..]) {
+        None => None,
+        Some(Value::List(l)) => {
+            let mut out = Vec::with_capacity(l.len());
+            for x in l {
+                match x {
+                    Value::Bytes(b) => out.push(b.clone()),
+                    _ => return Err(KrpcDecodeError::Shape("values")),
+                }
+            }
+            Some(out)
+        }
+        Some(_) => return Err(KrpcDecodeError::Shape("values")),
+    };
+    Ok(Response {
+        id: opt_bytes(r, "id")?,
+        nodes: opt_bytes(r, "nodes")?,
+        values,
+        token: opt_bytes(r, "token")?,
+        v: r.get(&b"v"[..]).cloned(),
+        k: opt_bytes(r, "k")?,
+        sig: opt_bytes(r, "sig")?,
+        seq: opt_int(r, "seq")?,
+    })
+}
+
+fn put_bytes(d: &mut Dict, key: &str, v: &Option<Vec<u8>>) {
+    if let Some(v) = v {
+        d.insert(key.as_bytes().to_vec(), Value::Bytes(v.clone()));
+    }
+}
+
+fn put_int(d: &mut Dict, key: &str, v: Option<i64>) {
+    if let Some(v) = v {
+        d.insert(key.as_bytes().to_vec(), Value::Int(v));
+    }
+}
+
+impl Message {
+    /// The bencode value of this message (keys sorted on encoding).
+    pub fn to_value(&self) -> Value {
+        let mut top = Dict::new();
+        top.insert(b"t".to_vec(), Value::Bytes(self.t.clone()));
+        match &self.body {
+            Body::Query(q) => {
+                top.insert(b"y".to_vec(), Value::Bytes(b"q".to_vec()));
+                let mut a = Dict::new();
+                put_bytes(&mut a, "id", &q.id);
+                let name: &[u8] = match &q.method {
+                    Method::Ping => b"ping",
+                    Method::FindNode { target } => {
+                        put_bytes(&mut a, "target", target);
+                        b"find_node"
+                    }
+                    Method::GetPeers { info_hash } => {
+                        put_bytes(&mut a, "info_hash", info_hash);
+                        b"get_peers"
+                    }
+                    Method::AnnouncePeer { info_hash, port, implied_port, token } => {
+                        put_bytes(&mut a, "info_hash", info_hash);
+                        put_int(&mut a, "port", *port);
+                        put_int(&mut a, "implied_port", Some(i64::from(*implied_port)));
+                        put_bytes(&mut a, "token", token);
+                        b"announce_peer"
+                    }
+                    Method::Get { target } => {
+                        put_bytes(&mut a, "target", target);
+                        b"get"
+                    }
+                    Method::Put(p) => {
+                        put_bytes(&mut a, "token", &p.token);
+                        if let Some(v) = &p.v {
+                            a.insert(b"v".to_vec(), v.clone());
+                        }
+                        put_bytes(&mut a, "k", &p.k);
+                        put_bytes(&mut a, "sig", &p.sig);
+                        put_int(&mut a, "seq", p.seq);
+                        put_bytes(&mut a, "salt", &p.salt);
+                        put_int(&mut a, "cas", p.cas);
+                        b"put"
+                    }
+                    Method::Other(name) => name,
+                };
+                top.insert(b"q".to_vec(), Value::Bytes(name.to_vec()));
+                if q.read_only {
+                    top.insert(b"ro".to_vec(), Value::Int(1));
+                }
+                top.insert(b"a".to_vec(), Value::Dict(a));
+            }
+            Body::Response(r) => {
+                top.insert(b"y".to_vec(), Value::Bytes(b"r".to_vec()));
+                let mut d = Dict::new();
+                put_bytes(&mut d, "id", &r.id);
+                put_bytes(&mut d, "nodes", &r.nodes);
+                if let Some(values) = &r.values {
+                    d.insert(b"values".to_vec(), Value::List(values.iter().map(|v| Value::Bytes(v.clone())).collect()));
+                }
+                put_bytes(&mut d, "token", &r.token);
+                if let Some(v) = &r.v {
+                    d.insert(b"v".to_vec(), v.clone());
+                }
+                put_bytes(&mut d, "k", &r.k);
+                put_bytes(&mut d, "sig", &r.sig);
+                put_int(&mut d, "seq", r.seq);
+                top.insert(b"r".to_vec(), Value::Dict(d));
+            }
+            Body::Error(e) => {
+                top.insert(b"y".to_vec(), Value::Bytes(b"e".to_vec()));
+                top.insert(b"e".to_vec(), Value::List(vec![Value::Int(e.code), Value::Bytes(e.message.clone())]));
+            }
+        }
+        Value::Dict(top)
+    }
+
+    /// The canonical wire bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_value().encode()
+    }
+}
+
+/// A node from a compact `nodes` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    /// 20-byte node id.
+    pub id: [u8; 20],
+    /// IPv4 address and port.
+    pub addr: SocketAddrV4,
+}
+
+/// Encodes nodes as 26-byte compact entries.
+pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nodes.len() * 26);
+    for n in nodes {
+        out.extend_from_slice(&n.id);
+        out.extend_from_slice(&encode_peer(n.addr));
+    }
+    out
+}
+
+/// Decodes 26-byte compact entries; a trailing partial entry and entries with port 0 are skipped.
+pub fn decode_nodes(buf: &[u8]) -> Vec<NodeInfo> {
+    buf.chunks_exact(26)
+        .filter_map(|c| {
+            let mut id = [0u8; 20];
+            id.copy_from_slice(&c[..20]);
+            let addr = decode_peer(&c[20..])?;
+            Some(NodeInfo { id, addr })
+        })
+        .collect()
+}
+
+/// 6-byte compact IPv4 peer.
+pub fn encode_peer(addr: SocketAddrV4) -> [u8; 6] {
+    let o = addr.ip().octets();
+    let p = addr.port().to_be_bytes();
+    [o[0], o[1], o[2], o[3], p[0], p[1]]
+}
+
+/// Decodes a 6-byte compact peer; `None` when the length is not 6 or the port is 0.
+pub fn decode_peer(b: &[u8]) -> Option<SocketAddrV4> {
+    if b.len() != 6 {
+        return None;
+    }
+    let port = u16::from_be_bytes([b[4], b[5]]);
+    if port == 0 {
+        return None;
+    }
+    Some(SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), port))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ID: &[u8; 20] = b"abcdefghij0123456789";
+
+    fn q(t: &[u8], method: Method) -> Message {
+        Message { t: t.to_vec(), body: Body::Query(Query { id: Some(ID.to_vec()), method, read_only: false }) }
+    }
+
+    /// The captured grape queries of spec §4.2, byte for byte.
+    #[test]
+    fn encodes_captured_queries() {
+        let m = q(b"\x00\x01", Method::FindNode { target: Some(ID.to_vec()) });
+        assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij01234567896:target20:abcdefghij0123456789e1:q9:find_node1:t2:\x00\x011:y1:qe");
+        let m = q(b"\x00\x02", Method::GetPeers { info_hash: Some(b"svc:x".to_vec()) });
+        assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij01234567899:info_hash5:svc:xe1:q9:get_peers1:t2:\x00\x021:y1:qe");
+        let m = q(
+            b"\x00\x03",
+            Method::AnnouncePeer {
+                info_hash: Some(b"svc:x".to_vec()),
+                port: Some(7000),
+                implied_port: false,
+                token: Some(b"tok1".to_vec()),
+            },
+        );
+        assert_eq!(
+            m.encode(),
+            b"d1:ad2:id20:abcdefghij012345678912:implied_porti0e9:info_hash5:svc:x4:porti7000e5:token4:tok1e1:q13:announce_peer1:t2:\x00\x031:y1:qe"
+        );
+        let m = q(b"\x00\x05", Method::Get { target: Some(ID.to_vec()) });
+        assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij01234567896:target20:abcdefghij0123456789e1:q3:get1:t2:\x00\x051:y1:qe");
+        let m = q(
+            b"\x00\x06",
+            Method::Put(PutArgs {
+                token: Some(b"tok1".to_vec()),
+                v: Some(Value::Bytes(b"hello world".to_vec())),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij01234567895:token4:tok11:v11:hello worlde1:q3:put1:t2:\x00\x061:y1:qe");
+        let pk = [7u8; 32];
+        let sig = [9u8; 64];
+        let m = q(
+            b"\x00\x09",
+            Method::Put(PutArgs {
+                token: Some(b"tok1".to_vec()),
+                v: Some(Value::Bytes(b"mutable hello".to_vec())),
+                k: Some(pk.to_vec()),
+                sig: Some(sig.to_vec()),
+                seq: Some(1),
+                salt: Some(b"salty".to_vec()),
+                cas: Some(0),
+            }),
+        );
+        let mut want = b"d1:ad3:casi0e2:id20:abcdefghij01234567891:k32:".to_vec();
+        want.extend_from_slice(&pk);
+        want.extend_from_slice(b"4:salt5:salty3:seqi1e3:sig64:");
+        want.extend_from_slice(&sig);
+        want.extend_from_slice(b"5:token4:tok11:v13:mutable helloe1:q3:put1:t2:\x00\x091:y1:qe");
+        assert_eq!(m.encode(), want);
+        let m = q(b"..", Method::Ping);
+        assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:..1:y1:qe");
+        // and they decode back to the same message
+        for bytes in [&b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:..1:y1:qe"[..], &want] {
+            assert_eq!(decode(bytes).unwrap().encode(), bytes);
+        }
+    }
+
+    /// The captured grape replies of spec §4.3.
+    #[test]
+    fn encodes_and_decodes_captured_replies() {
+        let ping = b"d1:rd2:id20:abcdefghij0123456789e1:t2:ta1:y1:re";
+        let m = decode(ping).unwrap();
+        assert_eq!(m.t, b"ta");
+        assert_eq!(m.body, Body::Response(Response { id: Some(ID.to_vec()), ..Default::default() }));
+        assert_eq!(m.encode(), ping);
+
+        let err = b"d1:eli203e45:`find_node` missing required `a.target` fielde1:t2:ta1:y1:ee";
+        let m = decode(err).unwrap();
+        assert_eq!(m.body, Body::Error(KrpcError::new(203, "`find_node` missing required `a.target` field")));
+        assert_eq!(m.encode(), err);
+
+        let tok = [5u8; 20];
+        let mut gp = b"d1:rd2:id20:abcdefghij01234567895:token20:".to_vec();
+        gp.extend_from_slice(&tok);
+        gp.extend_from_slice(b"6:valuesl6:\x7f\x00\x00\x01\x05\x39ee1:t2:ta1:y1:re");
+        let m = decode(&gp).unwrap();
+        let Body::Response(r) = &m.body else { panic!("not a response") };
+        assert_eq!(r.token.as_deref(), Some(&tok[..]));
+        let peers: Vec<_> = r.values.as_ref().unwrap().iter().filter_map(|v| decode_peer(v)).collect();
+        assert_eq!(peers, vec!["127.0.0.1:1337".parse::<SocketAddrV4>().unwrap()]);
+        assert_eq!(m.encode(), gp);
+
+        let nodes = encode_nodes(&[
+            NodeInfo { id: [1; 20], addr: "127.0.0.1:20001".parse().unwrap() },
+            NodeInfo { id: [2; 20], addr: "10.0.0.2:80".parse().unwrap() },
+        ]);
+        assert_eq!(nodes.len(), 52);
+        let r = Response { id: Some(ID.to_vec()), nodes: Some(nodes.clone()), ..Default::default() };
+        let m = Message { t: b"ta".to_vec(), body: Body::Response(r) };
+        let mut want = b"d1:rd2:id20:abcdefghij01234567895:nodes52:".to_vec();
+        want.extend_from_slice(&nodes);
+        want.extend_from_slice(b"e1:t2:ta1:y1:re");
+        assert_eq!(m.encode(), want);
+        assert_eq!(decode_nodes(&nodes).len(), 2);
+
+        let get = b"d1:rd2:id20:abcdefghij01234567895:token4:tok11:v11:hello worlde1:t2:ta1:y1:re";
+        let m = decode(get).unwrap();
+        let Body::Response(r) = &m.body else { panic!("not a response") };
+        assert_eq!(r.v, Some(Value::Bytes(b"hello world".to_vec())));
+        assert_eq!(m.encode(), get);
+
+        let e400 = b"d1:eli400e26:verification not supportede1:t2:ta1:y1:ee";
+        assert_eq!(decode(e400).unwrap().body, Body::Error(KrpcError::new(400, "verification not supported")));
+    }
+
+    #[test]
+    fn crash_inputs_are_decode_errors_not_panics() {
+        // §4.5: no q key
+        assert!(decode(b"d1:t2:aa1:y1:qe").is_err());
+        // find_node with an integer target
+        assert!(decode(b"d1:ad2:id20:abcdefghij01234567896:targeti1ee1:q9:find_node1:t2:aa1:y1:qe").is_err());
+        assert!(decode(b"d1:ad2:id20:abcdefghij01234567899:info_hashi1ee1:q9:get_peers1:t2:aa1:y1:qe").is_err());
+        // but missing target is a valid query (the node answers 203)
+        let m = decode(b"d1:ad2:id20:abcdefghij0123456789e1:q9:find_node1:t2:aa1:y1:qe").unwrap();
+        assert!(matches!(m.body, Body::Query(Query { method: Method::FindNode { target: None }, .. })));
+        // a query with no `a` is dropped
+        assert!(decode(b"d1:q4:ping1:t2:aa1:y1:qe").is_err());
+        // any-length t
+        let m = decode(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t5:hello1:y1:qe").unwrap();
+        assert_eq!(m.t, b"hello");
+        // extra keys (mainline's v, ro) are ignored
+        let m = decode(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:roi1e1:t4:abcd1:v4:RS011:y1:qe").unwrap();
+        assert_eq!(m.t, b"abcd");
+        assert!(matches!(m.body, Body::Query(Query { read_only: true, .. })));
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    fn arb_v() -> impl Strategy<Value = Value> {
+        prop_oneof![any::<i64>().prop_map(Value::Int), bytes(40).prop_map(Value::Bytes)]
+    }
+
+    fn arb_method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::Ping),
+            proptest::option::of(bytes(30)).prop_map(|target| Method::FindNode { target }),
+            proptest::option::of(bytes(30)).prop_map(|info_hash| Method::GetPeers { info_hash }),
+            (proptest::option::of(bytes(30)), proptest::option::of(any::<i64>()), any::<bool>(), proptest::option::of(bytes(24)))
+                .prop_map(|(info_hash, port, implied_port, token)| Method::AnnouncePeer { info_hash, port, implied_port, token }),
+            proptest::option::of(bytes(30)).prop_map(|target| Method::Get { target }),
+            (
+                proptest::option::of(bytes(24)),
+                proptest::option::of(arb_v()),
+                proptest::option::of(bytes(32)),
+                proptest::option::of(bytes(64)),
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(bytes(10)),
+                proptest::option::of(any::<i64>()),
+            )
+                .prop_map(|(token, v, k, sig, seq, salt, cas)| Method::Put(PutArgs { token, v, k, sig, seq, salt, cas })),
+            "[a-z_]{0,12}"
+                .prop_filter("not a known method", |s| {
+                    !["ping", "find_node", "get_peers", "announce_peer", "get", "put"].contains(&s.as_str())
+                })
+                .prop_map(|s| Method::Other(s.into_bytes())),
+        ]
+    }
+
+    fn arb_body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            (proptest::option::of(bytes(24)), arb_method(), any::<bool>())
+                .prop_map(|(id, method, read_only)| Body::Query(Query { id, method, read_only })),
+            (
+                proptest::option::of(bytes(24)),
+                proptest::option::of(bytes(60)),
+                proptest::option::of(proptest::collection::vec(bytes(8), 0..4)),
+                proptest::option::of(bytes(24)),
+                proptest::option::of(arb_v()),
+                proptest::option::of(bytes(32)),
+                proptest::option::of(bytes(64)),
+                proptest::option::of(any::<i64>()),
+            )
+                .prop_map(|(id, nodes, values, token, v, k, sig, seq)| Body::Response(Response {
+                    id,
+                    nodes,
+                    values,
+                    token,
+                    v,
+                    k,
+                    sig,
+                    seq
+                })),
+            (any::<i64>(), bytes(40)).prop_map(|(code, message)| Body::Error(KrpcError { code, message })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn krpc_round_trip(t in bytes(8), body in arb_body()) {
+            let m = Message { t, body };
+            let enc = m.encode();
+            let back = decode(&enc).unwrap();
+            prop_assert_eq!(&back, &m);
+            prop_assert_eq!(back.encode(), enc);
+        }
+
+        #[test]
+        fn krpc_decode_never_panics(data in bytes(200)) {
+            let _ = decode(&data);
+        }
+    }
+}

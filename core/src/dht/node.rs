@@ -1,0 +1,1077 @@
+//! The running node: UDP socket loop, transactions, query handlers, iterative walks,
+//! announce/lookup/put/get, and maintenance (token rotation, peer expiry, liveness).
+//!
+//! Concurrency model: one `Inner` behind an `Arc`, its mutable state in a `std::sync::Mutex`
+//! that is never held across an `.await`. A receive task decodes datagrams, answers queries
+//! synchronously (see [`State::handle_query`]) and routes replies to waiting transactions
+//! (oneshot channels). Public operations run as ordinary futures that send queries and await
+//! replies; every one of them races a `CancellationToken` that `shutdown` fires.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::bencode::{self, Value};
+use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
+use super::routing::{self, Insert, K, RoutingTable};
+use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
+use super::{DhtConfig, DhtEvent, GetResult, MutableMeta, PutItem};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Most transactions in flight at once (over all operations).
+pub const MAX_PENDING: usize = 4096;
+/// Most nodes put in a `nodes` reply (26 bytes each).
+pub const MAX_REPLY_NODES: usize = K;
+/// Most peers put in a `values` reply (8 bytes each on the wire).
+pub const MAX_REPLY_VALUES: usize = 256;
+/// Most peers returned from the own store by a lookup.
+pub const MAX_LOCAL_PEERS: usize = 1000;
+/// Most nodes queried by one iterative walk.
+pub const MAX_WALK_QUERIES: usize = 1000;
+/// Lifetime of a cached per-target table of token-holding nodes.
+pub const TABLE_TTL: Duration = Duration::from_secs(300);
+/// Secret rotation period for tokens.
+pub const SECRET_ROTATION: Duration = Duration::from_secs(300);
+/// Most routing-table liveness pings in flight (bucket-full checks).
+const MAX_LIVENESS_PINGS: usize = 16;
+
+/// A node that handed out a token for a target.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenNode {
+    pub(crate) info: NodeInfo,
+    pub(crate) token: Vec<u8>,
+}
+
+/// Why a single query failed.
+#[derive(Debug)]
+pub(crate) enum QueryError {
+    Timeout,
+    Krpc(KrpcError),
+    Other(Error),
+}
+
+impl QueryError {
+    fn into_error(self) -> Error {
+        match self {
+            QueryError::Timeout => Error::timeout("KRPC query timed out"),
+            QueryError::Krpc(e) => krpc_error_to_error(&e),
+            QueryError::Other(e) => e,
+        }
+    }
+}
+
+/// Maps a KRPC error to the crate error. The message is `"<code> <text>"`, exactly what
+/// bittorrent-dht reports (`e.join(' ')`), so a Grape can reproduce the HTTP status and text.
+pub(crate) fn krpc_error_to_error(e: &KrpcError) -> Error {
+    let text = format!("{} {}", e.code, String::from_utf8_lossy(&e.message));
+    let kind = match e.code {
+        301 => ErrorKind::CasMismatch,
+        302 => ErrorKind::SeqTooLow,
+        _ => ErrorKind::Dht,
+    };
+    Error::new(kind, text)
+}
+
+struct Pending {
+    ip: Ipv4Addr,
+    tx: oneshot::Sender<std::result::Result<Response, KrpcError>>,
+}
+
+type CachedTable = (Instant, Arc<Vec<TokenNode>>);
+type WalkJob = (Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>);
+type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
+
+#[derive(Debug)]
+pub(crate) struct LookupOutcome {
+    pub(crate) peers: Vec<SocketAddrV4>,
+    pub(crate) table: Arc<Vec<TokenNode>>,
+}
+
+/// The node's mutable state. Query handling is a pure function of it ([`State::handle_query`]).
+pub(crate) struct State {
+    pub(crate) id: [u8; 20],
+    pub(crate) table: RoutingTable,
+    pub(crate) peers: PeerStore,
+    pub(crate) values: ValueStore,
+    pub(crate) tokens: Tokens,
+    pending: HashMap<u16, Pending>,
+    next_tid: u16,
+    /// Cached per-target tables: key = (method tag, target).
+    tables: lru::LruCache<(u8, Vec<u8>), CachedTable>,
+    lookups: HashMap<Vec<u8>, Vec<oneshot::Sender<LookupResult>>>,
+    pinging: HashSet<[u8; 20]>,
+}
+
+/// What the receive loop should do after handling a query.
+pub(crate) struct Handled {
+    /// The reply, if any.
+    pub(crate) reply: Option<Body>,
+    /// An event to emit.
+    pub(crate) event: Option<DhtEvent>,
+}
+
+impl State {
+    pub(crate) fn new(id: [u8; 20], config: &DhtConfig) -> State {
+        State {
+            id,
+            table: RoutingTable::new(id),
+            peers: PeerStore::new(config.max_peers, config.peer_max_age),
+            values: ValueStore::new(config.max_values),
+            tokens: Tokens::new(),
+            pending: HashMap::new(),
+            next_tid: 0,
+            tables: lru::LruCache::new(NonZeroUsize::new(config.max_tables.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            lookups: HashMap::new(),
+            pinging: HashSet::new(),
+        }
+    }
+
+    fn nodes_reply(&self, target: &[u8]) -> Vec<u8> {
+        krpc::encode_nodes(&self.table.closest(target, MAX_REPLY_NODES))
+    }
+
+    /// Answers one query from `from`, like bittorrent-dht 10 (§4.3), minus its crash bugs.
+    pub(crate) fn handle_query(&mut self, q: &Query, from: SocketAddrV4, now: Instant) -> Handled {
+        let id = Some(self.id.to_vec());
+        let none = Handled { reply: None, event: None };
+        let reply = |r: Response| Handled { reply: Some(Body::Response(r)), event: None };
+        let error = |code, msg: &str| Handled { reply: Some(Body::Error(KrpcError::new(code, msg))), event: None };
+        match &q.method {
+            Method::Ping => reply(Response { id, ..Default::default() }),
+            Method::FindNode { target } => match target {
+                None => error(203, "`find_node` missing required `a.target` field"),
+                Some(t) => reply(Response { id, nodes: Some(self.nodes_reply(t)), ..Default::default() }),
+            },
+            Method::GetPeers { info_hash } => {
+                let Some(ih) = info_hash else {
+                    return error(203, "`get_peers` missing required `a.info_hash` field");
+                };
+                let token = Some(self.tokens.generate(*from.ip()).to_vec());
+                let peers = self.peers.get(ih, MAX_REPLY_VALUES, now);
+                if peers.is_empty() {
+                    reply(Response { id, token, nodes: Some(self.nodes_reply(ih)), ..Default::default() })
+                } else {
+                    let values = peers.iter().map(|p| krpc::encode_peer(*p).to_vec()).collect();
+                    reply(Response { id, token, values: Some(values), ..Default::default() })
+                }
+            }
+            Method::AnnouncePeer { info_hash, port, implied_port, token } => {
+                let port = if *implied_port { i64::from(from.port()) } else { port.unwrap_or(0) };
+                let Ok(port) = u16::try_from(port) else { return none };
+                if port == 0 {
+                    return none;
+                }
+                let (Some(ih), Some(token)) = (info_hash, token) else { return none };
+                if !self.tokens.validate(*from.ip(), token) {
+                    return error(203, "cannot `announce_peer` with bad token");
+                }
+                let peer = SocketAddrV4::new(*from.ip(), port);
+                match self.peers.add(ih, peer, now) {
+                    AddPeer::Full => error(202, "peer store full"),
+                    AddPeer::Added | AddPeer::Refreshed => Handled {
+                        reply: Some(Body::Response(Response { id, ..Default::default() })),
+                        event: Some(DhtEvent::Announce { info_hash: ih.clone(), peer }),
+                    },
+                }
+            }
+            Method::Get { target } => {
+                let Some(target) = target else { return none };
+                let token = Some(self.tokens.generate(*from.ip()).to_vec());
+                let item = <[u8; 20]>::try_from(target.as_slice()).ok().and_then(|t| self.values.get(&t).cloned());
+                match item.and_then(|it| Some((bencode::decode(&it.v_bencoded).ok()?, it))) {
+                    Some((v, it)) => {
+                        let mut r = Response { id, token, v: Some(v), ..Default::default() };
+                        if let Some(m) = &it.mutable {
+                            r.k = Some(m.k.to_vec());
+                            r.sig = Some(m.sig.to_vec());
+                            r.seq = Some(m.seq);
+                        }
+                        reply(r)
+                    }
+                    None => reply(Response { id, token, nodes: Some(self.nodes_reply(target)), ..Default::default() }),
+                }
+            }
+            Method::Put(a) => {
+                let (Some(_), Some(token), Some(_)) = (&a.v, &a.token, &q.id) else { return none };
+                if !self.tokens.validate(*from.ip(), token) {
+                    return error(203, "cannot `put` with bad token");
+                }
+                match self.values.apply_put(a) {
+                    PutOutcome::Stored(_) => reply(Response { id, ..Default::default() }),
+                    PutOutcome::Error(e) => Handled { reply: Some(Body::Error(e)), event: None },
+                    PutOutcome::Drop => none,
+                }
+            }
+            Method::Other(_) => none,
+        }
+    }
+}
+
+/// Shared node internals.
+pub(crate) struct Inner {
+    pub(crate) id: [u8; 20],
+    pub(crate) config: DhtConfig,
+    pub(crate) local_addr: SocketAddr,
+    socket: Mutex<Option<Arc<UdpSocket>>>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) events: broadcast::Sender<DhtEvent>,
+    pub(crate) ready: watch::Sender<bool>,
+    pub(crate) cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DhtNode").field("id", &hex::encode(self.id)).field("local_addr", &self.local_addr).finish()
+    }
+}
+
+fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().map(|ip| SocketAddrV4::new(ip, a.port())),
+    }
+}
+
+impl Inner {
+    pub(crate) async fn bind(config: DhtConfig) -> Result<Arc<Inner>> {
+        let socket = UdpSocket::bind(config.bind).await?;
+        let local_addr = socket.local_addr()?;
+        let mut id = [0u8; 20];
+        rand::thread_rng().fill(&mut id);
+        let (events, _) = broadcast::channel(1024);
+        let (ready, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id,
+            state: Mutex::new(State::new(id, &config)),
+            config,
+            local_addr,
+            socket: Mutex::new(Some(Arc::new(socket))),
+            events,
+            ready,
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let _ = inner.events.send(DhtEvent::Listening(local_addr));
+        let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
+        let maint = tokio::spawn(Inner::maintenance(inner.clone()));
+        let boot = {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let cancel = inner.cancel.clone();
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = inner.bootstrap() => {}
+                }
+                inner.set_ready();
+            })
+        };
+        lock(&inner.tasks).extend([recv, maint, boot]);
+        Ok(inner)
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn emit(&self, e: DhtEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn set_ready(&self) {
+        if !*self.ready.borrow() {
+            self.ready.send_replace(true);
+            if !self.cancel.is_cancelled() {
+                self.emit(DhtEvent::Ready);
+            }
+        }
+    }
+
+    fn socket(&self) -> Result<Arc<UdpSocket>> {
+        lock(&self.socket).clone().ok_or_else(|| Error::new(ErrorKind::Cancelled, "DHT node is shut down"))
+    }
+
+    async fn send(&self, to: SocketAddrV4, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > 65_507 {
+            return Err(Error::new(ErrorKind::PayloadTooLarge, "KRPC datagram too large"));
+        }
+        let sock = self.socket()?;
+        let to = match self.local_addr {
+            SocketAddr::V4(_) => SocketAddr::V4(to),
+            SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(to.ip().to_ipv6_mapped()), to.port()),
+        };
+        sock.send_to(bytes, to).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        self.cancel.cancel();
+        let sock = lock(&self.socket).take();
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        {
+            let mut st = self.state();
+            st.pending.clear();
+            st.lookups.clear();
+        }
+        drop(sock);
+        self.ready.send_replace(true);
+    }
+
+    // ---------------------------------------------------------------- receive side
+
+    async fn recv_loop(self: Arc<Inner>) {
+        let Ok(sock) = self.socket() else { return };
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let r = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = sock.recv_from(&mut buf) => r,
+            };
+            match r {
+                Ok((n, from)) => {
+                    let Some(from) = v4(from) else { continue };
+                    self.on_datagram(&buf[..n], from).await;
+                }
+                Err(e) => {
+                    // ICMP port unreachable etc. surface here on some platforms; keep serving.
+                    self.emit(DhtEvent::Warning(format!("UDP receive error: {e}")));
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    async fn on_datagram(self: &Arc<Self>, data: &[u8], from: SocketAddrV4) {
+        let msg = match krpc::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.emit(DhtEvent::Warning(format!("dropped datagram from {from}: {e}")));
+                return;
+            }
+        };
+        let now = Instant::now();
+        match msg.body {
+            Body::Query(q) => {
+                if !q.read_only
+                    && let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok())
+                {
+                    self.add_node(NodeInfo { id, addr: from });
+                }
+                let handled = self.state().handle_query(&q, from, now);
+                if let Some(e) = handled.event {
+                    self.emit(e);
+                }
+                if let Some(body) = handled.reply {
+                    let bytes = Message { t: msg.t, body }.encode();
+                    if let Err(e) = self.send(from, &bytes).await {
+                        self.emit(DhtEvent::Warning(format!("cannot reply to {from}: {e}")));
+                    }
+                }
+            }
+            Body::Response(_) | Body::Error(_) => {
+                if msg.t.len() < 2 {
+                    self.emit(DhtEvent::Warning(format!("reply from {from} with a short transaction id")));
+                    return;
+                }
+                let tid = u16::from_be_bytes([msg.t[0], msg.t[1]]);
+                let pending = {
+                    let mut st = self.state();
+                    match st.pending.get(&tid) {
+                        Some(p) if p.ip == *from.ip() => st.pending.remove(&tid),
+                        Some(_) => {
+                            drop(st);
+                            self.emit(DhtEvent::Warning(format!("out of order response from {from}")));
+                            return;
+                        }
+                        None => None,
+                    }
+                };
+                let Some(p) = pending else {
+                    self.emit(DhtEvent::Warning(format!("unexpected transaction id {tid} from {from}")));
+                    return;
+                };
+                let result = match msg.body {
+                    Body::Response(r) => {
+                        if let Some(id) = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                            self.add_node(NodeInfo { id, addr: from });
+                        }
+                        Ok(r)
+                    }
+                    Body::Error(e) => Err(e),
+                    Body::Query(_) => return,
+                };
+                let _ = p.tx.send(result);
+            }
+        }
+    }
+
+    /// Adds a node to the routing table; when its bucket is full, pings the least recently seen
+    /// node (if not heard from for 10 s) and replaces it if it is dead.
+    pub(crate) fn add_node(self: &Arc<Self>, info: NodeInfo) {
+        let now = Instant::now();
+        let mut st = self.state();
+        match st.table.insert(info, now) {
+            Insert::Added => {
+                drop(st);
+                self.emit(DhtEvent::Node(SocketAddr::V4(info.addr)));
+            }
+            Insert::Full(oldest) => {
+                let stale = st
+                    .table
+                    .stale(Duration::from_secs(10), now)
+                    .into_iter()
+                    .any(|n| n.id == oldest.id);
+                if !stale || st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(oldest.id) {
+                    return;
+                }
+                drop(st);
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    let alive = inner.query(oldest.addr, Method::Ping).await.is_ok();
+                    let mut st = inner.state();
+                    st.pinging.remove(&oldest.id);
+                    if !alive {
+                        st.table.remove(&oldest.id);
+                        if st.table.insert(info, Instant::now()) == Insert::Added {
+                            drop(st);
+                            inner.emit(DhtEvent::Node(SocketAddr::V4(info.addr)));
+                        }
+                    }
+                });
+            }
+            Insert::Refreshed | Insert::Ignored => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- client side
+
+    /// Sends one query and waits for its reply (or error, or timeout).
+    pub(crate) async fn query(self: &Arc<Self>, to: SocketAddrV4, method: Method) -> std::result::Result<Response, QueryError> {
+        let (tid, rx) = {
+            let mut st = self.state();
+            if st.pending.len() >= MAX_PENDING {
+                return Err(QueryError::Other(Error::new(ErrorKind::Io, "too many KRPC queries in flight")));
+            }
+            let mut tid = st.next_tid;
+            loop {
+                tid = if tid == u16::MAX { 1 } else { tid + 1 };
+                if !st.pending.contains_key(&tid) {
+                    break;
+                }
+            }
+            st.next_tid = tid;
+            let (tx, rx) = oneshot::channel();
+            st.pending.insert(tid, Pending { ip: *to.ip(), tx });
+            (tid, rx)
+        };
+        struct Guard<'a>(&'a Inner, u16);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.state).pending.remove(&self.1);
+            }
+        }
+        let _guard = Guard(self, tid);
+        let query = Query { id: Some(self.id.to_vec()), method, read_only: false };
+        let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(query) };
+        self.send(to, &msg.encode()).await.map_err(QueryError::Other)?;
+        match tokio::time::timeout(self.config.query_timeout, rx).await {
+            Ok(Ok(Ok(r))) => Ok(r),
+            Ok(Ok(Err(e))) => Err(QueryError::Krpc(e)),
+            Ok(Err(_)) => Err(QueryError::Other(Error::new(ErrorKind::Cancelled, "DHT node is shut down"))),
+            Err(_) => Err(QueryError::Timeout),
+        }
+    }
+
+    async fn bootstrap_addrs(&self) -> Vec<SocketAddrV4> {
+        let mut out = Vec::new();
+        for b in &self.config.bootstrap {
+            match tokio::net::lookup_host(b.as_str()).await {
+                Ok(addrs) => out.extend(addrs.filter_map(v4)),
+                Err(e) => self.emit(DhtEvent::Warning(format!("cannot resolve bootstrap node {b}: {e}"))),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The bootstrap walk: `find_node(own id)` from the bootstrap nodes and the table.
+    pub(crate) async fn bootstrap(self: &Arc<Self>) {
+        let id = self.id.to_vec();
+        self.walk(id.clone(), Method::FindNode { target: Some(id) }, true, |_, _| true).await;
+    }
+
+    /// An iterative walk towards `target` (k-rpc's `closest`): keeps the K closest known nodes,
+    /// queries each once with up to `concurrency` in flight, and stops when the K closest
+    /// (excluding failed ones) have all answered or failed. `visit` sees every response; it
+    /// returns false to stop early. Returns the token-holding responders, closest first.
+    pub(crate) async fn walk<F>(self: &Arc<Self>, target: Vec<u8>, method: Method, force_bootstrap: bool, mut visit: F) -> Vec<TokenNode>
+    where
+        F: FnMut(&Response, SocketAddrV4) -> bool,
+    {
+        #[derive(PartialEq)]
+        enum St {
+            New,
+            Asked,
+            Done,
+            Failed,
+        }
+        let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St)> = BTreeMap::new();
+        let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
+        let mut tokens: Vec<TokenNode> = Vec::new();
+        let seeds = self.state().table.closest(&target, K);
+        let mut set: JoinSet<WalkJob> = JoinSet::new();
+        let concurrency = self.config.concurrency.max(1);
+        let mut queries = 0usize;
+        let bootstrap_needed = force_bootstrap || seeds.len() < self.config.bootstrap.len();
+        for n in seeds {
+            cands.insert((routing::distance(&target, &n.id), n.id), (n.addr, St::New));
+        }
+        if bootstrap_needed {
+            for addr in self.bootstrap_addrs().await {
+                if asked_addrs.insert(addr) {
+                    let inner = self.clone();
+                    let m = method.clone();
+                    queries += 1;
+                    set.spawn(async move { (None, addr, inner.query(addr, m).await) });
+                }
+            }
+        }
+        let mut stop = false;
+        loop {
+            // launch
+            while !stop && set.len() < concurrency && queries < MAX_WALK_QUERIES {
+                let next = cands
+                    .iter_mut()
+                    .filter(|(_, (_, s))| *s != St::Failed)
+                    .take(K)
+                    .find(|(_, (a, s))| *s == St::New && !asked_addrs.contains(a));
+                let Some((key, (addr, s))) = next else {
+                    // mark unreachable duplicates so they do not block
+                    break;
+                };
+                *s = St::Asked;
+                let (id, addr) = (key.1, *addr);
+                asked_addrs.insert(addr);
+                let inner = self.clone();
+                let m = method.clone();
+                queries += 1;
+                set.spawn(async move { (Some(id), addr, inner.query(addr, m).await) });
+            }
+            // candidates whose address was already asked under another id count as done
+            for (_, (a, s)) in cands.iter_mut() {
+                if *s == St::New && asked_addrs.contains(a) {
+                    *s = St::Done;
+                }
+            }
+            let Some(joined) = set.join_next().await else { break };
+            let Ok((id, addr, res)) = joined else { continue };
+            match res {
+                Ok(r) => {
+                    let rid = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok());
+                    if let Some(id) = id
+                        && let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id))
+                    {
+                        c.1 = St::Done;
+                    }
+                    if let Some(rid) = rid
+                        && rid != self.id
+                    {
+                        let key = (routing::distance(&target, &rid), rid);
+                        cands.entry(key).or_insert((addr, St::Done)).1 = St::Done;
+                        if let Some(tok) = &r.token {
+                            tokens.push(TokenNode { info: NodeInfo { id: rid, addr }, token: tok.clone() });
+                        }
+                    }
+                    if let Some(nodes) = &r.nodes {
+                        for n in krpc::decode_nodes(nodes) {
+                            if n.id == self.id {
+                                continue;
+                            }
+                            cands.entry((routing::distance(&target, &n.id), n.id)).or_insert((n.addr, St::New));
+                        }
+                    }
+                    if !visit(&r, addr) {
+                        stop = true;
+                    }
+                    // bound memory: keep only the closest candidates
+                    while cands.len() > 4 * MAX_WALK_QUERIES {
+                        cands.pop_last();
+                    }
+                }
+                Err(e) => {
+                    if let Some(id) = id {
+                        if let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id)) {
+                            c.1 = St::Failed;
+                        }
+                        if matches!(e, QueryError::Timeout) {
+                            self.state().table.remove(&id);
+                        }
+                    }
+                }
+            }
+            if stop {
+                set.abort_all();
+            }
+        }
+        tokens.sort_by(|a, b| routing::cmp_distance(&target, &a.info.id, &b.info.id));
+        tokens.dedup_by(|a, b| a.info.id == b.info.id);
+        tokens
+    }
+
+    fn cached_table(&self, tag: u8, target: &[u8]) -> Option<Arc<Vec<TokenNode>>> {
+        let mut st = self.state();
+        let key = (tag, target.to_vec());
+        match st.tables.get(&key) {
+            Some((at, t)) if at.elapsed() < TABLE_TTL => Some(t.clone()),
+            Some(_) => {
+                st.tables.pop(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A `get_peers` lookup, coalesced with identical lookups in flight.
+    pub(crate) async fn lookup(self: &Arc<Self>, info_hash: &[u8]) -> Result<Arc<LookupOutcome>> {
+        let (rx, start) = {
+            let mut st = self.state();
+            let (tx, rx) = oneshot::channel();
+            let start = match st.lookups.get_mut(info_hash) {
+                Some(waiters) => {
+                    waiters.push(tx);
+                    false
+                }
+                None => {
+                    st.lookups.insert(info_hash.to_vec(), vec![tx]);
+                    true
+                }
+            };
+            (rx, start)
+        };
+        if start {
+            let inner = self.clone();
+            let key = info_hash.to_vec();
+            tokio::spawn(async move {
+                struct Done(Arc<Inner>, Vec<u8>, Option<LookupResult>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        let waiters = lock(&self.0.state).lookups.remove(&self.1).unwrap_or_default();
+                        let result =
+                            self.2.take().unwrap_or_else(|| Err((ErrorKind::Cancelled, "DHT node is shut down".into())));
+                        for w in waiters {
+                            let _ = w.send(result.clone());
+                        }
+                    }
+                }
+                let mut done = Done(inner.clone(), key.clone(), None);
+                let cancel = inner.cancel.clone();
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    out = inner.run_lookup(key) => { done.2 = Some(Ok(Arc::new(out))); }
+                }
+            });
+        }
+        match rx.await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err((kind, msg))) => Err(Error::new(kind, msg)),
+            Err(_) => Err(Error::new(ErrorKind::Cancelled, "DHT node is shut down")),
+        }
+    }
+
+    async fn run_lookup(self: &Arc<Self>, info_hash: Vec<u8>) -> LookupOutcome {
+        let mut seen: HashSet<SocketAddrV4> = HashSet::new();
+        let mut peers = Vec::new();
+        let local = self.state().peers.get(&info_hash, MAX_LOCAL_PEERS, Instant::now());
+        for p in local {
+            if seen.insert(p) {
+                peers.push(p);
+                self.emit(DhtEvent::Peer { info_hash: info_hash.clone(), peer: p });
+            }
+        }
+        let events = self.events.clone();
+        let ih = info_hash.clone();
+        let table = self
+            .walk(info_hash.clone(), Method::GetPeers { info_hash: Some(info_hash.clone()) }, false, |r, _| {
+                for v in r.values.iter().flatten() {
+                    if let Some(p) = krpc::decode_peer(v)
+                        && seen.insert(p)
+                    {
+                        peers.push(p);
+                        let _ = events.send(DhtEvent::Peer { info_hash: ih.clone(), peer: p });
+                    }
+                }
+                true
+            })
+            .await;
+        let table = Arc::new(table);
+        self.state().tables.put((0, info_hash), (Instant::now(), table.clone()));
+        LookupOutcome { peers, table }
+    }
+
+    /// Sends `make(node)` to every node, in parallel; counts successes (bittorrent-dht `queryAll`).
+    async fn query_all<F>(self: &Arc<Self>, nodes: &[TokenNode], make: F) -> Result<usize>
+    where
+        F: Fn(&TokenNode) -> Method,
+    {
+        if nodes.is_empty() {
+            return Err(Error::new(ErrorKind::NoNodes, "No nodes to query"));
+        }
+        let mut set = JoinSet::new();
+        for n in nodes {
+            let inner = self.clone();
+            let m = make(n);
+            let addr = n.info.addr;
+            set.spawn(async move { inner.query(addr, m).await });
+        }
+        let mut hits = 0;
+        let mut last_3xx: Option<KrpcError> = None;
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(_)) => hits += 1,
+                Ok(Err(QueryError::Krpc(e))) if (300..400).contains(&e.code) => last_3xx = Some(e),
+                _ => {}
+            }
+        }
+        if hits > 0 {
+            Ok(hits)
+        } else if let Some(e) = last_3xx {
+            Err(QueryError::Krpc(e).into_error())
+        } else {
+            Err(Error::new(ErrorKind::AllQueriesFailed, "All queries failed"))
+        }
+    }
+
+    pub(crate) async fn announce(self: &Arc<Self>, info_hash: &[u8], port: u16) -> Result<usize> {
+        if port == 0 {
+            return Err(Error::invalid("announce port must be 1..=65535"));
+        }
+        let table = match self.cached_table(0, info_hash) {
+            Some(t) => t,
+            None => self.lookup(info_hash).await?.table.clone(),
+        };
+        if let Some(host) = self.config.self_host {
+            let peer = SocketAddrV4::new(host, port);
+            let added = self.state().peers.add(info_hash, peer, Instant::now());
+            if added != AddPeer::Full {
+                self.emit(DhtEvent::Announce { info_hash: info_hash.to_vec(), peer });
+            }
+        }
+        self.query_all(&table, |n| Method::AnnouncePeer {
+            info_hash: Some(info_hash.to_vec()),
+            port: Some(i64::from(port)),
+            implied_port: false,
+            token: Some(n.token.clone()),
+        })
+        .await
+    }
+
+    pub(crate) async fn put(self: &Arc<Self>, item: PutItem) -> Result<([u8; 20], usize)> {
+        let (target, args, local) = match item {
+            PutItem::Immutable { v_bencoded } => {
+                let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
+                let too_big = match &v {
+                    Value::Bytes(b) => b.len() > store::MAX_V_BYTES,
+                    _ => v_bencoded.len() > store::MAX_V_BYTES,
+                };
+                if too_big {
+                    return Err(Error::invalid("v must be less than 1000 bytes in put()"));
+                }
+                let target = store::sha1(&v_bencoded);
+                let args = PutArgs { v: Some(v), ..Default::default() };
+                (target, args, Some(StoredItem { v_bencoded, mutable: None }))
+            }
+            PutItem::Mutable { v_bencoded, k, sig, seq, salt, cas } => {
+                let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
+                if v_bencoded.len() > store::MAX_V_BYTES + 5 {
+                    return Err(Error::invalid("v must be less than 1000 bytes in put()"));
+                }
+                let salt = salt.filter(|s| !s.is_empty());
+                if salt.as_ref().is_some_and(|s| s.len() > 64) {
+                    return Err(Error::invalid("opts.salt is > 64 bytes long"));
+                }
+                let target = store::mutable_target(&k, salt.as_deref().unwrap_or_default());
+                let args = PutArgs {
+                    v: Some(v),
+                    k: Some(k.to_vec()),
+                    sig: Some(sig.to_vec()),
+                    seq: Some(seq),
+                    salt,
+                    cas,
+                    token: None,
+                };
+                (target, args, None)
+            }
+        };
+        if let Some(item) = local {
+            self.state().values.insert(target, item);
+        }
+        let table = match self.cached_table(1, &target) {
+            Some(t) => t,
+            None => {
+                let t = Arc::new(self.walk(target.to_vec(), Method::Get { target: Some(target.to_vec()) }, false, |_, _| true).await);
+                self.state().tables.put((1, target.to_vec()), (Instant::now(), t.clone()));
+                t
+            }
+        };
+        let n = self
+            .query_all(&table, |n| {
+                let mut a = args.clone();
+                a.token = Some(n.token.clone());
+                Method::Put(a)
+            })
+            .await?;
+        Ok((target, n))
+    }
+
+    pub(crate) async fn get(self: &Arc<Self>, target: [u8; 20], salt: Option<&[u8]>, use_local: bool) -> Result<Option<GetResult>> {
+        if use_local && let Some(it) = self.state().values.get(&target).cloned() {
+            return Ok(Some(GetResult {
+                id: self.id,
+                token: None,
+                v_bencoded: it.v_bencoded,
+                mutable: it.mutable.map(|m| MutableMeta { k: m.k, sig: m.sig, seq: m.seq }),
+                local: true,
+            }));
+        }
+        let salt = salt.filter(|s| !s.is_empty());
+        let mut best: Option<GetResult> = None;
+        let table = self
+            .walk(target.to_vec(), Method::Get { target: Some(target.to_vec()) }, false, |r, _| {
+                let (Some(v), Some(id)) = (&r.v, r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok())) else {
+                    return true;
+                };
+                let v_bencoded = v.encode();
+                match (&r.k, &r.sig) {
+                    (None, None) => {
+                        if store::sha1(&v_bencoded) == target {
+                            best = Some(GetResult { id, token: r.token.clone(), v_bencoded, mutable: None, local: false });
+                            return false;
+                        }
+                        true
+                    }
+                    (Some(k), Some(sig)) => {
+                        let (Ok(k), Ok(sig)) = (<[u8; 32]>::try_from(k.as_slice()), <[u8; 64]>::try_from(sig.as_slice())) else {
+                            return true;
+                        };
+                        let seq = r.seq.unwrap_or(0);
+                        if store::mutable_target(&k, salt.unwrap_or_default()) != target
+                            || !store::verify_sig(&k, &sig, &store::sig_data(salt, seq, &v_bencoded))
+                        {
+                            return true;
+                        }
+                        if best.as_ref().and_then(|b| b.mutable.as_ref()).is_none_or(|m| seq > m.seq) {
+                            best = Some(GetResult {
+                                id,
+                                token: r.token.clone(),
+                                v_bencoded,
+                                mutable: Some(MutableMeta { k, sig, seq }),
+                                local: false,
+                            });
+                        }
+                        true
+                    }
+                    _ => true,
+                }
+            })
+            .await;
+        self.state().tables.put((1, target.to_vec()), (Instant::now(), Arc::new(table)));
+        Ok(best)
+    }
+
+    // ---------------------------------------------------------------- maintenance
+
+    async fn maintenance(self: Arc<Inner>) {
+        let start = Instant::now();
+        let mut last_rotation = start;
+        let mut last_sweep = start;
+        let mut next_liveness = start + random_liveness_delay();
+        let sweep_every = self.config.peer_max_age.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            if now.duration_since(last_rotation) >= SECRET_ROTATION {
+                last_rotation = now;
+                self.state().tokens.rotate();
+            }
+            if now.duration_since(last_sweep) >= sweep_every {
+                last_sweep = now;
+                self.state().peers.sweep(now);
+            }
+            if now >= next_liveness {
+                next_liveness = now + random_liveness_delay();
+                let inner = self.clone();
+                let cancel = self.cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = inner.check_liveness() => {}
+                    }
+                });
+            }
+        }
+    }
+
+    /// If the table has not changed for `node_liveness`, pings every node and drops dead ones;
+    /// re-bootstraps when the table ends up empty.
+    pub(crate) async fn check_liveness(self: &Arc<Self>) {
+        let (idle, nodes) = {
+            let st = self.state();
+            (st.table.last_change.elapsed() >= self.config.node_liveness, st.table.all())
+        };
+        if idle {
+            let mut set = JoinSet::new();
+            for n in nodes {
+                while set.len() >= 16 {
+                    set.join_next().await;
+                }
+                let inner = self.clone();
+                set.spawn(async move {
+                    if inner.query(n.addr, Method::Ping).await.is_err() {
+                        inner.state().table.remove(&n.id);
+                    }
+                });
+            }
+            while set.join_next().await.is_some() {}
+            self.state().table.last_change = Instant::now();
+        }
+        if self.state().table.is_empty() && !self.config.bootstrap.is_empty() {
+            self.bootstrap().await;
+        }
+    }
+}
+
+fn random_liveness_delay() -> Duration {
+    Duration::from_millis(rand::thread_rng().gen_range(30_000..90_000))
+}
+
+/// Locks a mutex, recovering from poisoning (a panic elsewhere must not stop the node).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Clone for LookupOutcome {
+    fn clone(&self) -> Self {
+        LookupOutcome { peers: self.peers.clone(), table: self.table.clone() }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let cfg = DhtConfig { peer_max_age: Duration::from_secs(60), ..DhtConfig::default() };
+        State::new([9; 20], &cfg)
+    }
+
+    fn from() -> SocketAddrV4 {
+        "127.0.0.1:5555".parse().unwrap()
+    }
+
+    fn query(method: Method) -> Query {
+        Query { id: Some(vec![1; 20]), method, read_only: false }
+    }
+
+    #[test]
+    fn ping_and_unknown() {
+        let mut s = state();
+        let h = s.handle_query(&query(Method::Ping), from(), Instant::now());
+        assert_eq!(h.reply, Some(Body::Response(Response { id: Some(vec![9; 20]), ..Default::default() })));
+        assert!(s.handle_query(&query(Method::Other(b"vote".to_vec())), from(), Instant::now()).reply.is_none());
+    }
+
+    #[test]
+    fn find_node_and_get_peers_errors() {
+        let mut s = state();
+        let h = s.handle_query(&query(Method::FindNode { target: None }), from(), Instant::now());
+        assert_eq!(h.reply, Some(Body::Error(KrpcError::new(203, "`find_node` missing required `a.target` field"))));
+        let h = s.handle_query(&query(Method::GetPeers { info_hash: None }), from(), Instant::now());
+        assert_eq!(h.reply, Some(Body::Error(KrpcError::new(203, "`get_peers` missing required `a.info_hash` field"))));
+        let h = s.handle_query(&query(Method::FindNode { target: Some(vec![1; 20]) }), from(), Instant::now());
+        assert_eq!(h.reply, Some(Body::Response(Response { id: Some(vec![9; 20]), nodes: Some(vec![]), ..Default::default() })));
+        assert!(s.handle_query(&query(Method::Get { target: None }), from(), Instant::now()).reply.is_none());
+    }
+
+    #[test]
+    fn announce_flow_with_tokens_and_ports() {
+        let mut s = state();
+        let now = Instant::now();
+        let ih = b"rest:util:net".to_vec();
+        let h = s.handle_query(&query(Method::GetPeers { info_hash: Some(ih.clone()) }), from(), now);
+        let Some(Body::Response(r)) = h.reply else { panic!() };
+        let token = r.token.unwrap();
+        assert_eq!(token.len(), 20);
+        assert!(r.values.is_none() && r.nodes.is_some());
+        let ann = |port: Option<i64>, implied: bool, token: Option<Vec<u8>>| {
+            query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port, implied_port: implied, token })
+        };
+        // no token, bad ports: no reply
+        assert!(s.handle_query(&ann(Some(1337), false, None), from(), now).reply.is_none());
+        for p in [70000, -5, 0] {
+            assert!(s.handle_query(&ann(Some(p), false, Some(token.clone())), from(), now).reply.is_none());
+        }
+        assert!(s.handle_query(&ann(None, false, Some(token.clone())), from(), now).reply.is_none());
+        // bad token: 203
+        let h = s.handle_query(&ann(Some(1337), false, Some(b"tok1".to_vec())), from(), now);
+        assert_eq!(h.reply, Some(Body::Error(KrpcError::new(203, "cannot `announce_peer` with bad token"))));
+        // token from another IP: 203
+        let other: SocketAddrV4 = "127.0.0.2:5555".parse().unwrap();
+        assert!(matches!(s.handle_query(&ann(Some(1337), false, Some(token.clone())), other, now).reply, Some(Body::Error(_))));
+        // ok
+        let h = s.handle_query(&ann(Some(1337), false, Some(token.clone())), from(), now);
+        assert!(matches!(h.reply, Some(Body::Response(_))));
+        assert_eq!(h.event, Some(DhtEvent::Announce { info_hash: ih.clone(), peer: "127.0.0.1:1337".parse().unwrap() }));
+        // implied_port uses the source port
+        let h = s.handle_query(&ann(Some(1), true, Some(token.clone())), from(), now);
+        assert!(matches!(h.reply, Some(Body::Response(_))));
+        let h = s.handle_query(&query(Method::GetPeers { info_hash: Some(ih.clone()) }), from(), now);
+        let Some(Body::Response(r)) = h.reply else { panic!() };
+        let mut got: Vec<_> = r.values.unwrap().iter().filter_map(|v| krpc::decode_peer(v)).collect();
+        got.sort();
+        assert_eq!(got, vec!["127.0.0.1:1337".parse().unwrap(), "127.0.0.1:5555".parse().unwrap()]);
+        assert!(r.nodes.is_none());
+    }
+
+    #[test]
+    fn put_get_flow() {
+        let mut s = state();
+        let now = Instant::now();
+        let target = store::sha1(b"11:hello world");
+        let h = s.handle_query(&query(Method::Get { target: Some(target.to_vec()) }), from(), now);
+        let Some(Body::Response(r)) = h.reply else { panic!() };
+        let token = r.token.unwrap();
+        assert!(r.v.is_none());
+        let put = |token: Option<Vec<u8>>| {
+            query(Method::Put(PutArgs { token, v: Some(Value::Bytes(b"hello world".to_vec())), ..Default::default() }))
+        };
+        assert!(s.handle_query(&put(None), from(), now).reply.is_none());
+        assert_eq!(
+            s.handle_query(&put(Some(b"bad".to_vec())), from(), now).reply,
+            Some(Body::Error(KrpcError::new(203, "cannot `put` with bad token")))
+        );
+        assert!(matches!(s.handle_query(&put(Some(token.clone())), from(), now).reply, Some(Body::Response(_))));
+        let h = s.handle_query(&query(Method::Get { target: Some(target.to_vec()) }), from(), now);
+        let Some(Body::Response(r)) = h.reply else { panic!() };
+        assert_eq!(r.v, Some(Value::Bytes(b"hello world".to_vec())));
+        assert!(r.nodes.is_none());
+        assert_eq!(r.token, Some(token));
+    }
+}

@@ -1,0 +1,184 @@
+//! The runtime object: owns the tokio worker threads.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+
+thread_local! {
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True on a worker thread of any embed [`Runtime`] (where completion and handler callbacks run).
+///
+/// Blocking facade calls refuse to run there: they would wait for work that this very thread may
+/// have to do.
+pub fn on_worker_thread() -> bool {
+    ON_WORKER.with(|c| c.get())
+}
+
+/// Options of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Number of worker threads. `0` means "one per core". Default `0`.
+    pub worker_threads: usize,
+    /// How long [`Runtime::shutdown`] waits for tasks to finish before it gives up on them.
+    /// Default 5 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { worker_threads: 0, shutdown_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A tokio multi-thread runtime owned by an embedder.
+///
+/// Cheap to clone: every clone refers to the same runtime. Handles created from it keep only a
+/// [`tokio::runtime::Handle`]; once [`Runtime::shutdown`] ran, their operations complete with
+/// [`ErrorKind::Cancelled`] instead of running.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rt: Mutex<Option<Arc<tokio::runtime::Runtime>>>,
+    handle: tokio::runtime::Handle,
+    shutdown_timeout: Duration,
+}
+
+impl Runtime {
+    /// Starts the worker threads.
+    pub fn new(options: RuntimeOptions) -> Result<Runtime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all().thread_name("grenache-worker").on_thread_start(|| ON_WORKER.with(|c| c.set(true)));
+        if options.worker_threads > 0 {
+            if options.worker_threads > 1024 {
+                return Err(Error::invalid("worker_threads must be at most 1024"));
+            }
+            b.worker_threads(options.worker_threads);
+        }
+        let rt = b.build().map_err(Error::from)?;
+        let handle = rt.handle().clone();
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                rt: Mutex::new(Some(Arc::new(rt))),
+                handle,
+                shutdown_timeout: options.shutdown_timeout,
+            }),
+        })
+    }
+
+    /// The tokio handle, to spawn tasks on the workers.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.inner.handle
+    }
+
+    /// True until [`Runtime::shutdown`] was called.
+    pub fn is_running(&self) -> bool {
+        self.inner.rt.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+
+    /// Spawns a task on the workers.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.inner.handle.spawn(fut));
+    }
+
+    /// Runs `fut` on the workers and waits for its output, at most `timeout`, from a thread that is
+    /// not a worker thread.
+    ///
+    /// Errors: [`ErrorKind::InvalidState`] on a worker thread, [`ErrorKind::Timeout`] after
+    /// `timeout`, [`ErrorKind::Cancelled`] when the runtime is shut down.
+    pub fn block_on<T, F>(&self, timeout: Duration, fut: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        if on_worker_thread() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a blocking call was made on a runtime worker thread (inside a callback)",
+            ));
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(Error::timeout(format!("no answer within {timeout:?}")))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::new(ErrorKind::Cancelled, "the runtime was shut down"))
+            }
+        }
+    }
+
+    /// Stops the workers and joins them (waiting at most the configured shutdown timeout for tasks
+    /// to finish). Pending operations are dropped, so their completions fire with
+    /// [`ErrorKind::Cancelled`]. Idempotent.
+    ///
+    /// On a worker thread (inside a callback) joining is impossible, so the shutdown is handed to a
+    /// helper thread and this returns at once.
+    pub fn shutdown(&self) {
+        let rt = match self.inner.rt.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        let Some(rt) = rt else { return };
+        let timeout = self.inner.shutdown_timeout;
+        let stop = move || match Arc::try_unwrap(rt) {
+            Ok(rt) => rt.shutdown_timeout(timeout),
+            Err(rt) => drop(rt),
+        };
+        if on_worker_thread() || tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new().name("grenache-shutdown".into()).spawn(stop);
+        } else {
+            stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_on_runs_and_shutdown_cancels() {
+        let rt = Runtime::new(RuntimeOptions { worker_threads: 1, ..Default::default() }).expect("rt");
+        let v = rt.block_on(Duration::from_secs(5), async { Ok(41 + 1) }).expect("value");
+        assert_eq!(v, 42);
+        rt.shutdown();
+        assert!(!rt.is_running());
+        let r = rt.block_on(Duration::from_secs(5), async { Ok(1) });
+        assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::Cancelled));
+        rt.shutdown();
+    }
+
+    #[test]
+    fn block_on_refuses_worker_threads_and_times_out() {
+        let rt = Runtime::new(RuntimeOptions { worker_threads: 2, ..Default::default() }).expect("rt");
+        let rt2 = rt.clone();
+        let inner = rt
+            .block_on(Duration::from_secs(5), async move {
+                Ok(rt2.block_on(Duration::from_secs(1), async { Ok(()) }).map_err(|e| e.kind()))
+            })
+            .expect("outer");
+        assert_eq!(inner, Err(ErrorKind::InvalidState));
+        let r = rt.block_on(Duration::from_millis(50), async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(())
+        });
+        assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
+        rt.shutdown();
+    }
+}

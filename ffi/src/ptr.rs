@@ -1,0 +1,144 @@
+//! NULL-checked pointer casts and borrowed views of C strings and buffers.
+
+use std::ffi::{CStr, c_char, c_void};
+
+use crate::error::grenache_result;
+
+/// `&T` from a `*const T`, or an early return of the [`NullParameterOrDefault`] value.
+///
+/// [`NullParameterOrDefault`]: crate::panic::NullParameterOrDefault
+macro_rules! try_ref {
+    ($p:expr) => {
+        match unsafe { ($p).as_ref() } {
+            Some(r) => r,
+            None => return $crate::panic::NullParameterOrDefault::null_value(),
+        }
+    };
+}
+pub(crate) use try_ref;
+
+/// `&mut T` from a `*mut T`, or an early return of the NULL value.
+#[allow(unused_macros)]
+macro_rules! try_mut {
+    ($p:expr) => {
+        match unsafe { ($p).as_mut() } {
+            Some(r) => r,
+            None => return $crate::panic::NullParameterOrDefault::null_value(),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use try_mut;
+
+/// Takes back ownership of a `Box<T>` handed out with `Box::into_raw`, or returns early on NULL.
+macro_rules! try_box {
+    ($p:expr) => {{
+        let p = $p;
+        if p.is_null() {
+            return $crate::panic::NullParameterOrDefault::null_value();
+        }
+        unsafe { Box::from_raw(p) }
+    }};
+}
+pub(crate) use try_box;
+
+/// `&str` from a NUL-terminated C string, or an early return of `NULL_PARAMETER` /
+/// `INVALID_UTF8`.
+#[allow(unused_macros)]
+macro_rules! try_str {
+    ($p:expr) => {
+        match unsafe { $crate::ptr::str_from_c($p) } {
+            Ok(s) => s,
+            Err(code) => return code,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use try_str;
+
+/// `&str` from `(ptr, len)` bytes, or an early return of `NULL_PARAMETER` / `INVALID_UTF8`.
+#[allow(unused_macros)]
+macro_rules! try_str_len {
+    ($p:expr, $len:expr) => {
+        match unsafe { $crate::ptr::str_from_raw($p, $len) } {
+            Ok(s) => s,
+            Err(code) => return code,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use try_str_len;
+
+/// Reads a NUL-terminated UTF-8 C string.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that stays valid for `'a`.
+pub(crate) unsafe fn str_from_c<'a>(p: *const c_char) -> Result<&'a str, grenache_result> {
+    if p.is_null() {
+        return Err(grenache_result::NullParameter);
+    }
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str().map_err(|_| grenache_result::InvalidUtf8)
+}
+
+/// Reads `len` UTF-8 bytes at `p`. `p` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// `p` is NULL or points to `len` readable bytes that stay valid for `'a`.
+pub(crate) unsafe fn str_from_raw<'a>(p: *const c_char, len: usize) -> Result<&'a str, grenache_result> {
+    let bytes = unsafe { bytes_from_raw(p.cast(), len)? };
+    std::str::from_utf8(bytes).map_err(|_| grenache_result::InvalidUtf8)
+}
+
+/// Reads `len` bytes at `p`. `p` may be NULL only when `len` is 0.
+///
+/// # Safety
+/// `p` is NULL or points to `len` readable bytes that stay valid for `'a`.
+pub(crate) unsafe fn bytes_from_raw<'a>(p: *const u8, len: usize) -> Result<&'a [u8], grenache_result> {
+    if p.is_null() {
+        return if len == 0 { Ok(&[]) } else { Err(grenache_result::NullParameter) };
+    }
+    if len > isize::MAX as usize {
+        return Err(grenache_result::InvalidArgument);
+    }
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Writes `v` through `out` (already checked non-NULL by the caller's contract).
+///
+/// # Safety
+/// `out` is valid for a write of `T`.
+pub(crate) unsafe fn write_out<T>(out: *mut T, v: T) {
+    unsafe { out.write(v) }
+}
+
+/// A C `void *userdata` that the caller promised may be used from any thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserData(pub(crate) *mut c_void);
+
+// SAFETY: the header's threading contract: userdata given with a callback is used from library
+// threads, concurrently; the caller guarantees that this is safe for its data.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
+/// A string with a trailing NUL, to hand out as `const char *` plus a length without the NUL.
+#[derive(Debug, Clone)]
+pub(crate) struct NulString(String);
+
+impl NulString {
+    pub(crate) fn new(mut s: String) -> NulString {
+        // Interior NULs are legal in JSON only escaped, so they never occur in our JSON texts;
+        // for other strings they merely truncate what C's str* functions see.
+        s.push('\0');
+        NulString(s)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const c_char {
+        self.0.as_ptr().cast()
+    }
+
+    /// Length without the trailing NUL.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len() - 1
+    }
+}

@@ -1,0 +1,55 @@
+//! `grenache_runtime`: the worker threads that run everything.
+
+use grenache_core::embed::{Runtime, RuntimeOptions};
+
+use crate::error::grenache_result;
+use crate::panic::ffi_panic_boundary;
+use crate::ptr::{try_box, write_out};
+
+/// A runtime: the worker threads on which every operation and every callback of the handles
+/// created from it run. There is no global runtime: create one with `grenache_runtime_new`
+/// and free it with `grenache_runtime_free`.
+///
+/// Handles (servers, clients, links...) keep their own reference to the runtime's threads, so the
+/// runtime pointer may be freed before or after them; freeing it first stops the threads, after
+/// which the handles' operations complete with `GRENACHE_RESULT_CANCELLED`.
+#[derive(Debug)]
+pub struct grenache_runtime {
+    pub(crate) rt: Runtime,
+}
+
+/// Creates a runtime with `worker_threads` worker threads (0: one per CPU core; at most 1024)
+/// and writes it to `*out`.
+///
+/// Ownership: the caller owns the result and frees it with `grenache_runtime_free`.
+/// Errors: `NULL_PARAMETER` (NULL `out`), `INVALID_ARGUMENT` (too many threads), `IO`.
+/// `*out` is written only on success.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_runtime_new(worker_threads: usize, out: *mut *mut grenache_runtime) -> grenache_result {
+    ffi_panic_boundary! {
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        match Runtime::new(RuntimeOptions { worker_threads, ..Default::default() }) {
+            Ok(rt) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_runtime { rt }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Stops the worker threads, waits for them (at most 5 s for running tasks to finish) and frees
+/// the runtime. Operations still pending complete with `GRENACHE_RESULT_CANCELLED`, possibly on
+/// the calling thread, before this returns. NULL is ignored.
+///
+/// Call it from a thread of your own. Called inside a callback (on a worker thread), it cannot
+/// wait for the workers: the shutdown then continues on a helper thread and this returns at once.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_runtime_free(rt: *mut grenache_runtime) {
+    ffi_panic_boundary! {
+        let rt = try_box!(rt);
+        rt.rt.shutdown();
+    }
+}

@@ -1,0 +1,250 @@
+//! Rust tests that call the exported functions directly: NULLs, invalid UTF-8, panics, double
+//! use, the reply handle's exactly-once contract.
+
+use std::ffi::{CStr, c_char, c_void};
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use grenache_core::ErrorKind;
+use grenache_core::embed::{Runtime, RuntimeOptions};
+use grenache_core::rpc::{Request, RequestInfo, dispatch};
+use serde_json::json;
+
+use crate::error::*;
+use crate::panic::ffi_panic_boundary;
+use crate::reply::*;
+use crate::runtime::*;
+use crate::version::grenache_version;
+
+fn cstr(p: *const c_char) -> String {
+    assert!(!p.is_null());
+    unsafe { CStr::from_ptr(p) }.to_str().expect("utf8").to_string()
+}
+
+#[test]
+fn every_error_kind_has_a_c_code_with_the_same_number_and_name() {
+    assert_eq!(grenache_result::Ok as u32, 0);
+    assert_eq!(cstr(grenache_result_name(0)), "OK");
+    for k in ErrorKind::ALL {
+        let r = grenache_result::from_u32(k.code()).unwrap_or_else(|| panic!("no C code for {k:?}"));
+        assert_eq!(format!("{r:?}"), format!("{k:?}"), "variant name of code {}", k.code());
+        assert_eq!(r.kind(), Some(*k));
+        assert_eq!(cstr(grenache_result_name(k.code())), k.name());
+    }
+    // And nothing in C that core does not know.
+    for r in grenache_result::ALL {
+        if *r != grenache_result::Ok {
+            assert!(r.kind().is_some(), "{r:?} has no core kind");
+        }
+    }
+    assert_eq!(grenache_result::ALL.len(), ErrorKind::ALL.len() + 1);
+    assert!(grenache_result_name(1).is_null());
+    assert!(grenache_result_name(u32::MAX).is_null());
+}
+
+#[test]
+fn result_message_checks_buffers_and_writes_only_on_success() {
+    let mut buf = [0x55 as c_char; 256];
+    let mut n = 12345usize;
+    let rc = grenache_result_message(202, buf.as_mut_ptr(), buf.len(), &mut n);
+    assert_eq!(rc, grenache_result::Ok);
+    assert_eq!(cstr(buf.as_ptr()), "the operation timed out");
+    assert_eq!(n, "the operation timed out".len());
+
+    let mut small = [0x55 as c_char; 4];
+    let mut n2 = 7usize;
+    assert_eq!(grenache_result_message(202, small.as_mut_ptr(), 4, &mut n2), grenache_result::BufferTooSmall);
+    assert_eq!(n2, 7);
+    assert!(small.iter().all(|c| *c == 0x55));
+    assert_eq!(grenache_result_message(202, ptr::null_mut(), 4, &mut n2), grenache_result::NullParameter);
+    assert_eq!(grenache_result_message(202, buf.as_mut_ptr(), 4, ptr::null_mut()), grenache_result::NullParameter);
+    assert_eq!(grenache_result_message(7, buf.as_mut_ptr(), 256, &mut n2), grenache_result::InvalidArgument);
+    for r in grenache_result::ALL {
+        assert_eq!(grenache_result_message(*r as u32, buf.as_mut_ptr(), 256, &mut n), grenache_result::Ok);
+    }
+}
+
+#[test]
+fn version_matches_cargo() {
+    assert_eq!(cstr(grenache_version()), format!("grenache/{}", env!("CARGO_PKG_VERSION")));
+}
+
+extern "C" fn panics() -> grenache_result {
+    ffi_panic_boundary! {
+        if std::hint::black_box(true) {
+            panic!("test panic");
+        }
+        grenache_result::Ok
+    }
+}
+
+extern "C" fn panics_ptr() -> *const c_char {
+    ffi_panic_boundary! {
+        if std::hint::black_box(true) {
+            panic!("test panic");
+        }
+        c"x".as_ptr()
+    }
+}
+
+#[test]
+fn panics_become_codes_or_defaults() {
+    assert_eq!(panics(), grenache_result::Panic);
+    assert!(panics_ptr().is_null());
+}
+
+#[test]
+fn error_detail_accessors() {
+    let e = grenache_error::from_error(&grenache_core::Error::new(ErrorKind::Remote, "ERR_BOOM"));
+    assert_eq!(grenache_error_code(&e), grenache_result::Remote);
+    assert_eq!(cstr(grenache_error_message(&e)), "ERR_BOOM");
+    assert_eq!(grenache_error_code(ptr::null()), grenache_result::NullParameter);
+    assert!(grenache_error_message(ptr::null()).is_null());
+    let e = grenache_error::from_error(&grenache_core::Error::new(ErrorKind::Timeout, ""));
+    assert_eq!(cstr(grenache_error_message(&e)), "ERR_TIMEOUT");
+}
+
+#[test]
+fn runtime_new_and_free() {
+    assert_eq!(grenache_runtime_new(1, ptr::null_mut()), grenache_result::NullParameter);
+    let mut rt: *mut grenache_runtime = ptr::null_mut();
+    assert_eq!(grenache_runtime_new(100_000, &mut rt), grenache_result::InvalidArgument);
+    assert!(rt.is_null(), "out-param written on failure");
+    assert_eq!(grenache_runtime_new(2, &mut rt), grenache_result::Ok);
+    assert!(!rt.is_null());
+    grenache_runtime_free(rt);
+    grenache_runtime_free(ptr::null_mut());
+}
+
+// --- The reply handle, through the core dispatcher ------------------------------------------
+
+fn req(payload: serde_json::Value) -> Request {
+    Request { rid: json!("r1"), key: "rpc_test".into(), payload, info: RequestInfo::default() }
+}
+
+fn test_rt() -> Runtime {
+    Runtime::new(RuntimeOptions { worker_threads: 2, ..Default::default() }).expect("rt")
+}
+
+fn run(rt: &Runtime, cb: grenache_handler_cb, ud: *mut c_void, free: grenache_free_cb, payload: serde_json::Value) -> Result<serde_json::Value, String> {
+    let h = c_handler(cb, ud, free).expect("handler");
+    rt.block_on(Duration::from_secs(5), async move { Ok(dispatch(&*h, req(payload), None).await) }).expect("dispatch")
+}
+
+unsafe extern "C" fn answer_world(_ud: *mut c_void, req: *const grenache_request, reply: *mut grenache_reply) {
+    let mut n = 0usize;
+    let key = unsafe { CStr::from_ptr(grenache_request_key(req, &mut n)) };
+    assert_eq!(key.to_str().expect("utf8"), "rpc_test");
+    assert_eq!(n, 8);
+    let p = unsafe { CStr::from_ptr(grenache_request_payload(req, ptr::null_mut())) };
+    assert_eq!(p.to_str().expect("utf8"), "\"hello\"");
+    assert!(grenache_request_fingerprint(req).is_null());
+    assert_eq!(grenache_request_transport(req), grenache_transport::Http);
+    assert!(!grenache_reply_is_closed(reply));
+    let w = b"\"world\"";
+    assert_eq!(grenache_reply_send(reply, w.as_ptr().cast(), w.len()), grenache_result::Ok);
+}
+
+unsafe extern "C" fn answer_error(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    assert_eq!(grenache_reply_error(reply, c"ERR_BOOM".as_ptr()), grenache_result::Ok);
+}
+
+unsafe extern "C" fn answer_bad_json(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    let t = b"{nope";
+    assert_eq!(grenache_reply_send(reply, t.as_ptr().cast(), t.len()), grenache_result::InvalidArgument);
+}
+
+unsafe extern "C" fn answer_bad_utf8(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    let t = b"\"\xff\"";
+    assert_eq!(grenache_reply_send(reply, t.as_ptr().cast(), t.len()), grenache_result::InvalidUtf8);
+}
+
+unsafe extern "C" fn answer_null_text(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    assert_eq!(grenache_reply_send(reply, ptr::null(), 3), grenache_result::NullParameter);
+}
+
+unsafe extern "C" fn drop_reply(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    grenache_reply_free(reply);
+}
+
+unsafe extern "C" fn leak_to_thread(ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
+    // Answer later, from a thread of "C"'s own.
+    let counter = ud as usize;
+    let reply = reply as usize;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        let w = b"\"later\"";
+        let rc = grenache_reply_send(reply as *mut grenache_reply, w.as_ptr().cast(), w.len());
+        assert_eq!(rc, grenache_result::Ok);
+        let _ = counter;
+    });
+}
+
+static FREED: AtomicUsize = AtomicUsize::new(0);
+unsafe extern "C" fn count_free(_ud: *mut c_void) {
+    FREED.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn reply_handle_contract() {
+    let rt = test_rt();
+    assert_eq!(run(&rt, Some(answer_world), ptr::null_mut(), None, json!("hello")), Ok(json!("world")));
+    assert_eq!(run(&rt, Some(answer_error), ptr::null_mut(), None, json!(1)), Err("ERR_BOOM".into()));
+    assert_eq!(run(&rt, Some(answer_bad_json), ptr::null_mut(), None, json!(1)), Err("ERR_INVALID_ARGUMENT".into()));
+    assert_eq!(run(&rt, Some(answer_bad_utf8), ptr::null_mut(), None, json!(1)), Err("ERR_INVALID_ARGUMENT".into()));
+    assert_eq!(run(&rt, Some(answer_null_text), ptr::null_mut(), None, json!(1)), Err("ERR_INVALID_ARGUMENT".into()));
+    assert_eq!(run(&rt, Some(drop_reply), ptr::null_mut(), None, json!(1)), Err("ERR_NO_REPLY".into()));
+    assert_eq!(run(&rt, Some(leak_to_thread), ptr::null_mut(), None, json!(1)), Ok(json!("later")));
+    assert!(c_handler(None, ptr::null_mut(), None).is_none());
+    rt.shutdown();
+}
+
+#[test]
+fn free_userdata_runs_once_after_the_last_call() {
+    let rt = test_rt();
+    let before = FREED.load(Ordering::SeqCst);
+    let h = c_handler(Some(answer_world), ptr::null_mut(), Some(count_free)).expect("handler");
+    for _ in 0..3 {
+        let h = h.clone();
+        let r = rt.block_on(Duration::from_secs(5), async move { Ok(dispatch(&*h, req(json!("hello")), None).await) });
+        assert_eq!(r.expect("dispatch"), Ok(json!("world")));
+    }
+    assert_eq!(FREED.load(Ordering::SeqCst), before);
+    drop(h);
+    assert_eq!(FREED.load(Ordering::SeqCst), before + 1);
+    rt.shutdown();
+}
+
+#[test]
+fn null_reply_and_request_are_rejected() {
+    assert_eq!(grenache_reply_send(ptr::null_mut(), c"1".as_ptr(), 1), grenache_result::NullParameter);
+    assert_eq!(grenache_reply_error(ptr::null_mut(), c"x".as_ptr()), grenache_result::NullParameter);
+    grenache_reply_free(ptr::null_mut());
+    assert!(!grenache_reply_is_closed(ptr::null()));
+    assert!(grenache_request_key(ptr::null(), ptr::null_mut()).is_null());
+    assert!(grenache_request_payload(ptr::null(), ptr::null_mut()).is_null());
+    assert!(grenache_request_fingerprint(ptr::null()).is_null());
+    assert!(grenache_request_remote_addr(ptr::null()).is_null());
+}
+
+#[test]
+fn many_threads_answer_many_replies() {
+    let rt = test_rt();
+    let h = c_handler(Some(leak_to_thread), ptr::null_mut(), None).expect("handler");
+    let r = rt.block_on(Duration::from_secs(20), async move {
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move { dispatch(&*h, req(json!(i)), None).await }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.map_err(|e| grenache_core::Error::invalid(e.to_string()))?);
+        }
+        Ok(out)
+    });
+    let r = r.expect("all answered");
+    assert!(r.iter().all(|x| *x == Ok(json!("later"))));
+    rt.shutdown();
+}

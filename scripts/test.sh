@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, then builds and runs every test.
+#   bash scripts/test.sh
+# Environment: GRENACHE_TEST_JOBS (test threads, default: number of cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+apt_install() {
+  # Installs Debian packages that are missing (root on CI and dev machines).
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# 1. System tools: Node.js and npm (Node reference peers), openssl (test certificates).
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+command -v npm >/dev/null 2>&1 || apt_install npm
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+# C ABI examples (ffi/tests/c_examples.rs): a C compiler, pkg-config, valgrind.
+apt_install gcc libc6-dev pkg-config valgrind
+
+# 2. The Node.js reference peers, pinned in tests/interop/package-lock.json.
+log "npm ci (Node reference peers)"
+(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+
+# 3. Build everything (tests, examples, benches compile too).
+log "cargo build"
+cargo build --workspace --all-targets --locked
+
+# 4. Tests. nextest when available (one process per test), else cargo test.
+jobs="${GRENACHE_TEST_JOBS:-$(nproc)}"
+if cargo nextest --version >/dev/null 2>&1; then
+  log "cargo nextest run"
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads "$jobs"
+  log "doc tests"
+  cargo test --workspace --doc --locked
+else
+  log "cargo test"
+  cargo test --workspace --locked --no-fail-fast -- --test-threads "$jobs"
+fi
