@@ -56,6 +56,10 @@ use crate::rpc::envelope::{decode_reply, decode_request, encode_reply};
 use crate::rpc::{BoxFuture, ClientTransport, Handler, OutgoingRequest, Request, RequestInfo, TransportKind, dispatch};
 use crate::tls::{ClientInfo, ClientTls, PeerCert, ServerTls, VerifyClient, client_cert};
 
+/// A server socket whose peer accepts no bytes for this long is closed (it does not read its
+/// replies).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The default largest message accepted, in bytes (16 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
@@ -540,7 +544,8 @@ async fn serve_connection(
         tokio::select! {
             biased;
             Some((rid, body)) = running.next(), if !running.is_empty() => {
-                if ws.feed(Message::text(reply_text(&rid, &body))).await.is_err() {
+                let fed = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::text(reply_text(&rid, &body)))).await;
+                if !matches!(fed, Ok(Ok(()))) {
                     return;
                 }
                 dirty = true;
@@ -569,7 +574,7 @@ async fn serve_connection(
             }
             _ = std::future::ready(()), if dirty => {
                 // Nothing else is ready: write out what was batched.
-                if ws.flush().await.is_err() {
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await, Ok(Ok(()))) {
                     return;
                 }
                 dirty = false;
