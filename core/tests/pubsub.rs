@@ -194,3 +194,27 @@ async fn pubsub_subscribers_send_nothing_and_raw_clients_get_text_frames() {
     let m = tokio::time::timeout(LONG, ws.next()).await.expect("in time").expect("frame").expect("ok");
     assert_eq!(m, Message::text("world"));
 }
+
+#[tokio::test]
+async fn pubsub_extreme_settings_do_not_panic() {
+    let p = PeerPub::bind(any_port(), PubConfig::default().max_subscribers(usize::MAX).queue_capacity(usize::MAX).max_message_size(usize::MAX))
+        .await
+        .expect("bind");
+    let mut s = PeerSub::sub_to(
+        vec![p.local_addr().to_string(), "127.0.0.1:1".to_string()],
+        SubConfig::default()
+            .reconnect_backoff(Duration::from_millis(1), Duration::MAX)
+            .relookup_interval(Duration::MAX)
+            .lookup_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX)
+            .buffer(0)
+            .max_message_size(usize::MAX)
+            .max_publishers(usize::MAX),
+    );
+    p.wait_subscribers(1, LONG).await.expect("sub");
+    p.publish("x");
+    assert_eq!(s.recv_timeout(LONG).await.expect("msg").text(), Some("x"));
+    // The unreachable publisher keeps being retried with growing back-off, without overflow.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.publishers(), 1);
+}

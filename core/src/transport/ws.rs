@@ -461,7 +461,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     connections: Arc<AtomicUsize>,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
     let settings = Arc::new(config.accept_settings());
     loop {
         let permit = tokio::select! {
@@ -858,7 +858,7 @@ async fn reader_task(
                 p.map.retain(|_, w| !w.is_closed());
                 if let Some(idle) = idle {
                     let last = session.last_used.load(Ordering::Relaxed);
-                    if p.map.is_empty() && now.saturating_sub(last) >= idle.as_millis() as u64 {
+                    if p.map.is_empty() && now.saturating_sub(last) >= u64::try_from(idle.as_millis()).unwrap_or(u64::MAX) {
                         p.closed = true;
                         drop(p);
                         let _ = session.tx.try_send(Message::Close(None));
