@@ -33,7 +33,14 @@ log "npm ci (Node reference peers)"
 log "cargo build"
 cargo build --workspace --all-targets --locked
 
-# 4. Tests. nextest when available (one process per test), else cargo test.
+# 4. The runnable Rust examples (the C and Ruby examples run inside the test suite).
+log "examples"
+for ex in quickstart ws_ssl_whitelist; do
+  cargo run --quiet --locked --example "$ex" >/dev/null
+  echo "example $ex: ok"
+done
+
+# 5. Tests. nextest when available (one process per test), else cargo test.
 jobs="${GRENACHE_TEST_JOBS:-$(nproc)}"
 if cargo nextest --version >/dev/null 2>&1; then
   log "cargo nextest run"
