@@ -104,7 +104,7 @@ impl PeerRpcClient {
 
     fn outgoing(&self, key: &Arc<str>, payload_json: &Arc<str>, opts: &RequestOptions) -> OutgoingRequest {
         OutgoingRequest {
-            rid: uuid::Uuid::new_v4().to_string(),
+            rid: crate::rpc::new_rid(),
             key: key.clone(),
             payload_json: payload_json.clone(),
             timeout: Some(opts.timeout.unwrap_or(self.config.default_timeout)),

@@ -78,7 +78,7 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(data)
-        .take(max as u64 + 1)
+        .take((max as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| Error::decode(format!("gunzip: {e}")))?;
     if out.len() > max {
@@ -330,9 +330,9 @@ impl HttpClient {
     ) -> Result<(StatusCode, Bytes)> {
         let client = self.client()?;
         let max = self.inner.config.max_body;
-        let url = req.uri().to_string();
+        let url = dest;
         let fut = async move {
-            let resp = client.request(req).await.map_err(|e| map_client_error(&url, e))?;
+            let resp = client.request(req).await.map_err(|e| map_client_error(url, e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), max).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -404,7 +404,7 @@ impl HttpClient {
         body: BodyStream,
         timeout: Option<Duration>,
     ) -> Result<StreamResponse> {
-        let rid = uuid::Uuid::new_v4().to_string();
+        let rid = crate::rpc::new_rid();
         self.request_stream_with_rid(dest, &rid, key, headers, body, timeout).await
     }
 
@@ -632,7 +632,7 @@ impl ServerTransport for HttpServer {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let acceptor = ctx.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let permit = tokio::select! {
@@ -855,7 +855,7 @@ mod tests {
 
     fn out(payload: &Value, compress: bool) -> OutgoingRequest {
         OutgoingRequest {
-            rid: uuid::Uuid::new_v4().to_string(),
+            rid: crate::rpc::new_rid(),
             key: "k".into(),
             payload_json: serde_json::to_string(payload).unwrap().into(),
             timeout: Some(Duration::from_secs(10)),
@@ -878,6 +878,41 @@ mod tests {
         c.close();
         let e = c.request_to(&dest, out(&json!("x"), false)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Closed);
+    }
+
+    /// Arbitrary bodies (random bytes, random gzip flags, random `_gr`) always get an answer.
+    #[tokio::test]
+    async fn arbitrary_bodies_always_get_an_answer() {
+        use rand::{Rng, SeedableRng};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let srv = HttpServer::bind("127.0.0.1:0".parse().unwrap(), echo(), HttpServerConfig::default()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..200 {
+            let len = rng.gen_range(0..300);
+            let mut body: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            if i % 4 == 0 {
+                // Mostly-valid JSON shapes.
+                body = [&b"["[..], &body[..len.min(5)], b"]"].concat();
+            }
+            if i % 7 == 0 {
+                body = gzip(&body).unwrap();
+            }
+            let mut head = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            if i % 3 == 0 {
+                head.push_str("grc-compress: gzip\r\n");
+            }
+            if i % 5 == 0 {
+                head.push_str("_gr: [\"r\",\"k\"]\r\n_ar: {bad\r\n");
+            }
+            head.push_str("\r\n");
+            let mut s = TcpStream::connect(srv.local_addr()).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 400"), "case {i}: {text}");
+        }
     }
 
     #[test]
