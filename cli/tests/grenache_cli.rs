@@ -18,7 +18,8 @@ async fn grapes() -> (Vec<NodeProcess>, String) {
     let mut procs = Vec::new();
     for (dht, api, boot) in [(d1, a1, d2), (d2, a2, d1)] {
         let (dht, api, boot) = (dht.to_string(), api.to_string(), format!("127.0.0.1:{boot}"));
-        let mut p = NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
+        let mut p =
+            NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
         while p.json(Duration::from_secs(30)).await["event"] != "started" {}
         procs.push(p);
     }

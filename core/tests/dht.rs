@@ -418,3 +418,192 @@ async fn dropping_every_handle_frees_the_port() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn announce_recovers_after_the_cached_nodes_die() {
+    let a = Dht::bind(cfg(&[])).await.unwrap();
+    let b = Dht::bind(cfg(&[a.local_addr()])).await.unwrap();
+    b.ready().await;
+    assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
+    a.shutdown().await;
+    // a new node joins through b; b's cached table still only holds the dead a
+    let d = Dht::bind(cfg(&[b.local_addr()])).await.unwrap();
+    d.ready().await;
+    let e = b.announce(b"svc:phoenix", 1000).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AllQueriesFailed);
+    // the failed table was dropped: the next announce walks again and reaches d
+    assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
+    assert_eq!(d.local_peers(b"svc:phoenix", 10), vec![peer("127.0.0.1:1000")]);
+}
+
+#[tokio::test]
+async fn identical_concurrent_lookups_are_merged() {
+    // The only node known is a fake that never answers: every walk asks it once and waits for
+    // the timeout. Ten concurrent lookups of one name must cost a single get_peers.
+    let fake = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let node = Dht::bind(cfg(&[fake.local_addr().unwrap()])).await.unwrap();
+    node.ready().await;
+    let lookups: Vec<_> = (0..10)
+        .map(|_| {
+            let n = node.clone();
+            tokio::spawn(async move { n.lookup(b"svc:merged").await })
+        })
+        .collect();
+    let other = node.clone();
+    let different = tokio::spawn(async move { other.lookup(b"svc:other").await.map(|v| v.len()) });
+    let mut get_peers = std::collections::HashMap::<Vec<u8>, usize>::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, fake.recv_from(&mut buf)).await {
+        if let Ok(m) = grenache::dht::krpc::decode(&buf[..n])
+            && let grenache::dht::krpc::Body::Query(q) = m.body
+            && let grenache::dht::krpc::Method::GetPeers { info_hash: Some(ih) } = q.method
+        {
+            *get_peers.entry(ih).or_default() += 1;
+        }
+    }
+    for l in lookups {
+        assert!(l.await.unwrap().unwrap().is_empty());
+    }
+    assert_eq!(different.await.unwrap().unwrap(), 0);
+    assert_eq!(get_peers.get(&b"svc:merged"[..]), Some(&1), "{get_peers:?}");
+    assert_eq!(get_peers.get(&b"svc:other"[..]), Some(&1), "{get_peers:?}");
+}
+
+#[tokio::test]
+async fn dead_nodes_are_dropped_and_an_empty_table_bootstraps_again() {
+    let d = Dht::bind(cfg(&[])).await.unwrap();
+    let d_addr = d.local_addr();
+    let mut c = cfg(&[d_addr]);
+    c.node_liveness = Duration::from_millis(300);
+    c.query_timeout = Duration::from_millis(300);
+    let c = Dht::bind(c).await.unwrap();
+    c.ready().await;
+    assert_eq!(c.node_count(), 1);
+    // d dies: the liveness check pings it and drops it
+    d.shutdown().await;
+    eventually(Duration::from_secs(20), "dead node dropped", || {
+        let c = c.clone();
+        async move { (c.node_count() == 0).then_some(()) }
+    })
+    .await;
+    // a node comes back on the bootstrap address: the empty table bootstraps again and finds it
+    let mut again = cfg(&[]);
+    again.bind = d_addr;
+    let d2 = Dht::bind(again).await.unwrap();
+    eventually(Duration::from_secs(20), "re-bootstrapped", || {
+        let c = c.clone();
+        async move { (c.node_count() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(d2.node_count(), 1, "d2 learned about c from its queries");
+}
+
+/// The Grape spawns these futures on a multi-threaded runtime: they must be `Send`, and the
+/// handle `Send + Sync`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn futures_are_send(d: Dht) {
+    fn send<T: Send>(_: T) {}
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&d);
+    send(d.announce(b"x", 1));
+    send(d.lookup(b"x"));
+    send(d.put(PutItem::Immutable { v_bencoded: b"1:x".to_vec() }));
+    send(d.get([0; 20], None, true));
+    send(d.ready());
+    send(d.shutdown());
+    send(Dht::bind(cfg(&[])));
+}
+
+#[tokio::test]
+async fn a_full_bucket_stays_at_k_nodes() {
+    let node = Dht::bind(cfg(&[])).await.unwrap();
+    let own = node.id();
+    let mut socks = Vec::new();
+    // 30 senders whose ids all differ from ours in the first bit: they share bucket 0.
+    for i in 0..30u8 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut id = own;
+        id[0] ^= 0x80;
+        id[19] = i;
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        s.send_to(&q, node.local_addr()).await.unwrap();
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+        socks.push(s);
+    }
+    assert_eq!(node.node_count(), 20, "K = 20 per bucket");
+    // a sender with BEP43 ro=1 is never added
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut q = b"d1:ad2:id20:".to_vec();
+    let mut id = own;
+    id[0] ^= 0x40;
+    q.extend_from_slice(&id);
+    q.extend_from_slice(b"e1:q4:ping2:roi1e1:t2:pp1:y1:qe");
+    s.send_to(&q, node.local_addr()).await.unwrap();
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(node.node_count(), 20);
+}
+
+#[tokio::test]
+async fn a_dead_node_in_a_full_bucket_is_replaced() {
+    let mut c = cfg(&[]);
+    c.node_liveness = Duration::from_millis(200);
+    c.query_timeout = Duration::from_millis(300);
+    let node = Dht::bind(c).await.unwrap();
+    let own = node.id();
+    let ping_from = |i: u8| {
+        let mut id = own;
+        id[0] ^= 0x80;
+        id[19] = i;
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        q
+    };
+    // 20 silent nodes fill bucket 0 (each sends one ping, then never answers anything)
+    let mut socks = Vec::new();
+    for i in 0..20u8 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.send_to(&ping_from(i), node.local_addr()).await.unwrap();
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+        socks.push(s);
+    }
+    assert_eq!(node.node_count(), 20);
+    tokio::time::sleep(Duration::from_millis(300)).await; // they are now stale
+    let mut ev = node.events();
+    let newcomer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    newcomer.send_to(&ping_from(99), node.local_addr()).await.unwrap();
+    // the silent nodes get pinged (they do not answer), then the newcomer takes a place
+    let newcomer_addr = newcomer.local_addr().unwrap();
+    let added = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(DhtEvent::Node(a)) = ev.recv().await
+                && a == newcomer_addr
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(added.is_ok(), "newcomer replaced a dead node");
+    assert!(node.node_count() <= 20);
+    let mut pinged = 0;
+    for s in &socks {
+        let mut buf = [0u8; 512];
+        if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(50), s.recv_from(&mut buf)).await
+            && grenache::dht::krpc::decode(&buf[..n]).is_ok_and(|m| {
+                matches!(m.body, grenache::dht::krpc::Body::Query(grenache::dht::krpc::Query { method: grenache::dht::krpc::Method::Ping, .. }))
+            })
+        {
+            pinged += 1;
+        }
+    }
+    // The bucket-full check pings the least recently seen node; the periodic liveness check
+    // (node_liveness 200 ms here) may have pinged the others meanwhile, which is fine too.
+    assert!(pinged >= 1, "silent nodes were pinged before being replaced");
+}

@@ -355,3 +355,37 @@ async fn ws_tls_client_cert_verify_client_v1() {
     };
     tls_round_trip(&pki).await;
 }
+
+#[tokio::test]
+async fn ws_extreme_settings_do_not_panic() {
+    let cfg = WsServerConfig::default()
+        .max_connections(usize::MAX)
+        .max_in_flight_per_connection(usize::MAX)
+        .max_message_size(usize::MAX)
+        .handshake_timeout(Duration::MAX)
+        .reply_timeout(Some(Duration::MAX));
+    let s = WsServer::bind(any_port(), test_handler, cfg).await.expect("bind");
+    let c = WsClient::new(
+        WsClientConfig::default()
+            .connect_timeout(Duration::MAX)
+            .idle_timeout(Some(Duration::MAX))
+            .default_request_timeout(Some(Duration::MAX))
+            .max_pending_per_connection(usize::MAX)
+            .max_message_size(usize::MAX)
+            .max_dests(usize::MAX)
+            .max_active_dest_transports(usize::MAX),
+    );
+    let dest = s.local_addr().to_string();
+    assert_eq!(c.send(&dest, out(json!("hello"), Some(Duration::MAX))).await.expect("reply"), json!("world"));
+    assert_eq!(c.send(&dest, out(json!("hello"), None)).await.expect("reply"), json!("world"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.open_sockets(&dest), 2, "not closed as idle");
+    // Tiny values are clamped instead of breaking.
+    let c = WsClient::new(WsClientConfig::default().max_active_dest_transports(0).max_pending_per_connection(0).max_dests(0));
+    assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"));
+    // A zero timeout races the reply (timers tick every millisecond); either outcome is fine.
+    match c.send(&dest, out(json!("hello"), Some(Duration::ZERO))).await {
+        Ok(v) => assert_eq!(v, json!("world")),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Timeout),
+    }
+}

@@ -40,8 +40,10 @@ async fn bare_server(handler: impl Handler, cfg: HttpServerConfig) -> (HttpServe
 }
 
 fn pdf() -> Vec<u8> {
-    std::fs::read(grenache_e2e::interop_dir().join("node_modules/grenache-nodejs-http/test/example-amazon-dynamo-sosp2007.pdf"))
-        .expect("the reference's test PDF")
+    std::fs::read(
+        grenache_e2e::interop_dir().join("node_modules/grenache-nodejs-http/test/example-amazon-dynamo-sosp2007.pdf"),
+    )
+    .expect("the reference's test PDF")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +58,8 @@ async fn http_request_and_map_through_grape() {
             _ => reply.ok(json!("world")),
         }
     };
-    let http = HttpServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(handler), HttpServerConfig::default()).await.unwrap();
+    let http =
+        HttpServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(handler), HttpServerConfig::default()).await.unwrap();
     let srv = PeerRpcServer::new(link.clone(), Arc::new(http));
     srv.start_announcing("rpc_test", Duration::from_secs(1)).first_result(Duration::from_secs(20)).await.unwrap();
     let c = client(&link);
@@ -85,7 +88,14 @@ async fn http_buffered_meta_compress_stream_and_large_payload() {
         let text = json!(["UUID", "ignored", payload]).to_string();
         let b: BodyStream = Box::pin(futures_util::stream::once(async move { Ok(bytes::Bytes::from(text)) }));
         let resp = http
-            .request_stream_with_rid(&dest, "stream-rid", "rpc_buf", &[("_a", "uploadPublic"), ("_ar", "{\"foo\":\"bar\"}")], b, Some(Duration::from_secs(10)))
+            .request_stream_with_rid(
+                &dest,
+                "stream-rid",
+                "rpc_buf",
+                &[("_a", "uploadPublic"), ("_ar", "{\"foo\":\"bar\"}")],
+                b,
+                Some(Duration::from_secs(10)),
+            )
             .await
             .unwrap();
         let reply: Value = serde_json::from_slice(&resp.body).unwrap();
@@ -117,17 +127,47 @@ async fn http_streaming_raw_upload_size_and_content_type() {
             "r1",
             "rpc_stream",
             &[("content-type", "application/pdf")],
-            Box::pin(futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(b"megalarge")), Ok(bytes::Bytes::from_static(b"file"))])),
+            Box::pin(futures_util::stream::iter(vec![
+                Ok(bytes::Bytes::from_static(b"megalarge")),
+                Ok(bytes::Bytes::from_static(b"file")),
+            ])),
             Some(Duration::from_secs(10)),
         )
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&resp.body), "rust-stream:r1:rpc_stream::{}:application/pdf:megalargefile");
+    // The same with the answer streamed back.
+    let (status, mut stream) = http
+        .request_stream_body(
+            &dest,
+            "r2",
+            "rpc_stream",
+            &[("_a", "up")],
+            Box::pin(futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"megalargefile")) })),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let mut got = Vec::new();
+    while let Some(chunk) =
+        tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap()
+    {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "rust-stream:r2:rpc_stream:up:{}::megalargefile");
     // The whole PDF, in 64 KiB chunks: the handler sees every byte.
     let data = pdf();
-    let chunks: Vec<std::io::Result<bytes::Bytes>> = data.chunks(65536).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<std::io::Result<bytes::Bytes>> =
+        data.chunks(65536).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     let resp = http
-        .request_stream(&dest, "rpc_stream", &[("content-type", "application/pdf")], Box::pin(futures_util::stream::iter(chunks)), Some(Duration::from_secs(20)))
+        .request_stream(
+            &dest,
+            "rpc_stream",
+            &[("content-type", "application/pdf")],
+            Box::pin(futures_util::stream::iter(chunks)),
+            Some(Duration::from_secs(20)),
+        )
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&resp.body);
@@ -152,9 +192,20 @@ async fn http_handler_faults_become_error_replies() {
     // Without a server reply timeout the client's own timeout is exact.
     let (_s3, dest3) = bare_server(link_support::echo_handler(0), HttpServerConfig::default()).await;
     let t0 = Instant::now();
-    let e = c.request("k", "never", &RequestOptions { dest: Some(dest3), timeout: Some(Duration::from_millis(400)), ..Default::default() }).await.unwrap_err();
+    let e = c
+        .request(
+            "k",
+            "never",
+            &RequestOptions { dest: Some(dest3), timeout: Some(Duration::from_millis(400)), ..Default::default() },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
-    assert!(t0.elapsed() >= Duration::from_millis(380) && t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(380) && t0.elapsed() < Duration::from_millis(3000),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -183,11 +234,14 @@ async fn http_payload_over_limit_and_malformed_requests() {
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert!(r.contains("[null,\"ERR_DECODE"), "{r}");
     // A non-array JSON body is handled with null fields, like the reference.
-    let r = raw(&dest, "PUT /some/path HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}").await;
+    let r = raw(&dest, "PUT /some/path HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}")
+        .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("[null,null,{"), "{r}");
     // A bad _gr header: the reference's exact 500 answer.
-    let r = raw(&dest, "POST / HTTP/1.1\r\nHost: x\r\n_gr: notjson\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]").await;
+    let r =
+        raw(&dest, "POST / HTTP/1.1\r\nHost: x\r\n_gr: notjson\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]")
+            .await;
     assert!(r.starts_with("HTTP/1.1 500"), "{r}");
     assert!(r.ends_with("[null, \"ERR_HEADER_PARSE_GR\", null]"), "{r}");
     // _gr overrides the body's rid and key.
@@ -197,7 +251,14 @@ async fn http_payload_over_limit_and_malformed_requests() {
     assert!(r.contains("\"key\":\"hdr-key\""), "{r}");
     // grc-compress: gzip with a plain body is still handled (the reference keeps the raw body).
     let body = r#"["r2","k","plain"]"#;
-    let r = raw(&dest, &format!("POST / HTTP/1.1\r\nHost: x\r\ngrc-compress: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())).await;
+    let r = raw(
+        &dest,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: x\r\ngrc-compress: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // (0x8b is not UTF-8, so the lossy text shows it as U+FFFD.)
     assert!(r.contains("\r\n\r\n\x1f\u{fffd}"), "reply is gzipped: {r:?}");
@@ -244,7 +305,11 @@ async fn http_destination_choice_random_and_max_active_key_dests() {
     }
     assert_eq!(ports.len(), 3);
     // maxActiveKeyDests = 1: once one worker has a live connection, all requests go there.
-    let c1 = PeerRpcClient::new(link.clone(), Arc::new(HttpClient::default()), PeerRpcClientConfig { max_active_key_dests: 1, ..Default::default() });
+    let c1 = PeerRpcClient::new(
+        link.clone(),
+        Arc::new(HttpClient::default()),
+        PeerRpcClientConfig { max_active_key_dests: 1, ..Default::default() },
+    );
     let mut ports = HashSet::new();
     for _ in 0..30 {
         ports.insert(c1.request("rpc_dests", "x", &opts()).await.unwrap()["port"].as_u64().unwrap());
@@ -289,9 +354,16 @@ async fn http_worker_killed_mid_load_retry_lands_elsewhere() {
     // Requests to the dead worker fail within their timeout; a retry lands on the live one.
     let dead = format!("127.0.0.1:{port1}");
     let t0 = Instant::now();
-    let e = c.request("rpc_kill", "x", &RequestOptions { dest: Some(dead), timeout: Some(Duration::from_secs(2)), ..Default::default() }).await.unwrap_err();
+    let e = c
+        .request(
+            "rpc_kill",
+            "x",
+            &RequestOptions { dest: Some(dead), timeout: Some(Duration::from_secs(2)), ..Default::default() },
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Connect | ErrorKind::Closed | ErrorKind::Timeout), "{e}");
-    assert!(t0.elapsed() < Duration::from_millis(2500));
+    assert!(t0.elapsed() < Duration::from_millis(3000));
     for _ in 0..10 {
         let r = c.request("rpc_kill", "x", &o).await.unwrap();
         assert_eq!(r["port"], port2);

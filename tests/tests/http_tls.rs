@@ -64,11 +64,16 @@ async fn http_tls_node_client_to_rust_server_reference_certs() {
     let (k, c, ca) = (cert_path("client1-key.pem"), cert_path("client1-crt.pem"), cert_path("ca-crt.pem"));
     let mut node = NodeClient::start(&g.urls[0], &["--key", &k, "--cert", &c, "--ca", &ca]).await;
     // peer-rpc-server-secure.js: request and map, the handler sees client1's fingerprint.
-    let (err, r) = node.call(json!({"op": "request", "key": "rpc_tls_rust", "payload": {"hello": "world"}, "opts": {"timeout": 10000}})).await;
+    let (err, r) = node
+        .call(
+            json!({"op": "request", "key": "rpc_tls_rust", "payload": {"hello": "world"}, "opts": {"timeout": 10000}}),
+        )
+        .await;
     assert_eq!(err, None);
     assert_eq!(r["payload"], json!({"hello": "world"}));
     assert_eq!(r["fingerprint"], CLIENT1_FP);
-    let (err, r) = node.call(json!({"op": "map", "key": "rpc_tls_rust", "payload": "hello", "opts": {"timeout": 10000}})).await;
+    let (err, r) =
+        node.call(json!({"op": "map", "key": "rpc_tls_rust", "payload": "hello", "opts": {"timeout": 10000}})).await;
     assert_eq!(err, None);
     assert_eq!(r[0]["fingerprint"], CLIENT1_FP);
     // peer-rpc-server-secure-buffered.js: compress and streaming over TLS.
@@ -110,9 +115,17 @@ async fn http_tls_rust_client_to_node_server_reference_certs() {
     let live = http.active_connections(&format!("127.0.0.1:{port}"));
     assert!((1..=2).contains(&live), "{live} connections");
     // Streaming mode over TLS to Node's buffered server.
-    let b: BodyStream = Box::pin(futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"[\"UUID\",\"ignored\",\"hello\"]")) }));
+    let b: BodyStream = Box::pin(futures_util::stream::once(async {
+        Ok(bytes::Bytes::from_static(b"[\"UUID\",\"ignored\",\"hello\"]"))
+    }));
     let resp = http
-        .request_stream(&format!("127.0.0.1:{port}"), "rpc_tls_node", &[("_a", "uploadPublic")], b, Some(Duration::from_secs(10)))
+        .request_stream(
+            &format!("127.0.0.1:{port}"),
+            "rpc_tls_node",
+            &[("_a", "uploadPublic")],
+            b,
+            Some(Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     let reply: Value = serde_json::from_slice(&resp.body).unwrap();

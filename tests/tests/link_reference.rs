@@ -112,7 +112,11 @@ async fn fake_grape(body: &'static str, delay: Duration) -> (u16, Arc<AtomicUsiz
                     if let Some(end) = text.find("\r\n\r\n") {
                         let len = text[..end]
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
                             break;
@@ -121,7 +125,8 @@ async fn fake_grape(body: &'static str, delay: Duration) -> (u16, Arc<AtomicUsiz
                 }
                 c.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
+                let resp =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
                 let _ = s.write_all(resp.as_bytes()).await;
             });
         }
@@ -150,7 +155,11 @@ async fn link_concurrent_lookups_are_coalesced() {
 #[tokio::test]
 async fn link_calls_time_out() {
     let (port, _count) = fake_grape(r#"["127.0.0.1:1"]"#, Duration::from_secs(30)).await;
-    let cfg = LinkConfig { request_timeout: Duration::from_millis(200), retries: 1, ..LinkConfig::with_grape(format!("http://127.0.0.1:{port}")) };
+    let cfg = LinkConfig {
+        request_timeout: Duration::from_millis(200),
+        retries: 1,
+        ..LinkConfig::with_grape(format!("http://127.0.0.1:{port}"))
+    };
     let link = Link::new(cfg).unwrap();
     let t0 = std::time::Instant::now();
     let e = link.lookup("svc").await.unwrap_err();

@@ -47,12 +47,12 @@ fn handler(req: Request, reply: Reply) {
     }
 }
 
-async fn rust_ws_server(link: &grenache::link::Link, name: &str, cfg: WsServerConfig) -> PeerRpcServer {
+async fn rust_ws_server(link: &grenache::link::Link, name: &str, cfg: WsServerConfig) -> (PeerRpcServer, Arc<WsServer>) {
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let ws = WsServer::bind(addr, handler, cfg).await.expect("bind");
-    let srv = PeerRpcServer::new(link.clone(), Arc::new(ws));
+    let ws = Arc::new(WsServer::bind(addr, handler, cfg).await.expect("bind"));
+    let srv = PeerRpcServer::new(link.clone(), ws.clone());
     srv.start_announcing(name, Duration::from_secs(1)).first_result(LONG).await.expect("announce");
-    srv
+    (srv, ws)
 }
 
 async fn started(p: &mut NodeProcess) -> Value {
@@ -136,7 +136,7 @@ fn pem_files(pki: &Pki) -> PemFiles {
 async fn ws_node_client_calls_rust_server() {
     let g = Grapes::start(false).await;
     let link = g.link();
-    let _srv = rust_ws_server(&link, "rpc_ws_rust", WsServerConfig::default()).await;
+    let (_srv, ws) = rust_ws_server(&link, "rpc_ws_rust", WsServerConfig::default()).await;
     wait_lookup(&g.link(), "rpc_ws_rust", 1).await;
     let mut node = NodeWsClient::start(&g.urls[0], &[]).await;
 
@@ -151,6 +151,8 @@ async fn ws_node_client_calls_rust_server() {
     assert_eq!((err.as_deref(), r), (Some("ERR_BOOM"), Value::Null));
     let (err, r) = node.call(json!({"op": "map", "key": "rpc_ws_rust", "payload": "hello", "opts": {"timeout": 10000}})).await;
     assert_eq!((err, r), (None, json!(["world"])));
+    // The reference client keeps maxActiveDestTransports (3) sockets per destination.
+    assert_eq!(ws.connections(), 3, "Node's pool of 3 sockets");
     // Many in flight from the Node client; our server answers in any order.
     let ids: Vec<u64> = (0..20).collect();
     for i in &ids {
@@ -236,7 +238,7 @@ async fn tls_both_ways(pki: Pki) {
     let cfg = WsServerConfig::default()
         .tls(server_tls)
         .verify_client(verify_client(move |c| c.cert.is_some_and(|c| c.fingerprint == allowed)));
-    let _srv = rust_ws_server(&link, "rpc_wss_rust", cfg).await;
+    let (_srv, _ws) = rust_ws_server(&link, "rpc_wss_rust", cfg).await;
     wait_lookup(&link, "rpc_wss_rust", 1).await;
     let mut node = NodeWsClient::start(&g.urls[0], &["--key", &files.client.1, "--cert", &files.client.0, "--ca", &files.ca]).await;
     let (err, r) = node.call(json!({"op": "request", "key": "rpc_wss_rust", "payload": {"x": 1}, "opts": {"timeout": 10000}})).await;

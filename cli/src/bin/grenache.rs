@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
-use grenache::rpc::{ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, ServerTransport};
+use grenache::rpc::{
+    ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions,
+    ServerTransport,
+};
 use grenache::tls::{ClientAuth, ClientTls, ServerTls};
 use grenache::transport::http::{HttpClient, HttpClientConfig, HttpServer, HttpServerConfig};
 use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
@@ -291,8 +294,10 @@ fn print(v: &Value) {
 
 fn load_key(p: &PathBuf) -> Result<Keypair> {
     let text = read_file(p)?;
-    let v: Value = serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("key file {}: {e}", p.display())))?;
-    let secret = v["secret"].as_str().ok_or_else(|| Error::invalid(format!("key file {} has no \"secret\"", p.display())))?;
+    let v: Value =
+        serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("key file {}: {e}", p.display())))?;
+    let secret =
+        v["secret"].as_str().ok_or_else(|| Error::invalid(format!("key file {} has no \"secret\"", p.display())))?;
     Keypair::from_secret_hex(secret)
 }
 
@@ -348,13 +353,19 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Map { name, json: payload, rpc, limit } => {
             let client = PeerRpcClient::new(link, rpc.transport.client(&rpc.tls)?, PeerRpcClientConfig::default());
-            let opts = RequestOptions { timeout: Some(Duration::from_millis(rpc.timeout)), compress: rpc.compress, limit, ..Default::default() };
+            let opts = RequestOptions {
+                timeout: Some(Duration::from_millis(rpc.timeout)),
+                compress: rpc.compress,
+                limit,
+                ..Default::default()
+            };
             print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
         }
         Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, require_client_cert } => {
             let fixed = reply.as_deref().map(parse_payload);
-            let addr: SocketAddr =
-                format!("{bind}:{port}").parse().map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let addr: SocketAddr = format!("{bind}:{port}")
+                .parse()
+                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
             let server = transport
                 .serve(addr, handler(fixed), &tls, require_client_cert, reply_timeout.map(Duration::from_millis))
                 .await?;

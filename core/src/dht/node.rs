@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::bencode::{self, Value};
+use super::bencode;
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
@@ -36,6 +36,9 @@ pub const MAX_REPLY_VALUES: usize = 256;
 pub const MAX_LOCAL_PEERS: usize = 1000;
 /// Most nodes queried by one iterative walk.
 pub const MAX_WALK_QUERIES: usize = 1000;
+/// Most token-holding nodes kept per target (announce/put go to all of them). Bounds the
+/// `max_tables` cache to about `max_tables x 100 x 70` bytes in the worst case.
+pub const MAX_TABLE_NODES: usize = 5 * K;
 /// Lifetime of a cached per-target table of token-holding nodes.
 pub const TABLE_TTL: Duration = Duration::from_secs(300);
 /// Secret rotation period for tokens.
@@ -226,6 +229,7 @@ pub(crate) struct Inner {
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Inner {
@@ -259,6 +263,7 @@ impl Inner {
             ready,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(MAX_PENDING),
         });
         let _ = inner.events.send(DhtEvent::Listening(local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
@@ -314,6 +319,7 @@ impl Inner {
 
     pub(crate) async fn shutdown(&self) {
         self.cancel.cancel();
+        self.slots.close();
         let sock = lock(&self.socket).take();
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
         for t in tasks {
@@ -346,7 +352,11 @@ impl Inner {
                 Err(e) => {
                     // ICMP port unreachable etc. surface here on some platforms; keep serving.
                     self.emit(DhtEvent::Warning(format!("UDP receive error: {e}")));
-                    tokio::task::yield_now().await;
+                    // do not spin if the error repeats
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
                 }
             }
         }
@@ -417,7 +427,8 @@ impl Inner {
     }
 
     /// Adds a node to the routing table; when its bucket is full, pings the least recently seen
-    /// node (if not heard from for 10 s) and replaces it if it is dead.
+    /// node (if not heard from for 10 s, or `node_liveness` if shorter) and replaces it if it is
+    /// dead.
     pub(crate) fn add_node(self: &Arc<Self>, info: NodeInfo) {
         let now = Instant::now();
         let mut st = self.state();
@@ -429,7 +440,7 @@ impl Inner {
             Insert::Full(oldest) => {
                 let stale = st
                     .table
-                    .stale(Duration::from_secs(10), now)
+                    .stale(Duration::from_secs(10).min(self.config.node_liveness), now)
                     .into_iter()
                     .any(|n| n.id == oldest.id);
                 if !stale || st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(oldest.id) {
@@ -458,6 +469,8 @@ impl Inner {
 
     /// Sends one query and waits for its reply (or error, or timeout).
     pub(crate) async fn query(self: &Arc<Self>, to: SocketAddrV4, method: Method) -> std::result::Result<Response, QueryError> {
+        // at most MAX_PENDING transactions: further queries wait for a slot (like k-rpc's queue)
+        let _slot = self.slots.acquire().await.map_err(|_| QueryError::Other(Error::new(ErrorKind::Cancelled, "DHT node is shut down")))?;
         let (tid, rx) = {
             let mut st = self.state();
             if st.pending.len() >= MAX_PENDING {
@@ -627,6 +640,7 @@ impl Inner {
         }
         tokens.sort_by(|a, b| routing::cmp_distance(&target, &a.info.id, &b.info.id));
         tokens.dedup_by(|a, b| a.info.id == b.info.id);
+        tokens.truncate(MAX_TABLE_NODES);
         tokens
     }
 
@@ -634,7 +648,8 @@ impl Inner {
         let mut st = self.state();
         let key = (tag, target.to_vec());
         match st.tables.get(&key) {
-            Some((at, t)) if at.elapsed() < TABLE_TTL => Some(t.clone()),
+            // an empty table (looked up while alone) is not worth keeping: walk again
+            Some((at, t)) if at.elapsed() < TABLE_TTL && !t.is_empty() => Some(t.clone()),
             Some(_) => {
                 st.tables.pop(&key);
                 None
@@ -768,24 +783,32 @@ impl Inner {
                 self.emit(DhtEvent::Announce { info_hash: info_hash.to_vec(), peer });
             }
         }
-        self.query_all(&table, |n| Method::AnnouncePeer {
-            info_hash: Some(info_hash.to_vec()),
-            port: Some(i64::from(port)),
-            implied_port: false,
-            token: Some(n.token.clone()),
-        })
-        .await
+        let r = self
+            .query_all(&table, |n| Method::AnnouncePeer {
+                info_hash: Some(info_hash.to_vec()),
+                port: Some(i64::from(port)),
+                implied_port: false,
+                token: Some(n.token.clone()),
+            })
+            .await;
+        self.forget_failed_table(0, info_hash, &r);
+        r
+    }
+
+    /// Drops a cached table when nobody in it answered, so the next call walks again.
+    fn forget_failed_table<T>(&self, tag: u8, target: &[u8], r: &Result<T>) {
+        if let Err(e) = r
+            && matches!(e.kind(), ErrorKind::AllQueriesFailed | ErrorKind::NoNodes)
+        {
+            self.state().tables.pop(&(tag, target.to_vec()));
+        }
     }
 
     pub(crate) async fn put(self: &Arc<Self>, item: PutItem) -> Result<([u8; 20], usize)> {
         let (target, args, local) = match item {
             PutItem::Immutable { v_bencoded } => {
                 let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
-                let too_big = match &v {
-                    Value::Bytes(b) => b.len() > store::MAX_V_BYTES,
-                    _ => v_bencoded.len() > store::MAX_V_BYTES,
-                };
-                if too_big {
+                if store::v_too_big(&v, &v_bencoded) {
                     return Err(Error::invalid("v must be less than 1000 bytes in put()"));
                 }
                 let target = store::sha1(&v_bencoded);
@@ -794,7 +817,7 @@ impl Inner {
             }
             PutItem::Mutable { v_bencoded, k, sig, seq, salt, cas } => {
                 let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
-                if v_bencoded.len() > store::MAX_V_BYTES + 5 {
+                if store::v_too_big(&v, &v_bencoded) {
                     return Err(Error::invalid("v must be less than 1000 bytes in put()"));
                 }
                 let salt = salt.filter(|s| !s.is_empty());
@@ -825,14 +848,15 @@ impl Inner {
                 t
             }
         };
-        let n = self
+        let r = self
             .query_all(&table, |n| {
                 let mut a = args.clone();
                 a.token = Some(n.token.clone());
                 Method::Put(a)
             })
-            .await?;
-        Ok((target, n))
+            .await;
+        self.forget_failed_table(1, &target, &r);
+        Ok((target, r?))
     }
 
     pub(crate) async fn get(self: &Arc<Self>, target: [u8; 20], salt: Option<&[u8]>, use_local: bool) -> Result<Option<GetResult>> {
@@ -896,9 +920,10 @@ impl Inner {
         let start = Instant::now();
         let mut last_rotation = start;
         let mut last_sweep = start;
-        let mut next_liveness = start + random_liveness_delay();
+        let mut next_liveness = start + random_liveness_delay(self.config.node_liveness);
         let sweep_every = self.config.peer_max_age.clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -914,15 +939,18 @@ impl Inner {
                 last_sweep = now;
                 self.state().peers.sweep(now);
             }
-            if now >= next_liveness {
-                next_liveness = now + random_liveness_delay();
+            if now >= next_liveness && !running.load(std::sync::atomic::Ordering::Acquire) {
+                next_liveness = now + random_liveness_delay(self.config.node_liveness);
+                running.store(true, std::sync::atomic::Ordering::Release);
                 let inner = self.clone();
                 let cancel = self.cancel.clone();
+                let running = running.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = inner.check_liveness() => {}
                     }
+                    running.store(false, std::sync::atomic::Ordering::Release);
                 });
             }
         }
@@ -957,8 +985,14 @@ impl Inner {
     }
 }
 
-fn random_liveness_delay() -> Duration {
-    Duration::from_millis(rand::thread_rng().gen_range(30_000..90_000))
+/// Delay until the next liveness check: 30-90 s like bittorrent-dht, but never more than
+/// 0.5-1.5x `node_liveness` (so short liveness settings, e.g. in tests, are honoured), and
+/// at least 100 ms.
+fn random_liveness_delay(node_liveness: Duration) -> Duration {
+    let mut rng = rand::thread_rng();
+    let classic = Duration::from_millis(rng.gen_range(30_000..90_000));
+    let scaled = node_liveness.mul_f64(rng.gen_range(0.5..1.5));
+    classic.min(scaled).max(Duration::from_millis(100))
 }
 
 /// Locks a mutex, recovering from poisoning (a panic elsewhere must not stop the node).
@@ -972,10 +1006,49 @@ impl Clone for LookupOutcome {
     }
 }
 
+/// The placeholder that [`answer_datagrams`] replaces with a valid token for 127.0.0.1.
+pub const FUZZ_TOKEN_PLACEHOLDER: &[u8; 20] = b"TOKENTOKENTOKENTOKEN";
+
+/// Feeds datagrams (all from `127.0.0.1:6881`) to one fresh node state, without a socket, and
+/// returns the reply to each (for fuzzing). Every occurrence of [`FUZZ_TOKEN_PLACEHOLDER`] is
+/// first replaced by a valid token, so announce and put paths are reachable.
+pub fn answer_datagrams(datagrams: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+    let cfg = DhtConfig { max_peers: 64, max_values: 16, ..DhtConfig::default() };
+    let mut st = State::new([0x55; 20], &cfg);
+    let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881);
+    let token = st.tokens.generate(*from.ip());
+    let now = Instant::now();
+    datagrams
+        .iter()
+        .map(|d| {
+            let mut d = d.to_vec();
+            let mut i = 0;
+            while i + 20 <= d.len() {
+                if &d[i..i + 20] == FUZZ_TOKEN_PLACEHOLDER {
+                    d[i..i + 20].copy_from_slice(&token);
+                    i += 20;
+                } else {
+                    i += 1;
+                }
+            }
+            let msg = krpc::decode(&d).ok()?;
+            let Body::Query(q) = msg.body else { return None };
+            if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                st.table.insert(NodeInfo { id, addr: from }, now);
+            }
+            let reply = st.handle_query(&q, from, now).reply?;
+            let bytes = Message { t: msg.t, body: reply }.encode();
+            assert!(bytes.len() <= 65_507, "reply too large");
+            Some(bytes)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::dht::bencode::Value;
 
     fn state() -> State {
         let cfg = DhtConfig { peer_max_age: Duration::from_secs(60), ..DhtConfig::default() };
@@ -1048,6 +1121,20 @@ mod tests {
         got.sort();
         assert_eq!(got, vec!["127.0.0.1:1337".parse().unwrap(), "127.0.0.1:5555".parse().unwrap()]);
         assert!(r.nodes.is_none());
+    }
+
+    #[test]
+    fn answer_datagrams_reaches_the_announce_path() {
+        let flow: Vec<&[u8]> = vec![
+            b"d1:ad2:id20:abcdefghij012345678912:implied_porti0e9:info_hash3:svc4:porti7000e5:token20:TOKENTOKENTOKENTOKENe1:q13:announce_peer1:t2:ab1:y1:qe",
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash3:svce1:q9:get_peers1:t2:ac1:y1:qe",
+            b"d1:t2:aa1:y1:qe",
+        ];
+        let r = answer_datagrams(&flow);
+        assert_eq!(r[0].as_deref(), Some(&b"d1:rd2:id20:UUUUUUUUUUUUUUUUUUUUe1:t2:ab1:y1:re"[..]));
+        let Body::Response(gp) = krpc::decode(r[1].as_ref().unwrap()).unwrap().body else { panic!() };
+        assert_eq!(gp.values, Some(vec![vec![127, 0, 0, 1, 0x1b, 0x58]]));
+        assert_eq!(r[2], None);
     }
 
     #[test]

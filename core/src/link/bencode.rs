@@ -22,7 +22,10 @@ fn write(out: &mut Vec<u8>, v: &Value) {
         Value::Null => {}
         Value::Bool(b) => out.extend_from_slice(if *b { b"i1e" } else { b"i0e" }),
         Value::Number(n) => {
-            let i = n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)).unwrap_or_else(|| n.as_f64().unwrap_or(0.0).trunc() as i64);
+            let i = n
+                .as_i64()
+                .or_else(|| n.as_u64().map(|u| u as i64))
+                .unwrap_or_else(|| n.as_f64().unwrap_or(0.0).trunc() as i64);
             out.extend_from_slice(format!("i{i}e").as_bytes());
         }
         Value::String(s) => write_bytes(out, s.as_bytes()),

@@ -168,7 +168,7 @@ impl Link {
     pub async fn call(&self, kind: &str, data: &Value, timeout: Option<Duration>) -> Result<Option<Value>> {
         let timeout = timeout.unwrap_or(self.inner.config.request_timeout);
         let url = format!("{}/{}", self.inner.base, kind);
-        let body = serde_json::to_vec(&json!({"rid": uuid::Uuid::new_v4().to_string(), "data": data}))?;
+        let body = serde_json::to_vec(&json!({"rid": crate::rpc::new_rid(), "data": data}))?;
         let req = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -189,7 +189,10 @@ impl Link {
         let parsed: Option<Value> = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             None
         } else {
-            Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+            Some(
+                serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+            )
         };
         if !status.is_success() {
             let text = match &parsed {
@@ -200,9 +203,10 @@ impl Link {
             return Err(grape_error(Some(status.as_u16()), &text));
         }
         if let Some(Value::String(s)) = &parsed
-            && is_error_string(s) {
-                return Err(grape_error(None, s));
-            }
+            && is_error_string(s)
+        {
+            return Err(grape_error(None, s));
+        }
         Ok(parsed)
     }
 
@@ -251,19 +255,26 @@ impl Link {
             let link = self.clone();
             let name = name.to_string();
             tokio::spawn(async move {
-                let res: LookupResult = link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
+                // Removes the in-flight entry even if this task is aborted (waiters then see
+                // `Cancelled` instead of waiting for their timeout).
+                let mut guard = InflightGuard { link: link.clone(), name: name.clone(), armed: true };
+                let res: LookupResult =
+                    link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
                 if let Ok(list) = &res
-                    && !link.inner.config.lookup_cache_ttl.is_zero() {
-                        lock(&link.inner.cache).put(name.clone(), (Instant::now(), list.clone()));
-                    }
+                    && !link.inner.config.lookup_cache_ttl.is_zero()
+                {
+                    lock(&link.inner.cache).put(name.clone(), (Instant::now(), list.clone()));
+                }
                 let waiters = lock(&link.inner.inflight).remove(&name).unwrap_or_default();
+                // Removed: from now on a new lookup of this name may start; leave its entry alone.
+                guard.armed = false;
                 for w in waiters {
                     let _ = w.send(res.clone());
                 }
             });
         }
         let cfg = &self.inner.config;
-        let budget = cfg.request_timeout * cfg.retries.max(1) + Duration::from_secs(1);
+        let budget = cfg.request_timeout.saturating_mul(cfg.retries.max(1)).saturating_add(Duration::from_secs(1));
         match tokio::time::timeout(budget, rx).await {
             Ok(Ok(Ok(list))) => Ok(list),
             Ok(Ok(Err((kind, msg)))) => Err(Error::new(kind, msg)),
@@ -319,9 +330,10 @@ impl Link {
         let id = format!("{port}:{name}");
         let mut announcers = lock(&self.inner.announcers);
         if let Some(h) = announcers.get(&id)
-            && !h.token.is_cancelled() {
-                return h.clone();
-            }
+            && !h.token.is_cancelled()
+        {
+            return h.clone();
+        }
         announcers.retain(|_, h| !h.token.is_cancelled());
         let (tx, rx) = watch::channel(AnnounceStatus::default());
         let handle = AnnounceHandle { name: name.into(), port, token: CancellationToken::new(), status: rx };
@@ -418,7 +430,23 @@ impl Link {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(v @ Value::Object(_)) => Ok(Some(v)),
-            Some(other) => Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object"))),
+            Some(other) => {
+                Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object")))
+            }
+        }
+    }
+}
+
+struct InflightGuard {
+    link: Link,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.link.inner.inflight).remove(&self.name);
         }
     }
 }
@@ -426,7 +454,7 @@ impl Link {
 /// A uniform random delay in `[0.5, 1.5] × interval`.
 pub fn jitter(interval: Duration) -> Duration {
     let f: f64 = rand::thread_rng().gen_range(0.5..=1.5);
-    interval.mul_f64(f)
+    Duration::try_from_secs_f64(interval.as_secs_f64() * f).unwrap_or(Duration::MAX)
 }
 
 fn is_error_string(s: &str) -> bool {
@@ -695,6 +723,12 @@ mod tests {
         assert_eq!(data["salt"], json!("s"));
         assert!(Keypair::from_secret_hex("zz").is_err());
         assert!(Keypair::from_secret_hex("00").is_err());
+    }
+
+    #[test]
+    fn extreme_durations_do_not_panic() {
+        let _ = jitter(Duration::MAX);
+        let _ = jitter(Duration::ZERO);
     }
 
     #[test]

@@ -335,7 +335,7 @@ async fn pub_accept_loop(
     max_subscribers: usize,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(max_subscribers));
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_subscribers.min(tokio::sync::Semaphore::MAX_PERMITS)));
     let settings = Arc::new(settings);
     loop {
         let permit = tokio::select! {
@@ -854,6 +854,6 @@ async fn publisher_conn(
             _ = tokio::time::sleep(backoff) => {}
             _ = cancel.cancelled() => return,
         }
-        backoff = (backoff * 2).min(config.reconnect_max);
+        backoff = backoff.saturating_mul(2).min(config.reconnect_max);
     }
 }

@@ -97,14 +97,15 @@ impl PeerRpcClient {
             candidates = dests.iter().collect();
         }
         let max = opts.max_active_key_dests.unwrap_or(self.config.max_active_key_dests).max(1);
-        let active: Vec<&String> = candidates.iter().copied().filter(|d| self.transport.active_connections(d) > 0).collect();
+        let active: Vec<&String> =
+            candidates.iter().copied().filter(|d| self.transport.active_connections(d) > 0).collect();
         let pool = if active.len() >= max { active } else { candidates };
         pool.choose(&mut rand::thread_rng()).map(|d| (*d).clone())
     }
 
     fn outgoing(&self, key: &Arc<str>, payload_json: &Arc<str>, opts: &RequestOptions) -> OutgoingRequest {
         OutgoingRequest {
-            rid: uuid::Uuid::new_v4().to_string(),
+            rid: crate::rpc::new_rid(),
             key: key.clone(),
             payload_json: payload_json.clone(),
             timeout: Some(opts.timeout.unwrap_or(self.config.default_timeout)),
@@ -150,7 +151,12 @@ impl PeerRpcClient {
 
     /// Sends `payload` to every worker announcing `key` (or `opts.limit` random ones) at once and
     /// returns their results in destination order; the first error fails the call.
-    pub async fn map<T: Serialize + ?Sized>(&self, key: &str, payload: &T, opts: &RequestOptions) -> Result<Vec<Value>> {
+    pub async fn map<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        payload: &T,
+        opts: &RequestOptions,
+    ) -> Result<Vec<Value>> {
         self.map_settled(key, payload, opts).await?.into_iter().map(|(_, r)| r).collect()
     }
 

@@ -258,6 +258,12 @@ pub trait ServerTransport: Send + Sync + 'static {
     fn close(&self);
 }
 
+/// A new request id: a uuid v4 string, from the thread-local RNG (no system call per id).
+pub fn new_rid() -> String {
+    let bytes: [u8; 16] = rand::random();
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+}
+
 /// Turns a decoded reply `(err, result)` into the client's result.
 pub fn reply_to_result(err: Option<String>, result: Value) -> Result<Value> {
     match err {
@@ -308,6 +314,15 @@ mod tests {
         };
         let r = dispatch(&h, req(json!(1)), Some(Duration::from_millis(20))).await;
         assert_eq!(r, Err(ERR_TIMEOUT.to_string()));
+    }
+
+    #[test]
+    fn rids_are_uuid_v4() {
+        let r = new_rid();
+        let u = uuid::Uuid::parse_str(&r).expect("a uuid");
+        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(r.len(), 36);
+        assert_ne!(r, new_rid());
     }
 
     #[tokio::test]

@@ -63,7 +63,8 @@ impl PeerRpcServer {
 
     /// Stops every announce loop and closes the transport.
     pub fn stop(&self) {
-        let names: Vec<String> = self.announcers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(n, _)| n).collect();
+        let names: Vec<String> =
+            self.announcers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(n, _)| n).collect();
         for n in names {
             self.link.stop_announcing(&n, self.port());
         }

@@ -42,8 +42,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{self, decode_reply};
 use crate::rpc::{
-    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, Request, RequestInfo, ServerTransport, TransportKind,
-    dispatch, reply_to_result,
+    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, Request, RequestInfo, ServerTransport,
+    TransportKind, dispatch, reply_to_result,
 };
 use crate::tls::PeerCert;
 
@@ -62,15 +62,22 @@ pub const HEADER_ARGS: &str = "_ar";
 /// A stream of raw body chunks (streaming mode).
 pub type BodyStream = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static>>;
 
-type ReqBody = Either<Full<Bytes>, StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>>;
-type RespBody = Either<Full<Bytes>, StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>>;
+type ReqBody = Either<
+    Full<Bytes>,
+    StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>,
+>;
+type RespBody = Either<
+    Full<Bytes>,
+    StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>,
+>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
     enc.write_all(data)?;
     Ok(enc.finish()?)
 }
@@ -78,7 +85,7 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(data)
-        .take(max as u64 + 1)
+        .take((max as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| Error::decode(format!("gunzip: {e}")))?;
     if out.len() > max {
@@ -236,10 +243,9 @@ impl tower_service::Service<http::Uri> for Connector {
                     Some(tls) => {
                         let name = rustls_pki_types::ServerName::try_from(host.clone())
                             .map_err(|e| Error::invalid(format!("bad TLS server name {host:?}: {e}")))?;
-                        let s = tls
-                            .connect(name, tcp)
-                            .await
-                            .map_err(|e| Error::new(ErrorKind::TlsHandshake, format!("TLS handshake with {dest}: {e}")))?;
+                        let s = tls.connect(name, tcp).await.map_err(|e| {
+                            Error::new(ErrorKind::TlsHandshake, format!("TLS handshake with {dest}: {e}"))
+                        })?;
                         Io::Tls(Box::new(s))
                     }
                 };
@@ -319,7 +325,9 @@ impl HttpClient {
     }
 
     fn uri(&self, dest: &str) -> Result<http::Uri> {
-        format!("{}://{}/", self.inner.scheme, dest).parse().map_err(|e| Error::invalid(format!("bad destination {dest:?}: {e}")))
+        format!("{}://{}/", self.inner.scheme, dest)
+            .parse()
+            .map_err(|e| Error::invalid(format!("bad destination {dest:?}: {e}")))
     }
 
     async fn send(
@@ -330,9 +338,9 @@ impl HttpClient {
     ) -> Result<(StatusCode, Bytes)> {
         let client = self.client()?;
         let max = self.inner.config.max_body;
-        let url = req.uri().to_string();
+        let url = dest;
         let fut = async move {
-            let resp = client.request(req).await.map_err(|e| map_client_error(&url, e))?;
+            let resp = client.request(req).await.map_err(|e| map_client_error(url, e))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), max).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -366,7 +374,8 @@ impl HttpClient {
             builder = builder.header(HEADER_COMPRESS, "gzip");
             gzip(&envelope)?
         } else {
-            builder = builder.header(HEADER_COMPRESS, "none").header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8");
+            builder =
+                builder.header(HEADER_COMPRESS, "none").header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8");
             envelope
         };
         let req = builder
@@ -377,9 +386,10 @@ impl HttpClient {
             return Err(status_error(status, &bytes));
         }
         let bytes = if request.compress {
-            Bytes::from(gunzip(&bytes, self.inner.config.max_body).map_err(|e| {
-                Error::new(e.kind(), format!("ERR_REPLY_ENCODING_COMPRESSION: {}", e.message()))
-            })?)
+            Bytes::from(
+                gunzip(&bytes, self.inner.config.max_body)
+                    .map_err(|e| Error::new(e.kind(), format!("ERR_REPLY_ENCODING_COMPRESSION: {}", e.message())))?,
+            )
         } else {
             bytes
         };
@@ -404,7 +414,7 @@ impl HttpClient {
         body: BodyStream,
         timeout: Option<Duration>,
     ) -> Result<StreamResponse> {
-        let rid = uuid::Uuid::new_v4().to_string();
+        let rid = crate::rpc::new_rid();
         self.request_stream_with_rid(dest, &rid, key, headers, body, timeout).await
     }
 
@@ -418,6 +428,19 @@ impl HttpClient {
         body: BodyStream,
         timeout: Option<Duration>,
     ) -> Result<StreamResponse> {
+        let req = self.stream_request(dest, rid, key, headers, body)?;
+        let (status, body) = self.send(dest, req, timeout).await?;
+        Ok(StreamResponse { status: status.as_u16(), body })
+    }
+
+    fn stream_request(
+        &self,
+        dest: &str,
+        rid: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: BodyStream,
+    ) -> Result<http::Request<ReqBody>> {
         use futures_util::StreamExt;
         let gr = serde_json::to_string(&serde_json::json!([rid, key]))?;
         let mut builder = http::Request::post(self.uri(dest)?).header(HEADER_GR, gr);
@@ -426,12 +449,52 @@ impl HttpClient {
         }
         let frames: Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>> =
             Box::pin(body.map(|r| r.map(Frame::data)));
-        let req = builder
+        builder
             .body(Either::Right(StreamBody::new(frames)))
-            .map_err(|e| Error::invalid(format!("building the stream request: {e}")))?;
-        let (status, body) = self.send(dest, req, timeout).await?;
-        Ok(StreamResponse { status: status.as_u16(), body })
+            .map_err(|e| Error::invalid(format!("building the stream request: {e}")))
     }
+
+    /// Streaming mode with a streamed answer: like [`HttpClient::request_stream_with_rid`], but
+    /// returns as soon as the response headers arrive, with the status and the raw response body
+    /// as a stream (for downloads larger than `max_body`). `timeout` covers the upload and the wait
+    /// for the response headers; reading the body is bounded by the caller (e.g. with
+    /// `tokio::time::timeout` around each chunk).
+    pub async fn request_stream_body(
+        &self,
+        dest: &str,
+        rid: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: BodyStream,
+        timeout: Option<Duration>,
+    ) -> Result<(u16, BodyStream)> {
+        let req = self.stream_request(dest, rid, key, headers, body)?;
+        let client = self.client()?;
+        let fut = async {
+            tokio::select! {
+                r = client.request(req) => r.map_err(|e| map_client_error(dest, e)),
+                _ = self.inner.closed.cancelled() => Err(Error::new(ErrorKind::Closed, "the HTTP client was closed")),
+            }
+        };
+        let resp = match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| Error::timeout(format!("no response from {dest} within {t:?}")))??,
+            None => fut.await?,
+        };
+        Ok((resp.status().as_u16(), incoming_stream(resp.into_body())))
+    }
+}
+
+/// A hyper body as a stream of data chunks (trailers are skipped).
+fn incoming_stream(body: Incoming) -> BodyStream {
+    use futures_util::StreamExt;
+    Box::pin(http_body_util::BodyStream::new(body).filter_map(|f| async move {
+        match f {
+            Ok(frame) => frame.into_data().ok().map(Ok),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        }
+    }))
 }
 
 fn status_error(status: StatusCode, body: &[u8]) -> Error {
@@ -632,7 +695,7 @@ impl ServerTransport for HttpServer {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let acceptor = ctx.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let permit = tokio::select! {
@@ -681,8 +744,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: Cancella
     }
 }
 
-async fn serve_conn<I>(io: I, remote: SocketAddr, cert: Option<Arc<PeerCert>>, ctx: Arc<ServerCtx>, token: CancellationToken)
-where
+async fn serve_conn<I>(
+    io: I,
+    remote: SocketAddr,
+    cert: Option<Arc<PeerCert>>,
+    ctx: Arc<ServerCtx>,
+    token: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc_ctx = ctx.clone();
@@ -756,15 +824,7 @@ async fn handle_request(
     if let (Some((rid, key)), Some(sh)) = (&gr_rid_key, &ctx.config.stream_handler) {
         use futures_util::StreamExt;
         let headers = req.headers().clone();
-        let body: BodyStream = Box::pin(
-            http_body_util::BodyStream::new(req.into_body())
-                .filter_map(|f| async move {
-                    match f {
-                        Ok(frame) => frame.into_data().ok().map(Ok),
-                        Err(e) => Some(Err(std::io::Error::other(e))),
-                    }
-                }),
-        );
+        let body = incoming_stream(req.into_body());
         let sreq = StreamRequest { rid: rid.clone(), key: key.clone(), info, headers, body };
         return match sh.handle(sreq).await {
             Ok(stream) => {
@@ -855,7 +915,7 @@ mod tests {
 
     fn out(payload: &Value, compress: bool) -> OutgoingRequest {
         OutgoingRequest {
-            rid: uuid::Uuid::new_v4().to_string(),
+            rid: crate::rpc::new_rid(),
             key: "k".into(),
             payload_json: serde_json::to_string(payload).unwrap().into(),
             timeout: Some(Duration::from_secs(10)),
@@ -878,6 +938,42 @@ mod tests {
         c.close();
         let e = c.request_to(&dest, out(&json!("x"), false)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Closed);
+    }
+
+    /// Arbitrary bodies (random bytes, random gzip flags, random `_gr`) always get an answer.
+    #[tokio::test]
+    async fn arbitrary_bodies_always_get_an_answer() {
+        use rand::{Rng, SeedableRng};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let srv = HttpServer::bind("127.0.0.1:0".parse().unwrap(), echo(), HttpServerConfig::default()).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..200 {
+            let len = rng.gen_range(0..300);
+            let mut body: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            if i % 4 == 0 {
+                // Mostly-valid JSON shapes.
+                body = [&b"["[..], &body[..len.min(5)], b"]"].concat();
+            }
+            if i % 7 == 0 {
+                body = gzip(&body).unwrap();
+            }
+            let mut head =
+                format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            if i % 3 == 0 {
+                head.push_str("grc-compress: gzip\r\n");
+            }
+            if i % 5 == 0 {
+                head.push_str("_gr: [\"r\",\"k\"]\r\n_ar: {bad\r\n");
+            }
+            head.push_str("\r\n");
+            let mut s = TcpStream::connect(srv.local_addr()).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.1 400"), "case {i}: {text}");
+        }
     }
 
     #[test]

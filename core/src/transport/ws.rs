@@ -56,6 +56,10 @@ use crate::rpc::envelope::{decode_reply, decode_request, encode_reply};
 use crate::rpc::{BoxFuture, ClientTransport, Handler, OutgoingRequest, Request, RequestInfo, TransportKind, dispatch};
 use crate::tls::{ClientInfo, ClientTls, PeerCert, ServerTls, VerifyClient, client_cert};
 
+/// A server socket whose peer accepts no bytes for this long is closed (it does not read its
+/// replies).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The default largest message accepted, in bytes (16 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
@@ -173,6 +177,7 @@ pub(crate) async fn accept_ws(
         let cert2 = cert.clone();
         let refused = Arc::new(AtomicBool::new(false));
         let refused2 = refused.clone();
+        #[allow(clippy::result_large_err)] // the signature is tungstenite's
         let callback = move |req: &HsRequest, resp: HsResponse| -> std::result::Result<HsResponse, ErrorResponse> {
             if let Some(hook) = hook {
                 let info = ClientInfo::new(cert2.as_deref(), Some(remote), req.uri().path());
@@ -456,7 +461,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     connections: Arc<AtomicUsize>,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
     let settings = Arc::new(config.accept_settings());
     loop {
         let permit = tokio::select! {
@@ -496,6 +501,31 @@ async fn accept_loop(
     }
 }
 
+/// The reply envelope `[rid, error|null, result]` as text, written without building a tree.
+fn reply_text(rid: &Value, body: &std::result::Result<Value, String>) -> String {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'[');
+    let ok = serde_json::to_writer(&mut out, rid).is_ok()
+        && match body {
+            Ok(result) => {
+                out.extend_from_slice(b",null,");
+                serde_json::to_writer(&mut out, result).is_ok()
+            }
+            Err(msg) => {
+                out.push(b',');
+                let ok = serde_json::to_writer(&mut out, msg).is_ok();
+                out.extend_from_slice(b",null");
+                ok
+            }
+        };
+    out.push(b']');
+    if !ok {
+        out = encode_reply(rid, body);
+    }
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Serves one socket in one task: reads requests, runs them through [`dispatch`] (concurrently,
 /// up to `max_in_flight`), writes replies as they complete, flushing when nothing else is ready.
 async fn serve_connection(
@@ -514,9 +544,8 @@ async fn serve_connection(
         tokio::select! {
             biased;
             Some((rid, body)) = running.next(), if !running.is_empty() => {
-                let bytes = encode_reply(&rid, &body);
-                let text = String::from_utf8(bytes).unwrap_or_default();
-                if ws.feed(Message::text(text)).await.is_err() {
+                let fed = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::text(reply_text(&rid, &body)))).await;
+                if !matches!(fed, Ok(Ok(()))) {
                     return;
                 }
                 dirty = true;
@@ -545,7 +574,7 @@ async fn serve_connection(
             }
             _ = std::future::ready(()), if dirty => {
                 // Nothing else is ready: write out what was batched.
-                if ws.flush().await.is_err() {
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await, Ok(Ok(()))) {
                     return;
                 }
                 dirty = false;
@@ -722,10 +751,10 @@ impl Conn {
             return Ok(s);
         }
         // Someone else tried while we waited for the lock: share their failure.
-        if let Some((at, kind, msg)) = &st.last_failure {
-            if *at >= asked {
-                return Err(Error::new(*kind, msg.clone()));
-            }
+        if let Some((at, kind, msg)) = &st.last_failure
+            && *at >= asked
+        {
+            return Err(Error::new(*kind, msg.clone()));
         }
         match dial(&self.dest, inner.config.tls.as_ref(), inner.config.max_message_size, inner.config.connect_timeout).await {
             Ok(ws) => {
@@ -829,14 +858,14 @@ async fn reader_task(
                 p.map.retain(|_, w| !w.is_closed());
                 if let Some(idle) = idle {
                     let last = session.last_used.load(Ordering::Relaxed);
-                    if p.map.is_empty() && now.saturating_sub(last) >= idle.as_millis() as u64 {
+                    if p.map.is_empty() && now.saturating_sub(last) >= u64::try_from(idle.as_millis()).unwrap_or(u64::MAX) {
                         p.closed = true;
                         drop(p);
                         let _ = session.tx.try_send(Message::Close(None));
-                        if let Some(c) = conn.upgrade() {
-                            if let Some(pool) = c.pool.upgrade() {
-                                pool.remove_conn(&c);
-                            }
+                        if let Some(c) = conn.upgrade()
+                            && let Some(pool) = c.pool.upgrade()
+                        {
+                            pool.remove_conn(&c);
                         }
                         break "idle";
                     }
@@ -969,10 +998,10 @@ impl WsClient {
         if !pools.contains_key(dest) && pools.len() >= self.inner.config.max_dests {
             // Drop destinations with nothing open to stay bounded.
             pools.retain(|_, v| v.iter().any(|c| c.live_session().is_some()));
-            if pools.len() >= self.inner.config.max_dests {
-                if let Some(k) = pools.keys().next().cloned() {
-                    pools.remove(&k);
-                }
+            if pools.len() >= self.inner.config.max_dests
+                && let Some(k) = pools.keys().next().cloned()
+            {
+                pools.remove(&k);
             }
         }
         let list = pools.entry(Arc::from(dest)).or_default();
@@ -1097,6 +1126,17 @@ impl ClientTransport for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_text_matches_the_envelope_encoder() {
+        for (rid, body) in [
+            (serde_json::json!("r1"), Ok(serde_json::json!({"a": [1, "ü€"]}))),
+            (serde_json::json!(12345), Err("ERR_BOOM".to_string())),
+            (Value::Null, Ok(Value::Null)),
+        ] {
+            assert_eq!(reply_text(&rid, &body).into_bytes(), encode_reply(&rid, &body));
+        }
+    }
 
     #[test]
     fn dest_parsing() {

@@ -1,6 +1,5 @@
 //! Shared helpers for the Link/HTTP end-to-end tests: a pair of Node reference Grapes.
 #![allow(dead_code)]
-
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
