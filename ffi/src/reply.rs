@@ -2,7 +2,7 @@
 //! exactly-once answer handle), and the adapter from a C handler callback to a core handler.
 
 use std::ffi::{c_char, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use grenache_core::embed;
 use grenache_core::rpc::{Handler, Reply, Request, TransportKind};
@@ -31,8 +31,11 @@ pub enum grenache_transport {
 pub struct grenache_request {
     key: NulString,
     payload: NulString,
-    fingerprint: Option<NulString>,
-    remote_addr: Option<NulString>,
+    // Built on first use: most handlers never ask.
+    cert: Option<Arc<grenache_core::tls::PeerCert>>,
+    fingerprint: OnceLock<Option<NulString>>,
+    remote: Option<std::net::SocketAddr>,
+    remote_addr: OnceLock<Option<NulString>>,
     transport: grenache_transport,
 }
 
@@ -41,13 +44,23 @@ impl grenache_request {
         grenache_request {
             key: NulString::new(r.key.clone()),
             payload: NulString::new(embed::rpc::payload_json(r)),
-            fingerprint: embed::rpc::fingerprint(r).map(|f| NulString::new(f.to_string())),
-            remote_addr: r.info.remote_addr.map(|a| NulString::new(a.to_string())),
+            cert: r.info.cert.clone(),
+            fingerprint: OnceLock::new(),
+            remote: r.info.remote_addr,
+            remote_addr: OnceLock::new(),
             transport: match r.info.transport {
                 TransportKind::Ws => grenache_transport::Ws,
                 _ => grenache_transport::Http,
             },
         }
+    }
+
+    fn fingerprint(&self) -> Option<&NulString> {
+        self.fingerprint.get_or_init(|| self.cert.as_ref().map(|c| NulString::new(c.fingerprint.clone()))).as_ref()
+    }
+
+    fn remote_addr(&self) -> Option<&NulString> {
+        self.remote_addr.get_or_init(|| self.remote.map(|a| NulString::new(a.to_string()))).as_ref()
     }
 }
 
@@ -96,7 +109,7 @@ pub extern "C" fn grenache_request_payload(req: *const grenache_request, out_len
 pub extern "C" fn grenache_request_fingerprint(req: *const grenache_request) -> *const c_char {
     ffi_panic_boundary! {
         let r = try_ref!(req);
-        r.fingerprint.as_ref().map_or(std::ptr::null(), |f| f.as_ptr())
+        r.fingerprint().map_or(std::ptr::null(), |f| f.as_ptr())
     }
 }
 
@@ -105,7 +118,7 @@ pub extern "C" fn grenache_request_fingerprint(req: *const grenache_request) -> 
 pub extern "C" fn grenache_request_remote_addr(req: *const grenache_request) -> *const c_char {
     ffi_panic_boundary! {
         let r = try_ref!(req);
-        r.remote_addr.as_ref().map_or(std::ptr::null(), |f| f.as_ptr())
+        r.remote_addr().map_or(std::ptr::null(), |f| f.as_ptr())
     }
 }
 
