@@ -8,15 +8,17 @@
  */
 #include "common.h"
 
+#include <stdatomic.h>
+
 typedef struct {
     grenache_client *client;
     const char *service;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    long to_send;
+    atomic_long to_send;
     long total;
-    long done;
-    long failed;
+    atomic_long done;
+    atomic_long failed;
 } bench_state;
 
 static void on_request(void *userdata, const grenache_request *req, grenache_reply *reply) {
@@ -33,26 +35,24 @@ static void on_reply(void *userdata, grenache_result code, const grenache_error 
     (void)err;
     (void)json;
     (void)len;
+    if (code != GRENACHE_RESULT_OK) atomic_fetch_add(&st->failed, 1);
     send_one(st); /* keep the pipeline full first */
-    pthread_mutex_lock(&st->lock);
-    st->done++;
-    if (code != GRENACHE_RESULT_OK) st->failed++;
-    if (st->done >= st->total) pthread_cond_broadcast(&st->cond); /* wake main only at the end */
-    pthread_mutex_unlock(&st->lock);
+    if (atomic_fetch_add(&st->done, 1) + 1 >= st->total) {
+        pthread_mutex_lock(&st->lock); /* wake main only at the end */
+        pthread_cond_broadcast(&st->cond);
+        pthread_mutex_unlock(&st->lock);
+    }
 }
 
 static void send_one(bench_state *st) {
-    int go;
-    pthread_mutex_lock(&st->lock);
-    go = st->to_send > 0;
-    if (go) st->to_send--;
-    pthread_mutex_unlock(&st->lock);
-    if (go && grenache_client_request(st->client, st->service, "\"hello\"", 7, 10000, on_reply, st) != GRENACHE_RESULT_OK) {
-        pthread_mutex_lock(&st->lock);
-        st->done++;
-        st->failed++;
-        if (st->done >= st->total) pthread_cond_broadcast(&st->cond);
-        pthread_mutex_unlock(&st->lock);
+    if (atomic_fetch_sub(&st->to_send, 1) <= 0) return;
+    if (grenache_client_request(st->client, st->service, "\"hello\"", 7, 10000, on_reply, st) != GRENACHE_RESULT_OK) {
+        atomic_fetch_add(&st->failed, 1);
+        if (atomic_fetch_add(&st->done, 1) + 1 >= st->total) {
+            pthread_mutex_lock(&st->lock);
+            pthread_cond_broadcast(&st->cond);
+            pthread_mutex_unlock(&st->lock);
+        }
     }
 }
 
@@ -77,6 +77,9 @@ int main(int argc, char **argv) {
     int tries;
 
     memset(&st, 0, sizeof st);
+    atomic_init(&st.to_send, 0);
+    atomic_init(&st.done, 0);
+    atomic_init(&st.failed, 0);
     st.service = argc > 5 ? argv[5] : "rpc_bench";
     pthread_mutex_init(&st.lock, NULL);
     pthread_cond_init(&st.cond, NULL);
@@ -105,20 +108,21 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    st.to_send = n;
     st.total = n;
+    atomic_store(&st.to_send, n);
     t0 = now_secs();
     for (i = 0; i < conc && i < n; i++) send_one(&st);
     pthread_mutex_lock(&st.lock);
-    while (st.done < n) pthread_cond_wait(&st.cond, &st.lock);
+    while (atomic_load(&st.done) < n) pthread_cond_wait(&st.cond, &st.lock);
     pthread_mutex_unlock(&st.lock);
     secs = now_secs() - t0;
-    printf("{\"requests\":%ld,\"failed\":%ld,\"secs\":%.4f,\"rps\":%.1f}\n", n, st.failed, secs, (double)n / secs);
+    printf("{\"requests\":%ld,\"failed\":%ld,\"secs\":%.4f,\"rps\":%.1f}\n", n, atomic_load(&st.failed), secs,
+           (double)n / secs);
 
     grenache_client_free(st.client);
     grenache_server_free(server);
     grenache_link_free(link);
     grenache_runtime_free(rt);
     completion_destroy(&c);
-    return st.failed ? 1 : 0;
+    return atomic_load(&st.failed) ? 1 : 0;
 }
