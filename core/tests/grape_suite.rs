@@ -684,3 +684,36 @@ async fn many_keep_alive_clients_at_once() {
     }
     g.stop().await;
 }
+
+// ---------------------------------------------------------------- throughput choices
+
+#[tokio::test]
+async fn re_announce_window_skips_the_dht_and_can_be_disabled() {
+    // Window 10 s: the second announce is answered from memory, so the remote store does not
+    // see it (its announce event fires once).
+    for (window, expected_events) in [(Duration::from_secs(10), 1usize), (Duration::ZERO, 3)] {
+        let net = Testnet::start_with(2, |c| {
+            c.announce_window(window);
+        })
+        .await
+        .expect("testnet");
+        let mut ev = net.grape(1).events();
+        for _ in 0..3 {
+            let n = announce(net.grape(0), "window:svc", 1234).await;
+            assert!(n.as_u64().is_some_and(|n| n >= 1), "{n}");
+        }
+        let mut seen = 0;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match ev.recv().await {
+                    Ok(GrapeEvent::Announce(name)) if name == "window:svc" => seen += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+        assert_eq!(seen, expected_events, "window {window:?}");
+        net.stop().await;
+    }
+}
