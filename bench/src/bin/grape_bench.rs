@@ -59,15 +59,29 @@ async fn rust_net(n: usize) -> Net {
     Net { apis, pid, _rust: Some(child), _node: None }
 }
 
+/// Node Grapes need fixed ports; one picked "free" can be taken by another program before the
+/// Grape binds it, so a failed start is retried with new ports.
 async fn node_net(n: usize) -> Net {
-    let dps: Vec<String> = (0..n).map(|_| free_port().to_string()).collect();
-    let aps: Vec<String> = (0..n).map(|_| free_port().to_string()).collect();
-    let mut p = NodeProcess::spawn("grape_bench_net.js", &[&dps.join(","), &aps.join(",")]);
-    let v = p.json(T).await;
-    assert_eq!(v["event"], "started", "{v}");
-    let apis = aps.iter().map(|a| local(a.parse().unwrap_or(0))).collect();
-    let pid = p.pid().expect("pid");
-    Net { apis, pid, _rust: None, _node: Some(p) }
+    for attempt in 1..=5 {
+        let dps: Vec<String> = (0..n).map(|_| free_port().to_string()).collect();
+        let aps: Vec<String> = (0..n).map(|_| free_port().to_string()).collect();
+        let mut p = NodeProcess::spawn("grape_bench_net.js", &[&dps.join(","), &aps.join(",")]);
+        let started = tokio::spawn(async move {
+            let v = p.json(T).await;
+            (v, p)
+        })
+        .await;
+        match started {
+            Ok((v, p)) if v["event"] == "started" => {
+                let apis = aps.iter().map(|a| local(a.parse().unwrap_or(0))).collect();
+                let pid = p.pid().expect("pid");
+                return Net { apis, pid, _rust: None, _node: Some(p) };
+            }
+            Ok((v, _)) => eprintln!("  node network start failed ({v}), attempt {attempt}"),
+            Err(_) => eprintln!("  node network exited during start (port taken?), attempt {attempt}"),
+        }
+    }
+    panic!("could not start the Node network");
 }
 
 fn local(p: u16) -> SocketAddr {
@@ -200,12 +214,17 @@ struct Agg {
     secs: f64,
     bad: u64,
     cpu_ms: f64,
+    client_cpu_ms: f64,
     samples: Samples,
 }
 
 impl Agg {
     fn rate(&self) -> f64 {
         self.reqs / self.secs.max(1e-9)
+    }
+    /// Load-generator CPU microseconds per successful request.
+    fn client_cpu_us(&self) -> f64 {
+        self.client_cpu_ms * 1000.0 / self.reqs.max(1.0)
     }
     /// Server CPU microseconds per successful request.
     fn cpu_us(&self) -> f64 {
@@ -225,10 +244,12 @@ where
     for _ in 0..ROUNDS {
         for (net, agg) in [(rust, &mut r), (node, &mut n)] {
             let c0 = cpu_ms(net.pid);
+            let me0 = cpu_ms(std::process::id());
             let t0 = Instant::now();
             let (rate, bad, samples) = f(net.apis[0], round).await;
             let secs = t0.elapsed().as_secs_f64();
             agg.cpu_ms += cpu_ms(net.pid) - c0;
+            agg.client_cpu_ms += cpu_ms(std::process::id()) - me0;
             agg.reqs += rate * secs;
             agg.secs += secs;
             agg.bad += bad;
@@ -351,9 +372,9 @@ async fn bench() {
     }
     let (mut rl, mut nl) = interleaved(&rn, &nn, lookup_rate).await;
     eprintln!(
-        "  lookup: rust {:.0}/s ({} bad, p50 {} us, {:.1} us server CPU/req), node {:.0}/s ({} bad, p50 {} us, {:.1} us server CPU/req)",
-        rl.rate(), rl.bad, rl.samples.percentile_us(50.0), rl.cpu_us(),
-        nl.rate(), nl.bad, nl.samples.percentile_us(50.0), nl.cpu_us()
+        "  lookup: rust {:.0}/s ({} bad, p50 {} us, {:.1} us server CPU/req, {:.1} us client CPU/req), node {:.0}/s ({} bad, p50 {} us, {:.1} us server CPU/req, {:.1} us client CPU/req)",
+        rl.rate(), rl.bad, rl.samples.percentile_us(50.0), rl.cpu_us(), rl.client_cpu_us(),
+        nl.rate(), nl.bad, nl.samples.percentile_us(50.0), nl.cpu_us(), nl.client_cpu_us()
     );
     rows.push(Row { metric: "/lookup, 50 keep-alive clients".into(), ours: rl.rate(), reference: nl.rate(), unit: "req/s".into(), higher_is_better: true });
     rows.push(Row {
