@@ -255,6 +255,7 @@ pub fn dict<const N: usize>(pairs: [(&[u8], Value); N]) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

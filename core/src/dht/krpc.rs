@@ -41,6 +41,10 @@ pub struct Query {
     pub id: Option<Vec<u8>>,
     /// Method and arguments.
     pub method: Method,
+    /// BEP43 `ro = 1` (top-level key): the sender does not answer queries, so it is not added to
+    /// routing tables. (bittorrent-dht ignores `ro`; honouring it keeps read-only clients such as
+    /// `mainline` in client mode out of our tables.)
+    pub read_only: bool,
 }
 
 /// Query methods and their arguments.
@@ -212,6 +216,7 @@ fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
         _ => return Err(KrpcDecodeError::Shape("missing a")),
     };
     let id = opt_bytes(a, "id")?;
+    let read_only = matches!(top.get(&b"ro"[..]), Some(Value::Int(i)) if *i != 0);
     let method = match q.as_slice() {
         b"ping" => Method::Ping,
         b"find_node" => Method::FindNode { target: opt_bytes(a, "target")? },
@@ -234,7 +239,7 @@ fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
         }),
         _ => Method::Other(q),
     };
-    Ok(Query { id, method })
+    Ok(Query { id, method, read_only })
 }
 
 fn decode_response(r: &Dict) -> Result<Response, KrpcDecodeError> {
@@ -322,6 +327,9 @@ impl Message {
                     Method::Other(name) => name,
                 };
                 top.insert(b"q".to_vec(), Value::Bytes(name.to_vec()));
+                if q.read_only {
+                    top.insert(b"ro".to_vec(), Value::Int(1));
+                }
                 top.insert(b"a".to_vec(), Value::Dict(a));
             }
             Body::Response(r) => {
@@ -406,6 +414,7 @@ pub fn decode_peer(b: &[u8]) -> Option<SocketAddrV4> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -413,7 +422,7 @@ mod tests {
     const ID: &[u8; 20] = b"abcdefghij0123456789";
 
     fn q(t: &[u8], method: Method) -> Message {
-        Message { t: t.to_vec(), body: Body::Query(Query { id: Some(ID.to_vec()), method }) }
+        Message { t: t.to_vec(), body: Body::Query(Query { id: Some(ID.to_vec()), method, read_only: false }) }
     }
 
     /// The captured grape queries of spec §4.2, byte for byte.
@@ -541,6 +550,7 @@ mod tests {
         // extra keys (mainline's v, ro) are ignored
         let m = decode(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:roi1e1:t4:abcd1:v4:RS011:y1:qe").unwrap();
         assert_eq!(m.t, b"abcd");
+        assert!(matches!(m.body, Body::Query(Query { read_only: true, .. })));
     }
 
     fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -579,7 +589,8 @@ mod tests {
 
     fn arb_body() -> impl Strategy<Value = Body> {
         prop_oneof![
-            (proptest::option::of(bytes(24)), arb_method()).prop_map(|(id, method)| Body::Query(Query { id, method })),
+            (proptest::option::of(bytes(24)), arb_method(), any::<bool>())
+                .prop_map(|(id, method, read_only)| Body::Query(Query { id, method, read_only })),
             (
                 proptest::option::of(bytes(24)),
                 proptest::option::of(bytes(60)),

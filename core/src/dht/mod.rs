@@ -13,9 +13,9 @@
 //!   (without duplicates) and emits [`DhtEvent::Peer`] for each. [`Dht::local_peers`] reads
 //!   only the own store.
 //! * Peer records expire exactly `peer_max_age` after their last announce (0 = never).
-//! * KRPC errors from remote nodes map to [`ErrorKind::SeqTooLow`](crate::ErrorKind::SeqTooLow)
-//!   (302), [`ErrorKind::CasMismatch`](crate::ErrorKind::CasMismatch) (301) and
-//!   [`ErrorKind::Dht`](crate::ErrorKind::Dht) (others); the message is `"<code> <text>"` as
+//! * KRPC errors from remote nodes map to [`ErrorKind::SeqTooLow`]
+//!   (302), [`ErrorKind::CasMismatch`] (301) and
+//!   [`ErrorKind::Dht`] (others); the message is `"<code> <text>"` as
 //!   bittorrent-dht reports it, e.g. `"302 sequence number less than current"`.
 
 pub mod bencode;
@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
+
+#[doc(hidden)]
+pub use node::{FUZZ_TOKEN_PLACEHOLDER, answer_datagrams};
 
 /// Configuration of a DHT node. Defaults are the Grape's documented ones.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::bencode::{self, Value};
+use super::bencode;
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
@@ -85,6 +85,8 @@ struct Pending {
     tx: oneshot::Sender<std::result::Result<Response, KrpcError>>,
 }
 
+type CachedTable = (Instant, Arc<Vec<TokenNode>>);
+type WalkJob = (Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>);
 type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
 
 #[derive(Debug)]
@@ -103,7 +105,7 @@ pub(crate) struct State {
     pending: HashMap<u16, Pending>,
     next_tid: u16,
     /// Cached per-target tables: key = (method tag, target).
-    tables: lru::LruCache<(u8, Vec<u8>), (Instant, Arc<Vec<TokenNode>>)>,
+    tables: lru::LruCache<(u8, Vec<u8>), CachedTable>,
     lookups: HashMap<Vec<u8>, Vec<oneshot::Sender<LookupResult>>>,
     pinging: HashSet<[u8; 20]>,
 }
@@ -361,7 +363,9 @@ impl Inner {
         let now = Instant::now();
         match msg.body {
             Body::Query(q) => {
-                if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                if !q.read_only
+                    && let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok())
+                {
                     self.add_node(NodeInfo { id, addr: from });
                 }
                 let handled = self.state().handle_query(&q, from, now);
@@ -478,7 +482,8 @@ impl Inner {
             }
         }
         let _guard = Guard(self, tid);
-        let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(Query { id: Some(self.id.to_vec()), method }) };
+        let query = Query { id: Some(self.id.to_vec()), method, read_only: false };
+        let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(query) };
         self.send(to, &msg.encode()).await.map_err(QueryError::Other)?;
         match tokio::time::timeout(self.config.query_timeout, rx).await {
             Ok(Ok(Ok(r))) => Ok(r),
@@ -526,7 +531,7 @@ impl Inner {
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
         let seeds = self.state().table.closest(&target, K);
-        let mut set: JoinSet<(Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>)> = JoinSet::new();
+        let mut set: JoinSet<WalkJob> = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);
         let mut queries = 0usize;
         let bootstrap_needed = force_bootstrap || seeds.len() < self.config.bootstrap.len();
@@ -575,10 +580,10 @@ impl Inner {
             match res {
                 Ok(r) => {
                     let rid = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok());
-                    if let Some(id) = id {
-                        if let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id)) {
-                            c.1 = St::Done;
-                        }
+                    if let Some(id) = id
+                        && let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id))
+                    {
+                        c.1 = St::Done;
                     }
                     if let Some(rid) = rid
                         && rid != self.id
@@ -629,7 +634,8 @@ impl Inner {
         let mut st = self.state();
         let key = (tag, target.to_vec());
         match st.tables.get(&key) {
-            Some((at, t)) if at.elapsed() < TABLE_TTL => Some(t.clone()),
+            // an empty table (looked up while alone) is not worth keeping: walk again
+            Some((at, t)) if at.elapsed() < TABLE_TTL && !t.is_empty() => Some(t.clone()),
             Some(_) => {
                 st.tables.pop(&key);
                 None
@@ -763,24 +769,32 @@ impl Inner {
                 self.emit(DhtEvent::Announce { info_hash: info_hash.to_vec(), peer });
             }
         }
-        self.query_all(&table, |n| Method::AnnouncePeer {
-            info_hash: Some(info_hash.to_vec()),
-            port: Some(i64::from(port)),
-            implied_port: false,
-            token: Some(n.token.clone()),
-        })
-        .await
+        let r = self
+            .query_all(&table, |n| Method::AnnouncePeer {
+                info_hash: Some(info_hash.to_vec()),
+                port: Some(i64::from(port)),
+                implied_port: false,
+                token: Some(n.token.clone()),
+            })
+            .await;
+        self.forget_failed_table(0, info_hash, &r);
+        r
+    }
+
+    /// Drops a cached table when nobody in it answered, so the next call walks again.
+    fn forget_failed_table<T>(&self, tag: u8, target: &[u8], r: &Result<T>) {
+        if let Err(e) = r
+            && matches!(e.kind(), ErrorKind::AllQueriesFailed | ErrorKind::NoNodes)
+        {
+            self.state().tables.pop(&(tag, target.to_vec()));
+        }
     }
 
     pub(crate) async fn put(self: &Arc<Self>, item: PutItem) -> Result<([u8; 20], usize)> {
         let (target, args, local) = match item {
             PutItem::Immutable { v_bencoded } => {
                 let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
-                let too_big = match &v {
-                    Value::Bytes(b) => b.len() > store::MAX_V_BYTES,
-                    _ => v_bencoded.len() > store::MAX_V_BYTES,
-                };
-                if too_big {
+                if store::v_too_big(&v, &v_bencoded) {
                     return Err(Error::invalid("v must be less than 1000 bytes in put()"));
                 }
                 let target = store::sha1(&v_bencoded);
@@ -789,7 +803,7 @@ impl Inner {
             }
             PutItem::Mutable { v_bencoded, k, sig, seq, salt, cas } => {
                 let v = bencode::decode(&v_bencoded).map_err(|e| Error::invalid(format!("v is not bencode: {e}")))?;
-                if v_bencoded.len() > store::MAX_V_BYTES + 5 {
+                if store::v_too_big(&v, &v_bencoded) {
                     return Err(Error::invalid("v must be less than 1000 bytes in put()"));
                 }
                 let salt = salt.filter(|s| !s.is_empty());
@@ -820,14 +834,15 @@ impl Inner {
                 t
             }
         };
-        let n = self
+        let r = self
             .query_all(&table, |n| {
                 let mut a = args.clone();
                 a.token = Some(n.token.clone());
                 Method::Put(a)
             })
-            .await?;
-        Ok((target, n))
+            .await;
+        self.forget_failed_table(1, &target, &r);
+        Ok((target, r?))
     }
 
     pub(crate) async fn get(self: &Arc<Self>, target: [u8; 20], salt: Option<&[u8]>, use_local: bool) -> Result<Option<GetResult>> {
@@ -891,9 +906,10 @@ impl Inner {
         let start = Instant::now();
         let mut last_rotation = start;
         let mut last_sweep = start;
-        let mut next_liveness = start + random_liveness_delay();
+        let mut next_liveness = start + random_liveness_delay(self.config.node_liveness);
         let sweep_every = self.config.peer_max_age.clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -909,15 +925,18 @@ impl Inner {
                 last_sweep = now;
                 self.state().peers.sweep(now);
             }
-            if now >= next_liveness {
-                next_liveness = now + random_liveness_delay();
+            if now >= next_liveness && !running.load(std::sync::atomic::Ordering::Acquire) {
+                next_liveness = now + random_liveness_delay(self.config.node_liveness);
+                running.store(true, std::sync::atomic::Ordering::Release);
                 let inner = self.clone();
                 let cancel = self.cancel.clone();
+                let running = running.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = inner.check_liveness() => {}
                     }
+                    running.store(false, std::sync::atomic::Ordering::Release);
                 });
             }
         }
@@ -952,8 +971,14 @@ impl Inner {
     }
 }
 
-fn random_liveness_delay() -> Duration {
-    Duration::from_millis(rand::thread_rng().gen_range(30_000..90_000))
+/// Delay until the next liveness check: 30-90 s like bittorrent-dht, but never more than
+/// 0.5-1.5x `node_liveness` (so short liveness settings, e.g. in tests, are honoured), and
+/// at least 100 ms.
+fn random_liveness_delay(node_liveness: Duration) -> Duration {
+    let mut rng = rand::thread_rng();
+    let classic = Duration::from_millis(rng.gen_range(30_000..90_000));
+    let scaled = node_liveness.mul_f64(rng.gen_range(0.5..1.5));
+    classic.min(scaled).max(Duration::from_millis(100))
 }
 
 /// Locks a mutex, recovering from poisoning (a panic elsewhere must not stop the node).
@@ -967,9 +992,49 @@ impl Clone for LookupOutcome {
     }
 }
 
+/// The placeholder that [`answer_datagrams`] replaces with a valid token for 127.0.0.1.
+pub const FUZZ_TOKEN_PLACEHOLDER: &[u8; 20] = b"TOKENTOKENTOKENTOKEN";
+
+/// Feeds datagrams (all from `127.0.0.1:6881`) to one fresh node state, without a socket, and
+/// returns the reply to each (for fuzzing). Every occurrence of [`FUZZ_TOKEN_PLACEHOLDER`] is
+/// first replaced by a valid token, so announce and put paths are reachable.
+pub fn answer_datagrams(datagrams: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+    let cfg = DhtConfig { max_peers: 64, max_values: 16, ..DhtConfig::default() };
+    let mut st = State::new([0x55; 20], &cfg);
+    let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881);
+    let token = st.tokens.generate(*from.ip());
+    let now = Instant::now();
+    datagrams
+        .iter()
+        .map(|d| {
+            let mut d = d.to_vec();
+            let mut i = 0;
+            while i + 20 <= d.len() {
+                if &d[i..i + 20] == FUZZ_TOKEN_PLACEHOLDER {
+                    d[i..i + 20].copy_from_slice(&token);
+                    i += 20;
+                } else {
+                    i += 1;
+                }
+            }
+            let msg = krpc::decode(&d).ok()?;
+            let Body::Query(q) = msg.body else { return None };
+            if let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
+                st.table.insert(NodeInfo { id, addr: from }, now);
+            }
+            let reply = st.handle_query(&q, from, now).reply?;
+            let bytes = Message { t: msg.t, body: reply }.encode();
+            assert!(bytes.len() <= 65_507, "reply too large");
+            Some(bytes)
+        })
+        .collect()
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::dht::bencode::Value;
 
     fn state() -> State {
         let cfg = DhtConfig { peer_max_age: Duration::from_secs(60), ..DhtConfig::default() };
@@ -981,7 +1046,7 @@ mod tests {
     }
 
     fn query(method: Method) -> Query {
-        Query { id: Some(vec![1; 20]), method }
+        Query { id: Some(vec![1; 20]), method, read_only: false }
     }
 
     #[test]
@@ -1042,6 +1107,20 @@ mod tests {
         got.sort();
         assert_eq!(got, vec!["127.0.0.1:1337".parse().unwrap(), "127.0.0.1:5555".parse().unwrap()]);
         assert!(r.nodes.is_none());
+    }
+
+    #[test]
+    fn answer_datagrams_reaches_the_announce_path() {
+        let flow: Vec<&[u8]> = vec![
+            b"d1:ad2:id20:abcdefghij012345678912:implied_porti0e9:info_hash3:svc4:porti7000e5:token20:TOKENTOKENTOKENTOKENe1:q13:announce_peer1:t2:ab1:y1:qe",
+            b"d1:ad2:id20:abcdefghij01234567899:info_hash3:svce1:q9:get_peers1:t2:ac1:y1:qe",
+            b"d1:t2:aa1:y1:qe",
+        ];
+        let r = answer_datagrams(&flow);
+        assert_eq!(r[0].as_deref(), Some(&b"d1:rd2:id20:UUUUUUUUUUUUUUUUUUUUe1:t2:ab1:y1:re"[..]));
+        let Body::Response(gp) = krpc::decode(r[1].as_ref().unwrap()).unwrap().body else { panic!() };
+        assert_eq!(gp.values, Some(vec![vec![127, 0, 0, 1, 0x1b, 0x58]]));
+        assert_eq!(r[2], None);
     }
 
     #[test]

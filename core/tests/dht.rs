@@ -1,0 +1,500 @@
+//! Integration tests of the KRPC DHT node: several Rust nodes on 127.0.0.1, plus raw UDP probes.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use grenache::ErrorKind;
+use grenache::dht::store::{mutable_target, sha1, sig_data};
+use grenache::dht::{Dht, DhtConfig, DhtEvent, PutItem};
+use tokio::net::UdpSocket;
+
+fn cfg(bootstrap: &[SocketAddr]) -> DhtConfig {
+    DhtConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        bootstrap: bootstrap.iter().map(|a| a.to_string()).collect(),
+        query_timeout: Duration::from_millis(1000),
+        ..DhtConfig::default()
+    }
+}
+
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A small network: node 0 has no bootstrap, the others bootstrap to node 0 (and node 1).
+async fn network(n: usize, tweak: impl Fn(&mut DhtConfig)) -> Vec<Dht> {
+    let mut c = cfg(&[]);
+    tweak(&mut c);
+    let first = Dht::bind(c).await.unwrap();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let mut boot = vec![nodes[0].local_addr()];
+        if i > 1 {
+            boot.push(nodes[1].local_addr());
+        }
+        let mut c = cfg(&boot);
+        tweak(&mut c);
+        nodes.push(Dht::bind(c).await.unwrap());
+    }
+    for n in &nodes {
+        tokio::time::timeout(Duration::from_secs(30), n.ready()).await.expect("ready");
+    }
+    nodes
+}
+
+fn peer(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn announce_through_one_lookup_through_another() {
+    let nodes = network(3, |_| {}).await;
+    let n = nodes[1].announce(b"rest:util:net", 1337).await.expect("announce");
+    assert!(n >= 1, "at least one node stored the peer");
+    let found = nodes[2].lookup(b"rest:util:net").await.unwrap();
+    assert_eq!(found, vec![peer("127.0.0.1:1337")]);
+    // an unknown name gives nothing
+    assert!(nodes[2].lookup(b"unknown-service").await.unwrap().is_empty());
+    // a 0-byte and a long (> 20 bytes) name work too
+    nodes[2].announce(b"", 1).await.unwrap();
+    nodes[2].announce(&[b'x'; 100], 2).await.unwrap();
+    assert_eq!(nodes[0].lookup(b"").await.unwrap(), vec![peer("127.0.0.1:1")]);
+    assert_eq!(nodes[1].lookup(&[b'x'; 100]).await.unwrap(), vec![peer("127.0.0.1:2")]);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn announce_event_fires_on_the_storing_node() {
+    let nodes = network(2, |_| {}).await;
+    let mut ev = nodes[0].events();
+    nodes[1].announce(b"svc:ev", 4000).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(DhtEvent::Announce { info_hash, peer }) = ev.recv().await {
+                return (info_hash, peer);
+            }
+        }
+    })
+    .await
+    .expect("announce event");
+    assert_eq!(got, (b"svc:ev".to_vec(), peer("127.0.0.1:4000")));
+    assert_eq!(nodes[0].local_peers(b"svc:ev", 10), vec![peer("127.0.0.1:4000")]);
+}
+
+#[tokio::test]
+async fn peers_expire_after_max_age() {
+    let nodes = network(3, |c| c.peer_max_age = Duration::from_millis(200)).await;
+    nodes[1].announce(b"svc:expiring", 1337).await.unwrap();
+    // visible at first (the lookup may run after expiry on a very busy machine, hence polling the
+    // store directly on the storing side as well)
+    let stored_somewhere = nodes.iter().any(|n| !n.local_peers(b"svc:expiring", 10).is_empty());
+    let found = nodes[2].lookup(b"svc:expiring").await.unwrap();
+    assert!(stored_somewhere || found == vec![peer("127.0.0.1:1337")]);
+    eventually(Duration::from_secs(5), "peer expired everywhere", || {
+        let nodes = nodes.clone();
+        async move {
+            let empty = nodes[2].lookup(b"svc:expiring").await.unwrap().is_empty()
+                && nodes.iter().all(|n| n.local_peers(b"svc:expiring", 10).is_empty());
+            empty.then_some(())
+        }
+    })
+    .await;
+    // and a fresh announce brings it back
+    nodes[1].announce(b"svc:expiring", 1338).await.unwrap();
+    let found = nodes[0].lookup(b"svc:expiring").await.unwrap();
+    assert!(found.contains(&peer("127.0.0.1:1338")) || nodes.iter().any(|n| !n.local_peers(b"svc:expiring", 10).is_empty()));
+}
+
+#[tokio::test]
+async fn hundred_nodes() {
+    let nodes = network(100, |_| {}).await;
+    let n = nodes[1].announce(b"B", 2000).await.expect("announce in a 100-node network");
+    assert!(n >= 1);
+    for i in [2, 3, 50, 99] {
+        let found = nodes[i].lookup(b"B").await.unwrap();
+        assert_eq!(found, vec![peer("127.0.0.1:2000")], "lookup from node {i}");
+    }
+    let n = nodes[77].announce(b"rest:util:net", 3000).await.unwrap();
+    assert!(n >= 1);
+    assert_eq!(nodes[5].lookup(b"rest:util:net").await.unwrap(), vec![peer("127.0.0.1:3000")]);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_identical_lookups_agree() {
+    let nodes = network(4, |_| {}).await;
+    nodes[1].announce(b"svc:co", 5000).await.unwrap();
+    let a = nodes[3].clone();
+    let futs: Vec<_> = (0..10).map(|_| {
+        let a = a.clone();
+        tokio::spawn(async move { a.lookup(b"svc:co").await })
+    }).collect();
+    for f in futs {
+        assert_eq!(f.await.unwrap().unwrap(), vec![peer("127.0.0.1:5000")]);
+    }
+}
+
+#[tokio::test]
+async fn lone_node_announce_and_self_host() {
+    let lone = Dht::bind(cfg(&[])).await.unwrap();
+    lone.ready().await;
+    let e = lone.announce(b"lonely", 7000).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoNodes);
+    assert!(lone.lookup(b"lonely").await.unwrap().is_empty());
+
+    let mut c = cfg(&[]);
+    c.self_host = Some("127.0.0.1".parse().unwrap());
+    let host = Dht::bind(c).await.unwrap();
+    host.ready().await;
+    let e = host.announce(b"self", 7001).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoNodes);
+    assert_eq!(host.local_peers(b"self", 10), vec![peer("127.0.0.1:7001")]);
+    assert_eq!(host.lookup(b"self").await.unwrap(), vec![peer("127.0.0.1:7001")]);
+    assert_eq!(host.announce(b"self", 0).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn immutable_put_get() {
+    let nodes = network(4, |_| {}).await;
+    let (target, n) = nodes[1].put(PutItem::Immutable { v_bencoded: b"11:hello world".to_vec() }).await.unwrap();
+    assert!(n >= 1);
+    assert_eq!(hex::encode(target), "6d33adc2b6b2c14c3036feefb7fedbca1a880527");
+    // local copy on the putting node
+    let local = nodes[1].get(target, None, true).await.unwrap().unwrap();
+    assert!(local.local);
+    assert_eq!(local.id, nodes[1].id());
+    // from the network on another node
+    let got = nodes[3].get(target, None, false).await.unwrap().expect("found");
+    assert!(!got.local);
+    assert_eq!(got.v_bencoded, b"11:hello world");
+    assert!(got.token.is_some());
+    assert!(got.mutable.is_none());
+    // unknown target
+    assert!(nodes[3].get(sha1(b"3:xyz"), None, false).await.unwrap().is_none());
+    // too big
+    let mut big = b"1001:".to_vec();
+    big.extend(vec![b'a'; 1001]);
+    assert_eq!(nodes[1].put(PutItem::Immutable { v_bencoded: big }).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+fn mutable(key: &SigningKey, v: &[u8], seq: i64, salt: Option<&[u8]>, cas: Option<i64>) -> PutItem {
+    let mut vb = format!("{}:", v.len()).into_bytes();
+    vb.extend_from_slice(v);
+    let sig = key.sign(&sig_data(salt, seq, &vb)).to_bytes();
+    PutItem::Mutable { v_bencoded: vb, k: key.verifying_key().to_bytes(), sig, seq, salt: salt.map(<[u8]>::to_vec), cas }
+}
+
+#[tokio::test]
+async fn mutable_put_update_reject() {
+    let nodes = network(4, |_| {}).await;
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let k = key.verifying_key().to_bytes();
+    let (target, n) = nodes[1].put(mutable(&key, b"mutable v1", 1, None, None)).await.unwrap();
+    assert!(n >= 1);
+    assert_eq!(target, mutable_target(&k, b""));
+    let got = nodes[2].get(target, None, false).await.unwrap().expect("v1");
+    assert_eq!(got.v_bencoded, b"10:mutable v1");
+    assert_eq!(got.mutable.as_ref().unwrap().seq, 1);
+    assert_eq!(got.mutable.as_ref().unwrap().k, k);
+
+    let e = nodes[1].put(mutable(&key, b"again", 1, None, None)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SeqTooLow);
+    assert_eq!(e.message(), "302 sequence number less than current");
+    let e = nodes[1].put(mutable(&key, b"v2", 2, None, Some(5))).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CasMismatch);
+    assert_eq!(e.message(), "301 CAS mismatch, re-read and try again");
+    nodes[1].put(mutable(&key, b"v2", 2, None, Some(1))).await.unwrap();
+    let got = nodes[3].get(target, None, false).await.unwrap().expect("v2");
+    assert_eq!(got.v_bencoded, b"2:v2");
+    assert_eq!(got.mutable.unwrap().seq, 2);
+
+    // a bad signature is dropped silently by every node
+    let PutItem::Mutable { v_bencoded, k, seq, salt, cas, .. } = mutable(&key, b"v3", 3, None, None) else { unreachable!() };
+    let e = nodes[1].put(PutItem::Mutable { v_bencoded, k, sig: [1; 64], seq, salt, cas }).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AllQueriesFailed);
+
+    // salted: target sha1(k ‖ salt); reading needs the salt
+    let (ts, _) = nodes[1].put(mutable(&key, b"salted", 1, Some(b"mysalt"), None)).await.unwrap();
+    assert_eq!(ts, mutable_target(&k, b"mysalt"));
+    assert_ne!(ts, target);
+    let got = nodes[2].get(ts, Some(b"mysalt"), false).await.unwrap().expect("salted");
+    assert_eq!(got.v_bencoded, b"6:salted");
+    assert!(nodes[2].get(ts, None, false).await.unwrap().is_none(), "without the salt the check fails");
+}
+
+async fn raw_ping(sock: &UdpSocket, to: SocketAddr, t: &[u8]) -> Option<Vec<u8>> {
+    let mut q = format!("d1:ad2:id20:{}e1:q4:ping1:t{}:", "r".repeat(20), t.len()).into_bytes();
+    q.extend_from_slice(t);
+    q.extend_from_slice(b"1:y1:qe");
+    sock.send_to(&q, to).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn crash_inputs_are_dropped_and_the_node_keeps_answering() {
+    let node = Dht::bind(cfg(&[])).await.unwrap();
+    let to = node.local_addr();
+    let mut ev = node.events();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = "a".repeat(20);
+    let crashers: Vec<Vec<u8>> = vec![
+        b"d1:t2:aa1:y1:qe".to_vec(),
+        format!("d1:ad2:id20:{id}6:targeti1ee1:q9:find_node1:t2:aa1:y1:qe").into_bytes(),
+        format!("d1:ad2:id20:{id}9:info_hashi1ee1:q9:get_peers1:t2:aa1:y1:qe").into_bytes(),
+        format!("d1:ad2:id20:{id}6:targeti1ee1:q3:get1:t2:aa1:y1:qe").into_bytes(),
+        b"garbage".to_vec(),
+        b"".to_vec(),
+        vec![b'l'; 5000],
+        b"d1:rd2:id20:aaaaaaaaaaaaaaaaaaaae1:t1:x1:y1:re".to_vec(),
+        b"d1:rd2:id20:aaaaaaaaaaaaaaaaaaaae1:t2:\xff\xff1:y1:re".to_vec(),
+        b"d1:eli1ee1:t2:xx1:y1:ee".to_vec(),
+        b"d1:y1:ze".to_vec(),
+    ];
+    for c in &crashers {
+        sock.send_to(c, to).await.unwrap();
+    }
+    // announce with out-of-range ports: no reply at all (like the reference) but no crash
+    let token = {
+        let q = format!("d1:ad2:id20:{id}9:info_hash3:svce1:q9:get_peers1:t2:gp1:y1:qe");
+        sock.send_to(q.as_bytes(), to).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await.unwrap().unwrap();
+        let m = grenache::dht::krpc::decode(&buf[..n]).unwrap();
+        let grenache::dht::krpc::Body::Response(r) = m.body else { panic!("not a response") };
+        r.token.unwrap()
+    };
+    for port in ["i70000e", "i-5e", "i0e", "3:abc"] {
+        let mut q = format!("d1:ad2:id20:{id}9:info_hash3:svc4:port{port}5:token20:").into_bytes();
+        q.extend_from_slice(&token);
+        q.extend_from_slice(b"e1:q13:announce_peer1:t2:ap1:y1:qe");
+        sock.send_to(&q, to).await.unwrap();
+    }
+    // the node still answers, and its reply to the ping is the next datagram we get (nothing
+    // was sent back for any of the inputs above)
+    let reply = raw_ping(&sock, to, b"pi").await.expect("ping reply");
+    let mut want = b"d1:rd2:id20:".to_vec();
+    want.extend_from_slice(&node.id());
+    want.extend_from_slice(b"e1:t2:pi1:y1:re");
+    assert_eq!(reply, want);
+    assert!(node.local_peers(b"svc", 10).is_empty());
+    // warnings were emitted for the malformed ones
+    let mut warnings = 0;
+    while let Ok(e) = ev.try_recv() {
+        if matches!(e, DhtEvent::Warning(_)) {
+            warnings += 1;
+        }
+    }
+    assert!(warnings >= 8, "got {warnings} warnings");
+}
+
+#[tokio::test]
+async fn transaction_ids_of_any_length_are_echoed() {
+    let node = Dht::bind(cfg(&[])).await.unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for t in [&b""[..], b"x", b"hello", &[0u8; 40]] {
+        let reply = raw_ping(&sock, node.local_addr(), t).await.expect("reply");
+        let m = grenache::dht::krpc::decode(&reply).unwrap();
+        assert_eq!(m.t, t);
+    }
+    // unknown method: no reply; then a ping is answered
+    sock.send_to(b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:vote1:t2:vv1:y1:qe", node.local_addr()).await.unwrap();
+    let reply = raw_ping(&sock, node.local_addr(), b"zz").await.unwrap();
+    assert_eq!(grenache::dht::krpc::decode(&reply).unwrap().t, b"zz");
+}
+
+#[tokio::test]
+async fn ready_fires_when_bootstrap_is_unreachable() {
+    // a socket that never answers
+    let black_hole = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let node = Dht::bind(cfg(&[black_hole.local_addr().unwrap()])).await.unwrap();
+    let mut ev = node.events();
+    tokio::time::timeout(Duration::from_secs(10), node.ready()).await.expect("ready despite a dead bootstrap node");
+    assert!(node.is_ready());
+    assert_eq!(node.node_count(), 0);
+    // an unresolvable/garbage bootstrap entry does not block either
+    let mut c = cfg(&[]);
+    c.bootstrap = vec!["not a host".into()];
+    let n2 = Dht::bind(c).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), n2.ready()).await.expect("ready");
+    drop(ev.try_recv());
+}
+
+#[tokio::test]
+async fn replies_from_the_wrong_ip_are_ignored() {
+    // the bootstrap "node" gets the find_node on 127.0.0.1 but answers from 127.0.0.2
+    let fake = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let Ok(liar) = UdpSocket::bind("127.0.0.2:0").await else { return }; // no 127/8 loopback: skip
+    let node = Dht::bind(cfg(&[fake.local_addr().unwrap()])).await.unwrap();
+    let mut ev = node.events();
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), fake.recv_from(&mut buf)).await.unwrap().unwrap();
+    let q = grenache::dht::krpc::decode(&buf[..n]).unwrap();
+    assert_eq!(q.t.len(), 2, "we send 2-byte transaction ids");
+    assert_ne!(q.t, [0, 0]);
+    let mut r = b"d1:rd2:id20:bbbbbbbbbbbbbbbbbbbbe1:t2:".to_vec();
+    r.extend_from_slice(&q.t);
+    r.extend_from_slice(b"1:y1:re");
+    liar.send_to(&r, from).await.unwrap();
+    let warned = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(DhtEvent::Warning(w)) = ev.recv().await
+                && w.contains("out of order")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(warned.is_ok(), "expected an out-of-order warning");
+    node.ready().await;
+    assert_eq!(node.node_count(), 0, "the liar was not added");
+    // the genuine reply (right IP) is accepted and adds the node
+    let node2 = Dht::bind(cfg(&[fake.local_addr().unwrap()])).await.unwrap();
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), fake.recv_from(&mut buf)).await.unwrap().unwrap();
+    let q = grenache::dht::krpc::decode(&buf[..n]).unwrap();
+    let mut r = b"d1:rd2:id20:bbbbbbbbbbbbbbbbbbbb5:nodes0:e1:t2:".to_vec();
+    r.extend_from_slice(&q.t);
+    r.extend_from_slice(b"1:y1:re");
+    fake.send_to(&r, from).await.unwrap();
+    node2.ready().await;
+    assert_eq!(node2.node_count(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_frees_the_port_and_cancels_pending_ops() {
+    let black_hole = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut c = cfg(&[black_hole.local_addr().unwrap()]);
+    c.query_timeout = Duration::from_secs(30);
+    let node = Dht::bind(c).await.unwrap();
+    let addr = node.local_addr();
+    let n2 = node.clone();
+    let pending = tokio::spawn(async move { n2.lookup(b"never").await });
+    let n3 = node.clone();
+    let pending_put = tokio::spawn(async move { n3.put(PutItem::Immutable { v_bencoded: b"1:x".to_vec() }).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await.expect("shutdown is quick");
+    let r = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap().unwrap();
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Cancelled);
+    let r = tokio::time::timeout(Duration::from_secs(5), pending_put).await.unwrap().unwrap();
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Cancelled);
+    assert_eq!(node.lookup(b"x").await.unwrap_err().kind(), ErrorKind::Cancelled);
+    // the port can be bound again, by a plain socket and by a new node
+    let again = std::net::UdpSocket::bind(addr).expect("port is free after shutdown");
+    drop(again);
+    let mut c = cfg(&[]);
+    c.bind = addr;
+    let node = Dht::bind(c).await.expect("rebind the same port");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_every_handle_frees_the_port() {
+    let node = Dht::bind(cfg(&[])).await.unwrap();
+    let addr = node.local_addr();
+    drop(node);
+    eventually(Duration::from_secs(5), "port free after drop", || async move {
+        std::net::UdpSocket::bind(addr).ok().map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn announce_recovers_after_the_cached_nodes_die() {
+    let a = Dht::bind(cfg(&[])).await.unwrap();
+    let b = Dht::bind(cfg(&[a.local_addr()])).await.unwrap();
+    b.ready().await;
+    assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
+    a.shutdown().await;
+    // a new node joins through b; b's cached table still only holds the dead a
+    let d = Dht::bind(cfg(&[b.local_addr()])).await.unwrap();
+    d.ready().await;
+    let e = b.announce(b"svc:phoenix", 1000).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AllQueriesFailed);
+    // the failed table was dropped: the next announce walks again and reaches d
+    assert_eq!(b.announce(b"svc:phoenix", 1000).await.unwrap(), 1);
+    assert_eq!(d.local_peers(b"svc:phoenix", 10), vec![peer("127.0.0.1:1000")]);
+}
+
+#[tokio::test]
+async fn identical_concurrent_lookups_are_merged() {
+    // The only node known is a fake that never answers: every walk asks it once and waits for
+    // the timeout. Ten concurrent lookups of one name must cost a single get_peers.
+    let fake = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let node = Dht::bind(cfg(&[fake.local_addr().unwrap()])).await.unwrap();
+    node.ready().await;
+    let lookups: Vec<_> = (0..10)
+        .map(|_| {
+            let n = node.clone();
+            tokio::spawn(async move { n.lookup(b"svc:merged").await })
+        })
+        .collect();
+    let other = node.clone();
+    let different = tokio::spawn(async move { other.lookup(b"svc:other").await.map(|v| v.len()) });
+    let mut get_peers = std::collections::HashMap::<Vec<u8>, usize>::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, fake.recv_from(&mut buf)).await {
+        if let Ok(m) = grenache::dht::krpc::decode(&buf[..n])
+            && let grenache::dht::krpc::Body::Query(q) = m.body
+            && let grenache::dht::krpc::Method::GetPeers { info_hash: Some(ih) } = q.method
+        {
+            *get_peers.entry(ih).or_default() += 1;
+        }
+    }
+    for l in lookups {
+        assert!(l.await.unwrap().unwrap().is_empty());
+    }
+    assert_eq!(different.await.unwrap().unwrap(), 0);
+    assert_eq!(get_peers.get(&b"svc:merged"[..]), Some(&1), "{get_peers:?}");
+    assert_eq!(get_peers.get(&b"svc:other"[..]), Some(&1), "{get_peers:?}");
+}
+
+#[tokio::test]
+async fn dead_nodes_are_dropped_and_an_empty_table_bootstraps_again() {
+    let d = Dht::bind(cfg(&[])).await.unwrap();
+    let d_addr = d.local_addr();
+    let mut c = cfg(&[d_addr]);
+    c.node_liveness = Duration::from_millis(300);
+    c.query_timeout = Duration::from_millis(300);
+    let c = Dht::bind(c).await.unwrap();
+    c.ready().await;
+    assert_eq!(c.node_count(), 1);
+    // d dies: the liveness check pings it and drops it
+    d.shutdown().await;
+    eventually(Duration::from_secs(20), "dead node dropped", || {
+        let c = c.clone();
+        async move { (c.node_count() == 0).then_some(()) }
+    })
+    .await;
+    // a node comes back on the bootstrap address: the empty table bootstraps again and finds it
+    let mut again = cfg(&[]);
+    again.bind = d_addr;
+    let d2 = Dht::bind(again).await.unwrap();
+    eventually(Duration::from_secs(20), "re-bootstrapped", || {
+        let c = c.clone();
+        async move { (c.node_count() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(d2.node_count(), 1, "d2 learned about c from its queries");
+}
