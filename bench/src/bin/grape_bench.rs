@@ -333,7 +333,12 @@ async fn memory_with(net: &Net, count: usize) -> (u64, f64) {
 }
 
 fn child(n: usize) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Like the `grape` CLI: a multi-thread runtime (GRAPE_BENCH_THREADS sets its worker count).
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = std::env::var("GRAPE_BENCH_THREADS").ok().and_then(|t| t.parse().ok()) {
+        b.worker_threads(t);
+    }
+    let rt = b.enable_all().build().expect("runtime");
     rt.block_on(async move {
         let net = grenache::grape::Testnet::start_with(n, |c| {
             c.max_peers(1_000_000);

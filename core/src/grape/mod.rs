@@ -50,6 +50,8 @@ const RECENT_ANNOUNCES: std::num::NonZeroUsize = match std::num::NonZeroUsize::n
     Some(n) => n,
     None => std::num::NonZeroUsize::MIN,
 };
+/// Last successful announce (time, node count) per (name, port).
+type RecentAnnounces = lru::LruCache<(Vec<u8>, u16), (std::time::Instant, usize)>;
 /// Upper bound on any single DHT operation started by an HTTP request.
 const DHT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -266,7 +268,7 @@ struct Inner {
     /// round (zero: never).
     announce_window: Duration,
     /// Last successful announce per (name, port), bounded LRU.
-    recent_announces: Mutex<lru::LruCache<(Vec<u8>, u16), (std::time::Instant, usize)>>,
+    recent_announces: Mutex<RecentAnnounces>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -449,21 +451,20 @@ impl Inner {
     async fn announce(&self, name: &[u8], port: u16) -> Result<usize> {
         let port = if port == 0 { self.dht_addr.port() } else { port };
         let key = (name.to_vec(), port);
-        if !self.announce_window.is_zero() {
-            if let Some((at, hits)) = lock(&self.recent_announces).get(&key) {
-                if at.elapsed() < self.announce_window {
-                    return Ok(*hits);
-                }
-            }
+        if !self.announce_window.is_zero()
+            && let Some((at, hits)) = lock(&self.recent_announces).get(&key).copied()
+            && at.elapsed() < self.announce_window
+        {
+            return Ok(hits);
         }
         let res = match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.announce(name, port)).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(ErrorKind::AllQueriesFailed, "All queries failed")),
         };
-        if let Ok(hits) = res {
-            if !self.announce_window.is_zero() {
-                lock(&self.recent_announces).put(key, (std::time::Instant::now(), hits));
-            }
+        if let Ok(hits) = res
+            && !self.announce_window.is_zero()
+        {
+            lock(&self.recent_announces).put(key, (std::time::Instant::now(), hits));
         }
         res
     }
