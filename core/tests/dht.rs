@@ -498,3 +498,112 @@ async fn dead_nodes_are_dropped_and_an_empty_table_bootstraps_again() {
     .await;
     assert_eq!(d2.node_count(), 1, "d2 learned about c from its queries");
 }
+
+/// The Grape spawns these futures on a multi-threaded runtime: they must be `Send`, and the
+/// handle `Send + Sync`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn futures_are_send(d: Dht) {
+    fn send<T: Send>(_: T) {}
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&d);
+    send(d.announce(b"x", 1));
+    send(d.lookup(b"x"));
+    send(d.put(PutItem::Immutable { v_bencoded: b"1:x".to_vec() }));
+    send(d.get([0; 20], None, true));
+    send(d.ready());
+    send(d.shutdown());
+    send(Dht::bind(cfg(&[])));
+}
+
+#[tokio::test]
+async fn a_full_bucket_stays_at_k_nodes() {
+    let node = Dht::bind(cfg(&[])).await.unwrap();
+    let own = node.id();
+    let mut socks = Vec::new();
+    // 30 senders whose ids all differ from ours in the first bit: they share bucket 0.
+    for i in 0..30u8 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut id = own;
+        id[0] ^= 0x80;
+        id[19] = i;
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        s.send_to(&q, node.local_addr()).await.unwrap();
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+        socks.push(s);
+    }
+    assert_eq!(node.node_count(), 20, "K = 20 per bucket");
+    // a sender with BEP43 ro=1 is never added
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut q = b"d1:ad2:id20:".to_vec();
+    let mut id = own;
+    id[0] ^= 0x40;
+    q.extend_from_slice(&id);
+    q.extend_from_slice(b"e1:q4:ping2:roi1e1:t2:pp1:y1:qe");
+    s.send_to(&q, node.local_addr()).await.unwrap();
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(node.node_count(), 20);
+}
+
+#[tokio::test]
+async fn a_dead_node_in_a_full_bucket_is_replaced() {
+    let mut c = cfg(&[]);
+    c.node_liveness = Duration::from_millis(200);
+    c.query_timeout = Duration::from_millis(300);
+    let node = Dht::bind(c).await.unwrap();
+    let own = node.id();
+    let ping_from = |i: u8| {
+        let mut id = own;
+        id[0] ^= 0x80;
+        id[19] = i;
+        let mut q = b"d1:ad2:id20:".to_vec();
+        q.extend_from_slice(&id);
+        q.extend_from_slice(b"e1:q4:ping1:t2:pp1:y1:qe");
+        q
+    };
+    // 20 silent nodes fill bucket 0 (each sends one ping, then never answers anything)
+    let mut socks = Vec::new();
+    for i in 0..20u8 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.send_to(&ping_from(i), node.local_addr()).await.unwrap();
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf)).await.unwrap().unwrap();
+        socks.push(s);
+    }
+    assert_eq!(node.node_count(), 20);
+    tokio::time::sleep(Duration::from_millis(300)).await; // they are now stale
+    let mut ev = node.events();
+    let newcomer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    newcomer.send_to(&ping_from(99), node.local_addr()).await.unwrap();
+    // the silent nodes get pinged (they do not answer), then the newcomer takes a place
+    let newcomer_addr = newcomer.local_addr().unwrap();
+    let added = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(DhtEvent::Node(a)) = ev.recv().await
+                && a == newcomer_addr
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(added.is_ok(), "newcomer replaced a dead node");
+    assert!(node.node_count() <= 20);
+    let mut pinged = 0;
+    for s in &socks {
+        let mut buf = [0u8; 512];
+        if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(50), s.recv_from(&mut buf)).await
+            && grenache::dht::krpc::decode(&buf[..n]).is_ok_and(|m| {
+                matches!(m.body, grenache::dht::krpc::Body::Query(grenache::dht::krpc::Query { method: grenache::dht::krpc::Method::Ping, .. }))
+            })
+        {
+            pinged += 1;
+        }
+    }
+    // The bucket-full check pings the least recently seen node; the periodic liveness check
+    // (node_liveness 200 ms here) may have pinged the others meanwhile, which is fine too.
+    assert!(pinged >= 1, "silent nodes were pinged before being replaced");
+}

@@ -1,5 +1,6 @@
 // A bare bittorrent-dht 10.0.0 node (what Node Grapes run), driven over stdin, for DHT interop tests.
-// Usage: node dht_node.js [--bootstrap host:port,...] [--max-age ms]
+// Usage: node dht_node.js [--bootstrap host:port,...] [--max-age ms] [--no-verify]
+//   --no-verify: no ed25519 verifier, like a stock grenache-grape 1.0.0 (mutable puts get KRPC 400)
 // Prints {"event":"listening","port":N,"id":"<hex>"} once bound on 127.0.0.1, then one JSON line per
 // event ("ready", "announce" with name/host/port, "node") and one {"re":<id>,...} line per command.
 // Commands are JSON lines on stdin:
@@ -39,7 +40,7 @@ function verify (sig, msg, pk) {
 const dht = new DHT({
   bootstrap: (opt('--bootstrap', '') || '').split(',').filter(Boolean),
   maxAge: Number(opt('--max-age', '120000')),
-  verify
+  verify: args.includes('--no-verify') ? undefined : verify
 })
 dht.on('ready', () => out({ event: 'ready' }))
 dht.on('announce', (peer, ih) => out({ event: 'announce', name: Buffer.from(ih).toString('utf8'), host: peer.host, port: peer.port }))

@@ -30,8 +30,14 @@ struct NodeDht {
 
 impl NodeDht {
     async fn start(bootstrap: &[SocketAddr]) -> NodeDht {
+        Self::start_with(bootstrap, &[]).await
+    }
+
+    async fn start_with(bootstrap: &[SocketAddr], extra: &[&str]) -> NodeDht {
         let boot = bootstrap.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        let mut proc = NodeProcess::spawn("dht_node.js", &["--bootstrap", &boot]);
+        let mut args = vec!["--bootstrap", &boot];
+        args.extend_from_slice(extra);
+        let mut proc = NodeProcess::spawn("dht_node.js", &args);
         let port = loop {
             let v = proc.json(T).await;
             if v["event"] == "listening" {
@@ -181,4 +187,27 @@ async fn mutable_put_get_both_ways() {
     let e = r2.put(PutItem::Mutable { v_bencoded: v, k, sig, seq: 3, salt: None, cas: None }).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SeqTooLow, "{e}");
     assert_eq!(e.message(), "302 sequence number less than current");
+}
+
+#[tokio::test]
+async fn mutable_put_to_a_stock_node_without_verifier_fails_cleanly() {
+    // A stock grenache-grape 1.0.0 has no verifier: it answers mutable puts with KRPC 400,
+    // which is not a 3xx, so the put reports "All queries failed" (spec §4.7 item 7).
+    let r = Dht::bind(cfg(&[])).await.unwrap();
+    let mut n = NodeDht::start_with(&[r.local_addr()], &["--no-verify"]).await;
+    n.wait_event("ready").await;
+    eventually(T, "R knows the Node node", || {
+        let r = r.clone();
+        async move { (r.node_count() >= 1).then_some(()) }
+    })
+    .await;
+    let key = SigningKey::from_bytes(&[9u8; 32]);
+    let v = b"1:x".to_vec();
+    let sig = key.sign(&sig_data(None, 1, &v)).to_bytes();
+    let k = key.verifying_key().to_bytes();
+    let e = r.put(PutItem::Mutable { v_bencoded: v, k, sig, seq: 1, salt: None, cas: None }).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AllQueriesFailed, "{e}");
+    // immutable puts still work
+    let (_, hits) = r.put(PutItem::Immutable { v_bencoded: b"1:y".to_vec() }).await.unwrap();
+    assert_eq!(hits, 1);
 }

@@ -16,7 +16,22 @@
 //! * KRPC errors from remote nodes map to [`ErrorKind::SeqTooLow`]
 //!   (302), [`ErrorKind::CasMismatch`] (301) and
 //!   [`ErrorKind::Dht`] (others); the message is `"<code> <text>"` as
-//!   bittorrent-dht reports it, e.g. `"302 sequence number less than current"`.
+//!   bittorrent-dht reports it, e.g. `"302 sequence number less than current"`. As in the
+//!   reference, announce/put only surface 3xx errors, and only when no node succeeded; other
+//!   failures give `AllQueriesFailed`.
+//!
+//! Deliberate departures from bittorrent-dht 10 (none affects what a Node Grape sees as valid):
+//! * Malformed datagrams (the §4.5 crash inputs, fields of the wrong type, ports out of range)
+//!   are dropped with a [`DhtEvent::Warning`]; the node never panics.
+//! * `nodes` replies carry the 20 closest nodes (the reference sends its whole table) and
+//!   `values` at most 256 random peers, so datagrams stay small.
+//! * Mutable BEP44 items are verified with ed25519 (stock Grape 1.0.0 answers 400 instead);
+//!   a salt over 64 bytes gets error 207.
+//! * Peer records expire exactly at `peer_max_age` (record-cache: 0.67x-1.33x). The store is
+//!   bounded by `max_peers` over all keys; when full, new records get error 202.
+//! * BEP43 `ro=1` senders are not added to the routing table.
+//! * Distances to targets of unequal length follow k-bucket's rule but compare exactly (k-bucket
+//!   folds them into a double); ties are broken by node id.
 
 pub mod bencode;
 pub mod krpc;
@@ -83,22 +98,29 @@ impl Default for DhtConfig {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum DhtEvent {
-    /// The UDP socket is bound.
+    /// The UDP socket is bound. Sent from inside [`Dht::bind`], i.e. before anyone can
+    /// subscribe; use [`Dht::local_addr`] instead.
     Listening(SocketAddr),
-    /// The bootstrap walk finished (fires even if every bootstrap node was unreachable).
+    /// The bootstrap walk finished (fires even if every bootstrap node was unreachable, after
+    /// the query timeout; at once with no bootstrap nodes, possibly before a subscriber exists:
+    /// prefer [`Dht::ready`] / [`Dht::is_ready`]). Fires once.
     Ready,
-    /// A node was added to the routing table.
+    /// A new node was added to the routing table (from a query or reply carrying a 20-byte id,
+    /// not sent with BEP43 `ro=1`).
     Node(SocketAddr),
-    /// A malformed or unexpected datagram was dropped.
+    /// A malformed or unexpected datagram was dropped (bad bencode, wrong shape, unknown or
+    /// short transaction id, reply from the wrong IP), or a UDP error. The text is for logs.
     Warning(String),
-    /// A peer was stored in this node's peer store for `info_hash`.
+    /// A peer was stored (or refreshed) in this node's peer store for `info_hash`: a remote
+    /// `announce_peer` was accepted, or this node announced with `self_host` set.
     Announce {
         /// The raw info-hash bytes (a Grenache service name's UTF-8 bytes).
         info_hash: Vec<u8>,
         /// The stored peer.
         peer: SocketAddrV4,
     },
-    /// A lookup found a peer.
+    /// A lookup found a peer (from the own store or a remote `values` reply). Each peer is
+    /// reported at most once per lookup; merged identical lookups report it once in total.
     Peer {
         /// The raw info-hash bytes.
         info_hash: Vec<u8>,

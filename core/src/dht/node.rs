@@ -36,6 +36,9 @@ pub const MAX_REPLY_VALUES: usize = 256;
 pub const MAX_LOCAL_PEERS: usize = 1000;
 /// Most nodes queried by one iterative walk.
 pub const MAX_WALK_QUERIES: usize = 1000;
+/// Most token-holding nodes kept per target (announce/put go to all of them). Bounds the
+/// `max_tables` cache to about `max_tables x 100 x 70` bytes in the worst case.
+pub const MAX_TABLE_NODES: usize = 5 * K;
 /// Lifetime of a cached per-target table of token-holding nodes.
 pub const TABLE_TTL: Duration = Duration::from_secs(300);
 /// Secret rotation period for tokens.
@@ -226,6 +229,7 @@ pub(crate) struct Inner {
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Inner {
@@ -259,6 +263,7 @@ impl Inner {
             ready,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(MAX_PENDING),
         });
         let _ = inner.events.send(DhtEvent::Listening(local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
@@ -314,6 +319,7 @@ impl Inner {
 
     pub(crate) async fn shutdown(&self) {
         self.cancel.cancel();
+        self.slots.close();
         let sock = lock(&self.socket).take();
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
         for t in tasks {
@@ -346,7 +352,11 @@ impl Inner {
                 Err(e) => {
                     // ICMP port unreachable etc. surface here on some platforms; keep serving.
                     self.emit(DhtEvent::Warning(format!("UDP receive error: {e}")));
-                    tokio::task::yield_now().await;
+                    // do not spin if the error repeats
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
                 }
             }
         }
@@ -417,7 +427,8 @@ impl Inner {
     }
 
     /// Adds a node to the routing table; when its bucket is full, pings the least recently seen
-    /// node (if not heard from for 10 s) and replaces it if it is dead.
+    /// node (if not heard from for 10 s, or `node_liveness` if shorter) and replaces it if it is
+    /// dead.
     pub(crate) fn add_node(self: &Arc<Self>, info: NodeInfo) {
         let now = Instant::now();
         let mut st = self.state();
@@ -429,7 +440,7 @@ impl Inner {
             Insert::Full(oldest) => {
                 let stale = st
                     .table
-                    .stale(Duration::from_secs(10), now)
+                    .stale(Duration::from_secs(10).min(self.config.node_liveness), now)
                     .into_iter()
                     .any(|n| n.id == oldest.id);
                 if !stale || st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(oldest.id) {
@@ -458,6 +469,8 @@ impl Inner {
 
     /// Sends one query and waits for its reply (or error, or timeout).
     pub(crate) async fn query(self: &Arc<Self>, to: SocketAddrV4, method: Method) -> std::result::Result<Response, QueryError> {
+        // at most MAX_PENDING transactions: further queries wait for a slot (like k-rpc's queue)
+        let _slot = self.slots.acquire().await.map_err(|_| QueryError::Other(Error::new(ErrorKind::Cancelled, "DHT node is shut down")))?;
         let (tid, rx) = {
             let mut st = self.state();
             if st.pending.len() >= MAX_PENDING {
@@ -627,6 +640,7 @@ impl Inner {
         }
         tokens.sort_by(|a, b| routing::cmp_distance(&target, &a.info.id, &b.info.id));
         tokens.dedup_by(|a, b| a.info.id == b.info.id);
+        tokens.truncate(MAX_TABLE_NODES);
         tokens
     }
 
