@@ -227,14 +227,14 @@ async fn should_remove_outdated_services() {
         lookup(g1, "rest:util:net").await.is_empty() && lookup(g2, "rest:util:net").await.is_empty()
     })
     .await;
-    // Store ≤ 1.33 × 200 ms, cache ≤ 1.33 × 100 ms after the last sighting: well under 1 s.
-    assert!(announced.elapsed() < Duration::from_millis(1500), "took {:?}", announced.elapsed());
+    // Store 200 ms, cache ≤ 1.33 × 100 ms after the last sighting: well under 3 s even when loaded.
+    assert!(announced.elapsed() < Duration::from_secs(3), "took {:?}", announced.elapsed());
     net.stop().await;
 }
 
 #[tokio::test]
 async fn should_not_cache_dead_peers_when_doing_lookups() {
-    let net = net(2, Duration::from_millis(600)).await;
+    let net = net(2, Duration::from_millis(1500)).await;
     let (g1, g2) = (net.grape(0), net.grape(1));
     announce(g1, "dead:svc", 1337).await;
     let mut rounds = 0;
@@ -255,7 +255,7 @@ async fn should_not_cache_dead_peers_when_doing_lookups() {
 
 #[tokio::test]
 async fn should_not_cache_dead_peers_when_another_one_is_announcing() {
-    let net = net(2, Duration::from_millis(600)).await;
+    let net = net(2, Duration::from_millis(1500)).await;
     let (g1, g2) = (net.grape(0).clone(), net.grape(1).clone());
     let stop = tokio_util::sync::CancellationToken::new();
     let mut keepers = Vec::new();
@@ -310,7 +310,7 @@ async fn should_announce_a_simple_service_to_lots_of_grapes() {
 /// Service A is announced every 20 ms; B once, then again from tick 6. B must vanish while A
 /// stays, and both must be visible at the end.
 async fn services_die_and_come_back(n: usize) {
-    let net = net(n, Duration::from_millis(300)).await;
+    let net = net(n, Duration::from_millis(1000)).await;
     let grapes: Vec<Grape> = net.grapes().to_vec();
     let stop = tokio_util::sync::CancellationToken::new();
     let b_on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -683,4 +683,37 @@ async fn many_keep_alive_clients_at_once() {
         tokio::time::timeout(T, t).await.expect("client timed out").expect("client panicked");
     }
     g.stop().await;
+}
+
+// ---------------------------------------------------------------- throughput choices
+
+#[tokio::test]
+async fn re_announce_window_skips_the_dht_and_can_be_disabled() {
+    // Window 10 s: the second announce is answered from memory, so the remote store does not
+    // see it (its announce event fires once).
+    for (window, expected_events) in [(Duration::from_secs(10), 1usize), (Duration::ZERO, 3)] {
+        let net = Testnet::start_with(2, |c| {
+            c.announce_window(window);
+        })
+        .await
+        .expect("testnet");
+        let mut ev = net.grape(1).events();
+        for _ in 0..3 {
+            let n = announce(net.grape(0), "window:svc", 1234).await;
+            assert!(n.as_u64().is_some_and(|n| n >= 1), "{n}");
+        }
+        let mut seen = 0;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match ev.recv().await {
+                    Ok(GrapeEvent::Announce(name)) if name == "window:svc" => seen += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+        assert_eq!(seen, expected_events, "window {window:?}");
+        net.stop().await;
+    }
 }

@@ -53,7 +53,7 @@ struct Cli {
     max_values: usize,
 
     /// Upper bound on announced peers stored, over all names.
-    #[arg(long = "dht_maxPeers", value_name = "N", default_value_t = 10_000)]
+    #[arg(long = "dht_maxPeers", value_name = "N", default_value_t = 1_000_000)]
     max_peers: usize,
 
     /// Largest accepted HTTP body in bytes (0: no limit).

@@ -241,10 +241,10 @@ fn buffer_from_json(v: &Value) -> Option<Vec<u8>> {
 /// The reference's `str2buf`: `Buffer.from(JSON.parse(s))`, falling back to the string's bytes in
 /// `hex` (keys, signatures, get targets) or UTF-8 (salts).
 pub fn str2buf(s: &str, hex: bool) -> Vec<u8> {
-    if let Ok(parsed) = serde_json::from_str::<Value>(s) {
-        if let Some(b) = buffer_from_json(&parsed) {
-            return b;
-        }
+    if let Ok(parsed) = serde_json::from_str::<Value>(s)
+        && let Some(b) = buffer_from_json(&parsed)
+    {
+        return b;
     }
     if hex { node_hex(s) } else { s.as_bytes().to_vec() }
 }

@@ -45,6 +45,13 @@ pub const LOOKUP_MAX_PEERS: usize = 100;
 pub const LOOKUP_CACHE_SIZE: usize = 5000;
 /// Capacity of the event channel; a slow subscriber loses the oldest events (`Lagged`).
 pub const EVENT_CAPACITY: usize = 1024;
+/// Size of the per-(name, port) re-announce memory (see [`GrapeConfig::announce_window`]).
+const RECENT_ANNOUNCES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(10_000) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+/// Last successful announce (time, node count) per (name, port).
+type RecentAnnounces = lru::LruCache<(Vec<u8>, u16), (std::time::Instant, usize)>;
 /// Upper bound on any single DHT operation started by an HTTP request.
 const DHT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,6 +77,7 @@ pub struct GrapeConfig {
     node_liveness: Duration,
     check_max_payload_size: usize,
     max_connections: usize,
+    announce_window: Option<Duration>,
 }
 
 impl Default for GrapeConfig {
@@ -83,10 +91,11 @@ impl Default for GrapeConfig {
             peer_max_age: Duration::from_secs(120),
             max_tables: 5000,
             max_values: 5000,
-            max_peers: 10_000,
+            max_peers: 1_000_000,
             node_liveness: Duration::from_secs(300),
             check_max_payload_size: 8192,
             max_connections: 10_000,
+            announce_window: None,
         }
     }
 }
@@ -165,9 +174,10 @@ impl GrapeConfig {
         self
     }
 
-    /// Upper bound on announced peers stored by the DHT node, over all names.
+    /// Upper bound on announced peers stored by the DHT node, over all names (new ones are
+    /// refused when full). A record costs tens of bytes.
     ///
-    /// Default is 10 000 (the reference's fixed value).
+    /// Default is 1 000 000 (the reference caps at a fixed 10 000).
     pub fn max_peers(&mut self, n: usize) -> &mut Self {
         self.max_peers = n;
         self
@@ -195,6 +205,18 @@ impl GrapeConfig {
     /// Default is 10 000.
     pub fn max_connections(&mut self, n: usize) -> &mut Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Re-announce window: an announce of the same name and port that already succeeded less
+    /// than this long ago is answered with that result without a new DHT round. It bounds the
+    /// UDP traffic a client in a tight announce loop can cause (each announce goes to every
+    /// token-holding node found), and costs at most this much of the record's lifetime. Zero
+    /// turns it off (every announce reaches the DHT, like the reference).
+    ///
+    /// Default is `peer_max_age / 20`, at most 1 s (1 s with the default max age).
+    pub fn announce_window(&mut self, window: Duration) -> &mut Self {
+        self.announce_window = Some(window);
         self
     }
 
@@ -242,6 +264,11 @@ struct Inner {
     cache: Mutex<LookupCache>,
     /// Lookups in flight, by name: later callers wait for the first one's walk.
     inflight: Mutex<HashMap<Vec<u8>, watch::Receiver<bool>>>,
+    /// Re-announces of the same name and port within this window are answered without a DHT
+    /// round (zero: never).
+    announce_window: Duration,
+    /// Last successful announce per (name, port), bounded LRU.
+    recent_announces: Mutex<RecentAnnounces>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -295,6 +322,8 @@ impl Grape {
             events,
             cache: Mutex::new(LookupCache::new(mem_age, LOOKUP_CACHE_SIZE)),
             inflight: Mutex::new(HashMap::new()),
+            announce_window: config.announce_window.unwrap_or_else(|| (config.peer_max_age / 20).min(Duration::from_secs(1))),
+            recent_announces: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -421,10 +450,23 @@ async fn forward_events(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiv
 impl Inner {
     async fn announce(&self, name: &[u8], port: u16) -> Result<usize> {
         let port = if port == 0 { self.dht_addr.port() } else { port };
-        match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.announce(name, port)).await {
+        let key = (name.to_vec(), port);
+        if !self.announce_window.is_zero()
+            && let Some((at, hits)) = lock(&self.recent_announces).get(&key).copied()
+            && at.elapsed() < self.announce_window
+        {
+            return Ok(hits);
+        }
+        let res = match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.announce(name, port)).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(ErrorKind::AllQueriesFailed, "All queries failed")),
+        };
+        if let Ok(hits) = res
+            && !self.announce_window.is_zero()
+        {
+            lock(&self.recent_announces).put(key, (std::time::Instant::now(), hits));
         }
+        res
     }
 
     /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
@@ -433,7 +475,15 @@ impl Inner {
         let mut rx = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(name) {
-                Some(rx) => rx.clone(),
+                Some(rx) => {
+                    // A walk is already running: when earlier walks found peers, answer from the
+                    // lookup cache now rather than queueing behind it (see docs/compat.md).
+                    let cached = lock(&self.cache).get(name, LOOKUP_MAX_PEERS);
+                    if !cached.is_empty() {
+                        return Ok(cached);
+                    }
+                    rx.clone()
+                }
                 None => {
                     let (tx, rx) = watch::channel(false);
                     inflight.insert(name.to_vec(), rx.clone());
