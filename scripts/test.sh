@@ -43,10 +43,11 @@ done
 # 5. Tests. nextest when available (one process per test), else cargo test.
 jobs="${GRENACHE_TEST_JOBS:-$(nproc)}"
 if cargo nextest --version >/dev/null 2>&1; then
-  log "cargo nextest run"
-  cargo nextest run --workspace --locked --no-fail-fast --test-threads "$jobs"
   log "doc tests"
   cargo test --workspace --doc --locked
+  # Last, so that its summary line closes the output.
+  log "cargo nextest run"
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads "$jobs"
 else
   log "cargo test"
   cargo test --workspace --locked --no-fail-fast -- --test-threads "$jobs"
