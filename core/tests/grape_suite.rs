@@ -717,3 +717,51 @@ async fn re_announce_window_skips_the_dht_and_can_be_disabled() {
         net.stop().await;
     }
 }
+
+/// The lookup walk window: within it a hot name is answered from the lookup cache (a service
+/// announced meanwhile is not seen yet); after it the next lookup walks and sees it. With the
+/// window off, every lookup walks, like the reference.
+#[tokio::test]
+async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
+    let window = Duration::from_secs(3);
+    let net = Testnet::start_with(2, |c| {
+        c.lookup_window(window);
+    })
+    .await
+    .expect("testnet");
+    let (g1, g2) = (net.grape(0), net.grape(1));
+    announce(g1, "hot:name", 1001).await;
+    eventually(T, "the first service to be visible on grape 2", || async {
+        lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"]
+    })
+    .await;
+    let walked = Instant::now();
+    announce(g1, "hot:name", 1002).await;
+    let seen = lookup(g2, "hot:name").await;
+    if walked.elapsed() < window {
+        assert_eq!(seen, vec!["127.0.0.1:1001"], "inside the window the lookup must come from the cache");
+    }
+    eventually(T, "both services to be visible once the window ends", || async {
+        let mut s = lookup(g2, "hot:name").await;
+        s.sort();
+        s == vec!["127.0.0.1:1001", "127.0.0.1:1002"]
+    })
+    .await;
+    assert!(walked.elapsed() + Duration::from_millis(100) >= window, "the second service showed up before the window ended");
+    net.stop().await;
+
+    let net = Testnet::start_with(2, |c| {
+        c.lookup_window(Duration::ZERO);
+    })
+    .await
+    .expect("testnet");
+    let (g1, g2) = (net.grape(0), net.grape(1));
+    announce(g1, "hot:name", 1001).await;
+    eventually(T, "the first service to be visible", || async { lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"] })
+        .await;
+    announce(g1, "hot:name", 1002).await;
+    let mut s = lookup(g2, "hot:name").await;
+    s.sort();
+    assert_eq!(s, vec!["127.0.0.1:1001", "127.0.0.1:1002"], "without a window every lookup walks");
+    net.stop().await;
+}

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use grenache_bench::{Row, Samples, print_table, rss_kib};
 use grenache_e2e::{NodeProcess, free_port};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -88,31 +86,60 @@ fn local(p: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], p))
 }
 
-/// A keep-alive HTTP/1.1 client connection.
+/// A keep-alive HTTP/1.1 client connection, written on raw TCP so that the load generator costs
+/// as little CPU as possible (it shares the machine with the servers it measures). It handles
+/// what both Grapes send: a status line, headers with `Content-Length`, a body.
 struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    stream: TcpStream,
+    buf: Vec<u8>,
 }
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Option<Conn> {
         let stream = TcpStream::connect(addr).await.ok()?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(conn);
-        Some(Conn { sender })
+        Some(Conn { stream, buf: Vec::with_capacity(4096) })
     }
 
     async fn post(&mut self, path: &str, body: String) -> Option<(u16, Bytes)> {
-        let req = http::Request::post(path)
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .ok()?;
-        self.sender.ready().await.ok()?;
-        let res = tokio::time::timeout(T, self.sender.send_request(req)).await.ok()?.ok()?;
-        let status = res.status().as_u16();
-        let body = res.into_body().collect().await.ok()?.to_bytes();
-        Some((status, body))
+        use tokio::io::AsyncWriteExt;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::time::timeout(T, self.stream.write_all(req.as_bytes())).await.ok()?.ok()?;
+        self.buf.clear();
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).ok()?;
+                let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let start = end + 4;
+                while self.buf.len() < start + len {
+                    self.read_more(deadline).await?;
+                }
+                return Some((status, Bytes::copy_from_slice(&self.buf[start..start + len])));
+            }
+            self.read_more(deadline).await?;
+        }
+    }
+
+    async fn read_more(&mut self, deadline: tokio::time::Instant) -> Option<()> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Some(())
     }
 }
 

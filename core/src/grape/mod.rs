@@ -78,6 +78,7 @@ pub struct GrapeConfig {
     check_max_payload_size: usize,
     max_connections: usize,
     announce_window: Option<Duration>,
+    lookup_window: Option<Duration>,
 }
 
 impl Default for GrapeConfig {
@@ -96,6 +97,7 @@ impl Default for GrapeConfig {
             check_max_payload_size: 8192,
             max_connections: 10_000,
             announce_window: None,
+            lookup_window: None,
         }
     }
 }
@@ -220,6 +222,19 @@ impl GrapeConfig {
         self
     }
 
+    /// Lookup walk window: a lookup of a name whose last DHT walk found peers less than this long
+    /// ago is answered from the lookup cache without a new walk. Under load this turns thousands
+    /// of walks per second for a hot name (each a burst of UDP queries to other Grapes) into at
+    /// most one per window; a service announced elsewhere shows up at most this much later. Zero
+    /// turns it off (every lookup walks the DHT, like the reference). Lookups that found nothing
+    /// always walk.
+    ///
+    /// Default is `peer_max_age / 1200`, at most 100 ms (100 ms with the default max age).
+    pub fn lookup_window(&mut self, window: Duration) -> &mut Self {
+        self.lookup_window = Some(window);
+        self
+    }
+
     /// The configured HTTP port, if any.
     pub fn get_api_port(&self) -> Option<u16> {
         self.api_port
@@ -269,6 +284,10 @@ struct Inner {
     announce_window: Duration,
     /// Last successful announce per (name, port), bounded LRU.
     recent_announces: Mutex<RecentAnnounces>,
+    /// Lookups of a name within this long after a walk that found peers skip the walk.
+    lookup_window: Duration,
+    /// When the last walk that found peers ended, per name; bounded LRU.
+    recent_walks: Mutex<lru::LruCache<Vec<u8>, std::time::Instant>>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -324,6 +343,10 @@ impl Grape {
             inflight: Mutex::new(HashMap::new()),
             announce_window: config.announce_window.unwrap_or_else(|| (config.peer_max_age / 20).min(Duration::from_secs(1))),
             recent_announces: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
+            lookup_window: config
+                .lookup_window
+                .unwrap_or_else(|| (config.peer_max_age / 1200).min(Duration::from_millis(100))),
+            recent_walks: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -472,6 +495,14 @@ impl Inner {
     /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
     /// the lookup cache.
     async fn lookup(self: &Arc<Self>, name: &[u8]) -> Result<Vec<SocketAddrV4>> {
+        if !self.lookup_window.is_zero()
+            && lock(&self.recent_walks).get(name).is_some_and(|at| at.elapsed() < self.lookup_window)
+        {
+            let cached = lock(&self.cache).get(name, LOOKUP_MAX_PEERS);
+            if !cached.is_empty() {
+                return Ok(cached);
+            }
+        }
         let mut rx = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(name) {
@@ -494,9 +525,14 @@ impl Inner {
                         let found = tokio::time::timeout(DHT_OP_TIMEOUT, me.dht.lookup(&key)).await;
                         match found {
                             Ok(Ok(peers)) => {
+                                let found = !peers.is_empty();
                                 let mut cache = lock(&me.cache);
                                 for p in peers {
                                     cache.add(&key, p);
+                                }
+                                drop(cache);
+                                if found && !me.lookup_window.is_zero() {
+                                    lock(&me.recent_walks).put(key.clone(), std::time::Instant::now());
                                 }
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "lookup walk failed"),
