@@ -1,6 +1,4 @@
-//! Grenache in Rust: a Grape DHT node, the Link client, RPC over HTTP and WebSocket, and
-//! PUB/SUB, wire-compatible with the Node.js reference (grenache-grape, grenache-nodejs-link,
-//! -http, -ws).
+#![doc = include_str!("../../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
