@@ -162,6 +162,23 @@ impl Runtime {
     }
 }
 
+
+type Slot<T> = Arc<(Mutex<Option<Result<T>>>, Condvar)>;
+
+/// The answering side of [`Runtime::block_on`]. When it is dropped unsent (runtime shut down),
+/// the waiter notices within 100 ms from the slot's reference count.
+struct Sender<T>(Option<Slot<T>>);
+
+impl<T> Sender<T> {
+    fn send(&mut self, v: Result<T>) {
+        if let Some(slot) = self.0.take() {
+            let (lock, cv) = &*slot;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+            cv.notify_all();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,21 +211,5 @@ mod tests {
         });
         assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::Timeout));
         rt.shutdown();
-    }
-}
-
-type Slot<T> = Arc<(Mutex<Option<Result<T>>>, Condvar)>;
-
-/// The answering side of [`Runtime::block_on`]. When it is dropped unsent (runtime shut down),
-/// the waiter notices within 100 ms from the slot's reference count.
-struct Sender<T>(Option<Slot<T>>);
-
-impl<T> Sender<T> {
-    fn send(&mut self, v: Result<T>) {
-        if let Some(slot) = self.0.take() {
-            let (lock, cv) = &*slot;
-            *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
-            cv.notify_all();
-        }
     }
 }
