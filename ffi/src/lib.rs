@@ -34,3 +34,5 @@ pub use runtime::grenache_runtime;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ext;

@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use grenache::callback::grenache_json_cb;
-use grenache::client::*;
-use grenache::error::{grenache_error, grenache_error_code, grenache_result};
-use grenache::link::*;
-use grenache::reply::{grenache_reply, grenache_reply_send, grenache_request};
-use grenache::runtime::*;
-use grenache::server::*;
-use grenache::tls::*;
+use crate::callback::grenache_json_cb;
+use crate::client::*;
+use crate::error::{grenache_error, grenache_error_code, grenache_result};
+use crate::link::*;
+use crate::reply::{grenache_reply, grenache_reply_send, grenache_request};
+use crate::runtime::*;
+use crate::server::*;
+use crate::tls::*;
 
 type R = grenache_result;
 
@@ -61,7 +61,7 @@ unsafe extern "C" fn tally_done(ud: *mut c_void, code: R, err: *const grenache_e
 }
 
 unsafe extern "C" fn handler(_ud: *mut c_void, _req: *const grenache_request, reply: *mut grenache_reply) {
-    grenache::reply::grenache_reply_free(reply);
+    crate::reply::grenache_reply_free(reply);
 }
 
 static FREED: AtomicUsize = AtomicUsize::new(0);
@@ -279,7 +279,7 @@ unsafe extern "C" fn stash_reply(_ud: *mut c_void, _req: *const grenache_request
 
 #[test]
 fn freeing_a_server_with_requests_in_flight() {
-    use grenache::grape::*;
+    use crate::grape::*;
     let rt = runtime();
     let mut g = null_mut();
     assert_eq!(grenache_grape_start(rt, 0, 0, null(), &mut g), R::Ok);

@@ -2,7 +2,7 @@
 //! certificate's SHA-1 fingerprint (`grenache_request_fingerprint`) of a client built with
 //! `grenache_client_tls_new`, over WSS and HTTPS, against our own Grapes.
 
-#[path = "../../core/tests/tls_certs/mod.rs"]
+#[path = "../../../core/tests/tls_certs/mod.rs"]
 mod tls_certs;
 
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -10,14 +10,14 @@ use std::ptr::{null, null_mut};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use grenache::client::*;
-use grenache::error::{grenache_error, grenache_error_message, grenache_result};
-use grenache::grape::*;
-use grenache::link::*;
-use grenache::reply::*;
-use grenache::runtime::*;
-use grenache::server::*;
-use grenache::tls::*;
+use crate::client::*;
+use crate::error::{grenache_error, grenache_error_message, grenache_result};
+use crate::grape::*;
+use crate::link::*;
+use crate::reply::*;
+use crate::runtime::*;
+use crate::server::*;
+use crate::tls::*;
 
 type R = grenache_result;
 

@@ -1,0 +1,6 @@
+//! Tests that call the exported functions directly (they live in the crate so that the crate
+//! builds only `cdylib` + `staticlib`: an extra `rlib` named `grenache` would collide with core's).
+#![allow(clippy::unwrap_used)]
+
+mod misuse;
+mod tls;
