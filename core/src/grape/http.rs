@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Reply, Request};
@@ -45,35 +44,15 @@ pub(crate) async fn serve<H: Handler>(
     opts: ServerOptions,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut builder = http1::Builder::new();
     builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
     let builder = Arc::new(builder);
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                // EMFILE and friends: back off a little instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let max_body = opts.max_body;
+    crate::transport::accept_loop(listener, opts.max_connections, stop.clone(), move |stream, peer| {
         let handler = handler.clone();
         let builder = builder.clone();
         let stop = stop.clone();
-        let max_body = opts.max_body;
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(respond(handler.as_ref(), req, max_body).await) }
@@ -91,9 +70,9 @@ pub(crate) async fn serve<H: Handler>(
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
                 }
             }
-        });
-    }
-    drop(listener);
+        }
+    })
+    .await;
 }
 
 /// Reads the body with the limit, runs the request, shapes the HTTP response.

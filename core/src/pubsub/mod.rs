@@ -335,29 +335,12 @@ async fn pub_accept_loop(
     max_subscribers: usize,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(max_subscribers.min(tokio::sync::Semaphore::MAX_PERMITS)));
     let settings = Arc::new(settings);
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.cancelled() => return,
-        };
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("pub accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    crate::transport::accept_loop(listener, max_subscribers, shutdown.clone(), move |tcp, remote| {
         let shared = shared.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let ws = match accept_ws(tcp, remote, &settings).await {
                 Ok((ws, _cert)) => ws,
                 Err(e) => {
@@ -366,8 +349,9 @@ async fn pub_accept_loop(
                 }
             };
             serve_subscriber(ws, shared, shutdown).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken) {

@@ -36,7 +36,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -695,30 +694,13 @@ impl ServerTransport for HttpServer {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let acceptor = ctx.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = token.cancelled() => return,
-        };
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = token.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
+    let max = ctx.config.max_connections;
+    super::accept_loop(listener, max, token.clone(), move |tcp, remote| {
         let ctx = ctx.clone();
         let token = token.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             match acceptor {
                 None => serve_conn(TokioIo::new(tcp), remote, None, ctx, token).await,
                 Some(acc) => {
@@ -740,8 +722,9 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: Cancella
                     serve_conn(TokioIo::new(tls), remote, cert, ctx, token).await
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn serve_conn<I>(

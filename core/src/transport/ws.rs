@@ -45,7 +45,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HsRequest, Response as HsResponse};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -386,7 +387,7 @@ impl WsServerConfig {
 /// WebSocket close frame; requests still running are abandoned.
 pub struct WsServer {
     local_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     connections: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -407,9 +408,9 @@ impl WsServer {
     pub async fn bind_arc(addr: SocketAddr, handler: Arc<dyn Handler>, config: WsServerConfig) -> Result<WsServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let (shutdown, rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let connections = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(accept_loop(listener, handler, config, rx, connections.clone()));
+        let task = tokio::spawn(accept_loop(listener, handler, config, shutdown.clone(), connections.clone()));
         Ok(WsServer { local_addr, shutdown, connections, task: Some(task) })
     }
 
@@ -430,7 +431,7 @@ impl WsServer {
 
     /// Stops accepting and closes every socket; returns once the listener is closed.
     pub async fn close(mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
@@ -439,7 +440,7 @@ impl WsServer {
 
 impl Drop for WsServer {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
     }
 }
 
@@ -450,7 +451,7 @@ impl crate::rpc::ServerTransport for WsServer {
 
     /// Stops accepting and closes every socket (in the background).
     fn close(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
     }
 }
 
@@ -458,35 +459,17 @@ async fn accept_loop(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
     config: WsServerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     connections: Arc<AtomicUsize>,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
     let settings = Arc::new(config.accept_settings());
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("ws accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+    let (in_flight, reply_timeout) = (config.max_in_flight_per_connection, config.reply_timeout);
+    super::accept_loop(listener, config.max_connections, shutdown.clone(), move |tcp, remote| {
         let handler = handler.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         let connections = connections.clone();
-        let (in_flight, reply_timeout) = (config.max_in_flight_per_connection, config.reply_timeout);
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let (ws, cert) = match accept_ws(tcp, remote, &settings).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -497,8 +480,9 @@ async fn accept_loop(
             connections.fetch_add(1, Ordering::Relaxed);
             serve_connection(ws, remote, cert, handler, in_flight, reply_timeout, shutdown).await;
             connections.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// The reply envelope `[rid, error|null, result]` as text, written without building a tree.
@@ -535,7 +519,7 @@ async fn serve_connection(
     handler: Arc<dyn Handler>,
     max_in_flight: usize,
     reply_timeout: Option<Duration>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut running = FuturesUnordered::new();
     let mut dirty = false;
@@ -579,7 +563,7 @@ async fn serve_connection(
                 }
                 dirty = false;
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
