@@ -146,3 +146,50 @@ async fn cli_against_grapes() {
     drop(fixed);
     drop(ws);
 }
+
+/// `grenache pub` publishes stdin lines to every subscriber; `grenache sub` prints them, here
+/// through two of our own Grapes (the publisher announces on one, the subscriber looks up on the
+/// other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_pub_sub_through_rust_grapes() {
+    use tokio::io::AsyncWriteExt;
+    let net = grenache::grape::Testnet::start(2).await.unwrap();
+    let (g0, g1) = (net.api_url(0), net.api_url(1));
+
+    let mut publisher = Command::new(BIN)
+        .args(["--grape", &g0, "pub", "chan_cli", "--bind", "127.0.0.1", "--interval", "1000", "--wait-subscribers", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut pub_out = BufReader::new(publisher.stdout.take().unwrap()).lines();
+    let started: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(30), pub_out.next_line()).await.unwrap().unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(started["event"], "started", "{started}");
+
+    let subscriber = Command::new(BIN)
+        .args(["--grape", &g1, "sub", "chan_cli", "--count", "3"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    stdin.write_all(b"hello\n{\"seq\":2}\nlast line\n").await.unwrap();
+    drop(stdin);
+
+    let out = tokio::time::timeout(Duration::from_secs(60), subscriber.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "sub exit {:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n{\"seq\":2}\nlast line\n");
+
+    let stopped: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(30), pub_out.next_line()).await.unwrap().unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stopped, json!({"event": "stopped", "published": 3}));
+    let status = tokio::time::timeout(Duration::from_secs(10), publisher.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    net.stop().await;
+}

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
+use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig};
 use grenache::rpc::{
     ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions,
     ServerTransport,
@@ -120,6 +121,40 @@ enum Cmd {
         /// Require a client certificate signed by --tls-ca (HTTPS).
         #[arg(long)]
         require_client_cert: bool,
+    },
+    /// Publishes each line of stdin to every subscriber of NAME: a WebSocket publisher (PUB/SUB,
+    /// grenache-nodejs-ws wire), announced until stdin ends or Ctrl-C.
+    Pub {
+        /// The channel name to announce.
+        name: String,
+        /// Port to listen on (0: any free port). The port is printed on start.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Re-announce every this many milliseconds (jittered ±50 %).
+        #[arg(long, default_value_t = 10_000)]
+        interval: u64,
+        /// Wait (up to 60 s) for this many subscribers before reading stdin.
+        #[arg(long, default_value_t = 0)]
+        wait_subscribers: usize,
+        #[command(flatten)]
+        tls: TlsOpts,
+        /// Require a client certificate signed by --tls-ca (WSS).
+        #[arg(long)]
+        require_client_cert: bool,
+    },
+    /// Subscribes to NAME (every publisher announcing it, reconnecting as they come and go) and
+    /// prints each message as a line.
+    Sub {
+        /// The channel name to look up.
+        name: String,
+        /// Exit after this many messages (0: run until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[command(flatten)]
+        tls: TlsOpts,
     },
     /// Stores a value in the DHT and prints its hash. With --key it is a signed mutable item.
     Put {
@@ -397,6 +432,66 @@ async fn run(cli: Cli) -> Result<()> {
             }
             peer.stop();
             print(&json!({"event": "stopped"}));
+        }
+        Cmd::Pub { name, port, bind, interval, wait_subscribers, tls, require_client_cert } => {
+            use tokio::io::AsyncBufReadExt;
+            let addr: SocketAddr = format!("{bind}:{port}")
+                .parse()
+                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let mut cfg = PubConfig::default();
+            if let Some(t) = server_tls(&tls, require_client_cert)? {
+                cfg = cfg.tls(t);
+            }
+            let publisher = PeerPub::bind(addr, cfg).await?;
+            let h = publisher.start_announcing(&link, &name, Duration::from_millis(interval.max(100)));
+            h.first_result(Duration::from_secs(30)).await?;
+            print(&json!({"event": "started", "port": publisher.port(), "name": name}));
+            if wait_subscribers > 0 {
+                publisher.wait_subscribers(wait_subscribers, Duration::from_secs(60)).await?;
+            }
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                tokio::select! {
+                    l = lines.next_line() => match l? {
+                        Some(line) => { publisher.publish(line); }
+                        None => break,
+                    },
+                    r = tokio::signal::ctrl_c() => { r?; break; }
+                }
+            }
+            // Let the per-subscriber queues drain before closing the sockets.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.stop();
+            publisher.close();
+            print(&json!({"event": "stopped", "published": publisher.stats().published}));
+        }
+        Cmd::Sub { name, count, tls } => {
+            let mut cfg = SubConfig::default();
+            if let Some(t) = client_tls(&tls)? {
+                cfg = cfg.tls(t);
+            }
+            let sub = PeerSub::new(link, cfg);
+            let mut s = sub.sub(&name);
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    m = s.recv() => match m {
+                        Some(m) => {
+                            match m.text() {
+                                Some(t) => println!("{t}"),
+                                None => println!("{}", hex::encode(&m.data)),
+                            }
+                            n += 1;
+                            if count > 0 && n >= count {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    r = tokio::signal::ctrl_c() => { r?; break; }
+                }
+            }
+            s.close();
         }
         Cmd::Put { json: value, key, seq, salt, cas } => {
             let v = parse_payload(&value);
