@@ -113,10 +113,54 @@ pub fn encode_into(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_bytes(b: &[u8], out: &mut Vec<u8>) {
+/// Writes a bencoded byte string (`<len>:<bytes>`).
+pub fn encode_bytes(b: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b.len().to_string().as_bytes());
     out.push(b':');
     out.extend_from_slice(b);
+}
+
+/// Bencodes a JSON value the way `bencode` 2.0.3 does: strings as UTF-8 byte strings, numbers as
+/// integers (fractions truncated), booleans as 0/1, arrays as lists, objects as dicts with sorted
+/// keys; `null` members are left out. Recursion is bounded by serde_json's parse depth.
+pub fn encode_json(v: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match v {
+        Value::Null => {}
+        Value::Bool(b) => out.extend_from_slice(if *b { b"i1e" } else { b"i0e" }),
+        Value::Number(n) => {
+            let i = if let Some(i) = n.as_i64() {
+                i as i128
+            } else if let Some(u) = n.as_u64() {
+                u as i128
+            } else {
+                n.as_f64().map(|f| f.trunc() as i128).unwrap_or(0)
+            };
+            out.extend_from_slice(format!("i{i}e").as_bytes());
+        }
+        Value::String(s) => encode_bytes(s.as_bytes(), out),
+        Value::Array(a) => {
+            out.push(b'l');
+            for x in a {
+                encode_json(x, out);
+            }
+            out.push(b'e');
+        }
+        Value::Object(o) => {
+            out.push(b'd');
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            for k in keys {
+                let val = &o[k];
+                if val.is_null() {
+                    continue;
+                }
+                encode_bytes(k.as_bytes(), out);
+                encode_json(val, out);
+            }
+            out.push(b'e');
+        }
+    }
 }
 
 /// Decodes exactly one value spanning all of `input` (trailing bytes are an error).

@@ -260,53 +260,9 @@ fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
-/// Bencodes a JSON value the way `bencode` 2.0.3 does: strings as UTF-8 byte strings, numbers as
-/// integers (fractions truncated), booleans as 0/1, arrays as lists, objects as dicts with sorted
-/// keys; `null` members are left out. Recursion is bounded by serde_json's parse depth.
-pub fn bencode_json(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Null => {}
-        Value::Bool(b) => out.extend_from_slice(if *b { b"i1e" } else { b"i0e" }),
-        Value::Number(n) => {
-            let i = if let Some(i) = n.as_i64() {
-                i as i128
-            } else if let Some(u) = n.as_u64() {
-                u as i128
-            } else {
-                n.as_f64().map(|f| f.trunc() as i128).unwrap_or(0)
-            };
-            out.extend_from_slice(format!("i{i}e").as_bytes());
-        }
-        Value::String(s) => bencode_bytes(s.as_bytes(), out),
-        Value::Array(a) => {
-            out.push(b'l');
-            for x in a {
-                bencode_json(x, out);
-            }
-            out.push(b'e');
-        }
-        Value::Object(o) => {
-            out.push(b'd');
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort();
-            for k in keys {
-                let val = &o[k];
-                if val.is_null() {
-                    continue;
-                }
-                bencode_bytes(k.as_bytes(), out);
-                bencode_json(val, out);
-            }
-            out.push(b'e');
-        }
-    }
-}
+pub use crate::dht::bencode::encode_json as bencode_json;
 
-fn bencode_bytes(b: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(b.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(b);
-}
+use crate::dht::bencode::encode_bytes as bencode_bytes;
 
 /// Decodes a `/put` payload into a [`PutItem`], with the reference's checks in its order and its
 /// exact error strings (returned as `Err(message)`, sent as 200 + JSON string).
