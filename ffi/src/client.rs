@@ -74,6 +74,15 @@ pub struct grenache_request_options {
     pub dest: *const c_char,
 }
 
+/// The options behind `opts`, or the defaults when it is NULL.
+fn options_or_default(opts: *const grenache_request_options) -> Result<RequestOptions, grenache_result> {
+    // SAFETY: the caller passes NULL or a pointer to a valid `grenache_request_options`.
+    match unsafe { opts.as_ref() } {
+        Some(o) => options(o),
+        None => Ok(RequestOptions::default()),
+    }
+}
+
 fn options(o: &grenache_request_options) -> Result<RequestOptions, grenache_result> {
     let dest = if o.dest.is_null() { None } else { Some(unsafe { crate::ptr::str_from_c(o.dest) }?.to_string()) };
     Ok(RequestOptions {
@@ -157,12 +166,9 @@ pub extern "C" fn grenache_client_request_opts(
         let c = try_ref!(client);
         let key = try_str!(key);
         let text = try_str_len!(json, json_len);
-        let o = match unsafe { opts.as_ref() } {
-            Some(o) => match options(o) {
-                Ok(o) => o,
-                Err(e) => return e,
-            },
-            None => RequestOptions::default(),
+        let o = match options_or_default(opts) {
+            Ok(o) => o,
+            Err(e) => return e,
         };
         let cb = try_callback!(cb);
         c.inner.request(key.to_string(), text, o, json_completion(cb, userdata));
@@ -186,12 +192,9 @@ pub extern "C" fn grenache_client_map_opts(
         let c = try_ref!(client);
         let key = try_str!(key);
         let text = try_str_len!(json, json_len);
-        let o = match unsafe { opts.as_ref() } {
-            Some(o) => match options(o) {
-                Ok(o) => o,
-                Err(e) => return e,
-            },
-            None => RequestOptions::default(),
+        let o = match options_or_default(opts) {
+            Ok(o) => o,
+            Err(e) => return e,
         };
         let cb = try_callback!(cb);
         c.inner.map(key.to_string(), text, o, json_completion(cb, userdata));

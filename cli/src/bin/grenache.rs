@@ -29,8 +29,7 @@ use grenache::rpc::{
     ServerTransport,
 };
 use grenache::tls::{ClientAuth, ClientTls, ServerTls};
-use grenache::transport::http::{HttpClient, HttpClientConfig, HttpServer, HttpServerConfig};
-use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
+use grenache::transport::{self, TransportKind};
 use grenache::{Error, ErrorKind, Result};
 use serde_json::{Value, json};
 
@@ -259,20 +258,15 @@ fn server_tls(tls: &TlsOpts, require_client_cert: bool) -> Result<Option<ServerT
 }
 
 impl TransportChoice {
+    fn kind(self) -> TransportKind {
+        match self {
+            TransportChoice::Http => TransportKind::Http,
+            TransportChoice::Ws => TransportKind::Ws,
+        }
+    }
+
     fn client(self, tls: &TlsOpts) -> Result<Arc<dyn ClientTransport>> {
-        let tls = client_tls(tls)?;
-        Ok(match self {
-            TransportChoice::Http => {
-                Arc::new(HttpClient::new(HttpClientConfig { tls: tls.map(|t| t.config()), ..Default::default() }))
-            }
-            TransportChoice::Ws => {
-                let mut cfg = WsClientConfig::default();
-                if let Some(t) = tls {
-                    cfg = cfg.tls(t);
-                }
-                Arc::new(WsClient::new(cfg))
-            }
-        })
+        Ok(transport::client(self.kind(), client_tls(tls)?))
     }
 
     async fn serve(
@@ -283,20 +277,7 @@ impl TransportChoice {
         require_client_cert: bool,
         reply_timeout: Option<Duration>,
     ) -> Result<Arc<dyn ServerTransport>> {
-        let tls = server_tls(tls, require_client_cert)?;
-        Ok(match self {
-            TransportChoice::Http => {
-                let cfg = HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
-                Arc::new(HttpServer::bind(addr, handler, cfg).await?)
-            }
-            TransportChoice::Ws => {
-                let mut cfg = WsServerConfig::default().reply_timeout(reply_timeout);
-                if let Some(t) = tls {
-                    cfg = cfg.tls(t);
-                }
-                Arc::new(WsServer::bind_arc(addr, handler, cfg).await?)
-            }
-        })
+        transport::bind_server(self.kind(), addr, handler, server_tls(tls, require_client_cert)?, reply_timeout).await
     }
 }
 

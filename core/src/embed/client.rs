@@ -6,20 +6,11 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
 use crate::tls::ClientTls;
-use crate::transport::http::{HttpClient, HttpClientConfig};
-use crate::transport::ws::{WsClient, WsClientConfig};
 
 use super::{EmbedLink, Ops, Runtime};
 
-/// Which transport a client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientTransportKind {
-    /// HTTP (grenache-nodejs-http).
-    Http,
-    /// WebSocket (grenache-nodejs-ws).
-    Ws,
-}
+/// Which transport a client speaks (HTTP or WS).
+pub type ClientTransportKind = crate::transport::TransportKind;
 
 /// Options of an [`EmbedClient`].
 #[derive(Debug, Clone, Default)]
@@ -44,19 +35,7 @@ impl EmbedClient {
     pub fn new(link: &EmbedLink, kind: ClientTransportKind, options: ClientOptions) -> Result<EmbedClient> {
         let rt = link.runtime().clone();
         let _g = rt.handle().enter();
-        let transport: Arc<dyn crate::rpc::ClientTransport> = match kind {
-            ClientTransportKind::Http => Arc::new(HttpClient::new(HttpClientConfig {
-                tls: options.tls.as_ref().map(|t| t.config()),
-                ..Default::default()
-            })),
-            ClientTransportKind::Ws => {
-                let mut config = WsClientConfig::default();
-                if let Some(t) = options.tls {
-                    config = config.tls(t);
-                }
-                Arc::new(WsClient::new(config))
-            }
-        };
+        let transport = crate::transport::client(kind, options.tls);
         let mut config = PeerRpcClientConfig::default();
         if let Some(t) = options.default_timeout {
             config.default_timeout = t;

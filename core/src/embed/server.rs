@@ -7,8 +7,6 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::rpc::{Handler, PeerRpcServer};
 use crate::tls::ServerTls;
-use crate::transport::http::{HttpServer, HttpServerConfig};
-use crate::transport::ws::{WsServer, WsServerConfig};
 
 use super::{EmbedLink, Ops, Runtime};
 
@@ -26,15 +24,8 @@ pub struct ServerOptions {
     pub reply_timeout: Option<Duration>,
 }
 
-/// Which transport a server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ServerTransportKind {
-    /// HTTP (grenache-nodejs-http).
-    Http,
-    /// WebSocket (grenache-nodejs-ws).
-    Ws,
-}
+/// Which transport a server speaks (HTTP or WS).
+pub type ServerTransportKind = crate::transport::TransportKind;
 
 /// A listening RPC server (a [`PeerRpcServer`]) driven by an embed [`Runtime`].
 #[derive(Debug)]
@@ -57,23 +48,8 @@ impl EmbedServer {
         let core_link = link.link().clone();
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port));
         let server = rt.block_on(BIND_TIMEOUT, async move {
-            let transport = match kind {
-                ServerTransportKind::Http => {
-                    let config = HttpServerConfig {
-                        tls: options.tls.as_ref().map(|t| t.config()),
-                        reply_timeout: options.reply_timeout,
-                        ..Default::default()
-                    };
-                    Arc::new(HttpServer::bind(addr, handler, config).await?) as Arc<dyn crate::rpc::ServerTransport>
-                }
-                ServerTransportKind::Ws => {
-                    let mut config = WsServerConfig::default().reply_timeout(options.reply_timeout);
-                    if let Some(t) = options.tls {
-                        config = config.tls(t);
-                    }
-                    Arc::new(WsServer::bind_arc(addr, handler, config).await?)
-                }
-            };
+            let transport =
+                crate::transport::bind_server(kind, addr, handler, options.tls, options.reply_timeout).await?;
             Ok(PeerRpcServer::new(core_link, transport))
         })?;
         Ok(EmbedServer { rt, server: Arc::new(server), ops: Ops::new() })

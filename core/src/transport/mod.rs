@@ -9,8 +9,57 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Result;
+use crate::rpc::{ClientTransport, Handler, ServerTransport};
+use crate::tls::{ClientTls, ServerTls};
+
 pub mod http;
 pub mod ws;
+
+pub use crate::rpc::TransportKind;
+
+/// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http) or WS(S)
+/// (grenache-nodejs-ws), over TLS when `tls` is given. Needs a tokio runtime context.
+pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTransport> {
+    match kind {
+        TransportKind::Ws => {
+            let mut config = ws::WsClientConfig::default();
+            if let Some(t) = tls {
+                config = config.tls(t);
+            }
+            Arc::new(ws::WsClient::new(config))
+        }
+        _ => Arc::new(http::HttpClient::new(http::HttpClientConfig {
+            tls: tls.map(|t| t.config()),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Binds a server transport of `kind` on `addr` (port 0: any free port) serving `handler`, over
+/// TLS when `tls` is given; a handler that has not answered within `reply_timeout` gets
+/// `ERR_TIMEOUT` sent for it. Errors: `Io` when the address cannot be bound.
+pub async fn bind_server(
+    kind: TransportKind,
+    addr: SocketAddr,
+    handler: Arc<dyn Handler>,
+    tls: Option<ServerTls>,
+    reply_timeout: Option<Duration>,
+) -> Result<Arc<dyn ServerTransport>> {
+    Ok(match kind {
+        TransportKind::Ws => {
+            let mut config = ws::WsServerConfig::default().reply_timeout(reply_timeout);
+            if let Some(t) = tls {
+                config = config.tls(t);
+            }
+            Arc::new(ws::WsServer::bind_arc(addr, handler, config).await?)
+        }
+        _ => {
+            let config = http::HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
+            Arc::new(http::HttpServer::bind(addr, handler, config).await?)
+        }
+    })
+}
 
 /// The accept loop every server here shares (Grape API, HTTP, WS, PUB/SUB).
 ///
