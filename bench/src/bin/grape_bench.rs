@@ -1,6 +1,6 @@
 //! Grape benchmark: our Grape beside the Node reference (grenache-grape 1.0.0), same run.
 //!
-//! `cargo run --release -p grenache-bench --bin grape_bench`
+//! `cargo run --release -p grenache-bench --bin grape_bench` (`-- --rates-only`: step 1 only)
 //!
 //! Measures, for both implementations, with the Grapes in a separate process (this binary
 //! re-runs itself with `--child` to host the Rust Grapes; `tests/interop/grape_bench_net.js`
@@ -15,11 +15,11 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use grenache_bench::{Row, Samples, print_table, rss_kib};
+use grenache_bench::{Row, Samples, httpload, print_table, rss_kib};
 use grenache_e2e::{NodeProcess, free_port};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -33,6 +33,8 @@ const T: Duration = Duration::from_secs(60);
 /// A network of Grapes in another process.
 struct Net {
     apis: Vec<SocketAddr>,
+    /// The Rust child's canned-reply TCP server (see [`floor_server`]).
+    floor: Option<SocketAddr>,
     pid: u32,
     _rust: Option<Child>,
     _node: Option<NodeProcess>,
@@ -53,8 +55,9 @@ async fn rust_net(n: usize) -> Net {
     let line = tokio::time::timeout(T, lines.next_line()).await.expect("child start timeout").expect("read").expect("line");
     let v: Value = serde_json::from_str(&line).expect("child json");
     let apis = v["api_ports"].as_array().expect("ports").iter().map(|p| local(p.as_u64().unwrap_or(0) as u16)).collect();
+    let floor = v["floor_port"].as_u64().map(|p| local(p as u16));
     let pid = child.id().expect("pid");
-    Net { apis, pid, _rust: Some(child), _node: None }
+    Net { apis, floor, pid, _rust: Some(child), _node: None }
 }
 
 /// Node Grapes need fixed ports; one picked "free" can be taken by another program before the
@@ -73,7 +76,7 @@ async fn node_net(n: usize) -> Net {
             Ok((v, p)) if v["event"] == "started" => {
                 let apis = aps.iter().map(|a| local(a.parse().unwrap_or(0))).collect();
                 let pid = p.pid().expect("pid");
-                return Net { apis, pid, _rust: None, _node: Some(p) };
+                return Net { apis, floor: None, pid, _rust: None, _node: Some(p) };
             }
             Ok((v, _)) => eprintln!("  node network start failed ({v}), attempt {attempt}"),
             Err(_) => eprintln!("  node network exited during start (port taken?), attempt {attempt}"),
@@ -147,63 +150,18 @@ async fn post_once(addr: SocketAddr, path: &str, data: Value) -> Option<(u16, By
     Conn::open(addr).await?.post(path, json!({"rid": "b", "data": data}).to_string()).await
 }
 
-/// `CLIENTS` clients, each on its own keep-alive connection, for `RUN`. `body(client, i)` makes
-/// the request body; a reply counts when `ok(status, body)`. Returns successful requests/s.
+/// `CLIENTS` keep-alive connections for `run` through the lean generator (`httpload`), client
+/// `c` sending `body(c)` to `path`; a reply counts when `ok(status, body)`.
 async fn load(
     run: Duration,
     addr: SocketAddr,
     path: &'static str,
-    body: impl Fn(usize, u64) -> String + Send + Sync + 'static,
+    body: impl Fn(usize) -> String,
     ok: fn(u16, &[u8]) -> bool,
 ) -> (f64, u64, Samples) {
-    let body = Arc::new(body);
-    let okc = Arc::new(AtomicU64::new(0));
-    let bad = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let (body, okc, bad, stop) = (body.clone(), okc.clone(), bad.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Samples::with_capacity(4096);
-            let mut conn = Conn::open(addr).await;
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let Some(cn) = conn.as_mut() else {
-                    bad.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    conn = Conn::open(addr).await;
-                    continue;
-                };
-                let t0 = Instant::now();
-                match cn.post(path, body(c, i)).await {
-                    Some((st, b)) if ok(st, &b) => {
-                        okc.fetch_add(1, Ordering::Relaxed);
-                        samples.push(t0.elapsed());
-                    }
-                    Some(_) => {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                        conn = None;
-                    }
-                }
-                i += 1;
-            }
-            samples
-        }));
-    }
-    tokio::time::sleep(run).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Samples::default();
-    for t in tasks {
-        if let Ok(Ok(s)) = tokio::time::timeout(T, t).await {
-            all.extend(s);
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    (okc.load(Ordering::Relaxed) as f64 / secs, bad.load(Ordering::Relaxed), all)
+    let requests = (0..CLIENTS).map(|c| httpload::post(path, &body(c))).collect();
+    let r = tokio::task::spawn_blocking(move || httpload::run(addr, requests, run, ok)).await.unwrap_or_default();
+    (r.rate(), r.bad, r.samples)
 }
 
 fn lookup_ok(st: u16, b: &[u8]) -> bool {
@@ -215,11 +173,11 @@ fn announce_ok(st: u16, b: &[u8]) -> bool {
 }
 
 async fn lookup_rate(api: SocketAddr, run: Duration) -> (f64, u64, Samples) {
-    load(run, api, "/lookup", |_, _| r#"{"rid":"x","data":"bench:lookup"}"#.to_string(), lookup_ok).await
+    load(run, api, "/lookup", |_| r#"{"rid":"x","data":"bench:lookup"}"#.to_string(), lookup_ok).await
 }
 
 async fn announce_rate(api: SocketAddr, run: Duration) -> (f64, u64, Samples) {
-    load(run, api, "/announce", |c, _| format!(r#"{{"rid":"x","data":["bench:announce:{c}",{}]}}"#, 10000 + c), announce_ok)
+    load(run, api, "/announce", |c| format!(r#"{{"rid":"x","data":["bench:announce:{c}",{}]}}"#, 10000 + c), announce_ok)
         .await
 }
 
@@ -373,12 +331,56 @@ fn child(n: usize) {
         .await
         .expect("testnet");
         let ports: Vec<u16> = net.grapes().iter().map(|g| g.api_addr().port()).collect();
-        println!("{}", json!({"event": "started", "api_ports": ports}));
+        let floor = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind floor");
+        let floor_port = floor.local_addr().expect("floor addr").port();
+        tokio::spawn(floor_server(floor));
+        println!("{}", json!({"event": "started", "api_ports": ports, "floor_port": floor_port}));
         // Run until stdin closes.
         let mut stdin = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(_)) = stdin.next_line().await {}
         net.stop().await;
     });
+}
+
+/// The machine's floor for an HTTP request/reply over loopback TCP: a server that does no HTTP
+/// work at all. For each request it finds the end of the head and the `Content-Length`, skips
+/// the body and writes a canned `/lookup` reply, one `write` per reply. What it costs per
+/// request is mostly the kernel's TCP path, which every server on this machine pays; a real
+/// server cannot be cheaper.
+async fn floor_server(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 18\r\n\r\n[\"127.0.0.1:4242\"]";
+    while let Ok((mut s, _)) = listener.accept().await {
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut have = 0;
+            loop {
+                let Ok(n) = s.read(&mut buf[have..]).await else { return };
+                if n == 0 {
+                    return;
+                }
+                have += n;
+                let mut replies = 0;
+                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let len = httpload::content_length(&buf[..end]).unwrap_or(0);
+                    let total = end + 4 + len;
+                    if have < total {
+                        break;
+                    }
+                    buf.copy_within(total..have, 0);
+                    have -= total;
+                    replies += 1;
+                }
+                if have == buf.len() {
+                    return;
+                }
+                if replies > 0 && s.write_all(&REPLY.repeat(replies)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 fn main() {
@@ -417,6 +419,22 @@ async fn bench() {
         higher_is_better: false,
     });
     rows.push(Row { metric: "/lookup server CPU per request".into(), ours: rl.cpu_us(), reference: nl.cpu_us(), unit: "us".into(), higher_is_better: false });
+    if let Some(floor) = rn.floor {
+        // The same load on a server that does no HTTP work (the machine's floor), beside Node.
+        let mut f = Agg::default();
+        for _ in 0..5 {
+            let (c0, t0) = (cpu_ms(rn.pid), Instant::now());
+            let (rate, bad, _) = lookup_rate(floor, RUN / 5).await;
+            let secs = t0.elapsed().as_secs_f64();
+            f.cpu_ms += cpu_ms(rn.pid) - c0;
+            f.reqs += rate * secs;
+            f.secs += secs;
+            f.bad += bad;
+        }
+        eprintln!("  floor (canned replies, no HTTP work): {:.0}/s ({} bad, {:.1} us server CPU/req)", f.rate(), f.bad, f.cpu_us());
+        rows.push(Row { metric: "floor: canned reply over TCP, same load (no Grape)".into(), ours: f.rate(), reference: nl.rate(), unit: "req/s".into(), higher_is_better: true });
+        rows.push(Row { metric: "floor: server CPU per request".into(), ours: f.cpu_us(), reference: nl.cpu_us(), unit: "us".into(), higher_is_better: false });
+    }
     let (ra, na) = interleaved(&rn, &nn, announce_rate).await;
     eprintln!(
         "  announce: rust {:.0}/s ({} bad, {:.1} us server CPU/req), node {:.0}/s ({} bad, {:.1} us server CPU/req)",
@@ -432,6 +450,10 @@ async fn bench() {
     rows.push(Row { metric: "/announce server CPU per request".into(), ours: ra.cpu_us(), reference: na.cpu_us(), unit: "us".into(), higher_is_better: false });
     drop((rn, nn));
 
+    if std::env::args().any(|a| a == "--rates-only") {
+        print_table("Grape: grenache-rs vs grenache-grape 1.0.0 (Node), same machine, same run", &rows);
+        return;
+    }
     eprintln!("[2/4] announce-to-visible latency, 50-Grape networks");
     let rn = rust_net(50).await;
     let rlat = visible_latency(&rn, "rust", 10).await;
