@@ -40,7 +40,24 @@ for ex in quickstart ws_ssl_whitelist; do
   echo "example $ex: ok"
 done
 
-# 5. Tests. nextest when available (one process per test), else cargo test.
+# 5. The Python binding (bindings/python): a venv with maturin, the module built into it, its
+#    tests (against real Grapes and the Node peers) and its example. A failure here fails the
+#    run, after the Rust tests below have run too.
+failed=()
+log "python binding"
+if python_binding() {
+  local venv=target/pyenv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+  fi
+  # (errexit is off inside an `if` condition: each step checks its own status.)
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'maturin==1.16.0' || return 1
+  (cd bindings/python && VIRTUAL_ENV="$PWD/../../$venv" PATH="$PWD/../../$venv/bin:$PATH" maturin develop --locked --quiet) || return 1
+  "$venv/bin/python" -m unittest discover -s bindings/python/tests || return 1
+  "$venv/bin/python" examples/python/rpc_test.py || return 1
+}; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
+
+# 6. Tests. nextest when available (one process per test), else cargo test.
 jobs="${GRENACHE_TEST_JOBS:-$(nproc)}"
 if cargo nextest --version >/dev/null 2>&1; then
   log "doc tests"
@@ -51,4 +68,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   log "cargo test"
   cargo test --workspace --locked --no-fail-fast -- --test-threads "$jobs"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED: ${failed[*]}" >&2
+  exit 1
 fi
