@@ -57,7 +57,18 @@ if python_binding() {
   "$venv/bin/python" examples/python/rpc_test.py || return 1
 }; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
 
-# 6. Tests. nextest when available (one process per test), else cargo test.
+# 6. The Node binding (bindings/node, grenache-native): the addon built above, its tests (with
+#    the reference packages from tests/interop in the same process) and its example.
+log "node binding"
+if cp target/debug/libgrenache_node.so bindings/node/grenache.node \
+  && node --test bindings/node/test/ \
+  && node examples/node/rpc_test.js; then
+  echo "node binding: ok"
+else
+  failed+=("node binding")
+fi
+
+# 7. Tests. nextest when available (one process per test), else cargo test.
 jobs="${GRENACHE_TEST_JOBS:-$(nproc)}"
 if cargo nextest --version >/dev/null 2>&1; then
   log "doc tests"

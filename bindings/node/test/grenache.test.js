@@ -1,0 +1,231 @@
+// Tests of grenache-native: real Grapes, servers and clients on loopback (free ports), and the
+// Node.js reference packages (grenache-nodejs-link/-http/-ws from tests/interop, installed by
+// scripts/test.sh) on the other side, in the same process.
+//   node --test bindings/node/test/
+'use strict'
+
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('path')
+const g = require('..')
+
+const INTEROP = path.join(__dirname, '..', '..', '..', 'tests', 'interop', 'node_modules')
+const ref = (name) => require(path.join(INTEROP, name))
+
+// A port that was free a moment ago (the reference servers cannot listen on 0 and report it).
+function freePort () {
+  return new Promise((resolve, reject) => {
+    const srv = require('net').createServer()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function eventually (check, what, timeout = 20000) {
+  const deadline = Date.now() + timeout
+  let last
+  while (Date.now() < deadline) {
+    try {
+      const v = await check()
+      if (v) return v
+    } catch (e) {
+      last = e
+    }
+    await sleep(50)
+  }
+  throw new Error(`${what}: not reached in ${timeout} ms (last error: ${last && last.message})`)
+}
+
+function handler (payload, info) {
+  if (payload === 'hello') return 'world'
+  if (payload === 'nope') throw new Error('ERR_NOPE')
+  if (payload && payload.sleep) return sleep(payload.sleep).then(() => payload.v)
+  return { echo: payload, fingerprint: info.fingerprint }
+}
+
+let g1, g2, l1, l2
+const cleanup = []
+
+before(() => {
+  g1 = new g.Grape({ host: '127.0.0.1' })
+  g2 = new g.Grape({ host: '127.0.0.1', bootstrap: [`127.0.0.1:${g1.dhtPort}`] })
+  l1 = new g.Link(g1.url)
+  l2 = new g.Link({ grape: g2.url })
+})
+
+after(async () => {
+  for (const f of cleanup.reverse()) await f()
+  l1.close()
+  l2.close()
+  await g2.stop()
+  await g1.stop()
+})
+
+for (const transport of ['http', 'ws']) {
+  test(`request, errors and timeouts over ${transport}`, async () => {
+    const s = new g.Server(l1, handler, { transport })
+    cleanup.push(() => s.close())
+    s.startAnnouncing(`node:${transport}`, 500)
+    const c = new g.Client(l2, { transport })
+    cleanup.push(() => c.close())
+    assert.equal(await eventually(() => c.request(`node:${transport}`, 'hello'), 'server visible'), 'world')
+    const payload = { a: [1, 2.5, null, true], s: 'héllo ✓' }
+    assert.deepEqual(await c.request(`node:${transport}`, payload), { echo: payload, fingerprint: null })
+    await assert.rejects(c.request(`node:${transport}`, 'nope'), (e) => e instanceof g.GrenacheError && e.code === 'ERR_REMOTE' && e.detail === 'ERR_NOPE')
+    const t0 = Date.now()
+    await assert.rejects(c.request(`node:${transport}`, { sleep: 3000, v: 1 }, { timeout: 300 }), (e) => e.code === 'ERR_TIMEOUT')
+    assert.ok(Date.now() - t0 < 2500, 'the timeout fired on time')
+    const many = await Promise.all(Array.from({ length: 200 }, (_, i) => c.request(`node:${transport}`, { i })))
+    assert.deepEqual(many.map((m) => m.echo.i), Array.from({ length: 200 }, (_, i) => i))
+  })
+}
+
+test('typed errors for bad input', async () => {
+  assert.throws(() => new g.Client(l1, { transport: 'pigeon' }), (e) => e.code === 'ERR_INVALID_ARGUMENT')
+  await assert.rejects(l2.lookup('nobody:here'), (e) => e.code === 'ERR_GRAPE_LOOKUP_EMPTY' && e.errno > 0)
+  const c = new g.Client(l1)
+  await assert.rejects(c.request('x', 'hello', { dest: '127.0.0.1:1' }), (e) => e.code === 'ERR_CONNECT')
+  c.close()
+  assert.throws(() => g.Keypair.fromSecretHex('zz'), (e) => e.code === 'ERR_INVALID_ARGUMENT')
+  assert.throws(() => new g.ServerTls({ cert: 'nope', key: 'nope' }), (e) => e instanceof g.GrenacheError)
+})
+
+test('server reply timeout and map over workers', async () => {
+  const slow = new g.Server(l1, () => new Promise(() => {}), { replyTimeout: 200 })
+  cleanup.push(() => slow.close())
+  const c = new g.Client(l1)
+  cleanup.push(() => c.close())
+  await assert.rejects(c.request('x', 'hang', { dest: `127.0.0.1:${slow.port}`, timeout: 10000 }), (e) => e.code === 'ERR_REMOTE' && e.detail === 'ERR_TIMEOUT')
+  const workers = [0, 1, 2].map((i) => new g.Server(l1, (p) => ({ worker: i, p })))
+  for (const w of workers) {
+    cleanup.push(() => w.close())
+    await w.announce('node:map')
+  }
+  const res = await eventually(async () => {
+    const r = await c.map('node:map', 'x')
+    return r.length === 3 && r
+  }, 'three workers')
+  assert.deepEqual(res.map((r) => r.worker).sort(), [0, 1, 2])
+})
+
+test('client close cancels requests in flight', async () => {
+  const s = new g.Server(l1, handler)
+  cleanup.push(() => s.close())
+  const c = new g.Client(l1)
+  const pending = c.request('x', { sleep: 3000 }, { dest: `127.0.0.1:${s.port}`, timeout: 10000 })
+  await sleep(200)
+  const t0 = Date.now()
+  c.close()
+  await assert.rejects(pending, (e) => e.code === 'ERR_CANCELLED')
+  assert.ok(Date.now() - t0 < 1500)
+})
+
+test('put and get, immutable and mutable', async () => {
+  const h = await l1.put('hello dht')
+  assert.equal(h.length, 40)
+  assert.equal((await eventually(() => l2.get(h), 'item')).v, 'hello dht')
+  assert.equal(await l1.get('00'.repeat(20)), null)
+  const key = g.Keypair.generate()
+  assert.equal(g.Keypair.fromSecretHex(key.secretHex).publicHex, key.publicHex)
+  const target = await l1.putMutable(key, 'v1', { seq: 1 })
+  assert.equal((await l1.get(target)).v, 'v1')
+  await l1.putMutable(key, 'v2', { seq: 2, cas: 1 })
+  await assert.rejects(l1.putMutable(key, 'old', { seq: 1 }), (e) => e.code === 'ERR_SEQ_TOO_LOW')
+  await assert.rejects(l1.putMutable(key, 'v3', { seq: 3, cas: 1 }), (e) => e.code === 'ERR_CAS_MISMATCH')
+})
+
+test('pub/sub between grenache-native peers', async () => {
+  const pub = new g.Publisher(l1)
+  cleanup.push(() => pub.close())
+  pub.startAnnouncing('node:chan', 500)
+  const got = []
+  const sub = new g.Subscriber(l2, 'node:chan', (m, from) => got.push([m, from]))
+  cleanup.push(() => sub.close())
+  await eventually(() => pub.subscribers === 1, 'subscriber connected')
+  assert.equal(pub.publish({ n: 1 }), 1)
+  pub.publish('text')
+  await eventually(() => got.length === 2, 'two messages')
+  assert.deepEqual(got, [['{"n":1}', `127.0.0.1:${pub.port}`], ['text', `127.0.0.1:${pub.port}`]])
+})
+
+test('interop: reference clients call grenache-native servers', async () => {
+  const RefLink = ref('grenache-nodejs-link')
+  for (const [transport, pkg] of [['http', 'grenache-nodejs-http'], ['ws', 'grenache-nodejs-ws']]) {
+    const s = new g.Server(l1, handler, { transport })
+    cleanup.push(() => s.close())
+    s.startAnnouncing(`native-for-ref:${transport}`, 500)
+    const link = new RefLink({ grape: g2.url })
+    link.start()
+    const peer = new (ref(pkg).PeerRPCClient)(link, {})
+    peer.init()
+    cleanup.push(() => { peer.stop(); link.stop() })
+    const ask = (payload) => new Promise((resolve, reject) => {
+      peer.request(`native-for-ref:${transport}`, payload, { timeout: 5000 }, (err, data) => (err ? reject(err) : resolve(data)))
+    })
+    assert.equal(await eventually(() => ask('hello'), `reference ${transport} client reaches us`), 'world')
+    assert.deepEqual(await ask({ x: ['y'] }), { echo: { x: ['y'] }, fingerprint: null })
+    await assert.rejects(ask('nope'), (e) => /ERR_NOPE/.test(e.message))
+  }
+})
+
+test('interop: grenache-native clients call reference servers', async () => {
+  const RefLink = ref('grenache-nodejs-link')
+  for (const [transport, pkg] of [['http', 'grenache-nodejs-http'], ['ws', 'grenache-nodejs-ws']]) {
+    const link = new RefLink({ grape: g1.url })
+    link.start()
+    const peer = new (ref(pkg).PeerRPCServer)(link, { timeout: 300000 })
+    peer.init()
+    const service = peer.transport('server')
+    service.listen(await freePort())
+    service.on('request', (rid, key, payload, h) => {
+      if (payload === 'fail') return h.reply(new Error('ERR_BOOM'))
+      h.reply(null, { from: 'reference', payload })
+    })
+    const itv = setInterval(() => link.announce(`ref:${transport}`, service.port, {}), 500)
+    cleanup.push(() => { clearInterval(itv); peer.stop(); link.stop() })
+    const c = new g.Client(l2, { transport })
+    cleanup.push(() => c.close())
+    const r = await eventually(() => c.request(`ref:${transport}`, { q: 1 }), `reference ${transport} server`)
+    assert.deepEqual(r, { from: 'reference', payload: { q: 1 } })
+    await assert.rejects(c.request(`ref:${transport}`, 'fail'), (e) => e.code === 'ERR_REMOTE' && e.detail === 'ERR_BOOM')
+  }
+})
+
+test('interop: pub/sub with the reference PeerPub and PeerSub', async () => {
+  const RefLink = ref('grenache-nodejs-link')
+  const { PeerPub, PeerSub } = ref('grenache-nodejs-ws')
+  // Reference subscriber <- our publisher.
+  const pub = new g.Publisher(l1)
+  cleanup.push(() => pub.close())
+  pub.startAnnouncing('native:pub', 500)
+  const link = new RefLink({ grape: g2.url })
+  link.start()
+  const sub = new PeerSub(link, {})
+  sub.init()
+  const got = []
+  let connected = false
+  sub.on('connected', () => { connected = true })
+  sub.on('message', (m) => got.push(m.toString()))
+  sub.on('error', () => {})
+  cleanup.push(() => { sub.stop(); link.stop() })
+  await eventually(() => { if (!connected) sub.sub('native:pub', { timeout: 2000 }); return connected }, 'reference subscriber connected')
+  await eventually(() => { pub.publish('to the reference'); return got.includes('to the reference') }, 'message at the reference subscriber')
+  // Our subscriber <- reference publisher.
+  const link2 = new RefLink({ grape: g1.url })
+  link2.start()
+  const refPub = new PeerPub(link2, {})
+  refPub.init()
+  const service = refPub.transport('server')
+  service.listen(await freePort())
+  const itv = setInterval(() => link2.announce('ref:pub', service.port, {}), 500)
+  cleanup.push(() => { clearInterval(itv); refPub.stop(); link2.stop() })
+  const mine = []
+  const s2 = new g.Subscriber(l2, 'ref:pub', (m) => mine.push(m))
+  cleanup.push(() => s2.close())
+  await eventually(() => { service.pub('from the reference'); return mine.includes('from the reference') }, 'message from the reference publisher')
+})
