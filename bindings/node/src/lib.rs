@@ -46,6 +46,8 @@ const MAX_PENDING_REPLIES: usize = 65_536;
 
 static RUNTIME: Mutex<Option<embed::Runtime>> = Mutex::new(None);
 
+/// The process's runtime, started on first use: one worker per core, or
+/// `GRENACHE_WORKER_THREADS` workers.
 fn runtime() -> napi::Result<embed::Runtime> {
     let mut guard = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(rt) = guard.as_ref()
@@ -53,7 +55,8 @@ fn runtime() -> napi::Result<embed::Runtime> {
     {
         return Ok(rt.clone());
     }
-    let rt = embed::Runtime::new(RuntimeOptions::default()).map_err(|e| js_err(&e))?;
+    let threads = std::env::var("GRENACHE_WORKER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let rt = embed::Runtime::new(RuntimeOptions { worker_threads: threads, ..RuntimeOptions::default() }).map_err(|e| js_err(&e))?;
     *guard = Some(rt.clone());
     Ok(rt)
 }

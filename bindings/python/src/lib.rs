@@ -35,7 +35,8 @@ const TICK: Duration = Duration::from_millis(100);
 static RUNTIME: Mutex<Option<embed::Runtime>> = Mutex::new(None);
 static ERROR_FACTORY: OnceLock<Py<PyAny>> = OnceLock::new();
 
-/// The process's runtime, started on first use (one worker per core).
+/// The process's runtime, started on first use: one worker per core, or
+/// `GRENACHE_WORKER_THREADS` workers.
 fn runtime(py: Python<'_>) -> PyResult<embed::Runtime> {
     let mut guard = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(rt) = guard.as_ref()
@@ -43,7 +44,9 @@ fn runtime(py: Python<'_>) -> PyResult<embed::Runtime> {
     {
         return Ok(rt.clone());
     }
-    let rt = embed::Runtime::new(RuntimeOptions::default()).map_err(|e| py_err(py, &e))?;
+    let threads = std::env::var("GRENACHE_WORKER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let rt = embed::Runtime::new(RuntimeOptions { worker_threads: threads, ..RuntimeOptions::default() })
+        .map_err(|e| py_err(py, &e))?;
     *guard = Some(rt.clone());
     Ok(rt)
 }
