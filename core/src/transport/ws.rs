@@ -495,6 +495,17 @@ async fn accept_loop(
     .await;
 }
 
+/// Runs a socket write, allowing it [`WRITE_TIMEOUT`]; the timer is only armed when the write
+/// does not complete at once (the usual case: the data goes to the socket buffer), which saves
+/// reading the clock and registering a timer twice per reply.
+async fn write_within<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => tokio::time::timeout(WRITE_TIMEOUT, fut).await.ok(),
+    }
+}
+
 /// The reply envelope `[rid, error|null, result]` as text, written without building a tree.
 fn reply_text(rid: &Value, body: &std::result::Result<Value, String>) -> String {
     let mut out = Vec::with_capacity(64);
@@ -540,8 +551,8 @@ async fn serve_connection(
         tokio::select! {
             biased;
             Some((rid, body)) = running.next(), if !running.is_empty() => {
-                let fed = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::text(reply_text(&rid, &body)))).await;
-                if !matches!(fed, Ok(Ok(()))) {
+                let fed = write_within(ws.feed(Message::text(reply_text(&rid, &body)))).await;
+                if !matches!(fed, Some(Ok(()))) {
                     return;
                 }
                 dirty = true;
@@ -564,8 +575,8 @@ async fn serve_connection(
                             match start_dispatch(&*handler, req) {
                                 Dispatched::Answered(body) => {
                                     let text = reply_text(&d.rid, &body);
-                                    let fed = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::text(text))).await;
-                                    if !matches!(fed, Ok(Ok(()))) {
+                                    let fed = write_within(ws.feed(Message::text(text))).await;
+                                    if !matches!(fed, Some(Ok(()))) {
                                         return;
                                     }
                                     dirty = true;
@@ -583,7 +594,7 @@ async fn serve_connection(
             }
             _ = std::future::ready(()), if dirty => {
                 // Nothing else is ready: write out what was batched.
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await, Ok(Ok(()))) {
+                if !matches!(write_within(ws.flush()).await, Some(Ok(()))) {
                     return;
                 }
                 dirty = false;
@@ -1061,8 +1072,9 @@ impl WsClient {
                 p.map.insert(request.rid.clone(), tx);
                 batch = p.map.len() > 1;
             }
-            session.last_used.store(self.inner.now_ms(), Ordering::Relaxed);
-            let guard = PendingGuard { session: &session, rid: &request.rid };
+            // (`last_used` is stored when the request ends, answered or not: while a request is
+            // pending its socket is never idle.)
+            let guard = PendingGuard { session: &session, rid: &request.rid, inner: &self.inner };
             let Some(frame) = frame.take() else { break };
             if !session.write(frame, batch).await {
                 drop(guard);
@@ -1098,6 +1110,7 @@ impl WsClient {
 struct PendingGuard<'a> {
     session: &'a Session,
     rid: &'a str,
+    inner: &'a ClientInner,
 }
 
 impl PendingGuard<'_> {
@@ -1109,6 +1122,7 @@ impl PendingGuard<'_> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.session.lock().map.remove(self.rid);
+        self.session.last_used.store(self.inner.now_ms(), Ordering::Relaxed);
     }
 }
 
