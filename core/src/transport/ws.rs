@@ -12,6 +12,11 @@
 //! * [`WsClient`] keeps up to `max_active_dest_transports` (default 3) sockets per destination,
 //!   multiplexes requests over them and implements [`ClientTransport`].
 //!
+//! Per-request path (kept short for sequential latency): a client request writes and flushes its
+//! own frame (no writer task; requests issued together share one write) and is completed by the
+//! socket's reader task; the server runs the handler in the socket's task and writes a reply given
+//! before the handler returns at once, so a round trip involves no task spawn and no extra timer.
+//!
 //! Deliberate differences from the reference (also in `docs/compat.md`):
 //! * a refused or failed connection (TCP, TLS, `401`) fails the requests waiting for it at once,
 //!   with [`ErrorKind::Connect`], [`ErrorKind::TlsHandshake`] or [`ErrorKind::ClientRefused`]; the
