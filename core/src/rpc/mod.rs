@@ -196,10 +196,38 @@ where
 /// A panic in the handler becomes `ERR_HANDLER_PANIC`, a dropped reply `ERR_NO_REPLY`, and no
 /// answer within `reply_timeout` (when set) becomes `ERR_TIMEOUT`.
 pub async fn dispatch(handler: &dyn Handler, request: Request, reply_timeout: Option<Duration>) -> ReplyBody {
-    let (reply, rx) = Reply::new(request.rid.clone());
+    match start_dispatch(handler, request) {
+        Dispatched::Answered(body) => body,
+        Dispatched::Pending(rx) => await_reply(rx, reply_timeout).await,
+    }
+}
+
+/// What [`start_dispatch`] found once the handler returned.
+#[derive(Debug)]
+pub enum Dispatched {
+    /// The handler answered (or dropped its [`Reply`], or panicked) before returning.
+    Answered(ReplyBody),
+    /// The handler kept the [`Reply`] to answer later: wait with [`await_reply`].
+    Pending(ReplyReceiver),
+}
+
+/// The first half of [`dispatch`]: runs `handler` on `request` and returns its answer when it gave
+/// one before returning, so a transport can write it straight away, without a task or a timer.
+pub fn start_dispatch(handler: &dyn Handler, request: Request) -> Dispatched {
+    let (reply, mut rx) = Reply::new(request.rid.clone());
     if std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(request, reply))).is_err() {
         tracing::warn!("rpc handler panicked");
     }
+    match rx.try_recv() {
+        Ok(body) => Dispatched::Answered(body),
+        Err(oneshot::error::TryRecvError::Closed) => Dispatched::Answered(Err(ERR_NO_REPLY.to_string())),
+        Err(oneshot::error::TryRecvError::Empty) => Dispatched::Pending(rx),
+    }
+}
+
+/// The second half of [`dispatch`]: waits for a [`Reply`] kept by the handler, at most
+/// `reply_timeout` (then `ERR_TIMEOUT`).
+pub async fn await_reply(rx: ReplyReceiver, reply_timeout: Option<Duration>) -> ReplyBody {
     let received = match reply_timeout {
         Some(t) => match tokio::time::timeout(t, rx).await {
             Ok(r) => r,
