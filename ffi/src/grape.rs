@@ -1,12 +1,13 @@
 //! `grenache_grape`: a Grape (DHT node + HTTP API) run inside the process.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 
-use grenache_core::embed::{EmbedGrape, GrapeConfig};
+use grenache_core::embed::{EmbedGrape, GrapeConfig, GrapeEvent, GrapeEventDelivery};
 
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_ref, write_out};
+use crate::ptr::{NulString, try_box, try_ref, write_out};
+use crate::reply::{OwnedUserData, grenache_free_cb};
 use crate::runtime::grenache_runtime;
 
 /// A running Grape: a DHT node (UDP) plus the Grape HTTP API (TCP) that Links talk to.
@@ -79,5 +80,87 @@ pub extern "C" fn grenache_grape_api_port(grape: *const grenache_grape) -> u16 {
 pub extern "C" fn grenache_grape_free(grape: *mut grenache_grape) {
     ffi_panic_boundary! {
         drop(try_box!(grape));
+    }
+}
+
+/// The kind of a Grape event (the `event` argument of `grenache_grape_event_cb`). New kinds may be
+/// added: ignore the ones you do not know.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum grenache_grape_event {
+    /// The DHT's UDP socket is bound (always the first event). `detail` is NULL.
+    Listening = 0,
+    /// The DHT bootstrap walk finished (also when no bootstrap node answered). `detail` is NULL.
+    Ready = 1,
+    /// A service was stored in this Grape's peer store; `detail` is its name.
+    Announce = 2,
+    /// A lookup found a peer; `detail` is its `"ip:port"`.
+    Peer = 3,
+    /// A node was added to the DHT routing table. `detail` is NULL.
+    Node = 4,
+    /// A malformed or unexpected datagram was dropped; `detail` says what.
+    Warning = 5,
+    /// The callback fell behind: `dropped` events (the oldest) were dropped for it. `detail` is
+    /// NULL.
+    Lagged = 6,
+    /// An event this version of the header does not name. `detail` is NULL.
+    Other = 7,
+}
+
+/// Receives one event of a Grape (`grenache_grape_on_event`): its kind, a `detail` text
+/// (NUL-terminated, borrowed until the callback returns; NULL for kinds without one, see
+/// `grenache_grape_event`) and, for `GRENACHE_GRAPE_EVENT_LAGGED`, how many events were dropped
+/// (0 otherwise).
+///
+/// Called on a library worker thread, one event at a time per registration, in order. It should
+/// return quickly: while it runs, events queue up (at most 1024 per registration; beyond that the
+/// oldest are dropped and reported with `GRENACHE_GRAPE_EVENT_LAGGED`, so memory stays bounded
+/// and the Grape is never slowed down). It may call non-blocking functions of this library, not
+/// blocking ones (`INVALID_STATE`), and must not unwind across the library.
+pub type grenache_grape_event_cb =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, event: grenache_grape_event, detail: *const c_char, dropped: u64)>;
+
+/// Registers `cb` to receive the events of `grape` (several registrations may coexist). The first
+/// event is `GRENACHE_GRAPE_EVENT_LISTENING`, then `GRENACHE_GRAPE_EVENT_READY` once the bootstrap
+/// walk has finished (at once if it already has), then events as they happen, until
+/// `grenache_grape_free`: after that returns `cb` is not running (unless `grenache_grape_free`
+/// was called from inside it) and never runs again.
+///
+/// `free_userdata` (may be NULL) runs exactly once, on any thread, after the last call of `cb`
+/// (also when this call fails). Non-blocking. Errors: `NULL_PARAMETER`, `CANCELLED` (runtime
+/// freed).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_on_event(
+    grape: *const grenache_grape,
+    cb: grenache_grape_event_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let ud = OwnedUserData::new(userdata, free_userdata);
+        let g = try_ref!(grape);
+        let cb = crate::callback::try_callback!(cb);
+        let on_event = move |d: GrapeEventDelivery<'_>| {
+            let (kind, detail, dropped) = match d {
+                GrapeEventDelivery::Lagged(n) => (grenache_grape_event::Lagged, None, n),
+                GrapeEventDelivery::Event(e) => match e {
+                    GrapeEvent::Listening => (grenache_grape_event::Listening, None, 0),
+                    GrapeEvent::Ready => (grenache_grape_event::Ready, None, 0),
+                    GrapeEvent::Announce(n) => (grenache_grape_event::Announce, Some(n), 0),
+                    GrapeEvent::Peer(p) => (grenache_grape_event::Peer, Some(p), 0),
+                    GrapeEvent::Node => (grenache_grape_event::Node, None, 0),
+                    GrapeEvent::Warning(w) => (grenache_grape_event::Warning, Some(w), 0),
+                    _ => (grenache_grape_event::Other, None, 0),
+                },
+            };
+            let detail = detail.map(|t| NulString::new(t.clone()));
+            let p = detail.as_ref().map_or(std::ptr::null(), |d| d.as_ptr());
+            // SAFETY: the callback contract in the header; `detail` outlives the call.
+            unsafe { cb(ud.get(), kind, p, dropped) };
+        };
+        match g.inner.on_event(on_event) {
+            Ok(()) => grenache_result::Ok,
+            Err(e) => grenache_result::from(&e),
+        }
     }
 }

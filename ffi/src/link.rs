@@ -138,7 +138,8 @@ pub extern "C" fn grenache_link_put(link: *const grenache_link, json: *const c_c
 
 /// Signs the JSON value in `json` with `key` and stores it as a mutable item with sequence number
 /// `seq` and an optional `salt` (NULL for none). `cb` gets the item's hash as a JSON string.
-/// A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking.
+/// A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking. For a
+/// compare-and-swap put see `grenache_link_put_mutable_cas`.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_link_put_mutable(
     link: *const grenache_link,
@@ -151,20 +152,55 @@ pub extern "C" fn grenache_link_put_mutable(
     userdata: *mut c_void,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        let link = try_ref!(link);
-        let key = try_ref!(key);
-        let text = try_str_len!(json, json_len);
-        let salt = if salt.is_null() { None } else { Some(try_str!(salt).to_string()) };
-        let cb = try_callback!(cb);
-        let v = match grenache_core::embed::rpc::parse_json(text) {
-            Ok(v) => v,
-            Err(e) => return grenache_result::from(&e),
-        };
-        let item = MutableItem { v, seq, salt, cas: None };
-        let done = json_completion(cb, userdata);
-        link.inner.put_mutable(&key.inner, item, move |r| done(r.map(|h| serde_json::Value::String(h).to_string())));
-        grenache_result::Ok
+        put_mutable(link, key, json, json_len, seq, salt, None, cb, userdata)
     }
+}
+
+/// `grenache_link_put_mutable` with compare-and-swap (BEP44 `cas`): the item is stored only if
+/// the sequence number stored now is `cas`; otherwise `cb` completes with `CAS_MISMATCH` (and
+/// nothing changes). Use it to update an item without overwriting a concurrent update:
+/// read it (`grenache_link_get`), then put `seq + 1` with `cas = seq`. Non-blocking.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_put_mutable_cas(
+    link: *const grenache_link,
+    key: *const grenache_keypair,
+    json: *const c_char,
+    json_len: usize,
+    seq: i64,
+    salt: *const c_char,
+    cas: i64,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        put_mutable(link, key, json, json_len, seq, salt, Some(cas), cb, userdata)
+    }
+}
+
+fn put_mutable(
+    link: *const grenache_link,
+    key: *const grenache_keypair,
+    json: *const c_char,
+    json_len: usize,
+    seq: i64,
+    salt: *const c_char,
+    cas: Option<i64>,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    let link = try_ref!(link);
+    let key = try_ref!(key);
+    let text = try_str_len!(json, json_len);
+    let salt = if salt.is_null() { None } else { Some(try_str!(salt).to_string()) };
+    let cb = try_callback!(cb);
+    let v = match grenache_core::embed::rpc::parse_json(text) {
+        Ok(v) => v,
+        Err(e) => return grenache_result::from(&e),
+    };
+    let item = MutableItem { v, seq, salt, cas };
+    let done = json_completion(cb, userdata);
+    link.inner.put_mutable(&key.inner, item, move |r| done(r.map(|h| serde_json::Value::String(h).to_string())));
+    grenache_result::Ok
 }
 
 /// Reads the DHT item with hex hash `hash` (and `salt`, or NULL, for salted mutable items). `cb`
