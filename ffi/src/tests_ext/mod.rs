@@ -2,5 +2,6 @@
 //! builds only `cdylib` + `staticlib`: an extra `rlib` named `grenache` would collide with core's).
 #![allow(clippy::unwrap_used)]
 
+mod features;
 mod misuse;
 mod tls;
