@@ -95,6 +95,7 @@ pub fn command(bin: &Path, flavor: Flavor, args: &[&str]) -> Command {
         Flavor::Valgrind => {
             let mut c = Command::new("valgrind");
             c.args(["--leak-check=full", "--error-exitcode=1", "--errors-for-leak-kinds=definite,possible", "--quiet"])
+                .arg(format!("--suppressions={}", root().join("examples/c/valgrind.supp").display()))
                 .arg(bin);
             c
         }
