@@ -23,6 +23,29 @@ pub fn in_completion() -> bool {
 /// A completion, type-erased (`Box<D>` for the op's concrete closure type `D`).
 type Done = Box<dyn Any + Send>;
 
+/// Hashes the sequential op ids with one multiplication (Fibonacci hashing) instead of SipHash:
+/// the ids are ours, not attacker-chosen, and the map is touched twice per operation.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The set of in-flight operations of one handle (a client, a link...).
 ///
 /// [`Ops::spawn`] runs a future on a [`Runtime`] and fires its completion exactly once: with the
@@ -49,7 +72,7 @@ struct Inner {
 
 struct State {
     next: u64,
-    pending: HashMap<u64, Pending>,
+    pending: IdMap<Pending>,
     running: usize,
     closed: bool,
 }
@@ -105,7 +128,7 @@ impl Ops {
     pub fn new() -> Ops {
         Ops {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { next: 1, pending: HashMap::new(), running: 0, closed: false }),
+                state: Mutex::new(State { next: 1, pending: IdMap::default(), running: 0, closed: false }),
                 idle: Condvar::new(),
             }),
         }
