@@ -2,8 +2,7 @@
 //! `verify_client` hook), compare-and-swap puts, Grape events, binary PUB/SUB frames. Real Grapes
 //! and servers on port 0; every wait has a timeout.
 
-#[path = "../../../core/tests/tls_certs/mod.rs"]
-mod tls_certs;
+use super::tls_certs;
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::ptr::{null, null_mut};
@@ -92,10 +91,13 @@ unsafe extern "C" fn echo(_ud: *mut c_void, _req: *const grenache_request, reply
 
 // ---- verify_client -------------------------------------------------------------------------
 
+/// What a hook saw of one client: fingerprint, remote address, path.
+type Seen = (Option<String>, Option<String>, String);
+
 /// The userdata of the whitelist hook: the allowed fingerprint, what the hook saw, a free count.
 struct Whitelist {
     allowed: String,
-    seen: Mutex<Vec<(Option<String>, Option<String>, String)>>,
+    seen: Mutex<Vec<Seen>>,
     freed: AtomicUsize,
 }
 
