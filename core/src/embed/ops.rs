@@ -296,7 +296,9 @@ impl Ops {
     fn finish_running(&self) {
         let mut st = self.lock();
         st.running -= 1;
-        if st.running == 0 {
+        // Only close() waits (after setting `closed` under this lock); std's notify is a syscall
+        // even without waiters, so skip it on the common path.
+        if st.running == 0 && st.closed {
             self.inner.idle.notify_all();
         }
     }
@@ -586,7 +588,8 @@ impl Gate {
         IN_GATE.with(|c| c.set(c.get() - 1));
         let mut g = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
         g.1 -= 1;
-        if g.1 == 0 {
+        // Only close() waits, after closing the gate under this lock: skip the syscall otherwise.
+        if g.1 == 0 && g.0 {
             self.inner.1.notify_all();
         }
         true
