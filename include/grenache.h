@@ -45,14 +45,14 @@
  *
  * COVERAGE
  *
- *  Grapes (start, ports, events), Links (lookup, announce, keep-announcing, put/get, mutable
+ *  Grapes (start with every option of the grape command line, ports, events), Links (lookup, announce, keep-announcing, put/get, mutable
  *  items with salt and compare-and-swap), RPC servers (HTTP/WS, TLS, reply timeout, the WSS
  *  verify_client hook) and clients (request, map, options), PUB/SUB (text and binary frames,
  *  verify_client) and TLS settings. Not reachable from C, on purpose: the HTTP transport's raw
  *  streaming mode (_gr: chunked bodies in both directions; it needs reader/writer handles with
  *  back-pressure, a design of its own - send JSON requests instead), the per-transport tuning
- *  knobs (message size limits, connection and pool limits, PUB/SUB queue policies, Grape store
- *  sizes: the core's defaults apply) and direct DHT (KRPC) calls.
+ *  knobs (message size limits, connection and pool limits, PUB/SUB queue policies: the core's
+ *  defaults apply) and direct DHT (KRPC) calls.
  */
 
 #ifndef GRENACHE_H
@@ -335,6 +335,69 @@ typedef uint32_t grenache_client_auth;
 #endif // __cplusplus
 
 /**
+ * The numeric settings of `grenache_grape_options_set`. Durations are in milliseconds.
+ */
+enum grenache_grape_option
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * UDP port of the DHT node (0, the default here: any free port). At most 65535.
+     */
+    GRENACHE_GRAPE_OPTION_DHT_PORT = 0,
+    /**
+     * TCP port of the HTTP API (0, the default here: any free port). At most 65535.
+     */
+    GRENACHE_GRAPE_OPTION_API_PORT = 1,
+    /**
+     * How long an announced service is kept (`dht_peer_maxAge`; default 120000; 0: forever).
+     */
+    GRENACHE_GRAPE_OPTION_PEER_MAX_AGE_MS = 2,
+    /**
+     * Routing-table liveness period (`dht_nodeLiveness`; default 300000).
+     */
+    GRENACHE_GRAPE_OPTION_NODE_LIVENESS_MS = 3,
+    /**
+     * LRU size of the per-target closest-node tables (`dht_maxTables`; default 5000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_TABLES = 4,
+    /**
+     * LRU size of the BEP44 value store (`dht_maxValues`; default 5000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_VALUES = 5,
+    /**
+     * Most announced peers stored, over all names (default 1000000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_PEERS = 6,
+    /**
+     * Largest accepted HTTP API body in bytes (`check_maxPayloadSize`; default 8192).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_PAYLOAD_SIZE = 7,
+    /**
+     * Most HTTP API connections served at once (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_CONNECTIONS = 8,
+    /**
+     * Re-announces of the same name and port within this window are answered without a DHT
+     * round (default: peer max age / 20, at most 1000; 0: every announce reaches the DHT).
+     */
+    GRENACHE_GRAPE_OPTION_ANNOUNCE_WINDOW_MS = 9,
+    /**
+     * Lookups of a name within this long after a DHT walk that found peers skip the walk
+     * (default: peer max age / 1200, at most 100; 0: every lookup walks).
+     */
+    GRENACHE_GRAPE_OPTION_LOOKUP_WINDOW_MS = 10,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum grenache_grape_option grenache_grape_option;
+#else
+typedef uint32_t grenache_grape_option;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An RPC client: finds the workers of a service through a Link and sends them requests.
  * Thread-safe. Create it with `grenache_client_new_http`; free it with `grenache_client_free`.
  */
@@ -367,6 +430,14 @@ typedef struct grenache_error grenache_error;
  * Start it with `grenache_grape_start`, stop and free it with `grenache_grape_free`.
  */
 typedef struct grenache_grape grenache_grape;
+
+/**
+ * The settings of a Grape beyond its ports and bootstrap list (the reference's Grape options and
+ * the `grape` command line's): a builder. Create it with `grenache_grape_options_new`, set what
+ * you need, start Grapes with `grenache_grape_start_opts` (which copies the settings), free it
+ * with `grenache_grape_options_free`.
+ */
+typedef struct grenache_grape_options grenache_grape_options;
 
 /**
  * An ed25519 key pair that signs mutable DHT items (`grenache_link_put_mutable`).
@@ -686,6 +757,47 @@ void grenache_grape_free(grenache_grape *grape);
  * freed).
  */
 grenache_result grenache_grape_on_event(const grenache_grape *grape, grenache_grape_event_cb cb, void *userdata, grenache_free_cb free_userdata);
+
+/**
+ * Creates Grape options with the defaults (both ports 0: any free port; no bootstrap node; the
+ * rest as documented on `grenache_grape_option`) into `*out` (owned by the caller:
+ * `grenache_grape_options_free`). Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_grape_options_new(grenache_grape_options **out);
+
+/**
+ * Frees Grape options. NULL is ignored.
+ */
+void grenache_grape_options_free(grenache_grape_options *opts);
+
+/**
+ * Sets the numeric setting `option` (one of `GRENACHE_GRAPE_OPTION_*`) to `value`.
+ * Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, or a port above 65535); nothing
+ * changes on error.
+ */
+grenache_result grenache_grape_options_set(grenache_grape_options *opts, uint32_t option, uint64_t value);
+
+/**
+ * Sets the address the HTTP API binds to, an IP address such as `"127.0.0.1"` (the reference's
+ * `host`, the `grape -b` option); with an IPv4 address an announce also stores `host:port` in
+ * this Grape's own peer store. NULL (the default): every IPv4 address. Errors: `NULL_PARAMETER`
+ * (`opts`), `INVALID_UTF8`, `INVALID_ARGUMENT` (not an IP address).
+ */
+grenache_result grenache_grape_options_set_host(grenache_grape_options *opts, const char *host);
+
+/**
+ * Sets the DHT bootstrap nodes: a comma-separated list of `"host:port"` DHT addresses of other
+ * Grapes (NULL or `""`: none, the default). Errors: `NULL_PARAMETER` (`opts`), `INVALID_UTF8`.
+ */
+grenache_result grenache_grape_options_set_bootstrap(grenache_grape_options *opts, const char *bootstrap);
+
+/**
+ * Starts a Grape with `opts` (copied; NULL: the defaults of `grenache_grape_options_new`).
+ * Otherwise the same contract as `grenache_grape_start`: blocks until both ports are bound (at
+ * most 10 s; `INVALID_STATE` inside callbacks) and writes `*out` on success. Errors:
+ * `NULL_PARAMETER`, `IO` (a port is busy), `INVALID_STATE`.
+ */
+grenache_result grenache_grape_start_opts(const grenache_runtime *rt, const grenache_grape_options *opts, grenache_grape **out);
 
 /**
  * Creates a Link to the Grape HTTP API at `grape_url` (`"http://127.0.0.1:30001"`), run by `rt`.

@@ -88,6 +88,7 @@ int main(int argc, char **argv) {
     grenache_link *l1 = NULL, *l2 = NULL;
     grenache_server *server = NULL;
     grenache_server_options *opts = NULL;
+    grenache_grape_options *gopts = NULL;
     grenache_client *client = NULL;
     grape_events ev;
     completion c;
@@ -102,7 +103,13 @@ int main(int argc, char **argv) {
     DIE_IF(grenache_grape_start(rt, 0, 0, NULL, &g1), "grenache_grape_start");
     DIE_IF(grenache_grape_on_event(g1, on_grape_event, &ev, free_grape_events), "grenache_grape_on_event");
     snprintf(boot, sizeof boot, "127.0.0.1:%u", (unsigned)grenache_grape_dht_port(g1));
-    DIE_IF(grenache_grape_start(rt, 0, 0, boot, &g2), "grenache_grape_start");
+    /* The second Grape through an options builder: any free ports (the default), the first as its
+     * bootstrap node, announces kept 60 s instead of 120 s. */
+    DIE_IF(grenache_grape_options_new(&gopts), "grenache_grape_options_new");
+    DIE_IF(grenache_grape_options_set_bootstrap(gopts, boot), "grenache_grape_options_set_bootstrap");
+    DIE_IF(grenache_grape_options_set(gopts, GRENACHE_GRAPE_OPTION_PEER_MAX_AGE_MS, 60000), "grenache_grape_options_set");
+    DIE_IF(grenache_grape_start_opts(rt, gopts, &g2), "grenache_grape_start_opts");
+    grenache_grape_options_free(gopts);
     printf("grapes: api %u and %u\n", (unsigned)grenache_grape_api_port(g1), (unsigned)grenache_grape_api_port(g2));
 
     snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)grenache_grape_api_port(g1));

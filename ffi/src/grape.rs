@@ -1,12 +1,14 @@
 //! `grenache_grape`: a Grape (DHT node + HTTP API) run inside the process.
 
 use std::ffi::{c_char, c_void};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use grenache_core::embed::{EmbedGrape, GrapeConfig, GrapeEvent, GrapeEventDelivery};
 
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{NulString, try_box, try_ref, write_out};
+use crate::ptr::{NulString, try_box, try_mut, try_ref, try_str, write_out};
 use crate::reply::{OwnedUserData, grenache_free_cb};
 use crate::runtime::grenache_runtime;
 
@@ -39,7 +41,7 @@ pub extern "C" fn grenache_grape_start(
             Vec::new()
         } else {
             match unsafe { crate::ptr::str_from_c(bootstrap) } {
-                Ok(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+                Ok(s) => parse_bootstrap(s),
                 Err(e) => return e,
             }
         };
@@ -48,14 +50,22 @@ pub extern "C" fn grenache_grape_start(
         }
         let mut config = GrapeConfig::new();
         config.dht_port(dht_port).api_port(api_port).bootstrap(bootstrap);
-        match EmbedGrape::start(&rt.rt, config) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_grape { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        start(rt, config, out)
     }
+}
+
+fn start(rt: &grenache_runtime, config: GrapeConfig, out: *mut *mut grenache_grape) -> grenache_result {
+    match EmbedGrape::start(&rt.rt, config) {
+        Ok(inner) => {
+            unsafe { write_out(out, Box::into_raw(Box::new(grenache_grape { inner }))) };
+            grenache_result::Ok
+        }
+        Err(e) => grenache_result::from(&e),
+    }
+}
+
+fn parse_bootstrap(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
 /// The Grape's DHT (UDP) port, for other Grapes' bootstrap lists (0 when `grape` is NULL).
@@ -162,5 +172,158 @@ pub extern "C" fn grenache_grape_on_event(
             Ok(()) => grenache_result::Ok,
             Err(e) => grenache_result::from(&e),
         }
+    }
+}
+
+/// The settings of a Grape beyond its ports and bootstrap list (the reference's Grape options and
+/// the `grape` command line's): a builder. Create it with `grenache_grape_options_new`, set what
+/// you need, start Grapes with `grenache_grape_start_opts` (which copies the settings), free it
+/// with `grenache_grape_options_free`.
+#[derive(Debug)]
+pub struct grenache_grape_options {
+    config: GrapeConfig,
+}
+
+/// The numeric settings of `grenache_grape_options_set`. Durations are in milliseconds.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum grenache_grape_option {
+    /// UDP port of the DHT node (0, the default here: any free port). At most 65535.
+    DhtPort = 0,
+    /// TCP port of the HTTP API (0, the default here: any free port). At most 65535.
+    ApiPort = 1,
+    /// How long an announced service is kept (`dht_peer_maxAge`; default 120000; 0: forever).
+    PeerMaxAgeMs = 2,
+    /// Routing-table liveness period (`dht_nodeLiveness`; default 300000).
+    NodeLivenessMs = 3,
+    /// LRU size of the per-target closest-node tables (`dht_maxTables`; default 5000).
+    MaxTables = 4,
+    /// LRU size of the BEP44 value store (`dht_maxValues`; default 5000).
+    MaxValues = 5,
+    /// Most announced peers stored, over all names (default 1000000).
+    MaxPeers = 6,
+    /// Largest accepted HTTP API body in bytes (`check_maxPayloadSize`; default 8192).
+    MaxPayloadSize = 7,
+    /// Most HTTP API connections served at once (default 10000).
+    MaxConnections = 8,
+    /// Re-announces of the same name and port within this window are answered without a DHT
+    /// round (default: peer max age / 20, at most 1000; 0: every announce reaches the DHT).
+    AnnounceWindowMs = 9,
+    /// Lookups of a name within this long after a DHT walk that found peers skip the walk
+    /// (default: peer max age / 1200, at most 100; 0: every lookup walks).
+    LookupWindowMs = 10,
+}
+
+/// Creates Grape options with the defaults (both ports 0: any free port; no bootstrap node; the
+/// rest as documented on `grenache_grape_option`) into `*out` (owned by the caller:
+/// `grenache_grape_options_free`). Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_new(out: *mut *mut grenache_grape_options) -> grenache_result {
+    ffi_panic_boundary! {
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let mut config = GrapeConfig::new();
+        config.dht_port(0).api_port(0);
+        unsafe { write_out(out, Box::into_raw(Box::new(grenache_grape_options { config }))) };
+        grenache_result::Ok
+    }
+}
+
+/// Frees Grape options. NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_free(opts: *mut grenache_grape_options) {
+    ffi_panic_boundary! {
+        drop(try_box!(opts));
+    }
+}
+
+/// Sets the numeric setting `option` (one of `GRENACHE_GRAPE_OPTION_*`) to `value`.
+/// Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, or a port above 65535); nothing
+/// changes on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_set(opts: *mut grenache_grape_options, option: u32, value: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let c = &mut o.config;
+        let ms = Duration::from_millis(value);
+        let n = usize::try_from(value).unwrap_or(usize::MAX);
+        let port = u16::try_from(value);
+        match option {
+            0 => match port { Ok(p) => { c.dht_port(p); } Err(_) => return grenache_result::InvalidArgument },
+            1 => match port { Ok(p) => { c.api_port(p); } Err(_) => return grenache_result::InvalidArgument },
+            2 => { c.peer_max_age(ms); }
+            3 => { c.node_liveness(ms); }
+            4 => { c.max_tables(n); }
+            5 => { c.max_values(n); }
+            6 => { c.max_peers(n); }
+            7 => { c.check_max_payload_size(n); }
+            8 => { c.max_connections(n); }
+            9 => { c.announce_window(ms); }
+            10 => { c.lookup_window(ms); }
+            _ => return grenache_result::InvalidArgument,
+        }
+        grenache_result::Ok
+    }
+}
+
+/// Sets the address the HTTP API binds to, an IP address such as `"127.0.0.1"` (the reference's
+/// `host`, the `grape -b` option); with an IPv4 address an announce also stores `host:port` in
+/// this Grape's own peer store. NULL (the default): every IPv4 address. Errors: `NULL_PARAMETER`
+/// (`opts`), `INVALID_UTF8`, `INVALID_ARGUMENT` (not an IP address).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_set_host(opts: *mut grenache_grape_options, host: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        if host.is_null() {
+            o.config.host(None);
+            return grenache_result::Ok;
+        }
+        match try_str!(host).parse::<IpAddr>() {
+            Ok(ip) => {
+                o.config.host(Some(ip));
+                grenache_result::Ok
+            }
+            Err(_) => grenache_result::InvalidArgument,
+        }
+    }
+}
+
+/// Sets the DHT bootstrap nodes: a comma-separated list of `"host:port"` DHT addresses of other
+/// Grapes (NULL or `""`: none, the default). Errors: `NULL_PARAMETER` (`opts`), `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_set_bootstrap(opts: *mut grenache_grape_options, bootstrap: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let list = if bootstrap.is_null() { Vec::new() } else { parse_bootstrap(try_str!(bootstrap)) };
+        o.config.bootstrap(list);
+        grenache_result::Ok
+    }
+}
+
+/// Starts a Grape with `opts` (copied; NULL: the defaults of `grenache_grape_options_new`).
+/// Otherwise the same contract as `grenache_grape_start`: blocks until both ports are bound (at
+/// most 10 s; `INVALID_STATE` inside callbacks) and writes `*out` on success. Errors:
+/// `NULL_PARAMETER`, `IO` (a port is busy), `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_start_opts(
+    rt: *const grenache_runtime,
+    opts: *const grenache_grape_options,
+    out: *mut *mut grenache_grape,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let rt = try_ref!(rt);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let config = match unsafe { opts.as_ref() } {
+            Some(o) => o.config.clone(),
+            None => {
+                let mut c = GrapeConfig::new();
+                c.dht_port(0).api_port(0);
+                c
+            }
+        };
+        start(rt, config, out)
     }
 }

@@ -456,3 +456,63 @@ fn binary_frames_reach_subscribers_as_binary() {
     grenache_publisher_free(publisher);
     net.stop();
 }
+
+// ---- Grape options -------------------------------------------------------------------------
+
+#[test]
+fn grape_options_apply_and_check_their_input() {
+    let mut rt = null_mut();
+    assert_eq!(grenache_runtime_new(2, &mut rt), R::Ok);
+    let mut opts = null_mut();
+    assert_eq!(grenache_grape_options_new(&mut opts), R::Ok);
+    assert_eq!(grenache_grape_options_new(null_mut()), R::NullParameter);
+    assert_eq!(grenache_grape_options_set(null_mut(), 0, 0), R::NullParameter);
+    assert_eq!(grenache_grape_options_set(opts, 99, 1), R::InvalidArgument);
+    assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::DhtPort as u32, 70_000), R::InvalidArgument);
+    assert_eq!(grenache_grape_options_set_host(opts, c"not an ip".as_ptr()), R::InvalidArgument);
+    assert_eq!(grenache_grape_options_set_host(null_mut(), null()), R::NullParameter);
+    // Own announces are stored locally with a host; a small API body limit refuses big puts.
+    assert_eq!(grenache_grape_options_set_host(opts, c"127.0.0.1".as_ptr()), R::Ok);
+    assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::MaxPayloadSize as u32, 400), R::Ok);
+    assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::PeerMaxAgeMs as u32, 60_000), R::Ok);
+    assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::AnnounceWindowMs as u32, 0), R::Ok);
+    assert_eq!(grenache_grape_options_set_bootstrap(opts, c"".as_ptr()), R::Ok);
+    // NULL options: the defaults (free ports). This Grape is the other node of the DHT.
+    let mut g0 = null_mut();
+    assert_eq!(grenache_grape_start_opts(rt, null(), &mut g0), R::Ok);
+    assert_ne!(grenache_grape_dht_port(g0), 0);
+    let boot = c(&format!("127.0.0.1:{}", grenache_grape_dht_port(g0)));
+    assert_eq!(grenache_grape_options_set_bootstrap(opts, boot.as_ptr()), R::Ok);
+    let mut g = null_mut();
+    assert_eq!(grenache_grape_start_opts(rt, opts, null_mut()), R::NullParameter);
+    assert_eq!(grenache_grape_start_opts(rt, opts, &mut g), R::Ok);
+    grenache_grape_options_free(opts);
+    assert_ne!(grenache_grape_api_port(g), 0);
+    let url = c(&format!("http://127.0.0.1:{}", grenache_grape_api_port(g)));
+    let mut link = null_mut();
+    assert_eq!(grenache_link_new(rt, url.as_ptr(), &mut link), R::Ok);
+    let (tx, rx) = mpsc::channel::<(R, String)>();
+    let ud = &tx as *const _ as *mut c_void;
+    let ev = Arc::new(Events::default());
+    assert_eq!(grenache_grape_on_event(g, Some(on_event), Arc::into_raw(ev.clone()) as *mut c_void, Some(free_events)), R::Ok);
+    let (atx, arx) = mpsc::channel::<R>();
+    unsafe extern "C" fn done(ud: *mut c_void, code: R, _e: *const grenache_error) {
+        let _ = unsafe { &*(ud as *const mpsc::Sender<R>) }.clone().send(code);
+    }
+    assert_eq!(grenache_link_announce(link, c"solo".as_ptr(), 4242, Some(done), &atx as *const _ as *mut c_void), R::Ok);
+    assert_eq!(arx.recv_timeout(WAIT).expect("announce"), R::Ok);
+    // With a host, a Grape also stores its own announces (and says so).
+    wait_for("the local announce", || {
+        ev.got.lock().expect("lock").iter().any(|e| e.0 == grenache_grape_event::Announce && e.1.as_deref() == Some("solo"))
+    });
+    let big = format!("\"{}\"", "x".repeat(1000));
+    assert_eq!(grenache_link_put(link, big.as_ptr().cast(), big.len(), Some(to_channel), ud), R::Ok);
+    let refused = rx.recv_timeout(WAIT).expect("put");
+    assert_ne!(refused.0, R::Ok, "{refused:?}");
+    assert!(refused.1.contains("ERR_GRAPE_PAYLOAD_SIZE") || refused.1.contains("413"), "{refused:?}");
+    grenache_link_free(link);
+    grenache_grape_free(g);
+    grenache_grape_free(g0);
+    grenache_runtime_free(rt);
+    wait_for("free_userdata", || ev.freed.load(Ordering::SeqCst) == 1);
+}
