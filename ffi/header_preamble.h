@@ -45,13 +45,12 @@
  *
  * COVERAGE
  *
- *  Grapes (started with every option of the grape command line, ports, events), Links (lookup,
- *  announce, keep-announcing, put/get, mutable items with salt and compare-and-swap), RPC servers
- *  (HTTP/WS, TLS, reply timeout, the WSS verify_client hook) and clients (request, map, options),
- *  PUB/SUB (text and binary frames, verify_client) and TLS settings. Not reachable from C, on
- *  purpose: the HTTP transport's raw streaming mode (_gr: chunked bodies in both directions; it
- *  needs reader/writer handles with back-pressure, a design of its own - send JSON requests
- *  instead), the per-transport tuning knobs (message size limits, connection and pool limits,
- *  PUB/SUB queue policies: the core's defaults apply), Link tuning (Grape call timeout, lookup
- *  cache) and direct DHT (KRPC) calls.
+ *  Grapes (started with every option of the grape command line, ports, events), Links (options,
+ *  lookup, announce, keep-announcing, put/get, mutable items with salt and compare-and-swap), RPC
+ *  servers (HTTP/WS, TLS, reply timeout, the WSS verify_client hook) and clients (request, map,
+ *  options), PUB/SUB (text and binary frames, verify_client) and TLS settings. Not reachable from
+ *  C, on purpose: the HTTP transport's raw streaming mode (_gr: chunked bodies in both
+ *  directions; it needs reader/writer handles with back-pressure, a design of its own - send JSON
+ *  requests instead), the per-transport tuning knobs (message size limits, connection and pool
+ *  limits, PUB/SUB queue policies: the core's defaults apply) and direct DHT (KRPC) calls.
  */

@@ -45,15 +45,14 @@
  *
  * COVERAGE
  *
- *  Grapes (started with every option of the grape command line, ports, events), Links (lookup,
- *  announce, keep-announcing, put/get, mutable items with salt and compare-and-swap), RPC servers
- *  (HTTP/WS, TLS, reply timeout, the WSS verify_client hook) and clients (request, map, options),
- *  PUB/SUB (text and binary frames, verify_client) and TLS settings. Not reachable from C, on
- *  purpose: the HTTP transport's raw streaming mode (_gr: chunked bodies in both directions; it
- *  needs reader/writer handles with back-pressure, a design of its own - send JSON requests
- *  instead), the per-transport tuning knobs (message size limits, connection and pool limits,
- *  PUB/SUB queue policies: the core's defaults apply), Link tuning (Grape call timeout, lookup
- *  cache) and direct DHT (KRPC) calls.
+ *  Grapes (started with every option of the grape command line, ports, events), Links (options,
+ *  lookup, announce, keep-announcing, put/get, mutable items with salt and compare-and-swap), RPC
+ *  servers (HTTP/WS, TLS, reply timeout, the WSS verify_client hook) and clients (request, map,
+ *  options), PUB/SUB (text and binary frames, verify_client) and TLS settings. Not reachable from
+ *  C, on purpose: the HTTP transport's raw streaming mode (_gr: chunked bodies in both
+ *  directions; it needs reader/writer handles with back-pressure, a design of its own - send JSON
+ *  requests instead), the per-transport tuning knobs (message size limits, connection and pool
+ *  limits, PUB/SUB queue policies: the core's defaults apply) and direct DHT (KRPC) calls.
  */
 
 #ifndef GRENACHE_H
@@ -399,6 +398,41 @@ typedef uint32_t grenache_grape_option;
 #endif // __cplusplus
 
 /**
+ * The numeric settings of `grenache_link_options_set`. Durations are in milliseconds.
+ */
+enum grenache_link_option
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Timeout of each call to the Grape's HTTP API (the reference's `requestTimeout`; default
+     * 2500). At least 1.
+     */
+    GRENACHE_LINK_OPTION_REQUEST_TIMEOUT_MS = 0,
+    /**
+     * Most entries in the lookup cache (`lruMaxSizeLookup`; default 2500).
+     */
+    GRENACHE_LINK_OPTION_LOOKUP_CACHE_SIZE = 1,
+    /**
+     * How long a lookup result is served from the cache (`lruMaxAgeLookup`; default 10000; 0
+     * disables the cache).
+     */
+    GRENACHE_LINK_OPTION_LOOKUP_CACHE_TTL_MS = 2,
+    /**
+     * Total attempts of a lookup or announce on transport errors (default 3). At least 1.
+     */
+    GRENACHE_LINK_OPTION_RETRIES = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum grenache_link_option grenache_link_option;
+#else
+typedef uint32_t grenache_link_option;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An RPC client: finds the workers of a service through a Link and sends them requests.
  * Thread-safe. Create it with `grenache_client_new_http`; free it with `grenache_client_free`.
  */
@@ -453,6 +487,14 @@ typedef struct grenache_keypair grenache_keypair;
  * functions may be called from many threads at once.
  */
 typedef struct grenache_link grenache_link;
+
+/**
+ * Link settings beyond the Grape URL (the reference Link's options): a builder. Create it with
+ * `grenache_link_options_new`, set what you need with `grenache_link_options_set`, create Links
+ * with `grenache_link_new_opts` (which copies the settings), free it with
+ * `grenache_link_options_free`.
+ */
+typedef struct grenache_link_options grenache_link_options;
 
 /**
  * A publisher (the reference's `PeerPub`): a WebSocket server that sends each published
@@ -808,6 +850,30 @@ grenache_result grenache_grape_start_opts(const grenache_runtime *rt, const gren
  * `INVALID_UTF8`, `INVALID_ARGUMENT` (not an `http://host:port` URL). Non-blocking.
  */
 grenache_result grenache_link_new(const grenache_runtime *rt, const char *grape_url, grenache_link **out);
+
+/**
+ * Creates Link options with the defaults (see `grenache_link_option`) into `*out` (owned by the
+ * caller: `grenache_link_options_free`). Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_link_options_new(grenache_link_options **out);
+
+/**
+ * Frees Link options. NULL is ignored.
+ */
+void grenache_link_options_free(grenache_link_options *opts);
+
+/**
+ * Sets the numeric setting `option` (one of `GRENACHE_LINK_OPTION_*`) to `value`. Errors:
+ * `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, a zero timeout or retry count, a value
+ * out of range); nothing changes on error.
+ */
+grenache_result grenache_link_options_set(grenache_link_options *opts, uint32_t option, uint64_t value);
+
+/**
+ * Creates a Link to the Grape HTTP API at `grape_url` with `opts` (copied; NULL: the defaults).
+ * Otherwise the same contract as `grenache_link_new`.
+ */
+grenache_result grenache_link_new_opts(const grenache_runtime *rt, const char *grape_url, const grenache_link_options *opts, grenache_link **out);
 
 /**
  * Frees a Link: stops its keep-announcing loops and fires the completions of its calls in flight

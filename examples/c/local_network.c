@@ -3,7 +3,7 @@
  * ports), prints the first Grape's events, runs an rpc_test worker announced on the first (with
  * a server options object: a reply timeout) and a client that looks it up through the first too
  * (or, with the argument "cross", through the second), updates a mutable DHT item with
- * compare-and-swap; then stops everything.
+ * compare-and-swap (through a Link built with options); then stops everything.
  *
  *   local_network [cross]
  */
@@ -89,6 +89,7 @@ int main(int argc, char **argv) {
     grenache_server *server = NULL;
     grenache_server_options *opts = NULL;
     grenache_grape_options *gopts = NULL;
+    grenache_link_options *lopts = NULL;
     grenache_client *client = NULL;
     grape_events ev;
     completion c;
@@ -113,7 +114,11 @@ int main(int argc, char **argv) {
     printf("grapes: api %u and %u\n", (unsigned)grenache_grape_api_port(g1), (unsigned)grenache_grape_api_port(g2));
 
     snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)grenache_grape_api_port(g1));
-    DIE_IF(grenache_link_new(rt, url, &l1), "grenache_link_new");
+    /* A Link with options: Grape calls may take up to 30 s (DHT puts are slow under valgrind). */
+    DIE_IF(grenache_link_options_new(&lopts), "grenache_link_options_new");
+    DIE_IF(grenache_link_options_set(lopts, GRENACHE_LINK_OPTION_REQUEST_TIMEOUT_MS, 30000), "grenache_link_options_set");
+    DIE_IF(grenache_link_new_opts(rt, url, lopts, &l1), "grenache_link_new_opts");
+    grenache_link_options_free(lopts);
     snprintf(url, sizeof url, "http://127.0.0.1:%u", (unsigned)grenache_grape_api_port(g2));
     DIE_IF(grenache_link_new(rt, url, &l2), "grenache_link_new");
 

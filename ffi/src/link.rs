@@ -8,7 +8,7 @@ use grenache_core::embed::{EmbedLink, Keypair, LinkConfig, MutableItem};
 use crate::callback::{done_completion, grenache_done_cb, grenache_json_cb, json_completion, try_callback};
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_ref, try_str, try_str_len, write_out};
+use crate::ptr::{try_box, try_mut, try_ref, try_str, try_str_len, write_out};
 use crate::runtime::grenache_runtime;
 
 /// A Link: the client of one Grape's HTTP API (lookups with a cache, announces, DHT put/get).
@@ -41,6 +41,101 @@ pub extern "C" fn grenache_link_new(rt: *const grenache_runtime, grape_url: *con
             return grenache_result::NullParameter;
         }
         match EmbedLink::new(&rt.rt, LinkConfig::with_grape(url)) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Link settings beyond the Grape URL (the reference Link's options): a builder. Create it with
+/// `grenache_link_options_new`, set what you need with `grenache_link_options_set`, create Links
+/// with `grenache_link_new_opts` (which copies the settings), free it with
+/// `grenache_link_options_free`.
+#[derive(Debug)]
+pub struct grenache_link_options {
+    config: LinkConfig,
+}
+
+/// The numeric settings of `grenache_link_options_set`. Durations are in milliseconds.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum grenache_link_option {
+    /// Timeout of each call to the Grape's HTTP API (the reference's `requestTimeout`; default
+    /// 2500). At least 1.
+    RequestTimeoutMs = 0,
+    /// Most entries in the lookup cache (`lruMaxSizeLookup`; default 2500).
+    LookupCacheSize = 1,
+    /// How long a lookup result is served from the cache (`lruMaxAgeLookup`; default 10000; 0
+    /// disables the cache).
+    LookupCacheTtlMs = 2,
+    /// Total attempts of a lookup or announce on transport errors (default 3). At least 1.
+    Retries = 3,
+}
+
+/// Creates Link options with the defaults (see `grenache_link_option`) into `*out` (owned by the
+/// caller: `grenache_link_options_free`). Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_options_new(out: *mut *mut grenache_link_options) -> grenache_result {
+    ffi_panic_boundary! {
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        unsafe { write_out(out, Box::into_raw(Box::new(grenache_link_options { config: LinkConfig::default() }))) };
+        grenache_result::Ok
+    }
+}
+
+/// Frees Link options. NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_options_free(opts: *mut grenache_link_options) {
+    ffi_panic_boundary! {
+        drop(try_box!(opts));
+    }
+}
+
+/// Sets the numeric setting `option` (one of `GRENACHE_LINK_OPTION_*`) to `value`. Errors:
+/// `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, a zero timeout or retry count, a value
+/// out of range); nothing changes on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_options_set(opts: *mut grenache_link_options, option: u32, value: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let c = &mut o.config;
+        match option {
+            0 if value > 0 => c.request_timeout = Duration::from_millis(value),
+            1 => c.lookup_cache_size = usize::try_from(value).unwrap_or(usize::MAX),
+            2 => c.lookup_cache_ttl = Duration::from_millis(value),
+            3 if value > 0 => match u32::try_from(value) {
+                Ok(n) => c.retries = n,
+                Err(_) => return grenache_result::InvalidArgument,
+            },
+            _ => return grenache_result::InvalidArgument,
+        }
+        grenache_result::Ok
+    }
+}
+
+/// Creates a Link to the Grape HTTP API at `grape_url` with `opts` (copied; NULL: the defaults).
+/// Otherwise the same contract as `grenache_link_new`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_new_opts(
+    rt: *const grenache_runtime,
+    grape_url: *const c_char,
+    opts: *const grenache_link_options,
+    out: *mut *mut grenache_link,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let rt = try_ref!(rt);
+        let url = try_str!(grape_url);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let mut config = unsafe { opts.as_ref() }.map(|o| o.config.clone()).unwrap_or_default();
+        config.grape = url.to_string();
+        match EmbedLink::new(&rt.rt, config) {
             Ok(inner) => {
                 unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
                 grenache_result::Ok

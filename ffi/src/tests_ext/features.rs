@@ -516,3 +516,43 @@ fn grape_options_apply_and_check_their_input() {
     grenache_runtime_free(rt);
     wait_for("free_userdata", || ev.freed.load(Ordering::SeqCst) == 1);
 }
+
+// ---- Link options --------------------------------------------------------------------------
+
+#[test]
+fn link_options_apply_and_check_their_input() {
+    let mut rt = null_mut();
+    assert_eq!(grenache_runtime_new(1, &mut rt), R::Ok);
+    let mut opts = null_mut();
+    assert_eq!(grenache_link_options_new(null_mut()), R::NullParameter);
+    assert_eq!(grenache_link_options_new(&mut opts), R::Ok);
+    assert_eq!(grenache_link_options_set(null_mut(), 0, 1), R::NullParameter);
+    assert_eq!(grenache_link_options_set(opts, 42, 1), R::InvalidArgument);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::RequestTimeoutMs as u32, 0), R::InvalidArgument);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::Retries as u32, 0), R::InvalidArgument);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::Retries as u32, u64::MAX), R::InvalidArgument);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::Retries as u32, 1), R::Ok);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::LookupCacheSize as u32, 10), R::Ok);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::LookupCacheTtlMs as u32, 0), R::Ok);
+    assert_eq!(grenache_link_options_set(opts, grenache_link_option::RequestTimeoutMs as u32, 200), R::Ok);
+    // A "Grape" that accepts connections and never answers: the short timeout applies.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = c(&format!("http://{}", silent.local_addr().expect("addr")));
+    let mut link = null_mut();
+    assert_eq!(grenache_link_new_opts(rt, url.as_ptr(), opts, null_mut()), R::NullParameter);
+    assert_eq!(grenache_link_new_opts(rt, c"ftp://x".as_ptr(), opts, &mut link), R::InvalidArgument);
+    assert!(link.is_null());
+    assert_eq!(grenache_link_new_opts(rt, url.as_ptr(), opts, &mut link), R::Ok);
+    grenache_link_options_free(opts);
+    let (tx, rx) = mpsc::channel::<(R, String)>();
+    assert_eq!(grenache_link_lookup(link, c"anything".as_ptr(), Some(to_channel), &tx as *const _ as *mut c_void), R::Ok);
+    let got = rx.recv_timeout(WAIT).expect("lookup");
+    assert_eq!(got.0, R::Timeout, "{got:?}");
+    grenache_link_free(link);
+    // NULL options: the defaults.
+    let mut link2 = null_mut();
+    assert_eq!(grenache_link_new_opts(rt, url.as_ptr(), null(), &mut link2), R::Ok);
+    grenache_link_free(link2);
+    grenache_runtime_free(rt);
+    drop(silent);
+}
