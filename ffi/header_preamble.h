@@ -35,10 +35,22 @@
  *    handle (or the runtime) is freed first; after the handle's _free returns, none of its
  *    completions runs any more (when _free is itself called inside a callback, completions
  *    already running on other threads may still be finishing). Long-lived callbacks (request
- *    handlers, subscriptions) are registered with a free_userdata destructor that runs exactly
- *    once, after their last call.
+ *    handlers, subscriptions, verify_client hooks, Grape event callbacks) are registered with a
+ *    free_userdata destructor that runs exactly once, after their last call (also when the
+ *    registration fails).
  *  - Inside a callback you may call every non-blocking function (answer replies, start requests,
  *    read errors and requests, even free the handle whose callback is running). Blocking functions
  *    (those documented as "blocks", e.g. binding a server or grenache_runtime_free) return
  *    GRENACHE_RESULT_INVALID_STATE there, since they would wait for the very thread they run on.
+ *
+ * COVERAGE
+ *
+ *  Grapes (started with every option of the grape command line, ports, events), Links (options,
+ *  lookup, announce, keep-announcing, put/get, mutable items with salt and compare-and-swap), RPC
+ *  servers (HTTP/WS, TLS, reply timeout, the WSS verify_client hook) and clients (request, map,
+ *  options), PUB/SUB (text and binary frames, verify_client) and TLS settings. Not reachable from
+ *  C, on purpose: the HTTP transport's raw streaming mode (_gr: chunked bodies in both
+ *  directions; it needs reader/writer handles with back-pressure, a design of its own - send JSON
+ *  requests instead), the per-transport tuning knobs (message size limits, connection and pool
+ *  limits, PUB/SUB queue policies: the core's defaults apply) and direct DHT (KRPC) calls.
  */

@@ -35,12 +35,24 @@
  *    handle (or the runtime) is freed first; after the handle's _free returns, none of its
  *    completions runs any more (when _free is itself called inside a callback, completions
  *    already running on other threads may still be finishing). Long-lived callbacks (request
- *    handlers, subscriptions) are registered with a free_userdata destructor that runs exactly
- *    once, after their last call.
+ *    handlers, subscriptions, verify_client hooks, Grape event callbacks) are registered with a
+ *    free_userdata destructor that runs exactly once, after their last call (also when the
+ *    registration fails).
  *  - Inside a callback you may call every non-blocking function (answer replies, start requests,
  *    read errors and requests, even free the handle whose callback is running). Blocking functions
  *    (those documented as "blocks", e.g. binding a server or grenache_runtime_free) return
  *    GRENACHE_RESULT_INVALID_STATE there, since they would wait for the very thread they run on.
+ *
+ * COVERAGE
+ *
+ *  Grapes (started with every option of the grape command line, ports, events), Links (options,
+ *  lookup, announce, keep-announcing, put/get, mutable items with salt and compare-and-swap), RPC
+ *  servers (HTTP/WS, TLS, reply timeout, the WSS verify_client hook) and clients (request, map,
+ *  options), PUB/SUB (text and binary frames, verify_client) and TLS settings. Not reachable from
+ *  C, on purpose: the HTTP transport's raw streaming mode (_gr: chunked bodies in both
+ *  directions; it needs reader/writer handles with back-pressure, a design of its own - send JSON
+ *  requests instead), the per-transport tuning knobs (message size limits, connection and pool
+ *  limits, PUB/SUB queue policies: the core's defaults apply) and direct DHT (KRPC) calls.
  */
 
 #ifndef GRENACHE_H
@@ -211,6 +223,57 @@ typedef uint32_t grenache_result;
 #endif // __cplusplus
 
 /**
+ * The kind of a Grape event (the `event` argument of `grenache_grape_event_cb`). New kinds may be
+ * added: ignore the ones you do not know.
+ */
+enum grenache_grape_event
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * The DHT's UDP socket is bound (always the first event). `detail` is NULL.
+     */
+    GRENACHE_GRAPE_EVENT_LISTENING = 0,
+    /**
+     * The DHT bootstrap walk finished (also when no bootstrap node answered). `detail` is NULL.
+     */
+    GRENACHE_GRAPE_EVENT_READY = 1,
+    /**
+     * A service was stored in this Grape's peer store; `detail` is its name.
+     */
+    GRENACHE_GRAPE_EVENT_ANNOUNCE = 2,
+    /**
+     * A lookup found a peer; `detail` is its `"ip:port"`.
+     */
+    GRENACHE_GRAPE_EVENT_PEER = 3,
+    /**
+     * A node was added to the DHT routing table. `detail` is NULL.
+     */
+    GRENACHE_GRAPE_EVENT_NODE = 4,
+    /**
+     * A malformed or unexpected datagram was dropped; `detail` says what.
+     */
+    GRENACHE_GRAPE_EVENT_WARNING = 5,
+    /**
+     * The callback fell behind: `dropped` events (the oldest) were dropped for it. `detail` is
+     * NULL.
+     */
+    GRENACHE_GRAPE_EVENT_LAGGED = 6,
+    /**
+     * An event this version of the header does not name. `detail` is NULL.
+     */
+    GRENACHE_GRAPE_EVENT_OTHER = 7,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum grenache_grape_event grenache_grape_event;
+#else
+typedef uint32_t grenache_grape_event;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * The transport a request arrived on.
  */
 enum grenache_transport
@@ -272,10 +335,116 @@ typedef uint32_t grenache_client_auth;
 #endif // __cplusplus
 
 /**
+ * The numeric settings of `grenache_grape_options_set`. Durations are in milliseconds.
+ */
+enum grenache_grape_option
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * UDP port of the DHT node (0, the default here: any free port). At most 65535.
+     */
+    GRENACHE_GRAPE_OPTION_DHT_PORT = 0,
+    /**
+     * TCP port of the HTTP API (0, the default here: any free port). At most 65535.
+     */
+    GRENACHE_GRAPE_OPTION_API_PORT = 1,
+    /**
+     * How long an announced service is kept (`dht_peer_maxAge`; default 120000; 0: forever).
+     */
+    GRENACHE_GRAPE_OPTION_PEER_MAX_AGE_MS = 2,
+    /**
+     * Routing-table liveness period (`dht_nodeLiveness`; default 300000).
+     */
+    GRENACHE_GRAPE_OPTION_NODE_LIVENESS_MS = 3,
+    /**
+     * LRU size of the per-target closest-node tables (`dht_maxTables`; default 5000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_TABLES = 4,
+    /**
+     * LRU size of the BEP44 value store (`dht_maxValues`; default 5000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_VALUES = 5,
+    /**
+     * Most announced peers stored, over all names (default 1000000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_PEERS = 6,
+    /**
+     * Largest accepted HTTP API body in bytes (`check_maxPayloadSize`; default 8192).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_PAYLOAD_SIZE = 7,
+    /**
+     * Most HTTP API connections served at once (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_CONNECTIONS = 8,
+    /**
+     * Re-announces of the same name and port within this window are answered without a DHT
+     * round (default: peer max age / 20, at most 1000; 0: every announce reaches the DHT).
+     */
+    GRENACHE_GRAPE_OPTION_ANNOUNCE_WINDOW_MS = 9,
+    /**
+     * Lookups of a name within this long after a DHT walk that found peers skip the walk
+     * (default: peer max age / 1200, at most 100; 0: every lookup walks).
+     */
+    GRENACHE_GRAPE_OPTION_LOOKUP_WINDOW_MS = 10,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum grenache_grape_option grenache_grape_option;
+#else
+typedef uint32_t grenache_grape_option;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The numeric settings of `grenache_link_options_set`. Durations are in milliseconds.
+ */
+enum grenache_link_option
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Timeout of each call to the Grape's HTTP API (the reference's `requestTimeout`; default
+     * 2500). At least 1.
+     */
+    GRENACHE_LINK_OPTION_REQUEST_TIMEOUT_MS = 0,
+    /**
+     * Most entries in the lookup cache (`lruMaxSizeLookup`; default 2500).
+     */
+    GRENACHE_LINK_OPTION_LOOKUP_CACHE_SIZE = 1,
+    /**
+     * How long a lookup result is served from the cache (`lruMaxAgeLookup`; default 10000; 0
+     * disables the cache).
+     */
+    GRENACHE_LINK_OPTION_LOOKUP_CACHE_TTL_MS = 2,
+    /**
+     * Total attempts of a lookup or announce on transport errors (default 3). At least 1.
+     */
+    GRENACHE_LINK_OPTION_RETRIES = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum grenache_link_option grenache_link_option;
+#else
+typedef uint32_t grenache_link_option;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * An RPC client: finds the workers of a service through a Link and sends them requests.
  * Thread-safe. Create it with `grenache_client_new_http`; free it with `grenache_client_free`.
  */
 typedef struct grenache_client grenache_client;
+
+/**
+ * What a `verify_client` hook sees about a client before its socket is accepted: the SHA-1
+ * fingerprint of its TLS certificate, its address and the upgrade's path.
+ *
+ * Borrowed: valid only until the hook returns (copy what you need to keep). Never free it.
+ */
+typedef struct grenache_client_info grenache_client_info;
 
 /**
  * TLS settings of a client: the CA that server certificates must chain to and an optional
@@ -298,6 +467,14 @@ typedef struct grenache_error grenache_error;
 typedef struct grenache_grape grenache_grape;
 
 /**
+ * The settings of a Grape beyond its ports and bootstrap list (the reference's Grape options and
+ * the `grape` command line's): a builder. Create it with `grenache_grape_options_new`, set what
+ * you need, start Grapes with `grenache_grape_start_opts` (which copies the settings), free it
+ * with `grenache_grape_options_free`.
+ */
+typedef struct grenache_grape_options grenache_grape_options;
+
+/**
  * An ed25519 key pair that signs mutable DHT items (`grenache_link_put_mutable`).
  * Create it with `grenache_keypair_generate` or `grenache_keypair_from_secret_hex`, free it with
  * `grenache_keypair_free`. Immutable, so thread-safe.
@@ -310,6 +487,14 @@ typedef struct grenache_keypair grenache_keypair;
  * functions may be called from many threads at once.
  */
 typedef struct grenache_link grenache_link;
+
+/**
+ * Link settings beyond the Grape URL (the reference Link's options): a builder. Create it with
+ * `grenache_link_options_new`, set what you need with `grenache_link_options_set`, create Links
+ * with `grenache_link_new_opts` (which copies the settings), free it with
+ * `grenache_link_options_free`.
+ */
+typedef struct grenache_link_options grenache_link_options;
 
 /**
  * A publisher (the reference's `PeerPub`): a WebSocket server that sends each published
@@ -352,6 +537,15 @@ typedef struct grenache_runtime grenache_runtime;
  * answer. Create it with `grenache_server_new_http`; free it with `grenache_server_free`.
  */
 typedef struct grenache_server grenache_server;
+
+/**
+ * Settings of a server or publisher beyond the defaults: port, TLS, reply timeout and the
+ * `verify_client` hook. A builder: create it with `grenache_server_options_new`, call setters,
+ * pass it to `grenache_server_new` / `grenache_publisher_new_opts` (which copy what they need,
+ * so one options object may serve several servers), free it with `grenache_server_options_free`.
+ * Not thread-safe while being changed.
+ */
+typedef struct grenache_server_options grenache_server_options;
 
 /**
  * TLS settings of a server: its certificate and key, and how it treats client certificates.
@@ -411,6 +605,26 @@ typedef struct {
 } grenache_request_options;
 
 /**
+ * Receives one event of a Grape (`grenache_grape_on_event`): its kind, a `detail` text
+ * (NUL-terminated, borrowed until the callback returns; NULL for kinds without one, see
+ * `grenache_grape_event`) and, for `GRENACHE_GRAPE_EVENT_LAGGED`, how many events were dropped
+ * (0 otherwise).
+ *
+ * Called on a library worker thread, one event at a time per registration, in order. It should
+ * return quickly: while it runs, events queue up (at most 1024 per registration; beyond that the
+ * oldest are dropped and reported with `GRENACHE_GRAPE_EVENT_LAGGED`, so memory stays bounded
+ * and the Grape is never slowed down). It may call non-blocking functions of this library, not
+ * blocking ones (`INVALID_STATE`), and must not unwind across the library.
+ */
+typedef void (*grenache_grape_event_cb)(void *userdata, grenache_grape_event event, const char *detail, uint64_t dropped);
+
+/**
+ * Destroys the `userdata` of a long-lived callback. Called exactly once, after the last call of
+ * that callback returned, on any thread. May be NULL when the userdata needs no cleanup.
+ */
+typedef void (*grenache_free_cb)(void *userdata);
+
+/**
  * The completion of an operation that yields nothing (an announce). Fires exactly once, like
  * `grenache_json_cb`; `err` is NULL on success and borrowed otherwise.
  */
@@ -425,10 +639,13 @@ typedef void (*grenache_done_cb)(void *userdata, grenache_result code, const gre
 typedef void (*grenache_message_cb)(void *userdata, const char *publisher, const char *data, size_t len);
 
 /**
- * Destroys the `userdata` of a long-lived callback. Called exactly once, after the last call of
- * that callback returned, on any thread. May be NULL when the userdata needs no cleanup.
+ * Receives one message, telling text from binary frames: `publisher` is the publisher's
+ * `"host:port"` (NUL-terminated), `data`/`len` the message bytes (NUL-terminated too, for text),
+ * `binary` true for a binary frame (`grenache_publisher_publish_binary`; any bytes) and false for
+ * a text frame (UTF-8). All borrowed until the callback returns. Otherwise the same contract as
+ * `grenache_message_cb`.
  */
-typedef void (*grenache_free_cb)(void *userdata);
+typedef void (*grenache_message_ex_cb)(void *userdata, const char *publisher, const uint8_t *data, size_t len, bool binary);
 
 /**
  * A request handler: called for each request, on a worker thread, possibly concurrently.
@@ -439,6 +656,19 @@ typedef void (*grenache_free_cb)(void *userdata);
  * of this library, including `grenache_reply_*` and starting client requests.
  */
 typedef void (*grenache_handler_cb)(void *userdata, const grenache_request *req, grenache_reply *reply);
+
+/**
+ * A `verify_client` hook: returns true to accept the client, false to refuse it (the WebSocket
+ * upgrade is then answered `HTTP 401` and closed, and the client's request fails with
+ * `GRENACHE_RESULT_CLIENT_REFUSED`).
+ *
+ * Called with the `userdata` given at registration and the borrowed `info`, on a library worker
+ * thread, possibly concurrently for several clients: it must be thread-safe and must not block
+ * (it holds a worker thread during the handshake). It may call the non-blocking functions of
+ * this library; blocking ones return `INVALID_STATE` there. It must not unwind (C++ exceptions,
+ * `longjmp`) across the library.
+ */
+typedef bool (*grenache_verify_client_cb)(void *userdata, const grenache_client_info *info);
 
 #ifdef __cplusplus
 extern "C" {
@@ -559,6 +789,60 @@ uint16_t grenache_grape_api_port(const grenache_grape *grape);
 void grenache_grape_free(grenache_grape *grape);
 
 /**
+ * Registers `cb` to receive the events of `grape` (several registrations may coexist). The first
+ * event is `GRENACHE_GRAPE_EVENT_LISTENING`, then `GRENACHE_GRAPE_EVENT_READY` once the bootstrap
+ * walk has finished (at once if it already has), then events as they happen, until
+ * `grenache_grape_free`: after that returns `cb` is not running (unless `grenache_grape_free`
+ * was called from inside it) and never runs again.
+ *
+ * `free_userdata` (may be NULL) runs exactly once, on any thread, after the last call of `cb`
+ * (also when this call fails). Non-blocking. Errors: `NULL_PARAMETER`, `CANCELLED` (runtime
+ * freed).
+ */
+grenache_result grenache_grape_on_event(const grenache_grape *grape, grenache_grape_event_cb cb, void *userdata, grenache_free_cb free_userdata);
+
+/**
+ * Creates Grape options with the defaults (both ports 0: any free port; no bootstrap node; the
+ * rest as documented on `grenache_grape_option`) into `*out` (owned by the caller:
+ * `grenache_grape_options_free`). Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_grape_options_new(grenache_grape_options **out);
+
+/**
+ * Frees Grape options. NULL is ignored.
+ */
+void grenache_grape_options_free(grenache_grape_options *opts);
+
+/**
+ * Sets the numeric setting `option` (one of `GRENACHE_GRAPE_OPTION_*`) to `value`.
+ * Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, or a port above 65535); nothing
+ * changes on error.
+ */
+grenache_result grenache_grape_options_set(grenache_grape_options *opts, uint32_t option, uint64_t value);
+
+/**
+ * Sets the address the HTTP API binds to, an IP address such as `"127.0.0.1"` (the reference's
+ * `host`, the `grape -b` option); with an IPv4 address an announce also stores `host:port` in
+ * this Grape's own peer store. NULL (the default): every IPv4 address. Errors: `NULL_PARAMETER`
+ * (`opts`), `INVALID_UTF8`, `INVALID_ARGUMENT` (not an IP address).
+ */
+grenache_result grenache_grape_options_set_host(grenache_grape_options *opts, const char *host);
+
+/**
+ * Sets the DHT bootstrap nodes: a comma-separated list of `"host:port"` DHT addresses of other
+ * Grapes (NULL or `""`: none, the default). Errors: `NULL_PARAMETER` (`opts`), `INVALID_UTF8`.
+ */
+grenache_result grenache_grape_options_set_bootstrap(grenache_grape_options *opts, const char *bootstrap);
+
+/**
+ * Starts a Grape with `opts` (copied; NULL: the defaults of `grenache_grape_options_new`).
+ * Otherwise the same contract as `grenache_grape_start`: blocks until both ports are bound (at
+ * most 10 s; `INVALID_STATE` inside callbacks) and writes `*out` on success. Errors:
+ * `NULL_PARAMETER`, `IO` (a port is busy), `INVALID_STATE`.
+ */
+grenache_result grenache_grape_start_opts(const grenache_runtime *rt, const grenache_grape_options *opts, grenache_grape **out);
+
+/**
  * Creates a Link to the Grape HTTP API at `grape_url` (`"http://127.0.0.1:30001"`), run by `rt`.
  *
  * Ownership: the caller owns `*out` and frees it with `grenache_link_free`; `rt` is not taken
@@ -566,6 +850,30 @@ void grenache_grape_free(grenache_grape *grape);
  * `INVALID_UTF8`, `INVALID_ARGUMENT` (not an `http://host:port` URL). Non-blocking.
  */
 grenache_result grenache_link_new(const grenache_runtime *rt, const char *grape_url, grenache_link **out);
+
+/**
+ * Creates Link options with the defaults (see `grenache_link_option`) into `*out` (owned by the
+ * caller: `grenache_link_options_free`). Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_link_options_new(grenache_link_options **out);
+
+/**
+ * Frees Link options. NULL is ignored.
+ */
+void grenache_link_options_free(grenache_link_options *opts);
+
+/**
+ * Sets the numeric setting `option` (one of `GRENACHE_LINK_OPTION_*`) to `value`. Errors:
+ * `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, a zero timeout or retry count, a value
+ * out of range); nothing changes on error.
+ */
+grenache_result grenache_link_options_set(grenache_link_options *opts, uint32_t option, uint64_t value);
+
+/**
+ * Creates a Link to the Grape HTTP API at `grape_url` with `opts` (copied; NULL: the defaults).
+ * Otherwise the same contract as `grenache_link_new`.
+ */
+grenache_result grenache_link_new_opts(const grenache_runtime *rt, const char *grape_url, const grenache_link_options *opts, grenache_link **out);
 
 /**
  * Frees a Link: stops its keep-announcing loops and fires the completions of its calls in flight
@@ -615,9 +923,18 @@ grenache_result grenache_link_put(const grenache_link *link, const char *json, s
 /**
  * Signs the JSON value in `json` with `key` and stores it as a mutable item with sequence number
  * `seq` and an optional `salt` (NULL for none). `cb` gets the item's hash as a JSON string.
- * A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking.
+ * A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking. For a
+ * compare-and-swap put see `grenache_link_put_mutable_cas`.
  */
 grenache_result grenache_link_put_mutable(const grenache_link *link, const grenache_keypair *key, const char *json, size_t json_len, int64_t seq, const char *salt, grenache_json_cb cb, void *userdata);
+
+/**
+ * `grenache_link_put_mutable` with compare-and-swap (BEP44 `cas`): the item is stored only if
+ * the sequence number stored now is `cas`; otherwise `cb` completes with `CAS_MISMATCH` (and
+ * nothing changes). Use it to update an item without overwriting a concurrent update:
+ * read it (`grenache_link_get`), then put `seq + 1` with `cas = seq`. Non-blocking.
+ */
+grenache_result grenache_link_put_mutable_cas(const grenache_link *link, const grenache_keypair *key, const char *json, size_t json_len, int64_t seq, const char *salt, int64_t cas, grenache_json_cb cb, void *userdata);
 
 /**
  * Reads the DHT item with hex hash `hash` (and `salt`, or NULL, for salted mutable items). `cb`
@@ -669,6 +986,13 @@ void grenache_keypair_free(grenache_keypair *key);
 grenache_result grenache_publisher_new(const grenache_link *link, uint16_t port, const grenache_server_tls *tls, grenache_publisher **out);
 
 /**
+ * Starts a publisher with `opts` (NULL: the defaults; copied): its port, TLS and
+ * `verify_client` hook, which sees each subscriber before its socket is accepted (the reply
+ * timeout does not apply). Otherwise the same contract as `grenache_publisher_new`.
+ */
+grenache_result grenache_publisher_new_opts(const grenache_link *link, const grenache_server_options *opts, grenache_publisher **out);
+
+/**
  * The publisher's port (0 when `publisher` is NULL).
  */
 uint16_t grenache_publisher_port(const grenache_publisher *publisher);
@@ -686,6 +1010,14 @@ grenache_result grenache_publisher_start_announcing(const grenache_publisher *pu
  * queues). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
  */
 grenache_result grenache_publisher_publish(const grenache_publisher *publisher, const char *msg, size_t len, size_t *out_count);
+
+/**
+ * Publishes the `len` bytes at `data` as one binary WebSocket frame (any bytes, not only UTF-8)
+ * to every connected subscriber and writes how many it was queued for into `*out_count` (may be
+ * NULL). Subscribers receive the bytes unchanged (`grenache_subscriber_new_ex` tells them the
+ * frame was binary). Non-blocking. Errors: `NULL_PARAMETER` (`data` NULL with `len` > 0).
+ */
+grenache_result grenache_publisher_publish_binary(const grenache_publisher *publisher, const uint8_t *data, size_t len, size_t *out_count);
 
 /**
  * How many subscribers are connected (0 when `publisher` is NULL).
@@ -706,6 +1038,12 @@ void grenache_publisher_free(grenache_publisher *publisher);
  * `CANCELLED` (runtime freed).
  */
 grenache_result grenache_subscriber_new(const grenache_link *link, const char *name, const grenache_client_tls *tls, grenache_message_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
+
+/**
+ * `grenache_subscriber_new` with a callback that also tells binary frames from text frames.
+ * The same contract otherwise.
+ */
+grenache_result grenache_subscriber_new_ex(const grenache_link *link, const char *name, const grenache_client_tls *tls, grenache_message_ex_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
 
 /**
  * How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is
@@ -854,6 +1192,84 @@ grenache_result grenache_server_stop_announcing(const grenache_server *server, c
  * ignored. Allowed inside callbacks.
  */
 void grenache_server_free(grenache_server *server);
+
+/**
+ * Creates server options with the defaults: port 0 (any free port), no TLS, no reply timeout,
+ * no `verify_client` hook. Writes `*out` (owned by the caller: `grenache_server_options_free`).
+ * Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_server_options_new(grenache_server_options **out);
+
+/**
+ * Frees server options; the userdata of their `verify_client` hook is freed once no server
+ * built with them uses it any more. NULL is ignored.
+ */
+void grenache_server_options_free(grenache_server_options *opts);
+
+/**
+ * Sets the port to listen on (0, the default: any free port; read it back with
+ * `grenache_server_port` / `grenache_publisher_port`). Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_server_options_set_port(grenache_server_options *opts, uint16_t port);
+
+/**
+ * Sets the TLS settings (copied; NULL, the default: plain HTTP / `ws://`). With TLS the server
+ * speaks HTTPS or `wss://`. Errors: `NULL_PARAMETER` (`opts` NULL).
+ */
+grenache_result grenache_server_options_set_tls(grenache_server_options *opts, const grenache_server_tls *tls);
+
+/**
+ * Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is
+ * answered `ERR_TIMEOUT` for it (the late answer then goes nowhere; `grenache_reply_is_closed`
+ * turns true). 0, the default: no timeout. Applies to RPC servers, not publishers.
+ * Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_server_options_set_reply_timeout(grenache_server_options *opts, uint64_t timeout_ms);
+
+/**
+ * Sets the `verify_client` hook of a WebSocket server or publisher: `cb` sees each client
+ * (`grenache_client_info`: with TLS, its certificate's SHA-1 fingerprint) after the TLS
+ * handshake and before the socket is accepted, and accepts or refuses it (see
+ * `grenache_verify_client_cb`). A panic or failure inside the library while calling it refuses
+ * the client. An HTTP server refuses options with a hook (`INVALID_ARGUMENT`).
+ *
+ * `free_userdata` (may be NULL) runs exactly once, on any thread, when neither the options nor
+ * any server or publisher built with them holds the hook any more (after the last call of
+ * `cb` returned); also when this call fails, and when a later call replaces the hook.
+ * Errors: `NULL_PARAMETER` (`opts` or `cb` NULL).
+ */
+grenache_result grenache_server_options_set_verify_client(grenache_server_options *opts, grenache_verify_client_cb cb, void *userdata, grenache_free_cb free_userdata);
+
+/**
+ * The SHA-1 fingerprint of the client's TLS certificate as `"AA:BB:..."` (Node's
+ * `getPeerCertificate().fingerprint`), borrowed from `info`; NULL without TLS, when the client
+ * sent no certificate, or when `info` is NULL.
+ */
+const char *grenache_client_info_fingerprint(const grenache_client_info *info);
+
+/**
+ * The client's address as `"ip:port"`, borrowed from `info`; NULL when unknown or `info` is NULL.
+ */
+const char *grenache_client_info_remote_addr(const grenache_client_info *info);
+
+/**
+ * The path of the client's WebSocket upgrade request (`"/ws"` for Grenache clients), borrowed
+ * from `info`; NULL when `info` is NULL.
+ */
+const char *grenache_client_info_path(const grenache_client_info *info);
+
+/**
+ * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP` or
+ * `GRENACHE_TRANSPORT_WS`) with `opts` (NULL: the defaults; copied, so they may be freed at
+ * once), serving `handler`, announced through `link`. Otherwise the same contract as
+ * `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
+ * last handler call returned, also when this call fails.
+ *
+ * Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
+ * (unknown `transport`; a `verify_client` hook with HTTP), `IO` (bind failed), `INVALID_STATE`.
+ */
+grenache_result grenache_server_new(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
 
 /**
  * Builds server TLS settings from PEM text: `cert_pem` (the chain), `key_pem`, `client_ca_pem`

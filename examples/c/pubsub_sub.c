@@ -1,5 +1,6 @@
-/* pubsub_sub.c: a subscriber. Subscribes to "pubsub_test" and exits 0 once COUNT messages
- * "hello N" arrived.
+/* pubsub_sub.c: a subscriber. Subscribes to "pubsub_test" (with grenache_subscriber_new_ex,
+ * which tells text frames from binary ones) and exits 0 once COUNT text messages "hello N" and at
+ * least one binary frame (starting 0x00 0xFF) arrived.
  *
  *   pubsub_sub GRAPE_URL [COUNT]
  */
@@ -8,15 +9,18 @@
 typedef struct {
     pthread_mutex_t lock;
     int received;
+    int binary;
     int freed;
 } sub_state;
 
 /* Runs on a library thread for each message. */
-static void on_message(void *userdata, const char *publisher, const char *data, size_t len) {
+static void on_message(void *userdata, const char *publisher, const uint8_t *data, size_t len, bool binary) {
     sub_state *st = userdata;
     pthread_mutex_lock(&st->lock);
-    if (len >= 6 && strncmp(data, "hello ", 6) == 0) {
-        if (st->received == 0) printf("first message from %s: %s\n", publisher, data);
+    if (binary) {
+        if (len >= 2 && data[0] == 0x00 && data[1] == 0xFF) st->binary++;
+    } else if (len >= 6 && memcmp(data, "hello ", 6) == 0) {
+        if (st->received == 0) printf("first message from %s: %s\n", publisher, (const char *)data);
         st->received++;
     }
     pthread_mutex_unlock(&st->lock);
@@ -36,22 +40,24 @@ int main(int argc, char **argv) {
     grenache_link *link = NULL;
     grenache_subscriber *sub = NULL;
     sub_state st;
-    int received = 0, waited, freed;
+    int received = 0, binary = 0, waited, freed;
 
     memset(&st, 0, sizeof st);
     pthread_mutex_init(&st.lock, NULL);
     DIE_IF(grenache_runtime_new(2, &rt), "grenache_runtime_new");
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
-    DIE_IF(grenache_subscriber_new(link, "pubsub_test", NULL, on_message, &st, on_free, &sub), "grenache_subscriber_new");
+    DIE_IF(grenache_subscriber_new_ex(link, "pubsub_test", NULL, on_message, &st, on_free, &sub), "grenache_subscriber_new_ex");
 
     for (waited = 0; waited < 120000; waited += 20) {
         pthread_mutex_lock(&st.lock);
         received = st.received;
+        binary = st.binary;
         pthread_mutex_unlock(&st.lock);
-        if (received >= count) break;
+        if (received >= count && binary >= 1) break;
         sleep_ms(20);
     }
     printf("received %d\n", received);
+    printf("binary frames %d\n", binary);
 
     grenache_subscriber_free(sub);
     grenache_link_free(link);
@@ -64,5 +70,5 @@ int main(int argc, char **argv) {
         fprintf(stderr, "free_userdata ran %d times\n", freed);
         return 1;
     }
-    return received >= count ? 0 : 1;
+    return received >= count && binary >= 1 ? 0 : 1;
 }

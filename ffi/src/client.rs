@@ -123,7 +123,7 @@ pub extern "C" fn grenache_client_request(
         let key = try_str!(key);
         let text = try_str_len!(json, json_len);
         let cb = try_callback!(cb);
-        c.inner.request(key.to_string(), text, opts(timeout_ms), json_completion(cb, userdata));
+        c.inner.request(key, text, opts(timeout_ms), json_completion(cb, userdata));
         grenache_result::Ok
     }
 }
@@ -171,7 +171,7 @@ pub extern "C" fn grenache_client_request_opts(
             Err(e) => return e,
         };
         let cb = try_callback!(cb);
-        c.inner.request(key.to_string(), text, o, json_completion(cb, userdata));
+        c.inner.request(key, text, o, json_completion(cb, userdata));
         grenache_result::Ok
     }
 }

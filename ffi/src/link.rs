@@ -8,7 +8,7 @@ use grenache_core::embed::{EmbedLink, Keypair, LinkConfig, MutableItem};
 use crate::callback::{done_completion, grenache_done_cb, grenache_json_cb, json_completion, try_callback};
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_ref, try_str, try_str_len, write_out};
+use crate::ptr::{try_box, try_mut, try_ref, try_str, try_str_len, write_out};
 use crate::runtime::grenache_runtime;
 
 /// A Link: the client of one Grape's HTTP API (lookups with a cache, announces, DHT put/get).
@@ -41,6 +41,101 @@ pub extern "C" fn grenache_link_new(rt: *const grenache_runtime, grape_url: *con
             return grenache_result::NullParameter;
         }
         match EmbedLink::new(&rt.rt, LinkConfig::with_grape(url)) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Link settings beyond the Grape URL (the reference Link's options): a builder. Create it with
+/// `grenache_link_options_new`, set what you need with `grenache_link_options_set`, create Links
+/// with `grenache_link_new_opts` (which copies the settings), free it with
+/// `grenache_link_options_free`.
+#[derive(Debug)]
+pub struct grenache_link_options {
+    config: LinkConfig,
+}
+
+/// The numeric settings of `grenache_link_options_set`. Durations are in milliseconds.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum grenache_link_option {
+    /// Timeout of each call to the Grape's HTTP API (the reference's `requestTimeout`; default
+    /// 2500). At least 1.
+    RequestTimeoutMs = 0,
+    /// Most entries in the lookup cache (`lruMaxSizeLookup`; default 2500).
+    LookupCacheSize = 1,
+    /// How long a lookup result is served from the cache (`lruMaxAgeLookup`; default 10000; 0
+    /// disables the cache).
+    LookupCacheTtlMs = 2,
+    /// Total attempts of a lookup or announce on transport errors (default 3). At least 1.
+    Retries = 3,
+}
+
+/// Creates Link options with the defaults (see `grenache_link_option`) into `*out` (owned by the
+/// caller: `grenache_link_options_free`). Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_options_new(out: *mut *mut grenache_link_options) -> grenache_result {
+    ffi_panic_boundary! {
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        unsafe { write_out(out, Box::into_raw(Box::new(grenache_link_options { config: LinkConfig::default() }))) };
+        grenache_result::Ok
+    }
+}
+
+/// Frees Link options. NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_options_free(opts: *mut grenache_link_options) {
+    ffi_panic_boundary! {
+        drop(try_box!(opts));
+    }
+}
+
+/// Sets the numeric setting `option` (one of `GRENACHE_LINK_OPTION_*`) to `value`. Errors:
+/// `NULL_PARAMETER`, `INVALID_ARGUMENT` (unknown option, a zero timeout or retry count, a value
+/// out of range); nothing changes on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_options_set(opts: *mut grenache_link_options, option: u32, value: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let c = &mut o.config;
+        match option {
+            0 if value > 0 => c.request_timeout = Duration::from_millis(value),
+            1 => c.lookup_cache_size = usize::try_from(value).unwrap_or(usize::MAX),
+            2 => c.lookup_cache_ttl = Duration::from_millis(value),
+            3 if value > 0 => match u32::try_from(value) {
+                Ok(n) => c.retries = n,
+                Err(_) => return grenache_result::InvalidArgument,
+            },
+            _ => return grenache_result::InvalidArgument,
+        }
+        grenache_result::Ok
+    }
+}
+
+/// Creates a Link to the Grape HTTP API at `grape_url` with `opts` (copied; NULL: the defaults).
+/// Otherwise the same contract as `grenache_link_new`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_new_opts(
+    rt: *const grenache_runtime,
+    grape_url: *const c_char,
+    opts: *const grenache_link_options,
+    out: *mut *mut grenache_link,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let rt = try_ref!(rt);
+        let url = try_str!(grape_url);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let mut config = unsafe { opts.as_ref() }.map(|o| o.config.clone()).unwrap_or_default();
+        config.grape = url.to_string();
+        match EmbedLink::new(&rt.rt, config) {
             Ok(inner) => {
                 unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
                 grenache_result::Ok
@@ -138,7 +233,8 @@ pub extern "C" fn grenache_link_put(link: *const grenache_link, json: *const c_c
 
 /// Signs the JSON value in `json` with `key` and stores it as a mutable item with sequence number
 /// `seq` and an optional `salt` (NULL for none). `cb` gets the item's hash as a JSON string.
-/// A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking.
+/// A `seq` not above the stored one completes with `SEQ_TOO_LOW`. Non-blocking. For a
+/// compare-and-swap put see `grenache_link_put_mutable_cas`.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_link_put_mutable(
     link: *const grenache_link,
@@ -151,20 +247,55 @@ pub extern "C" fn grenache_link_put_mutable(
     userdata: *mut c_void,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        let link = try_ref!(link);
-        let key = try_ref!(key);
-        let text = try_str_len!(json, json_len);
-        let salt = if salt.is_null() { None } else { Some(try_str!(salt).to_string()) };
-        let cb = try_callback!(cb);
-        let v = match grenache_core::embed::rpc::parse_json(text) {
-            Ok(v) => v,
-            Err(e) => return grenache_result::from(&e),
-        };
-        let item = MutableItem { v, seq, salt, cas: None };
-        let done = json_completion(cb, userdata);
-        link.inner.put_mutable(&key.inner, item, move |r| done(r.map(|h| serde_json::Value::String(h).to_string())));
-        grenache_result::Ok
+        put_mutable(link, key, json, json_len, seq, salt, None, cb, userdata)
     }
+}
+
+/// `grenache_link_put_mutable` with compare-and-swap (BEP44 `cas`): the item is stored only if
+/// the sequence number stored now is `cas`; otherwise `cb` completes with `CAS_MISMATCH` (and
+/// nothing changes). Use it to update an item without overwriting a concurrent update:
+/// read it (`grenache_link_get`), then put `seq + 1` with `cas = seq`. Non-blocking.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_put_mutable_cas(
+    link: *const grenache_link,
+    key: *const grenache_keypair,
+    json: *const c_char,
+    json_len: usize,
+    seq: i64,
+    salt: *const c_char,
+    cas: i64,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        put_mutable(link, key, json, json_len, seq, salt, Some(cas), cb, userdata)
+    }
+}
+
+fn put_mutable(
+    link: *const grenache_link,
+    key: *const grenache_keypair,
+    json: *const c_char,
+    json_len: usize,
+    seq: i64,
+    salt: *const c_char,
+    cas: Option<i64>,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    let link = try_ref!(link);
+    let key = try_ref!(key);
+    let text = try_str_len!(json, json_len);
+    let salt = if salt.is_null() { None } else { Some(try_str!(salt).to_string()) };
+    let cb = try_callback!(cb);
+    let v = match grenache_core::embed::rpc::parse_json(text) {
+        Ok(v) => v,
+        Err(e) => return grenache_result::from(&e),
+    };
+    let item = MutableItem { v, seq, salt, cas };
+    let done = json_completion(cb, userdata);
+    link.inner.put_mutable(&key.inner, item, move |r| done(r.map(|h| serde_json::Value::String(h).to_string())));
+    grenache_result::Ok
 }
 
 /// Reads the DHT item with hex hash `hash` (and `salt`, or NULL, for salted mutable items). `cb`

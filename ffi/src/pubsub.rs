@@ -3,13 +3,14 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use grenache_core::embed::{EmbedPublisher, EmbedSubscriber};
+use grenache_core::embed::{EmbedPublisher, EmbedSubscriber, SubMessage};
 
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
 use crate::ptr::{NulString, try_box, try_ref, try_str, try_str_len, write_out};
 use crate::reply::{OwnedUserData, grenache_free_cb};
+use crate::server::grenache_server_options;
 use crate::tls::{grenache_client_tls, grenache_server_tls};
 
 /// A publisher (the reference's `PeerPub`): a WebSocket server that sends each published
@@ -46,6 +47,27 @@ pub extern "C" fn grenache_publisher_new(link: *const grenache_link, port: u16, 
         }
         let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
         match EmbedPublisher::bind(&link.inner, port, tls) {
+            Ok(inner) => {
+                unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
+                grenache_result::Ok
+            }
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Starts a publisher with `opts` (NULL: the defaults; copied): its port, TLS and
+/// `verify_client` hook, which sees each subscriber before its socket is accepted (the reply
+/// timeout does not apply). Otherwise the same contract as `grenache_publisher_new`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_new_opts(link: *const grenache_link, opts: *const grenache_server_options, out: *mut *mut grenache_publisher) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let opts = unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
+        match EmbedPublisher::bind_with(&link.inner, opts) {
             Ok(inner) => {
                 unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
                 grenache_result::Ok
@@ -95,6 +117,26 @@ pub extern "C" fn grenache_publisher_publish(publisher: *const grenache_publishe
     }
 }
 
+/// Publishes the `len` bytes at `data` as one binary WebSocket frame (any bytes, not only UTF-8)
+/// to every connected subscriber and writes how many it was queued for into `*out_count` (may be
+/// NULL). Subscribers receive the bytes unchanged (`grenache_subscriber_new_ex` tells them the
+/// frame was binary). Non-blocking. Errors: `NULL_PARAMETER` (`data` NULL with `len` > 0).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_publish_binary(publisher: *const grenache_publisher, data: *const u8, len: usize, out_count: *mut usize) -> grenache_result {
+    ffi_panic_boundary! {
+        let p = try_ref!(publisher);
+        let bytes = match unsafe { crate::ptr::bytes_from_raw(data, len) } {
+            Ok(b) => b,
+            Err(e) => return e,
+        };
+        let n = p.inner.publish_binary(bytes);
+        if !out_count.is_null() {
+            unsafe { write_out(out_count, n) };
+        }
+        grenache_result::Ok
+    }
+}
+
 /// How many subscribers are connected (0 when `publisher` is NULL).
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_publisher_subscribers(publisher: *const grenache_publisher) -> usize {
@@ -129,27 +171,72 @@ pub extern "C" fn grenache_subscriber_new(
 ) -> grenache_result {
     ffi_panic_boundary! {
         let ud = OwnedUserData::new(userdata, free_userdata);
-        let link = try_ref!(link);
-        let name = try_str!(name);
         let Some(cb) = on_message else { return grenache_result::NullParameter };
-        if out.is_null() {
-            return grenache_result::NullParameter;
-        }
-        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-        let on_message = move |m: &grenache_core::embed::SubMessage| {
+        subscribe(link, name, tls, out, move |m: &SubMessage| {
             let publisher = NulString::new(m.publisher.to_string());
             let mut data = Vec::with_capacity(m.data.len() + 1);
             data.extend_from_slice(&m.data);
             data.push(0);
             unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr().cast(), m.data.len()) };
-        };
-        match EmbedSubscriber::subscribe(&link.inner, name, tls, on_message) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_subscriber { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
+        })
+    }
+}
+
+/// Receives one message, telling text from binary frames: `publisher` is the publisher's
+/// `"host:port"` (NUL-terminated), `data`/`len` the message bytes (NUL-terminated too, for text),
+/// `binary` true for a binary frame (`grenache_publisher_publish_binary`; any bytes) and false for
+/// a text frame (UTF-8). All borrowed until the callback returns. Otherwise the same contract as
+/// `grenache_message_cb`.
+pub type grenache_message_ex_cb = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, publisher: *const c_char, data: *const u8, len: usize, binary: bool),
+>;
+
+/// `grenache_subscriber_new` with a callback that also tells binary frames from text frames.
+/// The same contract otherwise.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_subscriber_new_ex(
+    link: *const grenache_link,
+    name: *const c_char,
+    tls: *const grenache_client_tls,
+    on_message: grenache_message_ex_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_subscriber,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let ud = OwnedUserData::new(userdata, free_userdata);
+        let Some(cb) = on_message else { return grenache_result::NullParameter };
+        subscribe(link, name, tls, out, move |m: &SubMessage| {
+            let publisher = NulString::new(m.publisher.to_string());
+            let mut data = Vec::with_capacity(m.data.len() + 1);
+            data.extend_from_slice(&m.data);
+            data.push(0);
+            unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr(), m.data.len(), m.binary) };
+        })
+    }
+}
+
+/// The common part of the `grenache_subscriber_new*` calls; `on_message` owns the userdata, so
+/// every early return frees it.
+fn subscribe(
+    link: *const grenache_link,
+    name: *const c_char,
+    tls: *const grenache_client_tls,
+    out: *mut *mut grenache_subscriber,
+    on_message: impl Fn(&SubMessage) + Send + Sync + 'static,
+) -> grenache_result {
+    let link = try_ref!(link);
+    let name = try_str!(name);
+    if out.is_null() {
+        return grenache_result::NullParameter;
+    }
+    let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+    match EmbedSubscriber::subscribe(&link.inner, name, tls, on_message) {
+        Ok(inner) => {
+            unsafe { write_out(out, Box::into_raw(Box::new(grenache_subscriber { inner }))) };
+            grenache_result::Ok
         }
+        Err(e) => grenache_result::from(&e),
     }
 }
 

@@ -29,38 +29,46 @@ pub enum grenache_transport {
 /// free it. Its accessors are thread-safe.
 #[derive(Debug)]
 pub struct grenache_request {
-    key: NulString,
-    payload: NulString,
-    // Built on first use: most handlers never ask.
-    cert: Option<Arc<grenache_core::tls::PeerCert>>,
+    request: Request,
+    // The C strings are built on first use: many handlers never ask for some of them.
+    key: OnceLock<NulString>,
+    payload: OnceLock<NulString>,
     fingerprint: OnceLock<Option<NulString>>,
-    remote: Option<std::net::SocketAddr>,
     remote_addr: OnceLock<Option<NulString>>,
-    transport: grenache_transport,
 }
 
 impl grenache_request {
-    pub(crate) fn from_request(r: &Request) -> grenache_request {
+    pub(crate) fn from_request(request: Request) -> grenache_request {
         grenache_request {
-            key: NulString::new(r.key.clone()),
-            payload: NulString::new(embed::rpc::payload_json(r)),
-            cert: r.info.cert.clone(),
+            request,
+            key: OnceLock::new(),
+            payload: OnceLock::new(),
             fingerprint: OnceLock::new(),
-            remote: r.info.remote_addr,
             remote_addr: OnceLock::new(),
-            transport: match r.info.transport {
-                TransportKind::Ws => grenache_transport::Ws,
-                _ => grenache_transport::Http,
-            },
         }
     }
 
+    fn key(&self) -> &NulString {
+        self.key.get_or_init(|| NulString::new(self.request.key.clone()))
+    }
+
+    fn payload(&self) -> &NulString {
+        self.payload.get_or_init(|| NulString::new(embed::rpc::payload_json(&self.request)))
+    }
+
     fn fingerprint(&self) -> Option<&NulString> {
-        self.fingerprint.get_or_init(|| self.cert.as_ref().map(|c| NulString::new(c.fingerprint.clone()))).as_ref()
+        self.fingerprint.get_or_init(|| embed::rpc::fingerprint(&self.request).map(|f| NulString::new(f.to_string()))).as_ref()
     }
 
     fn remote_addr(&self) -> Option<&NulString> {
-        self.remote_addr.get_or_init(|| self.remote.map(|a| NulString::new(a.to_string()))).as_ref()
+        self.remote_addr.get_or_init(|| self.request.info.remote_addr.map(|a| NulString::new(a.to_string()))).as_ref()
+    }
+
+    fn transport(&self) -> grenache_transport {
+        match self.request.info.transport {
+            TransportKind::Ws => grenache_transport::Ws,
+            _ => grenache_transport::Http,
+        }
     }
 }
 
@@ -80,11 +88,11 @@ pub struct grenache_reply {
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_request_key(req: *const grenache_request, out_len: *mut usize) -> *const c_char {
     ffi_panic_boundary! {
-        let r = try_ref!(req);
+        let key = try_ref!(req).key();
         if !out_len.is_null() {
-            unsafe { write_out(out_len, r.key.len()) };
+            unsafe { write_out(out_len, key.len()) };
         }
-        r.key.as_ptr()
+        key.as_ptr()
     }
 }
 
@@ -94,11 +102,11 @@ pub extern "C" fn grenache_request_key(req: *const grenache_request, out_len: *m
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_request_payload(req: *const grenache_request, out_len: *mut usize) -> *const c_char {
     ffi_panic_boundary! {
-        let r = try_ref!(req);
+        let payload = try_ref!(req).payload();
         if !out_len.is_null() {
-            unsafe { write_out(out_len, r.payload.len()) };
+            unsafe { write_out(out_len, payload.len()) };
         }
-        r.payload.as_ptr()
+        payload.as_ptr()
     }
 }
 
@@ -127,7 +135,7 @@ pub extern "C" fn grenache_request_remote_addr(req: *const grenache_request) -> 
 pub extern "C" fn grenache_request_transport(req: *const grenache_request) -> grenache_transport {
     ffi_panic_boundary! {
         match unsafe { req.as_ref() } {
-            Some(r) => r.transport,
+            Some(r) => r.transport(),
             None => grenache_transport::Http,
         }
     }
@@ -252,7 +260,7 @@ pub(crate) fn c_handler(cb: grenache_handler_cb, userdata: *mut c_void, free: gr
     let ud = OwnedUserData::new(userdata, free);
     let f = cb?;
     Some(Arc::new(move |request: Request, reply: Reply| {
-        let view = grenache_request::from_request(&request);
+        let view = grenache_request::from_request(request);
         let r = Box::into_raw(Box::new(grenache_reply { reply }));
         // SAFETY: the callback contract in the header; `view` outlives the call and `r` is owned by C.
         unsafe { f(ud.get(), &view, r) };

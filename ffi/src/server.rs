@@ -1,16 +1,18 @@
 //! `grenache_server`: an RPC server (the reference's `PeerRPCServer`).
 
 use std::ffi::{c_char, c_void};
+use std::sync::Arc;
 use std::time::Duration;
 
 use grenache_core::embed::{EmbedServer, ServerOptions, ServerTransportKind};
+use grenache_core::tls::{ClientInfo, VerifyClient};
 
 use crate::callback::{done_completion, grenache_done_cb, try_callback};
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_ref, try_str, write_out};
-use crate::reply::{c_handler, grenache_free_cb, grenache_handler_cb};
+use crate::ptr::{NulString, try_box, try_mut, try_ref, try_str, write_out};
+use crate::reply::{OwnedUserData, c_handler, grenache_free_cb, grenache_handler_cb};
 use crate::tls::grenache_server_tls;
 
 /// A listening RPC server. Each request goes to its handler callback with a `grenache_reply` to
@@ -23,8 +25,7 @@ pub struct grenache_server {
 fn new_server(
     kind: ServerTransportKind,
     link: *const grenache_link,
-    port: u16,
-    tls: *const grenache_server_tls,
+    opts: impl FnOnce() -> ServerOptions,
     handler: grenache_handler_cb,
     userdata: *mut c_void,
     free_userdata: grenache_free_cb,
@@ -37,15 +38,18 @@ fn new_server(
     if out.is_null() {
         return grenache_result::NullParameter;
     }
-    let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-    let opts = ServerOptions { port, tls, reply_timeout: None };
-    match EmbedServer::listen(&link.inner, kind, handler, opts) {
+    match EmbedServer::listen(&link.inner, kind, handler, opts()) {
         Ok(inner) => {
             unsafe { write_out(out, Box::into_raw(Box::new(grenache_server { inner }))) };
             grenache_result::Ok
         }
         Err(e) => grenache_result::from(&e),
     }
+}
+
+/// The options of the `grenache_server_new_*` shorthands.
+fn port_tls(port: u16, tls: *const grenache_server_tls) -> impl FnOnce() -> ServerOptions {
+    move || ServerOptions { port, tls: unsafe { tls.as_ref() }.map(|t| t.inner.clone()), ..Default::default() }
 }
 
 /// Starts an HTTP RPC server (grenache-nodejs-http compatible) on `port` (0: any free port; read
@@ -70,7 +74,7 @@ pub extern "C" fn grenache_server_new_http(
     out: *mut *mut grenache_server,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        new_server(ServerTransportKind::Http, link, port, tls, handler, userdata, free_userdata, out)
+        new_server(ServerTransportKind::Http, link, port_tls(port, tls), handler, userdata, free_userdata, out)
     }
 }
 
@@ -88,7 +92,7 @@ pub extern "C" fn grenache_server_new_ws(
     out: *mut *mut grenache_server,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        new_server(ServerTransportKind::Ws, link, port, tls, handler, userdata, free_userdata, out)
+        new_server(ServerTransportKind::Ws, link, port_tls(port, tls), handler, userdata, free_userdata, out)
     }
 }
 
@@ -146,5 +150,196 @@ pub extern "C" fn grenache_server_stop_announcing(server: *const grenache_server
 pub extern "C" fn grenache_server_free(server: *mut grenache_server) {
     ffi_panic_boundary! {
         drop(try_box!(server));
+    }
+}
+
+/// Settings of a server or publisher beyond the defaults: port, TLS, reply timeout and the
+/// `verify_client` hook. A builder: create it with `grenache_server_options_new`, call setters,
+/// pass it to `grenache_server_new` / `grenache_publisher_new_opts` (which copy what they need,
+/// so one options object may serve several servers), free it with `grenache_server_options_free`.
+/// Not thread-safe while being changed.
+#[derive(Debug, Default)]
+pub struct grenache_server_options {
+    pub(crate) inner: ServerOptions,
+}
+
+/// What a `verify_client` hook sees about a client before its socket is accepted: the SHA-1
+/// fingerprint of its TLS certificate, its address and the upgrade's path.
+///
+/// Borrowed: valid only until the hook returns (copy what you need to keep). Never free it.
+#[derive(Debug)]
+pub struct grenache_client_info {
+    fingerprint: Option<NulString>,
+    remote_addr: Option<NulString>,
+    path: NulString,
+}
+
+/// A `verify_client` hook: returns true to accept the client, false to refuse it (the WebSocket
+/// upgrade is then answered `HTTP 401` and closed, and the client's request fails with
+/// `GRENACHE_RESULT_CLIENT_REFUSED`).
+///
+/// Called with the `userdata` given at registration and the borrowed `info`, on a library worker
+/// thread, possibly concurrently for several clients: it must be thread-safe and must not block
+/// (it holds a worker thread during the handshake). It may call the non-blocking functions of
+/// this library; blocking ones return `INVALID_STATE` there. It must not unwind (C++ exceptions,
+/// `longjmp`) across the library.
+pub type grenache_verify_client_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, info: *const grenache_client_info) -> bool>;
+
+/// Creates server options with the defaults: port 0 (any free port), no TLS, no reply timeout,
+/// no `verify_client` hook. Writes `*out` (owned by the caller: `grenache_server_options_free`).
+/// Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_new(out: *mut *mut grenache_server_options) -> grenache_result {
+    ffi_panic_boundary! {
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        unsafe { write_out(out, Box::into_raw(Box::new(grenache_server_options::default()))) };
+        grenache_result::Ok
+    }
+}
+
+/// Frees server options; the userdata of their `verify_client` hook is freed once no server
+/// built with them uses it any more. NULL is ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_free(opts: *mut grenache_server_options) {
+    ffi_panic_boundary! {
+        drop(try_box!(opts));
+    }
+}
+
+/// Sets the port to listen on (0, the default: any free port; read it back with
+/// `grenache_server_port` / `grenache_publisher_port`). Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_port(opts: *mut grenache_server_options, port: u16) -> grenache_result {
+    ffi_panic_boundary! {
+        try_mut!(opts).inner.port = port;
+        grenache_result::Ok
+    }
+}
+
+/// Sets the TLS settings (copied; NULL, the default: plain HTTP / `ws://`). With TLS the server
+/// speaks HTTPS or `wss://`. Errors: `NULL_PARAMETER` (`opts` NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_tls(opts: *mut grenache_server_options, tls: *const grenache_server_tls) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        o.inner.tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+        grenache_result::Ok
+    }
+}
+
+/// Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is
+/// answered `ERR_TIMEOUT` for it (the late answer then goes nowhere; `grenache_reply_is_closed`
+/// turns true). 0, the default: no timeout. Applies to RPC servers, not publishers.
+/// Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_reply_timeout(opts: *mut grenache_server_options, timeout_ms: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        o.inner.reply_timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+        grenache_result::Ok
+    }
+}
+
+/// Sets the `verify_client` hook of a WebSocket server or publisher: `cb` sees each client
+/// (`grenache_client_info`: with TLS, its certificate's SHA-1 fingerprint) after the TLS
+/// handshake and before the socket is accepted, and accepts or refuses it (see
+/// `grenache_verify_client_cb`). A panic or failure inside the library while calling it refuses
+/// the client. An HTTP server refuses options with a hook (`INVALID_ARGUMENT`).
+///
+/// `free_userdata` (may be NULL) runs exactly once, on any thread, when neither the options nor
+/// any server or publisher built with them holds the hook any more (after the last call of
+/// `cb` returned); also when this call fails, and when a later call replaces the hook.
+/// Errors: `NULL_PARAMETER` (`opts` or `cb` NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_verify_client(
+    opts: *mut grenache_server_options,
+    cb: grenache_verify_client_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let ud = OwnedUserData::new(userdata, free_userdata);
+        let o = try_mut!(opts);
+        let cb = crate::callback::try_callback!(cb);
+        o.inner.verify_client = Some(c_verify_client(cb, ud));
+        grenache_result::Ok
+    }
+}
+
+type VerifyFn = unsafe extern "C" fn(*mut c_void, *const grenache_client_info) -> bool;
+
+/// Adapts a C `verify_client` hook into a core [`VerifyClient`]; the userdata's destructor runs
+/// when the last clone of the hook is dropped.
+fn c_verify_client(cb: VerifyFn, ud: OwnedUserData) -> VerifyClient {
+    Arc::new(move |c: &ClientInfo<'_>| {
+        let info = grenache_client_info {
+            fingerprint: c.cert.map(|c| NulString::new(c.fingerprint.clone())),
+            remote_addr: c.remote_addr.map(|a| NulString::new(a.to_string())),
+            path: NulString::new(c.path.to_string()),
+        };
+        // SAFETY: the callback contract in the header; `info` outlives the call.
+        unsafe { cb(ud.get(), &info) }
+    })
+}
+
+/// The SHA-1 fingerprint of the client's TLS certificate as `"AA:BB:..."` (Node's
+/// `getPeerCertificate().fingerprint`), borrowed from `info`; NULL without TLS, when the client
+/// sent no certificate, or when `info` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_info_fingerprint(info: *const grenache_client_info) -> *const c_char {
+    ffi_panic_boundary! {
+        try_ref!(info).fingerprint.as_ref().map_or(std::ptr::null(), |f| f.as_ptr())
+    }
+}
+
+/// The client's address as `"ip:port"`, borrowed from `info`; NULL when unknown or `info` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_info_remote_addr(info: *const grenache_client_info) -> *const c_char {
+    ffi_panic_boundary! {
+        try_ref!(info).remote_addr.as_ref().map_or(std::ptr::null(), |f| f.as_ptr())
+    }
+}
+
+/// The path of the client's WebSocket upgrade request (`"/ws"` for Grenache clients), borrowed
+/// from `info`; NULL when `info` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_info_path(info: *const grenache_client_info) -> *const c_char {
+    ffi_panic_boundary! {
+        try_ref!(info).path.as_ptr()
+    }
+}
+
+/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP` or
+/// `GRENACHE_TRANSPORT_WS`) with `opts` (NULL: the defaults; copied, so they may be freed at
+/// once), serving `handler`, announced through `link`. Otherwise the same contract as
+/// `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
+/// last handler call returned, also when this call fails.
+///
+/// Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
+/// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
+/// (unknown `transport`; a `verify_client` hook with HTTP), `IO` (bind failed), `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_new(
+    link: *const grenache_link,
+    transport: u32,
+    opts: *const grenache_server_options,
+    handler: grenache_handler_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_server,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let kind = match transport {
+            0 => ServerTransportKind::Http,
+            1 => ServerTransportKind::Ws,
+            _ => {
+                drop(OwnedUserData::new(userdata, free_userdata));
+                return grenache_result::InvalidArgument;
+            }
+        };
+        let opts = move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
+        new_server(kind, link, opts, handler, userdata, free_userdata, out)
     }
 }

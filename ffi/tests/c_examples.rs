@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "../../core/tests/tls_certs/mod.rs"]
+mod tls_certs;
+
 use support::{Flavor, run_example};
 
 #[test]
@@ -93,6 +96,8 @@ fn pubsub_under_valgrind() {
 fn local_network_runs() {
     let out = run_example("local_network", Flavor::Plain, &[], &[]);
     assert!(out.contains("rpc_test hello -> \"world\""), "{out}");
+    assert!(out.contains("seq 2 with cas 7: ERR_CAS_MISMATCH; seq 2 with cas 1: OK"), "{out}");
+    assert!(out.contains("grape event: listening") && out.contains("grape event: ready"), "{out}");
 }
 
 #[test]
@@ -103,6 +108,50 @@ fn local_network_under_asan() {
 #[test]
 fn local_network_under_valgrind() {
     run_example("local_network", Flavor::Valgrind, &[], &[]);
+}
+
+/// Writes a fresh PKI (made now, never committed) into a directory of its own and returns it with
+/// the allowed client's SHA-1 fingerprint.
+fn whitelist_certs(tag: &str) -> (std::path::PathBuf, String) {
+    let pki = tls_certs::RcgenCa::pki("grenache-c-whitelist");
+    let dir = support::lib_dir().parent().expect("profile").join(format!("c-examples/certs-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (name, text) in [
+        ("ca.pem", &pki.ca.cert_pem),
+        ("server.pem", &pki.server.cert_pem),
+        ("server.key", &pki.server.key_pem),
+        ("client.pem", &pki.client.cert_pem),
+        ("client.key", &pki.client.key_pem),
+        ("other.pem", &pki.client2.cert_pem),
+        ("other.key", &pki.client2.key_pem),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write pem");
+    }
+    let der = grenache_core::tls::certs_from_pem(pki.client.cert_pem.as_bytes()).expect("pem");
+    (dir, grenache_core::tls::fingerprint_sha1(&der[0]))
+}
+
+fn wss_whitelist(flavor: Flavor, tag: &str) {
+    let (dir, fp) = whitelist_certs(tag);
+    let out = run_example("wss_whitelist", flavor, &[dir.to_str().expect("utf8 path"), &fp], &[]);
+    assert!(out.contains("wss_whitelist: ok"), "{out}");
+    assert!(out.contains(&format!("verify_client {fp} from 127.0.0.1:")), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wss_whitelist_runs() {
+    wss_whitelist(Flavor::Plain, "plain");
+}
+
+#[test]
+fn wss_whitelist_under_asan() {
+    wss_whitelist(Flavor::Asan, "asan");
+}
+
+#[test]
+fn wss_whitelist_under_valgrind() {
+    wss_whitelist(Flavor::Valgrind, "vg");
 }
 
 #[test]

@@ -49,7 +49,7 @@ impl EmbedClient {
     /// whose message is the remote text.
     pub fn request(
         &self,
-        key: String,
+        key: impl Into<Arc<str>>,
         payload_json: &str,
         opts: RequestOptions,
         done: impl FnOnce(Result<String>) + Send + 'static,
@@ -63,11 +63,8 @@ impl EmbedClient {
             }
         };
         let c = self.client.clone();
-        self.ops.spawn(
-            &self.rt,
-            async move { Ok(c.request_json(&key, payload, &opts).await?.to_string()) },
-            done,
-        );
+        let key = key.into();
+        self.ops.spawn(&self.rt, async move { Ok(c.request_json_shared(key, payload, &opts).await?.to_string()) }, done);
     }
 
     /// Sends the payload to every worker of `key`; completes with their results as a JSON array
@@ -97,3 +94,4 @@ impl Drop for EmbedClient {
         self.close();
     }
 }
+

@@ -27,7 +27,7 @@ mod runtime;
 mod server;
 
 pub use client::{ClientOptions, ClientTransportKind, EmbedClient};
-pub use grape::EmbedGrape;
+pub use grape::{EmbedGrape, GrapeEventDelivery};
 pub use link::EmbedLink;
 pub use ops::{Gate, Ops, in_completion};
 pub use pubsub::{EmbedPublisher, EmbedSubscriber};
@@ -35,7 +35,7 @@ pub use runtime::{Runtime, RuntimeOptions, on_worker_thread};
 pub use server::{EmbedServer, ServerOptions, ServerTransportKind};
 
 /// Re-exports the option types the facade's callers fill in.
-pub use crate::grape::GrapeConfig;
+pub use crate::grape::{GrapeConfig, GrapeEvent};
 pub use crate::link::{Keypair, LinkConfig, MutableItem};
 pub use crate::rpc::RequestOptions;
 pub use crate::pubsub::SubMessage;

@@ -1,7 +1,8 @@
 //! In-flight one-shot operations whose completion fires exactly once.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::pin::Pin;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,6 +24,29 @@ pub fn in_completion() -> bool {
 /// A completion, type-erased (`Box<D>` for the op's concrete closure type `D`).
 type Done = Box<dyn Any + Send>;
 
+/// Hashes the sequential op ids with one multiplication (Fibonacci hashing) instead of SipHash:
+/// the ids are ours, not attacker-chosen, and the map is touched twice per operation.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The set of in-flight operations of one handle (a client, a link...).
 ///
 /// [`Ops::spawn`] runs a future on a [`Runtime`] and fires its completion exactly once: with the
@@ -30,6 +54,11 @@ type Done = Box<dyn Any + Send>;
 /// pending completions on the closing thread, then waits for completions already running on other
 /// threads, so after `close` returns no completion of this set runs any more); or with
 /// `Cancelled` when the runtime drops the task (shut down).
+///
+/// An operation started from inside a completion that a task of the same runtime runs (a client
+/// that sends its next request from the previous one's callback) is not spawned: that task runs
+/// it next, which saves a spawn and a trip through the scheduler per operation. Such a chain still
+/// yields to other tasks (tokio's cooperative budget), and closing aborts it like a task.
 #[derive(Clone)]
 pub struct Ops {
     inner: Arc<Inner>,
@@ -49,7 +78,7 @@ struct Inner {
 
 struct State {
     next: u64,
-    pending: HashMap<u64, Pending>,
+    pending: IdMap<Pending>,
     running: usize,
     closed: bool,
 }
@@ -70,6 +99,73 @@ impl Pending {
 fn cancel_done<T, D: FnOnce(Result<T>) + Send + 'static>(done: Done) {
     if let Ok(d) = done.downcast::<D>() {
         (*d)(Err(cancelled()));
+    }
+}
+
+/// The next operation a task runs after the one whose completion started it.
+struct Continuation(Pin<Box<dyn Future<Output = Option<Continuation>> + Send>>);
+
+/// Armed on a worker thread while a task runs a completion (see [`run_op`]): the first operation
+/// that completion starts on the same runtime is handed back to the task instead of spawned.
+struct ContinuationSlot {
+    runtime: usize,
+    /// The abort handle of the task that runs the completion (aborts the continuation too).
+    abort: Option<tokio::task::AbortHandle>,
+    next: Option<Continuation>,
+}
+
+thread_local! {
+    static CONTINUATION: RefCell<Option<ContinuationSlot>> = const { RefCell::new(None) };
+}
+
+/// Puts `op` in the armed, empty slot of runtime `runtime`; returns the task's abort handle, or
+/// gives `op` back when there is no such slot.
+fn offer_continuation<O>(slot: &RefCell<Option<ContinuationSlot>>, runtime: usize, op: O) -> std::result::Result<Option<tokio::task::AbortHandle>, O>
+where
+    O: Future<Output = Option<Continuation>> + Send + 'static,
+{
+    let Ok(mut slot) = slot.try_borrow_mut() else { return Err(op) };
+    match slot.as_mut() {
+        Some(s) if s.runtime == runtime && s.next.is_none() => {
+            s.next = Some(Continuation(Box::pin(op)));
+            Ok(s.abort.clone())
+        }
+        _ => Err(op),
+    }
+}
+
+/// One operation: awaits `fut`, claims the operation and runs its completion with the
+/// continuation slot armed; returns the operation that completion started, if any.
+async fn run_op<T, F, D>(guard: Guard, fut: F, runtime: usize) -> Option<Continuation>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+    D: FnOnce(Result<T>) + Send + 'static,
+{
+    let out = fut.await;
+    let ops = guard.ops.clone();
+    // Claim the operation; if close() already claimed it, its completion fired Cancelled.
+    let claimed = {
+        let mut st = ops.lock();
+        let p = st.pending.remove(&guard.id);
+        if p.is_some() {
+            st.running += 1;
+        }
+        p
+    };
+    guard.disarm();
+    let p = claimed?;
+    let abort = p.abort.clone();
+    match p.done.downcast::<D>() {
+        Ok(d) => {
+            let previous = CONTINUATION.with(|c| c.replace(Some(ContinuationSlot { runtime, abort, next: None })));
+            ops.run_completion(move || (*d)(out));
+            CONTINUATION.with(|c| c.replace(previous)).and_then(|s| s.next)
+        }
+        Err(_) => {
+            ops.finish_running();
+            None
+        }
     }
 }
 
@@ -105,7 +201,7 @@ impl Ops {
     pub fn new() -> Ops {
         Ops {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { next: 1, pending: HashMap::new(), running: 0, closed: false }),
+                state: Mutex::new(State { next: 1, pending: IdMap::default(), running: 0, closed: false }),
                 idle: Condvar::new(),
             }),
         }
@@ -147,24 +243,25 @@ impl Ops {
             id
         };
         let guard = Guard { ops: self.clone(), id, armed: true };
+        let op = run_op::<T, F, D>(guard, fut, rt.id());
+        // Started from a completion that a task of this runtime is running: that task runs this
+        // operation next, instead of a new task (no spawn, no extra hop through the scheduler).
+        let op = match CONTINUATION.with(|c| offer_continuation(c, rt.id(), op)) {
+            Ok(abort) => {
+                let mut st = self.lock();
+                if let Some(p) = st.pending.get_mut(&id) {
+                    p.abort = abort;
+                }
+                return;
+            }
+            Err(op) => op,
+        };
         let task = rt.handle().spawn(async move {
-            let out = fut.await;
-            let ops = guard.ops.clone();
-            // Claim the operation; if close() already claimed it, its completion fired Cancelled.
-            let claimed = {
-                let mut st = ops.lock();
-                let p = st.pending.remove(&guard.id);
-                if p.is_some() {
-                    st.running += 1;
-                }
-                p
-            };
-            guard.disarm();
-            if let Some(p) = claimed {
-                match p.done.downcast::<D>() {
-                    Ok(d) => ops.run_completion(move || (*d)(out)),
-                    Err(_) => ops.finish_running(),
-                }
+            let mut next = op.await;
+            while let Some(Continuation(op)) = next {
+                // A chain of operations that complete at once must still let other tasks run.
+                tokio::task::coop::consume_budget().await;
+                next = op.await;
             }
         });
         let mut st = self.lock();
@@ -199,7 +296,9 @@ impl Ops {
     fn finish_running(&self) {
         let mut st = self.lock();
         st.running -= 1;
-        if st.running == 0 {
+        // Only close() waits (after setting `closed` under this lock); std's notify is a syscall
+        // even without waiters, so skip it on the common path.
+        if st.running == 0 && st.closed {
             self.inner.idle.notify_all();
         }
     }
@@ -346,6 +445,97 @@ mod tests {
         assert!(gate.run(move || g3.close(Duration::from_secs(5))));
     }
 
+    /// Starts op `i` of a chain: each completion starts the next until `n`; records the task each
+    /// op's future ran on.
+    fn chain(rt: Runtime, ops: Ops, i: usize, n: usize, log: Arc<Mutex<Vec<Option<tokio::task::Id>>>>, done: mpsc::Sender<()>) {
+        let (rt2, ops2) = (rt.clone(), ops.clone());
+        ops.spawn(
+            &rt,
+            {
+                let log = log.clone();
+                async move {
+                    log.lock().expect("lock").push(tokio::task::try_id());
+                    Ok(i)
+                }
+            },
+            move |r: Result<usize>| {
+                assert_eq!(r.map_err(|e| e.kind()), Ok(i));
+                if i + 1 < n {
+                    chain(rt2, ops2, i + 1, n, log, done);
+                } else {
+                    done.send(()).expect("send");
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn an_op_started_by_a_completion_runs_on_the_same_task() {
+        let rt = rt();
+        let ops = Ops::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        chain(rt.clone(), ops.clone(), 0, 50, log.clone(), tx);
+        rx.recv_timeout(Duration::from_secs(10)).expect("chain finished");
+        let log = log.lock().expect("lock");
+        assert_eq!(log.len(), 50);
+        assert!(log.iter().all(|id| id.is_some() && *id == log[0]), "not one task: {log:?}");
+        assert_eq!(ops.pending(), 0);
+        rt.shutdown();
+    }
+
+    #[test]
+    fn a_long_chain_lets_other_tasks_run() {
+        let rt = Runtime::new(RuntimeOptions { worker_threads: 1, ..Default::default() }).expect("rt");
+        let ops = Ops::new();
+        let progress = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(usize::MAX));
+        let (tx, rx) = mpsc::channel();
+        fn step(rt: Runtime, ops: Ops, i: usize, progress: Arc<AtomicUsize>, seen: Arc<AtomicUsize>, tx: mpsc::Sender<()>) {
+            let (rt2, ops2) = (rt.clone(), ops.clone());
+            ops.spawn(&rt, async move { Ok(()) }, move |_r: Result<()>| {
+                progress.store(i, Ordering::SeqCst);
+                if i == 10 {
+                    // A task of its own: it must run before the chain of immediate ops ends.
+                    let (p, s) = (progress.clone(), seen.clone());
+                    rt2.spawn(async move { s.store(p.load(Ordering::SeqCst), Ordering::SeqCst) });
+                }
+                if i < 20_000 {
+                    step(rt2, ops2, i + 1, progress, seen, tx);
+                } else {
+                    tx.send(()).expect("send");
+                }
+            });
+        }
+        step(rt.clone(), ops, 0, progress, seen.clone(), tx);
+        rx.recv_timeout(Duration::from_secs(30)).expect("chain finished");
+        assert!(seen.load(Ordering::SeqCst) < 20_000, "the other task waited for the whole chain");
+        rt.shutdown();
+    }
+
+    #[test]
+    fn closing_inside_a_completion_cancels_the_op_it_started() {
+        let rt = rt();
+        let ops = Ops::new();
+        let (tx, rx) = mpsc::channel();
+        let (rt2, ops2) = (rt.clone(), ops.clone());
+        ops.spawn(&rt, async { Ok(()) }, move |_r: Result<()>| {
+            let tx2 = tx.clone();
+            ops2.spawn(
+                &rt2,
+                async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(())
+                },
+                move |r: Result<()>| tx2.send(r.map_err(|e| e.kind())).expect("send"),
+            );
+            ops2.close(Duration::from_secs(5));
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("fired"), Err(ErrorKind::Cancelled));
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "fired twice");
+        rt.shutdown();
+    }
+
     #[test]
     fn racing_close_and_completion_fire_once() {
         let rt = rt();
@@ -398,7 +588,8 @@ impl Gate {
         IN_GATE.with(|c| c.set(c.get() - 1));
         let mut g = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
         g.1 -= 1;
-        if g.1 == 0 {
+        // Only close() waits, after closing the gate under this lock: skip the syscall otherwise.
+        if g.1 == 0 && g.0 {
             self.inner.1.notify_all();
         }
         true

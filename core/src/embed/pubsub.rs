@@ -24,12 +24,21 @@ impl EmbedPublisher {
     /// Binds `0.0.0.0:port` (0: any). Blocks until bound (at most 10 s); refuses to run on a
     /// worker thread.
     pub fn bind(link: &EmbedLink, port: u16, tls: Option<ServerTls>) -> Result<EmbedPublisher> {
+        Self::bind_with(link, super::ServerOptions { port, tls, ..Default::default() })
+    }
+
+    /// Like [`EmbedPublisher::bind`] with server options: the port, TLS and the `verify_client`
+    /// hook (which sees each subscriber before its upgrade); `reply_timeout` does not apply.
+    pub fn bind_with(link: &EmbedLink, options: super::ServerOptions) -> Result<EmbedPublisher> {
         let rt = link.runtime().clone();
         let mut config = PubConfig::default();
-        if let Some(t) = tls {
+        if let Some(t) = options.tls {
             config = config.tls(t);
         }
-        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        if let Some(hook) = options.verify_client {
+            config = config.verify_client(hook);
+        }
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port));
         let publisher = rt.block_on(Duration::from_secs(10), async move { PeerPub::bind(addr, config).await })?;
         Ok(EmbedPublisher { rt, link: link.link().clone(), publisher, announcing: Default::default() })
     }
@@ -50,6 +59,13 @@ impl EmbedPublisher {
     pub fn publish(&self, text: &str) -> usize {
         let _g = self.rt.handle().enter();
         self.publisher.publish(text.to_string())
+    }
+
+    /// Sends `data` as one binary frame to every connected subscriber; returns how many it was
+    /// queued for.
+    pub fn publish_binary(&self, data: &[u8]) -> usize {
+        let _g = self.rt.handle().enter();
+        self.publisher.publish_binary(bytes::Bytes::copy_from_slice(data))
     }
 
     /// How many subscribers are connected.

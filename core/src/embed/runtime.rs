@@ -74,6 +74,11 @@ impl Runtime {
         })
     }
 
+    /// An identity of the runtime (equal for its clones), to tell runtimes apart.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     /// The tokio handle, to spawn tasks on the workers.
     pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.inner.handle

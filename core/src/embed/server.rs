@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::rpc::{Handler, PeerRpcServer};
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, VerifyClient};
 
 use super::{EmbedLink, Ops, Runtime};
 
@@ -14,7 +14,7 @@ use super::{EmbedLink, Ops, Runtime};
 const BIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of an [`EmbedServer`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ServerOptions {
     /// Port to listen on (0: any free port). Default 0.
     pub port: u16,
@@ -22,6 +22,22 @@ pub struct ServerOptions {
     pub tls: Option<ServerTls>,
     /// Answer `ERR_TIMEOUT` when the handler has not replied within this time. Default none.
     pub reply_timeout: Option<Duration>,
+    /// WS only: a hook that sees each client (its certificate's fingerprint, address, path)
+    /// before the socket is accepted, and refuses it by returning false. It runs on a worker
+    /// thread, concurrently for several clients. Default none. A listen over HTTP with a hook
+    /// fails with `InvalidArgument`.
+    pub verify_client: Option<VerifyClient>,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("reply_timeout", &self.reply_timeout)
+            .field("verify_client", &self.verify_client.is_some())
+            .finish()
+    }
 }
 
 /// Which transport a server speaks (HTTP or WS).
@@ -48,8 +64,12 @@ impl EmbedServer {
         let core_link = link.link().clone();
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port));
         let server = rt.block_on(BIND_TIMEOUT, async move {
-            let transport =
-                crate::transport::bind_server(kind, addr, handler, options.tls, options.reply_timeout).await?;
+            let settings = crate::transport::ServerSettings {
+                tls: options.tls,
+                reply_timeout: options.reply_timeout,
+                verify_client: options.verify_client,
+            };
+            let transport = crate::transport::bind_server_with(kind, addr, handler, settings).await?;
             Ok(PeerRpcServer::new(core_link, transport))
         })?;
         Ok(EmbedServer { rt, server: Arc::new(server), ops: Ops::new() })

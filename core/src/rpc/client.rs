@@ -123,7 +123,11 @@ impl PeerRpcClient {
 
     /// [`PeerRpcClient::request`] with a payload already serialised as JSON text.
     pub async fn request_json(&self, key: &str, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Value> {
-        let key: Arc<str> = key.into();
+        self.request_json_shared(key.into(), payload_json, opts).await
+    }
+
+    /// [`PeerRpcClient::request_json`] with the key already shared (no copy of it per request).
+    pub async fn request_json_shared(&self, key: Arc<str>, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Value> {
         let dests: Arc<[String]> = match &opts.dest {
             Some(d) => vec![d.clone()].into(),
             None => self.link.lookup_shared(&key).await?,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::rpc::{ClientTransport, Handler, ServerTransport};
-use crate::tls::{ClientTls, ServerTls};
+use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 pub mod http;
 pub mod ws;
@@ -46,15 +46,55 @@ pub async fn bind_server(
     tls: Option<ServerTls>,
     reply_timeout: Option<Duration>,
 ) -> Result<Arc<dyn ServerTransport>> {
+    bind_server_with(kind, addr, handler, ServerSettings { tls, reply_timeout, verify_client: None }).await
+}
+
+/// The settings of a server transport that [`bind_server_with`] applies to either kind.
+#[derive(Clone, Default)]
+pub struct ServerSettings {
+    /// TLS: `Some` makes the server HTTPS or WSS.
+    pub tls: Option<ServerTls>,
+    /// A handler that has not answered within this time gets `ERR_TIMEOUT` sent for it.
+    pub reply_timeout: Option<Duration>,
+    /// WS only: a hook that accepts or refuses each client before its upgrade (see
+    /// [`ws::WsServerConfig::verify_client`]). The HTTP transport has none and refuses it.
+    pub verify_client: Option<VerifyClient>,
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSettings")
+            .field("tls", &self.tls)
+            .field("reply_timeout", &self.reply_timeout)
+            .field("verify_client", &self.verify_client.is_some())
+            .finish()
+    }
+}
+
+/// Like [`bind_server`], with every setting. Errors: `InvalidArgument` for a `verify_client`
+/// hook on the HTTP transport; `Io` when the address cannot be bound.
+pub async fn bind_server_with(
+    kind: TransportKind,
+    addr: SocketAddr,
+    handler: Arc<dyn Handler>,
+    settings: ServerSettings,
+) -> Result<Arc<dyn ServerTransport>> {
+    let ServerSettings { tls, reply_timeout, verify_client } = settings;
     Ok(match kind {
         TransportKind::Ws => {
             let mut config = ws::WsServerConfig::default().reply_timeout(reply_timeout);
             if let Some(t) = tls {
                 config = config.tls(t);
             }
+            if let Some(hook) = verify_client {
+                config = config.verify_client(hook);
+            }
             Arc::new(ws::WsServer::bind_arc(addr, handler, config).await?)
         }
         _ => {
+            if verify_client.is_some() {
+                return Err(crate::Error::invalid("verify_client is supported by the WS transport only"));
+            }
             let config = http::HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
             Arc::new(http::HttpServer::bind(addr, handler, config).await?)
         }

@@ -2,5 +2,9 @@
 //! builds only `cdylib` + `staticlib`: an extra `rlib` named `grenache` would collide with core's).
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../../core/tests/tls_certs/mod.rs"]
+mod tls_certs;
+
+mod features;
 mod misuse;
 mod tls;

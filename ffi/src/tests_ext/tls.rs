@@ -2,8 +2,7 @@
 //! certificate's SHA-1 fingerprint (`grenache_request_fingerprint`) of a client built with
 //! `grenache_client_tls_new`, over WSS and HTTPS, against our own Grapes.
 
-#[path = "../../../core/tests/tls_certs/mod.rs"]
-mod tls_certs;
+use super::tls_certs;
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::ptr::{null, null_mut};

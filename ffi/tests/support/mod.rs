@@ -95,6 +95,7 @@ pub fn command(bin: &Path, flavor: Flavor, args: &[&str]) -> Command {
         Flavor::Valgrind => {
             let mut c = Command::new("valgrind");
             c.args(["--leak-check=full", "--error-exitcode=1", "--errors-for-leak-kinds=definite,possible", "--quiet"])
+                .arg(format!("--suppressions={}", root().join("examples/c/valgrind.supp").display()))
                 .arg(bin);
             c
         }
@@ -287,7 +288,9 @@ pub fn run_pubsub_pair(flavor: Flavor) {
     let (ok, out, err) = sub.wait(timeout);
     check("pubsub_sub", flavor, ok, &out, &err);
     assert!(out.contains("received 1"), "{out}");
+    assert!(out.lines().any(|l| l.strip_prefix("binary frames ").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1)), "{out}");
     let (ok, out, err) = publisher.wait(timeout);
     check("pubsub_pub", flavor, ok, &out, &err);
+    assert!(out.contains("subscriber from 127.0.0.1:"), "the verify_client hook did not run: {out}");
     drop(net);
 }
