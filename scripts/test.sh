@@ -53,16 +53,16 @@ if python_binding() {
   # (errexit is off inside an `if` condition: each step checks its own status.)
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'maturin==1.16.0' || return 1
   (cd bindings/python && VIRTUAL_ENV="$PWD/../../$venv" PATH="$PWD/../../$venv/bin:$PATH" maturin develop --locked --quiet) || return 1
-  "$venv/bin/python" -m unittest discover -s bindings/python/tests || return 1
-  "$venv/bin/python" examples/python/rpc_test.py || return 1
+  timeout 300 "$venv/bin/python" -m unittest discover -s bindings/python/tests || return 1
+  timeout 120 "$venv/bin/python" examples/python/rpc_test.py || return 1
 }; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
 
 # 6. The Node binding (bindings/node, grenache-native): the addon built above, its tests (with
 #    the reference packages from tests/interop in the same process) and its example.
 log "node binding"
 if cp target/debug/libgrenache_node.so bindings/node/grenache.node \
-  && node --test bindings/node/test/ \
-  && node examples/node/rpc_test.js; then
+  && timeout 300 node --test bindings/node/test/ \
+  && timeout 120 node examples/node/rpc_test.js; then
   echo "node binding: ok"
 else
   failed+=("node binding")

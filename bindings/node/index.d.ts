@@ -90,6 +90,10 @@ export interface ServerOptions {
   tls?: ServerTls
   /** A handler that has not answered within this many ms is answered ERR_TIMEOUT. */
   replyTimeout?: number
+  /** WS over TLS only: accept only clients whose certificate has one of these SHA-1
+   * fingerprints ("AA:BB:..."); others are refused before the upgrade (HTTP 401), like the
+   * reference's verifyClient whitelist. */
+  allowFingerprints?: string[]
 }
 
 /** An RPC server: the handler returns the result (or a Promise); throwing answers the error's

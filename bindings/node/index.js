@@ -67,6 +67,13 @@ function call (start, decode = JSON.parse) {
   })
 }
 
+// Keeps the process alive while a server or subscription is open (their native callbacks do
+// not), like a listening net.Server does; released by close().
+function keepAlive () {
+  const timer = setInterval(() => {}, 1 << 30)
+  return () => clearInterval(timer)
+}
+
 const ms = (s) => (s === undefined || s === null ? undefined : Math.max(0, Math.round(s)))
 
 class Grape {
@@ -128,7 +135,7 @@ class RequestInfo {
 class Server {
   // `handler(payload, info)` returns the result (or a Promise of it); throwing (or rejecting)
   // answers the client with the error's message.
-  constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout } = {}) {
+  constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints } = {}) {
     const onRequest = (id, payloadJson, fingerprint) => {
       let result
       try {
@@ -142,7 +149,8 @@ class Server {
         this._answer(id, null, result)
       }
     }
-    this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout)))
+    this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints))
+    this._release = keepAlive()
   }
 
   _answer (id, err, value) {
@@ -160,7 +168,10 @@ class Server {
   announce (name) { return call((done) => this._s.announce(name, done), () => undefined) }
   startAnnouncing (name, interval = 1000) { this._s.startAnnouncing(name, ms(interval)) }
   stopAnnouncing (name) { return this._s.stopAnnouncing(name) }
-  close () { this._s.close() }
+  close () {
+    this._s.close()
+    this._release()
+  }
 }
 
 class Client {
@@ -199,10 +210,14 @@ class Subscriber {
   constructor (link, name, onMessage, { tls } = {}) {
     const cb = (publisher, data, binary) => onMessage(binary ? data : data.toString('utf8'), publisher)
     this._s = sync(() => new native.NativeSubscriber(link._l, name, cb, tls && tls._t))
+    this._release = keepAlive()
   }
 
   get publishers () { return this._s.publishers }
-  close () { this._s.close() }
+  close () {
+    this._s.close()
+    this._release()
+  }
 }
 
 module.exports = {

@@ -116,6 +116,46 @@ impl NodeProcess {
         }
     }
 
+    /// The next stdout line that parses as JSON, or `None` when the process exited first or
+    /// `timeout` passed.
+    pub async fn try_json(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let l = tokio::time::timeout_at(deadline, self.lines.recv()).await.ok()??;
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                return Some(v);
+            }
+        }
+    }
+
+    /// Starts a Node server script on a TCP port chosen here (`--port P` is appended to
+    /// `args`) and waits for its `{"event":"started"}` line. The reference servers cannot
+    /// listen on port 0 and report the port, so the port is picked free beforehand; another
+    /// program can take it before Node binds it (the script then dies with `EADDRINUSE`), so a
+    /// start that fails is retried on a new port, up to 5 times. Returns the process, its port
+    /// and the started line.
+    pub async fn spawn_listening(script: &str, args: &[&str], timeout: Duration) -> (NodeProcess, u16, Value) {
+        for attempt in 1..=5 {
+            let port = free_tcp_port();
+            let ps = port.to_string();
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend_from_slice(&["--port", &ps]);
+            let mut p = NodeProcess::spawn(script, &all);
+            loop {
+                match p.try_json(timeout).await {
+                    Some(v) if v["event"] == "started" => return (p, port, v),
+                    Some(v) if v["event"] == "error" => panic!("{script} failed: {v}"),
+                    Some(_) => continue,
+                    None => {
+                        eprintln!("{script}: did not start on port {port} (taken?), attempt {attempt} of 5");
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("{script}: could not start on a free port in 5 attempts")
+    }
+
     /// Writes one line to the script's stdin (for scripts that take commands).
     pub async fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");

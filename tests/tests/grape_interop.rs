@@ -55,20 +55,30 @@ struct NodeGrape {
 }
 
 async fn node_grape(bootstrap: &[String], extra: &[&str]) -> NodeGrape {
-    let (dp, ap) = (free_port(), free_port());
-    let (dps, aps, bs) = (dp.to_string(), ap.to_string(), bootstrap.join(","));
-    let mut args = vec!["--dht-port", &dps, "--api-port", &aps, "--bootstrap", &bs];
-    args.extend_from_slice(extra);
-    let mut proc = NodeProcess::spawn("grape.js", &args);
-    loop {
-        let line = proc.json(T).await;
-        match line["event"].as_str() {
-            Some("started") => break,
-            Some("error") => panic!("node grape failed: {line}"),
-            _ => {}
+    // The ports are picked free beforehand (the reference cannot report a port 0 it bound);
+    // another program may take one before Node binds it, so a failed start is retried.
+    for attempt in 1..=5 {
+        let (dp, ap) = (free_port(), free_port());
+        let (dps, aps, bs) = (dp.to_string(), ap.to_string(), bootstrap.join(","));
+        let mut args = vec!["--dht-port", &dps, "--api-port", &aps, "--bootstrap", &bs];
+        args.extend_from_slice(extra);
+        let mut proc = NodeProcess::spawn("grape.js", &args);
+        loop {
+            match proc.try_json(T).await {
+                Some(line) if line["event"] == "started" => return NodeGrape { proc, dht: local(dp), api: local(ap) },
+                Some(line) if line["event"] == "error" => {
+                    eprintln!("node grape failed on ports {dp}/{ap} ({line}), attempt {attempt}");
+                    break;
+                }
+                Some(_) => {}
+                None => {
+                    eprintln!("node grape exited on ports {dp}/{ap}, attempt {attempt}");
+                    break;
+                }
+            }
         }
     }
-    NodeGrape { proc, dht: local(dp), api: local(ap) }
+    panic!("could not start a Node grape in 5 attempts")
 }
 
 fn rust_config(bootstrap: Vec<String>) -> GrapeConfig {

@@ -15,7 +15,7 @@ use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig};
 use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions};
 use grenache::tls::{ClientAuth, ClientTls, PeerCert, ServerTls, certs_from_pem, verify_client};
 use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
-use grenache_e2e::{NodeProcess, free_tcp_port};
+use grenache_e2e::NodeProcess;
 use link_support::{Grapes, wait_lookup};
 use serde_json::{Value, json};
 use tls_certs::{Pki, TempDir};
@@ -65,13 +65,10 @@ async fn started(p: &mut NodeProcess) -> Value {
     }
 }
 
-async fn node_ws_server(grape: &str, name: &str, port: u16, extra: &[&str]) -> NodeProcess {
-    let ps = port.to_string();
-    let mut args = vec!["--grape", grape, "--name", name, "--port", &ps];
+async fn node_ws_server(grape: &str, name: &str, extra: &[&str]) -> NodeProcess {
+    let mut args = vec!["--grape", grape, "--name", name];
     args.extend_from_slice(extra);
-    let mut p = NodeProcess::spawn("ws_server.js", &args);
-    started(&mut p).await;
-    p
+    NodeProcess::spawn_listening("ws_server.js", &args, LONG).await.0
 }
 
 /// ws_client.js driven over stdin.
@@ -172,7 +169,7 @@ async fn ws_node_client_calls_rust_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_rust_client_calls_node_server() {
     let g = Grapes::start(false).await;
-    let _node = node_ws_server(&g.urls[0], "rpc_ws_node", free_tcp_port(), &[]).await;
+    let _node = node_ws_server(&g.urls[0], "rpc_ws_node", &[]).await;
     let link = g.link();
     wait_lookup(&link, "rpc_ws_node", 1).await;
     let c = ws_rpc_client(link, WsClientConfig::default());
@@ -196,7 +193,7 @@ async fn ws_rust_client_calls_node_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_node_server_killed_with_requests_in_flight_fails_them_at_once() {
     let g = Grapes::start(false).await;
-    let mut node = node_ws_server(&g.urls[0], "rpc_ws_kill", free_tcp_port(), &[]).await;
+    let mut node = node_ws_server(&g.urls[0], "rpc_ws_kill", &[]).await;
     let link = g.link();
     wait_lookup(&link, "rpc_ws_kill", 1).await;
     let c = ws_rpc_client(link, WsClientConfig::default());
@@ -252,7 +249,6 @@ async fn tls_both_ways(pki: Pki) {
     let _node_srv = node_ws_server(
         &g.urls[0],
         "rpc_wss_node",
-        free_tcp_port(),
         &["--key", &files.server.1, "--cert", &files.server.0, "--ca", &files.ca, "--allow", &fp1],
     )
     .await;
@@ -322,11 +318,10 @@ async fn ws_node_sub_receives_from_rust_pub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_rust_sub_receives_from_node_pub_and_survives_its_restart() {
     let g = Grapes::start(false).await;
-    let port = free_tcp_port();
+    let (mut node_pub, port, _) = NodeProcess::spawn_listening("ws_pub.js", &["--grape", g.urls[0].as_str(), "--name", "pub_node"], LONG).await;
+    // The restart below reuses this port, so the subscriber finds the publisher where it was.
     let ps = port.to_string();
     let args = ["--grape", g.urls[0].as_str(), "--name", "pub_node", "--port", ps.as_str()];
-    let mut node_pub = NodeProcess::spawn("ws_pub.js", &args);
-    started(&mut node_pub).await;
     let link = g.link();
     wait_lookup(&link, "pub_node", 1).await;
     let peer = PeerSub::new(
@@ -380,9 +375,7 @@ async fn ws_rust_sub_connects_to_every_publisher_and_picks_up_new_ones() {
     // A Rust and a Node publisher join later.
     let p2 = PeerPub::bind(any, PubConfig::default()).await.expect("bind");
     p2.start_announcing(&link, "pub_many", Duration::from_secs(1)).first_result(LONG).await.expect("announce");
-    let port = free_tcp_port().to_string();
-    let mut node_pub = NodeProcess::spawn("ws_pub.js", &["--grape", &g.urls[0], "--name", "pub_many", "--port", &port]);
-    started(&mut node_pub).await;
+    let (mut node_pub, _, _) = NodeProcess::spawn_listening("ws_pub.js", &["--grape", &g.urls[0], "--name", "pub_many"], LONG).await;
     sub.wait_publishers(3, LONG).await.expect("all three publishers");
     p1.publish("from-1");
     p2.publish("from-2");

@@ -35,10 +35,12 @@ use napi_derive::napi;
 
 /// A completion: `(err, result)`.
 type Done = ThreadsafeFunction<FnArgs<(Option<String>, Option<String>)>, (), FnArgs<(Option<String>, Option<String>)>, Status, false>;
-/// A request handler: `(id, payloadJson, fingerprint)`.
-type HandlerFn = ThreadsafeFunction<FnArgs<(u32, String, Option<String>)>, (), FnArgs<(u32, String, Option<String>)>, Status, false>;
-/// A subscription callback: `(publisher, data, binary)`.
-type MessageFn = ThreadsafeFunction<FnArgs<(String, Buffer, bool)>, (), FnArgs<(String, Buffer, bool)>, Status, false>;
+/// A request handler: `(id, payloadJson, fingerprint)`. Weak: it does not keep the process
+/// alive by itself; `index.js` holds a handle of its own while the server is open, so the
+/// process lives exactly until `close()`.
+type HandlerFn = ThreadsafeFunction<FnArgs<(u32, String, Option<String>)>, (), FnArgs<(u32, String, Option<String>)>, Status, false, true>;
+/// A subscription callback: `(publisher, data, binary)`; weak like [`HandlerFn`].
+type MessageFn = ThreadsafeFunction<FnArgs<(String, Buffer, bool)>, (), FnArgs<(String, Buffer, bool)>, Status, false, true>;
 
 /// Most replies a server keeps waiting for its JS handler; more requests are answered
 /// `ERR_BUSY` until some are answered or time out.
@@ -354,8 +356,14 @@ impl NativeServer {
         port_: Option<u32>,
         tls: Option<&NativeServerTls>,
         reply_timeout_ms: Option<u32>,
+        allow_fingerprints: Option<Vec<String>>,
     ) -> napi::Result<Self> {
         let kind = transport_kind(&transport)?;
+        // WS only: accept only clients whose certificate has one of these SHA-1 fingerprints.
+        let verify_client = allow_fingerprints.map(|allowed| {
+            let allowed: std::collections::HashSet<String> = allowed.into_iter().map(|f| f.to_ascii_uppercase()).collect();
+            grenache::tls::verify_client(move |c| c.cert.is_some_and(|cert| allowed.contains(&cert.fingerprint)))
+        });
         let pending = Arc::new(Pending::default());
         let p2 = pending.clone();
         let handler = Arc::new(handler);
@@ -370,7 +378,12 @@ impl NativeServer {
                 reply.err("ERR_BUSY");
             }
         };
-        let options = ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), reply_timeout: millis(reply_timeout_ms) };
+        let options = ServerOptions {
+            port: port(port_)?,
+            tls: tls.map(|t| t.inner.clone()),
+            reply_timeout: millis(reply_timeout_ms),
+            verify_client,
+        };
         let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;
         Ok(NativeServer { inner: Arc::new(server), pending })
     }

@@ -95,6 +95,35 @@ test('typed errors for bad input', async () => {
   assert.throws(() => new g.ServerTls({ cert: 'nope', key: 'nope' }), (e) => e instanceof g.GrenacheError)
 })
 
+test('WSS with client certificates: fingerprint to the handler, allowFingerprints', async () => {
+  const fs = require('fs')
+  const os = require('os')
+  const { execFileSync } = require('child_process')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'grenache-native-'))
+  const ssl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' })
+  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=node-test-ca')
+  for (const n of ['server', 'client']) {
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${n}.key`, '-out', `${n}.csr`, '-subj', `/CN=${n}`)
+    ssl('x509', '-req', '-in', `${n}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${n}.crt`, '-days', '2')
+  }
+  const fingerprint = ssl('x509', '-noout', '-fingerprint', '-sha1', '-in', 'client.crt').toString().trim().split('=')[1]
+  const pem = Object.fromEntries(['ca.crt', 'server.crt', 'server.key', 'client.crt', 'client.key'].map((f) => [f, fs.readFileSync(path.join(dir, f), 'utf8')]))
+  fs.rmSync(dir, { recursive: true, force: true })
+  const read = (f) => pem[f]
+  const serverTls = new g.ServerTls({ cert: read('server.crt'), key: read('server.key'), ca: read('ca.crt'), clientAuth: 'required' })
+  const clientTls = new g.ClientTls({ ca: read('ca.crt'), cert: read('client.crt'), key: read('client.key') })
+  const allowed = new g.Server(l1, handler, { transport: 'ws', tls: serverTls, allowFingerprints: [fingerprint] })
+  const refused = new g.Server(l1, handler, { transport: 'ws', tls: serverTls, allowFingerprints: ['00:11'] })
+  cleanup.push(() => { allowed.close(); refused.close() })
+  const c = new g.Client(l1, { transport: 'ws', tls: clientTls })
+  cleanup.push(() => c.close())
+  assert.deepEqual(await c.request('x', { a: 1 }, { dest: `127.0.0.1:${allowed.port}` }), { echo: { a: 1 }, fingerprint })
+  await assert.rejects(c.request('x', 'hello', { dest: `127.0.0.1:${refused.port}`, timeout: 5000 }), (e) => e instanceof g.GrenacheError)
+  const noCert = new g.Client(l1, { transport: 'ws', tls: new g.ClientTls({ ca: read('ca.crt') }) })
+  cleanup.push(() => noCert.close())
+  await assert.rejects(noCert.request('x', 'hello', { dest: `127.0.0.1:${allowed.port}`, timeout: 5000 }), (e) => e instanceof g.GrenacheError)
+})
+
 test('server reply timeout and map over workers', async () => {
   const slow = new g.Server(l1, () => new Promise(() => {}), { replyTimeout: 200 })
   cleanup.push(() => slow.close())
@@ -187,7 +216,7 @@ test('interop: grenache-native clients call reference servers', async () => {
       h.reply(null, { from: 'reference', payload })
     })
     const itv = setInterval(() => link.announce(`ref:${transport}`, service.port, {}), 500)
-    cleanup.push(() => { clearInterval(itv); peer.stop(); link.stop() })
+    cleanup.push(() => { clearInterval(itv); service.stop(); peer.stop(); link.stop() })
     const c = new g.Client(l2, { transport })
     cleanup.push(() => c.close())
     const r = await eventually(() => c.request(`ref:${transport}`, { q: 1 }), `reference ${transport} server`)
@@ -207,13 +236,22 @@ test('interop: pub/sub with the reference PeerPub and PeerSub', async () => {
   link.start()
   const sub = new PeerSub(link, {})
   sub.init()
+  // The reference's PeerSub.stop() does not stop the transports sub() made (each keeps a 5 s
+  // interval, so the process would never exit): keep them to stop them at the end.
+  const transports = []
+  const newTransport = sub.newTransport.bind(sub)
+  sub.newTransport = (conf) => { const t = newTransport(conf); transports.push(t); return t }
   const got = []
   let connected = false
   sub.on('connected', () => { connected = true })
   sub.on('message', (m) => got.push(m.toString()))
   sub.on('error', () => {})
-  cleanup.push(() => { sub.stop(); link.stop() })
-  await eventually(() => { if (!connected) sub.sub('native:pub', { timeout: 2000 }); return connected }, 'reference subscriber connected')
+  cleanup.push(() => { for (const t of transports) t.stop(); sub.stop(); link.stop() })
+  // One sub() once the channel is visible: each call makes a transport with its own timer, and
+  // the reference's stop() clears only the last one (the process would never exit).
+  await eventually(() => l2.lookup('native:pub'), 'channel visible')
+  sub.sub('native:pub', { timeout: 5000 })
+  await eventually(() => connected, 'reference subscriber connected')
   await eventually(() => { pub.publish('to the reference'); return got.includes('to the reference') }, 'message at the reference subscriber')
   // Our subscriber <- reference publisher.
   const link2 = new RefLink({ grape: g1.url })
@@ -223,7 +261,10 @@ test('interop: pub/sub with the reference PeerPub and PeerSub', async () => {
   const service = refPub.transport('server')
   service.listen(await freePort())
   const itv = setInterval(() => link2.announce('ref:pub', service.port, {}), 500)
-  cleanup.push(() => { clearInterval(itv); refPub.stop(); link2.stop() })
+  // The reference's stop() leaves the HTTP server under its ws server listening (ws closes
+  // an internal server only when asked that way): close it, or the process never exits.
+  const wss = service.socket
+  cleanup.push(() => { clearInterval(itv); service.stop(); refPub.stop(); link2.stop(); if (wss && wss._server) wss._server.close() })
   const mine = []
   const s2 = new g.Subscriber(l2, 'ref:pub', (m) => mine.push(m))
   cleanup.push(() => s2.close())

@@ -411,7 +411,8 @@ fn tracing_free_warn(py: Python<'_>, message: &str) {
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None))]
+    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         link: &Link,
@@ -420,6 +421,7 @@ impl Server {
         port: u16,
         tls: Option<&PyServerTls>,
         reply_timeout_ms: Option<u64>,
+        verify_client: Option<Py<PyAny>>,
     ) -> PyResult<Server> {
         let kind = transport_kind(transport).map_err(|e| py_err(py, &e))?;
         let handler = Arc::new(handler);
@@ -428,7 +430,22 @@ impl Server {
             // A Python handler may block: run it on the blocking pool, not on an I/O thread.
             tokio::task::spawn_blocking(move || Python::attach(|py| answer(py, &handler, request, reply)));
         };
-        let options = ServerOptions { port, tls: tls.map(|t| t.inner.clone()), reply_timeout: millis(reply_timeout_ms) };
+        // WS only: `verify_client(fingerprint, remote_addr) -> bool` before a socket is accepted
+        // (an exception refuses the client). It holds an I/O thread while it runs: keep it short.
+        let verify_client = verify_client.map(|f| {
+            grenache::tls::verify_client(move |c| {
+                let fingerprint = c.cert.map(|cert| cert.fingerprint.clone());
+                let addr = c.remote_addr.map(|a| a.to_string());
+                Python::attach(|py| match f.call1(py, (fingerprint, addr)).and_then(|v| v.is_truthy(py)) {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        e.print(py);
+                        false
+                    }
+                })
+            })
+        });
+        let options = ServerOptions { port, tls: tls.map(|t| t.inner.clone()), reply_timeout: millis(reply_timeout_ms), verify_client };
         let link = Arc::clone(&link.inner);
         let server = py.detach(move || EmbedServer::listen(&link, kind, Arc::new(h), options)).map_err(|e| py_err(py, &e))?;
         Ok(Server { inner: Handle::new(server) })

@@ -326,6 +326,24 @@ class TlsTests(unittest.TestCase):
                         with grenache.Client(net.l1, transport=transport) as c:
                             with self.assertRaises(grenache.GrenacheError):
                                 c.request("tls", "hello", dest=dest, timeout=5)
+            # verify_client (WS): sees the fingerprint before the socket is accepted.
+            seen = []
+
+            def allow_only_ours(fp, addr):
+                seen.append((fp, addr))
+                return fp == fingerprint
+
+            with grenache.Server(net.l1, handler, transport="ws", tls=server_tls, verify_client=allow_only_ours) as s:
+                with grenache.Client(net.l1, transport="ws", tls=good) as c:
+                    self.assertEqual(c.request("tls", "hello", dest=f"127.0.0.1:{s.port}"), "world")
+            self.assertEqual(seen[0][0], fingerprint)
+            self.assertTrue(seen[0][1].startswith("127.0.0.1:"))
+            with grenache.Server(net.l1, handler, transport="ws", tls=server_tls, verify_client=lambda fp, addr: False) as s:
+                with grenache.Client(net.l1, transport="ws", tls=good) as c:
+                    with self.assertRaises(grenache.GrenacheError):
+                        c.request("tls", "hello", dest=f"127.0.0.1:{s.port}", timeout=5)
+            with self.assertRaises(grenache.InvalidArgumentError):
+                grenache.Server(net.l1, handler, transport="http", verify_client=lambda fp, addr: True)
             with self.assertRaises(grenache.TlsError):
                 grenache.ServerTls("not a pem", pem["server.key"])
             with self.assertRaises(grenache.InvalidArgumentError):
@@ -353,11 +371,22 @@ class NodeInteropTests(unittest.TestCase):
         self.procs.append(p)
         return p
 
+    def node_server(self, script, *args):
+        """A Node server script on a port picked free here (the reference cannot listen on 0
+        and report it); another program may take the port first, so a start that fails is
+        retried on a new one."""
+        for _ in range(5):
+            p = self.node(script, *args, "--port", str(free_port()))
+            try:
+                p.next(timeout=30, where=lambda v: v.get("event") == "started")
+                return p
+            except (AssertionError, queue.Empty):
+                p.stop()
+        raise AssertionError(f"{script} did not start in 5 attempts")
+
     def test_python_client_calls_node_http_and_ws_servers(self):
-        http = self.node("http_server.js", "--grape", self.net.g1.url, "--name", "node:http", "--port", str(free_port()))
-        http.next(where=lambda v: v.get("event") == "started")
-        ws = self.node("ws_server.js", "--grape", self.net.g1.url, "--name", "node:ws", "--port", str(free_port()))
-        ws.next(where=lambda v: v.get("event") == "started")
+        self.node_server("http_server.js", "--grape", self.net.g1.url, "--name", "node:http")
+        self.node_server("ws_server.js", "--grape", self.net.g1.url, "--name", "node:ws")
         with grenache.Client(self.net.l2) as c:
             res = eventually(lambda: c.request("node:http", {"q": [1, 2]}), what="node http server")
             self.assertEqual(res["from"], "node")
@@ -409,8 +438,7 @@ class NodeInteropTests(unittest.TestCase):
             self.assertEqual(msg["data"], "from python")
 
     def test_python_subscriber_receives_node_publisher(self):
-        pub = self.node("ws_pub.js", "--grape", self.net.g1.url, "--name", "node:pub", "--port", str(free_port()))
-        pub.next(where=lambda v: v.get("event") == "started")
+        pub = self.node_server("ws_pub.js", "--grape", self.net.g1.url, "--name", "node:pub")
         got = queue.Queue()
         with grenache.Subscriber(self.net.l2, "node:pub", lambda m, frm: got.put(m)):
 

@@ -186,17 +186,8 @@ impl NodeClient {
 
 /// Starts Node's http_server.js on a free port announcing `name`; returns it and its port.
 pub async fn node_server(grape: &str, name: &str, extra: &[&str]) -> (NodeProcess, u16) {
-    let port = grenache_e2e::free_tcp_port();
-    let ps = port.to_string();
-    let mut args = vec!["--grape", grape, "--name", name, "--port", &ps];
+    let mut args = vec!["--grape", grape, "--name", name];
     args.extend_from_slice(extra);
-    let mut p = NodeProcess::spawn("http_server.js", &args);
-    loop {
-        let v = p.json(Duration::from_secs(30)).await;
-        if v["event"] == "started" {
-            break;
-        }
-        assert_ne!(v["event"], "error", "node server failed: {v}");
-    }
+    let (p, port, _) = NodeProcess::spawn_listening("http_server.js", &args, Duration::from_secs(30)).await;
     (p, port)
 }

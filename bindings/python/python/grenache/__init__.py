@@ -337,7 +337,10 @@ class Server:
     The handler runs on a library thread and returns the result (any JSON value), or raises
     ``ReplyError("ERR_...")`` to answer with an error. Any other exception is printed and the
     client gets ``ERR_HANDLER_PANIC``. With ``reply_timeout`` (seconds), a handler that takes
-    longer is answered ``ERR_TIMEOUT`` for it."""
+    longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
+    sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
+    certificate, or ``None``) and refuses it by returning false, like the reference's
+    ``verifyClient``; it runs on an I/O thread, so keep it short."""
 
     def __init__(
         self,
@@ -348,8 +351,9 @@ class Server:
         port: int = 0,
         tls: Optional[ServerTls] = None,
         reply_timeout: Optional[float] = None,
+        verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
     ) -> None:
-        self._s = _native.Server(link._l, transport, _wrap_handler(handler), port, tls, _ms(reply_timeout))
+        self._s = _native.Server(link._l, transport, _wrap_handler(handler), port, tls, _ms(reply_timeout), verify_client)
 
     @property
     def port(self) -> int:
