@@ -16,6 +16,9 @@
 //!   subscribers; messages/s = messages published ÷ time from the first delivery until every
 //!   subscriber has every message. Our publisher keeps its bounded queues (the benchmark publishes
 //!   at most 768 messages ahead of the slowest subscriber); Node's publisher buffers without limit.
+//! * Floor: a TCP ping-pong of a request-sized message between the same two threads, with no
+//!   WebSocket, JSON or lookup: what a sequential round trip costs on this machine before any
+//!   protocol work (its ratio to Node bounds what any implementation could show here).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -261,6 +264,46 @@ async fn node_pubsub(grape: &str, n: usize, count: usize) -> f64 {
     }
 }
 
+/// The machine's floor for a sequential round trip with this process shape: a TCP ping-pong of
+/// a request-sized message (no WebSocket, no JSON, no lookup), server on the server thread,
+/// client on this one. Returns (round trips/s, p50 µs).
+async fn floor_ping_pong(server_rt: &tokio::runtime::Handle, n: usize) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = server_rt
+        .spawn(async { tokio::net::TcpListener::bind("127.0.0.1:0").await })
+        .await
+        .expect("join")
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    server_rt.spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else { return };
+        let _ = s.set_nodelay(true);
+        let mut buf = [0u8; 256];
+        while let Ok(k) = s.read(&mut buf).await {
+            if k == 0 || s.write_all(&buf[..k]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = c.set_nodelay(true);
+    // About the size of a request frame: ["<uuid>","bench_ws_rust","hello"] plus the header.
+    let msg = [b'x'; 64];
+    let mut buf = [0u8; 256];
+    let mut lat = Samples::with_capacity(n);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let a = Instant::now();
+        c.write_all(&msg).await.expect("write");
+        let mut got = 0;
+        while got < msg.len() {
+            got += c.read(&mut buf).await.expect("read");
+        }
+        lat.push(a.elapsed());
+    }
+    (n as f64 / t0.elapsed().as_secs_f64(), lat.percentile_us(50.0) as f64)
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let server_rt = server_runtime();
@@ -279,6 +322,8 @@ fn main() {
         let ours100 = ours_pubsub(&server_rt, &link, 100, 10_000).await;
         eprintln!("PUB/SUB 100 subscribers: Node reference...");
         let node100 = node_pubsub(&g.url, 100, 3_000).await;
+        eprintln!("floor: TCP ping-pong...");
+        let (floor_rps, floor_p50) = floor_ping_pong(&server_rt, 20_000).await;
 
         let row = |metric: &str, ours: f64, reference: f64, unit: &str, higher: bool| Row {
             metric: metric.to_string(),
@@ -298,6 +343,8 @@ fn main() {
                 row("RPC 100 in flight p99 latency", ours.conc_p99, node.conc_p99, "µs", false),
                 row("PUB/SUB to 10 subscribers", ours10, node10, "msg/s", true),
                 row("PUB/SUB to 100 subscribers", ours100, node100, "msg/s", true),
+                row("floor: TCP ping-pong, same bytes and threads, no WS (sequential)", floor_rps, node.seq_rps, "req/s", true),
+                row("floor: TCP ping-pong p50 latency", floor_p50, node.seq_p50, "µs", false),
             ],
         );
     });
