@@ -7,7 +7,7 @@
 //! (ours, started here). The C program is compiled with `-O2` against the `libgrenache.so` cargo
 //! built beside this binary.
 //!
-//! `cargo run --release -p grenache-bench --bin ffi_bench [-- N]`
+//! `cargo run --release -p grenache-bench --bin ffi_bench [-- N]` (N: requests per run)
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -118,7 +118,10 @@ fn c_rps(bin: &PathBuf, grape: &str, ws: bool, n: i64, name: &str) -> f64 {
 }
 
 fn main() {
-    let n: i64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    // Requests per run: about a second of work each (WS is ~5x faster than HTTP here), so a
+    // run is long enough to measure; `-- N` sets both.
+    let arg: Option<i64> = std::env::args().nth(1).and_then(|s| s.parse().ok());
+    let (n_http, n_ws) = (arg.unwrap_or(50_000), arg.unwrap_or(250_000));
     let c_bin = build_c();
     let grape_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     // Two Grapes bootstrapped on each other (a lone DHT node has nobody to announce to).
@@ -133,16 +136,17 @@ fn main() {
         (g1, g2)
     });
     let url = grape.api_url();
-    println!("\n### C ABI overhead: {n} requests, {CONC} in flight, server + client in one process, 2 workers\n");
+    println!("\n### C ABI overhead: {n_http} (HTTP) / {n_ws} (WS) requests per run, {CONC} in flight, server + client in one process, 2 workers, best of 3 interleaved runs\n");
     println!("| transport | pure Rust | C through libgrenache | C / Rust |");
     println!("|---|---:|---:|---:|");
     for ws in [false, true] {
-        // Interleave and keep the best of two runs of each, to damp the noise of a shared machine.
+        let n = if ws { n_ws } else { n_http };
+        // Interleave and keep the best of three runs of each, to damp the noise of a shared machine.
         let mut rust = 0f64;
         let mut c = 0f64;
         // Each run announces a service name of its own: a stopped server's announce lingers in
         // the Grape for its peer max age.
-        for i in 0..2 {
+        for i in 0..3 {
             rust = rust.max(rust_rps(&url, ws, n, &format!("rpc_bench_rs_{ws}_{i}")));
             c = c.max(c_rps(&c_bin, &url, ws, n, &format!("rpc_bench_c_{ws}_{i}")));
         }
