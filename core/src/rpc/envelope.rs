@@ -61,12 +61,13 @@ pub fn decode_request(body: &[u8]) -> Result<DecodedRequest> {
 
 /// Encodes a reply `[rid, error, result]`.
 pub fn encode_reply(rid: &Value, body: &std::result::Result<Value, String>) -> Vec<u8> {
-    let v = match body {
-        Ok(result) => serde_json::json!([rid, Value::Null, result]),
-        Err(msg) => serde_json::json!([rid, msg, Value::Null]),
+    // A tuple serialises as a JSON array and `()` as `null`: no copy of the result.
+    let out = match body {
+        Ok(result) => serde_json::to_vec(&(rid, (), result)),
+        Err(msg) => serde_json::to_vec(&(rid, msg, ())),
     };
-    // Serialising a Value into a Vec cannot fail.
-    serde_json::to_vec(&v).unwrap_or_default()
+    // Serialising Values and strings into a Vec cannot fail.
+    out.unwrap_or_default()
 }
 
 /// A decoded reply envelope.
