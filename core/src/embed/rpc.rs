@@ -25,14 +25,15 @@ pub fn parse_json(text: &str) -> Result<Value> {
 /// text is not valid JSON the client receives the error `ERR_INVALID_ARGUMENT` and the parse error
 /// is returned.
 pub fn reply_json(reply: Reply, result: &str) -> Result<()> {
-    match parse_json(result) {
-        Ok(v) => {
-            reply.ok(v);
+    // Checked to be JSON, then written to the wire as it is: no parse into a Value and back.
+    match serde_json::value::RawValue::from_string(result.to_string()) {
+        Ok(raw) => {
+            reply.ok_raw(raw);
             Ok(())
         }
         Err(e) => {
             reply.err(ErrorKind::InvalidArgument.name());
-            Err(e)
+            Err(Error::new(ErrorKind::InvalidArgument, format!("invalid JSON: {e}")))
         }
     }
 }

@@ -60,7 +60,7 @@ pub fn decode_request(body: &[u8]) -> Result<DecodedRequest> {
 }
 
 /// Encodes a reply `[rid, error, result]`.
-pub fn encode_reply(rid: &Value, body: &std::result::Result<Value, String>) -> Vec<u8> {
+pub fn encode_reply<R: serde::Serialize>(rid: &Value, body: &std::result::Result<R, String>) -> Vec<u8> {
     // A tuple serialises as a JSON array and `()` as `null`: no copy of the result.
     let out = match body {
         Ok(result) => serde_json::to_vec(&(rid, (), result)),
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn reply_round_trip() {
-        let b = encode_reply(&json!("r"), &Err("ERR_BOOM".into()));
+        let b = encode_reply(&json!("r"), &Err::<Value, _>("ERR_BOOM".into()));
         assert_eq!(b, br#"["r","ERR_BOOM",null]"#);
         let d = decode_reply(&b).unwrap();
         assert_eq!(d.error.as_deref(), Some("ERR_BOOM"));

@@ -92,6 +92,46 @@ pub struct Request {
 /// What a handler answers: a result, or an error message that travels to the client.
 pub type ReplyBody = std::result::Result<Value, String>;
 
+/// A reply's result on its way to the wire: a JSON value, or JSON text passed through as it is
+/// (checked to be JSON but never parsed into a [`Value`]: embedders answer with text, see
+/// [`Reply::ok_raw`]).
+#[derive(Debug, Clone)]
+pub enum ReplyResult {
+    /// A value.
+    Value(Value),
+    /// JSON text, written to the wire unchanged.
+    Raw(Box<serde_json::value::RawValue>),
+}
+
+impl ReplyResult {
+    /// The result as a [`Value`] (parses a raw one).
+    pub fn into_value(self) -> Value {
+        match self {
+            ReplyResult::Value(v) => v,
+            // Raw text was checked to be JSON when it was made.
+            ReplyResult::Raw(r) => serde_json::from_str(r.get()).unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl PartialEq for ReplyResult {
+    fn eq(&self, other: &Self) -> bool {
+        self.clone().into_value() == other.clone().into_value()
+    }
+}
+
+impl serde::Serialize for ReplyResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ReplyResult::Value(v) => v.serialize(s),
+            ReplyResult::Raw(r) => r.serialize(s),
+        }
+    }
+}
+
+/// What a server transport writes for a request: a result, or an error message.
+pub type WireReply = std::result::Result<ReplyResult, String>;
+
 /// The handle a server gives a handler with each request, to answer it exactly once.
 ///
 /// It is `Send`: answer later, from any thread or task. Answering consumes it, so a second answer
@@ -100,11 +140,11 @@ pub type ReplyBody = std::result::Result<Value, String>;
 #[derive(Debug)]
 pub struct Reply {
     rid: Value,
-    tx: Option<oneshot::Sender<ReplyBody>>,
+    tx: Option<oneshot::Sender<WireReply>>,
 }
 
 /// The receiving side of a [`Reply`], held by the transport.
-pub type ReplyReceiver = oneshot::Receiver<ReplyBody>;
+pub type ReplyReceiver = oneshot::Receiver<WireReply>;
 
 impl Reply {
     /// A new reply handle for `rid` and the receiver the transport awaits.
@@ -134,7 +174,17 @@ impl Reply {
     }
 
     /// Answers with a result or an error.
-    pub fn send(mut self, body: ReplyBody) {
+    pub fn send(self, body: ReplyBody) {
+        self.deliver(body.map(ReplyResult::Value));
+    }
+
+    /// Answers with a result given as JSON text, written to the wire as it is (no parse into a
+    /// [`Value`] and back): for embedders whose handlers produce text.
+    pub fn ok_raw(self, result: Box<serde_json::value::RawValue>) {
+        self.deliver(Ok(ReplyResult::Raw(result)));
+    }
+
+    fn deliver(mut self, body: WireReply) {
         if let Some(tx) = self.tx.take() {
             // The receiver is gone only when the client's connection closed: nothing to do.
             let _ = tx.send(body);
@@ -196,6 +246,11 @@ where
 /// A panic in the handler becomes `ERR_HANDLER_PANIC`, a dropped reply `ERR_NO_REPLY`, and no
 /// answer within `reply_timeout` (when set) becomes `ERR_TIMEOUT`.
 pub async fn dispatch(handler: &dyn Handler, request: Request, reply_timeout: Option<Duration>) -> ReplyBody {
+    dispatch_wire(handler, request, reply_timeout).await.map(ReplyResult::into_value)
+}
+
+/// [`dispatch`] for a transport: the answer as it goes on the wire (a raw result stays text).
+pub async fn dispatch_wire(handler: &dyn Handler, request: Request, reply_timeout: Option<Duration>) -> WireReply {
     match start_dispatch(handler, request) {
         Dispatched::Answered(body) => body,
         Dispatched::Pending(rx) => await_reply(rx, reply_timeout).await,
@@ -206,7 +261,7 @@ pub async fn dispatch(handler: &dyn Handler, request: Request, reply_timeout: Op
 #[derive(Debug)]
 pub enum Dispatched {
     /// The handler answered (or dropped its [`Reply`], or panicked) before returning.
-    Answered(ReplyBody),
+    Answered(WireReply),
     /// The handler kept the [`Reply`] to answer later: wait with [`await_reply`].
     Pending(ReplyReceiver),
 }
@@ -227,7 +282,7 @@ pub fn start_dispatch(handler: &dyn Handler, request: Request) -> Dispatched {
 
 /// The second half of [`dispatch`]: waits for a [`Reply`] kept by the handler, at most
 /// `reply_timeout` (then `ERR_TIMEOUT`).
-pub async fn await_reply(rx: ReplyReceiver, reply_timeout: Option<Duration>) -> ReplyBody {
+pub async fn await_reply(rx: ReplyReceiver, reply_timeout: Option<Duration>) -> WireReply {
     let received = match reply_timeout {
         Some(t) => match tokio::time::timeout(t, rx).await {
             Ok(r) => r,

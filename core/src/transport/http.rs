@@ -42,7 +42,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{self, decode_reply};
 use crate::rpc::{
     BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, Request, RequestInfo, ServerTransport,
-    TransportKind, dispatch, reply_to_result,
+    TransportKind, reply_to_result,
 };
 use crate::tls::PeerCert;
 
@@ -764,7 +764,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn error_reply(status: StatusCode, msg: &str) -> http::Response<RespBody> {
-    full(status, envelope::encode_reply(&Value::Null, &Err(msg.to_string())))
+    full(status, envelope::encode_reply(&Value::Null, &Err::<Value, _>(msg.to_string())))
 }
 
 async fn handle_request(
@@ -815,7 +815,7 @@ async fn handle_request(
                     Box::pin(stream.map(|r| r.map(Frame::data)));
                 http::Response::new(Either::Right(StreamBody::new(frames)))
             }
-            Err(e) => full(StatusCode::OK, envelope::encode_reply(rid, &Err(e.to_string()))),
+            Err(e) => full(StatusCode::OK, envelope::encode_reply(rid, &Err::<Value, _>(e.to_string()))),
         };
     }
 
@@ -858,7 +858,7 @@ async fn handle_request(
         None => (decoded.rid, decoded.key),
     };
     let request = Request { rid: rid.clone(), key, payload: decoded.payload, info };
-    let answer = dispatch(ctx.handler.as_ref(), request, ctx.config.reply_timeout).await;
+    let answer = crate::rpc::dispatch_wire(ctx.handler.as_ref(), request, ctx.config.reply_timeout).await;
     let out = envelope::encode_reply(&rid, &answer);
     if compress {
         match gzip(&out) {

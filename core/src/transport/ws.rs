@@ -512,7 +512,7 @@ async fn write_within<F: std::future::Future>(fut: F) -> Option<F::Output> {
 }
 
 /// The reply envelope `[rid, error|null, result]` as text, written without building a tree.
-fn reply_text(rid: &Value, body: &std::result::Result<Value, String>) -> String {
+fn reply_text<R: serde::Serialize>(rid: &Value, body: &std::result::Result<R, String>) -> String {
     let mut out = Vec::with_capacity(64);
     out.push(b'[');
     let ok = serde_json::to_writer(&mut out, rid).is_ok()
