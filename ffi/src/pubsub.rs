@@ -173,13 +173,18 @@ pub extern "C" fn grenache_subscriber_new(
         let ud = OwnedUserData::new(userdata, free_userdata);
         let Some(cb) = on_message else { return grenache_result::NullParameter };
         subscribe(link, name, tls, out, move |m: &SubMessage| {
-            let publisher = NulString::new(m.publisher.to_string());
-            let mut data = Vec::with_capacity(m.data.len() + 1);
-            data.extend_from_slice(&m.data);
-            data.push(0);
+            let (publisher, data) = message_c_strings(m);
             unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr().cast(), m.data.len()) };
         })
     }
+}
+
+/// The publisher as a C string and the message bytes with a NUL after them (for text callers).
+fn message_c_strings(m: &SubMessage) -> (NulString, Vec<u8>) {
+    let mut data = Vec::with_capacity(m.data.len() + 1);
+    data.extend_from_slice(&m.data);
+    data.push(0);
+    (NulString::new(m.publisher.to_string()), data)
 }
 
 /// Receives one message, telling text from binary frames: `publisher` is the publisher's
@@ -207,10 +212,7 @@ pub extern "C" fn grenache_subscriber_new_ex(
         let ud = OwnedUserData::new(userdata, free_userdata);
         let Some(cb) = on_message else { return grenache_result::NullParameter };
         subscribe(link, name, tls, out, move |m: &SubMessage| {
-            let publisher = NulString::new(m.publisher.to_string());
-            let mut data = Vec::with_capacity(m.data.len() + 1);
-            data.extend_from_slice(&m.data);
-            data.push(0);
+            let (publisher, data) = message_c_strings(m);
             unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr(), m.data.len(), m.binary) };
         })
     }
