@@ -119,12 +119,7 @@ pub extern "C" fn grenache_client_request(
     userdata: *mut c_void,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        let c = try_ref!(client);
-        let key = try_str!(key);
-        let text = try_str_len!(json, json_len);
-        let cb = try_callback!(cb);
-        c.inner.request(key, text, opts(timeout_ms), json_completion(cb, userdata));
-        grenache_result::Ok
+        send(Call::Request, client, key, json, json_len, || Ok(opts(timeout_ms)), cb, userdata)
     }
 }
 
@@ -141,12 +136,7 @@ pub extern "C" fn grenache_client_map(
     userdata: *mut c_void,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        let c = try_ref!(client);
-        let key = try_str!(key);
-        let text = try_str_len!(json, json_len);
-        let cb = try_callback!(cb);
-        c.inner.map(key.to_string(), text, opts(timeout_ms), json_completion(cb, userdata));
-        grenache_result::Ok
+        send(Call::Map, client, key, json, json_len, || Ok(opts(timeout_ms)), cb, userdata)
     }
 }
 
@@ -163,16 +153,7 @@ pub extern "C" fn grenache_client_request_opts(
     userdata: *mut c_void,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        let c = try_ref!(client);
-        let key = try_str!(key);
-        let text = try_str_len!(json, json_len);
-        let o = match options_or_default(opts) {
-            Ok(o) => o,
-            Err(e) => return e,
-        };
-        let cb = try_callback!(cb);
-        c.inner.request(key, text, o, json_completion(cb, userdata));
-        grenache_result::Ok
+        send(Call::Request, client, key, json, json_len, || options_or_default(opts), cb, userdata)
     }
 }
 
@@ -189,17 +170,43 @@ pub extern "C" fn grenache_client_map_opts(
     userdata: *mut c_void,
 ) -> grenache_result {
     ffi_panic_boundary! {
-        let c = try_ref!(client);
-        let key = try_str!(key);
-        let text = try_str_len!(json, json_len);
-        let o = match options_or_default(opts) {
-            Ok(o) => o,
-            Err(e) => return e,
-        };
-        let cb = try_callback!(cb);
-        c.inner.map(key.to_string(), text, o, json_completion(cb, userdata));
-        grenache_result::Ok
+        send(Call::Map, client, key, json, json_len, || options_or_default(opts), cb, userdata)
     }
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Request,
+    Map,
+}
+
+/// The four request/map entry points: checks the arguments in order (client, key, payload,
+/// options, callback), then starts the call.
+#[allow(clippy::too_many_arguments)]
+fn send(
+    call: Call,
+    client: *const grenache_client,
+    key: *const c_char,
+    json: *const c_char,
+    json_len: usize,
+    options: impl FnOnce() -> Result<RequestOptions, grenache_result>,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    let c = try_ref!(client);
+    let key = try_str!(key);
+    let text = try_str_len!(json, json_len);
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let cb = try_callback!(cb);
+    let done = json_completion(cb, userdata);
+    match call {
+        Call::Request => c.inner.request(key, text, o, done),
+        Call::Map => c.inner.map(key.to_string(), text, o, done),
+    }
+    grenache_result::Ok
 }
 
 /// Fires the completions of requests in flight with `GRENACHE_RESULT_CANCELLED` (on this

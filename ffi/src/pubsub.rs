@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use grenache_core::embed::{EmbedPublisher, EmbedSubscriber, SubMessage};
+use grenache_core::embed::{EmbedPublisher, EmbedSubscriber, ServerOptions, SubMessage};
 
 use crate::error::grenache_result;
 use crate::link::grenache_link;
@@ -41,18 +41,7 @@ pub type grenache_message_cb =
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_publisher_new(link: *const grenache_link, port: u16, tls: *const grenache_server_tls, out: *mut *mut grenache_publisher) -> grenache_result {
     ffi_panic_boundary! {
-        let link = try_ref!(link);
-        if out.is_null() {
-            return grenache_result::NullParameter;
-        }
-        let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-        match EmbedPublisher::bind(&link.inner, port, tls) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        new_publisher(link, crate::server::port_tls(port, tls), out)
     }
 }
 
@@ -62,18 +51,23 @@ pub extern "C" fn grenache_publisher_new(link: *const grenache_link, port: u16, 
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_publisher_new_opts(link: *const grenache_link, opts: *const grenache_server_options, out: *mut *mut grenache_publisher) -> grenache_result {
     ffi_panic_boundary! {
-        let link = try_ref!(link);
-        if out.is_null() {
-            return grenache_result::NullParameter;
+        // SAFETY: the caller passes NULL or valid options.
+        new_publisher(link, move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default(), out)
+    }
+}
+
+/// Binds a publisher with the options `opts` builds (after the pointer checks).
+fn new_publisher(link: *const grenache_link, opts: impl FnOnce() -> ServerOptions, out: *mut *mut grenache_publisher) -> grenache_result {
+    let link = try_ref!(link);
+    if out.is_null() {
+        return grenache_result::NullParameter;
+    }
+    match EmbedPublisher::bind_with(&link.inner, opts()) {
+        Ok(inner) => {
+            unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
+            grenache_result::Ok
         }
-        let opts = unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
-        match EmbedPublisher::bind_with(&link.inner, opts) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        Err(e) => grenache_result::from(&e),
     }
 }
 

@@ -47,8 +47,8 @@ fn new_server(
     }
 }
 
-/// The options of the `grenache_server_new_*` shorthands.
-fn port_tls(port: u16, tls: *const grenache_server_tls) -> impl FnOnce() -> ServerOptions {
+/// The options of the `grenache_server_new_*` and `grenache_publisher_new` shorthands.
+pub(crate) fn port_tls(port: u16, tls: *const grenache_server_tls) -> impl FnOnce() -> ServerOptions {
     move || ServerOptions { port, tls: unsafe { tls.as_ref() }.map(|t| t.inner.clone()), ..Default::default() }
 }
 
