@@ -360,10 +360,7 @@ impl NativeServer {
     ) -> napi::Result<Self> {
         let kind = transport_kind(&transport)?;
         // WS only: accept only clients whose certificate has one of these SHA-1 fingerprints.
-        let verify_client = allow_fingerprints.map(|allowed| {
-            let allowed: std::collections::HashSet<String> = allowed.into_iter().map(|f| f.to_ascii_uppercase()).collect();
-            grenache::tls::verify_client(move |c| c.cert.is_some_and(|cert| allowed.contains(&cert.fingerprint)))
-        });
+        let verify_client = allow_fingerprints.map(grenache::tls::allow_fingerprints);
         let pending = Arc::new(Pending::default());
         let p2 = pending.clone();
         let handler = Arc::new(handler);

@@ -106,6 +106,24 @@ where
     Arc::new(f)
 }
 
+/// A [`VerifyClient`] hook that accepts only clients whose certificate has one of these SHA-1
+/// fingerprints (`"AA:BB:..."`, compared without regard to case): the reference's
+/// `verifyClient` whitelist. A client without a certificate is refused.
+///
+/// ```
+/// let hook = grenache::tls::allow_fingerprints(["E1:63:C1:46:B3:B6:46:3B:5E:92:98:34:40:A1:AB:FB:0E:92:D0:76"]);
+/// # let _ = hook;
+/// ```
+pub fn allow_fingerprints<I, S>(fingerprints: I) -> VerifyClient
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let allowed: std::collections::HashSet<String> = fingerprints.into_iter().map(|f| f.as_ref().to_ascii_uppercase()).collect();
+    // Fingerprints are made upper case (`fingerprint_sha1`).
+    verify_client(move |c| c.cert.is_some_and(|cert| allowed.contains(&cert.fingerprint)))
+}
+
 /// The client certificate of a server-side `tokio-rustls` stream (the leaf), if the client sent one.
 pub fn client_cert<IO>(stream: &tokio_rustls::server::TlsStream<IO>) -> Option<PeerCert> {
     stream.get_ref().1.peer_certificates()?.first().map(|c| PeerCert::from_der(c.to_vec()))
@@ -130,4 +148,19 @@ pub(crate) fn colon_hex(bytes: &[u8]) -> String {
         s.push_str(&format!("{b:02X}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_fingerprints_accepts_only_listed_certificates() {
+        let cert = PeerCert::from_der(b"not really DER, only hashed".to_vec());
+        let hook = allow_fingerprints([cert.fingerprint.to_ascii_lowercase()]);
+        assert!(hook(&ClientInfo::new(Some(&cert), None, "/ws")));
+        let other = PeerCert::from_der(b"another".to_vec());
+        assert!(!hook(&ClientInfo::new(Some(&other), None, "/ws")));
+        assert!(!hook(&ClientInfo::new(None, None, "/ws")));
+    }
 }
