@@ -107,13 +107,14 @@ async fn http_tls_rust_client_to_node_server_reference_certs() {
     let r = client.request("rpc_tls_node", "hello", &RequestOptions { compress: true, ..opts() }).await.unwrap();
     assert_eq!(r["meta"]["compress"], true);
     // Connections are pooled: 20 sequential requests reuse the TLS connection(s) already open
-    // (the reference makes a new TLS connection per request). The pool may have opened a second
-    // one while the first was being returned, hence <= 2.
+    // (the reference makes a new TLS connection per request, which would be 23 here). The pool
+    // can open another one when a request starts while the previous connection is still being
+    // handed back (seen with 3 on a loaded 2-core machine), hence a bound well below 23.
     for _ in 0..20 {
         client.request("rpc_tls_node", "x", &opts()).await.unwrap();
     }
     let live = http.active_connections(&format!("127.0.0.1:{port}"));
-    assert!((1..=2).contains(&live), "{live} connections");
+    assert!((1..=4).contains(&live), "{live} connections for 23 requests");
     // Streaming mode over TLS to Node's buffered server.
     let b: BodyStream = Box::pin(futures_util::stream::once(async {
         Ok(bytes::Bytes::from_static(b"[\"UUID\",\"ignored\",\"hello\"]"))
