@@ -121,14 +121,19 @@ async fn ours_rpc(server_rt: &tokio::runtime::Handle, link: &Link, seq: usize, r
     for _ in 0..300 {
         call(client.clone(), opts.clone()).await;
     }
-    let mut seq_lat = Samples::with_capacity(seq);
-    let t0 = Instant::now();
-    for _ in 0..seq {
-        let a = Instant::now();
-        call(client.clone(), opts.clone()).await;
-        seq_lat.push(a.elapsed());
-    }
-    let seq_secs = t0.elapsed().as_secs_f64();
+    let (c2, o2) = (client.clone(), opts.clone());
+    let seq_loop = async move {
+        let mut seq_lat = Samples::with_capacity(seq);
+        let t0 = Instant::now();
+        for _ in 0..seq {
+            let a = Instant::now();
+            call(c2.clone(), o2.clone()).await;
+            seq_lat.push(a.elapsed());
+        }
+        (seq_lat, t0.elapsed().as_secs_f64())
+    };
+    let (mut seq_lat, seq_secs) =
+        if std::env::var_os("WS_SEQ_INLINE").is_some() { seq_loop.await } else { tokio::spawn(seq_loop).await.expect("join") };
     let mut conc_lat = Samples::with_capacity(rounds * 100);
     let t0 = Instant::now();
     for _ in 0..rounds {
@@ -310,6 +315,18 @@ fn main() {
     rt.block_on(async {
         let g = start_grapes().await;
         let link = Link::new(LinkConfig::with_grape(g.url.clone())).expect("link");
+        if std::env::args().any(|a| a == "--floor-only") {
+            let (rps, p50) = floor_ping_pong(&server_rt, 200_000).await;
+            println!("floor: {rps:.0} round trips/s (p50 {p50} µs)");
+            return;
+        }
+        if std::env::args().any(|a| a == "--ours-only") {
+            // For profiling: only our RPC rows, longer.
+            let n: usize = std::env::var("WS_SEQ").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+            let ours = ours_rpc(&server_rt, &link, n, n / 200).await;
+            println!("ours: sequential {:.0} req/s (p50 {} µs), 100 in flight {:.0} req/s", ours.seq_rps, ours.seq_p50, ours.conc_rps);
+            return;
+        }
         eprintln!("RPC: ours...");
         let ours = ours_rpc(&server_rt, &link, 20_000, 300).await;
         eprintln!("RPC: Node reference...");

@@ -15,6 +15,7 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 pub mod http;
 pub mod ws;
+mod wsframe;
 
 pub use crate::rpc::TransportKind;
 

@@ -40,22 +40,22 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HsRequest, Response as HsResponse};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, HandshakeError, Msg, OP_PONG, OP_TEXT, Side};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{decode_reply, decode_request, encode_reply};
@@ -169,15 +169,16 @@ pub(crate) struct AcceptSettings {
 }
 
 /// Runs the TLS handshake (if any), the `verify_client` hook and the WebSocket upgrade on an
-/// accepted TCP stream. A refusal by the hook is answered `HTTP 401`.
-pub(crate) async fn accept_ws(
+/// accepted TCP stream. A refusal by the hook is answered `HTTP 401`. Returns the stream, the
+/// bytes the client sent after its upgrade request, and the client certificate.
+pub(crate) async fn accept_raw(
     tcp: TcpStream,
     remote: SocketAddr,
     s: &AcceptSettings,
-) -> Result<(Ws, Option<Arc<PeerCert>>)> {
+) -> Result<(NetStream, Vec<u8>, Option<Arc<PeerCert>>)> {
     let _ = tcp.set_nodelay(true);
     let fut = async {
-        let (stream, cert) = match &s.tls {
+        let (mut stream, cert) = match &s.tls {
             Some(tls) => {
                 let t = tls
                     .acceptor()
@@ -190,38 +191,29 @@ pub(crate) async fn accept_ws(
             None => (NetStream::Plain(tcp), None),
         };
         let hook = s.verify_client.clone();
-        let cert2 = cert.clone();
-        let refused = Arc::new(AtomicBool::new(false));
-        let refused2 = refused.clone();
-        #[allow(clippy::result_large_err)] // the signature is tungstenite's
-        let callback = move |req: &HsRequest, resp: HsResponse| -> std::result::Result<HsResponse, ErrorResponse> {
-            if let Some(hook) = hook {
-                let info = ClientInfo::new(cert2.as_deref(), Some(remote), req.uri().path());
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&info))).unwrap_or(false);
-                if !ok {
-                    refused2.store(true, Ordering::Relaxed);
-                    let mut r = ErrorResponse::new(Some("Unauthorized".to_string()));
-                    *r.status_mut() = http::StatusCode::UNAUTHORIZED;
-                    return Err(r);
-                }
+        let allow = |path: &str| match &hook {
+            Some(hook) => {
+                let info = ClientInfo::new(cert.as_deref(), Some(remote), path);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&info))).unwrap_or(false)
             }
-            Ok(resp)
+            None => true,
         };
-        let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(s.max_message_size)))
-            .await
-            .map_err(|e| {
-                if refused.load(Ordering::Relaxed) {
-                    Error::new(ErrorKind::ClientRefused, format!("verify_client refused {remote}"))
-                } else {
-                    Error::new(ErrorKind::Protocol, format!("WebSocket upgrade from {remote}: {e}"))
-                }
-            })?;
-        Ok((ws, cert))
+        let (_path, leftover) = wsframe::server_handshake(&mut stream, allow).await.map_err(|e| match e {
+            HandshakeError::Refused => Error::new(ErrorKind::ClientRefused, format!("verify_client refused {remote}")),
+            other => Error::new(ErrorKind::Protocol, format!("WebSocket upgrade from {remote}: {other}")),
+        })?;
+        Ok((stream, leftover, cert))
     };
     match tokio::time::timeout(s.handshake_timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::timeout(format!("handshake with {remote} timed out"))),
     }
+}
+
+/// [`accept_raw`] with tungstenite's framing on top (PUB/SUB).
+pub(crate) async fn accept_ws(tcp: TcpStream, remote: SocketAddr, s: &AcceptSettings) -> Result<(Ws, Option<Arc<PeerCert>>)> {
+    let (stream, leftover, cert) = accept_raw(tcp, remote, s).await?;
+    Ok((wsframe::into_tungstenite(stream, leftover, Side::Server, s.max_message_size).await, cert))
 }
 
 /// Splits `"host:port"` into its host (brackets kept off) and port.
@@ -238,14 +230,15 @@ fn split_dest(dest: &str) -> Result<(String, u16)> {
 /// Dials `ws(s)://dest/ws`: TCP connect, TLS handshake when `tls` is set, WebSocket upgrade, all
 /// within `timeout`. Errors: [`ErrorKind::Connect`] (refused, unreachable, bad response),
 /// [`ErrorKind::TlsHandshake`], [`ErrorKind::ClientRefused`] (`HTTP 401`), [`ErrorKind::Timeout`].
-pub(crate) async fn dial(dest: &str, tls: Option<&ClientTls>, max_message_size: usize, timeout: Duration) -> Result<Ws> {
+/// Returns the stream and the bytes the server sent after its `101`.
+pub(crate) async fn dial_raw(dest: &str, tls: Option<&ClientTls>, timeout: Duration) -> Result<(NetStream, Vec<u8>)> {
     let (host, port) = split_dest(dest)?;
     let fut = async {
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| Error::new(ErrorKind::Connect, format!("connect to {dest}: {e}")).with_source(e))?;
         let _ = tcp.set_nodelay(true);
-        let (stream, scheme) = match tls {
+        let mut stream = match tls {
             Some(tls) => {
                 let name = crate::tls::server_name(&host)?;
                 let t = tls
@@ -253,26 +246,18 @@ pub(crate) async fn dial(dest: &str, tls: Option<&ClientTls>, max_message_size: 
                     .connect(name, tcp)
                     .await
                     .map_err(|e| Error::new(ErrorKind::TlsHandshake, format!("TLS with {dest}: {e}")))?;
-                (NetStream::ClientTls(Box::new(t)), "wss")
+                NetStream::ClientTls(Box::new(t))
             }
-            None => (NetStream::Plain(tcp), "ws"),
+            None => NetStream::Plain(tcp),
         };
-        let url = if host.contains(':') { format!("{scheme}://[{host}]:{port}/ws") } else { format!("{scheme}://{host}:{port}/ws") };
-        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(max_message_size)))
-            .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(resp) if resp.status() == http::StatusCode::UNAUTHORIZED => {
-                    Error::new(ErrorKind::ClientRefused, format!("{dest} refused the client (HTTP 401)"))
-                }
-                tungstenite::Error::Http(resp) => {
-                    Error::new(ErrorKind::Connect, format!("{dest} answered HTTP {} to the upgrade", resp.status()))
-                }
-                tungstenite::Error::Io(e) if is_tls_alert(&e) => {
-                    Error::new(ErrorKind::TlsHandshake, format!("TLS with {dest}: {e}"))
-                }
-                other => Error::new(ErrorKind::Connect, format!("WebSocket upgrade with {dest}: {other}")),
-            })?;
-        Ok(ws)
+        let host_port = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let leftover = wsframe::client_handshake(&mut stream, &host_port, "/ws").await.map_err(|e| match e {
+            HandshakeError::Status(401) => Error::new(ErrorKind::ClientRefused, format!("{dest} refused the client (HTTP 401)")),
+            HandshakeError::Status(s) => Error::new(ErrorKind::Connect, format!("{dest} answered HTTP {s} to the upgrade")),
+            HandshakeError::Io(e) if is_tls_alert(&e) => Error::new(ErrorKind::TlsHandshake, format!("TLS with {dest}: {e}")),
+            other => Error::new(ErrorKind::Connect, format!("WebSocket upgrade with {dest}: {other}")),
+        })?;
+        Ok((stream, leftover))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
@@ -280,18 +265,16 @@ pub(crate) async fn dial(dest: &str, tls: Option<&ClientTls>, max_message_size: 
     }
 }
 
+/// [`dial_raw`] with tungstenite's framing on top (PUB/SUB).
+pub(crate) async fn dial(dest: &str, tls: Option<&ClientTls>, max_message_size: usize, timeout: Duration) -> Result<Ws> {
+    let (stream, leftover) = dial_raw(dest, tls, timeout).await?;
+    Ok(wsframe::into_tungstenite(stream, leftover, Side::Client, max_message_size).await)
+}
+
 /// In TLS 1.3 the server checks the client certificate after the client finished its handshake,
 /// so a refusal shows up as an alert on the first read.
 fn is_tls_alert(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-}
-
-fn message_bytes(msg: &Message) -> Option<&[u8]> {
-    match msg {
-        Message::Text(t) => Some(t.as_bytes()),
-        Message::Binary(b) => Some(b),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,7 +468,7 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         let connections = connections.clone();
         async move {
-            let (ws, cert) = match accept_ws(tcp, remote, &settings).await {
+            let (io, leftover, cert) = match accept_raw(tcp, remote, &settings).await {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!("ws: {e}");
@@ -493,7 +476,8 @@ async fn accept_loop(
                 }
             };
             connections.fetch_add(1, Ordering::Relaxed);
-            serve_connection(ws, remote, cert, handler, in_flight, reply_timeout, shutdown).await;
+            let max = settings.max_message_size;
+            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, shutdown).await;
             connections.fetch_sub(1, Ordering::Relaxed);
         }
     })
@@ -511,103 +495,152 @@ async fn write_within<F: std::future::Future>(fut: F) -> Option<F::Output> {
     }
 }
 
-/// The reply envelope `[rid, error|null, result]` as text, written without building a tree.
-fn reply_text<R: serde::Serialize>(rid: &Value, body: &std::result::Result<R, String>) -> String {
-    let mut out = Vec::with_capacity(64);
+/// Writes the reply envelope `[rid, error|null, result]` into `out` (cleared first), without
+/// building a tree.
+fn reply_json<R: serde::Serialize>(out: &mut Vec<u8>, rid: &Value, body: &std::result::Result<R, String>) {
+    out.clear();
     out.push(b'[');
-    let ok = serde_json::to_writer(&mut out, rid).is_ok()
+    let ok = serde_json::to_writer(&mut *out, rid).is_ok()
         && match body {
             Ok(result) => {
                 out.extend_from_slice(b",null,");
-                serde_json::to_writer(&mut out, result).is_ok()
+                serde_json::to_writer(&mut *out, result).is_ok()
             }
             Err(msg) => {
                 out.push(b',');
-                let ok = serde_json::to_writer(&mut out, msg).is_ok();
+                let ok = serde_json::to_writer(&mut *out, msg).is_ok();
                 out.extend_from_slice(b",null");
                 ok
             }
         };
     out.push(b']');
     if !ok {
-        out = encode_reply(rid, body);
+        *out = encode_reply(rid, body);
     }
-    // serde_json writes UTF-8 only.
+}
+
+/// The reply envelope as text (see [`reply_json`]).
+#[cfg(test)]
+fn reply_text<R: serde::Serialize>(rid: &Value, body: &std::result::Result<R, String>) -> String {
+    let mut out = Vec::new();
+    reply_json(&mut out, rid, body);
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// A server connection's outgoing bytes: reply frames are appended as they come and written out
+/// together when nothing else is ready.
+struct Outbox {
+    frames: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Outbox {
+    fn reply<R: serde::Serialize>(&mut self, rid: &Value, body: &std::result::Result<R, String>) {
+        reply_json(&mut self.scratch, rid, body);
+        wsframe::encode_frame(&mut self.frames, OP_TEXT, &self.scratch, None);
+        if self.scratch.capacity() > 64 * 1024 {
+            self.scratch = Vec::new();
+        }
+    }
+
+    /// Writes what is queued (allowing [`WRITE_TIMEOUT`]); false when the socket is gone.
+    async fn flush(&mut self, io: &mut NetStream) -> bool {
+        if self.frames.is_empty() {
+            return true;
+        }
+        let ok = matches!(write_within(wsframe::write_out(io, &mut self.frames)).await, Some(Ok(())));
+        if self.frames.capacity() > 256 * 1024 {
+            self.frames = Vec::new();
+        }
+        ok
+    }
+}
+
 /// Serves one socket in one task: reads requests, runs the handler on each in turn
-/// ([`start_dispatch`]); a reply given before the handler returns is written at once, a kept
-/// [`crate::rpc::Reply`] is awaited concurrently (up to `max_in_flight`) and written when it comes.
-/// Replies are flushed when nothing else is ready.
+/// ([`start_dispatch`]); a reply given before the handler returns is queued at once, a kept
+/// [`crate::rpc::Reply`] is awaited concurrently (up to `max_in_flight`) and queued when it comes.
+/// Queued replies go out in one write once every whole request read so far has been handled.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    mut ws: Ws,
+    mut io: NetStream,
+    leftover: Vec<u8>,
     remote: SocketAddr,
     cert: Option<Arc<PeerCert>>,
     handler: Arc<dyn Handler>,
     max_in_flight: usize,
+    max_message_size: usize,
     reply_timeout: Option<Duration>,
     shutdown: CancellationToken,
 ) {
+    let mut frames = FrameReader::new(Side::Server, max_message_size, leftover);
+    let mut out = Outbox { frames: Vec::with_capacity(4096), scratch: Vec::with_capacity(256) };
     let mut running = FuturesUnordered::new();
-    let mut dirty = false;
     let info = RequestInfo { transport: TransportKind::Ws, remote_addr: Some(remote), cert, http: None };
-    loop {
+    let closing: (u16, String) = loop {
+        // Handle every whole message buffered, up to the in-flight bound.
+        let mut close = None;
+        while running.len() < max_in_flight {
+            match frames.next_message() {
+                Ok(Some(Msg::Text(bytes) | Msg::Binary(bytes))) => match decode_request(bytes) {
+                    Ok(d) => {
+                        let req = Request { rid: d.rid.clone(), key: d.key, payload: d.payload, info: info.clone() };
+                        // A handler that answers before returning (the common case) has its reply
+                        // queued at once; only a kept `Reply` becomes a future to poll.
+                        match start_dispatch(&*handler, req) {
+                            Dispatched::Answered(body) => out.reply(&d.rid, &body),
+                            Dispatched::Pending(rx) => {
+                                running.push(async move { (d.rid, await_reply(rx, reply_timeout).await) });
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("ws {remote}: dropped a malformed request: {e}"),
+                },
+                Ok(Some(Msg::Ping(p))) => wsframe::encode_frame(&mut out.frames, OP_PONG, p, None),
+                Ok(Some(Msg::Close(code))) => {
+                    close = Some((code.unwrap_or(CLOSE_NORMAL), String::new()));
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("ws {remote}: {e}");
+                    close = Some((e.close_code(), e.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some(c) = close {
+            break c;
+        }
+        if !out.flush(&mut io).await {
+            return;
+        }
         tokio::select! {
             biased;
             Some((rid, body)) = running.next(), if !running.is_empty() => {
-                let fed = write_within(ws.feed(Message::text(reply_text(&rid, &body)))).await;
-                if !matches!(fed, Some(Ok(()))) {
+                out.reply(&rid, &body);
+                // Replies that are ready together leave together.
+                while let Some(Some((rid, body))) = running.next().now_or_never() {
+                    out.reply(&rid, &body);
+                }
+            }
+            r = frames.fill(&mut io), if running.len() < max_in_flight => match r {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("ws {remote}: {e}");
                     return;
                 }
-                dirty = true;
-            }
-            msg = ws.next(), if running.len() < max_in_flight => {
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::debug!("ws {remote}: {e}");
-                        break;
-                    }
-                    None => break,
-                };
-                match message_bytes(&msg) {
-                    Some(bytes) => match decode_request(bytes) {
-                        Ok(d) => {
-                            let req = Request { rid: d.rid.clone(), key: d.key, payload: d.payload, info: info.clone() };
-                            // A handler that answers before returning (the common case) has its
-                            // reply written at once; only a kept `Reply` becomes a future to poll.
-                            match start_dispatch(&*handler, req) {
-                                Dispatched::Answered(body) => {
-                                    let text = reply_text(&d.rid, &body);
-                                    let fed = write_within(ws.feed(Message::text(text))).await;
-                                    if !matches!(fed, Some(Ok(()))) {
-                                        return;
-                                    }
-                                    dirty = true;
-                                }
-                                Dispatched::Pending(rx) => {
-                                    running.push(async move { (d.rid, await_reply(rx, reply_timeout).await) });
-                                }
-                            }
-                        }
-                        Err(e) => tracing::debug!("ws {remote}: dropped a malformed request: {e}"),
-                    },
-                    // Pings are answered by tungstenite on the next flush; a close is echoed.
-                    None => dirty = true,
-                }
-            }
-            _ = std::future::ready(()), if dirty => {
-                // Nothing else is ready: write out what was batched.
-                if !matches!(write_within(ws.flush()).await, Some(Ok(()))) {
-                    return;
-                }
-                dirty = false;
-            }
-            _ = shutdown.cancelled() => break,
+            },
+            _ = shutdown.cancelled() => break (CLOSE_GOING_AWAY, "the server is closing".to_string()),
         }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    };
+    // Send the close frame (after what is queued) and let the socket go.
+    wsframe::encode_close(&mut out.frames, closing.0, &closing.1, None);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = wsframe::write_out(&mut io, &mut out.frames).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -718,12 +751,85 @@ struct PendingState {
     closed: bool,
 }
 
-type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+/// The read half of a client socket (owned by its reader task).
+enum ReadHalf {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<NetStream>),
+}
 
-/// One live WebSocket: requesters write their frames themselves (under `sink`), a reader task
+impl AsyncRead for ReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The write half of a client socket (shared by its requesters under [`Session::writer`]).
+enum WriteHalf {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<NetStream>),
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+fn split_stream(io: NetStream) -> (ReadHalf, WriteHalf) {
+    match io {
+        NetStream::Plain(tcp) => {
+            let (r, w) = tcp.into_split();
+            (ReadHalf::Plain(r), WriteHalf::Plain(w))
+        }
+        tls => {
+            let (r, w) = tokio::io::split(tls);
+            (ReadHalf::Tls(r), WriteHalf::Tls(w))
+        }
+    }
+}
+
+/// A client socket's writing side: frames are appended to `buf` whole and written from its
+/// front, so a requester cancelled mid-write leaves the rest for the next writer and the stream
+/// stays well-formed.
+struct Writer {
+    half: WriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    async fn write_out(&mut self) -> bool {
+        let ok = wsframe::write_out(&mut self.half, &mut self.buf).await.is_ok();
+        if self.buf.capacity() > 256 * 1024 && self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+        ok
+    }
+}
+
+/// One live WebSocket: requesters write their frames themselves (under `writer`), a reader task
 /// completes `pending` and closes the socket when it ends.
 struct Session {
-    sink: tokio::sync::Mutex<WsSink>,
+    writer: tokio::sync::Mutex<Writer>,
     pending: Mutex<PendingState>,
     last_used: AtomicU64,
     /// Tells the reader task to close the socket (client closed, write failure).
@@ -739,24 +845,20 @@ impl Session {
         self.lock().closed
     }
 
-    /// Writes one frame from the requesting task (no hop through a writer task). Alone on the
-    /// socket it is flushed at once; when other requests are in flight, the requester yields once
-    /// first so the frames of requests issued together leave in one write. Every requester flushes
-    /// before it waits for its reply (the flush finds nothing to write when another one did it).
-    /// A frame is either queued whole or not at all, so a requester cancelled at any await point
-    /// leaves the stream well-formed.
-    async fn write(&self, frame: Message, batch: bool) -> bool {
+    /// Writes one text frame from the requesting task (no hop through a writer task). Alone on
+    /// the socket it is written at once; when other requests are in flight, the requester yields
+    /// once first so the frames of requests issued together leave in one write. Every requester
+    /// writes out before it waits for its reply (finding nothing to write when another one did).
+    async fn write(&self, payload: &[u8], batch: bool) -> bool {
         {
-            let mut sink = self.sink.lock().await;
-            if sink.feed(frame).await.is_err() {
-                return false;
-            }
+            let mut w = self.writer.lock().await;
+            wsframe::encode_frame(&mut w.buf, OP_TEXT, payload, Some(wsframe::mask_key()));
             if !batch {
-                return sink.flush().await.is_ok();
+                return w.write_out().await;
             }
         }
         tokio::task::yield_now().await;
-        self.sink.lock().await.flush().await.is_ok()
+        self.writer.lock().await.write_out().await
     }
 
     /// Marks the session closed and fails everything in flight with `why`.
@@ -806,10 +908,10 @@ impl Conn {
         {
             return Err(Error::new(*kind, msg.clone()));
         }
-        match dial(&self.dest, inner.config.tls.as_ref(), inner.config.max_message_size, inner.config.connect_timeout).await {
-            Ok(ws) => {
+        match dial_raw(&self.dest, inner.config.tls.as_ref(), inner.config.connect_timeout).await {
+            Ok((io, leftover)) => {
                 st.last_failure = None;
-                let s = self.start_session(ws, inner);
+                let s = self.start_session(io, leftover, inner);
                 *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
                 Ok(s)
             }
@@ -820,21 +922,36 @@ impl Conn {
         }
     }
 
-    fn start_session(self: &Arc<Self>, ws: Ws, inner: &ClientInner) -> Arc<Session> {
-        let (sink, stream) = ws.split();
+    fn start_session(self: &Arc<Self>, io: NetStream, leftover: Vec<u8>, inner: &ClientInner) -> Arc<Session> {
+        let (rd, wr) = split_stream(io);
         let session = Arc::new(Session {
-            sink: tokio::sync::Mutex::new(sink),
+            writer: tokio::sync::Mutex::new(Writer { half: wr, buf: Vec::with_capacity(1024) }),
             pending: Mutex::new(PendingState { map: HashMap::new(), closed: false }),
             last_used: AtomicU64::new(inner.now_ms()),
             close: CancellationToken::new(),
         });
-        tokio::spawn(reader_task(stream, session.clone(), Arc::downgrade(self), inner.config.idle_timeout, inner.epoch));
+        let frames = FrameReader::new(Side::Client, inner.config.max_message_size, leftover);
+        tokio::spawn(reader_task(rd, frames, session.clone(), Arc::downgrade(self), inner.config.idle_timeout, inner.epoch));
         session
     }
 }
 
+/// Completes the request a reply frame answers (a reply nobody waits for any more is dropped).
+fn complete(session: &Session, bytes: &[u8]) {
+    let Ok(reply) = decode_reply(bytes) else { return };
+    let key = match &reply.rid {
+        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    };
+    let waiter = session.lock().map.remove(key.as_ref());
+    if let Some(w) = waiter {
+        let _ = w.send(crate::rpc::reply_to_result(reply.error, reply.result));
+    }
+}
+
 async fn reader_task(
-    mut stream: futures_util::stream::SplitStream<Ws>,
+    mut rd: ReadHalf,
+    mut frames: FrameReader,
     session: Arc<Session>,
     conn: Weak<Conn>,
     idle: Option<Duration>,
@@ -843,31 +960,39 @@ async fn reader_task(
     let tick = idle.map(|i| (i / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))).unwrap_or(Duration::from_secs(5));
     let mut sweep = tokio::time::interval(tick);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let why = loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(m)) => {
-                    let Some(bytes) = message_bytes(&m) else {
-                        if matches!(m, Message::Close(_)) {
-                            break "the server closed the socket";
-                        }
-                        continue;
-                    };
-                    let Ok(reply) = decode_reply(bytes) else { continue };
-                    let key = match &reply.rid {
-                        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
-                        other => std::borrow::Cow::Owned(other.to_string()),
-                    };
-                    let waiter = session.lock().map.remove(key.as_ref());
-                    if let Some(w) = waiter {
-                        let _ = w.send(crate::rpc::reply_to_result(reply.error, reply.result));
+    let mut close = (CLOSE_NORMAL, String::new());
+    let why = 'read: loop {
+        loop {
+            match frames.next_message() {
+                Ok(Some(Msg::Text(bytes) | Msg::Binary(bytes))) => complete(&session, bytes),
+                Ok(Some(Msg::Ping(p))) => {
+                    let p = p.to_vec();
+                    let mut w = session.writer.lock().await;
+                    wsframe::encode_frame(&mut w.buf, OP_PONG, &p, Some(wsframe::mask_key()));
+                    if !w.write_out().await {
+                        break 'read "the socket failed";
                     }
                 }
-                Some(Err(e)) => {
+                Ok(Some(Msg::Close(code))) => {
+                    close.0 = code.unwrap_or(CLOSE_NORMAL);
+                    break 'read "the server closed the socket";
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("ws client read: {e}");
+                    close = (e.close_code(), e.to_string());
+                    break 'read "the server broke the protocol";
+                }
+            }
+        }
+        tokio::select! {
+            r = frames.fill(&mut rd) => match r {
+                Ok(0) => break "the socket closed",
+                Ok(_) => {}
+                Err(e) => {
                     tracing::debug!("ws client read: {e}");
                     break "the socket failed";
                 }
-                None => break "the socket closed",
             },
             _ = sweep.tick() => {
                 let now = epoch.elapsed().as_millis() as u64;
@@ -892,7 +1017,14 @@ async fn reader_task(
     };
     session.fail_all(ErrorKind::Closed, &format!("ERR_TRANSPORT_CLOSE: {why}"));
     // Send a close frame when the socket still takes one, and let the socket go.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async { session.sink.lock().await.close().await }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut w = session.writer.lock().await;
+        wsframe::encode_close(&mut w.buf, close.0, &close.1, Some(wsframe::mask_key()));
+        if w.write_out().await {
+            let _ = w.half.shutdown().await;
+        }
+    })
+    .await;
 }
 
 struct ClientInner {
@@ -1053,7 +1185,7 @@ impl WsClient {
     }
 
     async fn request_inner(&self, conn: Arc<Conn>, request: OutgoingRequest) -> Result<Value> {
-        let mut frame = Some(Message::text(String::from_utf8(request.envelope()).unwrap_or_default()));
+        let mut frame = Some(request.envelope());
         // Two tries: a socket that closes between picking it and registering the request is
         // replaced once.
         for _ in 0..2 {
@@ -1081,7 +1213,7 @@ impl WsClient {
             // pending its socket is never idle.)
             let guard = PendingGuard { session: &session, rid: &request.rid, inner: &self.inner };
             let Some(frame) = frame.take() else { break };
-            if !session.write(frame, batch).await {
+            if !session.write(&frame, batch).await {
                 drop(guard);
                 // The socket is broken: the reader task fails what is in flight and closes it.
                 session.lock().closed = true;
