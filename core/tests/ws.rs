@@ -389,3 +389,249 @@ async fn ws_extreme_settings_do_not_panic() {
         Err(e) => assert_eq!(e.kind(), ErrorKind::Timeout),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Frame level: the RPC sockets' own RFC 6455 framing, against hand-written bytes.
+// ---------------------------------------------------------------------------------------------
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One frame as bytes; `mask` set for client frames.
+fn raw_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Reads one whole unmasked frame: (fin, opcode, payload); `None` at the end of the stream.
+async fn read_raw_frame(s: &mut tokio::net::TcpStream) -> Option<(bool, u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(LONG, s.read_exact(&mut h)).await.expect("frame in time").ok()?;
+    let mut len = u64::from(h[1] & 0x7F);
+    if len == 126 {
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).await.ok()?;
+        len = u64::from(u16::from_be_bytes(b));
+    } else if len == 127 {
+        let mut b = [0u8; 8];
+        s.read_exact(&mut b).await.ok()?;
+        len = u64::from_be_bytes(b);
+    }
+    let mut key = None;
+    if h[1] & 0x80 != 0 {
+        let mut k = [0u8; 4];
+        s.read_exact(&mut k).await.ok()?;
+        key = Some(k);
+    }
+    let mut p = vec![0u8; len as usize];
+    s.read_exact(&mut p).await.ok()?;
+    if let Some(k) = key {
+        p.iter_mut().enumerate().for_each(|(i, b)| *b ^= k[i % 4]);
+    }
+    Some((h[0] & 0x80 != 0, h[0] & 0x0F, p))
+}
+
+/// Reads an HTTP head up to the blank line.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(LONG, s.read_exact(&mut b)).await.expect("head in time").expect("head");
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A raw client socket that did the opening handshake with `addr`.
+async fn raw_socket(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+const K: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+
+#[tokio::test]
+async fn ws_server_frames_pings_fragments_and_the_close_handshake() {
+    let s = server().await;
+    let mut c = raw_socket(s.local_addr()).await;
+    // A ping is answered with a pong carrying its bytes.
+    c.write_all(&raw_frame(true, 0x9, b"are you there", K)).await.expect("write");
+    assert_eq!(read_raw_frame(&mut c).await, Some((true, 0xA, b"are you there".to_vec())));
+    // A request in three fragments, with a ping and a pong between them, is one request.
+    let req = br#"["frag-1","k","hello"]"#;
+    let mut bytes = raw_frame(false, 0x1, &req[..5], K);
+    bytes.extend(raw_frame(true, 0x9, b"p", K));
+    bytes.extend(raw_frame(false, 0x0, &req[5..12], K));
+    bytes.extend(raw_frame(true, 0xA, b"", K));
+    bytes.extend(raw_frame(true, 0x0, &req[12..], K));
+    // Two whole requests in the same write are answered in one go.
+    bytes.extend(raw_frame(true, 0x1, br#"["two-a","k","hello"]"#, K));
+    bytes.extend(raw_frame(true, 0x2, br#"["two-b","k",7]"#, K));
+    c.write_all(&bytes).await.expect("write");
+    assert_eq!(read_raw_frame(&mut c).await, Some((true, 0xA, b"p".to_vec())));
+    assert_eq!(read_raw_frame(&mut c).await, Some((true, 0x1, br#"["frag-1",null,"world"]"#.to_vec())));
+    assert_eq!(read_raw_frame(&mut c).await, Some((true, 0x1, br#"["two-a",null,"world"]"#.to_vec())));
+    assert_eq!(read_raw_frame(&mut c).await, Some((true, 0x1, br#"["two-b",null,7]"#.to_vec())));
+    // A 64 KiB+ request (8-byte length form) round-trips.
+    let big = "x".repeat(70_000);
+    let req = serde_json::to_vec(&json!(["big", "k", big])).expect("json");
+    c.write_all(&raw_frame(true, 0x1, &req, K)).await.expect("write");
+    let (_, op, body) = read_raw_frame(&mut c).await.expect("big reply");
+    assert_eq!(op, 0x1);
+    assert_eq!(serde_json::from_slice::<Value>(&body).expect("json"), json!(["big", null, big]));
+    // A close is echoed with its code, then the server ends the stream.
+    c.write_all(&raw_frame(true, 0x8, &1000u16.to_be_bytes(), K)).await.expect("write");
+    let (_, op, body) = read_raw_frame(&mut c).await.expect("close echo");
+    assert_eq!((op, &body[..2]), (0x8, &1000u16.to_be_bytes()[..]));
+    assert_eq!(read_raw_frame(&mut c).await, None);
+}
+
+#[tokio::test]
+async fn ws_server_protocol_violations_close_only_that_socket() {
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let good = WsClient::default();
+    assert_eq!(good.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"));
+    let violations: Vec<Vec<u8>> = vec![
+        raw_frame(true, 0x1, br#"["u","k","hello"]"#, None), // a client frame without a mask
+        vec![0xC1, 0x80, 0, 0, 0, 0],                        // RSV1 without an extension
+        raw_frame(true, 0x3, b"", K),                        // a reserved opcode
+        raw_frame(true, 0x0, b"x", K),                       // a continuation of nothing
+        raw_frame(false, 0x9, b"x", K),                      // a fragmented ping
+    ];
+    for (i, v) in violations.into_iter().enumerate() {
+        let mut c = raw_socket(s.local_addr()).await;
+        c.write_all(&v).await.expect("write");
+        let (_, op, body) = read_raw_frame(&mut c).await.unwrap_or_else(|| panic!("case {i}: a close frame"));
+        assert_eq!(op, 0x8, "case {i}");
+        assert_eq!(&body[..2], &1002u16.to_be_bytes(), "case {i}");
+        assert_eq!(read_raw_frame(&mut c).await, None, "case {i}: then the end");
+        // The other client's socket is untouched.
+        assert_eq!(good.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"), "case {i}");
+    }
+    // An upgrade request that is not one gets an HTTP error, not a hang.
+    let mut c = tokio::net::TcpStream::connect(s.local_addr()).await.expect("connect");
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert!(read_head(&mut c).await.starts_with("HTTP/1.1 400"));
+    assert_eq!(good.open_sockets(&dest), good.pool_size(&dest), "none of the good client's sockets closed");
+}
+
+/// A hand-written server for the client side: accepts one socket, answers the handshake, then
+/// runs `script` on it.
+async fn raw_server<F, Fut>(script: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let l = tokio::net::TcpListener::bind(any_port()).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let head = read_head(&mut s).await;
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ").or_else(|| l.strip_prefix("sec-websocket-key: ")))
+            .expect("key")
+            .trim()
+            .to_string();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+        s.write_all(resp.as_bytes()).await.expect("write");
+        script(s).await;
+    });
+    addr
+}
+
+/// Reads one masked client frame and returns the request id of the request in it.
+async fn read_request_rid(s: &mut tokio::net::TcpStream) -> Value {
+    let (_, op, body) = read_raw_frame(s).await.expect("request");
+    assert_eq!(op, 0x1);
+    serde_json::from_slice::<Value>(&body).expect("json")[0].clone()
+}
+
+#[tokio::test]
+async fn ws_client_answers_pings_and_reads_fragmented_replies() {
+    let addr = raw_server(|mut s| async move {
+        let rid = read_request_rid(&mut s).await;
+        s.write_all(&raw_frame(true, 0x9, b"ping!", None)).await.expect("write");
+        assert_eq!(read_raw_frame(&mut s).await, Some((true, 0xA, b"ping!".to_vec())), "the client's pong");
+        let reply = serde_json::to_vec(&json!([rid, null, {"ok": true}])).expect("json");
+        let mut bytes = raw_frame(false, 0x1, &reply[..3], None);
+        bytes.extend(raw_frame(true, 0x0, &reply[3..], None));
+        s.write_all(&bytes).await.expect("write");
+        // Keep the socket open until the client goes.
+        let _ = read_raw_frame(&mut s).await;
+    })
+    .await;
+    let c = WsClient::default();
+    assert_eq!(c.send(&addr.to_string(), out(json!("x"), Some(LONG))).await.expect("reply"), json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn ws_client_fails_in_flight_requests_at_once_on_a_protocol_violation() {
+    let addr = raw_server(|mut s| async move {
+        let _ = read_request_rid(&mut s).await;
+        // A masked frame from a server is a violation: the client closes with 1002.
+        s.write_all(&raw_frame(true, 0x1, b"[]", Some([1, 2, 3, 4]))).await.expect("write");
+        let (_, op, body) = read_raw_frame(&mut s).await.expect("close");
+        assert_eq!((op, &body[..2]), (0x8, &1002u16.to_be_bytes()[..]));
+    })
+    .await;
+    let c = WsClient::default();
+    let t = Instant::now();
+    let e = c.send(&addr.to_string(), out(json!("x"), Some(LONG))).await.expect_err("fails");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "at once, not at the timeout");
+}
+
+#[tokio::test]
+async fn ws_client_reports_a_bad_accept_key_and_http_statuses() {
+    // A 101 with the wrong Sec-WebSocket-Accept is not a WebSocket.
+    let l = tokio::net::TcpListener::bind(any_port()).await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        for resp in [
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm9wZQ==\r\n\r\n",
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let _ = read_head(&mut s).await;
+            s.write_all(resp.as_bytes()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let dest = addr.to_string();
+    let e = WsClient::default().send(&dest, out(json!("x"), Some(LONG))).await.expect_err("bad accept");
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    assert!(e.message().contains("Sec-WebSocket-Accept"), "{e}");
+    let e = WsClient::default().send(&dest, out(json!("x"), Some(LONG))).await.expect_err("403");
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    assert!(e.message().contains("403"), "{e}");
+    let e = WsClient::default().send(&dest, out(json!("x"), Some(LONG))).await.expect_err("401");
+    assert_eq!(e.kind(), ErrorKind::ClientRefused, "{e}");
+}

@@ -35,9 +35,10 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A single-threaded tokio runtime on its own thread, for our servers.
-fn server_runtime() -> tokio::runtime::Handle {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("server runtime");
+/// A single-threaded tokio runtime on its own thread (I/O and timers; the harness's child
+/// processes are watched by the main runtime, not by these).
+fn runtime_thread() -> tokio::runtime::Handle {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().expect("runtime");
     let handle = rt.handle().clone();
     std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
     handle
@@ -311,36 +312,60 @@ async fn floor_ping_pong(server_rt: &tokio::runtime::Handle, n: usize) -> (f64, 
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let server_rt = server_runtime();
+    let server_rt = runtime_thread();
+    let client_rt = runtime_thread();
+    // Runs `f(server runtime, link)` on the client runtime.
+    let on_client = |url: String, f: fn(tokio::runtime::Handle, Link) -> futures_util::future::BoxFuture<'static, Value>| {
+        let server_rt = server_rt.clone();
+        client_rt.spawn(async move {
+            let link = Link::new(LinkConfig::with_grape(url)).expect("link");
+            f(server_rt, link).await
+        })
+    };
     rt.block_on(async {
         let g = start_grapes().await;
-        let link = Link::new(LinkConfig::with_grape(g.url.clone())).expect("link");
+        let client = |f| { let h = on_client(g.url.clone(), f); async move { h.await.expect("client runtime") } };
         if std::env::args().any(|a| a == "--floor-only") {
-            let (rps, p50) = floor_ping_pong(&server_rt, 200_000).await;
-            println!("floor: {rps:.0} round trips/s (p50 {p50} µs)");
+            let v = client(|s, _| Box::pin(async move { json!(floor_ping_pong(&s, 200_000).await) })).await;
+            println!("floor: {:.0} round trips/s (p50 {} µs)", v[0].as_f64().unwrap_or(0.0), v[1]);
             return;
         }
         if std::env::args().any(|a| a == "--ours-only") {
             // For profiling: only our RPC rows, longer.
-            let n: usize = std::env::var("WS_SEQ").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-            let ours = ours_rpc(&server_rt, &link, n, n / 200).await;
-            println!("ours: sequential {:.0} req/s (p50 {} µs), 100 in flight {:.0} req/s", ours.seq_rps, ours.seq_p50, ours.conc_rps);
+            let v = client(|s, link| {
+                Box::pin(async move {
+                    let n: usize = std::env::var("WS_SEQ").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+                    let o = ours_rpc(&s, &link, n, n / 200).await;
+                    json!([o.seq_rps, o.seq_p50, o.conc_rps])
+                })
+            })
+            .await;
+            println!("ours: sequential {:.0} req/s (p50 {} µs), 100 in flight {:.0} req/s", v[0].as_f64().unwrap_or(0.0), v[1], v[2].as_f64().unwrap_or(0.0));
             return;
         }
         eprintln!("RPC: ours...");
-        let ours = ours_rpc(&server_rt, &link, 20_000, 300).await;
+        let v = client(|s, link| {
+            Box::pin(async move {
+                let o = ours_rpc(&s, &link, 20_000, 300).await;
+                json!([o.seq_rps, o.seq_p50, o.seq_p99, o.conc_rps, o.conc_p50, o.conc_p99])
+            })
+        })
+        .await;
+        let f = |i: usize| v[i].as_f64().unwrap_or(0.0);
+        let ours = RpcFigures { seq_rps: f(0), seq_p50: f(1), seq_p99: f(2), conc_rps: f(3), conc_p50: f(4), conc_p99: f(5) };
         eprintln!("RPC: Node reference...");
         let node = node_rpc(&g.url, 5_000, 100).await;
         eprintln!("PUB/SUB 10 subscribers: ours...");
-        let ours10 = ours_pubsub(&server_rt, &link, 10, 50_000).await;
+        let ours10 = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await.as_f64().unwrap_or(0.0);
         eprintln!("PUB/SUB 10 subscribers: Node reference...");
         let node10 = node_pubsub(&g.url, 10, 20_000).await;
         eprintln!("PUB/SUB 100 subscribers: ours...");
-        let ours100 = ours_pubsub(&server_rt, &link, 100, 10_000).await;
+        let ours100 = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 100, 10_000).await) })).await.as_f64().unwrap_or(0.0);
         eprintln!("PUB/SUB 100 subscribers: Node reference...");
         let node100 = node_pubsub(&g.url, 100, 3_000).await;
         eprintln!("floor: TCP ping-pong...");
-        let (floor_rps, floor_p50) = floor_ping_pong(&server_rt, 20_000).await;
+        let v = client(|s, _| Box::pin(async move { json!(floor_ping_pong(&s, 20_000).await) })).await;
+        let (floor_rps, floor_p50) = (v[0].as_f64().unwrap_or(0.0), v[1].as_f64().unwrap_or(0.0));
 
         let row = |metric: &str, ours: f64, reference: f64, unit: &str, higher: bool| Row {
             metric: metric.to_string(),
