@@ -12,10 +12,12 @@
 //! * [`WsClient`] keeps up to `max_active_dest_transports` (default 3) sockets per destination,
 //!   multiplexes requests over them and implements [`ClientTransport`].
 //!
-//! Per-request path (kept short for sequential latency): a client request writes and flushes its
-//! own frame (no writer task; requests issued together share one write) and is completed by the
-//! socket's reader task; the server runs the handler in the socket's task and writes a reply given
-//! before the handler returns at once, so a round trip involves no task spawn and no extra timer.
+//! Per-request path (kept short for sequential latency): the framing is our own
+//! (`wsframe`, RFC 6455 with no extensions); a client request writes its own frame (no writer
+//! task; requests issued together share one write) and is completed by the socket's reader task;
+//! the server runs the handler in the socket's task, queues a reply given before the handler
+//! returns at once and writes every queued reply in one go once the requests read so far are
+//! handled, so a round trip involves no task spawn and no extra timer.
 //!
 //! Deliberate differences from the reference (also in `docs/compat.md`):
 //! * a refused or failed connection (TCP, TLS, `401`) fails the requests waiting for it at once,
