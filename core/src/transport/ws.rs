@@ -578,6 +578,10 @@ async fn serve_connection(
     let mut out = Outbox { frames: Vec::with_capacity(4096), scratch: Vec::with_capacity(256) };
     let mut running = FuturesUnordered::new();
     let info = RequestInfo { transport: TransportKind::Ws, remote_addr: Some(remote), cert, http: None };
+    // Made once: a `cancelled()` future per loop turn would join and leave the token's waiter
+    // list (two lock round trips) on every message.
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     let closing: (u16, String) = loop {
         // Handle every whole message buffered, up to the in-flight bound.
         let mut close = None;
@@ -633,7 +637,7 @@ async fn serve_connection(
                     return;
                 }
             },
-            _ = shutdown.cancelled() => break (CLOSE_GOING_AWAY, "the server is closing".to_string()),
+            _ = &mut stopping => break (CLOSE_GOING_AWAY, "the server is closing".to_string()),
         }
     };
     // Send the close frame (after what is queued) and let the socket go.
@@ -963,6 +967,9 @@ async fn reader_task(
     let mut sweep = tokio::time::interval(tick);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut close = (CLOSE_NORMAL, String::new());
+    let token = session.close.clone();
+    let closed_by_client = token.cancelled();
+    tokio::pin!(closed_by_client);
     let why = 'read: loop {
         loop {
             match frames.next_message() {
@@ -1014,7 +1021,7 @@ async fn reader_task(
                     }
                 }
             }
-            _ = session.close.cancelled() => break "the socket was closed by the client",
+            _ = &mut closed_by_client => break "the socket was closed by the client",
         }
     };
     session.fail_all(ErrorKind::Closed, &format!("ERR_TRANSPORT_CLOSE: {why}"));
