@@ -1125,6 +1125,12 @@ bool grenache_reply_is_closed(const grenache_reply *reply);
  * Creates a runtime with `worker_threads` worker threads (0: one per CPU core; at most 1024)
  * and writes it to `*out`.
  *
+ * Signals: when `SIGPIPE` has its default action (terminate the process), this sets it to
+ * ignored, so that a peer closing a socket while it is written to (a TLS record or an HTTP body
+ * sent with `writev`) is an error on that socket, not the end of the process. A handler or
+ * disposition the application installed itself is left alone. (Python, Node and Ruby already
+ * ignore `SIGPIPE`; plain C programs do not.)
+ *
  * Ownership: the caller owns the result and frees it with `grenache_runtime_free`.
  * Errors: `NULL_PARAMETER` (NULL `out`), `INVALID_ARGUMENT` (too many threads), `IO`.
  * `*out` is written only on success.

@@ -21,6 +21,12 @@ pub struct grenache_runtime {
 /// Creates a runtime with `worker_threads` worker threads (0: one per CPU core; at most 1024)
 /// and writes it to `*out`.
 ///
+/// Signals: when `SIGPIPE` has its default action (terminate the process), this sets it to
+/// ignored, so that a peer closing a socket while it is written to (a TLS record or an HTTP body
+/// sent with `writev`) is an error on that socket, not the end of the process. A handler or
+/// disposition the application installed itself is left alone. (Python, Node and Ruby already
+/// ignore `SIGPIPE`; plain C programs do not.)
+///
 /// Ownership: the caller owns the result and frees it with `grenache_runtime_free`.
 /// Errors: `NULL_PARAMETER` (NULL `out`), `INVALID_ARGUMENT` (too many threads), `IO`.
 /// `*out` is written only on success.
@@ -30,6 +36,7 @@ pub extern "C" fn grenache_runtime_new(worker_threads: usize, out: *mut *mut gre
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        ignore_sigpipe_if_default();
         match Runtime::new(RuntimeOptions { worker_threads, ..Default::default() }) {
             Ok(rt) => {
                 unsafe { write_out(out, Box::into_raw(Box::new(grenache_runtime { rt }))) };
@@ -51,5 +58,22 @@ pub extern "C" fn grenache_runtime_free(rt: *mut grenache_runtime) {
     ffi_panic_boundary! {
         let rt = try_box!(rt);
         rt.rt.shutdown();
+    }
+}
+
+/// Sets `SIGPIPE` to ignored when it has its default action (see `grenache_runtime_new`).
+fn ignore_sigpipe_if_default() {
+    // SAFETY: `sigaction` with a zeroed, then filled, struct; reading the current action first
+    // leaves an application's own handler in place. The check-then-set race with another thread
+    // installing a handler at the same instant is the application's own (it would lose either
+    // way).
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_DFL {
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction = libc::SIG_IGN;
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(libc::SIGPIPE, &new, std::ptr::null_mut());
+        }
     }
 }
