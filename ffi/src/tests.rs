@@ -248,3 +248,42 @@ fn many_threads_answer_many_replies() {
     assert!(r.iter().all(|x| *x == Ok(json!("later"))));
     rt.shutdown();
 }
+
+fn sigpipe_action() -> libc::sighandler_t {
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(libc::SIGPIPE, ptr::null(), &mut old), 0);
+        old.sa_sigaction
+    }
+}
+
+fn set_sigpipe(action: libc::sighandler_t) {
+    unsafe {
+        let mut new: libc::sigaction = std::mem::zeroed();
+        new.sa_sigaction = action;
+        libc::sigemptyset(&mut new.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGPIPE, &new, ptr::null_mut()), 0);
+    }
+}
+
+extern "C" fn app_sigpipe_handler(_: libc::c_int) {}
+
+/// Run by nextest, each test in a process of its own: changing the process's SIGPIPE action here
+/// touches no other test.
+#[test]
+fn runtime_new_ignores_a_default_sigpipe_and_keeps_an_application_handler() {
+    // As in a C program: the default action (terminate).
+    set_sigpipe(libc::SIG_DFL);
+    let mut rt: *mut grenache_runtime = ptr::null_mut();
+    assert_eq!(grenache_runtime_new(1, &mut rt), grenache_result::Ok);
+    assert_eq!(sigpipe_action(), libc::SIG_IGN);
+    grenache_runtime_free(rt);
+    // An application's own handler stays.
+    let handler = app_sigpipe_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    set_sigpipe(handler);
+    let mut rt: *mut grenache_runtime = ptr::null_mut();
+    assert_eq!(grenache_runtime_new(1, &mut rt), grenache_result::Ok);
+    assert_eq!(sigpipe_action(), handler);
+    grenache_runtime_free(rt);
+    set_sigpipe(libc::SIG_IGN);
+}
