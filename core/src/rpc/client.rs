@@ -92,6 +92,10 @@ impl PeerRpcClient {
     }
 
     fn choose(&self, dests: &[String], exclude: &HashSet<String>, opts: &RequestOptions) -> Option<String> {
+        if let [only] = dests {
+            // One worker: the choice is forced (whether excluded or not, as below).
+            return Some(only.clone());
+        }
         let mut candidates: Vec<&String> = dests.iter().filter(|d| !exclude.contains(*d)).collect();
         if candidates.is_empty() {
             candidates = dests.iter().collect();
