@@ -90,6 +90,54 @@ async fn ws_request_reply_and_error_reply() {
     assert_eq!(c.send(&dest, out(v.clone(), Some(LONG))).await.expect("echo"), v);
 }
 
+/// `request_raw` gives the result's JSON text exactly as the server wrote it; `request` parses it.
+#[tokio::test]
+async fn ws_raw_results_are_the_wire_text() {
+    use grenache::rpc::ClientTransport;
+    const TEXT: &str = "{ \"b\" : [1, \"\\u00e9\"], \"a\":null }";
+    let h = |req: Request, reply: Reply| match req.payload.as_str() {
+        Some("fail") => reply.err("ERR_BOOM"),
+        Some("null") => reply.ok(Value::Null),
+        _ => reply.ok_raw(serde_json::value::RawValue::from_string(TEXT.into()).expect("json")),
+    };
+    let s = WsServer::bind(any_port(), h, WsServerConfig::default()).await.expect("bind");
+    let dest = s.local_addr().to_string();
+    let c = WsClient::default();
+    assert_eq!(c.request_raw(&dest, out(json!("x"), Some(LONG))).await.expect("raw").get(), TEXT);
+    assert_eq!(c.request(&dest, out(json!("x"), Some(LONG))).await.expect("value"), json!({"b": [1, "é"], "a": null}));
+    assert_eq!(c.request_raw(&dest, out(json!("null"), Some(LONG))).await.expect("raw").get(), "null");
+    let e = c.request_raw(&dest, out(json!("fail"), Some(LONG))).await.expect_err("remote");
+    assert_eq!((e.kind(), e.message()), (ErrorKind::Remote, "ERR_BOOM"));
+}
+
+/// A reply whose rid is readable but whose body is not JSON fails its request at once with a
+/// decode error (it used to be dropped, leaving the request to time out).
+#[tokio::test]
+async fn ws_malformed_reply_fails_its_request_at_once() {
+    let l = tokio::net::TcpListener::bind(any_port()).await.expect("bind");
+    let dest = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    let req: Value = serde_json::from_str(&text).expect("request");
+                    let rid = req[0].as_str().expect("rid").to_string();
+                    let reply =
+                        if req[2] == json!("bad") { format!(r#"["{rid}",null,{{oops"#) } else { format!(r#"["{rid}",null,"ok"]"#) };
+                    ws.send(Message::text(reply)).await.expect("send");
+                }
+            });
+        }
+    });
+    let c = WsClient::default();
+    let t0 = Instant::now();
+    let e = c.send(&dest, out(json!("bad"), Some(LONG))).await.expect_err("decode error");
+    assert_eq!(e.kind(), ErrorKind::Decode);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(c.send(&dest, out(json!("good"), Some(LONG))).await.expect("reply"), json!("ok"));
+}
+
 #[tokio::test]
 async fn ws_server_wire_any_path_binary_text_and_malformed() {
     let s = server().await;

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void};
 use grenache_core::Result;
 
 use crate::error::{grenache_error, grenache_result};
-use crate::ptr::{NulString, UserData};
+use crate::ptr::{UserData, with_nul};
 
 /// The completion of an operation that yields JSON text (a request's result, a lookup's peer
 /// list, a put's hash, a get's item). Fires exactly once, on a worker thread (or, with
@@ -39,10 +39,7 @@ pub(crate) fn json_completion(cb: JsonFn, userdata: *mut c_void) -> impl FnOnce(
     move |r: Result<String>| {
         let ud = ud;
         match r {
-            Ok(s) => {
-                let s = NulString::new(s);
-                unsafe { cb(ud.0, grenache_result::Ok, std::ptr::null(), s.as_ptr(), s.len()) };
-            }
+            Ok(s) => with_nul(s, |p, len| unsafe { cb(ud.0, grenache_result::Ok, std::ptr::null(), p, len) }),
             Err(e) => {
                 let detail = grenache_error::from_error(&e);
                 unsafe { cb(ud.0, grenache_result::from(&e), &detail, std::ptr::null(), 0) };

@@ -142,3 +142,41 @@ impl NulString {
         self.0.len() - 1
     }
 }
+
+/// Calls `f` with `s` as a NUL-terminated string and its length without the NUL, borrowed for the
+/// call: a short string is copied to the stack (no allocation per completion), a longer one gets
+/// its NUL appended in place.
+pub(crate) fn with_nul<R>(s: String, f: impl FnOnce(*const c_char, usize) -> R) -> R {
+    const STACK: usize = 256;
+    let len = s.len();
+    if len < STACK {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); STACK];
+        // SAFETY: `len + 1 <= STACK` bytes are written, and only they are read (up to the NUL).
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), buf.as_mut_ptr().cast::<u8>(), len);
+            buf.as_mut_ptr().add(len).write(std::mem::MaybeUninit::new(0));
+        }
+        f(buf.as_ptr().cast(), len)
+    } else {
+        let s = NulString::new(s);
+        f(s.as_ptr(), s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_nul_gives_nul_terminated_text_of_any_length() {
+        for len in [0, 1, 7, 255, 256, 257, 5000] {
+            let s: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let expect = s.clone();
+            with_nul(s, |p, n| {
+                assert_eq!(n, expect.len());
+                let c = unsafe { CStr::from_ptr(p) };
+                assert_eq!(c.to_str().expect("utf8"), expect);
+            });
+        }
+    }
+}

@@ -7,7 +7,8 @@
 //! (ours, started here). The C program is compiled with `-O2` against the `libgrenache.so` cargo
 //! built beside this binary.
 //!
-//! `cargo run --release -p grenache-bench --bin ffi_bench [-- N]` (N: requests per run)
+//! `cargo run --release -p grenache-bench --bin ffi_bench [-- N [http|ws]]` (N: requests per run;
+//! 0 keeps the defaults; `http` or `ws` runs that transport only, e.g. under `perf record`)
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -120,7 +121,8 @@ fn c_rps(bin: &PathBuf, grape: &str, ws: bool, n: i64, name: &str) -> f64 {
 fn main() {
     // Requests per run: about a second of work each (WS is ~5x faster than HTTP here), so a
     // run is long enough to measure; `-- N` sets both.
-    let arg: Option<i64> = std::env::args().nth(1).and_then(|s| s.parse().ok());
+    let arg: Option<i64> = std::env::args().nth(1).and_then(|s| s.parse().ok()).filter(|n| *n > 0);
+    let only = std::env::args().nth(2);
     let (n_http, n_ws) = (arg.unwrap_or(50_000), arg.unwrap_or(250_000));
     let c_bin = build_c();
     let grape_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
@@ -140,6 +142,9 @@ fn main() {
     println!("| transport | pure Rust | C through libgrenache | C / Rust |");
     println!("|---|---:|---:|---:|");
     for ws in [false, true] {
+        if only.as_deref().is_some_and(|o| o != if ws { "ws" } else { "http" }) {
+            continue;
+        }
         let n = if ws { n_ws } else { n_http };
         // Interleave and keep the best of three runs of each, to damp the noise of a shared machine.
         let mut rust = 0f64;

@@ -45,8 +45,9 @@ impl EmbedClient {
     }
 
     /// Sends the JSON text `payload_json` to one worker of `key`; completes with the result as
-    /// JSON text. A remote error is an [`ErrorKind::Remote`](crate::ErrorKind::Remote) error
-    /// whose message is the remote text.
+    /// JSON text, exactly as the worker sent it (whitespace and escapes included). A remote error
+    /// is an [`ErrorKind::Remote`](crate::ErrorKind::Remote) error whose message is the remote
+    /// text.
     pub fn request(
         &self,
         key: impl Into<Arc<str>>,
@@ -64,7 +65,9 @@ impl EmbedClient {
         };
         let c = self.client.clone();
         let key = key.into();
-        self.ops.spawn(&self.rt, async move { Ok(c.request_json_shared(key, payload, &opts).await?.to_string()) }, done);
+        // The result as the worker sent it: no parse into a Value and back.
+        let fut = async move { Ok(String::from(Box::<str>::from(c.request_raw(key, payload, &opts).await?))) };
+        self.ops.spawn(&self.rt, fut, done);
     }
 
     /// Sends the payload to every worker of `key`; completes with their results as a JSON array
@@ -95,3 +98,48 @@ impl Drop for EmbedClient {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::{EmbedLink, RuntimeOptions};
+    use crate::rpc::{Reply, Request};
+    use crate::transport::TransportKind;
+    use std::sync::mpsc;
+
+    const TEXT: &str = "{ \"b\" : [1, \"\\u00e9\"], \"a\":null }";
+
+    /// The completion gets the result's JSON text exactly as the server wrote it, on both
+    /// transports; a remote error keeps its text.
+    #[test]
+    fn results_are_the_wire_text() {
+        let rt = Runtime::new(RuntimeOptions { worker_threads: 2, ..Default::default() }).expect("rt");
+        let link = EmbedLink::new(&rt, crate::link::LinkConfig::with_grape("http://127.0.0.1:1")).expect("link");
+        let handler = Arc::new(|req: Request, reply: Reply| match req.payload.as_str() {
+            Some("fail") => reply.err("ERR_BOOM"),
+            _ => crate::embed::rpc::reply_json(reply, TEXT).expect("json"),
+        });
+        for kind in [TransportKind::Http, TransportKind::Ws] {
+            let addr = "127.0.0.1:0".parse().expect("addr");
+            let server = rt
+                .block_on(Duration::from_secs(10), crate::transport::bind_server(kind, addr, handler.clone(), None, None))
+                .expect("bind");
+            let client = EmbedClient::new(&link, kind, ClientOptions::default()).expect("client");
+            let opts = RequestOptions { dest: Some(server.local_addr().to_string()), ..Default::default() };
+            let (tx, rx) = mpsc::channel();
+            for payload in ["\"x\"", "\"fail\""] {
+                let tx = tx.clone();
+                client.request("k", payload, opts.clone(), move |r| tx.send(r.map_err(|e| (e.kind(), e.message().to_string()))).expect("send"));
+                let got = rx.recv_timeout(Duration::from_secs(10)).expect("completed");
+                if payload == "\"x\"" {
+                    assert_eq!(got, Ok(TEXT.to_string()), "{kind:?}");
+                } else {
+                    assert_eq!(got, Err((crate::ErrorKind::Remote, "ERR_BOOM".to_string())), "{kind:?}");
+                }
+            }
+            client.close();
+            server.close();
+        }
+        rt.shutdown();
+    }
+}

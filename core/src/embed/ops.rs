@@ -118,31 +118,50 @@ thread_local! {
     static CONTINUATION: RefCell<Option<ContinuationSlot>> = const { RefCell::new(None) };
 }
 
-/// Puts `op` in the armed, empty slot of runtime `runtime`; returns the task's abort handle, or
-/// gives `op` back when there is no such slot.
-fn offer_continuation<O>(slot: &RefCell<Option<ContinuationSlot>>, runtime: usize, op: O) -> std::result::Result<Option<tokio::task::AbortHandle>, O>
-where
-    O: Future<Output = Option<Continuation>> + Send + 'static,
-{
+/// The abort handle of the task whose armed, empty slot (of runtime `runtime`) would take an
+/// operation started now: `Some` (its handle) when there is such a slot, `None` otherwise.
+fn free_slot(slot: &RefCell<Option<ContinuationSlot>>, runtime: usize) -> Option<Option<tokio::task::AbortHandle>> {
+    let slot = slot.try_borrow().ok()?;
+    match slot.as_ref() {
+        Some(s) if s.runtime == runtime && s.next.is_none() => Some(s.abort.clone()),
+        _ => None,
+    }
+}
+
+/// Puts `op` in the armed, empty slot of runtime `runtime`, or gives it back when there is none.
+fn offer_continuation(slot: &RefCell<Option<ContinuationSlot>>, runtime: usize, op: Continuation) -> std::result::Result<(), Continuation> {
     let Ok(mut slot) = slot.try_borrow_mut() else { return Err(op) };
     match slot.as_mut() {
         Some(s) if s.runtime == runtime && s.next.is_none() => {
-            s.next = Some(Continuation(Box::pin(op)));
-            Ok(s.abort.clone())
+            s.next = Some(op);
+            Ok(())
         }
         _ => Err(op),
     }
 }
 
 /// One operation: awaits `fut`, claims the operation and runs its completion with the
-/// continuation slot armed; returns the operation that completion started, if any.
-async fn run_op<T, F, D>(guard: Guard, fut: F, runtime: usize) -> Option<Continuation>
+/// continuation slot armed; resolves to the operation that completion started, if any.
+///
+/// A combinator rather than an `async fn`: an `async fn` would hold `fut` twice (as its argument
+/// and as the future it awaits), and an operation started from a completion is boxed whole, once
+/// per operation (a C client's request future doubled to over 1 KiB, past the allocator's fast
+/// path).
+fn run_op<T, F, D>(guard: Guard, fut: F, runtime: usize) -> impl Future<Output = Option<Continuation>> + Send + 'static
 where
     T: Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
     D: FnOnce(Result<T>) + Send + 'static,
 {
-    let out = fut.await;
+    futures_util::FutureExt::map(fut, move |out| complete_op::<T, D>(guard, out, runtime))
+}
+
+/// The end of [`run_op`], once its future has its output.
+fn complete_op<T, D>(guard: Guard, out: Result<T>, runtime: usize) -> Option<Continuation>
+where
+    T: Send + 'static,
+    D: FnOnce(Result<T>) + Send + 'static,
+{
     let ops = guard.ops.clone();
     // Claim the operation; if close() already claimed it, its completion fired Cancelled.
     let claimed = {
@@ -230,6 +249,11 @@ impl Ops {
         F: Future<Output = Result<T>> + Send + 'static,
         D: FnOnce(Result<T>) + Send + 'static,
     {
+        let runtime = rt.id();
+        // Started from a completion that a task of this runtime is running: that task runs this
+        // operation next, instead of a new task (no spawn, no extra hop through the scheduler).
+        // Its abort handle is known now, so the operation is registered with one lock.
+        let chained = CONTINUATION.with(|c| free_slot(c, runtime));
         let id = {
             let mut st = self.lock();
             if st.closed {
@@ -239,24 +263,24 @@ impl Ops {
             }
             let id = st.next;
             st.next += 1;
-            st.pending.insert(id, Pending { done: Box::new(done), cancel: cancel_done::<T, D>, abort: None });
+            let abort = chained.clone().flatten();
+            st.pending.insert(id, Pending { done: Box::new(done), cancel: cancel_done::<T, D>, abort });
             id
         };
         let guard = Guard { ops: self.clone(), id, armed: true };
-        let op = run_op::<T, F, D>(guard, fut, rt.id());
-        // Started from a completion that a task of this runtime is running: that task runs this
-        // operation next, instead of a new task (no spawn, no extra hop through the scheduler).
-        let op = match CONTINUATION.with(|c| offer_continuation(c, rt.id(), op)) {
-            Ok(abort) => {
-                let mut st = self.lock();
-                if let Some(p) = st.pending.get_mut(&id) {
-                    p.abort = abort;
-                }
-                return;
+        // Boxed where it is built: the future is moved no further.
+        let op = Continuation(Box::pin(run_op::<T, F, D>(guard, fut, runtime)));
+        let op = if chained.is_some() {
+            // Nothing ran on this thread since `free_slot`: the slot is still free.
+            match CONTINUATION.with(|c| offer_continuation(c, runtime, op)) {
+                Ok(()) => return,
+                Err(op) => op,
             }
-            Err(op) => op,
+        } else {
+            op
         };
         let task = rt.handle().spawn(async move {
+            let Continuation(op) = op;
             let mut next = op.await;
             while let Some(Continuation(op)) = next {
                 // A chain of operations that complete at once must still let other tasks run.

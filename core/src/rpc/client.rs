@@ -7,8 +7,9 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{ClientTransport, OutgoingRequest};
+use super::{BoxFuture, ClientTransport, OutgoingRequest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::Link;
 
@@ -132,6 +133,23 @@ impl PeerRpcClient {
 
     /// [`PeerRpcClient::request_json`] with the key already shared (no copy of it per request).
     pub async fn request_json_shared(&self, key: Arc<str>, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Value> {
+        self.request_with(key, payload_json, opts, |t, dest, out| t.request(dest, out)).await
+    }
+
+    /// [`PeerRpcClient::request_json_shared`] resolving to the result as JSON text, exactly as the
+    /// worker sent it (never parsed into a [`Value`]): for embedders that hand results on as text.
+    pub async fn request_raw(&self, key: Arc<str>, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Box<RawValue>> {
+        self.request_with(key, payload_json, opts, |t, dest, out| t.request_raw(dest, out)).await
+    }
+
+    /// The request loop (lookup, destination choice, retries) around one transport call.
+    async fn request_with<T>(
+        &self,
+        key: Arc<str>,
+        payload_json: Arc<str>,
+        opts: &RequestOptions,
+        call: impl Fn(&dyn ClientTransport, &str, OutgoingRequest) -> BoxFuture<'static, Result<T>>,
+    ) -> Result<T> {
         let dests: Arc<[String]> = match &opts.dest {
             Some(d) => vec![d.clone()].into(),
             None => self.link.lookup_shared(&key).await?,
@@ -141,7 +159,7 @@ impl PeerRpcClient {
         let mut last = None;
         for _ in 0..attempts {
             let Some(dest) = self.choose(&dests, &exclude, opts) else { break };
-            match self.transport.request(&dest, self.outgoing(&key, &payload_json, opts)).await {
+            match call(&*self.transport, &dest, self.outgoing(&key, &payload_json, opts)).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_remote() && !opts.retry_remote => return Err(e),
                 Err(e) => {

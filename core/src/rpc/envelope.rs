@@ -89,15 +89,120 @@ pub fn decode_reply(body: &[u8]) -> Result<DecodedReply> {
     };
     let mut it = a.into_iter();
     let rid = it.next().unwrap_or(Value::Null);
-    let error = match it.next().unwrap_or(Value::Null) {
+    let error = truthy_error(it.next().unwrap_or(Value::Null));
+    let result = it.next().unwrap_or(Value::Null);
+    Ok(DecodedReply { rid, error, result })
+}
+
+/// How [`decode_reply_routed`] reads a reply's result (slot 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultForm {
+    /// Parsed into a [`Value`].
+    Value,
+    /// Kept as JSON text, exactly as it is on the wire (whitespace and escapes included), checked
+    /// to be JSON but never parsed into a [`Value`].
+    Raw,
+}
+
+/// A reply decoded by [`decode_reply_routed`].
+#[derive(Debug)]
+pub struct RoutedReply<T> {
+    /// Slot 0.
+    pub rid: Value,
+    /// What `pick` returned for the rid; `None` when nobody waits for it (its result was skipped,
+    /// not parsed: [`RoutedReply::result`] is then `Null`).
+    pub target: Option<T>,
+    /// Slot 1 when it is truthy, as in [`DecodedReply::error`].
+    pub error: Option<String>,
+    /// Slot 2 in the form `pick` asked for (`null` when absent).
+    pub result: super::ReplyResult,
+}
+
+impl<T> RoutedReply<T> {
+    /// The requester's outcome: the result, or an [`ErrorKind::Remote`](crate::ErrorKind::Remote)
+    /// error carrying the remote message.
+    pub fn outcome(self) -> Result<super::ReplyResult> {
+        match self.error {
+            Some(msg) => Err(Error::new(crate::ErrorKind::Remote, msg)),
+            None => Ok(self.result),
+        }
+    }
+}
+
+/// Decodes a reply for whoever waits for it, in one pass: `pick` sees the rid (slot 0) before the
+/// result is read and returns the waiter with the form its result is wanted in ([`ResultForm`]),
+/// or `None` when nobody waits (the result is then skipped). So a client transport parses a
+/// result once, straight into what its requester wants: a [`Value`], or the raw JSON text that
+/// embedders hand on.
+///
+/// On a malformed body the error comes with the target `pick` already returned, if it ran, so
+/// that its waiter can be failed instead of left waiting. Accepts what [`decode_reply`] accepts.
+pub fn decode_reply_routed<T>(
+    body: &[u8],
+    pick: impl FnOnce(&Value) -> Option<(T, ResultForm)>,
+) -> std::result::Result<RoutedReply<T>, (Option<T>, Error)> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        let msg = format!("reply is not a JSON array: {}", String::from_utf8_lossy(&body[..body.len().min(100)]));
+        return Err((None, Error::decode(msg)));
+    }
+    let mut target = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let decoded = serde::de::Deserializer::deserialize_seq(&mut de, RoutedVisitor { pick, target: &mut target })
+        .and_then(|r| de.end().map(|()| r));
+    match decoded {
+        Ok((rid, error, result)) => Ok(RoutedReply { rid, target, error, result }),
+        Err(e) => Err((target, e.into())),
+    }
+}
+
+struct RoutedVisitor<'t, T, P> {
+    pick: P,
+    target: &'t mut Option<T>,
+}
+
+impl<'de, T, P> serde::de::Visitor<'de> for RoutedVisitor<'_, T, P>
+where
+    P: FnOnce(&Value) -> Option<(T, ResultForm)>,
+{
+    type Value = (Value, Option<String>, super::ReplyResult);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a reply array [rid, error, result]")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        use super::ReplyResult;
+        let rid: Value = seq.next_element()?.unwrap_or(Value::Null);
+        let form = (self.pick)(&rid).map(|(t, form)| {
+            *self.target = Some(t);
+            form
+        });
+        let error = seq.next_element::<Value>()?.and_then(truthy_error);
+        let result = match form {
+            Some(ResultForm::Value) => ReplyResult::Value(seq.next_element()?.unwrap_or(Value::Null)),
+            Some(ResultForm::Raw) => {
+                ReplyResult::Raw(seq.next_element::<Box<serde_json::value::RawValue>>()?.unwrap_or_default())
+            }
+            None => {
+                seq.next_element::<serde::de::IgnoredAny>()?;
+                ReplyResult::Value(Value::Null)
+            }
+        };
+        // Like `decode_reply`, slots past the third are ignored (but must be JSON).
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok((rid, error, result))
+    }
+}
+
+/// The error slot's message when it is truthy (a non-string error is given as JSON).
+fn truthy_error(v: Value) -> Option<String> {
+    match v {
         Value::Null | Value::Bool(false) => None,
         Value::String(s) if s.is_empty() => None,
         Value::String(s) => Some(s),
         Value::Number(n) if n.as_f64() == Some(0.0) => None,
         other => Some(other.to_string()),
-    };
-    let result = it.next().unwrap_or(Value::Null);
-    Ok(DecodedReply { rid, error, result })
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -147,6 +252,71 @@ mod tests {
         let b = encode_reply(&json!("r"), &Ok(json!("world")));
         assert_eq!(b, br#"["r",null,"world"]"#);
         assert_eq!(decode_reply(&b).unwrap().result, json!("world"));
+        assert!(decode_reply(b"{}").is_err());
+    }
+
+    fn raw(form: ResultForm, body: &str) -> RoutedReply<&'static str> {
+        decode_reply_routed(body.as_bytes(), |_| Some(("w", form))).map_err(|(_, e)| e).unwrap()
+    }
+
+    #[test]
+    fn routed_raw_result_is_the_wire_text() {
+        // Whitespace, escapes and key order are kept as they are on the wire.
+        let r = raw(ResultForm::Raw, "[\"r\", null , { \"b\" : 1, \"a\":\"\\u00e9\\n\" } ]");
+        assert_eq!((r.rid.clone(), r.target, r.error.clone()), (json!("r"), Some("w"), None));
+        let super::super::ReplyResult::Raw(text) = r.outcome().unwrap() else { panic!("not raw") };
+        assert_eq!(text.get(), "{ \"b\" : 1, \"a\":\"\\u00e9\\n\" }");
+        // An absent slot 2 is `null`, in both forms; slots past the third are ignored.
+        for body in [r#"["r",null]"#, r#"["r"]"#, r#"["r",null,null,{"x":1}]"#] {
+            let super::super::ReplyResult::Raw(text) = raw(ResultForm::Raw, body).result else { panic!("not raw") };
+            assert_eq!(text.get(), "null", "{body}");
+            assert_eq!(raw(ResultForm::Value, body).result.into_value(), Value::Null, "{body}");
+        }
+    }
+
+    #[test]
+    fn routed_value_result_matches_decode_reply() {
+        for body in [
+            r#"["r",null,{"a":[1,"x",{"b":null}]}]"#,
+            r#"["r","ERR_BOOM",null]"#,
+            r#"["r",false,7]"#,
+            r#"["r",0,"z"]"#,
+            r#"["r","",[]]"#,
+            r#"[12,{"code":1},null]"#,
+        ] {
+            let d = decode_reply(body.as_bytes()).unwrap();
+            let r = raw(ResultForm::Value, body);
+            assert_eq!((r.rid.clone(), r.error.clone(), r.result.clone().into_value()), (d.rid, d.error, d.result), "{body}");
+            let r = raw(ResultForm::Raw, body);
+            assert_eq!(r.result.into_value(), decode_reply(body.as_bytes()).unwrap().result, "{body}");
+        }
+        let e = raw(ResultForm::Raw, r#"["r","ERR_BOOM",null]"#).outcome().unwrap_err();
+        assert_eq!((e.kind(), e.message()), (crate::ErrorKind::Remote, "ERR_BOOM"));
+    }
+
+    #[test]
+    fn routed_picks_by_rid_and_fails_bad_bodies() {
+        // Nobody waits: the result is skipped.
+        let r = decode_reply_routed::<()>(br#"["r",null,{"big":[1,2,3]}]"#, |rid| {
+            assert_eq!(rid, &json!("r"));
+            None
+        })
+        .unwrap();
+        assert!(r.target.is_none());
+        assert_eq!(r.result.into_value(), Value::Null);
+        // Not a reply at all: `pick` never runs.
+        for body in [&b"{}"[..], b"null", b"", b"  \"x\"", b"not json"] {
+            let (t, e) = decode_reply_routed(body, |_| -> Option<((), ResultForm)> { panic!("picked") }).unwrap_err();
+            assert!(t.is_none());
+            assert_eq!(e.kind(), crate::ErrorKind::Decode);
+        }
+        // Malformed after the rid: the target comes back with the error, so it can be failed.
+        for body in [&br#"["r",null,{bad"#[..], br#"["r",null,1] x"#, br#"["r",null,1,]"#] {
+            let (t, e) = decode_reply_routed(body, |_| Some(("w", ResultForm::Raw))).unwrap_err();
+            assert_eq!(t, Some("w"), "{}", String::from_utf8_lossy(body));
+            assert_eq!(e.kind(), crate::ErrorKind::Decode);
+        }
+        // Same checks as decode_reply on bad bodies.
         assert!(decode_reply(b"{}").is_err());
     }
 

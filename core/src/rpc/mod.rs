@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -110,6 +111,17 @@ impl ReplyResult {
             ReplyResult::Value(v) => v,
             // Raw text was checked to be JSON when it was made.
             ReplyResult::Raw(r) => serde_json::from_str(r.get()).unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl ReplyResult {
+    /// The result as JSON text (serialises a value).
+    pub fn into_raw(self) -> Box<RawValue> {
+        match self {
+            ReplyResult::Raw(r) => r,
+            // Serialising a Value cannot fail.
+            ReplyResult::Value(v) => serde_json::value::to_raw_value(&v).unwrap_or_default(),
         }
     }
 }
@@ -324,6 +336,15 @@ pub trait ClientTransport: Send + Sync + 'static {
     /// is an [`ErrorKind::Remote`] error carrying the remote message.
     fn request(&self, dest: &str, request: OutgoingRequest) -> BoxFuture<'static, Result<Value>>;
 
+    /// [`ClientTransport::request`] resolving to the reply's result as JSON text, for embedders
+    /// that hand results on as text. The transports of this crate give the text exactly as it was
+    /// on the wire, never parsed into a [`Value`]; this default serialises the [`Value`] that
+    /// `request` gives.
+    fn request_raw(&self, dest: &str, request: OutgoingRequest) -> BoxFuture<'static, Result<Box<RawValue>>> {
+        let fut = self.request(dest, request);
+        Box::pin(async move { Ok(serde_json::value::to_raw_value(&fut.await?)?) })
+    }
+
     /// How many live connections this transport holds to `dest` (used for `maxActiveKeyDests`).
     fn active_connections(&self, dest: &str) -> usize;
 
@@ -345,6 +366,72 @@ pub trait ServerTransport: Send + Sync + 'static {
 pub fn new_rid() -> String {
     let bytes: [u8; 16] = rand::random();
     uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+}
+
+/// Where a client transport delivers the outcome of a request in flight: its result as a
+/// [`Value`] or, for [`ClientTransport::request_raw`], as raw JSON text ([`ReplyResult::Raw`]).
+/// The form is known before the reply is read, so it is parsed once, straight into that form
+/// (see [`envelope::decode_reply_routed`]).
+#[derive(Debug)]
+pub struct ResultSender {
+    tx: oneshot::Sender<Result<ReplyResult>>,
+    form: envelope::ResultForm,
+}
+
+/// The receiving side of a [`ResultSender`].
+pub type ResultReceiver = oneshot::Receiver<Result<ReplyResult>>;
+
+impl ResultSender {
+    /// A sender expecting the result in `form`, and its receiver.
+    pub fn channel(form: envelope::ResultForm) -> (ResultSender, ResultReceiver) {
+        let (tx, rx) = oneshot::channel();
+        (ResultSender { tx, form }, rx)
+    }
+
+    /// The form the result is wanted in.
+    pub fn form(&self) -> envelope::ResultForm {
+        self.form
+    }
+
+    /// True when the receiver is gone (the request was cancelled or timed out).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Delivers the outcome; `Err` gives it back when the receiver is gone.
+    pub fn send(self, outcome: Result<ReplyResult>) -> std::result::Result<(), Result<ReplyResult>> {
+        self.tx.send(outcome)
+    }
+
+    /// Decodes the reply `body` and delivers it to the sender `take` returns for its rid (given
+    /// as the rid string, or the JSON text of a non-string rid), parsing the result once in the
+    /// form that sender wants. A reply nobody waits for is dropped (its result skipped, not
+    /// parsed); a malformed one fails its waiter, if its rid could be read, with a decode error.
+    /// Returns the decode error, if any.
+    pub fn deliver(body: &[u8], take: impl FnOnce(&str) -> Option<ResultSender>) -> Result<()> {
+        let routed = envelope::decode_reply_routed(body, |rid| {
+            let w = match rid {
+                Value::String(s) => take(s),
+                other => take(&other.to_string()),
+            }?;
+            let form = w.form;
+            Some((w, form))
+        });
+        match routed {
+            Ok(mut reply) => {
+                if let Some(w) = reply.target.take() {
+                    let _ = w.send(reply.outcome());
+                }
+                Ok(())
+            }
+            Err((w, e)) => {
+                if let Some(w) = w {
+                    let _ = w.send(Err(Error::new(e.kind(), e.message().to_string())));
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Turns a decoded reply `(err, result)` into the client's result.
@@ -397,6 +484,47 @@ mod tests {
         };
         let r = dispatch(&h, req(json!(1)), Some(Duration::from_millis(20))).await;
         assert_eq!(r, Err(ERR_TIMEOUT.to_string()));
+    }
+
+    #[test]
+    fn result_sender_delivers_in_the_form_asked() {
+        use envelope::ResultForm;
+        let (w, mut rx) = ResultSender::channel(ResultForm::Raw);
+        ResultSender::deliver(br#"["r1",null,{"a" : 1}]"#, |rid| (rid == "r1").then_some(w)).expect("delivered");
+        let Ok(Ok(ReplyResult::Raw(text))) = rx.try_recv() else { panic!("no raw result") };
+        assert_eq!(text.get(), r#"{"a" : 1}"#);
+        // A non-string rid is looked up by its JSON text.
+        let (w, mut rx) = ResultSender::channel(ResultForm::Value);
+        ResultSender::deliver(br#"[{"x":1},null,[1]]"#, |rid| (rid == r#"{"x":1}"#).then_some(w)).expect("delivered");
+        assert_eq!(rx.try_recv().expect("sent").expect("ok"), ReplyResult::Value(json!([1])));
+        // A remote error.
+        let (w, mut rx) = ResultSender::channel(ResultForm::Raw);
+        ResultSender::deliver(br#"["r",{"code":1},null]"#, |_| Some(w)).expect("delivered");
+        let e = rx.try_recv().expect("sent").expect_err("remote");
+        assert_eq!((e.kind(), e.message()), (ErrorKind::Remote, r#"{"code":1}"#));
+        // A body broken after its rid fails the waiter at once (instead of leaving it to time out).
+        let (w, mut rx) = ResultSender::channel(ResultForm::Value);
+        assert!(ResultSender::deliver(br#"["r",null,{oops"#, |_| Some(w)).is_err());
+        assert_eq!(rx.try_recv().expect("sent").expect_err("decode").kind(), ErrorKind::Decode);
+        // Nobody waits.
+        assert!(ResultSender::deliver(br#"["r",null,1]"#, |_| None).is_ok());
+        assert!(ResultSender::deliver(b"nope", |_| None).is_err());
+    }
+
+    #[tokio::test]
+    async fn default_request_raw_serialises_the_value() {
+        struct Fixed;
+        impl ClientTransport for Fixed {
+            fn request(&self, _dest: &str, _r: OutgoingRequest) -> BoxFuture<'static, Result<Value>> {
+                Box::pin(async { Ok(json!({"a": [1, "é"]})) })
+            }
+            fn active_connections(&self, _dest: &str) -> usize {
+                0
+            }
+            fn close(&self) {}
+        }
+        let out = OutgoingRequest { rid: new_rid(), key: "k".into(), payload_json: "1".into(), timeout: None, compress: false };
+        assert_eq!(Fixed.request_raw("d", out).await.expect("raw").get(), r#"{"a":[1,"é"]}"#);
     }
 
     #[test]

@@ -34,15 +34,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::rpc::envelope::{self, decode_reply};
+use crate::rpc::envelope::{self, ResultForm, decode_reply};
 use crate::rpc::{
-    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, Request, RequestInfo, ServerTransport,
-    TransportKind, reply_to_result,
+    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, ReplyResult, Request, RequestInfo,
+    ServerTransport, TransportKind,
 };
 use crate::tls::PeerCert;
 
@@ -366,6 +367,12 @@ impl HttpClient {
 
     /// Sends one buffered request (what [`ClientTransport::request`] does).
     pub async fn request_to(&self, dest: &str, request: OutgoingRequest) -> Result<Value> {
+        self.request_as(dest, request, ResultForm::Value).await.map(ReplyResult::into_value)
+    }
+
+    /// [`HttpClient::request_to`] with the result in `form` (raw: the JSON text as it came on the
+    /// wire).
+    pub async fn request_as(&self, dest: &str, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
         let uri = self.uri(dest)?;
         let envelope = request.envelope();
         let mut builder = http::Request::post(uri);
@@ -392,14 +399,15 @@ impl HttpClient {
         } else {
             bytes
         };
-        let reply = decode_reply(&bytes)?;
-        if reply.rid != Value::String(request.rid.clone()) {
+        let reply = envelope::decode_reply_routed(&bytes, |rid| (rid.as_str() == Some(&*request.rid)).then_some(((), form)))
+            .map_err(|(_, e)| e)?;
+        if reply.target.is_none() {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 format!("reply rid {} does not match request rid {:?}", reply.rid, request.rid),
             ));
         }
-        reply_to_result(reply.error, reply.result)
+        reply.outcome()
     }
 
     /// Sends a raw body in the reference's streaming mode: `POST /` with `_gr: ["<rid>","<key>"]`,
@@ -532,6 +540,12 @@ impl ClientTransport for HttpClient {
         let this = self.clone();
         let dest = dest.to_string();
         Box::pin(async move { this.request_to(&dest, request).await })
+    }
+
+    fn request_raw(&self, dest: &str, request: OutgoingRequest) -> BoxFuture<'static, Result<Box<RawValue>>> {
+        let this = self.clone();
+        let dest = dest.to_string();
+        Box::pin(async move { this.request_as(&dest, request, ResultForm::Raw).await.map(ReplyResult::into_raw) })
     }
 
     fn active_connections(&self, dest: &str) -> usize {
@@ -921,6 +935,25 @@ mod tests {
         c.close();
         let e = c.request_to(&dest, out(&json!("x"), false)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Closed);
+    }
+
+    #[tokio::test]
+    async fn raw_results_are_the_wire_text() {
+        let h: Arc<dyn Handler> = Arc::new(|req: Request, reply: Reply| match req.payload.as_str() {
+            Some("fail") => reply.err("ERR_BOOM"),
+            _ => reply.ok_raw(RawValue::from_string("{ \"b\" : [1, \"\\u00e9\"], \"a\":null }".into()).unwrap()),
+        });
+        let srv = HttpServer::bind("127.0.0.1:0".parse().unwrap(), h, HttpServerConfig::default()).await.unwrap();
+        let dest = format!("127.0.0.1:{}", srv.port());
+        let c = HttpClient::default();
+        for compress in [false, true] {
+            let r = c.request_raw(&dest, out(&json!("x"), compress)).await.unwrap();
+            assert_eq!(r.get(), "{ \"b\" : [1, \"\\u00e9\"], \"a\":null }");
+            let v = c.request_to(&dest, out(&json!("x"), compress)).await.unwrap();
+            assert_eq!(v, json!({"b": [1, "é"], "a": null}));
+        }
+        let e = c.request_raw(&dest, out(&json!("fail"), false)).await.unwrap_err();
+        assert_eq!((e.kind(), e.message()), (ErrorKind::Remote, "ERR_BOOM"));
     }
 
     /// Arbitrary bodies (random bytes, random gzip flags, random `_gr`) always get an answer.

@@ -50,9 +50,9 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -60,10 +60,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, HandshakeError, Msg, OP_PONG, OP_TEXT, Side};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::rpc::envelope::{decode_reply, decode_request, encode_reply};
+use crate::rpc::envelope::{ResultForm, decode_request, encode_reply};
 use crate::rpc::{
-    BoxFuture, ClientTransport, Dispatched, Handler, OutgoingRequest, Request, RequestInfo, TransportKind, await_reply,
-    start_dispatch,
+    BoxFuture, ClientTransport, Dispatched, Handler, OutgoingRequest, ReplyResult, Request, RequestInfo, TransportKind,
+    await_reply, start_dispatch,
 };
 use crate::tls::{ClientInfo, ClientTls, PeerCert, ServerTls, VerifyClient, client_cert};
 
@@ -750,7 +750,7 @@ impl WsClientConfig {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Value>>;
+type Waiter = crate::rpc::ResultSender;
 
 struct PendingState {
     map: HashMap<String, Waiter>,
@@ -942,19 +942,6 @@ impl Conn {
     }
 }
 
-/// Completes the request a reply frame answers (a reply nobody waits for any more is dropped).
-fn complete(session: &Session, bytes: &[u8]) {
-    let Ok(reply) = decode_reply(bytes) else { return };
-    let key = match &reply.rid {
-        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
-        other => std::borrow::Cow::Owned(other.to_string()),
-    };
-    let waiter = session.lock().map.remove(key.as_ref());
-    if let Some(w) = waiter {
-        let _ = w.send(crate::rpc::reply_to_result(reply.error, reply.result));
-    }
-}
-
 async fn reader_task(
     mut rd: ReadHalf,
     mut frames: FrameReader,
@@ -973,7 +960,10 @@ async fn reader_task(
     let why = 'read: loop {
         loop {
             match frames.next_message() {
-                Ok(Some(Msg::Text(bytes) | Msg::Binary(bytes))) => complete(&session, bytes),
+                Ok(Some(Msg::Text(bytes) | Msg::Binary(bytes))) => {
+                    // A reply nobody waits for any more is dropped.
+                    let _ = Waiter::deliver(bytes, |rid| session.lock().map.remove(rid));
+                }
                 Ok(Some(Msg::Ping(p))) => {
                     let p = p.to_vec();
                     let mut w = session.writer.lock().await;
@@ -1109,7 +1099,7 @@ impl WsTransport {
 
     /// Sends a request on this very transport.
     pub async fn request(&self, request: OutgoingRequest) -> Result<Value> {
-        self.client.request_on(self.conn.clone(), request).await
+        self.client.request_on(self.conn.clone(), request, ResultForm::Value).await.map(ReplyResult::into_value)
     }
 }
 
@@ -1177,13 +1167,18 @@ impl WsClient {
 
     /// Sends one request to `dest` and waits for the reply. See [`ClientTransport::request`].
     pub async fn send(&self, dest: &str, request: OutgoingRequest) -> Result<Value> {
-        let conn = self.pick(dest);
-        self.request_on(conn, request).await
+        self.send_as(dest, request, ResultForm::Value).await.map(ReplyResult::into_value)
     }
 
-    async fn request_on(&self, conn: Arc<Conn>, request: OutgoingRequest) -> Result<Value> {
+    /// [`WsClient::send`] with the result in `form` (raw: the JSON text as it came on the wire).
+    pub async fn send_as(&self, dest: &str, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
+        let conn = self.pick(dest);
+        self.request_on(conn, request, form).await
+    }
+
+    async fn request_on(&self, conn: Arc<Conn>, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
         let timeout = request.timeout.or(self.inner.config.default_request_timeout);
-        let fut = self.request_inner(conn, request);
+        let fut = self.request_inner(conn, request, form);
         match timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
@@ -1193,13 +1188,13 @@ impl WsClient {
         }
     }
 
-    async fn request_inner(&self, conn: Arc<Conn>, request: OutgoingRequest) -> Result<Value> {
+    async fn request_inner(&self, conn: Arc<Conn>, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
         let mut frame = Some(request.envelope());
         // Two tries: a socket that closes between picking it and registering the request is
         // replaced once.
         for _ in 0..2 {
             let session = conn.session(&self.inner).await?;
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = Waiter::channel(form);
             let batch;
             {
                 let mut p = session.lock();
@@ -1277,6 +1272,12 @@ impl ClientTransport for WsClient {
         let this = self.clone();
         let dest = dest.to_string();
         Box::pin(async move { this.send(&dest, request).await })
+    }
+
+    fn request_raw(&self, dest: &str, request: OutgoingRequest) -> BoxFuture<'static, Result<Box<RawValue>>> {
+        let this = self.clone();
+        let dest = dest.to_string();
+        Box::pin(async move { this.send_as(&dest, request, ResultForm::Raw).await.map(ReplyResult::into_raw) })
     }
 
     fn active_connections(&self, dest: &str) -> usize {
