@@ -330,6 +330,16 @@ fn main() {
             println!("floor: {:.0} round trips/s (p50 {} µs)", v[0].as_f64().unwrap_or(0.0), v[1]);
             return;
         }
+        if std::env::args().any(|a| a == "--pubsub-only") {
+            if std::env::var_os("PUBSUB_MAIN").is_some() {
+                let link = Link::new(LinkConfig::with_grape(g.url.clone())).expect("link");
+                println!("ours (main rt): 10 subs {:.0} msg/s", ours_pubsub(&server_rt, &link, 10, 50_000).await);
+            } else {
+                let v = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await;
+                println!("ours (client rt): 10 subs {:.0} msg/s", v.as_f64().unwrap_or(0.0));
+            }
+            return;
+        }
         if std::env::args().any(|a| a == "--ours-only") {
             // For profiling: only our RPC rows, longer.
             let v = client(|s, link| {

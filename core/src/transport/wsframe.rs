@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role as TsRole;
 
-use super::ws::{NetStream, Ws, ws_config};
+use super::ws::{NetStream, Prefixed, Ws, ws_config};
 
 /// The largest opening-handshake head (request or response) accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
@@ -518,7 +518,7 @@ pub(crate) async fn into_tungstenite(stream: NetStream, leftover: Vec<u8>, side:
         Side::Server => TsRole::Server,
         Side::Client => TsRole::Client,
     };
-    Ws::from_partially_read(stream, leftover, role, Some(ws_config(max_message_size))).await
+    Ws::from_raw_socket(Prefixed::new(stream, leftover), role, Some(ws_config(max_message_size))).await
 }
 
 /// Writes all of `buf` to `io`, consuming it from the front as bytes go out, so that a caller
