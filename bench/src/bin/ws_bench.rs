@@ -10,8 +10,12 @@
 //!   waits for all 100), like the reference's measurements. Ours: `PeerRpcClient` + `WsClient` →
 //!   `WsServer`. Reference: Node `PeerRPCClient` → Node `PeerRPCServer` (separate processes).
 //! * Process shape: the Node peers are single-threaded processes (server and client apart). Ours
-//!   mirror that with two single-threaded tokio runtimes in this process: the servers
-//!   (`WsServer`, `PeerPub`) on one thread, the clients and subscribers on another.
+//!   mirror that with two single-threaded tokio runtimes in this process (I/O and timers only: the
+//!   harness's child processes are watched by a third, main runtime): the servers (`WsServer`,
+//!   `PeerPub`) on one thread, the clients and subscribers on another. The sequential loop runs in
+//!   a task, as application code does (tokio's `block_on` future pays an extra non-blocking
+//!   `epoll_wait` each time another task wakes it).
+//! * `--ours-only` (`WS_SEQ=n`), `--floor-only`, `--pubsub-only`: one part alone, for profiling.
 //! * PUB/SUB: messages `{"seq":i,"msg":"hello subscribers"}` published to 10 and to 100
 //!   subscribers; messages/s = messages published ÷ time from the first delivery until every
 //!   subscriber has every message. Our publisher keeps its bounded queues (the benchmark publishes
