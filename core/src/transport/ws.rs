@@ -1020,12 +1020,17 @@ async fn reader_task(
                     let _ = Waiter::deliver(bytes, |rid| session.lock().map.remove(rid));
                 }
                 Ok(Some(Msg::Ping(p))) => {
-                    let p = p.to_vec();
-                    let mut w = session.writer.lock().await;
-                    wsframe::encode_frame(&mut w.buf, OP_PONG, &p, Some(wsframe::mask_key()));
-                    if !w.write_out().await {
-                        break 'read "the socket failed";
-                    }
+                    // Answered from a task of its own: waiting here for the writer (held by a
+                    // requester whose write is blocked) would stop this task reading replies, and a
+                    // server blocked on writing them would never unblock that write.
+                    let (p, session) = (p.to_vec(), session.clone());
+                    tokio::spawn(async move {
+                        let mut w = session.writer.lock().await;
+                        wsframe::encode_frame(&mut w.buf, OP_PONG, &p, Some(wsframe::mask_key()));
+                        if !w.write_out().await {
+                            session.close.cancel();
+                        }
+                    });
                 }
                 Ok(Some(Msg::Close(code))) => {
                     close.0 = code.unwrap_or(CLOSE_NORMAL);

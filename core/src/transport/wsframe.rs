@@ -166,6 +166,10 @@ impl FrameReader {
     /// The next whole message or control frame in the buffer, `Ok(None)` when more bytes are
     /// needed. Pongs are skipped. After an error the reader must not be used again.
     pub(crate) fn next_message(&mut self) -> Result<Option<Msg<'_>>, FrameError> {
+        if !self.assembled.is_empty() {
+            // The last reassembled message was handled: do not keep it (it may be large).
+            self.assembled = Vec::new();
+        }
         let parsed = loop {
             let avail = &self.buf[self.start..];
             if avail.len() < 2 {
