@@ -683,3 +683,40 @@ async fn ws_client_reports_a_bad_accept_key_and_http_statuses() {
     let e = WsClient::default().send(&dest, out(json!("x"), Some(LONG))).await.expect_err("401");
     assert_eq!(e.kind(), ErrorKind::ClientRefused, "{e}");
 }
+
+#[tokio::test]
+async fn ws_timeouts_cover_a_write_stuck_on_a_server_that_does_not_read_and_mixed_deadlines() {
+    // The server takes the socket and never reads it: a 8 MiB request fills the socket buffers
+    // and its write blocks; the request still fails at its deadline.
+    let addr = raw_server(|s| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let c = WsClient::default();
+    let dest = addr.to_string();
+    let big = json!("x".repeat(8 << 20));
+    let t0 = Instant::now();
+    let e = c.send(&dest, out(big, Some(Duration::from_millis(400)))).await.expect_err("timeout");
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(390) && took < Duration::from_millis(3000), "{took:?}");
+
+    // Deadlines in any order on one socket: a long one first, then shorter ones, each on time.
+    let s = server().await;
+    let dest = s.local_addr().to_string();
+    let c = WsClient::new(WsClientConfig::default().max_active_dest_transports(1));
+    c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("warm");
+    let long = c.send(&dest, out(json!({"sleep": 1500, "v": "late"}), Some(LONG)));
+    let t0 = Instant::now();
+    let short = async {
+        let a = c.send(&dest, out(json!({"sleep": 10_000}), Some(Duration::from_millis(600))));
+        let b = c.send(&dest, out(json!({"sleep": 10_000}), Some(Duration::from_millis(200))));
+        let (a, b) = tokio::join!(a, b);
+        (a.expect_err("a times out").kind(), b.expect_err("b times out").kind(), t0.elapsed())
+    };
+    let (long, (a, b, took)) = tokio::join!(long, short);
+    assert_eq!((a, b), (ErrorKind::Timeout, ErrorKind::Timeout));
+    assert!(took >= Duration::from_millis(590) && took < Duration::from_millis(1400), "{took:?}");
+    assert_eq!(long.expect("the long one is answered"), json!("late"));
+}

@@ -807,9 +807,19 @@ impl WsClientConfig {
 
 type Waiter = crate::rpc::ResultSender;
 
+/// A request in flight on a socket: who waits for it, and until when.
+struct Pending {
+    waiter: Waiter,
+    /// When it times out, and its timeout (for the message); `None`: never.
+    deadline: Option<(Instant, Duration)>,
+}
+
 struct PendingState {
-    map: HashMap<String, Waiter>,
+    map: HashMap<String, Pending>,
     closed: bool,
+    /// What the reader task's timeout timer is set to: the earliest deadline when it was set (a
+    /// request answered since leaves it early, which only costs one look at the map).
+    armed: Option<Instant>,
 }
 
 /// The read half of a client socket (owned by its reader task).
@@ -895,6 +905,8 @@ struct Session {
     last_used: AtomicU64,
     /// Tells the reader task to close the socket (client closed, write failure).
     close: CancellationToken,
+    /// Tells the reader task a request came with a deadline earlier than `armed`.
+    rearm: tokio::sync::Notify,
 }
 
 impl Session {
@@ -927,7 +939,7 @@ impl Session {
         let waiters: Vec<Waiter> = {
             let mut p = self.lock();
             p.closed = true;
-            p.map.drain().map(|(_, w)| w).collect()
+            p.map.drain().map(|(_, e)| e.waiter).collect()
         };
         for w in waiters {
             let _ = w.send(Err(Error::new(kind, why.to_string())));
@@ -987,9 +999,10 @@ impl Conn {
         let (rd, wr) = split_stream(io);
         let session = Arc::new(Session {
             writer: tokio::sync::Mutex::new(Writer { half: wr, buf: Vec::with_capacity(1024) }),
-            pending: Mutex::new(PendingState { map: HashMap::new(), closed: false }),
+            pending: Mutex::new(PendingState { map: HashMap::new(), closed: false, armed: None }),
             last_used: AtomicU64::new(inner.now_ms()),
             close: CancellationToken::new(),
+            rearm: tokio::sync::Notify::new(),
         });
         let frames = FrameReader::new(Side::Client, inner.config.max_message_size, leftover);
         tokio::spawn(reader_task(rd, frames, session.clone(), Arc::downgrade(self), inner.config.idle_timeout, inner.epoch));
@@ -1012,12 +1025,19 @@ async fn reader_task(
     let token = session.close.clone();
     let closed_by_client = token.cancelled();
     tokio::pin!(closed_by_client);
+    // Request timeouts: one timer per socket, set to the earliest deadline, instead of a timer
+    // per request (registering and removing one cost a lock round trip and a clock read each).
+    let rearm = session.rearm.notified();
+    tokio::pin!(rearm);
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut expiry_set = false;
     let why = 'read: loop {
         loop {
             match frames.next_message() {
                 Ok(Some(Msg::Text(bytes) | Msg::Binary(bytes))) => {
                     // A reply nobody waits for any more is dropped.
-                    let _ = Waiter::deliver(bytes, |rid| session.lock().map.remove(rid));
+                    let _ = Waiter::deliver(bytes, |rid| session.lock().map.remove(rid).map(|e| e.waiter));
                 }
                 Ok(Some(Msg::Ping(p))) => {
                     // Answered from a task of its own: waiting here for the writer (held by a
@@ -1056,7 +1076,7 @@ async fn reader_task(
             _ = sweep.tick() => {
                 let now = epoch.elapsed().as_millis() as u64;
                 let mut p = session.lock();
-                p.map.retain(|_, w| !w.is_closed());
+                p.map.retain(|_, e| !e.waiter.is_closed());
                 if let Some(idle) = idle {
                     let last = session.last_used.load(Ordering::Relaxed);
                     if p.map.is_empty() && now.saturating_sub(last) >= u64::try_from(idle.as_millis()).unwrap_or(u64::MAX) {
@@ -1069,6 +1089,32 @@ async fn reader_task(
                         }
                         break "idle";
                     }
+                }
+            }
+            () = &mut rearm => {
+                rearm.set(session.rearm.notified());
+                if let Some(at) = session.lock().armed {
+                    expiry.as_mut().reset(at.into());
+                    expiry_set = true;
+                }
+            }
+            () = &mut expiry, if expiry_set => {
+                expiry_set = false;
+                let now = Instant::now();
+                let expired: Vec<(Waiter, Duration)> = {
+                    let mut p = session.lock();
+                    let due: Vec<String> =
+                        p.map.iter().filter(|(_, e)| e.deadline.is_some_and(|(at, _)| at <= now)).map(|(k, _)| k.clone()).collect();
+                    let expired = due.iter().filter_map(|k| p.map.remove(k)).filter_map(|e| Some((e.waiter, e.deadline?.1))).collect();
+                    p.armed = p.map.values().filter_map(|e| e.deadline.map(|(at, _)| at)).min();
+                    if let Some(at) = p.armed {
+                        expiry.as_mut().reset(at.into());
+                        expiry_set = true;
+                    }
+                    expired
+                };
+                for (w, t) in expired {
+                    let _ = w.send(Err(Error::timeout(format!("ERR_TIMEOUT: no reply within {t:?}"))));
                 }
             }
             _ = &mut closed_by_client => break "the socket was closed by the client",
@@ -1236,33 +1282,35 @@ impl WsClient {
         self.request_on(conn, request, form).await
     }
 
+    /// Sends `request` on `conn` and waits for its reply. The timeout covers connecting (a tokio
+    /// timer, only when the socket must be opened) and the reply (the socket's reader task fails
+    /// the request when its deadline passes).
     async fn request_on(&self, conn: Arc<Conn>, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
         let timeout = request.timeout.or(self.inner.config.default_request_timeout);
-        let fut = self.request_inner(conn, request, form);
-        match timeout {
-            Some(t) => match tokio::time::timeout(t, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::timeout(format!("ERR_TIMEOUT: no reply within {t:?}"))),
-            },
-            None => fut.await,
-        }
-    }
-
-    async fn request_inner(&self, conn: Arc<Conn>, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
+        // A timeout too long to add to the clock never fires.
+        let deadline = timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t)));
         let mut frame = Some(request.envelope());
         // Two tries: a socket that closes between picking it and registering the request is
         // replaced once.
         for _ in 0..2 {
-            let session = conn.session(&self.inner).await?;
-            let (tx, rx) = Waiter::channel(form);
+            let session = match (conn.live_session(), deadline) {
+                (Some(s), _) => s,
+                (None, Some((at, t))) => match tokio::time::timeout_at(at.into(), conn.session(&self.inner)).await {
+                    Ok(s) => s?,
+                    Err(_) => return Err(Error::timeout(format!("ERR_TIMEOUT: no reply within {t:?}"))),
+                },
+                (None, None) => conn.session(&self.inner).await?,
+            };
+            let (tx, mut rx) = Waiter::channel(form);
             let batch;
+            let mut rearm = false;
             {
                 let mut p = session.lock();
                 if p.closed {
                     continue;
                 }
                 if p.map.len() >= self.inner.config.max_pending_per_connection {
-                    p.map.retain(|_, w| !w.is_closed());
+                    p.map.retain(|_, e| !e.waiter.is_closed());
                     if p.map.len() >= self.inner.config.max_pending_per_connection {
                         return Err(Error::new(ErrorKind::InvalidState, "too many requests in flight on this socket"));
                     }
@@ -1270,14 +1318,34 @@ impl WsClient {
                 if p.map.contains_key(&request.rid) {
                     return Err(Error::invalid(format!("request id {} already in flight", request.rid)));
                 }
-                p.map.insert(request.rid.clone(), tx);
+                p.map.insert(request.rid.clone(), Pending { waiter: tx, deadline });
                 batch = p.map.len() > 1;
+                if let Some((at, _)) = deadline
+                    && p.armed.is_none_or(|armed| at < armed)
+                {
+                    p.armed = Some(at);
+                    rearm = true;
+                }
+            }
+            if rearm {
+                session.rearm.notify_one();
             }
             // (`last_used` is stored when the request ends, answered or not: while a request is
             // pending its socket is never idle.)
             let guard = PendingGuard { session: &session, rid: &request.rid, inner: &self.inner };
             let Some(frame) = frame.take() else { break };
-            if !session.write(&frame, batch).await {
+            // A write stuck on a full socket still ends at the deadline (the reader task fails
+            // the request; the frame stays whole in the socket's buffer).
+            let wrote = tokio::select! {
+                biased;
+                ok = session.write(&frame, batch) => ok,
+                r = &mut rx => {
+                    guard.disarm();
+                    session.last_used.store(self.inner.now_ms(), Ordering::Relaxed);
+                    return r.unwrap_or_else(|_| Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the socket closed")));
+                }
+            };
+            if !wrote {
                 drop(guard);
                 // The socket is broken: the reader task fails what is in flight and closes it.
                 session.lock().closed = true;
