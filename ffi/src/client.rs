@@ -9,7 +9,7 @@ use crate::callback::{grenache_json_cb, json_completion, try_callback};
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_ref, try_str, try_str_len, write_out};
+use crate::ptr::{try_box, try_ref, try_str, try_str_len, write_handle};
 use crate::tls::grenache_client_tls;
 
 /// An RPC client: finds the workers of a service through a Link and sends them requests.
@@ -25,13 +25,7 @@ fn new_client(kind: ClientTransportKind, link: *const grenache_link, tls: *const
         return grenache_result::NullParameter;
     }
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-    match EmbedClient::new(&link.inner, kind, ClientOptions { tls, default_timeout: None }) {
-        Ok(inner) => {
-            unsafe { write_out(out, Box::into_raw(Box::new(grenache_client { inner }))) };
-            grenache_result::Ok
-        }
-        Err(e) => grenache_result::from(&e),
-    }
+    unsafe { write_handle(out, EmbedClient::new(&link.inner, kind, ClientOptions { tls, default_timeout: None }), |inner| grenache_client { inner }) }
 }
 
 /// Creates an HTTP RPC client (grenache-nodejs-http compatible) that finds workers through

@@ -8,7 +8,7 @@ use grenache_core::embed::{EmbedGrape, GrapeConfig, GrapeEvent, GrapeEventDelive
 
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{NulString, try_box, try_mut, try_ref, try_str, write_out};
+use crate::ptr::{NulString, try_box, try_mut, try_ref, try_str, write_boxed, write_handle};
 use crate::reply::{OwnedUserData, grenache_free_cb};
 use crate::runtime::grenache_runtime;
 
@@ -55,13 +55,7 @@ pub extern "C" fn grenache_grape_start(
 }
 
 fn start(rt: &grenache_runtime, config: GrapeConfig, out: *mut *mut grenache_grape) -> grenache_result {
-    match EmbedGrape::start(&rt.rt, config) {
-        Ok(inner) => {
-            unsafe { write_out(out, Box::into_raw(Box::new(grenache_grape { inner }))) };
-            grenache_result::Ok
-        }
-        Err(e) => grenache_result::from(&e),
-    }
+    unsafe { write_handle(out, EmbedGrape::start(&rt.rt, config), |inner| grenache_grape { inner }) }
 }
 
 fn parse_bootstrap(list: &str) -> Vec<String> {
@@ -225,7 +219,7 @@ pub extern "C" fn grenache_grape_options_new(out: *mut *mut grenache_grape_optio
         }
         let mut config = GrapeConfig::new();
         config.dht_port(0).api_port(0);
-        unsafe { write_out(out, Box::into_raw(Box::new(grenache_grape_options { config }))) };
+        unsafe { write_boxed(out, grenache_grape_options { config }) };
         grenache_result::Ok
     }
 }

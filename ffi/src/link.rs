@@ -8,7 +8,7 @@ use grenache_core::embed::{EmbedLink, Keypair, LinkConfig, MutableItem};
 use crate::callback::{done_completion, grenache_done_cb, grenache_json_cb, json_completion, try_callback};
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_mut, try_ref, try_str, try_str_len, write_out};
+use crate::ptr::{try_box, try_mut, try_ref, try_str, try_str_len, write_boxed, write_handle, write_out};
 use crate::runtime::grenache_runtime;
 
 /// A Link: the client of one Grape's HTTP API (lookups with a cache, announces, DHT put/get).
@@ -40,13 +40,7 @@ pub extern "C" fn grenache_link_new(rt: *const grenache_runtime, grape_url: *con
         if out.is_null() {
             return grenache_result::NullParameter;
         }
-        match EmbedLink::new(&rt.rt, LinkConfig::with_grape(url)) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        unsafe { write_handle(out, EmbedLink::new(&rt.rt, LinkConfig::with_grape(url)), |inner| grenache_link { inner }) }
     }
 }
 
@@ -83,7 +77,7 @@ pub extern "C" fn grenache_link_options_new(out: *mut *mut grenache_link_options
         if out.is_null() {
             return grenache_result::NullParameter;
         }
-        unsafe { write_out(out, Box::into_raw(Box::new(grenache_link_options { config: LinkConfig::default() }))) };
+        unsafe { write_boxed(out, grenache_link_options { config: LinkConfig::default() }) };
         grenache_result::Ok
     }
 }
@@ -135,13 +129,7 @@ pub extern "C" fn grenache_link_new_opts(
         }
         let mut config = unsafe { opts.as_ref() }.map(|o| o.config.clone()).unwrap_or_default();
         config.grape = url.to_string();
-        match EmbedLink::new(&rt.rt, config) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_link { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        unsafe { write_handle(out, EmbedLink::new(&rt.rt, config), |inner| grenache_link { inner }) }
     }
 }
 
@@ -320,7 +308,7 @@ pub extern "C" fn grenache_keypair_generate(out: *mut *mut grenache_keypair) -> 
         if out.is_null() {
             return grenache_result::NullParameter;
         }
-        unsafe { write_out(out, Box::into_raw(Box::new(grenache_keypair { inner: Keypair::generate() }))) };
+        unsafe { write_boxed(out, grenache_keypair { inner: Keypair::generate() }) };
         grenache_result::Ok
     }
 }
@@ -334,13 +322,7 @@ pub extern "C" fn grenache_keypair_from_secret_hex(secret_hex: *const c_char, ou
         if out.is_null() {
             return grenache_result::NullParameter;
         }
-        match Keypair::from_secret_hex(s) {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_keypair { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        unsafe { write_handle(out, Keypair::from_secret_hex(s), |inner| grenache_keypair { inner }) }
     }
 }
 

@@ -112,6 +112,33 @@ pub(crate) unsafe fn write_out<T>(out: *mut T, v: T) {
     unsafe { out.write(v) }
 }
 
+/// Boxes `v` and writes the pointer through `out`; the caller of the C function owns it.
+///
+/// # Safety
+/// As [`write_out`].
+pub(crate) unsafe fn write_boxed<T>(out: *mut *mut T, v: T) {
+    unsafe { write_out(out, Box::into_raw(Box::new(v))) }
+}
+
+/// The usual end of a constructor: on success writes the boxed handle `wrap(value)` through
+/// `out` and returns `OK`; on failure writes nothing and returns the error's code.
+///
+/// # Safety
+/// As [`write_out`].
+pub(crate) unsafe fn write_handle<T, H>(
+    out: *mut *mut H,
+    made: grenache_core::Result<T>,
+    wrap: impl FnOnce(T) -> H,
+) -> grenache_result {
+    match made {
+        Ok(v) => {
+            unsafe { write_boxed(out, wrap(v)) };
+            grenache_result::Ok
+        }
+        Err(e) => grenache_result::from(&e),
+    }
+}
+
 /// A C `void *userdata` that the caller promised may be used from any thread.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UserData(pub(crate) *mut c_void);

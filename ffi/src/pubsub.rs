@@ -8,7 +8,7 @@ use grenache_core::embed::{EmbedPublisher, EmbedSubscriber, ServerOptions, SubMe
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{NulString, try_box, try_ref, try_str, try_str_len, write_out};
+use crate::ptr::{NulString, try_box, try_ref, try_str, try_str_len, write_handle, write_out};
 use crate::reply::{OwnedUserData, grenache_free_cb};
 use crate::server::grenache_server_options;
 use crate::tls::{grenache_client_tls, grenache_server_tls};
@@ -62,13 +62,7 @@ fn new_publisher(link: *const grenache_link, opts: impl FnOnce() -> ServerOption
     if out.is_null() {
         return grenache_result::NullParameter;
     }
-    match EmbedPublisher::bind_with(&link.inner, opts()) {
-        Ok(inner) => {
-            unsafe { write_out(out, Box::into_raw(Box::new(grenache_publisher { inner }))) };
-            grenache_result::Ok
-        }
-        Err(e) => grenache_result::from(&e),
-    }
+    unsafe { write_handle(out, EmbedPublisher::bind_with(&link.inner, opts()), |inner| grenache_publisher { inner }) }
 }
 
 /// The publisher's port (0 when `publisher` is NULL).
@@ -227,13 +221,7 @@ fn subscribe(
         return grenache_result::NullParameter;
     }
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
-    match EmbedSubscriber::subscribe(&link.inner, name, tls, on_message) {
-        Ok(inner) => {
-            unsafe { write_out(out, Box::into_raw(Box::new(grenache_subscriber { inner }))) };
-            grenache_result::Ok
-        }
-        Err(e) => grenache_result::from(&e),
-    }
+    unsafe { write_handle(out, EmbedSubscriber::subscribe(&link.inner, name, tls, on_message), |inner| grenache_subscriber { inner }) }
 }
 
 /// How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is

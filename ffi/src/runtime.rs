@@ -4,7 +4,7 @@ use grenache_core::embed::{Runtime, RuntimeOptions};
 
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, write_out};
+use crate::ptr::{try_box, write_handle};
 
 /// A runtime: the worker threads on which every operation and every callback of the handles
 /// created from it run. There is no global runtime: create one with `grenache_runtime_new`
@@ -37,13 +37,7 @@ pub extern "C" fn grenache_runtime_new(worker_threads: usize, out: *mut *mut gre
             return grenache_result::NullParameter;
         }
         ignore_sigpipe_if_default();
-        match Runtime::new(RuntimeOptions { worker_threads, ..Default::default() }) {
-            Ok(rt) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_runtime { rt }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        unsafe { write_handle(out, Runtime::new(RuntimeOptions { worker_threads, ..Default::default() }), |rt| grenache_runtime { rt }) }
     }
 }
 

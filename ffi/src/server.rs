@@ -11,7 +11,7 @@ use crate::callback::{done_completion, grenache_done_cb, try_callback};
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{NulString, try_box, try_mut, try_ref, try_str, write_out};
+use crate::ptr::{NulString, try_box, try_mut, try_ref, try_str, write_boxed, write_handle};
 use crate::reply::{OwnedUserData, c_handler, grenache_free_cb, grenache_handler_cb};
 use crate::tls::grenache_server_tls;
 
@@ -38,13 +38,7 @@ fn new_server(
     if out.is_null() {
         return grenache_result::NullParameter;
     }
-    match EmbedServer::listen(&link.inner, kind, handler, opts()) {
-        Ok(inner) => {
-            unsafe { write_out(out, Box::into_raw(Box::new(grenache_server { inner }))) };
-            grenache_result::Ok
-        }
-        Err(e) => grenache_result::from(&e),
-    }
+    unsafe { write_handle(out, EmbedServer::listen(&link.inner, kind, handler, opts()), |inner| grenache_server { inner }) }
 }
 
 /// The options of the `grenache_server_new_*` and `grenache_publisher_new` shorthands.
@@ -194,7 +188,7 @@ pub extern "C" fn grenache_server_options_new(out: *mut *mut grenache_server_opt
         if out.is_null() {
             return grenache_result::NullParameter;
         }
-        unsafe { write_out(out, Box::into_raw(Box::new(grenache_server_options::default()))) };
+        unsafe { write_boxed(out, grenache_server_options::default()) };
         grenache_result::Ok
     }
 }

@@ -7,7 +7,7 @@ use grenache_core::tls::ClientAuth;
 
 use crate::error::grenache_result;
 use crate::panic::ffi_panic_boundary;
-use crate::ptr::{try_box, try_str, write_out};
+use crate::ptr::{try_box, try_str, write_handle};
 
 /// How a TLS server treats client certificates (the `client_auth` argument of
 /// `grenache_server_tls_new`).
@@ -74,13 +74,7 @@ pub extern "C" fn grenache_server_tls_new(
         if let Some(ca) = ca {
             b = b.client_ca_pem(ca.as_bytes().to_vec());
         }
-        match b.client_auth(mode).build() {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_server_tls { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        unsafe { write_handle(out, b.client_auth(mode).build(), |inner| grenache_server_tls { inner }) }
     }
 }
 
@@ -117,13 +111,7 @@ pub extern "C" fn grenache_client_tls_new(
             (None, None) => {}
             _ => return grenache_result::InvalidArgument,
         }
-        match b.build() {
-            Ok(inner) => {
-                unsafe { write_out(out, Box::into_raw(Box::new(grenache_client_tls { inner }))) };
-                grenache_result::Ok
-            }
-            Err(e) => grenache_result::from(&e),
-        }
+        unsafe { write_handle(out, b.build(), |inner| grenache_client_tls { inner }) }
     }
 }
 
