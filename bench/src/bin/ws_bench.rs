@@ -12,8 +12,8 @@
 //! * Process shape: the Node peers are single-threaded processes (server and client apart). Ours
 //!   mirror that with two single-threaded tokio runtimes in this process (I/O and timers only: the
 //!   harness's child processes are watched by a third, main runtime): the servers (`WsServer`,
-//!   `PeerPub`) on one thread, the clients and subscribers on another. The sequential loop runs in
-//!   a task, as application code does (tokio's `block_on` future pays an extra non-blocking
+//!   `PeerPub`) on one thread, the clients and subscribers on another. Our client side runs in a
+//!   spawned task, as application code does (tokio's `block_on` future pays an extra non-blocking
 //!   `epoll_wait` each time another task wakes it).
 //! * `--ours-only` (`WS_SEQ=n`), `--floor-only`, `--pubsub-only`: one part alone, for profiling.
 //! * PUB/SUB: messages `{"seq":i,"msg":"hello subscribers"}` published to 10 and to 100
@@ -126,19 +126,14 @@ async fn ours_rpc(server_rt: &tokio::runtime::Handle, link: &Link, seq: usize, r
     for _ in 0..300 {
         call(client.clone(), opts.clone()).await;
     }
-    let (c2, o2) = (client.clone(), opts.clone());
-    let seq_loop = async move {
-        let mut seq_lat = Samples::with_capacity(seq);
-        let t0 = Instant::now();
-        for _ in 0..seq {
-            let a = Instant::now();
-            call(c2.clone(), o2.clone()).await;
-            seq_lat.push(a.elapsed());
-        }
-        (seq_lat, t0.elapsed().as_secs_f64())
-    };
-    let (mut seq_lat, seq_secs) =
-        if std::env::var_os("WS_SEQ_INLINE").is_some() { seq_loop.await } else { tokio::spawn(seq_loop).await.expect("join") };
+    let mut seq_lat = Samples::with_capacity(seq);
+    let t0 = Instant::now();
+    for _ in 0..seq {
+        let a = Instant::now();
+        call(client.clone(), opts.clone()).await;
+        seq_lat.push(a.elapsed());
+    }
+    let seq_secs = t0.elapsed().as_secs_f64();
     let mut conc_lat = Samples::with_capacity(rounds * 100);
     let t0 = Instant::now();
     for _ in 0..rounds {
@@ -335,13 +330,8 @@ fn main() {
             return;
         }
         if std::env::args().any(|a| a == "--pubsub-only") {
-            if std::env::var_os("PUBSUB_MAIN").is_some() {
-                let link = Link::new(LinkConfig::with_grape(g.url.clone())).expect("link");
-                println!("ours (main rt): 10 subs {:.0} msg/s", ours_pubsub(&server_rt, &link, 10, 50_000).await);
-            } else {
-                let v = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await;
-                println!("ours (client rt): 10 subs {:.0} msg/s", v.as_f64().unwrap_or(0.0));
-            }
+            let v = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await;
+            println!("ours: PUB/SUB to 10 subscribers {:.0} msg/s", v.as_f64().unwrap_or(0.0));
             return;
         }
         if std::env::args().any(|a| a == "--ours-only") {

@@ -61,13 +61,23 @@ pub fn decode_request(body: &[u8]) -> Result<DecodedRequest> {
 
 /// Encodes a reply `[rid, error, result]`.
 pub fn encode_reply<R: serde::Serialize>(rid: &Value, body: &std::result::Result<R, String>) -> Vec<u8> {
-    // A tuple serialises as a JSON array and `()` as `null`: no copy of the result.
-    let out = match body {
-        Ok(result) => serde_json::to_vec(&(rid, (), result)),
-        Err(msg) => serde_json::to_vec(&(rid, msg, ())),
+    let mut out = Vec::new();
+    encode_reply_into(&mut out, rid, body);
+    out
+}
+
+/// [`encode_reply`] into `out` (cleared first), so a transport can reuse one buffer.
+pub fn encode_reply_into<R: serde::Serialize>(out: &mut Vec<u8>, rid: &Value, body: &std::result::Result<R, String>) {
+    out.clear();
+    // A tuple serialises as a JSON array and `()` as `null`: no copy of the result, no tree.
+    let written = match body {
+        Ok(result) => serde_json::to_writer(&mut *out, &(rid, (), result)),
+        Err(msg) => serde_json::to_writer(&mut *out, &(rid, msg, ())),
     };
-    // Serialising Values and strings into a Vec cannot fail.
-    out.unwrap_or_default()
+    // Serialising Values, raw JSON and strings into a Vec cannot fail; never leave half an array.
+    if written.is_err() {
+        out.clear();
+    }
 }
 
 /// A decoded reply envelope.
@@ -221,6 +231,19 @@ fn type_name(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn encode_reply_into_a_used_buffer_matches_encode_reply() {
+        let mut buf = b"left over from the last reply".to_vec();
+        for (rid, body) in [
+            (json!("r1"), Ok(json!({"a": [1, "ü€"]}))),
+            (json!(12345), Err("ERR_BOOM".to_string())),
+            (Value::Null, Ok(Value::Null)),
+        ] {
+            encode_reply_into(&mut buf, &rid, &body);
+            assert_eq!(buf, encode_reply(&rid, &body));
+        }
+    }
 
     #[test]
     fn request_round_trip() {

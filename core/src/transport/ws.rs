@@ -60,7 +60,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, HandshakeError, Msg, OP_PONG, OP_TEXT, Side};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::rpc::envelope::{ResultForm, decode_request, encode_reply};
+use crate::rpc::envelope::{ResultForm, decode_request, encode_reply_into};
 use crate::rpc::{
     BoxFuture, ClientTransport, Dispatched, Handler, OutgoingRequest, ReplyResult, Request, RequestInfo, TransportKind,
     await_reply, start_dispatch,
@@ -201,15 +201,9 @@ impl AsyncWrite for Prefixed {
     }
 }
 
-/// Bytes read from the socket at a time. tungstenite zero-fills this much of its read buffer
-/// before every read (including the one that finds the socket drained), so its 128 KiB default
-/// cost two 128 KiB `memset`s per small message and side: the largest single cost of a round trip
-/// in profiles. Large messages still read in one buffer (reserved at their full length).
-const READ_CHUNK: usize = 8 * 1024;
-
 pub(crate) fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(READ_CHUNK)
+        .read_buffer_size(wsframe::READ_CHUNK)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))
         .write_buffer_size(64 * 1024)
@@ -552,38 +546,6 @@ async fn write_within<F: std::future::Future>(fut: F) -> Option<F::Output> {
     }
 }
 
-/// Writes the reply envelope `[rid, error|null, result]` into `out` (cleared first), without
-/// building a tree.
-fn reply_json<R: serde::Serialize>(out: &mut Vec<u8>, rid: &Value, body: &std::result::Result<R, String>) {
-    out.clear();
-    out.push(b'[');
-    let ok = serde_json::to_writer(&mut *out, rid).is_ok()
-        && match body {
-            Ok(result) => {
-                out.extend_from_slice(b",null,");
-                serde_json::to_writer(&mut *out, result).is_ok()
-            }
-            Err(msg) => {
-                out.push(b',');
-                let ok = serde_json::to_writer(&mut *out, msg).is_ok();
-                out.extend_from_slice(b",null");
-                ok
-            }
-        };
-    out.push(b']');
-    if !ok {
-        *out = encode_reply(rid, body);
-    }
-}
-
-/// The reply envelope as text (see [`reply_json`]).
-#[cfg(test)]
-fn reply_text<R: serde::Serialize>(rid: &Value, body: &std::result::Result<R, String>) -> String {
-    let mut out = Vec::new();
-    reply_json(&mut out, rid, body);
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// A server connection's outgoing bytes: reply frames are appended as they come and written out
 /// together when nothing else is ready.
 struct Outbox {
@@ -593,7 +555,7 @@ struct Outbox {
 
 impl Outbox {
     fn reply<R: serde::Serialize>(&mut self, rid: &Value, body: &std::result::Result<R, String>) {
-        reply_json(&mut self.scratch, rid, body);
+        encode_reply_into(&mut self.scratch, rid, body);
         wsframe::encode_frame(&mut self.frames, OP_TEXT, &self.scratch, None);
         if self.scratch.capacity() > 64 * 1024 {
             self.scratch = Vec::new();
@@ -605,11 +567,7 @@ impl Outbox {
         if self.frames.is_empty() {
             return true;
         }
-        let ok = matches!(write_within(wsframe::write_out(io, &mut self.frames)).await, Some(Ok(())));
-        if self.frames.capacity() > 256 * 1024 {
-            self.frames = Vec::new();
-        }
-        ok
+        matches!(write_within(wsframe::write_out(io, &mut self.frames)).await, Some(Ok(())))
     }
 }
 
@@ -889,11 +847,7 @@ struct Writer {
 
 impl Writer {
     async fn write_out(&mut self) -> bool {
-        let ok = wsframe::write_out(&mut self.half, &mut self.buf).await.is_ok();
-        if self.buf.capacity() > 256 * 1024 && self.buf.is_empty() {
-            self.buf = Vec::new();
-        }
-        ok
+        wsframe::write_out(&mut self.half, &mut self.buf).await.is_ok()
     }
 }
 
@@ -1103,9 +1057,11 @@ async fn reader_task(
                 let now = Instant::now();
                 let expired: Vec<(Waiter, Duration)> = {
                     let mut p = session.lock();
-                    let due: Vec<String> =
-                        p.map.iter().filter(|(_, e)| e.deadline.is_some_and(|(at, _)| at <= now)).map(|(k, _)| k.clone()).collect();
-                    let expired = due.iter().filter_map(|k| p.map.remove(k)).filter_map(|e| Some((e.waiter, e.deadline?.1))).collect();
+                    let expired = p
+                        .map
+                        .extract_if(|_, e| e.deadline.is_some_and(|(at, _)| at <= now))
+                        .filter_map(|(_, e)| Some((e.waiter, e.deadline?.1)))
+                        .collect();
                     p.armed = p.map.values().filter_map(|e| e.deadline.map(|(at, _)| at)).min();
                     if let Some(at) = p.armed {
                         expiry.as_mut().reset(at.into());
@@ -1420,17 +1376,6 @@ impl ClientTransport for WsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_text_matches_the_envelope_encoder() {
-        for (rid, body) in [
-            (serde_json::json!("r1"), Ok(serde_json::json!({"a": [1, "ü€"]}))),
-            (serde_json::json!(12345), Err("ERR_BOOM".to_string())),
-            (Value::Null, Ok(Value::Null)),
-        ] {
-            assert_eq!(reply_text(&rid, &body).into_bytes(), encode_reply(&rid, &body));
-        }
-    }
 
     #[test]
     fn dest_parsing() {

@@ -26,8 +26,11 @@ use super::ws::{NetStream, Prefixed, Ws, ws_config};
 /// The largest opening-handshake head (request or response) accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
-/// Bytes read from a socket at a time (more when a large message needs it).
-const READ_CHUNK: usize = 8 * 1024;
+/// Bytes read from a socket at a time (more when a large message needs it), here and in
+/// tungstenite's PUB/SUB sockets. tungstenite zero-fills this much of its read buffer before every
+/// read (including the one that finds the socket drained), so its 128 KiB default cost two
+/// 128 KiB `memset`s per small message and side: once the largest single cost of a round trip.
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// Close codes (RFC 6455 §7.4.1).
 pub(crate) const CLOSE_NORMAL: u16 = 1000;
@@ -525,16 +528,36 @@ pub(crate) async fn into_tungstenite(stream: NetStream, leftover: Vec<u8>, side:
     Ws::from_raw_socket(Prefixed::new(stream, leftover), role, Some(ws_config(max_message_size))).await
 }
 
-/// Writes all of `buf` to `io`, consuming it from the front as bytes go out, so that a caller
-/// cancelled part way leaves exactly the unwritten bytes in `buf` (the frames stay whole on the
-/// wire once the rest is written).
+/// Writes all of `buf` to `io`. What was written leaves `buf` when this ends, finished, failed
+/// or cancelled part way, so a cancelled caller leaves exactly the unwritten bytes in `buf` (the
+/// frames stay whole on the wire once the rest is written). Written bytes are removed once, not
+/// after each partial write, so a large buffer is not moved again and again; once empty, a
+/// buffer grown past 256 KiB (a large message) is given back.
 pub(crate) async fn write_out<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, buf: &mut Vec<u8>) -> io::Result<()> {
-    while !buf.is_empty() {
-        let n = io.write(buf).await?;
-        if n == 0 {
+    write_all_from(io, buf).await?;
+    if buf.capacity() > 256 * 1024 {
+        *buf = Vec::new();
+    }
+    Ok(())
+}
+
+async fn write_all_from<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, buf: &mut Vec<u8>) -> io::Result<()> {
+    struct Written<'a> {
+        buf: &'a mut Vec<u8>,
+        n: usize,
+    }
+    impl Drop for Written<'_> {
+        fn drop(&mut self) {
+            self.buf.drain(..self.n);
+        }
+    }
+    let mut w = Written { buf, n: 0 };
+    while w.n < w.buf.len() {
+        let k = io.write(&w.buf[w.n..]).await?;
+        if k == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket takes no more bytes"));
         }
-        buf.drain(..n);
+        w.n += k;
     }
     Ok(())
 }
