@@ -188,8 +188,16 @@ async fn ws_pool_of_3_and_2_transports_per_dest() {
             cfg = cfg.max_active_dest_transports(m);
         }
         let c = WsClient::new(cfg);
+        // Sequential requests keep to one socket: an open socket with nothing in flight is
+        // reused before another one is opened.
         for _ in 0..4 {
             c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply");
+        }
+        assert_eq!((c.pool_size(&dest), c.open_sockets(&dest)), (1, 1));
+        // Requests in flight together open more, up to the maximum.
+        let futs = (0..3 * want as u64).map(|i| c.send(&dest, out(json!({"sleep": 100, "v": i}), Some(LONG))));
+        for (i, r) in futures_util::future::join_all(futs).await.into_iter().enumerate() {
+            assert_eq!(r.expect("reply"), json!(i));
         }
         assert_eq!(c.pool_size(&dest), want);
         assert_eq!(c.open_sockets(&dest), want);
@@ -199,7 +207,16 @@ async fn ws_pool_of_3_and_2_transports_per_dest() {
         while srv.connections() < want && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert_eq!(srv.connections(), want);
+        // Once they are idle again, a sequential caller uses one of them, and opens no more.
+        for _ in 0..10 {
+            c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply");
+        }
+        assert_eq!((c.pool_size(&dest), c.open_sockets(&dest)), (want, want));
         c.close_all();
+        while srv.connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -427,7 +444,7 @@ async fn ws_extreme_settings_do_not_panic() {
     assert_eq!(c.send(&dest, out(json!("hello"), Some(Duration::MAX))).await.expect("reply"), json!("world"));
     assert_eq!(c.send(&dest, out(json!("hello"), None)).await.expect("reply"), json!("world"));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(c.open_sockets(&dest), 2, "not closed as idle");
+    assert_eq!(c.open_sockets(&dest), 1, "not closed as idle (and reused for the second request)");
     // Tiny values are clamped instead of breaking.
     let c = WsClient::new(WsClientConfig::default().max_active_dest_transports(0).max_pending_per_connection(0).max_dests(0));
     assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("reply"), json!("world"));
@@ -719,4 +736,63 @@ async fn ws_timeouts_cover_a_write_stuck_on_a_server_that_does_not_read_and_mixe
     assert_eq!((a, b), (ErrorKind::Timeout, ErrorKind::Timeout));
     assert!(took >= Duration::from_millis(590) && took < Duration::from_millis(1400), "{took:?}");
     assert_eq!(long.expect("the long one is answered"), json!("late"));
+}
+
+/// Busy-polling (on by default) changes when a wait sleeps, never what it returns: with the
+/// server and the client each on a current-thread runtime of its own (both ends spin), with a
+/// budget of zero (off) and with the largest budget, fast and slow replies arrive, a request
+/// with no reply in time fails at its deadline, and a server that closes is noticed promptly.
+#[test]
+fn ws_busy_poll_keeps_replies_timeouts_and_close() {
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+    for budget in [grenache::transport::ws::DEFAULT_BUSY_POLL, Duration::ZERO, Duration::from_secs(3600)] {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let s = WsServer::bind(any_port(), test_handler, WsServerConfig::default().busy_poll(budget)).await.expect("bind");
+                addr_tx.send(s.local_addr()).expect("send addr");
+                let _ = stop_rx.await;
+                s.close().await;
+                // Give the connection tasks a moment to send their close frames.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            })
+        });
+        let dest = addr_rx.recv_timeout(LONG).expect("server address").to_string();
+        runtime().block_on(async move {
+            let c = WsClient::new(WsClientConfig::default().busy_poll(budget));
+            // Budgets past MAX_BUSY_POLL are clamped to it.
+            let shown = format!("{:?}", c.config());
+            assert!(shown.contains(&format!("busy_poll: {:?}", budget.min(grenache::transport::ws::MAX_BUSY_POLL))), "{shown}");
+            for i in 0..300u64 {
+                assert_eq!(c.send(&dest, out(json!({"echo": i}), Some(LONG))).await.expect("reply"), json!({"echo": i}));
+            }
+            // Slow and fast replies alternate: the socket goes cold and hot again.
+            for i in 0..6u64 {
+                let ms = if i % 2 == 0 { 20 } else { 0 };
+                let t = Instant::now();
+                assert_eq!(c.send(&dest, out(json!({"sleep": ms, "v": i}), Some(LONG))).await.expect("reply"), json!(i));
+                assert!(t.elapsed() < Duration::from_millis(ms + 2000), "{:?}", t.elapsed());
+            }
+            // No reply in time: fails at its deadline, spinning or not.
+            let t = Instant::now();
+            let e = c.send(&dest, out(json!({"sleep": 2000, "v": 0}), Some(Duration::from_millis(100)))).await.expect_err("timeout");
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+            assert!(t.elapsed() >= Duration::from_millis(100) && t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+            // A request in flight when the server closes fails at once, not at its timeout.
+            let pending = c.send(&dest, out(json!({"sleep": 5000, "v": 0}), Some(LONG)));
+            let t = Instant::now();
+            let closer = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                stop_tx.send(()).expect("stop");
+            };
+            let (r, ()) = tokio::join!(pending, closer);
+            let e = r.expect_err("closed");
+            assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+            assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        });
+        server.join().expect("server thread");
+    }
 }

@@ -20,9 +20,14 @@
 //!   subscribers; messages/s = messages published ÷ time from the first delivery until every
 //!   subscriber has every message. Our publisher keeps its bounded queues (the benchmark publishes
 //!   at most 768 messages ahead of the slowest subscriber); Node's publisher buffers without limit.
+//! * Busy-polling: our rows use the default `busy_poll` (50 µs) on both ends: a sequential
+//!   request polls for its reply, and the server connection for the next request, instead of
+//!   sleeping (see `WsClientConfig::busy_poll`). The row "busy_poll off" runs the same loop with
+//!   sleeping waits, and the CPU time per sequential request of both is printed under the table.
 //! * Floor: a TCP ping-pong of a request-sized message between the same two threads, with no
-//!   WebSocket, JSON or lookup: what a sequential round trip costs on this machine before any
-//!   protocol work (its ratio to Node bounds what any implementation could show here).
+//!   WebSocket, JSON or lookup, waiting the usual way (sleeping in `epoll_wait`): what a
+//!   sequential round trip costs on this machine before any protocol work when each side sleeps
+//!   between messages.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use grenache::link::{Link, LinkConfig};
 use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig};
 use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions};
-use grenache::transport::ws::{WsClient, WsClientConfig, WsServer, WsServerConfig};
+use grenache::transport::ws::{DEFAULT_BUSY_POLL, WsClient, WsClientConfig, WsServer, WsServerConfig};
 use grenache_bench::{Row, Samples, print_table};
 use grenache_e2e::{NodeProcess, free_port, free_tcp_port};
 use serde_json::{Value, json};
@@ -95,8 +100,19 @@ async fn node_started(p: &mut NodeProcess) {
     }
 }
 
+/// CPU time of this process (every thread) so far.
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 struct RpcFigures {
     seq_rps: f64,
+    /// CPU time (client and server sides together) per sequential request, µs (ours only).
+    seq_cpu_us: f64,
     seq_p50: f64,
     seq_p99: f64,
     conc_rps: f64,
@@ -104,46 +120,47 @@ struct RpcFigures {
     conc_p99: f64,
 }
 
-async fn ours_rpc(server_rt: &tokio::runtime::Handle, link: &Link, seq: usize, rounds: usize) -> RpcFigures {
+/// Our RPC rows, with both ends' busy-polling budget set to `busy` (the default is
+/// `DEFAULT_BUSY_POLL`; zero turns it off). `rounds` of 100 in flight may be 0.
+async fn ours_rpc(server_rt: &tokio::runtime::Handle, link: &Link, seq: usize, rounds: usize, busy: Duration) -> RpcFigures {
+    let name = format!("bench_ws_rust_{}", busy.as_micros());
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let handler = |req: Request, reply: Reply| {
         if req.payload == json!("hello") { reply.ok(json!("world")) } else { reply.err("ERR_BAD") }
     };
     let ws = server_rt
-        .spawn(async move { WsServer::bind(addr, handler, WsServerConfig::default()).await })
+        .spawn(async move { WsServer::bind(addr, handler, WsServerConfig::default().busy_poll(busy)).await })
         .await
         .expect("join")
         .expect("bind");
     let srv = PeerRpcServer::new(link.clone(), Arc::new(ws));
-    srv.start_announcing("bench_ws_rust", Duration::from_secs(1)).first_result(LONG).await.expect("announce");
-    wait_lookup(link, "bench_ws_rust", 1).await;
-    let client = PeerRpcClient::new(link.clone(), Arc::new(WsClient::new(WsClientConfig::default())), PeerRpcClientConfig::default());
+    srv.start_announcing(&name, Duration::from_secs(1)).first_result(LONG).await.expect("announce");
+    wait_lookup(link, &name, 1).await;
+    let client = PeerRpcClient::new(link.clone(), Arc::new(WsClient::new(WsClientConfig::default().busy_poll(busy))), PeerRpcClientConfig::default());
     let opts = RequestOptions { timeout: Some(Duration::from_secs(10)), ..Default::default() };
-    let call = |c: PeerRpcClient, o: RequestOptions| async move {
-        let r = c.request("bench_ws_rust", "hello", &o).await.expect("reply");
+    let call = || async {
+        let r = client.request(&name, "hello", &opts).await.expect("reply");
         assert_eq!(r, json!("world"));
     };
     for _ in 0..300 {
-        call(client.clone(), opts.clone()).await;
+        call().await;
     }
     let mut seq_lat = Samples::with_capacity(seq);
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), process_cpu());
     for _ in 0..seq {
         let a = Instant::now();
-        call(client.clone(), opts.clone()).await;
+        call().await;
         seq_lat.push(a.elapsed());
     }
     let seq_secs = t0.elapsed().as_secs_f64();
+    let seq_cpu = process_cpu().saturating_sub(cpu0);
     let mut conc_lat = Samples::with_capacity(rounds * 100);
     let t0 = Instant::now();
     for _ in 0..rounds {
-        let futs = (0..100).map(|_| {
-            let (c, o) = (client.clone(), opts.clone());
-            async move {
-                let a = Instant::now();
-                call(c, o).await;
-                a.elapsed()
-            }
+        let futs = (0..100).map(|_| async {
+            let a = Instant::now();
+            call().await;
+            a.elapsed()
         });
         for d in futures_util::future::join_all(futs).await {
             conc_lat.push(d);
@@ -153,9 +170,10 @@ async fn ours_rpc(server_rt: &tokio::runtime::Handle, link: &Link, seq: usize, r
     srv.stop();
     RpcFigures {
         seq_rps: seq as f64 / seq_secs,
+        seq_cpu_us: seq_cpu.as_secs_f64() * 1e6 / seq as f64,
         seq_p50: seq_lat.percentile_us(50.0) as f64,
         seq_p99: seq_lat.percentile_us(99.0) as f64,
-        conc_rps: (rounds * 100) as f64 / conc_secs,
+        conc_rps: (rounds * 100) as f64 / conc_secs.max(1e-9),
         conc_p50: conc_lat.percentile_us(50.0) as f64,
         conc_p99: conc_lat.percentile_us(99.0) as f64,
     }
@@ -177,6 +195,7 @@ async fn node_rpc(grape: &str, seq: usize, rounds: usize) -> RpcFigures {
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
     RpcFigures {
         seq_rps: f("seq_rps"),
+        seq_cpu_us: 0.0,
         seq_p50: f("seq_p50_us"),
         seq_p99: f("seq_p99_us"),
         conc_rps: f("conc_rps"),
@@ -339,24 +358,28 @@ fn main() {
             let v = client(|s, link| {
                 Box::pin(async move {
                     let n: usize = std::env::var("WS_SEQ").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-                    let o = ours_rpc(&s, &link, n, n / 200).await;
-                    json!([o.seq_rps, o.seq_p50, o.conc_rps])
+                    let busy = std::env::var("WS_BUSY_US").ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_BUSY_POLL, Duration::from_micros);
+                    let o = ours_rpc(&s, &link, n, n / 200, busy).await;
+                    json!([o.seq_rps, o.seq_p50, o.conc_rps, o.seq_cpu_us])
                 })
             })
             .await;
-            println!("ours: sequential {:.0} req/s (p50 {} µs), 100 in flight {:.0} req/s", v[0].as_f64().unwrap_or(0.0), v[1], v[2].as_f64().unwrap_or(0.0));
+            let f = |i: usize| v[i].as_f64().unwrap_or(0.0);
+            println!("ours: sequential {:.0} req/s (p50 {} µs, {:.1} µs CPU each), 100 in flight {:.0} req/s", f(0), v[1], f(3), f(2));
             return;
         }
         eprintln!("RPC: ours...");
         let v = client(|s, link| {
             Box::pin(async move {
-                let o = ours_rpc(&s, &link, 20_000, 300).await;
-                json!([o.seq_rps, o.seq_p50, o.seq_p99, o.conc_rps, o.conc_p50, o.conc_p99])
+                let o = ours_rpc(&s, &link, 20_000, 300, DEFAULT_BUSY_POLL).await;
+                let off = ours_rpc(&s, &link, 20_000, 0, Duration::ZERO).await;
+                json!([o.seq_rps, o.seq_p50, o.seq_p99, o.conc_rps, o.conc_p50, o.conc_p99, o.seq_cpu_us, off.seq_rps, off.seq_p50, off.seq_cpu_us])
             })
         })
         .await;
         let f = |i: usize| v[i].as_f64().unwrap_or(0.0);
-        let ours = RpcFigures { seq_rps: f(0), seq_p50: f(1), seq_p99: f(2), conc_rps: f(3), conc_p50: f(4), conc_p99: f(5) };
+        let ours = RpcFigures { seq_rps: f(0), seq_p50: f(1), seq_p99: f(2), conc_rps: f(3), conc_p50: f(4), conc_p99: f(5), seq_cpu_us: f(6) };
+        let (off_rps, off_p50, off_cpu) = (f(7), f(8), f(9));
         eprintln!("RPC: Node reference...");
         let node = node_rpc(&g.url, 5_000, 100).await;
         eprintln!("PUB/SUB 10 subscribers: ours...");
@@ -383,15 +406,21 @@ fn main() {
             &[
                 row("RPC sequential", ours.seq_rps, node.seq_rps, "req/s", true),
                 row("RPC 100 in flight (rounds of 100)", ours.conc_rps, node.conc_rps, "req/s", true),
+                row("RPC sequential, busy_poll off (sleeping waits)", off_rps, node.seq_rps, "req/s", true),
                 row("RPC sequential p50 latency", ours.seq_p50, node.seq_p50, "µs", false),
+                row("RPC sequential p50 latency, busy_poll off", off_p50, node.seq_p50, "µs", false),
                 row("RPC sequential p99 latency", ours.seq_p99, node.seq_p99, "µs", false),
                 row("RPC 100 in flight p50 latency", ours.conc_p50, node.conc_p50, "µs", false),
                 row("RPC 100 in flight p99 latency", ours.conc_p99, node.conc_p99, "µs", false),
                 row("PUB/SUB to 10 subscribers", ours10, node10, "msg/s", true),
                 row("PUB/SUB to 100 subscribers", ours100, node100, "msg/s", true),
-                row("floor: TCP ping-pong, same bytes and threads, no WS (sequential)", floor_rps, node.seq_rps, "req/s", true),
+                row("floor: TCP ping-pong with sleeping waits, same bytes and threads, no WS", floor_rps, node.seq_rps, "req/s", true),
                 row("floor: TCP ping-pong p50 latency", floor_p50, node.seq_p50, "µs", false),
             ],
+        );
+        println!(
+            "ours, CPU time per sequential request (client and server together): {:.1} µs with busy_poll (default), {:.1} µs without",
+            ours.seq_cpu_us, off_cpu
         );
     });
 }

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::rpc::{ClientTransport, Handler, ServerTransport};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
+mod busy;
 pub mod http;
 pub mod ws;
 mod wsframe;
