@@ -369,3 +369,76 @@ async fn http_worker_killed_mid_load_retry_lands_elsewhere() {
         assert_eq!(r["port"], port2);
     }
 }
+
+/// The Grapes keep returning a worker that died until its announce expires, and the reference's
+/// clients keep sending it requests all that time (user asks, "dead peers linger"). Ours: after
+/// one failed connect the client avoids that worker while the key has others, tries it again
+/// once the backoff ends, and trusts it again as soon as it answers. With the backoff off, about
+/// a third of the requests fail (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_client_avoids_a_dead_worker_until_it_answers_again() {
+    let g = Grapes::start(false).await;
+    let link = g.link();
+    let dead_port = grenache_e2e::free_tcp_port();
+    let doomed = rust_server(&link, "rpc_dead", HttpServerConfig::default(), dead_port, false).await;
+    let _a = rust_server(&link, "rpc_dead", HttpServerConfig::default(), 0, false).await;
+    let _b = rust_server(&link, "rpc_dead", HttpServerConfig::default(), 0, false).await;
+    wait_lookup(&link, "rpc_dead", 3).await;
+    let dead = format!("127.0.0.1:{dead_port}");
+    // The worker dies without a word: its listener closes, its announce stays in the DHT.
+    doomed.stop();
+    drop(doomed);
+    grenache_e2e::eventually(Duration::from_secs(10), "the port refuses", || async {
+        tokio::net::TcpStream::connect(&dead).await.is_err().then_some(())
+    })
+    .await;
+    assert!(wait_lookup(&link, "rpc_dead", 3).await.contains(&dead), "the Grapes still return the dead worker");
+    let with = |backoff: Duration| {
+        PeerRpcClient::new(
+            link.clone(),
+            Arc::new(HttpClient::default()),
+            PeerRpcClientConfig { dead_worker_backoff: backoff, dead_worker_max_backoff: backoff * 4, ..Default::default() },
+        )
+    };
+    let failures = |c: PeerRpcClient, n: usize| async move {
+        let mut failed = 0;
+        for _ in 0..n {
+            if let Err(e) = c.request("rpc_dead", "x", &opts()).await {
+                assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+                failed += 1;
+            }
+        }
+        failed
+    };
+    let off = failures(with(Duration::ZERO), 60).await;
+    assert!(off >= 5, "without the backoff the dead worker keeps being picked: {off} of 60 failed");
+    let c = with(Duration::from_secs(3600));
+    let on = failures(c.clone(), 60).await;
+    assert!(on <= 1, "after one failure the dead worker is avoided: {on} of 60 failed");
+    assert_eq!(on == 1, c.is_avoided(&dead));
+    // A short backoff: the worker is tried again when it ends; once it is back, it answers and is
+    // trusted again.
+    let c = with(Duration::from_millis(200));
+    grenache_e2e::eventually(Duration::from_secs(20), "a failure on the dead worker", || {
+        let c = c.clone();
+        async move { c.request("rpc_dead", "x", &opts()).await.is_err().then_some(()) }
+    })
+    .await;
+    assert!(c.is_avoided(&dead));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!c.is_avoided(&dead), "the backoff ended");
+    let _back = rust_server(&link, "rpc_dead", HttpServerConfig::default(), dead_port, false).await;
+    let ports: HashSet<u64> = {
+        let mut ports = HashSet::new();
+        for _ in 0..300 {
+            let r = c.request("rpc_dead", "x", &opts()).await.expect("every worker answers now");
+            ports.insert(r["port"].as_u64().unwrap());
+            if ports.contains(&u64::from(dead_port)) {
+                break;
+            }
+        }
+        ports
+    };
+    assert!(ports.contains(&u64::from(dead_port)), "the revived worker gets requests again: {ports:?}");
+    assert!(!c.is_avoided(&dead));
+}

@@ -1,8 +1,9 @@
 //! The RPC client peer (the reference's `PeerRPCClient`), generic over the transport.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -22,11 +23,82 @@ pub struct PeerRpcClientConfig {
     /// Timeout of a request attempt when [`RequestOptions::timeout`] is `None`. The reference has
     /// none (requests can wait forever); we default to 30 s.
     pub default_timeout: Duration,
+    /// A worker that could not be connected to (refused, unreachable, connect timeout) is
+    /// avoided by `request` for this long while its key has other workers, since the Grapes keep
+    /// returning a dead worker until its announce expires. Each further failure doubles the time,
+    /// up to [`PeerRpcClientConfig::dead_worker_max_backoff`]; a worker that answers is trusted
+    /// again at once. When every worker of a key is avoided, they are tried anyway. Default 1 s;
+    /// `Duration::ZERO` turns this off (the reference has no such memory).
+    pub dead_worker_backoff: Duration,
+    /// The longest a dead worker is avoided for. Default 30 s.
+    pub dead_worker_max_backoff: Duration,
 }
 
 impl Default for PeerRpcClientConfig {
     fn default() -> Self {
-        PeerRpcClientConfig { max_active_key_dests: 5, default_timeout: Duration::from_secs(30) }
+        PeerRpcClientConfig {
+            max_active_key_dests: 5,
+            default_timeout: Duration::from_secs(30),
+            dead_worker_backoff: Duration::from_secs(1),
+            dead_worker_max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How many dead workers a client remembers; past that the one whose avoidance ends first is
+/// forgotten.
+const MAX_DEAD_WORKERS: usize = 4096;
+
+/// Workers that failed to connect, and until when they are avoided.
+#[derive(Debug, Default)]
+struct DeadWorkers {
+    /// Fast path: false while `map` is empty (no lock on the request path).
+    any: AtomicBool,
+    /// Destination → (avoided until, consecutive connect failures).
+    map: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl DeadWorkers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u32)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connect to `dest` failed: avoid it for `base` × 2^(failures-1), at most `max`.
+    fn failed(&self, dest: &str, base: Duration, max: Duration) {
+        if base.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut m = self.lock();
+        if !m.contains_key(dest) && m.len() >= MAX_DEAD_WORKERS {
+            m.retain(|_, (until, _)| *until > now);
+            if m.len() >= MAX_DEAD_WORKERS
+                && let Some(k) = m.iter().min_by_key(|(_, (until, _))| *until).map(|(k, _)| k.clone())
+            {
+                m.remove(&k);
+            }
+        }
+        let e = m.entry(dest.to_string()).or_insert((now, 0));
+        e.1 = e.1.saturating_add(1);
+        let backoff = base.saturating_mul(1u32 << (e.1 - 1).min(20)).min(max.max(base));
+        e.0 = now.checked_add(backoff).unwrap_or(now);
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// `dest` answered: it is alive.
+    fn alive(&self, dest: &str) {
+        if self.any.load(Ordering::Relaxed) {
+            let mut m = self.lock();
+            m.remove(dest);
+            if m.is_empty() {
+                self.any.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether `dest` is being avoided now.
+    fn avoided(&self, m: &HashMap<String, (Instant, u32)>, dest: &str, now: Instant) -> bool {
+        m.get(dest).is_some_and(|(until, _)| *until > now)
     }
 }
 
@@ -57,6 +129,7 @@ pub struct PeerRpcClient {
     link: Link,
     transport: Arc<dyn ClientTransport>,
     config: PeerRpcClientConfig,
+    dead: Arc<DeadWorkers>,
 }
 
 impl std::fmt::Debug for PeerRpcClient {
@@ -68,7 +141,13 @@ impl std::fmt::Debug for PeerRpcClient {
 impl PeerRpcClient {
     /// A client that finds workers with `link` and reaches them through `transport`.
     pub fn new(link: Link, transport: Arc<dyn ClientTransport>, config: PeerRpcClientConfig) -> PeerRpcClient {
-        PeerRpcClient { link, transport, config }
+        PeerRpcClient { link, transport, config, dead: Arc::default() }
+    }
+
+    /// Whether `request` avoids `dest` now, after it failed to connect (see
+    /// [`PeerRpcClientConfig::dead_worker_backoff`]).
+    pub fn is_avoided(&self, dest: &str) -> bool {
+        self.dead.any.load(Ordering::Relaxed) && self.dead.avoided(&self.dead.lock(), dest, Instant::now())
     }
 
     /// The Link.
@@ -100,6 +179,13 @@ impl PeerRpcClient {
         let mut candidates: Vec<&String> = dests.iter().filter(|d| !exclude.contains(*d)).collect();
         if candidates.is_empty() {
             candidates = dests.iter().collect();
+        }
+        // Workers that recently failed to connect are skipped while others remain.
+        if self.dead.any.load(Ordering::Relaxed) {
+            let (m, now) = (self.dead.lock(), Instant::now());
+            if candidates.iter().any(|d| !self.dead.avoided(&m, d, now)) {
+                candidates.retain(|d| !self.dead.avoided(&m, d, now));
+            }
         }
         let max = opts.max_active_key_dests.unwrap_or(self.config.max_active_key_dests).max(1);
         let active: Vec<&String> =
@@ -160,12 +246,20 @@ impl PeerRpcClient {
         for _ in 0..attempts {
             let Some(dest) = self.choose(&dests, &exclude, opts) else { break };
             match call(&*self.transport, &dest, self.outgoing(&key, &payload_json, opts)).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_remote() && !opts.retry_remote => return Err(e),
+                Ok(v) => {
+                    self.dead.alive(&dest);
+                    return Ok(v);
+                }
+                Err(e) if e.is_remote() && !opts.retry_remote => {
+                    self.dead.alive(&dest);
+                    return Err(e);
+                }
                 Err(e) => {
                     if opts.dest.is_none() && e.kind() == ErrorKind::Connect {
-                        // A dead worker: look the key up afresh next time.
+                        // A dead worker: look the key up afresh next time, and avoid it for a
+                        // while (the Grapes return it until its announce expires).
                         self.link.invalidate(&key);
+                        self.dead.failed(&dest, self.config.dead_worker_backoff, self.config.dead_worker_max_backoff);
                     }
                     exclude.insert(dest);
                     last = Some(e);
@@ -203,5 +297,42 @@ impl PeerRpcClient {
         let futs = dests.iter().map(|d| self.transport.request(d, self.outgoing(&key, &json, opts)));
         let results = futures_util::future::join_all(futs).await;
         Ok(dests.into_iter().zip(results).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_worker_backoff_doubles_up_to_the_cap_and_ends_when_it_answers() {
+        let d = DeadWorkers::default();
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(5));
+        for want in [1, 2, 4, 5, 5] {
+            let before = Instant::now();
+            d.failed("a:1", base, max);
+            let until = d.lock()["a:1"].0;
+            let last = until.duration_since(before);
+            assert!(last >= Duration::from_secs(want) && last < Duration::from_secs(want) + Duration::from_millis(500), "{last:?}");
+        }
+        assert!(d.avoided(&d.lock(), "a:1", Instant::now()));
+        assert!(!d.avoided(&d.lock(), "b:1", Instant::now()));
+        d.alive("a:1");
+        assert!(!d.any.load(Ordering::Relaxed) && d.lock().is_empty());
+        // Zero turns it off.
+        d.failed("a:1", Duration::ZERO, max);
+        assert!(!d.any.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn dead_workers_are_bounded() {
+        let d = DeadWorkers::default();
+        for i in 0..MAX_DEAD_WORKERS + 100 {
+            // Later ones are avoided longer: the earliest-ending are forgotten first.
+            d.failed(&format!("10.0.0.1:{i}"), Duration::from_secs(1 + i as u64), Duration::from_secs(u64::MAX >> 8));
+        }
+        let m = d.lock();
+        assert_eq!(m.len(), MAX_DEAD_WORKERS);
+        assert!(!m.contains_key("10.0.0.1:0") && m.contains_key(&format!("10.0.0.1:{}", MAX_DEAD_WORKERS + 99)));
     }
 }
