@@ -12,7 +12,7 @@
 //! The poll yields to the runtime between tries (`tokio::task::yield_now`), so other tasks keep
 //! running and the runtime polls its I/O driver without blocking. That only sees new data when the
 //! spinning thread is the one that drives I/O: a current-thread runtime, or a multi-thread runtime
-//! with one worker. On a multi-thread runtime with more workers another, parked, worker holds the
+//! with one worker (in a task spawned on it, not in `block_on` on another thread). On a multi-thread runtime with more workers another, parked, worker holds the
 //! I/O driver; spinning there costs CPU and gains nothing (measured), so it is not done.
 //!
 //! Bounds:
@@ -39,7 +39,9 @@ pub(crate) fn runtime_can_spin() -> bool {
     let Ok(h) = tokio::runtime::Handle::try_current() else { return false };
     match h.runtime_flavor() {
         tokio::runtime::RuntimeFlavor::CurrentThread => true,
-        tokio::runtime::RuntimeFlavor::MultiThread => h.metrics().num_workers() == 1,
+        // On the worker itself (a spawned task), not in `block_on` on another thread, whose
+        // yields do not poll the driver.
+        tokio::runtime::RuntimeFlavor::MultiThread => h.metrics().num_workers() == 1 && tokio::task::try_id().is_some(),
         _ => false,
     }
 }
@@ -138,6 +140,7 @@ mod tests {
         current_thread().block_on(async { assert!(runtime_can_spin()) });
         let one = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
         assert!(one.block_on(async { tokio::spawn(async { runtime_can_spin() }).await.expect("join") }));
+        assert!(!one.block_on(async { runtime_can_spin() }), "block_on's thread is not the worker");
         let two = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         assert!(!two.block_on(async { tokio::spawn(async { runtime_can_spin() }).await.expect("join") }));
     }

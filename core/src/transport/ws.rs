@@ -87,7 +87,7 @@ pub const MAX_BUSY_POLL: Duration = Duration::from_millis(1);
 macro_rules! busy_poll_doc {
     () => {
         "\n\nOnly where the waiting thread drives the socket's I/O: a current-thread runtime, or a \
-         multi-thread runtime with one worker (with more workers a parked worker holds the I/O \
+         multi-thread runtime with one worker, in a task spawned on it (with more workers a parked worker holds the I/O \
          driver and spinning would only burn CPU, so it is skipped). Each spin lasts at most the \
          budget (at most [`MAX_BUSY_POLL`]) and yields to other tasks between tries; a socket whose last wait took longer than \
          the budget does not spin until a wait ends within it again; one wait spins per thread at \
