@@ -373,8 +373,9 @@ async fn http_worker_killed_mid_load_retry_lands_elsewhere() {
 /// The Grapes keep returning a worker that died until its announce expires, and the reference's
 /// clients keep sending it requests all that time (user asks, "dead peers linger"). Ours: after
 /// one failed connect the client avoids that worker while the key has others, tries it again
-/// once the backoff ends, and trusts it again as soon as it answers. With the backoff off, about
-/// a third of the requests fail (the control).
+/// once the backoff ends, and trusts it again as soon as it answers; and a request whose connect
+/// failed goes to another worker without using up an attempt. With both off, about a third of
+/// the requests fail (the control).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_client_avoids_a_dead_worker_until_it_answers_again() {
     let g = Grapes::start(false).await;
@@ -393,13 +394,14 @@ async fn rpc_client_avoids_a_dead_worker_until_it_answers_again() {
     })
     .await;
     assert!(wait_lookup(&link, "rpc_dead", 3).await.contains(&dead), "the Grapes still return the dead worker");
-    let with = |backoff: Duration| {
-        PeerRpcClient::new(
-            link.clone(),
-            Arc::new(HttpClient::default()),
-            PeerRpcClientConfig { dead_worker_backoff: backoff, dead_worker_max_backoff: backoff * 4, ..Default::default() },
-        )
+    let cfg = |backoff: Duration, failover: bool| PeerRpcClientConfig {
+        dead_worker_backoff: backoff,
+        dead_worker_max_backoff: backoff * 4,
+        connect_failover: failover,
+        ..Default::default()
     };
+    let client_with = |cfg: PeerRpcClientConfig| PeerRpcClient::new(link.clone(), Arc::new(HttpClient::default()), cfg);
+    let with = |backoff: Duration| client_with(cfg(backoff, false));
     let failures = |c: PeerRpcClient, n: usize| async move {
         let mut failed = 0;
         for _ in 0..n {
@@ -412,6 +414,14 @@ async fn rpc_client_avoids_a_dead_worker_until_it_answers_again() {
     };
     let off = failures(with(Duration::ZERO), 60).await;
     assert!(off >= 5, "without the backoff the dead worker keeps being picked: {off} of 60 failed");
+    // A failed connect sends nothing, so the request goes to another worker at once (by default),
+    // with the backoff or without it: no request fails.
+    assert_eq!(failures(client_with(cfg(Duration::ZERO, true)), 60).await, 0);
+    let default = client_with(PeerRpcClientConfig::default());
+    assert_eq!(failures(default.clone(), 60).await, 0);
+    // With an explicit destination there is no other worker: the connect error is returned.
+    let o = RequestOptions { dest: Some(dead.clone()), ..opts() };
+    assert_eq!(default.request("rpc_dead", "x", &o).await.unwrap_err().kind(), ErrorKind::Connect);
     let c = with(Duration::from_secs(3600));
     let on = failures(c.clone(), 60).await;
     assert!(on <= 1, "after one failure the dead worker is avoided: {on} of 60 failed");

@@ -32,6 +32,11 @@ pub struct PeerRpcClientConfig {
     pub dead_worker_backoff: Duration,
     /// The longest a dead worker is avoided for. Default 30 s.
     pub dead_worker_max_backoff: Duration,
+    /// A request whose connection to a worker failed (so nothing was sent, no handler ran) goes
+    /// to another worker of the key without using up one of [`RequestOptions::retry`]'s
+    /// attempts, as long as there are workers not tried yet. Default true; the reference fails
+    /// the request (or retries on any worker, the dead one included, when `retry` is set).
+    pub connect_failover: bool,
 }
 
 impl Default for PeerRpcClientConfig {
@@ -41,6 +46,7 @@ impl Default for PeerRpcClientConfig {
             default_timeout: Duration::from_secs(30),
             dead_worker_backoff: Duration::from_secs(1),
             dead_worker_max_backoff: Duration::from_secs(30),
+            connect_failover: true,
         }
     }
 }
@@ -241,9 +247,10 @@ impl PeerRpcClient {
             None => self.link.lookup_shared(&key).await?,
         };
         let attempts = opts.retry.max(1);
+        let mut used = 0;
         let mut exclude = HashSet::new();
         let mut last = None;
-        for _ in 0..attempts {
+        while used < attempts {
             let Some(dest) = self.choose(&dests, &exclude, opts) else { break };
             match call(&*self.transport, &dest, self.outgoing(&key, &payload_json, opts)).await {
                 Ok(v) => {
@@ -255,13 +262,18 @@ impl PeerRpcClient {
                     return Err(e);
                 }
                 Err(e) => {
-                    if opts.dest.is_none() && e.kind() == ErrorKind::Connect {
+                    let unsent = e.kind() == ErrorKind::Connect;
+                    if opts.dest.is_none() && unsent {
                         // A dead worker: look the key up afresh next time, and avoid it for a
                         // while (the Grapes return it until its announce expires).
                         self.link.invalidate(&key);
                         self.dead.failed(&dest, self.config.dead_worker_backoff, self.config.dead_worker_max_backoff);
                     }
-                    exclude.insert(dest);
+                    // Nothing reached a worker: try another one for free while some are untried.
+                    let fresh = exclude.insert(dest);
+                    if !(self.config.connect_failover && unsent && fresh && exclude.len() < dests.len()) {
+                        used += 1;
+                    }
                     last = Some(e);
                 }
             }
