@@ -360,6 +360,16 @@ pub trait ServerTransport: Send + Sync + 'static {
 
     /// Stops listening and closes every connection.
     fn close(&self);
+
+    /// Shuts down gracefully: stops listening (new connections are refused), lets the requests
+    /// already read finish and their replies go out, closes each connection once it is done,
+    /// and after `grace` closes the rest as [`ServerTransport::close`] does. Resolves to true when
+    /// every connection finished in time. The default closes at once.
+    fn drain(&self, grace: Duration) -> BoxFuture<'static, bool> {
+        let _ = grace;
+        self.close();
+        Box::pin(async { true })
+    }
 }
 
 /// A new request id: a uuid v4 string, from the thread-local RNG (no system call per id).

@@ -63,12 +63,29 @@ impl PeerRpcServer {
 
     /// Stops every announce loop and closes the transport.
     pub fn stop(&self) {
+        self.stop_all_announcing();
+        self.transport.close();
+    }
+
+    /// Shuts down gracefully, for restarts without failed requests: stops announcing every name,
+    /// stops listening (clients' connects are refused, and `PeerRpcClient` sends those requests
+    /// to another worker of the key), lets the requests already read finish with their replies
+    /// sent, closes each connection once it is done, and after `grace` closes the rest. Resolves
+    /// to true when every connection finished within `grace`.
+    ///
+    /// The Grapes still return this worker until its announce expires (there is no unannounce
+    /// on the wire); clients learn it is gone from the refused connect.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.stop_all_announcing();
+        self.transport.drain(grace).await
+    }
+
+    fn stop_all_announcing(&self) {
         let names: Vec<String> =
             self.announcers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(n, _)| n).collect();
         for n in names {
             self.link.stop_announcing(&n, self.port());
         }
-        self.transport.close();
     }
 }
 

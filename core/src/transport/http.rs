@@ -656,6 +656,11 @@ impl Default for HttpServerConfig {
 struct ServerCtx {
     handler: Arc<dyn Handler>,
     config: HttpServerConfig,
+    /// Closes every connection now.
+    token: CancellationToken,
+    /// Connections finish what they serve and close.
+    draining: CancellationToken,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A running HTTP(S) RPC server. Stops when [`HttpServer::close`] is called or it is dropped.
@@ -663,6 +668,10 @@ struct ServerCtx {
 pub struct HttpServer {
     local_addr: SocketAddr,
     token: CancellationToken,
+    /// Cancelled by [`HttpServer::drain`] (and with `token`): stop accepting, finish, close.
+    draining: CancellationToken,
+    /// Connections being served.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for HttpServer {
@@ -677,9 +686,11 @@ impl HttpServer {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let token = CancellationToken::new();
-        let ctx = Arc::new(ServerCtx { handler, config });
-        tokio::spawn(accept_loop(listener, ctx, token.clone()));
-        Ok(HttpServer { local_addr, token })
+        let draining = token.child_token();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ctx = Arc::new(ServerCtx { handler, config, token: token.clone(), draining: draining.clone(), connections: connections.clone() });
+        tokio::spawn(accept_loop(listener, ctx));
+        Ok(HttpServer { local_addr, token, draining, connections })
     }
 
     /// The bound address.
@@ -696,6 +707,19 @@ impl HttpServer {
     pub fn close(&self) {
         self.token.cancel();
     }
+
+    /// How many connections are open now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shuts down gracefully: stops accepting (new connections are refused), lets each connection
+    /// finish the request it is serving (its reply is sent, with `Connection: close`) and closes
+    /// it; idle keep-alive connections close at once. After `grace` the rest are closed as by
+    /// [`HttpServer::close`]. True when every connection finished in time.
+    pub fn drain(&self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
+        super::drain(self.draining.clone(), self.token.clone(), self.connections.clone(), grace)
+    }
 }
 
 impl ServerTransport for HttpServer {
@@ -705,20 +729,51 @@ impl ServerTransport for HttpServer {
     fn close(&self) {
         self.token.cancel();
     }
+
+    fn drain(&self, grace: Duration) -> crate::rpc::BoxFuture<'static, bool> {
+        Box::pin(HttpServer::drain(self, grace))
+    }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>, token: CancellationToken) {
+/// How long a draining server keeps serving requests on its open connections (answering each with
+/// `Connection: close`) before it closes the idle ones. Closing an idle keep-alive connection at
+/// once races with a client that is sending a request on it at that moment; a client that gets
+/// `Connection: close` closes the connection itself.
+const HTTP_DRAIN_LINGER: Duration = Duration::from_millis(250);
+
+/// Counts a connection while it is served.
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Live {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Live {
+        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Live(n.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
     let acceptor = ctx.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let max = ctx.config.max_connections;
-    super::accept_loop(listener, max, token.clone(), move |tcp, remote| {
+    let draining = ctx.draining.clone();
+    super::accept_loop(listener, max, draining, move |tcp, remote| {
         let ctx = ctx.clone();
-        let token = token.clone();
+        let token = ctx.token.clone();
         let acceptor = acceptor.clone();
         async move {
+            let _live = Live::new(&ctx.connections);
             match acceptor {
                 None => serve_conn(TokioIo::new(tcp), remote, None, ctx, token).await,
                 Some(acc) => {
-                    let hs = tokio::time::timeout(ctx.config.tls_handshake_timeout, acc.accept(tcp)).await;
+                    let hs = tokio::select! {
+                        hs = tokio::time::timeout(ctx.config.tls_handshake_timeout, acc.accept(tcp)) => hs,
+                        () = token.cancelled() => return,
+                    };
                     let tls = match hs {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -754,16 +809,47 @@ async fn serve_conn<I>(
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let ctx = svc_ctx.clone();
         let cert = cert.clone();
-        async move { Ok::<_, Infallible>(handle_request(req, remote, cert, &ctx).await) }
+        async move {
+            let mut resp = handle_request(req, remote, cert, &ctx).await;
+            if ctx.draining.is_cancelled() {
+                // Draining: the client must not send another request on this connection.
+                resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.config.header_read_timeout)
         .keep_alive(true)
         .serve_connection(io, svc);
-    tokio::select! {
-        r = conn => if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection ended with an error") },
-        _ = token.cancelled() => {}
+    tokio::pin!(conn);
+    let drain = ctx.draining.cancelled();
+    tokio::pin!(drain);
+    let linger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger);
+    let (mut drained, mut shut) = (false, false);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // Draining: for a short while requests are still served, each answered with
+            // `Connection: close` (the client then closes the connection itself, with no race);
+            // then the request being served finishes and an idle connection closes.
+            () = &mut drain, if !drained => {
+                drained = true;
+                linger.as_mut().reset(tokio::time::Instant::now() + HTTP_DRAIN_LINGER);
+            }
+            () = &mut linger, if drained && !shut => {
+                shut = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = token.cancelled() => return,
+        }
     }
 }
 

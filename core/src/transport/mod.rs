@@ -139,3 +139,23 @@ where
         });
     }
 }
+
+/// The graceful shutdown shared by the servers: `draining` stops the accept loop and tells each
+/// connection to finish what it has read and close; after `grace` (or once `connections` is 0)
+/// `shutdown` closes what is left. True when every connection finished in time.
+pub(crate) async fn drain(draining: CancellationToken, shutdown: CancellationToken, connections: Arc<std::sync::atomic::AtomicUsize>, grace: Duration) -> bool {
+    draining.cancel();
+    // A grace too long to add to the clock never ends.
+    let deadline = tokio::time::Instant::now().checked_add(grace);
+    let finished = loop {
+        if connections.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            break true;
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    shutdown.cancel();
+    finished
+}

@@ -59,7 +59,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::busy::BusyPoll;
-use super::wsframe::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, HandshakeError, Msg, OP_PONG, OP_TEXT, Side};
+use super::wsframe::{self, CLOSE_DRAINED, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, HandshakeError, Msg, OP_PONG, OP_TEXT, Side};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{ResultForm, decode_request, encode_reply_into};
@@ -471,6 +471,8 @@ impl WsServerConfig {
 pub struct WsServer {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
+    /// Cancelled by [`WsServer::drain`] (and with `shutdown`): stop accepting, finish, close.
+    draining: CancellationToken,
     connections: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -492,9 +494,10 @@ impl WsServer {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let draining = shutdown.child_token();
         let connections = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(accept_loop(listener, handler, config, shutdown.clone(), connections.clone()));
-        Ok(WsServer { local_addr, shutdown, connections, task: Some(task) })
+        let task = tokio::spawn(accept_loop(listener, handler, config, shutdown.clone(), draining.clone(), connections.clone()));
+        Ok(WsServer { local_addr, shutdown, draining, connections, task: Some(task) })
     }
 
     /// The address the server listens on.
@@ -510,6 +513,17 @@ impl WsServer {
     /// How many sockets are open now.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Shuts down gracefully: stops accepting (new connections are refused), lets every socket
+    /// finish the requests it has already read (their replies are sent; nothing more is read from
+    /// it), then closes it with `1001 going away`; idle sockets close at once. After `grace` the
+    /// rest are closed as by [`WsServer::close`]. True when every socket finished in time.
+    ///
+    /// Requests a client sent that were not read yet fail on its side when the socket closes
+    /// (ours: `Closed`; they never reached a handler).
+    pub fn drain(&self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
+        super::drain(self.draining.clone(), self.shutdown.clone(), self.connections.clone(), grace)
     }
 
     /// Stops accepting and closes every socket; returns once the listener is closed.
@@ -536,6 +550,10 @@ impl crate::rpc::ServerTransport for WsServer {
     fn close(&self) {
         self.shutdown.cancel();
     }
+
+    fn drain(&self, grace: Duration) -> crate::rpc::BoxFuture<'static, bool> {
+        Box::pin(WsServer::drain(self, grace))
+    }
 }
 
 async fn accept_loop(
@@ -543,17 +561,24 @@ async fn accept_loop(
     handler: Arc<dyn Handler>,
     config: WsServerConfig,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     connections: Arc<AtomicUsize>,
 ) {
     let settings = Arc::new(config.accept_settings());
     let (in_flight, reply_timeout, busy_poll) = (config.max_in_flight_per_connection, config.reply_timeout, config.busy_poll);
-    super::accept_loop(listener, config.max_connections, shutdown.clone(), move |tcp, remote| {
+    super::accept_loop(listener, config.max_connections, draining.clone(), move |tcp, remote| {
         let handler = handler.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let draining = draining.clone();
         let connections = connections.clone();
         async move {
-            let (io, leftover, cert) = match accept_raw(tcp, remote, &settings).await {
+            // A handshake still running when the server closes is cut short.
+            let accepted = tokio::select! {
+                r = accept_raw(tcp, remote, &settings) => r,
+                () = shutdown.cancelled() => return,
+            };
+            let (io, leftover, cert) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!("ws: {e}");
@@ -562,7 +587,7 @@ async fn accept_loop(
             };
             connections.fetch_add(1, Ordering::Relaxed);
             let max = settings.max_message_size;
-            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, busy_poll, shutdown).await;
+            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, busy_poll, shutdown, draining).await;
             connections.fetch_sub(1, Ordering::Relaxed);
         }
     })
@@ -621,6 +646,7 @@ async fn serve_connection(
     reply_timeout: Option<Duration>,
     busy_poll: Duration,
     shutdown: CancellationToken,
+    draining: CancellationToken,
 ) {
     let mut frames = FrameReader::new(Side::Server, max_message_size, leftover);
     let busy = BusyPoll::new(busy_poll);
@@ -631,6 +657,10 @@ async fn serve_connection(
     // list (two lock round trips) on every message.
     let stopping = shutdown.cancelled();
     tokio::pin!(stopping);
+    // Draining: handle what was read, send the replies, read nothing more, then close.
+    let drain = draining.cancelled();
+    tokio::pin!(drain);
+    let mut drained = false;
     let closing: (u16, String) = loop {
         // Handle every whole message buffered, up to the in-flight bound.
         let mut close = None;
@@ -669,8 +699,11 @@ async fn serve_connection(
         if !out.flush(&mut io).await {
             return;
         }
+        if drained && running.is_empty() {
+            break (CLOSE_DRAINED, "the server is shutting down; every request it read was answered".to_string());
+        }
         // With nothing running, poll for the client's next request for a few microseconds first.
-        let waiting = (running.is_empty() && busy.enabled()).then(Instant::now);
+        let waiting = (running.is_empty() && busy.enabled() && !drained).then(Instant::now);
         if waiting.is_some() {
             match busy.spin(|cx| frames.poll_fill(&mut io, cx)).await {
                 Some(Ok(0)) => return,
@@ -691,7 +724,7 @@ async fn serve_connection(
                     out.reply(&rid, &body);
                 }
             }
-            r = frames.fill(&mut io), if running.len() < max_in_flight => match r {
+            r = frames.fill(&mut io), if running.len() < max_in_flight && !drained => match r {
                 Ok(0) => return,
                 Ok(_) => {
                     if let Some(t) = waiting {
@@ -704,6 +737,7 @@ async fn serve_connection(
                 }
             },
             _ = &mut stopping => break (CLOSE_GOING_AWAY, "the server is closing".to_string()),
+            () = &mut drain, if !drained => drained = true,
         }
     };
     // Send the close frame (after what is queued) and let the socket go.
@@ -1051,6 +1085,8 @@ async fn reader_task(
     let mut sweep = tokio::time::interval(tick);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut close = (CLOSE_NORMAL, String::new());
+    let mut drained = false;
+    let mut client_closing = false;
     let token = session.close.clone();
     let closed_by_client = token.cancelled();
     tokio::pin!(closed_by_client);
@@ -1081,6 +1117,13 @@ async fn reader_task(
                         }
                     });
                 }
+                Ok(Some(Msg::Close(Some(CLOSE_DRAINED)))) => {
+                    // Our server drained: it answered everything it read, so what is still
+                    // waiting was never handled and may go to another worker.
+                    close.0 = CLOSE_NORMAL;
+                    drained = true;
+                    break 'read "the server shut down before reading the request (it was not handled)";
+                }
                 Ok(Some(Msg::Close(code))) => {
                     close.0 = code.unwrap_or(CLOSE_NORMAL);
                     break 'read "the server closed the socket";
@@ -1092,6 +1135,9 @@ async fn reader_task(
                     break 'read "the server broke the protocol";
                 }
             }
+        }
+        if client_closing {
+            break "the socket was closed by the client";
         }
         tokio::select! {
             r = frames.fill(&mut rd) => match r {
@@ -1148,10 +1194,16 @@ async fn reader_task(
                     let _ = w.send(Err(Error::timeout(format!("ERR_TIMEOUT: no reply within {t:?}"))));
                 }
             }
-            _ = &mut closed_by_client => break "the socket was closed by the client",
+            _ = &mut closed_by_client, if !client_closing => {
+                // Replies and a drained server's close that have arrived still count: read what
+                // is there, once, without waiting.
+                client_closing = true;
+                let _ = std::future::poll_fn(|cx| Poll::Ready(frames.poll_fill(&mut rd, cx))).await;
+            }
         }
     };
-    session.fail_all(ErrorKind::Closed, &format!("ERR_TRANSPORT_CLOSE: {why}"));
+    // Requests a drained server never read fail like a refused connect: nothing was handled.
+    session.fail_all(if drained { ErrorKind::Connect } else { ErrorKind::Closed }, &format!("ERR_TRANSPORT_CLOSE: {why}"));
     // Send a close frame when the socket still takes one, and let the socket go.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut w = session.writer.lock().await;
@@ -1396,11 +1448,18 @@ impl WsClient {
                 }
             };
             if !wrote {
-                drop(guard);
-                // The socket is broken: the reader task fails what is in flight and closes it.
+                // The socket is broken: the reader task reads what the server sent before (a
+                // drained server's close among it), fails what is in flight, this request
+                // included, and closes it.
                 session.lock().closed = true;
                 session.close.cancel();
-                return Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the socket failed while sending"));
+                let r = tokio::time::timeout(Duration::from_secs(2), rx).await;
+                guard.disarm();
+                return match r {
+                    // Not handled by a server that drained: another worker may take it.
+                    Ok(Ok(Err(e))) if e.kind() == ErrorKind::Connect => Err(e),
+                    _ => Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the socket failed while sending")),
+                };
             }
             // A request alone on its socket polls for its reply for a few microseconds first.
             let r = if batch || !session.busy.enabled() {
