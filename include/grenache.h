@@ -1198,6 +1198,18 @@ grenache_result grenache_server_start_announcing(const grenache_server *server, 
 grenache_result grenache_server_stop_announcing(const grenache_server *server, const char *name);
 
 /**
+ * Shuts the server down gracefully, for restarts without failed requests: stops announcing,
+ * stops listening (clients' connects are refused, and grenache clients send those requests to
+ * another worker), lets the requests already read finish and their replies go out, closes each
+ * connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
+ * `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK` when
+ * every connection finished in time, `TIMEOUT` when some had to be closed, `CANCELLED` when the
+ * server is freed first. Non-blocking; free the server afterwards with `grenache_server_free`.
+ * Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_server_shutdown(const grenache_server *server, uint64_t grace_ms, grenache_done_cb cb, void *userdata);
+
+/**
  * Stops announcing, stops listening and closes connections, fires pending announce completions
  * with `GRENACHE_RESULT_CANCELLED`, then frees the server. Requests being handled may still be
  * answered (their replies go nowhere); `free_userdata` runs after the last handler call. NULL is

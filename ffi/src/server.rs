@@ -136,6 +136,24 @@ pub extern "C" fn grenache_server_stop_announcing(server: *const grenache_server
     }
 }
 
+/// Shuts the server down gracefully, for restarts without failed requests: stops announcing,
+/// stops listening (clients' connects are refused, and grenache clients send those requests to
+/// another worker), lets the requests already read finish and their replies go out, closes each
+/// connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
+/// `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK` when
+/// every connection finished in time, `TIMEOUT` when some had to be closed, `CANCELLED` when the
+/// server is freed first. Non-blocking; free the server afterwards with `grenache_server_free`.
+/// Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace_ms: u64, cb: grenache_done_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let s = try_ref!(server);
+        let cb = try_callback!(cb);
+        s.inner.shutdown(Duration::from_millis(grace_ms), done_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
 /// Stops announcing, stops listening and closes connections, fires pending announce completions
 /// with `GRENACHE_RESULT_CANCELLED`, then frees the server. Requests being handled may still be
 /// answered (their replies go nowhere); `free_userdata` runs after the last handler call. NULL is

@@ -287,3 +287,83 @@ fn runtime_new_ignores_a_default_sigpipe_and_keeps_an_application_handler() {
     grenache_runtime_free(rt);
     set_sigpipe(libc::SIG_IGN);
 }
+
+// --- Graceful shutdown through the C ABI ------------------------------------------------------
+
+/// Answers after 300 ms from a thread of "C"'s own; `"never"` keeps the reply until the test
+/// frees it (a handler that outlives the grace).
+unsafe extern "C" fn answer_slowly(_ud: *mut c_void, req: *const grenache_request, reply: *mut grenache_reply) {
+    let p = unsafe { CStr::from_ptr(grenache_request_payload(req, ptr::null_mut())) }.to_str().expect("utf8").to_string();
+    let reply = reply as usize;
+    std::thread::spawn(move || {
+        let reply = reply as *mut grenache_reply;
+        if p == "\"never\"" {
+            std::thread::sleep(Duration::from_secs(3));
+            grenache_reply_free(reply);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let w = b"\"later\"";
+        let _ = grenache_reply_send(reply, w.as_ptr().cast(), w.len());
+    });
+}
+
+unsafe extern "C" fn send_done(ud: *mut c_void, code: grenache_result, _err: *const grenache_error) {
+    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<grenache_result>>) };
+    let _ = tx.lock().expect("lock").send(code);
+}
+
+#[test]
+fn server_shutdown_answers_what_it_read_and_reports_the_grace() {
+    use crate::link::*;
+    use crate::server::*;
+    use grenache_core::rpc::{ClientTransport, OutgoingRequest};
+    let mut rt: *mut grenache_runtime = ptr::null_mut();
+    assert_eq!(grenache_runtime_new(2, &mut rt), grenache_result::Ok);
+    let mut link: *mut grenache_link = ptr::null_mut();
+    assert_eq!(grenache_link_new(rt, c"http://127.0.0.1:1".as_ptr(), &mut link), grenache_result::Ok);
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let ud = &tx as *const _ as *mut c_void;
+    assert_eq!(grenache_server_shutdown(ptr::null(), 10, Some(send_done), ud), grenache_result::NullParameter);
+    for ws in [false, true] {
+        let new = if ws { grenache_server_new_ws } else { grenache_server_new_http };
+        for (payload, grace, want) in [("slow", 5000, grenache_result::Ok), ("never", 200, grenache_result::Timeout)] {
+            let mut server: *mut grenache_server = ptr::null_mut();
+            assert_eq!(new(link, 0, ptr::null(), Some(answer_slowly), ptr::null_mut(), None, &mut server), grenache_result::Ok);
+            let dest = format!("127.0.0.1:{}", grenache_server_port(server));
+            let transport: std::sync::Arc<dyn ClientTransport> = if ws {
+                std::sync::Arc::new(grenache_core::transport::ws::WsClient::default())
+            } else {
+                std::sync::Arc::new(grenache_core::transport::http::HttpClient::default())
+            };
+            let out = OutgoingRequest {
+                rid: grenache_core::rpc::new_rid(),
+                key: "k".into(),
+                payload_json: format!("\"{payload}\"").into(),
+                timeout: Some(Duration::from_secs(10)),
+                compress: false,
+            };
+            let (t, d) = (transport.clone(), dest.clone());
+            let call = client_rt.spawn(async move { t.request(&d, out).await });
+            std::thread::sleep(Duration::from_millis(100));
+            let t0 = std::time::Instant::now();
+            assert_eq!(grenache_server_shutdown(server, grace, Some(send_done), ud), grenache_result::Ok);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(want), "ws={ws} {payload}");
+            let took = t0.elapsed();
+            let r = client_rt.block_on(call).expect("join");
+            if want == grenache_result::Ok {
+                assert_eq!(r.expect("answered before closing"), json!("later"));
+                assert!(took >= Duration::from_millis(150), "waited for the reply: {took:?}");
+            } else {
+                assert!(r.is_err(), "cut off at the grace");
+                assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(3), "{took:?}");
+            }
+            assert!(std::net::TcpStream::connect(&dest).is_err(), "no longer listening");
+            grenache_server_free(server);
+        }
+    }
+    grenache_link_free(link);
+    grenache_runtime_free(rt);
+}

@@ -97,6 +97,24 @@ impl EmbedServer {
         self.server.stop_announcing(name)
     }
 
+    /// Shuts down gracefully (see [`PeerRpcServer::shutdown`]): stops announcing and listening,
+    /// lets the requests already read finish, then closes. `done` gets `Ok` when every
+    /// connection finished within `grace`, a `Timeout` error when the rest had to be closed.
+    pub fn shutdown(&self, grace: Duration, done: impl FnOnce(Result<()>) + Send + 'static) {
+        let s = self.server.clone();
+        self.ops.spawn(
+            &self.rt,
+            async move {
+                if s.shutdown(grace).await {
+                    Ok(())
+                } else {
+                    Err(crate::Error::timeout(format!("ERR_TIMEOUT: connections still busy after the {grace:?} grace were closed")))
+                }
+            },
+            done,
+        );
+    }
+
     /// Cancels pending announces, stops announcing, stops listening and closes connections.
     /// The handler is dropped once the requests in flight have finished.
     pub fn close(&self) {
