@@ -104,6 +104,13 @@ export class Server {
   announce(name: string): Promise<void>
   startAnnouncing(name: string, interval?: number): void
   stopAnnouncing(name: string): boolean
+  /**
+   * Graceful shutdown, for restarts without failed requests: stops announcing and listening
+   * (grenache clients send requests to another worker), lets the requests already received
+   * finish and their replies go out, then closes; after `grace` ms (default 10000) the rest are
+   * closed. Resolves true when everything finished in time. Call `close()` afterwards.
+   */
+  shutdown(grace?: number): Promise<boolean>
   close(): void
 }
 

@@ -168,6 +168,11 @@ class Server {
   announce (name) { return call((done) => this._s.announce(name, done), () => undefined) }
   startAnnouncing (name, interval = 1000) { this._s.startAnnouncing(name, ms(interval)) }
   stopAnnouncing (name) { return this._s.stopAnnouncing(name) }
+  // Graceful shutdown for restarts without failed requests: stops announcing and listening,
+  // lets the requests already received finish and their replies go out, then closes; after
+  // `grace` ms the rest are closed. Resolves true when everything finished in time. Call
+  // close() afterwards.
+  shutdown (grace = 10000) { return call((done) => this._s.shutdown(ms(grace), done), (r) => r === 'true') }
   close () {
     this._s.close()
     this._release()

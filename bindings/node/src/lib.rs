@@ -419,6 +419,20 @@ impl NativeServer {
         self.inner.stop_announcing(&name)
     }
 
+    /// Graceful shutdown; `done` gets "true" when every connection finished within the grace,
+    /// "false" when the rest had to be closed.
+    #[napi]
+    pub fn shutdown(&self, grace_ms: u32, done: Done) {
+        let done = complete(done);
+        self.inner.shutdown(Duration::from_millis(u64::from(grace_ms)), move |r| {
+            done(match r {
+                Ok(()) => Ok("true".to_string()),
+                Err(e) if e.kind() == ErrorKind::Timeout => Ok("false".to_string()),
+                Err(e) => Err(e),
+            })
+        });
+    }
+
     /// Stops listening; unanswered requests get `ERR_TRANSPORT_CLOSE`-style failures.
     #[napi]
     pub fn close(&self) {

@@ -142,6 +142,29 @@ test('server reply timeout and map over workers', async () => {
   assert.deepEqual(res.map((r) => r.worker).sort(), [0, 1, 2])
 })
 
+test('graceful shutdown answers what it received, then refuses; the grace cuts off the rest', async () => {
+  for (const transport of ['http', 'ws']) {
+    const c = new g.Client(l1, { transport })
+    cleanup.push(() => c.close())
+    const s = new g.Server(l1, handler, { transport })
+    const dest = `127.0.0.1:${s.port}`
+    const pending = c.request('x', { sleep: 400, v: 7 }, { dest, timeout: 10000 })
+    await sleep(150)
+    assert.equal(await s.shutdown(5000), true, transport)
+    assert.equal(await pending, 7, transport)
+    await assert.rejects(c.request('x', 'hello', { dest }), (e) => e.code === 'ERR_CONNECT', transport)
+    s.close()
+    const s2 = new g.Server(l1, handler, { transport })
+    const cut = c.request('x', { sleep: 3000 }, { dest: `127.0.0.1:${s2.port}`, timeout: 10000 }).then(() => 'answered', (e) => e)
+    await sleep(150)
+    const t0 = Date.now()
+    assert.equal(await s2.shutdown(200), false, transport)
+    assert.ok(Date.now() - t0 < 2000, transport)
+    assert.ok((await cut) instanceof g.GrenacheError, transport)
+    s2.close()
+  }
+})
+
 test('client close cancels requests in flight', async () => {
   const s = new g.Server(l1, handler)
   cleanup.push(() => s.close())

@@ -190,6 +190,41 @@ class LocalTests(unittest.TestCase):
         finally:
             s.close()
 
+    def test_graceful_shutdown(self):
+        for t, c in self.clients.items():
+            with self.subTest(transport=t):
+                # A request in flight when the server shuts down is answered before it closes.
+                s = grenache.Server(self.net.l1, handler, transport=t)
+                got = []
+                th = threading.Thread(target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7}, dest=f"127.0.0.1:{s.port}", timeout=10)))
+                th.start()
+                time.sleep(0.15)
+                self.assertTrue(s.shutdown(grace=5))
+                th.join(5)
+                self.assertEqual(got, [7])
+                with self.assertRaises(grenache.ConnectError):
+                    c.request("x", "hello", dest=f"127.0.0.1:{s.port}")
+                s.close()
+                # One that outlives the grace is cut off, and shutdown says so (asyncio too).
+                s = grenache.Server(self.net.l1, handler, transport=t)
+                errors = []
+
+                def call():
+                    try:
+                        c.request("x", {"sleep": 3}, dest=f"127.0.0.1:{s.port}", timeout=10)
+                    except grenache.GrenacheError as e:
+                        errors.append(e)
+
+                th = threading.Thread(target=call)
+                th.start()
+                time.sleep(0.15)
+                t0 = time.monotonic()
+                self.assertFalse(asyncio.run(s.shutdown_async(grace=0.2)))
+                self.assertLess(time.monotonic() - t0, 2)
+                th.join(5)
+                self.assertEqual(len(errors), 1)
+                s.close()
+
     def test_map_over_workers(self):
         workers = [grenache.Server(self.net.l1, (lambda i: lambda p, info: {"worker": i, "p": p})(i)) for i in range(3)]
         try:

@@ -369,6 +369,18 @@ class Server:
     def stop_announcing(self, name: str) -> bool:
         return self._s.stop_announcing(name)
 
+    def shutdown(self, grace: float = 10.0) -> bool:
+        """Shuts down gracefully, for restarts without failed requests: stops announcing and
+        listening (clients' connects are refused, and grenache clients send those requests to
+        another worker), lets the requests already received finish and their replies go out,
+        then closes; after ``grace`` seconds the rest are closed. Returns True when every
+        connection finished in time. Call ``close()`` afterwards."""
+        return self._s.shutdown(_ms(grace))
+
+    async def shutdown_async(self, grace: float = 10.0) -> bool:
+        """``shutdown`` for asyncio."""
+        return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), lambda r: r == "true")
+
     def close(self) -> None:
         """Stops announcing and listening; requests in flight still get their reply."""
         self._s.close()
