@@ -91,13 +91,14 @@ int main(int argc, char **argv) {
     grenache_link *link = NULL;
     grenache_server *server = NULL;
     server_state st;
-    completion announced;
+    completion announced, stopped;
     long waited = 0, answered = 0;
     int freed;
 
     memset(&st, 0, sizeof st);
     pthread_mutex_init(&st.lock, NULL);
     completion_init(&announced);
+    completion_init(&stopped);
 
     DIE_IF(grenache_runtime_new(2, &rt), "grenache_runtime_new");
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
@@ -127,8 +128,13 @@ int main(int argc, char **argv) {
         waited += 10;
     }
     printf("answered %ld\n", answered);
-    /* Give the last replies a moment to reach the wire: freeing the server closes its sockets. */
-    sleep_ms(300);
+    /* Shut down gracefully: stop announcing and listening, let the requests already received
+     * finish and their replies reach the wire, then close (cut off after 5 s). */
+    DIE_IF(grenache_server_shutdown(server, 5000, on_done, &stopped), "grenache_server_shutdown");
+    if (completion_wait(&stopped, 10000) != 0 || stopped.code != GRENACHE_RESULT_OK) {
+        fprintf(stderr, "shutdown: %s %s\n", grenache_result_name(stopped.code), stopped.message ? stopped.message : "");
+        return 1;
+    }
 
     grenache_server_free(server);
     grenache_link_free(link);
@@ -137,6 +143,7 @@ int main(int argc, char **argv) {
     freed = st.freed;
     pthread_mutex_unlock(&st.lock);
     completion_destroy(&announced);
+    completion_destroy(&stopped);
     pthread_mutex_destroy(&st.lock);
     if (freed != 1) {
         fprintf(stderr, "free_userdata ran %d times\n", freed);
