@@ -40,13 +40,19 @@ fn handler(port: u16) -> impl Fn(Request, Reply) + Send + Sync + 'static {
     }
 }
 
-async fn worker(kind: Kind, link: &Link, name: &str) -> (PeerRpcServer, u16) {
+/// A server of `kind` on a free port, with [`handler`].
+async fn bind(kind: Kind) -> (Arc<dyn ServerTransport>, u16) {
     let port = grenache_e2e::free_tcp_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let t: Arc<dyn ServerTransport> = match kind {
         Kind::Http => Arc::new(HttpServer::bind(addr, Arc::new(handler(port)), HttpServerConfig::default()).await.unwrap()),
         Kind::Ws => Arc::new(WsServer::bind(addr, handler(port), WsServerConfig::default()).await.unwrap()),
     };
+    (t, port)
+}
+
+async fn worker(kind: Kind, link: &Link, name: &str) -> (PeerRpcServer, u16) {
+    let (t, port) = bind(kind).await;
     let srv = PeerRpcServer::new(link.clone(), t);
     srv.start_announcing(name, Duration::from_secs(1)).first_result(Duration::from_secs(20)).await.unwrap();
     (srv, port)
@@ -142,12 +148,7 @@ async fn ws_worker_restarts_under_load_without_failed_requests() {
 async fn shutdown_ends_at_the_grace() {
     for kind in [Kind::Http, Kind::Ws] {
         let link = Link::with_grape(format!("http://127.0.0.1:{}", grenache_e2e::free_tcp_port())).unwrap();
-        let port = grenache_e2e::free_tcp_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let t: Arc<dyn ServerTransport> = match kind {
-            Kind::Http => Arc::new(HttpServer::bind(addr, Arc::new(handler(port)), HttpServerConfig::default()).await.unwrap()),
-            Kind::Ws => Arc::new(WsServer::bind(addr, handler(port), WsServerConfig::default()).await.unwrap()),
-        };
+        let (t, port) = bind(kind).await;
         let srv = PeerRpcServer::new(link.clone(), t);
         let c = client(kind, &link);
         let o = RequestOptions { dest: Some(format!("127.0.0.1:{port}")), ..opts() };

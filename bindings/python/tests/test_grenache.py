@@ -122,6 +122,22 @@ def handler(payload, info):
     return {"echo": payload, "fingerprint": info.fingerprint}
 
 
+def in_thread(fn):
+    """Runs ``fn()`` on a thread of its own; returns the thread and the list where the
+    ``GrenacheError`` it raises, if any, lands."""
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except grenache.GrenacheError as e:
+            errors.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    return th, errors
+
+
 class LocalTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -207,16 +223,7 @@ class LocalTests(unittest.TestCase):
                 s.close()
                 # One that outlives the grace is cut off, and shutdown says so (asyncio too).
                 s = grenache.Server(self.net.l1, handler, transport=t)
-                errors = []
-
-                def call():
-                    try:
-                        c.request("x", {"sleep": 3}, dest=f"127.0.0.1:{s.port}", timeout=10)
-                    except grenache.GrenacheError as e:
-                        errors.append(e)
-
-                th = threading.Thread(target=call)
-                th.start()
+                th, errors = in_thread(lambda: c.request("x", {"sleep": 3}, dest=f"127.0.0.1:{s.port}", timeout=10))
                 time.sleep(0.15)
                 t0 = time.monotonic()
                 self.assertFalse(asyncio.run(s.shutdown_async(grace=0.2)))
@@ -259,16 +266,7 @@ class LocalTests(unittest.TestCase):
 
     def test_close_cancels_requests_in_flight(self):
         c = grenache.Client(self.net.l2)
-        errors = []
-
-        def call():
-            try:
-                c.request("py:http", {"sleep": 2}, timeout=10)
-            except grenache.GrenacheError as e:
-                errors.append(e)
-
-        th = threading.Thread(target=call)
-        th.start()
+        th, errors = in_thread(lambda: c.request("py:http", {"sleep": 2}, timeout=10))
         time.sleep(0.3)
         t0 = time.monotonic()
         c.close()
