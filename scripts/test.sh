@@ -35,7 +35,7 @@ cargo build --workspace --all-targets --locked
 
 # 4. The runnable Rust examples (the C and Ruby examples run inside the test suite).
 log "examples"
-for ex in quickstart ws_ssl_whitelist; do
+for ex in quickstart ws_ssl_whitelist rolling_restart; do
   cargo run --quiet --locked --example "$ex" >/dev/null
   echo "example $ex: ok"
 done

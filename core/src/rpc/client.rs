@@ -242,7 +242,7 @@ impl PeerRpcClient {
         opts: &RequestOptions,
         call: impl Fn(&dyn ClientTransport, &str, OutgoingRequest) -> BoxFuture<'static, Result<T>>,
     ) -> Result<T> {
-        let dests: Arc<[String]> = match &opts.dest {
+        let mut dests: Arc<[String]> = match &opts.dest {
             Some(d) => vec![d.clone()].into(),
             None => self.link.lookup_shared(&key).await?,
         };
@@ -250,6 +250,7 @@ impl PeerRpcClient {
         let mut used = 0;
         let mut exclude = HashSet::new();
         let mut last = None;
+        let mut looked_again = false;
         while used < attempts {
             let Some(dest) = self.choose(&dests, &exclude, opts) else { break };
             match call(&*self.transport, &dest, self.outgoing(&key, &payload_json, opts)).await {
@@ -269,12 +270,27 @@ impl PeerRpcClient {
                         self.link.invalidate(&key);
                         self.dead.failed(&dest, self.config.dead_worker_backoff, self.config.dead_worker_max_backoff);
                     }
+                    last = Some(e);
                     // Nothing reached a worker: try another one for free while some are untried.
                     let fresh = exclude.insert(dest);
-                    if !(self.config.connect_failover && unsent && fresh && exclude.len() < dests.len()) {
-                        used += 1;
+                    if self.config.connect_failover && unsent && fresh {
+                        if dests.iter().any(|d| !exclude.contains(d)) {
+                            continue;
+                        }
+                        // Every worker the lookup gave refused: they may have been replaced
+                        // (a rolling restart) by workers the cached lookup does not have yet.
+                        // Look the key up afresh, once.
+                        if opts.dest.is_none() && !looked_again {
+                            looked_again = true;
+                            if let Ok(d) = self.link.lookup_shared(&key).await
+                                && d.iter().any(|x| !exclude.contains(x))
+                            {
+                                dests = d;
+                                continue;
+                            }
+                        }
                     }
-                    last = Some(e);
+                    used += 1;
                 }
             }
         }
