@@ -142,7 +142,16 @@ async fn cli_against_grapes() {
     let (code, _, _) = run(&grape, &["frobnicate"]).await;
     assert_eq!(code, 2);
 
-    drop(serve);
+    // SIGTERM: a graceful shutdown (stop announcing and listening, finish, exit 0).
+    let pid = serve.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopped: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stopped, json!({"event": "stopped", "drained": true}));
+    assert!(tokio::time::timeout(Duration::from_secs(10), serve.wait()).await.unwrap().unwrap().success());
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "no longer listening");
     drop(fixed);
     drop(ws);
 }

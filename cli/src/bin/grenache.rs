@@ -120,6 +120,10 @@ enum Cmd {
         /// Require a client certificate signed by --tls-ca (HTTPS).
         #[arg(long)]
         require_client_cert: bool,
+        /// On Ctrl-C or SIGTERM, shut down gracefully: stop announcing and listening, finish the
+        /// requests already received, then exit; close what is left after this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        grace: u64,
     },
     /// Publishes each line of stdin to every subscriber of NAME: a WebSocket publisher (PUB/SUB,
     /// grenache-nodejs-ws wire), announced until stdin ends or Ctrl-C.
@@ -377,7 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
         }
-        Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, require_client_cert } => {
+        Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, require_client_cert, grace } => {
             let fixed = reply.as_deref().map(parse_payload);
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
@@ -393,14 +397,16 @@ async fn run(cli: Cli) -> Result<()> {
                 handles.push(h);
             }
             print(&json!({"event": "started", "port": peer.port(), "names": names}));
-            // Keep serving until Ctrl-C; report announce failures as they happen.
+            // Keep serving until Ctrl-C or SIGTERM; report announce failures as they happen.
             let mut warned = false;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             loop {
                 tokio::select! {
                     r = tokio::signal::ctrl_c() => {
                         r?;
                         break;
                     }
+                    _ = term.recv() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
                         let err = handles.iter().find_map(|h| h.last_error());
                         match (&err, warned) {
@@ -411,8 +417,9 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+            let drained = peer.shutdown(Duration::from_millis(grace)).await;
             peer.stop();
-            print(&json!({"event": "stopped"}));
+            print(&json!({"event": "stopped", "drained": drained}));
         }
         Cmd::Pub { name, port, bind, interval, wait_subscribers, tls, require_client_cert } => {
             use tokio::io::AsyncBufReadExt;
