@@ -1,15 +1,17 @@
 # frozen_string_literal: true
 
 # rpc_client.rb: sends "hello" to the service rpc_test and expects "world".
-#   ruby rpc_client.rb GRAPE_URL [COUNT]
+#   ruby rpc_client.rb GRAPE_URL [COUNT [http|ws]]
+# Then maps "hello" over every worker and sends "bye" (expects the remote error back).
 require_relative 'grenache'
 
 grape = ARGV[0] || 'http://127.0.0.1:30001'
 count = (ARGV[1] || '1').to_i
+transport = ARGV[2] == 'ws' ? :ws : :http
 
 rt = Grenache::Runtime.new
 link = Grenache::Link.new(rt, grape)
-client = Grenache::Client.new(link)
+client = Grenache::Client.new(link, transport: transport)
 failures = 0
 count.times do |i|
   result = nil
@@ -28,6 +30,10 @@ count.times do |i|
     failures += 1
   end
 end
+puts "lookup rpc_test -> #{link.lookup('rpc_test')}"
+mapped = client.map('rpc_test', '"hello"')
+puts "map rpc_test hello -> #{mapped}"
+failures += 1 unless mapped == '["world"]'
 begin
   client.request('rpc_test', '"bye"')
   failures += 1

@@ -2,17 +2,19 @@
 
 # rpc_server.rb: the rpc_test worker in Ruby: answers "hello" with "world", anything else with
 # the error ERR_UNKNOWN_REQUEST.
-#   ruby rpc_server.rb GRAPE_URL [MAX_REQUESTS]
-# Prints "listening PORT" once announced; exits after MAX_REQUESTS answers (default: 10 minutes).
+#   ruby rpc_server.rb GRAPE_URL [MAX_REQUESTS [http|ws]]
+# Prints "listening PORT" once announced; after MAX_REQUESTS answers (default: 10 minutes) it shuts
+# down gracefully (the last replies reach the wire) and exits.
 require_relative 'grenache'
 
 grape = ARGV[0] || 'http://127.0.0.1:30001'
 max = (ARGV[1] || '0').to_i
+transport = ARGV[2] == 'ws' ? :ws : :http
 answered = Queue.new
 
 rt = Grenache::Runtime.new
 link = Grenache::Link.new(rt, grape)
-server = Grenache::Server.new(link) do |payload, _key|
+server = Grenache::Server.new(link, transport: transport) do |payload, _key, _fingerprint|
   answered << true
   payload == '"hello"' ? [nil, '"world"'] : ['ERR_UNKNOWN_REQUEST', nil]
 end
@@ -31,7 +33,7 @@ while (max.zero? || n < max) && Time.now < deadline
   end
 end
 puts "answered #{n}"
-sleep 0.3 # let the last replies reach the wire before the sockets close
+puts "shutdown: #{server.shutdown(5000) ? 'drained' : 'cut off'}"
 server.close
 link.close
 rt.close
