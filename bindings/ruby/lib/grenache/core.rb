@@ -233,7 +233,7 @@ module Grenache
           Thread.current.name = "grenache #{name}" if Thread.current.respond_to?(:name=)
           loop do
             item = @queue.pop
-            break if item.equal?(STOP)
+            break if item.nil? || item.equal?(STOP) # nil: closed and drained
 
             begin
               @work.call(item)
@@ -253,14 +253,17 @@ module Grenache
       false
     end
 
-    # Stops the threads after the items already queued (waiting at most `timeout` seconds for
-    # each) and returns the items left over.
+    # Stops the threads after the items already queued. With a positive `timeout`, waits at
+    # most that long for each thread and returns the items left over (threads that did not
+    # finish in time leave theirs in the queue); with 0, returns at once.
     def close(timeout = 5)
       return [] if @queue.closed?
 
       @threads.size.times { @queue << STOP }
       @queue.close
-      @threads.each { |t| t.join(timeout) unless t == Thread.current } if timeout.positive?
+      return [] unless timeout.positive?
+
+      @threads.each { |t| t.join(timeout) unless t == Thread.current }
       left = []
       left << @queue.pop until @queue.empty?
       left.reject { |i| i.equal?(STOP) }
