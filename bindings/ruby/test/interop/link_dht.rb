@@ -13,7 +13,7 @@ check = lambda do |what, ok|
   $stdout.flush
   exit 1 unless ok
 end
-eventually = lambda do
+def eventually
   deadline = Time.now + 30
   begin
     yield
@@ -33,16 +33,16 @@ rescue Grenache::LookupEmptyError
 end
 
 a.start_announcing('ruby_dht_test', 4242, interval: 0.5)
-peers = eventually.call { b.lookup('ruby_dht_test') }
+peers = eventually { b.lookup('ruby_dht_test') }
 check.call("lookup -> #{peers.inspect}", peers.any? { |p| p.end_with?(':4242') })
 check.call('stop_announcing -> true', a.stop_announcing('ruby_dht_test', 4242) == true)
 check.call('stop_announcing again -> false', a.stop_announcing('ruby_dht_test', 4242) == false)
 a.announce('ruby_dht_once', 4343)
-check.call('announce once', eventually.call { b.lookup('ruby_dht_once') }.any? { |p| p.end_with?(':4343') })
+check.call('announce once', eventually { b.lookup('ruby_dht_once') }.any? { |p| p.end_with?(':4343') })
 
 hash = a.put('hello from ruby')
 check.call("put -> #{hash}", hash.match?(/\A[0-9a-f]{40}\z/))
-item = eventually.call { b.get(hash) || raise(Grenache::Error, 306) }
+item = eventually { b.get(hash) || raise(Grenache::Error, 306) }
 check.call("get -> #{item['v'].inspect}", item['v'] == 'hello from ruby')
 
 key = Grenache::Keypair.generate
@@ -51,7 +51,7 @@ check.call('keypair round trip', same.public_hex == key.public_hex && key.public
 h1 = a.put_mutable(key, 'v1', seq: 1, salt: 'ruby')
 check.call('mutable hash is the target', h1 == key.target_hex('ruby'))
 a.put_mutable(key, 'v2', seq: 2, salt: 'ruby', cas: 1)
-m = eventually.call do
+m = eventually do
   got = b.get(key.target_hex('ruby'), salt: 'ruby')
   got && got['seq'] == 2 ? got : raise(Grenache::Error, 306)
 end
