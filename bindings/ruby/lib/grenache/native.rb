@@ -1,0 +1,151 @@
+# frozen_string_literal: true
+
+require 'ffi'
+
+module Grenache
+  # The raw C ABI of libgrenache (include/grenache.h), one attached function per C function.
+  #
+  # Everything here follows the header exactly (same names, same arguments); the classes of
+  # {Grenache} are the idiomatic face over it. Functions that may wait for the library's worker
+  # threads (binding a port, freeing a handle) are attached with `blocking: true`: they release
+  # the GVL, so that those threads can run Ruby callbacks meanwhile.
+  #
+  # The library is loaded from `ENV['GRENACHE_LIB']` (a path) or, without it, from the usual
+  # library search path (`libgrenache.so`).
+  module Native
+    extend FFI::Library
+    ffi_lib ENV.fetch('GRENACHE_LIB', 'grenache')
+
+    # grenache_request_options: zero-initialised per-call options of request/map.
+    class RequestOptions < FFI::Struct
+      layout :timeout_ms, :uint64,
+             :retry, :uint32,
+             :retry_remote, :bool,
+             :compress, :bool,
+             :limit, :size_t,
+             :dest, :pointer
+    end
+
+    callback :json_cb, %i[pointer uint32 pointer pointer size_t], :void
+    callback :done_cb, %i[pointer uint32 pointer], :void
+    callback :free_cb, [:pointer], :void
+    callback :handler_cb, %i[pointer pointer pointer], :void
+    callback :verify_client_cb, %i[pointer pointer], :bool
+    callback :message_cb, %i[pointer string pointer size_t], :void
+    callback :message_ex_cb, %i[pointer string pointer size_t bool], :void
+    callback :grape_event_cb, %i[pointer uint32 string uint64], :void
+
+    B = { blocking: true }.freeze
+
+    # Results, errors, version.
+    attach_function :grenache_result_name, [:uint32], :string
+    attach_function :grenache_result_message, %i[uint32 pointer size_t pointer], :uint32
+    attach_function :grenache_error_code, [:pointer], :uint32
+    attach_function :grenache_error_message, [:pointer], :string
+    attach_function :grenache_version, [], :string
+
+    # Runtime.
+    attach_function :grenache_runtime_new, %i[size_t pointer], :uint32, B
+    attach_function :grenache_runtime_free, [:pointer], :void, B
+
+    # Grape.
+    attach_function :grenache_grape_start, %i[pointer uint16 uint16 string pointer], :uint32, B
+    attach_function :grenache_grape_start_opts, %i[pointer pointer pointer], :uint32, B
+    attach_function :grenache_grape_dht_port, [:pointer], :uint16
+    attach_function :grenache_grape_api_port, [:pointer], :uint16
+    attach_function :grenache_grape_free, [:pointer], :void, B
+    attach_function :grenache_grape_on_event, %i[pointer grape_event_cb pointer free_cb], :uint32
+    attach_function :grenache_grape_options_new, [:pointer], :uint32
+    attach_function :grenache_grape_options_free, [:pointer], :void
+    attach_function :grenache_grape_options_set, %i[pointer uint32 uint64], :uint32
+    attach_function :grenache_grape_options_set_host, %i[pointer string], :uint32
+    attach_function :grenache_grape_options_set_bootstrap, %i[pointer string], :uint32
+
+    # Link.
+    attach_function :grenache_link_new, %i[pointer string pointer], :uint32
+    attach_function :grenache_link_new_opts, %i[pointer string pointer pointer], :uint32
+    attach_function :grenache_link_options_new, [:pointer], :uint32
+    attach_function :grenache_link_options_free, [:pointer], :void
+    attach_function :grenache_link_options_set, %i[pointer uint32 uint64], :uint32
+    attach_function :grenache_link_free, [:pointer], :void, B
+    attach_function :grenache_link_lookup, %i[pointer string json_cb pointer], :uint32
+    attach_function :grenache_link_announce, %i[pointer string uint16 done_cb pointer], :uint32
+    attach_function :grenache_link_start_announcing, %i[pointer string uint16 uint64], :uint32
+    attach_function :grenache_link_stop_announcing, %i[pointer string uint16], :uint32
+    attach_function :grenache_link_put, %i[pointer pointer size_t json_cb pointer], :uint32
+    attach_function :grenache_link_put_mutable, %i[pointer pointer pointer size_t int64 string json_cb pointer],
+                    :uint32
+    attach_function :grenache_link_put_mutable_cas,
+                    %i[pointer pointer pointer size_t int64 string int64 json_cb pointer], :uint32
+    attach_function :grenache_link_get, %i[pointer string string json_cb pointer], :uint32
+
+    # Key pairs.
+    attach_function :grenache_keypair_generate, [:pointer], :uint32
+    attach_function :grenache_keypair_from_secret_hex, %i[string pointer], :uint32
+    attach_function :grenache_keypair_public_hex, %i[pointer pointer size_t pointer], :uint32
+    attach_function :grenache_keypair_secret_hex, %i[pointer pointer size_t pointer], :uint32
+    attach_function :grenache_keypair_target_hex, %i[pointer string pointer size_t pointer], :uint32
+    attach_function :grenache_keypair_free, [:pointer], :void
+
+    # TLS settings.
+    attach_function :grenache_server_tls_new, %i[string string string uint32 pointer], :uint32
+    attach_function :grenache_server_tls_free, [:pointer], :void
+    attach_function :grenache_client_tls_new, %i[string string string pointer], :uint32
+    attach_function :grenache_client_tls_free, [:pointer], :void
+
+    # Servers.
+    attach_function :grenache_server_new_http, %i[pointer uint16 pointer handler_cb pointer free_cb pointer], :uint32, B
+    attach_function :grenache_server_new_ws, %i[pointer uint16 pointer handler_cb pointer free_cb pointer], :uint32, B
+    attach_function :grenache_server_new, %i[pointer uint32 pointer handler_cb pointer free_cb pointer], :uint32, B
+    attach_function :grenache_server_port, [:pointer], :uint16
+    attach_function :grenache_server_announce, %i[pointer string done_cb pointer], :uint32
+    attach_function :grenache_server_start_announcing, %i[pointer string uint64], :uint32
+    attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
+    attach_function :grenache_server_shutdown, %i[pointer uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_free, [:pointer], :void, B
+    attach_function :grenache_server_options_new, [:pointer], :uint32
+    attach_function :grenache_server_options_free, [:pointer], :void
+    attach_function :grenache_server_options_set_port, %i[pointer uint16], :uint32
+    attach_function :grenache_server_options_set_tls, %i[pointer pointer], :uint32
+    attach_function :grenache_server_options_set_reply_timeout, %i[pointer uint64], :uint32
+    attach_function :grenache_server_options_set_verify_client, %i[pointer verify_client_cb pointer free_cb], :uint32
+    attach_function :grenache_client_info_fingerprint, [:pointer], :string
+    attach_function :grenache_client_info_remote_addr, [:pointer], :string
+    attach_function :grenache_client_info_path, [:pointer], :string
+
+    # Requests and replies (inside handlers).
+    attach_function :grenache_request_key, %i[pointer pointer], :pointer
+    attach_function :grenache_request_payload, %i[pointer pointer], :pointer
+    attach_function :grenache_request_fingerprint, [:pointer], :string
+    attach_function :grenache_request_remote_addr, [:pointer], :string
+    attach_function :grenache_request_transport, [:pointer], :uint32
+    attach_function :grenache_reply_send, %i[pointer pointer size_t], :uint32
+    attach_function :grenache_reply_error, %i[pointer string], :uint32
+    attach_function :grenache_reply_free, [:pointer], :void
+    attach_function :grenache_reply_is_closed, [:pointer], :bool
+
+    # Clients.
+    attach_function :grenache_client_new_http, %i[pointer pointer pointer], :uint32
+    attach_function :grenache_client_new_ws, %i[pointer pointer pointer], :uint32
+    attach_function :grenache_client_request, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
+    attach_function :grenache_client_map, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
+    attach_function :grenache_client_request_opts, %i[pointer string pointer size_t pointer json_cb pointer], :uint32
+    attach_function :grenache_client_map_opts, %i[pointer string pointer size_t pointer json_cb pointer], :uint32
+    attach_function :grenache_client_free, [:pointer], :void, B
+
+    # PUB/SUB.
+    attach_function :grenache_publisher_new, %i[pointer uint16 pointer pointer], :uint32, B
+    attach_function :grenache_publisher_new_opts, %i[pointer pointer pointer], :uint32, B
+    attach_function :grenache_publisher_port, [:pointer], :uint16
+    attach_function :grenache_publisher_start_announcing, %i[pointer string uint64], :uint32
+    attach_function :grenache_publisher_publish, %i[pointer pointer size_t pointer], :uint32
+    attach_function :grenache_publisher_publish_binary, %i[pointer pointer size_t pointer], :uint32
+    attach_function :grenache_publisher_subscribers, [:pointer], :size_t
+    attach_function :grenache_publisher_free, [:pointer], :void, B
+    attach_function :grenache_subscriber_new, %i[pointer string pointer message_cb pointer free_cb pointer], :uint32
+    attach_function :grenache_subscriber_new_ex, %i[pointer string pointer message_ex_cb pointer free_cb pointer],
+                    :uint32
+    attach_function :grenache_subscriber_publishers, [:pointer], :size_t
+    attach_function :grenache_subscriber_free, [:pointer], :void, B
+  end
+end
