@@ -149,7 +149,12 @@ pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let cb = try_callback!(cb);
-        s.inner.shutdown(Duration::from_millis(grace_ms), done_completion(cb, userdata));
+        let done = done_completion(cb, userdata);
+        s.inner.shutdown(Duration::from_millis(grace_ms), move |r| {
+            done(r.and_then(|finished| {
+                if finished { Ok(()) } else { Err(grenache_core::Error::timeout("ERR_TIMEOUT: connections still busy at the end of the grace were closed")) }
+            }))
+        });
         grenache_result::Ok
     }
 }

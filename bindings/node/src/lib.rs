@@ -424,13 +424,7 @@ impl NativeServer {
     #[napi]
     pub fn shutdown(&self, grace_ms: u32, done: Done) {
         let done = complete(done);
-        self.inner.shutdown(Duration::from_millis(u64::from(grace_ms)), move |r| {
-            done(match r {
-                Ok(()) => Ok("true".to_string()),
-                Err(e) if e.kind() == ErrorKind::Timeout => Ok("false".to_string()),
-                Err(e) => Err(e),
-            })
-        });
+        self.inner.shutdown(Duration::from_millis(u64::from(grace_ms)), move |r| done(r.map(|ok| ok.to_string())));
     }
 
     /// Stops listening; unanswered requests get `ERR_TRANSPORT_CLOSE`-style failures.

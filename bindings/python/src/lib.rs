@@ -470,26 +470,17 @@ impl Server {
 
     /// Graceful shutdown; true when every connection finished within the grace.
     fn shutdown(&self, py: Python<'_>, grace_ms: u64) -> PyResult<bool> {
-        blocking(py, |tx| self.inner.shutdown(Duration::from_millis(grace_ms), move |r| { let _ = tx.send(finished_in_time(r)); }))
+        blocking(py, |tx| self.inner.shutdown(Duration::from_millis(grace_ms), sender(tx)))
     }
 
     fn shutdown_cb(&self, grace_ms: u64, cb: Py<PyAny>) {
         let done = callback(cb);
-        self.inner.shutdown(Duration::from_millis(grace_ms), move |r| done(finished_in_time(r).map(|ok| ok.to_string())));
+        self.inner.shutdown(Duration::from_millis(grace_ms), move |r| done(r.map(|ok| ok.to_string())));
     }
 
     fn close(&self, py: Python<'_>) {
         let s = Arc::clone(&self.inner);
         py.detach(move || s.close());
-    }
-}
-
-/// A shutdown's outcome: finished in time, cut off at the grace (`Timeout`), or another error.
-fn finished_in_time(r: GResult<()>) -> GResult<bool> {
-    match r {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::Timeout => Ok(false),
-        Err(e) => Err(e),
     }
 }
 

@@ -98,21 +98,11 @@ impl EmbedServer {
     }
 
     /// Shuts down gracefully (see [`PeerRpcServer::shutdown`]): stops announcing and listening,
-    /// lets the requests already read finish, then closes. `done` gets `Ok` when every
-    /// connection finished within `grace`, a `Timeout` error when the rest had to be closed.
-    pub fn shutdown(&self, grace: Duration, done: impl FnOnce(Result<()>) + Send + 'static) {
+    /// lets the requests already read finish, then closes. `done` gets `Ok(true)` when every
+    /// connection finished within `grace`, `Ok(false)` when the rest had to be closed.
+    pub fn shutdown(&self, grace: Duration, done: impl FnOnce(Result<bool>) + Send + 'static) {
         let s = self.server.clone();
-        self.ops.spawn(
-            &self.rt,
-            async move {
-                if s.shutdown(grace).await {
-                    Ok(())
-                } else {
-                    Err(crate::Error::timeout(format!("ERR_TIMEOUT: connections still busy after the {grace:?} grace were closed")))
-                }
-            },
-            done,
-        );
+        self.ops.spawn(&self.rt, async move { Ok(s.shutdown(grace).await) }, done);
     }
 
     /// Cancels pending announces, stops announcing, stops listening and closes connections.

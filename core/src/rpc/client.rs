@@ -102,8 +102,8 @@ impl DeadWorkers {
         }
     }
 
-    /// Whether `dest` is being avoided now.
-    fn avoided(&self, m: &HashMap<String, (Instant, u32)>, dest: &str, now: Instant) -> bool {
+    /// Whether `dest` is being avoided now, in the locked map `m`.
+    fn avoided(m: &HashMap<String, (Instant, u32)>, dest: &str, now: Instant) -> bool {
         m.get(dest).is_some_and(|(until, _)| *until > now)
     }
 }
@@ -153,7 +153,7 @@ impl PeerRpcClient {
     /// Whether `request` avoids `dest` now, after it failed to connect (see
     /// [`PeerRpcClientConfig::dead_worker_backoff`]).
     pub fn is_avoided(&self, dest: &str) -> bool {
-        self.dead.any.load(Ordering::Relaxed) && self.dead.avoided(&self.dead.lock(), dest, Instant::now())
+        self.dead.any.load(Ordering::Relaxed) && DeadWorkers::avoided(&self.dead.lock(), dest, Instant::now())
     }
 
     /// The Link.
@@ -189,8 +189,8 @@ impl PeerRpcClient {
         // Workers that recently failed to connect are skipped while others remain.
         if self.dead.any.load(Ordering::Relaxed) {
             let (m, now) = (self.dead.lock(), Instant::now());
-            if candidates.iter().any(|d| !self.dead.avoided(&m, d, now)) {
-                candidates.retain(|d| !self.dead.avoided(&m, d, now));
+            if candidates.iter().any(|d| !DeadWorkers::avoided(&m, d, now)) {
+                candidates.retain(|d| !DeadWorkers::avoided(&m, d, now));
             }
         }
         let max = opts.max_active_key_dests.unwrap_or(self.config.max_active_key_dests).max(1);
@@ -343,8 +343,8 @@ mod tests {
             let last = until.duration_since(before);
             assert!(last >= Duration::from_secs(want) && last < Duration::from_secs(want) + Duration::from_millis(500), "{last:?}");
         }
-        assert!(d.avoided(&d.lock(), "a:1", Instant::now()));
-        assert!(!d.avoided(&d.lock(), "b:1", Instant::now()));
+        assert!(DeadWorkers::avoided(&d.lock(), "a:1", Instant::now()));
+        assert!(!DeadWorkers::avoided(&d.lock(), "b:1", Instant::now()));
         d.alive("a:1");
         assert!(!d.any.load(Ordering::Relaxed) && d.lock().is_empty());
         // Zero turns it off.

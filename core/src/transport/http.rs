@@ -657,26 +657,19 @@ struct ServerCtx {
     handler: Arc<dyn Handler>,
     config: HttpServerConfig,
     /// Closes every connection now.
-    token: CancellationToken,
-    /// Connections finish what they serve and close.
-    draining: CancellationToken,
-    connections: Arc<std::sync::atomic::AtomicUsize>,
+    life: super::Lifecycle,
 }
 
 /// A running HTTP(S) RPC server. Stops when [`HttpServer::close`] is called or it is dropped.
 #[derive(Debug)]
 pub struct HttpServer {
     local_addr: SocketAddr,
-    token: CancellationToken,
-    /// Cancelled by [`HttpServer::drain`] (and with `token`): stop accepting, finish, close.
-    draining: CancellationToken,
-    /// Connections being served.
-    connections: Arc<std::sync::atomic::AtomicUsize>,
+    life: super::Lifecycle,
 }
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        self.token.cancel();
+        self.life.close();
     }
 }
 
@@ -685,12 +678,9 @@ impl HttpServer {
     pub async fn bind(addr: SocketAddr, handler: Arc<dyn Handler>, config: HttpServerConfig) -> Result<HttpServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let token = CancellationToken::new();
-        let draining = token.child_token();
-        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let ctx = Arc::new(ServerCtx { handler, config, token: token.clone(), draining: draining.clone(), connections: connections.clone() });
-        tokio::spawn(accept_loop(listener, ctx));
-        Ok(HttpServer { local_addr, token, draining, connections })
+        let life = super::Lifecycle::new();
+        tokio::spawn(accept_loop(listener, Arc::new(ServerCtx { handler, config, life: life.clone() })));
+        Ok(HttpServer { local_addr, life })
     }
 
     /// The bound address.
@@ -705,20 +695,21 @@ impl HttpServer {
 
     /// Stops accepting and closes every connection (requests in flight are dropped).
     pub fn close(&self) {
-        self.token.cancel();
+        self.life.close();
     }
 
     /// How many connections are open now.
     pub fn connections(&self) -> usize {
-        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+        self.life.connections.count()
     }
 
-    /// Shuts down gracefully: stops accepting (new connections are refused), lets each connection
-    /// finish the request it is serving (its reply is sent, with `Connection: close`) and closes
-    /// it; idle keep-alive connections close at once. After `grace` the rest are closed as by
-    /// [`HttpServer::close`]. True when every connection finished in time.
+    /// Shuts down gracefully: stops accepting (new connections are refused), keeps serving the
+    /// open connections for 250 ms with every reply carrying `Connection: close` (the client then
+    /// closes the connection itself, so no request races a server-side close), then lets the
+    /// request being served finish and closes each connection. After `grace` the rest are closed
+    /// as by [`HttpServer::close`]. True when every connection finished in time.
     pub fn drain(&self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
-        super::drain(self.draining.clone(), self.token.clone(), self.connections.clone(), grace)
+        self.life.drain(grace)
     }
 }
 
@@ -727,7 +718,7 @@ impl ServerTransport for HttpServer {
         self.local_addr
     }
     fn close(&self) {
-        self.token.cancel();
+        self.life.close();
     }
 
     fn drain(&self, grace: Duration) -> crate::rpc::BoxFuture<'static, bool> {
@@ -741,32 +732,16 @@ impl ServerTransport for HttpServer {
 /// `Connection: close` closes the connection itself.
 const HTTP_DRAIN_LINGER: Duration = Duration::from_millis(250);
 
-/// Counts a connection while it is served.
-struct Live(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Live {
-    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Live {
-        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Live(n.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
     let acceptor = ctx.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let max = ctx.config.max_connections;
-    let draining = ctx.draining.clone();
+    let draining = ctx.life.draining.clone();
     super::accept_loop(listener, max, draining, move |tcp, remote| {
         let ctx = ctx.clone();
-        let token = ctx.token.clone();
+        let token = ctx.life.closing.clone();
         let acceptor = acceptor.clone();
         async move {
-            let _live = Live::new(&ctx.connections);
+            let _live = ctx.life.connections.enter();
             match acceptor {
                 None => serve_conn(TokioIo::new(tcp), remote, None, ctx, token).await,
                 Some(acc) => {
@@ -811,7 +786,7 @@ async fn serve_conn<I>(
         let cert = cert.clone();
         async move {
             let mut resp = handle_request(req, remote, cert, &ctx).await;
-            if ctx.draining.is_cancelled() {
+            if ctx.life.draining.is_cancelled() {
                 // Draining: the client must not send another request on this connection.
                 resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -824,7 +799,7 @@ async fn serve_conn<I>(
         .keep_alive(true)
         .serve_connection(io, svc);
     tokio::pin!(conn);
-    let drain = ctx.draining.cancelled();
+    let drain = ctx.life.draining.cancelled();
     tokio::pin!(drain);
     let linger = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(linger);

@@ -140,22 +140,88 @@ where
     }
 }
 
-/// The graceful shutdown shared by the servers: `draining` stops the accept loop and tells each
-/// connection to finish what it has read and close; after `grace` (or once `connections` is 0)
-/// `shutdown` closes what is left. True when every connection finished in time.
-pub(crate) async fn drain(draining: CancellationToken, shutdown: CancellationToken, connections: Arc<std::sync::atomic::AtomicUsize>, grace: Duration) -> bool {
-    draining.cancel();
-    // A grace too long to add to the clock never ends.
-    let deadline = tokio::time::Instant::now().checked_add(grace);
-    let finished = loop {
-        if connections.load(std::sync::atomic::Ordering::Acquire) == 0 {
-            break true;
+/// The connections a server is serving, and a wake-up for when the last one ends (what a
+/// graceful shutdown waits for).
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    n: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl Connections {
+    /// How many are open now.
+    pub(crate) fn count(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a connection until the returned guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> LiveConnection {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        LiveConnection(self.clone())
+    }
+
+    /// Resolves once no connection is open.
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
         }
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            break false;
+    }
+}
+
+/// One connection being served (see [`Connections::enter`]).
+pub(crate) struct LiveConnection(Arc<Connections>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    shutdown.cancel();
-    finished
+    }
+}
+
+/// How a server stops, shared by its accept loop, its connections and its handle: `closing` closes
+/// every connection now; `draining` (cancelled with `closing` too) stops accepting and tells each
+/// connection to finish what it has read and close.
+#[derive(Debug, Clone)]
+pub(crate) struct Lifecycle {
+    pub(crate) closing: CancellationToken,
+    pub(crate) draining: CancellationToken,
+    pub(crate) connections: Arc<Connections>,
+}
+
+impl Lifecycle {
+    pub(crate) fn new() -> Lifecycle {
+        let closing = CancellationToken::new();
+        Lifecycle { draining: closing.child_token(), closing, connections: Arc::default() }
+    }
+
+    /// Stops accepting and closes every connection now.
+    pub(crate) fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// The graceful shutdown: stop accepting, let the connections finish and close; once none is
+    /// left, or after `grace`, close what remains. True when every connection finished in time.
+    pub(crate) fn drain(&self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
+        let this = self.clone();
+        async move {
+            this.draining.cancel();
+            // A grace too long to add to the clock never ends.
+            let finished = match tokio::time::Instant::now().checked_add(grace) {
+                Some(deadline) => tokio::time::timeout_at(deadline, this.connections.all_closed()).await.is_ok(),
+                None => {
+                    this.connections.all_closed().await;
+                    true
+                }
+            };
+            this.close();
+            finished
+        }
+    }
 }

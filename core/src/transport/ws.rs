@@ -470,10 +470,7 @@ impl WsServerConfig {
 /// WebSocket close frame; requests still running are abandoned.
 pub struct WsServer {
     local_addr: SocketAddr,
-    shutdown: CancellationToken,
-    /// Cancelled by [`WsServer::drain`] (and with `shutdown`): stop accepting, finish, close.
-    draining: CancellationToken,
-    connections: Arc<AtomicUsize>,
+    life: super::Lifecycle,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -493,11 +490,9 @@ impl WsServer {
     pub async fn bind_arc(addr: SocketAddr, handler: Arc<dyn Handler>, config: WsServerConfig) -> Result<WsServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let draining = shutdown.child_token();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(accept_loop(listener, handler, config, shutdown.clone(), draining.clone(), connections.clone()));
-        Ok(WsServer { local_addr, shutdown, draining, connections, task: Some(task) })
+        let life = super::Lifecycle::new();
+        let task = tokio::spawn(accept_loop(listener, handler, config, life.clone()));
+        Ok(WsServer { local_addr, life, task: Some(task) })
     }
 
     /// The address the server listens on.
@@ -512,23 +507,25 @@ impl WsServer {
 
     /// How many sockets are open now.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.life.connections.count()
     }
 
     /// Shuts down gracefully: stops accepting (new connections are refused), lets every socket
     /// finish the requests it has already read (their replies are sent; nothing more is read from
-    /// it), then closes it with `1001 going away`; idle sockets close at once. After `grace` the
-    /// rest are closed as by [`WsServer::close`]. True when every socket finished in time.
+    /// it), then closes it with code 4001 ("every request I read was answered"); idle sockets
+    /// close at once. After `grace` the rest are closed as by [`WsServer::close`] (1001). True
+    /// when every socket finished in time.
     ///
-    /// Requests a client sent that were not read yet fail on its side when the socket closes
-    /// (ours: `Closed`; they never reached a handler).
+    /// Requests a client sent that were not read yet never reached a handler: our client fails
+    /// them with [`ErrorKind::Connect`] on a 4001 close, so `PeerRpcClient` sends them to another
+    /// worker.
     pub fn drain(&self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
-        super::drain(self.draining.clone(), self.shutdown.clone(), self.connections.clone(), grace)
+        self.life.drain(grace)
     }
 
     /// Stops accepting and closes every socket; returns once the listener is closed.
     pub async fn close(mut self) {
-        self.shutdown.cancel();
+        self.life.close();
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
@@ -537,7 +534,7 @@ impl WsServer {
 
 impl Drop for WsServer {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.life.close();
     }
 }
 
@@ -548,7 +545,7 @@ impl crate::rpc::ServerTransport for WsServer {
 
     /// Stops accepting and closes every socket (in the background).
     fn close(&self) {
-        self.shutdown.cancel();
+        self.life.close();
     }
 
     fn drain(&self, grace: Duration) -> crate::rpc::BoxFuture<'static, bool> {
@@ -560,23 +557,19 @@ async fn accept_loop(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
     config: WsServerConfig,
-    shutdown: CancellationToken,
-    draining: CancellationToken,
-    connections: Arc<AtomicUsize>,
+    life: super::Lifecycle,
 ) {
     let settings = Arc::new(config.accept_settings());
     let (in_flight, reply_timeout, busy_poll) = (config.max_in_flight_per_connection, config.reply_timeout, config.busy_poll);
-    super::accept_loop(listener, config.max_connections, draining.clone(), move |tcp, remote| {
+    super::accept_loop(listener, config.max_connections, life.draining.clone(), move |tcp, remote| {
         let handler = handler.clone();
         let settings = settings.clone();
-        let shutdown = shutdown.clone();
-        let draining = draining.clone();
-        let connections = connections.clone();
+        let life = life.clone();
         async move {
             // A handshake still running when the server closes is cut short.
             let accepted = tokio::select! {
                 r = accept_raw(tcp, remote, &settings) => r,
-                () = shutdown.cancelled() => return,
+                () = life.closing.cancelled() => return,
             };
             let (io, leftover, cert) = match accepted {
                 Ok(x) => x,
@@ -585,10 +578,9 @@ async fn accept_loop(
                     return;
                 }
             };
-            connections.fetch_add(1, Ordering::Relaxed);
+            let _live = life.connections.enter();
             let max = settings.max_message_size;
-            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, busy_poll, shutdown, draining).await;
-            connections.fetch_sub(1, Ordering::Relaxed);
+            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, busy_poll, &life).await;
         }
     })
     .await;
@@ -645,8 +637,7 @@ async fn serve_connection(
     max_message_size: usize,
     reply_timeout: Option<Duration>,
     busy_poll: Duration,
-    shutdown: CancellationToken,
-    draining: CancellationToken,
+    life: &super::Lifecycle,
 ) {
     let mut frames = FrameReader::new(Side::Server, max_message_size, leftover);
     let busy = BusyPoll::new(busy_poll);
@@ -655,10 +646,10 @@ async fn serve_connection(
     let info = RequestInfo { transport: TransportKind::Ws, remote_addr: Some(remote), cert, http: None };
     // Made once: a `cancelled()` future per loop turn would join and leave the token's waiter
     // list (two lock round trips) on every message.
-    let stopping = shutdown.cancelled();
+    let stopping = life.closing.cancelled();
     tokio::pin!(stopping);
     // Draining: handle what was read, send the replies, read nothing more, then close.
-    let drain = draining.cancelled();
+    let drain = life.draining.cancelled();
     tokio::pin!(drain);
     let mut drained = false;
     let closing: (u16, String) = loop {
@@ -704,40 +695,42 @@ async fn serve_connection(
         }
         // With nothing running, poll for the client's next request for a few microseconds first.
         let waiting = (running.is_empty() && busy.enabled() && !drained).then(Instant::now);
-        if waiting.is_some() {
-            match busy.spin(|cx| frames.poll_fill(&mut io, cx)).await {
-                Some(Ok(0)) => return,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    tracing::debug!("ws {remote}: {e}");
-                    return;
-                }
-                None => {}
-            }
-        }
-        tokio::select! {
-            biased;
-            Some((rid, body)) = running.next(), if !running.is_empty() => {
-                out.reply(&rid, &body);
-                // Replies that are ready together leave together.
-                while let Some(Some((rid, body))) = running.next().now_or_never() {
+        let spun = match waiting {
+            Some(_) => busy.spin(|cx| frames.poll_fill(&mut io, cx)).await,
+            None => None,
+        };
+        let read = match spun {
+            Some(r) => Some(r),
+            None => tokio::select! {
+                biased;
+                Some((rid, body)) = running.next(), if !running.is_empty() => {
                     out.reply(&rid, &body);
+                    // Replies that are ready together leave together.
+                    while let Some(Some((rid, body))) = running.next().now_or_never() {
+                        out.reply(&rid, &body);
+                    }
+                    None
                 }
-            }
-            r = frames.fill(&mut io), if running.len() < max_in_flight && !drained => match r {
-                Ok(0) => return,
-                Ok(_) => {
+                r = frames.fill(&mut io), if running.len() < max_in_flight && !drained => {
                     if let Some(t) = waiting {
                         busy.observe(t.elapsed());
                     }
+                    Some(r)
                 }
-                Err(e) => {
-                    tracing::debug!("ws {remote}: {e}");
-                    return;
+                _ = &mut stopping => break (CLOSE_GOING_AWAY, "the server is closing".to_string()),
+                () = &mut drain, if !drained => {
+                    drained = true;
+                    None
                 }
             },
-            _ = &mut stopping => break (CLOSE_GOING_AWAY, "the server is closing".to_string()),
-            () = &mut drain, if !drained => drained = true,
+        };
+        match read {
+            Some(Ok(0)) => return,
+            Some(Err(e)) => {
+                tracing::debug!("ws {remote}: {e}");
+                return;
+            }
+            Some(Ok(_)) | None => {}
         }
     };
     // Send the close frame (after what is queued) and let the socket go.
@@ -1438,14 +1431,10 @@ impl WsClient {
             let Some(frame) = frame.take() else { break };
             // A write stuck on a full socket still ends at the deadline (the reader task fails
             // the request; the frame stays whole in the socket's buffer).
-            let wrote = tokio::select! {
+            let (wrote, early) = tokio::select! {
                 biased;
-                ok = session.write(&frame, batch) => ok,
-                r = &mut rx => {
-                    guard.disarm();
-                    session.last_used.store(self.inner.now_ms(), Ordering::Relaxed);
-                    return r.unwrap_or_else(|_| Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the socket closed")));
-                }
+                ok = session.write(&frame, batch) => (ok, None),
+                r = &mut rx => (true, Some(r)),
             };
             if !wrote {
                 // The socket is broken: the reader task reads what the server sent before (a
@@ -1453,7 +1442,7 @@ impl WsClient {
                 // included, and closes it.
                 session.lock().closed = true;
                 session.close.cancel();
-                let r = tokio::time::timeout(Duration::from_secs(2), rx).await;
+                let r = tokio::time::timeout(Duration::from_secs(2), &mut rx).await;
                 guard.disarm();
                 return match r {
                     // Not handled by a server that drained: another worker may take it.
@@ -1461,17 +1450,19 @@ impl WsClient {
                     _ => Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the socket failed while sending")),
                 };
             }
-            // A request alone on its socket polls for its reply for a few microseconds first.
-            let r = if batch || !session.busy.enabled() {
-                rx.await
-            } else {
-                let waiting = Instant::now();
-                match session.busy.spin(|cx| Pin::new(&mut rx).poll(cx)).await {
-                    Some(r) => r,
-                    None => {
-                        let r = rx.await;
-                        session.busy.observe(waiting.elapsed());
-                        r
+            let r = match early {
+                Some(r) => r,
+                None if batch || !session.busy.enabled() => rx.await,
+                // A request alone on its socket polls for its reply for a few microseconds first.
+                None => {
+                    let waiting = Instant::now();
+                    match session.busy.spin(|cx| Pin::new(&mut rx).poll(cx)).await {
+                        Some(r) => r,
+                        None => {
+                            let r = rx.await;
+                            session.busy.observe(waiting.elapsed());
+                            r
+                        }
                     }
                 }
             };
