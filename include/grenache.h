@@ -658,6 +658,14 @@ typedef void (*grenache_message_ex_cb)(void *userdata, const char *publisher, co
 typedef void (*grenache_handler_cb)(void *userdata, const grenache_request *req, grenache_reply *reply);
 
 /**
+ * The completion of an operation that yields a yes or no (a graceful shutdown: did every
+ * connection finish in time?). Fires exactly once, like `grenache_json_cb`: on success `code` is
+ * `GRENACHE_RESULT_OK`, `err` is NULL and `value` is the answer; on failure `err` holds the
+ * detail (borrowed) and `value` is false.
+ */
+typedef void (*grenache_bool_cb)(void *userdata, grenache_result code, const grenache_error *err, bool value);
+
+/**
  * A `verify_client` hook: returns true to accept the client, false to refuse it (the WebSocket
  * upgrade is then answered `HTTP 401` and closed, and the client's request fails with
  * `GRENACHE_RESULT_CLIENT_REFUSED`).
@@ -734,6 +742,16 @@ void grenache_client_free(grenache_client *client);
 const char *grenache_result_name(uint32_t code);
 
 /**
+ * The name of the error class of a result code in the language faces: `"TimeoutError"`,
+ * `"LookupEmptyError"`... (`"Ok"` for `GRENACHE_RESULT_OK`). A binding over the C ABI derives
+ * its exception classes from it, by walking the codes from 100 to 999.
+ *
+ * Returns a static NUL-terminated string that must not be freed, or NULL for a number that is
+ * not a code. Thread-safe; may be called inside callbacks.
+ */
+const char *grenache_result_class_name(uint32_t code);
+
+/**
  * Writes a one-line description of `code` into `buf` (at most `len` bytes, NUL included) and
  * its length without the NUL into `*out_n`.
  *
@@ -754,7 +772,9 @@ grenache_result grenache_error_code(const grenache_error *err);
 /**
  * The message of an error detail as a NUL-terminated UTF-8 string: for
  * `GRENACHE_RESULT_REMOTE` exactly the text the remote handler sent (e.g. `"ERR_BOOM"`),
- * otherwise a description. NULL when `err` is NULL.
+ * otherwise the library's description of this failure, or the code's message
+ * (`grenache_result_message`) when it has none: the same text as the `message` of the
+ * Ruby, Python and Node errors. NULL when `err` is NULL.
  *
  * Borrowed from `err`: valid only until the completion callback returns; copy it to keep it.
  */
@@ -1202,12 +1222,12 @@ grenache_result grenache_server_stop_announcing(const grenache_server *server, c
  * stops listening (clients' connects are refused, and grenache clients send those requests to
  * another worker), lets the requests already read finish and their replies go out, closes each
  * connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
- * `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK` when
- * every connection finished in time, `TIMEOUT` when some had to be closed, `CANCELLED` when the
- * server is freed first. Non-blocking; free the server afterwards with `grenache_server_free`.
- * Errors: `NULL_PARAMETER`.
+ * `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK`
+ * with `value` true when every connection finished in time, `OK` with `value` false when some
+ * had to be closed at the end of the grace, `CANCELLED` when the server is freed first.
+ * Non-blocking; free the server afterwards with `grenache_server_free`. Errors: `NULL_PARAMETER`.
  */
-grenache_result grenache_server_shutdown(const grenache_server *server, uint64_t grace_ms, grenache_done_cb cb, void *userdata);
+grenache_result grenache_server_shutdown(const grenache_server *server, uint64_t grace_ms, grenache_bool_cb cb, void *userdata);
 
 /**
  * Stops announcing, stops listening and closes connections, fires pending announce completions

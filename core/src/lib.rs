@@ -12,4 +12,4 @@ pub mod rpc;
 pub mod tls;
 pub mod transport;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorFamily, ErrorKind, Result};

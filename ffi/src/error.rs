@@ -143,41 +143,12 @@ impl grenache_result {
         }
     }
 
-    /// A one-line description for people.
+    /// A one-line description for people: core's [`ErrorKind::message`], the same text in
+    /// every face.
     pub fn message(self) -> &'static str {
-        use grenache_result as R;
-        match self {
-            R::Ok => "success",
-            R::NullParameter => "a required pointer argument was NULL",
-            R::InvalidArgument => "an argument is out of range or malformed",
-            R::InvalidUtf8 => "a string argument is not valid UTF-8",
-            R::AlreadyUsed => "a one-shot object was used a second time",
-            R::BufferTooSmall => "the output buffer is too small",
-            R::InvalidState => "the object is not in a state that allows this call (or a blocking call was made inside a callback)",
-            R::Io => "an operating-system I/O error",
-            R::Connect => "could not connect to the peer",
-            R::Timeout => "the operation timed out",
-            R::Closed => "the connection was closed",
-            R::PayloadTooLarge => "a payload exceeded its size limit",
-            R::Decode => "received bytes could not be decoded",
-            R::Protocol => "the peer broke the protocol",
-            R::LookupEmpty => "no peer announces this service",
-            R::Grape => "the Grape answered with an error",
-            R::NoNodes => "the DHT knows no node to query",
-            R::AllQueriesFailed => "every DHT query failed",
-            R::SeqTooLow => "the sequence number is not above the stored one",
-            R::CasMismatch => "the compare-and-swap sequence number does not match",
-            R::Dht => "a DHT node answered with an error",
-            R::Remote => "the remote handler replied with an error",
-            R::NoReply => "the handler dropped its reply without answering",
-            R::HandlerPanicked => "the handler panicked",
-            R::TlsHandshake => "the TLS handshake failed",
-            R::Certificate => "a certificate or key was refused",
-            R::TlsConfig => "the TLS configuration is invalid",
-            R::ClientRefused => "the server refused the client certificate",
-            R::Panic => "a panic was caught at the C boundary (a library bug)",
-            R::Internal => "an internal invariant did not hold (a library bug)",
-            R::Cancelled => "the operation was cancelled because its handle was freed",
+        match self.kind() {
+            None => "success",
+            Some(k) => k.message(),
         }
     }
 }
@@ -188,16 +159,17 @@ impl From<&Error> for grenache_result {
     }
 }
 
-static NAMES: std::sync::OnceLock<Vec<(u32, CString)>> = std::sync::OnceLock::new();
+/// The C strings of one text per code, built once.
+type CodeTexts = std::sync::OnceLock<Vec<(u32, CString)>>;
 
-fn c_name(code: u32) -> Option<&'static CString> {
-    let names = NAMES.get_or_init(|| {
-        grenache_result::ALL
-            .iter()
-            .map(|r| (*r as u32, CString::new(r.name()).unwrap_or_default()))
-            .collect()
+static NAMES: CodeTexts = std::sync::OnceLock::new();
+static CLASS_NAMES: CodeTexts = std::sync::OnceLock::new();
+
+fn code_text(table: &'static CodeTexts, code: u32, text: fn(grenache_result) -> &'static str) -> Option<&'static CString> {
+    let texts = table.get_or_init(|| {
+        grenache_result::ALL.iter().map(|r| (*r as u32, CString::new(text(*r)).unwrap_or_default())).collect()
     });
-    names.iter().find(|(c, _)| *c == code).map(|(_, n)| n)
+    texts.iter().find(|(c, _)| *c == code).map(|(_, n)| n)
 }
 
 /// The stable name of a result code: `"OK"`, `"ERR_TIMEOUT"`, `"ERR_GRAPE_LOOKUP_EMPTY"`...
@@ -208,7 +180,24 @@ fn c_name(code: u32) -> Option<&'static CString> {
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_result_name(code: u32) -> *const c_char {
     ffi_panic_boundary! {
-        match c_name(code) {
+        match code_text(&NAMES, code, grenache_result::name) {
+            Some(n) => n.as_ptr(),
+            None => std::ptr::null(),
+        }
+    }
+}
+
+/// The name of the error class of a result code in the language faces: `"TimeoutError"`,
+/// `"LookupEmptyError"`... (`"Ok"` for `GRENACHE_RESULT_OK`). A binding over the C ABI derives
+/// its exception classes from it, by walking the codes from 100 to 999.
+///
+/// Returns a static NUL-terminated string that must not be freed, or NULL for a number that is
+/// not a code. Thread-safe; may be called inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_result_class_name(code: u32) -> *const c_char {
+    ffi_panic_boundary! {
+        let class = |r: grenache_result| r.kind().map_or("Ok", ErrorKind::class_name);
+        match code_text(&CLASS_NAMES, code, class) {
             Some(n) => n.as_ptr(),
             None => std::ptr::null(),
         }
@@ -257,10 +246,9 @@ pub struct grenache_error {
 impl grenache_error {
     /// The detail of a core error. For `REMOTE` errors the message is exactly the remote text.
     pub(crate) fn from_error(e: &Error) -> grenache_error {
-        let text = if e.message().is_empty() { e.kind().name() } else { e.message() };
         grenache_error {
             code: grenache_result::from(e),
-            message: CString::new(text.replace('\0', " ")).unwrap_or_default(),
+            message: CString::new(e.text().replace('\0', " ")).unwrap_or_default(),
         }
     }
 
@@ -279,7 +267,9 @@ pub extern "C" fn grenache_error_code(err: *const grenache_error) -> grenache_re
 
 /// The message of an error detail as a NUL-terminated UTF-8 string: for
 /// `GRENACHE_RESULT_REMOTE` exactly the text the remote handler sent (e.g. `"ERR_BOOM"`),
-/// otherwise a description. NULL when `err` is NULL.
+/// otherwise the library's description of this failure, or the code's message
+/// (`grenache_result_message`) when it has none: the same text as the `message` of the
+/// Ruby, Python and Node errors. NULL when `err` is NULL.
 ///
 /// Borrowed from `err`: valid only until the completion callback returns; copy it to keep it.
 #[unsafe(no_mangle)]

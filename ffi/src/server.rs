@@ -7,7 +7,7 @@ use std::time::Duration;
 use grenache_core::embed::{EmbedServer, ServerOptions, ServerTransportKind};
 use grenache_core::tls::{ClientInfo, VerifyClient};
 
-use crate::callback::{done_completion, grenache_done_cb, try_callback};
+use crate::callback::{bool_completion, done_completion, grenache_bool_cb, grenache_done_cb, try_callback};
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
@@ -140,21 +140,16 @@ pub extern "C" fn grenache_server_stop_announcing(server: *const grenache_server
 /// stops listening (clients' connects are refused, and grenache clients send those requests to
 /// another worker), lets the requests already read finish and their replies go out, closes each
 /// connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
-/// `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK` when
-/// every connection finished in time, `TIMEOUT` when some had to be closed, `CANCELLED` when the
-/// server is freed first. Non-blocking; free the server afterwards with `grenache_server_free`.
-/// Errors: `NULL_PARAMETER`.
+/// `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK`
+/// with `value` true when every connection finished in time, `OK` with `value` false when some
+/// had to be closed at the end of the grace, `CANCELLED` when the server is freed first.
+/// Non-blocking; free the server afterwards with `grenache_server_free`. Errors: `NULL_PARAMETER`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace_ms: u64, cb: grenache_done_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace_ms: u64, cb: grenache_bool_cb, userdata: *mut c_void) -> grenache_result {
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let cb = try_callback!(cb);
-        let done = done_completion(cb, userdata);
-        s.inner.shutdown(Duration::from_millis(grace_ms), move |r| {
-            done(r.and_then(|finished| {
-                if finished { Ok(()) } else { Err(grenache_core::Error::timeout("ERR_TIMEOUT: connections still busy at the end of the grace were closed")) }
-            }))
-        });
+        s.inner.shutdown(Duration::from_millis(grace_ms), bool_completion(cb, userdata));
         grenache_result::Ok
     }
 }

@@ -28,6 +28,7 @@ module Grenache
 
     callback :json_cb, %i[pointer uint32 pointer pointer size_t], :void
     callback :done_cb, %i[pointer uint32 pointer], :void
+    callback :bool_cb, %i[pointer uint32 pointer bool], :void
     callback :free_cb, [:pointer], :void
     callback :handler_cb, %i[pointer pointer pointer], :void
     callback :verify_client_cb, %i[pointer pointer], :bool
@@ -39,6 +40,7 @@ module Grenache
 
     # Results, errors, version.
     attach_function :grenache_result_name, [:uint32], :string
+    attach_function :grenache_result_class_name, [:uint32], :string
     attach_function :grenache_result_message, %i[uint32 pointer size_t pointer], :uint32
     attach_function :grenache_error_code, [:pointer], :uint32
     attach_function :grenache_error_message, [:pointer], :string
@@ -101,7 +103,7 @@ module Grenache
     attach_function :grenache_server_announce, %i[pointer string done_cb pointer], :uint32
     attach_function :grenache_server_start_announcing, %i[pointer string uint64], :uint32
     attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
-    attach_function :grenache_server_shutdown, %i[pointer uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_shutdown, %i[pointer uint64 bool_cb pointer], :uint32
     attach_function :grenache_server_free, [:pointer], :void, B
     attach_function :grenache_server_options_new, [:pointer], :uint32
     attach_function :grenache_server_options_free, [:pointer], :void

@@ -259,16 +259,13 @@ module Grenache
     # @param grace [Numeric] seconds
     # @return [Boolean] true when every connection finished within `grace`
     def shutdown(grace: 10)
-      shutdown_async(grace: grace).value(grace + 30)
-      true
-    rescue TimeoutError
-      false
+      shutdown_async(grace: grace).value(grace + WAIT_SLACK)
     end
 
     # {#shutdown} without waiting.
-    # @return [Future] of nil; it fails with {TimeoutError} when the grace cut connections off
+    # @return [Future] of true (every connection finished in time) or false (some were cut off)
     def shutdown_async(grace: 10)
-      Grenache.start_operation { |ud| Native.grenache_server_shutdown(ptr, Grenache.ms(grace), Callbacks::DONE, ud) }
+      Grenache.start_operation { |ud| Native.grenache_server_shutdown(ptr, Grenache.ms(grace), Callbacks::BOOL, ud) }
     end
 
     # Stops announcing and listening, lets running handlers finish (at most 5 s), and drops the
