@@ -48,6 +48,29 @@ pub enum TransportKind {
     Ws,
 }
 
+impl TransportKind {
+    /// The name faces use for it: `"http"` or `"ws"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Http => "http",
+            TransportKind::Ws => "ws",
+        }
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = Error;
+
+    /// `"http"` or `"ws"`; anything else is an [`ErrorKind::InvalidArgument`] error.
+    fn from_str(s: &str) -> Result<TransportKind> {
+        match s {
+            "http" => Ok(TransportKind::Http),
+            "ws" => Ok(TransportKind::Ws),
+            other => Err(Error::invalid(format!("transport must be \"http\" or \"ws\", not {other:?}"))),
+        }
+    }
+}
+
 /// HTTP-specific request details (the reference's `meta` argument).
 #[derive(Debug, Clone, Default)]
 pub struct HttpMeta {
