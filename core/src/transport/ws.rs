@@ -1184,7 +1184,7 @@ async fn reader_task(
                     expired
                 };
                 for (w, t) in expired {
-                    let _ = w.send(Err(Error::timeout(format!("ERR_TIMEOUT: no reply within {t:?}"))));
+                    let _ = w.send(Err(Error::timeout(format!("no reply within {t:?}"))));
                 }
             }
             _ = &mut closed_by_client, if !client_closing => {
@@ -1392,7 +1392,7 @@ impl WsClient {
                 (Some(s), _) => s,
                 (None, Some((at, t))) => match tokio::time::timeout_at(at.into(), conn.session(&self.inner)).await {
                     Ok(s) => s?,
-                    Err(_) => return Err(Error::timeout(format!("ERR_TIMEOUT: no reply within {t:?}"))),
+                    Err(_) => return Err(Error::timeout(format!("no reply within {t:?}"))),
                 },
                 (None, None) => conn.session(&self.inner).await?,
             };
