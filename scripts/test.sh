@@ -33,6 +33,10 @@ log "npm ci (Node reference peers)"
 log "cargo build"
 cargo build --workspace --all-targets --locked
 
+# The C header is generated from ffi/src: the committed one must be what the sources give.
+log "include/grenache.h"
+bash scripts/gen-header.sh --verify
+
 # 4. The runnable Rust examples (the C and Ruby examples run inside the test suite).
 log "examples"
 for ex in quickstart ws_ssl_whitelist rolling_restart; do

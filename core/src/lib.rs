@@ -8,6 +8,7 @@ pub mod error;
 pub mod grape;
 pub mod link;
 pub mod pubsub;
+mod rid;
 pub mod rpc;
 pub mod tls;
 pub mod transport;

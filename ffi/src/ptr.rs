@@ -18,7 +18,6 @@ macro_rules! try_ref {
 pub(crate) use try_ref;
 
 /// `&mut T` from a `*mut T`, or an early return of the NULL value.
-#[allow(unused_macros)]
 macro_rules! try_mut {
     ($p:expr) => {
         match unsafe { ($p).as_mut() } {
@@ -27,7 +26,6 @@ macro_rules! try_mut {
         }
     };
 }
-#[allow(unused_imports)]
 pub(crate) use try_mut;
 
 /// Takes back ownership of a `Box<T>` handed out with `Box::into_raw`, or returns early on NULL.
@@ -44,7 +42,6 @@ pub(crate) use try_box;
 
 /// `&str` from a NUL-terminated C string, or an early return of `NULL_PARAMETER` /
 /// `INVALID_UTF8`.
-#[allow(unused_macros)]
 macro_rules! try_str {
     ($p:expr) => {
         match unsafe { $crate::ptr::str_from_c($p) } {
@@ -53,11 +50,9 @@ macro_rules! try_str {
         }
     };
 }
-#[allow(unused_imports)]
 pub(crate) use try_str;
 
 /// `&str` from `(ptr, len)` bytes, or an early return of `NULL_PARAMETER` / `INVALID_UTF8`.
-#[allow(unused_macros)]
 macro_rules! try_str_len {
     ($p:expr, $len:expr) => {
         match unsafe { $crate::ptr::str_from_raw($p, $len) } {
@@ -66,7 +61,6 @@ macro_rules! try_str_len {
         }
     };
 }
-#[allow(unused_imports)]
 pub(crate) use try_str_len;
 
 /// Reads a NUL-terminated UTF-8 C string.

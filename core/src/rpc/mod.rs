@@ -395,11 +395,7 @@ pub trait ServerTransport: Send + Sync + 'static {
     }
 }
 
-/// A new request id: a uuid v4 string, from the thread-local RNG (no system call per id).
-pub fn new_rid() -> String {
-    let bytes: [u8; 16] = rand::random();
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
-}
+pub use crate::rid::new_rid;
 
 /// Where a client transport delivers the outcome of a request in flight: its result as a
 /// [`Value`] or, for [`ClientTransport::request_raw`], as raw JSON text ([`ReplyResult::Raw`]).
