@@ -306,5 +306,7 @@ module.exports = {
   GrenacheError,
   ...families,
   ...errors,
-  version: () => native.version()
+  version: () => native.version(),
+  // The core's error table (for tests and tools).
+  _kinds: () => native.errorKinds()
 }

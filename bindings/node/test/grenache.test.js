@@ -95,6 +95,42 @@ test('typed errors for bad input', async () => {
   assert.throws(() => new g.ServerTls({ cert: 'nope', key: 'nope' }), (e) => e instanceof g.GrenacheError)
 })
 
+test('one error class per core kind, under its family, in index.d.ts too', () => {
+  const fs = require('fs')
+  const dts = fs.readFileSync(path.join(__dirname, '..', 'index.d.ts'), 'utf8')
+  const kinds = require('..')._kinds()
+  assert.ok(kinds.length >= 30)
+  for (const k of kinds) {
+    const cls = g[k.className]
+    assert.ok(cls, `no class for ${k.name}`)
+    assert.ok(cls.prototype instanceof g[k.family], `${k.className} is not a ${k.family}`)
+    assert.ok(dts.includes(`export class ${k.className} extends ${k.family} {}`), `index.d.ts lacks ${k.className}`)
+  }
+})
+
+test('a reply answers once; a second answer is ERR_ALREADY_USED', async () => {
+  let second
+  const s = new g.Server(l1, (payload, info) => {
+    const r = info.defer()
+    r.send('first')
+    try {
+      r.error('ERR_TOO_LATE')
+    } catch (e) {
+      second = e
+    }
+  })
+  const c = new g.Client(l2)
+  try {
+    assert.equal(await c.request('x', 1, { dest: `127.0.0.1:${s.port}` }), 'first')
+    assert.ok(second instanceof g.AlreadyUsedError && second instanceof g.InputError)
+    assert.equal(second.code, 103)
+    assert.equal(second.name, 'ERR_ALREADY_USED')
+  } finally {
+    c.close()
+    s.close()
+  }
+})
+
 test('WSS with client certificates: fingerprint to the handler, allowFingerprints', async () => {
   const fs = require('fs')
   const os = require('os')
