@@ -47,9 +47,11 @@ pub(crate) fn json_completion(cb: JsonFn, userdata: *mut c_void) -> impl FnOnce(
     move |r: Result<String>| {
         let ud = ud;
         match r {
+            // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
             Ok(s) => with_nul(s, |p, len| unsafe { cb(ud.0, grenache_result::Ok, std::ptr::null(), p, len) }),
             Err(e) => {
                 let detail = grenache_error::from_error(&e);
+                // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
                 unsafe { cb(ud.0, grenache_result::from(&e), &detail, std::ptr::null(), 0) };
             }
         }
@@ -62,9 +64,11 @@ pub(crate) fn done_completion(cb: DoneFn, userdata: *mut c_void) -> impl FnOnce(
     move |r: Result<()>| {
         let ud = ud;
         match r {
+            // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
             Ok(()) => unsafe { cb(ud.0, grenache_result::Ok, std::ptr::null()) },
             Err(e) => {
                 let detail = grenache_error::from_error(&e);
+                // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
                 unsafe { cb(ud.0, grenache_result::from(&e), &detail) };
             }
         }

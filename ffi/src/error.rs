@@ -224,6 +224,8 @@ pub extern "C" fn grenache_result_message(code: u32, buf: *mut c_char, len: usiz
         if msg.len() + 1 > len {
             return grenache_result::BufferTooSmall;
         }
+        // SAFETY: `buf` and `out_n` were checked non-NULL and `len` covers the text and its NUL;
+        // the header requires `buf` to hold `len` writable bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), msg.len());
             buf.add(msg.len()).write(0);

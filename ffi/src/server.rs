@@ -38,11 +38,13 @@ fn new_server(
     if out.is_null() {
         return grenache_result::NullParameter;
     }
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedServer::listen(&link.inner, kind, handler, opts()), |inner| grenache_server { inner }) }
 }
 
 /// The options of the `grenache_server_new_*` and `grenache_publisher_new` shorthands.
 pub(crate) fn port_tls(port: u16, tls: *const grenache_server_tls) -> impl FnOnce() -> ServerOptions {
+    // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     move || ServerOptions { port, tls: unsafe { tls.as_ref() }.map(|t| t.inner.clone()), ..Default::default() }
 }
 
@@ -206,6 +208,7 @@ pub extern "C" fn grenache_server_options_new(out: *mut *mut grenache_server_opt
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_boxed(out, grenache_server_options::default()) };
         grenache_result::Ok
     }
@@ -236,6 +239,7 @@ pub extern "C" fn grenache_server_options_set_port(opts: *mut grenache_server_op
 pub extern "C" fn grenache_server_options_set_tls(opts: *mut grenache_server_options, tls: *const grenache_server_tls) -> grenache_result {
     ffi_panic_boundary! {
         let o = try_mut!(opts);
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         o.inner.tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
         grenache_result::Ok
     }
@@ -351,6 +355,7 @@ pub extern "C" fn grenache_server_new(
                 return grenache_result::InvalidArgument;
             }
         };
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         let opts = move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
         new_server(kind, link, opts, handler, userdata, free_userdata, out)
     }
