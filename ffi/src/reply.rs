@@ -53,7 +53,7 @@ impl grenache_request {
     }
 
     fn payload(&self) -> &NulString {
-        self.payload.get_or_init(|| NulString::new(embed::rpc::payload_json(&self.request)))
+        self.payload.get_or_init(|| NulString::new(embed::rpc::payload_json(&self.request).to_string()))
     }
 
     fn fingerprint(&self) -> Option<&NulString> {

@@ -120,7 +120,7 @@ fn runtime_new_and_free() {
 // --- The reply handle, through the core dispatcher ------------------------------------------
 
 fn req(payload: serde_json::Value) -> Request {
-    Request { rid: json!("r1"), key: "rpc_test".into(), payload, info: RequestInfo::default() }
+    Request { rid: json!("r1"), key: "rpc_test".into(), payload: payload.into(), info: RequestInfo::default() }
 }
 
 fn test_rt() -> Runtime {

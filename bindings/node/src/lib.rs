@@ -370,7 +370,7 @@ impl NativeServer {
         // A call that cannot be queued (the server is closing) drops its reply, which answers
         // ERR_NO_REPLY.
         let h = move |request: Request, reply: Reply| {
-            let payload = embed::rpc::payload_json(&request);
+            let payload = embed::rpc::payload_json(&request).to_string();
             let fingerprint = embed::rpc::fingerprint(&request).map(str::to_string);
             let reply = NativeReply { inner: ReplyOnce::new(reply) };
             handler.call(FnArgs::from((reply, payload, fingerprint)), ThreadsafeFunctionCallMode::NonBlocking);

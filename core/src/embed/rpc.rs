@@ -8,9 +8,10 @@ use serde_json::Value;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::{Reply, Request};
 
-/// The request payload as JSON text (what a C or Ruby handler receives).
-pub fn payload_json(request: &Request) -> String {
-    request.payload.to_string()
+/// The request payload as JSON text, as it came off the wire (what every face's handler
+/// receives, to parse once in its own language).
+pub fn payload_json(request: &Request) -> &str {
+    request.payload.json()
 }
 
 /// The client certificate's SHA-1 fingerprint (`AA:BB:...`), when the request came over TLS with a
@@ -105,7 +106,7 @@ mod tests {
     use serde_json::json;
 
     fn req() -> Request {
-        Request { rid: json!("r"), key: "k".into(), payload: json!({"a": [1, "x"]}), info: RequestInfo::default() }
+        Request { rid: json!("r"), key: "k".into(), payload: json!({"a": [1, "x"]}).into(), info: RequestInfo::default() }
     }
 
     #[tokio::test]
