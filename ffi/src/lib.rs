@@ -26,6 +26,7 @@ pub mod grape;
 pub mod link;
 pub mod pubsub;
 pub mod reply;
+pub mod result;
 pub mod runtime;
 pub mod server;
 pub mod tls;

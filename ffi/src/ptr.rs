@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, c_char, c_void};
 
-use crate::error::grenache_result;
+use crate::result::grenache_result;
 
 /// `&T` from a `*const T`, or an early return of the [`NullParameterOrDefault`] value.
 ///
