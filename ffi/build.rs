@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const PREAMBLE: &str = include_str!("header_preamble.h");
 
 fn main() {
+    shared_library_link_args();
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let root = crate_dir.parent().expect("workspace root").to_path_buf();
@@ -71,6 +72,33 @@ fn main() {
         if fs::read_to_string(&path).ok().as_deref() != Some(pc.as_str()) {
             let _ = fs::write(&path, pc);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link arguments of the shared library (kept apart from the header generation above).
+//
+// * SONAME `libgrenache.so.<ABI major>`: programs record that name, so an installed
+//   `libgrenache.so.0` can be replaced by any later build with the same ABI major. The ABI major
+//   is `SONAME_MAJOR` below; it is bumped only together with the baseline `ffi/abi/` (see
+//   scripts/abi-check.sh, which fails on an ABI break without a bump).
+// * Version script `ffi/grenache.map`: only `grenache_*` symbols are exported.
+// These arguments apply to the cdylib alone (not to the staticlib, tests or examples).
+// ---------------------------------------------------------------------------------------------
+
+/// The ABI major version: the number in the SONAME `libgrenache.so.N`.
+const SONAME_MAJOR: u32 = 0;
+
+fn shared_library_link_args() {
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    println!("cargo:rerun-if-changed=grenache.map");
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if target_os == "linux" {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libgrenache.so.{SONAME_MAJOR}");
+        println!(
+            "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+            crate_dir.join("grenache.map").display()
+        );
     }
 }
 
