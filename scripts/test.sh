@@ -24,6 +24,8 @@ command -v npm >/dev/null 2>&1 || apt_install npm
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # C ABI examples (ffi/tests/c_examples.rs): a C compiler, pkg-config, valgrind.
 apt_install gcc g++ libc6-dev pkg-config valgrind ruby ruby-ffi
+# The C ABI check (scripts/abi-check.sh, ffi/tests/abi.rs): libabigail's abidw and abidiff.
+apt_install abigail-tools
 
 # 2. The Node.js reference peers, pinned in tests/interop/package-lock.json.
 log "npm ci (Node reference peers)"
