@@ -62,15 +62,22 @@ trap cleanup EXIT
 passed=0
 failed=0
 failures=()
-# check NAME FUNCTION: runs FUNCTION (errexit on, in a subshell) and records the result.
+# check NAME FUNCTION: runs FUNCTION in a subshell with errexit, so that its first failing
+# command fails it, and records the result. (Not inside an `if`: bash turns errexit off for
+# everything run from a condition, subshells included.)
 check() {
-  local name="$1"; shift
+  local name="$1" rc; shift
   local t0=$SECONDS
-  if ( set -euo pipefail; "$@" ); then
+  set +e
+  ( set -euo pipefail; "$@" )
+  rc=$?
+  set -e
+  if [ "$rc" -eq 0 ]; then
     passed=$((passed + 1)); echo "ok: $name ($((SECONDS - t0)) s)"
   else
     failed=$((failed + 1)); failures+=("$name"); echo "FAILED: $name ($((SECONDS - t0)) s)"
   fi
+  return 0
 }
 expect_in() { # TEXT NEEDLE WHAT
   if ! grep -qF -- "$2" <<<"$1"; then
@@ -113,7 +120,8 @@ c_install() {
   [ "$(readlink "$lib/libgrenache.so.0")" = "libgrenache.so.$version" ]
   [ "$(readlink "$lib/libgrenache.so")" = "libgrenache.so.$version" ]
   readelf -d "$lib/libgrenache.so.$version" | grep -q 'Library soname: \[libgrenache.so.0\]'
-  [ -f "$lib/libgrenache.a" ] && [ -f "$prefix/include/grenache/grenache.h" ]
+  [ -f "$lib/libgrenache.a" ]
+  [ -f "$prefix/include/grenache/grenache.h" ]
   grep -qx "libdir=$lib" "$lib/pkgconfig/grenache.pc"
 }
 check "C library installed under a prefix (cargo-c layout)" c_install
@@ -169,7 +177,8 @@ log "Python: the wheel into a fresh venv, cargo off PATH"
 py_wheel() {
   local venv="$work/venv" out
   "$venv_build/bin/auditwheel" show "$wheel" >"$work/auditwheel.txt"
-  expect_in "$(cat "$work/auditwheel.txt")" "is consistent with the following platform tag" "auditwheel show"
+  expect_in "$(tr -s ' \n' ' ' <"$work/auditwheel.txt")" "is consistent with the following platform tag" "auditwheel show"
+  grep -q 'manylinux_2_[0-9]*_x86_64' "$work/auditwheel.txt"
   grep -Eq 'cp39-abi3-manylinux_2_[0-9]+_x86_64\.whl$' <<<"$wheel" || { echo "unexpected wheel tag: $wheel"; return 1; }
   echo "  $(basename "$wheel")"
   python3 -m venv "$venv"
@@ -192,17 +201,23 @@ check "Python wheel installed without Rust, example runs" py_wheel
 
 py_sdist() {
   local venv="$work/venv-sdist" out
+  mkdir -p "$work/pyrun"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check maturin==1.16.0
   # pip builds the sdist with maturin and cargo; in this target dir and profile, the
-  # dependencies built above are reused.
-  env PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target" MATURIN_PEP517_ARGS="--profile $profile --locked" \
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation "$sdist"
+  # dependencies built above are reused. Cargo keys the workspace's own crates by their path in
+  # the workspace, which is the same in the sdist: their fingerprints are removed so that
+  # grenache-core and the module really compile from the sdist's files (a file missing from the
+  # sdist fails here). (Not --locked: the sdist's workspace holds two crates, so cargo prunes its
+  # copy of Cargo.lock; the versions stay the locked ones.)
+  rm -rf "$out"/.fingerprint/grenache-core-* "$out"/.fingerprint/grenache-python-*
+  env PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target" MATURIN_PEP517_ARGS="--profile $profile" \
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation --no-cache-dir "$sdist"
   out="$(cd "$work/pyrun" && "$venv/bin/python" -c \
     'import grenache
-with grenache.Grape() as g, grenache.Link(g.url) as l:
-    print("lookup:", l.lookup("nothing_here") if hasattr(l, "lookup") else "n/a")
-print("sdist ok", grenache.version())' 2>&1)" || { echo "$out"; return 1; }
+with grenache.Grape() as g:
+    print("sdist ok", grenache.version(), "grape api port", g.api_port)' 2>&1)" || { echo "$out"; return 1; }
+  echo "  $out"
   expect_in "$out" "sdist ok" "the sdist install's run"
 }
 check "Python sdist built and installed by pip" py_sdist
@@ -213,13 +228,17 @@ py_old() {
     [ -x "$v" ] && { old="$v"; break; }
   done
   if [ -z "$old" ]; then echo "  skipped: no Python older than 3.9 on this machine"; return 0; fi
+  mkdir -p "$work/pyrun"
   "$old" -m venv "$work/venv-old"
   if out="$("$work/venv-old/bin/pip" install --disable-pip-version-check --no-index "$wheel" 2>&1)"; then
     echo "the wheel installed on $("$old" --version)"; return 1
   fi
   expect_in "$out" "is not a supported wheel on this platform" "pip's answer for the wheel"
   echo "  wheel on $("$old" --version 2>&1): $(grep ERROR <<<"$out" | head -1)"
-  if out="$("$work/venv-old/bin/pip" install --disable-pip-version-check --no-index --no-build-isolation "$sdist" 2>&1)"; then
+  # The sdist: pip asks the build backend (maturin, in that venv) for the metadata, then refuses.
+  "$work/venv-old/bin/pip" install --quiet --disable-pip-version-check 'maturin==1.16.0'
+  if out="$(env PATH="$work/venv-old/bin:$PATH" "$work/venv-old/bin/pip" install --disable-pip-version-check \
+    --no-index --no-build-isolation "$sdist" 2>&1)"; then
     echo "the sdist installed on $("$old" --version)"; return 1
   fi
   expect_in "$out" "requires a different Python" "pip's answer for the sdist"
@@ -278,7 +297,7 @@ deb_install() {
   if dpkg -s grenache >/dev/null 2>&1; then echo "a grenache package is already installed here"; return 1; fi
   (cd "$(dirname "$deb")" && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "./$(basename "$deb")" >/dev/null)
 }
-if check "Debian package installed with apt-get" deb_install; then :; fi
+check "Debian package installed with apt-get" deb_install
 dpkg -s grenache >/dev/null 2>&1 && deb_installed=1
 
 deb_contents() {
@@ -289,7 +308,7 @@ deb_contents() {
     /lib/systemd/system/grenache-grape.service /etc/default/grenache-grape; do
     dpkg -S "$f" >/dev/null || { echo "not in the package: $f"; return 1; }
   done
-  id grenache | grep -q 'uid=' && ! id -u grenache | grep -qx 0
+  [ "$(id -u grenache)" -ne 0 ]
   [ "$(getent passwd grenache | cut -d: -f7)" = /usr/sbin/nologin ]
   grep -qx 'Restart=on-failure' /lib/systemd/system/grenache-grape.service
   grep -qx 'User=grenache' /lib/systemd/system/grenache-grape.service
@@ -301,12 +320,15 @@ deb_contents() {
 }
 check "Debian package: files, user, unit" deb_contents
 
-deb_grape() {
-  # The unit's ExecStart, run as systemd would: its user, its EnvironmentFile (a copy with ports
-  # chosen by the OS and a loopback bind), ${VAR} as one word, $VAR split on spaces.
-  local unit=/lib/systemd/system/grenache-grape.service env="$work/grape.env" glog="$work/grape.log" api="" i
-  grep -v '^GRAPE_\(DHT_PORT\|API_PORT\|OPTS\)=' /etc/default/grenache-grape >"$env"
-  printf 'GRAPE_DHT_PORT=0\nGRAPE_API_PORT=0\nGRAPE_OPTS=-b 127.0.0.1 --log-level info\n' >>"$env"
+# start_unit_grape NAME BOOTSTRAP: runs the unit's ExecStart as systemd would: as its user, with
+# its EnvironmentFile (here a copy with ports chosen by the OS, a loopback bind and BOOTSTRAP),
+# `${VAR}` as one word and `$VAR` split on spaces. Prints "API_PORT DHT_PORT".
+start_unit_grape() {
+  local name="$1" bootstrap="$2" unit=/lib/systemd/system/grenache-grape.service
+  local env="$work/$name.env" glog="$work/$name.log" api="" dht="" i line=""
+  grep -v '^GRAPE_\(DHT_PORT\|API_PORT\|BOOTSTRAP\|OPTS\)=' /etc/default/grenache-grape >"$env"
+  printf 'GRAPE_DHT_PORT=0\nGRAPE_API_PORT=0\nGRAPE_BOOTSTRAP=%s\nGRAPE_OPTS=-b 127.0.0.1 --log-level info\n' \
+    "$bootstrap" >>"$env"
   mapfile -t argv < <(python3 - "$unit" "$env" <<'EOF'
 import re, shlex, sys
 unit, envfile = sys.argv[1:3]
@@ -327,30 +349,39 @@ for tok in shlex.split(exec_start):
 print("\n".join(args))
 EOF
 )
-  echo "  ExecStart: ${argv[*]}"
-  [ "${argv[0]}" = /usr/bin/grape ]
+  echo "  ExecStart: ${argv[*]}" >&2
+  [ "${argv[0]}" = /usr/bin/grape ] || return 1
   NO_COLOR=1 setpriv --reuid=grenache --regid=grenache --init-groups "${argv[@]}" >"$glog" 2>&1 &
-  local grape=$!
-  echo "$grape" >>"$work/pids"
-  for i in $(seq 1 100); do
-    api="$(sed 's/\x1b\[[0-9;]*m//g' "$glog" | sed -n 's/.*grape listening.*api=[^ ]*:\([0-9][0-9]*\).*/\1/p' | head -1)"
-    [ -n "$api" ] && break
+  local pid=$!
+  echo "$pid" >>"$work/pids"
+  for i in $(seq 1 150); do
+    line="$(sed 's/\x1b\[[0-9;]*m//g' "$glog" | grep -m1 'grape listening' || true)"
+    [ -n "$line" ] && break
     sleep 0.2
   done
-  [ -n "$api" ] || { echo "the grape did not start:"; cat "$glog"; return 1; }
-  ps -o user= -p "$grape" | grep -qx grenache || { echo "the grape does not run as grenache"; return 1; }
+  api="$(sed -n 's/.*api=[^ ]*:\([0-9][0-9]*\).*/\1/p' <<<"$line")"
+  dht="$(sed -n 's/.*dht=[^ ]*:\([0-9][0-9]*\).*/\1/p' <<<"$line")"
+  if [ -z "$api" ] || [ -z "$dht" ]; then echo "the grape did not start:" >&2; cat "$glog" >&2; return 1; fi
+  ps -o user= -p "$pid" | grep -qx grenache || { echo "the grape does not run as grenache" >&2; return 1; }
+  echo "$api $dht"
+}
+
+deb_grape() {
+  local a b
+  a="$(start_unit_grape grape1 "")"
+  b="$(start_unit_grape grape2 "127.0.0.1:${a#* }")"
   curl -sS --max-time 10 -X POST -H 'content-type: application/json' \
-    -d '{"data":"rpc_test"}' "http://127.0.0.1:$api/lookup" >"$work/lookup.json"
+    -d '{"data":"rpc_test"}' "http://127.0.0.1:${a% *}/lookup" >"$work/lookup.json"
   [ "$(tr -d ' \n' <"$work/lookup.json")" = "[]" ] || { echo "lookup answered: $(cat "$work/lookup.json")"; return 1; }
-  echo "  /lookup on 127.0.0.1:$api answered []"
-  echo "$api" >"$work/grape.api"
+  echo "  /lookup on 127.0.0.1:${a% *} answered []"
+  echo "${a% *} ${b% *}" >"$work/grape.api"
 }
 check "Packaged grape (the unit's ExecStart) answers /lookup" deb_grape
 
 deb_clients() {
   # A C example and the Ruby examples against the packaged library: no search path, no env.
-  local api out bin="$work/c-deb" server
-  api="$(cat "$work/grape.api")"
+  local api1 api2 out bin="$work/c-deb" server
+  read -r api1 api2 <"$work/grape.api"
   mkdir -p "$bin"
   cp examples/c/basics.c "$bin/"
   # shellcheck disable=SC2046
@@ -358,18 +389,18 @@ deb_clients() {
   ldd "$bin/basics" | grep -q 'libgrenache.so.0 => /usr/lib/'
   timeout 60 "$bin/basics" >/dev/null
   echo "  basics.c against /usr: ok"
-  rb env -u PKG_CONFIG_PATH timeout 120 ruby rpc_server.rb "http://127.0.0.1:$api" 3 >"$work/rb-server.log" 2>&1 &
+  rb env -u PKG_CONFIG_PATH timeout 120 ruby rpc_server.rb "http://127.0.0.1:$api1" 3 >"$work/rb-server.log" 2>&1 &
   # (1 hello + 1 map + 1 bye: the server answers 3 requests, then exits.)
   server=$!
   echo "$server" >>"$work/pids"
-  out="$(rb env -u PKG_CONFIG_PATH timeout 120 ruby rpc_client.rb "http://127.0.0.1:$api" 1 2>&1)" \
+  out="$(rb env -u PKG_CONFIG_PATH timeout 120 ruby rpc_client.rb "http://127.0.0.1:$api2" 1 2>&1)" \
     || { echo "$out"; cat "$work/rb-server.log"; return 1; }
   wait "$server" || { cat "$work/rb-server.log"; return 1; }
   expect_in "$out" "world" "rpc_client.rb's output"
   echo "  rpc_server.rb + rpc_client.rb through the packaged grape: $(tail -1 <<<"$out")"
   # The packaged grenache CLI against the packaged grape.
-  out="$(timeout 30 /usr/bin/grenache --grape "http://127.0.0.1:$api" lookup nothing_here 2>&1 || true)"
-  echo "  grenache lookup: $out"
+  out="$(timeout 30 /usr/bin/grenache --grape "http://127.0.0.1:$api2" lookup rpc_test 2>&1 || true)"
+  echo "  grenache lookup rpc_test (the server has stopped; its announce may linger): $out"
 }
 check "C and Ruby against the packaged library, through the packaged grape" deb_clients
 
