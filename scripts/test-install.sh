@@ -22,7 +22,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 profile="${GRENACHE_PACKAGING_PROFILE:-packaging}"
-out="$root/target/$profile"
+artifacts="$root/target/$profile"
 version="$(sed -n 's/^#define GRENACHE_VERSION_STRING "\(.*\)"/\1/p' include/grenache.h)"
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -69,7 +69,7 @@ check() {
   local name="$1" rc; shift
   local t0=$SECONDS
   set +e
-  ( set -euo pipefail; "$@" )
+  ( set -eEuo pipefail; trap 'echo "  failed at line $LINENO: $BASH_COMMAND" >&2' ERR; "$@" )
   rc=$?
   set -e
   if [ "$rc" -eq 0 ]; then
@@ -84,6 +84,8 @@ expect_in() { # TEXT NEEDLE WHAT
     echo "expected '$2' in $3:"; printf '%s\n' "$1"; return 1
   fi
 }
+# (Pipelines end in `grep PATTERN >/dev/null`, not `grep -q`: -q stops reading at the first match
+# and, under pipefail, the writer's SIGPIPE would fail the pipeline.)
 # A PATH without cargo, rustc or rustup: system directories only.
 NO_RUST_PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -119,7 +121,7 @@ c_install() {
   local lib="$prefix/lib"
   [ "$(readlink "$lib/libgrenache.so.0")" = "libgrenache.so.$version" ]
   [ "$(readlink "$lib/libgrenache.so")" = "libgrenache.so.$version" ]
-  readelf -d "$lib/libgrenache.so.$version" | grep -q 'Library soname: \[libgrenache.so.0\]'
+  readelf -d "$lib/libgrenache.so.$version" | grep 'Library soname: \[libgrenache.so.0\]' >/dev/null
   [ -f "$lib/libgrenache.a" ]
   [ -f "$prefix/include/grenache/grenache.h" ]
   grep -qx "libdir=$lib" "$lib/pkgconfig/grenache.pc"
@@ -137,7 +139,7 @@ c_examples() {
     # shellcheck disable=SC2086
     cc -std=c11 -Wall -Wextra -Werror -pedantic -pthread "$bin/$ex.c" -o "$bin/$ex" $flags
     # The installed copy is the one loaded (a prefix outside the loader's path: LD_LIBRARY_PATH).
-    LD_LIBRARY_PATH="$prefix/lib" ldd "$bin/$ex" | grep -q "libgrenache.so.0 => $prefix/lib/libgrenache.so.0"
+    LD_LIBRARY_PATH="$prefix/lib" ldd "$bin/$ex" | grep "libgrenache.so.0 => $prefix/lib/libgrenache.so.0" >/dev/null
     LD_LIBRARY_PATH="$prefix/lib" timeout 120 "$bin/$ex" >"$bin/$ex.out" 2>&1 \
       || { cat "$bin/$ex.out"; return 1; }
     echo "  $ex: $(tail -1 "$bin/$ex.out")"
@@ -210,7 +212,7 @@ py_sdist() {
   # grenache-core and the module really compile from the sdist's files (a file missing from the
   # sdist fails here). (Not --locked: the sdist's workspace holds two crates, so cargo prunes its
   # copy of Cargo.lock; the versions stay the locked ones.)
-  rm -rf "$out"/.fingerprint/grenache-core-* "$out"/.fingerprint/grenache-python-*
+  rm -rf "$artifacts"/.fingerprint/grenache-core-* "$artifacts"/.fingerprint/grenache-python-*
   env PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$root/target" MATURIN_PEP517_ARGS="--profile $profile" \
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation --no-cache-dir "$sdist"
   out="$(cd "$work/pyrun" && "$venv/bin/python" -c \
@@ -362,7 +364,7 @@ EOF
   api="$(sed -n 's/.*api=[^ ]*:\([0-9][0-9]*\).*/\1/p' <<<"$line")"
   dht="$(sed -n 's/.*dht=[^ ]*:\([0-9][0-9]*\).*/\1/p' <<<"$line")"
   if [ -z "$api" ] || [ -z "$dht" ]; then echo "the grape did not start:" >&2; cat "$glog" >&2; return 1; fi
-  ps -o user= -p "$pid" | grep -qx grenache || { echo "the grape does not run as grenache" >&2; return 1; }
+  ps -o user= -p "$pid" | grep -x grenache >/dev/null || { echo "the grape does not run as grenache" >&2; return 1; }
   echo "$api $dht"
 }
 
@@ -386,7 +388,7 @@ deb_clients() {
   cp examples/c/basics.c "$bin/"
   # shellcheck disable=SC2046
   cc -std=c11 -Wall -Werror -pthread "$bin/basics.c" -o "$bin/basics" $(pkg-config --cflags --libs grenache)
-  ldd "$bin/basics" | grep -q 'libgrenache.so.0 => /usr/lib/'
+  ldd "$bin/basics" | grep -E 'libgrenache.so.0 => (/usr)?/lib/' >/dev/null
   timeout 60 "$bin/basics" >/dev/null
   echo "  basics.c against /usr: ok"
   rb env -u PKG_CONFIG_PATH timeout 120 ruby rpc_server.rb "http://127.0.0.1:$api1" 3 >"$work/rb-server.log" 2>&1 &
