@@ -99,6 +99,29 @@ fn shared_library_link_args() {
             "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
             crate_dir.join("grenache.map").display()
         );
+        soname_links();
+    }
+}
+
+/// Programs linked against the library in the build directory (the C examples and their tests,
+/// the FFI benchmark) record the SONAME, so the loader looks for `libgrenache.so.N` there:
+/// `target/<profile>` and its `deps/` get that name as a symlink to `libgrenache.so`, as an
+/// installed library has (it resolves once cargo has linked the library).
+fn soname_links() {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let Some(profile_dir) = profile_dir(&out_dir) else { return };
+    let name = format!("libgrenache.so.{SONAME_MAJOR}");
+    for dir in [profile_dir.clone(), profile_dir.join("deps")] {
+        let link = dir.join(&name);
+        if fs::read_link(&link).ok().as_deref() == Some(Path::new("libgrenache.so")) {
+            continue;
+        }
+        let _ = fs::create_dir_all(&dir);
+        let _ = fs::remove_file(&link);
+        #[cfg(unix)]
+        if let Err(e) = std::os::unix::fs::symlink("libgrenache.so", &link) {
+            println!("cargo:warning=cannot create {}: {e}", link.display());
+        }
     }
 }
 
