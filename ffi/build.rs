@@ -38,7 +38,7 @@ fn main() {
 // Link arguments of the shared library (kept apart from the pkg-config file above).
 //
 // * SONAME `libgrenache.so.<ABI major>`: programs record that name, so an installed
-//   `libgrenache.so.0` can be replaced by any later build with the same ABI major. The ABI major
+//   `libgrenache.so.1` can be replaced by any later build with the same ABI major. The ABI major
 //   is `SONAME_MAJOR` below; it is bumped only together with the baseline `ffi/abi/` (see
 //   scripts/abi-check.sh, which fails on an ABI break without a bump).
 // * Version script `ffi/grenache.map`: only `grenache_*` symbols are exported.
@@ -46,7 +46,7 @@ fn main() {
 // ---------------------------------------------------------------------------------------------
 
 /// The ABI major version: the number in the SONAME `libgrenache.so.N`.
-const SONAME_MAJOR: u32 = 0;
+const SONAME_MAJOR: u32 = 1;
 
 fn shared_library_link_args() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -20,7 +20,7 @@ module Grenache
   # 1. `ENV['GRENACHE_LIB']`, a path to the library (nothing else is tried then);
   # 2. the libdir of an installed libgrenache as pkg-config reports it
   #    (`pkg-config --variable=libdir grenache`, honouring `PKG_CONFIG_PATH`);
-  # 3. the dynamic loader's search path: `libgrenache.so.0` (the installed run-time name), then
+  # 3. the dynamic loader's search path: `libgrenache.so.1` (the installed run-time name), then
   #    `libgrenache.so`.
   # When none loads, requiring the gem raises {Grenache::LibraryNotFound} (a ::LoadError) that
   # names what was tried and how to fix it.
