@@ -20,6 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::bencode;
+use super::heal::{Counters, Heal};
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
@@ -230,6 +231,9 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     slots: tokio::sync::Semaphore,
+    /// The self-healing maintenance's schedule and budget (see `heal`).
+    pub(crate) heal: Mutex<Heal>,
+    pub(crate) counters: Counters,
 }
 
 impl std::fmt::Debug for Inner {
@@ -249,13 +253,24 @@ impl Inner {
     pub(crate) async fn bind(config: DhtConfig) -> Result<Arc<Inner>> {
         let socket = UdpSocket::bind(config.bind).await?;
         let local_addr = socket.local_addr()?;
-        let mut id = [0u8; 20];
-        rand::thread_rng().fill(&mut id);
+        let id = config.id.unwrap_or_else(|| {
+            let mut id = [0u8; 20];
+            rand::thread_rng().fill(&mut id);
+            id
+        });
         let (events, _) = broadcast::channel(1024);
         let (ready, _) = watch::channel(false);
+        let mut state = State::new(id, &config);
+        // Saved nodes are usable at once; `heal` pings them and drops those that do not answer.
+        let now = Instant::now();
+        for n in config.saved_nodes.iter().take(super::DhtState::MAX_NODES) {
+            state.table.insert(*n, now);
+        }
         let inner = Arc::new(Inner {
             id,
-            state: Mutex::new(State::new(id, &config)),
+            state: Mutex::new(state),
+            heal: Mutex::new(Heal::new(config.maintenance_rate)),
+            counters: Counters::default(),
             config,
             local_addr,
             socket: Mutex::new(Some(Arc::new(socket))),
@@ -268,6 +283,7 @@ impl Inner {
         let _ = inner.events.send(DhtEvent::Listening(local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
         let maint = tokio::spawn(Inner::maintenance(inner.clone()));
+        let heal = tokio::spawn(Inner::heal_loop(inner.clone()));
         let boot = {
             let inner = inner.clone();
             tokio::spawn(async move {
@@ -279,7 +295,7 @@ impl Inner {
                 inner.set_ready();
             })
         };
-        lock(&inner.tasks).extend([recv, maint, boot]);
+        lock(&inner.tasks).extend([recv, maint, heal, boot]);
         Ok(inner)
     }
 
@@ -383,6 +399,7 @@ impl Inner {
                     self.emit(e);
                 }
                 if let Some(body) = handled.reply {
+                    self.counters.replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let bytes = Message { t: msg.t, body }.encode();
                     if let Err(e) = self.send(from, &bytes).await {
                         self.emit(DhtEvent::Warning(format!("cannot reply to {from}: {e}")));
@@ -449,7 +466,7 @@ impl Inner {
                 drop(st);
                 let inner = self.clone();
                 tokio::spawn(async move {
-                    let alive = inner.query(oldest.addr, Method::Ping).await.is_ok();
+                    let alive = inner.maint_query(oldest.addr, Method::Ping).await.is_ok();
                     let mut st = inner.state();
                     st.pinging.remove(&oldest.id);
                     if !alive {
@@ -495,6 +512,7 @@ impl Inner {
             }
         }
         let _guard = Guard(self, tid);
+        self.counters.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let query = Query { id: Some(self.id.to_vec()), method, read_only: false };
         let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(query) };
         self.send(to, &msg.encode()).await.map_err(QueryError::Other)?;
@@ -971,7 +989,7 @@ impl Inner {
                 }
                 let inner = self.clone();
                 set.spawn(async move {
-                    if inner.query(n.addr, Method::Ping).await.is_err() {
+                    if inner.maint_query(n.addr, Method::Ping).await.is_err() {
                         inner.state().table.remove(&n.id);
                     }
                 });
