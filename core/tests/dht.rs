@@ -607,3 +607,84 @@ async fn a_dead_node_in_a_full_bucket_is_replaced() {
     // (node_liveness 200 ms here) may have pinged the others meanwhile, which is fine too.
     assert!(pinged >= 1, "silent nodes were pinged before being replaced");
 }
+
+/// Node 0 <- 1 <- 2 <- ... each bootstrapped from its predecessor only: the refresh rounds fill
+/// every table, so node 0 (which only ever heard of node 1 at join time) learns them all.
+#[tokio::test]
+async fn chain_wired_tables_fill_up_by_refresh() {
+    // started at once (nobody waits for its bootstrap node to join first), like a compose file
+    let mut nodes: Vec<Dht> = Vec::new();
+    for i in 0..8 {
+        let boot: Vec<SocketAddr> = if i == 0 { vec![] } else { vec![nodes[i - 1].local_addr()] };
+        nodes.push(Dht::bind(cfg(&boot)).await.unwrap());
+    }
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(30), "every table holds the 7 other nodes", || {
+        let full = nodes.iter().all(|d| d.node_count() == 7);
+        if t0.elapsed().as_millis() % 1000 < 20 {
+            eprintln!("{:?}", nodes.iter().map(|d| d.node_count()).collect::<Vec<_>>());
+        }
+        async move { full.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = nodes[7].stats();
+    assert!(s.maintenance_queries > 0 && s.queries_sent >= s.maintenance_queries && s.replies_sent > 0, "{s:?}");
+    for d in &nodes {
+        d.shutdown().await;
+    }
+}
+
+/// A node that goes silent is dropped from the table after a failed query, retried, and taken
+/// back when it answers again (same id, same port); it learns the retrying node too.
+#[tokio::test]
+async fn a_node_that_went_silent_is_retried_and_taken_back() {
+    let a = Dht::bind(cfg(&[])).await.unwrap();
+    let b = Dht::bind(cfg(&[a.local_addr()])).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.ready()).await.unwrap();
+    eventually(Duration::from_secs(10), "a knows b", || {
+        let ok = a.node_count() == 1;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let (b_id, b_addr) = (b.id(), b.local_addr());
+    let b_state = b.state_snapshot();
+    assert_eq!(b_state.id, b_id);
+    b.shutdown().await;
+    // a lookup times out on b: b leaves a's table
+    let _ = a.lookup(b"anything").await;
+    assert_eq!(a.node_count(), 0);
+    // b comes back on the same port with the same id and no bootstrap list
+    let mut c = cfg(&[]);
+    c.bind = b_addr;
+    c.id = Some(b_id);
+    let b = Dht::bind(c).await.unwrap();
+    eventually(Duration::from_secs(30), "a takes b back and b learns a", || {
+        let ok = a.nodes().iter().any(|n| n.id == b_id) && b.nodes().iter().any(|n| n.id == a.id());
+        async move { ok.then_some(()) }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn dht_state_json_round_trip_and_errors() {
+    use grenache::dht::DhtState;
+    use grenache::dht::krpc::NodeInfo;
+    let s = DhtState {
+        id: [7; 20],
+        nodes: vec![NodeInfo { id: [1; 20], addr: "127.0.0.1:20001".parse().unwrap() }],
+    };
+    assert_eq!(DhtState::from_json(&s.to_json()).unwrap(), s);
+    for bad in [
+        "",
+        "[]",
+        r#"{"version":2,"id":"0707070707070707070707070707070707070707","nodes":[]}"#,
+        r#"{"version":1,"id":"07","nodes":[]}"#,
+        r#"{"version":1,"id":"0707070707070707070707070707070707070707"}"#,
+        r#"{"version":1,"id":"0707070707070707070707070707070707070707","nodes":[{"id":"0101010101010101010101010101010101010101","addr":"[::1]:5"}]}"#,
+    ] {
+        assert_eq!(DhtState::from_json(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad}");
+    }
+}

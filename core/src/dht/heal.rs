@@ -18,6 +18,9 @@
 //!   [`DORMANT_RETRY_CAP`] (every minute after [`DORMANT_SLOW_AFTER`]), at most one such ping per
 //!   second. When it answers it is back in the table (and we are back in its table, since it
 //!   learns from incoming queries), which is what joins the two halves of a split network.
+//!   Bootstrap nodes that did not answer the bootstrap walk (a network started all at once,
+//!   each Grape bootstrapped from one that was not up yet) are retried the same way, and never
+//!   forgotten while they are not in the table.
 //! * **Saved nodes** ([`super::DhtConfig::saved_nodes`]) are in the table from the start and
 //!   pinged at once; those that do not answer, or answer with another id, are dropped.
 //! * **Budget.** Refresh walks and silent-node retries take tokens from a bucket refilled at
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use super::krpc::{self, Method, NodeInfo};
+use super::krpc::{self, Method};
 use super::node::{Inner, QueryError, lock};
 use super::routing::{self, K};
 use super::{DhtState, DhtStats};
@@ -71,10 +74,12 @@ pub(crate) struct Counters {
 
 #[derive(Debug)]
 struct Dormant {
-    id: [u8; 20],
     since: Instant,
     next: Instant,
     tries: u32,
+    /// A bootstrap node: retried (once a minute after a while) until it is in the table, never
+    /// forgotten.
+    bootstrap: bool,
 }
 
 /// The maintenance schedule and its budget.
@@ -133,22 +138,24 @@ impl Heal {
         self.next_round = self.next_round.min(now);
     }
 
-    fn remember(&mut self, n: NodeInfo, now: Instant) {
-        if self.dormant.contains_key(&n.addr) {
+    fn remember(&mut self, addr: SocketAddrV4, bootstrap: bool, now: Instant) {
+        if self.dormant.contains_key(&addr) {
             return;
         }
         if self.dormant.len() >= DORMANT_MAX
-            && let Some(oldest) = self.dormant.iter().min_by_key(|(_, d)| d.since).map(|(a, _)| *a)
+            && let Some(oldest) =
+                self.dormant.iter().filter(|(_, d)| !d.bootstrap).min_by_key(|(_, d)| d.since).map(|(a, _)| *a)
         {
             self.dormant.remove(&oldest);
         }
-        self.dormant.insert(n.addr, Dormant { id: n.id, since: now, next: now + Duration::from_secs(2), tries: 0 });
+        let next = if bootstrap { now } else { now + Duration::from_secs(2) };
+        self.dormant.insert(addr, Dormant { since: now, next, tries: 0, bootstrap });
     }
 
     fn retried(&mut self, addr: SocketAddrV4, now: Instant) {
         let Some(d) = self.dormant.get_mut(&addr) else { return };
         let silent = now.saturating_duration_since(d.since);
-        if silent >= DORMANT_FORGET {
+        if silent >= DORMANT_FORGET && !d.bootstrap {
             self.dormant.remove(&addr);
             return;
         }
@@ -245,29 +252,40 @@ impl Inner {
             });
         }
         self.ready_wait().await;
-        lock(&self.heal).next_round = Instant::now();
+        // Bootstrap nodes that were not up yet (a whole network started at once, each Grape
+        // bootstrapped from the previous one) are retried until they answer.
+        let boot = self.bootstrap_addrs().await;
+        {
+            let now = Instant::now();
+            let present: HashSet<SocketAddrV4> = self.state().table.all().iter().map(|n| n.addr).collect();
+            let mut h = lock(&self.heal);
+            for a in boot.into_iter().filter(|a| !present.contains(a)) {
+                h.remember(a, true, now);
+            }
+            h.next_round = now;
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let now = Instant::now();
             // silent nodes that are back in the table (they queried us) need no retry
-            let remembered: Vec<[u8; 20]> = lock(&self.heal).dormant.values().map(|d| d.id).collect();
-            let (removed, len, table_has, back) = {
+            let any_dormant = !lock(&self.heal).dormant.is_empty();
+            let (removed, len, present) = {
                 let mut st = self.state();
                 let removed = st.table.take_removed();
-                let has: Vec<bool> = removed.iter().map(|n| st.table.contains(&n.id)).collect();
-                let back: HashSet<[u8; 20]> = remembered.into_iter().filter(|id| st.table.contains(id)).collect();
-                (removed, st.table.len(), has, back)
+                let present: HashSet<SocketAddrV4> =
+                    if any_dormant || !removed.is_empty() { st.table.all().iter().map(|n| n.addr).collect() } else { HashSet::new() };
+                (removed, st.table.len(), present)
             };
             let (retry, round) = {
                 let mut h = lock(&self.heal);
-                if !back.is_empty() {
-                    h.dormant.retain(|_, d| !back.contains(&d.id));
+                if !present.is_empty() {
+                    h.dormant.retain(|a, _| !present.contains(a));
                 }
-                for (n, has) in removed.into_iter().zip(table_has) {
-                    if !has {
-                        h.remember(n, now);
+                for n in removed {
+                    if !present.contains(&n.addr) {
+                        h.remember(n.addr, false, now);
                     }
                 }
                 if len == 0 || len * 2 < h.peak {
@@ -278,13 +296,12 @@ impl Inner {
                 // one retry of a silent node per second at most
                 let mut retry = None;
                 if now.saturating_duration_since(h.last_dormant_ping) >= Duration::from_secs(1)
-                    && let Some((addr, id)) =
-                        h.dormant.iter().filter(|(_, d)| d.next <= now).min_by_key(|(_, d)| d.next).map(|(a, d)| (*a, d.id))
+                    && let Some(addr) = h.dormant.iter().filter(|(_, d)| d.next <= now).min_by_key(|(_, d)| d.next).map(|(a, _)| *a)
                     && h.try_take(now)
                 {
                     h.last_dormant_ping = now;
                     h.retried(addr, now);
-                    retry = Some(NodeInfo { id, addr });
+                    retry = Some(addr);
                 }
                 let round = if now >= h.next_round && !h.round_running.swap(true, Ordering::AcqRel) {
                     Some((h.fast, h.round_running.clone()))
@@ -293,17 +310,17 @@ impl Inner {
                 };
                 (retry, round)
             };
-            if let Some(n) = retry {
+            if let Some(addr) = retry {
                 let inner = self.clone();
                 tokio::spawn(async move {
                     let cancel = inner.cancel.clone();
                     tokio::select! {
                         _ = cancel.cancelled() => {}
-                        r = inner.maint_query(n.addr, Method::Ping) => {
+                        r = inner.maint_query(addr, Method::Ping) => {
                             if r.is_ok() {
                                 let now = Instant::now();
                                 let mut h = lock(&inner.heal);
-                                h.dormant.remove(&n.addr);
+                                h.dormant.remove(&addr);
                                 h.wake(now);
                             }
                         }

@@ -89,7 +89,9 @@ struct Pending {
     tx: oneshot::Sender<std::result::Result<Response, KrpcError>>,
 }
 
-type CachedTable = (Instant, Arc<Vec<TokenNode>>);
+/// A per-target table of token-holding nodes: when it was built, the nodes, and how many nodes
+/// the routing table held then.
+type CachedTable = (Instant, Arc<Vec<TokenNode>>, usize);
 type WalkJob = (Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>);
 type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
 
@@ -136,6 +138,12 @@ impl State {
             lookups: HashMap::new(),
             pinging: HashSet::new(),
         }
+    }
+
+    /// Caches a per-target table of token-holding nodes (see [`CachedTable`]).
+    fn cache_table(&mut self, key: (u8, Vec<u8>), t: Arc<Vec<TokenNode>>) {
+        let routing = self.table.len();
+        self.tables.put(key, (Instant::now(), t, routing));
     }
 
     fn nodes_reply(&self, target: &[u8]) -> Vec<u8> {
@@ -524,7 +532,7 @@ impl Inner {
         }
     }
 
-    async fn bootstrap_addrs(&self) -> Vec<SocketAddrV4> {
+    pub(crate) async fn bootstrap_addrs(&self) -> Vec<SocketAddrV4> {
         let mut out = Vec::new();
         for b in &self.config.bootstrap {
             match tokio::net::lookup_host(b.as_str()).await {
@@ -665,9 +673,12 @@ impl Inner {
     fn cached_table(&self, tag: u8, target: &[u8]) -> Option<Arc<Vec<TokenNode>>> {
         let mut st = self.state();
         let key = (tag, target.to_vec());
+        let routing = st.table.len();
         match st.tables.get(&key) {
-            // an empty table (looked up while alone) is not worth keeping: walk again
-            Some((at, t)) if at.elapsed() < TABLE_TTL && !t.is_empty() => Some(t.clone()),
+            // An empty table (looked up while alone) is not worth keeping: walk again. Nor is one
+            // built while the routing table was a lot smaller than now (a Grape that was still
+            // joining, or a network that healed since): its nodes may not be the closest ones.
+            Some((at, t, then)) if at.elapsed() < TABLE_TTL && !t.is_empty() && routing <= then + then / 4 + 1 => Some(t.clone()),
             Some(_) => {
                 st.tables.pop(&key);
                 None
@@ -749,7 +760,7 @@ impl Inner {
             })
             .await;
         let table = Arc::new(table);
-        self.state().tables.put((0, info_hash), (Instant::now(), table.clone()));
+        self.state().cache_table((0, info_hash), table.clone());
         LookupOutcome { peers, table }
     }
 
@@ -862,7 +873,7 @@ impl Inner {
             Some(t) => t,
             None => {
                 let t = Arc::new(self.walk(target.to_vec(), Method::Get { target: Some(target.to_vec()) }, false, |_, _| true).await);
-                self.state().tables.put((1, target.to_vec()), (Instant::now(), t.clone()));
+                self.state().cache_table((1, target.to_vec()), t.clone());
                 t
             }
         };
@@ -928,7 +939,7 @@ impl Inner {
                 }
             })
             .await;
-        self.state().tables.put((1, target.to_vec()), (Instant::now(), Arc::new(table)));
+        self.state().cache_table((1, target.to_vec()), Arc::new(table));
         Ok(best)
     }
 
