@@ -26,6 +26,8 @@ const CUT: Duration = Duration::from_secs(30);
 /// The stated bound: after the join, every service announced during the cut is found from the
 /// other half within this long. A silent node is retried at most 15 s apart (one retry per
 /// second overall), a KRPC query times out after 2 s, then one refresh round and one lookup walk.
+/// Measured: 0.02-1.1 s. Without the retries of silent nodes the halves never find each other
+/// again (0 of 10 services found across 45 s after the join).
 const HEAL_BOUND: Duration = Duration::from_secs(45);
 const N: usize = 10;
 const DHT_PORT: u16 = 20001;
@@ -185,6 +187,7 @@ async fn scenario(net: &Net) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let t = Instant::now();
     // the chain heals into one network
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -195,12 +198,13 @@ async fn scenario(net: &Net) {
         assert!(Instant::now() < deadline, "the network never formed: {found:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    eprintln!("network formed in {:?}", t.elapsed());
     // cut apart; services announced on both sides meanwhile are not found across
     net.cut(true);
     let cut_at = Instant::now();
     while cut_at.elapsed() < CUT {
         let found = round("split").await;
-        assert!(found.iter().all(|f| !*f) || cut_at.elapsed() < Duration::from_secs(1), "found across the cut: {found:?}");
+        assert!(found.iter().all(|f| !*f), "found across the cut: {found:?}");
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     // joined again: found across within the bound
