@@ -251,6 +251,9 @@ impl Inner {
                 }
             });
         }
+        if self.config.maintenance_rate == 0 {
+            return;
+        }
         self.ready_wait().await;
         // Bootstrap nodes that were not up yet (a whole network started at once, each Grape
         // bootstrapped from the previous one) are retried until they answer.
@@ -288,7 +291,8 @@ impl Inner {
                         h.remember(n.addr, false, now);
                     }
                 }
-                if len == 0 || len * 2 < h.peak {
+                // the table emptied or lost more than half its nodes: back to the fast schedule
+                if len * 2 < h.peak {
                     h.peak = len;
                     h.wake(now);
                 }
@@ -454,5 +458,63 @@ impl Inner {
                 cands.pop_last();
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn addr(p: u16) -> SocketAddrV4 {
+        SocketAddrV4::new([127, 0, 0, 1].into(), p)
+    }
+
+    #[test]
+    fn silent_nodes_back_off_then_are_forgotten_but_bootstrap_nodes_are_not() {
+        let mut h = Heal::new(10);
+        let t0 = Instant::now();
+        h.remember(addr(1), false, t0);
+        h.remember(addr(2), true, t0);
+        assert_eq!(h.dormant[&addr(1)].next, t0 + Duration::from_secs(2));
+        assert_eq!(h.dormant[&addr(2)].next, t0, "a bootstrap node is tried at once");
+        let waits: Vec<u64> = (0..6)
+            .map(|_| {
+                h.retried(addr(1), t0);
+                (h.dormant[&addr(1)].next - t0).as_secs()
+            })
+            .collect();
+        assert_eq!(waits, vec![4, 8, 15, 15, 15, 15]);
+        let late = t0 + DORMANT_SLOW_AFTER;
+        h.retried(addr(1), late);
+        assert_eq!(h.dormant[&addr(1)].next, late + Duration::from_secs(60));
+        let gone = t0 + DORMANT_FORGET;
+        h.retried(addr(1), gone);
+        h.retried(addr(2), gone);
+        assert!(!h.dormant.contains_key(&addr(1)));
+        assert!(h.dormant.contains_key(&addr(2)));
+    }
+
+    #[test]
+    fn at_most_dormant_max_remembered_bootstrap_nodes_kept() {
+        let mut h = Heal::new(10);
+        let t0 = Instant::now();
+        h.remember(addr(1), true, t0);
+        for p in 2..(DORMANT_MAX as u16 + 10) {
+            h.remember(addr(p), false, t0 + Duration::from_millis(u64::from(p)));
+        }
+        assert_eq!(h.dormant.len(), DORMANT_MAX);
+        assert!(h.dormant.contains_key(&addr(1)));
+    }
+
+    #[test]
+    fn the_budget_refills_at_its_rate() {
+        let mut h = Heal::new(5);
+        let t0 = h.last_fill;
+        let burst = (0..10).filter(|_| h.try_take(t0)).count();
+        assert_eq!(burst, 5);
+        assert!(!h.try_take(t0));
+        assert!(h.try_take(t0 + Duration::from_millis(200)));
+        assert!(!h.try_take(t0 + Duration::from_millis(200)));
     }
 }

@@ -82,7 +82,9 @@ pub struct DhtConfig {
     /// that do not answer are dropped.
     pub saved_nodes: Vec<krpc::NodeInfo>,
     /// Most maintenance queries per second (bucket refresh walks, retries of nodes that went
-    /// silent). Default 10. Queries made for announce/lookup/put/get are not counted.
+    /// silent). Default 10. Queries made for announce/lookup/put/get are not counted. 0 turns the
+    /// self-healing maintenance off (the reference's behaviour: no refresh, no retries; saved
+    /// nodes are still checked).
     pub maintenance_rate: u32,
     /// Once the routing table is healthy, a bucket is refreshed (a lookup of a random id in it)
     /// when none of its nodes was heard from for this long. Default 15 min (BEP 5).
@@ -155,7 +157,7 @@ pub struct DhtStats {
     /// KRPC queries sent, for any reason.
     pub queries_sent: u64,
     /// Of those, queries sent by the routing-table maintenance (refresh walks, retries of silent
-    /// nodes, checks of saved nodes, liveness pings, re-bootstrap).
+    /// and bootstrap nodes, checks of saved nodes, liveness pings).
     pub maintenance_queries: u64,
     /// Replies (and KRPC errors) sent to queries from other nodes.
     pub replies_sent: u64,
