@@ -56,7 +56,7 @@ fn local(p: u16) -> SocketAddr {
 /// One Grape of a test network: ours (in process) or a Node reference Grape (a child process).
 enum Member {
     Ours(Grape),
-    Node { _proc: NodeProcess, dht: SocketAddr, api: SocketAddr },
+    Node { _proc: Box<NodeProcess>, dht: SocketAddr, api: SocketAddr },
 }
 
 impl Member {
@@ -95,7 +95,9 @@ async fn start_node(bootstrap: &[String], dht_port: Option<u16>) -> Member {
         let mut proc = NodeProcess::spawn("grape.js", &["--dht-port", &dps, "--api-port", &aps, "--bootstrap", &bs]);
         loop {
             match proc.try_json(T).await {
-                Some(line) if line["event"] == "started" => return Member::Node { _proc: proc, dht: local(dp), api: local(ap) },
+                Some(line) if line["event"] == "started" => {
+                    return Member::Node { _proc: Box::new(proc), dht: local(dp), api: local(ap) };
+                }
                 Some(line) if line["event"] == "error" => {
                     eprintln!("node grape failed on ports {dp}/{ap} ({line}), attempt {attempt}");
                     break;

@@ -198,7 +198,7 @@ impl Inner {
             .into_iter()
             .filter(|e| now.saturating_duration_since(e.last_seen) < GOOD_FOR)
             .collect();
-        entries.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.last_seen));
         entries.truncate(DhtState::MAX_NODES);
         DhtState { id: self.id, nodes: entries.into_iter().map(|e| e.info).collect() }
     }
