@@ -7,7 +7,7 @@
 
 const EventEmitter = require('events')
 const native = require('./native')
-const { uuid, sample, shuffle, later, retry, keepAlive } = require('./util')
+const { uuid, sample, shuffle, later, retry, keepAlive, listenError } = require('./util')
 
 // --- Peers -----------------------------------------------------------------------------------
 
@@ -370,12 +370,16 @@ class TransportRPCServer extends TransportRPC {
   listen (port) {
     if (this._native) throw new Error('ERR_ALREADY_LISTENING')
     const kind = this.client.constructor.kind
-    this._native = native.serverListen({
-      transport: kind,
-      port,
-      ...this.nativeOptions(),
-      onRequest: (token, rid, key, payload, fingerprint, meta) => this._onNativeRequest(token, rid, key, payload, fingerprint, meta)
-    })
+    try {
+      this._native = native.serverListen({
+        transport: kind,
+        port,
+        ...this.nativeOptions(),
+        onRequest: (token, rid, key, payload, fingerprint, meta) => this._onNativeRequest(token, rid, key, payload, fingerprint, meta)
+      })
+    } catch (e) {
+      throw listenError(e, port)
+    }
     this._release = keepAlive()
     this.listening()
     this.port = native.serverPort(this._native)
@@ -390,7 +394,15 @@ class TransportRPCServer extends TransportRPC {
         native.serverReply(s, token, err ? err.message : null, res)
       }
     }
-    this.emitRequest(rid, key, payload, handler, fingerprint, meta)
+    try {
+      this.emitRequest(rid, key, payload, handler, fingerprint, meta)
+    } catch (e) {
+      // The reference lets the exception kill the process. Here the client gets the error's
+      // message and the exception goes to the transport's 'error' listeners (or a warning).
+      native.serverReply(s, token, (e && e.message) || String(e) || 'ERR_HANDLER', undefined)
+      if (this.listenerCount('error')) this.emit('error', e)
+      else process.emitWarning(`grenache-native: a 'request' listener threw: ${e && e.stack ? e.stack : e}`)
+    }
   }
 
   emitRequest (rid, key, payload, handler, fingerprint, meta) {

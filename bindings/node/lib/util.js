@@ -93,4 +93,13 @@ function retry (times, task, cb) {
   attempt()
 }
 
-module.exports = { uuid, sample, shuffle, LRU, keepAlive, later, retry }
+// A failed bind as Node reports one (`listen EADDRINUSE: address already in use :::1337`, with
+// code/syscall/port), other errors as they are.
+function listenError (e, port) {
+  if (!/in use/i.test(e.message)) return e
+  const err = new Error(`listen EADDRINUSE: address already in use :::${port}`)
+  Object.assign(err, { code: 'EADDRINUSE', errno: -98, syscall: 'listen', address: '::', port })
+  return err
+}
+
+module.exports = { uuid, sample, shuffle, LRU, keepAlive, later, retry, listenError }

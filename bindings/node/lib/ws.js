@@ -7,7 +7,7 @@
 const assert = require('assert')
 const Base = require('./base')
 const native = require('./native')
-const { keepAlive } = require('./util')
+const { keepAlive, listenError } = require('./util')
 
 const assertSecure = (secure) => {
   assert(Buffer.isBuffer(secure.key), 'conf.secure.key must be a Buffer')
@@ -72,7 +72,11 @@ class TransportPub extends Base.TransportSocket {
   listen (port) {
     assert(Number.isInteger(port), 'port must be an Integer')
     if (this._pub) throw new Error('ERR_ALREADY_LISTENING')
-    this._pub = native.pubBind(port)
+    try {
+      this._pub = native.pubBind(port)
+    } catch (e) {
+      throw listenError(e, port)
+    }
     this._release = keepAlive()
     this.listening()
     this.port = native.pubPort(this._pub)
