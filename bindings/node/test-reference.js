@@ -7,7 +7,8 @@
 // (20001, 20002, 30001, 40001, 1337) are rewritten to free ones; nothing else is changed.
 // Mocha runs without --exit: a handle left open by our side makes the run time out.
 //
-//   node bindings/node/test-reference.js [link] [http] [ws]
+//   node bindings/node/test-reference.js [link] [http] [ws] [types]
+// (types: the drop-in modules' TypeScript declarations compile against test/types.ts.)
 // Needs the addon built (grenache.node) and npm (installs mocha into test/reference once).
 'use strict'
 
@@ -95,11 +96,36 @@ async function run (name) {
   }
 }
 
+// The drop-in modules' TypeScript declarations: test/types.ts (code using them the way the
+// reference is used) must compile with --strict, resolving 'grenache-native/...' through the
+// package's "exports".
+function types () {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'grenache-types-'))
+  try {
+    fs.mkdirSync(path.join(tmp, 'node_modules', '@types'), { recursive: true })
+    fs.symlinkSync(ROOT, path.join(tmp, 'node_modules', 'grenache-native'), 'dir')
+    fs.symlinkSync(path.join(DEPS, 'node_modules', '@types', 'node'), path.join(tmp, 'node_modules', '@types', 'node'), 'dir')
+    fs.copyFileSync(path.join(ROOT, 'test', 'types.ts'), path.join(tmp, 'types.ts'))
+    const r = spawnSync(process.execPath, [
+      path.join(DEPS, 'node_modules', 'typescript', 'bin', 'tsc'),
+      '--noEmit', '--strict', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022',
+      '--types', 'node', path.join(tmp, 'types.ts')
+    ], { cwd: tmp, stdio: 'inherit', timeout: 120000 })
+    const ok = r.status === 0
+    console.log(`${ok ? 'PASS' : 'FAIL'} TypeScript: test/types.ts against types/*.d.ts`)
+    return ok
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true })
+  }
+}
+
 async function main () {
-  const names = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SUITES)
-  for (const n of names) if (!SUITES[n]) throw new Error(`unknown suite ${n} (link, http, ws)`)
+  const args = process.argv.slice(2)
+  const names = args.length ? args.filter((a) => a !== 'types') : Object.keys(SUITES)
+  for (const n of names) if (!SUITES[n]) throw new Error(`unknown suite ${n} (link, http, ws, types)`)
   ensureDeps()
   let ok = true
+  if (!args.length || args.includes('types')) ok = types() && ok
   for (const n of names) ok = (await run(n)) && ok
   process.exit(ok ? 0 : 1)
 }

@@ -1,1 +1,2 @@
-export * from 'grenache-native/link'
+import Link = require('grenache-native/link')
+export = Link
