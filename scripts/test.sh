@@ -65,7 +65,7 @@ if python_binding() {
 log "node binding"
 if cp target/debug/libgrenache_node.so bindings/node/grenache.node \
   && cp target/debug/libgrenache_node.so bindings/node/grenache.linux-x64-gnu.node \
-  && timeout 300 node --test bindings/node/test/ \
+  && timeout 300 node --test --test-concurrency=1 bindings/node/test/ \
   && timeout 600 node bindings/node/test-reference.js \
   && timeout 300 node bindings/node/test-pack.js \
   && timeout 300 node examples/node/dropin/run.js \

@@ -187,7 +187,7 @@ exports.clientRequest = (c, dest, key, payload, opts, cb) => {
 exports.clientClose = (c) => c.close()
 
 // --- PUB/SUB -------------------------------------------------------------------------------
-exports.pubBind = (port) => sync(() => new addon.NativePublisher(sharedLink(), port, undefined))
+exports.pubBind = (port) => sync(() => new addon.NativeQueuedPub(port))
 exports.pubPort = (p) => p.port
 exports.pubSubscribers = (p) => p.subscribers
 exports.pubPublish = (p, msg) => (Buffer.isBuffer(msg) ? p.publishBinary(msg) : p.publish(String(msg)))

@@ -866,3 +866,54 @@ impl NativeSubTo {
         self.task.abort();
     }
 }
+
+/// Most messages queued for one subscriber of a [`NativeQueuedPub`] before its oldest are dropped.
+const DROPIN_PUB_QUEUE: usize = 65_536;
+
+/// A publisher for the reference-compatible PeerPub: the reference buffers whatever is sent to a
+/// slow subscriber, so a burst must not cost a subscriber its connection. Each subscriber's queue
+/// holds up to [`DROPIN_PUB_QUEUE`] messages (bounded memory), and past that loses its oldest
+/// ones instead of being disconnected.
+#[napi]
+pub struct NativeQueuedPub {
+    inner: grenache::pubsub::PeerPub,
+}
+
+#[napi]
+impl NativeQueuedPub {
+    #[napi(constructor)]
+    pub fn new(port_: Option<u32>) -> napi::Result<Self> {
+        let rt = runtime()?;
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port(port_)?));
+        let config = grenache::pubsub::PubConfig::default()
+            .queue_capacity(DROPIN_PUB_QUEUE)
+            .slow_subscriber_policy(grenache::pubsub::SlowSubscriberPolicy::DropOldest);
+        let inner = rt.block_on(Duration::from_secs(10), async move { grenache::pubsub::PeerPub::bind(addr, config).await }).map_err(|e| js_err(&e))?;
+        Ok(NativeQueuedPub { inner })
+    }
+
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        u32::from(self.inner.port())
+    }
+
+    #[napi]
+    pub fn publish(&self, text: String) -> u32 {
+        u32::try_from(self.inner.publish(text)).unwrap_or(u32::MAX)
+    }
+
+    #[napi]
+    pub fn publish_binary(&self, data: Buffer) -> u32 {
+        u32::try_from(self.inner.publish_binary(data.to_vec())).unwrap_or(u32::MAX)
+    }
+
+    #[napi(getter)]
+    pub fn subscribers(&self) -> u32 {
+        u32::try_from(self.inner.subscribers()).unwrap_or(u32::MAX)
+    }
+
+    #[napi]
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
