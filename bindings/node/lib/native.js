@@ -3,6 +3,10 @@
 // how an error arrives, how values cross as JSON text) is translated here, so that a change of
 // those conventions changes this file only.
 //
+// The addon's conventions: completions `(code, text)` (code: the error kind's number, undefined
+// on success), thrown errors with `.code` the ERR_* name, requests answered through a reply
+// object (`send(json)` / `error(message)`, once).
+//
 // Conventions this file gives its callers:
 // * completions are node-style `cb(err, value)`, called once on the JS thread;
 // * `err` is a plain Error with `.code` the library's ERR_* name and `.detail` its message;
@@ -39,23 +43,28 @@ function loadAddon () {
 
 const addon = loadAddon()
 
-// An error as the addon reports it (today: JSON text `{"grenache":true,"code","errno","message"}`
-// in a completion's first argument or in a thrown Error's message) as a plain Error.
+// The core's error kinds: number -> ERR_* name (and default message).
+const kindsByCode = new Map()
+for (const k of addon.errorKinds()) kindsByCode.set(k.code, k)
+
+// A plain Error with `.code` the kind's ERR_* name and `.detail` the error's text.
+function makeError (name, text) {
+  const e = new Error(text && text !== name ? `${name}: ${text}` : name)
+  e.code = name
+  e.detail = text || ''
+  return e
+}
+
+// A completion's failure `(code, text)`: code is the kind's number.
+function completionError (code, text) {
+  const k = kindsByCode.get(code)
+  return makeError(k ? k.name : `ERR_${code}`, text || (k && k.message) || '')
+}
+
+// A thrown error of the addon: its `code` is the kind's ERR_* name, its message the text.
 function toError (raw) {
-  const text = typeof raw === 'string' ? raw : raw && raw.message
-  if (typeof text === 'string' && text.startsWith('{"')) {
-    try {
-      const v = JSON.parse(text)
-      if (v.grenache) {
-        const e = new Error(v.message && v.message !== v.code ? `${v.code}: ${v.message}` : v.code)
-        e.code = v.code
-        e.detail = v.message || ''
-        return e
-      }
-    } catch (_) {}
-  }
-  if (raw instanceof Error) return raw
-  return new Error(String(text))
+  if (raw && typeof raw.code === 'string' && raw.code.startsWith('ERR_')) return makeError(raw.code, raw.message)
+  return raw instanceof Error ? raw : new Error(String(raw))
 }
 
 function sync (fn) {
@@ -66,10 +75,10 @@ function sync (fn) {
   }
 }
 
-// A completion `(err, text)` of the addon as `cb(err, decode(text))`.
+// A completion `(code, text)` of the addon as `cb(err, decode(text))`.
 function done (cb, decode) {
-  return (err, text) => {
-    if (err) return cb(toError(err))
+  return (code, text) => {
+    if (code !== undefined && code !== null) return cb(completionError(code, text))
     let v
     try {
       v = decode ? decode(text) : text
@@ -124,16 +133,16 @@ exports.clientTls = (t) => sync(() => new addon.NativeClientTls(pem(t.ca), pem(t
 // ({isStream, compress, infoHeaders, action, args}) or null over WS. `verify(info, answer)`:
 // info {fingerprint, remoteAddress, path}, answer(bool) once (WS over TLS only).
 exports.serverListen = ({ transport, port, tls, verify, onRequest }) => {
-  const handler = (id, ridJson, key, payloadJson, fingerprint, metaJson) => {
+  const handler = (reply, ridJson, key, payloadJson, fingerprint, metaJson) => {
     let rid, payload, meta
     try {
       rid = JSON.parse(ridJson)
       payload = JSON.parse(payloadJson)
       meta = metaJson ? JSON.parse(metaJson) : null
     } catch (e) {
-      return
+      return reply.error('ERR_PARSE')
     }
-    onRequest(id, rid, key, payload, fingerprint || null, meta)
+    onRequest(reply, rid, key, payload, fingerprint || null, meta)
   }
   const verifyFn = verify
     ? (ticket, fingerprint, remote, p) => {
@@ -155,17 +164,25 @@ exports.serverListen = ({ transport, port, tls, verify, onRequest }) => {
 }
 exports.serverPort = (s) => s.port
 // Answers a request: `errMessage` (a string: the client gets an error) or `result` (any JSON
-// value). Returns false when it was already answered (or is gone).
+// value). Returns false when it was already answered (or the server is gone).
 exports.serverReply = (s, token, errMessage, result) => {
-  if (errMessage) return s.reply(token, String(errMessage), undefined)
-  let json
   try {
-    json = result === undefined ? 'null' : JSON.stringify(result)
+    if (errMessage) {
+      token.error(String(errMessage))
+      return true
+    }
+    let json
+    try {
+      json = result === undefined ? 'null' : JSON.stringify(result)
+    } catch (e) {
+      token.error('ERR_REPLY_NOT_JSON')
+      return true
+    }
+    token.send(json === undefined ? 'null' : json)
+    return true
   } catch (e) {
-    return s.reply(token, 'ERR_REPLY_NOT_JSON', undefined)
+    return false
   }
-  if (json === undefined) json = 'null'
-  return s.reply(token, undefined, json)
 }
 exports.serverClose = (s) => s.close()
 
