@@ -66,10 +66,17 @@ if python_binding() {
 }; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
 
 # 6. The Node binding (bindings/node, grenache-native): the addon built above, its tests (with
-#    the reference packages from tests/interop in the same process) and its example.
+#    the reference packages from tests/interop in the same process), the reference packages' own
+#    mocha suites against the drop-in modules (installs mocha from npm), the packed tarball
+#    installed into an empty directory, and the examples (the reference README's examples run
+#    unchanged through the alias packages).
 log "node binding"
 if cp target/debug/libgrenache_node.so bindings/node/grenache.node \
-  && timeout 300 node --test bindings/node/test/ \
+  && cp target/debug/libgrenache_node.so bindings/node/grenache.linux-x64-gnu.node \
+  && timeout 300 node --test --test-concurrency=1 bindings/node/test/ \
+  && timeout 600 node bindings/node/test-reference.js \
+  && timeout 300 node bindings/node/test-pack.js \
+  && timeout 300 node examples/node/dropin/run.js \
   && timeout 120 node examples/node/rpc_test.js; then
   echo "node binding: ok"
 else
