@@ -46,6 +46,8 @@ pub enum TransportKind {
     Http,
     /// WebSocket, plain or TLS (grenache-nodejs-ws).
     Ws,
+    /// ZeroMQ (ZMTP 3.1, ROUTER/DEALER and PUB/SUB): see [`crate::transport::zmq`].
+    Zmq,
 }
 
 /// HTTP-specific request details (the reference's `meta` argument).
