@@ -361,3 +361,116 @@ async fn a_wrong_socket_type_or_a_reply_too_large_is_refused() {
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert!(e.message().contains("over the limit"), "{e}");
 }
+
+// --- PUB/SUB ---
+
+mod pubsub {
+    use super::*;
+    use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SlowSubscriberPolicy, SubConfig};
+
+    fn pub_config() -> PubConfig {
+        PubConfig::default().transport(TransportKind::Zmq)
+    }
+
+    fn sub_config() -> SubConfig {
+        SubConfig::default()
+            .transport(TransportKind::Zmq)
+            .relookup_interval(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+    }
+
+    #[tokio::test]
+    async fn fan_out_and_subscribers_follow_publishers_through_the_dht() {
+        let (_net, link) = testnet_link().await;
+        let p1 = PeerPub::bind(any_port(), pub_config()).await.expect("bind");
+        p1.start_announcing(&link, "zmq_feed", Duration::from_secs(1)).first_result(LONG).await.expect("announce");
+        wait_lookup(&link, "zmq_feed", 1).await;
+        let subs: Vec<_> = (0..3).map(|_| PeerSub::new(link.clone(), sub_config()).sub("zmq_feed")).collect();
+        p1.wait_subscribers(3, LONG).await.expect("3 subscribers");
+        assert_eq!(p1.publish("one"), 3);
+        p1.publish_binary(vec![0xffu8, 0, 1]);
+        for mut s in subs {
+            let m = s.recv_timeout(LONG).await.expect("one");
+            assert_eq!((m.text(), m.binary, &*m.publisher), (Some("one"), false, p1.local_addr().to_string().as_str()));
+            let m = s.recv_timeout(LONG).await.expect("binary");
+            assert_eq!((&m.data[..], m.binary), (&[0xffu8, 0, 1][..], true));
+        }
+        // A second publisher appears: the subscription picks it up; the first goes away and comes
+        // back on the same port: the subscription reconnects and resubscribes.
+        let mut sub = PeerSub::new(link.clone(), sub_config()).sub("zmq_feed");
+        p1.wait_subscribers(1, LONG).await.expect("sub on p1");
+        let p2 = PeerPub::bind(any_port(), pub_config()).await.expect("bind 2");
+        p2.start_announcing(&link, "zmq_feed", Duration::from_secs(1)).first_result(LONG).await.expect("announce 2");
+        sub.wait_publishers(2, LONG).await.expect("both publishers");
+        p2.wait_subscribers(1, LONG).await.expect("sub on p2");
+        p2.publish("from p2");
+        assert_eq!(sub.recv_timeout(LONG).await.expect("p2").text(), Some("from p2"));
+        let addr1 = p1.local_addr();
+        drop(p1);
+        // The old listener closes in its task: retry the bind for a moment.
+        let mut tries = 0;
+        let p1 = loop {
+            match PeerPub::bind(addr1, pub_config()).await {
+                Ok(p) => break p,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebind: {e}"),
+            }
+        };
+        p1.wait_subscribers(1, LONG).await.expect("resubscribed");
+        p1.publish("back");
+        assert_eq!(sub.recv_timeout(LONG).await.expect("back").text(), Some("back"));
+        assert!(sub.connects() >= 3, "{}", sub.connects());
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_dropped_and_the_others_keep_up() {
+        let p = PeerPub::bind(any_port(), pub_config().queue_capacity(16).slow_subscriber_policy(SlowSubscriberPolicy::Disconnect))
+            .await
+            .expect("bind");
+        let addr = p.local_addr();
+        // A raw SUB that subscribes and never reads.
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        let mut g = [0u8; 64];
+        g[0] = 0xff;
+        g[9] = 0x7f;
+        g[10] = 3;
+        g[12..16].copy_from_slice(b"NULL");
+        slow.write_all(&g).await.expect("greeting");
+        let mut ready = vec![5u8];
+        ready.extend_from_slice(b"READY\x0bSocket-Type\x00\x00\x00\x03SUB");
+        let mut cmd = Vec::new();
+        frame(&mut cmd, 4, &ready);
+        cmd.extend_from_slice(&message(&[b"\x01"]));
+        slow.write_all(&cmd).await.expect("ready + subscribe");
+        let mut fast = PeerSub::sub_to(vec![addr.to_string()], sub_config());
+        p.wait_subscribers(2, LONG).await.expect("two subscribers");
+        let big = "z".repeat(64 * 1024);
+        let mut got = 0;
+        // Paced by the fast subscriber, which is never behind by more than one message.
+        for _ in 0..5000 {
+            p.publish(big.clone());
+            fast.recv_timeout(LONG).await.expect("fast receives each message");
+            got += 1;
+            if p.stats().kicked > 0 {
+                break;
+            }
+        }
+        assert_eq!(p.stats().kicked, 1, "the slow subscriber was disconnected");
+        p.wait_subscribers(1, LONG).await.expect("the fast one stays");
+        assert_eq!(p.subscribers(), 1);
+        p.publish("last");
+        loop {
+            let m = fast.recv_timeout(LONG).await.expect("fast keeps receiving");
+            got += 1;
+            if m.text() == Some("last") {
+                break;
+            }
+        }
+        assert!(got > 1);
+        drop(slow);
+    }
+}

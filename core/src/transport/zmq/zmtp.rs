@@ -92,8 +92,6 @@ const MAX_COMMAND_SIZE: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) socket_type: SocketType,
-    /// The minor version of ZMTP 3 the peer speaks (0 or 1).
-    pub(crate) minor: u8,
 }
 
 /// Our greeting: signature, version 3.1, mechanism NULL, as-server 0, filler.
@@ -189,7 +187,6 @@ where
         let name = String::from_utf8_lossy(mechanism).trim_end_matches('\0').to_string();
         return Err(protocol(format!("ZMTP mechanism {name:?} is not supported (NULL is; there is no CURVE)")));
     }
-    let minor = if g[10] > 3 { 1 } else { g[11].min(1) };
     let mut out = Vec::with_capacity(64);
     encode_command(&mut out, "READY", &ready_body(ours));
     io.write_all(&out).await?;
@@ -218,7 +215,7 @@ where
         let _ = io.flush().await;
         return Err(protocol(reason));
     }
-    Ok(Peer { socket_type: peer_type, minor })
+    Ok(Peer { socket_type: peer_type })
 }
 
 /// A command's name and body.
