@@ -7,6 +7,7 @@ pub mod embed;
 pub mod error;
 pub mod grape;
 pub mod link;
+pub mod proxy;
 pub mod pubsub;
 pub mod rpc;
 pub mod tls;
