@@ -85,7 +85,7 @@ export class RequestInfo {
 }
 
 export interface ServerOptions {
-  transport?: 'http' | 'ws'
+  transport?: 'http' | 'ws' | 'zmq'
   port?: number
   tls?: ServerTls
   /** A handler that has not answered within this many ms is answered ERR_TIMEOUT. */
@@ -126,7 +126,7 @@ export interface RequestOptions {
 }
 
 export class Client {
-  constructor(link: Link, opts?: { transport?: 'http' | 'ws'; tls?: ClientTls; timeout?: number })
+  constructor(link: Link, opts?: { transport?: 'http' | 'ws' | 'zmq'; tls?: ClientTls; timeout?: number })
   request(name: string, payload: Json, opts?: RequestOptions): Promise<any>
   map(name: string, payload: Json, opts?: { timeout?: number; compress?: boolean; limit?: number }): Promise<any[]>
   close(): void

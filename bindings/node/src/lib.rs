@@ -90,7 +90,8 @@ fn transport_kind(name: &str) -> napi::Result<TransportKind> {
     match name {
         "http" => Ok(TransportKind::Http),
         "ws" => Ok(TransportKind::Ws),
-        other => Err(js_err(&invalid(format!("transport must be \"http\" or \"ws\", not {other:?}")))),
+        "zmq" => Ok(TransportKind::Zmq),
+        other => Err(js_err(&invalid(format!("transport must be \"http\", \"ws\" or \"zmq\", not {other:?}")))),
     }
 }
 

@@ -66,7 +66,7 @@ after(async () => {
   await g1.stop()
 })
 
-for (const transport of ['http', 'ws']) {
+for (const transport of ['http', 'ws', 'zmq']) {
   test(`request, errors and timeouts over ${transport}`, async () => {
     const s = new g.Server(l1, handler, { transport })
     cleanup.push(() => s.close())
@@ -143,7 +143,7 @@ test('server reply timeout and map over workers', async () => {
 })
 
 test('graceful shutdown answers what it received, then refuses; the grace cuts off the rest', async () => {
-  for (const transport of ['http', 'ws']) {
+  for (const transport of ['http', 'ws', 'zmq']) {
     const c = new g.Client(l1, { transport })
     cleanup.push(() => c.close())
     const s = new g.Server(l1, handler, { transport })

@@ -146,7 +146,8 @@ fn transport_kind(name: &str) -> GResult<TransportKind> {
     match name {
         "http" => Ok(TransportKind::Http),
         "ws" => Ok(TransportKind::Ws),
-        other => Err(invalid(format!("transport must be \"http\" or \"ws\", not {other:?}"))),
+        "zmq" => Ok(TransportKind::Zmq),
+        other => Err(invalid(format!("transport must be \"http\", \"ws\" or \"zmq\", not {other:?}"))),
     }
 }
 

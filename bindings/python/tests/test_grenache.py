@@ -143,11 +143,11 @@ class LocalTests(unittest.TestCase):
     def setUpClass(cls):
         cls.net = Network()
         cls.servers = {}
-        for transport in ("http", "ws"):
+        for transport in ("http", "ws", "zmq"):
             s = grenache.Server(cls.net.l1, handler, transport=transport)
             s.start_announcing(f"py:{transport}", 0.5)
             cls.servers[transport] = s
-        cls.clients = {t: grenache.Client(cls.net.l2, transport=t) for t in ("http", "ws")}
+        cls.clients = {t: grenache.Client(cls.net.l2, transport=t) for t in ("http", "ws", "zmq")}
         for t, c in cls.clients.items():
             eventually(lambda: c.request(f"py:{t}", "hello") == "world", what=f"{t} server visible")
 

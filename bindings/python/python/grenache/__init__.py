@@ -332,7 +332,7 @@ def _wrap_handler(handler: Handler) -> Callable[[str, Optional[str]], tuple]:
 
 
 class Server:
-    """An RPC server (``transport="http"`` or ``"ws"``) answering with ``handler(payload, info)``.
+    """An RPC server (``transport="http"``, ``"ws"`` or ``"zmq"``) answering with ``handler(payload, info)``.
 
     The handler runs on a library thread and returns the result (any JSON value), or raises
     ``ReplyError("ERR_...")`` to answer with an error. Any other exception is printed and the
