@@ -5,6 +5,9 @@
   python zmq_peer.py router        # serves [rid, key, payload]: "fail" -> ERR_BOOM, else an echo
   python zmq_peer.py pub           # XPUB: prints {"event":"subscribed"}; publishes each stdin line
   python zmq_peer.py sub PORT      # prints each message received
+  python zmq_peer.py echo          # a bare ROUTER echo (the benchmark's floor server)
+  python zmq_peer.py bench PORT SEQ ROUNDS   # a bare DEALER: SEQ sequential round trips, then
+                                   # ROUNDS rounds of 100 in flight; prints the figures
 
 Every mode prints JSON lines on stdout (the first one {"event":"started",...}) and exits when
 its stdin closes.
@@ -90,6 +93,53 @@ def main():
                 return
             if s in ready:
                 out({"event": "message", "frames": text(s.recv_multipart())})
+    if mode == "echo":
+        s = ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+        out({"event": "started", "port": port})
+        poller.register(s, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if sys.stdin.fileno() in ready and not sys.stdin.readline():
+                return
+            if s in ready:
+                # Everything queued, without going back to the poller in between.
+                while True:
+                    try:
+                        ident, rid, _key, _payload = s.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    s.send_multipart([ident, rid, b"", b'"world"'])
+    if mode == "bench":
+        import time
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect("tcp://127.0.0.1:%s" % sys.argv[2])
+        seq, rounds = int(sys.argv[3]), int(sys.argv[4])
+        req = [b"0123456789abcdef0123456789abcdef0123", b"bench", b'"hello"']
+        for _ in range(300):
+            s.send_multipart(req)
+            s.recv_multipart()
+        lat = []
+        t0 = time.perf_counter()
+        for _ in range(seq):
+            a = time.perf_counter()
+            s.send_multipart(req)
+            s.recv_multipart()
+            lat.append(time.perf_counter() - a)
+        seq_secs = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for _ in range(100):
+                s.send_multipart(req)
+            for _ in range(100):
+                s.recv_multipart()
+        conc_secs = time.perf_counter() - t0
+        lat.sort()
+        out({"seq_rps": seq / seq_secs, "seq_p50_us": lat[len(lat) // 2] * 1e6,
+             "seq_p99_us": lat[int(len(lat) * 0.99)] * 1e6, "conc_rps": rounds * 100 / conc_secs})
+        return
     raise SystemExit("unknown mode " + mode)
 
 
