@@ -362,6 +362,43 @@ async fn a_wrong_socket_type_or_a_reply_too_large_is_refused() {
     assert!(e.message().contains("over the limit"), "{e}");
 }
 
+#[tokio::test]
+async fn a_client_that_never_reads_replies_is_held_back_and_others_are_served() {
+    // Replies of 64 KiB to a client that sends and never reads: past the high-water mark the
+    // server stops reading it (its writes stall in TCP), instead of queueing replies without end.
+    let srv = ZmqServer::bind(any_port(), test_handler, ZmqServerConfig::default().send_hwm(8).max_in_flight_per_connection(8))
+        .await
+        .expect("bind");
+    let mut s = raw_dealer(srv.local_addr()).await;
+    let payload = serde_json::to_vec(&json!("p".repeat(64 * 1024))).expect("json");
+    let (written_tx, written) = tokio::sync::watch::channel(0usize);
+    let flood = tokio::spawn(async move {
+        for i in 0..20_000usize {
+            let rid = format!("f{i}");
+            if s.write_all(&message(&[rid.as_bytes(), b"k", &payload])).await.is_err() {
+                return;
+            }
+            written_tx.send_replace(i + 1);
+        }
+    });
+    // The flood stalls well before its 1.3 GB of requests are written.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = *written.borrow();
+        if now == last {
+            break;
+        }
+        assert!(now < 20_000, "the server read everything a non-reading client sent");
+        last = now;
+    }
+    assert!(!flood.is_finished());
+    // Another client is served meanwhile.
+    let c = ZmqClient::default();
+    assert_eq!(c.send(&srv.local_addr().to_string(), out(json!("hello"), Some(LONG))).await.expect("served"), json!("world"));
+    flood.abort();
+}
+
 // --- PUB/SUB ---
 
 mod pubsub {
