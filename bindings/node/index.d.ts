@@ -132,10 +132,10 @@ export class Client {
   close(): void
 }
 
-/** A PUB/SUB publisher (WebSocket). A subscriber that cannot keep up loses its oldest queued
+/** A PUB/SUB publisher (WebSocket, or `transport: 'zmq'`: a ZeroMQ PUB socket). A subscriber that cannot keep up loses its oldest queued
  * messages rather than growing the publisher's memory. */
 export class Publisher {
-  constructor(link: Link, opts?: { port?: number; tls?: ServerTls })
+  constructor(link: Link, opts?: { port?: number; tls?: ServerTls; transport?: 'ws' | 'zmq' })
   readonly port: number
   readonly subscribers: number
   startAnnouncing(name: string, interval?: number): void
@@ -145,7 +145,7 @@ export class Publisher {
 
 /** Subscribes to every publisher of `name`; reconnects when they go and come back. */
 export class Subscriber {
-  constructor(link: Link, name: string, onMessage: (message: string | Buffer, publisher: string) => void, opts?: { tls?: ClientTls })
+  constructor(link: Link, name: string, onMessage: (message: string | Buffer, publisher: string) => void, opts?: { tls?: ClientTls; transport?: 'ws' | 'zmq' })
   readonly publishers: number
   close(): void
 }
