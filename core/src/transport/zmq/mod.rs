@@ -39,7 +39,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -501,7 +500,6 @@ struct Slot {
 struct ClientInner {
     config: ZmqClientConfig,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    requests: AtomicU64,
 }
 
 /// A ZeroMQ DEALER client: one connection per destination, requests multiplexed on it by rid.
@@ -525,7 +523,7 @@ impl Default for ZmqClient {
 impl ZmqClient {
     /// A client with `config`. Connections open on first use.
     pub fn new(config: ZmqClientConfig) -> ZmqClient {
-        ZmqClient { inner: Arc::new(ClientInner { config, slots: Mutex::new(HashMap::new()), requests: AtomicU64::new(0) }) }
+        ZmqClient { inner: Arc::new(ClientInner { config, slots: Mutex::new(HashMap::new()) }) }
     }
 
     /// The settings.
@@ -582,7 +580,6 @@ impl ZmqClient {
 
     /// [`ZmqClient::send`] with the result in `form` (raw: the JSON text as it came).
     pub async fn send_as(&self, dest: &str, request: OutgoingRequest, form: ResultForm) -> Result<ReplyResult> {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = request.timeout.or(self.inner.config.default_request_timeout);
         let fut = self.request_inner(dest, request, form);
         match timeout {
