@@ -2,7 +2,7 @@
 //! grenache-nodejs-http client call a ZeroMQ worker of ours through the proxy (results, the
 //! worker's errors, timeouts and an empty lookup passed through), a Node `PeerSub` receives what
 //! a ZeroMQ publisher sends through the proxy's bridge, and a Node WS worker is reached from a
-//! ZeroMQ client. Node Grapes.
+//! ZeroMQ client. Our Grapes (ports from the OS; the Node peers talk to their HTTP API).
 
 mod link_support;
 
@@ -14,7 +14,9 @@ use grenache::proxy::{Proxy, ProxyConfig};
 use grenache::pubsub::{PeerPub, PubConfig};
 use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, TransportKind};
 use grenache_e2e::NodeProcess;
-use link_support::{Grapes, NodeClient, wait_lookup};
+use grenache::grape::Testnet;
+use grenache::link::{Link, LinkConfig};
+use link_support::{NodeClient, wait_lookup};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -53,6 +55,13 @@ async fn proxy(link: &grenache::link::Link, name: &str, target: &str, from: Tran
     Proxy::start(link.clone(), cfg).await.expect("proxy")
 }
 
+/// Two of our Grapes, a Link to the first, and its URL.
+async fn grapes() -> (Testnet, Link, String) {
+    let net = Testnet::start(2).await.expect("grapes");
+    let url = net.api_url(0);
+    (net, Link::new(LinkConfig::with_grape(url.clone())).expect("link"), url)
+}
+
 async fn node_client(script: &str, grape: &str) -> NodeClient {
     let mut p = NodeProcess::spawn(script, &["--grape", grape]);
     while p.json(LONG).await["event"] != "started" {}
@@ -61,8 +70,7 @@ async fn node_client(script: &str, grape: &str) -> NodeClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_ws_and_http_clients_call_a_zmq_worker_through_the_proxy() {
-    let grapes = Grapes::start(false).await;
-    let link = grapes.link();
+    let (_net, link, url) = grapes().await;
     let _worker = zmq_worker(&link, "px_zmq_worker").await;
     let p_ws = proxy(&link, "px_ws", "px_zmq_worker", TransportKind::Ws, TransportKind::Zmq).await;
     let p_http = proxy(&link, "px_http", "px_zmq_worker", TransportKind::Http, TransportKind::Zmq).await;
@@ -71,7 +79,7 @@ async fn node_ws_and_http_clients_call_a_zmq_worker_through_the_proxy() {
         wait_lookup(&link, n, 1).await;
     }
     for (script, name) in [("ws_client.js", "px_ws"), ("http_client.js", "px_http")] {
-        let mut c = node_client(script, &grapes.urls[0]).await;
+        let mut c = node_client(script, &url).await;
         let opts = json!({"timeout": 10_000});
         let (err, result) = c.call(json!({"op": "request", "key": name, "payload": {"a": [1, "é"]}, "opts": opts})).await;
         assert_eq!(err, None, "{script}");
@@ -83,7 +91,7 @@ async fn node_ws_and_http_clients_call_a_zmq_worker_through_the_proxy() {
         let (err, result) = c.call(json!({"op": "map", "key": name, "payload": 5, "opts": opts})).await;
         assert_eq!((err, result[0]["payload"].clone()), (None, json!(5)), "{script}");
     }
-    let mut c = node_client("ws_client.js", &grapes.urls[0]).await;
+    let mut c = node_client("ws_client.js", &url).await;
     let (err, _) = c.call(json!({"op": "request", "key": "px_nobody", "payload": 1, "opts": {"timeout": 10_000}})).await;
     assert_eq!(err.as_deref(), Some("ERR_GRAPE_LOOKUP_EMPTY"));
     assert!(p_ws.stats().forwarded >= 4 && p_http.stats().forwarded >= 4);
@@ -93,10 +101,9 @@ async fn node_ws_and_http_clients_call_a_zmq_worker_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zmq_client_calls_a_node_ws_worker_through_the_proxy() {
-    let grapes = Grapes::start(false).await;
-    let link = grapes.link();
+    let (_net, link, url) = grapes().await;
     let (_node, _port, _) =
-        NodeProcess::spawn_listening("ws_server.js", &["--grape", &grapes.urls[0], "--name", "px_node_ws"], LONG).await;
+        NodeProcess::spawn_listening("ws_server.js", &["--grape", &url, "--name", "px_node_ws"], LONG).await;
     wait_lookup(&link, "px_node_ws", 1).await;
     let _p = proxy(&link, "px_from_zmq", "px_node_ws", TransportKind::Zmq, TransportKind::Ws).await;
     wait_lookup(&link, "px_from_zmq", 1).await;
@@ -107,8 +114,7 @@ async fn a_zmq_client_calls_a_node_ws_worker_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_peer_sub_receives_a_zmq_publisher_through_the_bridge() {
-    let grapes = Grapes::start(false).await;
-    let link = grapes.link();
+    let (_net, link, url) = grapes().await;
     let publisher = PeerPub::bind(any_port(), PubConfig::default().transport(TransportKind::Zmq)).await.expect("bind");
     publisher.start_announcing(&link, "px_zmq_feed", Duration::from_secs(1)).first_result(LONG).await.expect("announce");
     let mut cfg = ProxyConfig::new("px_feed_rpc", "px_feed_rpc_workers", TransportKind::Ws, TransportKind::Zmq);
@@ -118,7 +124,7 @@ async fn a_node_peer_sub_receives_a_zmq_publisher_through_the_bridge() {
     let proxy = Proxy::start(link.clone(), cfg).await.expect("proxy");
     wait_lookup(&link, "px_ws_feed", 1).await;
     publisher.wait_subscribers(1, LONG).await.expect("the bridge subscribed");
-    let mut sub = NodeProcess::spawn("ws_sub.js", &["--grape", &grapes.urls[0], "--name", "px_ws_feed"]);
+    let mut sub = NodeProcess::spawn("ws_sub.js", &["--grape", &url, "--name", "px_ws_feed"]);
     while sub.json(LONG).await["event"] != "connected" {}
     // The Node subscriber is connected to the bridge's WS publisher; publish on ZeroMQ until a
     // message arrives (the bridge may see it before the Node socket is registered).

@@ -11,10 +11,10 @@
 //!   (`ZMQ_ROUNDS`, default 100; each round waits for all 100). The servers run on one
 //!   single-threaded tokio runtime, the clients on another (two "processes" of one thread each).
 //!   In-process Grapes.
-//! * Floor: pyzmq's DEALER against pyzmq's ROUTER echo (libzmq 4.3.5 with its I/O threads, in two
-//!   Python processes), the same frames, no JSON and no lookup: what bare libzmq plus the Python
-//!   loop costs on this machine. The Python interpreter is part of that figure (a C client would
-//!   be faster), so it is a reference point, not a hard lower bound.
+//! * Floor: bare libzmq, the same frames, no JSON and no lookup, DEALER against a ROUTER echo in
+//!   two processes: in C (`bench/c/zmq_floor.c`, compiled here with `cc -O2 ... -lzmq` when the
+//!   system has libzmq's headers: Debian `libzmq3-dev`; the row is skipped otherwise), and through
+//!   pyzmq (libzmq 4.3.5 wheels; the Python loop is part of that figure).
 //! * PUB/SUB fan-out: `ZMQ_MSGS` (default 20,000) messages of ~40 bytes from one publisher to
 //!   10 subscribers, ZeroMQ beside WS; messages/s = messages published ÷ time until every
 //!   subscriber has every one. The publisher keeps its bounded queues: the benchmark publishes in
@@ -128,6 +128,37 @@ async fn measure(client_rt: &tokio::runtime::Handle, link: &Link, kind: Transpor
         .expect("client task")
 }
 
+/// The C floor, when `cc` and libzmq's headers are there.
+async fn c_floor(seq: usize, rounds: usize) -> Option<Figures> {
+    use tokio::io::AsyncBufReadExt;
+    if !std::path::Path::new("/usr/include/zmq.h").exists() {
+        println!("(no /usr/include/zmq.h: the C libzmq floor is skipped; apt-get install libzmq3-dev)");
+        return None;
+    }
+    let src = grenache_e2e::workspace_dir().join("bench").join("c").join("zmq_floor.c");
+    let exe = std::env::temp_dir().join(format!("zmq_floor_{}", std::process::id()));
+    let built = std::process::Command::new("cc").arg("-O2").arg(&src).arg("-lzmq").arg("-o").arg(&exe).status().ok()?;
+    if !built.success() {
+        println!("(zmq_floor.c did not build: the C libzmq floor is skipped)");
+        return None;
+    }
+    let mut echo = tokio::process::Command::new(&exe)
+        .arg("echo")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut lines = tokio::io::BufReader::new(echo.stdout.take()?).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next_line().await.ok()??).ok()?;
+    let port = first["port"].as_u64()?.to_string();
+    let out = tokio::process::Command::new(&exe).args(["client", &port, &seq.to_string(), &rounds.to_string()]).output().await.ok()?;
+    let _ = echo.kill().await;
+    let _ = std::fs::remove_file(&exe);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Some(Figures { seq_rps: f("seq_rps"), seq_p50: f("seq_p50_us"), seq_p99: f("seq_p99_us"), conc_rps: f("conc_rps") })
+}
+
 async fn floor(seq: usize, rounds: usize) -> Figures {
     let mut echo = NodeProcess::spawn_python("zmq_peer.py", &["echo"]);
     let port = loop {
@@ -207,7 +238,10 @@ async fn main() {
         servers.push(serve(&server_rt, &link, kind, &name).await);
         rows.push((label.to_string(), measure(&client_rt, &link, kind, &name, seq, rounds).await));
     }
-    rows.push(("bare libzmq (pyzmq DEALER/ROUTER echo)".to_string(), floor(seq, rounds).await));
+    if let Some(f) = c_floor(seq, rounds).await {
+        rows.push(("floor: bare libzmq in C (DEALER → ROUTER echo)".to_string(), f));
+    }
+    rows.push(("floor: bare libzmq through pyzmq (DEALER → ROUTER echo)".to_string(), floor(seq, rounds).await));
 
     println!("\n### RPC, payload \"hello\" (seq = {seq} sequential, 100 in flight × {rounds} rounds)\n");
     println!("| transport | sequential req/s | p50 µs | p99 µs | 100 in flight req/s |");

@@ -306,7 +306,9 @@ async fn serve_connection(
     let delimited = peer.socket_type == SocketType::Req;
     let (mut rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(config.send_hwm);
-    let writer = tokio::spawn(write_loop(wr, rx, life.closing.clone()));
+    // The writer outlives the loop for the last replies (and the closing notice below).
+    let stop_writer = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(wr, rx, stop_writer.clone()));
     let permits = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
     let running = Arc::new(crate::transport::Connections::default());
     let info = RequestInfo { transport: TransportKind::Zmq, remote_addr: Some(remote), ..Default::default() };
@@ -386,8 +388,26 @@ async fn serve_connection(
             }
         }
     }
+    if running.count() == 0 && !delimited {
+        // Nothing runs: whatever the peer sent that is unanswered was never read, so it never
+        // ran. Say so before closing (a reply with an empty rid), so its requests go elsewhere.
+        let _ = tx.try_send(encode_reply(false, b"", Err(ERR_TRANSPORT_DRAINING.to_string())));
+    } else if life.closing.is_cancelled() {
+        // Closed now, requests running: they end without a reply.
+        stop_writer.cancel();
+    }
     drop(tx);
-    // The replies of the requests still running go out; a close ends them.
+    // The replies of the requests still running go out (the writer ends after the last one); a
+    // close ends them, but lets the closing notice go out first.
+    let mut writer = writer;
+    tokio::select! {
+        _ = &mut writer => return,
+        _ = life.closing.cancelled() => {}
+    }
+    if running.count() == 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    }
+    stop_writer.cancel();
     let _ = writer.await;
 }
 
@@ -597,7 +617,8 @@ impl ZmqClient {
         {
             let mut p = lock(&conn.pending);
             let Some(map) = p.as_mut() else {
-                return Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the connection closed"));
+                // Nothing was sent: as for a failed connect, another worker may take it.
+                return Err(Error::new(ErrorKind::Connect, "ERR_TRANSPORT_CLOSE: the connection closed before sending"));
             };
             if map.len() >= self.inner.config.max_pending_per_connection {
                 map.retain(|_, w| !w.is_closed());
@@ -618,7 +639,8 @@ impl ZmqClient {
         );
         // Waits while the connection's queue is at its high-water mark.
         if conn.tx.send(out).await.is_err() {
-            return Err(Error::new(ErrorKind::Closed, "ERR_TRANSPORT_CLOSE: the connection closed while sending"));
+            // The writer is gone and gave the request back unsent.
+            return Err(Error::new(ErrorKind::Connect, "ERR_TRANSPORT_CLOSE: the connection closed before sending"));
         }
         match rx.await {
             Ok(r) => r,
@@ -684,7 +706,7 @@ async fn read_replies(mut rd: tokio::net::tcp::OwnedReadHalf, mut reader: FrameR
     let why = loop {
         let incoming = tokio::select! {
             r = reader.next(&mut rd) => r,
-            _ = conn.close.cancelled() => break "the connection was closed".to_string(),
+            _ = conn.close.cancelled() => break Ok("the connection was closed".to_string()),
         };
         let msg = match incoming {
             Ok(Some(Incoming::Message(m))) => m,
@@ -695,9 +717,16 @@ async fn read_replies(mut rd: tokio::net::tcp::OwnedReadHalf, mut reader: FrameR
                 continue;
             }
             Ok(Some(_)) => continue,
-            Ok(None) => break "the server closed the connection".to_string(),
-            Err(e) => break e.message().to_string(),
+            Ok(None) => break Ok("the server closed the connection".to_string()),
+            Err(e) => break Ok(e.message().to_string()),
         };
+        if let [rid, err, _] = msg.frames.as_slice()
+            && rid.is_empty()
+            && &err[..] == ERR_TRANSPORT_DRAINING.as_bytes()
+        {
+            // The server closes, and nothing it did not answer ran.
+            break Err("the server closed; unanswered requests did not run".to_string());
+        }
         let [rid, err, result] = msg.frames.as_slice() else {
             tracing::debug!(%dest, frames = msg.frames.len(), "zmq: a reply that is not [rid, err, result]; dropped");
             // Its request, if the rid is readable, is failed at once instead of timing out.
@@ -713,7 +742,11 @@ async fn read_replies(mut rd: tokio::net::tcp::OwnedReadHalf, mut reader: FrameR
         let form = w.form();
         let _ = w.send(decode_reply(err, result, form));
     };
-    conn.fail_all(ErrorKind::Closed, &format!("ERR_TRANSPORT_CLOSE: {why}"));
+    match why {
+        // Sent to a server that did not run them: for the caller, a worker that was not reached.
+        Err(why) => conn.fail_all(ErrorKind::Connect, &format!("{ERR_TRANSPORT_DRAINING}: {why}")),
+        Ok(why) => conn.fail_all(ErrorKind::Closed, &format!("ERR_TRANSPORT_CLOSE: {why}")),
+    }
 }
 
 /// A reply's `err` and `result` frames as the request's outcome.
