@@ -34,7 +34,10 @@
 //! without exactly three frames `ERR_BAD_FRAMES`, a rid, key or payload that is not UTF-8 or not
 //! JSON `ERR_DECODE`. A graceful shutdown answers requests that arrive while it waits for the
 //! ones in flight with `ERR_TRANSPORT_DRAINING` (nothing ran), which our clients take as a failed
-//! connect, so `PeerRpcClient` sends them to another worker.
+//! connect, so `PeerRpcClient` sends them to another worker. A connection that closes with
+//! nothing running first sends a closing notice, a reply with an empty rid and
+//! `ERR_TRANSPORT_DRAINING`: what the client sent and got no answer for never ran, and goes to
+//! another worker too.
 
 use std::collections::HashMap;
 use std::fmt;
