@@ -407,8 +407,8 @@ async fn serve_connection(
         _ = &mut writer => return,
         _ = life.closing.cancelled() => {}
     }
-    if running.count() == 0 {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    if running.count() == 0 && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_ok() {
+        return;
     }
     stop_writer.cancel();
     let _ = writer.await;
