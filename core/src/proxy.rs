@@ -155,13 +155,8 @@ impl Proxy {
                 let (client, target, opts, counters) = (client.clone(), target.clone(), opts.clone(), counters.clone());
                 counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let payload: Arc<str> = match serde_json::to_string(&req.payload) {
-                        Ok(p) => p.into(),
-                        Err(e) => {
-                            counters.failed.fetch_add(1, Ordering::Relaxed);
-                            return reply.err(format!("ERR_PROXY_DECODE: {e}"));
-                        }
-                    };
+                    // The JSON text as it came, never parsed.
+                    let payload: Arc<str> = req.payload.json().into();
                     // The whole forward, lookup and retries included, within the budget.
                     let r = match tokio::time::timeout(budget, client.request_raw(target, payload, &opts)).await {
                         Ok(r) => r,

@@ -25,7 +25,7 @@ fn any_port() -> SocketAddr {
 /// "hello" → "world"; "fail" → ERR_BOOM; {"sleep":ms,"v":x} → x after ms; "transport" → the
 /// transport seen; anything else is echoed.
 fn test_handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match req.payload.value() {
         Value::String(s) if s == "hello" => reply.ok(json!("world")),
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::String(s) if s == "transport" => reply.ok(json!(format!("{:?}", req.info.transport))),
@@ -317,7 +317,7 @@ async fn malformed_frames_get_an_error_reply_and_the_connection_keeps_serving() 
 async fn a_client_that_vanishes_mid_reply_leaves_the_server_serving() {
     // Big replies to a client that closes before reading them.
     let srv = ZmqServer::bind(any_port(), |req: Request, reply: Reply| {
-        if req.payload == json!("big") { reply.ok(json!("x".repeat(4 << 20))) } else { reply.ok(req.payload) }
+        if req.payload == json!("big") { reply.ok(json!("x".repeat(4 << 20))) } else { reply.ok(req.payload.into_value()) }
     }, ZmqServerConfig::default()).await.expect("bind");
     for _ in 0..3 {
         let mut s = raw_dealer(srv.local_addr()).await;

@@ -27,7 +27,7 @@ fn any_port() -> SocketAddr {
 
 /// The ZeroMQ worker: "fail" → ERR_BOOM; {"sleep": ms} → answers late; else an echo.
 fn handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match req.payload.value() {
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::Object(o) if o.contains_key("sleep") => {
             let ms = o.get("sleep").and_then(Value::as_u64).unwrap_or(0);

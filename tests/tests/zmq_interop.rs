@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 const LONG: Duration = Duration::from_secs(30);
 
 fn handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match req.payload.value() {
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         other => reply.ok(json!({"from": "rust", "key": req.key, "payload": other})),
     }

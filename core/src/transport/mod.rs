@@ -16,7 +16,6 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 mod busy;
 pub mod http;
 pub mod ws;
-mod wsframe;
 pub mod zmq;
 
 pub use crate::rpc::TransportKind;

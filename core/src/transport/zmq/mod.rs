@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::ResultForm;
 use crate::rpc::{
-    BoxFuture, ClientTransport, Dispatched, Handler, OutgoingRequest, ReplyResult, Request, RequestInfo, ResultSender,
+    BoxFuture, ClientTransport, Dispatched, Handler, OutgoingRequest, Payload, ReplyResult, Request, RequestInfo, ResultSender,
     ServerTransport, TransportKind, WireReply, await_reply, start_dispatch,
 };
 use crate::transport::{Lifecycle, accept_loop};
@@ -417,8 +417,10 @@ async fn serve_connection(
 fn decode_request(rid: &Bytes, key: &Bytes, payload: &Bytes, info: &RequestInfo) -> Result<Request> {
     let rid = std::str::from_utf8(rid).map_err(|_| Error::decode("the rid is not UTF-8"))?;
     let key = std::str::from_utf8(key).map_err(|_| Error::decode("the key is not UTF-8"))?;
-    let payload: Value = serde_json::from_slice(payload).map_err(|e| Error::decode(format!("the payload is not JSON: {e}")))?;
-    Ok(Request { rid: Value::String(rid.to_string()), key: key.to_string(), payload, info: info.clone() })
+    // Checked to be JSON, kept as text until the handler asks for a value.
+    let payload: Box<RawValue> =
+        serde_json::from_slice(payload).map_err(|e| Error::decode(format!("the payload is not JSON: {e}")))?;
+    Ok(Request { rid: Value::String(rid.to_string()), key: key.to_string(), payload: Payload::from_raw(payload), info: info.clone() })
 }
 
 // ---------------------------------------------------------------------------------------------
