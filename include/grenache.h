@@ -292,6 +292,10 @@ enum grenache_transport
      * WebSocket, plain or TLS (grenache-nodejs-ws).
      */
     GRENACHE_TRANSPORT_WS = 1,
+    /**
+     * ZeroMQ (ZMTP 3.1 ROUTER/DEALER; no TLS, no CURVE).
+     */
+    GRENACHE_TRANSPORT_ZMQ = 2,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -697,6 +701,13 @@ grenache_result grenache_client_new_http(const grenache_link *link, const grenac
  * with `tls` it speaks `wss://`. Same contract as `grenache_client_new_http`.
  */
 grenache_result grenache_client_new_ws(const grenache_link *link, const grenache_client_tls *tls, grenache_client **out);
+
+/**
+ * Creates a ZeroMQ RPC client (a DEALER per worker, requests multiplexed on it; frames
+ * `[rid, key, payload]`, see the README). ZeroMQ has no TLS here (no CURVE). Non-blocking.
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_client_new_zmq(const grenache_link *link, grenache_client **out);
 
 /**
  * Sends the JSON payload `json` (`json_len` bytes, e.g. `"\"hello\""`) to one worker of the
@@ -1316,15 +1327,16 @@ const char *grenache_client_info_remote_addr(const grenache_client_info *info);
 const char *grenache_client_info_path(const grenache_client_info *info);
 
 /**
- * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP` or
- * `GRENACHE_TRANSPORT_WS`) with `opts` (NULL: the defaults; copied, so they may be freed at
+ * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
+ * or `GRENACHE_TRANSPORT_ZMQ`, a ZeroMQ ROUTER socket) with `opts` (NULL: the defaults; copied, so they may be freed at
  * once), serving `handler`, announced through `link`. Otherwise the same contract as
  * `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
  * last handler call returned, also when this call fails.
  *
  * Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
  * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
- * (unknown `transport`; a `verify_client` hook with HTTP), `IO` (bind failed), `INVALID_STATE`.
+ * (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ), `IO` (bind
+ * failed), `INVALID_STATE`.
  */
 grenache_result grenache_server_new(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
 

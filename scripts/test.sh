@@ -33,6 +33,15 @@ apt_install abigail-tools
 log "npm ci (Node reference peers)"
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
+# 2b. The real libzmq for the ZeroMQ interop tests (tests/tests/zmq_interop.rs): pyzmq from PyPI
+#     (its wheel bundles libzmq 4.3) in a venv of its own.
+log "pyzmq (libzmq peers)"
+if [ ! -x target/zmqenv/bin/python ]; then
+  mkdir -p target
+  python3 -m venv target/zmqenv 2>/dev/null || { apt_install python3-venv && python3 -m venv target/zmqenv; }
+fi
+target/zmqenv/bin/pip install --quiet --disable-pip-version-check 'pyzmq==27.1.0'
+
 # 3. Build everything (tests, examples, benches compile too).
 log "cargo build"
 cargo build --workspace --all-targets --locked

@@ -156,7 +156,7 @@ export class RequestInfo {
 }
 
 export interface ServerOptions {
-  transport?: 'http' | 'ws'
+  transport?: 'http' | 'ws' | 'zmq'
   port?: number
   tls?: ServerTls
   /** A handler that has not answered within this many ms is answered ERR_TIMEOUT. */
@@ -197,16 +197,16 @@ export interface RequestOptions {
 }
 
 export class Client {
-  constructor(link: Link, opts?: { transport?: 'http' | 'ws'; tls?: ClientTls; timeout?: number })
+  constructor(link: Link, opts?: { transport?: 'http' | 'ws' | 'zmq'; tls?: ClientTls; timeout?: number })
   request(name: string, payload: Json, opts?: RequestOptions): Promise<any>
   map(name: string, payload: Json, opts?: { timeout?: number; compress?: boolean; limit?: number }): Promise<any[]>
   close(): void
 }
 
-/** A PUB/SUB publisher (WebSocket). A subscriber that cannot keep up loses its oldest queued
+/** A PUB/SUB publisher (WebSocket, or `transport: 'zmq'`: a ZeroMQ PUB socket). A subscriber that cannot keep up loses its oldest queued
  * messages rather than growing the publisher's memory. */
 export class Publisher {
-  constructor(link: Link, opts?: { port?: number; tls?: ServerTls })
+  constructor(link: Link, opts?: { port?: number; tls?: ServerTls; transport?: 'ws' | 'zmq' })
   readonly port: number
   readonly subscribers: number
   startAnnouncing(name: string, interval?: number): void
@@ -216,7 +216,7 @@ export class Publisher {
 
 /** Subscribes to every publisher of `name`; reconnects when they go and come back. */
 export class Subscriber {
-  constructor(link: Link, name: string, onMessage: (message: string | Buffer, publisher: string) => void, opts?: { tls?: ClientTls })
+  constructor(link: Link, name: string, onMessage: (message: string | Buffer, publisher: string) => void, opts?: { tls?: ClientTls; transport?: 'ws' | 'zmq' })
   readonly publishers: number
   close(): void
 }

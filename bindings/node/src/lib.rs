@@ -496,8 +496,10 @@ pub struct NativePublisher {
 #[napi]
 impl NativePublisher {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>) -> napi::Result<Self, ErrName> {
-        let p = EmbedPublisher::bind(&link.inner, port(port_)?, tls.map(|t| t.inner.clone())).map_err(|e| js_err(&e))?;
+    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>, transport: Option<String>) -> napi::Result<Self, ErrName> {
+        let kind = transport_kind(transport.as_deref().unwrap_or("ws"))?;
+        let options = grenache::embed::ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), ..Default::default() };
+        let p = EmbedPublisher::bind_kind(&link.inner, kind, options).map_err(|e| js_err(&e))?;
         Ok(NativePublisher { inner: Arc::new(p) })
     }
 
@@ -536,8 +538,9 @@ pub struct NativeSubscriber {
 #[napi]
 impl NativeSubscriber {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>) -> napi::Result<Self, ErrName> {
-        let sub = EmbedSubscriber::subscribe(&link.inner, &name, tls.map(|t| t.inner.clone()), move |m| {
+    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>, transport: Option<String>) -> napi::Result<Self, ErrName> {
+        let kind = transport_kind(transport.as_deref().unwrap_or("ws"))?;
+        let sub = EmbedSubscriber::subscribe_kind(&link.inner, &name, kind, tls.map(|t| t.inner.clone()), move |m| {
             let args = (m.publisher.to_string(), Buffer::from(m.data.to_vec()), m.binary);
             on_message.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
         })

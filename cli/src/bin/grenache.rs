@@ -1,4 +1,5 @@
-//! `grenache`: the command-line client of a Grape and of Grenache RPC services.
+//! `grenache`: the command-line client of a Grape and of Grenache RPC services, and a transport
+//! proxy (`grenache proxy`).
 //!
 //! Results are printed as JSON on stdout; errors go to stderr as `ERR_NAME: message`, and the
 //! process exits with a code that tells the kind of failure:
@@ -126,7 +127,7 @@ enum Cmd {
         grace: u64,
     },
     /// Publishes each line of stdin to every subscriber of NAME: a WebSocket publisher (PUB/SUB,
-    /// grenache-nodejs-ws wire), announced until stdin ends or Ctrl-C.
+    /// grenache-nodejs-ws wire) or a ZeroMQ one, announced until stdin ends or Ctrl-C.
     Pub {
         /// The channel name to announce.
         name: String,
@@ -142,6 +143,9 @@ enum Cmd {
         /// Wait (up to 60 s) for this many subscribers before reading stdin.
         #[arg(long, default_value_t = 0)]
         wait_subscribers: usize,
+        /// The transport: ws (the reference's wire) or zmq (a ZeroMQ PUB socket).
+        #[arg(long, value_enum, default_value_t = TransportChoice::Ws)]
+        transport: TransportChoice,
         #[command(flatten)]
         tls: TlsOpts,
         /// Require a client certificate signed by --tls-ca (WSS).
@@ -156,8 +160,52 @@ enum Cmd {
         /// Exit after this many messages (0: run until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         count: u64,
+        /// The transport: ws (the reference's wire) or zmq (a ZeroMQ SUB socket).
+        #[arg(long, value_enum, default_value_t = TransportChoice::Ws)]
+        transport: TransportChoice,
         #[command(flatten)]
         tls: TlsOpts,
+    },
+    /// Serves NAME on one transport and forwards each request to the workers of TARGET on
+    /// another (any pair of http, ws, zmq), announced until Ctrl-C or SIGTERM. Errors and
+    /// timeouts reach the caller as error replies (ERR_TIMEOUT, ERR_GRAPE_LOOKUP_EMPTY, the
+    /// worker's own message). With --bridge-sub/--bridge-pub it also republishes what the
+    /// publishers of one name send on the --to transport to its own publisher on the --from one.
+    Proxy {
+        /// The name to serve and announce.
+        name: String,
+        /// The name of the workers to forward to (must differ from NAME).
+        target: String,
+        /// The transport callers use.
+        #[arg(long, value_enum)]
+        from: TransportChoice,
+        /// The transport the workers speak.
+        #[arg(long, value_enum)]
+        to: TransportChoice,
+        /// Port to listen on (0: any free port). The port is printed on start.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Time a forwarded request may take (milliseconds), then the caller gets ERR_TIMEOUT.
+        #[arg(long, default_value_t = 30_000)]
+        timeout: u64,
+        /// Attempts per request, each retry to another worker.
+        #[arg(long, default_value_t = 1)]
+        retry: u32,
+        /// Re-announce every this many milliseconds (jittered ±50 %).
+        #[arg(long, default_value_t = 10_000)]
+        interval: u64,
+        /// PUB/SUB bridge: subscribe to the publishers of this name on the --to transport...
+        #[arg(long, requires = "bridge_pub")]
+        bridge_sub: Option<String>,
+        /// ...and republish their messages under this name on the --from transport.
+        #[arg(long, requires = "bridge_sub")]
+        bridge_pub: Option<String>,
+        /// On Ctrl-C or SIGTERM, let the requests being forwarded finish for this long (ms).
+        #[arg(long, default_value_t = 10_000)]
+        grace: u64,
     },
     /// Stores a value in the DHT and prints its hash. With --key it is a signed mutable item.
     Put {
@@ -230,6 +278,8 @@ enum TransportChoice {
     Http,
     /// WebSocket, or WSS with the --tls-* options (grenache-nodejs-ws).
     Ws,
+    /// ZeroMQ (ZMTP 3.1: ROUTER/DEALER for RPC, PUB/SUB); no TLS, no CURVE.
+    Zmq,
 }
 
 fn read_file(p: &PathBuf) -> Result<Vec<u8>> {
@@ -266,6 +316,7 @@ impl TransportChoice {
         match self {
             TransportChoice::Http => TransportKind::Http,
             TransportChoice::Ws => TransportKind::Ws,
+            TransportChoice::Zmq => TransportKind::Zmq,
         }
     }
 
@@ -421,12 +472,12 @@ async fn run(cli: Cli) -> Result<()> {
             peer.stop();
             print(&json!({"event": "stopped", "drained": drained}));
         }
-        Cmd::Pub { name, port, bind, interval, wait_subscribers, tls, require_client_cert } => {
+        Cmd::Pub { name, port, bind, interval, wait_subscribers, transport, tls, require_client_cert } => {
             use tokio::io::AsyncBufReadExt;
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
                 .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
-            let mut cfg = PubConfig::default();
+            let mut cfg = PubConfig::default().transport(transport.kind());
             if let Some(t) = server_tls(&tls, require_client_cert)? {
                 cfg = cfg.tls(t);
             }
@@ -453,8 +504,8 @@ async fn run(cli: Cli) -> Result<()> {
             publisher.close();
             print(&json!({"event": "stopped", "published": publisher.stats().published}));
         }
-        Cmd::Sub { name, count, tls } => {
-            let mut cfg = SubConfig::default();
+        Cmd::Sub { name, count, transport, tls } => {
+            let mut cfg = SubConfig::default().transport(transport.kind());
             if let Some(t) = client_tls(&tls)? {
                 cfg = cfg.tls(t);
             }
@@ -480,6 +531,27 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             s.close();
+        }
+        Cmd::Proxy { name, target, from, to, port, bind, timeout, retry, interval, bridge_sub, bridge_pub, grace } => {
+            let addr: SocketAddr = format!("{bind}:{port}")
+                .parse()
+                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let mut cfg = grenache::proxy::ProxyConfig::new(name.clone(), target.clone(), from.kind(), to.kind());
+            cfg.addr = addr;
+            cfg.timeout = Duration::from_millis(timeout.max(1));
+            cfg.retry = retry;
+            cfg.announce_interval = Duration::from_millis(interval.max(100));
+            cfg.bridge = bridge_sub.zip(bridge_pub);
+            let proxy = grenache::proxy::Proxy::start(link, cfg).await?;
+            print(&json!({"event": "started", "port": proxy.port(), "pub_port": proxy.pub_port(), "name": name, "target": target}));
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                _ = term.recv() => {}
+            }
+            let drained = proxy.shutdown(Duration::from_millis(grace)).await;
+            let st = proxy.stats();
+            print(&json!({"event": "stopped", "drained": drained, "forwarded": st.forwarded, "failed": st.failed, "bridged": st.bridged}));
         }
         Cmd::Put { json: value, key, seq, salt, cas } => {
             let v = parse_payload(&value);

@@ -17,6 +17,9 @@
 //!   publishers, and reconnects with back-off when a publisher goes away (the reference never
 //!   reconnects and closes sockets still connecting after 5 s).
 //! * Optional TLS on both sides ([`PubConfig::tls`], [`SubConfig::tls`]); the reference has none.
+//! * The same publishers and subscribers also run over ZeroMQ PUB/SUB sockets
+//!   ([`PubConfig::transport`], [`SubConfig::transport`] with [`TransportKind::Zmq`]; see
+//!   [`zmq`] for the wire), with the same bounded queues, policies and reconnects.
 //! * Closing a [`Subscription`] closes its sockets (the reference's `PeerSub.stop()` leaves them).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -36,7 +39,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::link::{AnnounceHandle, Link};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
+use crate::rpc::TransportKind;
 use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, accept_ws, dial};
+
+pub mod zmq;
 
 /// A subscriber whose socket accepts no bytes for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,11 +78,13 @@ pub struct PubConfig {
     max_subscribers: usize,
     max_message_size: usize,
     handshake_timeout: Duration,
+    transport: TransportKind,
 }
 
 impl Default for PubConfig {
     fn default() -> Self {
         PubConfig {
+            transport: TransportKind::Ws,
             tls: None,
             verify_client: None,
             queue_capacity: 1024,
@@ -97,11 +105,19 @@ impl fmt::Debug for PubConfig {
             .field("policy", &self.policy)
             .field("max_subscribers", &self.max_subscribers)
             .field("max_message_size", &self.max_message_size)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
 
 impl PubConfig {
+    /// The wire: [`TransportKind::Ws`] (the reference's, the default) or [`TransportKind::Zmq`]
+    /// (a ZeroMQ PUB socket: no TLS, no `verify_client`). HTTP has no PUB/SUB.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = kind;
+        self
+    }
+
     /// Serve `wss://` (an extension: the reference's PUB/SUB has no TLS). Default: plain.
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
@@ -199,7 +215,15 @@ impl fmt::Debug for PeerPub {
 
 impl PeerPub {
     /// Binds `addr` (port 0 picks a free port) and starts accepting subscribers.
+    /// Errors: `InvalidArgument` for the HTTP transport, or TLS or a `verify_client` hook on the
+    /// ZeroMQ one; `Io` when the address cannot be bound.
     pub async fn bind(addr: SocketAddr, config: PubConfig) -> Result<PeerPub> {
+        match config.transport {
+            TransportKind::Ws => {}
+            TransportKind::Zmq if config.tls.is_none() && config.verify_client.is_none() => {}
+            TransportKind::Zmq => return Err(Error::invalid("ZeroMQ PUB/SUB has no TLS (and no CURVE): use WS for TLS")),
+            other => return Err(Error::invalid(format!("no PUB/SUB over {other:?}: WS or ZeroMQ"))),
+        }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (count, _) = watch::channel(0);
@@ -220,7 +244,11 @@ impl PeerPub {
             max_message_size: config.max_message_size,
             handshake_timeout: config.handshake_timeout,
         };
-        tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+        if config.transport == TransportKind::Zmq {
+            tokio::spawn(zmq::pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+        } else {
+            tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+        }
         Ok(PeerPub { local_addr, shared, shutdown, announces: Mutex::new(Vec::new()) })
     }
 
@@ -438,11 +466,13 @@ pub struct SubConfig {
     buffer: usize,
     max_message_size: usize,
     max_publishers: usize,
+    transport: TransportKind,
 }
 
 impl Default for SubConfig {
     fn default() -> Self {
         SubConfig {
+            transport: TransportKind::Ws,
             tls: None,
             relookup_interval: Duration::from_secs(5),
             lookup_timeout: Duration::from_secs(5),
@@ -468,11 +498,19 @@ impl fmt::Debug for SubConfig {
             .field("buffer", &self.buffer)
             .field("max_message_size", &self.max_message_size)
             .field("max_publishers", &self.max_publishers)
+            .field("transport", &self.transport)
             .finish()
     }
 }
 
 impl SubConfig {
+    /// The wire: [`TransportKind::Ws`] (the default) or [`TransportKind::Zmq`] (a ZeroMQ SUB
+    /// socket subscribed to everything; TLS does not apply). Other kinds fall back to WS.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = kind;
+        self
+    }
+
     /// Dial `wss://` with this TLS configuration (an extension). Default: plain.
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
@@ -785,6 +823,9 @@ async fn publisher_conn(
     shared: Arc<SubShared>,
     cancel: CancellationToken,
 ) {
+    if config.transport == TransportKind::Zmq {
+        return zmq::publisher_conn(dest, config, tx, shared, cancel).await;
+    }
     let mut backoff = config.reconnect_min;
     loop {
         let dialled = tokio::select! {

@@ -46,14 +46,17 @@ pub enum TransportKind {
     Http,
     /// WebSocket, plain or TLS (grenache-nodejs-ws).
     Ws,
+    /// ZeroMQ (ZMTP 3.1, ROUTER/DEALER and PUB/SUB): see [`crate::transport::zmq`].
+    Zmq,
 }
 
 impl TransportKind {
-    /// The name faces use for it: `"http"` or `"ws"`.
+    /// The name faces use for it: `"http"`, `"ws"` or `"zmq"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Http => "http",
             TransportKind::Ws => "ws",
+            TransportKind::Zmq => "zmq",
         }
     }
 }
@@ -61,12 +64,13 @@ impl TransportKind {
 impl std::str::FromStr for TransportKind {
     type Err = Error;
 
-    /// `"http"` or `"ws"`; anything else is an [`ErrorKind::InvalidArgument`] error.
+    /// `"http"`, `"ws"` or `"zmq"`; anything else is an [`ErrorKind::InvalidArgument`] error.
     fn from_str(s: &str) -> Result<TransportKind> {
         match s {
             "http" => Ok(TransportKind::Http),
             "ws" => Ok(TransportKind::Ws),
-            other => Err(Error::invalid(format!("transport must be \"http\" or \"ws\", not {other:?}"))),
+            "zmq" => Ok(TransportKind::Zmq),
+            other => Err(Error::invalid(format!("transport must be \"http\", \"ws\" or \"zmq\", not {other:?}"))),
         }
     }
 }

@@ -16,13 +16,16 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 mod busy;
 pub mod http;
 pub mod ws;
+pub mod zmq;
 
 pub use crate::rpc::TransportKind;
 
-/// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http) or WS(S)
-/// (grenache-nodejs-ws), over TLS when `tls` is given. Needs a tokio runtime context.
+/// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http), WS(S)
+/// (grenache-nodejs-ws), over TLS when `tls` is given, or ZeroMQ (DEALER; no TLS: `tls` is
+/// ignored). Needs a tokio runtime context.
 pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTransport> {
     match kind {
+        TransportKind::Zmq => Arc::new(zmq::ZmqClient::default()),
         TransportKind::Ws => {
             let mut config = ws::WsClientConfig::default();
             if let Some(t) = tls {
@@ -73,7 +76,8 @@ impl std::fmt::Debug for ServerSettings {
 }
 
 /// Like [`bind_server`], with every setting. Errors: `InvalidArgument` for a `verify_client`
-/// hook on the HTTP transport; `Io` when the address cannot be bound.
+/// hook on the HTTP transport, or TLS or a hook on the ZeroMQ transport; `Io` when the address
+/// cannot be bound.
 pub async fn bind_server_with(
     kind: TransportKind,
     addr: SocketAddr,
@@ -82,6 +86,13 @@ pub async fn bind_server_with(
 ) -> Result<Arc<dyn ServerTransport>> {
     let ServerSettings { tls, reply_timeout, verify_client } = settings;
     Ok(match kind {
+        TransportKind::Zmq => {
+            if tls.is_some() || verify_client.is_some() {
+                return Err(crate::Error::invalid("the ZeroMQ transport has no TLS (and no CURVE): use WS or HTTP for TLS"));
+            }
+            let config = zmq::ZmqServerConfig::default().reply_timeout(reply_timeout);
+            Arc::new(zmq::ZmqServer::bind_arc(addr, handler, config).await?)
+        }
         TransportKind::Ws => {
             let mut config = ws::WsServerConfig::default().reply_timeout(reply_timeout);
             if let Some(t) = tls {
@@ -160,7 +171,7 @@ impl Connections {
     }
 
     /// Resolves once no connection is open.
-    async fn all_closed(&self) {
+    pub(crate) async fn all_closed(&self) {
         loop {
             let notified = self.none_left.notified();
             tokio::pin!(notified);
