@@ -77,6 +77,8 @@ pub struct GrapeConfig {
     node_liveness: Duration,
     check_max_payload_size: usize,
     max_connections: usize,
+    max_connections_per_ip: usize,
+    deadlines: crate::transport::ReadDeadlines,
     announce_window: Option<Duration>,
     lookup_window: Option<Duration>,
 }
@@ -96,6 +98,9 @@ impl Default for GrapeConfig {
             node_liveness: Duration::from_secs(300),
             check_max_payload_size: 8192,
             max_connections: 10_000,
+            max_connections_per_ip: crate::transport::ConnLimits::default().max_per_ip,
+            // Bodies are at most `check_max_payload_size` (8 KiB): 10 s is plenty.
+            deadlines: crate::transport::ReadDeadlines { body: Duration::from_secs(10), ..Default::default() },
             announce_window: None,
             lookup_window: None,
         }
@@ -202,11 +207,33 @@ impl GrapeConfig {
         self
     }
 
-    /// Most HTTP connections served at once (further ones wait to be accepted).
+    /// Most HTTP connections served at once; further ones are closed at once. Once three
+    /// quarters are held, a source holding `max_connections_per_ip / 16` or more gets no more
+    /// (the rest is kept for sources with few connections).
     ///
     /// Default is 10 000.
     pub fn max_connections(&mut self, n: usize) -> &mut Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Most HTTP connections one source IP address holds at once; further ones are closed at
+    /// once.
+    ///
+    /// Default is 512.
+    pub fn max_connections_per_ip(&mut self, n: usize) -> &mut Self {
+        self.max_connections_per_ip = n;
+        self
+    }
+
+    /// Deadlines on reading each HTTP request (head, body, minimum body rate) and on idle
+    /// keep-alive connections. A late head or an idle connection is closed; a late or slow body
+    /// gets `408 ERR_GRAPE_TIMEOUT` (raw text) and its connection closes.
+    ///
+    /// Default: head 10 s, body 10 s, at least 4 KiB/s after 5 s, idle 5 s (the `keep-alive:
+    /// timeout=5` the replies announce, and Node's default).
+    pub fn read_deadlines(&mut self, d: crate::transport::ReadDeadlines) -> &mut Self {
+        self.deadlines = d;
         self
     }
 
@@ -354,7 +381,12 @@ impl Grape {
         let forward = tokio::spawn(forward_events(Arc::downgrade(&inner), dht_events, inner.stop.clone()));
         let opts = http::ServerOptions {
             max_body: config.check_max_payload_size,
-            max_connections: config.max_connections,
+            connections: crate::transport::ConnLimits {
+                max_connections: config.max_connections,
+                max_per_ip: config.max_connections_per_ip,
+            },
+            deadlines: config.deadlines,
+            refusals: Arc::default(),
         };
         let server = tokio::spawn(http::serve(listener, Arc::new(Api(Arc::downgrade(&inner))), opts, inner.stop.clone()));
         lock(&inner.tasks).extend([forward, server]);

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -15,10 +14,64 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 mod busy;
 pub mod http;
+pub mod limits;
 pub mod ws;
 mod wsframe;
 
 pub use crate::rpc::TransportKind;
+pub use limits::{ConnLimits, ReadDeadlines, Refusals};
+
+/// Entry points of the fuzz targets in `fuzz/`: the decoders of this module without their
+/// sockets. Not part of the stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::task::{Context, Poll, Waker};
+
+    use super::wsframe::{FrameReader, Msg, Side, close_code_is_valid};
+
+    /// Feeds `bytes` to a WebSocket frame reader of `server`'s side (limit `max_message`), `chunk`
+    /// bytes per read (at least 1), taking every message after each read, as a connection does.
+    /// Panics if the reader breaks one of its promises: a text message that is not UTF-8, a
+    /// message over the limit, a close code a peer may not send. Returns how many messages and
+    /// control frames it read before the end or the first error.
+    pub fn ws_frames(server: bool, max_message: usize, bytes: &[u8], chunk: usize) -> usize {
+        let side = if server { Side::Server } else { Side::Client };
+        let mut reader = FrameReader::new(side, max_message, Vec::new());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut n = 0;
+        for part in bytes.chunks(chunk.max(1)) {
+            let mut src: &[u8] = part;
+            while !src.is_empty() {
+                match reader.poll_fill(&mut src, &mut cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) | Poll::Pending => return n,
+                    Poll::Ready(Ok(_)) => {}
+                }
+                loop {
+                    match reader.next_message() {
+                        Ok(Some(msg)) => {
+                            n += 1;
+                            match msg {
+                                Msg::Text(t) => {
+                                    assert!(std::str::from_utf8(t).is_ok(), "a text message that is not UTF-8");
+                                    assert!(t.len() <= max_message, "a message over the limit");
+                                }
+                                Msg::Binary(b) => assert!(b.len() <= max_message, "a message over the limit"),
+                                Msg::Ping(p) => assert!(p.len() <= 125, "a ping over 125 bytes"),
+                                Msg::Close(code) => {
+                                    assert!(code.is_none_or(close_code_is_valid), "a close code a peer may not send");
+                                    return n;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => return n,
+                    }
+                }
+            }
+        }
+        n
+    }
+}
 
 /// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http) or WS(S)
 /// (grenache-nodejs-ws), over TLS when `tls` is given. Needs a tokio runtime context.
@@ -105,21 +158,16 @@ pub async fn bind_server_with(
 
 /// The accept loop every server here shares (Grape API, HTTP, WS, PUB/SUB).
 ///
-/// Accepts connections until `stop` is cancelled, serving at most `max_connections` at once
-/// (further ones wait in the kernel's backlog). Each socket (with `TCP_NODELAY`) goes to `serve`
-/// in a task of its own, which holds its connection slot until it ends. Accept errors (EMFILE and
-/// friends) back off 50 ms instead of spinning.
-pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, max_connections: usize, stop: CancellationToken, serve: F)
+/// Accepts connections until `stop` is cancelled. Each one is admitted by `sources` (connections
+/// in all and per source IP, see [`ConnLimits`]) or closed at once; an admitted socket (with
+/// `TCP_NODELAY`) goes to `serve` in a task of its own, which holds its slot until it ends. Accept
+/// errors (EMFILE and friends) back off 50 ms instead of spinning.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, sources: Arc<limits::Sources>, stop: CancellationToken, serve: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.cancelled() => return,
-        };
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -131,10 +179,15 @@ where
             },
             _ = stop.cancelled() => return,
         };
+        let Some(slot) = sources.admit(remote.ip()) else {
+            // Closed at once: the client learns now instead of waiting in the backlog.
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let conn = serve(tcp, remote);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             conn.await;
         });
     }

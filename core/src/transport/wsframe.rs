@@ -46,7 +46,7 @@ const OP_CONT: u8 = 0x0;
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
 pub(crate) const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Which end of the socket we are: servers read masked frames and write plain ones, clients the
