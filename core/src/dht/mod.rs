@@ -35,6 +35,7 @@
 
 pub mod bencode;
 pub mod krpc;
+pub mod limits;
 mod node;
 pub mod routing;
 pub mod store;
@@ -72,6 +73,8 @@ pub struct DhtConfig {
     pub concurrency: usize,
     /// When set, an announce also stores `host:port` in this node's own peer store (the Grape's `host`).
     pub self_host: Option<std::net::Ipv4Addr>,
+    /// Limits per source address and the peer store's bounds in bytes (see [`limits::DhtLimits`]).
+    pub limits: limits::DhtLimits,
 }
 
 impl Default for DhtConfig {
@@ -90,6 +93,7 @@ impl Default for DhtConfig {
             query_timeout: Duration::from_secs(2),
             concurrency: 16,
             self_host: None,
+            limits: limits::DhtLimits::default(),
         }
     }
 }
@@ -212,6 +216,11 @@ impl Dht {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+    /// How many queries were dropped unanswered because their source address was over its rate
+    /// ([`limits::DhtLimits::queries_per_second`]).
+    pub fn refused_queries(&self) -> u64 {
+        self.inner.refused_queries()
     }
     /// This node's 20-byte id.
     pub fn id(&self) -> [u8; 20] {

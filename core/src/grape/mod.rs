@@ -79,6 +79,7 @@ pub struct GrapeConfig {
     max_connections: usize,
     max_connections_per_ip: usize,
     deadlines: crate::transport::ReadDeadlines,
+    dht_limits: crate::dht::limits::DhtLimits,
     announce_window: Option<Duration>,
     lookup_window: Option<Duration>,
 }
@@ -101,6 +102,7 @@ impl Default for GrapeConfig {
             max_connections_per_ip: crate::transport::ConnLimits::default().max_per_ip,
             // Bodies are at most `check_max_payload_size` (8 KiB): 10 s is plenty.
             deadlines: crate::transport::ReadDeadlines { body: Duration::from_secs(10), ..Default::default() },
+            dht_limits: crate::dht::limits::DhtLimits::default(),
             announce_window: None,
             lookup_window: None,
         }
@@ -220,7 +222,7 @@ impl GrapeConfig {
     /// Most HTTP connections one source IP address holds at once; further ones are closed at
     /// once.
     ///
-    /// Default is 512.
+    /// Default is 2,000.
     pub fn max_connections_per_ip(&mut self, n: usize) -> &mut Self {
         self.max_connections_per_ip = n;
         self
@@ -234,6 +236,16 @@ impl GrapeConfig {
     /// timeout=5` the replies announce, and Node's default).
     pub fn read_deadlines(&mut self, d: crate::transport::ReadDeadlines) -> &mut Self {
         self.deadlines = d;
+        self
+    }
+
+    /// The DHT node's limits per source address (KRPC queries per second, records per address)
+    /// and the peer store's bounds (longest service name, bytes).
+    ///
+    /// Default: [`crate::dht::limits::DhtLimits::default`] (500 queries/s per address, bursts of
+    /// 1000; names of at most 256 bytes; 64 MiB; 10,000 records per address).
+    pub fn dht_limits(&mut self, l: crate::dht::limits::DhtLimits) -> &mut Self {
+        self.dht_limits = l;
         self
     }
 
@@ -350,6 +362,7 @@ impl Grape {
                 Some(IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             },
+            limits: config.dht_limits,
         };
         let dht = Dht::bind(dht_config).await.map_err(|e| {
             Error::new(e.kind(), format!("cannot start the DHT on UDP {}:{}: {}", config.dht_bind, config.dht_port, e.message()))

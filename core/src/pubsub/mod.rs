@@ -143,7 +143,7 @@ impl PubConfig {
     }
 
     /// Subscribers one source IP address holds at once; further ones are closed at once.
-    /// Default is 512.
+    /// Default is 2,000.
     pub fn max_subscribers_per_ip(mut self, n: usize) -> Self {
         self.max_subscribers_per_ip = n.max(1);
         self

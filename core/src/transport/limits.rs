@@ -22,6 +22,9 @@ use tokio::time::Instant;
 /// holds three quarters of `max_connections`, a source holding `max_per_ip / 16` connections or
 /// more (at least 1) gets no more: the last quarter is kept for sources with few connections, so
 /// that a handful of sources at their per-IP cap cannot fill the server.
+///
+/// Default: 10,000 in all, 2,000 per address (five sources at their cap are needed to reach the
+/// reserve; above 7,500, a source holding 125 or more gets no more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
     /// Most connections served at once.
@@ -32,7 +35,7 @@ pub struct ConnLimits {
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        ConnLimits { max_connections: 10_000, max_per_ip: 512 }
+        ConnLimits { max_connections: 10_000, max_per_ip: 2_000 }
     }
 }
 

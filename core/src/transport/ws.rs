@@ -441,7 +441,7 @@ impl WsServerConfig {
     }
 
     /// How many sockets one source IP address holds at once; further ones are closed at once.
-    /// Default is 512.
+    /// Default is 2,000.
     pub fn max_connections_per_ip(mut self, n: usize) -> Self {
         self.max_connections_per_ip = n.max(1);
         self
