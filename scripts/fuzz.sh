@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in fuzz/ for a fixed time, one after the other, on one worker.
+# Runs every fuzz target in fuzz/ for a fixed time, one after the other, each in one process (no
+# -jobs/-workers: the machine may be shared).
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
 #
@@ -34,7 +35,7 @@ for t in "${TARGETS[@]}"; do
   echo "== $t: $SECS s"
   cargo fuzz build -O "$t"
   cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-    -max_total_time="$SECS" -max_len=4096 -workers=1 -jobs=1 -print_final_stats=1 2>&1 |
+    -max_total_time="$SECS" -max_len=4096 -print_final_stats=1 2>&1 |
     grep -E "^(Done|stat::|INFO: Seed|==[0-9]+==|SUMMARY|artifact_prefix)|panicked|Test unit written" || true
   if [ -n "$(ls -A "artifacts/$t" 2>/dev/null)" ]; then
     echo "!! $t: crash artifacts in fuzz/artifacts/$t" >&2

@@ -27,7 +27,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -342,8 +341,7 @@ impl Grape {
         };
         let http_ip = config.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         // Bind HTTP first so a busy API port does not leave a DHT node running.
-        let listener = TcpListener::bind(SocketAddr::new(http_ip, api_port))
-            .await
+        let listener = crate::transport::listen(SocketAddr::new(http_ip, api_port))
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot bind the HTTP API to {http_ip}:{api_port}: {e}")))?;
         let api_addr = listener.local_addr()?;
 

@@ -222,7 +222,7 @@ impl fmt::Debug for PeerPub {
 impl PeerPub {
     /// Binds `addr` (port 0 picks a free port) and starts accepting subscribers.
     pub async fn bind(addr: SocketAddr, config: PubConfig) -> Result<PeerPub> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::transport::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let (count, _) = watch::channel(0);
         let shared = Arc::new(PubShared {

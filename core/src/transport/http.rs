@@ -692,7 +692,7 @@ impl Drop for HttpServer {
 impl HttpServer {
     /// Binds `addr` (port 0 picks a free port) and serves `handler` in the background.
     pub async fn bind(addr: SocketAddr, handler: Arc<dyn Handler>, config: HttpServerConfig) -> Result<HttpServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = super::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let life = super::Lifecycle::new();
         let refusals = Arc::new(super::Refusals::default());

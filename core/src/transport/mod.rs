@@ -19,7 +19,7 @@ pub mod ws;
 mod wsframe;
 
 pub use crate::rpc::TransportKind;
-pub use limits::{ConnLimits, ReadDeadlines, Refusals};
+pub use limits::{ConnLimits, ReadDeadlines, Refusals, WsLiveness};
 
 /// Entry points of the fuzz targets in `fuzz/`: the decoders of this module without their
 /// sockets. Not part of the stable API.
@@ -101,7 +101,7 @@ pub async fn bind_server(
     tls: Option<ServerTls>,
     reply_timeout: Option<Duration>,
 ) -> Result<Arc<dyn ServerTransport>> {
-    bind_server_with(kind, addr, handler, ServerSettings { tls, reply_timeout, verify_client: None }).await
+    bind_server_with(kind, addr, handler, ServerSettings { tls, reply_timeout, ..Default::default() }).await
 }
 
 /// The settings of a server transport that [`bind_server_with`] applies to either kind.
@@ -114,6 +114,34 @@ pub struct ServerSettings {
     /// WS only: a hook that accepts or refuses each client before its upgrade (see
     /// [`ws::WsServerConfig::verify_client`]). The HTTP transport has none and refuses it.
     pub verify_client: Option<VerifyClient>,
+    /// Limits against hostile load: connections per source, read deadlines and the body budget
+    /// (HTTP), liveness (WS).
+    pub limits: ServerLimits,
+}
+
+/// The limits of a server transport against hostile load, for either kind
+/// ([`ServerSettings::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    /// Connections in all and per source address.
+    pub connections: ConnLimits,
+    /// HTTP: deadlines on each request's head and body, and on idle keep-alive connections.
+    pub deadlines: ReadDeadlines,
+    /// HTTP: request-body bytes the whole server buffers at once.
+    pub max_body_in_flight: usize,
+    /// WS: pings to silent sockets, and the idle time of sockets that send no request.
+    pub ws: limits::WsLiveness,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            connections: ConnLimits::default(),
+            deadlines: ReadDeadlines::default(),
+            max_body_in_flight: http::DEFAULT_MAX_BODY_IN_FLIGHT,
+            ws: limits::WsLiveness::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -122,6 +150,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("tls", &self.tls)
             .field("reply_timeout", &self.reply_timeout)
             .field("verify_client", &self.verify_client.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -134,10 +163,14 @@ pub async fn bind_server_with(
     handler: Arc<dyn Handler>,
     settings: ServerSettings,
 ) -> Result<Arc<dyn ServerTransport>> {
-    let ServerSettings { tls, reply_timeout, verify_client } = settings;
+    let ServerSettings { tls, reply_timeout, verify_client, limits } = settings;
     Ok(match kind {
         TransportKind::Ws => {
-            let mut config = ws::WsServerConfig::default().reply_timeout(reply_timeout);
+            let mut config = ws::WsServerConfig::default()
+                .reply_timeout(reply_timeout)
+                .max_connections(limits.connections.max_connections)
+                .max_connections_per_ip(limits.connections.max_per_ip)
+                .liveness(limits.ws);
             if let Some(t) = tls {
                 config = config.tls(t);
             }
@@ -150,10 +183,29 @@ pub async fn bind_server_with(
             if verify_client.is_some() {
                 return Err(crate::Error::invalid("verify_client is supported by the WS transport only"));
             }
-            let config = http::HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
+            let config = http::HttpServerConfig {
+                reply_timeout,
+                tls: tls.map(|t| t.config()),
+                max_connections: limits.connections.max_connections,
+                max_connections_per_ip: limits.connections.max_per_ip,
+                deadlines: limits.deadlines,
+                max_body_in_flight: limits.max_body_in_flight,
+                ..Default::default()
+            };
             Arc::new(http::HttpServer::bind(addr, handler, config).await?)
         }
     })
+}
+
+/// Binds a listening TCP socket with a backlog of 4096 (the kernel caps it at
+/// `net.core.somaxconn`) instead of tokio's 1024, so that a burst of connections, or a flood from
+/// one source that the accept loop is closing, does not overflow the queue and drop the connects
+/// of well-behaved clients.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(4096)
 }
 
 /// The accept loop every server here shares (Grape API, HTTP, WS, PUB/SUB).

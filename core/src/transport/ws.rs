@@ -510,7 +510,7 @@ impl WsServer {
 
     /// Like [`WsServer::bind`], with a shared handler.
     pub async fn bind_arc(addr: SocketAddr, handler: Arc<dyn Handler>, config: WsServerConfig) -> Result<WsServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = super::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let life = super::Lifecycle::new();
         let task = tokio::spawn(accept_loop(listener, handler, config, life.clone()));
