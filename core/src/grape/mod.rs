@@ -248,6 +248,16 @@ impl GrapeConfig {
         self
     }
 
+    /// The read deadlines set (see [`GrapeConfig::read_deadlines`]).
+    pub fn get_read_deadlines(&self) -> crate::transport::ReadDeadlines {
+        self.deadlines
+    }
+
+    /// The DHT limits set (see [`GrapeConfig::dht_limits`]).
+    pub fn get_dht_limits(&self) -> crate::dht::limits::DhtLimits {
+        self.dht_limits
+    }
+
     /// Re-announce window: an announce of the same name and port that already succeeded less
     /// than this long ago is answered with that result without a new DHT round. It bounds the
     /// UDP traffic a client in a tight announce loop can cause (each announce goes to every
@@ -328,6 +338,8 @@ struct Inner {
     recent_walks: Mutex<lru::LruCache<Vec<u8>, std::time::Instant>>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Longest service name looked up or announced (the peer store's longest key).
+    max_key_len: usize,
 }
 
 impl Grape {
@@ -373,6 +385,7 @@ impl Grape {
         // `_mem` lives half the peer max age (rounded up to a millisecond).
         let mem_age = Duration::from_millis(u64::try_from(config.peer_max_age.as_millis().div_ceil(2)).unwrap_or(u64::MAX));
         let inner = Arc::new(Inner {
+            max_key_len: config.dht_limits.peer_store.max_key_len,
             dht,
             dht_addr,
             api_addr,
@@ -593,6 +606,12 @@ impl Inner {
     }
 
     async fn handle(self: &Arc<Self>, req: Request) -> Reply {
+        if let Request::Lookup { name } | Request::Announce { name, .. } = &req
+            && name.len() > self.max_key_len
+        {
+            // No node would store it (the reference takes any length).
+            return Reply::app_error(200, api::ERR_KEY_TOO_LONG);
+        }
         match req {
             Request::Lookup { name } => match self.lookup(&name).await {
                 Ok(peers) => Reply::json_text(api::lookup_json(&peers)),
