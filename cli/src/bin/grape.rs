@@ -13,6 +13,9 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[path = "../trim.rs"]
+mod trim;
+
 use clap::Parser;
 use grenache::grape::{Grape, GrapeConfig, GrapeEvent};
 
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_level.as_deref());
+    trim::start();
     if cli.dht_concurrency.is_some() {
         tracing::warn!("--dc/--dht_concurrency is accepted for compatibility and ignored");
     }

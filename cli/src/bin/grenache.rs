@@ -21,6 +21,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "../trim.rs"]
+mod trim;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
 use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig};
@@ -439,6 +442,8 @@ async fn run(cli: Cli) -> Result<()> {
             print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
         }
         Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, limits, require_client_cert, grace } => {
+            // A server: give memory freed after bursts back to the system.
+            trim::start();
             let fixed = reply.as_deref().map(parse_payload);
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()

@@ -73,6 +73,26 @@ impl QueryRate {
         false
     }
 
+    /// Whether `ip` has spent its bucket (refilled to now, nothing taken): its datagrams are then
+    /// dropped before they are even decoded, so that a flood costs as little as possible.
+    pub(crate) fn exhausted(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let rate = self.rate;
+        match self.buckets.peek_mut(&ip) {
+            Some((tokens, at)) if *tokens < 1.0 => {
+                let refilled = *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate;
+                if refilled < 1.0 {
+                    self.refused += 1;
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// How many queries were refused in all.
     pub(crate) fn refused(&self) -> u64 {
         self.refused
@@ -95,6 +115,9 @@ mod tests {
         assert!(q.allow(a, t0 + Duration::from_millis(100)), "one token after 100 ms at 10/s");
         assert!(!q.allow(a, t0 + Duration::from_millis(100)));
         assert_eq!(q.refused(), 2);
+        assert!(q.exhausted(a, t0 + Duration::from_millis(100)), "spent, and nothing refilled yet");
+        assert!(!q.exhausted(a, t0 + Duration::from_millis(250)), "a token is back");
+        assert!(!q.exhausted(b, t0));
         let mut off = QueryRate::new(&DhtLimits { queries_per_second: 0.0, ..Default::default() });
         assert!((0..10_000).all(|_| off.allow(a, t0)));
     }

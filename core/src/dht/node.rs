@@ -372,6 +372,10 @@ impl Inner {
     }
 
     async fn on_datagram(self: &Arc<Self>, data: &[u8], from: SocketAddrV4) {
+        // A source that spent its query rate is flooding: drop before decoding.
+        if self.sources().exhausted(*from.ip(), Instant::now()) {
+            return;
+        }
         let msg = match krpc::decode(data) {
             Ok(m) => m,
             Err(e) => {
