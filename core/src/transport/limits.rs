@@ -234,7 +234,13 @@ where
         (Some(b), Some(n)) if n > 0 => Some(b.take(n as usize).ok_or(BodyError::Busy)?),
         _ => None,
     };
-    let mut buf = BytesMut::with_capacity(declared.map_or(256, |n| n as usize).min(max).min(64 * 1024));
+    // A declared length held in the budget is allocated once (no doubling, no copies while it
+    // grows); without a budget a declared length is not trusted beyond 64 KiB.
+    let first = match (&permit, declared) {
+        (Some(_), Some(n)) => n as usize,
+        _ => declared.map_or(256, |n| n as usize).min(max).min(64 * 1024),
+    };
+    let mut buf = BytesMut::with_capacity(first);
     loop {
         let allowed = match deadlines.body_min_rate {
             0 => deadlines.body,
