@@ -19,7 +19,7 @@ use tokio::net::{TcpSocket, TcpStream};
 const LONG: Duration = Duration::from_secs(20);
 
 fn echo() -> Arc<dyn Handler> {
-    Arc::new(|req: Request, reply: Reply| reply.ok(req.payload))
+    Arc::new(|req: Request, reply: Reply| reply.ok(req.payload.into_value()))
 }
 
 fn small_deadlines() -> ReadDeadlines {

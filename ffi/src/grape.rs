@@ -40,6 +40,7 @@ pub extern "C" fn grenache_grape_start(
         let bootstrap = if bootstrap.is_null() {
             Vec::new()
         } else {
+            // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
             match unsafe { crate::ptr::str_from_c(bootstrap) } {
                 Ok(s) => parse_bootstrap(s),
                 Err(e) => return e,
@@ -55,6 +56,7 @@ pub extern "C" fn grenache_grape_start(
 }
 
 fn start(rt: &grenache_runtime, config: GrapeConfig, out: *mut *mut grenache_grape) -> grenache_result {
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedGrape::start(&rt.rt, config), |inner| grenache_grape { inner }) }
 }
 
@@ -241,6 +243,7 @@ pub extern "C" fn grenache_grape_options_new(out: *mut *mut grenache_grape_optio
         }
         let mut config = GrapeConfig::new();
         config.dht_port(0).api_port(0);
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_boxed(out, grenache_grape_options { config }) };
         grenache_result::Ok
     }
@@ -356,6 +359,7 @@ pub extern "C" fn grenache_grape_start_opts(
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         let config = match unsafe { opts.as_ref() } {
             Some(o) => o.config.clone(),
             None => {

@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     match decode_body(body, flags & 1 != 0, slots, MAX) {
         Ok((rid, key, payload)) => {
             let _ = key.len();
-            for reply in [Ok(payload), Err("ERR_X".to_string())] {
+            for reply in [Ok(payload.into_value()), Err("ERR_X".to_string())] {
                 let out = envelope::encode_reply(&rid, &reply);
                 let back = envelope::decode_reply(&out).expect("our replies decode");
                 assert_eq!(back.rid, rid);

@@ -137,7 +137,7 @@ fn start_trimming() {
 async fn child(kind: &str) {
     start_trimming();
     use grenache::rpc::{Handler, Reply, Request};
-    let echo: Arc<dyn Handler> = Arc::new(|req: Request, reply: Reply| reply.ok(req.payload));
+    let echo: Arc<dyn Handler> = Arc::new(|req: Request, reply: Reply| reply.ok(req.payload.into_value()));
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
     let out = match kind {

@@ -126,7 +126,8 @@ class GrenacheTest < Minitest::Test
       assert_kind_of parent, e
       assert_equal code, e.code
       refute_nil Grenache.result_name(code), name
-      assert_equal "#{Grenache.result_name(code)}: detail", e.message
+      assert_equal "detail", e.message
+      assert_equal Grenache.result_name(code), e.name
     end
     assert_equal Grenache::RESULT.values.sort, ([0] + Grenache::ERROR_TABLE.map(&:last)).sort
   end

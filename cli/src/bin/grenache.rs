@@ -404,7 +404,7 @@ fn write_key(p: &PathBuf, key: &Keypair, force: bool) -> Result<()> {
 fn handler(fixed: Option<Value>) -> Arc<dyn Handler> {
     Arc::new(move |req: Request, reply: Reply| match &fixed {
         Some(v) => reply.ok(v.clone()),
-        None => reply.ok(req.payload),
+        None => reply.ok_raw(req.payload.into_raw()),
     })
 }
 

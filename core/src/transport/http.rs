@@ -985,7 +985,7 @@ pub fn decode_body(
     compress: bool,
     gr: Option<(Value, String)>,
     max: usize,
-) -> std::result::Result<(Value, String, Value), (StatusCode, String)> {
+) -> std::result::Result<(Value, String, crate::rpc::Payload), (StatusCode, String)> {
     let body: std::borrow::Cow<'_, [u8]> = if compress {
         match gunzip(body, max) {
             Ok(b) => b.into(),

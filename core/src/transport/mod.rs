@@ -16,7 +16,6 @@ mod busy;
 pub mod http;
 pub mod limits;
 pub mod ws;
-mod wsframe;
 
 pub use crate::rpc::TransportKind;
 pub use limits::{ConnLimits, ReadDeadlines, Refusals, WsLiveness};
@@ -27,7 +26,7 @@ pub use limits::{ConnLimits, ReadDeadlines, Refusals, WsLiveness};
 pub mod fuzzing {
     use std::task::{Context, Poll, Waker};
 
-    use super::wsframe::{FrameReader, Msg, Side, close_code_is_valid};
+    use super::ws::frame::{FrameReader, Msg, Side, close_code_is_valid};
 
     /// Feeds `bytes` to a WebSocket frame reader of `server`'s side (limit `max_message`), `chunk`
     /// bytes per read (at least 1), taking every message after each read, as a connection does.

@@ -1,6 +1,12 @@
 # frozen_string_literal: true
 
+require 'English'
 require 'ffi'
+
+module Grenache
+  # libgrenache could not be loaded (see {Native}); raised when the gem is required.
+  class LibraryNotFound < ::LoadError; end
+end
 
 module Grenache
   # The raw C ABI of libgrenache (include/grenache.h), one attached function per C function.
@@ -10,11 +16,65 @@ module Grenache
   # threads (binding a port, freeing a handle) are attached with `blocking: true`: they release
   # the GVL, so that those threads can run Ruby callbacks meanwhile.
   #
-  # The library is loaded from `ENV['GRENACHE_LIB']` (a path) or, without it, from the usual
-  # library search path (`libgrenache.so`).
+  # Where libgrenache is loaded from, first match wins (see {Native.library_candidates}):
+  # 1. `ENV['GRENACHE_LIB']`, a path to the library (nothing else is tried then);
+  # 2. the libdir of an installed libgrenache as pkg-config reports it
+  #    (`pkg-config --variable=libdir grenache`, honouring `PKG_CONFIG_PATH`);
+  # 3. the dynamic loader's search path: `libgrenache.so.1` (the installed run-time name), then
+  #    `libgrenache.so`.
+  # When none loads, requiring the gem raises {Grenache::LibraryNotFound} (a ::LoadError) that
+  # names what was tried and how to fix it.
   module Native
     extend FFI::Library
-    ffi_lib ENV.fetch('GRENACHE_LIB', 'grenache')
+
+    # The SONAME major this binding is written for: the ABI of include/grenache.h.
+    ABI_MAJOR = 0
+
+    # The paths or names to try, in order.
+    # @return [Array<String>]
+    def self.library_candidates(env = ENV)
+      explicit = env['GRENACHE_LIB']
+      return [explicit] if explicit && !explicit.empty?
+
+      found = []
+      libdir = pkg_config_libdir
+      if libdir
+        found << File.join(libdir, "libgrenache.so.#{ABI_MAJOR}")
+        found << File.join(libdir, 'libgrenache.so')
+      end
+      found + ["libgrenache.so.#{ABI_MAJOR}", 'libgrenache.so']
+    end
+
+    # `pkg-config --variable=libdir grenache`, or nil without pkg-config or the .pc file.
+    def self.pkg_config_libdir
+      out = IO.popen(%w[pkg-config --variable=libdir grenache], err: File::NULL, &:read)
+      dir = out.to_s.strip
+      $CHILD_STATUS.success? && !dir.empty? ? dir : nil
+    rescue SystemCallError
+      nil
+    end
+
+    # Loads the first candidate that opens (ffi_lib with several names would need them all).
+    def self.load_library(candidates)
+      errors = []
+      candidates.each do |lib|
+        ffi_lib lib
+        return lib
+      rescue LoadError => e
+        errors << e.message.lines.first.to_s.strip
+      end
+      raise Grenache::LibraryNotFound,
+            "grenache-native: libgrenache (the grenache-rs C library) could not be loaded; tried " \
+            "#{candidates.join(', ')}.\n" \
+            'Install it (the Debian package grenache, or scripts/install-c.sh of grenache-rs: see its ' \
+            'README, section Install), make it visible to pkg-config ' \
+            '(PKG_CONFIG_PATH=<prefix>/lib/pkgconfig), or point GRENACHE_LIB at the file ' \
+            "(GRENACHE_LIB=/path/to/libgrenache.so.#{ABI_MAJOR}).\n" \
+            "Loader: #{errors.join(' | ')}"
+    end
+
+    # The library that was loaded (a path or a loader name).
+    LIBRARY = load_library(library_candidates)
 
     # grenache_request_options: zero-initialised per-call options of request/map.
     class RequestOptions < FFI::Struct
@@ -28,6 +88,7 @@ module Grenache
 
     callback :json_cb, %i[pointer uint32 pointer pointer size_t], :void
     callback :done_cb, %i[pointer uint32 pointer], :void
+    callback :bool_cb, %i[pointer uint32 pointer bool], :void
     callback :free_cb, [:pointer], :void
     callback :handler_cb, %i[pointer pointer pointer], :void
     callback :verify_client_cb, %i[pointer pointer], :bool
@@ -39,6 +100,7 @@ module Grenache
 
     # Results, errors, version.
     attach_function :grenache_result_name, [:uint32], :string
+    attach_function :grenache_result_class_name, [:uint32], :string
     attach_function :grenache_result_message, %i[uint32 pointer size_t pointer], :uint32
     attach_function :grenache_error_code, [:pointer], :uint32
     attach_function :grenache_error_message, [:pointer], :string
@@ -101,7 +163,7 @@ module Grenache
     attach_function :grenache_server_announce, %i[pointer string done_cb pointer], :uint32
     attach_function :grenache_server_start_announcing, %i[pointer string uint64], :uint32
     attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
-    attach_function :grenache_server_shutdown, %i[pointer uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_shutdown, %i[pointer uint64 bool_cb pointer], :uint32
     attach_function :grenache_server_free, [:pointer], :void, B
     attach_function :grenache_server_options_new, [:pointer], :uint32
     attach_function :grenache_server_options_free, [:pointer], :void
