@@ -395,6 +395,46 @@ enum grenache_grape_option
      * (default: peer max age / 1200, at most 100; 0: every lookup walks).
      */
     GRENACHE_GRAPE_OPTION_LOOKUP_WINDOW_MS = 10,
+    /**
+     * Most HTTP API connections one source IP address holds at once; further ones are closed at
+     * once (default 2000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_CONNECTIONS_PER_IP = 11,
+    /**
+     * Time an HTTP client has to send a request's head (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_HEADER_TIMEOUT_MS = 12,
+    /**
+     * Time an HTTP client has to send a request's whole body; a late one gets `408
+     * ERR_GRAPE_TIMEOUT` (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_BODY_TIMEOUT_MS = 13,
+    /**
+     * Bytes per second a body must come at, on average, after its first 5 s (default 4096; 0:
+     * any rate).
+     */
+    GRENACHE_GRAPE_OPTION_BODY_MIN_RATE = 14,
+    /**
+     * Time an idle keep-alive HTTP connection is kept (default 5000).
+     */
+    GRENACHE_GRAPE_OPTION_IDLE_TIMEOUT_MS = 15,
+    /**
+     * Longest service name (DHT key) stored or looked up, in bytes (default 256).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_KEY_LEN = 16,
+    /**
+     * Most bytes the peer store holds, keys and records (default 67108864).
+     */
+    GRENACHE_GRAPE_OPTION_PEER_STORE_BYTES = 17,
+    /**
+     * Most peer records one IP address has in the peer store (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_RECORDS_PER_IP = 18,
+    /**
+     * KRPC queries one IP address may send per second, bursts of twice as many (default 500; 0:
+     * any).
+     */
+    GRENACHE_GRAPE_OPTION_QUERIES_PER_IP = 19,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -22,6 +22,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "../trim.rs"]
+mod trim;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
 use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig};
@@ -118,6 +121,8 @@ enum Cmd {
         reply_timeout: Option<u64>,
         #[command(flatten)]
         tls: TlsOpts,
+        #[command(flatten)]
+        limits: LimitOpts,
         /// Require a client certificate signed by --tls-ca (HTTPS).
         #[arg(long)]
         require_client_cert: bool,
@@ -257,6 +262,59 @@ struct RpcOpts {
     tls: TlsOpts,
 }
 
+/// Limits against hostile load (`serve`); the defaults are the library's.
+#[derive(Debug, Args, Clone)]
+struct LimitOpts {
+    /// Most connections served at once; further ones are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most connections one source IP address holds at once.
+    #[arg(long, default_value_t = 2_000)]
+    max_connections_per_ip: usize,
+    /// HTTP: milliseconds a client has to send a request's head.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout: u64,
+    /// HTTP: milliseconds a client has to send a request's whole body.
+    #[arg(long, default_value_t = 60_000)]
+    body_timeout: u64,
+    /// HTTP: bytes per second a body must come at, on average, after its first 5 s (0: any).
+    #[arg(long, default_value_t = 4096)]
+    body_min_rate: u64,
+    /// HTTP: milliseconds an idle keep-alive connection is kept.
+    #[arg(long, default_value_t = 5_000)]
+    idle_timeout: u64,
+    /// HTTP: request-body bytes the whole server buffers at once (503 ERR_BUSY beyond).
+    #[arg(long, default_value_t = 256 << 20)]
+    max_body_in_flight: usize,
+    /// WS: milliseconds of silence after which a socket is pinged (0: never).
+    #[arg(long, default_value_t = 30_000)]
+    ws_ping_interval: u64,
+    /// WS: milliseconds a pinged socket has to answer.
+    #[arg(long, default_value_t = 10_000)]
+    ws_pong_timeout: u64,
+    /// WS: milliseconds a socket that sends no request is kept (0: forever).
+    #[arg(long, default_value_t = 300_000)]
+    ws_idle_timeout: u64,
+}
+
+impl LimitOpts {
+    fn limits(&self) -> transport::ServerLimits {
+        let ms = Duration::from_millis;
+        transport::ServerLimits {
+            connections: transport::ConnLimits { max_connections: self.max_connections, max_per_ip: self.max_connections_per_ip },
+            deadlines: transport::ReadDeadlines {
+                header: ms(self.header_timeout),
+                body: ms(self.body_timeout),
+                body_min_rate: self.body_min_rate,
+                idle: ms(self.idle_timeout),
+                ..Default::default()
+            },
+            max_body_in_flight: self.max_body_in_flight,
+            ws: transport::WsLiveness { ping_interval: ms(self.ws_ping_interval), pong_timeout: ms(self.ws_pong_timeout), idle: ms(self.ws_idle_timeout) },
+        }
+    }
+}
+
 #[derive(Debug, Args, Clone)]
 struct TlsOpts {
     /// Certificate (PEM): the server's for `serve`, the client's for requests. Enables HTTPS.
@@ -331,8 +389,10 @@ impl TransportChoice {
         tls: &TlsOpts,
         require_client_cert: bool,
         reply_timeout: Option<Duration>,
+        limits: transport::ServerLimits,
     ) -> Result<Arc<dyn ServerTransport>> {
-        transport::bind_server(self.kind(), addr, handler, server_tls(tls, require_client_cert)?, reply_timeout).await
+        let settings = transport::ServerSettings { tls: server_tls(tls, require_client_cert)?, reply_timeout, limits, ..Default::default() };
+        transport::bind_server_with(self.kind(), addr, handler, settings).await
     }
 }
 
@@ -432,13 +492,15 @@ async fn run(cli: Cli) -> Result<()> {
             };
             print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
         }
-        Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, require_client_cert, grace } => {
+        Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, limits, require_client_cert, grace } => {
+            // A server: give memory freed after bursts back to the system.
+            trim::start();
             let fixed = reply.as_deref().map(parse_payload);
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
                 .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
             let server = transport
-                .serve(addr, handler(fixed), &tls, require_client_cert, reply_timeout.map(Duration::from_millis))
+                .serve(addr, handler(fixed), &tls, require_client_cert, reply_timeout.map(Duration::from_millis), limits.limits())
                 .await?;
             let peer = PeerRpcServer::new(link, server);
             let mut handles = Vec::new();

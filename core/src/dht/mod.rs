@@ -36,6 +36,7 @@
 pub mod bencode;
 mod heal;
 pub mod krpc;
+pub mod limits;
 mod node;
 pub mod routing;
 pub mod store;
@@ -89,6 +90,8 @@ pub struct DhtConfig {
     /// Once the routing table is healthy, a bucket is refreshed (a lookup of a random id in it)
     /// when none of its nodes was heard from for this long. Default 15 min (BEP 5).
     pub refresh_interval: Duration,
+    /// Limits per source address and the peer store's bounds in bytes (see [`limits::DhtLimits`]).
+    pub limits: limits::DhtLimits,
 }
 
 impl Default for DhtConfig {
@@ -111,6 +114,7 @@ impl Default for DhtConfig {
             saved_nodes: Vec::new(),
             maintenance_rate: 10,
             refresh_interval: Duration::from_secs(15 * 60),
+            limits: limits::DhtLimits::default(),
         }
     }
 }
@@ -310,6 +314,11 @@ impl Dht {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+    /// How many queries were dropped unanswered because their source address was over its rate
+    /// ([`limits::DhtLimits::queries_per_second`]).
+    pub fn refused_queries(&self) -> u64 {
+        self.inner.refused_queries()
     }
     /// This node's 20-byte id.
     pub fn id(&self) -> [u8; 20] {

@@ -34,6 +34,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::transport::limits::{Liveness, Verdict, WsLiveness};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -76,9 +78,11 @@ pub struct PubConfig {
     queue_capacity: usize,
     policy: SlowSubscriberPolicy,
     max_subscribers: usize,
+    max_subscribers_per_ip: usize,
     max_message_size: usize,
     handshake_timeout: Duration,
     transport: TransportKind,
+    liveness: WsLiveness,
 }
 
 impl Default for PubConfig {
@@ -90,8 +94,11 @@ impl Default for PubConfig {
             queue_capacity: 1024,
             policy: SlowSubscriberPolicy::Disconnect,
             max_subscribers: 10_000,
+            max_subscribers_per_ip: crate::transport::ConnLimits::default().max_per_ip,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
+            // Subscribers send nothing: no idle time, only pings.
+            liveness: WsLiveness { idle: Duration::ZERO, ..WsLiveness::default() },
         }
     }
 }
@@ -144,9 +151,24 @@ impl PubConfig {
         self
     }
 
-    /// Subscribers served at once; further ones wait in the listen backlog. Default is 10,000.
+    /// Subscribers served at once; further ones are closed at once (see
+    /// [`crate::transport::ConnLimits`]). Default is 10,000.
     pub fn max_subscribers(mut self, n: usize) -> Self {
         self.max_subscribers = n.max(1);
+        self
+    }
+
+    /// Subscribers one source IP address holds at once; further ones are closed at once.
+    /// Default is 2,000.
+    pub fn max_subscribers_per_ip(mut self, n: usize) -> Self {
+        self.max_subscribers_per_ip = n.max(1);
+        self
+    }
+
+    /// Pings to a silent subscriber and the time it has to answer (its `idle` is not used:
+    /// subscribers send nothing). Default: a ping after 30 s of silence, 10 s to answer.
+    pub fn liveness(mut self, l: WsLiveness) -> Self {
+        self.liveness = WsLiveness { idle: Duration::ZERO, ..l };
         self
     }
 
@@ -224,7 +246,7 @@ impl PeerPub {
             TransportKind::Zmq => return Err(Error::invalid("ZeroMQ PUB/SUB has no TLS (and no CURVE): use WS for TLS")),
             other => return Err(Error::invalid(format!("no PUB/SUB over {other:?}: WS or ZeroMQ"))),
         }
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::transport::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let (count, _) = watch::channel(0);
         let shared = Arc::new(PubShared {
@@ -247,7 +269,7 @@ impl PeerPub {
         if config.transport == TransportKind::Zmq {
             tokio::spawn(zmq::pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
         } else {
-            tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+            tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.clone(), shutdown.clone()));
         }
         Ok(PeerPub { local_addr, shared, shutdown, announces: Mutex::new(Vec::new()) })
     }
@@ -360,11 +382,14 @@ async fn pub_accept_loop(
     listener: TcpListener,
     shared: Arc<PubShared>,
     settings: AcceptSettings,
-    max_subscribers: usize,
+    config: PubConfig,
     shutdown: CancellationToken,
 ) {
     let settings = Arc::new(settings);
-    crate::transport::accept_loop(listener, max_subscribers, shutdown.clone(), move |tcp, remote| {
+    let limits = crate::transport::ConnLimits { max_connections: config.max_subscribers, max_per_ip: config.max_subscribers_per_ip };
+    let sources = crate::transport::limits::Sources::new(limits, Arc::default());
+    let liveness = config.liveness;
+    crate::transport::accept_loop(listener, sources, shutdown.clone(), move |tcp, remote| {
         let shared = shared.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
@@ -376,13 +401,15 @@ async fn pub_accept_loop(
                     return;
                 }
             };
-            serve_subscriber(ws, shared, shutdown).await;
+            serve_subscriber(ws, shared, shutdown, liveness).await;
         }
     })
     .await;
 }
 
-async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken) {
+async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken, liveness: WsLiveness) {
+    let mut live = Liveness::new(liveness);
+    let mut reads = 0u64;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let q = Arc::new(SubQueue {
         q: Mutex::new(QueueState { items: VecDeque::new(), kicked: false, dropped: 0 }),
@@ -428,6 +455,7 @@ async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShare
                 // Subscribers send nothing that matters; pings are answered on the next flush.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {
+                    reads += 1;
                     if ws.flush().await.is_err() {
                         break;
                     }
@@ -435,6 +463,19 @@ async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShare
             },
             _ = q.kick.cancelled() => break,
             _ = shutdown.cancelled() => break,
+            v = live.check(reads, 0) => {
+                if v != Verdict::Ping {
+                    tracing::debug!("pub: a subscriber did not answer a ping");
+                    break;
+                }
+                let ping = async {
+                    ws.feed(Message::Ping(Default::default())).await?;
+                    ws.flush().await
+                };
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
         }
     }
     {
