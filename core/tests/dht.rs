@@ -703,6 +703,8 @@ fn dht_state_json_round_trip_and_errors() {
     ] {
         assert_eq!(DhtState::from_json(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad}");
     }
+}
+
 /// A ping from a node id, sent from `sock` (which never answers anything).
 async fn silent_ping(sock: &UdpSocket, to: SocketAddr, id: &[u8; 20]) {
     let mut q = b"d1:ad2:id20:".to_vec();

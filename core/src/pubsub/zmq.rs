@@ -47,7 +47,10 @@ pub(super) async fn pub_accept_loop(
     shutdown: CancellationToken,
 ) {
     let timeout = settings.handshake_timeout;
-    crate::transport::accept_loop(listener, max_subscribers, shutdown.clone(), move |tcp, remote| {
+    // ZeroMQ subscribers share the total cap; the WS publisher's per-IP cap is not applied here.
+    let limits = crate::transport::ConnLimits { max_connections: max_subscribers, max_per_ip: max_subscribers };
+    let sources = crate::transport::limits::Sources::new(limits, Arc::default());
+    crate::transport::accept_loop(listener, sources, shutdown.clone(), move |tcp, remote| {
         serve_subscriber(tcp, remote, shared.clone(), timeout, shutdown.clone())
     })
     .await;

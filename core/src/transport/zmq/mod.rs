@@ -209,7 +209,9 @@ impl ZmqServer {
         let l = life.clone();
         let stop = life.draining.clone();
         let max = config.max_connections;
-        tokio::spawn(accept_loop(listener, max, stop, move |tcp, remote| {
+        // A total cap on connections; no per-IP cap on this internal-network transport.
+        let sources = super::limits::Sources::new(super::ConnLimits { max_connections: max, max_per_ip: max }, Arc::default());
+        tokio::spawn(accept_loop(listener, sources, stop, move |tcp, remote| {
             serve_connection(tcp, remote, handler.clone(), config.clone(), l.clone())
         }));
         Ok(ZmqServer { local_addr, life })
