@@ -608,11 +608,13 @@ impl Inner {
         let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St)> = BTreeMap::new();
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
-        // Questionable nodes (never answered us) are not where a lookup starts.
+        // Questionable nodes (never answered us) are not where a lookup starts, unless no good
+        // node is known at all (a node that only others bootstrapped from).
         let seeds: Vec<NodeInfo> = {
             let all = self.state().table.closest(&target, 4 * K);
             let silent = lock(&self.silent);
-            all.into_iter().filter(|n| !silent.contains(&n.id)).take(K).collect()
+            let good: Vec<NodeInfo> = all.iter().filter(|n| !silent.contains(&n.id)).take(K).copied().collect();
+            if good.is_empty() { all.into_iter().take(K).collect() } else { good }
         };
         let mut set: JoinSet<WalkJob> = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);
