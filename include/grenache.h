@@ -898,6 +898,16 @@ grenache_result grenache_grape_options_set_host(grenache_grape_options *opts, co
 grenache_result grenache_grape_options_set_bootstrap(grenache_grape_options *opts, const char *bootstrap);
 
 /**
+ * Sets the file that keeps the DHT node's id and the good nodes of its routing table across
+ * restarts (the `grape --dht-state FILE` option). It is read at start: the saved nodes are used
+ * at once, so the Grape serves lookups without any bootstrap node, and those that do not answer
+ * are dropped. It is written when the Grape stops and every minute while it runs. A missing file
+ * is a first start; a malformed one is reported as a `WARNING` event and ignored. NULL (the
+ * default): nothing is saved. Errors: `NULL_PARAMETER` (`opts`), `INVALID_UTF8`.
+ */
+grenache_result grenache_grape_options_set_dht_state(grenache_grape_options *opts, const char *path);
+
+/**
  * Starts a Grape with `opts` (copied; NULL: the defaults of `grenache_grape_options_new`).
  * Otherwise the same contract as `grenache_grape_start`: blocks until both ports are bound (at
  * most 10 s; `INVALID_STATE` inside callbacks) and writes `*out` on success. Errors:

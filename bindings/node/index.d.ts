@@ -69,6 +69,11 @@ export interface GrapeOptions {
   bootstrap?: string[]
   /** The address announced for services (default: the caller's address). */
   host?: string
+  /**
+   * A file that keeps the DHT node's id and routing table across restarts: read at start (a
+   * restarted Grape rejoins without `bootstrap`), written at stop and every minute.
+   */
+  dhtState?: string
 }
 
 /** A Grape (DHT node + HTTP API) running in this process; the constructor starts it. */

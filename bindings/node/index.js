@@ -102,7 +102,7 @@ const ms = (s) => (s === undefined || s === null ? undefined : Math.max(0, Math.
 class Grape {
   // Starts a Grape: `{ dhtPort, apiPort, bootstrap: ['127.0.0.1:20001'], host }` (ports 0: any free).
   constructor (opts = {}) {
-    this._g = sync(() => new native.NativeGrape(opts.dhtPort || 0, opts.apiPort || 0, opts.bootstrap || [], opts.host))
+    this._g = sync(() => new native.NativeGrape(opts.dhtPort || 0, opts.apiPort || 0, opts.bootstrap || [], opts.host, opts.dhtState))
   }
 
   get dhtPort () { return this._g.dhtPort }

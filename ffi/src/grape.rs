@@ -344,6 +344,22 @@ pub extern "C" fn grenache_grape_options_set_bootstrap(opts: *mut grenache_grape
     }
 }
 
+/// Sets the file that keeps the DHT node's id and the good nodes of its routing table across
+/// restarts (the `grape --dht-state FILE` option). It is read at start: the saved nodes are used
+/// at once, so the Grape serves lookups without any bootstrap node, and those that do not answer
+/// are dropped. It is written when the Grape stops and every minute while it runs. A missing file
+/// is a first start; a malformed one is reported as a `WARNING` event and ignored. NULL (the
+/// default): nothing is saved. Errors: `NULL_PARAMETER` (`opts`), `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_set_dht_state(opts: *mut grenache_grape_options, path: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let path = if path.is_null() { None } else { Some(std::path::PathBuf::from(try_str!(path))) };
+        o.config.dht_state(path.filter(|p| !p.as_os_str().is_empty()));
+        grenache_result::Ok
+    }
+}
+
 /// Starts a Grape with `opts` (copied; NULL: the defaults of `grenache_grape_options_new`).
 /// Otherwise the same contract as `grenache_grape_start`: blocks until both ports are bound (at
 /// most 10 s; `INVALID_STATE` inside callbacks) and writes `*out` on success. Errors:

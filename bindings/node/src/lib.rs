@@ -125,10 +125,20 @@ pub struct NativeGrape {
 #[napi]
 impl NativeGrape {
     #[napi(constructor)]
-    pub fn new(dht_port: Option<u32>, api_port: Option<u32>, bootstrap: Option<Vec<String>>, host: Option<String>) -> napi::Result<Self, ErrName> {
+    pub fn new(
+        dht_port: Option<u32>,
+        api_port: Option<u32>,
+        bootstrap: Option<Vec<String>>,
+        host: Option<String>,
+        dht_state: Option<String>,
+    ) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let mut config = GrapeConfig::new();
-        config.dht_port(port(dht_port)?).api_port(port(api_port)?).bootstrap(bootstrap.unwrap_or_default());
+        config
+            .dht_port(port(dht_port)?)
+            .api_port(port(api_port)?)
+            .bootstrap(bootstrap.unwrap_or_default())
+            .dht_state(dht_state.filter(|p| !p.is_empty()).map(std::path::PathBuf::from));
         if let Some(h) = host {
             let ip = h.parse().map_err(|_| js_err(&invalid(format!("host {h:?} is not an IP address"))))?;
             config.host(Some(ip));

@@ -66,6 +66,23 @@ after(async () => {
   await g1.stop()
 })
 
+test('dhtState: the routing table is saved when the Grape stops', async () => {
+  const fs = require('fs')
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'grenache-node-state-'))
+  try {
+    const file = path.join(dir, 'dht.json')
+    const gs = new g.Grape({ host: '127.0.0.1', bootstrap: [`127.0.0.1:${g1.dhtPort}`], dhtState: file })
+    await sleep(1000) // the bootstrap walk on loopback takes milliseconds
+    await gs.stop()
+    const saved = JSON.parse(fs.readFileSync(file, 'utf8'))
+    assert.equal(saved.version, 1)
+    assert.equal(saved.id.length, 40)
+    assert.ok(saved.nodes.some((n) => n.addr === `127.0.0.1:${g1.dhtPort}`), JSON.stringify(saved))
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
 for (const transport of ['http', 'ws']) {
   test(`request, errors and timeouts over ${transport}`, async () => {
     const s = new g.Server(l1, handler, { transport })

@@ -164,11 +164,18 @@ struct Grape {
 #[pymethods]
 impl Grape {
     #[new]
-    #[pyo3(signature = (dht_port=0, api_port=0, bootstrap=Vec::new(), host=None))]
-    fn new(py: Python<'_>, dht_port: u16, api_port: u16, bootstrap: Vec<String>, host: Option<String>) -> PyResult<Grape> {
+    #[pyo3(signature = (dht_port=0, api_port=0, bootstrap=Vec::new(), host=None, dht_state=None))]
+    fn new(
+        py: Python<'_>,
+        dht_port: u16,
+        api_port: u16,
+        bootstrap: Vec<String>,
+        host: Option<String>,
+        dht_state: Option<std::path::PathBuf>,
+    ) -> PyResult<Grape> {
         let rt = runtime(py)?;
         let mut config = GrapeConfig::new();
-        config.dht_port(dht_port).api_port(api_port).bootstrap(bootstrap);
+        config.dht_port(dht_port).api_port(api_port).bootstrap(bootstrap).dht_state(dht_state);
         if let Some(h) = host {
             let ip = h.parse().map_err(|_| py_err(py, &invalid(format!("host {h:?} is not an IP address"))))?;
             config.host(Some(ip));

@@ -138,6 +138,26 @@ def in_thread(fn):
     return th, errors
 
 
+class DhtStateTest(unittest.TestCase):
+    def test_dht_state_is_saved_on_stop(self):
+        import tempfile
+
+        g1 = grenache.Grape(host="127.0.0.1")
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "dht.json")
+                g = grenache.Grape(bootstrap=[f"127.0.0.1:{g1.dht_port}"], host="127.0.0.1", dht_state=path)
+                time.sleep(1.0)  # the bootstrap walk on loopback takes milliseconds
+                g.stop()
+                with open(path) as f:
+                    saved = json.load(f)
+                self.assertEqual(saved["version"], 1)
+                self.assertEqual(len(saved["id"]), 40)
+                self.assertIn(f"127.0.0.1:{g1.dht_port}", [n["addr"] for n in saved["nodes"]])
+        finally:
+            g1.stop()
+
+
 class LocalTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

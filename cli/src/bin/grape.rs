@@ -115,6 +115,11 @@ struct Cli {
     #[arg(long = "cache_maxAge", value_name = "MS")]
     cache_max_age: Option<u64>,
 
+    /// File that keeps the DHT node's id and good routing-table nodes across restarts: read at
+    /// start (so the Grape rejoins without bootstrap nodes), written at stop and every minute.
+    #[arg(long = "dht-state", visible_alias = "dht_state", value_name = "FILE")]
+    dht_state: Option<std::path::PathBuf>,
+
     /// Log level: error, warn, info, debug, trace, or a tracing filter. Default: RUST_LOG, else info.
     #[arg(long = "log-level", value_name = "LEVEL")]
     log_level: Option<String>,
@@ -160,7 +165,8 @@ fn config_from(cli: &Cli) -> GrapeConfig {
             queries_per_second: cli.queries_per_ip,
             query_burst: (cli.queries_per_ip * 2.0).max(1.0),
             ..Default::default()
-        });
+        })
+        .dht_state(cli.dht_state.clone());
     c
 }
 

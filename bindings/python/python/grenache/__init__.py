@@ -202,10 +202,20 @@ class Grape:
     """A Grape (DHT node + HTTP API) running in this process, started by the constructor.
 
     ``dht_port``/``api_port`` 0 pick free ports; ``bootstrap`` lists other Grapes' DHT
-    addresses (``"127.0.0.1:20001"``). Stop it with ``stop()`` or a ``with`` block."""
+    addresses (``"127.0.0.1:20001"``). ``dht_state`` names a file that keeps the DHT node's id
+    and routing table across restarts (read at start, so a restarted Grape rejoins without
+    ``bootstrap``; written at stop and every minute). Stop it with ``stop()`` or a ``with``
+    block."""
 
-    def __init__(self, dht_port: int = 0, api_port: int = 0, bootstrap: Sequence[str] = (), host: Optional[str] = None) -> None:
-        self._g = _native.Grape(dht_port, api_port, list(bootstrap), host)
+    def __init__(
+        self,
+        dht_port: int = 0,
+        api_port: int = 0,
+        bootstrap: Sequence[str] = (),
+        host: Optional[str] = None,
+        dht_state: Optional[str] = None,
+    ) -> None:
+        self._g = _native.Grape(dht_port, api_port, list(bootstrap), host, dht_state)
 
     @property
     def dht_port(self) -> int:

@@ -121,6 +121,7 @@ module Grenache
     attach_function :grenache_grape_options_free, [:pointer], :void
     attach_function :grenache_grape_options_set, %i[pointer uint32 uint64], :uint32
     attach_function :grenache_grape_options_set_host, %i[pointer string], :uint32
+    attach_function :grenache_grape_options_set_dht_state, %i[pointer string], :uint32
     attach_function :grenache_grape_options_set_bootstrap, %i[pointer string], :uint32
 
     # Link.
