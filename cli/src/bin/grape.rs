@@ -146,7 +146,6 @@ fn config_from(cli: &Cli) -> GrapeConfig {
         .max_values(cli.max_values)
         .max_peers(cli.max_peers)
         .check_max_payload_size(if cli.max_payload == 0 { usize::MAX } else { cli.max_payload })
-        .dht_state(cli.dht_state.clone())
         .dht_bind(cli.dht_bind)
         .max_connections(cli.max_connections)
         .max_connections_per_ip(cli.max_connections_per_ip)
@@ -166,7 +165,8 @@ fn config_from(cli: &Cli) -> GrapeConfig {
             queries_per_second: cli.queries_per_ip,
             query_burst: (cli.queries_per_ip * 2.0).max(1.0),
             ..Default::default()
-        });
+        })
+        .dht_state(cli.dht_state.clone());
     c
 }
 

@@ -74,6 +74,8 @@ pub struct DhtConfig {
     pub concurrency: usize,
     /// When set, an announce also stores `host:port` in this node's own peer store (the Grape's `host`).
     pub self_host: Option<std::net::Ipv4Addr>,
+    /// Limits per source address and the peer store's bounds in bytes (see [`limits::DhtLimits`]).
+    pub limits: limits::DhtLimits,
     /// This node's id; `None` picks a random one (what the reference does at every start). A
     /// restarted node keeps its id (see [`DhtState`]) so that the entries other nodes hold for it
     /// stay valid.
@@ -90,8 +92,6 @@ pub struct DhtConfig {
     /// Once the routing table is healthy, a bucket is refreshed (a lookup of a random id in it)
     /// when none of its nodes was heard from for this long. Default 15 min (BEP 5).
     pub refresh_interval: Duration,
-    /// Limits per source address and the peer store's bounds in bytes (see [`limits::DhtLimits`]).
-    pub limits: limits::DhtLimits,
 }
 
 impl Default for DhtConfig {
@@ -110,11 +110,11 @@ impl Default for DhtConfig {
             query_timeout: Duration::from_secs(2),
             concurrency: 16,
             self_host: None,
+            limits: limits::DhtLimits::default(),
             id: None,
             saved_nodes: Vec::new(),
             maintenance_rate: 10,
             refresh_interval: Duration::from_secs(15 * 60),
-            limits: limits::DhtLimits::default(),
         }
     }
 }

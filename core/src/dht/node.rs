@@ -241,13 +241,13 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     slots: tokio::sync::Semaphore,
-    /// The self-healing maintenance's schedule and budget (see `heal`).
-    pub(crate) heal: Mutex<Heal>,
-    pub(crate) counters: Counters,
     /// Limits per source: a token bucket per query sender.
     query_rate: Mutex<QueryRate>,
     /// Nodes that queried us and have not answered a query of ours yet (questionable, BEP 5).
     silent: Mutex<lru::LruCache<[u8; 20], ()>>,
+    /// The self-healing maintenance's schedule and budget (see `heal`).
+    pub(crate) heal: Mutex<Heal>,
+    pub(crate) counters: Counters,
 }
 
 impl std::fmt::Debug for Inner {
@@ -274,13 +274,13 @@ impl Inner {
         });
         let (events, _) = broadcast::channel(1024);
         let (ready, _) = watch::channel(false);
+        let config_limits = config.limits;
         let mut state = State::new(id, &config);
         // Saved nodes are usable at once; `heal` pings them and drops those that do not answer.
         let now = Instant::now();
         for n in config.saved_nodes.iter().take(super::DhtState::MAX_NODES) {
             state.table.insert(*n, now);
         }
-        let config_limits = config.limits;
         let inner = Arc::new(Inner {
             id,
             state: Mutex::new(state),
@@ -634,11 +634,13 @@ impl Inner {
         let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St)> = BTreeMap::new();
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
-        // Questionable nodes (never answered us) are not where a lookup starts.
+        // Questionable nodes (never answered us) are not where a lookup starts, unless no good
+        // node is known at all (a node that only others bootstrapped from).
         let seeds: Vec<NodeInfo> = {
             let all = self.state().table.closest(&target, 4 * K);
             let silent = lock(&self.silent);
-            all.into_iter().filter(|n| !silent.contains(&n.id)).take(K).collect()
+            let good: Vec<NodeInfo> = all.iter().filter(|n| !silent.contains(&n.id)).take(K).copied().collect();
+            if good.is_empty() { all.into_iter().take(K).collect() } else { good }
         };
         let mut set: JoinSet<WalkJob> = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);

@@ -354,10 +354,10 @@ struct Inner {
     recent_walks: Mutex<lru::LruCache<Vec<u8>, std::time::Instant>>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Where the DHT state is saved, if anywhere.
-    dht_state: Option<std::path::PathBuf>,
     /// Longest service name looked up or announced (the peer store's longest key).
     max_key_len: usize,
+    /// Where the DHT state is saved, if anywhere.
+    dht_state: Option<std::path::PathBuf>,
 }
 
 /// How often a running Grape writes its DHT state file.
