@@ -190,6 +190,7 @@ module Grenache
     # Clients.
     attach_function :grenache_client_new_http, %i[pointer pointer pointer], :uint32
     attach_function :grenache_client_new_ws, %i[pointer pointer pointer], :uint32
+    attach_function :grenache_client_new_zmq, %i[pointer pointer], :uint32
     attach_function :grenache_client_request, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_map, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_request_opts, %i[pointer string pointer size_t pointer json_cb pointer], :uint32
