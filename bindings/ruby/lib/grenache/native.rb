@@ -28,7 +28,7 @@ module Grenache
     extend FFI::Library
 
     # The SONAME major this binding is written for: the ABI of include/grenache.h.
-    ABI_MAJOR = 0
+    ABI_MAJOR = 1
 
     # The paths or names to try, in order.
     # @return [Array<String>]
