@@ -162,7 +162,8 @@ impl ZmqServerConfig {
         self
     }
 
-    /// Connections served at once; further ones wait in the listen backlog. Default 10,000.
+    /// Connections served at once; further ones are closed at once (the shared accept loop of
+    /// [`crate::transport::ConnLimits`], with no per-IP cap here). Default 10,000.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
