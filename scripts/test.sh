@@ -4,6 +4,8 @@
 # Environment: GRENACHE_TEST_JOBS (test threads, default: number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One clean build: incremental caches would double the target directory for no gain here.
+export CARGO_INCREMENTAL=0
 
 log() { printf '\n==> %s\n' "$*"; }
 
