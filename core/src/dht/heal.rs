@@ -186,6 +186,18 @@ impl Inner {
             maintenance_queries: self.counters.maintenance.load(Ordering::Relaxed),
             replies_sent: self.counters.replies.load(Ordering::Relaxed),
             nodes_added: self.state().table.added_total(),
+            ..self.unannounce_stats()
+        }
+    }
+
+    fn unannounce_stats(&self) -> DhtStats {
+        let st = self.state();
+        DhtStats {
+            unannounces_applied: st.unannounces.applied,
+            unannounces_unknown: st.unannounces.unknown,
+            unannounces_refused: st.unannounces.refused,
+            tombstones: st.tombstones.len() as u64,
+            ..DhtStats::default()
         }
     }
 

@@ -321,6 +321,18 @@ impl Link {
         Ok(())
     }
 
+    /// Removes the announce of `name` on `port` from the Grapes at once (`POST /unannounce`, see
+    /// [`crate::grape::Grape::unannounce`]): lookups through our Grapes stop returning it. Stop
+    /// announcing it first ([`Link::stop_announcing`]). Returns how many DHT nodes removed it.
+    /// One attempt. A Node reference Grape has no such call: it answers `ERR_REQ_NOTFOUND`
+    /// (an [`ErrorKind::Grape`] error) and the address stays until its announce expires.
+    pub async fn unannounce(&self, name: &str, port: u16) -> Result<u64> {
+        match self.call("unannounce", &json!([name, port]), None).await? {
+            Some(Value::Number(n)) => Ok(n.as_u64().unwrap_or(0)),
+            other => Err(Error::new(ErrorKind::Protocol, format!("unannounce: the grape answered {other:?}, not a count"))),
+        }
+    }
+
     /// Announces `name` on `port` now and again after a random delay uniform in
     /// `[0.5, 1.5] × interval` after each attempt, until stopped.
     ///
