@@ -185,14 +185,15 @@ impl Inner {
             queries_sent: self.counters.queries.load(Ordering::Relaxed),
             maintenance_queries: self.counters.maintenance.load(Ordering::Relaxed),
             replies_sent: self.counters.replies.load(Ordering::Relaxed),
-            nodes_added: self.state().table.added_total(),
-            ..self.unannounce_stats()
+            ..self.state_stats()
         }
     }
 
-    fn unannounce_stats(&self) -> DhtStats {
+    /// The counters kept in the node's state (one lock).
+    fn state_stats(&self) -> DhtStats {
         let st = self.state();
         DhtStats {
+            nodes_added: st.table.added_total(),
             unannounces_applied: st.unannounces.applied,
             unannounces_unknown: st.unannounces.unknown,
             unannounces_refused: st.unannounces.refused,
