@@ -111,7 +111,7 @@ async fn twenty_grapes_half_node_under_churn() {
             futures_util::future::join_all(rust_apis.iter().map(|api| {
                 let (api, old_addr) = (*api, old.addr.clone());
                 async move {
-                    eventually(Duration::from_secs(5), "a Rust grape drops the stopped worker", || {
+                    eventually(Duration::from_secs(10), "a Rust grape drops the stopped worker", || {
                         let old_addr = old_addr.clone();
                         async move { (!lookup(api, NAME).await.contains(&old_addr)).then_some(()) }
                     })

@@ -146,7 +146,7 @@ async fn an_expired_proof_is_refused() {
     let h = plain.start_announcing(NAME, port, Duration::from_millis(500));
     h.first_result(T).await.unwrap();
     let me = format!("127.0.0.1:{port}");
-    assert_eq!(pinned(&r2.api_url(), &[&key]).lookup(NAME).await.unwrap(), [me.clone()]);
+    assert_eq!(pinned(&r2.api_url(), &[&key]).lookup(NAME).await.unwrap(), std::slice::from_ref(&me));
     let e = eventually(T, "the proof expires", || async {
         pinned(&r2.api_url(), &[&key]).lookup(NAME).await.err()
     })
