@@ -65,16 +65,11 @@ impl PeerRpcServer {
         self.link.stop_announcing(name, self.port())
     }
 
-    /// Stops every announce loop and closes the transport. The names announced are also
-    /// unannounced (see [`PeerRpcServer::shutdown`]) by a task of their own when a tokio runtime
-    /// is running, without waiting for it.
+    /// Stops every announce loop and closes the transport, at once. It does not unannounce (the
+    /// Grapes return this worker until its announce expires): use [`PeerRpcServer::shutdown`] for
+    /// that.
     pub fn stop(&self) {
-        let names = self.stop_all_announcing();
-        if !names.is_empty()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(unannounce_all(self.link.clone(), names, self.port()));
-        }
+        self.stop_all_announcing();
         self.transport.close();
     }
 
