@@ -51,10 +51,10 @@ const MAX_INFLIGHT_LOOKUPS: usize = 10_000;
 const MAX_PINS: usize = 10_000;
 /// Most keys per pinned or signed name.
 const MAX_KEYS_PER_NAME: usize = 8;
-/// Verified proofs remembered (name and address → valid until, unix seconds).
+/// Verified proofs remembered (name, address and key → valid until, unix seconds).
 const PROOF_CACHE: usize = 10_000;
 
-type ProofCache = lru::LruCache<(String, std::net::SocketAddrV4), u64>;
+type ProofCache = lru::LruCache<(String, std::net::SocketAddrV4, [u8; 32]), u64>;
 
 /// Link settings. The defaults are the reference's.
 #[derive(Debug, Clone)]
@@ -337,9 +337,11 @@ impl Link {
         let now = signed::unix_now();
         let checks = list.into_iter().map(|a| async move {
             let addr: std::net::SocketAddrV4 = a.parse().ok()?;
-            let cache_key = (name.to_string(), addr);
-            if lock(&self.inner.proofs).get(&cache_key).is_some_and(|until| *until > now) {
-                return Some(a);
+            {
+                let mut proofs = lock(&self.inner.proofs);
+                if keys.iter().any(|k| proofs.get(&(name.to_string(), addr, *k)).is_some_and(|until| *until > now)) {
+                    return Some(a);
+                }
             }
             for k in keys {
                 let q = json!({"hash": signed::proof_target(k, name, addr.port()), "salt": signed::proof_salt(name, addr.port())});
@@ -353,7 +355,7 @@ impl Link {
                 };
                 match signed::verify_proof(&item, k, name, addr, now) {
                     Ok(p) => {
-                        lock(&self.inner.proofs).put(cache_key, p.expires);
+                        lock(&self.inner.proofs).put((name.to_string(), addr, *k), p.expires);
                         return Some(a);
                     }
                     Err(e) => tracing::info!(name, addr = %addr, reason = ?e, "refused a proof"),
