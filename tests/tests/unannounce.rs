@@ -110,6 +110,38 @@ async fn unannounce_removes_at_once_and_only_for_the_announcer() {
         })
         .await;
     }
+    // A flood of unannounces over HTTP: one DHT round per window (1 s), not one per request.
+    let st0 = net.grape(0).dht().stats();
+    for _ in 0..100 {
+        let (st, _) = call(api(0), "/unannounce", json!(["un:flood", 4199])).await;
+        assert_eq!(st, 200);
+    }
+    let st1 = net.grape(0).dht().stats();
+    let sent = (st1.queries_sent - st1.maintenance_queries) - (st0.queries_sent - st0.maintenance_queries);
+    assert!(sent < 100, "100 unannounces cost {sent} KRPC queries");
+    // A flood of unannounce_peer datagrams from one address: over its query rate they are
+    // dropped unanswered and counted; nothing is stored for them.
+    let refused0 = net.grape(1).dht().refused_queries();
+    let tomb0 = net.grape(1).dht().stats().tombstones;
+    let own = token(&rogue, dht1, "un:other");
+    let q = Message {
+        t: b"ff".to_vec(),
+        body: Body::Query(Query { id: Some(vec![7; 20]), method: unann(own), read_only: false }),
+    }
+    .encode();
+    // In batches, so that the receive buffer does not drop most of them before the node reads.
+    for _ in 0..100 {
+        for _ in 0..100 {
+            let _ = rogue.send_to(&q, dht1);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eventually(T, "the flood is refused and counted", || async {
+        (net.grape(1).dht().refused_queries() > refused0).then_some(())
+    })
+    .await;
+    assert_eq!(net.grape(1).dht().stats().tombstones, tomb0);
+    assert_eq!(lookup(api(2), "un:other").await, ["127.0.0.1:4103"]);
     // Bad input.
     assert_eq!(call(api(0), "/unannounce", json!("un:svc")).await, (200, "\"ERR_GRAPE_UNANNOUNCE\"".to_string()));
     assert_eq!(call(api(0), "/unannounce", json!(["un:svc", 70000])).await, (200, "\"ERR_GRAPE_SERVICE_PORT\"".to_string()));
