@@ -146,6 +146,10 @@ enum grenache_result
      */
     GRENACHE_RESULT_PROTOCOL = 206,
     /**
+     * Hole punching found no open path to the peer in time, e.g. behind a symmetric NAT (`ERR_PUNCH_TIMEOUT`).
+     */
+    GRENACHE_RESULT_PUNCH_TIMEOUT = 207,
+    /**
      * A lookup found no peer for the service name (`ERR_GRAPE_LOOKUP_EMPTY`).
      */
     GRENACHE_RESULT_LOOKUP_EMPTY = 300,

@@ -50,6 +50,9 @@ pub enum ErrorKind {
     Decode = 205,
     /// The peer answered something that breaks the protocol (wrong status, wrong shape).
     Protocol = 206,
+    /// Hole punching found no open path to the peer within its time (`ERR_PUNCH_TIMEOUT`): a NAT
+    /// that maps every destination to a new port (symmetric), or a peer that does not punch back.
+    PunchTimeout = 207,
 
     /// A lookup found no peer for the name (`ERR_GRAPE_LOOKUP_EMPTY`).
     LookupEmpty = 300,
@@ -106,6 +109,7 @@ impl ErrorKind {
         ErrorKind::PayloadTooLarge,
         ErrorKind::Decode,
         ErrorKind::Protocol,
+        ErrorKind::PunchTimeout,
         ErrorKind::LookupEmpty,
         ErrorKind::Grape,
         ErrorKind::NoNodes,
@@ -151,6 +155,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "ERR_PAYLOAD_SIZE",
             ErrorKind::Decode => "ERR_DECODE",
             ErrorKind::Protocol => "ERR_PROTOCOL",
+            ErrorKind::PunchTimeout => "ERR_PUNCH_TIMEOUT",
             ErrorKind::LookupEmpty => "ERR_GRAPE_LOOKUP_EMPTY",
             ErrorKind::Grape => "ERR_GRAPE",
             ErrorKind::NoNodes => "ERR_NO_NODES",

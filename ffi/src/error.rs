@@ -47,6 +47,8 @@ pub enum grenache_result {
     Decode = 205,
     /// The peer broke the protocol (`ERR_PROTOCOL`).
     Protocol = 206,
+    /// Hole punching found no open path to the peer in time, e.g. behind a symmetric NAT (`ERR_PUNCH_TIMEOUT`).
+    PunchTimeout = 207,
     /// A lookup found no peer for the service name (`ERR_GRAPE_LOOKUP_EMPTY`).
     LookupEmpty = 300,
     /// The Grape answered with an error (`ERR_GRAPE`).
@@ -100,6 +102,7 @@ impl grenache_result {
         grenache_result::PayloadTooLarge,
         grenache_result::Decode,
         grenache_result::Protocol,
+        grenache_result::PunchTimeout,
         grenache_result::LookupEmpty,
         grenache_result::Grape,
         grenache_result::NoNodes,
@@ -161,6 +164,7 @@ impl grenache_result {
             R::PayloadTooLarge => "a payload exceeded its size limit",
             R::Decode => "received bytes could not be decoded",
             R::Protocol => "the peer broke the protocol",
+            R::PunchTimeout => "hole punching found no open path to the peer in time",
             R::LookupEmpty => "no peer announces this service",
             R::Grape => "the Grape answered with an error",
             R::NoNodes => "the DHT knows no node to query",

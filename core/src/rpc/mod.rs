@@ -46,6 +46,8 @@ pub enum TransportKind {
     Http,
     /// WebSocket, plain or TLS (grenache-nodejs-ws).
     Ws,
+    /// uTP over UDP, with NAT hole punching (grenache-nodejs-utp).
+    Utp,
 }
 
 /// HTTP-specific request details (the reference's `meta` argument).

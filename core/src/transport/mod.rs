@@ -15,13 +15,15 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 mod busy;
 pub mod http;
+pub mod utp;
 pub mod ws;
 mod wsframe;
 
 pub use crate::rpc::TransportKind;
 
-/// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http) or WS(S)
-/// (grenache-nodejs-ws), over TLS when `tls` is given. Needs a tokio runtime context.
+/// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http), WS(S)
+/// (grenache-nodejs-ws), over TLS when `tls` is given, or uTP (grenache-nodejs-utp; no TLS, a
+/// node of its own bound on the first request). Needs a tokio runtime context.
 pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTransport> {
     match kind {
         TransportKind::Ws => {
@@ -30,6 +32,12 @@ pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTran
                 config = config.tls(t);
             }
             Arc::new(ws::WsClient::new(config))
+        }
+        TransportKind::Utp => {
+            if tls.is_some() {
+                tracing::warn!("the uTP transport has no TLS; the TLS settings are ignored");
+            }
+            Arc::new(utp::UtpClient::new(utp::UtpClientConfig::default()))
         }
         _ => Arc::new(http::HttpClient::new(http::HttpClientConfig {
             tls: tls.map(|t| t.config()),
@@ -92,6 +100,13 @@ pub async fn bind_server_with(
                 config = config.verify_client(hook);
             }
             Arc::new(ws::WsServer::bind_arc(addr, handler, config).await?)
+        }
+        TransportKind::Utp => {
+            if verify_client.is_some() || tls.is_some() {
+                return Err(crate::Error::invalid("the uTP transport has no TLS and no verify_client"));
+            }
+            let config = utp::UtpServerConfig { reply_timeout, ..Default::default() };
+            Arc::new(utp::UtpServer::bind(addr, handler, config).await?)
         }
         _ => {
             if verify_client.is_some() {

@@ -62,6 +62,7 @@ module Grenache
     [:PayloadTooLargeError, TransportError, 204],
     [:DecodeError, TransportError, 205],
     [:ProtocolError, TransportError, 206],
+    [:PunchTimeoutError, TransportError, 207],
     [:LookupEmptyError, DiscoveryError, 300],
     [:GrapeError, DiscoveryError, 301],
     [:NoNodesError, DiscoveryError, 302],
@@ -111,7 +112,8 @@ module Grenache
   RESULT = {
     ok: 0, null_parameter: 100, invalid_argument: 101, invalid_utf8: 102, already_used: 103,
     buffer_too_small: 104, invalid_state: 105, io: 200, connect: 201, timeout: 202, closed: 203,
-    payload_too_large: 204, decode: 205, protocol: 206, lookup_empty: 300, grape: 301,
+    payload_too_large: 204, decode: 205, protocol: 206, punch_timeout: 207,
+    lookup_empty: 300, grape: 301,
     no_nodes: 302, all_queries_failed: 303, seq_too_low: 304, cas_mismatch: 305, dht: 306,
     remote: 400, no_reply: 401, handler_panicked: 402, tls_handshake: 500, certificate: 501,
     tls_config: 502, client_refused: 503, panic: 900, internal: 901, cancelled: 902
