@@ -108,6 +108,11 @@ impl UtpServer {
         UtpServer::serve(UtpNode::bind(addr).await?, handler, config)
     }
 
+    /// The bound address (its port is what gets announced).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node.local_addr()
+    }
+
     /// The node this server listens on (punch through it, or use it for a client).
     pub fn node(&self) -> &Arc<UtpNode> {
         &self.node
