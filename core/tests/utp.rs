@@ -213,3 +213,65 @@ async fn garbage_truncated_headers_and_a_punch_flood_leave_the_node_serving() {
     }
     assert!(acks > 0 && acks <= 1500, "{acks}");
 }
+
+#[tokio::test]
+async fn a_broker_introduces_a_client_to_the_workers_of_one_service() {
+    use grenache::transport::utp::broker::{Broker, BrokerClient, BrokerClientConfig, BrokerConfig};
+    let net = Testnet::start(2).await.expect("testnet");
+    let config = BrokerConfig { name: "test_broker".into(), ..Default::default() };
+    let broker = Broker::start(Link::with_grape(net.api_url(0)).expect("link"), loopback(), config).await.expect("broker");
+    let bc = |node: Arc<UtpNode>| {
+        let link = Link::with_grape(net.api_url(1)).expect("link");
+        BrokerClient::new(link, node, BrokerClientConfig { name: "test_broker".into(), ..Default::default() })
+    };
+    // Wait until the broker is visible through the second Grape.
+    let link = Link::with_grape(net.api_url(1)).expect("link");
+    let deadline = Instant::now() + LONG;
+    while link.lookup("test_broker").await.is_err() {
+        assert!(Instant::now() < deadline, "broker not visible");
+        link.invalidate("test_broker");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A worker of the service and one of another service register (not announced in the DHT).
+    let worker = server().await;
+    let mut worker_events = worker.node().subscribe();
+    let you = bc(worker.node().clone()).register("svc_a").await.expect("register");
+    assert_eq!(you, worker.local_addr());
+    let _reg = bc(worker.node().clone()).keep_registered("svc_a", Duration::from_millis(300)).await.expect("keep");
+    let other = server().await;
+    bc(other.node().clone()).register("svc_b").await.expect("register");
+    assert_eq!(broker.entries(), 2);
+    // The client's node asks: only the worker of svc_a comes back, and it is told to punch.
+    let cnode = UtpNode::bind(loopback()).await.expect("node");
+    let client_bc = bc(cnode.clone());
+    assert_eq!(client_bc.lookup("svc_a").await.expect("lookup"), vec![worker.local_addr()]);
+    let ev = tokio::time::timeout(LONG, async {
+        loop {
+            if let Ok(PunchEvent::Requested { target, .. }) = worker_events.recv().await {
+                return target;
+            }
+        }
+    })
+    .await
+    .expect("punch request in time");
+    assert_eq!(ev, cnode.local_addr());
+    // Through a PeerRpcClient: broker lookup, punches both ways, then the request over uTP.
+    let transport = Arc::new(UtpClient::with_node(cnode.clone(), UtpClientConfig::default()));
+    let client = PeerRpcClient::new(link.clone(), transport, PeerRpcClientConfig::default()).with_resolver(Arc::new(client_bc.clone()));
+    let opts = RequestOptions { timeout: Some(LONG), ..Default::default() };
+    assert_eq!(client.request("svc_a", "who", &opts).await.expect("request"), json!(cnode.local_addr().to_string()));
+    // A service the broker does not know: the Grapes' lookup (nobody announces it here).
+    let e = client.request("svc_none", "hello", &opts).await.expect_err("unknown");
+    assert_eq!(e.kind(), ErrorKind::LookupEmpty);
+    // The legacy request shape gets the legacy registry shape, for that service only.
+    let c = UtpClient::with_node(cnode.clone(), UtpClientConfig::default());
+    let legacy = c.request(&broker.local_addr().to_string(), out(&json!({"service": "svc_a", "server": false}), LONG)).await.expect("legacy");
+    let entries = legacy["svc_a"].as_object().expect("registry");
+    assert!(entries.values().any(|e| e["server"] == true && e["port"] == worker.local_addr().port()), "{legacy}");
+    assert!(entries.values().all(|e| e["service"] == "svc_a"), "{legacy}");
+    // Bad requests get a clear error.
+    let e = c.request(&broker.local_addr().to_string(), out(&json!({"op": "nope", "service": "x"}), LONG)).await.expect_err("bad");
+    assert_eq!(e.message(), "ERR_BROKER_BAD_REQUEST");
+    broker.stop();
+    net.stop().await;
+}
