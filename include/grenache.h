@@ -293,6 +293,10 @@ enum grenache_transport
      * WebSocket, plain or TLS (grenache-nodejs-ws).
      */
     GRENACHE_TRANSPORT_WS = 1,
+    /**
+     * uTP over UDP (grenache-nodejs-utp).
+     */
+    GRENACHE_TRANSPORT_UTP = 2,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -674,6 +678,13 @@ typedef void (*grenache_handler_cb)(void *userdata, const grenache_request *req,
  */
 typedef bool (*grenache_verify_client_cb)(void *userdata, const grenache_client_info *info);
 
+/**
+ * A punch event: `from` is the `"ip:port"` of a peer whose punch reached the server's socket
+ * (behind a NAT: its mapping), borrowed until the callback returns. Called on a library thread
+ * with the `userdata` given at registration; it must not block or unwind.
+ */
+typedef void (*grenache_punch_cb)(void *userdata, const char *from);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -690,6 +701,17 @@ grenache_result grenache_client_new_http(const grenache_link *link, const grenac
  * with `tls` it speaks `wss://`. Same contract as `grenache_client_new_http`.
  */
 grenache_result grenache_client_new_ws(const grenache_link *link, const grenache_client_tls *tls, grenache_client **out);
+
+/**
+ * Creates a uTP RPC client (grenache-nodejs-utp compatible) that finds workers through `link`.
+ * With `broker` (NULL: none) it asks the broker announced under that name for the workers'
+ * external endpoints (behind NATs), punches them (both sides at once; at most `punch_timeout_ms`,
+ * 0: 5 s) and sends the requests there; the Grapes' lookup when the broker knows none. A request
+ * whose workers could not be punched fails with `PUNCH_TIMEOUT`. With a broker this call binds a
+ * UDP socket (blocking, at most 10 s; `INVALID_STATE` inside callbacks). Writes `*out` (owned by
+ * the caller). Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+ */
+grenache_result grenache_client_new_utp(const grenache_link *link, const char *broker, uint64_t punch_timeout_ms, grenache_client **out);
 
 /**
  * Sends the JSON payload `json` (`json_len` bytes, e.g. `"\"hello\""`) to one worker of the
@@ -1287,17 +1309,50 @@ const char *grenache_client_info_remote_addr(const grenache_client_info *info);
 const char *grenache_client_info_path(const grenache_client_info *info);
 
 /**
- * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP` or
- * `GRENACHE_TRANSPORT_WS`) with `opts` (NULL: the defaults; copied, so they may be freed at
+ * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
+ * or `GRENACHE_TRANSPORT_UTP`) with `opts` (NULL: the defaults; copied, so they may be freed at
  * once), serving `handler`, announced through `link`. Otherwise the same contract as
  * `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
  * last handler call returned, also when this call fails.
  *
  * Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
  * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
- * (unknown `transport`; a `verify_client` hook with HTTP), `IO` (bind failed), `INVALID_STATE`.
+ * (unknown `transport`; a `verify_client` hook with HTTP; TLS, a hook with uTP; a broker without
+ * uTP), `IO` (bind failed), `INVALID_STATE`.
  */
 grenache_result grenache_server_new(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
+
+/**
+ * Starts a uTP RPC server (grenache-nodejs-utp compatible: one UDP socket carries the uTP
+ * streams, punches and broker traffic) on UDP `port` (0: any free port), serving `handler`,
+ * announced through `link`. With `broker` (NULL: none), every name announced is also registered
+ * with the broker of that name, from the server's socket and every 5 s, so that clients behind
+ * other NATs are introduced and punched. Otherwise the same contract as
+ * `grenache_server_new_http`. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+ */
+grenache_result grenache_server_new_utp(const grenache_link *link, uint16_t port, const char *broker, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
+
+/**
+ * Sets the broker (uTP servers only): every name announced is also registered with the broker
+ * announced under `name` (copied; NULL: none). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+ */
+grenache_result grenache_server_options_set_broker(grenache_server_options *opts, const char *name);
+
+/**
+ * uTP servers: punches `target` (`"ip:port"`) from the server's UDP socket, repeating every
+ * 100 ms until the target answers (a punch or an acknowledgement from exactly that endpoint).
+ * `cb` fires exactly once: `OK`; `PUNCH_TIMEOUT` when nothing came back within `timeout_ms`
+ * (e.g. a symmetric NAT); `INVALID_STATE` (not uTP); `INVALID_ARGUMENT` (bad address);
+ * `CANCELLED` (server freed first). Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+ */
+grenache_result grenache_server_punch(const grenache_server *server, const char *target, uint64_t timeout_ms, grenache_done_cb cb, void *userdata);
+
+/**
+ * uTP servers: calls `cb` for every punch that reaches the server's socket, until the server is
+ * freed (the server acknowledges each punch by itself). `userdata` must stay valid until then.
+ * Errors: `NULL_PARAMETER`, `INVALID_STATE` (not uTP).
+ */
+grenache_result grenache_server_on_punch(const grenache_server *server, grenache_punch_cb cb, void *userdata);
 
 /**
  * Builds server TLS settings from PEM text: `cert_pem` (the chain), `key_pem`, `client_ca_pem`

@@ -20,6 +20,8 @@ pub enum grenache_transport {
     Http = 0,
     /// WebSocket, plain or TLS (grenache-nodejs-ws).
     Ws = 1,
+    /// uTP over UDP (grenache-nodejs-utp).
+    Utp = 2,
 }
 
 /// A request as a handler callback sees it: the service key, the payload as JSON text, and who
@@ -67,6 +69,7 @@ impl grenache_request {
     fn transport(&self) -> grenache_transport {
         match self.request.info.transport {
             TransportKind::Ws => grenache_transport::Ws,
+            TransportKind::Utp => grenache_transport::Utp,
             _ => grenache_transport::Http,
         }
     }

@@ -328,15 +328,16 @@ pub extern "C" fn grenache_client_info_path(info: *const grenache_client_info) -
     }
 }
 
-/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP` or
-/// `GRENACHE_TRANSPORT_WS`) with `opts` (NULL: the defaults; copied, so they may be freed at
+/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
+/// or `GRENACHE_TRANSPORT_UTP`) with `opts` (NULL: the defaults; copied, so they may be freed at
 /// once), serving `handler`, announced through `link`. Otherwise the same contract as
 /// `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
 /// last handler call returned, also when this call fails.
 ///
 /// Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
 /// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
-/// (unknown `transport`; a `verify_client` hook with HTTP), `IO` (bind failed), `INVALID_STATE`.
+/// (unknown `transport`; a `verify_client` hook with HTTP; TLS, a hook with uTP; a broker without
+/// uTP), `IO` (bind failed), `INVALID_STATE`.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_server_new(
     link: *const grenache_link,
@@ -351,6 +352,7 @@ pub extern "C" fn grenache_server_new(
         let kind = match transport {
             0 => ServerTransportKind::Http,
             1 => ServerTransportKind::Ws,
+            2 => ServerTransportKind::Utp,
             _ => {
                 drop(OwnedUserData::new(userdata, free_userdata));
                 return grenache_result::InvalidArgument;
@@ -358,5 +360,98 @@ pub extern "C" fn grenache_server_new(
         };
         let opts = move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
         new_server(kind, link, opts, handler, userdata, free_userdata, out)
+    }
+}
+
+/// Starts a uTP RPC server (grenache-nodejs-utp compatible: one UDP socket carries the uTP
+/// streams, punches and broker traffic) on UDP `port` (0: any free port), serving `handler`,
+/// announced through `link`. With `broker` (NULL: none), every name announced is also registered
+/// with the broker of that name, from the server's socket and every 5 s, so that clients behind
+/// other NATs are introduced and punched. Otherwise the same contract as
+/// `grenache_server_new_http`. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_new_utp(
+    link: *const grenache_link,
+    port: u16,
+    broker: *const c_char,
+    handler: grenache_handler_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_server,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let broker = if broker.is_null() {
+            None
+        } else {
+            match unsafe { crate::ptr::str_from_c(broker) } {
+                Ok(b) => Some(b.to_string()),
+                Err(e) => {
+                    drop(OwnedUserData::new(userdata, free_userdata));
+                    return e;
+                }
+            }
+        };
+        let opts = move || ServerOptions { port, broker, ..Default::default() };
+        new_server(ServerTransportKind::Utp, link, opts, handler, userdata, free_userdata, out)
+    }
+}
+
+/// Sets the broker (uTP servers only): every name announced is also registered with the broker
+/// announced under `name` (copied; NULL: none). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_broker(opts: *mut grenache_server_options, name: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        o.inner.broker = if name.is_null() { None } else { Some(try_str!(name).to_string()) };
+        grenache_result::Ok
+    }
+}
+
+/// uTP servers: punches `target` (`"ip:port"`) from the server's UDP socket, repeating every
+/// 100 ms until the target answers (a punch or an acknowledgement from exactly that endpoint).
+/// `cb` fires exactly once: `OK`; `PUNCH_TIMEOUT` when nothing came back within `timeout_ms`
+/// (e.g. a symmetric NAT); `INVALID_STATE` (not uTP); `INVALID_ARGUMENT` (bad address);
+/// `CANCELLED` (server freed first). Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_punch(
+    server: *const grenache_server,
+    target: *const c_char,
+    timeout_ms: u64,
+    cb: grenache_done_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let s = try_ref!(server);
+        let target = try_str!(target);
+        let cb = try_callback!(cb);
+        s.inner.punch(target, Duration::from_millis(timeout_ms), done_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// A punch event: `from` is the `"ip:port"` of a peer whose punch reached the server's socket
+/// (behind a NAT: its mapping), borrowed until the callback returns. Called on a library thread
+/// with the `userdata` given at registration; it must not block or unwind.
+pub type grenache_punch_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, from: *const c_char)>;
+
+/// uTP servers: calls `cb` for every punch that reaches the server's socket, until the server is
+/// freed (the server acknowledges each punch by itself). `userdata` must stay valid until then.
+/// Errors: `NULL_PARAMETER`, `INVALID_STATE` (not uTP).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_on_punch(server: *const grenache_server, cb: grenache_punch_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let s = try_ref!(server);
+        let cb = try_callback!(cb);
+        let ud = crate::ptr::UserData(userdata);
+        let r = s.inner.on_punch(move |from| {
+            let ud = &ud;
+            crate::ptr::with_nul(from, |p, _| {
+                let _ = std::panic::catch_unwind(|| unsafe { cb(ud.0, p) });
+            });
+        });
+        match r {
+            Ok(()) => grenache_result::Ok,
+            Err(e) => grenache_result::from(&e),
+        }
     }
 }

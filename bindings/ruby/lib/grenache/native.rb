@@ -34,6 +34,7 @@ module Grenache
     callback :message_cb, %i[pointer string pointer size_t], :void
     callback :message_ex_cb, %i[pointer string pointer size_t bool], :void
     callback :grape_event_cb, %i[pointer uint32 string uint64], :void
+    callback :punch_cb, %i[pointer string], :void
 
     B = { blocking: true }.freeze
 
@@ -102,6 +103,10 @@ module Grenache
     attach_function :grenache_server_start_announcing, %i[pointer string uint64], :uint32
     attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
     attach_function :grenache_server_shutdown, %i[pointer uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_new_utp, %i[pointer uint16 string handler_cb pointer free_cb pointer], :uint32, B
+    attach_function :grenache_server_options_set_broker, %i[pointer string], :uint32
+    attach_function :grenache_server_punch, %i[pointer string uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_on_punch, %i[pointer punch_cb pointer], :uint32
     attach_function :grenache_server_free, [:pointer], :void, B
     attach_function :grenache_server_options_new, [:pointer], :uint32
     attach_function :grenache_server_options_free, [:pointer], :void
@@ -127,6 +132,7 @@ module Grenache
     # Clients.
     attach_function :grenache_client_new_http, %i[pointer pointer pointer], :uint32
     attach_function :grenache_client_new_ws, %i[pointer pointer pointer], :uint32
+    attach_function :grenache_client_new_utp, %i[pointer string uint64 pointer], :uint32, B
     attach_function :grenache_client_request, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_map, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_request_opts, %i[pointer string pointer size_t pointer json_cb pointer], :uint32

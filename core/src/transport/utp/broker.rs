@@ -383,6 +383,26 @@ impl BrokerClient {
         Ok(Registration { stop })
     }
 
+    /// Registers `service` now and every `interval` until the returned handle is dropped,
+    /// whatever the outcome of each registration (failures are logged and retried on the next
+    /// tick). Needs a tokio runtime context.
+    pub fn start_registering(&self, service: &str, interval: Duration) -> Registration {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (this, s, service) = (self.clone(), stop.clone(), service.to_string());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.register(&service).await {
+                    tracing::debug!("broker registration of {service}: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = s.cancelled() => return,
+                }
+            }
+        });
+        Registration { stop }
+    }
+
     /// Asks the broker for the workers of `service` (which also tells them to punch this node);
     /// their external endpoints, not punched yet.
     pub async fn lookup(&self, service: &str) -> Result<Vec<SocketAddr>> {
