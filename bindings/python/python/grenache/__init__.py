@@ -48,6 +48,7 @@ __all__ = [
     "LookupEmptyError",
     "RemoteError",
     "ConnectError",
+    "PunchTimeoutError",
     "TransportClosedError",
     "InvalidArgumentError",
     "TlsError",
@@ -116,6 +117,11 @@ class CasMismatchError(DhtError):
     """A mutable put whose ``cas`` does not match the stored sequence number (BEP44 error 301)."""
 
 
+class PunchTimeoutError(ConnectError):
+    """Hole punching found no open path to the peer in time (``ERR_PUNCH_TIMEOUT``): a NAT
+    that maps every destination to a new port (symmetric), or a peer that does not punch back."""
+
+
 class CancelledError(GrenacheError):
     """The operation was cancelled because its object was closed first."""
 
@@ -126,6 +132,7 @@ _BY_NAME = {
     "ERR_REMOTE": RemoteError,
     "ERR_CONNECT": ConnectError,
     "ERR_IO": ConnectError,
+    "ERR_PUNCH_TIMEOUT": PunchTimeoutError,
     "ERR_TRANSPORT_CLOSE": TransportClosedError,
     "ERR_INVALID_ARGUMENT": InvalidArgumentError,
     "ERR_INVALID_UTF8": InvalidArgumentError,
@@ -332,7 +339,8 @@ def _wrap_handler(handler: Handler) -> Callable[[str, Optional[str]], tuple]:
 
 
 class Server:
-    """An RPC server (``transport="http"`` or ``"ws"``) answering with ``handler(payload, info)``.
+    """An RPC server (``transport="http"``, ``"ws"`` or ``"utp"``) answering with
+    ``handler(payload, info)``.
 
     The handler runs on a library thread and returns the result (any JSON value), or raises
     ``ReplyError("ERR_...")`` to answer with an error. Any other exception is printed and the
@@ -340,7 +348,12 @@ class Server:
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
-    ``verifyClient``; it runs on an I/O thread, so keep it short."""
+    ``verifyClient``; it runs on an I/O thread, so keep it short.
+
+    Over uTP (one UDP socket for the service, punches and broker traffic; no TLS), ``broker``
+    names a broker (``grenache broker``) that every announced name is also registered with, so
+    clients behind other NATs are introduced and both sides punch; ``punch`` and ``on_punch``
+    drive and watch hole punching from the server's socket."""
 
     def __init__(
         self,
@@ -352,8 +365,9 @@ class Server:
         tls: Optional[ServerTls] = None,
         reply_timeout: Optional[float] = None,
         verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
+        broker: Optional[str] = None,
     ) -> None:
-        self._s = _native.Server(link._l, transport, _wrap_handler(handler), port, tls, _ms(reply_timeout), verify_client)
+        self._s = _native.Server(link._l, transport, _wrap_handler(handler), port, tls, _ms(reply_timeout), verify_client, broker)
 
     @property
     def port(self) -> int:
@@ -377,6 +391,17 @@ class Server:
         connection finished in time. Call ``close()`` afterwards."""
         return self._s.shutdown(_ms(grace))
 
+    def punch(self, target: str, timeout: float = 5.0) -> None:
+        """uTP: punches ``target`` (``"ip:port"``) from the server's socket every 100 ms until it
+        answers; raises ``PunchTimeoutError`` when nothing came back within ``timeout`` seconds
+        (e.g. a symmetric NAT)."""
+        self._s.punch(target, _ms(timeout))
+
+    def on_punch(self, callback: Callable[[str], None]) -> None:
+        """uTP: ``callback(from_addr)`` for every punch reaching the server's socket (on a
+        library thread), until the server is closed."""
+        self._s.on_punch(callback)
+
     async def shutdown_async(self, grace: float = 10.0) -> bool:
         """``shutdown`` for asyncio."""
         return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), lambda r: r == "true")
@@ -393,10 +418,23 @@ class Server:
 
 
 class Client:
-    """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them."""
+    """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them.
 
-    def __init__(self, link: Link, *, transport: str = "http", tls: Optional[ClientTls] = None, timeout: Optional[float] = None) -> None:
-        self._c = _native.Client(link._l, transport, tls, _ms(timeout))
+    Over uTP with ``broker``, the workers are found through that broker (their external
+    endpoints behind NATs) and punched (both sides at once, at most ``punch_timeout`` seconds;
+    ``PunchTimeoutError`` when none could be) before the requests go to them."""
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        transport: str = "http",
+        tls: Optional[ClientTls] = None,
+        timeout: Optional[float] = None,
+        broker: Optional[str] = None,
+        punch_timeout: Optional[float] = None,
+    ) -> None:
+        self._c = _native.Client(link._l, transport, tls, _ms(timeout), broker, _ms(punch_timeout))
 
     def request(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         """Sends ``payload`` to one worker of ``name`` and returns its result. ``retry`` more
