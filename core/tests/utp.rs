@@ -275,3 +275,21 @@ async fn a_broker_introduces_a_client_to_the_workers_of_one_service() {
     broker.stop();
     net.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_request_closes_only_its_stream() {
+    let config = UtpServerConfig { max_message_size: 1000, ..Default::default() };
+    let s = UtpServer::bind(loopback(), Arc::new(handler), config).await.expect("bind");
+    let dest = s.local_addr().to_string();
+    let c = UtpClient::new(UtpClientConfig::default());
+    let e = c.request(&dest, out(&json!("x".repeat(5000)), LONG)).await.expect_err("too large");
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    // The node keeps serving: a new stream, and other clients.
+    assert_eq!(c.request(&dest, out(&json!("hello"), LONG)).await.expect("next"), json!("world"));
+    let other = UtpClient::new(UtpClientConfig::default());
+    assert_eq!(other.request(&dest, out(&json!("hello"), LONG)).await.expect("other"), json!("world"));
+    // A reply larger than the client's limit fails that request with a clear error.
+    let small = UtpClient::new(UtpClientConfig { max_message_size: 100, ..Default::default() });
+    let e = small.request(&dest, out(&json!("y".repeat(500)), LONG)).await.expect_err("reply too large");
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
+}

@@ -14,6 +14,9 @@
 //   {id, cmd:'request', host, port, key, payload}  -> {id, reply:[rid, err, res]} or {id, error}
 //   {id, cmd:'punch', host, port}                   -> {id, sent:true}
 //   {id, cmd:'punch_back', on:true|false}           -> answer every punch with a punch
+//   {id, cmd:'raw', host, port, chunks:[text...], expect:N, wait_ms}
+//        -> writes each chunk as a write of its own on a new connection (10 ms apart), then
+//           {id, replies:[...]} once N replies came, or after wait_ms (default 10 s)
 // Exits when stdin closes.
 const utp = require('utp-native')
 const crypto = require('crypto')
@@ -97,6 +100,23 @@ function command (m) {
     c.stream.write(JSON.stringify([rid, m.key, m.payload]))
   } else if (m.cmd === 'punch') {
     sock.send(PUNCH, 0, PUNCH.length, Number(m.port), m.host, () => out({ id: m.id, sent: true }))
+  } else if (m.cmd === 'raw') {
+    const stream = sock.connect(Number(m.port), m.host)
+    const replies = []
+    let done = false
+    const finish = () => {
+      if (done) return
+      done = true
+      out({ id: m.id, replies })
+      stream.destroy()
+    }
+    stream.on('error', () => {})
+    stream.on('data', (chunk) => {
+      for (const part of chunk.toString('utf8').split(/(?<=\])(?=\[)/)) replies.push(JSON.parse(part))
+      if (replies.length >= m.expect) finish()
+    })
+    setTimeout(finish, m.wait_ms || 10000)
+    m.chunks.forEach((c, i) => setTimeout(() => stream.write(c), 10 * i))
   } else if (m.cmd === 'punch_back') {
     punchBack = !!m.on
     out({ id: m.id, ok: true })

@@ -147,3 +147,31 @@ async fn punches_go_both_ways() {
     let e = node.punch(target, Duration::from_millis(600)).await.expect_err("no answer");
     assert_eq!(e.kind(), ErrorKind::PunchTimeout);
 }
+
+#[tokio::test]
+async fn split_and_coalesced_requests_from_libutp_are_read_whole() {
+    let s = UtpServer::bind(loopback(), Arc::new(handler), UtpServerConfig::default()).await.expect("bind");
+    let (mut p, _) = peer().await;
+    let port = s.local_addr().port();
+    let mut id = 0;
+    let mut raw = async |chunks: Value, expect: usize| {
+        id += 1;
+        let wait_ms = if expect == 0 { 1500 } else { 20_000 };
+        let cmd = json!({"id": id, "cmd": "raw", "host": "127.0.0.1", "port": port, "chunks": chunks, "expect": expect, "wait_ms": wait_ms});
+        p.send_line(&cmd.to_string()).await;
+        answer(&mut p, id).await["replies"].as_array().expect("replies").clone()
+    };
+    // One request split inside a string over three writes.
+    let r = raw(json!([r#"["r1","k""#, r#","hel"#, r#"lo"]"#]), 1).await;
+    assert_eq!(r, vec![json!(["r1", null, "world"])]);
+    // Three requests in three writes, and two in one write.
+    let r = raw(json!([r#"["a","k","hello"]"#, r#"["b","k","fail"]"#, r#"["c","k",{"n":1}]"#]), 3).await;
+    assert_eq!(r.len(), 3, "{r:?}");
+    let r = raw(json!([r#"["d","k","fail"] ["e","k",{"a":1}]"#]), 2).await;
+    assert!(r.contains(&json!(["d", "ERR_BOOM", null])), "{r:?}");
+    assert!(r.iter().any(|x| x[0] == "e" && x[2]["payload"] == json!({"a": 1})), "{r:?}");
+    // Bytes that cannot start a message close that stream; the server keeps serving.
+    assert_eq!(raw(json!(["42 nonsense"]), 0).await, Vec::<Value>::new());
+    let c = UtpClient::new(UtpClientConfig::default());
+    assert_eq!(c.request(&s.local_addr().to_string(), out(json!("hello"))).await.expect("still serving"), json!("world"));
+}

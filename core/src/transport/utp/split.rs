@@ -164,3 +164,20 @@ mod tests {
         assert!(s.buf.len() < 1024);
     }
 }
+#[cfg(test)]
+mod across_pushes {
+    use super::*;
+
+    #[test]
+    fn split_inside_a_string_across_pushes() {
+        let mut s = JsonSplitter::new(1 << 20);
+        let mut got = Vec::new();
+        for c in [&br#"["r1","k""#[..], br#","hel"#, br#"lo"]"#] {
+            s.push(c);
+            while let Some(m) = s.next_message().expect("ok") {
+                got.push(String::from_utf8(m.to_vec()).expect("utf8"));
+            }
+        }
+        assert_eq!(got, vec![r#"["r1","k","hello"]"#.to_string()]);
+    }
+}
