@@ -40,9 +40,12 @@ fn tun(name: &str) -> File {
     f
 }
 
+/// Packets waiting for their time, and a wake-up for the writer.
+type DelayQueue = Arc<(Mutex<VecDeque<(Instant, Vec<u8>)>>, Condvar)>;
+
 /// Copies packets from `from` to `to`, each held `delay`, dropping `loss` of them.
 fn pump(mut from: File, to: File, delay: Duration, loss: f64) {
-    let queue: Arc<(Mutex<VecDeque<(Instant, Vec<u8>)>>, Condvar)> = Arc::default();
+    let queue: DelayQueue = Arc::default();
     let q = queue.clone();
     std::thread::spawn(move || {
         let mut to = to;

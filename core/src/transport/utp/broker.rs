@@ -290,12 +290,15 @@ pub struct BrokerClient {
     inner: Arc<BrokerInner>,
 }
 
+/// Service → (when punched, the endpoints reached).
+type PunchedCache = HashMap<String, (Instant, Arc<[String]>)>;
+
 struct BrokerInner {
     link: Link,
     node: Arc<UtpNode>,
     client: UtpClient,
     config: BrokerClientConfig,
-    cache: Mutex<HashMap<String, (Instant, Arc<[String]>)>>,
+    cache: Mutex<PunchedCache>,
 }
 
 impl std::fmt::Debug for BrokerClient {

@@ -298,29 +298,24 @@ impl librqbit_dualstack_sockets::PollSendToVectored for Demux {
 }
 
 impl librqbit_utp::Transport for Demux {
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = std::io::Result<(usize, SocketAddr)>> + Send + Sync + 'a {
-        async move {
-            loop {
-                match self.udp.recv_from(buf).await {
-                    Ok((n, from)) => {
-                        if !self.punch.sort(&buf[..n], from) {
-                            return Ok((n, from));
-                        }
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        loop {
+            match self.udp.recv_from(buf).await {
+                Ok((n, from)) => {
+                    if !self.punch.sort(&buf[..n], from) {
+                        return Ok((n, from));
                     }
-                    // ICMP errors reported on the socket (a peer's port closed): not fatal for
-                    // the other streams; the engine's own timers deal with that peer.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionRefused
-                                | std::io::ErrorKind::ConnectionReset
-                                | std::io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => return Err(e),
                 }
+                // ICMP errors reported on the socket (a peer's port closed): not fatal for the
+                // other streams; the engine's own timers deal with that peer.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
             }
         }
     }
