@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const PREAMBLE: &str = include_str!("header_preamble.h");
 
 fn main() {
+    shared_library_link_args();
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let root = crate_dir.parent().expect("workspace root").to_path_buf();
@@ -70,6 +71,56 @@ fn main() {
         let path = profile_dir.join("grenache.pc");
         if fs::read_to_string(&path).ok().as_deref() != Some(pc.as_str()) {
             let _ = fs::write(&path, pc);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link arguments of the shared library (kept apart from the header generation above).
+//
+// * SONAME `libgrenache.so.<ABI major>`: programs record that name, so an installed
+//   `libgrenache.so.0` can be replaced by any later build with the same ABI major. The ABI major
+//   is `SONAME_MAJOR` below; it is bumped only together with the baseline `ffi/abi/` (see
+//   scripts/abi-check.sh, which fails on an ABI break without a bump).
+// * Version script `ffi/grenache.map`: only `grenache_*` symbols are exported.
+// These arguments apply to the cdylib alone (not to the staticlib, tests or examples).
+// ---------------------------------------------------------------------------------------------
+
+/// The ABI major version: the number in the SONAME `libgrenache.so.N`.
+const SONAME_MAJOR: u32 = 0;
+
+fn shared_library_link_args() {
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    println!("cargo:rerun-if-changed=grenache.map");
+    let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if target_os == "linux" {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libgrenache.so.{SONAME_MAJOR}");
+        println!(
+            "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+            crate_dir.join("grenache.map").display()
+        );
+        soname_links();
+    }
+}
+
+/// Programs linked against the library in the build directory (the C examples and their tests,
+/// the FFI benchmark) record the SONAME, so the loader looks for `libgrenache.so.N` there:
+/// `target/<profile>` and its `deps/` get that name as a symlink to `libgrenache.so`, as an
+/// installed library has (it resolves once cargo has linked the library).
+fn soname_links() {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let Some(profile_dir) = profile_dir(&out_dir) else { return };
+    let name = format!("libgrenache.so.{SONAME_MAJOR}");
+    for dir in [profile_dir.clone(), profile_dir.join("deps")] {
+        let link = dir.join(&name);
+        if fs::read_link(&link).ok().as_deref() == Some(Path::new("libgrenache.so")) {
+            continue;
+        }
+        let _ = fs::create_dir_all(&dir);
+        let _ = fs::remove_file(&link);
+        #[cfg(unix)]
+        if let Err(e) = std::os::unix::fs::symlink("libgrenache.so", &link) {
+            println!("cargo:warning=cannot create {}: {e}", link.display());
         }
     }
 }

@@ -24,6 +24,8 @@ command -v npm >/dev/null 2>&1 || apt_install npm
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # C ABI examples (ffi/tests/c_examples.rs): a C compiler, pkg-config, valgrind.
 apt_install gcc g++ libc6-dev pkg-config valgrind ruby ruby-ffi
+# The C ABI check (scripts/abi-check.sh, ffi/tests/abi.rs): libabigail's abidw and abidiff.
+apt_install abigail-tools
 
 # 2. The Node.js reference peers, pinned in tests/interop/package-lock.json.
 log "npm ci (Node reference peers)"
@@ -68,7 +70,13 @@ else
   failed+=("node binding")
 fi
 
-# 7. Tests. nextest when available (one process per test), else cargo test.
+# 7. The installable artifacts (scripts/test-install.sh): libgrenache under a prefix, the wheel,
+#    the sdist, the gem and the .deb, built once (cargo profile `packaging`), each installed into
+#    a fresh place and run from there. A failure fails the run, after the tests below.
+log "install: C library, wheel, sdist, gem, .deb"
+if bash scripts/test-install.sh; then echo "install: ok"; else failed+=("install"); fi
+
+# 8. Tests. nextest when available (one process per test), else cargo test.
 jobs="${GRENACHE_TEST_JOBS:-$(nproc)}"
 if cargo nextest --version >/dev/null 2>&1; then
   log "doc tests"

@@ -1,6 +1,12 @@
 # frozen_string_literal: true
 
+require 'English'
 require 'ffi'
+
+module Grenache
+  # libgrenache could not be loaded (see {Native}); raised when the gem is required.
+  class LibraryNotFound < ::LoadError; end
+end
 
 module Grenache
   # The raw C ABI of libgrenache (include/grenache.h), one attached function per C function.
@@ -10,11 +16,65 @@ module Grenache
   # threads (binding a port, freeing a handle) are attached with `blocking: true`: they release
   # the GVL, so that those threads can run Ruby callbacks meanwhile.
   #
-  # The library is loaded from `ENV['GRENACHE_LIB']` (a path) or, without it, from the usual
-  # library search path (`libgrenache.so`).
+  # Where libgrenache is loaded from, first match wins (see {Native.library_candidates}):
+  # 1. `ENV['GRENACHE_LIB']`, a path to the library (nothing else is tried then);
+  # 2. the libdir of an installed libgrenache as pkg-config reports it
+  #    (`pkg-config --variable=libdir grenache`, honouring `PKG_CONFIG_PATH`);
+  # 3. the dynamic loader's search path: `libgrenache.so.0` (the installed run-time name), then
+  #    `libgrenache.so`.
+  # When none loads, requiring the gem raises {Grenache::LibraryNotFound} (a ::LoadError) that
+  # names what was tried and how to fix it.
   module Native
     extend FFI::Library
-    ffi_lib ENV.fetch('GRENACHE_LIB', 'grenache')
+
+    # The SONAME major this binding is written for: the ABI of include/grenache.h.
+    ABI_MAJOR = 0
+
+    # The paths or names to try, in order.
+    # @return [Array<String>]
+    def self.library_candidates(env = ENV)
+      explicit = env['GRENACHE_LIB']
+      return [explicit] if explicit && !explicit.empty?
+
+      found = []
+      libdir = pkg_config_libdir
+      if libdir
+        found << File.join(libdir, "libgrenache.so.#{ABI_MAJOR}")
+        found << File.join(libdir, 'libgrenache.so')
+      end
+      found + ["libgrenache.so.#{ABI_MAJOR}", 'libgrenache.so']
+    end
+
+    # `pkg-config --variable=libdir grenache`, or nil without pkg-config or the .pc file.
+    def self.pkg_config_libdir
+      out = IO.popen(%w[pkg-config --variable=libdir grenache], err: File::NULL, &:read)
+      dir = out.to_s.strip
+      $CHILD_STATUS.success? && !dir.empty? ? dir : nil
+    rescue SystemCallError
+      nil
+    end
+
+    # Loads the first candidate that opens (ffi_lib with several names would need them all).
+    def self.load_library(candidates)
+      errors = []
+      candidates.each do |lib|
+        ffi_lib lib
+        return lib
+      rescue LoadError => e
+        errors << e.message.lines.first.to_s.strip
+      end
+      raise Grenache::LibraryNotFound,
+            "grenache-native: libgrenache (the grenache-rs C library) could not be loaded; tried " \
+            "#{candidates.join(', ')}.\n" \
+            'Install it (the Debian package grenache, or scripts/install-c.sh of grenache-rs: see its ' \
+            'README, section Install), make it visible to pkg-config ' \
+            '(PKG_CONFIG_PATH=<prefix>/lib/pkgconfig), or point GRENACHE_LIB at the file ' \
+            "(GRENACHE_LIB=/path/to/libgrenache.so.#{ABI_MAJOR}).\n" \
+            "Loader: #{errors.join(' | ')}"
+    end
+
+    # The library that was loaded (a path or a loader name).
+    LIBRARY = load_library(library_candidates)
 
     # grenache_request_options: zero-initialised per-call options of request/map.
     class RequestOptions < FFI::Struct
