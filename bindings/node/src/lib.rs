@@ -352,6 +352,7 @@ pub struct NativeServer {
 #[napi]
 impl NativeServer {
     #[napi(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         link: &NativeLink,
         transport: String,
