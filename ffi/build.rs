@@ -1,58 +1,17 @@
-//! Generates `include/grenache.h` (cbindgen) and `grenache.pc` (pkg-config).
-//!
-//! The header is always generated into `$OUT_DIR/grenache.h`; its path is given to the crate's
-//! tests as `GRENACHE_FRESH_HEADER`, and `ffi/tests/header.rs` fails when the committed
-//! `include/grenache.h` differs. Outside CI (`CI` unset) the committed file is also refreshed,
-//! rewritten only when its content changed, so a developer just commits it.
+//! Writes `grenache.pc` (pkg-config) beside the built libraries. The C header is not generated
+//! here: `scripts/gen-header.sh` writes `include/grenache.h` (and checks it with `--verify`).
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-const PREAMBLE: &str = include_str!("header_preamble.h");
 
 fn main() {
     shared_library_link_args();
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let root = crate_dir.parent().expect("workspace root").to_path_buf();
-    println!("cargo:rerun-if-changed=src");
-    println!("cargo:rerun-if-changed=cbindgen.toml");
-    println!("cargo:rerun-if-changed=header_preamble.h");
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=CI");
-
-    let major = env::var("CARGO_PKG_VERSION_MAJOR").expect("version");
-    let minor = env::var("CARGO_PKG_VERSION_MINOR").expect("version");
-    let patch = env::var("CARGO_PKG_VERSION_PATCH").expect("version");
     let version = env::var("CARGO_PKG_VERSION").expect("version");
-
-    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
-    config.header = Some(PREAMBLE.trim_end().to_string());
-    config.after_includes = Some(format!(
-        "\n/** Major version of this header (see grenache_version() for the library's). */\n\
-         #define GRENACHE_VERSION_MAJOR {major}\n\
-         /** Minor version of this header. */\n#define GRENACHE_VERSION_MINOR {minor}\n\
-         /** Patch version of this header. */\n#define GRENACHE_VERSION_PATCH {patch}\n\
-         /** The version of this header as a string. */\n#define GRENACHE_VERSION_STRING \"{version}\"\n"
-    ));
-    let bindings = cbindgen::Builder::new()
-        .with_crate(&crate_dir)
-        .with_config(config)
-        .generate()
-        .expect("cbindgen could not generate include/grenache.h");
-    let fresh = out_dir.join("grenache.h");
-    bindings.write_to_file(&fresh);
-    println!("cargo:rustc-env=GRENACHE_FRESH_HEADER={}", fresh.display());
-
-    if env::var_os("CI").is_none() {
-        let committed = root.join("include").join("grenache.h");
-        let new = fs::read(&fresh).expect("fresh header");
-        if fs::read(&committed).ok().as_deref() != Some(&new[..]) {
-            fs::create_dir_all(committed.parent().expect("include dir")).expect("mkdir include");
-            fs::write(&committed, &new).expect("write include/grenache.h");
-        }
-    }
 
     // pkg-config file beside the libraries (target/<profile>/grenache.pc).
     if let Some(profile_dir) = profile_dir(&out_dir) {
@@ -76,10 +35,10 @@ fn main() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Link arguments of the shared library (kept apart from the header generation above).
+// Link arguments of the shared library (kept apart from the pkg-config file above).
 //
 // * SONAME `libgrenache.so.<ABI major>`: programs record that name, so an installed
-//   `libgrenache.so.0` can be replaced by any later build with the same ABI major. The ABI major
+//   `libgrenache.so.1` can be replaced by any later build with the same ABI major. The ABI major
 //   is `SONAME_MAJOR` below; it is bumped only together with the baseline `ffi/abi/` (see
 //   scripts/abi-check.sh, which fails on an ABI break without a bump).
 // * Version script `ffi/grenache.map`: only `grenache_*` symbols are exported.
@@ -87,7 +46,7 @@ fn main() {
 // ---------------------------------------------------------------------------------------------
 
 /// The ABI major version: the number in the SONAME `libgrenache.so.N`.
-const SONAME_MAJOR: u32 = 0;
+const SONAME_MAJOR: u32 = 1;
 
 fn shared_library_link_args() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -3,7 +3,7 @@
  * reference: grenache-grape, grenache-nodejs-link, -http, -ws).
  *
  * Link with -lgrenache (pkg-config: grenache). Every symbol starts with grenache_, and the
- * library exports nothing else. ABI: programs load libgrenache.so.0 (the SONAME); its functions,
+ * library exports nothing else. ABI: programs load libgrenache.so.1 (the SONAME); its functions,
  * structs and enum values stay compatible for as long as that number does (checked against a
  * committed baseline); a later library of the same SONAME only adds.
  *

@@ -119,9 +119,9 @@ prefix="$work/prefix"
 c_install() {
   bash scripts/install-c.sh --no-build --profile "$profile" --prefix "$prefix"
   local lib="$prefix/lib"
-  [ "$(readlink "$lib/libgrenache.so.0")" = "libgrenache.so.$version" ]
+  [ "$(readlink "$lib/libgrenache.so.1")" = "libgrenache.so.$version" ]
   [ "$(readlink "$lib/libgrenache.so")" = "libgrenache.so.$version" ]
-  readelf -d "$lib/libgrenache.so.$version" | grep 'Library soname: \[libgrenache.so.0\]' >/dev/null
+  readelf -d "$lib/libgrenache.so.$version" | grep 'Library soname: \[libgrenache.so.1\]' >/dev/null
   [ -f "$lib/libgrenache.a" ]
   [ -f "$prefix/include/grenache/grenache.h" ]
   grep -qx "libdir=$lib" "$lib/pkgconfig/grenache.pc"
@@ -139,7 +139,7 @@ c_examples() {
     # shellcheck disable=SC2086
     cc -std=c11 -Wall -Wextra -Werror -pedantic -pthread "$bin/$ex.c" -o "$bin/$ex" $flags
     # The installed copy is the one loaded (a prefix outside the loader's path: LD_LIBRARY_PATH).
-    LD_LIBRARY_PATH="$prefix/lib" ldd "$bin/$ex" | grep "libgrenache.so.0 => $prefix/lib/libgrenache.so.0" >/dev/null
+    LD_LIBRARY_PATH="$prefix/lib" ldd "$bin/$ex" | grep "libgrenache.so.1 => $prefix/lib/libgrenache.so.1" >/dev/null
     LD_LIBRARY_PATH="$prefix/lib" timeout 120 "$bin/$ex" >"$bin/$ex.out" 2>&1 \
       || { cat "$bin/$ex.out"; return 1; }
     echo "  $ex: $(tail -1 "$bin/$ex.out")"
@@ -148,7 +148,7 @@ c_examples() {
 check "C examples built with pkg-config against the installed copy" c_examples
 
 check "ABI check on the installed library" \
-  bash scripts/abi-check.sh --lib "$prefix/lib/libgrenache.so.0" --header "$prefix/include/grenache/grenache.h"
+  bash scripts/abi-check.sh --lib "$prefix/lib/libgrenache.so.1" --header "$prefix/include/grenache/grenache.h"
 
 c_readonly() {
   local ro="$work/ro" msg
@@ -271,12 +271,12 @@ ruby_gem() {
   out="$(rb PKG_CONFIG_PATH="$prefix/lib/pkgconfig" ruby -e 'require "grenache"
 puts $LOADED_FEATURES.grep(%r{/grenache\.rb$}).first, Grenache::Native::LIBRARY')"
   expect_in "$out" "$gem_home/gems/grenache-native-$version/lib/grenache.rb" "the loaded gem"
-  expect_in "$out" "$prefix/lib/libgrenache.so.0" "the loaded library"
+  expect_in "$out" "$prefix/lib/libgrenache.so.1" "the loaded library"
   out="$(rb PKG_CONFIG_PATH="$prefix/lib/pkgconfig" timeout 120 ruby ws_local_network.rb 2>&1)" \
     || { echo "$out"; return 1; }
   echo "  ws_local_network.rb: $(tail -1 <<<"$out")"
   # The env override, with pkg-config unable to help.
-  out="$(rb PKG_CONFIG_PATH=/nonexistent GRENACHE_LIB="$prefix/lib/libgrenache.so.0" ruby -e \
+  out="$(rb PKG_CONFIG_PATH=/nonexistent GRENACHE_LIB="$prefix/lib/libgrenache.so.1" ruby -e \
     'require "grenache"; puts Grenache.version')"
   expect_in "$out" "$version" "Grenache.version"
 }
@@ -305,7 +305,7 @@ dpkg -s grenache >/dev/null 2>&1 && deb_installed=1
 deb_contents() {
   local ma; ma="$(dpkg-architecture -qDEB_HOST_MULTIARCH)"
   for f in /usr/bin/grape /usr/bin/grenache "/usr/lib/$ma/libgrenache.so.$version" \
-    "/usr/lib/$ma/libgrenache.so.0" "/usr/lib/$ma/libgrenache.so" "/usr/lib/$ma/libgrenache.a" \
+    "/usr/lib/$ma/libgrenache.so.1" "/usr/lib/$ma/libgrenache.so" "/usr/lib/$ma/libgrenache.a" \
     "/usr/lib/$ma/pkgconfig/grenache.pc" /usr/include/grenache/grenache.h \
     /lib/systemd/system/grenache-grape.service /etc/default/grenache-grape; do
     dpkg -S "$f" >/dev/null || { echo "not in the package: $f"; return 1; }
@@ -388,7 +388,7 @@ deb_clients() {
   cp examples/c/basics.c "$bin/"
   # shellcheck disable=SC2046
   cc -std=c11 -Wall -Werror -pthread "$bin/basics.c" -o "$bin/basics" $(pkg-config --cflags --libs grenache)
-  ldd "$bin/basics" | grep -E 'libgrenache.so.0 => (/usr)?/lib/' >/dev/null
+  ldd "$bin/basics" | grep -E 'libgrenache.so.1 => (/usr)?/lib/' >/dev/null
   timeout 60 "$bin/basics" >/dev/null
   echo "  basics.c against /usr: ok"
   rb env -u PKG_CONFIG_PATH timeout 120 ruby rpc_server.rb "http://127.0.0.1:$api1" 3 >"$work/rb-server.log" 2>&1 &

@@ -24,6 +24,8 @@ command -v npm >/dev/null 2>&1 || apt_install npm
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # C ABI examples (ffi/tests/c_examples.rs): a C compiler, pkg-config, valgrind.
 apt_install gcc g++ libc6-dev pkg-config valgrind ruby ruby-ffi
+# The split-network test (tests/tests/dht_partition.rs): network namespaces and iptables.
+apt_install iproute2 iptables
 # The C ABI check (scripts/abi-check.sh, ffi/tests/abi.rs): libabigail's abidw and abidiff.
 apt_install abigail-tools
 
@@ -34,6 +36,10 @@ log "npm ci (Node reference peers)"
 # 3. Build everything (tests, examples, benches compile too).
 log "cargo build"
 cargo build --workspace --all-targets --locked
+
+# The C header is generated from ffi/src: the committed one must be what the sources give.
+log "include/grenache.h"
+bash scripts/gen-header.sh --verify
 
 # 4. The runnable Rust examples (the C and Ruby examples run inside the test suite).
 log "examples"

@@ -3,15 +3,63 @@
 /** Any JSON-serialisable value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
 
-/** An error of the library: `code` like "ERR_TIMEOUT", "ERR_GRAPE_LOOKUP_EMPTY", "ERR_REMOTE"
- * (then `detail` is the remote handler's message), "ERR_CONNECT", "ERR_TRANSPORT_CLOSE",
- * "ERR_INVALID_ARGUMENT", "ERR_SEQ_TOO_LOW", "ERR_CAS_MISMATCH", "ERR_CANCELLED"...; `errno` is
- * its stable number (the C ABI's result code). */
+/** An error of the library: `code` is its stable number (the C ABI's result code, the same in
+ * every face), `name` its "ERR_*" string ("ERR_TIMEOUT", "ERR_GRAPE_LOOKUP_EMPTY", "ERR_REMOTE"
+ * (then `message` is the remote handler's text)...), `message` the same text as in the C, Ruby
+ * and Python faces. Every error kind of the core has a class of its own (below) under one of
+ * six family classes. */
 export class GrenacheError extends Error {
-  readonly code: string
-  readonly errno: number
-  readonly detail: string
+  readonly code: number
+  readonly name: string
 }
+/** 1xx: the caller's input. */
+export class InputError extends GrenacheError {}
+/** 2xx: the transport. */
+export class TransportError extends GrenacheError {}
+/** 3xx: Grape and DHT. */
+export class DiscoveryError extends GrenacheError {}
+/** 4xx: RPC failures reported by the other side. */
+export class RpcError extends GrenacheError {}
+/** 5xx: TLS. */
+export class TlsError extends GrenacheError {}
+/** 9xx: bugs in the library, cancellations. */
+export class LibraryError extends GrenacheError {}
+export class NullParameterError extends InputError {}
+export class InvalidArgumentError extends InputError {}
+export class InvalidUtf8Error extends InputError {}
+export class AlreadyUsedError extends InputError {}
+export class BufferTooSmallError extends InputError {}
+export class InvalidStateError extends InputError {}
+export class IoError extends TransportError {}
+export class ConnectError extends TransportError {}
+export class TimeoutError extends TransportError {}
+export class ClosedError extends TransportError {}
+export class PayloadTooLargeError extends TransportError {}
+export class DecodeError extends TransportError {}
+export class ProtocolError extends TransportError {}
+export class PunchTimeoutError extends TransportError {}
+export class LookupEmptyError extends DiscoveryError {}
+export class GrapeError extends DiscoveryError {}
+export class NoNodesError extends DiscoveryError {}
+export class AllQueriesFailedError extends DiscoveryError {}
+export class SeqTooLowError extends DiscoveryError {}
+export class CasMismatchError extends DiscoveryError {}
+export class DhtError extends DiscoveryError {}
+export class RemoteError extends RpcError {}
+export class NoReplyError extends RpcError {}
+export class HandlerPanickedError extends RpcError {}
+export class TlsHandshakeError extends TlsError {}
+export class CertificateError extends TlsError {}
+export class TlsConfigError extends TlsError {}
+export class ClientRefusedError extends TlsError {}
+export class PanicError extends LibraryError {}
+export class InternalError extends LibraryError {}
+export class CancelledError extends LibraryError {}
+
+/** Throw it from a handler (or reject with it) to answer the client with an error: the caller
+ * gets a RemoteError whose message is exactly this message. Any other exception is printed and
+ * answered "ERR_HANDLER_PANIC". */
+export class ReplyError extends Error {}
 
 export interface GrapeOptions {
   /** UDP port of the DHT (0: any free port). */
@@ -22,6 +70,11 @@ export interface GrapeOptions {
   bootstrap?: string[]
   /** The address announced for services (default: the caller's address). */
   host?: string
+  /**
+   * A file that keeps the DHT node's id and routing table across restarts: read at start (a
+   * restarted Grape rejoins without `bootstrap`), written at stop and every minute.
+   */
+  dhtState?: string
 }
 
 /** A Grape (DHT node + HTTP API) running in this process; the constructor starts it. */
@@ -79,9 +132,28 @@ export class Link {
   close(): void
 }
 
+/** The handle to answer one request, exactly once, now or later. A second answer throws
+ * AlreadyUsedError; a reply collected unanswered answers "ERR_NO_REPLY". */
+export class Reply {
+  /** Answers with `value` (any JSON value). */
+  send(value: Json): void
+  /** Answers with JSON text, written to the wire as it is. */
+  sendJson(text: string): void
+  /** Answers with an error: the client gets a RemoteError with exactly this message. */
+  error(message: string): void
+  /** Gives the reply up: the client gets "ERR_NO_REPLY" at once. */
+  abandon(): void
+  readonly answered: boolean
+  /** True when nobody waits for the answer any more. */
+  readonly closed: boolean
+}
+
 export class RequestInfo {
   /** The client certificate's SHA-1 fingerprint over mutual TLS, else null. */
   readonly fingerprint: string | null
+  /** Takes over the reply: what the handler returns is then ignored. */
+  defer(): Reply
+  readonly deferred: boolean
 }
 
 export interface ServerOptions {
@@ -100,8 +172,8 @@ export interface ServerOptions {
   broker?: string
 }
 
-/** An RPC server: the handler returns the result (or a Promise); throwing answers the error's
- * message. */
+/** An RPC server: the handler returns the result (or a Promise); throwing a ReplyError answers
+ * its message, any other exception "ERR_HANDLER_PANIC"; `info.defer()` takes the Reply. */
 export class Server {
   constructor(link: Link, handler: (payload: any, info: RequestInfo) => Json | Promise<Json>, opts?: ServerOptions)
   readonly port: number

@@ -1,8 +1,10 @@
 // grenache-native: Grenache for Node.js on the Rust core of grenache-rs.
 //
-// Promises for one-shot calls, JSON payloads, Error objects with `.code` ("ERR_TIMEOUT"...)
-// and `.errno` (a stable number). The network runs on the library's own threads; handlers and
-// subscription callbacks run on the JS thread. Types: index.d.ts.
+// Promises for one-shot calls, JSON payloads, one error class per error kind of the core (under
+// six family classes, as in the Ruby and Python faces) with `.code` (the stable number), `.name`
+// ("ERR_TIMEOUT"...) and `.message` (the same text in every face). The network runs on the
+// library's own threads; handlers and subscription callbacks run on the JS thread. Types:
+// index.d.ts.
 'use strict'
 
 const path = require('path')
@@ -22,26 +24,47 @@ function load () {
 
 const native = load()
 
+// An error of the library. `name` is set on each instance (not on the prototype) so that it is
+// the ERR_* string while `instanceof` still tells the class.
 class GrenacheError extends Error {
-  constructor (code, errno, message) {
-    super(message && message !== code ? `${code}: ${message}` : code)
-    this.name = 'GrenacheError'
+  constructor (code, name, message) {
+    super(message)
+    Object.defineProperty(this, 'name', { value: name, enumerable: false, writable: true, configurable: true })
     this.code = code
-    this.errno = errno
-    this.detail = message
   }
 }
 
+const families = {}
+for (const family of ['InputError', 'TransportError', 'DiscoveryError', 'RpcError', 'TlsError', 'LibraryError']) {
+  families[family] = { [family]: class extends GrenacheError {} }[family]
+}
+
+// One class per error kind, from the core's table.
+const errors = {}
+const byCode = new Map()
+const byName = new Map()
+for (const k of native.errorKinds()) {
+  const cls = { [k.className]: class extends families[k.family] {} }[k.className]
+  errors[k.className] = cls
+  byCode.set(k.code, { cls, kind: k })
+  byName.set(k.name, { cls, kind: k })
+}
+
+function makeError (code, message) {
+  const entry = byCode.get(code)
+  if (!entry) return new GrenacheError(code, `ERR_${code}`, message)
+  return new entry.cls(code, entry.kind.name, message || entry.kind.message)
+}
+
+// A native call that threw: its `code` is the kind's ERR_* name.
 function toError (e) {
   if (e instanceof GrenacheError) return e
-  const text = typeof e === 'string' ? e : e && e.message
-  if (typeof text === 'string' && text.startsWith('{"')) {
-    try {
-      const v = JSON.parse(text)
-      if (v.grenache) return new GrenacheError(v.code, v.errno, v.message)
-    } catch (_) {}
-  }
-  return e
+  const entry = e && typeof e.code === 'string' && byName.get(e.code)
+  return entry ? makeError(entry.kind.code, e.message) : e
+}
+
+function invalid (message) {
+  return makeError(byName.get('ERR_INVALID_ARGUMENT').kind.code, message)
 }
 
 // Runs a native call that may throw, turning its errors into GrenacheError.
@@ -53,13 +76,13 @@ function sync (fn) {
   }
 }
 
-// Starts a native call that completes through `(err, result)`; resolves with `decode(result)`.
+// Starts a native call that completes through `(code, text)`; resolves with `decode(text)`.
 function call (start, decode = JSON.parse) {
   return new Promise((resolve, reject) => {
-    sync(() => start((err, result) => {
-      if (err) return reject(toError(err))
+    sync(() => start((code, text) => {
+      if (code !== undefined && code !== null) return reject(makeError(code, text))
       try {
-        resolve(decode(result))
+        resolve(decode(text))
       } catch (e) {
         reject(e)
       }
@@ -79,7 +102,7 @@ const ms = (s) => (s === undefined || s === null ? undefined : Math.max(0, Math.
 class Grape {
   // Starts a Grape: `{ dhtPort, apiPort, bootstrap: ['127.0.0.1:20001'], host }` (ports 0: any free).
   constructor (opts = {}) {
-    this._g = sync(() => new native.NativeGrape(opts.dhtPort || 0, opts.apiPort || 0, opts.bootstrap || [], opts.host))
+    this._g = sync(() => new native.NativeGrape(opts.dhtPort || 0, opts.apiPort || 0, opts.bootstrap || [], opts.host, opts.dhtState))
   }
 
   get dhtPort () { return this._g.dhtPort }
@@ -128,40 +151,82 @@ class Link {
   close () { this._l.close() }
 }
 
+// Throw it from a handler (or reject with it) to answer the client with an error: the caller
+// gets a RemoteError whose message is exactly this message. Any other exception is printed and
+// answered 'ERR_HANDLER_PANIC'.
+class ReplyError extends Error {}
+ReplyError.prototype.name = 'ReplyError'
+
+// The handle to answer one request, exactly once, now or later. A second answer throws
+// AlreadyUsedError; a reply collected unanswered answers 'ERR_NO_REPLY'.
+class Reply {
+  constructor (native) { this._r = native }
+  send (value) { sync(() => this._r.send(value === undefined ? 'null' : JSON.stringify(value))) }
+  sendJson (text) { sync(() => this._r.send(String(text))) }
+  error (message) { sync(() => this._r.error(String(message))) }
+  abandon () { sync(() => this._r.abandon()) }
+  get answered () { return this._r.answered }
+  get closed () { return this._r.closed }
+}
+
 class RequestInfo {
-  constructor (fingerprint) { this.fingerprint = fingerprint || null }
+  constructor (fingerprint, reply) {
+    this.fingerprint = fingerprint || null
+    this._reply = reply
+    this._deferred = false
+  }
+
+  // Takes over the reply: what the handler returns is then ignored.
+  defer () {
+    if (!this._reply) throw invalid('this request has no reply to defer')
+    this._deferred = true
+    return this._reply
+  }
+
+  get deferred () { return this._deferred }
+}
+
+function answerError (reply, e) {
+  let message
+  if (e instanceof ReplyError) {
+    message = e.message || 'ERR_REPLY'
+  } else {
+    console.error('grenache: exception in a request handler:', e)
+    message = 'ERR_HANDLER_PANIC'
+  }
+  if (!reply.answered) reply.error(message)
+}
+
+function answer (reply, info, value) {
+  if (info.deferred) return
+  try {
+    reply.send(value)
+  } catch (e) {
+    answerError(reply, e)
+  }
 }
 
 class Server {
-  // `handler(payload, info)` returns the result (or a Promise of it); throwing (or rejecting)
-  // answers the client with the error's message.
+  // `handler(payload, info)` returns the result (or a Promise of it); throwing (or rejecting
+  // with) a ReplyError answers the client with its message; `info.defer()` takes the Reply.
   constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints, broker } = {}) {
-    const onRequest = (id, payloadJson, fingerprint) => {
+    const onRequest = (nativeReply, payloadJson, fingerprint) => {
+      const reply = new Reply(nativeReply)
+      const info = new RequestInfo(fingerprint, reply)
       let result
       try {
-        result = handler(JSON.parse(payloadJson), new RequestInfo(fingerprint))
+        result = handler(JSON.parse(payloadJson), info)
       } catch (e) {
-        return this._answer(id, e)
+        return answerError(reply, e)
       }
       if (result && typeof result.then === 'function') {
-        result.then((v) => this._answer(id, null, v), (e) => this._answer(id, e || new Error('ERR_REJECTED')))
+        result.then((v) => answer(reply, info, v), (e) => answerError(reply, e))
       } else {
-        this._answer(id, null, result)
+        answer(reply, info, result)
       }
     }
     this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints, broker))
     this._release = keepAlive()
-  }
-
-  _answer (id, err, value) {
-    if (err) return this._s.reply(id, String((err && err.message) || err), undefined)
-    let json
-    try {
-      json = value === undefined ? 'null' : JSON.stringify(value)
-    } catch (e) {
-      return this._s.reply(id, 'ERR_REPLY_NOT_JSON', undefined)
-    }
-    return this._s.reply(id, undefined, json)
   }
 
   get port () { return this._s.port }
@@ -172,9 +237,9 @@ class Server {
   // lets the requests already received finish and their replies go out, then closes; after
   // `grace` ms the rest are closed. Resolves true when everything finished in time. Call
   // close() afterwards.
-  shutdown (grace = 10000) { return call((done) => this._s.shutdown(ms(grace), done), (r) => r === 'true') }
+  shutdown (grace = 10000) { return call((done) => this._s.shutdown(ms(grace), done)) }
   // uTP: punches `target` ('ip:port') from the server's socket every 100 ms until it answers;
-  // rejects with ERR_PUNCH_TIMEOUT after `timeout` ms.
+  // rejects with a PunchTimeoutError (ERR_PUNCH_TIMEOUT) after `timeout` ms.
   punch (target, timeout = 5000) { return call((done) => this._s.punch(String(target), ms(timeout), done), () => undefined) }
   // uTP: `cb(from)` for every punch reaching the server's socket (the grenache-nodejs-utp
   // 'punch' event, on every server rather than on the first transport made).
@@ -244,6 +309,12 @@ module.exports = {
   ServerTls,
   ClientTls,
   RequestInfo,
+  Reply,
+  ReplyError,
   GrenacheError,
-  version: () => native.version()
+  ...families,
+  ...errors,
+  version: () => native.version(),
+  // The core's error table (for tests and tools).
+  _kinds: () => native.errorKinds()
 }

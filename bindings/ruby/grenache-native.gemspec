@@ -16,8 +16,8 @@ Gem::Specification.new do |s|
   s.homepage = 'https://example.invalid/grenache-rs'
   s.required_ruby_version = '>= 2.7'
   # The C library is not in the gem: it is found at require time through GRENACHE_LIB,
-  # pkg-config (grenache.pc) or the loader's path (libgrenache.so.0); see lib/grenache/native.rb.
-  s.requirements << 'libgrenache.so.0 (the grenache-rs C library: Debian package grenache, or scripts/install-c.sh)'
+  # pkg-config (grenache.pc) or the loader's path (libgrenache.so.1); see lib/grenache/native.rb.
+  s.requirements << 'libgrenache.so.1 (the grenache-rs C library: Debian package grenache, or scripts/install-c.sh)'
   s.add_runtime_dependency 'ffi', '~> 1.15'
   s.add_development_dependency 'minitest', '~> 5'
   s.metadata['rubygems_mfa_required'] = 'true'

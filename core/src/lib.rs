@@ -13,8 +13,9 @@ pub mod error;
 pub mod grape;
 pub mod link;
 pub mod pubsub;
+mod rid;
 pub mod rpc;
 pub mod tls;
 pub mod transport;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorFamily, ErrorKind, Result};

@@ -245,15 +245,22 @@ async fn raw_ping(sock: &UdpSocket, to: SocketAddr, t: &[u8]) -> Option<Vec<u8>>
     q.extend_from_slice(b"1:y1:qe");
     sock.send_to(&q, to).await.unwrap();
     let mut buf = vec![0u8; 65536];
-    match tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
-        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
-        _ => None,
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+            // The node learned this socket as a DHT node from the ping and may query it (its
+            // routing-table refresh): skip queries, wait for the reply.
+            Ok(Ok((n, _))) if matches!(grenache::dht::krpc::decode(&buf[..n]), Ok(m) if matches!(m.body, grenache::dht::krpc::Body::Query(_))) => {}
+            Ok(Ok((n, _))) => return Some(buf[..n].to_vec()),
+            _ => return None,
+        }
     }
 }
 
 #[tokio::test]
 async fn crash_inputs_are_dropped_and_the_node_keeps_answering() {
-    let node = Dht::bind(cfg(&[])).await.unwrap();
+    // no maintenance: the probe socket would get refresh queries among the replies it reads
+    let node = Dht::bind(DhtConfig { maintenance_rate: 0, ..cfg(&[]) }).await.unwrap();
     let to = node.local_addr();
     let mut ev = node.events();
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -345,7 +352,8 @@ async fn replies_from_the_wrong_ip_are_ignored() {
     // the bootstrap "node" gets the find_node on 127.0.0.1 but answers from 127.0.0.2
     let fake = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let Ok(liar) = UdpSocket::bind("127.0.0.2:0").await else { return }; // no 127/8 loopback: skip
-    let node = Dht::bind(cfg(&[fake.local_addr().unwrap()])).await.unwrap();
+    // no maintenance: its retries of the bootstrap node would reach `fake` among node2's queries
+    let node = Dht::bind(DhtConfig { maintenance_rate: 0, ..cfg(&[fake.local_addr().unwrap()]) }).await.unwrap();
     let mut ev = node.events();
     let mut buf = vec![0u8; 2048];
     let (n, from) = tokio::time::timeout(Duration::from_secs(5), fake.recv_from(&mut buf)).await.unwrap().unwrap();
@@ -517,7 +525,8 @@ fn futures_are_send(d: Dht) {
 
 #[tokio::test]
 async fn a_full_bucket_stays_at_k_nodes() {
-    let node = Dht::bind(cfg(&[])).await.unwrap();
+    // no maintenance: refresh walks would query (and drop) the silent probe sockets
+    let node = Dht::bind(DhtConfig { maintenance_rate: 0, ..cfg(&[]) }).await.unwrap();
     let own = node.id();
     let mut socks = Vec::new();
     // 30 senders whose ids all differ from ours in the first bit: they share bucket 0.
@@ -551,6 +560,8 @@ async fn a_full_bucket_stays_at_k_nodes() {
 #[tokio::test]
 async fn a_dead_node_in_a_full_bucket_is_replaced() {
     let mut c = cfg(&[]);
+    // no maintenance: refresh walks would drop the silent nodes before the bucket-full check
+    c.maintenance_rate = 0;
     c.node_liveness = Duration::from_millis(200);
     c.query_timeout = Duration::from_millis(300);
     let node = Dht::bind(c).await.unwrap();
@@ -606,4 +617,85 @@ async fn a_dead_node_in_a_full_bucket_is_replaced() {
     // The bucket-full check pings the least recently seen node; the periodic liveness check
     // (node_liveness 200 ms here) may have pinged the others meanwhile, which is fine too.
     assert!(pinged >= 1, "silent nodes were pinged before being replaced");
+}
+
+/// Node 0 <- 1 <- 2 <- ... each bootstrapped from its predecessor only: the refresh rounds fill
+/// every table, so node 0 (which only ever heard of node 1 at join time) learns them all.
+#[tokio::test]
+async fn chain_wired_tables_fill_up_by_refresh() {
+    // started at once (nobody waits for its bootstrap node to join first), like a compose file
+    let mut nodes: Vec<Dht> = Vec::new();
+    for i in 0..8 {
+        let boot: Vec<SocketAddr> = if i == 0 { vec![] } else { vec![nodes[i - 1].local_addr()] };
+        nodes.push(Dht::bind(cfg(&boot)).await.unwrap());
+    }
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(30), "every table holds the 7 other nodes", || {
+        let full = nodes.iter().all(|d| d.node_count() == 7);
+        if t0.elapsed().as_millis() % 1000 < 20 {
+            eprintln!("{:?}", nodes.iter().map(|d| d.node_count()).collect::<Vec<_>>());
+        }
+        async move { full.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = nodes[7].stats();
+    assert!(s.maintenance_queries > 0 && s.queries_sent >= s.maintenance_queries && s.replies_sent > 0, "{s:?}");
+    for d in &nodes {
+        d.shutdown().await;
+    }
+}
+
+/// A node that goes silent is dropped from the table after a failed query, retried, and taken
+/// back when it answers again (same id, same port); it learns the retrying node too.
+#[tokio::test]
+async fn a_node_that_went_silent_is_retried_and_taken_back() {
+    let a = Dht::bind(cfg(&[])).await.unwrap();
+    let b = Dht::bind(cfg(&[a.local_addr()])).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.ready()).await.unwrap();
+    eventually(Duration::from_secs(10), "a knows b", || {
+        let ok = a.node_count() == 1;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let (b_id, b_addr) = (b.id(), b.local_addr());
+    let b_state = b.state_snapshot();
+    assert_eq!(b_state.id, b_id);
+    b.shutdown().await;
+    // a lookup times out on b: b leaves a's table
+    let _ = a.lookup(b"anything").await;
+    assert_eq!(a.node_count(), 0);
+    // b comes back on the same port with the same id and no bootstrap list
+    let mut c = cfg(&[]);
+    c.bind = b_addr;
+    c.id = Some(b_id);
+    let b = Dht::bind(c).await.unwrap();
+    eventually(Duration::from_secs(30), "a takes b back and b learns a", || {
+        let ok = a.nodes().iter().any(|n| n.id == b_id) && b.nodes().iter().any(|n| n.id == a.id());
+        async move { ok.then_some(()) }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn dht_state_json_round_trip_and_errors() {
+    use grenache::dht::DhtState;
+    use grenache::dht::krpc::NodeInfo;
+    let s = DhtState {
+        id: [7; 20],
+        nodes: vec![NodeInfo { id: [1; 20], addr: "127.0.0.1:20001".parse().unwrap() }],
+    };
+    assert_eq!(DhtState::from_json(&s.to_json()).unwrap(), s);
+    for bad in [
+        "",
+        "[]",
+        r#"{"version":2,"id":"0707070707070707070707070707070707070707","nodes":[]}"#,
+        r#"{"version":1,"id":"07","nodes":[]}"#,
+        r#"{"version":1,"id":"0707070707070707070707070707070707070707"}"#,
+        r#"{"version":1,"id":"0707070707070707070707070707070707070707","nodes":[{"id":"0101010101010101010101010101010101010101","addr":"[::1]:5"}]}"#,
+    ] {
+        assert_eq!(DhtState::from_json(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad}");
+    }
 }

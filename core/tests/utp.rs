@@ -24,7 +24,7 @@ fn loopback() -> SocketAddr {
 /// "hello" → "world"; "fail" → ERR_BOOM; "who" → the caller's address; {"sleep":ms,"v":x} → x
 /// after ms; anything else is echoed.
 fn handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match req.payload.value() {
         Value::String(s) if s == "hello" => reply.ok(json!("world")),
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::String(s) if s == "who" => {

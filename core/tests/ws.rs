@@ -26,7 +26,7 @@ fn any_port() -> SocketAddr {
 /// "hello" → "world"; "fail" → ERR_BOOM; {"sleep":ms,"v":x} → x after ms; "cert" → fingerprint;
 /// anything else is echoed.
 fn test_handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match &*req.payload {
         Value::String(s) if s == "hello" => reply.ok(json!("world")),
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::String(s) if s == "cert" => reply.ok(json!(req.info.cert.as_ref().map(|c| c.fingerprint.clone()))),

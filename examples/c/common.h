@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ typedef struct {
     grenache_result code;
     char *json;    /* malloc'd copy of the result, or NULL */
     char *message; /* malloc'd copy of the error message, or NULL */
+    bool value;    /* the answer of a grenache_bool_cb */
 } completion;
 
 static inline void completion_init(completion *c) {
@@ -72,6 +74,15 @@ static inline void on_json(void *userdata, grenache_result code, const grenache_
 /* A grenache_done_cb: the userdata is a completion. */
 static inline void on_done(void *userdata, grenache_result code, const grenache_error *err) {
     completion_set((completion *)userdata, code, err, NULL, 0);
+}
+
+/* A grenache_bool_cb: the userdata is a completion; the answer goes to its `value`. */
+static inline void on_bool(void *userdata, grenache_result code, const grenache_error *err, bool value) {
+    completion *c = (completion *)userdata;
+    pthread_mutex_lock(&c->lock);
+    c->value = value;
+    pthread_mutex_unlock(&c->lock);
+    completion_set(c, code, err, NULL, 0);
 }
 
 /* Waits at most timeout_ms for the completion; returns 0 when it fired. */

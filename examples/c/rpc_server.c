@@ -130,8 +130,8 @@ int main(int argc, char **argv) {
     printf("answered %ld\n", answered);
     /* Shut down gracefully: stop announcing and listening, let the requests already received
      * finish and their replies reach the wire, then close (cut off after 5 s). */
-    DIE_IF(grenache_server_shutdown(server, 5000, on_done, &stopped), "grenache_server_shutdown");
-    if (completion_wait(&stopped, 10000) != 0 || stopped.code != GRENACHE_RESULT_OK) {
+    DIE_IF(grenache_server_shutdown(server, 5000, on_bool, &stopped), "grenache_server_shutdown");
+    if (completion_wait(&stopped, 10000) != 0 || stopped.code != GRENACHE_RESULT_OK || !stopped.value) {
         fprintf(stderr, "shutdown: %s %s\n", grenache_result_name(stopped.code), stopped.message ? stopped.message : "");
         return 1;
     }

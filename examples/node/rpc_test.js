@@ -15,7 +15,7 @@ async function main () {
   const clientLink = new grenache.Link(g2.url)
 
   const server = new grenache.Server(workerLink, (payload) => {
-    if (payload !== 'hello') throw new Error('ERR_UNKNOWN_REQUEST')
+    if (payload !== 'hello') throw new grenache.ReplyError('ERR_UNKNOWN_REQUEST')
     return 'world'
   }, { transport: 'ws' })
   server.startAnnouncing('rpc_test', 1000)
@@ -25,7 +25,7 @@ async function main () {
     try {
       reply = await client.request('rpc_test', 'hello', { timeout: 10000 })
     } catch (e) {
-      if (e.code !== 'ERR_GRAPE_LOOKUP_EMPTY') throw e
+      if (!(e instanceof grenache.LookupEmptyError)) throw e
       await sleep(100) // not announced yet
     }
   }
@@ -35,7 +35,7 @@ async function main () {
   try {
     await client.request('rpc_test', 'bye')
   } catch (e) {
-    console.log('rpc_test bye -> error', e.detail)
+    console.log('rpc_test bye -> error', e.message)
   }
 
   const pub = new grenache.Publisher(workerLink)

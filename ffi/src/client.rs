@@ -24,7 +24,9 @@ fn new_client(kind: ClientTransportKind, link: *const grenache_link, tls: *const
     if out.is_null() {
         return grenache_result::NullParameter;
     }
+    // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedClient::new(&link.inner, kind, ClientOptions { tls, ..Default::default() }), |inner| grenache_client { inner }) }
 }
 
@@ -72,6 +74,7 @@ pub extern "C" fn grenache_client_new_utp(
             punch_timeout: (punch_timeout_ms > 0).then(|| Duration::from_millis(punch_timeout_ms)),
             ..Default::default()
         };
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, EmbedClient::new(&link.inner, ClientTransportKind::Utp, options), |inner| grenache_client { inner }) }
     }
 }
@@ -107,6 +110,7 @@ fn options_or_default(opts: *const grenache_request_options) -> Result<RequestOp
 }
 
 fn options(o: &grenache_request_options) -> Result<RequestOptions, grenache_result> {
+    // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
     let dest = if o.dest.is_null() { None } else { Some(unsafe { crate::ptr::str_from_c(o.dest) }?.to_string()) };
     Ok(RequestOptions {
         timeout: (o.timeout_ms > 0).then(|| Duration::from_millis(o.timeout_ms)),

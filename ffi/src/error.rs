@@ -4,204 +4,21 @@ use std::ffi::{CString, c_char};
 
 use grenache_core::{Error, ErrorKind};
 
+pub use crate::result::grenache_result;
 use crate::panic::ffi_panic_boundary;
 use crate::ptr::{try_ref, write_out};
 
-/// The result of every fallible call, and the code of every completion.
-///
-/// `GRENACHE_RESULT_OK` is 0, so `if (rc) { ... }` tests for failure. Every other value is the
-/// stable code of the core library's error kind (the same numbers in every language binding):
-/// 1xx the caller's input, 2xx transport, 3xx Grape and DHT, 4xx RPC, 5xx TLS, 9xx internal.
-/// Codes are never renumbered or reused. Turn a code into text with `grenache_result_name` and
-/// `grenache_result_message`.
-#[allow(non_camel_case_types)]
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum grenache_result {
-    /// Success.
-    Ok = 0,
-    /// A required pointer or handle was NULL (`ERR_NULL_PARAMETER`).
-    NullParameter = 100,
-    /// An argument is out of range or malformed: a bad port, bad JSON, a bad hex key (`ERR_INVALID_ARGUMENT`).
-    InvalidArgument = 101,
-    /// A string argument is not valid UTF-8 (`ERR_INVALID_UTF8`).
-    InvalidUtf8 = 102,
-    /// A one-shot object was used a second time (`ERR_ALREADY_USED`).
-    AlreadyUsed = 103,
-    /// An output buffer is too small (`ERR_BUFFER_TOO_SMALL`).
-    BufferTooSmall = 104,
-    /// The object is not in a state that allows the call, or a blocking call was made inside a
-    /// callback (`ERR_INVALID_STATE`).
-    InvalidState = 105,
-    /// An operating-system I/O error such as a failed bind (`ERR_IO`).
-    Io = 200,
-    /// Could not connect to the peer (`ERR_CONNECT`).
-    Connect = 201,
-    /// The operation did not complete within its timeout (`ERR_TIMEOUT`).
-    Timeout = 202,
-    /// The connection or the object was closed while the operation was in flight (`ERR_TRANSPORT_CLOSE`).
-    Closed = 203,
-    /// A payload exceeded a size limit (`ERR_PAYLOAD_SIZE`).
-    PayloadTooLarge = 204,
-    /// Received bytes could not be decoded (`ERR_DECODE`).
-    Decode = 205,
-    /// The peer broke the protocol (`ERR_PROTOCOL`).
-    Protocol = 206,
-    /// Hole punching found no open path to the peer in time, e.g. behind a symmetric NAT (`ERR_PUNCH_TIMEOUT`).
-    PunchTimeout = 207,
-    /// A lookup found no peer for the service name (`ERR_GRAPE_LOOKUP_EMPTY`).
-    LookupEmpty = 300,
-    /// The Grape answered with an error (`ERR_GRAPE`).
-    Grape = 301,
-    /// The DHT knows no node to query (`ERR_NO_NODES`).
-    NoNodes = 302,
-    /// Every DHT query failed (`ERR_ALL_QUERIES_FAILED`).
-    AllQueriesFailed = 303,
-    /// A mutable put with a sequence number not above the stored one (`ERR_SEQ_TOO_LOW`).
-    SeqTooLow = 304,
-    /// A mutable put whose `cas` does not match the stored sequence number (`ERR_CAS_MISMATCH`).
-    CasMismatch = 305,
-    /// Another DHT error (`ERR_DHT`).
-    Dht = 306,
-    /// The remote handler replied with an error; the error detail holds its text (`ERR_REMOTE`).
-    Remote = 400,
-    /// A handler dropped its reply handle without answering (`ERR_NO_REPLY`).
-    NoReply = 401,
-    /// A handler panicked (`ERR_HANDLER_PANIC`).
-    HandlerPanicked = 402,
-    /// The TLS handshake failed (`ERR_TLS_HANDSHAKE`).
-    TlsHandshake = 500,
-    /// A certificate or key could not be parsed or was refused (`ERR_CERTIFICATE`).
-    Certificate = 501,
-    /// The TLS configuration is invalid (`ERR_TLS_CONFIG`).
-    TlsConfig = 502,
-    /// The server's client verification refused the client (`ERR_CLIENT_REFUSED`).
-    ClientRefused = 503,
-    /// A panic was caught at the C boundary: a bug in the library (`ERR_PANIC`).
-    Panic = 900,
-    /// An internal invariant did not hold: a bug in the library (`ERR_INTERNAL`).
-    Internal = 901,
-    /// The operation was cancelled because its handle or runtime was freed first (`ERR_CANCELLED`).
-    Cancelled = 902,
-}
+/// The C strings of one text per code, built once.
+type CodeTexts = std::sync::OnceLock<Vec<(u32, CString)>>;
 
-impl grenache_result {
-    /// Every code, `Ok` first, then in the order of [`ErrorKind::ALL`].
-    pub const ALL: &'static [grenache_result] = &[
-        grenache_result::Ok,
-        grenache_result::NullParameter,
-        grenache_result::InvalidArgument,
-        grenache_result::InvalidUtf8,
-        grenache_result::AlreadyUsed,
-        grenache_result::BufferTooSmall,
-        grenache_result::InvalidState,
-        grenache_result::Io,
-        grenache_result::Connect,
-        grenache_result::Timeout,
-        grenache_result::Closed,
-        grenache_result::PayloadTooLarge,
-        grenache_result::Decode,
-        grenache_result::Protocol,
-        grenache_result::PunchTimeout,
-        grenache_result::LookupEmpty,
-        grenache_result::Grape,
-        grenache_result::NoNodes,
-        grenache_result::AllQueriesFailed,
-        grenache_result::SeqTooLow,
-        grenache_result::CasMismatch,
-        grenache_result::Dht,
-        grenache_result::Remote,
-        grenache_result::NoReply,
-        grenache_result::HandlerPanicked,
-        grenache_result::TlsHandshake,
-        grenache_result::Certificate,
-        grenache_result::TlsConfig,
-        grenache_result::ClientRefused,
-        grenache_result::Panic,
-        grenache_result::Internal,
-        grenache_result::Cancelled,
-    ];
+static NAMES: CodeTexts = std::sync::OnceLock::new();
+static CLASS_NAMES: CodeTexts = std::sync::OnceLock::new();
 
-    /// The code for a number, if it is one.
-    pub fn from_u32(code: u32) -> Option<grenache_result> {
-        Self::ALL.iter().copied().find(|r| *r as u32 == code)
-    }
-
-    /// The core error kind (None for `Ok`).
-    pub fn kind(self) -> Option<ErrorKind> {
-        ErrorKind::from_code(self as u32)
-    }
-
-    /// The C code of a core error kind. Kinds added to core before this enum learns them map to
-    /// `Internal` (a test makes sure none is missing).
-    pub fn from_kind(kind: ErrorKind) -> grenache_result {
-        Self::from_u32(kind.code()).unwrap_or(grenache_result::Internal)
-    }
-
-    /// `"OK"` or the core kind's `ERR_*` name.
-    pub fn name(self) -> &'static str {
-        match self.kind() {
-            None => "OK",
-            Some(k) => k.name(),
-        }
-    }
-
-    /// A one-line description for people.
-    pub fn message(self) -> &'static str {
-        use grenache_result as R;
-        match self {
-            R::Ok => "success",
-            R::NullParameter => "a required pointer argument was NULL",
-            R::InvalidArgument => "an argument is out of range or malformed",
-            R::InvalidUtf8 => "a string argument is not valid UTF-8",
-            R::AlreadyUsed => "a one-shot object was used a second time",
-            R::BufferTooSmall => "the output buffer is too small",
-            R::InvalidState => "the object is not in a state that allows this call (or a blocking call was made inside a callback)",
-            R::Io => "an operating-system I/O error",
-            R::Connect => "could not connect to the peer",
-            R::Timeout => "the operation timed out",
-            R::Closed => "the connection was closed",
-            R::PayloadTooLarge => "a payload exceeded its size limit",
-            R::Decode => "received bytes could not be decoded",
-            R::Protocol => "the peer broke the protocol",
-            R::PunchTimeout => "hole punching found no open path to the peer in time",
-            R::LookupEmpty => "no peer announces this service",
-            R::Grape => "the Grape answered with an error",
-            R::NoNodes => "the DHT knows no node to query",
-            R::AllQueriesFailed => "every DHT query failed",
-            R::SeqTooLow => "the sequence number is not above the stored one",
-            R::CasMismatch => "the compare-and-swap sequence number does not match",
-            R::Dht => "a DHT node answered with an error",
-            R::Remote => "the remote handler replied with an error",
-            R::NoReply => "the handler dropped its reply without answering",
-            R::HandlerPanicked => "the handler panicked",
-            R::TlsHandshake => "the TLS handshake failed",
-            R::Certificate => "a certificate or key was refused",
-            R::TlsConfig => "the TLS configuration is invalid",
-            R::ClientRefused => "the server refused the client certificate",
-            R::Panic => "a panic was caught at the C boundary (a library bug)",
-            R::Internal => "an internal invariant did not hold (a library bug)",
-            R::Cancelled => "the operation was cancelled because its handle was freed",
-        }
-    }
-}
-
-impl From<&Error> for grenache_result {
-    fn from(e: &Error) -> Self {
-        grenache_result::from_kind(e.kind())
-    }
-}
-
-static NAMES: std::sync::OnceLock<Vec<(u32, CString)>> = std::sync::OnceLock::new();
-
-fn c_name(code: u32) -> Option<&'static CString> {
-    let names = NAMES.get_or_init(|| {
-        grenache_result::ALL
-            .iter()
-            .map(|r| (*r as u32, CString::new(r.name()).unwrap_or_default()))
-            .collect()
+fn code_text(table: &'static CodeTexts, code: u32, text: fn(grenache_result) -> &'static str) -> Option<&'static CString> {
+    let texts = table.get_or_init(|| {
+        grenache_result::ALL.iter().map(|r| (*r as u32, CString::new(text(*r)).unwrap_or_default())).collect()
     });
-    names.iter().find(|(c, _)| *c == code).map(|(_, n)| n)
+    texts.iter().find(|(c, _)| *c == code).map(|(_, n)| n)
 }
 
 /// The stable name of a result code: `"OK"`, `"ERR_TIMEOUT"`, `"ERR_GRAPE_LOOKUP_EMPTY"`...
@@ -212,7 +29,24 @@ fn c_name(code: u32) -> Option<&'static CString> {
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_result_name(code: u32) -> *const c_char {
     ffi_panic_boundary! {
-        match c_name(code) {
+        match code_text(&NAMES, code, grenache_result::name) {
+            Some(n) => n.as_ptr(),
+            None => std::ptr::null(),
+        }
+    }
+}
+
+/// The name of the error class of a result code in the language faces: `"TimeoutError"`,
+/// `"LookupEmptyError"`... (`"Ok"` for `GRENACHE_RESULT_OK`). A binding over the C ABI derives
+/// its exception classes from it, by walking the codes from 100 to 999.
+///
+/// Returns a static NUL-terminated string that must not be freed, or NULL for a number that is
+/// not a code. Thread-safe; may be called inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_result_class_name(code: u32) -> *const c_char {
+    ffi_panic_boundary! {
+        let class = |r: grenache_result| r.kind().map_or("Ok", ErrorKind::class_name);
+        match code_text(&CLASS_NAMES, code, class) {
             Some(n) => n.as_ptr(),
             None => std::ptr::null(),
         }
@@ -239,6 +73,8 @@ pub extern "C" fn grenache_result_message(code: u32, buf: *mut c_char, len: usiz
         if msg.len() + 1 > len {
             return grenache_result::BufferTooSmall;
         }
+        // SAFETY: `buf` and `out_n` were checked non-NULL and `len` covers the text and its NUL;
+        // the header requires `buf` to hold `len` writable bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), msg.len());
             buf.add(msg.len()).write(0);
@@ -261,10 +97,9 @@ pub struct grenache_error {
 impl grenache_error {
     /// The detail of a core error. For `REMOTE` errors the message is exactly the remote text.
     pub(crate) fn from_error(e: &Error) -> grenache_error {
-        let text = if e.message().is_empty() { e.kind().name() } else { e.message() };
         grenache_error {
             code: grenache_result::from(e),
-            message: CString::new(text.replace('\0', " ")).unwrap_or_default(),
+            message: CString::new(e.text().replace('\0', " ")).unwrap_or_default(),
         }
     }
 
@@ -283,7 +118,9 @@ pub extern "C" fn grenache_error_code(err: *const grenache_error) -> grenache_re
 
 /// The message of an error detail as a NUL-terminated UTF-8 string: for
 /// `GRENACHE_RESULT_REMOTE` exactly the text the remote handler sent (e.g. `"ERR_BOOM"`),
-/// otherwise a description. NULL when `err` is NULL.
+/// otherwise the library's description of this failure, or the code's message
+/// (`grenache_result_message`) when it has none: the same text as the `message` of the
+/// Ruby, Python and Node errors. NULL when `err` is NULL.
 ///
 /// Borrowed from `err`: valid only until the completion callback returns; copy it to keep it.
 #[unsafe(no_mangle)]

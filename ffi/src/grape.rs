@@ -40,6 +40,7 @@ pub extern "C" fn grenache_grape_start(
         let bootstrap = if bootstrap.is_null() {
             Vec::new()
         } else {
+            // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
             match unsafe { crate::ptr::str_from_c(bootstrap) } {
                 Ok(s) => parse_bootstrap(s),
                 Err(e) => return e,
@@ -55,6 +56,7 @@ pub extern "C" fn grenache_grape_start(
 }
 
 fn start(rt: &grenache_runtime, config: GrapeConfig, out: *mut *mut grenache_grape) -> grenache_result {
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedGrape::start(&rt.rt, config), |inner| grenache_grape { inner }) }
 }
 
@@ -219,6 +221,7 @@ pub extern "C" fn grenache_grape_options_new(out: *mut *mut grenache_grape_optio
         }
         let mut config = GrapeConfig::new();
         config.dht_port(0).api_port(0);
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_boxed(out, grenache_grape_options { config }) };
         grenache_result::Ok
     }
@@ -295,6 +298,22 @@ pub extern "C" fn grenache_grape_options_set_bootstrap(opts: *mut grenache_grape
     }
 }
 
+/// Sets the file that keeps the DHT node's id and the good nodes of its routing table across
+/// restarts (the `grape --dht-state FILE` option). It is read at start: the saved nodes are used
+/// at once, so the Grape serves lookups without any bootstrap node, and those that do not answer
+/// are dropped. It is written when the Grape stops and every minute while it runs. A missing file
+/// is a first start; a malformed one is reported as a `WARNING` event and ignored. NULL (the
+/// default): nothing is saved. Errors: `NULL_PARAMETER` (`opts`), `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_options_set_dht_state(opts: *mut grenache_grape_options, path: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let path = if path.is_null() { None } else { Some(std::path::PathBuf::from(try_str!(path))) };
+        o.config.dht_state(path.filter(|p| !p.as_os_str().is_empty()));
+        grenache_result::Ok
+    }
+}
+
 /// Starts a Grape with `opts` (copied; NULL: the defaults of `grenache_grape_options_new`).
 /// Otherwise the same contract as `grenache_grape_start`: blocks until both ports are bound (at
 /// most 10 s; `INVALID_STATE` inside callbacks) and writes `*out` on success. Errors:
@@ -310,6 +329,7 @@ pub extern "C" fn grenache_grape_start_opts(
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         let config = match unsafe { opts.as_ref() } {
             Some(o) => o.config.clone(),
             None => {

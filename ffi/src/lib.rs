@@ -12,6 +12,9 @@
 // C signatures carry (pointer, length) pairs, callbacks and userdata: long argument lists.
 #![allow(clippy::too_many_arguments)]
 #![warn(missing_docs)]
+// Every `unsafe` block says why it is sound (`// SAFETY:`), or sits in one of the pointer macros of
+// `ptr.rs`, whose contract is written there once.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod panic;
 mod ptr;
@@ -23,6 +26,7 @@ pub mod grape;
 pub mod link;
 pub mod pubsub;
 pub mod reply;
+pub mod result;
 pub mod runtime;
 pub mod server;
 pub mod tls;
@@ -33,6 +37,8 @@ pub use reply::{grenache_reply, grenache_request};
 pub use runtime::grenache_runtime;
 
 #[cfg(test)]
+#[allow(clippy::undocumented_unsafe_blocks)]
 mod tests;
 #[cfg(test)]
+#[allow(clippy::undocumented_unsafe_blocks)]
 mod tests_ext;

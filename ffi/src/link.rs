@@ -40,6 +40,7 @@ pub extern "C" fn grenache_link_new(rt: *const grenache_runtime, grape_url: *con
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, EmbedLink::new(&rt.rt, LinkConfig::with_grape(url)), |inner| grenache_link { inner }) }
     }
 }
@@ -77,6 +78,7 @@ pub extern "C" fn grenache_link_options_new(out: *mut *mut grenache_link_options
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_boxed(out, grenache_link_options { config: LinkConfig::default() }) };
         grenache_result::Ok
     }
@@ -127,8 +129,10 @@ pub extern "C" fn grenache_link_new_opts(
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         let mut config = unsafe { opts.as_ref() }.map(|o| o.config.clone()).unwrap_or_default();
         config.grape = url.to_string();
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, EmbedLink::new(&rt.rt, config), |inner| grenache_link { inner }) }
     }
 }
@@ -308,6 +312,7 @@ pub extern "C" fn grenache_keypair_generate(out: *mut *mut grenache_keypair) -> 
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_boxed(out, grenache_keypair { inner: Keypair::generate() }) };
         grenache_result::Ok
     }
@@ -322,6 +327,7 @@ pub extern "C" fn grenache_keypair_from_secret_hex(secret_hex: *const c_char, ou
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, Keypair::from_secret_hex(s), |inner| grenache_keypair { inner }) }
     }
 }
@@ -333,6 +339,8 @@ fn write_hex(s: &str, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenac
     if s.len() + 1 > len {
         return grenache_result::BufferTooSmall;
     }
+    // SAFETY: `buf` and `out_n` were checked non-NULL and `len` covers the text and its NUL;
+    // the header requires `buf` to hold `len` writable bytes.
     unsafe {
         std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), s.len());
         buf.add(s.len()).write(0);

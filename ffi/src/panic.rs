@@ -1,6 +1,6 @@
 //! The panic boundary: no panic crosses the C ABI.
 
-use crate::error::grenache_result;
+use crate::result::grenache_result;
 
 /// The value an exported function returns when its body panicked.
 pub(crate) trait PanicOrDefault {

@@ -2,13 +2,14 @@
 
 use std::ffi::{CStr, c_char, c_void};
 
-use crate::error::grenache_result;
+use crate::result::grenache_result;
 
 /// `&T` from a `*const T`, or an early return of the [`NullParameterOrDefault`] value.
 ///
 /// [`NullParameterOrDefault`]: crate::panic::NullParameterOrDefault
 macro_rules! try_ref {
     ($p:expr) => {
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         match unsafe { ($p).as_ref() } {
             Some(r) => r,
             None => return $crate::panic::NullParameterOrDefault::null_value(),
@@ -18,16 +19,15 @@ macro_rules! try_ref {
 pub(crate) use try_ref;
 
 /// `&mut T` from a `*mut T`, or an early return of the NULL value.
-#[allow(unused_macros)]
 macro_rules! try_mut {
     ($p:expr) => {
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         match unsafe { ($p).as_mut() } {
             Some(r) => r,
             None => return $crate::panic::NullParameterOrDefault::null_value(),
         }
     };
 }
-#[allow(unused_imports)]
 pub(crate) use try_mut;
 
 /// Takes back ownership of a `Box<T>` handed out with `Box::into_raw`, or returns early on NULL.
@@ -37,6 +37,7 @@ macro_rules! try_box {
         if p.is_null() {
             return $crate::panic::NullParameterOrDefault::null_value();
         }
+        // SAFETY: a non-NULL handle came from Box::into_raw in this library and is given back once (header contract: freeing consumes it).
         unsafe { Box::from_raw(p) }
     }};
 }
@@ -44,29 +45,27 @@ pub(crate) use try_box;
 
 /// `&str` from a NUL-terminated C string, or an early return of `NULL_PARAMETER` /
 /// `INVALID_UTF8`.
-#[allow(unused_macros)]
 macro_rules! try_str {
     ($p:expr) => {
+        // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
         match unsafe { $crate::ptr::str_from_c($p) } {
             Ok(s) => s,
             Err(code) => return code,
         }
     };
 }
-#[allow(unused_imports)]
 pub(crate) use try_str;
 
 /// `&str` from `(ptr, len)` bytes, or an early return of `NULL_PARAMETER` / `INVALID_UTF8`.
-#[allow(unused_macros)]
 macro_rules! try_str_len {
     ($p:expr, $len:expr) => {
+        // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
         match unsafe { $crate::ptr::str_from_raw($p, $len) } {
             Ok(s) => s,
             Err(code) => return code,
         }
     };
 }
-#[allow(unused_imports)]
 pub(crate) use try_str_len;
 
 /// Reads a NUL-terminated UTF-8 C string.
@@ -77,6 +76,7 @@ pub(crate) unsafe fn str_from_c<'a>(p: *const c_char) -> Result<&'a str, grenach
     if p.is_null() {
         return Err(grenache_result::NullParameter);
     }
+    // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
     let c = unsafe { CStr::from_ptr(p) };
     c.to_str().map_err(|_| grenache_result::InvalidUtf8)
 }
@@ -86,6 +86,7 @@ pub(crate) unsafe fn str_from_c<'a>(p: *const c_char) -> Result<&'a str, grenach
 /// # Safety
 /// `p` is NULL or points to `len` readable bytes that stay valid for `'a`.
 pub(crate) unsafe fn str_from_raw<'a>(p: *const c_char, len: usize) -> Result<&'a str, grenache_result> {
+    // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
     let bytes = unsafe { bytes_from_raw(p.cast(), len)? };
     std::str::from_utf8(bytes).map_err(|_| grenache_result::InvalidUtf8)
 }
@@ -101,6 +102,7 @@ pub(crate) unsafe fn bytes_from_raw<'a>(p: *const u8, len: usize) -> Result<&'a 
     if len > isize::MAX as usize {
         return Err(grenache_result::InvalidArgument);
     }
+    // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
@@ -109,6 +111,7 @@ pub(crate) unsafe fn bytes_from_raw<'a>(p: *const u8, len: usize) -> Result<&'a 
 /// # Safety
 /// `out` is valid for a write of `T`.
 pub(crate) unsafe fn write_out<T>(out: *mut T, v: T) {
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { out.write(v) }
 }
 
@@ -117,6 +120,7 @@ pub(crate) unsafe fn write_out<T>(out: *mut T, v: T) {
 /// # Safety
 /// As [`write_out`].
 pub(crate) unsafe fn write_boxed<T>(out: *mut *mut T, v: T) {
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_out(out, Box::into_raw(Box::new(v))) }
 }
 
@@ -132,6 +136,7 @@ pub(crate) unsafe fn write_handle<T, H>(
 ) -> grenache_result {
     match made {
         Ok(v) => {
+            // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
             unsafe { write_boxed(out, wrap(v)) };
             grenache_result::Ok
         }
@@ -146,6 +151,7 @@ pub(crate) struct UserData(pub(crate) *mut c_void);
 // SAFETY: the header's threading contract: userdata given with a callback is used from library
 // threads, concurrently; the caller guarantees that this is safe for its data.
 unsafe impl Send for UserData {}
+// SAFETY: as for Send: sharing it between library threads is the caller's contract.
 unsafe impl Sync for UserData {}
 
 /// A string with a trailing NUL, to hand out as `const char *` plus a length without the NUL.
@@ -201,6 +207,7 @@ mod tests {
             let expect = s.clone();
             with_nul(s, |p, n| {
                 assert_eq!(n, expect.len());
+                // SAFETY: `with_nul` hands a NUL-terminated buffer that lives during the closure.
                 let c = unsafe { CStr::from_ptr(p) };
                 assert_eq!(c.to_str().expect("utf8"), expect);
             });

@@ -62,6 +62,7 @@ fn new_publisher(link: *const grenache_link, opts: impl FnOnce() -> ServerOption
     if out.is_null() {
         return grenache_result::NullParameter;
     }
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedPublisher::bind_with(&link.inner, opts()), |inner| grenache_publisher { inner }) }
 }
 
@@ -99,6 +100,7 @@ pub extern "C" fn grenache_publisher_publish(publisher: *const grenache_publishe
         let text = try_str_len!(msg, len);
         let n = p.inner.publish(text);
         if !out_count.is_null() {
+            // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
             unsafe { write_out(out_count, n) };
         }
         grenache_result::Ok
@@ -113,12 +115,14 @@ pub extern "C" fn grenache_publisher_publish(publisher: *const grenache_publishe
 pub extern "C" fn grenache_publisher_publish_binary(publisher: *const grenache_publisher, data: *const u8, len: usize, out_count: *mut usize) -> grenache_result {
     ffi_panic_boundary! {
         let p = try_ref!(publisher);
+        // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
         let bytes = match unsafe { crate::ptr::bytes_from_raw(data, len) } {
             Ok(b) => b,
             Err(e) => return e,
         };
         let n = p.inner.publish_binary(bytes);
         if !out_count.is_null() {
+            // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
             unsafe { write_out(out_count, n) };
         }
         grenache_result::Ok
@@ -162,6 +166,7 @@ pub extern "C" fn grenache_subscriber_new(
         let Some(cb) = on_message else { return grenache_result::NullParameter };
         subscribe(link, name, tls, out, move |m: &SubMessage| {
             let (publisher, data) = message_c_strings(m);
+            // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
             unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr().cast(), m.data.len()) };
         })
     }
@@ -201,6 +206,7 @@ pub extern "C" fn grenache_subscriber_new_ex(
         let Some(cb) = on_message else { return grenache_result::NullParameter };
         subscribe(link, name, tls, out, move |m: &SubMessage| {
             let (publisher, data) = message_c_strings(m);
+            // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
             unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr(), m.data.len(), m.binary) };
         })
     }
@@ -220,7 +226,9 @@ fn subscribe(
     if out.is_null() {
         return grenache_result::NullParameter;
     }
+    // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedSubscriber::subscribe(&link.inner, name, tls, on_message), |inner| grenache_subscriber { inner }) }
 }
 

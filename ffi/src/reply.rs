@@ -55,7 +55,7 @@ impl grenache_request {
     }
 
     fn payload(&self) -> &NulString {
-        self.payload.get_or_init(|| NulString::new(embed::rpc::payload_json(&self.request)))
+        self.payload.get_or_init(|| NulString::new(embed::rpc::payload_json(&self.request).to_string()))
     }
 
     fn fingerprint(&self) -> Option<&NulString> {
@@ -93,6 +93,7 @@ pub extern "C" fn grenache_request_key(req: *const grenache_request, out_len: *m
     ffi_panic_boundary! {
         let key = try_ref!(req).key();
         if !out_len.is_null() {
+            // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
             unsafe { write_out(out_len, key.len()) };
         }
         key.as_ptr()
@@ -107,6 +108,7 @@ pub extern "C" fn grenache_request_payload(req: *const grenache_request, out_len
     ffi_panic_boundary! {
         let payload = try_ref!(req).payload();
         if !out_len.is_null() {
+            // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
             unsafe { write_out(out_len, payload.len()) };
         }
         payload.as_ptr()
@@ -137,6 +139,7 @@ pub extern "C" fn grenache_request_remote_addr(req: *const grenache_request) -> 
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_request_transport(req: *const grenache_request) -> grenache_transport {
     ffi_panic_boundary! {
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         match unsafe { req.as_ref() } {
             Some(r) => r.transport(),
             None => grenache_transport::Http,
@@ -161,6 +164,7 @@ impl crate::panic::PanicOrDefault for grenache_transport {
 pub extern "C" fn grenache_reply_send(reply: *mut grenache_reply, json: *const c_char, json_len: usize) -> grenache_result {
     ffi_panic_boundary! {
         let reply = try_box!(reply).reply;
+        // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
         let text = match unsafe { crate::ptr::str_from_raw(json, json_len) } {
             Ok(t) => t,
             Err(code) => {
@@ -185,6 +189,7 @@ pub extern "C" fn grenache_reply_send(reply: *mut grenache_reply, json: *const c
 pub extern "C" fn grenache_reply_error(reply: *mut grenache_reply, message: *const c_char) -> grenache_result {
     ffi_panic_boundary! {
         let reply = try_box!(reply).reply;
+        // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
         match unsafe { crate::ptr::str_from_c(message) } {
             Ok(m) => {
                 reply.err(m);
@@ -251,6 +256,7 @@ impl Drop for OwnedUserData {
     fn drop(&mut self) {
         if let Some(f) = self.free.take() {
             let p = self.ptr.0;
+            // SAFETY: the caller's free_userdata function, called once with the userdata it registered.
             let _ = std::panic::catch_unwind(|| unsafe { f(p) });
         }
     }

@@ -43,6 +43,7 @@ pub extern "C" fn grenache_runtime_new(worker_threads: usize, out: *mut *mut gre
             return grenache_result::NullParameter;
         }
         ignore_sigpipe_if_default();
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, Runtime::new(RuntimeOptions { worker_threads, ..Default::default() }), |rt| grenache_runtime { rt }) }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use grenache_core::embed::{EmbedServer, ServerOptions, ServerTransportKind};
 use grenache_core::tls::{ClientInfo, VerifyClient};
 
-use crate::callback::{done_completion, grenache_done_cb, try_callback};
+use crate::callback::{bool_completion, done_completion, grenache_bool_cb, grenache_done_cb, try_callback};
 use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
@@ -38,11 +38,13 @@ fn new_server(
     if out.is_null() {
         return grenache_result::NullParameter;
     }
+    // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
     unsafe { write_handle(out, EmbedServer::listen(&link.inner, kind, handler, opts()), |inner| grenache_server { inner }) }
 }
 
 /// The options of the `grenache_server_new_*` and `grenache_publisher_new` shorthands.
 pub(crate) fn port_tls(port: u16, tls: *const grenache_server_tls) -> impl FnOnce() -> ServerOptions {
+    // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     move || ServerOptions { port, tls: unsafe { tls.as_ref() }.map(|t| t.inner.clone()), ..Default::default() }
 }
 
@@ -140,21 +142,16 @@ pub extern "C" fn grenache_server_stop_announcing(server: *const grenache_server
 /// stops listening (clients' connects are refused, and grenache clients send those requests to
 /// another worker), lets the requests already read finish and their replies go out, closes each
 /// connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
-/// `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK` when
-/// every connection finished in time, `TIMEOUT` when some had to be closed, `CANCELLED` when the
-/// server is freed first. Non-blocking; free the server afterwards with `grenache_server_free`.
-/// Errors: `NULL_PARAMETER`.
+/// `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK`
+/// with `value` true when every connection finished in time, `OK` with `value` false when some
+/// had to be closed at the end of the grace, `CANCELLED` when the server is freed first.
+/// Non-blocking; free the server afterwards with `grenache_server_free`. Errors: `NULL_PARAMETER`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace_ms: u64, cb: grenache_done_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace_ms: u64, cb: grenache_bool_cb, userdata: *mut c_void) -> grenache_result {
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let cb = try_callback!(cb);
-        let done = done_completion(cb, userdata);
-        s.inner.shutdown(Duration::from_millis(grace_ms), move |r| {
-            done(r.and_then(|finished| {
-                if finished { Ok(()) } else { Err(grenache_core::Error::timeout("ERR_TIMEOUT: connections still busy at the end of the grace were closed")) }
-            }))
-        });
+        s.inner.shutdown(Duration::from_millis(grace_ms), bool_completion(cb, userdata));
         grenache_result::Ok
     }
 }
@@ -211,6 +208,7 @@ pub extern "C" fn grenache_server_options_new(out: *mut *mut grenache_server_opt
         if out.is_null() {
             return grenache_result::NullParameter;
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_boxed(out, grenache_server_options::default()) };
         grenache_result::Ok
     }
@@ -241,6 +239,7 @@ pub extern "C" fn grenache_server_options_set_port(opts: *mut grenache_server_op
 pub extern "C" fn grenache_server_options_set_tls(opts: *mut grenache_server_options, tls: *const grenache_server_tls) -> grenache_result {
     ffi_panic_boundary! {
         let o = try_mut!(opts);
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         o.inner.tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
         grenache_result::Ok
     }
@@ -358,6 +357,7 @@ pub extern "C" fn grenache_server_new(
                 return grenache_result::InvalidArgument;
             }
         };
+        // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         let opts = move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
         new_server(kind, link, opts, handler, userdata, free_userdata, out)
     }
@@ -383,6 +383,7 @@ pub extern "C" fn grenache_server_new_utp(
         let broker = if broker.is_null() {
             None
         } else {
+            // SAFETY: checked non-NULL above; the header says a broker name is a NUL-terminated string.
             match unsafe { crate::ptr::str_from_c(broker) } {
                 Ok(b) => Some(b.to_string()),
                 Err(e) => {
@@ -446,6 +447,7 @@ pub extern "C" fn grenache_server_on_punch(server: *const grenache_server, cb: g
         let r = s.inner.on_punch(move |from| {
             let ud = &ud;
             crate::ptr::with_nul(from, |p, _| {
+                // SAFETY: the callback contract in the header; `p` is a NUL-terminated string alive for the call.
                 let _ = std::panic::catch_unwind(|| unsafe { cb(ud.0, p) });
             });
         });

@@ -102,7 +102,7 @@ fn error_detail_accessors() {
     assert_eq!(grenache_error_code(ptr::null()), grenache_result::NullParameter);
     assert!(grenache_error_message(ptr::null()).is_null());
     let e = grenache_error::from_error(&grenache_core::Error::new(ErrorKind::Timeout, ""));
-    assert_eq!(cstr(grenache_error_message(&e)), "ERR_TIMEOUT");
+    assert_eq!(cstr(grenache_error_message(&e)), ErrorKind::Timeout.message(), "no detail: the code's message");
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn runtime_new_and_free() {
 // --- The reply handle, through the core dispatcher ------------------------------------------
 
 fn req(payload: serde_json::Value) -> Request {
-    Request { rid: json!("r1"), key: "rpc_test".into(), payload, info: RequestInfo::default() }
+    Request { rid: json!("r1"), key: "rpc_test".into(), payload: payload.into(), info: RequestInfo::default() }
 }
 
 fn test_rt() -> Runtime {
@@ -308,9 +308,10 @@ unsafe extern "C" fn answer_slowly(_ud: *mut c_void, req: *const grenache_reques
     });
 }
 
-unsafe extern "C" fn send_done(ud: *mut c_void, code: grenache_result, _err: *const grenache_error) {
-    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<grenache_result>>) };
-    let _ = tx.lock().expect("lock").send(code);
+unsafe extern "C" fn send_bool(ud: *mut c_void, code: grenache_result, _err: *const grenache_error, value: bool) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the test has received.
+    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<(grenache_result, bool)>>) };
+    let _ = tx.lock().expect("lock").send((code, value));
 }
 
 #[test]
@@ -326,10 +327,10 @@ fn server_shutdown_answers_what_it_read_and_reports_the_grace() {
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let ud = &tx as *const _ as *mut c_void;
-    assert_eq!(grenache_server_shutdown(ptr::null(), 10, Some(send_done), ud), grenache_result::NullParameter);
+    assert_eq!(grenache_server_shutdown(ptr::null(), 10, Some(send_bool), ud), grenache_result::NullParameter);
     for ws in [false, true] {
         let new = if ws { grenache_server_new_ws } else { grenache_server_new_http };
-        for (payload, grace, want) in [("slow", 5000, grenache_result::Ok), ("never", 200, grenache_result::Timeout)] {
+        for (payload, grace, in_time) in [("slow", 5000, true), ("never", 200, false)] {
             let mut server: *mut grenache_server = ptr::null_mut();
             assert_eq!(new(link, 0, ptr::null(), Some(answer_slowly), ptr::null_mut(), None, &mut server), grenache_result::Ok);
             let dest = format!("127.0.0.1:{}", grenache_server_port(server));
@@ -349,11 +350,11 @@ fn server_shutdown_answers_what_it_read_and_reports_the_grace() {
             let call = client_rt.spawn(async move { t.request(&d, out).await });
             std::thread::sleep(Duration::from_millis(100));
             let t0 = std::time::Instant::now();
-            assert_eq!(grenache_server_shutdown(server, grace, Some(send_done), ud), grenache_result::Ok);
-            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(want), "ws={ws} {payload}");
+            assert_eq!(grenache_server_shutdown(server, grace, Some(send_bool), ud), grenache_result::Ok);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok((grenache_result::Ok, in_time)), "ws={ws} {payload}");
             let took = t0.elapsed();
             let r = client_rt.block_on(call).expect("join");
-            if want == grenache_result::Ok {
+            if in_time {
                 assert_eq!(r.expect("answered before closing"), json!("later"));
                 assert!(took >= Duration::from_millis(150), "waited for the reply: {took:?}");
             } else {
@@ -370,13 +371,22 @@ fn server_shutdown_answers_what_it_read_and_reports_the_grace() {
 
 // --- uTP through the C ABI ----------------------------------------------------------------------
 
+unsafe extern "C" fn send_done(ud: *mut c_void, code: grenache_result, _err: *const grenache_error) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the test has received.
+    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<grenache_result>>) };
+    let _ = tx.lock().expect("lock").send(code);
+}
+
 unsafe extern "C" fn send_json(ud: *mut c_void, code: grenache_result, _err: *const grenache_error, json: *const c_char, len: usize) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the test has received.
     let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<(grenache_result, String)>>) };
+    // SAFETY: the library passes `len` readable bytes at `json` for the duration of the call.
     let text = if json.is_null() { String::new() } else { String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) }).to_string() };
     let _ = tx.lock().expect("lock").send((code, text));
 }
 
 unsafe extern "C" fn send_punch(ud: *mut c_void, from: *const c_char) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the server is freed.
     let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<String>>) };
     let _ = tx.lock().expect("lock").send(cstr(from));
 }

@@ -41,6 +41,7 @@ pub struct grenache_client_tls {
 }
 
 fn opt_str<'a>(p: *const c_char) -> Result<Option<&'a str>, grenache_result> {
+    // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
     if p.is_null() { Ok(None) } else { unsafe { crate::ptr::str_from_c(p) }.map(Some) }
 }
 
@@ -74,6 +75,7 @@ pub extern "C" fn grenache_server_tls_new(
         if let Some(ca) = ca {
             b = b.client_ca_pem(ca.as_bytes().to_vec());
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, b.client_auth(mode).build(), |inner| grenache_server_tls { inner }) }
     }
 }
@@ -111,6 +113,7 @@ pub extern "C" fn grenache_client_tls_new(
             (None, None) => {}
             _ => return grenache_result::InvalidArgument,
         }
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
         unsafe { write_handle(out, b.build(), |inner| grenache_client_tls { inner }) }
     }
 }

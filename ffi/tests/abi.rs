@@ -132,13 +132,13 @@ fn built_library_matches_the_committed_baseline() {
     let lib = lib_arg();
     let out = abi_check(&[Path::new("--lib"), &lib]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("abi-check: OK (libgrenache.so.0"), "{}", text(&out));
+    assert!(text(&out).contains("abi-check: OK (libgrenache.so.1"), "{}", text(&out));
 }
 
 #[test]
 fn only_grenache_symbols_are_exported_and_the_soname_is_set() {
     let out = Command::new("readelf").arg("-d").arg(lib_arg()).output().expect("readelf");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Library soname: [libgrenache.so.0]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Library soname: [libgrenache.so.1]"));
     let out = Command::new("nm").args(["-D", "--defined-only"]).arg(lib_arg()).output().expect("nm");
     let syms = String::from_utf8_lossy(&out.stdout).to_string();
     let names: Vec<&str> = syms.lines().filter_map(|l| l.split_whitespace().last()).collect();
@@ -150,7 +150,7 @@ fn only_grenache_symbols_are_exported_and_the_soname_is_set() {
 #[test]
 fn removing_an_export_fails_the_check() {
     let s = Scratch::new("drop");
-    let lib = relink(&s.0, "libgrenache.so.0", &["grenache_link_put"], None, &[]);
+    let lib = relink(&s.0, "libgrenache.so.1", &["grenache_link_put"], None, &[]);
     // As when the Rust function goes: cbindgen drops it from the header too.
     let h = write_header(&s.0, &without_declaration(&committed_header(), "grenache_link_put"));
     let out = abi_check(&[Path::new("--lib"), &lib, Path::new("--header"), &h]);
@@ -202,7 +202,7 @@ fn a_compatible_addition_must_be_recorded() {
 #[test]
 fn a_soname_bump_needs_a_new_baseline_and_then_passes() {
     let s = Scratch::new("bump");
-    let lib = relink(&s.0, "libgrenache.so.1", &["grenache_link_put"], None, &[]);
+    let lib = relink(&s.0, "libgrenache.so.2", &["grenache_link_put"], None, &[]);
     let h = write_header(&s.0, &without_declaration(&committed_header(), "grenache_link_put"));
     let out = abi_check(&[Path::new("--lib"), &lib, Path::new("--header"), &h]);
     assert_fails_with(&out, "record the new baseline");
@@ -216,13 +216,13 @@ fn a_soname_bump_needs_a_new_baseline_and_then_passes() {
     assert!(out.status.success(), "{}", text(&out));
     let out = abi_check(&[Path::new("--lib"), &lib, Path::new("--header"), &h, Path::new("--baseline"), &base]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("libgrenache.so.1"), "{}", text(&out));
+    assert!(text(&out).contains("libgrenache.so.2"), "{}", text(&out));
 }
 
 #[test]
 fn exporting_a_foreign_symbol_fails_the_check() {
     let s = Scratch::new("extra");
-    let lib = relink(&s.0, "libgrenache.so.0", &[], Some("int util_helper(void) { return 0; }\n"), &["util_helper"]);
+    let lib = relink(&s.0, "libgrenache.so.1", &[], Some("int util_helper(void) { return 0; }\n"), &["util_helper"]);
     let out = abi_check(&[Path::new("--lib"), &lib]);
     assert_fails_with(&out, "does not declare");
     assert!(text(&out).contains("util_helper"), "{}", text(&out));

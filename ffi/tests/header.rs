@@ -1,20 +1,12 @@
-//! The committed `include/grenache.h` must be what cbindgen generates from the current sources
-//! (build.rs writes a fresh copy to OUT_DIR), and its version macros must match Cargo.toml.
+//! The committed `include/grenache.h`: its version macros match Cargo.toml and every item is
+//! documented. That it is what the sources generate is checked by `scripts/gen-header.sh --verify`
+//! (run by `scripts/test.sh`).
 
 use std::path::PathBuf;
 
 fn committed() -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../include/grenache.h");
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
-}
-
-#[test]
-fn committed_header_is_fresh() {
-    let fresh = std::fs::read_to_string(env!("GRENACHE_FRESH_HEADER")).expect("fresh header from build.rs");
-    assert!(
-        committed() == fresh,
-        "include/grenache.h is stale: rebuild the ffi crate outside CI (cargo build -p grenache-ffi) and commit the header"
-    );
 }
 
 #[test]

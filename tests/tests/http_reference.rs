@@ -53,7 +53,7 @@ async fn http_request_and_map_through_grape() {
     let link = g.link();
     let handler = |req: Request, reply: Reply| {
         assert!(req.rid.is_string());
-        match &req.payload {
+        match &*req.payload {
             Value::Object(_) => reply.ok(json!({"hello": "helloworld", "key": req.key})),
             _ => reply.ok(json!("world")),
         }

@@ -19,7 +19,7 @@ fn loopback() -> SocketAddr {
 }
 
 fn handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match req.payload.value() {
         Value::String(s) if s == "hello" => reply.ok(json!("world")),
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         _ => reply.ok(json!({"from": "rust", "key": req.key, "payload": req.payload,

@@ -29,7 +29,7 @@ fn opts(ms: u64) -> RequestOptions {
 /// Our test handler: "hello" → "world"; "fail" → ERR_BOOM; {sleep, v}; else an echo with the
 /// client's fingerprint.
 fn handler(req: Request, reply: Reply) {
-    match &req.payload {
+    match &*req.payload {
         Value::String(s) if s == "hello" => reply.ok(json!("world")),
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::Object(o) if o.contains_key("sleep") => {

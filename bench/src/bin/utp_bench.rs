@@ -37,7 +37,7 @@ fn runtime_thread() -> tokio::runtime::Handle {
 }
 
 fn echo(req: Request, reply: Reply) {
-    reply.ok(req.payload);
+    reply.ok_raw(req.payload.into_raw());
 }
 
 fn out(payload: &Arc<str>) -> OutgoingRequest {

@@ -1,28 +1,27 @@
 //! The native addon of the `grenache-native` npm package (napi-rs) over the core's
 //! [`grenache::embed`] facade.
 //!
-//! It is private: `index.js` wraps it with the public API (Promises, JSON, `Error` objects with
-//! `.code`). Conventions:
-//! * one-shot operations take a completion function `(err, result)` called exactly once on the
-//!   JS thread (a threadsafe function); `err` is the JSON text `{"code","errno","message"}`,
-//!   `result` a JSON text;
-//! * synchronous failures throw an `Error` whose message is that same JSON text;
-//! * request handlers get `(id, payloadJson, fingerprint)` and answer with
-//!   `server.reply(id, err, resultJson)`; replies not yet sent are kept in a bounded table;
+//! It is private: `index.js` wraps it with the public API (Promises, JSON, one error class per
+//! core error kind, made from [`error_kinds`]). Conventions:
+//! * one-shot operations take a completion function `(code, text)` called exactly once on the
+//!   JS thread (a threadsafe function): on success `code` is undefined and `text` the result as
+//!   JSON text; on failure `code` is the error kind's number and `text` its message;
+//! * synchronous failures throw an `Error` whose `code` is the kind's `ERR_*` name and whose
+//!   `message` is the error's text;
+//! * request handlers get `(reply, payloadJson, fingerprint)`, `reply` a [`NativeReply`] that
+//!   answers exactly once;
 //! * nothing panics across the boundary: napi-rs turns a panic into a JS exception, and the
 //!   facade catches panics of its own tasks.
 
 // The classes are opaque handles for JS; Debug on them would print nothing useful.
 #![allow(missing_debug_implementations)]
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grenache::embed::{
     self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber,
-    GrapeConfig, Keypair as CoreKeypair, LinkConfig, MutableItem, RequestOptions, RuntimeOptions, ServerOptions,
+    GrapeConfig, Keypair as CoreKeypair, LinkConfig, MutableItem, ReplyOnce, RequestOptions, ServerOptions,
     ServerTls as CoreServerTls,
 };
 use grenache::rpc::{Reply, Request, TransportKind};
@@ -33,76 +32,82 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
 
-/// A completion: `(err, result)`.
-type Done = ThreadsafeFunction<FnArgs<(Option<String>, Option<String>)>, (), FnArgs<(Option<String>, Option<String>)>, Status, false>;
-/// A request handler: `(id, payloadJson, fingerprint)`. Weak: it does not keep the process
+/// A completion: `(code, text)`.
+type Done = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>)>, (), FnArgs<(Option<u32>, Option<String>)>, Status, false>;
+/// A request handler: `(reply, payloadJson, fingerprint)`. Weak: it does not keep the process
 /// alive by itself; `index.js` holds a handle of its own while the server is open, so the
 /// process lives exactly until `close()`.
-type HandlerFn = ThreadsafeFunction<FnArgs<(u32, String, Option<String>)>, (), FnArgs<(u32, String, Option<String>)>, Status, false, true>;
+type HandlerArgs = FnArgs<(NativeReply, String, Option<String>)>;
+type HandlerFn = ThreadsafeFunction<HandlerArgs, (), HandlerArgs, Status, false, true>;
 /// A punch event callback: `(from)`; weak like [`HandlerFn`].
 type PunchFn = ThreadsafeFunction<String, (), String, Status, false, true>;
 /// A subscription callback: `(publisher, data, binary)`; weak like [`HandlerFn`].
 type MessageFn = ThreadsafeFunction<FnArgs<(String, Buffer, bool)>, (), FnArgs<(String, Buffer, bool)>, Status, false, true>;
 
-/// Most replies a server keeps waiting for its JS handler; more requests are answered
-/// `ERR_BUSY` until some are answered or time out.
-const MAX_PENDING_REPLIES: usize = 65_536;
+/// What a call returns: a thrown error's `code` is the kind's `ERR_*` name (napi sets `code`
+/// from the status). Spelt out as `napi::Result<T, ErrName>` in signatures: the attribute macro
+/// recognises a result by the name `Result`.
+type ErrName = &'static str;
 
-static RUNTIME: Mutex<Option<embed::Runtime>> = Mutex::new(None);
-
-/// The process's runtime, started on first use: one worker per core, or
-/// `GRENACHE_WORKER_THREADS` workers.
-fn runtime() -> napi::Result<embed::Runtime> {
-    let mut guard = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(rt) = guard.as_ref()
-        && rt.is_running()
-    {
-        return Ok(rt.clone());
-    }
-    let threads = std::env::var("GRENACHE_WORKER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    let rt = embed::Runtime::new(RuntimeOptions { worker_threads: threads, ..RuntimeOptions::default() }).map_err(|e| js_err(&e))?;
-    *guard = Some(rt.clone());
-    Ok(rt)
+fn runtime() -> napi::Result<embed::Runtime, ErrName> {
+    embed::shared_runtime().map_err(|e| js_err(&e))
 }
 
-fn err_json(e: &Error) -> String {
-    serde_json::json!({"grenache": true, "code": e.kind().name(), "errno": e.code(), "message": e.message()}).to_string()
-}
-
-fn js_err(e: &Error) -> napi::Error {
-    napi::Error::new(Status::GenericFailure, err_json(e))
+fn js_err(e: &Error) -> napi::Error<ErrName> {
+    napi::Error::new(e.kind().name(), e.text())
 }
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
 
-/// The completion closure for the facade: calls `done(err, result)` on the JS thread.
+/// The completion closure for the facade: calls `done(code, text)` on the JS thread.
 fn complete(done: Done) -> impl FnOnce(GResult<String>) + Send + 'static {
     move |r| {
         let args = match r {
             Ok(text) => (None, Some(text)),
-            Err(e) => (Some(err_json(&e)), None),
+            Err(e) => (Some(e.code()), Some(e.text().to_string())),
         };
         done.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
     }
 }
 
-fn transport_kind(name: &str) -> napi::Result<TransportKind> {
-    match name {
-        "http" => Ok(TransportKind::Http),
-        "ws" => Ok(TransportKind::Ws),
-        "utp" => Ok(TransportKind::Utp),
-        other => Err(js_err(&invalid(format!("transport must be \"http\", \"ws\" or \"utp\", not {other:?}")))),
-    }
+fn transport_kind(name: &str) -> napi::Result<TransportKind, ErrName> {
+    name.parse().map_err(|e| js_err(&e))
 }
 
 fn millis(ms: Option<u32>) -> Option<Duration> {
-    ms.map(|m| Duration::from_millis(u64::from(m)))
+    embed::millis(ms.map(u64::from))
 }
 
-fn port(p: Option<u32>) -> napi::Result<u16> {
+fn port(p: Option<u32>) -> napi::Result<u16, ErrName> {
     u16::try_from(p.unwrap_or(0)).map_err(|_| js_err(&invalid("a port is 0..=65535")))
+}
+
+/// One core error kind, as [`error_kinds`] lists them.
+#[napi(object)]
+pub struct ErrorKindRow {
+    pub code: u32,
+    pub name: String,
+    pub family: String,
+    pub class_name: String,
+    pub message: String,
+}
+
+/// Every error kind of the core, in code order: the table `index.js` derives its error classes
+/// from.
+#[napi]
+pub fn error_kinds() -> Vec<ErrorKindRow> {
+    ErrorKind::ALL
+        .iter()
+        .map(|k| ErrorKindRow {
+            code: k.code(),
+            name: k.name().to_string(),
+            family: k.family().class_name().to_string(),
+            class_name: k.class_name().to_string(),
+            message: k.message().to_string(),
+        })
+        .collect()
 }
 
 /// The library's version.
@@ -122,10 +127,20 @@ pub struct NativeGrape {
 #[napi]
 impl NativeGrape {
     #[napi(constructor)]
-    pub fn new(dht_port: Option<u32>, api_port: Option<u32>, bootstrap: Option<Vec<String>>, host: Option<String>) -> napi::Result<Self> {
+    pub fn new(
+        dht_port: Option<u32>,
+        api_port: Option<u32>,
+        bootstrap: Option<Vec<String>>,
+        host: Option<String>,
+        dht_state: Option<String>,
+    ) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let mut config = GrapeConfig::new();
-        config.dht_port(port(dht_port)?).api_port(port(api_port)?).bootstrap(bootstrap.unwrap_or_default());
+        config
+            .dht_port(port(dht_port)?)
+            .api_port(port(api_port)?)
+            .bootstrap(bootstrap.unwrap_or_default())
+            .dht_state(dht_state.filter(|p| !p.is_empty()).map(std::path::PathBuf::from));
         if let Some(h) = host {
             let ip = h.parse().map_err(|_| js_err(&invalid(format!("host {h:?} is not an IP address"))))?;
             config.host(Some(ip));
@@ -170,7 +185,7 @@ impl NativeKeypair {
     }
 
     #[napi(factory)]
-    pub fn from_secret_hex(secret: String) -> napi::Result<Self> {
+    pub fn from_secret_hex(secret: String) -> napi::Result<Self, ErrName> {
         CoreKeypair::from_secret_hex(&secret).map(|inner| NativeKeypair { inner }).map_err(|e| js_err(&e))
     }
 
@@ -194,13 +209,8 @@ pub struct NativeServerTls {
 #[napi]
 impl NativeServerTls {
     #[napi(constructor)]
-    pub fn new(cert_pem: String, key_pem: String, client_ca_pem: Option<String>, client_auth: Option<String>) -> napi::Result<Self> {
-        let mode = match client_auth.as_deref().unwrap_or("none") {
-            "none" => ClientAuth::None,
-            "optional" => ClientAuth::Optional,
-            "required" => ClientAuth::Required,
-            other => return Err(js_err(&invalid(format!("clientAuth must be none, optional or required, not {other:?}")))),
-        };
+    pub fn new(cert_pem: String, key_pem: String, client_ca_pem: Option<String>, client_auth: Option<String>) -> napi::Result<Self, ErrName> {
+        let mode: ClientAuth = client_auth.as_deref().unwrap_or("none").parse().map_err(|e| js_err(&e))?;
         let mut b = CoreServerTls::builder(cert_pem.into_bytes(), key_pem.into_bytes());
         if let Some(ca) = client_ca_pem {
             b = b.client_ca_pem(ca.into_bytes());
@@ -218,7 +228,7 @@ pub struct NativeClientTls {
 #[napi]
 impl NativeClientTls {
     #[napi(constructor)]
-    pub fn new(ca_pem: String, cert_pem: Option<String>, key_pem: Option<String>) -> napi::Result<Self> {
+    pub fn new(ca_pem: String, cert_pem: Option<String>, key_pem: Option<String>) -> napi::Result<Self, ErrName> {
         let mut b = ClientTls::builder().ca_pem(ca_pem.into_bytes()).check_server_name(false);
         match (cert_pem, key_pem) {
             (Some(c), Some(k)) => b = b.client_cert_pem(c.into_bytes(), k.into_bytes()),
@@ -238,7 +248,7 @@ pub struct NativeLink {
 #[napi]
 impl NativeLink {
     #[napi(constructor)]
-    pub fn new(grape: String, request_timeout_ms: Option<u32>, lookup_cache_ms: Option<u32>) -> napi::Result<Self> {
+    pub fn new(grape: String, request_timeout_ms: Option<u32>, lookup_cache_ms: Option<u32>) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let mut config = LinkConfig::with_grape(grape);
         if let Some(t) = millis(request_timeout_ms) {
@@ -257,7 +267,7 @@ impl NativeLink {
     }
 
     #[napi]
-    pub fn announce(&self, name: String, port_: u32, done: Done) -> napi::Result<()> {
+    pub fn announce(&self, name: String, port_: u32, done: Done) -> napi::Result<(), ErrName> {
         let p = port(Some(port_))?;
         let done = complete(done);
         self.inner.announce(name, p, move |r| done(r.map(|()| "null".to_string())));
@@ -265,13 +275,13 @@ impl NativeLink {
     }
 
     #[napi]
-    pub fn start_announcing(&self, name: String, port_: u32, interval_ms: u32) -> napi::Result<()> {
+    pub fn start_announcing(&self, name: String, port_: u32, interval_ms: u32) -> napi::Result<(), ErrName> {
         let p = port(Some(port_))?;
         self.inner.start_announcing(&name, p, Duration::from_millis(u64::from(interval_ms))).map_err(|e| js_err(&e))
     }
 
     #[napi]
-    pub fn stop_announcing(&self, name: String, port_: u32) -> napi::Result<bool> {
+    pub fn stop_announcing(&self, name: String, port_: u32) -> napi::Result<bool, ErrName> {
         Ok(self.inner.stop_announcing(&name, port(Some(port_))?))
     }
 
@@ -289,7 +299,7 @@ impl NativeLink {
         salt: Option<String>,
         cas: Option<i64>,
         done: Done,
-    ) -> napi::Result<()> {
+    ) -> napi::Result<(), ErrName> {
         let v = embed::rpc::parse_json(&v_json).map_err(|e| js_err(&e))?;
         let mut item = MutableItem::new(v, seq);
         item.salt = salt;
@@ -309,36 +319,41 @@ impl NativeLink {
     }
 }
 
-/// Replies waiting for the JS handler.
-#[derive(Default)]
-struct Pending {
-    next: AtomicU32,
-    replies: Mutex<HashMap<u32, Reply>>,
+/// The handle to answer one request, exactly once (over [`ReplyOnce`]): a second answer throws
+/// `ERR_ALREADY_USED`; collected unanswered, the client receives `ERR_NO_REPLY`.
+#[napi]
+pub struct NativeReply {
+    inner: ReplyOnce,
 }
 
-impl Pending {
-    /// Keeps `reply` under a new id; `None` (and the reply answered `ERR_BUSY`) when full.
-    fn insert(&self, reply: Reply) -> Option<u32> {
-        let mut map = self.replies.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_PENDING_REPLIES {
-            // Drop the replies nobody waits for any more (timed out, client gone).
-            map.retain(|_, r| !r.is_closed());
-            if map.len() >= MAX_PENDING_REPLIES {
-                drop(map);
-                reply.err("ERR_BUSY");
-                return None;
-            }
-        }
-        let mut id = self.next.fetch_add(1, Ordering::Relaxed);
-        while map.contains_key(&id) {
-            id = self.next.fetch_add(1, Ordering::Relaxed);
-        }
-        map.insert(id, reply);
-        Some(id)
+#[napi]
+impl NativeReply {
+    /// Answers with JSON text.
+    #[napi]
+    pub fn send(&self, result_json: String) -> napi::Result<(), ErrName> {
+        self.inner.ok_json(&result_json).map_err(|e| js_err(&e))
     }
 
-    fn take(&self, id: u32) -> Option<Reply> {
-        self.replies.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+    /// Answers with an error message (the client gets a remote error with exactly this text).
+    #[napi]
+    pub fn error(&self, message: String) -> napi::Result<(), ErrName> {
+        self.inner.err(&message).map_err(|e| js_err(&e))
+    }
+
+    /// Gives the reply up: the client receives `ERR_NO_REPLY` at once.
+    #[napi]
+    pub fn abandon(&self) -> napi::Result<(), ErrName> {
+        self.inner.abandon().map_err(|e| js_err(&e))
+    }
+
+    #[napi(getter)]
+    pub fn answered(&self) -> bool {
+        self.inner.is_answered()
+    }
+
+    #[napi(getter)]
+    pub fn closed(&self) -> bool {
+        self.inner.is_closed()
     }
 }
 
@@ -346,7 +361,6 @@ impl Pending {
 #[napi]
 pub struct NativeServer {
     inner: Arc<EmbedServer>,
-    pending: Arc<Pending>,
 }
 
 #[napi]
@@ -362,23 +376,18 @@ impl NativeServer {
         reply_timeout_ms: Option<u32>,
         allow_fingerprints: Option<Vec<String>>,
         broker: Option<String>,
-    ) -> napi::Result<Self> {
+    ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(&transport)?;
         // WS only: accept only clients whose certificate has one of these SHA-1 fingerprints.
         let verify_client = allow_fingerprints.map(grenache::tls::allow_fingerprints);
-        let pending = Arc::new(Pending::default());
-        let p2 = pending.clone();
         let handler = Arc::new(handler);
+        // A call that cannot be queued (the server is closing) drops its reply, which answers
+        // ERR_NO_REPLY.
         let h = move |request: Request, reply: Reply| {
-            let Some(id) = p2.insert(reply) else { return };
-            let payload = embed::rpc::payload_json(&request);
+            let payload = embed::rpc::payload_json(&request).to_string();
             let fingerprint = embed::rpc::fingerprint(&request).map(str::to_string);
-            let status = handler.call(FnArgs::from((id, payload, fingerprint)), ThreadsafeFunctionCallMode::NonBlocking);
-            if status != Status::Ok
-                && let Some(reply) = p2.take(id)
-            {
-                reply.err("ERR_BUSY");
-            }
+            let reply = NativeReply { inner: ReplyOnce::new(reply) };
+            handler.call(FnArgs::from((reply, payload, fingerprint)), ThreadsafeFunctionCallMode::NonBlocking);
         };
         let options = ServerOptions {
             port: port(port_)?,
@@ -389,25 +398,12 @@ impl NativeServer {
             ..Default::default()
         };
         let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;
-        Ok(NativeServer { inner: Arc::new(server), pending })
+        Ok(NativeServer { inner: Arc::new(server) })
     }
 
     #[napi(getter)]
     pub fn port(&self) -> u32 {
         u32::from(self.inner.port())
-    }
-
-    /// Answers request `id`: with `err` (an error message) or with the JSON text `result_json`.
-    /// Returns false when the request is unknown or was already answered (or timed out).
-    #[napi]
-    pub fn reply(&self, id: u32, err: Option<String>, result_json: Option<String>) -> napi::Result<bool> {
-        let Some(reply) = self.pending.take(id) else { return Ok(false) };
-        match (err, result_json) {
-            (Some(e), _) => reply.err(e),
-            (None, Some(json)) => embed::rpc::reply_json(reply, &json).map_err(|e| js_err(&e))?,
-            (None, None) => reply.ok(serde_json::Value::Null),
-        }
-        Ok(true)
     }
 
     #[napi]
@@ -436,7 +432,7 @@ impl NativeServer {
 
     /// uTP: `on_punch(from)` for every punch reaching the server's socket, until closed.
     #[napi]
-    pub fn on_punch(&self, on_punch: PunchFn) -> napi::Result<()> {
+    pub fn on_punch(&self, on_punch: PunchFn) -> napi::Result<(), ErrName> {
         self.inner
             .on_punch(move |from| {
                 on_punch.call(from, ThreadsafeFunctionCallMode::NonBlocking);
@@ -452,14 +448,11 @@ impl NativeServer {
         self.inner.shutdown(Duration::from_millis(u64::from(grace_ms)), move |r| done(r.map(|ok| ok.to_string())));
     }
 
-    /// Stops listening; unanswered requests get `ERR_TRANSPORT_CLOSE`-style failures.
+    /// Stops announcing and listening and closes connections: unanswered requests fail on the
+    /// client's side with `ERR_TRANSPORT_CLOSE`.
     #[napi]
     pub fn close(&self) {
         self.inner.close();
-        let drained: Vec<Reply> = self.pending.replies.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, r)| r).collect();
-        for r in drained {
-            r.err("ERR_SERVER_CLOSED");
-        }
     }
 }
 
@@ -490,7 +483,7 @@ impl NativeClient {
         timeout_ms: Option<u32>,
         broker: Option<String>,
         punch_timeout_ms: Option<u32>,
-    ) -> napi::Result<Self> {
+    ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(&transport)?;
         let options = ClientOptions {
             tls: tls.map(|t| t.inner.clone()),
@@ -539,7 +532,7 @@ pub struct NativePublisher {
 #[napi]
 impl NativePublisher {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>) -> napi::Result<Self> {
+    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>) -> napi::Result<Self, ErrName> {
         let p = EmbedPublisher::bind(&link.inner, port(port_)?, tls.map(|t| t.inner.clone())).map_err(|e| js_err(&e))?;
         Ok(NativePublisher { inner: Arc::new(p) })
     }
@@ -579,7 +572,7 @@ pub struct NativeSubscriber {
 #[napi]
 impl NativeSubscriber {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>) -> napi::Result<Self> {
+    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>) -> napi::Result<Self, ErrName> {
         let sub = EmbedSubscriber::subscribe(&link.inner, &name, tls.map(|t| t.inner.clone()), move |m| {
             let args = (m.publisher.to_string(), Buffer::from(m.data.to_vec()), m.binary);
             on_message.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);

@@ -43,7 +43,7 @@ async function eventually (check, what, timeout = 20000) {
 
 function handler (payload, info) {
   if (payload === 'hello') return 'world'
-  if (payload === 'nope') throw new Error('ERR_NOPE')
+  if (payload === 'nope') throw new g.ReplyError('ERR_NOPE')
   if (payload && payload.sleep) return sleep(payload.sleep).then(() => payload.v)
   return { echo: payload, fingerprint: info.fingerprint }
 }
@@ -66,6 +66,23 @@ after(async () => {
   await g1.stop()
 })
 
+test('dhtState: the routing table is saved when the Grape stops', async () => {
+  const fs = require('fs')
+  const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'grenache-node-state-'))
+  try {
+    const file = path.join(dir, 'dht.json')
+    const gs = new g.Grape({ host: '127.0.0.1', bootstrap: [`127.0.0.1:${g1.dhtPort}`], dhtState: file })
+    await sleep(1000) // the bootstrap walk on loopback takes milliseconds
+    await gs.stop()
+    const saved = JSON.parse(fs.readFileSync(file, 'utf8'))
+    assert.equal(saved.version, 1)
+    assert.equal(saved.id.length, 40)
+    assert.ok(saved.nodes.some((n) => n.addr === `127.0.0.1:${g1.dhtPort}`), JSON.stringify(saved))
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
 for (const transport of ['http', 'ws', 'utp']) {
   test(`request, errors and timeouts over ${transport}`, async () => {
     const s = new g.Server(l1, handler, { transport })
@@ -76,9 +93,9 @@ for (const transport of ['http', 'ws', 'utp']) {
     assert.equal(await eventually(() => c.request(`node:${transport}`, 'hello'), 'server visible'), 'world')
     const payload = { a: [1, 2.5, null, true], s: 'héllo ✓' }
     assert.deepEqual(await c.request(`node:${transport}`, payload), { echo: payload, fingerprint: null })
-    await assert.rejects(c.request(`node:${transport}`, 'nope'), (e) => e instanceof g.GrenacheError && e.code === 'ERR_REMOTE' && e.detail === 'ERR_NOPE')
+    await assert.rejects(c.request(`node:${transport}`, 'nope'), (e) => e instanceof g.RemoteError && e instanceof g.RpcError && e.name === 'ERR_REMOTE' && e.code === 400 && e.message === 'ERR_NOPE')
     const t0 = Date.now()
-    await assert.rejects(c.request(`node:${transport}`, { sleep: 3000, v: 1 }, { timeout: 300 }), (e) => e.code === 'ERR_TIMEOUT')
+    await assert.rejects(c.request(`node:${transport}`, { sleep: 3000, v: 1 }, { timeout: 300 }), (e) => e.name === 'ERR_TIMEOUT')
     assert.ok(Date.now() - t0 < 2500, 'the timeout fired on time')
     const many = await Promise.all(Array.from({ length: 200 }, (_, i) => c.request(`node:${transport}`, { i })))
     assert.deepEqual(many.map((m) => m.echo.i), Array.from({ length: 200 }, (_, i) => i))
@@ -95,7 +112,7 @@ test('uTP punches between our servers and with a libutp peer', async () => {
   await eventually(() => seen.includes(`127.0.0.1:${a.port}`), 'the punch event')
   const silent = require('dgram').createSocket('udp4')
   await new Promise((resolve) => silent.bind(0, '127.0.0.1', resolve))
-  await assert.rejects(a.punch(`127.0.0.1:${silent.address().port}`, 300), (e) => e.code === 'ERR_PUNCH_TIMEOUT')
+  await assert.rejects(a.punch(`127.0.0.1:${silent.address().port}`, 300), (e) => e instanceof g.PunchTimeoutError && e.name === 'ERR_PUNCH_TIMEOUT' && e.code === 207)
   silent.close()
   // npm utp-native (libutp): its punch reaches us, ours reaches it as the whole C3 BF.
   const sock = ref('utp-native')()
@@ -106,19 +123,55 @@ test('uTP punches between our servers and with a libutp peer', async () => {
   await eventually(() => seen.includes(`127.0.0.1:${sock.address().port}`), 'the libutp punch')
   const ours = a.punch(`127.0.0.1:${sock.address().port}`, 300)
   assert.equal(await got, a.port)
-  await assert.rejects(ours, (e) => e.code === 'ERR_PUNCH_TIMEOUT', 'a legacy peer does not answer by itself')
+  await assert.rejects(ours, (e) => e.name === 'ERR_PUNCH_TIMEOUT', 'a legacy peer does not answer by itself')
   sock.close()
-  assert.throws(() => new g.Client(l1, { transport: 'ws', broker: 'b' }), (e) => e.code === 'ERR_INVALID_ARGUMENT')
+  assert.throws(() => new g.Client(l1, { transport: 'ws', broker: 'b' }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
 })
 
 test('typed errors for bad input', async () => {
-  assert.throws(() => new g.Client(l1, { transport: 'pigeon' }), (e) => e.code === 'ERR_INVALID_ARGUMENT')
-  await assert.rejects(l2.lookup('nobody:here'), (e) => e.code === 'ERR_GRAPE_LOOKUP_EMPTY' && e.errno > 0)
+  assert.throws(() => new g.Client(l1, { transport: 'pigeon' }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
+  await assert.rejects(l2.lookup('nobody:here'), (e) => e instanceof g.LookupEmptyError && e.name === 'ERR_GRAPE_LOOKUP_EMPTY' && e.code === 300)
   const c = new g.Client(l1)
-  await assert.rejects(c.request('x', 'hello', { dest: '127.0.0.1:1' }), (e) => e.code === 'ERR_CONNECT')
+  await assert.rejects(c.request('x', 'hello', { dest: '127.0.0.1:1' }), (e) => e.name === 'ERR_CONNECT')
   c.close()
-  assert.throws(() => g.Keypair.fromSecretHex('zz'), (e) => e.code === 'ERR_INVALID_ARGUMENT')
+  assert.throws(() => g.Keypair.fromSecretHex('zz'), (e) => e.name === 'ERR_INVALID_ARGUMENT')
   assert.throws(() => new g.ServerTls({ cert: 'nope', key: 'nope' }), (e) => e instanceof g.GrenacheError)
+})
+
+test('one error class per core kind, under its family, in index.d.ts too', () => {
+  const fs = require('fs')
+  const dts = fs.readFileSync(path.join(__dirname, '..', 'index.d.ts'), 'utf8')
+  const kinds = require('..')._kinds()
+  assert.ok(kinds.length >= 30)
+  for (const k of kinds) {
+    const cls = g[k.className]
+    assert.ok(cls, `no class for ${k.name}`)
+    assert.ok(cls.prototype instanceof g[k.family], `${k.className} is not a ${k.family}`)
+    assert.ok(dts.includes(`export class ${k.className} extends ${k.family} {}`), `index.d.ts lacks ${k.className}`)
+  }
+})
+
+test('a reply answers once; a second answer is ERR_ALREADY_USED', async () => {
+  let second
+  const s = new g.Server(l1, (payload, info) => {
+    const r = info.defer()
+    r.send('first')
+    try {
+      r.error('ERR_TOO_LATE')
+    } catch (e) {
+      second = e
+    }
+  })
+  const c = new g.Client(l2)
+  try {
+    assert.equal(await c.request('x', 1, { dest: `127.0.0.1:${s.port}` }), 'first')
+    assert.ok(second instanceof g.AlreadyUsedError && second instanceof g.InputError)
+    assert.equal(second.code, 103)
+    assert.equal(second.name, 'ERR_ALREADY_USED')
+  } finally {
+    c.close()
+    s.close()
+  }
 })
 
 test('WSS with client certificates: fingerprint to the handler, allowFingerprints', async () => {
@@ -155,7 +208,7 @@ test('server reply timeout and map over workers', async () => {
   cleanup.push(() => slow.close())
   const c = new g.Client(l1)
   cleanup.push(() => c.close())
-  await assert.rejects(c.request('x', 'hang', { dest: `127.0.0.1:${slow.port}`, timeout: 10000 }), (e) => e.code === 'ERR_REMOTE' && e.detail === 'ERR_TIMEOUT')
+  await assert.rejects(c.request('x', 'hang', { dest: `127.0.0.1:${slow.port}`, timeout: 10000 }), (e) => e.name === 'ERR_REMOTE' && e.message === 'ERR_TIMEOUT')
   const workers = [0, 1, 2].map((i) => new g.Server(l1, (p) => ({ worker: i, p })))
   for (const w of workers) {
     cleanup.push(() => w.close())
@@ -178,7 +231,7 @@ test('graceful shutdown answers what it received, then refuses; the grace cuts o
     await sleep(150)
     assert.equal(await s.shutdown(5000), true, transport)
     assert.equal(await pending, 7, transport)
-    await assert.rejects(c.request('x', 'hello', { dest }), (e) => e.code === 'ERR_CONNECT', transport)
+    await assert.rejects(c.request('x', 'hello', { dest }), (e) => e.name === 'ERR_CONNECT', transport)
     s.close()
     const s2 = new g.Server(l1, handler, { transport })
     const cut = c.request('x', { sleep: 3000 }, { dest: `127.0.0.1:${s2.port}`, timeout: 10000 }).then(() => 'answered', (e) => e)
@@ -199,7 +252,7 @@ test('client close cancels requests in flight', async () => {
   await sleep(200)
   const t0 = Date.now()
   c.close()
-  await assert.rejects(pending, (e) => e.code === 'ERR_CANCELLED')
+  await assert.rejects(pending, (e) => e.name === 'ERR_CANCELLED')
   assert.ok(Date.now() - t0 < 1500)
 })
 
@@ -213,8 +266,8 @@ test('put and get, immutable and mutable', async () => {
   const target = await l1.putMutable(key, 'v1', { seq: 1 })
   assert.equal((await l1.get(target)).v, 'v1')
   await l1.putMutable(key, 'v2', { seq: 2, cas: 1 })
-  await assert.rejects(l1.putMutable(key, 'old', { seq: 1 }), (e) => e.code === 'ERR_SEQ_TOO_LOW')
-  await assert.rejects(l1.putMutable(key, 'v3', { seq: 3, cas: 1 }), (e) => e.code === 'ERR_CAS_MISMATCH')
+  await assert.rejects(l1.putMutable(key, 'old', { seq: 1 }), (e) => e.name === 'ERR_SEQ_TOO_LOW')
+  await assert.rejects(l1.putMutable(key, 'v3', { seq: 3, cas: 1 }), (e) => e.name === 'ERR_CAS_MISMATCH')
 })
 
 test('pub/sub between grenache-native peers', async () => {
@@ -270,7 +323,7 @@ test('interop: grenache-native clients call reference servers', async () => {
     cleanup.push(() => c.close())
     const r = await eventually(() => c.request(`ref:${transport}`, { q: 1 }), `reference ${transport} server`)
     assert.deepEqual(r, { from: 'reference', payload: { q: 1 } })
-    await assert.rejects(c.request(`ref:${transport}`, 'fail'), (e) => e.code === 'ERR_REMOTE' && e.detail === 'ERR_BOOM')
+    await assert.rejects(c.request(`ref:${transport}`, 'fail'), (e) => e.name === 'ERR_REMOTE' && e.message === 'ERR_BOOM')
   }
 })
 

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use grenache::embed::{
     self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber,
-    GrapeConfig, Keypair as CoreKeypair, LinkConfig, MutableItem, RequestOptions, RuntimeOptions, ServerOptions,
+    GrapeConfig, Keypair as CoreKeypair, LinkConfig, MutableItem, RequestOptions, ServerOptions,
     ServerTls,
 };
-use grenache::rpc::{Reply, Request, TransportKind};
+use grenache::rpc::{Request, TransportKind};
 use grenache::tls::ClientAuth;
 use grenache::{Error, ErrorKind, Result as GResult};
 use pyo3::exceptions::PyRuntimeError;
@@ -32,33 +32,21 @@ use pyo3::prelude::*;
 /// How often a blocking wait wakes up to check for signals.
 const TICK: Duration = Duration::from_millis(100);
 
-static RUNTIME: Mutex<Option<embed::Runtime>> = Mutex::new(None);
 static ERROR_FACTORY: OnceLock<Py<PyAny>> = OnceLock::new();
 
-/// The process's runtime, started on first use: one worker per core, or
-/// `GRENACHE_WORKER_THREADS` workers.
+/// The process's runtime (see [`embed::shared_runtime`]).
 fn runtime(py: Python<'_>) -> PyResult<embed::Runtime> {
-    let mut guard = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(rt) = guard.as_ref()
-        && rt.is_running()
-    {
-        return Ok(rt.clone());
-    }
-    let threads = std::env::var("GRENACHE_WORKER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    let rt = embed::Runtime::new(RuntimeOptions { worker_threads: threads, ..RuntimeOptions::default() })
-        .map_err(|e| py_err(py, &e))?;
-    *guard = Some(rt.clone());
-    Ok(rt)
+    embed::shared_runtime().map_err(|e| py_err(py, &e))
 }
 
 /// The exception instance for `e` (a class of the package's hierarchy once it registered its
 /// factory; a `RuntimeError` before that).
 fn error_value(py: Python<'_>, e: &Error) -> Py<PyAny> {
-    let made = ERROR_FACTORY.get().map(|f| f.call1(py, (e.code(), e.kind().name(), e.message())));
+    let made = ERROR_FACTORY.get().map(|f| f.call1(py, (e.code(), e.kind().name(), e.text())));
     match made {
         Some(Ok(v)) => v,
         Some(Err(err)) => err.into_value(py).into_any(),
-        None => PyRuntimeError::new_err(format!("{}: {}", e.kind().name(), e.message())).into_value(py).into_any(),
+        None => PyRuntimeError::new_err(format!("{}: {}", e.kind().name(), e.text())).into_value(py).into_any(),
     }
 }
 
@@ -142,23 +130,21 @@ impl<T: Send + Sync + 'static> Drop for Handle<T> {
     }
 }
 
-fn transport_kind(name: &str) -> GResult<TransportKind> {
-    match name {
-        "http" => Ok(TransportKind::Http),
-        "ws" => Ok(TransportKind::Ws),
-        "utp" => Ok(TransportKind::Utp),
-        other => Err(invalid(format!("transport must be \"http\", \"ws\" or \"utp\", not {other:?}"))),
-    }
-}
-
-fn millis(ms: Option<u64>) -> Option<Duration> {
-    ms.map(Duration::from_millis)
+fn transport_kind(py: Python<'_>, name: &str) -> PyResult<TransportKind> {
+    name.parse().map_err(|e| py_err(py, &e))
 }
 
 /// Lets the package turn errors into its exception classes: `factory(code, name, message)`.
 #[pyfunction]
 fn _set_error_factory(factory: Py<PyAny>) {
     let _ = ERROR_FACTORY.set(factory);
+}
+
+/// Every error kind of the core, in code order, as `(code, name, family class, class, message)`:
+/// the table the package derives its exception classes from.
+#[pyfunction]
+fn error_kinds() -> Vec<(u32, &'static str, &'static str, &'static str, &'static str)> {
+    ErrorKind::ALL.iter().map(|k| (k.code(), k.name(), k.family().class_name(), k.class_name(), k.message())).collect()
 }
 
 /// The library's version.
@@ -178,11 +164,18 @@ struct Grape {
 #[pymethods]
 impl Grape {
     #[new]
-    #[pyo3(signature = (dht_port=0, api_port=0, bootstrap=Vec::new(), host=None))]
-    fn new(py: Python<'_>, dht_port: u16, api_port: u16, bootstrap: Vec<String>, host: Option<String>) -> PyResult<Grape> {
+    #[pyo3(signature = (dht_port=0, api_port=0, bootstrap=Vec::new(), host=None, dht_state=None))]
+    fn new(
+        py: Python<'_>,
+        dht_port: u16,
+        api_port: u16,
+        bootstrap: Vec<String>,
+        host: Option<String>,
+        dht_state: Option<std::path::PathBuf>,
+    ) -> PyResult<Grape> {
         let rt = runtime(py)?;
         let mut config = GrapeConfig::new();
-        config.dht_port(dht_port).api_port(api_port).bootstrap(bootstrap);
+        config.dht_port(dht_port).api_port(api_port).bootstrap(bootstrap).dht_state(dht_state);
         if let Some(h) = host {
             let ip = h.parse().map_err(|_| py_err(py, &invalid(format!("host {h:?} is not an IP address"))))?;
             config.host(Some(ip));
@@ -230,10 +223,10 @@ impl Link {
     fn new(py: Python<'_>, grape: String, request_timeout_ms: Option<u64>, lookup_cache_ms: Option<u64>) -> PyResult<Link> {
         let rt = runtime(py)?;
         let mut config = LinkConfig::with_grape(grape);
-        if let Some(t) = millis(request_timeout_ms) {
+        if let Some(t) = embed::millis(request_timeout_ms) {
             config.request_timeout = t;
         }
-        if let Some(t) = millis(lookup_cache_ms) {
+        if let Some(t) = embed::millis(lookup_cache_ms) {
             config.lookup_cache_ttl = t;
         }
         let link = EmbedLink::new(&rt, config).map_err(|e| py_err(py, &e))?;
@@ -342,14 +335,7 @@ impl PyServerTls {
     #[new]
     #[pyo3(signature = (cert_pem, key_pem, client_ca_pem=None, client_auth="none"))]
     fn new(py: Python<'_>, cert_pem: &str, key_pem: &str, client_ca_pem: Option<&str>, client_auth: &str) -> PyResult<Self> {
-        let mode = match client_auth {
-            "none" => ClientAuth::None,
-            "optional" => ClientAuth::Optional,
-            "required" => ClientAuth::Required,
-            other => {
-                return Err(py_err(py, &invalid(format!("client_auth must be none, optional or required, not {other:?}"))));
-            }
-        };
+        let mode: ClientAuth = client_auth.parse().map_err(|e| py_err(py, &e))?;
         let mut b = ServerTls::builder(cert_pem.as_bytes().to_vec(), key_pem.as_bytes().to_vec());
         if let Some(ca) = client_ca_pem {
             b = b.client_ca_pem(ca.as_bytes().to_vec());
@@ -379,34 +365,61 @@ impl PyClientTls {
     }
 }
 
-/// An RPC server whose handler is a Python callable `handler(payload_json, fingerprint)` that
-/// returns `(None, result_json)` or `(error_message, None)`.
+/// The handle to answer one request, exactly once, from any thread (over
+/// [`embed::ReplyOnce`]): a second answer raises `AlreadyUsedError`; dropped unanswered, the
+/// client receives `ERR_NO_REPLY`.
+#[pyclass(module = "grenache._native", frozen)]
+struct Reply {
+    inner: embed::ReplyOnce,
+}
+
+#[pymethods]
+impl Reply {
+    /// Answers with JSON text.
+    fn send(&self, py: Python<'_>, result_json: &str) -> PyResult<()> {
+        self.inner.ok_json(result_json).map_err(|e| py_err(py, &e))
+    }
+
+    /// Answers with an error message (the client gets a remote error with exactly this text).
+    fn error(&self, py: Python<'_>, message: &str) -> PyResult<()> {
+        self.inner.err(message).map_err(|e| py_err(py, &e))
+    }
+
+    /// Gives the reply up: the client receives `ERR_NO_REPLY` at once.
+    fn abandon(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.abandon().map_err(|e| py_err(py, &e))
+    }
+
+    #[getter]
+    fn answered(&self) -> bool {
+        self.inner.is_answered()
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+}
+
+/// An RPC server whose handler is a Python callable `handler(payload_json, fingerprint, reply)`
+/// that answers through `reply` (a [`Reply`]), now or later.
 #[pyclass(module = "grenache._native")]
 struct Server {
     inner: Handle<EmbedServer>,
 }
 
-fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: Reply) {
+fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache::rpc::Reply) {
     let payload = embed::rpc::payload_json(&request);
     let fingerprint = embed::rpc::fingerprint(&request).map(str::to_string);
-    match handler.call1(py, (payload, fingerprint)).and_then(|v| v.extract::<(Option<String>, Option<String>)>(py)) {
-        Ok((None, Some(json))) => {
-            if let Err(e) = embed::rpc::reply_json(reply, &json) {
-                tracing_free_warn(py, &format!("grenache: the handler's result is not JSON: {e}"));
-            }
-        }
-        Ok((Some(message), _)) => reply.err(message),
-        Ok((None, None)) => reply.ok(serde_json::Value::Null),
-        Err(e) => {
-            e.print(py);
-            reply.err(ErrorKind::HandlerPanicked.name());
-        }
+    let reply = match Py::new(py, Reply { inner: embed::ReplyOnce::new(reply) }) {
+        Ok(r) => r,
+        Err(e) => return e.print(py),
+    };
+    if let Err(e) = handler.call1(py, (payload, fingerprint, reply.clone_ref(py))) {
+        // The package's wrapper answers what the handler raised; this is its own failure.
+        e.print(py);
+        let _ = reply.get().inner.err(ErrorKind::HandlerPanicked.name());
     }
-}
-
-/// Prints a warning through Python's `warnings` (best effort).
-fn tracing_free_warn(py: Python<'_>, message: &str) {
-    let _ = py.import("warnings").and_then(|w| w.call_method1("warn", (message,)));
 }
 
 #[pymethods]
@@ -425,9 +438,9 @@ impl Server {
         verify_client: Option<Py<PyAny>>,
         broker: Option<String>,
     ) -> PyResult<Server> {
-        let kind = transport_kind(transport).map_err(|e| py_err(py, &e))?;
+        let kind = transport_kind(py, transport)?;
         let handler = Arc::new(handler);
-        let h = move |request: Request, reply: Reply| {
+        let h = move |request: Request, reply: grenache::rpc::Reply| {
             let handler = handler.clone();
             // A Python handler may block: run it on the blocking pool, not on an I/O thread.
             tokio::task::spawn_blocking(move || Python::attach(|py| answer(py, &handler, request, reply)));
@@ -450,7 +463,7 @@ impl Server {
         let options = ServerOptions {
             port,
             tls: tls.map(|t| t.inner.clone()),
-            reply_timeout: millis(reply_timeout_ms),
+            reply_timeout: embed::millis(reply_timeout_ms),
             verify_client,
             broker,
             ..Default::default()
@@ -519,7 +532,7 @@ struct Client {
 }
 
 fn request_options(timeout_ms: Option<u64>, retry: u32, compress: bool, dest: Option<String>, limit: usize) -> RequestOptions {
-    RequestOptions { timeout: millis(timeout_ms), retry, compress, dest, limit, ..Default::default() }
+    RequestOptions { timeout: embed::millis(timeout_ms), retry, compress, dest, limit, ..Default::default() }
 }
 
 #[pymethods]
@@ -535,12 +548,12 @@ impl Client {
         broker: Option<String>,
         punch_timeout_ms: Option<u64>,
     ) -> PyResult<Client> {
-        let kind = transport_kind(transport).map_err(|e| py_err(py, &e))?;
+        let kind = transport_kind(py, transport)?;
         let options = ClientOptions {
             tls: tls.map(|t| t.inner.clone()),
-            default_timeout: millis(timeout_ms),
+            default_timeout: embed::millis(timeout_ms),
             broker,
-            punch_timeout: millis(punch_timeout_ms),
+            punch_timeout: embed::millis(punch_timeout_ms),
         };
         let link = Arc::clone(&link.inner);
         let client = py.detach(move || EmbedClient::new(&link, kind, options)).map_err(|e| py_err(py, &e))?;
@@ -683,6 +696,8 @@ impl Subscriber {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_set_error_factory, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
+    m.add_class::<Reply>()?;
     m.add_class::<Grape>()?;
     m.add_class::<Link>()?;
     m.add_class::<Keypair>()?;

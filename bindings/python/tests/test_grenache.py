@@ -138,6 +138,26 @@ def in_thread(fn):
     return th, errors
 
 
+class DhtStateTest(unittest.TestCase):
+    def test_dht_state_is_saved_on_stop(self):
+        import tempfile
+
+        g1 = grenache.Grape(host="127.0.0.1")
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "dht.json")
+                g = grenache.Grape(bootstrap=[f"127.0.0.1:{g1.dht_port}"], host="127.0.0.1", dht_state=path)
+                time.sleep(1.0)  # the bootstrap walk on loopback takes milliseconds
+                g.stop()
+                with open(path) as f:
+                    saved = json.load(f)
+                self.assertEqual(saved["version"], 1)
+                self.assertEqual(len(saved["id"]), 40)
+                self.assertIn(f"127.0.0.1:{g1.dht_port}", [n["addr"] for n in saved["nodes"]])
+        finally:
+            g1.stop()
+
+
 class LocalTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -263,6 +283,91 @@ class LocalTests(unittest.TestCase):
             self.assertIn(f"127.0.0.1:{self.servers['http'].port}", peers)
 
         asyncio.run(main())
+
+    def test_async_def_handler_under_200_concurrent_requests(self):
+        """An ``async def`` handler runs on the loop the server was made in; 200 requests in
+        flight each wait in the handler at once (all overlap: the last one ends ~50 ms after
+        the first starts, not 200 x 50 ms)."""
+        running = {"now": 0, "most": 0}
+
+        async def handler(payload, info):
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+            await asyncio.sleep(0.05)
+            running["now"] -= 1
+            if payload == "nope":
+                raise grenache.ReplyError("ERR_NOPE")
+            return {"echo": payload, "loop": id(asyncio.get_running_loop())}
+
+        async def main():
+            loop_id = id(asyncio.get_running_loop())
+            for t in ("http", "ws"):
+                with self.subTest(transport=t):
+                    running["most"] = 0
+                    s = grenache.Server(self.net.l1, handler, transport=t)
+                    c = grenache.Client(self.net.l2, transport=t)
+                    try:
+                        dest = f"127.0.0.1:{s.port}"
+                        many = await asyncio.gather(*[c.request_async("x", i, dest=dest, timeout=30) for i in range(200)])
+                        self.assertEqual([m["echo"] for m in many], list(range(200)))
+                        self.assertEqual({m["loop"] for m in many}, {loop_id}, "ran on the server's loop")
+                        self.assertGreater(running["most"], 100, "handlers overlapped")
+                        with self.assertRaises(grenache.RemoteError) as e:
+                            await c.request_async("x", "nope", dest=dest)
+                        self.assertEqual(e.exception.message, "ERR_NOPE")
+                    finally:
+                        c.close()
+                        s.close()
+
+        asyncio.run(main())
+
+    def test_async_def_handler_without_a_running_loop(self):
+        async def handler(payload, info):
+            await asyncio.sleep(0.01)
+            return payload * 2
+
+        s = grenache.Server(self.net.l1, handler)
+        try:
+            with grenache.Client(self.net.l2) as c:
+                self.assertEqual(c.request("x", 21, dest=f"127.0.0.1:{s.port}"), 42)
+        finally:
+            s.close()
+
+    def test_error_classes_cover_every_core_kind(self):
+        families = {"InputError", "TransportError", "DiscoveryError", "RpcError", "TlsError", "LibraryError"}
+        kinds = grenache._native.error_kinds()
+        self.assertGreaterEqual(len(kinds), 30)
+        for code, name, family, cls_name, message in kinds:
+            cls = getattr(grenache, cls_name, None)
+            self.assertIsNotNone(cls, f"no class for {name}")
+            self.assertIn(cls_name, grenache.__all__)
+            self.assertIn(family, families)
+            self.assertTrue(issubclass(cls, getattr(grenache, family)))
+            e = grenache._make_error(code, name, "")
+            self.assertIsInstance(e, cls)
+            self.assertEqual((e.code, e.name), (code, name))
+        self.assertTrue(issubclass(grenache.TimeoutError, TimeoutError))
+
+    def test_reply_answers_once(self):
+        seen = queue.Queue()
+
+        def handler(payload, info):
+            r = info.defer()
+            r.send("first")
+            try:
+                r.error("ERR_TOO_LATE")
+            except grenache.GrenacheError as e:
+                seen.put(e)
+
+        s = grenache.Server(self.net.l1, handler)
+        try:
+            with grenache.Client(self.net.l2) as c:
+                self.assertEqual(c.request("x", 1, dest=f"127.0.0.1:{s.port}"), "first")
+            e = seen.get(timeout=5)
+            self.assertIsInstance(e, grenache.AlreadyUsedError)
+            self.assertEqual((e.code, e.name), (103, "ERR_ALREADY_USED"))
+        finally:
+            s.close()
 
     def test_close_cancels_requests_in_flight(self):
         c = grenache.Client(self.net.l2)

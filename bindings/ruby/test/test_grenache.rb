@@ -4,7 +4,9 @@
 # itself (no Node needed), servers and clients over HTTP(S) and WS(S), PUB/SUB, errors.
 #   GRENACHE_LIB=target/debug/libgrenache.so ruby bindings/ruby/test/test_grenache.rb
 require 'minitest/autorun'
+require 'json'
 require 'openssl'
+require 'tmpdir'
 require_relative '../lib/grenache'
 
 # Test certificates, made here with Ruby's openssl: a CA, a server and two client certificates.
@@ -126,7 +128,8 @@ class GrenacheTest < Minitest::Test
       assert_kind_of parent, e
       assert_equal code, e.code
       refute_nil Grenache.result_name(code), name
-      assert_equal "#{Grenache.result_name(code)}: detail", e.message
+      assert_equal "detail", e.message
+      assert_equal Grenache.result_name(code), e.name
     end
     assert_equal Grenache::RESULT.values.sort, ([0] + Grenache::ERROR_TABLE.map(&:last)).sort
   end
@@ -325,6 +328,19 @@ class GrenacheTest < Minitest::Test
     end
     assert_includes kinds, :announce
     assert_raises(ArgumentError) { Grenache::Grape.new(bogus: 1) }
+  end
+
+  def test_dht_state_saved_on_close
+    Dir.mktmpdir do |dir|
+      file = File.join(dir, 'dht.json')
+      g = Grenache::Grape.new(host: '127.0.0.1', bootstrap: "127.0.0.1:#{@net[:g1].dht_port}", dht_state: file)
+      sleep 1 # the bootstrap walk on loopback takes milliseconds
+      g.close
+      saved = JSON.parse(File.read(file))
+      assert_equal 1, saved['version']
+      assert_equal 40, saved['id'].size
+      assert(saved['nodes'].any? { |n| n['addr'] == "127.0.0.1:#{@net[:g1].dht_port}" }, saved.inspect)
+    end
   end
 
   def test_facade_and_close

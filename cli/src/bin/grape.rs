@@ -68,6 +68,11 @@ struct Cli {
     #[arg(long = "cache_maxAge", value_name = "MS")]
     cache_max_age: Option<u64>,
 
+    /// File that keeps the DHT node's id and good routing-table nodes across restarts: read at
+    /// start (so the Grape rejoins without bootstrap nodes), written at stop and every minute.
+    #[arg(long = "dht-state", visible_alias = "dht_state", value_name = "FILE")]
+    dht_state: Option<std::path::PathBuf>,
+
     /// Log level: error, warn, info, debug, trace, or a tracing filter. Default: RUST_LOG, else info.
     #[arg(long = "log-level", value_name = "LEVEL")]
     log_level: Option<String>,
@@ -93,7 +98,8 @@ fn config_from(cli: &Cli) -> GrapeConfig {
         .max_tables(cli.max_tables)
         .max_values(cli.max_values)
         .max_peers(cli.max_peers)
-        .check_max_payload_size(if cli.max_payload == 0 { usize::MAX } else { cli.max_payload });
+        .check_max_payload_size(if cli.max_payload == 0 { usize::MAX } else { cli.max_payload })
+        .dht_state(cli.dht_state.clone());
     c
 }
 

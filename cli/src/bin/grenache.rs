@@ -418,9 +418,9 @@ fn handler(fixed: Option<Value>, with_remote: bool) -> Arc<dyn Handler> {
         Some(v) => reply.ok(v.clone()),
         None if with_remote => {
             let remote = req.info.remote_addr.map(|a| a.to_string());
-            reply.ok(json!({"payload": req.payload, "remote": remote}))
+            reply.ok(json!({"payload": req.payload.into_value(), "remote": remote}))
         }
-        None => reply.ok(req.payload),
+        None => reply.ok_raw(req.payload.into_raw()),
     })
 }
 

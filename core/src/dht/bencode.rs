@@ -6,7 +6,7 @@
 //! (3) hard bounds on nesting depth and element count for untrusted datagrams, with an error (never
 //! a panic or unbounded recursion) on every malformed input. The serde-based crates map into typed
 //! structs (which reject the "wrong type in an unknown key" cases differently from the reference)
-//! and do not bound recursion depth. The codec is about 150 lines, covered by unit tests, a
+//! and do not bound recursion depth. The codec is about 250 lines of code, covered by unit tests, a
 //! proptest round trip and a cargo-fuzz target (`fuzz/fuzz_targets/krpc_decode.rs`).
 //!
 //! Decoding is lenient like the Node `bencode` package on one point: dict keys need not be sorted

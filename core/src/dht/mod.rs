@@ -34,6 +34,7 @@
 //!   folds them into a double); ties are broken by node id.
 
 pub mod bencode;
+mod heal;
 pub mod krpc;
 mod node;
 pub mod routing;
@@ -72,6 +73,22 @@ pub struct DhtConfig {
     pub concurrency: usize,
     /// When set, an announce also stores `host:port` in this node's own peer store (the Grape's `host`).
     pub self_host: Option<std::net::Ipv4Addr>,
+    /// This node's id; `None` picks a random one (what the reference does at every start). A
+    /// restarted node keeps its id (see [`DhtState`]) so that the entries other nodes hold for it
+    /// stay valid.
+    pub id: Option<[u8; 20]>,
+    /// Nodes known from an earlier run ([`DhtState::nodes`]). They go into the routing table at
+    /// once, so lookups work before any bootstrap node answers, and are pinged at start: those
+    /// that do not answer are dropped.
+    pub saved_nodes: Vec<krpc::NodeInfo>,
+    /// Most maintenance queries per second (bucket refresh walks, retries of nodes that went
+    /// silent). Default 10. Queries made for announce/lookup/put/get are not counted. 0 turns the
+    /// self-healing maintenance off (the reference's behaviour: no refresh, no retries; saved
+    /// nodes are still checked).
+    pub maintenance_rate: u32,
+    /// Once the routing table is healthy, a bucket is refreshed (a lookup of a random id in it)
+    /// when none of its nodes was heard from for this long. Default 15 min (BEP 5).
+    pub refresh_interval: Duration,
 }
 
 impl Default for DhtConfig {
@@ -90,6 +107,10 @@ impl Default for DhtConfig {
             query_timeout: Duration::from_secs(2),
             concurrency: 16,
             self_host: None,
+            id: None,
+            saved_nodes: Vec::new(),
+            maintenance_rate: 10,
+            refresh_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -127,6 +148,83 @@ pub enum DhtEvent {
         /// The peer found.
         peer: SocketAddrV4,
     },
+}
+
+/// Traffic counters of a [`Dht`] (see [`Dht::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DhtStats {
+    /// KRPC queries sent, for any reason.
+    pub queries_sent: u64,
+    /// Of those, queries sent by the routing-table maintenance (refresh walks, retries of silent
+    /// and bootstrap nodes, checks of saved nodes, liveness pings).
+    pub maintenance_queries: u64,
+    /// Replies (and KRPC errors) sent to queries from other nodes.
+    pub replies_sent: u64,
+    /// Nodes ever added to the routing table.
+    pub nodes_added: u64,
+}
+
+/// What a node saves to rejoin quickly after a restart: its id and the good nodes of its routing
+/// table. [`DhtState::to_json`]/[`DhtState::from_json`] give the file format the Grape's
+/// `dht_state` option uses:
+/// `{"version":1,"id":"<40 hex>","nodes":[{"id":"<40 hex>","addr":"ip:port"},...]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtState {
+    /// The node's id.
+    pub id: [u8; 20],
+    /// Good nodes, most recently seen first.
+    pub nodes: Vec<krpc::NodeInfo>,
+}
+
+impl DhtState {
+    /// Most nodes saved (and loaded).
+    pub const MAX_NODES: usize = 200;
+    /// Largest state file read, in bytes.
+    pub const MAX_BYTES: usize = 256 * 1024;
+
+    /// The JSON form.
+    pub fn to_json(&self) -> String {
+        let nodes: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .take(Self::MAX_NODES)
+            .map(|n| serde_json::json!({"id": hex::encode(n.id), "addr": n.addr.to_string()}))
+            .collect();
+        serde_json::json!({"version": 1, "id": hex::encode(self.id), "nodes": nodes}).to_string()
+    }
+
+    /// Parses the JSON form. Errors: `InvalidArgument` naming what is wrong (not JSON, another
+    /// version, a bad id or address, too large). Nodes past [`DhtState::MAX_NODES`] are ignored.
+    pub fn from_json(text: &str) -> Result<DhtState> {
+        if text.len() > Self::MAX_BYTES {
+            return Err(Error::invalid(format!("DHT state is larger than {} bytes", Self::MAX_BYTES)));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::invalid(format!("DHT state is not JSON: {e}")))?;
+        if v.get("version").and_then(serde_json::Value::as_u64) != Some(1) {
+            return Err(Error::invalid("DHT state: unknown version (expected 1)"));
+        }
+        let id20 = |v: Option<&serde_json::Value>, what: &str| -> Result<[u8; 20]> {
+            v.and_then(serde_json::Value::as_str)
+                .and_then(|s| hex::decode(s).ok())
+                .and_then(|b| <[u8; 20]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| Error::invalid(format!("DHT state: {what} is not 40 hex characters")))
+        };
+        let id = id20(v.get("id"), "id")?;
+        let mut nodes = Vec::new();
+        let list = v.get("nodes").and_then(serde_json::Value::as_array).ok_or_else(|| Error::invalid("DHT state: no nodes list"))?;
+        for n in list.iter().take(Self::MAX_NODES) {
+            let nid = id20(n.get("id"), "a node id")?;
+            let addr: SocketAddrV4 = n
+                .get("addr")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| Error::invalid("DHT state: a node address is not ip:port (IPv4)"))?;
+            nodes.push(krpc::NodeInfo { id: nid, addr });
+        }
+        Ok(DhtState { id, nodes })
+    }
 }
 
 /// A BEP44 item to put.
@@ -296,6 +394,20 @@ impl Dht {
     /// Number of nodes in the routing table.
     pub fn node_count(&self) -> usize {
         self.inner.state().table.len()
+    }
+    /// The routing table's nodes.
+    pub fn nodes(&self) -> Vec<krpc::NodeInfo> {
+        self.inner.state().table.all()
+    }
+    /// What a restart needs to rejoin without bootstrap nodes: this node's id and the good nodes
+    /// of its routing table (heard from within the last 15 minutes, most recently seen first, at
+    /// most [`DhtState::MAX_NODES`]).
+    pub fn state_snapshot(&self) -> DhtState {
+        self.inner.state_snapshot()
+    }
+    /// Traffic counters since the node started.
+    pub fn stats(&self) -> DhtStats {
+        self.inner.stats()
     }
     /// Stops the node and frees the UDP port. Pending operations fail with `Cancelled`.
     pub async fn shutdown(&self) {

@@ -20,6 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::bencode;
+use super::heal::{Counters, Heal};
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
@@ -88,7 +89,9 @@ struct Pending {
     tx: oneshot::Sender<std::result::Result<Response, KrpcError>>,
 }
 
-type CachedTable = (Instant, Arc<Vec<TokenNode>>);
+/// A per-target table of token-holding nodes: when it was built, the nodes, and how many nodes
+/// the routing table held then.
+type CachedTable = (Instant, Arc<Vec<TokenNode>>, usize);
 type WalkJob = (Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>);
 type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
 
@@ -135,6 +138,12 @@ impl State {
             lookups: HashMap::new(),
             pinging: HashSet::new(),
         }
+    }
+
+    /// Caches a per-target table of token-holding nodes (see [`CachedTable`]).
+    fn cache_table(&mut self, key: (u8, Vec<u8>), t: Arc<Vec<TokenNode>>) {
+        let routing = self.table.len();
+        self.tables.put(key, (Instant::now(), t, routing));
     }
 
     fn nodes_reply(&self, target: &[u8]) -> Vec<u8> {
@@ -230,6 +239,9 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     slots: tokio::sync::Semaphore,
+    /// The self-healing maintenance's schedule and budget (see `heal`).
+    pub(crate) heal: Mutex<Heal>,
+    pub(crate) counters: Counters,
 }
 
 impl std::fmt::Debug for Inner {
@@ -249,13 +261,24 @@ impl Inner {
     pub(crate) async fn bind(config: DhtConfig) -> Result<Arc<Inner>> {
         let socket = UdpSocket::bind(config.bind).await?;
         let local_addr = socket.local_addr()?;
-        let mut id = [0u8; 20];
-        rand::thread_rng().fill(&mut id);
+        let id = config.id.unwrap_or_else(|| {
+            let mut id = [0u8; 20];
+            rand::thread_rng().fill(&mut id);
+            id
+        });
         let (events, _) = broadcast::channel(1024);
         let (ready, _) = watch::channel(false);
+        let mut state = State::new(id, &config);
+        // Saved nodes are usable at once; `heal` pings them and drops those that do not answer.
+        let now = Instant::now();
+        for n in config.saved_nodes.iter().take(super::DhtState::MAX_NODES) {
+            state.table.insert(*n, now);
+        }
         let inner = Arc::new(Inner {
             id,
-            state: Mutex::new(State::new(id, &config)),
+            state: Mutex::new(state),
+            heal: Mutex::new(Heal::new(config.maintenance_rate)),
+            counters: Counters::default(),
             config,
             local_addr,
             socket: Mutex::new(Some(Arc::new(socket))),
@@ -268,6 +291,7 @@ impl Inner {
         let _ = inner.events.send(DhtEvent::Listening(local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
         let maint = tokio::spawn(Inner::maintenance(inner.clone()));
+        let heal = tokio::spawn(Inner::heal_loop(inner.clone()));
         let boot = {
             let inner = inner.clone();
             tokio::spawn(async move {
@@ -279,7 +303,7 @@ impl Inner {
                 inner.set_ready();
             })
         };
-        lock(&inner.tasks).extend([recv, maint, boot]);
+        lock(&inner.tasks).extend([recv, maint, heal, boot]);
         Ok(inner)
     }
 
@@ -383,6 +407,7 @@ impl Inner {
                     self.emit(e);
                 }
                 if let Some(body) = handled.reply {
+                    self.counters.replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let bytes = Message { t: msg.t, body }.encode();
                     if let Err(e) = self.send(from, &bytes).await {
                         self.emit(DhtEvent::Warning(format!("cannot reply to {from}: {e}")));
@@ -449,7 +474,7 @@ impl Inner {
                 drop(st);
                 let inner = self.clone();
                 tokio::spawn(async move {
-                    let alive = inner.query(oldest.addr, Method::Ping).await.is_ok();
+                    let alive = inner.maint_query(oldest.addr, Method::Ping).await.is_ok();
                     let mut st = inner.state();
                     st.pinging.remove(&oldest.id);
                     if !alive {
@@ -495,6 +520,7 @@ impl Inner {
             }
         }
         let _guard = Guard(self, tid);
+        self.counters.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let query = Query { id: Some(self.id.to_vec()), method, read_only: false };
         let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(query) };
         self.send(to, &msg.encode()).await.map_err(QueryError::Other)?;
@@ -506,7 +532,7 @@ impl Inner {
         }
     }
 
-    async fn bootstrap_addrs(&self) -> Vec<SocketAddrV4> {
+    pub(crate) async fn bootstrap_addrs(&self) -> Vec<SocketAddrV4> {
         let mut out = Vec::new();
         for b in &self.config.bootstrap {
             match tokio::net::lookup_host(b.as_str()).await {
@@ -647,9 +673,12 @@ impl Inner {
     fn cached_table(&self, tag: u8, target: &[u8]) -> Option<Arc<Vec<TokenNode>>> {
         let mut st = self.state();
         let key = (tag, target.to_vec());
+        let routing = st.table.len();
         match st.tables.get(&key) {
-            // an empty table (looked up while alone) is not worth keeping: walk again
-            Some((at, t)) if at.elapsed() < TABLE_TTL && !t.is_empty() => Some(t.clone()),
+            // An empty table (looked up while alone) is not worth keeping: walk again. Nor is one
+            // built while the routing table was a lot smaller than now (a Grape that was still
+            // joining, or a network that healed since): its nodes may not be the closest ones.
+            Some((at, t, then)) if at.elapsed() < TABLE_TTL && !t.is_empty() && routing <= then + then / 4 + 1 => Some(t.clone()),
             Some(_) => {
                 st.tables.pop(&key);
                 None
@@ -731,7 +760,7 @@ impl Inner {
             })
             .await;
         let table = Arc::new(table);
-        self.state().tables.put((0, info_hash), (Instant::now(), table.clone()));
+        self.state().cache_table((0, info_hash), table.clone());
         LookupOutcome { peers, table }
     }
 
@@ -844,7 +873,7 @@ impl Inner {
             Some(t) => t,
             None => {
                 let t = Arc::new(self.walk(target.to_vec(), Method::Get { target: Some(target.to_vec()) }, false, |_, _| true).await);
-                self.state().tables.put((1, target.to_vec()), (Instant::now(), t.clone()));
+                self.state().cache_table((1, target.to_vec()), t.clone());
                 t
             }
         };
@@ -910,7 +939,7 @@ impl Inner {
                 }
             })
             .await;
-        self.state().tables.put((1, target.to_vec()), (Instant::now(), Arc::new(table)));
+        self.state().cache_table((1, target.to_vec()), Arc::new(table));
         Ok(best)
     }
 
@@ -971,7 +1000,7 @@ impl Inner {
                 }
                 let inner = self.clone();
                 set.spawn(async move {
-                    if inner.query(n.addr, Method::Ping).await.is_err() {
+                    if inner.maint_query(n.addr, Method::Ping).await.is_err() {
                         inner.state().table.remove(&n.id);
                     }
                 });

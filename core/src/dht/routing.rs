@@ -1,6 +1,7 @@
 //! XOR distance (with k-bucket's rule for ids of unequal length) and the routing table.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
@@ -37,11 +38,21 @@ pub struct Entry {
     pub last_seen: Instant,
 }
 
+/// Most recently removed nodes kept for the self-healing maintenance to retry (see
+/// [`RoutingTable::take_removed`]).
+pub const MAX_REMOVED: usize = 64;
+
 /// A Kademlia routing table: 160 buckets by length of the prefix shared with our id, K each.
 #[derive(Debug)]
 pub struct RoutingTable {
     own: [u8; 20],
     buckets: Vec<Vec<Entry>>,
+    /// When each bucket last gained a node or heard from one of its nodes (BEP 5 "touched").
+    touched: Vec<Instant>,
+    /// Nodes removed lately, newest last, at most [`MAX_REMOVED`].
+    removed: VecDeque<NodeInfo>,
+    /// How many nodes were ever added (a new node, not a refresh).
+    added_total: u64,
     /// When the table last gained or lost a node.
     pub last_change: Instant,
 }
@@ -63,10 +74,19 @@ pub enum Insert {
 impl RoutingTable {
     /// An empty table for `own` id.
     pub fn new(own: [u8; 20]) -> RoutingTable {
-        RoutingTable { own, buckets: vec![Vec::new(); 161], last_change: Instant::now() }
+        let now = Instant::now();
+        RoutingTable {
+            own,
+            buckets: vec![Vec::new(); 161],
+            touched: vec![now; 161],
+            removed: VecDeque::new(),
+            added_total: 0,
+            last_change: now,
+        }
     }
 
-    fn bucket_index(&self, id: &[u8; 20]) -> usize {
+    /// The bucket a node id falls in: the length of the prefix it shares with our id (0..=160).
+    pub fn bucket_index(&self, id: &[u8; 20]) -> usize {
         let mut n = 0;
         for (a, b) in self.own.iter().zip(id) {
             let x = a ^ b;
@@ -90,11 +110,14 @@ impl RoutingTable {
         if let Some(e) = bucket.iter_mut().find(|e| e.info.id == info.id) {
             e.last_seen = now;
             e.info.addr = info.addr;
+            self.touched[i] = now;
             return Insert::Refreshed;
         }
         if bucket.len() < K {
             bucket.push(Entry { info, last_seen: now });
+            self.touched[i] = now;
             self.last_change = now;
+            self.added_total += 1;
             return Insert::Added;
         }
         let oldest = bucket.iter().min_by_key(|e| e.last_seen).map(|e| e.info);
@@ -108,13 +131,62 @@ impl RoutingTable {
     pub fn remove(&mut self, id: &[u8; 20]) -> bool {
         let i = self.bucket_index(id);
         let bucket = &mut self.buckets[i];
-        let before = bucket.len();
-        bucket.retain(|e| &e.info.id != id);
-        let removed = bucket.len() != before;
-        if removed {
-            self.last_change = Instant::now();
+        let Some(pos) = bucket.iter().position(|e| &e.info.id == id) else { return false };
+        let gone = bucket.remove(pos);
+        self.last_change = Instant::now();
+        if self.removed.len() >= MAX_REMOVED {
+            self.removed.pop_front();
         }
-        removed
+        self.removed.push_back(gone.info);
+        true
+    }
+
+    /// Takes the nodes removed since the last call (at most [`MAX_REMOVED`], oldest first), so
+    /// that maintenance can retry them later (a node cut off by a network partition comes back).
+    pub fn take_removed(&mut self) -> Vec<NodeInfo> {
+        self.removed.drain(..).collect()
+    }
+
+    /// How many nodes were ever added to the table (refreshes of known nodes do not count).
+    pub fn added_total(&self) -> u64 {
+        self.added_total
+    }
+
+    /// Index of the deepest non-empty bucket (0 when the table is empty).
+    pub fn depth(&self) -> usize {
+        self.buckets.iter().rposition(|b| !b.is_empty()).unwrap_or(0)
+    }
+
+    /// Nodes in bucket `i`.
+    pub fn bucket_len(&self, i: usize) -> usize {
+        self.buckets.get(i).map_or(0, Vec::len)
+    }
+
+    /// When bucket `i` last gained a node or heard from one.
+    pub fn bucket_touched(&self, i: usize) -> Option<Instant> {
+        self.touched.get(i).copied()
+    }
+
+    /// Marks bucket `i` as touched now (a refresh lookup went through it).
+    pub fn touch_bucket(&mut self, i: usize, now: Instant) {
+        if let Some(t) = self.touched.get_mut(i) {
+            *t = now;
+        }
+    }
+
+    /// A random id that falls in bucket `i` (`i < 160`): our id's first `i` bits, the next bit
+    /// flipped, the rest random.
+    pub fn random_id_in_bucket(&self, i: usize) -> [u8; 20] {
+        let mut id: [u8; 20] = rand::random();
+        let i = i.min(159);
+        let (byte, bit) = (i / 8, i % 8);
+        id[..byte].copy_from_slice(&self.own[..byte]);
+        // keep our first `bit` bits of this byte, flip the next one, keep the random rest
+        let keep = if bit == 0 { 0u8 } else { 0xffu8 << (8 - bit) };
+        let flip = 0x80u8 >> bit;
+        let rest = !keep & !flip;
+        id[byte] = (self.own[byte] & keep) | (!self.own[byte] & flip) | (id[byte] & rest);
+        id
     }
 
     /// Whether the node is in the table.
@@ -130,6 +202,11 @@ impl RoutingTable {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.buckets.iter().all(Vec::is_empty)
+    }
+
+    /// Every node with when it was last heard from.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.buckets.iter().flatten().cloned().collect()
     }
 
     /// Every node.
@@ -220,5 +297,19 @@ mod tests {
         let first = t.all()[0];
         assert!(t.remove(&first.id));
         assert!(!t.contains(&first.id));
+        assert_eq!(t.take_removed(), vec![first]);
+        assert!(t.take_removed().is_empty());
+        assert_eq!(t.added_total(), K as u64);
+    }
+
+    #[test]
+    fn random_ids_fall_in_their_bucket() {
+        let own: [u8; 20] = rand::random();
+        let t = RoutingTable::new(own);
+        for i in 0..160 {
+            for _ in 0..8 {
+                assert_eq!(t.bucket_index(&t.random_id_in_bucket(i)), i, "bucket {i}");
+            }
+        }
     }
 }

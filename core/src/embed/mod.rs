@@ -1,4 +1,5 @@
-//! The callback-style facade that the C ABI (and later the Python and Node bindings) wrap.
+//! The callback-style facade that the C ABI and the Python and Node bindings wrap, and the
+//! plumbing they share (the process runtime, JSON text in and out, the answer-once reply).
 //!
 //! Rust users drive the core with their own tokio runtime and `async fn`s. Embedders that have no
 //! runtime of their own go through this module instead:
@@ -31,7 +32,8 @@ pub use grape::{EmbedGrape, GrapeEventDelivery};
 pub use link::EmbedLink;
 pub use ops::{Gate, Ops, in_completion};
 pub use pubsub::{EmbedPublisher, EmbedSubscriber};
-pub use runtime::{Runtime, RuntimeOptions, on_worker_thread};
+pub use rpc::ReplyOnce;
+pub use runtime::{Runtime, RuntimeOptions, WORKER_THREADS_ENV, millis, on_worker_thread, shared_runtime};
 pub use server::{EmbedServer, ServerOptions, ServerTransportKind};
 
 /// Re-exports the option types the facade's callers fill in.

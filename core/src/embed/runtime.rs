@@ -35,6 +35,47 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// The environment variable that sets the worker count of [`shared_runtime`].
+pub const WORKER_THREADS_ENV: &str = "GRENACHE_WORKER_THREADS";
+
+impl RuntimeOptions {
+    /// The defaults, with `worker_threads` from `GRENACHE_WORKER_THREADS` when it is set (a number
+    /// that does not parse is an [`ErrorKind::InvalidArgument`] error rather than silently one
+    /// worker per core).
+    pub fn from_env() -> Result<RuntimeOptions> {
+        let mut options = RuntimeOptions::default();
+        if let Some(v) = std::env::var_os(WORKER_THREADS_ENV) {
+            let v = v.to_string_lossy();
+            options.worker_threads = v.trim().parse().map_err(|_| {
+                Error::invalid(format!("{WORKER_THREADS_ENV} must be a number of threads, not {v:?}"))
+            })?;
+        }
+        Ok(options)
+    }
+}
+
+static SHARED: Mutex<Option<Runtime>> = Mutex::new(None);
+
+/// The process's runtime for faces that have no runtime object of their own (Python, Node):
+/// started on first use with [`RuntimeOptions::from_env`], and started again when it was shut
+/// down. Every caller gets a clone of the same runtime.
+pub fn shared_runtime() -> Result<Runtime> {
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rt) = guard.as_ref()
+        && rt.is_running()
+    {
+        return Ok(rt.clone());
+    }
+    let rt = Runtime::new(RuntimeOptions::from_env()?)?;
+    *guard = Some(rt.clone());
+    Ok(rt)
+}
+
+/// A duration given in whole milliseconds, as the faces take them (`None` stays `None`).
+pub fn millis(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
 /// A tokio multi-thread runtime owned by an embedder.
 ///
 /// Cheap to clone: every clone refers to the same runtime. Handles created from it keep only a

@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::dht::{Dht, DhtConfig, DhtEvent, PutItem};
+use crate::dht::{Dht, DhtConfig, DhtEvent, DhtState, PutItem};
 use crate::error::{Error, ErrorKind, Result};
 use api::{Reply, Request};
 use cache::LookupCache;
@@ -79,6 +79,7 @@ pub struct GrapeConfig {
     max_connections: usize,
     announce_window: Option<Duration>,
     lookup_window: Option<Duration>,
+    dht_state: Option<std::path::PathBuf>,
 }
 
 impl Default for GrapeConfig {
@@ -98,6 +99,7 @@ impl Default for GrapeConfig {
             max_connections: 10_000,
             announce_window: None,
             lookup_window: None,
+            dht_state: None,
         }
     }
 }
@@ -235,6 +237,20 @@ impl GrapeConfig {
         self
     }
 
+    /// A file that keeps the DHT node's id and the good nodes of its routing table across
+    /// restarts (`grape --dht-state FILE`). It is read at start: the saved nodes go into the
+    /// routing table at once, so the Grape serves lookups without any bootstrap node, and those
+    /// that do not answer are dropped. It is written on [`Grape::stop`] and every minute while
+    /// the Grape runs (to a temporary file renamed over it, so a crash never leaves half a file).
+    /// A missing file is a first start; an unreadable or malformed one is reported as a
+    /// [`GrapeEvent::Warning`] and the Grape starts without it.
+    ///
+    /// Default is `None` (nothing saved; a new random id at every start, like the reference).
+    pub fn dht_state(&mut self, path: Option<std::path::PathBuf>) -> &mut Self {
+        self.dht_state = path;
+        self
+    }
+
     /// The configured HTTP port, if any.
     pub fn get_api_port(&self) -> Option<u16> {
         self.api_port
@@ -290,6 +306,58 @@ struct Inner {
     recent_walks: Mutex<lru::LruCache<Vec<u8>, std::time::Instant>>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Where the DHT state is saved, if anywhere.
+    dht_state: Option<std::path::PathBuf>,
+}
+
+/// How often a running Grape writes its DHT state file.
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Reads a DHT state file; `Ok(None)` when there is none.
+async fn load_state(path: &std::path::Path) -> Result<Option<DhtState>> {
+    match tokio::fs::metadata(path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()))),
+        Ok(m) if m.len() > DhtState::MAX_BYTES as u64 => {
+            return Err(Error::invalid(format!("{} is larger than {} bytes", path.display(), DhtState::MAX_BYTES)));
+        }
+        Ok(_) => {}
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
+    DhtState::from_json(&text).map(Some)
+}
+
+/// Writes a DHT state file: to `<file>.tmp`, then renamed over the file.
+async fn save_state(path: &std::path::Path, state: &DhtState) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    tokio::fs::write(&tmp, state.to_json())
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write {}: {e}", tmp.display())))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot replace {}: {e}", path.display())))
+}
+
+async fn save_periodically(dht: Dht, path: std::path::PathBuf, stop: CancellationToken) {
+    let mut last: Option<DhtState> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(STATE_SAVE_EVERY) => {}
+        }
+        let state = dht.state_snapshot();
+        if state.nodes.is_empty() || last.as_ref() == Some(&state) {
+            continue;
+        }
+        match save_state(&path, &state).await {
+            Ok(()) => last = Some(state),
+            Err(e) => tracing::warn!(error = %e, "cannot save the DHT state"),
+        }
+    }
 }
 
 impl Grape {
@@ -309,6 +377,18 @@ impl Grape {
         let api_addr = listener.local_addr()?;
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let mut state_warning = None;
+        let saved = match &config.dht_state {
+            Some(path) => match load_state(path).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring the saved DHT state");
+                    state_warning = Some(format!("ignoring the saved DHT state {}: {}", path.display(), e.message()));
+                    None
+                }
+            },
+            None => None,
+        };
         let dht_config = DhtConfig {
             bind: SocketAddr::new(config.dht_bind, config.dht_port),
             bootstrap: config.bootstrap.clone(),
@@ -323,6 +403,9 @@ impl Grape {
                 Some(IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             },
+            id: saved.as_ref().map(|s| s.id),
+            saved_nodes: saved.map(|s| s.nodes).unwrap_or_default(),
+            ..DhtConfig::default()
         };
         let dht = Dht::bind(dht_config).await.map_err(|e| {
             Error::new(e.kind(), format!("cannot start the DHT on UDP {}:{}: {}", config.dht_bind, config.dht_port, e.message()))
@@ -331,6 +414,9 @@ impl Grape {
         let dht_events = dht.events();
         let dht_addr = dht.local_addr();
         let _ = events.send(GrapeEvent::Listening);
+        if let Some(w) = state_warning {
+            let _ = events.send(GrapeEvent::Warning(w));
+        }
 
         // `_mem` lives half the peer max age (rounded up to a millisecond).
         let mem_age = Duration::from_millis(u64::try_from(config.peer_max_age.as_millis().div_ceil(2)).unwrap_or(u64::MAX));
@@ -349,6 +435,7 @@ impl Grape {
             recent_walks: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            dht_state: config.dht_state.clone(),
         });
 
         let forward = tokio::spawn(forward_events(Arc::downgrade(&inner), dht_events, inner.stop.clone()));
@@ -358,6 +445,10 @@ impl Grape {
         };
         let server = tokio::spawn(http::serve(listener, Arc::new(Api(Arc::downgrade(&inner))), opts, inner.stop.clone()));
         lock(&inner.tasks).extend([forward, server]);
+        if let Some(path) = inner.dht_state.clone() {
+            let saver = tokio::spawn(save_periodically(inner.dht.clone(), path, inner.stop.clone()));
+            lock(&inner.tasks).push(saver);
+        }
         tracing::info!(dht = %dht_addr, api = %api_addr, "grape started");
         Ok(Grape { inner })
     }
@@ -414,8 +505,21 @@ impl Grape {
     }
 
     /// Stops the HTTP API and the DHT node and frees both ports. Connections in flight get their
-    /// reply (up to 2 s); idle keep-alive connections are closed.
+    /// reply (up to 2 s); idle keep-alive connections are closed. With
+    /// [`GrapeConfig::dht_state`], the routing table is saved first.
     pub async fn stop(&self) {
+        // The routing table as it is now, before anything shuts down (an empty table is not
+        // saved over a useful file: a Grape stopped before it joined keeps its old state).
+        if let Some(path) = &self.inner.dht_state
+            && !self.inner.stop.is_cancelled()
+        {
+            let state = self.inner.dht.state_snapshot();
+            if !state.nodes.is_empty()
+                && let Err(e) = save_state(path, &state).await
+            {
+                tracing::warn!(error = %e, "cannot save the DHT state");
+            }
+        }
         self.inner.stop.cancel();
         let tasks: Vec<JoinHandle<()>> = lock(&self.inner.tasks).drain(..).collect();
         for t in tasks {

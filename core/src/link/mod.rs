@@ -168,7 +168,7 @@ impl Link {
     pub async fn call(&self, kind: &str, data: &Value, timeout: Option<Duration>) -> Result<Option<Value>> {
         let timeout = timeout.unwrap_or(self.inner.config.request_timeout);
         let url = format!("{}/{}", self.inner.base, kind);
-        let body = serde_json::to_vec(&json!({"rid": crate::rpc::new_rid(), "data": data}))?;
+        let body = serde_json::to_vec(&json!({"rid": crate::rid::new_rid(), "data": data}))?;
         let req = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))

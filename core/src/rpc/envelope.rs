@@ -1,8 +1,12 @@
 //! The RPC envelope in bytes: `[rid, key, payload]` requests and `[rid, error, result]` replies.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
+use crate::rpc::Payload;
 
 /// Encodes a request `[rid, key, payload]`; `payload_json` must already be valid JSON text.
 pub fn encode_request(rid: &str, key: &str, payload_json: &str) -> Vec<u8> {
@@ -29,34 +33,41 @@ pub struct DecodedRequest {
     pub rid: Value,
     /// Slot 1: a string key, or the JSON text of a non-string key (empty when absent).
     pub key: String,
-    /// Slot 2, `null` when absent.
-    pub payload: Value,
+    /// Slot 2, `null` when absent, as the JSON text that came off the wire.
+    pub payload: Payload,
 }
 
 /// Decodes a request body. Like the reference, an object with keys `"0"`, `"1"`, `"2"` is read the
 /// same as an array. Anything else (invalid JSON, `null`, a number, a string) is a decode error,
 /// which servers answer with an error reply instead of the reference's silence.
 pub fn decode_request(body: &[u8]) -> Result<DecodedRequest> {
-    let v: Value = serde_json::from_slice(body)?;
-    let (rid, key, payload) = match v {
-        Value::Array(mut a) => {
-            a.truncate(3);
-            let mut it = a.into_iter();
-            (it.next().unwrap_or(Value::Null), it.next().unwrap_or(Value::Null), it.next().unwrap_or(Value::Null))
+    // The slots are kept as JSON text; rid and key are small and parsed, the payload stays text
+    // until a handler asks for a value (embedders hand the text on without a parse).
+    let (rid, key, payload) = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let slots: Vec<Box<RawValue>> = serde_json::from_slice(body)?;
+            let mut it = slots.into_iter();
+            (it.next(), it.next(), it.next())
         }
-        Value::Object(mut o) => (
-            o.remove("0").unwrap_or(Value::Null),
-            o.remove("1").unwrap_or(Value::Null),
-            o.remove("2").unwrap_or(Value::Null),
-        ),
-        other => return Err(Error::decode(format!("request is not a JSON array: {}", type_name(&other)))),
+        Some(b'{') => {
+            let mut slots: HashMap<String, Box<RawValue>> = serde_json::from_slice(body)?;
+            (slots.remove("0"), slots.remove("1"), slots.remove("2"))
+        }
+        _ => {
+            let other: Value = serde_json::from_slice(body)?;
+            return Err(Error::decode(format!("request is not a JSON array: {}", type_name(&other))));
+        }
     };
-    let key = match key {
+    let value = |slot: Option<Box<RawValue>>| -> Result<Value> {
+        slot.map_or(Ok(Value::Null), |raw| serde_json::from_str(raw.get()).map_err(Error::from))
+    };
+    let key = match value(key)? {
         Value::String(s) => s,
         Value::Null => String::new(),
         other => other.to_string(),
     };
-    Ok(DecodedRequest { rid, key, payload })
+    let payload = payload.map_or_else(|| Payload::from(Value::Null), Payload::from_raw);
+    Ok(DecodedRequest { rid: value(rid)?, key, payload })
 }
 
 /// Encodes a reply `[rid, error, result]`.
@@ -258,7 +269,7 @@ mod tests {
     #[test]
     fn object_form_and_bad_bodies() {
         let d = decode_request(br#"{"0":"objrid","1":"k","2":"p"}"#).unwrap();
-        assert_eq!((d.rid, d.key.as_str(), d.payload), (json!("objrid"), "k", json!("p")));
+        assert_eq!((d.rid, d.key.as_str(), d.payload.into_value()), (json!("objrid"), "k", json!("p")));
         assert!(decode_request(b"not json").is_err());
         assert!(decode_request(b"null").is_err());
         assert!(decode_request(b"5").is_err());

@@ -50,6 +50,31 @@ pub enum TransportKind {
     Utp,
 }
 
+impl TransportKind {
+    /// The name faces use for it: `"http"`, `"ws"` or `"utp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Http => "http",
+            TransportKind::Ws => "ws",
+            TransportKind::Utp => "utp",
+        }
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = Error;
+
+    /// `"http"`, `"ws"` or `"utp"`; anything else is an [`ErrorKind::InvalidArgument`] error.
+    fn from_str(s: &str) -> Result<TransportKind> {
+        match s {
+            "http" => Ok(TransportKind::Http),
+            "ws" => Ok(TransportKind::Ws),
+            "utp" => Ok(TransportKind::Utp),
+            other => Err(Error::invalid(format!("transport must be \"http\", \"ws\" or \"utp\", not {other:?}"))),
+        }
+    }
+}
+
 /// HTTP-specific request details (the reference's `meta` argument).
 #[derive(Debug, Clone, Default)]
 pub struct HttpMeta {
@@ -86,10 +111,102 @@ pub struct Request {
     pub rid: Value,
     /// The service key (slot 1 of the envelope). A non-string key is given as its JSON text.
     pub key: String,
-    /// The payload (slot 2), `null` when absent.
-    pub payload: Value,
+    /// The payload (slot 2), `null` when absent: the JSON text as it came off the wire, parsed
+    /// into a [`Value`] on first use (it derefs to one).
+    pub payload: Payload,
     /// Transport details.
     pub info: RequestInfo,
+}
+
+/// A request's payload: the JSON text as it came off the wire ([`Payload::json`]), parsed into a
+/// [`Value`] once, on first use ([`Payload::value`], or through `Deref`). Embedders hand the text
+/// to their handlers without a parse into a `Value` and back; Rust handlers read it as a `Value`.
+pub struct Payload {
+    raw: Box<RawValue>,
+    value: std::sync::OnceLock<Value>,
+}
+
+impl Payload {
+    /// A payload from JSON text (already checked to be JSON, as a [`RawValue`] is).
+    pub fn from_raw(raw: Box<RawValue>) -> Payload {
+        Payload { raw, value: std::sync::OnceLock::new() }
+    }
+
+    /// The JSON text, as sent.
+    pub fn json(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// The payload as a [`Value`], parsed on the first call.
+    pub fn value(&self) -> &Value {
+        // A RawValue is valid JSON, so the parse cannot fail.
+        self.value.get_or_init(|| serde_json::from_str(self.raw.get()).unwrap_or(Value::Null))
+    }
+
+    /// The JSON text, as sent, to answer with it unparsed ([`Reply::ok_raw`]).
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.raw
+    }
+
+    /// The payload as a [`Value`].
+    pub fn into_value(self) -> Value {
+        match self.value.into_inner() {
+            Some(v) => v,
+            None => serde_json::from_str(self.raw.get()).unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Payload {
+        // Serialising a Value cannot fail.
+        let raw = serde_json::value::to_raw_value(&value).unwrap_or_default();
+        Payload { raw, value: std::sync::OnceLock::from(value) }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        self.value()
+    }
+}
+
+impl Clone for Payload {
+    fn clone(&self) -> Payload {
+        Payload { raw: self.raw.clone(), value: self.value.clone() }
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.raw.get())
+    }
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.value(), f)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.value() == other.value()
+    }
+}
+
+impl serde::Serialize for Payload {
+    /// As the JSON text it is (no parse).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        self.value() == other
+    }
 }
 
 /// What a handler answers: a result, or an error message that travels to the client.
@@ -374,11 +491,7 @@ pub trait ServerTransport: Send + Sync + 'static {
     }
 }
 
-/// A new request id: a uuid v4 string, from the thread-local RNG (no system call per id).
-pub fn new_rid() -> String {
-    let bytes: [u8; 16] = rand::random();
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
-}
+pub use crate::rid::new_rid;
 
 /// Where a client transport delivers the outcome of a request in flight: its result as a
 /// [`Value`] or, for [`ClientTransport::request_raw`], as raw JSON text ([`ReplyResult::Raw`]).
@@ -460,7 +573,7 @@ mod tests {
     use serde_json::json;
 
     fn req(payload: Value) -> Request {
-        Request { rid: json!("r1"), key: "k".into(), payload, info: RequestInfo::default() }
+        Request { rid: json!("r1"), key: "k".into(), payload: payload.into(), info: RequestInfo::default() }
     }
 
     #[tokio::test]

@@ -214,6 +214,24 @@ pub enum ClientAuth {
     AnyCertificate,
 }
 
+impl std::str::FromStr for ClientAuth {
+    type Err = crate::Error;
+
+    /// The names faces use: `"none"`, `"optional"`, `"required"` or `"any"`; anything else is an
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) error.
+    fn from_str(s: &str) -> crate::Result<ClientAuth> {
+        match s {
+            "none" => Ok(ClientAuth::None),
+            "optional" => Ok(ClientAuth::Optional),
+            "required" => Ok(ClientAuth::Required),
+            "any" => Ok(ClientAuth::AnyCertificate),
+            other => Err(crate::Error::invalid(format!(
+                "client_auth must be none, optional, required or any, not {other:?}"
+            ))),
+        }
+    }
+}
+
 /// The server side: verifies client certificates per [`ClientAuth`].
 #[derive(Debug)]
 pub(crate) struct ClientVerifier {

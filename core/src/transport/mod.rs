@@ -17,7 +17,6 @@ mod busy;
 pub mod http;
 pub mod utp;
 pub mod ws;
-mod wsframe;
 
 pub use crate::rpc::TransportKind;
 

@@ -5,6 +5,7 @@
 #[path = "../../../core/tests/tls_certs/mod.rs"]
 mod tls_certs;
 
+mod contract;
 mod features;
 mod misuse;
 mod tls;

@@ -75,7 +75,7 @@ use serde_json::{Value, json};
 /// `"never"` → never answers (keeps the reply); `"panic"` → panics; else an echo with the meta.
 pub fn echo_handler(port_hint: u16) -> impl grenache::rpc::Handler {
     move |req: Request, reply: Reply| {
-        match &req.payload {
+        match &*req.payload {
             Value::String(s) if s == "fail" => return reply.err("ERR_BOOM"),
             Value::String(s) if s == "panic" => panic!("test handler panics on purpose"),
             Value::String(s) if s == "never" => {

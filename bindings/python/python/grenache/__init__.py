@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import inspect
 import json
-from dataclasses import dataclass
+import threading
+import traceback
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 from . import _native
@@ -42,33 +44,32 @@ __all__ = [
     "ServerTls",
     "ClientTls",
     "RequestInfo",
+    "Reply",
     "ReplyError",
     "GrenacheError",
-    "TimeoutError",
-    "LookupEmptyError",
-    "RemoteError",
-    "ConnectError",
-    "PunchTimeoutError",
-    "TransportClosedError",
-    "InvalidArgumentError",
+    "InputError",
+    "TransportError",
+    "DiscoveryError",
+    "RpcError",
     "TlsError",
-    "DhtError",
-    "SeqTooLowError",
-    "CasMismatchError",
-    "CancelledError",
+    "LibraryError",
+    "TransportClosedError",
     "version",
-]
+]  # and one class per error kind, appended below
 
 Json = Any
 """Any JSON-serialisable value."""
 
 # ---------------------------------------------------------------------------------------------
-# Errors
+# Errors: one class per error kind of the core, derived from its table (``_native.error_kinds()``)
+# under the six family classes, as in the Ruby face; ``code`` is the stable number, ``name`` the
+# ``ERR_*`` string and ``message`` the same text as the C, Ruby and Node errors'.
 
 
 class GrenacheError(Exception):
-    """An error of the library: ``code`` (a stable integer), ``name`` (``"ERR_TIMEOUT"``...) and
-    ``message``. The subclasses below group the codes a caller usually tells apart."""
+    """An error of the library: ``code`` (a stable integer, the C result code), ``name``
+    (``"ERR_TIMEOUT"``...) and ``message``. Rescue a kind's class (``TimeoutError``,
+    ``RemoteError``...) or a family (``TransportError``...)."""
 
     def __init__(self, code: int, name: str, message: str) -> None:
         super().__init__(f"{name}: {message}" if message and message != name else name)
@@ -77,85 +78,69 @@ class GrenacheError(Exception):
         self.message = message
 
 
-class TimeoutError(GrenacheError, builtins.TimeoutError):
-    """A request or DHT operation did not complete in time (``ERR_TIMEOUT``)."""
+class InputError(GrenacheError):
+    """1xx: the caller's input."""
 
 
-class LookupEmptyError(GrenacheError, LookupError):
-    """Nobody announces the service (``ERR_GRAPE_LOOKUP_EMPTY``)."""
+class TransportError(GrenacheError):
+    """2xx: the transport."""
 
 
-class RemoteError(GrenacheError):
-    """The remote handler answered an error; ``message`` is its text (e.g. ``"ERR_BUSY"``)."""
+class DiscoveryError(GrenacheError):
+    """3xx: Grape and DHT."""
 
 
-class ConnectError(GrenacheError, ConnectionError):
-    """The destination could not be reached (``ERR_CONNECT``, ``ERR_IO``)."""
-
-
-class TransportClosedError(GrenacheError, ConnectionError):
-    """The connection closed with the request in flight (``ERR_TRANSPORT_CLOSE``)."""
-
-
-class InvalidArgumentError(GrenacheError, ValueError):
-    """A bad argument: invalid JSON, an unknown transport, a malformed hash... """
+class RpcError(GrenacheError):
+    """4xx: RPC failures reported by the other side."""
 
 
 class TlsError(GrenacheError):
-    """A certificate could not be used, or a TLS handshake or client check failed."""
+    """5xx: TLS."""
 
 
-class DhtError(GrenacheError):
-    """The DHT refused or could not complete an operation."""
+class LibraryError(GrenacheError):
+    """9xx: bugs in the library, cancellations."""
 
 
-class SeqTooLowError(DhtError):
-    """A mutable put with a sequence number lower than the stored one (BEP44 error 302)."""
+_FAMILIES = {c.__name__: c for c in (InputError, TransportError, DiscoveryError, RpcError, TlsError, LibraryError)}
 
-
-class CasMismatchError(DhtError):
-    """A mutable put whose ``cas`` does not match the stored sequence number (BEP44 error 301)."""
-
-
-class PunchTimeoutError(ConnectError):
-    """Hole punching found no open path to the peer in time (``ERR_PUNCH_TIMEOUT``): a NAT
-    that maps every destination to a new port (symmetric), or a peer that does not punch back."""
-
-
-class CancelledError(GrenacheError):
-    """The operation was cancelled because its object was closed first."""
-
-
-_BY_NAME = {
-    "ERR_TIMEOUT": TimeoutError,
-    "ERR_GRAPE_LOOKUP_EMPTY": LookupEmptyError,
-    "ERR_REMOTE": RemoteError,
-    "ERR_CONNECT": ConnectError,
-    "ERR_IO": ConnectError,
-    "ERR_PUNCH_TIMEOUT": PunchTimeoutError,
-    "ERR_TRANSPORT_CLOSE": TransportClosedError,
-    "ERR_INVALID_ARGUMENT": InvalidArgumentError,
-    "ERR_INVALID_UTF8": InvalidArgumentError,
-    "ERR_NULL_PARAMETER": InvalidArgumentError,
-    "ERR_TLS_HANDSHAKE": TlsError,
-    "ERR_CERTIFICATE": TlsError,
-    "ERR_TLS_CONFIG": TlsError,
-    "ERR_CLIENT_REFUSED": TlsError,
-    "ERR_NO_NODES": DhtError,
-    "ERR_ALL_QUERIES_FAILED": DhtError,
-    "ERR_DHT": DhtError,
-    "ERR_GRAPE": DhtError,
-    "ERR_SEQ_TOO_LOW": SeqTooLowError,
-    "ERR_CAS_MISMATCH": CasMismatchError,
-    "ERR_CANCELLED": CancelledError,
+# Python's own exception a kind's class also is, so that ``except TimeoutError`` (the builtin)
+# or ``except ValueError`` catch it too.
+_ALSO = {
+    "TimeoutError": builtins.TimeoutError,
+    "LookupEmptyError": LookupError,
+    "ConnectError": ConnectionError,
+    "ClosedError": ConnectionError,
+    "PunchTimeoutError": ConnectionError,
+    "InvalidArgumentError": ValueError,
+    "InvalidUtf8Error": ValueError,
 }
+
+_BY_CODE = {}
+for _code, _name, _family, _class, _message in _native.error_kinds():
+    _cls = type(_class, (_FAMILIES[_family],) + ((_ALSO[_class],) if _class in _ALSO else ()), {
+        "__doc__": f"{_message} (``{_name}``, {_code}).",
+        "__module__": __name__,
+        "CODE": _code,
+    })
+    globals()[_class] = _cls
+    __all__.append(_class)
+    _BY_CODE[_code] = _cls
+del _code, _name, _family, _class, _message, _cls
+
+TransportClosedError = ClosedError  # noqa: F821 (made above): the name of earlier versions
+"""The connection closed with the request in flight (``ERR_TRANSPORT_CLOSE``)."""
 
 
 def _make_error(code: int, name: str, message: str) -> GrenacheError:
-    return _BY_NAME.get(name, GrenacheError)(code, name, message)
+    return _BY_CODE.get(code, GrenacheError)(code, name, message)
 
 
 _native._set_error_factory(_make_error)
+
+
+def _invalid(message: str) -> GrenacheError:
+    return _make_error(101, "ERR_INVALID_ARGUMENT", message)
 
 
 class ReplyError(Exception):
@@ -202,7 +187,7 @@ def _ms(seconds: Optional[float]) -> Optional[int]:
     if seconds is None:
         return None
     if seconds < 0:
-        raise InvalidArgumentError(0, "ERR_INVALID_ARGUMENT", "a duration cannot be negative")
+        raise _invalid("a duration cannot be negative")
     return int(seconds * 1000)
 
 
@@ -218,10 +203,20 @@ class Grape:
     """A Grape (DHT node + HTTP API) running in this process, started by the constructor.
 
     ``dht_port``/``api_port`` 0 pick free ports; ``bootstrap`` lists other Grapes' DHT
-    addresses (``"127.0.0.1:20001"``). Stop it with ``stop()`` or a ``with`` block."""
+    addresses (``"127.0.0.1:20001"``). ``dht_state`` names a file that keeps the DHT node's id
+    and routing table across restarts (read at start, so a restarted Grape rejoins without
+    ``bootstrap``; written at stop and every minute). Stop it with ``stop()`` or a ``with``
+    block."""
 
-    def __init__(self, dht_port: int = 0, api_port: int = 0, bootstrap: Sequence[str] = (), host: Optional[str] = None) -> None:
-        self._g = _native.Grape(dht_port, api_port, list(bootstrap), host)
+    def __init__(
+        self,
+        dht_port: int = 0,
+        api_port: int = 0,
+        bootstrap: Sequence[str] = (),
+        host: Optional[str] = None,
+        dht_state: Optional[str] = None,
+    ) -> None:
+        self._g = _native.Grape(dht_port, api_port, list(bootstrap), host, dht_state)
 
     @property
     def dht_port(self) -> int:
@@ -315,25 +310,123 @@ class Link:
 # RPC
 
 
-@dataclass(frozen=True)
+class Reply:
+    """The handle to answer one request, exactly once, from any thread, now or later. A second
+    answer raises ``AlreadyUsedError`` (``ERR_ALREADY_USED``); a reply dropped unanswered answers
+    ``ERR_NO_REPLY``. Handlers normally just return their result; take the reply with
+    ``info.defer()`` to answer later."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, native: "_native.Reply") -> None:
+        self._r = native
+
+    def send(self, value: Json) -> None:
+        """Answers with ``value`` (any JSON value)."""
+        self._r.send(_dumps(value))
+
+    def send_json(self, text: str) -> None:
+        """Answers with JSON text, written to the wire as it is."""
+        self._r.send(text)
+
+    def error(self, message: str) -> None:
+        """Answers with an error: the client gets ``RemoteError`` with exactly this text."""
+        self._r.error(str(message))
+
+    def abandon(self) -> None:
+        """Gives the reply up: the client gets ``ERR_NO_REPLY`` at once."""
+        self._r.abandon()
+
+    @property
+    def answered(self) -> bool:
+        return self._r.answered
+
+    @property
+    def closed(self) -> bool:
+        """True when nobody waits for the answer any more (answered, the client went away, or
+        the server's reply timeout fired)."""
+        return self._r.closed
+
+
 class RequestInfo:
-    """What a handler knows about a request besides its payload."""
+    """What a handler knows about a request besides its payload, and its reply."""
 
-    fingerprint: Optional[str]
-    """The client certificate's SHA-1 fingerprint (``"AA:BB:..."``) over TLS with a client
-    certificate, else ``None``."""
+    __slots__ = ("fingerprint", "_reply", "_deferred")
+
+    def __init__(self, fingerprint: Optional[str], reply: Optional[Reply] = None) -> None:
+        self.fingerprint = fingerprint
+        """The client certificate's SHA-1 fingerprint (``"AA:BB:..."``) over TLS with a client
+        certificate, else ``None``."""
+        self._reply = reply
+        self._deferred = False
+
+    def defer(self) -> Reply:
+        """Takes over the reply: what the handler returns is then ignored, and the client waits
+        for ``Reply.send`` / ``Reply.error`` (or the server's ``reply_timeout``)."""
+        if self._reply is None:
+            raise _invalid("this request has no reply to defer")
+        self._deferred = True
+        return self._reply
+
+    @property
+    def deferred(self) -> bool:
+        return self._deferred
 
 
-Handler = Callable[[Json, RequestInfo], Json]
+Handler = Callable[[Json, RequestInfo], Any]
 
 
-def _wrap_handler(handler: Handler) -> Callable[[str, Optional[str]], tuple]:
-    def call(payload_json: str, fingerprint: Optional[str]) -> tuple:
+def _answer(reply: Reply, info: RequestInfo, result: Any) -> None:
+    if not info.deferred:
+        reply.send(result)
+
+
+def _answer_exception(reply: Reply, e: BaseException) -> None:
+    if isinstance(e, ReplyError):
+        message = str(e) or "ERR_REPLY"
+    else:
+        traceback.print_exception(type(e), e, e.__traceback__)
+        message = "ERR_HANDLER_PANIC"
+    if not reply.answered:
+        reply.error(message)
+
+
+async def _complete(awaitable: Any, reply: Reply, info: RequestInfo) -> None:
+    try:
+        _answer(reply, info, await awaitable)
+    except BaseException as e:  # answered, never lost: the loop only logs what escapes
+        _answer_exception(reply, e)
+
+
+_library_loop: Optional[asyncio.AbstractEventLoop] = None
+_library_loop_lock = threading.Lock()
+
+
+def _owned_loop() -> asyncio.AbstractEventLoop:
+    """The library's own event loop, on a daemon thread, for ``async def`` handlers of servers
+    made outside any running loop."""
+    global _library_loop
+    with _library_loop_lock:
+        if _library_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="grenache-asyncio", daemon=True).start()
+            _library_loop = loop
+        return _library_loop
+
+
+def _wrap_handler(handler: Handler, loop: Optional[asyncio.AbstractEventLoop]) -> Callable[[str, Optional[str], Any], None]:
+    def call(payload_json: str, fingerprint: Optional[str], native_reply: Any) -> None:
+        reply = Reply(native_reply)
+        info = RequestInfo(fingerprint, reply)
         try:
-            result = handler(json.loads(payload_json), RequestInfo(fingerprint))
-        except ReplyError as e:
-            return (str(e) or "ERR_REPLY", None)
-        return (None, _dumps(result))
+            result = handler(json.loads(payload_json), info)
+            if inspect.isawaitable(result):
+                target = loop if loop is not None and not loop.is_closed() else _owned_loop()
+                asyncio.run_coroutine_threadsafe(_complete(result, reply, info), target)
+            else:
+                _answer(reply, info, result)
+        except BaseException as e:
+            _answer_exception(reply, e)
 
     return call
 
@@ -344,7 +437,9 @@ class Server:
 
     The handler runs on a library thread and returns the result (any JSON value), or raises
     ``ReplyError("ERR_...")`` to answer with an error. Any other exception is printed and the
-    client gets ``ERR_HANDLER_PANIC``. With ``reply_timeout`` (seconds), a handler that takes
+    client gets ``ERR_HANDLER_PANIC``. It may be an ``async def``: its coroutine then runs on
+    the event loop that was running where the server was made (or ``loop``), else on an event
+    loop of the library's own thread. ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
@@ -365,9 +460,15 @@ class Server:
         tls: Optional[ServerTls] = None,
         reply_timeout: Optional[float] = None,
         verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
         broker: Optional[str] = None,
     ) -> None:
-        self._s = _native.Server(link._l, transport, _wrap_handler(handler), port, tls, _ms(reply_timeout), verify_client, broker)
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker)
 
     @property
     def port(self) -> int:
@@ -404,7 +505,7 @@ class Server:
 
     async def shutdown_async(self, grace: float = 10.0) -> bool:
         """``shutdown`` for asyncio."""
-        return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), lambda r: r == "true")
+        return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), json.loads)
 
     def close(self) -> None:
         """Stops announcing and listening; requests in flight still get their reply."""

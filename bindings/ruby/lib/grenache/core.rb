@@ -293,6 +293,15 @@ module Grenache
       Grenache.report_callback_error(e, 'done callback')
     end
 
+    # grenache_bool_cb: completes a {Future} with true or false.
+    BOOL = FFI::Function.new(:void, %i[pointer uint32 pointer bool]) do |ud, code, err, value|
+      future = Registry.remove(ud)
+      detail = err.null? ? nil : Native.grenache_error_message(err)&.force_encoding(Encoding::UTF_8)
+      future&.complete(code, detail, value)
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      Grenache.report_callback_error(e, 'bool callback')
+    end
+
     # grenache_free_cb: unregisters the userdata and tells it (#released).
     FREE = FFI::Function.new(:void, [:pointer]) do |ud|
       obj = Registry.remove(ud)

@@ -11,7 +11,7 @@ module Grenache
   class Error < StandardError
     # @return [Integer] the C result code (e.g. 202)
     attr_reader :code
-    # @return [String] the stable name of the code (e.g. `"ERR_TIMEOUT"`)
+    # @return [String] the stable name of the code (e.g. `"ERR_TIMEOUT"`), also {#name}
     attr_reader :code_name
     # @return [String, nil] the library's detail (for {RemoteError}, the remote handler's text)
     attr_reader :detail
@@ -22,7 +22,13 @@ module Grenache
       @code = code
       @code_name = Grenache.result_name(code) || "ERR_#{code}"
       @detail = detail
-      super(detail && !detail.empty? ? "#{@code_name}: #{detail}" : @code_name)
+      # The same text as the `message` of the C, Python and Node errors.
+      super(detail && !detail.empty? ? detail : (Grenache.result_message(code) || @code_name))
+    end
+
+    # @return [String] the stable name of the code (`"ERR_TIMEOUT"`), as `.name` in every face
+    def name
+      @code_name
     end
 
     # The exception for a result code: an instance of the most specific class.
@@ -47,40 +53,17 @@ module Grenache
   # 9xx: bugs in the library, cancellations.
   class LibraryError < Error; end
 
-  # Table of [class name, superclass, code].
-  ERROR_TABLE = [
-    [:NullParameterError, InputError, 100],
-    [:InvalidArgumentError, InputError, 101],
-    [:InvalidUtf8Error, InputError, 102],
-    [:AlreadyUsedError, InputError, 103],
-    [:BufferTooSmallError, InputError, 104],
-    [:InvalidStateError, InputError, 105],
-    [:IoError, TransportError, 200],
-    [:ConnectError, TransportError, 201],
-    [:TimeoutError, TransportError, 202],
-    [:ClosedError, TransportError, 203],
-    [:PayloadTooLargeError, TransportError, 204],
-    [:DecodeError, TransportError, 205],
-    [:ProtocolError, TransportError, 206],
-    [:PunchTimeoutError, TransportError, 207],
-    [:LookupEmptyError, DiscoveryError, 300],
-    [:GrapeError, DiscoveryError, 301],
-    [:NoNodesError, DiscoveryError, 302],
-    [:AllQueriesFailedError, DiscoveryError, 303],
-    [:SeqTooLowError, DiscoveryError, 304],
-    [:CasMismatchError, DiscoveryError, 305],
-    [:DhtError, DiscoveryError, 306],
-    [:RemoteError, RpcError, 400],
-    [:NoReplyError, RpcError, 401],
-    [:HandlerPanickedError, RpcError, 402],
-    [:TlsHandshakeError, TlsError, 500],
-    [:CertificateError, TlsError, 501],
-    [:TlsConfigError, TlsError, 502],
-    [:ClientRefusedError, TlsError, 503],
-    [:PanicError, LibraryError, 900],
-    [:InternalError, LibraryError, 901],
-    [:CancelledError, LibraryError, 902]
-  ].freeze
+  # The family classes by the hundreds digit of a code.
+  FAMILIES = { 1 => InputError, 2 => TransportError, 3 => DiscoveryError, 4 => RpcError, 5 => TlsError,
+               9 => LibraryError }.freeze
+
+  # Table of [class name, superclass, code], one row per error kind of the library, read from
+  # the library itself (`grenache_result_class_name`): a kind added to the core is a class here
+  # without a change to this file.
+  ERROR_TABLE = (100..999).filter_map do |code|
+    name = Native.grenache_result_class_name(code)
+    [name.to_sym, FAMILIES.fetch(code / 100, LibraryError), code] if name
+  end.freeze
 
   # Result code => exception class.
   CLASSES = {}
@@ -108,14 +91,8 @@ module Grenache
 
   # Success.
   OK = 0
-  # The result codes by name (`Grenache::RESULT[:timeout]` is 202).
-  RESULT = {
-    ok: 0, null_parameter: 100, invalid_argument: 101, invalid_utf8: 102, already_used: 103,
-    buffer_too_small: 104, invalid_state: 105, io: 200, connect: 201, timeout: 202, closed: 203,
-    payload_too_large: 204, decode: 205, protocol: 206, punch_timeout: 207,
-    lookup_empty: 300, grape: 301,
-    no_nodes: 302, all_queries_failed: 303, seq_too_low: 304, cas_mismatch: 305, dht: 306,
-    remote: 400, no_reply: 401, handler_panicked: 402, tls_handshake: 500, certificate: 501,
-    tls_config: 502, client_refused: 503, panic: 900, internal: 901, cancelled: 902
-  }.freeze
+  # The result codes by name (`Grenache::RESULT[:timeout]` is 202): the class names in snake case.
+  RESULT = ERROR_TABLE.to_h do |name, _, code|
+    [name.to_s.delete_suffix('Error').gsub(/([a-z\d])([A-Z])/, '\\1_\\2').downcase.to_sym, code]
+  end.merge(ok: OK).freeze
 end

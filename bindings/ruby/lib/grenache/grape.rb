@@ -29,9 +29,12 @@ module Grenache
     # @param runtime [Runtime]
     # @param bootstrap [Array<String>, String, nil] `"host:port"` DHT addresses of other Grapes
     # @param host [String, nil] the IP address the HTTP API binds to (nil: every IPv4 address)
+    # @param dht_state [String, nil] a file that keeps the DHT node's id and routing table across
+    #   restarts (read at start, so a restarted Grape rejoins without `bootstrap:`; written at
+    #   stop and every minute)
     # @param options [Hash] any of {OPTIONS} (ports: 0 is any free port; `_ms` in milliseconds)
     # @raise [IoError] a port is busy
-    def initialize(runtime: Grenache.runtime, bootstrap: nil, host: nil, **options)
+    def initialize(runtime: Grenache.runtime, bootstrap: nil, host: nil, dht_state: nil, **options)
       super()
       unknown = options.keys - OPTIONS.keys
       raise ArgumentError, "unknown Grape options: #{unknown.join(', ')}" unless unknown.empty?
@@ -41,6 +44,7 @@ module Grenache
       begin
         options.each { |k, v| Grenache.check!(Native.grenache_grape_options_set(opts, OPTIONS.fetch(k), v), k.to_s) }
         Grenache.check!(Native.grenache_grape_options_set_host(opts, host), 'host') if host
+        Grenache.check!(Native.grenache_grape_options_set_dht_state(opts, dht_state.to_s), 'dht_state') if dht_state
         bootstrap = bootstrap.join(',') if bootstrap.is_a?(Array)
         Grenache.check!(Native.grenache_grape_options_set_bootstrap(opts, bootstrap)) if bootstrap
         @ptr = Grenache.out_pointer { |o| Grenache.check!(Native.grenache_grape_start_opts(runtime.ptr, opts, o)) }

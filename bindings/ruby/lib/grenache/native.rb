@@ -20,7 +20,7 @@ module Grenache
   # 1. `ENV['GRENACHE_LIB']`, a path to the library (nothing else is tried then);
   # 2. the libdir of an installed libgrenache as pkg-config reports it
   #    (`pkg-config --variable=libdir grenache`, honouring `PKG_CONFIG_PATH`);
-  # 3. the dynamic loader's search path: `libgrenache.so.0` (the installed run-time name), then
+  # 3. the dynamic loader's search path: `libgrenache.so.1` (the installed run-time name), then
   #    `libgrenache.so`.
   # When none loads, requiring the gem raises {Grenache::LibraryNotFound} (a ::LoadError) that
   # names what was tried and how to fix it.
@@ -88,6 +88,7 @@ module Grenache
 
     callback :json_cb, %i[pointer uint32 pointer pointer size_t], :void
     callback :done_cb, %i[pointer uint32 pointer], :void
+    callback :bool_cb, %i[pointer uint32 pointer bool], :void
     callback :free_cb, [:pointer], :void
     callback :handler_cb, %i[pointer pointer pointer], :void
     callback :verify_client_cb, %i[pointer pointer], :bool
@@ -100,6 +101,7 @@ module Grenache
 
     # Results, errors, version.
     attach_function :grenache_result_name, [:uint32], :string
+    attach_function :grenache_result_class_name, [:uint32], :string
     attach_function :grenache_result_message, %i[uint32 pointer size_t pointer], :uint32
     attach_function :grenache_error_code, [:pointer], :uint32
     attach_function :grenache_error_message, [:pointer], :string
@@ -120,6 +122,7 @@ module Grenache
     attach_function :grenache_grape_options_free, [:pointer], :void
     attach_function :grenache_grape_options_set, %i[pointer uint32 uint64], :uint32
     attach_function :grenache_grape_options_set_host, %i[pointer string], :uint32
+    attach_function :grenache_grape_options_set_dht_state, %i[pointer string], :uint32
     attach_function :grenache_grape_options_set_bootstrap, %i[pointer string], :uint32
 
     # Link.
@@ -162,7 +165,7 @@ module Grenache
     attach_function :grenache_server_announce, %i[pointer string done_cb pointer], :uint32
     attach_function :grenache_server_start_announcing, %i[pointer string uint64], :uint32
     attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
-    attach_function :grenache_server_shutdown, %i[pointer uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_shutdown, %i[pointer uint64 bool_cb pointer], :uint32
     attach_function :grenache_server_new_utp, %i[pointer uint16 string handler_cb pointer free_cb pointer], :uint32, B
     attach_function :grenache_server_options_set_broker, %i[pointer string], :uint32
     attach_function :grenache_server_punch, %i[pointer string uint64 done_cb pointer], :uint32

@@ -15,7 +15,8 @@ module Grenache
   end
 
   # The handle to answer one request, exactly once, from any thread, now or later
-  # (`grenache_reply`). Handlers normally just return a value; take the reply with
+  # (`grenache_reply`). A second answer raises {AlreadyUsedError} (`ERR_ALREADY_USED`), as in the
+  # Python and Node faces. Handlers normally just return a value; take the reply with
   # {Request#defer} to answer later.
   class Reply
     # @api private
@@ -25,13 +26,15 @@ module Grenache
     end
 
     # Answers with `value` (any JSON value).
-    # @return [Boolean] false when already answered
+    # @return [true]
+    # @raise [AlreadyUsedError] when already answered
     def reply(value)
       reply_json(Grenache.to_json_text(value))
     end
 
     # Answers with JSON text.
-    # @return [Boolean] false when already answered
+    # @return [true]
+    # @raise [AlreadyUsedError] when already answered
     # @raise [InvalidArgumentError] the text is not JSON (the caller then gets ERR_INVALID_ARGUMENT)
     def reply_json(json)
       take do |p|
@@ -42,13 +45,15 @@ module Grenache
 
     # Answers with an error: the caller gets a {RemoteError} with exactly this text.
     # @param message [String] by convention `"ERR_..."`
-    # @return [Boolean] false when already answered
+    # @return [true]
+    # @raise [AlreadyUsedError] when already answered
     def error(message)
       take { |p| Grenache.check!(Native.grenache_reply_error(p, message.to_s)) }
     end
 
     # Drops the reply without answering: the caller gets {NoReplyError} at once.
-    # @return [Boolean] false when already answered
+    # @return [true]
+    # @raise [AlreadyUsedError] when already answered
     def drop
       take { |p| Native.grenache_reply_free(p) }
     end
@@ -68,7 +73,7 @@ module Grenache
 
     def take
       p = @lock.synchronize { @ptr.tap { @ptr = nil } }
-      return false unless p
+      raise AlreadyUsedError.new(RESULT[:already_used], 'the request was already answered') unless p
 
       yield p
       true
@@ -259,16 +264,13 @@ module Grenache
     # @param grace [Numeric] seconds
     # @return [Boolean] true when every connection finished within `grace`
     def shutdown(grace: 10)
-      shutdown_async(grace: grace).value(grace + 30)
-      true
-    rescue TimeoutError
-      false
+      shutdown_async(grace: grace).value(grace + WAIT_SLACK)
     end
 
     # {#shutdown} without waiting.
-    # @return [Future] of nil; it fails with {TimeoutError} when the grace cut connections off
+    # @return [Future] of true (every connection finished in time) or false (some were cut off)
     def shutdown_async(grace: 10)
-      Grenache.start_operation { |ud| Native.grenache_server_shutdown(ptr, Grenache.ms(grace), Callbacks::DONE, ud) }
+      Grenache.start_operation { |ud| Native.grenache_server_shutdown(ptr, Grenache.ms(grace), Callbacks::BOOL, ud) }
     end
 
     # Stops announcing and listening, lets running handlers finish (at most 5 s), and drops the
@@ -310,11 +312,11 @@ module Grenache
 
       @raw ? request.reply.reply_json(result.to_s) : request.reply.reply(result)
     rescue ReplyError => e
-      request.reply.error(e.message)
+      request.reply.error(e.message) unless request.reply.answered?
     rescue Exception => e # rubocop:disable Lint/RescueException
       Grenache.report_callback_error(e, "handler of #{request.key}")
       begin
-        request.reply.error('ERR_HANDLER_PANIC')
+        request.reply.error('ERR_HANDLER_PANIC') unless request.reply.answered?
       rescue Exception # rubocop:disable Lint/RescueException
         nil
       end

@@ -19,9 +19,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role as TsRole;
 
-use super::ws::{NetStream, Prefixed, Ws, ws_config};
 
 /// The largest opening-handshake head (request or response) accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
@@ -520,15 +518,6 @@ pub(crate) async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(HandshakeError::Bad("the server's 101 has no `Upgrade: websocket`".to_string()));
     }
     Ok(buf.split_off(n))
-}
-
-/// Puts tungstenite's framing on a socket whose handshake this module did (PUB/SUB).
-pub(crate) async fn into_tungstenite(stream: NetStream, leftover: Vec<u8>, side: Side, max_message_size: usize) -> Ws {
-    let role = match side {
-        Side::Server => TsRole::Server,
-        Side::Client => TsRole::Client,
-    };
-    Ws::from_raw_socket(Prefixed::new(stream, leftover), role, Some(ws_config(max_message_size))).await
 }
 
 /// Writes all of `buf` to `io`. What was written leaves `buf` when this ends, finished, failed

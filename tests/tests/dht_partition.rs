@@ -1,0 +1,254 @@
+//! A split network heals by itself: 10 `grape` processes, each in a network namespace of its
+//! own on one bridge (in an 11th namespace: nothing is added to the host's own network), wired
+//! as a chain. The two halves are cut apart for 30 s with iptables DROP rules; services are
+//! announced on both sides meanwhile; after the rules are removed, every service must be found
+//! from the other half within [`HEAL_BOUND`], with no operator action.
+//!
+//! Needs root, `ip` (iproute2) and `iptables` (scripts/test.sh installs them). Every namespace
+//! (and with it every veth, the bridge and the rules) and every process is removed by a guard,
+//! also when the test fails. Builds the `grape` binary first (debug profile).
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use grenache_e2e::workspace_dir;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long the halves are cut apart.
+const CUT: Duration = Duration::from_secs(30);
+/// The stated bound: after the join, every service announced during the cut is found from the
+/// other half within this long. A silent node is retried at most 15 s apart (one retry per
+/// second overall), a KRPC query times out after 2 s, then one refresh round and one lookup walk.
+/// Measured: 0.02-1.1 s. Without the retries of silent nodes the halves never find each other
+/// again (0 of 10 services found across 45 s after the join).
+const HEAL_BOUND: Duration = Duration::from_secs(45);
+const N: usize = 10;
+const DHT_PORT: u16 = 20001;
+const API_PORT: u16 = 30001;
+
+fn grape_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // Tests run as parallel processes that all build the binary; a build that loses a race
+        // on the incremental cache fails once and succeeds when tried again.
+        let built = (0..3).any(|_| {
+            Command::new(&cargo)
+                .args(["build", "-q", "-p", "grenache-cli", "--bin", "grape"])
+                .current_dir(workspace_dir())
+                .status()
+                .expect("run cargo build")
+                .success()
+        });
+        assert!(built, "building the grape binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_dir().join("target"));
+        target.join("debug").join("grape")
+    })
+    .clone()
+}
+
+/// Runs a command to completion; panics with its stderr when it fails.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The namespaces, the bridge and the Grape processes of one test; all removed on drop.
+struct Net {
+    tag: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Net {
+    fn hub(&self) -> String {
+        format!("gh{}", self.tag)
+    }
+    fn ns(&self, i: usize) -> String {
+        format!("gn{}-{i}", self.tag)
+    }
+    /// The A half (0..5) is 10.77.0.1-5, the B half (5..10) 10.77.0.65-69; the hub is .254.
+    fn ip(i: usize) -> String {
+        if i < N / 2 { format!("10.77.0.{}", 1 + i) } else { format!("10.77.0.{}", 65 + i - N / 2) }
+    }
+    /// The other half's addresses, as one iptables source.
+    fn other_half(i: usize) -> &'static str {
+        if i < N / 2 { "10.77.0.64/26" } else { "10.77.0.0/26" }
+    }
+
+    fn build(tag: String) -> Net {
+        let mut net = Net { tag, namespaces: Vec::new(), children: Vec::new() };
+        let (hub, br) = (net.hub(), format!("br{}", net.tag));
+        sh(&["ip", "netns", "add", &hub]);
+        net.namespaces.push(hub.clone());
+        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &hub, "link", "add", &br, "type", "bridge"]);
+        sh(&["ip", "-n", &hub, "addr", "add", "10.77.0.254/24", "dev", &br]);
+        sh(&["ip", "-n", &hub, "link", "set", &br, "up"]);
+        for i in 0..N {
+            let ns = net.ns(i);
+            sh(&["ip", "netns", "add", &ns]);
+            net.namespaces.push(ns.clone());
+            let (va, vb) = (format!("va{}{i}", net.tag), format!("vb{}{i}", net.tag));
+            sh(&["ip", "-n", &hub, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &ns]);
+            sh(&["ip", "-n", &hub, "link", "set", &va, "master", &br]);
+            sh(&["ip", "-n", &hub, "link", "set", &va, "up"]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", Net::ip(i)), "dev", &vb]);
+            sh(&["ip", "-n", &ns, "link", "set", &vb, "up"]);
+        }
+        net
+    }
+
+    /// Starts `grape` in namespace `i`, bootstrapped from Grape `i - 1` (a chain).
+    fn start_grape(&mut self, i: usize) {
+        let boot = if i == 0 { String::new() } else { format!("{}:{DHT_PORT}", Net::ip(i - 1)) };
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i)])
+            .arg(grape_bin())
+            .args(["--dp", &DHT_PORT.to_string(), "--aph", &API_PORT.to_string(), "--bn", &boot, "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn grape in its namespace");
+        self.children.push(child);
+    }
+
+    /// Cuts (true) or joins (false) the halves: a DROP rule in every namespace for packets from
+    /// the other half.
+    fn cut(&self, on: bool) {
+        for i in 0..N {
+            let op = if on { "-I" } else { "-D" };
+            sh(&["ip", "netns", "exec", &self.ns(i), "iptables", op, "INPUT", "-s", Net::other_half(i), "-j", "DROP"]);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn api(i: usize) -> SocketAddr {
+    format!("{}:{API_PORT}", Net::ip(i)).parse().expect("address")
+}
+
+async fn post(addr: SocketAddr, path: &str, body: String) -> String {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut).await.ok().flatten().unwrap_or_default()
+}
+
+async fn announce(i: usize, name: &str, port: u16) {
+    post(api(i), "/announce", json!({"rid": "p", "data": [name, port]}).to_string()).await;
+}
+
+async fn lookup(i: usize, name: &str) -> Vec<String> {
+    serde_json::from_str(&post(api(i), "/lookup", json!({"rid": "p", "data": name}).to_string()).await).unwrap_or_default()
+}
+
+/// Announces `<prefix>:<i>` on every Grape, then looks each one up through the Grape five
+/// places on (the other half); returns which were found.
+async fn round(prefix: &str) -> Vec<bool> {
+    futures_util::future::join_all((0..N).map(|i| async move { announce(i, &format!("{prefix}:{i}"), 7000 + i as u16).await })).await;
+    futures_util::future::join_all((0..N).map(|i| async move {
+        let want = format!("{}:{}", Net::ip(i), 7000 + i);
+        lookup((i + N / 2) % N, &format!("{prefix}:{i}")).await.contains(&want)
+    }))
+    .await
+}
+
+async fn scenario(net: &Net) {
+    // every API answers
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..N {
+        while TcpStream::connect(api(i)).await.is_err() {
+            assert!(Instant::now() < deadline, "grape {i} never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let t = Instant::now();
+    // the chain heals into one network
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = round("before").await;
+        if found.iter().all(|f| *f) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the network never formed: {found:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("network formed in {:?}", t.elapsed());
+    // cut apart; services announced on both sides meanwhile are not found across
+    net.cut(true);
+    let cut_at = Instant::now();
+    while cut_at.elapsed() < CUT {
+        let found = round("split").await;
+        assert!(found.iter().all(|f| !*f), "found across the cut: {found:?}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // joined again: found across within the bound
+    net.cut(false);
+    let joined = Instant::now();
+    loop {
+        let found = round("split").await;
+        if found.iter().all(|f| *f) {
+            eprintln!("partition healed: every service found across {:?} after the join", joined.elapsed());
+            break;
+        }
+        assert!(joined.elapsed() < HEAL_BOUND, "not healed {:?} after the join: {found:?}", joined.elapsed());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[test]
+fn split_network_heals_after_the_join() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let tag = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
+    let mut net = Net::build(tag);
+    for i in 0..N {
+        net.start_grape(i);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The test's own HTTP calls are made from the hub namespace: a thread of its own joins it.
+    let hub = File::open(format!("/run/netns/{}", net.hub())).expect("open the hub namespace");
+    let res = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(hub.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(scenario(&net));
+        })
+        .join()
+    });
+    drop(net);
+    if let Err(p) = res {
+        std::panic::resume_unwind(p);
+    }
+}
