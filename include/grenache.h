@@ -297,9 +297,13 @@ enum grenache_transport
      */
     GRENACHE_TRANSPORT_WS = 1,
     /**
+     * ZeroMQ (ZMTP 3.1 ROUTER/DEALER; no TLS, no CURVE).
+     */
+    GRENACHE_TRANSPORT_ZMQ = 2,
+    /**
      * uTP over UDP (grenache-nodejs-utp).
      */
-    GRENACHE_TRANSPORT_UTP = 2,
+    GRENACHE_TRANSPORT_UTP = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -399,6 +403,46 @@ enum grenache_grape_option
      * (default: peer max age / 1200, at most 100; 0: every lookup walks).
      */
     GRENACHE_GRAPE_OPTION_LOOKUP_WINDOW_MS = 10,
+    /**
+     * Most HTTP API connections one source IP address holds at once; further ones are closed at
+     * once (default 2000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_CONNECTIONS_PER_IP = 11,
+    /**
+     * Time an HTTP client has to send a request's head (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_HEADER_TIMEOUT_MS = 12,
+    /**
+     * Time an HTTP client has to send a request's whole body; a late one gets `408
+     * ERR_GRAPE_TIMEOUT` (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_BODY_TIMEOUT_MS = 13,
+    /**
+     * Bytes per second a body must come at, on average, after its first 5 s (default 4096; 0:
+     * any rate).
+     */
+    GRENACHE_GRAPE_OPTION_BODY_MIN_RATE = 14,
+    /**
+     * Time an idle keep-alive HTTP connection is kept (default 5000).
+     */
+    GRENACHE_GRAPE_OPTION_IDLE_TIMEOUT_MS = 15,
+    /**
+     * Longest service name (DHT key) stored or looked up, in bytes (default 256).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_KEY_LEN = 16,
+    /**
+     * Most bytes the peer store holds, keys and records (default 67108864).
+     */
+    GRENACHE_GRAPE_OPTION_PEER_STORE_BYTES = 17,
+    /**
+     * Most peer records one IP address has in the peer store (default 10000).
+     */
+    GRENACHE_GRAPE_OPTION_MAX_RECORDS_PER_IP = 18,
+    /**
+     * KRPC queries one IP address may send per second, bursts of twice as many (default 500; 0:
+     * any).
+     */
+    GRENACHE_GRAPE_OPTION_QUERIES_PER_IP = 19,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -723,6 +767,13 @@ grenache_result grenache_client_new_ws(const grenache_link *link, const grenache
  * the caller). Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
  */
 grenache_result grenache_client_new_utp(const grenache_link *link, const char *broker, uint64_t punch_timeout_ms, grenache_client **out);
+
+/**
+ * Creates a ZeroMQ RPC client (a DEALER per worker, requests multiplexed on it; frames
+ * `[rid, key, payload]`, see the README). ZeroMQ has no TLS here (no CURVE). Non-blocking.
+ * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
+ */
+grenache_result grenache_client_new_zmq(const grenache_link *link, grenache_client **out);
 
 /**
  * Sends the JSON payload `json` (`json_len` bytes, e.g. `"\"hello\""`) to one worker of the
@@ -1342,16 +1393,16 @@ const char *grenache_client_info_remote_addr(const grenache_client_info *info);
 const char *grenache_client_info_path(const grenache_client_info *info);
 
 /**
- * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
- * or `GRENACHE_TRANSPORT_UTP`) with `opts` (NULL: the defaults; copied, so they may be freed at
- * once), serving `handler`, announced through `link`. Otherwise the same contract as
+ * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`,
+ * `GRENACHE_TRANSPORT_ZMQ`: a ZeroMQ ROUTER socket, or `GRENACHE_TRANSPORT_UTP`) with `opts`
+ * (NULL: the defaults; copied, so they may be freed at once), serving `handler`, announced through `link`. Otherwise the same contract as
  * `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
  * last handler call returned, also when this call fails.
  *
  * Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
  * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
- * (unknown `transport`; a `verify_client` hook with HTTP; TLS, a hook with uTP; a broker without
- * uTP), `IO` (bind failed), `INVALID_STATE`.
+ * (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ or uTP; a
+ * broker without uTP), `IO` (bind failed), `INVALID_STATE`.
  */
 grenache_result grenache_server_new(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
 

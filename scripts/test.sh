@@ -4,6 +4,8 @@
 # Environment: GRENACHE_TEST_JOBS (test threads, default: number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One clean build: incremental caches would double the target directory for no gain here.
+export CARGO_INCREMENTAL=0
 
 log() { printf '\n==> %s\n' "$*"; }
 
@@ -32,6 +34,15 @@ apt_install abigail-tools
 # 2. The Node.js reference peers, pinned in tests/interop/package-lock.json.
 log "npm ci (Node reference peers)"
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+
+# 2b. The real libzmq for the ZeroMQ interop tests (tests/tests/zmq_interop.rs): pyzmq from PyPI
+#     (its wheel bundles libzmq 4.3) in a venv of its own.
+log "pyzmq (libzmq peers)"
+if [ ! -x target/zmqenv/bin/python ]; then
+  mkdir -p target
+  python3 -m venv target/zmqenv 2>/dev/null || { apt_install python3-venv && python3 -m venv target/zmqenv; }
+fi
+target/zmqenv/bin/pip install --quiet --disable-pip-version-check 'pyzmq==27.1.0'
 
 # 3. Build everything (tests, examples, benches compile too).
 log "cargo build"
@@ -66,10 +77,17 @@ if python_binding() {
 }; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
 
 # 6. The Node binding (bindings/node, grenache-native): the addon built above, its tests (with
-#    the reference packages from tests/interop in the same process) and its example.
+#    the reference packages from tests/interop in the same process), the reference packages' own
+#    mocha suites against the drop-in modules (installs mocha from npm), the packed tarball
+#    installed into an empty directory, and the examples (the reference README's examples run
+#    unchanged through the alias packages).
 log "node binding"
 if cp target/debug/libgrenache_node.so bindings/node/grenache.node \
-  && timeout 300 node --test bindings/node/test/ \
+  && cp target/debug/libgrenache_node.so bindings/node/grenache.linux-x64-gnu.node \
+  && timeout 300 node --test --test-concurrency=1 bindings/node/test/ \
+  && timeout 600 node bindings/node/test-reference.js \
+  && timeout 300 node bindings/node/test-pack.js \
+  && timeout 300 node examples/node/dropin/run.js \
   && timeout 120 node examples/node/rpc_test.js; then
   echo "node binding: ok"
 else

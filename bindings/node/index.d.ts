@@ -158,7 +158,7 @@ export class RequestInfo {
 
 export interface ServerOptions {
   /** 'utp': one UDP socket for the service, punches and broker traffic (no TLS). */
-  transport?: 'http' | 'ws' | 'utp'
+  transport?: 'http' | 'ws' | 'zmq' | 'utp'
   port?: number
   tls?: ServerTls
   /** A handler that has not answered within this many ms is answered ERR_TIMEOUT. */
@@ -210,16 +210,16 @@ export interface RequestOptions {
 export class Client {
   /** `broker` (uTP): find the workers through the broker announced under that name and punch
    * them (at most `punchTimeout` ms; ERR_PUNCH_TIMEOUT when none could be) before the requests. */
-  constructor(link: Link, opts?: { transport?: 'http' | 'ws' | 'utp'; tls?: ClientTls; timeout?: number; broker?: string; punchTimeout?: number })
+  constructor(link: Link, opts?: { transport?: 'http' | 'ws' | 'zmq' | 'utp'; tls?: ClientTls; timeout?: number; broker?: string; punchTimeout?: number })
   request(name: string, payload: Json, opts?: RequestOptions): Promise<any>
   map(name: string, payload: Json, opts?: { timeout?: number; compress?: boolean; limit?: number }): Promise<any[]>
   close(): void
 }
 
-/** A PUB/SUB publisher (WebSocket). A subscriber that cannot keep up loses its oldest queued
+/** A PUB/SUB publisher (WebSocket, or `transport: 'zmq'`: a ZeroMQ PUB socket). A subscriber that cannot keep up loses its oldest queued
  * messages rather than growing the publisher's memory. */
 export class Publisher {
-  constructor(link: Link, opts?: { port?: number; tls?: ServerTls })
+  constructor(link: Link, opts?: { port?: number; tls?: ServerTls; transport?: 'ws' | 'zmq' })
   readonly port: number
   readonly subscribers: number
   startAnnouncing(name: string, interval?: number): void
@@ -229,7 +229,7 @@ export class Publisher {
 
 /** Subscribes to every publisher of `name`; reconnects when they go and come back. */
 export class Subscriber {
-  constructor(link: Link, name: string, onMessage: (message: string | Buffer, publisher: string) => void, opts?: { tls?: ClientTls })
+  constructor(link: Link, name: string, onMessage: (message: string | Buffer, publisher: string) => void, opts?: { tls?: ClientTls; transport?: 'ws' | 'zmq' })
   readonly publishers: number
   close(): void
 }

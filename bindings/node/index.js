@@ -271,8 +271,8 @@ class Client {
 }
 
 class Publisher {
-  constructor (link, { port = 0, tls } = {}) {
-    this._p = sync(() => new native.NativePublisher(link._l, port, tls && tls._t))
+  constructor (link, { port = 0, tls, transport = 'ws' } = {}) {
+    this._p = sync(() => new native.NativePublisher(link._l, port, tls && tls._t, transport))
   }
 
   get port () { return this._p.port }
@@ -285,9 +285,9 @@ class Publisher {
 
 class Subscriber {
   // `onMessage(message, publisher)`: `message` is a string (a Buffer for binary frames).
-  constructor (link, name, onMessage, { tls } = {}) {
+  constructor (link, name, onMessage, { tls, transport = 'ws' } = {}) {
     const cb = (publisher, data, binary) => onMessage(binary ? data : data.toString('utf8'), publisher)
-    this._s = sync(() => new native.NativeSubscriber(link._l, name, cb, tls && tls._t))
+    this._s = sync(() => new native.NativeSubscriber(link._l, name, cb, tls && tls._t, transport))
     this._release = keepAlive()
   }
 

@@ -202,3 +202,75 @@ async fn cli_pub_sub_through_rust_grapes() {
     assert!(status.success());
     net.stop().await;
 }
+
+/// Starts `grenache --grape <grape> <args>` and returns the child with its first stdout line.
+async fn start(grape: &str, args: &[&str]) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, Value) {
+    let mut child = Command::new(BIN)
+        .args(["--grape", grape])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["event"], "started", "{first}");
+    (child, lines, first)
+}
+
+/// `--transport zmq` on serve, request, map, pub and sub, and `grenache proxy` from HTTP to a
+/// ZeroMQ worker, through two of our Grapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_zmq_transport_and_proxy() {
+    use tokio::io::AsyncWriteExt;
+    let net = grenache::grape::Testnet::start(2).await.unwrap();
+    let (g0, g1) = (net.api_url(0), net.api_url(1));
+    let (_serve, _l, started) =
+        start(&g0, &["serve", "svc_zmq_cli", "--transport", "zmq", "--bind", "127.0.0.1", "--interval", "1000"]).await;
+    let addr = format!("127.0.0.1:{}", started["port"]);
+    let (code, v, err) = run(&g1, &["request", "svc_zmq_cli", r#"{"a":1}"#, "--transport", "zmq", "--retry", "3"]).await;
+    assert_eq!((code, v), (0, json!({"a": 1})), "{err}");
+    let (code, v, _) = run(&g1, &["request", "svc_zmq_cli", "hi", "--transport", "zmq", "--dest", &addr]).await;
+    assert_eq!((code, v), (0, json!("hi")));
+    let (code, v, _) = run(&g1, &["map", "svc_zmq_cli", "2", "--transport", "zmq"]).await;
+    assert_eq!((code, v), (0, json!([2])));
+    // TLS does not exist on ZeroMQ: a clear bad-input error.
+    let (code, _, err) = run(&g1, &["serve", "x", "--transport", "zmq", "--tls-cert", "/dev/null", "--tls-key", "/dev/null"]).await;
+    assert_ne!(code, 0, "{err}");
+
+    // The proxy: HTTP callers, the ZeroMQ worker above.
+    let (_proxy, _pl, p) = start(
+        &g0,
+        &["proxy", "svc_http_front", "svc_zmq_cli", "--from", "http", "--to", "zmq", "--bind", "127.0.0.1", "--interval", "1000", "--timeout", "5000"],
+    )
+    .await;
+    assert!(p["port"].as_u64().is_some(), "{p}");
+    let (code, v, err) = run(&g1, &["request", "svc_http_front", r#"{"via":"proxy"}"#, "--retry", "3"]).await;
+    assert_eq!((code, v), (0, json!({"via": "proxy"})), "{err}");
+    let (code, _, _) = run(&g1, &["proxy", "same", "same", "--from", "ws", "--to", "zmq"]).await;
+    assert_eq!(code, 8, "a proxy to itself is bad input");
+
+    // pub/sub over ZeroMQ.
+    let (mut publisher, _publ, _) = start(
+        &g0,
+        &["pub", "chan_zmq_cli", "--transport", "zmq", "--bind", "127.0.0.1", "--interval", "1000", "--wait-subscribers", "1"],
+    )
+    .await;
+    let subscriber = Command::new(BIN)
+        .args(["--grape", &g1, "sub", "chan_zmq_cli", "--transport", "zmq", "--count", "2"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    stdin.write_all(b"one\ntwo\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), subscriber.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "sub exit {:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    net.stop().await;
+}

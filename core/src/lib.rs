@@ -12,6 +12,7 @@ pub mod embed;
 pub mod error;
 pub mod grape;
 pub mod link;
+pub mod proxy;
 pub mod pubsub;
 mod rid;
 pub mod rpc;

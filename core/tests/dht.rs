@@ -244,6 +244,12 @@ async fn raw_ping(sock: &UdpSocket, to: SocketAddr, t: &[u8]) -> Option<Vec<u8>>
     q.extend_from_slice(t);
     q.extend_from_slice(b"1:y1:qe");
     sock.send_to(&q, to).await.unwrap();
+    next_reply(sock).await
+}
+
+/// The next datagram that is not a query: the node pings a node that queried it before it
+/// answered anything (to learn whether it is a good node), and those pings are skipped here.
+async fn next_reply(sock: &UdpSocket) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 65536];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
@@ -285,9 +291,8 @@ async fn crash_inputs_are_dropped_and_the_node_keeps_answering() {
     let token = {
         let q = format!("d1:ad2:id20:{id}9:info_hash3:svce1:q9:get_peers1:t2:gp1:y1:qe");
         sock.send_to(q.as_bytes(), to).await.unwrap();
-        let mut buf = vec![0u8; 2048];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await.unwrap().unwrap();
-        let m = grenache::dht::krpc::decode(&buf[..n]).unwrap();
+        let got = next_reply(&sock).await.expect("a reply");
+        let m = grenache::dht::krpc::decode(&got).unwrap();
         let grenache::dht::krpc::Body::Response(r) = m.body else { panic!("not a response") };
         r.token.unwrap()
     };
@@ -617,6 +622,73 @@ async fn a_dead_node_in_a_full_bucket_is_replaced() {
     // The bucket-full check pings the least recently seen node; the periodic liveness check
     // (node_liveness 200 ms here) may have pinged the others meanwhile, which is fine too.
     assert!(pinged >= 1, "silent nodes were pinged before being replaced");
+}
+
+/// A ping from a node id, sent from `sock` (which never answers anything).
+async fn silent_ping(sock: &UdpSocket, to: SocketAddr, id: &[u8; 20]) {
+    let mut q = b"d1:ad2:id20:".to_vec();
+    q.extend_from_slice(id);
+    q.extend_from_slice(b"e1:q4:ping1:t2:zz1:y1:qe");
+    sock.send_to(&q, to).await.unwrap();
+}
+
+#[tokio::test]
+async fn lookups_do_not_query_nodes_that_never_answered() {
+    // No maintenance: its refresh walks are not what this test looks at.
+    let nodes = network(3, |c| c.maintenance_rate = 0).await;
+    nodes[1].announce(b"svc:questionable", 1337).await.expect("announce");
+    // Nodes that ping node 2 but never answer a query (BEP 5's questionable nodes).
+    let silent: Vec<UdpSocket> = futures_util::future::join_all((0..6).map(|_| UdpSocket::bind("127.0.0.1:0"))).await.into_iter().map(Result::unwrap).collect();
+    for (i, s) in silent.iter().enumerate() {
+        // Ids close to every target's first byte: they would be among the closest.
+        let mut id = [i as u8; 20];
+        id[0] = 0;
+        silent_ping(s, nodes[2].local_addr(), &id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(nodes[2].lookup(b"svc:questionable").await.unwrap(), vec![peer("127.0.0.1:1337")]);
+    // The silent nodes got at most the ping that checks whether they answer: no lookup query.
+    for s in &silent {
+        let mut buf = vec![0u8; 2048];
+        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(100), s.recv_from(&mut buf)).await {
+            let m = grenache::dht::krpc::decode(&buf[..n]).unwrap();
+            // The answer to its own ping aside.
+            let grenache::dht::krpc::Body::Query(q) = m.body else { continue };
+            assert!(matches!(q.method, grenache::dht::krpc::Method::Ping), "{:?}", q.method);
+        }
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn queries_over_a_source_rate_are_dropped_and_long_keys_refused() {
+    let node = Dht::bind(DhtConfig {
+        limits: grenache::dht::limits::DhtLimits { queries_per_second: 1.0, query_burst: 3.0, ..Default::default() },
+        ..cfg(&[])
+    })
+    .await
+    .unwrap();
+    let to = node.local_addr();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // ro=1: the node does not add (and ping) the sender.
+    let mut answered = 0;
+    for i in 0..6u8 {
+        let q = format!("d1:ad2:id20:{}e1:q4:ping2:roi1e1:t2:p{}1:y1:qe", "r".repeat(20), i);
+        sock.send_to(q.as_bytes(), to).await.unwrap();
+    }
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await {
+        answered += 1;
+    }
+    assert_eq!(answered, 3, "the burst is answered, the rest dropped");
+    assert_eq!(node.refused_queries(), 3);
+    // A service name over the longest key is refused before any query.
+    let e = node.lookup(&[b'x'; 257]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(node.lookup(&[b'x'; 256]).await.is_ok());
+    node.shutdown().await;
 }
 
 /// Node 0 <- 1 <- 2 <- ... each bootstrapped from its predecessor only: the refresh rounds fill

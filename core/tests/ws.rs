@@ -605,6 +605,34 @@ async fn ws_server_protocol_violations_close_only_that_socket() {
     assert_eq!(good.open_sockets(&dest), good.pool_size(&dest), "none of the good client's sockets closed");
 }
 
+#[tokio::test]
+async fn ws_server_refuses_reserved_close_codes_and_invalid_utf8() {
+    let s = server().await;
+    // (what the client sends, the close code the server must answer with)
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (raw_frame(true, 0x8, &999u16.to_be_bytes(), K), 1002), // not a code: never echoed
+        (raw_frame(true, 0x8, &1005u16.to_be_bytes(), K), 1002), // reserved, never on the wire
+        (raw_frame(true, 0x8, &5000u16.to_be_bytes(), K), 1002), // out of range
+        (raw_frame(true, 0x8, &[0x0F, 0xA0, 0xFF, 0xFE], K), 1007), // 4000 with a reason that is not UTF-8
+        (raw_frame(true, 0x1, b"[\"r\",\"k\",\"\xFF\"]", K), 1007), // a text message that is not UTF-8
+        // ... also when its fragments only break UTF-8 together
+        ([raw_frame(false, 0x1, b"[\"r\",\"k\",\"\xC3", K), raw_frame(true, 0x0, b"(\"]", K)].concat(), 1007),
+        (raw_frame(true, 0x8, &4000u16.to_be_bytes(), K), 4000), // an application code is echoed
+    ];
+    for (i, (bytes, want)) in cases.into_iter().enumerate() {
+        let mut c = raw_socket(s.local_addr()).await;
+        c.write_all(&bytes).await.expect("write");
+        let (_, op, body) = read_raw_frame(&mut c).await.unwrap_or_else(|| panic!("case {i}: a close frame"));
+        assert_eq!((op, u16::from_be_bytes([body[0], body[1]])), (0x8, want), "case {i}");
+        assert_eq!(read_raw_frame(&mut c).await, None, "case {i}: then the end");
+    }
+    // A binary message is not text: any bytes are fine (it is dropped as a malformed request).
+    let mut c = raw_socket(s.local_addr()).await;
+    c.write_all(&raw_frame(true, 0x2, b"\xFF\xFE", K)).await.expect("write");
+    c.write_all(&raw_frame(true, 0x1, br#"["ok","k","hello"]"#, K)).await.expect("write");
+    assert_eq!(read_raw_frame(&mut c).await, Some((true, 0x1, br#"["ok",null,"world"]"#.to_vec())));
+}
+
 /// A hand-written server for the client side: accepts one socket, answers the handshake, then
 /// runs `script` on it.
 async fn raw_server<F, Fut>(script: F) -> SocketAddr

@@ -2,10 +2,11 @@
  * (the reference README's `grape --dp 20001 --aph 30001 --bn 127.0.0.1:20002` pair, on free
  * ports), prints the first Grape's events, runs an rpc_test worker announced on the first (with
  * a server options object: a reply timeout) and a client that looks it up through the first too
- * (or, with the argument "cross", through the second), updates a mutable DHT item with
+ * (or, with the argument "cross", through the second; with "zmq", the worker and the client
+ * speak ZeroMQ instead of HTTP), updates a mutable DHT item with
  * compare-and-swap (through a Link built with options); then stops everything.
  *
- *   local_network [cross]
+ *   local_network [cross|zmq]
  */
 #include "common.h"
 
@@ -107,6 +108,7 @@ int main(int argc, char **argv) {
     char url[64], boot[64];
     int tries, ok = 0, cas_ok, events_ok;
     int cross = argc > 1 && strcmp(argv[1], "cross") == 0;
+    int zmq = argc > 1 && strcmp(argv[1], "zmq") == 0;
 
     memset(&ev, 0, sizeof ev);
     pthread_mutex_init(&ev.lock, NULL);
@@ -136,10 +138,15 @@ int main(int argc, char **argv) {
     /* Options: any free port (the default), and ERR_TIMEOUT for requests not answered in 5 s. */
     DIE_IF(grenache_server_options_new(&opts), "grenache_server_options_new");
     DIE_IF(grenache_server_options_set_reply_timeout(opts, 5000), "grenache_server_options_set_reply_timeout");
-    DIE_IF(grenache_server_new(l1, GRENACHE_TRANSPORT_HTTP, opts, on_request, NULL, NULL, &server), "grenache_server_new");
+    DIE_IF(grenache_server_new(l1, zmq ? GRENACHE_TRANSPORT_ZMQ : GRENACHE_TRANSPORT_HTTP, opts, on_request, NULL, NULL, &server),
+           "grenache_server_new");
     grenache_server_options_free(opts);
     DIE_IF(grenache_server_start_announcing(server, "rpc_test", 1000), "grenache_server_start_announcing");
-    DIE_IF(grenache_client_new_http(cross ? l2 : l1, NULL, &client), "grenache_client_new_http");
+    if (zmq) {
+        DIE_IF(grenache_client_new_zmq(l1, &client), "grenache_client_new_zmq");
+    } else {
+        DIE_IF(grenache_client_new_http(cross ? l2 : l1, NULL, &client), "grenache_client_new_http");
+    }
 
     for (tries = 0; tries < 300 && !ok; tries++) {
         completion_reset(&c);

@@ -79,6 +79,16 @@ pub extern "C" fn grenache_client_new_utp(
     }
 }
 
+/// Creates a ZeroMQ RPC client (a DEALER per worker, requests multiplexed on it; frames
+/// `[rid, key, payload]`, see the README). ZeroMQ has no TLS here (no CURVE). Non-blocking.
+/// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_new_zmq(link: *const grenache_link, out: *mut *mut grenache_client) -> grenache_result {
+    ffi_panic_boundary! {
+        new_client(ClientTransportKind::Zmq, link, std::ptr::null(), out)
+    }
+}
+
 /// Per-call options of `grenache_client_request_opts` and `grenache_client_map_opts`.
 /// Zero-initialise it (`grenache_request_options o = {0};`) and set what you need: all zeros and
 /// NULL mean the defaults.

@@ -208,6 +208,28 @@ pub enum grenache_grape_option {
     /// Lookups of a name within this long after a DHT walk that found peers skip the walk
     /// (default: peer max age / 1200, at most 100; 0: every lookup walks).
     LookupWindowMs = 10,
+    /// Most HTTP API connections one source IP address holds at once; further ones are closed at
+    /// once (default 2000).
+    MaxConnectionsPerIp = 11,
+    /// Time an HTTP client has to send a request's head (default 10000).
+    HeaderTimeoutMs = 12,
+    /// Time an HTTP client has to send a request's whole body; a late one gets `408
+    /// ERR_GRAPE_TIMEOUT` (default 10000).
+    BodyTimeoutMs = 13,
+    /// Bytes per second a body must come at, on average, after its first 5 s (default 4096; 0:
+    /// any rate).
+    BodyMinRate = 14,
+    /// Time an idle keep-alive HTTP connection is kept (default 5000).
+    IdleTimeoutMs = 15,
+    /// Longest service name (DHT key) stored or looked up, in bytes (default 256).
+    MaxKeyLen = 16,
+    /// Most bytes the peer store holds, keys and records (default 67108864).
+    PeerStoreBytes = 17,
+    /// Most peer records one IP address has in the peer store (default 10000).
+    MaxRecordsPerIp = 18,
+    /// KRPC queries one IP address may send per second, bursts of twice as many (default 500; 0:
+    /// any).
+    QueriesPerIp = 19,
 }
 
 /// Creates Grape options with the defaults (both ports 0: any free port; no bootstrap node; the
@@ -258,6 +280,30 @@ pub extern "C" fn grenache_grape_options_set(opts: *mut grenache_grape_options, 
             8 => { c.max_connections(n); }
             9 => { c.announce_window(ms); }
             10 => { c.lookup_window(ms); }
+            11 => { c.max_connections_per_ip(n); }
+            12..=15 => {
+                let mut d = c.get_read_deadlines();
+                match option {
+                    12 => d.header = ms,
+                    13 => d.body = ms,
+                    14 => d.body_min_rate = value,
+                    _ => d.idle = ms,
+                }
+                c.read_deadlines(d);
+            }
+            16..=19 => {
+                let mut l = c.get_dht_limits();
+                match option {
+                    16 => l.peer_store.max_key_len = n,
+                    17 => l.peer_store.max_bytes = n,
+                    18 => l.peer_store.max_per_source = n,
+                    _ => {
+                        l.queries_per_second = value as f64;
+                        l.query_burst = (value as f64 * 2.0).max(1.0);
+                    }
+                }
+                c.dht_limits(l);
+            }
             _ => return grenache_result::InvalidArgument,
         }
         grenache_result::Ok

@@ -20,8 +20,10 @@ pub enum grenache_transport {
     Http = 0,
     /// WebSocket, plain or TLS (grenache-nodejs-ws).
     Ws = 1,
+    /// ZeroMQ (ZMTP 3.1 ROUTER/DEALER; no TLS, no CURVE).
+    Zmq = 2,
     /// uTP over UDP (grenache-nodejs-utp).
-    Utp = 2,
+    Utp = 3,
 }
 
 /// A request as a handler callback sees it: the service key, the payload as JSON text, and who
@@ -70,6 +72,7 @@ impl grenache_request {
         match self.request.info.transport {
             TransportKind::Ws => grenache_transport::Ws,
             TransportKind::Utp => grenache_transport::Utp,
+            TransportKind::Zmq => grenache_transport::Zmq,
             _ => grenache_transport::Http,
         }
     }

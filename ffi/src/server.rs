@@ -327,16 +327,16 @@ pub extern "C" fn grenache_client_info_path(info: *const grenache_client_info) -
     }
 }
 
-/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
-/// or `GRENACHE_TRANSPORT_UTP`) with `opts` (NULL: the defaults; copied, so they may be freed at
-/// once), serving `handler`, announced through `link`. Otherwise the same contract as
+/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`,
+/// `GRENACHE_TRANSPORT_ZMQ`: a ZeroMQ ROUTER socket, or `GRENACHE_TRANSPORT_UTP`) with `opts`
+/// (NULL: the defaults; copied, so they may be freed at once), serving `handler`, announced through `link`. Otherwise the same contract as
 /// `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
 /// last handler call returned, also when this call fails.
 ///
 /// Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
 /// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
-/// (unknown `transport`; a `verify_client` hook with HTTP; TLS, a hook with uTP; a broker without
-/// uTP), `IO` (bind failed), `INVALID_STATE`.
+/// (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ or uTP; a
+/// broker without uTP), `IO` (bind failed), `INVALID_STATE`.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_server_new(
     link: *const grenache_link,
@@ -351,7 +351,8 @@ pub extern "C" fn grenache_server_new(
         let kind = match transport {
             0 => ServerTransportKind::Http,
             1 => ServerTransportKind::Ws,
-            2 => ServerTransportKind::Utp,
+            2 => ServerTransportKind::Zmq,
+            3 => ServerTransportKind::Utp,
             _ => {
                 drop(OwnedUserData::new(userdata, free_userdata));
                 return grenache_result::InvalidArgument;

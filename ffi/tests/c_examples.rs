@@ -101,6 +101,17 @@ fn local_network_runs() {
 }
 
 #[test]
+fn local_network_over_zmq_runs() {
+    let out = run_example("local_network", Flavor::Plain, &["zmq"], &[]);
+    assert!(out.contains("rpc_test hello -> \"world\""), "{out}");
+}
+
+#[test]
+fn local_network_over_zmq_under_asan() {
+    run_example("local_network", Flavor::Asan, &["zmq"], &[]);
+}
+
+#[test]
 fn local_network_under_asan() {
     run_example("local_network", Flavor::Asan, &[], &[]);
 }

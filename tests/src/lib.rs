@@ -34,6 +34,20 @@ pub fn require_node_peers() {
     );
 }
 
+/// The Python interpreter with pyzmq (the real libzmq) installed: `$GRENACHE_PYZMQ_PYTHON`, else
+/// `target/zmqenv/bin/python` (made by `scripts/test.sh`). Panics with how to make it when missing.
+pub fn pyzmq_python() -> PathBuf {
+    let p = std::env::var_os("GRENACHE_PYZMQ_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target").join("zmqenv").join("bin").join("python"));
+    assert!(
+        p.exists(),
+        "no Python with pyzmq at {}: run `python3 -m venv target/zmqenv && target/zmqenv/bin/pip install pyzmq==27.1.0` (scripts/test.sh does it)",
+        p.display()
+    );
+    p
+}
+
 /// A TCP port that was free a moment ago (bound to 127.0.0.1:0, then released).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free TCP port")
@@ -70,17 +84,29 @@ impl NodeProcess {
     pub fn spawn(script: &str, args: &[&str]) -> NodeProcess {
         require_node_peers();
         let dir = interop_dir();
-        let mut child = Command::new("node")
+        let mut cmd = Command::new("node");
+        cmd.env("NODE_PATH", dir.join("node_modules"));
+        Self::spawn_with(cmd, script, args)
+    }
+
+    /// Starts `tests/interop/<script>` (a Python script) with the Python that has pyzmq (see
+    /// [`pyzmq_python`]), under the same conventions as the Node scripts.
+    pub fn spawn_python(script: &str, args: &[&str]) -> NodeProcess {
+        Self::spawn_with(Command::new(pyzmq_python()), script, args)
+    }
+
+    fn spawn_with(mut cmd: Command, script: &str, args: &[&str]) -> NodeProcess {
+        let dir = interop_dir();
+        let mut child = cmd
             .arg(dir.join(script))
             .args(args)
             .current_dir(&dir)
-            .env("NODE_PATH", dir.join("node_modules"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node {script}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
         let (tx, lines) = mpsc::unbounded_channel();

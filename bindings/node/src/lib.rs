@@ -532,8 +532,10 @@ pub struct NativePublisher {
 #[napi]
 impl NativePublisher {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>) -> napi::Result<Self, ErrName> {
-        let p = EmbedPublisher::bind(&link.inner, port(port_)?, tls.map(|t| t.inner.clone())).map_err(|e| js_err(&e))?;
+    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>, transport: Option<String>) -> napi::Result<Self, ErrName> {
+        let kind = transport_kind(transport.as_deref().unwrap_or("ws"))?;
+        let options = grenache::embed::ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), ..Default::default() };
+        let p = EmbedPublisher::bind_kind(&link.inner, kind, options).map_err(|e| js_err(&e))?;
         Ok(NativePublisher { inner: Arc::new(p) })
     }
 
@@ -572,8 +574,9 @@ pub struct NativeSubscriber {
 #[napi]
 impl NativeSubscriber {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>) -> napi::Result<Self, ErrName> {
-        let sub = EmbedSubscriber::subscribe(&link.inner, &name, tls.map(|t| t.inner.clone()), move |m| {
+    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>, transport: Option<String>) -> napi::Result<Self, ErrName> {
+        let kind = transport_kind(transport.as_deref().unwrap_or("ws"))?;
+        let sub = EmbedSubscriber::subscribe_kind(&link.inner, &name, kind, tls.map(|t| t.inner.clone()), move |m| {
             let args = (m.publisher.to_string(), Buffer::from(m.data.to_vec()), m.binary);
             on_message.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
         })
@@ -584,6 +587,350 @@ impl NativeSubscriber {
     #[napi(getter)]
     pub fn publishers(&self) -> u32 {
         u32::try_from(self.inner.publishers()).unwrap_or(u32::MAX)
+    }
+
+    #[napi]
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the reference-compatible modules (lib/*.js: grenache-native/grape, /link, /http, /ws)
+// need beyond the API above: Grape events and direct Grape calls, raw Grape API calls, request
+// envelopes with their rid/key/metadata, a JS verifyClient, binary publishing and a
+// subscription to one fixed publisher with connection events.
+
+/// A Grape event listener: `(kind, argument)`; weak (the JS Grape keeps the process alive while
+/// it runs).
+type GrapeEventFn = ThreadsafeFunction<FnArgs<(String, Option<String>)>, (), FnArgs<(String, Option<String>)>, Status, false, true>;
+/// A request handler that sees the envelope: `(reply, ridJson, key, payloadJson, fingerprint,
+/// metaJson)`; `metaJson` is the HTTP metadata (`isStream`, `compress`, `infoHeaders`, `action`,
+/// `args`) as JSON, `None` over WS.
+type EnvelopeArgs = FnArgs<(NativeReply, String, String, String, Option<String>, Option<String>)>;
+type EnvelopeHandlerFn = ThreadsafeFunction<EnvelopeArgs, (), EnvelopeArgs, Status, false, true>;
+/// A JS verifyClient: `(ticket, fingerprint, remoteAddress, path)`, answered with
+/// [`verify_answer`].
+type VerifyFn = ThreadsafeFunction<FnArgs<(u32, Option<String>, Option<String>, String)>, (), FnArgs<(u32, Option<String>, Option<String>, String)>, Status, false, true>;
+/// A subscription's connection state: `(connected)`.
+type StateFn = ThreadsafeFunction<bool, (), bool, Status, false, true>;
+
+/// How long a TLS client waits for the JS verifyClient's answer before it is refused.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// verifyClient calls waiting for their JS answer, by ticket.
+static VERIFY_WAITING: Mutex<Option<std::collections::HashMap<u32, std::sync::mpsc::Sender<bool>>>> = Mutex::new(None);
+static VERIFY_NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Answers the verifyClient call `ticket`; false when it is unknown (it timed out).
+#[napi]
+pub fn verify_answer(ticket: u32, ok: bool) -> bool {
+    let tx = VERIFY_WAITING.lock().unwrap_or_else(|e| e.into_inner()).as_mut().and_then(|m| m.remove(&ticket));
+    tx.is_some_and(|tx| tx.send(ok).is_ok())
+}
+
+/// A [`grenache::tls::VerifyClient`] hook that asks the JS function and waits (bounded) for its
+/// answer on the worker thread doing the handshake.
+fn js_verify(verify: VerifyFn) -> grenache::tls::VerifyClient {
+    let verify = Arc::new(verify);
+    grenache::tls::verify_client(move |c| {
+        let ticket = VERIFY_NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        VERIFY_WAITING.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(std::collections::HashMap::new).insert(ticket, tx);
+        let args = (ticket, c.cert.map(|p| p.fingerprint.clone()), c.remote_addr.map(|a| a.to_string()), c.path.to_string());
+        let ok = verify.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+            && rx.recv_timeout(VERIFY_TIMEOUT).unwrap_or(false);
+        if let Some(m) = VERIFY_WAITING.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            m.remove(&ticket);
+        }
+        ok
+    })
+}
+
+/// The HTTP metadata of a request as JSON, in the reference's `meta` shape.
+fn http_meta_json(request: &Request) -> Option<String> {
+    request.info.http.as_ref().map(|h| {
+        serde_json::json!({
+            "isStream": h.is_stream,
+            "compress": h.compress,
+            "infoHeaders": h.info_headers,
+            "action": h.action,
+            "args": h.args,
+        })
+        .to_string()
+    })
+}
+
+fn grape_event(ev: &grenache::grape::GrapeEvent) -> (String, Option<String>) {
+    use grenache::grape::GrapeEvent as E;
+    match ev {
+        E::Listening => ("listening".into(), None),
+        E::Ready => ("ready".into(), None),
+        E::Announce(name) => ("announce".into(), Some(name.clone())),
+        E::Peer(peer) => ("peer".into(), Some(peer.clone())),
+        E::Node => ("node".into(), None),
+        E::Warning(w) => ("warning".into(), Some(w.clone())),
+        other => (format!("{other:?}").to_lowercase(), None),
+    }
+}
+
+#[napi]
+impl NativeGrape {
+    /// Starts a Grape from the reference's options as JSON: `dht_port`, `api_port`,
+    /// `dht_bootstrap`, `host`, `dht_maxTables`, `dht_maxValues`, `dht_peer_maxAge`,
+    /// `dht_nodeLiveness`, `check_maxPayloadSize` (absent: the defaults).
+    #[napi(factory)]
+    pub fn start_with(conf_json: String) -> napi::Result<Self, ErrName> {
+        let rt = runtime()?;
+        let conf: serde_json::Value = embed::rpc::parse_json(&conf_json).map_err(|e| js_err(&e))?;
+        let num = |k: &str| conf.get(k).and_then(serde_json::Value::as_u64);
+        let mut config = GrapeConfig::new();
+        let p = |k: &str| u16::try_from(num(k).unwrap_or(0)).map_err(|_| js_err(&invalid(format!("{k} is a port (0..=65535)"))));
+        config.dht_port(p("dht_port")?).api_port(p("api_port")?);
+        if let Some(b) = conf.get("dht_bootstrap").and_then(serde_json::Value::as_array) {
+            config.bootstrap(b.iter().filter_map(|v| v.as_str().map(str::to_string)).collect());
+        }
+        if let Some(h) = conf.get("host").and_then(serde_json::Value::as_str) {
+            let ip = h.parse().map_err(|_| js_err(&invalid(format!("host {h:?} is not an IP address"))))?;
+            config.host(Some(ip));
+        }
+        let usize_of = |k: &str| num(k).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        if let Some(n) = usize_of("dht_maxTables") {
+            config.max_tables(n);
+        }
+        if let Some(n) = usize_of("dht_maxValues") {
+            config.max_values(n);
+        }
+        if let Some(n) = num("dht_peer_maxAge") {
+            config.peer_max_age(Duration::from_millis(n));
+        }
+        if let Some(n) = num("dht_nodeLiveness") {
+            config.node_liveness(Duration::from_millis(n));
+        }
+        if let Some(n) = usize_of("check_maxPayloadSize") {
+            config.check_max_payload_size(n);
+        }
+        let grape = EmbedGrape::start(&rt, config).map_err(|e| js_err(&e))?;
+        let (dht_port, api_port) = grape.grape().map_or((0, 0), |g| (g.dht_addr().port(), g.api_addr().port()));
+        Ok(NativeGrape { inner: Arc::new(Mutex::new(Some(grape))), dht_port, api_port })
+    }
+
+    /// Calls `on_event(kind, arg)` for each event (listening, ready, announce, peer, node,
+    /// warning) until the Grape stops.
+    #[napi]
+    pub fn on_event(&self, on_event: GrapeEventFn) -> napi::Result<(), ErrName> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(g) = guard.as_ref() else { return Err(js_err(&Error::new(ErrorKind::InvalidState, "the Grape is stopped"))) };
+        g.on_event(move |d| {
+            if let embed::GrapeEventDelivery::Event(ev) = d {
+                on_event.call(FnArgs::from(grape_event(ev)), ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        })
+        .map_err(|e| js_err(&e))
+    }
+
+    fn core(&self) -> GResult<grenache::grape::Grape> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().and_then(|g| g.grape().cloned()).ok_or_else(|| Error::new(ErrorKind::InvalidState, "the Grape is stopped"))
+    }
+
+    /// Looks `name` up in the DHT from this Grape: `done(err, '["ip:port",...]')`.
+    #[napi]
+    pub fn lookup(&self, name: String, done: Done) -> napi::Result<(), ErrName> {
+        let rt = runtime()?;
+        let done = complete(done);
+        match self.core() {
+            Ok(g) => rt.spawn(async move {
+                let r = g.lookup(&name).await.map(|peers| serde_json::Value::from(peers.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string());
+                done(r);
+            }),
+            Err(e) => done(Err(e)),
+        }
+        Ok(())
+    }
+
+    /// Announces `name` at `port` from this Grape: `done(err, count)`.
+    #[napi]
+    pub fn announce(&self, name: String, port_: u32, done: Done) -> napi::Result<(), ErrName> {
+        let p = port(Some(port_))?;
+        let rt = runtime()?;
+        let done = complete(done);
+        match self.core() {
+            Ok(g) => rt.spawn(async move { done(g.announce(&name, p).await.map(|n| n.to_string())) }),
+            Err(e) => done(Err(e)),
+        }
+        Ok(())
+    }
+}
+
+#[napi]
+impl NativeLink {
+    /// One call to the Grape's HTTP API (`POST /<kind>` with `{rid, data}`), as the reference
+    /// Link's `_post`: `done(err, resultJson)`, no result for an empty body.
+    #[napi]
+    pub fn call(&self, kind: String, data_json: String, timeout_ms: Option<u32>, done: Done) {
+        let done = complete(done);
+        let data = match embed::rpc::parse_json(&data_json) {
+            Ok(v) => v,
+            Err(e) => return done(Err(e)),
+        };
+        let link = self.inner.link().clone();
+        self.inner.runtime().spawn(async move {
+            let r = link.call(&kind, &data, millis(timeout_ms)).await;
+            match r {
+                Ok(Some(v)) => done(Ok(v.to_string())),
+                Ok(None) => done(Ok(String::new())),
+                Err(e) => done(Err(e)),
+            }
+        });
+    }
+}
+
+#[napi]
+impl NativeServer {
+    /// Like the constructor, with a handler that sees the envelope (see [`EnvelopeHandlerFn`])
+    /// and, for WS over TLS, a JS `verify(ticket, fingerprint, remote, path)` answered with
+    /// [`verify_answer`].
+    #[napi(factory)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn listen_envelope(
+        transport: String,
+        handler: EnvelopeHandlerFn,
+        port_: Option<u32>,
+        tls: Option<&NativeServerTls>,
+        verify: Option<VerifyFn>,
+        link: &NativeLink,
+    ) -> napi::Result<Self, ErrName> {
+        let kind = transport_kind(&transport)?;
+        let handler = Arc::new(handler);
+        // A call that cannot be queued (the server is closing) drops its reply, which answers
+        // ERR_NO_REPLY.
+        let h = move |request: Request, reply: Reply| {
+            let args = (
+                NativeReply { inner: ReplyOnce::new(reply) },
+                request.rid.to_string(),
+                request.key.clone(),
+                embed::rpc::payload_json(&request).to_string(),
+                embed::rpc::fingerprint(&request).map(str::to_string),
+                http_meta_json(&request),
+            );
+            handler.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
+        };
+        let options = ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), reply_timeout: None, verify_client: verify.map(js_verify), ..Default::default() };
+        let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;
+        Ok(NativeServer { inner: Arc::new(server) })
+    }
+}
+
+#[napi]
+impl NativePublisher {
+    /// Sends `data` as one binary frame to every subscriber; returns how many it was queued for.
+    #[napi]
+    pub fn publish_binary(&self, data: Buffer) -> u32 {
+        u32::try_from(self.inner.publish_binary(&data)).unwrap_or(u32::MAX)
+    }
+}
+
+/// A subscription to one publisher at a fixed address (the reference's `TransportSub`), with
+/// connection events.
+#[napi]
+pub struct NativeSubTo {
+    gate: embed::Gate,
+    task: tokio::task::AbortHandle,
+}
+
+#[napi]
+impl NativeSubTo {
+    /// Connects to the publisher at `dest` ("host:port"); `on_message(publisher, data, binary)`
+    /// for each message, `on_state(connected)` when the connection opens or closes.
+    #[napi(constructor)]
+    pub fn new(dest: String, on_message: MessageFn, on_state: StateFn) -> napi::Result<Self, ErrName> {
+        let rt = runtime()?;
+        let _g = rt.handle().enter();
+        let sub = grenache::pubsub::PeerSub::sub_to(vec![dest], grenache::pubsub::SubConfig::default());
+        let gate = embed::Gate::new();
+        let g2 = gate.clone();
+        let task = rt.handle().spawn(async move {
+            let mut sub = sub;
+            let mut connected = false;
+            loop {
+                let next = tokio::time::timeout(Duration::from_millis(50), sub.recv()).await;
+                let now = sub.publishers() > 0;
+                if now != connected {
+                    connected = now;
+                    if !g2.run(|| {
+                        on_state.call(now, ThreadsafeFunctionCallMode::NonBlocking);
+                    }) {
+                        break;
+                    }
+                }
+                match next {
+                    Ok(Some(m)) => {
+                        let args = (m.publisher.to_string(), Buffer::from(m.data.to_vec()), m.binary);
+                        if !g2.run(|| {
+                            on_message.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
+                        }) {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(NativeSubTo { gate, task: task.abort_handle() })
+    }
+
+    #[napi]
+    pub fn close(&self) {
+        self.gate.close(Duration::from_secs(1));
+        self.task.abort();
+    }
+}
+
+/// Most messages queued for one subscriber of a [`NativeQueuedPub`] before its oldest are dropped.
+const DROPIN_PUB_QUEUE: usize = 65_536;
+
+/// A publisher for the reference-compatible PeerPub: the reference buffers whatever is sent to a
+/// slow subscriber, so a burst must not cost a subscriber its connection. Each subscriber's queue
+/// holds up to [`DROPIN_PUB_QUEUE`] messages (bounded memory), and past that loses its oldest
+/// ones instead of being disconnected.
+#[napi]
+pub struct NativeQueuedPub {
+    inner: grenache::pubsub::PeerPub,
+}
+
+#[napi]
+impl NativeQueuedPub {
+    #[napi(constructor)]
+    pub fn new(port_: Option<u32>) -> napi::Result<Self, ErrName> {
+        let rt = runtime()?;
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port(port_)?));
+        let config = grenache::pubsub::PubConfig::default()
+            .queue_capacity(DROPIN_PUB_QUEUE)
+            .slow_subscriber_policy(grenache::pubsub::SlowSubscriberPolicy::DropOldest);
+        let inner = rt.block_on(Duration::from_secs(10), async move { grenache::pubsub::PeerPub::bind(addr, config).await }).map_err(|e| js_err(&e))?;
+        Ok(NativeQueuedPub { inner })
+    }
+
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        u32::from(self.inner.port())
+    }
+
+    #[napi]
+    pub fn publish(&self, text: String) -> u32 {
+        u32::try_from(self.inner.publish(text)).unwrap_or(u32::MAX)
+    }
+
+    #[napi]
+    pub fn publish_binary(&self, data: Buffer) -> u32 {
+        u32::try_from(self.inner.publish_binary(data.to_vec())).unwrap_or(u32::MAX)
+    }
+
+    #[napi(getter)]
+    pub fn subscribers(&self) -> u32 {
+        u32::try_from(self.inner.subscribers()).unwrap_or(u32::MAX)
     }
 
     #[napi]

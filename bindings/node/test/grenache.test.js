@@ -83,7 +83,7 @@ test('dhtState: the routing table is saved when the Grape stops', async () => {
   }
 })
 
-for (const transport of ['http', 'ws', 'utp']) {
+for (const transport of ['http', 'ws', 'zmq', 'utp']) {
   test(`request, errors and timeouts over ${transport}`, async () => {
     const s = new g.Server(l1, handler, { transport })
     cleanup.push(() => s.close())
@@ -222,7 +222,7 @@ test('server reply timeout and map over workers', async () => {
 })
 
 test('graceful shutdown answers what it received, then refuses; the grace cuts off the rest', async () => {
-  for (const transport of ['http', 'ws']) {
+  for (const transport of ['http', 'ws', 'zmq']) {
     const c = new g.Client(l1, { transport })
     cleanup.push(() => c.close())
     const s = new g.Server(l1, handler, { transport })
@@ -270,19 +270,21 @@ test('put and get, immutable and mutable', async () => {
   await assert.rejects(l1.putMutable(key, 'v3', { seq: 3, cas: 1 }), (e) => e.name === 'ERR_CAS_MISMATCH')
 })
 
-test('pub/sub between grenache-native peers', async () => {
-  const pub = new g.Publisher(l1)
-  cleanup.push(() => pub.close())
-  pub.startAnnouncing('node:chan', 500)
-  const got = []
-  const sub = new g.Subscriber(l2, 'node:chan', (m, from) => got.push([m, from]))
-  cleanup.push(() => sub.close())
-  await eventually(() => pub.subscribers === 1, 'subscriber connected')
-  assert.equal(pub.publish({ n: 1 }), 1)
-  pub.publish('text')
-  await eventually(() => got.length === 2, 'two messages')
-  assert.deepEqual(got, [['{"n":1}', `127.0.0.1:${pub.port}`], ['text', `127.0.0.1:${pub.port}`]])
-})
+for (const transport of ['ws', 'zmq']) {
+  test(`pub/sub between grenache-native peers over ${transport}`, async () => {
+    const pub = new g.Publisher(l1, { transport })
+    cleanup.push(() => pub.close())
+    pub.startAnnouncing(`node:chan:${transport}`, 500)
+    const got = []
+    const sub = new g.Subscriber(l2, `node:chan:${transport}`, (m, from) => got.push([m, from]), { transport })
+    cleanup.push(() => sub.close())
+    await eventually(() => pub.subscribers === 1, 'subscriber connected')
+    assert.equal(pub.publish({ n: 1 }), 1)
+    pub.publish('text')
+    await eventually(() => got.length === 2, 'two messages')
+    assert.deepEqual(got, [['{"n":1}', `127.0.0.1:${pub.port}`], ['text', `127.0.0.1:${pub.port}`]])
+  })
+}
 
 test('interop: reference clients call grenache-native servers', async () => {
   const RefLink = ref('grenache-nodejs-link')

@@ -620,11 +620,13 @@ struct Publisher {
 #[pymethods]
 impl Publisher {
     #[new]
-    #[pyo3(signature = (link, port=0, tls=None))]
-    fn new(py: Python<'_>, link: &Link, port: u16, tls: Option<&PyServerTls>) -> PyResult<Publisher> {
+    #[pyo3(signature = (link, port=0, tls=None, transport="ws"))]
+    fn new(py: Python<'_>, link: &Link, port: u16, tls: Option<&PyServerTls>, transport: &str) -> PyResult<Publisher> {
+        let kind = transport_kind(py, transport)?;
         let link = Arc::clone(&link.inner);
         let tls = tls.map(|t| t.inner.clone());
-        let p = py.detach(move || EmbedPublisher::bind(&link, port, tls)).map_err(|e| py_err(py, &e))?;
+        let options = grenache::embed::ServerOptions { port, tls, ..Default::default() };
+        let p = py.detach(move || EmbedPublisher::bind_kind(&link, kind, options)).map_err(|e| py_err(py, &e))?;
         Ok(Publisher { inner: Handle::new(p) })
     }
 
@@ -663,10 +665,11 @@ struct Subscriber {
 #[pymethods]
 impl Subscriber {
     #[new]
-    #[pyo3(signature = (link, name, on_message, tls=None))]
-    fn new(py: Python<'_>, link: &Link, name: &str, on_message: Py<PyAny>, tls: Option<&PyClientTls>) -> PyResult<Subscriber> {
+    #[pyo3(signature = (link, name, on_message, tls=None, transport="ws"))]
+    fn new(py: Python<'_>, link: &Link, name: &str, on_message: Py<PyAny>, tls: Option<&PyClientTls>, transport: &str) -> PyResult<Subscriber> {
+        let kind = transport_kind(py, transport)?;
         let tls = tls.map(|t| t.inner.clone());
-        let sub = EmbedSubscriber::subscribe(&link.inner, name, tls, move |m| {
+        let sub = EmbedSubscriber::subscribe_kind(&link.inner, name, kind, tls, move |m| {
             Python::attach(|py| {
                 let called = match (m.binary, m.text()) {
                     (false, Some(text)) => on_message.call1(py, (&*m.publisher, text, false)),

@@ -163,11 +163,11 @@ class LocalTests(unittest.TestCase):
     def setUpClass(cls):
         cls.net = Network()
         cls.servers = {}
-        for transport in ("http", "ws"):
+        for transport in ("http", "ws", "zmq"):
             s = grenache.Server(cls.net.l1, handler, transport=transport)
             s.start_announcing(f"py:{transport}", 0.5)
             cls.servers[transport] = s
-        cls.clients = {t: grenache.Client(cls.net.l2, transport=t) for t in ("http", "ws")}
+        cls.clients = {t: grenache.Client(cls.net.l2, transport=t) for t in ("http", "ws", "zmq")}
         for t, c in cls.clients.items():
             eventually(lambda: c.request(f"py:{t}", "hello") == "world", what=f"{t} server visible")
 
@@ -402,18 +402,21 @@ class LocalTests(unittest.TestCase):
             grenache.Keypair.from_secret_hex("zz")
 
     def test_pubsub(self):
-        got = queue.Queue()
-        with grenache.Publisher(self.net.l1) as pub:
-            pub.start_announcing("py:chan", 0.5)
-            with grenache.Subscriber(self.net.l2, "py:chan", lambda m, frm: got.put((m, frm))) as sub:
-                eventually(lambda: pub.subscribers == 1, what="subscriber connected")
-                self.assertEqual(pub.publish({"n": 1}), 1)
-                pub.publish("plain text")
-                self.assertEqual(got.get(timeout=10)[0], '{"n":1}')
-                msg, frm = got.get(timeout=10)
-                self.assertEqual(msg, "plain text")
-                self.assertEqual(frm, f"127.0.0.1:{pub.port}")
-                eventually(lambda: sub.publishers == 1, what="publisher count")
+        for transport in ("ws", "zmq"):
+            with self.subTest(transport=transport):
+                got = queue.Queue()
+                with grenache.Publisher(self.net.l1, transport=transport) as pub:
+                    pub.start_announcing(f"py:chan:{transport}", 0.5)
+                    on_message = lambda m, frm: got.put((m, frm))  # noqa: E731
+                    with grenache.Subscriber(self.net.l2, f"py:chan:{transport}", on_message, transport=transport) as sub:
+                        eventually(lambda: pub.subscribers == 1, what="subscriber connected")
+                        self.assertEqual(pub.publish({"n": 1}), 1)
+                        pub.publish("plain text")
+                        self.assertEqual(got.get(timeout=10)[0], '{"n":1}')
+                        msg, frm = got.get(timeout=10)
+                        self.assertEqual(msg, "plain text")
+                        self.assertEqual(frm, f"127.0.0.1:{pub.port}")
+                        eventually(lambda: sub.publishers == 1, what="publisher count")
 
     def test_keyboard_interrupt_style_signals_do_not_break_waits(self):
         # A blocking call waits in slices; many short ones in a row must all complete.

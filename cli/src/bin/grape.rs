@@ -13,6 +13,9 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[path = "../trim.rs"]
+mod trim;
+
 use clap::Parser;
 use grenache::grape::{Grape, GrapeConfig, GrapeEvent};
 
@@ -60,6 +63,50 @@ struct Cli {
     #[arg(long = "check_maxPayloadSize", value_name = "BYTES", default_value_t = 8192)]
     max_payload: usize,
 
+    /// Address the DHT's UDP socket binds to (the reference binds all interfaces, whatever -b).
+    #[arg(long = "dht-bind", value_name = "IP", default_value = "0.0.0.0")]
+    dht_bind: IpAddr,
+
+    /// Most HTTP connections served at once; further ones are closed at once.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Most HTTP connections one source IP address holds at once.
+    #[arg(long = "max-connections-per-ip", value_name = "N", default_value_t = 2_000)]
+    max_connections_per_ip: usize,
+
+    /// Milliseconds an HTTP client has to send a request's head.
+    #[arg(long = "header-timeout", value_name = "MS", default_value_t = 10_000)]
+    header_timeout: u64,
+
+    /// Milliseconds an HTTP client has to send a request's whole body.
+    #[arg(long = "body-timeout", value_name = "MS", default_value_t = 10_000)]
+    body_timeout: u64,
+
+    /// Bytes per second a body must come at, on average, after its first 5 s (0: any).
+    #[arg(long = "body-min-rate", value_name = "BYTES", default_value_t = 4096)]
+    body_min_rate: u64,
+
+    /// Milliseconds an idle keep-alive HTTP connection is kept.
+    #[arg(long = "idle-timeout", value_name = "MS", default_value_t = 5_000)]
+    idle_timeout: u64,
+
+    /// Longest service name (DHT key) stored or looked up, in bytes.
+    #[arg(long = "max-key-len", value_name = "BYTES", default_value_t = 256)]
+    max_key_len: usize,
+
+    /// Most bytes the peer store holds (keys and records).
+    #[arg(long = "peer-store-bytes", value_name = "BYTES", default_value_t = 64 << 20)]
+    peer_store_bytes: usize,
+
+    /// Most peer records one IP address has in the peer store.
+    #[arg(long = "max-records-per-ip", value_name = "N", default_value_t = 10_000)]
+    max_records_per_ip: usize,
+
+    /// KRPC queries one IP address may send per second (bursts of twice as many; 0: any).
+    #[arg(long = "queries-per-ip", value_name = "N", default_value_t = 500.0)]
+    queries_per_ip: f64,
+
     /// Accepted for compatibility and ignored (the reference never used it either).
     #[arg(long = "dc", visible_alias = "dht_concurrency", value_name = "N")]
     dht_concurrency: Option<u64>,
@@ -99,6 +146,26 @@ fn config_from(cli: &Cli) -> GrapeConfig {
         .max_values(cli.max_values)
         .max_peers(cli.max_peers)
         .check_max_payload_size(if cli.max_payload == 0 { usize::MAX } else { cli.max_payload })
+        .dht_bind(cli.dht_bind)
+        .max_connections(cli.max_connections)
+        .max_connections_per_ip(cli.max_connections_per_ip)
+        .read_deadlines(grenache::transport::ReadDeadlines {
+            header: Duration::from_millis(cli.header_timeout),
+            body: Duration::from_millis(cli.body_timeout),
+            body_min_rate: cli.body_min_rate,
+            idle: Duration::from_millis(cli.idle_timeout),
+            ..Default::default()
+        })
+        .dht_limits(grenache::dht::limits::DhtLimits {
+            peer_store: grenache::dht::limits::PeerStoreLimits {
+                max_key_len: cli.max_key_len,
+                max_bytes: cli.peer_store_bytes,
+                max_per_source: cli.max_records_per_ip,
+            },
+            queries_per_second: cli.queries_per_ip,
+            query_burst: (cli.queries_per_ip * 2.0).max(1.0),
+            ..Default::default()
+        })
         .dht_state(cli.dht_state.clone());
     c
 }
@@ -135,6 +202,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_level.as_deref());
+    trim::start();
     if cli.dht_concurrency.is_some() {
         tracing::warn!("--dc/--dht_concurrency is accepted for compatibility and ignored");
     }

@@ -1,4 +1,5 @@
-//! `grenache`: the command-line client of a Grape and of Grenache RPC services.
+//! `grenache`: the command-line client of a Grape and of Grenache RPC services, and a transport
+//! proxy (`grenache proxy`).
 //!
 //! Results are printed as JSON on stdout; errors go to stderr as `ERR_NAME: message`, and the
 //! process exits with a code that tells the kind of failure:
@@ -21,6 +22,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+#[path = "../trim.rs"]
+mod trim;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
@@ -120,6 +124,8 @@ enum Cmd {
         reply_timeout: Option<u64>,
         #[command(flatten)]
         tls: TlsOpts,
+        #[command(flatten)]
+        limits: LimitOpts,
         /// Require a client certificate signed by --tls-ca (HTTPS).
         #[arg(long)]
         require_client_cert: bool,
@@ -161,7 +167,7 @@ enum Cmd {
         max_entries: usize,
     },
     /// Publishes each line of stdin to every subscriber of NAME: a WebSocket publisher (PUB/SUB,
-    /// grenache-nodejs-ws wire), announced until stdin ends or Ctrl-C.
+    /// grenache-nodejs-ws wire) or a ZeroMQ one, announced until stdin ends or Ctrl-C.
     Pub {
         /// The channel name to announce.
         name: String,
@@ -177,6 +183,9 @@ enum Cmd {
         /// Wait (up to 60 s) for this many subscribers before reading stdin.
         #[arg(long, default_value_t = 0)]
         wait_subscribers: usize,
+        /// The transport: ws (the reference's wire) or zmq (a ZeroMQ PUB socket).
+        #[arg(long, value_enum, default_value_t = TransportChoice::Ws)]
+        transport: TransportChoice,
         #[command(flatten)]
         tls: TlsOpts,
         /// Require a client certificate signed by --tls-ca (WSS).
@@ -191,8 +200,52 @@ enum Cmd {
         /// Exit after this many messages (0: run until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         count: u64,
+        /// The transport: ws (the reference's wire) or zmq (a ZeroMQ SUB socket).
+        #[arg(long, value_enum, default_value_t = TransportChoice::Ws)]
+        transport: TransportChoice,
         #[command(flatten)]
         tls: TlsOpts,
+    },
+    /// Serves NAME on one transport and forwards each request to the workers of TARGET on
+    /// another (any pair of http, ws, zmq), announced until Ctrl-C or SIGTERM. Errors and
+    /// timeouts reach the caller as error replies (ERR_TIMEOUT, ERR_GRAPE_LOOKUP_EMPTY, the
+    /// worker's own message). With --bridge-sub/--bridge-pub it also republishes what the
+    /// publishers of one name send on the --to transport to its own publisher on the --from one.
+    Proxy {
+        /// The name to serve and announce.
+        name: String,
+        /// The name of the workers to forward to (must differ from NAME).
+        target: String,
+        /// The transport callers use.
+        #[arg(long, value_enum)]
+        from: TransportChoice,
+        /// The transport the workers speak.
+        #[arg(long, value_enum)]
+        to: TransportChoice,
+        /// Port to listen on (0: any free port). The port is printed on start.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Time a forwarded request may take (milliseconds), then the caller gets ERR_TIMEOUT.
+        #[arg(long, default_value_t = 30_000)]
+        timeout: u64,
+        /// Attempts per request, each retry to another worker.
+        #[arg(long, default_value_t = 1)]
+        retry: u32,
+        /// Re-announce every this many milliseconds (jittered ±50 %).
+        #[arg(long, default_value_t = 10_000)]
+        interval: u64,
+        /// PUB/SUB bridge: subscribe to the publishers of this name on the --to transport...
+        #[arg(long, requires = "bridge_pub")]
+        bridge_sub: Option<String>,
+        /// ...and republish their messages under this name on the --from transport.
+        #[arg(long, requires = "bridge_sub")]
+        bridge_pub: Option<String>,
+        /// On Ctrl-C or SIGTERM, let the requests being forwarded finish for this long (ms).
+        #[arg(long, default_value_t = 10_000)]
+        grace: u64,
     },
     /// Stores a value in the DHT and prints its hash. With --key it is a signed mutable item.
     Put {
@@ -253,6 +306,59 @@ struct RpcOpts {
     punch_timeout: u64,
 }
 
+/// Limits against hostile load (`serve`); the defaults are the library's.
+#[derive(Debug, Args, Clone)]
+struct LimitOpts {
+    /// Most connections served at once; further ones are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most connections one source IP address holds at once.
+    #[arg(long, default_value_t = 2_000)]
+    max_connections_per_ip: usize,
+    /// HTTP: milliseconds a client has to send a request's head.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout: u64,
+    /// HTTP: milliseconds a client has to send a request's whole body.
+    #[arg(long, default_value_t = 60_000)]
+    body_timeout: u64,
+    /// HTTP: bytes per second a body must come at, on average, after its first 5 s (0: any).
+    #[arg(long, default_value_t = 4096)]
+    body_min_rate: u64,
+    /// HTTP: milliseconds an idle keep-alive connection is kept.
+    #[arg(long, default_value_t = 5_000)]
+    idle_timeout: u64,
+    /// HTTP: request-body bytes the whole server buffers at once (503 ERR_BUSY beyond).
+    #[arg(long, default_value_t = 256 << 20)]
+    max_body_in_flight: usize,
+    /// WS: milliseconds of silence after which a socket is pinged (0: never).
+    #[arg(long, default_value_t = 30_000)]
+    ws_ping_interval: u64,
+    /// WS: milliseconds a pinged socket has to answer.
+    #[arg(long, default_value_t = 10_000)]
+    ws_pong_timeout: u64,
+    /// WS: milliseconds a socket that sends no request is kept (0: forever).
+    #[arg(long, default_value_t = 300_000)]
+    ws_idle_timeout: u64,
+}
+
+impl LimitOpts {
+    fn limits(&self) -> transport::ServerLimits {
+        let ms = Duration::from_millis;
+        transport::ServerLimits {
+            connections: transport::ConnLimits { max_connections: self.max_connections, max_per_ip: self.max_connections_per_ip },
+            deadlines: transport::ReadDeadlines {
+                header: ms(self.header_timeout),
+                body: ms(self.body_timeout),
+                body_min_rate: self.body_min_rate,
+                idle: ms(self.idle_timeout),
+                ..Default::default()
+            },
+            max_body_in_flight: self.max_body_in_flight,
+            ws: transport::WsLiveness { ping_interval: ms(self.ws_ping_interval), pong_timeout: ms(self.ws_pong_timeout), idle: ms(self.ws_idle_timeout) },
+        }
+    }
+}
+
 #[derive(Debug, Args, Clone)]
 struct TlsOpts {
     /// Certificate (PEM): the server's for `serve`, the client's for requests. Enables HTTPS.
@@ -276,6 +382,8 @@ enum TransportChoice {
     Ws,
     /// uTP over UDP, with NAT hole punching (grenache-nodejs-utp); no TLS.
     Utp,
+    /// ZeroMQ (ZMTP 3.1: ROUTER/DEALER for RPC, PUB/SUB); no TLS, no CURVE.
+    Zmq,
 }
 
 fn read_file(p: &PathBuf) -> Result<Vec<u8>> {
@@ -313,6 +421,7 @@ impl TransportChoice {
             TransportChoice::Http => TransportKind::Http,
             TransportChoice::Ws => TransportKind::Ws,
             TransportChoice::Utp => TransportKind::Utp,
+            TransportChoice::Zmq => TransportKind::Zmq,
         }
     }
 
@@ -351,8 +460,10 @@ impl TransportChoice {
         tls: &TlsOpts,
         require_client_cert: bool,
         reply_timeout: Option<Duration>,
+        limits: transport::ServerLimits,
     ) -> Result<Arc<dyn ServerTransport>> {
-        transport::bind_server(self.kind(), addr, handler, server_tls(tls, require_client_cert)?, reply_timeout).await
+        let settings = transport::ServerSettings { tls: server_tls(tls, require_client_cert)?, reply_timeout, limits, ..Default::default() };
+        transport::bind_server_with(self.kind(), addr, handler, settings).await
     }
 }
 
@@ -475,12 +586,15 @@ async fn run(cli: Cli) -> Result<()> {
             interval,
             reply_timeout,
             tls,
+            limits,
             require_client_cert,
             grace,
             broker,
             register_interval,
             with_remote,
         } => {
+            // A server: give memory freed after bursts back to the system.
+            trim::start();
             let fixed = reply.as_deref().map(parse_payload);
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
@@ -489,7 +603,9 @@ async fn run(cli: Cli) -> Result<()> {
             let reply_timeout = reply_timeout.map(Duration::from_millis);
             let mut registrations = Vec::new();
             let server: Arc<dyn ServerTransport> = match (&broker, transport) {
-                (None, _) => transport.serve(addr, handler, &tls, require_client_cert, reply_timeout).await?,
+                (None, _) => {
+                    transport.serve(addr, handler, &tls, require_client_cert, reply_timeout, limits.limits()).await?
+                }
                 (Some(broker), TransportChoice::Utp) => {
                     let utp = UtpServer::bind(addr, handler, UtpServerConfig { reply_timeout, ..Default::default() }).await?;
                     let config = BrokerClientConfig { name: broker.clone(), ..Default::default() };
@@ -550,12 +666,12 @@ async fn run(cli: Cli) -> Result<()> {
             broker.stop();
             print(&json!({"event": "stopped"}));
         }
-        Cmd::Pub { name, port, bind, interval, wait_subscribers, tls, require_client_cert } => {
+        Cmd::Pub { name, port, bind, interval, wait_subscribers, transport, tls, require_client_cert } => {
             use tokio::io::AsyncBufReadExt;
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
                 .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
-            let mut cfg = PubConfig::default();
+            let mut cfg = PubConfig::default().transport(transport.kind());
             if let Some(t) = server_tls(&tls, require_client_cert)? {
                 cfg = cfg.tls(t);
             }
@@ -582,8 +698,8 @@ async fn run(cli: Cli) -> Result<()> {
             publisher.close();
             print(&json!({"event": "stopped", "published": publisher.stats().published}));
         }
-        Cmd::Sub { name, count, tls } => {
-            let mut cfg = SubConfig::default();
+        Cmd::Sub { name, count, transport, tls } => {
+            let mut cfg = SubConfig::default().transport(transport.kind());
             if let Some(t) = client_tls(&tls)? {
                 cfg = cfg.tls(t);
             }
@@ -609,6 +725,27 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             s.close();
+        }
+        Cmd::Proxy { name, target, from, to, port, bind, timeout, retry, interval, bridge_sub, bridge_pub, grace } => {
+            let addr: SocketAddr = format!("{bind}:{port}")
+                .parse()
+                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let mut cfg = grenache::proxy::ProxyConfig::new(name.clone(), target.clone(), from.kind(), to.kind());
+            cfg.addr = addr;
+            cfg.timeout = Duration::from_millis(timeout.max(1));
+            cfg.retry = retry;
+            cfg.announce_interval = Duration::from_millis(interval.max(100));
+            cfg.bridge = bridge_sub.zip(bridge_pub);
+            let proxy = grenache::proxy::Proxy::start(link, cfg).await?;
+            print(&json!({"event": "started", "port": proxy.port(), "pub_port": proxy.pub_port(), "name": name, "target": target}));
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                _ = term.recv() => {}
+            }
+            let drained = proxy.shutdown(Duration::from_millis(grace)).await;
+            let st = proxy.stats();
+            print(&json!({"event": "stopped", "drained": drained, "forwarded": st.forwarded, "failed": st.failed, "bridged": st.bridged}));
         }
         Cmd::Put { json: value, key, seq, salt, cas } => {
             let v = parse_payload(&value);

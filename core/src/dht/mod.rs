@@ -36,6 +36,7 @@
 pub mod bencode;
 mod heal;
 pub mod krpc;
+pub mod limits;
 mod node;
 pub mod routing;
 pub mod store;
@@ -73,6 +74,8 @@ pub struct DhtConfig {
     pub concurrency: usize,
     /// When set, an announce also stores `host:port` in this node's own peer store (the Grape's `host`).
     pub self_host: Option<std::net::Ipv4Addr>,
+    /// Limits per source address and the peer store's bounds in bytes (see [`limits::DhtLimits`]).
+    pub limits: limits::DhtLimits,
     /// This node's id; `None` picks a random one (what the reference does at every start). A
     /// restarted node keeps its id (see [`DhtState`]) so that the entries other nodes hold for it
     /// stay valid.
@@ -107,6 +110,7 @@ impl Default for DhtConfig {
             query_timeout: Duration::from_secs(2),
             concurrency: 16,
             self_host: None,
+            limits: limits::DhtLimits::default(),
             id: None,
             saved_nodes: Vec::new(),
             maintenance_rate: 10,
@@ -310,6 +314,11 @@ impl Dht {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+    /// How many queries were dropped unanswered because their source address was over its rate
+    /// ([`limits::DhtLimits::queries_per_second`]).
+    pub fn refused_queries(&self) -> u64 {
+        self.inner.refused_queries()
     }
     /// This node's 20-byte id.
     pub fn id(&self) -> [u8; 20] {

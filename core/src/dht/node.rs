@@ -23,6 +23,7 @@ use super::bencode;
 use super::heal::{Counters, Heal};
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
+use super::limits::QueryRate;
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
 use super::{DhtConfig, DhtEvent, GetResult, MutableMeta, PutItem};
 use crate::error::{Error, ErrorKind, Result};
@@ -129,7 +130,7 @@ impl State {
         State {
             id,
             table: RoutingTable::new(id),
-            peers: PeerStore::new(config.max_peers, config.peer_max_age),
+            peers: PeerStore::with_limits(config.max_peers, config.peer_max_age, config.limits.peer_store),
             values: ValueStore::new(config.max_values),
             tokens: Tokens::new(),
             pending: HashMap::new(),
@@ -188,6 +189,7 @@ impl State {
                 let peer = SocketAddrV4::new(*from.ip(), port);
                 match self.peers.add(ih, peer, now) {
                     AddPeer::Full => error(202, "peer store full"),
+                    AddPeer::KeyTooLong => error(203, "`info_hash` too long"),
                     AddPeer::Added | AddPeer::Refreshed => Handled {
                         reply: Some(Body::Response(Response { id, ..Default::default() })),
                         event: Some(DhtEvent::Announce { info_hash: ih.clone(), peer }),
@@ -239,6 +241,10 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     slots: tokio::sync::Semaphore,
+    /// Limits per source: a token bucket per query sender.
+    query_rate: Mutex<QueryRate>,
+    /// Nodes that queried us and have not answered a query of ours yet (questionable, BEP 5).
+    silent: Mutex<lru::LruCache<[u8; 20], ()>>,
     /// The self-healing maintenance's schedule and budget (see `heal`).
     pub(crate) heal: Mutex<Heal>,
     pub(crate) counters: Counters,
@@ -268,6 +274,7 @@ impl Inner {
         });
         let (events, _) = broadcast::channel(1024);
         let (ready, _) = watch::channel(false);
+        let config_limits = config.limits;
         let mut state = State::new(id, &config);
         // Saved nodes are usable at once; `heal` pings them and drops those that do not answer.
         let now = Instant::now();
@@ -287,6 +294,8 @@ impl Inner {
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             slots: tokio::sync::Semaphore::new(MAX_PENDING),
+            query_rate: Mutex::new(QueryRate::new(&config_limits)),
+            silent: Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN))),
         });
         let _ = inner.events.send(DhtEvent::Listening(local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
@@ -387,6 +396,10 @@ impl Inner {
     }
 
     async fn on_datagram(self: &Arc<Self>, data: &[u8], from: SocketAddrV4) {
+        // A source that spent its query rate is flooding: drop before decoding.
+        if self.sources().exhausted(*from.ip(), Instant::now()) {
+            return;
+        }
         let msg = match krpc::decode(data) {
             Ok(m) => m,
             Err(e) => {
@@ -397,10 +410,14 @@ impl Inner {
         let now = Instant::now();
         match msg.body {
             Body::Query(q) => {
+                // Limits per source: a query over its address's rate is dropped unanswered.
+                if !self.sources().allow(*from.ip(), now) {
+                    return;
+                }
                 if !q.read_only
                     && let Some(id) = q.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok())
                 {
-                    self.add_node(NodeInfo { id, addr: from });
+                    self.add_queried_node(NodeInfo { id, addr: from });
                 }
                 let handled = self.state().handle_query(&q, from, now);
                 if let Some(e) = handled.event {
@@ -440,6 +457,8 @@ impl Inner {
                     Body::Response(r) => {
                         if let Some(id) = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok()) {
                             self.add_node(NodeInfo { id, addr: from });
+                            // It answered: a good node from now on (BEP 5).
+                            lock(&self.silent).pop(&id);
                         }
                         Ok(r)
                     }
@@ -451,16 +470,52 @@ impl Inner {
         }
     }
 
+    /// Adds a node that sent us a query. Until it answers one of ours it is questionable (BEP 5):
+    /// lookups do not start from it, and it is pinged once (at most [`MAX_LIVENESS_PINGS`] at a
+    /// time) so that a live one becomes good at once; one that never answers is dropped.
+    fn add_queried_node(self: &Arc<Self>, info: NodeInfo) {
+        if !self.add_node(info) {
+            return;
+        }
+        lock(&self.silent).put(info.id, ());
+        let mut st = self.state();
+        if st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(info.id) {
+            return;
+        }
+        drop(st);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let alive = inner.query(info.addr, Method::Ping).await.is_ok();
+            let mut st = inner.state();
+            st.pinging.remove(&info.id);
+            if !alive {
+                st.table.remove(&info.id);
+            }
+        });
+    }
+
+    /// The token buckets of the query senders.
+    fn sources(&self) -> MutexGuard<'_, QueryRate> {
+        lock(&self.query_rate)
+    }
+
+    /// How many queries were dropped for their source's rate.
+    pub(crate) fn refused_queries(&self) -> u64 {
+        self.sources().refused()
+    }
+
     /// Adds a node to the routing table; when its bucket is full, pings the least recently seen
     /// node (if not heard from for 10 s, or `node_liveness` if shorter) and replaces it if it is
     /// dead.
-    pub(crate) fn add_node(self: &Arc<Self>, info: NodeInfo) {
+    /// True when it was added now.
+    pub(crate) fn add_node(self: &Arc<Self>, info: NodeInfo) -> bool {
         let now = Instant::now();
         let mut st = self.state();
         match st.table.insert(info, now) {
             Insert::Added => {
                 drop(st);
                 self.emit(DhtEvent::Node(SocketAddr::V4(info.addr)));
+                true
             }
             Insert::Full(oldest) => {
                 let stale = st
@@ -469,7 +524,7 @@ impl Inner {
                     .into_iter()
                     .any(|n| n.id == oldest.id);
                 if !stale || st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(oldest.id) {
-                    return;
+                    return false;
                 }
                 drop(st);
                 let inner = self.clone();
@@ -485,9 +540,19 @@ impl Inner {
                         }
                     }
                 });
+                false
             }
-            Insert::Refreshed | Insert::Ignored => {}
+            Insert::Refreshed | Insert::Ignored => false,
         }
+    }
+
+    /// Refuses a key (service name) over the peer store's longest key: no node would store it.
+    fn check_key_len(&self, key: &[u8]) -> Result<()> {
+        let max = self.config.limits.peer_store.max_key_len;
+        if key.len() > max {
+            return Err(Error::invalid(format!("a service name of {} bytes is over the limit of {max}", key.len())));
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- client side
@@ -569,7 +634,14 @@ impl Inner {
         let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St)> = BTreeMap::new();
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
-        let seeds = self.state().table.closest(&target, K);
+        // Questionable nodes (never answered us) are not where a lookup starts, unless no good
+        // node is known at all (a node that only others bootstrapped from).
+        let seeds: Vec<NodeInfo> = {
+            let all = self.state().table.closest(&target, 4 * K);
+            let silent = lock(&self.silent);
+            let good: Vec<NodeInfo> = all.iter().filter(|n| !silent.contains(&n.id)).take(K).copied().collect();
+            if good.is_empty() { all.into_iter().take(K).collect() } else { good }
+        };
         let mut set: JoinSet<WalkJob> = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);
         let mut queries = 0usize;
@@ -660,6 +732,14 @@ impl Inner {
                     }
                 }
             }
+            // Kademlia's end: once the K closest candidates still standing have all answered, the
+            // rest (further away, slow or silent) is not waited for.
+            if !stop && !set.is_empty() {
+                let mut top = cands.values().filter(|(_, s)| *s != St::Failed).take(K).peekable();
+                if top.peek().is_some() && top.all(|(_, s)| *s == St::Done) {
+                    stop = true;
+                }
+            }
             if stop {
                 set.abort_all();
             }
@@ -689,6 +769,7 @@ impl Inner {
 
     /// A `get_peers` lookup, coalesced with identical lookups in flight.
     pub(crate) async fn lookup(self: &Arc<Self>, info_hash: &[u8]) -> Result<Arc<LookupOutcome>> {
+        self.check_key_len(info_hash)?;
         let (rx, start) = {
             let mut st = self.state();
             let (tx, rx) = oneshot::channel();
@@ -798,6 +879,7 @@ impl Inner {
     }
 
     pub(crate) async fn announce(self: &Arc<Self>, info_hash: &[u8], port: u16) -> Result<usize> {
+        self.check_key_len(info_hash)?;
         if port == 0 {
             return Err(Error::invalid("announce port must be 1..=65535"));
         }
@@ -808,7 +890,7 @@ impl Inner {
         if let Some(host) = self.config.self_host {
             let peer = SocketAddrV4::new(host, port);
             let added = self.state().peers.add(info_hash, peer, Instant::now());
-            if added != AddPeer::Full {
+            if matches!(added, AddPeer::Added | AddPeer::Refreshed) {
                 self.emit(DhtEvent::Announce { info_hash: info_hash.to_vec(), peer });
             }
         }

@@ -1,6 +1,7 @@
 //! Node-side state: announce tokens, the peer store, and the BEP44 value store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -65,22 +66,61 @@ impl Tokens {
     }
 }
 
+/// Limits of a [`PeerStore`] beyond its record count (see [`PeerStore::with_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStoreLimits {
+    /// Longest key (info-hash) accepted, in bytes. Longer keys are refused (error 203).
+    pub max_key_len: usize,
+    /// Most bytes the store holds, as counted by [`PeerStore::bytes`] (keys, records and their
+    /// place in the expiry queue).
+    pub max_bytes: usize,
+    /// Most records one peer IP address has in the store (over all keys).
+    pub max_per_source: usize,
+}
+
+impl Default for PeerStoreLimits {
+    fn default() -> Self {
+        PeerStoreLimits { max_key_len: DEFAULT_MAX_KEY_LEN, max_bytes: 64 << 20, max_per_source: 10_000 }
+    }
+}
+
+/// The default longest key: 256 bytes. Grenache keys are service names such as
+/// `rest:net:util` (tens of bytes); BitTorrent info-hashes are 20.
+pub const DEFAULT_MAX_KEY_LEN: usize = 256;
+
+/// What a key costs in [`PeerStore::bytes`] besides its bytes: its map entry, its shared
+/// allocation's header and its record list.
+const KEY_OVERHEAD: usize = 96;
+/// What a record costs in [`PeerStore::bytes`]: its place in its key's list and in the expiry
+/// queue.
+const RECORD_BYTES: usize = 64;
+
 /// Peers announced per info-hash (a set of `ip:port` per key).
 ///
-/// Expiry: a record lives **exactly** `max_age` after its last announce (checked on every read,
-/// and swept periodically), unlike record-cache's 0.67x-1.33x generations. `max_age == 0` means
-/// no time expiry (what a Node CLI grape does). The total number of records over all keys is
-/// bounded by `max_peers`: when full (after dropping expired records) new records are refused
-/// (re-announces of known records still refresh them).
+/// Expiry: a record lives **exactly** `max_age` after its last announce (checked on every read).
+/// `max_age == 0` means no time expiry (what a Node CLI grape does). Expired records leave through
+/// an expiry queue in announce order, a few with every new record and the rest on
+/// [`PeerStore::sweep`]; the work is proportional to what expires, never to the store's size.
 ///
-/// Memory: about 100 bytes per key plus 24 bytes per record; 100 000 services (one peer each)
-/// measure ~10 MB (`core/tests/dht_memory.rs`).
+/// Bounds: `max_peers` records over all keys, [`PeerStoreLimits::max_bytes`] bytes, keys of at
+/// most [`PeerStoreLimits::max_key_len`] bytes, and [`PeerStoreLimits::max_per_source`] records per
+/// peer IP, so that one source cannot fill the store. When a bound is reached (after dropping
+/// expired records) new records are refused; re-announces of known records still refresh them.
+///
+/// Memory: about 100 bytes per key plus 64 bytes per record; 100 000 services (one peer each)
+/// measure ~16 MB (`core/tests/dht_memory.rs`).
 #[derive(Debug)]
 pub struct PeerStore {
-    map: HashMap<Box<[u8]>, Vec<(SocketAddrV4, Instant)>>,
+    map: HashMap<Arc<[u8]>, Vec<(SocketAddrV4, Instant)>>,
+    /// Every record once, oldest announce first (a refreshed record is moved back when it comes
+    /// to the front).
+    queue: VecDeque<(Arc<[u8]>, SocketAddrV4, Instant)>,
+    per_source: HashMap<Ipv4Addr, usize>,
     total: usize,
+    bytes: usize,
     max_peers: usize,
     max_age: Duration,
+    limits: PeerStoreLimits,
 }
 
 /// Result of [`PeerStore::add`].
@@ -90,14 +130,31 @@ pub enum AddPeer {
     Added,
     /// An existing record was refreshed.
     Refreshed,
-    /// The store is full; nothing was stored.
+    /// The store is full (records, bytes, or this peer's IP has its most records); nothing was
+    /// stored.
     Full,
+    /// The key is over [`PeerStoreLimits::max_key_len`]; nothing was stored.
+    KeyTooLong,
 }
 
 impl PeerStore {
-    /// An empty store.
+    /// An empty store with the default [`PeerStoreLimits`].
     pub fn new(max_peers: usize, max_age: Duration) -> PeerStore {
-        PeerStore { map: HashMap::new(), total: 0, max_peers, max_age }
+        PeerStore::with_limits(max_peers, max_age, PeerStoreLimits::default())
+    }
+
+    /// An empty store with `limits`.
+    pub fn with_limits(max_peers: usize, max_age: Duration, limits: PeerStoreLimits) -> PeerStore {
+        PeerStore {
+            map: HashMap::new(),
+            queue: VecDeque::new(),
+            per_source: HashMap::new(),
+            total: 0,
+            bytes: 0,
+            max_peers,
+            max_age,
+            limits,
+        }
     }
 
     fn alive(&self, seen: Instant, now: Instant) -> bool {
@@ -106,20 +163,39 @@ impl PeerStore {
 
     /// Stores or refreshes `peer` under `key`.
     pub fn add(&mut self, key: &[u8], peer: SocketAddrV4, now: Instant) -> AddPeer {
+        if key.len() > self.limits.max_key_len {
+            return AddPeer::KeyTooLong;
+        }
         if let Some(list) = self.map.get_mut(key)
             && let Some(e) = list.iter_mut().find(|e| e.0 == peer)
         {
             e.1 = now;
             return AddPeer::Refreshed;
         }
-        if self.total >= self.max_peers {
-            self.sweep(now);
-            if self.total >= self.max_peers {
+        // A few expired records leave with every new one.
+        self.expire(now, 8);
+        let new_key = !self.map.contains_key(key);
+        let cost = RECORD_BYTES + if new_key { key.len() + KEY_OVERHEAD } else { 0 };
+        let full = |s: &PeerStore| {
+            s.total >= s.max_peers
+                || s.bytes + cost > s.limits.max_bytes
+                || s.per_source.get(peer.ip()).is_some_and(|&n| n >= s.limits.max_per_source)
+        };
+        if full(self) {
+            self.expire(now, usize::MAX);
+            if full(self) {
                 return AddPeer::Full;
             }
         }
-        self.map.entry(key.into()).or_insert_with(|| Vec::with_capacity(1)).push((peer, now));
+        let key: Arc<[u8]> = match self.map.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        };
+        self.map.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1)).push((peer, now));
+        self.queue.push_back((key, peer, now));
+        *self.per_source.entry(*peer.ip()).or_insert(0) += 1;
         self.total += 1;
+        self.bytes += cost;
         AddPeer::Added
     }
 
@@ -134,19 +210,57 @@ impl PeerStore {
         out
     }
 
-    /// Drops expired records.
+    /// Drops every expired record (work in proportion to what expired), and gives back the
+    /// memory of the tables when they are mostly empty.
     pub fn sweep(&mut self, now: Instant) {
+        self.expire(now, usize::MAX);
+        if self.map.capacity() > 4 * self.map.len() + 64 {
+            self.map.shrink_to_fit();
+        }
+        if self.queue.capacity() > 4 * self.queue.len() + 64 {
+            self.queue.shrink_to_fit();
+        }
+        if self.per_source.capacity() > 4 * self.per_source.len() + 64 {
+            self.per_source.shrink_to_fit();
+        }
+    }
+
+    /// Takes at most `budget` records off the front of the expiry queue: each one expired is
+    /// removed; one refreshed since it was queued goes to the back with its new time.
+    fn expire(&mut self, now: Instant, budget: usize) {
         if self.max_age.is_zero() {
             return;
         }
-        let max_age = self.max_age;
-        let mut total = 0;
-        self.map.retain(|_, list| {
-            list.retain(|e| now.saturating_duration_since(e.1) < max_age);
-            total += list.len();
-            !list.is_empty()
-        });
-        self.total = total;
+        let mut n = 0;
+        while n < budget {
+            let Some((_, _, at)) = self.queue.front() else { break };
+            if now.saturating_duration_since(*at) < self.max_age {
+                break;
+            }
+            n += 1;
+            let Some((key, peer, at)) = self.queue.pop_front() else { break };
+            let Some(list) = self.map.get_mut(&key) else { continue };
+            let Some(i) = list.iter().position(|e| e.0 == peer) else { continue };
+            let seen = list[i].1;
+            if seen != at && now.saturating_duration_since(seen) < self.max_age {
+                // Refreshed: its turn comes again later.
+                self.queue.push_back((key, peer, seen));
+                continue;
+            }
+            list.swap_remove(i);
+            self.total -= 1;
+            self.bytes -= RECORD_BYTES;
+            if list.is_empty() {
+                self.map.remove(&key);
+                self.bytes -= key.len() + KEY_OVERHEAD;
+            }
+            if let Some(c) = self.per_source.get_mut(peer.ip()) {
+                *c -= 1;
+                if *c == 0 {
+                    self.per_source.remove(peer.ip());
+                }
+            }
+        }
     }
 
     /// Number of records (including expired ones not yet swept).
@@ -162,6 +276,12 @@ impl PeerStore {
     /// Number of keys.
     pub fn keys(&self) -> usize {
         self.map.len()
+    }
+
+    /// The bytes the store counts against [`PeerStoreLimits::max_bytes`]: each key's bytes plus
+    /// 96, and 64 per record.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -384,6 +504,70 @@ mod tests {
             s.add(b"a", SocketAddrV4::new(ip("1.2.3.4"), port), t0);
         }
         assert_eq!(s.get(b"a", 2, t0).len(), 2, "limit is honoured");
+    }
+
+    #[test]
+    fn peer_store_bounds_keys_bytes_and_sources() {
+        let t0 = Instant::now();
+        let limits = PeerStoreLimits { max_key_len: 8, max_bytes: 1000, max_per_source: 3 };
+        let mut s = PeerStore::with_limits(1000, Duration::from_secs(10), limits);
+        let a = |port| SocketAddrV4::new(ip("1.2.3.4"), port);
+        let b = |port| SocketAddrV4::new(ip("5.6.7.8"), port);
+        assert_eq!(s.add(b"123456789", a(1), t0), AddPeer::KeyTooLong);
+        assert_eq!(s.add(b"12345678", a(1), t0), AddPeer::Added);
+        // Three records per source address.
+        assert_eq!(s.add(b"k2", a(2), t0), AddPeer::Added);
+        assert_eq!(s.add(b"k3", a(3), t0), AddPeer::Added);
+        assert_eq!(s.add(b"k4", a(4), t0), AddPeer::Full);
+        assert_eq!(s.add(b"k2", a(2), t0), AddPeer::Refreshed, "refreshes still work");
+        // Bytes: 3 keys and 3 records so far.
+        assert_eq!(s.bytes(), (8 + 2 + 2) + 3 * KEY_OVERHEAD + 3 * RECORD_BYTES);
+        let mut added = 0;
+        for port in 0..100 {
+            let addr = SocketAddrV4::new(Ipv4Addr::from(0x0A00_0000 + port), 1);
+            match s.add(b"shared", addr, t0) {
+                AddPeer::Added => added += 1,
+                other => {
+                    assert_eq!(other, AddPeer::Full);
+                    break;
+                }
+            }
+        }
+        assert!(s.bytes() <= 1000, "{}", s.bytes());
+        assert!(added > 0 && added < 100, "{added}");
+        assert_eq!(s.add(b"k5", b(1), t0), AddPeer::Full, "over the byte budget");
+        // Everything expires; the budget and the per-source counts are given back.
+        s.sweep(t0 + Duration::from_secs(11));
+        assert!(s.is_empty());
+        assert_eq!(s.add(b"k5", b(1), t0 + Duration::from_secs(11)), AddPeer::Added);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.bytes(), 2 + KEY_OVERHEAD + RECORD_BYTES);
+        assert_eq!(s.add(b"k6", a(6), t0 + Duration::from_secs(11)), AddPeer::Added);
+    }
+
+    #[test]
+    fn expiry_queue_moves_refreshed_records_back_and_does_bounded_work() {
+        let t0 = Instant::now();
+        let age = Duration::from_secs(10);
+        let mut s = PeerStore::new(1000, age);
+        let p = |port| SocketAddrV4::new(ip("1.2.3.4"), port);
+        for port in 1..=100 {
+            s.add(b"svc", p(port), t0);
+        }
+        // Port 1 is refreshed at t0+5: it outlives the others.
+        s.add(b"svc", p(1), t0 + Duration::from_secs(5));
+        s.sweep(t0 + Duration::from_secs(11));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get(b"svc", 10, t0 + Duration::from_secs(11)), vec![p(1)]);
+        s.sweep(t0 + Duration::from_secs(16));
+        assert!(s.is_empty());
+        assert_eq!((s.keys(), s.bytes()), (0, 0));
+        // A new record takes at most a few expired ones off the queue, not all of them.
+        for port in 1..=100 {
+            s.add(b"svc", p(port), t0);
+        }
+        s.add(b"other", p(1), t0 + Duration::from_secs(20));
+        assert!(s.len() > 80, "{}", s.len());
     }
 
     fn signed(key: &SigningKey, v: &[u8], seq: i64, salt: Option<&[u8]>, cas: Option<i64>) -> PutArgs {

@@ -1,4 +1,4 @@
-//! PUB/SUB over WebSocket for embedders.
+//! PUB/SUB over WebSocket (or ZeroMQ) for embedders.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig, SubMessage, Subscription};
+use crate::rpc::TransportKind;
 use crate::tls::{ClientTls, ServerTls};
 
 use super::link::CLOSE_WAIT;
@@ -30,8 +31,15 @@ impl EmbedPublisher {
     /// Like [`EmbedPublisher::bind`] with server options: the port, TLS and the `verify_client`
     /// hook (which sees each subscriber before its upgrade); `reply_timeout` does not apply.
     pub fn bind_with(link: &EmbedLink, options: super::ServerOptions) -> Result<EmbedPublisher> {
+        Self::bind_kind(link, TransportKind::Ws, options)
+    }
+
+    /// [`EmbedPublisher::bind_with`] over `kind`: [`TransportKind::Ws`] or [`TransportKind::Zmq`]
+    /// (a ZeroMQ PUB socket; no TLS, no hook). Errors: `InvalidArgument` for HTTP, or TLS or a
+    /// hook with ZeroMQ; `Io` when the port cannot be bound.
+    pub fn bind_kind(link: &EmbedLink, kind: TransportKind, options: super::ServerOptions) -> Result<EmbedPublisher> {
         let rt = link.runtime().clone();
-        let mut config = PubConfig::default();
+        let mut config = PubConfig::default().transport(kind);
         if let Some(t) = options.tls {
             config = config.tls(t);
         }
@@ -107,10 +115,25 @@ impl EmbedSubscriber {
         tls: Option<ClientTls>,
         on_message: impl Fn(&SubMessage) + Send + Sync + 'static,
     ) -> Result<EmbedSubscriber> {
+        Self::subscribe_kind(link, name, TransportKind::Ws, tls, on_message)
+    }
+
+    /// [`EmbedSubscriber::subscribe`] over `kind`: [`TransportKind::Ws`] or
+    /// [`TransportKind::Zmq`] (ZeroMQ SUB sockets; `tls` does not apply and must be `None`).
+    pub fn subscribe_kind(
+        link: &EmbedLink,
+        name: &str,
+        kind: TransportKind,
+        tls: Option<ClientTls>,
+        on_message: impl Fn(&SubMessage) + Send + Sync + 'static,
+    ) -> Result<EmbedSubscriber> {
         if !link.runtime().is_running() {
             return Err(Error::new(ErrorKind::Cancelled, "the runtime was shut down"));
         }
-        let mut config = SubConfig::default();
+        if kind == TransportKind::Zmq && tls.is_some() {
+            return Err(Error::invalid("ZeroMQ PUB/SUB has no TLS (and no CURVE): use WS for TLS"));
+        }
+        let mut config = SubConfig::default().transport(kind);
         if let Some(t) = tls {
             config = config.tls(t);
         }

@@ -96,6 +96,7 @@ impl EmbedServer {
                 tls: options.tls,
                 reply_timeout: options.reply_timeout,
                 verify_client: options.verify_client,
+                limits: Default::default(),
             };
             let transport = crate::transport::bind_server_with(kind, addr, handler, settings).await?;
             Ok(PeerRpcServer::new(core_link, transport))

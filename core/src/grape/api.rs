@@ -26,6 +26,12 @@ use crate::error::{Error, ErrorKind};
 pub const ERR_PAYLOAD_INVALID: &str = "ERR_GRAPE_PAYLOAD_INVALID";
 /// Raw-text body of a 413 reply for a body over `check_maxPayloadSize`.
 pub const ERR_PAYLOAD_SIZE: &str = "ERR_GRAPE_PAYLOAD_SIZE";
+/// Raw-text body of a 408 reply for a body that did not arrive within the read deadlines (ours:
+/// the reference has no such deadline).
+pub const ERR_TIMEOUT: &str = "ERR_GRAPE_TIMEOUT";
+/// `/lookup` or `/announce` of a name over the longest DHT key (200, JSON string; ours: the
+/// reference takes any length).
+pub const ERR_KEY_TOO_LONG: &str = "ERR_GRAPE_KEY_TOO_LONG";
 /// Unknown route (200, JSON string).
 pub const ERR_REQ_NOTFOUND: &str = "ERR_REQ_NOTFOUND";
 /// `/lookup` with a missing, empty or non-string name (200, JSON string).

@@ -9,9 +9,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderValue};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Reply, Request};
+use crate::transport::limits::{self, Activity, BodyError, Sources, Watched, idle_for};
+use crate::transport::{ConnLimits, ReadDeadlines, Refusals};
 
 /// Executes a parsed API request (the Grape itself, or a stub in tests).
 pub(crate) trait Handler: Send + Sync + 'static {
@@ -32,8 +34,12 @@ pub(crate) trait Handler: Send + Sync + 'static {
 pub(crate) struct ServerOptions {
     /// Largest accepted body in bytes (`usize::MAX`: no limit).
     pub max_body: usize,
-    /// Most connections served at once; more wait in the accept queue.
-    pub max_connections: usize,
+    /// Connections in all and per source address.
+    pub connections: ConnLimits,
+    /// Deadlines on the head, the body and idle keep-alive connections.
+    pub deadlines: ReadDeadlines,
+    /// Where refusals are counted.
+    pub refusals: Arc<Refusals>,
 }
 
 /// Accepts connections on `listener` until `stop` is cancelled; open connections are shut down
@@ -45,19 +51,29 @@ pub(crate) async fn serve<H: Handler>(
     stop: CancellationToken,
 ) {
     let mut builder = http1::Builder::new();
-    builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(opts.deadlines.header);
     let builder = Arc::new(builder);
-    let max_body = opts.max_body;
-    crate::transport::accept_loop(listener, opts.max_connections, stop.clone(), move |stream, peer| {
+    let opts = Arc::new(opts);
+    let sources = Sources::new(opts.connections, opts.refusals.clone());
+    crate::transport::accept_loop(listener, sources, stop.clone(), move |stream, peer| {
         let handler = handler.clone();
         let builder = builder.clone();
         let stop = stop.clone();
+        let opts = opts.clone();
         async move {
+            let activity = Activity::new();
+            let svc_activity = activity.clone();
+            let idle = opts.deadlines.idle;
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(respond(handler.as_ref(), req, max_body).await) }
+                let opts = opts.clone();
+                let running = svc_activity.running();
+                async move {
+                    let _running = running;
+                    Ok::<_, Infallible>(respond(handler.as_ref(), req, &opts, peer).await)
+                }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(Watched::new(TokioIo::new(stream), activity.clone()), svc);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
@@ -65,7 +81,9 @@ pub(crate) async fn serve<H: Handler>(
                         tracing::trace!(%peer, error = %e, "connection ended with an error");
                     }
                 }
-                _ = stop.cancelled() => {
+                // Idle keep-alive (nothing running, nothing received), or the server stopping:
+                // a request being answered finishes, then the connection closes.
+                () = async { tokio::select! { () = idle_for(&activity, idle) => {}, () = stop.cancelled() => {} } } => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
                 }
@@ -79,10 +97,11 @@ pub(crate) async fn serve<H: Handler>(
 async fn respond<H: Handler>(
     handler: &H,
     req: http::Request<Incoming>,
-    max_body: usize,
+    opts: &ServerOptions,
+    peer: std::net::SocketAddr,
 ) -> http::Response<Full<Bytes>> {
     let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| req.uri().path().to_string());
-    let reply = match read_body(req, max_body).await {
+    let reply = match read_body(req, opts, peer).await {
         Err(reply) => reply,
         Ok(body) => match api::handle_body(&path, &body) {
             Err(reply) => reply,
@@ -92,28 +111,24 @@ async fn respond<H: Handler>(
     to_response(reply)
 }
 
-/// Collects the request body, refusing it (413) once it passes `max_body` bytes.
-async fn read_body(req: http::Request<Incoming>, max_body: usize) -> Result<Bytes, Reply> {
+/// Collects the request body within the deadlines, refusing it (413) once it passes `max_body`
+/// bytes; a late or slow body gets `408 ERR_GRAPE_TIMEOUT` (raw text).
+async fn read_body(req: http::Request<Incoming>, opts: &ServerOptions, peer: std::net::SocketAddr) -> Result<Bytes, Reply> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(Reply::payload_too_large());
-    }
-    let mut body = req.into_body();
-    let mut buf = BytesMut::with_capacity(declared.map(|n| n as usize).unwrap_or(256).min(max_body).min(64 * 1024));
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Reply::raw(500, &e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len().saturating_add(data.len()) > max_body {
-                return Err(Reply::payload_too_large());
-            }
-            buf.extend_from_slice(&data);
+    match limits::read_body(req.into_body(), declared, opts.max_body, &opts.deadlines, None).await {
+        Ok((body, _)) => Ok(body),
+        Err(BodyError::TooLarge) => Err(Reply::payload_too_large()),
+        Err(BodyError::TimedOut) => {
+            opts.refusals.refuse("a request body did not arrive in time", Some(peer.ip()));
+            Err(Reply::raw(408, api::ERR_TIMEOUT))
         }
+        Err(BodyError::Busy) => Err(Reply::raw(503, "ERR_GRAPE_BUSY")),
+        Err(BodyError::Io(e)) => Err(Reply::raw(500, &e)),
     }
-    Ok(buf.freeze())
 }
 
 fn to_response(reply: Reply) -> http::Response<Full<Bytes>> {
@@ -122,7 +137,7 @@ fn to_response(reply: Reply) -> http::Response<Full<Bytes>> {
     let mut res = http::Response::new(Full::new(reply.body));
     *res.status_mut() = http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     res.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
-    if status == 413 {
+    if matches!(status, 408 | 413) {
         // The rest of the body is never read: close instead of draining it.
         res.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     } else {
@@ -150,7 +165,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        tokio::spawn(serve(l, Arc::new(Echo), ServerOptions { max_body, max_connections: 64 }, stop.clone()));
+        tokio::spawn(serve(l, Arc::new(Echo), ServerOptions {
+                max_body,
+                connections: ConnLimits { max_connections: 64, max_per_ip: 64 },
+                deadlines: ReadDeadlines::default(),
+                refusals: Arc::default(),
+            }, stop.clone()));
         (addr, stop)
     }
 
@@ -160,6 +180,43 @@ mod tests {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_gets_408_and_sources_are_capped() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let deadlines = ReadDeadlines {
+            header: Duration::from_millis(500),
+            body: Duration::from_millis(800),
+            body_min_rate: 100,
+            body_grace: Duration::from_millis(300),
+            idle: Duration::from_millis(300),
+        };
+        let opts = ServerOptions {
+            max_body: 8192,
+            connections: ConnLimits { max_connections: 64, max_per_ip: 2 },
+            deadlines,
+            refusals: Arc::default(),
+        };
+        tokio::spawn(serve(l, Arc::new(Echo), opts, stop.clone()));
+        let t = std::time::Instant::now();
+        let out = raw(addr, b"POST /lookup HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"data\"").await;
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(out.ends_with(api::ERR_TIMEOUT), "{out}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        // Two held connections from 127.0.0.1; a third is closed at once.
+        let _a = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _b = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = raw(addr, b"POST /lookup HTTP/1.1\r\nContent-Length: 14\r\n\r\n{\"data\":\"svc\"}").await;
+        assert_eq!(out, "");
+        // The held ones are idle: closed after the idle deadline, then there is room again.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let out = raw(addr, b"POST /lookup HTTP/1.1\r\nContent-Length: 14\r\nConnection: close\r\n\r\n{\"data\":\"svc\"}").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        stop.cancel();
     }
 
     #[tokio::test]

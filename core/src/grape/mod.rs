@@ -27,7 +27,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +76,9 @@ pub struct GrapeConfig {
     node_liveness: Duration,
     check_max_payload_size: usize,
     max_connections: usize,
+    max_connections_per_ip: usize,
+    deadlines: crate::transport::ReadDeadlines,
+    dht_limits: crate::dht::limits::DhtLimits,
     announce_window: Option<Duration>,
     lookup_window: Option<Duration>,
     dht_state: Option<std::path::PathBuf>,
@@ -97,6 +99,10 @@ impl Default for GrapeConfig {
             node_liveness: Duration::from_secs(300),
             check_max_payload_size: 8192,
             max_connections: 10_000,
+            max_connections_per_ip: crate::transport::ConnLimits::default().max_per_ip,
+            // Bodies are at most `check_max_payload_size` (8 KiB): 10 s is plenty.
+            deadlines: crate::transport::ReadDeadlines { body: Duration::from_secs(10), ..Default::default() },
+            dht_limits: crate::dht::limits::DhtLimits::default(),
             announce_window: None,
             lookup_window: None,
             dht_state: None,
@@ -204,12 +210,54 @@ impl GrapeConfig {
         self
     }
 
-    /// Most HTTP connections served at once (further ones wait to be accepted).
+    /// Most HTTP connections served at once; further ones are closed at once. Once three
+    /// quarters are held, a source holding `max_connections_per_ip / 16` or more gets no more
+    /// (the rest is kept for sources with few connections).
     ///
     /// Default is 10 000.
     pub fn max_connections(&mut self, n: usize) -> &mut Self {
         self.max_connections = n;
         self
+    }
+
+    /// Most HTTP connections one source IP address holds at once; further ones are closed at
+    /// once.
+    ///
+    /// Default is 2,000.
+    pub fn max_connections_per_ip(&mut self, n: usize) -> &mut Self {
+        self.max_connections_per_ip = n;
+        self
+    }
+
+    /// Deadlines on reading each HTTP request (head, body, minimum body rate) and on idle
+    /// keep-alive connections. A late head or an idle connection is closed; a late or slow body
+    /// gets `408 ERR_GRAPE_TIMEOUT` (raw text) and its connection closes.
+    ///
+    /// Default: head 10 s, body 10 s, at least 4 KiB/s after 5 s, idle 5 s (the `keep-alive:
+    /// timeout=5` the replies announce, and Node's default).
+    pub fn read_deadlines(&mut self, d: crate::transport::ReadDeadlines) -> &mut Self {
+        self.deadlines = d;
+        self
+    }
+
+    /// The DHT node's limits per source address (KRPC queries per second, records per address)
+    /// and the peer store's bounds (longest service name, bytes).
+    ///
+    /// Default: [`crate::dht::limits::DhtLimits::default`] (500 queries/s per address, bursts of
+    /// 1000; names of at most 256 bytes; 64 MiB; 10,000 records per address).
+    pub fn dht_limits(&mut self, l: crate::dht::limits::DhtLimits) -> &mut Self {
+        self.dht_limits = l;
+        self
+    }
+
+    /// The read deadlines set (see [`GrapeConfig::read_deadlines`]).
+    pub fn get_read_deadlines(&self) -> crate::transport::ReadDeadlines {
+        self.deadlines
+    }
+
+    /// The DHT limits set (see [`GrapeConfig::dht_limits`]).
+    pub fn get_dht_limits(&self) -> crate::dht::limits::DhtLimits {
+        self.dht_limits
     }
 
     /// Re-announce window: an announce of the same name and port that already succeeded less
@@ -306,6 +354,8 @@ struct Inner {
     recent_walks: Mutex<lru::LruCache<Vec<u8>, std::time::Instant>>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Longest service name looked up or announced (the peer store's longest key).
+    max_key_len: usize,
     /// Where the DHT state is saved, if anywhere.
     dht_state: Option<std::path::PathBuf>,
 }
@@ -371,8 +421,7 @@ impl Grape {
         };
         let http_ip = config.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         // Bind HTTP first so a busy API port does not leave a DHT node running.
-        let listener = TcpListener::bind(SocketAddr::new(http_ip, api_port))
-            .await
+        let listener = crate::transport::listen(SocketAddr::new(http_ip, api_port))
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot bind the HTTP API to {http_ip}:{api_port}: {e}")))?;
         let api_addr = listener.local_addr()?;
 
@@ -403,6 +452,7 @@ impl Grape {
                 Some(IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             },
+            limits: config.dht_limits,
             id: saved.as_ref().map(|s| s.id),
             saved_nodes: saved.map(|s| s.nodes).unwrap_or_default(),
             ..DhtConfig::default()
@@ -421,6 +471,7 @@ impl Grape {
         // `_mem` lives half the peer max age (rounded up to a millisecond).
         let mem_age = Duration::from_millis(u64::try_from(config.peer_max_age.as_millis().div_ceil(2)).unwrap_or(u64::MAX));
         let inner = Arc::new(Inner {
+            max_key_len: config.dht_limits.peer_store.max_key_len,
             dht,
             dht_addr,
             api_addr,
@@ -441,7 +492,12 @@ impl Grape {
         let forward = tokio::spawn(forward_events(Arc::downgrade(&inner), dht_events, inner.stop.clone()));
         let opts = http::ServerOptions {
             max_body: config.check_max_payload_size,
-            max_connections: config.max_connections,
+            connections: crate::transport::ConnLimits {
+                max_connections: config.max_connections,
+                max_per_ip: config.max_connections_per_ip,
+            },
+            deadlines: config.deadlines,
+            refusals: Arc::default(),
         };
         let server = tokio::spawn(http::serve(listener, Arc::new(Api(Arc::downgrade(&inner))), opts, inner.stop.clone()));
         lock(&inner.tasks).extend([forward, server]);
@@ -654,6 +710,12 @@ impl Inner {
     }
 
     async fn handle(self: &Arc<Self>, req: Request) -> Reply {
+        if let Request::Lookup { name } | Request::Announce { name, .. } = &req
+            && name.len() > self.max_key_len
+        {
+            // No node would store it (the reference takes any length).
+            return Reply::app_error(200, api::ERR_KEY_TOO_LONG);
+        }
         match req {
             Request::Lookup { name } => match self.lookup(&name).await {
                 Ok(peers) => Reply::json_text(api::lookup_json(&peers)),

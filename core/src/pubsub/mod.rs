@@ -17,6 +17,9 @@
 //!   publishers, and reconnects with back-off when a publisher goes away (the reference never
 //!   reconnects and closes sockets still connecting after 5 s).
 //! * Optional TLS on both sides ([`PubConfig::tls`], [`SubConfig::tls`]); the reference has none.
+//! * The same publishers and subscribers also run over ZeroMQ PUB/SUB sockets
+//!   ([`PubConfig::transport`], [`SubConfig::transport`] with [`TransportKind::Zmq`]; see
+//!   [`zmq`] for the wire), with the same bounded queues, policies and reconnects.
 //! * Closing a [`Subscription`] closes its sockets (the reference's `PeerSub.stop()` leaves them).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,12 +34,17 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::transport::limits::{Liveness, Verdict, WsLiveness};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::link::{AnnounceHandle, Link};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
+use crate::rpc::TransportKind;
 use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, accept_ws, dial};
+
+pub mod zmq;
 
 /// A subscriber whose socket accepts no bytes for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,20 +78,27 @@ pub struct PubConfig {
     queue_capacity: usize,
     policy: SlowSubscriberPolicy,
     max_subscribers: usize,
+    max_subscribers_per_ip: usize,
     max_message_size: usize,
     handshake_timeout: Duration,
+    transport: TransportKind,
+    liveness: WsLiveness,
 }
 
 impl Default for PubConfig {
     fn default() -> Self {
         PubConfig {
+            transport: TransportKind::Ws,
             tls: None,
             verify_client: None,
             queue_capacity: 1024,
             policy: SlowSubscriberPolicy::Disconnect,
             max_subscribers: 10_000,
+            max_subscribers_per_ip: crate::transport::ConnLimits::default().max_per_ip,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
+            // Subscribers send nothing: no idle time, only pings.
+            liveness: WsLiveness { idle: Duration::ZERO, ..WsLiveness::default() },
         }
     }
 }
@@ -97,11 +112,19 @@ impl fmt::Debug for PubConfig {
             .field("policy", &self.policy)
             .field("max_subscribers", &self.max_subscribers)
             .field("max_message_size", &self.max_message_size)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
 
 impl PubConfig {
+    /// The wire: [`TransportKind::Ws`] (the reference's, the default) or [`TransportKind::Zmq`]
+    /// (a ZeroMQ PUB socket: no TLS, no `verify_client`). HTTP has no PUB/SUB.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = kind;
+        self
+    }
+
     /// Serve `wss://` (an extension: the reference's PUB/SUB has no TLS). Default: plain.
     pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(tls);
@@ -128,9 +151,24 @@ impl PubConfig {
         self
     }
 
-    /// Subscribers served at once; further ones wait in the listen backlog. Default is 10,000.
+    /// Subscribers served at once; further ones are closed at once (see
+    /// [`crate::transport::ConnLimits`]). Default is 10,000.
     pub fn max_subscribers(mut self, n: usize) -> Self {
         self.max_subscribers = n.max(1);
+        self
+    }
+
+    /// Subscribers one source IP address holds at once; further ones are closed at once.
+    /// Default is 2,000.
+    pub fn max_subscribers_per_ip(mut self, n: usize) -> Self {
+        self.max_subscribers_per_ip = n.max(1);
+        self
+    }
+
+    /// Pings to a silent subscriber and the time it has to answer (its `idle` is not used:
+    /// subscribers send nothing). Default: a ping after 30 s of silence, 10 s to answer.
+    pub fn liveness(mut self, l: WsLiveness) -> Self {
+        self.liveness = WsLiveness { idle: Duration::ZERO, ..l };
         self
     }
 
@@ -199,8 +237,16 @@ impl fmt::Debug for PeerPub {
 
 impl PeerPub {
     /// Binds `addr` (port 0 picks a free port) and starts accepting subscribers.
+    /// Errors: `InvalidArgument` for the HTTP transport, or TLS or a `verify_client` hook on the
+    /// ZeroMQ one; `Io` when the address cannot be bound.
     pub async fn bind(addr: SocketAddr, config: PubConfig) -> Result<PeerPub> {
-        let listener = TcpListener::bind(addr).await?;
+        match config.transport {
+            TransportKind::Ws => {}
+            TransportKind::Zmq if config.tls.is_none() && config.verify_client.is_none() => {}
+            TransportKind::Zmq => return Err(Error::invalid("ZeroMQ PUB/SUB has no TLS (and no CURVE): use WS for TLS")),
+            other => return Err(Error::invalid(format!("no PUB/SUB over {other:?}: WS or ZeroMQ"))),
+        }
+        let listener = crate::transport::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let (count, _) = watch::channel(0);
         let shared = Arc::new(PubShared {
@@ -220,7 +266,11 @@ impl PeerPub {
             max_message_size: config.max_message_size,
             handshake_timeout: config.handshake_timeout,
         };
-        tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+        if config.transport == TransportKind::Zmq {
+            tokio::spawn(zmq::pub_accept_loop(listener, shared.clone(), settings, config.max_subscribers, shutdown.clone()));
+        } else {
+            tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.clone(), shutdown.clone()));
+        }
         Ok(PeerPub { local_addr, shared, shutdown, announces: Mutex::new(Vec::new()) })
     }
 
@@ -332,11 +382,14 @@ async fn pub_accept_loop(
     listener: TcpListener,
     shared: Arc<PubShared>,
     settings: AcceptSettings,
-    max_subscribers: usize,
+    config: PubConfig,
     shutdown: CancellationToken,
 ) {
     let settings = Arc::new(settings);
-    crate::transport::accept_loop(listener, max_subscribers, shutdown.clone(), move |tcp, remote| {
+    let limits = crate::transport::ConnLimits { max_connections: config.max_subscribers, max_per_ip: config.max_subscribers_per_ip };
+    let sources = crate::transport::limits::Sources::new(limits, Arc::default());
+    let liveness = config.liveness;
+    crate::transport::accept_loop(listener, sources, shutdown.clone(), move |tcp, remote| {
         let shared = shared.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
@@ -348,13 +401,15 @@ async fn pub_accept_loop(
                     return;
                 }
             };
-            serve_subscriber(ws, shared, shutdown).await;
+            serve_subscriber(ws, shared, shutdown, liveness).await;
         }
     })
     .await;
 }
 
-async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken) {
+async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken, liveness: WsLiveness) {
+    let mut live = Liveness::new(liveness);
+    let mut reads = 0u64;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let q = Arc::new(SubQueue {
         q: Mutex::new(QueueState { items: VecDeque::new(), kicked: false, dropped: 0 }),
@@ -400,6 +455,7 @@ async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShare
                 // Subscribers send nothing that matters; pings are answered on the next flush.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {
+                    reads += 1;
                     if ws.flush().await.is_err() {
                         break;
                     }
@@ -407,6 +463,19 @@ async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShare
             },
             _ = q.kick.cancelled() => break,
             _ = shutdown.cancelled() => break,
+            v = live.check(reads, 0) => {
+                if v != Verdict::Ping {
+                    tracing::debug!("pub: a subscriber did not answer a ping");
+                    break;
+                }
+                let ping = async {
+                    ws.feed(Message::Ping(Default::default())).await?;
+                    ws.flush().await
+                };
+                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
         }
     }
     {
@@ -438,11 +507,13 @@ pub struct SubConfig {
     buffer: usize,
     max_message_size: usize,
     max_publishers: usize,
+    transport: TransportKind,
 }
 
 impl Default for SubConfig {
     fn default() -> Self {
         SubConfig {
+            transport: TransportKind::Ws,
             tls: None,
             relookup_interval: Duration::from_secs(5),
             lookup_timeout: Duration::from_secs(5),
@@ -468,11 +539,19 @@ impl fmt::Debug for SubConfig {
             .field("buffer", &self.buffer)
             .field("max_message_size", &self.max_message_size)
             .field("max_publishers", &self.max_publishers)
+            .field("transport", &self.transport)
             .finish()
     }
 }
 
 impl SubConfig {
+    /// The wire: [`TransportKind::Ws`] (the default) or [`TransportKind::Zmq`] (a ZeroMQ SUB
+    /// socket subscribed to everything; TLS does not apply). Other kinds fall back to WS.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = kind;
+        self
+    }
+
     /// Dial `wss://` with this TLS configuration (an extension). Default: plain.
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
@@ -785,6 +864,9 @@ async fn publisher_conn(
     shared: Arc<SubShared>,
     cancel: CancellationToken,
 ) {
+    if config.transport == TransportKind::Zmq {
+        return zmq::publisher_conn(dest, config, tx, shared, cancel).await;
+    }
     let mut backoff = config.reconnect_min;
     loop {
         let dialled = tokio::select! {

@@ -50,6 +50,9 @@ use crate::tls::PeerCert;
 /// Default limit of a request body (server) and a reply body (client): 64 MiB.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024 * 1024;
 
+/// Default of [`HttpServerConfig::max_body_in_flight`]: 256 MiB (four bodies at the size limit).
+pub const DEFAULT_MAX_BODY_IN_FLIGHT: usize = 256 * 1024 * 1024;
+
 /// The header that asks for gzip (`none` or `gzip`).
 pub const HEADER_COMPRESS: &str = "grc-compress";
 /// The streaming-mode header `[rid, key]`.
@@ -616,11 +619,19 @@ pub struct HttpServerConfig {
     pub max_body: usize,
     /// Answer `ERR_TIMEOUT` when a handler has not replied within this time.
     pub reply_timeout: Option<Duration>,
-    /// Most connections served at once; further ones wait to be accepted.
+    /// Most connections served at once; further ones are closed at once (see
+    /// [`super::ConnLimits`]).
     pub max_connections: usize,
-    /// Close a connection that sends no complete request headers within this time (this also
-    /// closes idle keep-alive connections).
-    pub header_read_timeout: Duration,
+    /// Most connections one source IP address holds at once.
+    pub max_connections_per_ip: usize,
+    /// Deadlines on reading each request (head, body, minimum body rate) and on idle keep-alive
+    /// connections. A late head closes the connection; a late or slow body is answered `408
+    /// [null,"ERR_TIMEOUT",null]` and the connection closes.
+    pub deadlines: super::ReadDeadlines,
+    /// Most request-body bytes the whole server buffers at once (bodies being read and waiting
+    /// for their handler). A body that does not fit is answered `503 [null,"ERR_BUSY",null]` and
+    /// its connection closes, so that many large bodies at once cannot exhaust memory.
+    pub max_body_in_flight: usize,
     /// Timeout of the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Handler of streaming-mode (`_gr`) requests with raw bodies. `None`: they are parsed as
@@ -646,7 +657,9 @@ impl Default for HttpServerConfig {
             max_body: DEFAULT_MAX_BODY,
             reply_timeout: None,
             max_connections: 10_000,
-            header_read_timeout: Duration::from_secs(60),
+            max_connections_per_ip: super::ConnLimits::default().max_per_ip,
+            deadlines: super::ReadDeadlines::default(),
+            max_body_in_flight: DEFAULT_MAX_BODY_IN_FLIGHT,
             tls_handshake_timeout: Duration::from_secs(10),
             stream_handler: None,
         }
@@ -656,6 +669,8 @@ impl Default for HttpServerConfig {
 struct ServerCtx {
     handler: Arc<dyn Handler>,
     config: HttpServerConfig,
+    sources: Arc<super::limits::Sources>,
+    budget: super::limits::ByteBudget,
     /// Closes every connection now.
     life: super::Lifecycle,
 }
@@ -665,6 +680,7 @@ struct ServerCtx {
 pub struct HttpServer {
     local_addr: SocketAddr,
     life: super::Lifecycle,
+    refusals: Arc<super::Refusals>,
 }
 
 impl Drop for HttpServer {
@@ -676,11 +692,15 @@ impl Drop for HttpServer {
 impl HttpServer {
     /// Binds `addr` (port 0 picks a free port) and serves `handler` in the background.
     pub async fn bind(addr: SocketAddr, handler: Arc<dyn Handler>, config: HttpServerConfig) -> Result<HttpServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = super::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let life = super::Lifecycle::new();
-        tokio::spawn(accept_loop(listener, Arc::new(ServerCtx { handler, config, life: life.clone() })));
-        Ok(HttpServer { local_addr, life })
+        let refusals = Arc::new(super::Refusals::default());
+        let limits = super::ConnLimits { max_connections: config.max_connections, max_per_ip: config.max_connections_per_ip };
+        let sources = super::limits::Sources::new(limits, refusals.clone());
+        let budget = super::limits::ByteBudget::new(config.max_body_in_flight);
+        tokio::spawn(accept_loop(listener, Arc::new(ServerCtx { handler, config, sources, budget, life: life.clone() })));
+        Ok(HttpServer { local_addr, life, refusals })
     }
 
     /// The bound address.
@@ -701,6 +721,12 @@ impl HttpServer {
     /// How many connections are open now.
     pub fn connections(&self) -> usize {
         self.life.connections.count()
+    }
+
+    /// How many connections and requests were refused by a limit (connections per source or in
+    /// all, the body budget, a read deadline) since the server started.
+    pub fn refused(&self) -> u64 {
+        self.refusals.total()
     }
 
     /// Shuts down gracefully: stops accepting (new connections are refused), keeps serving the
@@ -734,9 +760,8 @@ const HTTP_DRAIN_LINGER: Duration = Duration::from_millis(250);
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
     let acceptor = ctx.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let max = ctx.config.max_connections;
     let draining = ctx.life.draining.clone();
-    super::accept_loop(listener, max, draining, move |tcp, remote| {
+    super::accept_loop(listener, ctx.sources.clone(), draining, move |tcp, remote| {
         let ctx = ctx.clone();
         let token = ctx.life.closing.clone();
         let acceptor = acceptor.clone();
@@ -781,10 +806,14 @@ async fn serve_conn<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc_ctx = ctx.clone();
+    let activity = super::limits::Activity::new();
+    let svc_activity = activity.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let ctx = svc_ctx.clone();
         let cert = cert.clone();
+        let running = svc_activity.running();
         async move {
+            let _running = running;
             let mut resp = handle_request(req, remote, cert, &ctx).await;
             if ctx.life.draining.is_cancelled() {
                 // Draining: the client must not send another request on this connection.
@@ -795,10 +824,12 @@ async fn serve_conn<I>(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(ctx.config.header_read_timeout)
+        .header_read_timeout(ctx.config.deadlines.header)
         .keep_alive(true)
-        .serve_connection(io, svc);
+        .serve_connection(super::limits::Watched::new(io, activity.clone()), svc);
     tokio::pin!(conn);
+    let idle = super::limits::idle_for(&activity, ctx.config.deadlines.idle);
+    tokio::pin!(idle);
     let drain = ctx.life.draining.cancelled();
     tokio::pin!(drain);
     let linger = tokio::time::sleep(Duration::ZERO);
@@ -823,6 +854,11 @@ async fn serve_conn<I>(
                 shut = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // Idle keep-alive: nothing running and nothing received for the idle deadline.
+            () = &mut idle, if !shut => {
+                shut = true;
+                conn.as_mut().graceful_shutdown();
+            }
             _ = token.cancelled() => return,
         }
     }
@@ -838,6 +874,26 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v: &HeaderValue| v.to_str().ok())
 }
 
+/// The reply to a body that could not be read. Every one but a size refusal with a declared
+/// length closes the connection (the rest of the body is never read).
+fn body_error_reply(e: super::limits::BodyError, remote: SocketAddr, ctx: &ServerCtx) -> http::Response<RespBody> {
+    use super::limits::BodyError;
+    let mut r = match e {
+        BodyError::TooLarge => error_reply(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::PayloadTooLarge.name()),
+        BodyError::Busy => {
+            ctx.sources.refusals.refuse("the server's budget of body bytes in flight is spent", Some(remote.ip()));
+            error_reply(StatusCode::SERVICE_UNAVAILABLE, "ERR_BUSY")
+        }
+        BodyError::TimedOut => {
+            ctx.sources.refusals.refuse("a request body did not arrive in time", Some(remote.ip()));
+            error_reply(StatusCode::REQUEST_TIMEOUT, crate::rpc::ERR_TIMEOUT)
+        }
+        BodyError::Io(e) => error_reply(StatusCode::BAD_REQUEST, &format!("ERR_DECODE: reading the body: {e}")),
+    };
+    r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn error_reply(status: StatusCode, msg: &str) -> http::Response<RespBody> {
     full(status, envelope::encode_reply(&Value::Null, &Err::<Value, _>(msg.to_string())))
 }
@@ -851,32 +907,21 @@ async fn handle_request(
     let headers = req.headers();
     let is_stream = header_str(headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let compress = header_str(headers, HEADER_COMPRESS).is_some_and(|v| v.contains("gzip"));
-    let info_headers = match headers.get(HEADER_GR) {
-        None => None,
-        Some(v) => match serde_json::from_slice::<Value>(v.as_bytes()) {
-            Ok(v) => Some(v),
-            Err(_) => {
-                // The reference's exact answer.
-                return full(StatusCode::INTERNAL_SERVER_ERROR, b"[null, \"ERR_HEADER_PARSE_GR\", null]".to_vec());
-            }
-        },
+    let (info_headers, gr_rid_key) = match decode_gr_header(headers.get(HEADER_GR).map(|v| v.as_bytes())) {
+        Ok(Some(GrHeader { value, slots })) => (Some(value), Some(slots)),
+        Ok(None) => (None, None),
+        Err(_) => {
+            // The reference's exact answer.
+            return full(StatusCode::INTERNAL_SERVER_ERROR, b"[null, \"ERR_HEADER_PARSE_GR\", null]".to_vec());
+        }
     };
     let action = header_str(headers, HEADER_ACTION).map(str::to_string);
     let args = headers
         .get(HEADER_ARGS)
         .and_then(|v| serde_json::from_slice::<Value>(v.as_bytes()).ok())
         .unwrap_or_else(|| Value::Object(Default::default()));
-    let meta = HttpMeta { is_stream, compress, info_headers: info_headers.clone(), action, args };
+    let meta = HttpMeta { is_stream, compress, info_headers, action, args };
     let info = RequestInfo { transport: TransportKind::Http, remote_addr: Some(remote), cert, http: Some(meta) };
-    let gr_rid_key = info_headers.as_ref().map(|v| {
-        let rid = v.get(0).cloned().unwrap_or(Value::Null);
-        let key = match v.get(1) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => String::new(),
-            Some(other) => other.to_string(),
-        };
-        (rid, key)
-    });
 
     // Streaming mode with a raw-body handler.
     if let (Some((rid, key)), Some(sh)) = (&gr_rid_key, &ctx.config.stream_handler) {
@@ -896,43 +941,16 @@ async fn handle_request(
 
     let max = ctx.config.max_body;
     let declared = header_str(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return error_reply(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::PayloadTooLarge.name());
-    }
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return error_reply(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::PayloadTooLarge.name());
-            }
-            return error_reply(StatusCode::BAD_REQUEST, &format!("ERR_DECODE: reading the body: {e}"));
-        }
+    let read = super::limits::read_body(req.into_body(), declared, max, &ctx.config.deadlines, Some(&ctx.budget)).await;
+    let (body, _budget) = match read {
+        Ok(b) => b,
+        Err(e) => return body_error_reply(e, remote, ctx),
     };
-    let body: std::borrow::Cow<'_, [u8]> = if compress {
-        match gunzip(&body, max) {
-            Ok(b) => b.into(),
-            Err(e) if e.kind() == ErrorKind::PayloadTooLarge => {
-                return error_reply(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::PayloadTooLarge.name());
-            }
-            // Like the reference: a body that does not gunzip is used as it is.
-            Err(_) => body.as_ref().into(),
-        }
-    } else {
-        body.as_ref().into()
-    };
-    let decoded = match envelope::decode_request(&body) {
+    let (rid, key, payload) = match decode_body(&body, compress, gr_rid_key, max) {
         Ok(d) => d,
-        Err(e) => return error_reply(StatusCode::BAD_REQUEST, &format!("ERR_DECODE: {}", e.message())),
+        Err((status, msg)) => return error_reply(status, &msg),
     };
-    // Like the reference, each `_gr` slot wins only when it is truthy.
-    let (rid, key) = match gr_rid_key {
-        Some((rid, key)) => (
-            if is_truthy(&rid) { rid } else { decoded.rid },
-            if key.is_empty() || key == "0" || key == "false" { decoded.key } else { key },
-        ),
-        None => (decoded.rid, decoded.key),
-    };
-    let request = Request { rid: rid.clone(), key, payload: decoded.payload, info };
+    let request = Request { rid: rid.clone(), key, payload, info };
     let answer = crate::rpc::dispatch_wire(ctx.handler.as_ref(), request, ctx.config.reply_timeout).await;
     let out = envelope::encode_reply(&rid, &answer);
     if compress {
@@ -942,6 +960,74 @@ async fn handle_request(
         }
     } else {
         full(StatusCode::OK, out)
+    }
+}
+
+/// The `(rid, key)` a `_gr` header names, as the server reads it (a key that is not a string is
+/// its JSON text).
+fn gr_slots(gr: &Value) -> (Value, String) {
+    let rid = gr.get(0).cloned().unwrap_or(Value::Null);
+    let key = match gr.get(1) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    (rid, key)
+}
+
+/// What the server makes of a whole request body: gunzipped when `compress` (a body that does not
+/// gunzip is used as it is, like the reference; past `max` bytes it is refused), decoded as an
+/// envelope, and rid and key taken from the `_gr` slots that are truthy. `Err` is the status and
+/// error string of the reply. Pure, whatever the bytes (the `rpc_http_body` fuzz target's entry
+/// point, with [`decode_gr_header`]).
+pub fn decode_body(
+    body: &[u8],
+    compress: bool,
+    gr: Option<(Value, String)>,
+    max: usize,
+) -> std::result::Result<(Value, String, crate::rpc::Payload), (StatusCode, String)> {
+    let body: std::borrow::Cow<'_, [u8]> = if compress {
+        match gunzip(body, max) {
+            Ok(b) => b.into(),
+            Err(e) if e.kind() == ErrorKind::PayloadTooLarge => {
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::PayloadTooLarge.name().to_string()));
+            }
+            Err(_) => body.into(),
+        }
+    } else {
+        body.into()
+    };
+    let decoded = envelope::decode_request(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("ERR_DECODE: {}", e.message())))?;
+    // Like the reference, each `_gr` slot wins only when it is truthy.
+    Ok(match gr {
+        Some((rid, key)) => (
+            if is_truthy(&rid) { rid } else { decoded.rid },
+            if key.is_empty() || key == "0" || key == "false" { decoded.key } else { key },
+            decoded.payload,
+        ),
+        None => (decoded.rid, decoded.key, decoded.payload),
+    })
+}
+
+/// A `_gr` header, read: its whole value and the `(rid, key)` slots the server uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrHeader {
+    /// The whole JSON value (what handlers see as `info_headers`).
+    pub value: Value,
+    /// The `(rid, key)` slots (a key that is not a string is its JSON text).
+    pub slots: (Value, String),
+}
+
+/// Reads a `_gr` header value: `Ok(None)` when absent; a decode error (answered `500
+/// ERR_HEADER_PARSE_GR` like the reference) when it is not JSON.
+pub fn decode_gr_header(value: Option<&[u8]>) -> Result<Option<GrHeader>> {
+    match value {
+        None => Ok(None),
+        Some(v) => {
+            let value = serde_json::from_slice::<Value>(v).map_err(|e| Error::decode(format!("_gr: {e}")))?;
+            let slots = gr_slots(&value);
+            Ok(Some(GrHeader { value, slots }))
+        }
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -15,16 +14,73 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 mod busy;
 pub mod http;
+pub mod limits;
 pub mod utp;
 pub mod ws;
+pub mod zmq;
 
 pub use crate::rpc::TransportKind;
+pub use limits::{ConnLimits, ReadDeadlines, Refusals, WsLiveness};
+
+/// Entry points of the fuzz targets in `fuzz/`: the decoders of this module without their
+/// sockets. Not part of the stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::task::{Context, Poll, Waker};
+
+    use super::ws::frame::{FrameReader, Msg, Side, close_code_is_valid};
+
+    /// Feeds `bytes` to a WebSocket frame reader of `server`'s side (limit `max_message`), `chunk`
+    /// bytes per read (at least 1), taking every message after each read, as a connection does.
+    /// Panics if the reader breaks one of its promises: a text message that is not UTF-8, a
+    /// message over the limit, a close code a peer may not send. Returns how many messages and
+    /// control frames it read before the end or the first error.
+    pub fn ws_frames(server: bool, max_message: usize, bytes: &[u8], chunk: usize) -> usize {
+        let side = if server { Side::Server } else { Side::Client };
+        let mut reader = FrameReader::new(side, max_message, Vec::new());
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut n = 0;
+        for part in bytes.chunks(chunk.max(1)) {
+            let mut src: &[u8] = part;
+            while !src.is_empty() {
+                match reader.poll_fill(&mut src, &mut cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) | Poll::Pending => return n,
+                    Poll::Ready(Ok(_)) => {}
+                }
+                loop {
+                    match reader.next_message() {
+                        Ok(Some(msg)) => {
+                            n += 1;
+                            match msg {
+                                Msg::Text(t) => {
+                                    assert!(std::str::from_utf8(t).is_ok(), "a text message that is not UTF-8");
+                                    assert!(t.len() <= max_message, "a message over the limit");
+                                }
+                                Msg::Binary(b) => assert!(b.len() <= max_message, "a message over the limit"),
+                                Msg::Ping(p) => assert!(p.len() <= 125, "a ping over 125 bytes"),
+                                Msg::Close(code) => {
+                                    assert!(code.is_none_or(close_code_is_valid), "a close code a peer may not send");
+                                    return n;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => return n,
+                    }
+                }
+            }
+        }
+        n
+    }
+}
 
 /// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http), WS(S)
-/// (grenache-nodejs-ws), over TLS when `tls` is given, or uTP (grenache-nodejs-utp; no TLS, a
-/// node of its own bound on the first request). Needs a tokio runtime context.
+/// (grenache-nodejs-ws), over TLS when `tls` is given, uTP (grenache-nodejs-utp; no TLS, a node
+/// of its own bound on the first request) or ZeroMQ (DEALER; no TLS: `tls` is ignored). Needs a
+/// tokio runtime context.
 pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTransport> {
     match kind {
+        TransportKind::Zmq => Arc::new(zmq::ZmqClient::default()),
         TransportKind::Ws => {
             let mut config = ws::WsClientConfig::default();
             if let Some(t) = tls {
@@ -55,7 +111,7 @@ pub async fn bind_server(
     tls: Option<ServerTls>,
     reply_timeout: Option<Duration>,
 ) -> Result<Arc<dyn ServerTransport>> {
-    bind_server_with(kind, addr, handler, ServerSettings { tls, reply_timeout, verify_client: None }).await
+    bind_server_with(kind, addr, handler, ServerSettings { tls, reply_timeout, ..Default::default() }).await
 }
 
 /// The settings of a server transport that [`bind_server_with`] applies to either kind.
@@ -68,6 +124,34 @@ pub struct ServerSettings {
     /// WS only: a hook that accepts or refuses each client before its upgrade (see
     /// [`ws::WsServerConfig::verify_client`]). The HTTP transport has none and refuses it.
     pub verify_client: Option<VerifyClient>,
+    /// Limits against hostile load: connections per source, read deadlines and the body budget
+    /// (HTTP), liveness (WS).
+    pub limits: ServerLimits,
+}
+
+/// The limits of a server transport against hostile load, for either kind
+/// ([`ServerSettings::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    /// Connections in all and per source address.
+    pub connections: ConnLimits,
+    /// HTTP: deadlines on each request's head and body, and on idle keep-alive connections.
+    pub deadlines: ReadDeadlines,
+    /// HTTP: request-body bytes the whole server buffers at once.
+    pub max_body_in_flight: usize,
+    /// WS: pings to silent sockets, and the idle time of sockets that send no request.
+    pub ws: limits::WsLiveness,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            connections: ConnLimits::default(),
+            deadlines: ReadDeadlines::default(),
+            max_body_in_flight: http::DEFAULT_MAX_BODY_IN_FLIGHT,
+            ws: limits::WsLiveness::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -76,22 +160,35 @@ impl std::fmt::Debug for ServerSettings {
             .field("tls", &self.tls)
             .field("reply_timeout", &self.reply_timeout)
             .field("verify_client", &self.verify_client.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 /// Like [`bind_server`], with every setting. Errors: `InvalidArgument` for a `verify_client`
-/// hook on the HTTP transport; `Io` when the address cannot be bound.
+/// hook on the HTTP transport, or TLS or a hook on the ZeroMQ transport; `Io` when the address
+/// cannot be bound.
 pub async fn bind_server_with(
     kind: TransportKind,
     addr: SocketAddr,
     handler: Arc<dyn Handler>,
     settings: ServerSettings,
 ) -> Result<Arc<dyn ServerTransport>> {
-    let ServerSettings { tls, reply_timeout, verify_client } = settings;
+    let ServerSettings { tls, reply_timeout, verify_client, limits } = settings;
     Ok(match kind {
+        TransportKind::Zmq => {
+            if tls.is_some() || verify_client.is_some() {
+                return Err(crate::Error::invalid("the ZeroMQ transport has no TLS (and no CURVE): use WS or HTTP for TLS"));
+            }
+            let config = zmq::ZmqServerConfig::default().reply_timeout(reply_timeout);
+            Arc::new(zmq::ZmqServer::bind_arc(addr, handler, config).await?)
+        }
         TransportKind::Ws => {
-            let mut config = ws::WsServerConfig::default().reply_timeout(reply_timeout);
+            let mut config = ws::WsServerConfig::default()
+                .reply_timeout(reply_timeout)
+                .max_connections(limits.connections.max_connections)
+                .max_connections_per_ip(limits.connections.max_per_ip)
+                .liveness(limits.ws);
             if let Some(t) = tls {
                 config = config.tls(t);
             }
@@ -111,29 +208,43 @@ pub async fn bind_server_with(
             if verify_client.is_some() {
                 return Err(crate::Error::invalid("verify_client is supported by the WS transport only"));
             }
-            let config = http::HttpServerConfig { reply_timeout, tls: tls.map(|t| t.config()), ..Default::default() };
+            let config = http::HttpServerConfig {
+                reply_timeout,
+                tls: tls.map(|t| t.config()),
+                max_connections: limits.connections.max_connections,
+                max_connections_per_ip: limits.connections.max_per_ip,
+                deadlines: limits.deadlines,
+                max_body_in_flight: limits.max_body_in_flight,
+                ..Default::default()
+            };
             Arc::new(http::HttpServer::bind(addr, handler, config).await?)
         }
     })
 }
 
+/// Binds a listening TCP socket with a backlog of 4096 (the kernel caps it at
+/// `net.core.somaxconn`) instead of tokio's 1024, so that a burst of connections, or a flood from
+/// one source that the accept loop is closing, does not overflow the queue and drop the connects
+/// of well-behaved clients.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(4096)
+}
+
 /// The accept loop every server here shares (Grape API, HTTP, WS, PUB/SUB).
 ///
-/// Accepts connections until `stop` is cancelled, serving at most `max_connections` at once
-/// (further ones wait in the kernel's backlog). Each socket (with `TCP_NODELAY`) goes to `serve`
-/// in a task of its own, which holds its connection slot until it ends. Accept errors (EMFILE and
-/// friends) back off 50 ms instead of spinning.
-pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, max_connections: usize, stop: CancellationToken, serve: F)
+/// Accepts connections until `stop` is cancelled. Each one is admitted by `sources` (connections
+/// in all and per source IP, see [`ConnLimits`]) or closed at once; an admitted socket (with
+/// `TCP_NODELAY`) goes to `serve` in a task of its own, which holds its slot until it ends. Accept
+/// errors (EMFILE and friends) back off 50 ms instead of spinning.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, sources: Arc<limits::Sources>, stop: CancellationToken, serve: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.cancelled() => return,
-        };
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -145,10 +256,15 @@ where
             },
             _ = stop.cancelled() => return,
         };
+        let Some(slot) = sources.admit(remote.ip()) else {
+            // Closed at once: the client learns now instead of waiting in the backlog.
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let conn = serve(tcp, remote);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             conn.await;
         });
     }
@@ -175,7 +291,7 @@ impl Connections {
     }
 
     /// Resolves once no connection is open.
-    async fn all_closed(&self) {
+    pub(crate) async fn all_closed(&self) {
         loop {
             let notified = self.none_left.notified();
             tokio::pin!(notified);

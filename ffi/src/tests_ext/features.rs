@@ -476,6 +476,20 @@ fn grape_options_apply_and_check_their_input() {
     assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::MaxPayloadSize as u32, 400), R::Ok);
     assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::PeerMaxAgeMs as u32, 60_000), R::Ok);
     assert_eq!(grenache_grape_options_set(opts, grenache_grape_option::AnnounceWindowMs as u32, 0), R::Ok);
+    // The limits against hostile load; service names of at most 8 bytes.
+    for (o, v) in [
+        (grenache_grape_option::MaxConnectionsPerIp, 100),
+        (grenache_grape_option::HeaderTimeoutMs, 5000),
+        (grenache_grape_option::BodyTimeoutMs, 5000),
+        (grenache_grape_option::BodyMinRate, 1024),
+        (grenache_grape_option::IdleTimeoutMs, 5000),
+        (grenache_grape_option::MaxKeyLen, 8),
+        (grenache_grape_option::PeerStoreBytes, 1 << 20),
+        (grenache_grape_option::MaxRecordsPerIp, 100),
+        (grenache_grape_option::QueriesPerIp, 100),
+    ] {
+        assert_eq!(grenache_grape_options_set(opts, o as u32, v), R::Ok, "{o:?}");
+    }
     assert_eq!(grenache_grape_options_set_bootstrap(opts, c"".as_ptr()), R::Ok);
     // NULL options: the defaults (free ports). This Grape is the other node of the DHT.
     let mut g0 = null_mut();
@@ -501,6 +515,8 @@ fn grape_options_apply_and_check_their_input() {
     }
     assert_eq!(grenache_link_announce(link, c"solo".as_ptr(), 4242, Some(done), &atx as *const _ as *mut c_void), R::Ok);
     assert_eq!(arx.recv_timeout(WAIT).expect("announce"), R::Ok);
+    assert_eq!(grenache_link_announce(link, c"longer-than-8".as_ptr(), 4242, Some(done), &atx as *const _ as *mut c_void), R::Ok);
+    assert_ne!(arx.recv_timeout(WAIT).expect("announce"), R::Ok, "a name over MaxKeyLen is refused");
     // With a host, a Grape also stores its own announces (and says so).
     wait_for("the local announce", || {
         ev.got.lock().expect("lock").iter().any(|e| e.0 == grenache_grape_event::Announce && e.1.as_deref() == Some("solo"))

@@ -169,6 +169,11 @@ impl NodeClient {
         NodeClient { p, next: 1 }
     }
 
+    /// Wraps a started client script of the same protocol (ws_client.js, http_client.js).
+    pub fn from_process(p: NodeProcess) -> NodeClient {
+        NodeClient { p, next: 1 }
+    }
+
     /// Sends one command and returns `(err, result)`.
     pub async fn call(&mut self, mut cmd: Value) -> (Option<String>, Value) {
         let id = self.next;

@@ -432,7 +432,7 @@ def _wrap_handler(handler: Handler, loop: Optional[asyncio.AbstractEventLoop]) -
 
 
 class Server:
-    """An RPC server (``transport="http"``, ``"ws"`` or ``"utp"``) answering with
+    """An RPC server (``transport="http"``, ``"ws"``, ``"zmq"`` or ``"utp"``) answering with
     ``handler(payload, info)``.
 
     The handler runs on a library thread and returns the result (any JSON value), or raises
@@ -572,11 +572,12 @@ class Client:
 
 
 class Publisher:
-    """A PUB/SUB publisher (WebSocket, like grenache-nodejs-ws's PeerPub). A subscriber that
+    """A PUB/SUB publisher (WebSocket, like grenache-nodejs-ws's PeerPub, or ``transport="zmq"``:
+    a ZeroMQ PUB socket). A subscriber that
     cannot keep up loses its oldest queued messages rather than growing the publisher's memory."""
 
-    def __init__(self, link: Link, *, port: int = 0, tls: Optional[ServerTls] = None) -> None:
-        self._p = _native.Publisher(link._l, port, tls)
+    def __init__(self, link: Link, *, port: int = 0, tls: Optional[ServerTls] = None, transport: str = "ws") -> None:
+        self._p = _native.Publisher(link._l, port, tls, transport)
 
     @property
     def port(self) -> int:
@@ -610,11 +611,11 @@ class Subscriber:
     for each message, one at a time, on a library thread (``message`` is ``str``, or ``bytes``
     for binary frames). Reconnects when publishers go away and come back."""
 
-    def __init__(self, link: Link, name: str, on_message: Callable[[Union[str, bytes], str], None], *, tls: Optional[ClientTls] = None) -> None:
+    def __init__(self, link: Link, name: str, on_message: Callable[[Union[str, bytes], str], None], *, tls: Optional[ClientTls] = None, transport: str = "ws") -> None:
         def call(publisher: str, data: Union[str, bytes], binary: bool) -> None:
             on_message(data, publisher)
 
-        self._s = _native.Subscriber(link._l, name, call, tls)
+        self._s = _native.Subscriber(link._l, name, call, tls, transport)
 
     @property
     def publishers(self) -> int:

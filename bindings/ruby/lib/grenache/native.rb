@@ -28,7 +28,7 @@ module Grenache
     extend FFI::Library
 
     # The SONAME major this binding is written for: the ABI of include/grenache.h.
-    ABI_MAJOR = 0
+    ABI_MAJOR = 1
 
     # The paths or names to try, in order.
     # @return [Array<String>]
@@ -196,6 +196,7 @@ module Grenache
     attach_function :grenache_client_new_http, %i[pointer pointer pointer], :uint32
     attach_function :grenache_client_new_ws, %i[pointer pointer pointer], :uint32
     attach_function :grenache_client_new_utp, %i[pointer string uint64 pointer], :uint32, B
+    attach_function :grenache_client_new_zmq, %i[pointer pointer], :uint32
     attach_function :grenache_client_request, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_map, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_request_opts, %i[pointer string pointer size_t pointer json_cb pointer], :uint32

@@ -34,6 +34,7 @@ pub(crate) const READ_CHUNK: usize = 8 * 1024;
 pub(crate) const CLOSE_NORMAL: u16 = 1000;
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(crate) const CLOSE_PROTOCOL: u16 = 1002;
+pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
 pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 /// Ours (RFC 6455 leaves 4000-4999 to applications): a server that drained before closing; every
 /// request it read was answered, so a request still waiting for a reply was never handled.
@@ -43,7 +44,7 @@ const OP_CONT: u8 = 0x0;
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
 pub(crate) const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Which end of the socket we are: servers read masked frames and write plain ones, clients the
@@ -58,14 +59,22 @@ pub(crate) enum Side {
 /// a control frame. Slices borrow the reader's buffer until the next call.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Msg<'a> {
-    /// A text message (not checked for UTF-8 here: JSON decoding checks it).
+    /// A text message (valid UTF-8: a text message that is not closes with 1007).
     Text(&'a [u8]),
     /// A binary message.
     Binary(&'a [u8]),
     /// A ping: answer it with a pong carrying the same bytes.
     Ping(&'a [u8]),
-    /// A close frame, with its status code when it has one.
+    /// A close frame, with its status code when it has one (a code a peer may send: see
+    /// [`close_code_is_valid`]; any other is a protocol error).
     Close(Option<u16>),
+}
+
+/// Whether a peer may send `code` in a close frame (RFC 6455 §7.4.1 and the IANA registry):
+/// 1000-1003, 1007-1014, and 3000-4999. 1004-1006 and 1015 are reserved (never on the wire); below
+/// 1000 and 1016-2999 are not assigned; 5000 and up are out of range.
+pub(crate) fn close_code_is_valid(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Why a socket's input cannot be read any further.
@@ -75,6 +84,8 @@ pub(crate) enum FrameError {
     TooLarge(u64),
     /// A protocol violation (close code 1002).
     Protocol(&'static str),
+    /// A text message or a close reason that is not UTF-8 (close code 1007).
+    InvalidUtf8,
 }
 
 impl FrameError {
@@ -83,6 +94,7 @@ impl FrameError {
         match self {
             FrameError::TooLarge(_) => CLOSE_TOO_BIG,
             FrameError::Protocol(_) => CLOSE_PROTOCOL,
+            FrameError::InvalidUtf8 => CLOSE_INVALID_DATA,
         }
     }
 }
@@ -92,6 +104,7 @@ impl std::fmt::Display for FrameError {
         match self {
             FrameError::TooLarge(n) => write!(f, "message of {n} bytes or more is over the size limit"),
             FrameError::Protocol(why) => write!(f, "WebSocket protocol violation: {why}"),
+            FrameError::InvalidUtf8 => write!(f, "a text message or close reason that is not UTF-8"),
         }
     }
 }
@@ -278,7 +291,16 @@ impl FrameReader {
                     break match len {
                         0 => Parsed::Close(None),
                         1 => return Err(FrameError::Protocol("a close frame of one byte")),
-                        _ => Parsed::Close(Some(u16::from_be_bytes([self.buf[start], self.buf[start + 1]]))),
+                        _ => {
+                            let code = u16::from_be_bytes([self.buf[start], self.buf[start + 1]]);
+                            if !close_code_is_valid(code) {
+                                return Err(FrameError::Protocol("a close code a peer may not send"));
+                            }
+                            if std::str::from_utf8(&self.buf[start + 2..end]).is_err() {
+                                return Err(FrameError::InvalidUtf8);
+                            }
+                            Parsed::Close(Some(code))
+                        }
                     };
                 }
                 OP_PING => break Parsed::Ping { start, end },
@@ -286,6 +308,14 @@ impl FrameReader {
                 _ => return Err(FrameError::Protocol("an unknown opcode")),
             }
         };
+        let text = match parsed {
+            Parsed::Data { text: true, start, end } => Some(&self.buf[start..end]),
+            Parsed::Assembled { text: true } => Some(&self.assembled[..]),
+            _ => None,
+        };
+        if text.is_some_and(|t| std::str::from_utf8(t).is_err()) {
+            return Err(FrameError::InvalidUtf8);
+        }
         Ok(Some(match parsed {
             Parsed::Data { text: true, start, end } => Msg::Text(&self.buf[start..end]),
             Parsed::Data { text: false, start, end } => Msg::Binary(&self.buf[start..end]),
@@ -574,7 +604,8 @@ mod tests {
     #[test]
     fn masked_round_trip_all_length_forms() {
         for len in [0usize, 1, 7, 8, 125, 126, 127, 65535, 65536, 100_000] {
-            let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            // Printable ASCII: valid UTF-8 for the text form.
+            let payload: Vec<u8> = (0..len).map(|i| b' ' + (i * 31 % 95) as u8).collect();
             let mut r = reader(Side::Server, frame(OP_BINARY, true, &payload, Some([1, 2, 3, 4])));
             assert_eq!(r.next_message(), Ok(Some(Msg::Binary(&payload))), "len {len}");
             assert_eq!(r.next_message(), Ok(None));
@@ -643,6 +674,31 @@ mod tests {
         assert_eq!(r.next_message(), Err(FrameError::TooLarge(12)));
         let mut r = FrameReader::new(Side::Client, 10, frame(OP_BINARY, true, &[7u8; 10], None));
         assert_eq!(r.next_message(), Ok(Some(Msg::Binary(&[7u8; 10]))));
+    }
+
+    #[test]
+    fn close_codes_and_utf8_are_checked() {
+        for (code, ok) in [(999u16, false), (1000, true), (1003, true), (1004, false), (1005, false), (1006, false), (1007, true), (1014, true), (1015, false), (2999, false), (3000, true), (4999, true), (5000, false)] {
+            let mut r = reader(Side::Client, frame(OP_CLOSE, true, &code.to_be_bytes(), None));
+            let got = r.next_message();
+            if ok {
+                assert_eq!(got, Ok(Some(Msg::Close(Some(code)))), "{code}");
+            } else {
+                assert!(matches!(got, Err(ref e @ FrameError::Protocol(_)) if e.close_code() == CLOSE_PROTOCOL), "{code}: {got:?}");
+            }
+        }
+        let mut r = reader(Side::Client, frame(OP_CLOSE, true, &[0x03, 0xE8, 0xC3], None));
+        assert_eq!(r.next_message(), Err(FrameError::InvalidUtf8));
+        assert_eq!(FrameError::InvalidUtf8.close_code(), 1007);
+        let mut r = reader(Side::Client, frame(OP_TEXT, true, b"ok \xFF", None));
+        assert_eq!(r.next_message(), Err(FrameError::InvalidUtf8));
+        // A character split over two fragments is fine.
+        let mut bytes = frame(OP_TEXT, false, "\u{e9}".as_bytes()[..1].as_ref(), None);
+        bytes.extend(frame(OP_CONT, true, &"\u{e9}".as_bytes()[1..], None));
+        let mut r = reader(Side::Client, bytes);
+        assert_eq!(r.next_message(), Ok(Some(Msg::Text("\u{e9}".as_bytes()))));
+        let mut r = reader(Side::Client, frame(OP_BINARY, true, b"\xFF", None));
+        assert_eq!(r.next_message(), Ok(Some(Msg::Binary(b"\xFF"))));
     }
 
     #[test]

@@ -35,7 +35,8 @@
 //! * the maximum message size is configurable (default 16 MiB; the reference's `ws` default is
 //!   100 MiB); a larger message closes only the socket that sent it;
 //! * a malformed frame (not JSON, not an array) is dropped, like the reference, and never affects
-//!   other sockets;
+//!   other sockets; a text frame that is not UTF-8 closes its socket with 1007, and a close code a
+//!   peer may not send (999, 1005, ...) is answered 1002, never echoed;
 //!
 //! Files: `stream` (TCP/TLS sockets, handshakes, dialing, the tungstenite glue of PUB/SUB),
 //! `frame` (RFC 6455 framing and the opening handshakes), `server` ([`WsServer`]), `client`

@@ -35,9 +35,11 @@ pub struct WsServerConfig {
     max_message_size: usize,
     max_in_flight_per_connection: usize,
     max_connections: usize,
+    max_connections_per_ip: usize,
     reply_timeout: Option<Duration>,
     handshake_timeout: Duration,
     busy_poll: Duration,
+    liveness: crate::transport::limits::WsLiveness,
 }
 
 impl Default for WsServerConfig {
@@ -48,9 +50,11 @@ impl Default for WsServerConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_in_flight_per_connection: 1024,
             max_connections: 10_000,
+            max_connections_per_ip: crate::transport::ConnLimits::default().max_per_ip,
             reply_timeout: None,
             handshake_timeout: Duration::from_secs(10),
             busy_poll: DEFAULT_BUSY_POLL,
+            liveness: crate::transport::limits::WsLiveness::default(),
         }
     }
 }
@@ -66,6 +70,8 @@ impl fmt::Debug for WsServerConfig {
             .field("reply_timeout", &self.reply_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("busy_poll", &self.busy_poll)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("liveness", &self.liveness)
             .finish()
     }
 }
@@ -98,10 +104,25 @@ impl WsServerConfig {
         self
     }
 
-    /// How many sockets are served at once; further clients wait in the listen backlog.
-    /// Default is 10,000.
+    /// How many sockets are served at once; further ones are closed at once (see
+    /// [`crate::transport::ConnLimits`]). Default is 10,000.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// How many sockets one source IP address holds at once; further ones are closed at once.
+    /// Default is 2,000.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.max_connections_per_ip = n.max(1);
+        self
+    }
+
+    /// Pings after a silence, the time to answer, and the idle time after which a socket that
+    /// sends no request is closed (see [`crate::transport::limits::WsLiveness`]). Default: a ping after 30 s
+    /// of silence, 10 s to answer, idle 300 s.
+    pub fn liveness(mut self, l: crate::transport::limits::WsLiveness) -> Self {
+        self.liveness = l;
         self
     }
 
@@ -160,7 +181,7 @@ impl WsServer {
 
     /// Like [`WsServer::bind`], with a shared handler.
     pub async fn bind_arc(addr: SocketAddr, handler: Arc<dyn Handler>, config: WsServerConfig) -> Result<WsServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::transport::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let life = Lifecycle::new();
         let task = tokio::spawn(accept_loop(listener, handler, config, life.clone()));
@@ -233,7 +254,10 @@ async fn accept_loop(
 ) {
     let settings = Arc::new(config.accept_settings());
     let (in_flight, reply_timeout, busy_poll) = (config.max_in_flight_per_connection, config.reply_timeout, config.busy_poll);
-    crate::transport::accept_loop(listener, config.max_connections, life.draining.clone(), move |tcp, remote| {
+    let liveness = config.liveness;
+    let limits = crate::transport::ConnLimits { max_connections: config.max_connections, max_per_ip: config.max_connections_per_ip };
+    let sources = crate::transport::limits::Sources::new(limits, Arc::default());
+    crate::transport::accept_loop(listener, sources, life.draining.clone(), move |tcp, remote| {
         let handler = handler.clone();
         let settings = settings.clone();
         let life = life.clone();
@@ -252,7 +276,7 @@ async fn accept_loop(
             };
             let _live = life.connections.enter();
             let max = settings.max_message_size;
-            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, busy_poll, &life).await;
+            serve_connection(io, leftover, remote, cert, handler, in_flight, max, reply_timeout, busy_poll, liveness, &life).await;
         }
     })
     .await;
@@ -309,6 +333,7 @@ async fn serve_connection(
     max_message_size: usize,
     reply_timeout: Option<Duration>,
     busy_poll: Duration,
+    liveness: crate::transport::limits::WsLiveness,
     life: &Lifecycle,
 ) {
     let mut frames = FrameReader::new(Side::Server, max_message_size, leftover);
@@ -324,6 +349,9 @@ async fn serve_connection(
     let drain = life.draining.cancelled();
     tokio::pin!(drain);
     let mut drained = false;
+    // Liveness: counts of reads and requests, compared by the timer when it fires.
+    let mut live = crate::transport::limits::Liveness::new(liveness);
+    let (mut reads, mut requests) = (0u64, 0u64);
     let closing: (u16, String) = loop {
         // Handle every whole message buffered, up to the in-flight bound.
         let mut close = None;
@@ -331,6 +359,7 @@ async fn serve_connection(
             match frames.next_message() {
                 Ok(Some(Msg::Text(bytes) | Msg::Binary(bytes))) => match decode_request(bytes) {
                     Ok(d) => {
+                        requests += 1;
                         let req = Request { rid: d.rid.clone(), key: d.key, payload: d.payload, info: info.clone() };
                         // A handler that answers before returning (the common case) has its reply
                         // queued at once; only a kept `Reply` becomes a future to poll.
@@ -394,8 +423,19 @@ async fn serve_connection(
                     drained = true;
                     None
                 }
+                v = live.check(reads, requests) => match v {
+                    crate::transport::limits::Verdict::Ping => {
+                        wsframe::encode_frame(&mut out.frames, wsframe::OP_PING, b"", None);
+                        None
+                    }
+                    crate::transport::limits::Verdict::Dead => break (CLOSE_GOING_AWAY, "no answer to a ping".to_string()),
+                    crate::transport::limits::Verdict::Idle => break (CLOSE_NORMAL, "idle".to_string()),
+                },
             },
         };
+        if let Some(Ok(_)) = read {
+            reads += 1;
+        }
         match read {
             Some(Ok(0)) => return,
             Some(Err(e)) => {

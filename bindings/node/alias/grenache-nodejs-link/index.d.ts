@@ -1,0 +1,2 @@
+import Link = require('grenache-native/link')
+export = Link

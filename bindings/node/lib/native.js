@@ -1,0 +1,217 @@
+// The one place where the reference-compatible modules (grape.js, link.js, http.js, ws.js) touch
+// the native addon. Everything the addon's calling conventions decide (how a request is answered,
+// how an error arrives, how values cross as JSON text) is translated here, so that a change of
+// those conventions changes this file only.
+//
+// The addon's conventions: completions `(code, text)` (code: the error kind's number, undefined
+// on success), thrown errors with `.code` the ERR_* name, requests answered through a reply
+// object (`send(json)` / `error(message)`, once).
+//
+// Conventions this file gives its callers:
+// * completions are node-style `cb(err, value)`, called once on the JS thread;
+// * `err` is a plain Error with `.code` the library's ERR_* name and `.detail` its message;
+// * synchronous failures throw such an Error;
+// * request handlers get an opaque `token` to answer with `serverReply(server, token, ...)`.
+'use strict'
+
+const path = require('path')
+
+function loadAddon () {
+  const tried = []
+  const candidates = [
+    process.env.GRENACHE_NATIVE_ADDON,
+    path.join(__dirname, '..', 'grenache.node'),
+    path.join(__dirname, '..', `grenache.${process.platform}-${process.arch}-gnu.node`),
+    path.join(__dirname, '..', `grenache.${process.platform}-${process.arch}.node`)
+  ]
+  for (const f of candidates) {
+    if (!f) continue
+    try {
+      return require(f)
+    } catch (e) {
+      tried.push(`${f}: ${e.message}`)
+    }
+  }
+  const err = new Error(
+    `grenache-native: no native addon for ${process.platform}-${process.arch} could be loaded. ` +
+    'Prebuilt: linux-x64 (glibc). Elsewhere build it from source with Rust (cargo) installed: ' +
+    '`npm run build` in the package directory (or set GRENACHE_NATIVE_ADDON to a built .node file).\n  ' +
+    tried.join('\n  '))
+  err.code = 'ERR_NATIVE_ADDON'
+  throw err
+}
+
+const addon = loadAddon()
+
+// The core's error kinds: number -> ERR_* name (and default message).
+const kindsByCode = new Map()
+for (const k of addon.errorKinds()) kindsByCode.set(k.code, k)
+
+// A plain Error with `.code` the kind's ERR_* name and `.detail` the error's text.
+function makeError (name, text) {
+  const e = new Error(text && text !== name ? `${name}: ${text}` : name)
+  e.code = name
+  e.detail = text || ''
+  return e
+}
+
+// A completion's failure `(code, text)`: code is the kind's number.
+function completionError (code, text) {
+  const k = kindsByCode.get(code)
+  return makeError(k ? k.name : `ERR_${code}`, text || (k && k.message) || '')
+}
+
+// A thrown error of the addon: its `code` is the kind's ERR_* name, its message the text.
+function toError (raw) {
+  if (raw && typeof raw.code === 'string' && raw.code.startsWith('ERR_')) return makeError(raw.code, raw.message)
+  return raw instanceof Error ? raw : new Error(String(raw))
+}
+
+function sync (fn) {
+  try {
+    return fn()
+  } catch (e) {
+    throw toError(e)
+  }
+}
+
+// A completion `(code, text)` of the addon as `cb(err, decode(text))`.
+function done (cb, decode) {
+  return (code, text) => {
+    if (code !== undefined && code !== null) return cb(completionError(code, text))
+    let v
+    try {
+      v = decode ? decode(text) : text
+    } catch (e) {
+      return cb(e)
+    }
+    cb(null, v)
+  }
+}
+
+const parse = (t) => JSON.parse(t)
+// The Grape API's reply: JSON, or undefined for an empty body.
+const parseOrUndefined = (t) => (t === '' || t === undefined || t === null ? undefined : JSON.parse(t))
+
+// --- Grape ---------------------------------------------------------------------------------
+exports.grapeStart = (conf) => sync(() => addon.NativeGrape.startWith(JSON.stringify(conf)))
+exports.grapePorts = (g) => ({ dht: g.dhtPort, api: g.apiPort })
+exports.grapeOnEvent = (g, fn) => sync(() => g.onEvent((kind, arg) => fn(kind, arg === null ? undefined : arg)))
+exports.grapeLookup = (g, name, cb) => sync(() => g.lookup(name, done(cb, parse)))
+exports.grapeAnnounce = (g, name, port, cb) => sync(() => g.announce(name, port, done(cb, Number)))
+exports.grapeStop = (g, cb) => g.stop(done(cb))
+
+// --- Link (the Grape's HTTP API) -----------------------------------------------------------
+exports.linkNew = (grapeUrl, requestTimeout) => sync(() => new addon.NativeLink(grapeUrl, requestTimeout, 0))
+exports.linkCall = (l, type, data, timeout, cb) => {
+  let json
+  try {
+    json = JSON.stringify(data === undefined ? null : data)
+  } catch (e) {
+    return process.nextTick(cb, e)
+  }
+  l.call(type, json, timeout, done(cb, parseOrUndefined))
+}
+exports.linkClose = (l) => l.close()
+
+// A Link the native servers and clients are built on: they are given explicit destinations by the
+// JS side (which looks services up with its own Link), so this one is never asked anything.
+let idleLink = null
+function sharedLink () {
+  if (!idleLink) idleLink = sync(() => new addon.NativeLink('http://127.0.0.1:1', undefined, undefined))
+  return idleLink
+}
+
+// --- TLS -----------------------------------------------------------------------------------
+const pem = (b) => (b === undefined || b === null ? undefined : Buffer.isBuffer(b) ? b.toString('utf8') : Array.isArray(b) ? b.map(pem).join('\n') : String(b))
+// `{ cert, key, ca, clientAuth: 'none'|'optional'|'required' }`, PEM as Buffers or strings.
+exports.serverTls = (t) => sync(() => new addon.NativeServerTls(pem(t.cert), pem(t.key), pem(t.ca), t.clientAuth || 'none'))
+exports.clientTls = (t) => sync(() => new addon.NativeClientTls(pem(t.ca), pem(t.cert), pem(t.key)))
+
+// --- RPC servers -----------------------------------------------------------------------------
+// `onRequest(token, rid, key, payload, fingerprint, meta)`: meta is the HTTP metadata
+// ({isStream, compress, infoHeaders, action, args}) or null over WS. `verify(info, answer)`:
+// info {fingerprint, remoteAddress, path}, answer(bool) once (WS over TLS only).
+exports.serverListen = ({ transport, port, tls, verify, onRequest }) => {
+  const handler = (reply, ridJson, key, payloadJson, fingerprint, metaJson) => {
+    let rid, payload, meta
+    try {
+      rid = JSON.parse(ridJson)
+      payload = JSON.parse(payloadJson)
+      meta = metaJson ? JSON.parse(metaJson) : null
+    } catch (e) {
+      return reply.error('ERR_PARSE')
+    }
+    onRequest(reply, rid, key, payload, fingerprint || null, meta)
+  }
+  const verifyFn = verify
+    ? (ticket, fingerprint, remote, p) => {
+        let answered = false
+        const answer = (ok) => {
+          if (answered) return
+          answered = true
+          addon.verifyAnswer(ticket, !!ok)
+        }
+        try {
+          verify({ fingerprint: fingerprint || null, remoteAddress: remote || null, path: p }, answer)
+        } catch (e) {
+          answer(false)
+          throw e
+        }
+      }
+    : undefined
+  return sync(() => addon.NativeServer.listenEnvelope(transport, handler, port, tls, verifyFn, sharedLink()))
+}
+exports.serverPort = (s) => s.port
+// Answers a request: `errMessage` (a string: the client gets an error) or `result` (any JSON
+// value). Returns false when it was already answered (or the server is gone).
+exports.serverReply = (s, token, errMessage, result) => {
+  try {
+    if (errMessage) {
+      token.error(String(errMessage))
+      return true
+    }
+    let json
+    try {
+      json = result === undefined ? 'null' : JSON.stringify(result)
+    } catch (e) {
+      token.error('ERR_REPLY_NOT_JSON')
+      return true
+    }
+    token.send(json === undefined ? 'null' : json)
+    return true
+  } catch (e) {
+    return false
+  }
+}
+exports.serverClose = (s) => s.close()
+
+// --- RPC clients -----------------------------------------------------------------------------
+exports.clientNew = (transport, tls) => sync(() => new addon.NativeClient(sharedLink(), transport, tls, undefined))
+// `opts`: { timeout (ms), compress }. cb(err, value): err.code 'ERR_REMOTE' carries the remote
+// handler's message in `.detail`.
+exports.clientRequest = (c, dest, key, payload, opts, cb) => {
+  let json
+  try {
+    json = JSON.stringify(payload === undefined ? null : payload)
+  } catch (e) {
+    return process.nextTick(cb, e)
+  }
+  if (json === undefined) json = 'null'
+  const timeout = opts.timeout === undefined || opts.timeout === null ? undefined : Math.max(1, Math.round(opts.timeout))
+  c.request(key, json, timeout, 0, !!opts.compress, dest, done(cb, parse))
+}
+exports.clientClose = (c) => c.close()
+
+// --- PUB/SUB -------------------------------------------------------------------------------
+exports.pubBind = (port) => sync(() => new addon.NativeQueuedPub(port))
+exports.pubPort = (p) => p.port
+exports.pubSubscribers = (p) => p.subscribers
+exports.pubPublish = (p, msg) => (Buffer.isBuffer(msg) ? p.publishBinary(msg) : p.publish(String(msg)))
+exports.pubClose = (p) => p.close()
+// `onMessage(data)`: a string for text frames, a Buffer for binary ones; `onState(connected)`.
+exports.subTo = (dest, onMessage, onState) => sync(() => new addon.NativeSubTo(
+  dest,
+  (publisher, data, binary) => onMessage(binary ? data : data.toString('utf8')),
+  onState))
+exports.subClose = (s) => s.close()
