@@ -310,6 +310,30 @@ class GrenacheTest < Minitest::Test
     assert_nil sub.receive(timeout: 0.1)
   end
 
+  def test_zmq_and_utp_rpc_and_zmq_pubsub
+    %i[zmq utp].each do |transport|
+      server = keep(Grenache::Server.new(link1, transport: transport) { |payload, req| [payload, req.transport.to_s] })
+      server.start_announcing("t_#{transport}", interval: 0.5)
+      client = keep(Grenache::Client.new(link2, transport: transport))
+      assert_equal [7, transport.to_s], eventually { client.request("t_#{transport}", 7, timeout: 5) }
+    end
+    assert_raises(ArgumentError) { Grenache::Client.new(link2, transport: :zmq, broker: 'b') }
+    pub = keep(Grenache::Publisher.new(link1, transport: :zmq))
+    pub.start_announcing('t_zpub', interval: 0.5)
+    sub = keep(Grenache::Subscriber.new(link2, 't_zpub', transport: :zmq))
+    deadline = Time.now + 20
+    sleep 0.05 while (pub.subscribers.zero? || sub.publishers.zero?) && Time.now < deadline
+    assert_equal 1, pub.publish('héllo')
+    assert_equal 1, pub.publish_binary("\x00\xFF\x01".b)
+    text = sub.receive(timeout: 10)
+    assert_equal 'héllo', text.data
+    refute text.binary?
+    bin = sub.receive(timeout: 10)
+    assert bin.binary?
+    assert_equal "\x00\xFF\x01".b, bin.data
+    assert_raises(ArgumentError) { Grenache::Publisher.new(link1, transport: :http) }
+  end
+
   def test_grape_events_and_options
     events = Queue.new
     g = keep(Grenache::Grape.new(host: '127.0.0.1', peer_max_age_ms: 60_000, bootstrap: "127.0.0.1:#{@net[:g1].dht_port}"))

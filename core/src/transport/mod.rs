@@ -72,6 +72,16 @@ pub mod fuzzing {
         }
         n
     }
+
+    /// Feeds `bytes` to a ZeroMQ connection as our socket type `socket` selects (ROUTER, DEALER,
+    /// PUB or SUB, modulo 4), `chunk` bytes per read: the ZMTP handshake, then messages and
+    /// commands until the end or the first error, with a message limit of `max_message` bytes and
+    /// `max_frames` frames kept. Panics if the reader breaks one of its promises (a peer type
+    /// accepted that may not be, a message kept over a limit). Returns how many messages and
+    /// commands it read.
+    pub fn zmtp(socket: u8, max_message: usize, max_frames: usize, bytes: &[u8], chunk: usize) -> usize {
+        super::zmq::zmtp::fuzz_stream(socket, max_message, max_frames, bytes, chunk)
+    }
 }
 
 /// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http), WS(S)

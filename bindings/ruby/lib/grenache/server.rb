@@ -102,7 +102,7 @@ module Grenache
       key = key.null? ? '' : key.read_bytes(len.read(:size_t)).force_encoding(Encoding::UTF_8)
       payload = Native.grenache_request_payload(req, len)
       payload = payload.null? ? 'null' : payload.read_bytes(len.read(:size_t)).force_encoding(Encoding::UTF_8)
-      transport = Native.grenache_request_transport(req) == Server::TRANSPORTS[:ws] ? :ws : :http
+      transport = Server::TRANSPORTS.key(Native.grenache_request_transport(req)) || :http
       new(key, payload, transport, Native.grenache_request_remote_addr(req)&.dup,
           Native.grenache_request_fingerprint(req)&.dup, Reply.new(reply))
     end
@@ -178,10 +178,11 @@ module Grenache
   #   server.start_announcing('rpc_test')
   class Server < Handle
     # `transport:` values => their C numbers.
-    TRANSPORTS = { http: 0, ws: 1 }.freeze
+    TRANSPORTS = { http: 0, ws: 1, zmq: 2, utp: 3 }.freeze
 
     # @param link [Link] announces the server
-    # @param transport [Symbol] `:http` or `:ws`
+    # @param transport [Symbol] `:http`, `:ws`, `:zmq` (a ZeroMQ ROUTER socket; no TLS) or `:utp`
+    #   (uTP on one UDP socket; no TLS)
     # @param port [Integer] 0: any free port (see {#port})
     # @param tls [ServerTls, nil] HTTPS / `wss://`
     # @param reply_timeout [Numeric, nil] seconds after which an unanswered request is answered
@@ -200,7 +201,7 @@ module Grenache
       super()
       raise ArgumentError, 'a handler block is needed' unless handler
 
-      code = TRANSPORTS.fetch(transport) { raise ArgumentError, "transport: #{transport.inspect} (:http or :ws)" }
+      code = TRANSPORTS.fetch(transport) { raise ArgumentError, "transport: #{transport.inspect} (:http, :ws, :zmq or :utp)" }
       @transport = transport
       @handler = handler
       @raw = raw
