@@ -1374,6 +1374,19 @@ grenache_result grenache_server_options_set_port(grenache_server_options *opts, 
 grenache_result grenache_server_options_set_tls(grenache_server_options *opts, const grenache_server_tls *tls);
 
 /**
+ * Sets the server limit `limit` (a `grenache_server_limit`) to `value`. Applies to HTTP and WS
+ * RPC servers (the connection caps to ZeroMQ too). Errors: `NULL_PARAMETER`,
+ * `INVALID_ARGUMENT` (an unknown limit; 0 for anything but `BODY_MIN_RATE`).
+ */
+grenache_result grenache_server_options_set_limit(grenache_server_options *opts, uint32_t limit, uint64_t value);
+
+/**
+ * The name of the server limit `limit` (`"max_connections_per_ip"`...), as the Python, Node and
+ * Ruby faces spell it, or NULL for an unknown limit. Static: never free it.
+ */
+const char *grenache_server_limit_name(uint32_t limit);
+
+/**
  * Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is
  * answered `ERR_TIMEOUT` for it (the late answer then goes nowhere; `grenache_reply_is_closed`
  * turns true). 0, the default: no timeout. Applies to RPC servers, not publishers.

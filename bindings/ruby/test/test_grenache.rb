@@ -334,6 +334,21 @@ class GrenacheTest < Minitest::Test
     assert_raises(ArgumentError) { Grenache::Publisher.new(link1, transport: :http) }
   end
 
+  def test_server_limits_by_name
+    assert_equal 10, Grenache::ServerOptions::LIMITS.size
+    assert_equal 1, Grenache::ServerOptions::LIMITS[:max_connections_per_ip]
+    # One connection per source address: a second keep-alive client from 127.0.0.1 is refused
+    # while the first holds its connection.
+    server = keep(Grenache::Server.new(link1, limits: { max_connections_per_ip: 1, idle_timeout_ms: 60_000 }) { |p, _| p })
+    server.start_announcing('t_limits', interval: 0.5)
+    first = keep(Grenache::Client.new(link2))
+    assert_equal 1, eventually { first.request('t_limits', 1, timeout: 5) }
+    second = keep(Grenache::Client.new(link2))
+    assert_raises(Grenache::Error) { second.request('t_limits', 2, timeout: 2) }
+    assert_raises(ArgumentError) { Grenache::Server.new(link1, limits: { nope: 1 }) { |p, _| p } }
+    assert_raises(Grenache::InvalidArgumentError) { Grenache::Server.new(link1, limits: { max_connections: 0 }) { |p, _| p } }
+  end
+
   def test_grape_events_and_options
     events = Queue.new
     g = keep(Grenache::Grape.new(host: '127.0.0.1', peer_max_age_ms: 60_000, bootstrap: "127.0.0.1:#{@net[:g1].dht_port}"))

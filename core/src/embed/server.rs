@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub broker: Option<String>,
     /// uTP with a broker: how often registrations are renewed. Default 5 s.
     pub broker_register_interval: Option<Duration>,
+    /// HTTP and WS: limits against hostile load (connections per source, read deadlines, the
+    /// body budget, WS liveness); set them by name with [`crate::transport::ServerLimits::set`].
+    pub limits: crate::transport::ServerLimits,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("reply_timeout", &self.reply_timeout)
             .field("verify_client", &self.verify_client.is_some())
             .field("broker", &self.broker)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -96,7 +100,7 @@ impl EmbedServer {
                 tls: options.tls,
                 reply_timeout: options.reply_timeout,
                 verify_client: options.verify_client,
-                limits: Default::default(),
+                limits: options.limits,
             };
             let transport = crate::transport::bind_server_with(kind, addr, handler, settings).await?;
             Ok(PeerRpcServer::new(core_link, transport))

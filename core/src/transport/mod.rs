@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rpc::{ClientTransport, Handler, ServerTransport};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
@@ -162,6 +162,77 @@ impl Default for ServerLimits {
             ws: limits::WsLiveness::default(),
         }
     }
+}
+
+/// The settings of [`ServerLimits`] by name, in the order the C ABI numbers them
+/// (`grenache_server_limit`). Every face sets server limits through [`ServerLimits::set`], so the
+/// names, units and checks are the same everywhere (and the CLI's `--NAME` options, with
+/// dashes). Durations are in milliseconds, sizes in bytes, rates in bytes per second.
+pub const SERVER_LIMIT_NAMES: [&str; 10] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "header_timeout_ms",
+    "body_timeout_ms",
+    "body_min_rate",
+    "idle_timeout_ms",
+    "max_body_in_flight",
+    "ws_ping_interval_ms",
+    "ws_pong_timeout_ms",
+    "ws_idle_timeout_ms",
+];
+
+impl ServerLimits {
+    /// Sets the limit `name` (one of [`SERVER_LIMIT_NAMES`], matched ignoring case and
+    /// underscores, so `maxConnectionsPerIp` works too) to `value`. Errors: `InvalidArgument` for
+    /// an unknown name, or 0 where 0 would refuse everything (connection caps, timeouts, the body
+    /// budget); `body_min_rate` 0 means no minimum rate.
+    pub fn set(&mut self, name: &str, value: u64) -> Result<()> {
+        let index = server_limit_index(name)
+            .ok_or_else(|| Error::invalid(format!("unknown server limit {name:?} (one of {})", SERVER_LIMIT_NAMES.join(", "))))?;
+        if value == 0 && index != 4 {
+            return Err(Error::invalid(format!("server limit {} must be above 0", SERVER_LIMIT_NAMES[index])));
+        }
+        let n = usize::try_from(value).unwrap_or(usize::MAX);
+        let ms = Duration::from_millis(value);
+        match index {
+            0 => self.connections.max_connections = n,
+            1 => self.connections.max_per_ip = n,
+            2 => self.deadlines.header = ms,
+            3 => self.deadlines.body = ms,
+            4 => self.deadlines.body_min_rate = value,
+            5 => self.deadlines.idle = ms,
+            6 => self.max_body_in_flight = n,
+            7 => self.ws.ping_interval = ms,
+            8 => self.ws.pong_timeout = ms,
+            _ => self.ws.idle = ms,
+        }
+        Ok(())
+    }
+
+    /// The value of the limit `name` in the units [`ServerLimits::set`] takes; `None` for an
+    /// unknown name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Some(match server_limit_index(name)? {
+            0 => self.connections.max_connections as u64,
+            1 => self.connections.max_per_ip as u64,
+            2 => ms(self.deadlines.header),
+            3 => ms(self.deadlines.body),
+            4 => self.deadlines.body_min_rate,
+            5 => ms(self.deadlines.idle),
+            6 => self.max_body_in_flight as u64,
+            7 => ms(self.ws.ping_interval),
+            8 => ms(self.ws.pong_timeout),
+            _ => ms(self.ws.idle),
+        })
+    }
+}
+
+/// The index in [`SERVER_LIMIT_NAMES`] of `name`, ignoring case and underscores.
+fn server_limit_index(name: &str) -> Option<usize> {
+    let norm = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect::<String>();
+    let want = norm(name);
+    SERVER_LIMIT_NAMES.iter().position(|n| norm(n) == want)
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -363,5 +434,27 @@ impl Lifecycle {
             this.close();
             finished
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_set_by_name_in_any_spelling() {
+        let mut l = ServerLimits::default();
+        for name in SERVER_LIMIT_NAMES {
+            assert!(l.get(name).is_some(), "{name}");
+        }
+        l.set("max_connections_per_ip", 5).expect("snake case");
+        l.set("wsIdleTimeoutMs", 1500).expect("camel case");
+        l.set("header-timeout-ms", 250).expect("dashes");
+        assert_eq!(l.connections.max_per_ip, 5);
+        assert_eq!(l.ws.idle, Duration::from_millis(1500));
+        assert_eq!(l.get("header_timeout_ms"), Some(250));
+        assert_eq!(l.set("max_connections", 0).map_err(|e| e.kind()), Err(crate::ErrorKind::InvalidArgument));
+        assert_eq!(l.set("nope", 1).map_err(|e| e.kind()), Err(crate::ErrorKind::InvalidArgument));
+        l.set("body_min_rate", 0).expect("no minimum rate");
     }
 }

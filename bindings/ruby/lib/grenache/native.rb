@@ -167,6 +167,8 @@ module Grenache
     attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
     attach_function :grenache_server_shutdown, %i[pointer uint64 bool_cb pointer], :uint32
     attach_function :grenache_server_new_utp, %i[pointer uint16 string handler_cb pointer free_cb pointer], :uint32, B
+    attach_function :grenache_server_options_set_limit, %i[pointer uint32 uint64], :uint32
+    attach_function :grenache_server_limit_name, [:uint32], :string
     attach_function :grenache_server_options_set_broker, %i[pointer string], :uint32
     attach_function :grenache_server_punch, %i[pointer string uint64 done_cb pointer], :uint32
     attach_function :grenache_server_on_punch, %i[pointer punch_cb pointer], :uint32
