@@ -82,6 +82,40 @@ pub mod fuzzing {
     pub fn zmtp(socket: u8, max_message: usize, max_frames: usize, bytes: &[u8], chunk: usize) -> usize {
         super::zmq::zmtp::fuzz_stream(socket, max_message, max_frames, bytes, chunk)
     }
+
+    /// Feeds `bytes` to the uTP transport's stream reader (`chunk` bytes per read, messages of
+    /// at most `max_message` bytes), as a server or client connection does: every whole message
+    /// is decoded as a request and as a reply. Panics if the reader breaks one of its promises
+    /// (a message over the limit, or one that is not a whole JSON array or object). Returns how
+    /// many messages it read before the end or the first error.
+    pub fn utp_stream(bytes: &[u8], chunk: usize, max_message: usize) -> usize {
+        let mut split = super::utp::JsonSplitter::new(max_message);
+        let mut n = 0;
+        for part in bytes.chunks(chunk.max(1)) {
+            split.push(part);
+            loop {
+                match split.next_message() {
+                    Ok(Some(m)) => {
+                        n += 1;
+                        assert!(m.len() <= max_message, "a message over the limit");
+                        assert!(matches!(m.first(), Some(b'[' | b'{')) && matches!(m.last(), Some(b']' | b'}')), "not a whole array or object");
+                        let _ = crate::rpc::envelope::decode_request(m);
+                        let _ = crate::rpc::ResultSender::deliver(m, |_| None);
+                    }
+                    Ok(None) => break,
+                    Err(_) => return n,
+                }
+            }
+        }
+        n
+    }
+
+    /// Reads `bytes` as a datagram reaching a uTP node: a broker's punch-request body, and a uTP
+    /// header (true when the engine would take it).
+    pub fn utp_datagram(bytes: &[u8]) -> bool {
+        let _ = super::utp::node::parse_endpoint(bytes);
+        librqbit_utp::raw::UtpHeader::deserialize(bytes).is_some()
+    }
 }
 
 /// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http), WS(S)
@@ -456,5 +490,24 @@ mod tests {
         assert_eq!(l.set("max_connections", 0).map_err(|e| e.kind()), Err(crate::ErrorKind::InvalidArgument));
         assert_eq!(l.set("nope", 1).map_err(|e| e.kind()), Err(crate::ErrorKind::InvalidArgument));
         l.set("body_min_rate", 0).expect("no minimum rate");
+    }
+
+    #[test]
+    fn the_utp_fuzz_entries_read_their_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/utp");
+        let read = |name: &str| {
+            let data = std::fs::read(dir.join(name)).expect("a committed seed");
+            let (sel, bytes) = data.split_first().expect("a selector byte");
+            (fuzzing::utp_datagram(bytes), fuzzing::utp_stream(bytes, 1 + usize::from(*sel) * 4, 2048))
+        };
+        assert_eq!(read("request"), (false, 1));
+        // Three messages coalesced, one with brackets and escaped quotes inside a string.
+        assert_eq!(read("coalesced"), (false, 3));
+        assert_eq!(read("reply"), (false, 2));
+        assert_eq!(read("punch_request"), (false, 1));
+        // A top-level scalar breaks the stream before anything is read.
+        assert_eq!(read("scalar"), (false, 0));
+        // A uTP SYN goes to the engine; as a stream it is garbage.
+        assert_eq!(read("utp_syn"), (true, 0));
     }
 }
