@@ -146,8 +146,9 @@ enum Cmd {
         /// Require a client certificate signed by --tls-ca (HTTPS).
         #[arg(long)]
         require_client_cert: bool,
-        /// On Ctrl-C or SIGTERM, shut down gracefully: stop announcing and listening, finish the
-        /// requests already received, then exit; close what is left after this many milliseconds.
+        /// On Ctrl-C or SIGTERM, shut down gracefully: stop announcing, unannounce (our Grapes drop
+        /// the address at once), stop listening, finish the requests already received, then exit;
+        /// close what is left after this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
         grace: u64,
         /// uTP: also register the names with the broker announced as BROKER_NAME, on a timer, so
