@@ -260,6 +260,12 @@ fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// True when this module is a debug build (benchmarks say which build they measured).
+#[pyfunction]
+fn _debug_build() -> bool {
+    cfg!(debug_assertions)
+}
+
 /// A running Grape (DHT node + HTTP API).
 #[pyclass(module = "grenache._native")]
 struct Grape {
@@ -672,6 +678,26 @@ const MAX_THREADS: usize = 64;
 /// How long an idle thread of a [`Pool`] stays.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 
+/// Set at interpreter exit ([`_finalize`]): pools no longer call into Python.
+static FINALIZING: AtomicBool = AtomicBool::new(false);
+
+/// Threads of pools that are running (or about to run) Python code.
+static IN_PYTHON: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Called by the package at interpreter exit (`atexit`): pool threads stop calling handlers,
+/// and this waits (at most 2 s, GIL released) for those inside a handler to leave it, so that
+/// none of them wakes up inside an interpreter that is being torn down.
+#[pyfunction]
+fn _finalize(py: Python<'_>) {
+    FINALIZING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
 struct PoolState {
     queue: VecDeque<(Request, grenache::rpc::Reply)>,
     threads: usize,
@@ -716,13 +742,15 @@ impl Pool {
             // An idle thread, or one about to look at the queue again.
             self.ready.notify_one();
         } else if st.threads < MAX_THREADS {
-            st.threads += 1;
-            drop(st);
-            let pool = Arc::clone(self);
-            let spawned = std::thread::Builder::new().name("grenache-handler".into()).spawn(move || pool.run());
-            if spawned.is_err() {
-                lock(&self.state).threads -= 1;
-            }
+            self.spawn_thread(&mut st);
+        }
+    }
+
+    fn spawn_thread(self: &Arc<Self>, st: &mut PoolState) {
+        st.threads += 1;
+        let pool = Arc::clone(self);
+        if std::thread::Builder::new().name("grenache-handler".into()).spawn(move || pool.run()).is_err() {
+            st.threads -= 1;
         }
     }
 
@@ -735,7 +763,8 @@ impl Pool {
                         st.threads -= 1;
                         return;
                     }
-                    let wait = if st.queue.is_empty() { IDLE_EXIT } else { STALL };
+                    // While handlers run, look every STALL whether they still take requests.
+                    let wait = if st.active > 0 { STALL } else { IDLE_EXIT };
                     let (g, timeout) = self.ready.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner());
                     st = g;
                     if timeout.timed_out() && st.queue.is_empty() && wait == IDLE_EXIT {
@@ -745,12 +774,25 @@ impl Pool {
                 }
                 st.active += 1;
                 st.last_take = Instant::now();
+                // Keep one thread on standby while handlers run: it takes the queue over when
+                // they stop taking requests (a handler blocks), even when no new request comes.
+                if st.threads == st.active && st.threads < MAX_THREADS {
+                    self.spawn_thread(&mut st);
+                }
+            }
+            IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+            if FINALIZING.load(Ordering::SeqCst) {
+                IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+                let mut st = lock(&self.state);
+                st.active -= 1;
+                st.threads -= 1;
+                return;
             }
             Python::attach(|py| {
                 loop {
                     let job = {
                         let mut st = lock(&self.state);
-                        let job = st.queue.pop_front();
+                        let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
                         match job {
                             Some(_) => st.last_take = Instant::now(),
                             // Under the lock that saw the queue empty: a push after this sees
@@ -765,6 +807,7 @@ impl Pool {
                     }
                 }
             });
+            IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -1085,6 +1128,8 @@ impl Subscriber {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_set_error_factory, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_build, m)?)?;
+    m.add_function(wrap_pyfunction!(_finalize, m)?)?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_class::<Reply>()?;
     m.add_class::<Inbox>()?;

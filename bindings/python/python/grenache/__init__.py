@@ -26,6 +26,7 @@ JSON, like the reference's.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import builtins
 import inspect
 import json
@@ -140,6 +141,8 @@ def _make_error(code: int, name: str, message: str) -> GrenacheError:
 
 
 _native._set_error_factory(_make_error)
+# At exit, the pools' threads stop calling handlers before the interpreter is torn down.
+atexit.register(_native._finalize)
 
 
 def _invalid(message: str) -> GrenacheError:
@@ -186,16 +189,16 @@ async def _await(start: Callable[[Callable[[Optional[BaseException], Optional[st
     return await fut
 
 
-def _on_loop_shutdown(loop: asyncio.AbstractEventLoop, close: Callable[[], None]) -> Any:
-    """Calls ``close`` when ``loop`` shuts down: at the end of ``asyncio.run`` (or any
-    ``loop.shutdown_asyncgens()``), through an async generator the loop tracks, or when the loop
-    is garbage-collected. Returns the generator, which the caller keeps."""
+def _on_loop_shutdown(loop: asyncio.AbstractEventLoop, on_shutdown: Callable[[], None]) -> Any:
+    """Calls ``on_shutdown`` on the loop when it shuts down (the end of ``asyncio.run``, or any
+    ``loop.shutdown_asyncgens()``), through an async generator the loop tracks. Returns the
+    generator, which the caller keeps (it refers to the loop)."""
 
     async def sentinel() -> Any:
         try:
             yield
         finally:
-            close()
+            on_shutdown()
 
     agen = sentinel()
 
@@ -214,16 +217,17 @@ def _on_loop_shutdown(loop: asyncio.AbstractEventLoop, close: Callable[[], None]
         start()
     else:
         loop.call_soon_threadsafe(start)
-    try:
-        weakref.finalize(loop, close)
-    except TypeError:
-        pass  # a loop without weak references: asyncio.run's shutdown still closes it
     return agen
 
 
 class _Results:
     """The inbox of one event loop for the results of ``*_async`` calls: the library queues
-    them without the GIL and wakes the loop once per batch; the loop settles the futures."""
+    them without the GIL and wakes the loop once per batch; the loop settles the futures.
+
+    Only the loop holds it (its reader callback), and only it holds the native inbox: when the
+    loop shuts down or is closed (which drops its readers), the inbox is closed or freed, and
+    results that arrive later are dropped instead of keeping their futures, and so the loop,
+    alive."""
 
     __slots__ = ("inbox", "_fd", "_agen", "__weakref__")
 
@@ -253,14 +257,17 @@ class _Results:
         self.inbox.close()
 
 
-_results_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Results]" = weakref.WeakKeyDictionary()
+# Loop -> weak reference to its _Results. Only the loop holds the box (its reader callback): the
+# box's sentinel generator refers to the loop, and a strong value here would keep the loop alive.
+_results_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref]" = weakref.WeakKeyDictionary()
 
 
 def _results(loop: asyncio.AbstractEventLoop) -> _Results:
-    box = _results_by_loop.get(loop)
+    ref = _results_by_loop.get(loop)
+    box = ref() if ref is not None else None
     if box is None or box.inbox.closed:
         box = _Results(loop)
-        _results_by_loop[loop] = box
+        _results_by_loop[loop] = weakref.ref(box)
     return box
 
 
@@ -542,7 +549,11 @@ else:
 
 class _Calls:
     """The inbox of an ``async def`` handler's server on its event loop: requests arrive in
-    batches (one wake-up of the loop per batch) and each runs as a task of that loop."""
+    batches (one wake-up of the loop per batch) and each runs as a task of that loop.
+
+    Only the loop holds it (its reader callback; the native server holds just the queue): when
+    the loop shuts down or is closed, the inbox is closed or freed and requests are answered
+    ``ERR_NO_REPLY`` at once."""
 
     __slots__ = ("inbox", "_fd", "_loop", "_handler", "_tasks", "_agen", "__weakref__")
 
@@ -551,7 +562,7 @@ class _Calls:
         self._fd = self.inbox.fileno()
         self._loop = loop
         self._handler = handler
-        self._tasks: set = set()
+        self._tasks: dict = {}  # running task -> its reply
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -560,7 +571,7 @@ class _Calls:
             loop.add_reader(self._fd, self._drain)
         else:
             loop.call_soon_threadsafe(loop.add_reader, self._fd, self._drain)
-        self._agen = _on_loop_shutdown(loop, self.inbox.close)
+        self._agen = _on_loop_shutdown(loop, self._shutdown)
 
     def _drain(self) -> None:
         handler = self._handler
@@ -577,12 +588,29 @@ class _Calls:
                 _answer_exception(reply, e)
                 continue
             if not task.done():
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks[task] = reply
+                task.add_done_callback(self._tasks.pop)
         if self.inbox.finished:
             # The server closed and every request it received was handed over.
             self._loop.remove_reader(self._fd)
             self.inbox.close()
+
+    def _shutdown(self) -> None:
+        """The loop shuts down: what is queued and what arrives later is answered
+        ``ERR_NO_REPLY`` (the inbox closes), and so is every handler still running (tasks
+        started after ``asyncio.run`` cancelled its tasks included)."""
+        self.inbox.close()
+        for task, reply in list(self._tasks.items()):
+            try:
+                if not reply.answered:
+                    reply.abandon()
+            except GrenacheError:
+                pass  # answered meanwhile from another thread
+            task.cancel()
+        try:
+            self._loop.remove_reader(self._fd)
+        except Exception:
+            pass
 
 
 class Server:
@@ -622,10 +650,9 @@ class Server:
                 loop = None
         if _is_async(handler):
             target = loop if loop is not None and not loop.is_closed() else _owned_loop()
-            self._calls: Optional[_Calls] = _Calls(target, handler)
-            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, self._calls.inbox)
+            inbox = _Calls(target, handler).inbox  # the loop keeps the _Calls
+            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, inbox)
         else:
-            self._calls = None
             self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client)
 
     @property
