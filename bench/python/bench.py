@@ -15,7 +15,8 @@ tests/interop do), over WS and HTTP:
   server (`grenache serve`).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
-found through one Grape in this process. Options: --seq N (sequential requests, default 5000),
+found through two Grapes in this process. The `polling off` rows run the same Python peer with
+GRENACHE_PYTHON_POLL_US=0 (blocking waits and idle handler threads sleep at once). Options: --seq N (sequential requests, default 5000),
 --rounds R (rounds of 100, default 100), --only client|server.
 """
 
@@ -75,6 +76,7 @@ def client(args: argparse.Namespace) -> None:
     key = args.key
     out = {}
     if args.mode == "blocking":
+        # Sequential only: 100 in flight from blocking calls would take 100 threads.
         for _ in range(WARMUP):
             c.request(key, "hello")
         t0 = time.perf_counter()
@@ -114,8 +116,8 @@ class Proc:
     """A child process speaking JSON lines on stdout; stopped (stdin closed, then killed) by
     `stop`."""
 
-    def __init__(self, argv, cwd=ROOT):
-        self.p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, argv, cwd=ROOT, env=None):
+        self.p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def line(self, timeout=60.0):
         import selectors
@@ -144,8 +146,8 @@ class Proc:
                 self.p.wait()
 
 
-def run_json(argv, cwd=ROOT, timeout=300.0):
-    p = Proc(argv, cwd)
+def run_json(argv, cwd=ROOT, timeout=300.0, env=None):
+    p = Proc(argv, cwd, env)
     try:
         v = p.line(timeout)
     finally:
@@ -175,11 +177,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def python_env(kind):
+    """The environment of a Python peer: `...-nopoll` kinds run with polling off."""
+    if kind.endswith("-nopoll"):
+        return dict(os.environ, GRENACHE_PYTHON_POLL_US="0")
+    return None
+
+
 def start_server(kind, transport, grape, name):
-    """One server of `kind` (python-plain, python-async, node, rust) announcing `name`."""
+    """One server of `kind` (python-plain, python-async, python-plain-nopoll, node, rust)
+    announcing `name`."""
     if kind.startswith("python"):
         argv = [sys.executable, __file__, "--serve", "--grape", grape, "--name", name, "--transport", transport, "--handler", kind.split("-")[1]]
-        return Proc(argv)
+        return Proc(argv, env=python_env(kind))
     if kind == "node":
         script = "ws_server.js" if transport == "ws" else "http_server.js"
         extra = [] if transport == "ws" else ["--bench"]
@@ -190,7 +200,7 @@ def start_server(kind, transport, grape, name):
 def run_client(kind, transport, grape, key, seq, rounds):
     if kind.startswith("python"):
         argv = [sys.executable, __file__, "--client", "--grape", grape, "--key", key, "--transport", transport, "--mode", kind.split("-")[1], "--seq", str(seq), "--rounds", str(rounds)]
-        return run_json(argv)
+        return run_json(argv, env=python_env(kind))
     if kind == "node":
         script = "ws_bench_client.js" if transport == "ws" else "http_bench.js"
         argv = ["node", script, "--grape", grape, "--key", key, "--warmup", str(WARMUP), "--seq", str(seq), "--rounds", str(rounds), "--conc", str(CONC)]
@@ -238,7 +248,9 @@ def drive(args: argparse.Namespace) -> None:
     print(f"python {sys.version.split()[0]}, node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}, {os.cpu_count()} CPUs, "
           f"GRENACHE_WORKER_THREADS={os.environ.get('GRENACHE_WORKER_THREADS', 'unset')}; seq {args.seq}, {args.rounds} rounds of {CONC}")
 
+    # Two Grapes: an announce needs another DHT node to store it.
     grape = grenache.Grape(host="127.0.0.1")
+    grape2 = grenache.Grape(host="127.0.0.1", bootstrap=[f"127.0.0.1:{grape.dht_port}"])
     url = grape.url
     link = grenache.Link(url)
     n = [0]
@@ -249,7 +261,13 @@ def drive(args: argparse.Namespace) -> None:
 
     try:
         if args.only in (None, "client"):
-            kinds = [("python-blocking", "Python face, blocking"), ("python-asyncio", "Python face, asyncio"), ("node", "Node reference client"), ("rust", "Rust client (ceiling)")]
+            kinds = [
+                ("python-blocking", "Python face, blocking"),
+                ("python-asyncio", "Python face, asyncio"),
+                ("node", "Node reference client"),
+                ("rust", "Rust client (ceiling)"),
+                ("python-blocking-nopoll", "Python face, blocking, polling off"),
+            ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
                 key = name(f"rust_{transport}")
@@ -270,7 +288,13 @@ def drive(args: argparse.Namespace) -> None:
             ratio_rows(rows, cols, ["python-blocking", "python-asyncio"], labels, "rust", "Rust")
 
         if args.only in (None, "server"):
-            kinds = [("python-plain", "Python face, plain handler"), ("python-async", "Python face, async def handler"), ("node", "Node reference server"), ("rust", "Rust server (`grenache serve`)")]
+            kinds = [
+                ("python-plain", "Python face, plain handler"),
+                ("python-async", "Python face, async def handler"),
+                ("node", "Node reference server"),
+                ("rust", "Rust server (`grenache serve`)"),
+                ("python-plain-nopoll", "Python face, plain handler, polling off"),
+            ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
                 for kind, _ in kinds:
@@ -291,6 +315,7 @@ def drive(args: argparse.Namespace) -> None:
             ratio_rows(rows, cols, ["python-plain", "python-async"], labels, "rust", "Rust")
     finally:
         link.close()
+        grape2.stop()
         grape.stop()
 
 

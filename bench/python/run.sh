@@ -11,7 +11,11 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check 'maturin==1.16.0'
-(cd bindings/python && VIRTUAL_ENV="$PWD/../../$venv" PATH="$PWD/../../$venv/bin:$PATH" maturin develop --release --locked --quiet)
+# A wheel installed into the venv (not `maturin develop`, whose editable install would put the
+# release module into the source tree, where the test venv's debug module lives).
+rm -rf "$venv/wheels"
+(cd bindings/python && "$PWD/../../$venv/bin/maturin" build --release --locked --quiet -i "$PWD/../../$venv/bin/python" -o "$PWD/../../$venv/wheels")
+"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$venv"/wheels/*.whl
 cargo build --release --locked -p grenache-cli --bin grenache -p grenache-bench --bin rpc_load
 if [ ! -d tests/interop/node_modules ]; then
   (cd tests/interop && npm ci --no-audit --no-fund)

@@ -70,11 +70,22 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
 
-/// How long a blocking wait polls for its result before it sleeps (the idea of the core's
-/// WebSocket `busy_poll`, applied to the hop from the library's thread to the caller's).
-const SPIN: Duration = Duration::from_micros(50);
+/// The environment variable that sets how long blocking waits and idle handler threads poll
+/// before they sleep, in microseconds (default 50, at most 1000; 0 turns polling off).
+const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
 
-/// Every this many waits, a thread whose waits stopped ending within [`SPIN`] polls once more,
+/// How long a blocking wait polls for its result before it sleeps, and an idle handler thread
+/// for the next request (the idea of the core's WebSocket `busy_poll`, applied to the hops
+/// between the library's threads and Python's): [`POLL_ENV`], read once.
+fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var(POLL_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(50);
+        Duration::from_micros(us.min(1000))
+    })
+}
+
+/// Every this many waits, a thread whose waits stopped ending within [`spin`] polls once more,
 /// to notice when round trips got fast again.
 const SPIN_PROBE: u32 = 32;
 
@@ -126,18 +137,19 @@ impl<T> Slot<T> {
     }
 }
 
-/// Waits for `slot` with the GIL released: polls for up to [`SPIN`] when this thread's recent
+/// Waits for `slot` with the GIL released: polls for up to [`spin`] when this thread's recent
 /// waits ended that fast (or to probe again), then sleeps in slices of [`TICK`], checking for
 /// signals between them (Ctrl-C raises `KeyboardInterrupt`; the operation finishes in the
 /// background).
 fn wait_slot<T: Send + 'static>(py: Python<'_>, slot: &Arc<Slot<T>>) -> PyResult<GResult<T>> {
-    let (spin, misses) = SPINNING.with(Cell::get);
-    let probe = !spin && misses % SPIN_PROBE == SPIN_PROBE - 1;
+    let budget = spin();
+    let (spinning, misses) = SPINNING.with(Cell::get);
+    let probe = !spinning && misses % SPIN_PROBE == SPIN_PROBE - 1;
     let started = Instant::now();
-    if spin || probe {
+    if (spinning || probe) && !budget.is_zero() {
         let s = Arc::clone(slot);
         py.detach(move || {
-            while !s.ready.load(Ordering::Acquire) && started.elapsed() < SPIN {
+            while !s.ready.load(Ordering::Acquire) && started.elapsed() < budget {
                 std::hint::spin_loop();
             }
         });
@@ -146,13 +158,13 @@ fn wait_slot<T: Send + 'static>(py: Python<'_>, slot: &Arc<Slot<T>>) -> PyResult
         if slot.ready.load(Ordering::Acquire)
             && let Some(r) = lock(&slot.value).0.take()
         {
-            let fast = started.elapsed() <= SPIN;
+            let fast = started.elapsed() <= budget;
             SPINNING.with(|c| c.set(if fast { (true, 0) } else { (false, misses.wrapping_add(1)) }));
             return Ok(r);
         }
         let s = Arc::clone(slot);
         if let Some(r) = py.detach(move || s.take(TICK)) {
-            let fast = started.elapsed() <= SPIN;
+            let fast = started.elapsed() <= budget;
             SPINNING.with(|c| c.set(if fast { (true, 0) } else { (false, misses.wrapping_add(1)) }));
             return Ok(r);
         }
@@ -706,6 +718,14 @@ struct PoolState {
     /// When the last request was taken from the queue.
     last_take: Instant,
     closed: bool,
+    /// A thread polls the queue (see [`Pool::poll`]): pushes need not wake anyone.
+    polling: bool,
+    /// Whether the next idle thread polls: the last gap between two requests was short.
+    poll_next: bool,
+    /// Idle periods since polling stopped (every [`SPIN_PROBE`]th polls again).
+    poll_misses: u32,
+    /// When the last thread went idle with the queue empty.
+    idle_since: Instant,
 }
 
 impl PoolState {
@@ -724,18 +744,22 @@ struct Pool {
     state: Mutex<PoolState>,
     ready: Condvar,
     handler: Py<PyAny>,
+    /// The queue's length, read without the lock while polling.
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
-    fn push(self: &Arc<Self>, job: (Request, grenache::rpc::Reply)) {
+    /// Queues a request (on an I/O thread) and wakes a thread for it when needed.
+    fn push(self: &Arc<Self>, request: Request, reply: grenache::rpc::Reply) {
         let mut st = lock(&self.state);
         if st.closed || st.queue.len() >= MAX_QUEUED {
             drop(st);
-            drop(job); // ERR_NO_REPLY
+            drop(reply); // ERR_NO_REPLY
             return;
         }
-        st.queue.push_back(job);
-        if !st.wants_thread() {
+        st.queue.push_back((request, reply));
+        self.queued.store(st.queue.len(), Ordering::Release);
+        if !st.wants_thread() || (st.polling && st.active == 0) {
             return;
         }
         if st.threads > st.active {
@@ -754,10 +778,46 @@ impl Pool {
         }
     }
 
+    /// Before an idle thread sleeps: when requests have been coming close together (a client
+    /// sending its next request as soon as it has the reply), it polls the queue for up to
+    /// [`spin`], GIL released, so that the next request needs no wake-up of this thread (the
+    /// core's `busy_poll` idea). Only one thread polls at a time; a miss stops polling until a
+    /// gap is short again (or every [`SPIN_PROBE`]th idle period, to probe).
+    fn poll(&self) {
+        {
+            let mut st = lock(&self.state);
+            if st.polling || !st.queue.is_empty() || st.closed || spin().is_zero() {
+                return;
+            }
+            let probe = !st.poll_next && st.poll_misses % SPIN_PROBE == SPIN_PROBE - 1;
+            if !st.poll_next && !probe {
+                st.poll_misses = st.poll_misses.wrapping_add(1);
+                return;
+            }
+            st.polling = true;
+        }
+        let started = Instant::now();
+        let budget = spin();
+        while self.queued.load(Ordering::Acquire) == 0 && started.elapsed() < budget {
+            std::hint::spin_loop();
+        }
+        let mut st = lock(&self.state);
+        st.polling = false;
+        if st.queue.is_empty() {
+            st.poll_next = false;
+            st.poll_misses = st.poll_misses.wrapping_add(1);
+        } else {
+            st.poll_next = true;
+            st.poll_misses = 0;
+        }
+    }
+
     fn run(self: Arc<Self>) {
         loop {
+            self.poll();
             {
                 let mut st = lock(&self.state);
+                let idle_from = st.idle_since;
                 while !st.wants_thread() {
                     if st.closed && st.queue.is_empty() {
                         st.threads -= 1;
@@ -771,6 +831,10 @@ impl Pool {
                         st.threads -= 1;
                         return;
                     }
+                }
+                if st.active == 0 && !st.poll_next && idle_from.elapsed() <= spin() {
+                    // Woken after a short gap: poll next time.
+                    st.poll_next = true;
                 }
                 st.active += 1;
                 st.last_take = Instant::now();
@@ -793,11 +857,15 @@ impl Pool {
                     let job = {
                         let mut st = lock(&self.state);
                         let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
+                        self.queued.store(st.queue.len(), Ordering::Release);
                         match job {
                             Some(_) => st.last_take = Instant::now(),
                             // Under the lock that saw the queue empty: a push after this sees
                             // no active thread and wakes one.
-                            None => st.active -= 1,
+                            None => {
+                                st.active -= 1;
+                                st.idle_since = Instant::now();
+                            }
                         }
                         job
                     };
@@ -871,9 +939,21 @@ impl Server {
             }
             // Plain handlers: the pool's threads, never an I/O thread (a handler may block).
             (None, Some(handler)) => {
-                let state = PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), closed: false };
-                let pool = PoolHandle(Arc::new(Pool { state: Mutex::new(state), ready: Condvar::new(), handler }));
-                Arc::new(move |request: Request, reply: grenache::rpc::Reply| pool.0.push((request, reply)))
+                let now = Instant::now();
+                let state = PoolState {
+                    queue: VecDeque::new(),
+                    threads: 0,
+                    active: 0,
+                    last_take: now,
+                    closed: false,
+                    polling: false,
+                    poll_next: true,
+                    poll_misses: 0,
+                    idle_since: now,
+                };
+                let pool = Pool { state: Mutex::new(state), ready: Condvar::new(), handler, queued: 0.into() };
+                let pool = PoolHandle(Arc::new(pool));
+                Arc::new(move |request: Request, reply: grenache::rpc::Reply| pool.0.push(request, reply))
             }
             (None, None) => return Err(py_err(py, &invalid("a server needs a handler or an inbox"))),
         };

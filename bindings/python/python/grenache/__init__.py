@@ -285,8 +285,8 @@ def _ms(seconds: Optional[float]) -> Optional[int]:
     return int(seconds * 1000)
 
 
-def _dumps(value: Json) -> str:
-    return json.dumps(value, separators=(",", ":"))
+# One encoder for every payload: ``json.dumps`` with ``separators`` builds a new one per call.
+_dumps: Callable[[Json], str] = json.JSONEncoder(separators=(",", ":")).encode
 
 
 # ---------------------------------------------------------------------------------------------
