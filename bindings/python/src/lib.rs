@@ -812,70 +812,99 @@ impl Pool {
         }
     }
 
+    /// A thread of the pool. It attaches to Python once for its whole life and only releases
+    /// the GIL between batches: attaching per batch would create and destroy a Python thread
+    /// state each time, which costs more than a short handler.
     fn run(self: Arc<Self>) {
-        loop {
-            self.poll();
-            {
-                let mut st = lock(&self.state);
-                let idle_from = st.idle_since;
-                while !st.wants_thread() {
-                    if st.closed && st.queue.is_empty() {
-                        st.threads -= 1;
-                        return;
-                    }
-                    // While handlers run, look every STALL whether they still take requests.
-                    let wait = if st.active > 0 { STALL } else { IDLE_EXIT };
-                    let (g, timeout) = self.ready.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner());
-                    st = g;
-                    if timeout.timed_out() && st.queue.is_empty() && wait == IDLE_EXIT {
-                        st.threads -= 1;
-                        return;
-                    }
+        Python::attach(|py| {
+            loop {
+                let work = py.detach(|| self.next_batch());
+                if work {
+                    self.drain(py);
                 }
-                if st.active == 0 && !st.poll_next && idle_from.elapsed() <= spin() {
-                    // Woken after a short gap: poll next time.
-                    st.poll_next = true;
-                }
-                st.active += 1;
-                st.last_take = Instant::now();
-                // Keep one thread on standby while handlers run: it takes the queue over when
-                // they stop taking requests (a handler blocks), even when no new request comes.
-                if st.threads == st.active && st.threads < MAX_THREADS {
-                    self.spawn_thread(&mut st);
+                IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+                if !work {
+                    break;
                 }
             }
-            IN_PYTHON.fetch_add(1, Ordering::SeqCst);
-            if FINALIZING.load(Ordering::SeqCst) {
-                IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
-                let mut st = lock(&self.state);
+        });
+    }
+
+    /// Waits, GIL released, until the queue needs this thread (true) or the thread should end
+    /// (false). Either way the thread is counted in [`IN_PYTHON`] when this returns; at
+    /// interpreter exit it never returns (the thread sleeps until the process ends rather than
+    /// take the GIL of an interpreter being torn down).
+    fn next_batch(self: &Arc<Self>) -> bool {
+        self.poll();
+        let mut st = lock(&self.state);
+        let idle_from = st.idle_since;
+        let work = loop {
+            if st.wants_thread() {
+                break true;
+            }
+            if st.closed && st.queue.is_empty() {
+                break false;
+            }
+            // While handlers run, look every STALL whether they still take requests.
+            let wait = if st.active > 0 { STALL } else { IDLE_EXIT };
+            let (g, timeout) = self.ready.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner());
+            st = g;
+            if timeout.timed_out() && st.queue.is_empty() && wait == IDLE_EXIT {
+                break false;
+            }
+        };
+        if work {
+            if st.active == 0 && !st.poll_next && idle_from.elapsed() <= spin() {
+                // Woken after a short gap: poll next time.
+                st.poll_next = true;
+            }
+            st.active += 1;
+            st.last_take = Instant::now();
+        } else {
+            st.threads -= 1;
+        }
+        IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+        if FINALIZING.load(Ordering::SeqCst) {
+            IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+            if work {
                 st.active -= 1;
                 st.threads -= 1;
-                return;
             }
-            Python::attach(|py| {
-                loop {
-                    let job = {
-                        let mut st = lock(&self.state);
-                        let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
-                        self.queued.store(st.queue.len(), Ordering::Release);
-                        match job {
-                            Some(_) => st.last_take = Instant::now(),
-                            // Under the lock that saw the queue empty: a push after this sees
-                            // no active thread and wakes one.
-                            None => {
-                                st.active -= 1;
-                                st.idle_since = Instant::now();
-                            }
-                        }
-                        job
-                    };
-                    match job {
-                        Some((request, reply)) => answer(py, &self.handler, request, reply),
-                        None => break,
+            drop(st);
+            loop {
+                std::thread::park();
+            }
+        }
+        // Keep one thread on standby while handlers run: it takes the queue over when they stop
+        // taking requests (a handler blocks), even when no new request comes.
+        if work && st.threads == st.active && st.threads < MAX_THREADS {
+            self.spawn_thread(&mut st);
+        }
+        work
+    }
+
+    /// Answers queued requests until the queue is empty (or the interpreter exits).
+    fn drain(&self, py: Python<'_>) {
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
+                self.queued.store(st.queue.len(), Ordering::Release);
+                match job {
+                    Some(_) => st.last_take = Instant::now(),
+                    // Under the lock that saw the queue empty: a push after this sees no active
+                    // thread and wakes one.
+                    None => {
+                        st.active -= 1;
+                        st.idle_since = Instant::now();
                     }
                 }
-            });
-            IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+                job
+            };
+            match job {
+                Some((request, reply)) => answer(py, &self.handler, request, reply),
+                None => break,
+            }
         }
     }
 }
