@@ -15,8 +15,8 @@ tests/interop do), over WS and HTTP:
   server (`grenache serve`).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
-found through two Grapes in this process. The `polling off` rows run the same Python peer with
-GRENACHE_PYTHON_POLL_US=0 (blocking waits and idle handler threads sleep at once). Options: --seq N (sequential requests, default 5000),
+found through two Grapes in this process. The `polling off` row runs the same blocking client with
+GRENACHE_PYTHON_POLL_US=0 (its waits sleep at once instead of polling first). Options: --seq N (sequential requests, default 5000),
 --rounds R (rounds of 100, default 100), --only client|server.
 """
 
@@ -185,8 +185,7 @@ def python_env(kind):
 
 
 def start_server(kind, transport, grape, name):
-    """One server of `kind` (python-plain, python-async, python-plain-nopoll, node, rust)
-    announcing `name`."""
+    """One server of `kind` (python-plain, python-async, node, rust) announcing `name`."""
     if kind.startswith("python"):
         argv = [sys.executable, __file__, "--serve", "--grape", grape, "--name", name, "--transport", transport, "--handler", kind.split("-")[1]]
         return Proc(argv, env=python_env(kind))
@@ -293,7 +292,6 @@ def drive(args: argparse.Namespace) -> None:
                 ("python-async", "Python face, async def handler"),
                 ("node", "Node reference server"),
                 ("rust", "Rust server (`grenache serve`)"),
-                ("python-plain-nopoll", "Python face, plain handler, polling off"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:

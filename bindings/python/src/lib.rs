@@ -70,13 +70,16 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
 
-/// The environment variable that sets how long blocking waits and idle handler threads poll
-/// before they sleep, in microseconds (default 50, at most 1000; 0 turns polling off).
+/// The environment variable that sets how long blocking waits poll before they sleep, in
+/// microseconds (default 50, at most 1000; 0 turns polling off).
 const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
 
-/// How long a blocking wait polls for its result before it sleeps, and an idle handler thread
-/// for the next request (the idea of the core's WebSocket `busy_poll`, applied to the hops
-/// between the library's threads and Python's): [`POLL_ENV`], read once.
+/// How long a blocking wait polls for its result before it sleeps (the idea of the core's
+/// WebSocket `busy_poll`, applied to the hop from the library's thread to the caller's):
+/// [`POLL_ENV`], read once.
+///
+/// Idle handler threads do not poll for the next request: on two cores that measured slower,
+/// not faster (the polling thread takes the core the I/O thread and the client need).
 fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| {
@@ -718,14 +721,6 @@ struct PoolState {
     /// When the last request was taken from the queue.
     last_take: Instant,
     closed: bool,
-    /// A thread polls the queue (see [`Pool::poll`]): pushes need not wake anyone.
-    polling: bool,
-    /// Whether the next idle thread polls: the last gap between two requests was short.
-    poll_next: bool,
-    /// Idle periods since polling stopped (every [`SPIN_PROBE`]th polls again).
-    poll_misses: u32,
-    /// When the last thread went idle with the queue empty.
-    idle_since: Instant,
 }
 
 impl PoolState {
@@ -744,8 +739,6 @@ struct Pool {
     state: Mutex<PoolState>,
     ready: Condvar,
     handler: Py<PyAny>,
-    /// The queue's length, read without the lock while polling.
-    queued: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
@@ -758,8 +751,7 @@ impl Pool {
             return;
         }
         st.queue.push_back((request, reply));
-        self.queued.store(st.queue.len(), Ordering::Release);
-        if !st.wants_thread() || (st.polling && st.active == 0) {
+        if !st.wants_thread() {
             return;
         }
         if st.threads > st.active {
@@ -775,40 +767,6 @@ impl Pool {
         let pool = Arc::clone(self);
         if std::thread::Builder::new().name("grenache-handler".into()).spawn(move || pool.run()).is_err() {
             st.threads -= 1;
-        }
-    }
-
-    /// Before an idle thread sleeps: when requests have been coming close together (a client
-    /// sending its next request as soon as it has the reply), it polls the queue for up to
-    /// [`spin`], GIL released, so that the next request needs no wake-up of this thread (the
-    /// core's `busy_poll` idea). Only one thread polls at a time; a miss stops polling until a
-    /// gap is short again (or every [`SPIN_PROBE`]th idle period, to probe).
-    fn poll(&self) {
-        {
-            let mut st = lock(&self.state);
-            if st.polling || !st.queue.is_empty() || st.closed || spin().is_zero() {
-                return;
-            }
-            let probe = !st.poll_next && st.poll_misses % SPIN_PROBE == SPIN_PROBE - 1;
-            if !st.poll_next && !probe {
-                st.poll_misses = st.poll_misses.wrapping_add(1);
-                return;
-            }
-            st.polling = true;
-        }
-        let started = Instant::now();
-        let budget = spin();
-        while self.queued.load(Ordering::Acquire) == 0 && started.elapsed() < budget {
-            std::hint::spin_loop();
-        }
-        let mut st = lock(&self.state);
-        st.polling = false;
-        if st.queue.is_empty() {
-            st.poll_next = false;
-            st.poll_misses = st.poll_misses.wrapping_add(1);
-        } else {
-            st.poll_next = true;
-            st.poll_misses = 0;
         }
     }
 
@@ -835,9 +793,7 @@ impl Pool {
     /// interpreter exit it never returns (the thread sleeps until the process ends rather than
     /// take the GIL of an interpreter being torn down).
     fn next_batch(self: &Arc<Self>) -> bool {
-        self.poll();
         let mut st = lock(&self.state);
-        let idle_from = st.idle_since;
         let work = loop {
             if st.wants_thread() {
                 break true;
@@ -854,10 +810,6 @@ impl Pool {
             }
         };
         if work {
-            if st.active == 0 && !st.poll_next && idle_from.elapsed() <= spin() {
-                // Woken after a short gap: poll next time.
-                st.poll_next = true;
-            }
             st.active += 1;
             st.last_take = Instant::now();
         } else {
@@ -889,15 +841,11 @@ impl Pool {
             let job = {
                 let mut st = lock(&self.state);
                 let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
-                self.queued.store(st.queue.len(), Ordering::Release);
                 match job {
                     Some(_) => st.last_take = Instant::now(),
                     // Under the lock that saw the queue empty: a push after this sees no active
                     // thread and wakes one.
-                    None => {
-                        st.active -= 1;
-                        st.idle_since = Instant::now();
-                    }
+                    None => st.active -= 1,
                 }
                 job
             };
@@ -968,19 +916,8 @@ impl Server {
             }
             // Plain handlers: the pool's threads, never an I/O thread (a handler may block).
             (None, Some(handler)) => {
-                let now = Instant::now();
-                let state = PoolState {
-                    queue: VecDeque::new(),
-                    threads: 0,
-                    active: 0,
-                    last_take: now,
-                    closed: false,
-                    polling: false,
-                    poll_next: true,
-                    poll_misses: 0,
-                    idle_since: now,
-                };
-                let pool = Pool { state: Mutex::new(state), ready: Condvar::new(), handler, queued: 0.into() };
+                let state = PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), closed: false };
+                let pool = Pool { state: Mutex::new(state), ready: Condvar::new(), handler };
                 let pool = PoolHandle(Arc::new(pool));
                 Arc::new(move |request: Request, reply: grenache::rpc::Reply| pool.0.push(request, reply))
             }
