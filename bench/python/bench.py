@@ -15,8 +15,8 @@ tests/interop do), over WS and HTTP:
   server (`grenache serve`).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
-found through two Grapes in this process. The `polling off` row runs the same blocking client with
-GRENACHE_PYTHON_POLL_US=0 (its waits sleep at once instead of polling first). Options: --seq N (sequential requests, default 5000),
+found through two Grapes in this process. The `polling 50 us` row runs the same blocking client
+with GRENACHE_PYTHON_POLL_US=50 (its waits poll for up to 50 us before they sleep). Options: --seq N (sequential requests, default 5000),
 --rounds R (rounds of 100, default 100), --only client|server.
 """
 
@@ -178,9 +178,9 @@ def free_port():
 
 
 def python_env(kind):
-    """The environment of a Python peer: `...-nopoll` kinds run with polling off."""
-    if kind.endswith("-nopoll"):
-        return dict(os.environ, GRENACHE_PYTHON_POLL_US="0")
+    """The environment of a Python peer: `...-poll` kinds poll 50 us before sleeping."""
+    if kind.endswith("-poll"):
+        return dict(os.environ, GRENACHE_PYTHON_POLL_US="50")
     return None
 
 
@@ -265,7 +265,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("python-asyncio", "Python face, asyncio"),
                 ("node", "Node reference client"),
                 ("rust", "Rust client (ceiling)"),
-                ("python-blocking-nopoll", "Python face, blocking, polling off"),
+                ("python-blocking-poll", "Python face, blocking, polling 50 us"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:

@@ -9,9 +9,9 @@
 //! * nothing that may wait for a library thread runs with the GIL held (closing waits for the
 //!   callbacks in flight, and they need the GIL), and objects dropped by Python's garbage
 //!   collector are closed on a thread of their own for the same reason;
-//! * a blocking call first polls for its result for a few tens of microseconds (GIL released,
-//!   bounded, adaptive: see [`wait_slot`]) before it sleeps, which saves the wake-up of the
-//!   calling thread on fast round trips;
+//! * a blocking call can poll for its result for a few tens of microseconds (GIL released,
+//!   bounded, adaptive; off by default, see [`spin`]) before it sleeps, which saves the wake-up
+//!   of the calling thread on fast round trips where cores are spare;
 //! * the asyncio path goes through an [`Inbox`] per event loop: completions (and requests for
 //!   `async def` handlers) are queued without the GIL, and the loop is woken once per batch
 //!   through a socket it watches, not once per reply;
@@ -71,19 +71,21 @@ fn invalid(message: impl Into<String>) -> Error {
 }
 
 /// The environment variable that sets how long blocking waits poll before they sleep, in
-/// microseconds (default 50, at most 1000; 0 turns polling off).
+/// microseconds (default 0: off; at most 1000).
 const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
 
 /// How long a blocking wait polls for its result before it sleeps (the idea of the core's
 /// WebSocket `busy_poll`, applied to the hop from the library's thread to the caller's):
 /// [`POLL_ENV`], read once.
 ///
-/// Idle handler threads do not poll for the next request: on two cores that measured slower,
-/// not faster (the polling thread takes the core the I/O thread and the client need).
+/// Off by default: on the two-core development machine, with the peer on the same machine,
+/// polling measured no faster over WS and half as fast over HTTP (the polling thread takes a
+/// core the I/O threads need). It pays where cores are spare and round trips short.
+/// Idle handler threads never poll for the next request, for the same reason.
 fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| {
-        let us = std::env::var(POLL_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(50);
+        let us = std::env::var(POLL_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
         Duration::from_micros(us.min(1000))
     })
 }
