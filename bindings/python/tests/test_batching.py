@@ -264,29 +264,44 @@ class BatchingTests(unittest.TestCase):
                         holder["server"].close()
 
     def test_blocking_calls_poll_then_sleep(self):
-        """Sequential blocking calls (which poll for fast results) and slow ones (which sleep
-        after polling) all get their own result."""
+        """Sequential blocking calls, fast and slow, with waits that sleep at once (the default)
+        and with waits that poll first (GRENACHE_PYTHON_POLL_US, read once per process: run in
+        a child), all get their own result."""
+        script = textwrap.dedent(
+            """
+            import sys, time, grenache
 
-        def handler(payload, info):
-            if isinstance(payload, dict):
-                time.sleep(payload["sleep"])
-                return payload["v"]
-            return payload
+            def handler(payload, info):
+                if isinstance(payload, dict):
+                    time.sleep(payload["sleep"])
+                    return payload["v"]
+                return payload
 
-        for t in TRANSPORTS:
-            with self.subTest(transport=t):
-                s = grenache.Server(self.link, handler, transport=t)
-                try:
-                    c, dest = self.clients[t], self.dest(s)
+            with grenache.Grape(host="127.0.0.1") as grape, grenache.Link(grape.url) as link:
+                for t in ("http", "ws"):
+                    s = grenache.Server(link, handler, transport=t)
+                    c = grenache.Client(link, transport=t)
+                    dest = f"127.0.0.1:{s.port}"
                     for i in range(300):
-                        self.assertEqual(c.request("x", i, dest=dest), i)
+                        assert c.request("x", i, dest=dest) == i
                     for i in range(5):
-                        self.assertEqual(c.request("x", {"sleep": 0.02, "v": i}, dest=dest), i)
-                        self.assertEqual(c.request("x", i, dest=dest), i)
-                    with self.assertRaises(grenache.TimeoutError):
+                        assert c.request("x", {"sleep": 0.02, "v": i}, dest=dest) == i
+                        assert c.request("x", i, dest=dest) == i
+                    try:
                         c.request("x", {"sleep": 1.0, "v": 0}, dest=dest, timeout=0.2)
-                finally:
+                        raise SystemExit("no timeout")
+                    except grenache.TimeoutError:
+                        pass
+                    c.close()
                     s.close()
+            print("ok", flush=True)
+            """
+        )
+        for poll in ("0", "50", "1000"):
+            with self.subTest(poll_us=poll):
+                env = dict(os.environ, GRENACHE_PYTHON_POLL_US=poll)
+                out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+                self.assertEqual(out.stdout.strip(), "ok", out.stderr[-2000:])
 
 
 class CtrlCTests(unittest.TestCase):
