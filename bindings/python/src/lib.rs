@@ -894,7 +894,7 @@ fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, inbox=None))]
+    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -905,6 +905,7 @@ impl Server {
         tls: Option<&PyServerTls>,
         reply_timeout_ms: Option<u64>,
         verify_client: Option<Py<PyAny>>,
+        broker: Option<String>,
         inbox: Option<&Inbox>,
     ) -> PyResult<Server> {
         let kind = transport_kind(py, transport)?;
@@ -940,7 +941,14 @@ impl Server {
                 })
             })
         });
-        let options = ServerOptions { port, tls: tls.map(|t| t.inner.clone()), reply_timeout: embed::millis(reply_timeout_ms), verify_client };
+        let options = ServerOptions {
+            port,
+            tls: tls.map(|t| t.inner.clone()),
+            reply_timeout: embed::millis(reply_timeout_ms),
+            verify_client,
+            broker,
+            ..Default::default()
+        };
         let link = Arc::clone(&link.inner);
         let server = py.detach(move || EmbedServer::listen(&link, kind, h, options)).map_err(|e| py_err(py, &e))?;
         Ok(Server { inner: Handle::new(server) })
@@ -968,6 +976,25 @@ impl Server {
         blocking(py, |tx| self.inner.shutdown(Duration::from_millis(grace_ms), sender(tx)))
     }
 
+    /// uTP: punches `target` ("ip:port") until it answers; raises on ERR_PUNCH_TIMEOUT.
+    fn punch(&self, py: Python<'_>, target: &str, timeout_ms: u64) -> PyResult<()> {
+        blocking(py, |tx| self.inner.punch(target, Duration::from_millis(timeout_ms), sender(tx)))
+    }
+
+    /// uTP: `cb(from)` for every punch reaching the server's socket.
+    fn on_punch(&self, py: Python<'_>, cb: Py<PyAny>) -> PyResult<()> {
+        let cb = Arc::new(cb);
+        self.inner
+            .on_punch(move |from| {
+                Python::attach(|py| {
+                    if let Err(e) = cb.call1(py, (from,)) {
+                        e.print(py);
+                    }
+                })
+            })
+            .map_err(|e| py_err(py, &e))
+    }
+
     fn shutdown_cb(&self, grace_ms: u64, cb: Py<PyAny>) {
         let done = callback(cb);
         self.inner.shutdown(Duration::from_millis(grace_ms), move |r| done(r.map(|ok| ok.to_string())));
@@ -992,11 +1019,25 @@ fn request_options(timeout_ms: Option<u64>, retry: u32, compress: bool, dest: Op
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (link, transport, tls=None, timeout_ms=None))]
-    fn new(py: Python<'_>, link: &Link, transport: &str, tls: Option<&PyClientTls>, timeout_ms: Option<u64>) -> PyResult<Client> {
+    #[pyo3(signature = (link, transport, tls=None, timeout_ms=None, broker=None, punch_timeout_ms=None))]
+    fn new(
+        py: Python<'_>,
+        link: &Link,
+        transport: &str,
+        tls: Option<&PyClientTls>,
+        timeout_ms: Option<u64>,
+        broker: Option<String>,
+        punch_timeout_ms: Option<u64>,
+    ) -> PyResult<Client> {
         let kind = transport_kind(py, transport)?;
-        let options = ClientOptions { tls: tls.map(|t| t.inner.clone()), default_timeout: embed::millis(timeout_ms) };
-        let client = EmbedClient::new(&link.inner, kind, options).map_err(|e| py_err(py, &e))?;
+        let options = ClientOptions {
+            tls: tls.map(|t| t.inner.clone()),
+            default_timeout: embed::millis(timeout_ms),
+            broker,
+            punch_timeout: embed::millis(punch_timeout_ms),
+        };
+        let link = Arc::clone(&link.inner);
+        let client = py.detach(move || EmbedClient::new(&link, kind, options)).map_err(|e| py_err(py, &e))?;
         Ok(Client { inner: Handle::new(client) })
     }
 

@@ -116,6 +116,7 @@ _ALSO = {
     "LookupEmptyError": LookupError,
     "ConnectError": ConnectionError,
     "ClosedError": ConnectionError,
+    "PunchTimeoutError": ConnectionError,
     "InvalidArgumentError": ValueError,
     "InvalidUtf8Error": ValueError,
 }
@@ -614,7 +615,8 @@ class _Calls:
 
 
 class Server:
-    """An RPC server (``transport="http"``, ``"ws"`` or ``"zmq"``) answering with ``handler(payload, info)``.
+    """An RPC server (``transport="http"``, ``"ws"``, ``"zmq"`` or ``"utp"``) answering with
+    ``handler(payload, info)``.
 
     The handler runs on a library thread and returns the result (any JSON value), or raises
     ``ReplyError("ERR_...")`` to answer with an error. Any other exception is printed and the
@@ -629,7 +631,12 @@ class Server:
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
-    ``verifyClient``; it runs on an I/O thread, so keep it short."""
+    ``verifyClient``; it runs on an I/O thread, so keep it short.
+
+    Over uTP (one UDP socket for the service, punches and broker traffic; no TLS), ``broker``
+    names a broker (``grenache broker``) that every announced name is also registered with, so
+    clients behind other NATs are introduced and both sides punch; ``punch`` and ``on_punch``
+    drive and watch hole punching from the server's socket."""
 
     def __init__(
         self,
@@ -642,6 +649,7 @@ class Server:
         reply_timeout: Optional[float] = None,
         verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
+        broker: Optional[str] = None,
     ) -> None:
         if loop is None:
             try:
@@ -651,9 +659,9 @@ class Server:
         if _is_async(handler):
             target = loop if loop is not None and not loop.is_closed() else _owned_loop()
             inbox = _Calls(target, handler).inbox  # the loop keeps the _Calls
-            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, inbox)
+            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox)
         else:
-            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client)
+            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker)
 
     @property
     def port(self) -> int:
@@ -677,6 +685,17 @@ class Server:
         connection finished in time. Call ``close()`` afterwards."""
         return self._s.shutdown(_ms(grace))
 
+    def punch(self, target: str, timeout: float = 5.0) -> None:
+        """uTP: punches ``target`` (``"ip:port"``) from the server's socket every 100 ms until it
+        answers; raises ``PunchTimeoutError`` when nothing came back within ``timeout`` seconds
+        (e.g. a symmetric NAT)."""
+        self._s.punch(target, _ms(timeout))
+
+    def on_punch(self, callback: Callable[[str], None]) -> None:
+        """uTP: ``callback(from_addr)`` for every punch reaching the server's socket (on a
+        library thread), until the server is closed."""
+        self._s.on_punch(callback)
+
     async def shutdown_async(self, grace: float = 10.0) -> bool:
         """``shutdown`` for asyncio."""
         return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), json.loads)
@@ -693,10 +712,23 @@ class Server:
 
 
 class Client:
-    """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them."""
+    """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them.
 
-    def __init__(self, link: Link, *, transport: str = "http", tls: Optional[ClientTls] = None, timeout: Optional[float] = None) -> None:
-        self._c = _native.Client(link._l, transport, tls, _ms(timeout))
+    Over uTP with ``broker``, the workers are found through that broker (their external
+    endpoints behind NATs) and punched (both sides at once, at most ``punch_timeout`` seconds;
+    ``PunchTimeoutError`` when none could be) before the requests go to them."""
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        transport: str = "http",
+        tls: Optional[ClientTls] = None,
+        timeout: Optional[float] = None,
+        broker: Optional[str] = None,
+        punch_timeout: Optional[float] = None,
+    ) -> None:
+        self._c = _native.Client(link._l, transport, tls, _ms(timeout), broker, _ms(punch_timeout))
 
     def request(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         """Sends ``payload`` to one worker of ``name`` and returns its result. ``retry`` more
