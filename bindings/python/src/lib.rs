@@ -894,7 +894,7 @@ fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None))]
+    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None, limits=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -907,8 +907,14 @@ impl Server {
         verify_client: Option<Py<PyAny>>,
         broker: Option<String>,
         inbox: Option<&Inbox>,
+        limits: Option<std::collections::BTreeMap<String, u64>>,
     ) -> PyResult<Server> {
         let kind = transport_kind(py, transport)?;
+        // Limits against hostile load by name (the core's table: `SERVER_LIMIT_NAMES`).
+        let mut server_limits = grenache::transport::ServerLimits::default();
+        for (name, value) in limits.unwrap_or_default() {
+            server_limits.set(&name, value).map_err(|e| py_err(py, &e))?;
+        }
         let h: Arc<dyn grenache::rpc::Handler> = match (inbox, handler) {
             // `async def` handlers: requests go to the event loop's inbox in batches.
             (Some(inbox), _) => {
@@ -947,6 +953,7 @@ impl Server {
             reply_timeout: embed::millis(reply_timeout_ms),
             verify_client,
             broker,
+            limits: server_limits,
             ..Default::default()
         };
         let link = Arc::clone(&link.inner);

@@ -34,7 +34,7 @@ import sys
 import threading
 import traceback
 import weakref
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import _native
 
@@ -636,7 +636,13 @@ class Server:
     Over uTP (one UDP socket for the service, punches and broker traffic; no TLS), ``broker``
     names a broker (``grenache broker``) that every announced name is also registered with, so
     clients behind other NATs are introduced and both sides punch; ``punch`` and ``on_punch``
-    drive and watch hole punching from the server's socket."""
+    drive and watch hole punching from the server's socket.
+
+    ``limits`` sets limits against hostile load by name (durations in milliseconds):
+    ``max_connections``, ``max_connections_per_ip``, ``header_timeout_ms``, ``body_timeout_ms``,
+    ``body_min_rate``, ``idle_timeout_ms``, ``max_body_in_flight``, ``ws_ping_interval_ms``,
+    ``ws_pong_timeout_ms``, ``ws_idle_timeout_ms`` (the same names in every face; an unknown name
+    or a zero cap raises ``InvalidArgumentError``)."""
 
     def __init__(
         self,
@@ -650,6 +656,7 @@ class Server:
         verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
         broker: Optional[str] = None,
+        limits: Optional[Dict[str, int]] = None,
     ) -> None:
         if loop is None:
             try:
@@ -659,9 +666,9 @@ class Server:
         if _is_async(handler):
             target = loop if loop is not None and not loop.is_closed() else _owned_loop()
             inbox = _Calls(target, handler).inbox  # the loop keeps the _Calls
-            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox)
+            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox, limits)
         else:
-            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker)
+            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker, None, limits)
 
     @property
     def port(self) -> int:
