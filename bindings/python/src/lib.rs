@@ -389,6 +389,25 @@ impl Link {
         self.inner.stop_announcing(name, port)
     }
 
+    /// Removes the announce of (name, port) from the Grapes at once; returns how many DHT nodes
+    /// removed it.
+    fn unannounce(&self, py: Python<'_>, name: String, port: u16) -> PyResult<u64> {
+        blocking(py, |tx| self.inner.unannounce(name, port, sender(tx)))
+    }
+
+    /// Pins `name` to the service's public keys (hex; empty unpins).
+    fn pin_service(&self, py: Python<'_>, name: &str, keys: Vec<String>) -> PyResult<()> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.inner.pin_service(name, &keys).map_err(|e| py_err(py, &e))
+    }
+
+    /// Signs the announces of `name` with `keys` (proofs valid `ttl_ms`; no keys stops).
+    fn sign_announcements(&self, py: Python<'_>, name: &str, keys: Vec<PyRef<'_, Keypair>>, ttl_ms: u64) -> PyResult<()> {
+        let keys = keys.iter().map(|k| k.inner.clone()).collect();
+        let ttl = if ttl_ms == 0 { Duration::from_secs(600) } else { Duration::from_millis(ttl_ms) };
+        self.inner.sign_announcements(name, keys, ttl).map_err(|e| py_err(py, &e))
+    }
+
     /// Stores an immutable item (JSON text); returns its hex hash.
     fn put(&self, py: Python<'_>, v_json: &str) -> PyResult<String> {
         blocking(py, |tx| self.inner.put(v_json, sender(tx)))

@@ -377,6 +377,25 @@ class Link:
     def stop_announcing(self, name: str, port: int) -> bool:
         return self._l.stop_announcing(name, port)
 
+    def unannounce(self, name: str, port: int) -> int:
+        """Removes the announce of ``name`` on ``port`` from the Grapes at once (grenache-rs
+        Grapes; a Node reference Grape raises ``GrapeError`` ``ERR_REQ_NOTFOUND`` and keeps it
+        until it expires). Stop announcing it first. Returns how many DHT nodes removed it."""
+        return self._l.unannounce(name, port)
+
+    def pin_service(self, name: str, keys: List[str]) -> None:
+        """Pins the service ``name`` to its ed25519 public keys (hex; two during a key
+        rotation; ``[]`` unpins): lookups of ``name``, and requests of clients built on this
+        Link, use only addresses with a valid signed proof under one of them, so an address
+        announced by anyone else is never used (see docs/signed-announce.md)."""
+        self._l.pin_service(name, list(keys))
+
+    def sign_announcements(self, name: str, keys: List[Keypair], *, ttl: float = 600.0) -> None:
+        """Makes every announce of ``name`` through this Link (and servers built on it) publish
+        a signed proof of the address under each key, valid ``ttl`` seconds, for clients that
+        pinned the service's public keys. ``[]`` stops signing."""
+        self._l.sign_announcements(name, list(keys), _ms(ttl) or 0)
+
     def put(self, value: Json) -> str:
         """Stores an immutable item in the DHT; returns its hex hash."""
         return self._l.put(_dumps(value))
