@@ -47,7 +47,7 @@ pub const ERR_GENERIC: &str = "ERR_GRAPE_GENERIC";
 
 /// One of the four API calls, parsed and validated.
 #[derive(Debug, Clone)]
-pub enum Request {
+pub enum ApiRequest {
     /// `POST /announce {"data":[name, port]}`.
     Announce {
         /// The service name's UTF-8 bytes (the DHT info-hash).
@@ -87,41 +87,41 @@ pub struct GetRequest {
 
 /// An HTTP reply: a status and a body (every reply carries a `Content-Length`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct ApiReply {
     /// HTTP status code.
     pub status: u16,
     /// The body bytes (JSON, raw text, or empty).
     pub body: Bytes,
 }
 
-impl Reply {
+impl ApiReply {
     /// 200 with `value` serialised as JSON.
-    pub fn json(value: &Value) -> Reply {
-        Reply { status: 200, body: Bytes::from(value.to_string()) }
+    pub fn json(value: &Value) -> ApiReply {
+        ApiReply { status: 200, body: Bytes::from(value.to_string()) }
     }
     /// 200 with an already-serialised JSON body.
-    pub fn json_text(text: String) -> Reply {
-        Reply { status: 200, body: Bytes::from(text) }
+    pub fn json_text(text: String) -> ApiReply {
+        ApiReply { status: 200, body: Bytes::from(text) }
     }
     /// 200 with an empty body (a `/get` miss).
-    pub fn empty() -> Reply {
-        Reply { status: 200, body: Bytes::new() }
+    pub fn empty() -> ApiReply {
+        ApiReply { status: 200, body: Bytes::new() }
     }
     /// An application error: `status` (200 unless a KRPC 3xx) and the message as a JSON string.
-    pub fn app_error(status: u16, message: &str) -> Reply {
-        Reply { status, body: Bytes::from(Value::String(message.to_string()).to_string()) }
+    pub fn app_error(status: u16, message: &str) -> ApiReply {
+        ApiReply { status, body: Bytes::from(Value::String(message.to_string()).to_string()) }
     }
     /// A transport-level error: `status` and the message as **raw text**.
-    pub fn raw(status: u16, text: &str) -> Reply {
-        Reply { status, body: Bytes::from(text.to_string()) }
+    pub fn raw(status: u16, text: &str) -> ApiReply {
+        ApiReply { status, body: Bytes::from(text.to_string()) }
     }
     /// 500 `ERR_GRAPE_PAYLOAD_INVALID` (raw text).
-    pub fn payload_invalid() -> Reply {
-        Reply::raw(500, ERR_PAYLOAD_INVALID)
+    pub fn payload_invalid() -> ApiReply {
+        ApiReply::raw(500, ERR_PAYLOAD_INVALID)
     }
     /// 413 `ERR_GRAPE_PAYLOAD_SIZE` (raw text).
-    pub fn payload_too_large() -> Reply {
-        Reply::raw(413, ERR_PAYLOAD_SIZE)
+    pub fn payload_too_large() -> ApiReply {
+        ApiReply::raw(413, ERR_PAYLOAD_SIZE)
     }
 }
 
@@ -155,38 +155,38 @@ pub fn route(path_and_query: &str) -> Option<Route> {
 
 /// Parses a whole request body for `path`: the JSON envelope, the route, and the `data` field.
 ///
-/// Returns the validated [`Request`], or the exact [`Reply`] to send when the request is refused
+/// Returns the validated [`ApiRequest`], or the exact [`ApiReply`] to send when the request is refused
 /// before any DHT work. Never panics, whatever the bytes (this is the fuzz target's entry point).
-pub fn handle_body(path: &str, body: &[u8]) -> Result<Request, Reply> {
+pub fn handle_body(path: &str, body: &[u8]) -> Result<ApiRequest, ApiReply> {
     // The reference decodes the bytes as UTF-8 (invalid sequences become U+FFFD) before JSON.parse.
     let text = String::from_utf8_lossy(body);
-    let envelope: Value = serde_json::from_str(&text).map_err(|_| Reply::payload_invalid())?;
+    let envelope: Value = serde_json::from_str(&text).map_err(|_| ApiReply::payload_invalid())?;
     // `null` has no `data` (the reference throws a TypeError: 500). Other non-objects simply
     // have no `data` field.
     if envelope.is_null() {
-        return Err(Reply::payload_invalid());
+        return Err(ApiReply::payload_invalid());
     }
     let data = envelope.get("data");
     let Some(route) = route(path) else {
-        return Err(Reply::app_error(200, ERR_REQ_NOTFOUND));
+        return Err(ApiReply::app_error(200, ERR_REQ_NOTFOUND));
     };
     match route {
         Route::Announce => parse_announce(data),
         Route::Lookup => parse_lookup(data),
         Route::Unannounce => match parse_announce(data) {
-            Ok(Request::Announce { name, port }) => Ok(Request::Unannounce { name, port }),
-            Err(r) if r.body == Reply::app_error(200, ERR_ANNOUNCE).body => Err(Reply::app_error(200, ERR_UNANNOUNCE)),
+            Ok(ApiRequest::Announce { name, port }) => Ok(ApiRequest::Unannounce { name, port }),
+            Err(r) if r.body == ApiReply::app_error(200, ERR_ANNOUNCE).body => Err(ApiReply::app_error(200, ERR_UNANNOUNCE)),
             other => other,
         },
-        Route::Put => parse_put(data).map(Request::Put).map_err(|m| Reply::app_error(200, &m)),
-        Route::Get => parse_get(data).map(Request::Get),
+        Route::Put => parse_put(data).map(ApiRequest::Put).map_err(|m| ApiReply::app_error(200, &m)),
+        Route::Get => parse_get(data).map(ApiRequest::Get),
     }
 }
 
-fn parse_lookup(data: Option<&Value>) -> Result<Request, Reply> {
+fn parse_lookup(data: Option<&Value>) -> Result<ApiRequest, ApiReply> {
     match data {
-        Some(Value::String(s)) if !s.is_empty() => Ok(Request::Lookup { name: s.as_bytes().to_vec() }),
-        _ => Err(Reply::app_error(200, ERR_LOOKUP)),
+        Some(Value::String(s)) if !s.is_empty() => Ok(ApiRequest::Lookup { name: s.as_bytes().to_vec() }),
+        _ => Err(ApiReply::app_error(200, ERR_LOOKUP)),
     }
 }
 
@@ -207,16 +207,16 @@ fn js_integer(v: &Value) -> Option<i64> {
     }
 }
 
-fn parse_announce(data: Option<&Value>) -> Result<Request, Reply> {
+fn parse_announce(data: Option<&Value>) -> Result<ApiRequest, ApiReply> {
     let Some(Value::Array(items)) = data else {
-        return Err(Reply::app_error(200, ERR_ANNOUNCE));
+        return Err(ApiReply::app_error(200, ERR_ANNOUNCE));
     };
     // Port first, as the reference checks it before touching the name.
-    let port = items.get(1).and_then(js_integer).ok_or_else(|| Reply::app_error(200, ERR_SERVICE_PORT))?;
-    let port = u16::try_from(port).map_err(|_| Reply::app_error(200, ERR_SERVICE_PORT))?;
+    let port = items.get(1).and_then(js_integer).ok_or_else(|| ApiReply::app_error(200, ERR_SERVICE_PORT))?;
+    let port = u16::try_from(port).map_err(|_| ApiReply::app_error(200, ERR_SERVICE_PORT))?;
     match items.first() {
-        Some(Value::String(name)) => Ok(Request::Announce { name: name.as_bytes().to_vec(), port }),
-        _ => Err(Reply::app_error(200, ERR_ANNOUNCE)),
+        Some(Value::String(name)) => Ok(ApiRequest::Announce { name: name.as_bytes().to_vec(), port }),
+        _ => Err(ApiReply::app_error(200, ERR_ANNOUNCE)),
     }
 }
 
@@ -379,8 +379,8 @@ fn check_v_len(v: &Value) -> Result<(), String> {
 }
 
 /// Decodes a `/get` payload: a target string (JSON, else hex), or `{hash, salt?, cache?}`.
-pub fn parse_get(data: Option<&Value>) -> Result<GetRequest, Reply> {
-    let generic = || Reply::app_error(200, ERR_GENERIC);
+pub fn parse_get(data: Option<&Value>) -> Result<GetRequest, ApiReply> {
+    let generic = || ApiReply::app_error(200, ERR_GENERIC);
     match data {
         Some(Value::String(s)) => Ok(GetRequest { target: str2buf(s, true), salt: None, use_local: true }),
         Some(Value::Object(o)) => {
@@ -532,22 +532,22 @@ pub fn lookup_json(peers: &[SocketAddrV4]) -> String {
 /// Maps a DHT error of an announce or put to the reply the reference gives: `"No nodes to query"`,
 /// `"All queries failed"` (200), KRPC 3xx as the HTTP status with `"<code> <message>"`, anything
 /// else as 200 with the error's message.
-pub fn dht_error_reply(e: &Error) -> Reply {
+pub fn dht_error_reply(e: &Error) -> ApiReply {
     match e.kind() {
-        ErrorKind::NoNodes => Reply::app_error(200, "No nodes to query"),
-        ErrorKind::AllQueriesFailed => Reply::app_error(200, "All queries failed"),
-        ErrorKind::SeqTooLow => Reply::app_error(302, &krpc_text(e.message(), 302, "sequence number less than current")),
+        ErrorKind::NoNodes => ApiReply::app_error(200, "No nodes to query"),
+        ErrorKind::AllQueriesFailed => ApiReply::app_error(200, "All queries failed"),
+        ErrorKind::SeqTooLow => ApiReply::app_error(302, &krpc_text(e.message(), 302, "sequence number less than current")),
         ErrorKind::CasMismatch => {
-            Reply::app_error(301, &krpc_text(e.message(), 301, "CAS mismatch, re-read and try again"))
+            ApiReply::app_error(301, &krpc_text(e.message(), 301, "CAS mismatch, re-read and try again"))
         }
         _ => {
             let msg = e.message();
             // "3xx text" from another KRPC error keeps its code as the HTTP status.
             let code = msg.get(..3).and_then(|c| c.parse::<u16>().ok()).filter(|c| (300..400).contains(c));
             match (e.kind(), code) {
-                (ErrorKind::Dht, Some(c)) if msg.as_bytes().get(3) == Some(&b' ') => Reply::app_error(c, msg),
-                _ if msg.is_empty() => Reply::app_error(200, e.kind().name()),
-                _ => Reply::app_error(200, msg),
+                (ErrorKind::Dht, Some(c)) if msg.as_bytes().get(3) == Some(&b' ') => ApiReply::app_error(c, msg),
+                _ if msg.is_empty() => ApiReply::app_error(200, e.kind().name()),
+                _ => ApiReply::app_error(200, msg),
             }
         }
     }
@@ -565,7 +565,7 @@ mod tests {
     use crate::dht::MutableMeta;
     use serde_json::json;
 
-    fn err(r: Result<Request, Reply>) -> (u16, String) {
+    fn err(r: Result<ApiRequest, ApiReply>) -> (u16, String) {
         let r = r.expect_err("expected a refusal");
         (r.status, String::from_utf8(r.body.to_vec()).expect("utf8"))
     }
@@ -586,7 +586,7 @@ mod tests {
     fn routes_accept_upper_first() {
         assert!(matches!(
             handle_body("/Lookup", br#"{"rid":"r","data":"svc"}"#),
-            Ok(Request::Lookup { name }) if name == b"svc"
+            Ok(ApiRequest::Lookup { name }) if name == b"svc"
         ));
         assert!(route("/LOOKUP").is_none());
         assert!(route("/lookup/").is_none());
@@ -613,11 +613,11 @@ mod tests {
         assert_eq!(e(r#"{"data":[123,1337]}"#), (200, "\"ERR_GRAPE_ANNOUNCE\"".into()));
         assert!(matches!(
             handle_body("/announce", br#"{"data":["rest:util:net",1337.0,"extra"],"rid":"r1"}"#),
-            Ok(Request::Announce { name, port: 1337 }) if name == b"rest:util:net"
+            Ok(ApiRequest::Announce { name, port: 1337 }) if name == b"rest:util:net"
         ));
         assert!(matches!(
             handle_body("/announce", br#"{"data":["",0]}"#),
-            Ok(Request::Announce { name, port: 0 }) if name.is_empty()
+            Ok(ApiRequest::Announce { name, port: 0 }) if name.is_empty()
         ));
     }
 
@@ -629,15 +629,15 @@ mod tests {
         assert_eq!(e(r#"{"data":["x",70000]}"#), (200, "\"ERR_GRAPE_SERVICE_PORT\"".into()));
         assert!(matches!(
             handle_body("/unannounce", br#"{"data":["rest:util:net",1337]}"#),
-            Ok(Request::Unannounce { name, port: 1337 }) if name == b"rest:util:net"
+            Ok(ApiRequest::Unannounce { name, port: 1337 }) if name == b"rest:util:net"
         ));
-        assert!(matches!(handle_body("/Unannounce", br#"{"data":["a",0]}"#), Ok(Request::Unannounce { port: 0, .. })));
+        assert!(matches!(handle_body("/Unannounce", br#"{"data":["a",0]}"#), Ok(ApiRequest::Unannounce { port: 0, .. })));
     }
 
     #[test]
     fn put_immutable_targets() {
         let t = |b: &str| match handle_body("/put", b.as_bytes()) {
-            Ok(Request::Put(item)) => hex::encode(put_target(&item)),
+            Ok(ApiRequest::Put(item)) => hex::encode(put_target(&item)),
             other => panic!("{other:?}"),
         };
         assert_eq!(t(r#"{"data":{"v":"hello world"}}"#), "6d33adc2b6b2c14c3036feefb7fedbca1a880527");
@@ -685,7 +685,7 @@ mod tests {
         let sig = "cd".repeat(64);
         let body = format!(r#"{{"data":{{"v":"m","k":"{k}","sig":"{sig}","seq":3,"salt":"\"abc\"","cas":2}}}}"#);
         match handle_body("/put", body.as_bytes()) {
-            Ok(Request::Put(PutItem::Mutable { v_bencoded, k: kk, sig: ss, seq, salt, cas })) => {
+            Ok(ApiRequest::Put(PutItem::Mutable { v_bencoded, k: kk, sig: ss, seq, salt, cas })) => {
                 assert_eq!(v_bencoded, b"1:m");
                 assert_eq!(kk, [0xab; 32]);
                 assert_eq!(ss, [0xcd; 64]);
@@ -700,11 +700,11 @@ mod tests {
     #[test]
     fn get_parsing() {
         let g = |b: &str| match handle_body("/get", b.as_bytes()) {
-            Ok(Request::Get(g)) => Ok(g),
+            Ok(ApiRequest::Get(g)) => Ok(g),
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e),
         };
-        let err = |r: Result<GetRequest, Reply>| {
+        let err = |r: Result<GetRequest, ApiReply>| {
             let r = r.expect_err("expected a refusal");
             (r.status, String::from_utf8(r.body.to_vec()).expect("utf8"))
         };

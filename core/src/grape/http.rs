@@ -2,7 +2,7 @@
 //!
 //! Reads each body up to the size limit (a larger one is refused with 413 as soon as the limit is
 //! passed, without reading the rest), parses it with [`api::handle_body`], hands the request to
-//! a [`Handler`], and writes the [`Reply`] with a `Content-Length`.
+//! a [`Handler`], and writes the [`ApiReply`] with a `Content-Length`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,14 +19,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{self, Reply, Request};
+use super::api::{self, ApiReply, ApiRequest};
 use crate::transport::limits::{self, Activity, BodyError, Sources, Watched, idle_for};
 use crate::transport::{ConnLimits, ReadDeadlines, Refusals};
 
 /// Executes a parsed API request (the Grape itself, or a stub in tests).
 pub(crate) trait Handler: Send + Sync + 'static {
     /// Runs `req` and returns the reply.
-    fn handle(&self, req: Request) -> impl Future<Output = Reply> + Send;
+    fn handle(&self, req: ApiRequest) -> impl Future<Output = ApiReply> + Send;
 }
 
 /// Server-wide settings.
@@ -113,7 +113,7 @@ async fn respond<H: Handler>(
 
 /// Collects the request body within the deadlines, refusing it (413) once it passes `max_body`
 /// bytes; a late or slow body gets `408 ERR_GRAPE_TIMEOUT` (raw text).
-async fn read_body(req: http::Request<Incoming>, opts: &ServerOptions, peer: std::net::SocketAddr) -> Result<Bytes, Reply> {
+async fn read_body(req: http::Request<Incoming>, opts: &ServerOptions, peer: std::net::SocketAddr) -> Result<Bytes, ApiReply> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -121,17 +121,17 @@ async fn read_body(req: http::Request<Incoming>, opts: &ServerOptions, peer: std
         .and_then(|v| v.trim().parse::<u64>().ok());
     match limits::read_body(req.into_body(), declared, opts.max_body, &opts.deadlines, None).await {
         Ok((body, _)) => Ok(body),
-        Err(BodyError::TooLarge) => Err(Reply::payload_too_large()),
+        Err(BodyError::TooLarge) => Err(ApiReply::payload_too_large()),
         Err(BodyError::TimedOut) => {
             opts.refusals.refuse("a request body did not arrive in time", Some(peer.ip()));
-            Err(Reply::raw(408, api::ERR_TIMEOUT))
+            Err(ApiReply::raw(408, api::ERR_TIMEOUT))
         }
-        Err(BodyError::Busy) => Err(Reply::raw(503, "ERR_GRAPE_BUSY")),
-        Err(BodyError::Io(e)) => Err(Reply::raw(500, &e)),
+        Err(BodyError::Busy) => Err(ApiReply::raw(503, "ERR_GRAPE_BUSY")),
+        Err(BodyError::Io(e)) => Err(ApiReply::raw(500, &e)),
     }
 }
 
-fn to_response(reply: Reply) -> http::Response<Full<Bytes>> {
+fn to_response(reply: ApiReply) -> http::Response<Full<Bytes>> {
     let len = reply.body.len();
     let status = reply.status;
     let mut res = http::Response::new(Full::new(reply.body));
@@ -153,10 +153,10 @@ mod tests {
 
     struct Echo;
     impl Handler for Echo {
-        async fn handle(&self, req: Request) -> Reply {
+        async fn handle(&self, req: ApiRequest) -> ApiReply {
             match req {
-                Request::Lookup { name } => Reply::json_text(format!("[\"{}\"]", String::from_utf8_lossy(&name))),
-                _ => Reply::empty(),
+                ApiRequest::Lookup { name } => ApiReply::json_text(format!("[\"{}\"]", String::from_utf8_lossy(&name))),
+                _ => ApiReply::empty(),
             }
         }
     }

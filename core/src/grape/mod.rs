@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dht::{Dht, DhtConfig, DhtEvent, DhtState, PutItem};
 use crate::error::{Error, ErrorKind, Result};
-use api::{Reply, Request};
+use api::{ApiReply, ApiRequest};
 use cache::LookupCache;
 
 pub use testnet::Testnet;
@@ -761,51 +761,51 @@ impl Inner {
         Ok(lock(&self.cache).get(name, LOOKUP_MAX_PEERS))
     }
 
-    async fn handle(self: &Arc<Self>, req: Request) -> Reply {
-        if let Request::Lookup { name } | Request::Announce { name, .. } | Request::Unannounce { name, .. } = &req
+    async fn handle(self: &Arc<Self>, req: ApiRequest) -> ApiReply {
+        if let ApiRequest::Lookup { name } | ApiRequest::Announce { name, .. } | ApiRequest::Unannounce { name, .. } = &req
             && name.len() > self.max_key_len
         {
             // No node would store it (the reference takes any length).
-            return Reply::app_error(200, api::ERR_KEY_TOO_LONG);
+            return ApiReply::app_error(200, api::ERR_KEY_TOO_LONG);
         }
         match req {
-            Request::Lookup { name } => match self.lookup(&name).await {
-                Ok(peers) => Reply::json_text(api::lookup_json(&peers)),
-                Err(e) => Reply::app_error(200, e.message()),
+            ApiRequest::Lookup { name } => match self.lookup(&name).await {
+                Ok(peers) => ApiReply::json_text(api::lookup_json(&peers)),
+                Err(e) => ApiReply::app_error(200, e.message()),
             },
-            Request::Announce { name, port } => match self.announce(&name, port).await {
-                Ok(n) => Reply::json_text(n.to_string()),
+            ApiRequest::Announce { name, port } => match self.announce(&name, port).await {
+                Ok(n) => ApiReply::json_text(n.to_string()),
                 Err(e) => api::dht_error_reply(&e),
             },
-            Request::Unannounce { name, port } => match self.unannounce(&name, port).await {
-                Ok(n) => Reply::json_text(n.to_string()),
+            ApiRequest::Unannounce { name, port } => match self.unannounce(&name, port).await {
+                Ok(n) => ApiReply::json_text(n.to_string()),
                 Err(e) => api::dht_error_reply(&e),
             },
-            Request::Put(item) => self.put(item).await,
-            Request::Get(get) => {
+            ApiRequest::Put(item) => self.put(item).await,
+            ApiRequest::Get(get) => {
                 let Ok(target) = <[u8; 20]>::try_from(get.target.as_slice()) else {
                     // Only a 20-byte target can match anything.
-                    return Reply::empty();
+                    return ApiReply::empty();
                 };
                 let salt = get.salt.as_deref();
                 match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.get(target, salt, get.use_local)).await {
-                    Ok(Ok(Some(res))) => Reply::json_text(api::get_result_json(&res, salt)),
-                    Ok(Ok(None)) => Reply::empty(),
+                    Ok(Ok(Some(res))) => ApiReply::json_text(api::get_result_json(&res, salt)),
+                    Ok(Ok(None)) => ApiReply::empty(),
                     Ok(Err(e)) if matches!(e.kind(), ErrorKind::NoNodes | ErrorKind::AllQueriesFailed | ErrorKind::Timeout) => {
-                        Reply::empty()
+                        ApiReply::empty()
                     }
                     Ok(Err(e)) => api::dht_error_reply(&e),
-                    Err(_) => Reply::empty(),
+                    Err(_) => ApiReply::empty(),
                 }
             }
         }
     }
 
-    async fn put(&self, item: PutItem) -> Reply {
+    async fn put(&self, item: PutItem) -> ApiReply {
         match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.put(item)).await {
-            Ok(Ok((target, _))) => Reply::json_text(serde_json::Value::String(hex::encode(target)).to_string()),
+            Ok(Ok((target, _))) => ApiReply::json_text(serde_json::Value::String(hex::encode(target)).to_string()),
             Ok(Err(e)) => api::dht_error_reply(&e),
-            Err(_) => Reply::app_error(200, "All queries failed"),
+            Err(_) => ApiReply::app_error(200, "All queries failed"),
         }
     }
 }
@@ -814,10 +814,10 @@ impl Inner {
 struct Api(std::sync::Weak<Inner>);
 
 impl http::Handler for Api {
-    async fn handle(&self, req: Request) -> Reply {
+    async fn handle(&self, req: ApiRequest) -> ApiReply {
         match self.0.upgrade() {
             Some(inner) => inner.handle(req).await,
-            None => Reply::raw(503, "ERR_GRAPE_STOPPED"),
+            None => ApiReply::raw(503, "ERR_GRAPE_STOPPED"),
         }
     }
 }
