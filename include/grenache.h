@@ -1103,6 +1103,17 @@ grenache_result grenache_publisher_new(const grenache_link *link, uint16_t port,
 grenache_result grenache_publisher_new_opts(const grenache_link *link, const grenache_server_options *opts, grenache_publisher **out);
 
 /**
+ * Starts a publisher speaking `transport`: `GRENACHE_TRANSPORT_WS` (what
+ * `grenache_publisher_new_opts` starts) or `GRENACHE_TRANSPORT_ZMQ` (a ZeroMQ PUB socket: libzmq
+ * SUB sockets can subscribe too; no TLS and no `verify_client` hook). `opts` (NULL: the
+ * defaults; copied) gives the port, and TLS and the hook for WS. Blocks until bound (at most
+ * 10 s): not allowed inside callbacks (`INVALID_STATE`). Writes `*out` (owned by the caller) on
+ * success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT` (another transport; TLS or a hook with
+ * ZeroMQ), `IO`, `INVALID_STATE`.
+ */
+grenache_result grenache_publisher_new_transport(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_publisher **out);
+
+/**
  * The publisher's port (0 when `publisher` is NULL).
  */
 uint16_t grenache_publisher_port(const grenache_publisher *publisher);
@@ -1154,6 +1165,16 @@ grenache_result grenache_subscriber_new(const grenache_link *link, const char *n
  * The same contract otherwise.
  */
 grenache_result grenache_subscriber_new_ex(const grenache_link *link, const char *name, const grenache_client_tls *tls, grenache_message_ex_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
+
+/**
+ * `grenache_subscriber_new_ex` over `transport`: `GRENACHE_TRANSPORT_WS` (the same as
+ * `grenache_subscriber_new_ex`) or `GRENACHE_TRANSPORT_ZMQ` (a ZeroMQ SUB socket per publisher,
+ * subscribed to everything; `tls` must be NULL). ZeroMQ messages carry no text/binary flag:
+ * `binary` is true when a message is not UTF-8. The same contract otherwise; `free_userdata`
+ * also runs when this call fails. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT`
+ * (another transport; TLS with ZeroMQ), `CANCELLED` (runtime freed).
+ */
+grenache_result grenache_subscriber_new_transport(const grenache_link *link, const char *name, uint32_t transport, const grenache_client_tls *tls, grenache_message_ex_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
 
 /**
  * How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is
@@ -1351,6 +1372,19 @@ grenache_result grenache_server_options_set_port(grenache_server_options *opts, 
  * speaks HTTPS or `wss://`. Errors: `NULL_PARAMETER` (`opts` NULL).
  */
 grenache_result grenache_server_options_set_tls(grenache_server_options *opts, const grenache_server_tls *tls);
+
+/**
+ * Sets the server limit `limit` (a `grenache_server_limit`) to `value`. Applies to HTTP and WS
+ * RPC servers (the connection caps to ZeroMQ too). Errors: `NULL_PARAMETER`,
+ * `INVALID_ARGUMENT` (an unknown limit; 0 for anything but `BODY_MIN_RATE`).
+ */
+grenache_result grenache_server_options_set_limit(grenache_server_options *opts, uint32_t limit, uint64_t value);
+
+/**
+ * The name of the server limit `limit` (`"max_connections_per_ip"`...), as the Python, Node and
+ * Ruby faces spell it, or NULL for an unknown limit. Static: never free it.
+ */
+const char *grenache_server_limit_name(uint32_t limit);
 
 /**
  * Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is

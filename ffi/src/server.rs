@@ -245,6 +245,66 @@ pub extern "C" fn grenache_server_options_set_tls(opts: *mut grenache_server_opt
     }
 }
 
+/// The limits of `grenache_server_options_set_limit`, against hostile load (see the README's
+/// "Under hostile load"). Durations are in milliseconds. Each has a default a service would
+/// choose; `grenache_server_limit_name` gives the name the other faces and the CLI use.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum grenache_server_limit {
+    /// Most connections served at once (default 10000).
+    MaxConnections = 0,
+    /// Most connections one source IP address holds at once (default 2000).
+    MaxConnectionsPerIp = 1,
+    /// HTTP: time a request's head has to arrive (default 10000).
+    HeaderTimeoutMs = 2,
+    /// HTTP: time a request's whole body has to arrive (default 60000).
+    BodyTimeoutMs = 3,
+    /// HTTP: bytes per second a body must come at, on average, after its first 5 s (default
+    /// 4096; 0: any rate).
+    BodyMinRate = 4,
+    /// HTTP: time an idle keep-alive connection is kept (default 5000).
+    IdleTimeoutMs = 5,
+    /// HTTP: request-body bytes the whole server buffers at once (default 256 MiB).
+    MaxBodyInFlight = 6,
+    /// WS: silence after which the server pings a socket (default 30000).
+    WsPingIntervalMs = 7,
+    /// WS: time a client has to answer a ping (default 10000).
+    WsPongTimeoutMs = 8,
+    /// WS: time without a request after which a socket is closed (default 300000).
+    WsIdleTimeoutMs = 9,
+}
+
+/// Sets the server limit `limit` (a `grenache_server_limit`) to `value`. Applies to HTTP and WS
+/// RPC servers (the connection caps to ZeroMQ too). Errors: `NULL_PARAMETER`,
+/// `INVALID_ARGUMENT` (an unknown limit; 0 for anything but `BODY_MIN_RATE`).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_limit(opts: *mut grenache_server_options, limit: u32, value: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let Some(name) = grenache_core::transport::SERVER_LIMIT_NAMES.get(limit as usize) else {
+            return grenache_result::InvalidArgument;
+        };
+        match o.inner.limits.set(name, value) {
+            Ok(()) => grenache_result::Ok,
+            Err(_) => grenache_result::InvalidArgument,
+        }
+    }
+}
+
+/// The name of the server limit `limit` (`"max_connections_per_ip"`...), as the Python, Node and
+/// Ruby faces spell it, or NULL for an unknown limit. Static: never free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_limit_name(limit: u32) -> *const c_char {
+    ffi_panic_boundary! {
+        static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            grenache_core::transport::SERVER_LIMIT_NAMES.iter().filter_map(|n| std::ffi::CString::new(*n).ok()).collect()
+        });
+        names.get(limit as usize).map_or(std::ptr::null(), |n| n.as_ptr())
+    }
+}
+
 /// Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is
 /// answered `ERR_TIMEOUT` for it (the late answer then goes nowhere; `grenache_reply_is_closed`
 /// turns true). 0, the default: no timeout. Applies to RPC servers, not publishers.
@@ -456,5 +516,46 @@ pub extern "C" fn grenache_server_on_punch(server: *const grenache_server, cb: g
             Ok(()) => grenache_result::Ok,
             Err(e) => grenache_result::from(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_numbers_match_the_core_names() {
+        use grenache_server_limit::*;
+        let all = [
+            (MaxConnections, "max_connections"),
+            (MaxConnectionsPerIp, "max_connections_per_ip"),
+            (HeaderTimeoutMs, "header_timeout_ms"),
+            (BodyTimeoutMs, "body_timeout_ms"),
+            (BodyMinRate, "body_min_rate"),
+            (IdleTimeoutMs, "idle_timeout_ms"),
+            (MaxBodyInFlight, "max_body_in_flight"),
+            (WsPingIntervalMs, "ws_ping_interval_ms"),
+            (WsPongTimeoutMs, "ws_pong_timeout_ms"),
+            (WsIdleTimeoutMs, "ws_idle_timeout_ms"),
+        ];
+        assert_eq!(all.len(), grenache_core::transport::SERVER_LIMIT_NAMES.len());
+        for (limit, name) in all {
+            // SAFETY: a static NUL-terminated string of this library.
+            let got = unsafe { std::ffi::CStr::from_ptr(grenache_server_limit_name(limit as u32)) };
+            assert_eq!(got.to_str(), Ok(name));
+        }
+        assert!(grenache_server_limit_name(all.len() as u32).is_null());
+
+        let mut opts: *mut grenache_server_options = std::ptr::null_mut();
+        assert_eq!(grenache_server_options_new(&mut opts), grenache_result::Ok);
+        assert_eq!(grenache_server_options_set_limit(opts, MaxConnectionsPerIp as u32, 7), grenache_result::Ok);
+        assert_eq!(grenache_server_options_set_limit(opts, BodyMinRate as u32, 0), grenache_result::Ok);
+        assert_eq!(grenache_server_options_set_limit(opts, HeaderTimeoutMs as u32, 0), grenache_result::InvalidArgument);
+        assert_eq!(grenache_server_options_set_limit(opts, 99, 1), grenache_result::InvalidArgument);
+        // SAFETY: `opts` is the live handle created above.
+        let limits = unsafe { &(*opts).inner.limits };
+        assert_eq!(limits.connections.max_per_ip, 7);
+        assert_eq!(limits.deadlines.body_min_rate, 0);
+        grenache_server_options_free(opts);
     }
 }

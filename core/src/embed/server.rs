@@ -41,6 +41,9 @@ pub struct ServerOptions {
     /// uTP only: serve on this node (a socket shared with clients and punches, as the legacy
     /// transport's one socket per process) instead of binding one on `port`. Default none.
     pub utp_node: Option<Arc<UtpNode>>,
+    /// HTTP and WS: limits against hostile load (connections per source, read deadlines, the
+    /// body budget, WS liveness); set them by name with [`crate::transport::ServerLimits::set`].
+    pub limits: crate::transport::ServerLimits,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -52,6 +55,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("verify_client", &self.verify_client.is_some())
             .field("broker", &self.broker)
             .field("utp_node", &self.utp_node)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -100,7 +104,7 @@ impl EmbedServer {
                 tls: options.tls,
                 reply_timeout: options.reply_timeout,
                 verify_client: options.verify_client,
-                limits: Default::default(),
+                limits: options.limits,
             };
             let transport = crate::transport::bind_server_with(kind, addr, handler, settings).await?;
             Ok(PeerRpcServer::new(core_link, transport))
