@@ -148,6 +148,10 @@ fn out(payload: &Arc<str>) -> OutgoingRequest {
     }
 }
 
+/// One row: (sequential req/s, 100-in-flight req/s, MB/s of 1 MB echoes, failed attempts, 1 MB
+/// echoes that came back altered).
+type Row = (f64, f64, f64, usize, usize);
+
 /// One request, tried again (at most 3 times) when it fails; the failures are counted.
 async fn request(client: &Arc<dyn ClientTransport>, dest: &str, payload: &Arc<str>, failures: &std::sync::atomic::AtomicUsize) -> serde_json::Value {
     let mut last = None;
@@ -164,9 +168,8 @@ async fn request(client: &Arc<dyn ClientTransport>, dest: &str, payload: &Arc<st
     panic!("three attempts failed: {last:?}");
 }
 
-/// (sequential req/s, 100-in-flight req/s, MB/s of 1 MB echoes, failed attempts, 1 MB echoes
-/// that came back altered).
-async fn measure(client: Arc<dyn ClientTransport>, dest: String) -> (f64, f64, f64, usize, usize) {
+/// Measures one transport (see [`Row`]).
+async fn measure(client: Arc<dyn ClientTransport>, dest: String) -> Row {
     let failures = std::sync::atomic::AtomicUsize::new(0);
     let hello: Arc<str> = Arc::from("\"hello\"");
     for _ in 0..5 {
@@ -216,7 +219,7 @@ fn main() {
         });
         rx.recv().expect("measured")
     };
-    let mut rows: Vec<(String, (f64, f64, f64, usize, usize))> = Vec::new();
+    let mut rows: Vec<(String, Row)> = Vec::new();
     let public_any: SocketAddr = "10.0.1.1:0".parse().expect("addr");
     let any: SocketAddr = "0.0.0.0:0".parse().expect("addr");
 
