@@ -35,6 +35,12 @@ function freePort () {
   })
 }
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+// `p`, or a rejection after `ms`.
+function within (p, ms, what) {
+  let timer
+  const t = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms) })
+  return Promise.race([p, t]).finally(() => clearTimeout(timer))
+}
 
 let grapes = []
 let grapeUrl
@@ -158,7 +164,7 @@ test('punch_simple: the client punches a public server, is punched back, then re
     if (!punched) await sleep(200)
   }
   assert.ok(punched, 'peer.punch found the server')
-  const data = await reply
+  const data = await within(reply, 30000, 'the reply after the punch back')
   const { punch: from } = await server.next((l) => l.punch, 'the server saw the punch')
   const { request } = await server.next((l) => l.request, 'the server saw the request')
   assert.equal(data.said, 'strategy is everything')
@@ -171,7 +177,7 @@ test('punch_simple: the client punches a public server, is punched back, then re
   assert.deepEqual(data.additional, request.additional)
   peer.stop()
   server.proc.stdin.end()
-  assert.deepEqual(await server.exited, { code: 0, signal: null }, 'the server process exits once stopped')
+  assert.deepEqual(await within(server.exited, 20000, 'the server process exit'), { code: 0, signal: null }, 'the server process exits once stopped')
 })
 
 test('punch_simple_servers: a public consumer requests the worker that keeps punching it', async () => {
@@ -220,7 +226,7 @@ test('punch_simple_servers: a public consumer requests the worker that keeps pun
   cleanups.push(() => peer.stop())
   const announce = setInterval(() => l1.announce(consumerName, service.port, {}), 300)
   cleanups.push(() => clearInterval(announce))
-  const result = await new Promise((resolve, reject) => {
+  const result = await within(new Promise((resolve, reject) => {
     const onPunch = (other) => {
       assert.deepEqual(other, { address: '127.0.0.1', family: 'IPv4', port: workerPort })
       service.removeListener('punch', onPunch)
@@ -228,7 +234,7 @@ test('punch_simple_servers: a public consumer requests the worker that keeps pun
       peer.request(other, { length: 10 }, { timeout: 10000 }, (err, data) => (err ? reject(err) : resolve(data)))
     }
     service.on('punch', onPunch)
-  })
+  }), 30000, 'the worker\'s reply')
   assert.deepEqual(result, [1, 1, 2, 3, 5, 8, 13, 21, 34, 55])
   // The key of a request to an endpoint is 'address:port' (as the reference sends it).
   const { request } = await worker.next((l) => l.request, 'the worker saw the request')
@@ -237,7 +243,7 @@ test('punch_simple_servers: a public consumer requests the worker that keeps pun
   await worker.next((l) => l.punch && l.punch.port === service.port, 'the worker heard the punch back')
   clearInterval(announce)
   worker.proc.stdin.end()
-  assert.deepEqual(await worker.exited, { code: 0, signal: null })
+  assert.deepEqual(await within(worker.exited, 20000, 'the worker process exit'), { code: 0, signal: null })
   service.stop()
   peer.stop()
 })
@@ -261,8 +267,9 @@ test('the legacy peer (utp-native, libutp) calls the drop-in and is called by it
   // Punches both ways: ours reaches the legacy peer as the bare C3 BF; its punch back is our
   // transport's 'punch' event.
   legacy.send({ id: 1, cmd: 'punch_back', on: true })
+  await legacy.next((l) => l.id === 1, 'the legacy peer punches back')
   const tr = peer.transport('client', {})
-  const back = new Promise((resolve) => tr.once('punch', resolve))
+  const back = within(new Promise((resolve) => tr.once('punch', resolve)), 20000, 'the punch back')
   tr.punch({ address: '127.0.0.1', port: legacyPort })
   const seen = await legacy.next((l) => l.event === 'punch', 'the legacy peer saw our punch')
   assert.equal(seen.from.port, who.remote.port, 'the punch and the request left from one socket')
@@ -282,7 +289,7 @@ test('the legacy peer (utp-native, libutp) calls the drop-in and is called by it
   assert.deepEqual(reply[2], { payload: 'hi', key: 'legacy_key', additional: { address: '127.0.0.1', family: 'IPv4', port: legacyPort } })
 
   legacy.proc.stdin.end()
-  await legacy.exited
+  await within(legacy.exited, 20000, 'the legacy peer exit')
   service.stop()
   peer.stop()
 })
@@ -321,7 +328,7 @@ test('with a broker: the client is introduced to the worker registered with it',
   assert.ok(data, `a reply through the broker (last error: ${last && last.message})`)
   assert.deepEqual(data, { key: name, payload: 'via broker' })
   worker.proc.stdin.end()
-  await worker.exited
+  await within(worker.exited, 20000, 'the worker process exit')
   peer.stop()
 })
 
