@@ -57,7 +57,7 @@ function main () {
   try {
     const packed = JSON.parse(sh('npm', ['pack', '--json', '--pack-destination', tmp], ROOT))[0]
     const names = packed.files.map((f) => f.path)
-    for (const must of ['grenache.linux-x64-gnu.node', 'lib/http.js', 'types/ws.d.ts', 'alias/grenache-nodejs-http/index.js']) {
+    for (const must of ['grenache.linux-x64-gnu.node', 'lib/http.js', 'lib/utp.js', 'types/ws.d.ts', 'types/utp.d.ts', 'alias/grenache-nodejs-http/index.js', 'alias/grenache-nodejs-utp/index.js']) {
       if (!names.includes(must)) throw new Error(`the tarball lacks ${must}`)
     }
     console.log(`npm pack: ${packed.filename}, ${packed.files.length} files, ${(packed.size / 1e6).toFixed(1)} MB`)

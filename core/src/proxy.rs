@@ -20,6 +20,12 @@
 //! on the `to` transport and republishes each message on a publisher of its own on the `from`
 //! transport, announced under another name (HTTP has no PUB/SUB, so there is none to or from it).
 //!
+//! Workers behind NATs ([`ProxyConfig::broker`], `to` uTP): the proxy asks a broker for the
+//! workers' external endpoints and punches them (both sides at once) from the node its requests
+//! leave from, so HTTP, WS or ZeroMQ callers reach a uTP worker that the Grapes' lookup alone
+//! could not (it returns the Grape's view of the worker's address). `from` uTP serves uTP
+//! callers (a legacy grenache-nodejs-utp peer among them) like any uTP server.
+//!
 //! The served name must differ from the target (the DHT does not say which transport a worker
 //! speaks, so a proxy announcing its target's name would forward to itself), and so must the
 //! bridge's two names.
@@ -63,6 +69,11 @@ pub struct ProxyConfig {
     /// PUB/SUB bridging: `(publishers' name on the to side, the proxy publisher's name on the
     /// from side)`. Default none.
     pub bridge: Option<(String, String)>,
+    /// `to` uTP only: find the workers through the broker of this name and punch them before
+    /// forwarding (workers behind NATs). Default none (the Grapes' lookup).
+    pub broker: Option<String>,
+    /// With a broker: how long punching a worker may take. Default 5 s.
+    pub punch_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -80,6 +91,8 @@ impl ProxyConfig {
             server_tls: None,
             client_tls: None,
             bridge: None,
+            broker: None,
+            punch_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -143,8 +156,25 @@ impl Proxy {
             return Err(Error::invalid("the bridge's two names must differ"));
         }
         let counters = Arc::new(Counters::default());
-        let to = crate::transport::client(config.to, config.client_tls.clone());
-        let client = PeerRpcClient::new(link.clone(), to, PeerRpcClientConfig::default());
+        let client = match &config.broker {
+            None => {
+                let to = crate::transport::client(config.to, config.client_tls.clone());
+                PeerRpcClient::new(link.clone(), to, PeerRpcClientConfig::default())
+            }
+            Some(name) => {
+                if config.to != TransportKind::Utp {
+                    return Err(Error::invalid("a broker needs the uTP transport on the workers' side (to)"));
+                }
+                use crate::transport::utp::broker::{BrokerClient, BrokerClientConfig};
+                use crate::transport::utp::{UtpClient, UtpClientConfig, UtpNode};
+                // One node carries the broker lookup, the punches and the forwarded requests.
+                let node = UtpNode::bind(SocketAddr::new(config.addr.ip(), 0)).await?;
+                let to = Arc::new(UtpClient::with_node(node.clone(), UtpClientConfig::default()));
+                let bc = BrokerClientConfig { name: name.clone(), punch_timeout: config.punch_timeout, ..Default::default() };
+                let resolver = Arc::new(BrokerClient::new(link.clone(), node, bc));
+                PeerRpcClient::new(link.clone(), to, PeerRpcClientConfig::default()).with_resolver(resolver)
+            }
+        };
         let handler = {
             let client = client.clone();
             let target: Arc<str> = config.target.as_str().into();

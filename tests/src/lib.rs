@@ -5,6 +5,8 @@
 //! per line on stdout (the first one says it is ready, with the ports it bound), and exits when its
 //! stdin closes, so a test that drops its [`NodeProcess`] never leaves a process behind.
 
+pub mod lossy;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::Stdio;

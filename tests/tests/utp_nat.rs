@@ -11,6 +11,9 @@
 //!   worker W (192.168.1.2)               client C (192.168.2.2)
 //! ```
 //!
+//! Scenario (5) puts `grenache proxy --from http --to utp --broker` in P and calls it with the
+//! Node reference's grenache-nodejs-http client (tests/interop), also in P.
+//!
 //! The public services bind 10.0.1.1 (the public namespace has an address per link). Each
 //! router drops unsolicited inbound packets (conntrack state NEW from its WAN side), as home
 //! routers do: that makes each NAT port-restricted, and keeps a dropped packet from leaving a
@@ -23,7 +26,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use grenache_e2e::workspace_dir;
+use grenache_e2e::{interop_dir, require_node_peers, workspace_dir};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
@@ -392,4 +395,56 @@ async fn a_symmetric_nat_gives_the_punch_timeout_in_bounded_time() {
     assert_eq!(code, 9, "out {out}, err {err}");
     assert!(err.starts_with("ERR_PUNCH_TIMEOUT"), "{err}");
     assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// (5) The proxy to uTP: a grenache-nodejs-http client of the Node reference, public, calls
+/// `grenache proxy NAME TARGET --from http --to utp --broker` (public), which finds the uTP worker
+/// behind the NAT through the broker, punches it and forwards; the reply comes back over HTTP.
+#[tokio::test]
+async fn a_reference_http_client_reaches_a_natd_utp_worker_through_the_proxy() {
+    require_node_peers();
+    let (mut lab, public, hosts) = Lab::build(&[Nat::PortRestricted]);
+    let (g1, g2) = lab.services(&public, "nat_broker").await;
+    lab.worker(&hosts[0], &g2, "nat_svc", "nat_broker").await;
+    // Bound to the public address, for the reason given in `services`.
+    let args = [
+        "--grape", &g1, "proxy", "nat_http", "nat_svc", "--from", "http", "--to", "utp", "--broker", "nat_broker", "--bind",
+        "10.0.1.1", "--timeout", "20000", "--interval", "1000",
+    ];
+    let p = lab.spawn(&public, &cli_bin("grenache"), &args);
+    assert_eq!(lab.procs[p].json(LONG).await["event"], "started");
+    // The reference client, retrying while the proxy's announce is not visible yet; three
+    // requests in a row (the second and third reuse the punched path and the pools).
+    let nm = interop_dir().join("node_modules");
+    let script = format!(
+        r#"
+        const Link = require({link:?})
+        const {{ PeerRPCClient }} = require({http:?})
+        const link = new Link({{ grape: {g1:?} }})
+        link.start()
+        const peer = new PeerRPCClient(link, {{}})
+        peer.init()
+        const out = []
+        const done = (o) => {{ console.log(JSON.stringify(o)); peer.stop(); link.stop() }}
+        const go = (n, tries) => peer.request('nat_http', {{ n }}, {{ timeout: 20000 }}, (err, data) => {{
+          if (err && /LOOKUP_EMPTY/.test(err.message) && tries < 100) return setTimeout(() => go(n, tries + 1), 200)
+          if (err) return done({{ error: err.message, out }})
+          out.push(data)
+          if (n < 3) return go(n + 1, 0)
+          done({{ out }})
+        }})
+        go(1, 0)
+        "#,
+        link = nm.join("grenache-nodejs-link").to_string_lossy(),
+        http = nm.join("grenache-nodejs-http").to_string_lossy(),
+    );
+    let c = lab.spawn(&public, &PathBuf::from("node"), &["-e", &script]);
+    let r = lab.procs[c].json(LONG).await;
+    let out = r["out"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(out.len(), 3, "{r}");
+    for (i, reply) in out.iter().enumerate() {
+        assert_eq!(reply["payload"], json!({"n": i + 1}), "{r}");
+        // The worker saw the proxy, public, as it is.
+        assert_eq!(ip_of(reply["remote"].as_str().expect("remote")), "10.0.1.1", "{r}");
+    }
 }

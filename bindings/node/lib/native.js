@@ -215,3 +215,34 @@ exports.subTo = (dest, onMessage, onState) => sync(() => new addon.NativeSubTo(
   (publisher, data, binary) => onMessage(binary ? data : data.toString('utf8')),
   onState))
 exports.subClose = (s) => s.close()
+
+// --- uTP (grenache-native/utp) ---------------------------------------------------------------
+// A node is the one UDP socket of the process: its servers' and clients' streams and the punches.
+exports.utpNode = (port) => sync(() => new addon.NativeUtpNode(port))
+exports.utpNodePort = (n) => n.port
+// One punch datagram to `target` ('ip:port').
+exports.utpSendPunch = (n, target) => sync(() => n.sendPunch(String(target)))
+// Punches until the target answers: cb(err) with err.code 'ERR_PUNCH_TIMEOUT' after `timeout` ms.
+exports.utpPunch = (n, target, timeout, cb) => n.punch(String(target), Math.max(1, Math.round(timeout)), done(cb, () => undefined))
+// `onPunch(from)` ('ip:port') for every punch reaching the node, until utpNodeClose.
+exports.utpOnPunch = (n, onPunch) => n.onPunch(onPunch)
+exports.utpNodeClose = (n) => n.close()
+// A uTP server on node `n`: `onRequest(token, rid, key, payload, null, remote)`, remote
+// `{address, family, port}` (the caller as the node saw it). With `broker`, serverRegister.
+exports.serverListenUtp = ({ node, link, broker, onRequest }) => {
+  const handler = (reply, ridJson, key, payloadJson, _fingerprint, remoteJson) => {
+    let rid, payload, remote
+    try {
+      rid = JSON.parse(ridJson)
+      payload = JSON.parse(payloadJson)
+      remote = remoteJson ? JSON.parse(remoteJson) : null
+    } catch (e) {
+      return reply.error('ERR_PARSE')
+    }
+    onRequest(reply, rid, key, payload, null, remote)
+  }
+  return sync(() => addon.NativeServer.listenUtp(handler, node, link || sharedLink(), broker || undefined))
+}
+exports.serverRegister = (s, name) => s.register(String(name))
+// A uTP client on node `n`; with `broker`, requests without a destination go through it.
+exports.clientOnUtpNode = (n, link, broker, punchTimeout) => sync(() => addon.NativeClient.onUtpNode(n, link || sharedLink(), broker || undefined, punchTimeout === undefined ? undefined : Math.max(1, Math.round(punchTimeout))))

@@ -513,6 +513,7 @@ impl NativeClient {
             default_timeout: millis(timeout_ms),
             broker,
             punch_timeout: millis(punch_timeout_ms),
+            ..Default::default()
         };
         let client = EmbedClient::new(&link.inner, kind, options).map_err(|e| js_err(&e))?;
         Ok(NativeClient { inner: Arc::new(client) })
@@ -959,5 +960,142 @@ impl NativeQueuedPub {
     #[napi]
     pub fn close(&self) {
         self.inner.close();
+    }
+}
+
+/// A uTP node: the one UDP socket per process of the grenache-nodejs-utp drop-in
+/// (`lib/utp.js`), shared by its servers and clients, carrying their streams and the punches.
+#[napi]
+pub struct NativeUtpNode {
+    rt: embed::Runtime,
+    node: Arc<grenache::transport::utp::UtpNode>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn punch_target(target: &str) -> GResult<std::net::SocketAddr> {
+    target.parse().map_err(|e| invalid(format!("bad punch target {target:?}: {e}")))
+}
+
+#[napi]
+impl NativeUtpNode {
+    /// Binds `0.0.0.0:port` (0: any free port).
+    #[napi(constructor)]
+    pub fn new(port_: Option<u32>) -> napi::Result<Self, ErrName> {
+        let rt = runtime()?;
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port(port_)?));
+        let node = rt
+            .block_on(Duration::from_secs(10), async move { grenache::transport::utp::UtpNode::bind(addr).await })
+            .map_err(|e| js_err(&e))?;
+        Ok(NativeUtpNode { rt, node, stop: tokio::sync::watch::Sender::new(false) })
+    }
+
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        u32::from(self.node.local_addr().port())
+    }
+
+    /// Sends one punch datagram to `target` ("ip:port") and returns (the reference's
+    /// `transport.punch`).
+    #[napi]
+    pub fn send_punch(&self, target: String) -> napi::Result<(), ErrName> {
+        let t = punch_target(&target).map_err(|e| js_err(&e))?;
+        self.node.send_punch(t).map_err(|e| js_err(&e))
+    }
+
+    /// Punches `target` until it answers; `done` gets ERR_PUNCH_TIMEOUT after `timeout_ms`.
+    #[napi]
+    pub fn punch(&self, target: String, timeout_ms: u32, done: Done) {
+        let done = complete(done);
+        let t = punch_target(&target);
+        let node = self.node.clone();
+        self.rt.spawn(async move {
+            let r = match t {
+                Ok(t) => node.punch(t, Duration::from_millis(u64::from(timeout_ms))).await,
+                Err(e) => Err(e),
+            };
+            done(r.map(|()| "null".to_string()));
+        });
+    }
+
+    /// `on_punch(from)` for every punch reaching the node, until closed.
+    #[napi]
+    pub fn on_punch(&self, on_punch: PunchFn) {
+        let mut events = self.node.subscribe();
+        let mut stop = self.stop.subscribe();
+        if *stop.borrow() {
+            return;
+        }
+        self.rt.spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    e = events.recv() => e,
+                    _ = stop.changed() => return,
+                };
+                match ev {
+                    Ok(grenache::transport::utp::PunchEvent::Punched { from }) => {
+                        on_punch.call(from.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    /// Stops the punch events; the socket closes once no server or client uses it.
+    #[napi]
+    pub fn close(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// The `{"address","port"}` JSON of a uTP request's caller, as the server saw it.
+fn utp_remote_json(request: &Request) -> Option<String> {
+    request
+        .info
+        .remote_addr
+        .map(|a| serde_json::json!({ "address": a.ip().to_string(), "family": "IPv4", "port": a.port() }).to_string())
+}
+
+#[napi]
+impl NativeServer {
+    /// A uTP server on `node` with an envelope handler whose last argument is the caller's
+    /// endpoint (`{"address","family","port"}` JSON). With `broker`, [`NativeServer::register`]
+    /// registers names with that broker, found through `link`.
+    #[napi(factory)]
+    pub fn listen_utp(handler: EnvelopeHandlerFn, node: &NativeUtpNode, link: &NativeLink, broker: Option<String>) -> napi::Result<Self, ErrName> {
+        let handler = Arc::new(handler);
+        let h = move |request: Request, reply: Reply| {
+            let args = (
+                NativeReply { inner: ReplyOnce::new(reply) },
+                request.rid.to_string(),
+                request.key.clone(),
+                embed::rpc::payload_json(&request).to_string(),
+                None,
+                utp_remote_json(&request),
+            );
+            handler.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
+        };
+        let options = ServerOptions { utp_node: Some(node.node.clone()), broker, ..Default::default() };
+        let server = EmbedServer::listen(&link.inner, TransportKind::Utp, Arc::new(h), options).map_err(|e| js_err(&e))?;
+        Ok(NativeServer { inner: Arc::new(server) })
+    }
+
+    /// uTP with a broker: registers `name` with it now and every 5 s, until closed.
+    #[napi]
+    pub fn register(&self, name: String) {
+        self.inner.register(&name);
+    }
+}
+
+#[napi]
+impl NativeClient {
+    /// A uTP client sending from `node`; with `broker`, requests without a destination find
+    /// workers through that broker (found through `link`) and punch them first.
+    #[napi(factory)]
+    pub fn on_utp_node(node: &NativeUtpNode, link: &NativeLink, broker: Option<String>, punch_timeout_ms: Option<u32>) -> napi::Result<Self, ErrName> {
+        let options = ClientOptions { broker, punch_timeout: millis(punch_timeout_ms), utp_node: Some(node.node.clone()), ..Default::default() };
+        let client = EmbedClient::new(&link.inner, TransportKind::Utp, options).map_err(|e| js_err(&e))?;
+        Ok(NativeClient { inner: Arc::new(client) })
     }
 }

@@ -5,6 +5,7 @@ import { Grape } from 'grenache-native/grape'
 import Link = require('grenache-native/link')
 import { PeerRPCClient, PeerRPCServer } from 'grenache-native/http'
 import * as Ws from 'grenache-native/ws'
+import * as Utp from 'grenache-native/utp'
 import { PassThrough } from 'stream'
 
 const grape = new Grape({ dht_port: 20001, dht_bootstrap: ['127.0.0.1:20002'], api_port: 30001 })
@@ -75,3 +76,20 @@ sub.init()
 sub.sub('pub_test', { timeout: 10000 })
 sub.on('message', (msg) => typeof msg === 'string' ? msg.length : msg.byteLength)
 sub.on('connected', () => {})
+
+// grenache-nodejs-utp's example flows (punch_simple, punch_simple_servers).
+const utpServer = new Utp.PeerRPCServer(link, { timeout: 300000 })
+utpServer.init()
+const utpService = utpServer.transport('server').listen()
+utpService.on('request', (rid, key, payload, handler, cert, additional) => handler.reply(null, additional.port))
+utpService.on('punch', (other) => utpService.punch(other))
+utpServer.punch('fibonacci_consumer')
+const utpClient = new Utp.PeerRPCClient(link, { broker: 'grenache_broker', punchTimeout: 3000 })
+utpClient.init()
+utpClient.transport('client', {}).on('punch', (other) => {
+  utpClient.request(other, { length: 10 }, { timeout: 10000 }, (err, data) => data)
+})
+utpClient.punch('etoro_cris', (err) => { if (err) throw err })
+utpClient.punch('etoro_cris', { timeout: 2000 }, (err) => err && err.message)
+// @ts-expect-error a punch target is { address, port }
+utpService.punch('127.0.0.1')

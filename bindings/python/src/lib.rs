@@ -1061,6 +1061,7 @@ impl Client {
             default_timeout: embed::millis(timeout_ms),
             broker,
             punch_timeout: embed::millis(punch_timeout_ms),
+            ..Default::default()
         };
         let link = Arc::clone(&link.inner);
         let client = py.detach(move || EmbedClient::new(&link, kind, options)).map_err(|e| py_err(py, &e))?;

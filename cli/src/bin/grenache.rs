@@ -225,7 +225,8 @@ enum Cmd {
         tls: TlsOpts,
     },
     /// Serves NAME on one transport and forwards each request to the workers of TARGET on
-    /// another (any pair of http, ws, zmq), announced until Ctrl-C or SIGTERM. Errors and
+    /// another (any pair of http, ws, zmq, utp; --to utp with --broker for workers behind
+    /// NATs), announced until Ctrl-C or SIGTERM. Errors and
     /// timeouts reach the caller as error replies (ERR_TIMEOUT, ERR_GRAPE_LOOKUP_EMPTY, the
     /// worker's own message). With --bridge-sub/--bridge-pub it also republishes what the
     /// publishers of one name send on the --to transport to its own publisher on the --from one.
@@ -264,6 +265,13 @@ enum Cmd {
         /// On Ctrl-C or SIGTERM, let the requests being forwarded finish for this long (ms).
         #[arg(long, default_value_t = 10_000)]
         grace: u64,
+        /// --to utp: find the workers through the broker announced as BROKER_NAME and punch
+        /// them first (workers behind NATs).
+        #[arg(long, value_name = "BROKER_NAME")]
+        broker: Option<String>,
+        /// With --broker: give up punching a worker after this many milliseconds.
+        #[arg(long, default_value_t = 5_000, requires = "broker")]
+        punch_timeout: u64,
     },
     /// Stores a value in the DHT and prints its hash. With --key it is a signed mutable item.
     Put {
@@ -767,7 +775,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             s.close();
         }
-        Cmd::Proxy { name, target, from, to, port, bind, timeout, retry, interval, bridge_sub, bridge_pub, grace } => {
+        Cmd::Proxy { name, target, from, to, port, bind, timeout, retry, interval, bridge_sub, bridge_pub, grace, broker, punch_timeout } => {
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
                 .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
@@ -777,6 +785,8 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.retry = retry;
             cfg.announce_interval = Duration::from_millis(interval.max(100));
             cfg.bridge = bridge_sub.zip(bridge_pub);
+            cfg.broker = broker;
+            cfg.punch_timeout = Duration::from_millis(punch_timeout.max(1));
             let proxy = grenache::proxy::Proxy::start(link, cfg).await?;
             print(&json!({"event": "started", "port": proxy.port(), "pub_port": proxy.pub_port(), "name": name, "target": target}));
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

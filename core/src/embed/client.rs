@@ -27,6 +27,9 @@ pub struct ClientOptions {
     pub broker: Option<String>,
     /// uTP with a broker: how long punching a worker may take. Default 5 s.
     pub punch_timeout: Option<Duration>,
+    /// uTP only: send from this node (a socket shared with a server and punches, as the legacy
+    /// transport's one socket per process) instead of a node of the client's own. Default none.
+    pub utp_node: Option<Arc<UtpNode>>,
 }
 
 /// A [`PeerRpcClient`] driven by an embed [`Runtime`]: requests complete through closures that
@@ -48,15 +51,21 @@ impl EmbedClient {
         if let Some(t) = options.default_timeout {
             config.default_timeout = t;
         }
-        let client = match options.broker {
-            None => PeerRpcClient::new(link.link().clone(), crate::transport::client(kind, options.tls), config),
-            Some(name) => {
-                if kind != ClientTransportKind::Utp {
-                    return Err(crate::Error::invalid("a broker needs the uTP transport"));
-                }
+        if kind != ClientTransportKind::Utp && (options.broker.is_some() || options.utp_node.is_some()) {
+            return Err(crate::Error::invalid("a broker or a uTP node needs the uTP transport"));
+        }
+        let client = match (options.broker, options.utp_node) {
+            (None, Some(node)) => {
+                PeerRpcClient::new(link.link().clone(), Arc::new(UtpClient::with_node(node, UtpClientConfig::default())), config)
+            }
+            (None, None) => PeerRpcClient::new(link.link().clone(), crate::transport::client(kind, options.tls), config),
+            (Some(name), node) => {
                 // One node carries the broker lookup, the punches and the requests.
                 let addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-                let node = rt.block_on(Duration::from_secs(10), async move { UtpNode::bind(addr).await })?;
+                let node = match node {
+                    Some(n) => n,
+                    None => rt.block_on(Duration::from_secs(10), async move { UtpNode::bind(addr).await })?,
+                };
                 let transport = Arc::new(UtpClient::with_node(node.clone(), UtpClientConfig::default()));
                 let bc = BrokerClientConfig {
                     name,

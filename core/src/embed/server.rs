@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub broker: Option<String>,
     /// uTP with a broker: how often registrations are renewed. Default 5 s.
     pub broker_register_interval: Option<Duration>,
+    /// uTP only: serve on this node (a socket shared with clients and punches, as the legacy
+    /// transport's one socket per process) instead of binding one on `port`. Default none.
+    pub utp_node: Option<Arc<UtpNode>>,
     /// HTTP and WS: limits against hostile load (connections per source, read deadlines, the
     /// body budget, WS liveness); set them by name with [`crate::transport::ServerLimits::set`].
     pub limits: crate::transport::ServerLimits,
@@ -51,6 +54,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("reply_timeout", &self.reply_timeout)
             .field("verify_client", &self.verify_client.is_some())
             .field("broker", &self.broker)
+            .field("utp_node", &self.utp_node)
             .field("limits", &self.limits)
             .finish()
     }
@@ -92,8 +96,8 @@ impl EmbedServer {
         if kind == ServerTransportKind::Utp {
             return EmbedServer::listen_utp(rt, core_link, addr, handler, options);
         }
-        if options.broker.is_some() {
-            return Err(crate::Error::invalid("a broker needs the uTP transport"));
+        if options.broker.is_some() || options.utp_node.is_some() {
+            return Err(crate::Error::invalid("a broker or a uTP node needs the uTP transport"));
         }
         let server = rt.block_on(BIND_TIMEOUT, async move {
             let settings = crate::transport::ServerSettings {
@@ -119,7 +123,13 @@ impl EmbedServer {
             return Err(crate::Error::invalid("the uTP transport has no TLS and no verify_client"));
         }
         let config = UtpServerConfig { reply_timeout: options.reply_timeout, ..Default::default() };
-        let utp = rt.block_on(BIND_TIMEOUT, async move { UtpServer::bind(addr, handler, config).await })?;
+        let utp = match options.utp_node {
+            Some(node) => {
+                let _g = rt.handle().enter();
+                UtpServer::serve(node, handler, config)?
+            }
+            None => rt.block_on(BIND_TIMEOUT, async move { UtpServer::bind(addr, handler, config).await })?,
+        };
         let node = utp.node().clone();
         let broker = options.broker.map(|name| {
             let config = BrokerClientConfig { name, ..Default::default() };
@@ -171,8 +181,9 @@ impl EmbedServer {
         Ok(())
     }
 
-    /// Registers `name` with the broker now and then on the timer, until closed.
-    fn register(&self, name: &str) {
+    /// Registers `name` with the broker (see [`ServerOptions::broker`]) now and then on the
+    /// timer, until closed, without announcing it to the Grapes. Nothing without a broker.
+    pub fn register(&self, name: &str) {
         let Some(UtpParts { broker: Some((b, interval)), registrations, .. }) = &self.utp else { return };
         let _g = self.rt.handle().enter();
         let r = b.start_registering(name, *interval);
