@@ -921,6 +921,12 @@ void grenache_grape_options_free(grenache_grape_options *opts);
 grenache_result grenache_grape_options_set(grenache_grape_options *opts, uint32_t option, uint64_t value);
 
 /**
+ * The name of the Grape option `option` (`"peer_max_age_ms"`...), as the Python, Node and Ruby
+ * faces spell it, or NULL for an unknown option. Static: never free it.
+ */
+const char *grenache_grape_option_name(uint32_t option);
+
+/**
  * Sets the address the HTTP API binds to, an IP address such as `"127.0.0.1"` (the reference's
  * `host`, the `grape -b` option); with an IPv4 address an announce also stores `host:port` in
  * this Grape's own peer store. NULL (the default): every IPv4 address. Errors: `NULL_PARAMETER`

@@ -2,7 +2,6 @@
 
 use std::ffi::{c_char, c_void};
 use std::net::IpAddr;
-use std::time::Duration;
 
 use grenache_core::embed::{EmbedGrape, GrapeConfig, GrapeEvent, GrapeEventDelivery};
 
@@ -264,49 +263,26 @@ pub extern "C" fn grenache_grape_options_free(opts: *mut grenache_grape_options)
 pub extern "C" fn grenache_grape_options_set(opts: *mut grenache_grape_options, option: u32, value: u64) -> grenache_result {
     ffi_panic_boundary! {
         let o = try_mut!(opts);
-        let c = &mut o.config;
-        let ms = Duration::from_millis(value);
-        let n = usize::try_from(value).unwrap_or(usize::MAX);
-        let port = u16::try_from(value);
-        match option {
-            0 => match port { Ok(p) => { c.dht_port(p); } Err(_) => return grenache_result::InvalidArgument },
-            1 => match port { Ok(p) => { c.api_port(p); } Err(_) => return grenache_result::InvalidArgument },
-            2 => { c.peer_max_age(ms); }
-            3 => { c.node_liveness(ms); }
-            4 => { c.max_tables(n); }
-            5 => { c.max_values(n); }
-            6 => { c.max_peers(n); }
-            7 => { c.check_max_payload_size(n); }
-            8 => { c.max_connections(n); }
-            9 => { c.announce_window(ms); }
-            10 => { c.lookup_window(ms); }
-            11 => { c.max_connections_per_ip(n); }
-            12..=15 => {
-                let mut d = c.get_read_deadlines();
-                match option {
-                    12 => d.header = ms,
-                    13 => d.body = ms,
-                    14 => d.body_min_rate = value,
-                    _ => d.idle = ms,
-                }
-                c.read_deadlines(d);
-            }
-            16..=19 => {
-                let mut l = c.get_dht_limits();
-                match option {
-                    16 => l.peer_store.max_key_len = n,
-                    17 => l.peer_store.max_bytes = n,
-                    18 => l.peer_store.max_per_source = n,
-                    _ => {
-                        l.queries_per_second = value as f64;
-                        l.query_burst = (value as f64 * 2.0).max(1.0);
-                    }
-                }
-                c.dht_limits(l);
-            }
-            _ => return grenache_result::InvalidArgument,
+        let Some(name) = grenache_core::grape::GRAPE_OPTION_NAMES.get(option as usize) else {
+            return grenache_result::InvalidArgument;
+        };
+        match o.config.set(name, value) {
+            Ok(_) => grenache_result::Ok,
+            Err(_) => grenache_result::InvalidArgument,
         }
-        grenache_result::Ok
+    }
+}
+
+/// The name of the Grape option `option` (`"peer_max_age_ms"`...), as the Python, Node and Ruby
+/// faces spell it, or NULL for an unknown option. Static: never free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_grape_option_name(option: u32) -> *const c_char {
+    ffi_panic_boundary! {
+        static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            grenache_core::grape::GRAPE_OPTION_NAMES.iter().filter_map(|n| std::ffi::CString::new(*n).ok()).collect()
+        });
+        names.get(option as usize).map_or(std::ptr::null(), |n| n.as_ptr())
     }
 }
 
@@ -385,5 +361,52 @@ pub extern "C" fn grenache_grape_start_opts(
             }
         };
         start(rt, config, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_numbers_match_the_core_names() {
+        use grenache_grape_option::*;
+        let all = [
+            (DhtPort, "dht_port"),
+            (ApiPort, "api_port"),
+            (PeerMaxAgeMs, "peer_max_age_ms"),
+            (NodeLivenessMs, "node_liveness_ms"),
+            (MaxTables, "max_tables"),
+            (MaxValues, "max_values"),
+            (MaxPeers, "max_peers"),
+            (MaxPayloadSize, "max_payload_size"),
+            (MaxConnections, "max_connections"),
+            (AnnounceWindowMs, "announce_window_ms"),
+            (LookupWindowMs, "lookup_window_ms"),
+            (MaxConnectionsPerIp, "max_connections_per_ip"),
+            (HeaderTimeoutMs, "header_timeout_ms"),
+            (BodyTimeoutMs, "body_timeout_ms"),
+            (BodyMinRate, "body_min_rate"),
+            (IdleTimeoutMs, "idle_timeout_ms"),
+            (MaxKeyLen, "max_key_len"),
+            (PeerStoreBytes, "peer_store_bytes"),
+            (MaxRecordsPerIp, "max_records_per_ip"),
+            (QueriesPerIp, "queries_per_ip"),
+        ];
+        assert_eq!(all.len(), grenache_core::grape::GRAPE_OPTION_NAMES.len());
+        for (option, name) in all {
+            // SAFETY: a static NUL-terminated string of this library.
+            let got = unsafe { std::ffi::CStr::from_ptr(grenache_grape_option_name(option as u32)) };
+            assert_eq!(got.to_str(), Ok(name));
+        }
+        assert!(grenache_grape_option_name(all.len() as u32).is_null());
+        let mut opts: *mut grenache_grape_options = std::ptr::null_mut();
+        assert_eq!(grenache_grape_options_new(&mut opts), grenache_result::Ok);
+        assert_eq!(grenache_grape_options_set(opts, MaxKeyLen as u32, 64), grenache_result::Ok);
+        assert_eq!(grenache_grape_options_set(opts, DhtPort as u32, 70_000), grenache_result::InvalidArgument);
+        assert_eq!(grenache_grape_options_set(opts, 99, 1), grenache_result::InvalidArgument);
+        // SAFETY: `opts` is the live handle created above.
+        assert_eq!(unsafe { &(*opts).config }.get_dht_limits().peer_store.max_key_len, 64);
+        grenache_grape_options_free(opts);
     }
 }

@@ -294,7 +294,7 @@ struct Grape {
 #[pymethods]
 impl Grape {
     #[new]
-    #[pyo3(signature = (dht_port=0, api_port=0, bootstrap=Vec::new(), host=None, dht_state=None))]
+    #[pyo3(signature = (dht_port=0, api_port=0, bootstrap=Vec::new(), host=None, dht_state=None, options=None))]
     fn new(
         py: Python<'_>,
         dht_port: u16,
@@ -302,10 +302,15 @@ impl Grape {
         bootstrap: Vec<String>,
         host: Option<String>,
         dht_state: Option<std::path::PathBuf>,
+        options: Option<std::collections::BTreeMap<String, u64>>,
     ) -> PyResult<Grape> {
         let rt = runtime(py)?;
         let mut config = GrapeConfig::new();
         config.dht_port(dht_port).api_port(api_port).bootstrap(bootstrap).dht_state(dht_state);
+        // The numeric options by name (the core's table: `GRAPE_OPTION_NAMES`).
+        for (name, value) in options.unwrap_or_default() {
+            config.set(&name, value).map_err(|e| py_err(py, &e))?;
+        }
         if let Some(h) = host {
             let ip = h.parse().map_err(|_| py_err(py, &invalid(format!("host {h:?} is not an IP address"))))?;
             config.host(Some(ip));

@@ -157,6 +157,20 @@ class DhtStateTest(unittest.TestCase):
         finally:
             g1.stop()
 
+    def test_grape_options_by_name(self):
+        # A key limit of 8 bytes: a longer service name is refused by the Grape's API.
+        with grenache.Grape(max_key_len=8, peer_max_age_ms=60000, queriesPerIp=100) as g:
+            link = grenache.Link(g.url)
+            try:
+                with self.assertRaises(grenache.GrenacheError) as e:
+                    link.announce("a-name-longer-than-8", 1234)
+                self.assertIn("ERR_GRAPE_KEY_TOO_LONG", str(e.exception))
+            finally:
+                link.close()
+        with self.assertRaises(grenache.InvalidArgumentError):
+            grenache.Grape(nope=1)
+
+
 
 class LocalTests(unittest.TestCase):
     @classmethod

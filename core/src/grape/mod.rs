@@ -110,7 +110,85 @@ impl Default for GrapeConfig {
     }
 }
 
+/// The numeric settings of [`GrapeConfig`] by name, in the order the C ABI numbers them
+/// (`grenache_grape_option`). Every face sets them through [`GrapeConfig::set`], so names, units
+/// and checks are the same everywhere. Durations are in milliseconds, sizes in bytes.
+pub const GRAPE_OPTION_NAMES: [&str; 20] = [
+    "dht_port",
+    "api_port",
+    "peer_max_age_ms",
+    "node_liveness_ms",
+    "max_tables",
+    "max_values",
+    "max_peers",
+    "max_payload_size",
+    "max_connections",
+    "announce_window_ms",
+    "lookup_window_ms",
+    "max_connections_per_ip",
+    "header_timeout_ms",
+    "body_timeout_ms",
+    "body_min_rate",
+    "idle_timeout_ms",
+    "max_key_len",
+    "peer_store_bytes",
+    "max_records_per_ip",
+    "queries_per_ip",
+];
+
 impl GrapeConfig {
+    /// Sets the numeric option `name` (one of [`GRAPE_OPTION_NAMES`], matched ignoring case,
+    /// underscores and dashes, so `peerMaxAgeMs` works too) to `value`. Errors:
+    /// `InvalidArgument` for an unknown name or a port above 65535.
+    pub fn set(&mut self, name: &str, value: u64) -> crate::Result<&mut Self> {
+        let norm = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect::<String>();
+        let want = norm(name);
+        let index = GRAPE_OPTION_NAMES.iter().position(|n| norm(n) == want).ok_or_else(|| {
+            crate::Error::invalid(format!("unknown Grape option {name:?} (one of {})", GRAPE_OPTION_NAMES.join(", ")))
+        })?;
+        let ms = Duration::from_millis(value);
+        let n = usize::try_from(value).unwrap_or(usize::MAX);
+        let port = || u16::try_from(value).map_err(|_| crate::Error::invalid(format!("{name} {value} is not a port")));
+        match index {
+            0 => self.dht_port(port()?),
+            1 => self.api_port(port()?),
+            2 => self.peer_max_age(ms),
+            3 => self.node_liveness(ms),
+            4 => self.max_tables(n),
+            5 => self.max_values(n),
+            6 => self.max_peers(n),
+            7 => self.check_max_payload_size(n),
+            8 => self.max_connections(n),
+            9 => self.announce_window(ms),
+            10 => self.lookup_window(ms),
+            11 => self.max_connections_per_ip(n),
+            12..=15 => {
+                let mut d = self.get_read_deadlines();
+                match index {
+                    12 => d.header = ms,
+                    13 => d.body = ms,
+                    14 => d.body_min_rate = value,
+                    _ => d.idle = ms,
+                }
+                self.read_deadlines(d)
+            }
+            _ => {
+                let mut l = self.get_dht_limits();
+                match index {
+                    16 => l.peer_store.max_key_len = n,
+                    17 => l.peer_store.max_bytes = n,
+                    18 => l.peer_store.max_per_source = n,
+                    _ => {
+                        l.queries_per_second = value as f64;
+                        l.query_burst = (value as f64 * 2.0).max(1.0);
+                    }
+                }
+                self.dht_limits(l)
+            }
+        };
+        Ok(self)
+    }
+
     /// A default configuration (see each setter for its default).
     pub fn new() -> GrapeConfig {
         GrapeConfig::default()

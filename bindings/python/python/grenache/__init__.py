@@ -301,7 +301,15 @@ class Grape:
     addresses (``"127.0.0.1:20001"``). ``dht_state`` names a file that keeps the DHT node's id
     and routing table across restarts (read at start, so a restarted Grape rejoins without
     ``bootstrap``; written at stop and every minute). Stop it with ``stop()`` or a ``with``
-    block."""
+    block.
+
+    The other keyword arguments are the Grape's numeric options, by the same names in every
+    face (durations in milliseconds): ``peer_max_age_ms``, ``node_liveness_ms``, ``max_tables``,
+    ``max_values``, ``max_peers``, ``max_payload_size``, ``max_connections``,
+    ``announce_window_ms``, ``lookup_window_ms``, and the limits against hostile load
+    ``max_connections_per_ip``, ``header_timeout_ms``, ``body_timeout_ms``, ``body_min_rate``,
+    ``idle_timeout_ms``, ``max_key_len``, ``peer_store_bytes``, ``max_records_per_ip``,
+    ``queries_per_ip``. An unknown name raises ``InvalidArgumentError``."""
 
     def __init__(
         self,
@@ -310,8 +318,9 @@ class Grape:
         bootstrap: Sequence[str] = (),
         host: Optional[str] = None,
         dht_state: Optional[str] = None,
+        **options: int,
     ) -> None:
-        self._g = _native.Grape(dht_port, api_port, list(bootstrap), host, dht_state)
+        self._g = _native.Grape(dht_port, api_port, list(bootstrap), host, dht_state, options or None)
 
     @property
     def dht_port(self) -> int:

@@ -21,9 +21,10 @@ module Grenache
     EVENTS = { 0 => :listening, 1 => :ready, 2 => :announce, 3 => :peer, 4 => :node, 5 => :warning, 6 => :lagged,
                7 => :other }.freeze
     # Numeric options ({#initialize} keywords) => their C numbers.
-    OPTIONS = { dht_port: 0, api_port: 1, peer_max_age_ms: 2, node_liveness_ms: 3, max_tables: 4, max_values: 5,
-                max_peers: 6, max_payload_size: 7, max_connections: 8, announce_window_ms: 9,
-                lookup_window_ms: 10 }.freeze
+    # The numeric options by name => their C numbers, read from the library
+    # (`grenache_grape_option_name`), so the names are the core's (`GRAPE_OPTION_NAMES`).
+    OPTIONS = (0..).lazy.map { |i| [Native.grenache_grape_option_name(i), i] }
+                   .take_while { |name, _| name }.to_h { |name, i| [name.to_sym, i] }.freeze
 
     # Starts the Grape (blocks until both ports are bound, at most 10 s).
     # @param runtime [Runtime]

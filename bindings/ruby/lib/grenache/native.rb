@@ -120,6 +120,7 @@ module Grenache
     attach_function :grenache_grape_on_event, %i[pointer grape_event_cb pointer free_cb], :uint32
     attach_function :grenache_grape_options_new, [:pointer], :uint32
     attach_function :grenache_grape_options_free, [:pointer], :void
+    attach_function :grenache_grape_option_name, [:uint32], :string
     attach_function :grenache_grape_options_set, %i[pointer uint32 uint64], :uint32
     attach_function :grenache_grape_options_set_host, %i[pointer string], :uint32
     attach_function :grenache_grape_options_set_dht_state, %i[pointer string], :uint32
