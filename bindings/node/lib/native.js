@@ -203,6 +203,31 @@ exports.clientRequest = (c, dest, key, payload, opts, cb) => {
 }
 exports.clientClose = (c) => c.close()
 
+// --- Plain WS sockets driven by this thread's event loop ------------------------------------
+// The core dials or accepts and upgrades the socket, then hands it to the JS thread, which reads
+// and writes it itself (src/inloop.rs): no thread hand-off per request or reply.
+// `onMessages(texts)`: every message one readiness event brought, in order; `onClose(reason)`:
+// once, when the peer or the network ended it (not after `close()`).
+exports.loopDial = (dest, timeout, cb) => {
+  try {
+    addon.wsDial(String(dest), timeout, (code, text, socket) => {
+      if (code !== undefined && code !== null) return cb(completionError(code, text))
+      cb(null, socket)
+    })
+  } catch (e) {
+    process.nextTick(cb, toError(e))
+  }
+}
+exports.loopConn = (socket, client, onMessages, onClose) => {
+  const c = new addon.NativeLoopConn(socket, client, onMessages, onClose)
+  c.pump()
+  return c
+}
+// A conn: `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
+exports.loopListen = (port, onSocket) => sync(() => addon.NativeLoopServer.listen(port, onSocket))
+exports.loopServerPort = (s) => s.port
+exports.loopServerClose = (s) => sync(() => s.close())
+
 // --- PUB/SUB -------------------------------------------------------------------------------
 exports.pubBind = (port) => sync(() => new addon.NativeQueuedPub(port))
 exports.pubPort = (p) => p.port

@@ -32,6 +32,8 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
 
+mod inloop;
+
 /// A completion: `(code, text)`.
 type Done = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>)>, (), FnArgs<(Option<u32>, Option<String>)>, Status, false>;
 /// A request handler: `(reply, payloadJson, fingerprint)`. Weak: it does not keep the process
