@@ -218,12 +218,9 @@ exports.loopDial = (dest, timeout, cb) => {
     process.nextTick(cb, toError(e))
   }
 }
-exports.loopConn = (socket, client, onMessages, onClose) => {
-  const c = new addon.NativeLoopConn(socket, client, onMessages, onClose)
-  c.pump()
-  return c
-}
-// A conn: `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
+exports.loopConn = (socket, client, onMessages, onClose) => new addon.NativeLoopConn(socket, client, onMessages, onClose)
+// A conn: `pump()` (call once it is stored: delivers messages that came with the handshake),
+// `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
 exports.loopListen = (port, onSocket) => sync(() => addon.NativeLoopServer.listen(port, onSocket))
 exports.loopServerPort = (s) => s.port
 exports.loopServerClose = (s) => sync(() => s.close())

@@ -70,6 +70,7 @@ class TransportRPCClient extends Base.TransportRPCClient {
       for (const req of queue) {
         if (this._reqs.has(req.rid)) this._write(req)
       }
+      if (this._conn) this._conn.pump()
     })
   }
 
@@ -175,6 +176,7 @@ class TransportRPCServer extends Base.TransportRPCServer {
     if (!this._loop) return native.loopConn(socket, false, () => {}, () => {}).close(true)
     const conn = native.loopConn(socket, false, (texts) => this._onMessages(conn, texts), () => this._conns.delete(conn))
     this._conns.add(conn)
+    conn.pump()
   }
 
   _onMessages (conn, texts) {
