@@ -64,7 +64,8 @@ class TransportRPCClient extends Base.TransportRPCClient {
         this._setRef(false)
         return
       }
-      this._conn = native.loopConn(socket, true, (texts) => this._onMessages(texts), () => this._onClose())
+      const conn = native.loopConn(socket, true, (texts) => this._onMessages(texts), () => this._onClose(conn))
+      this._conn = conn
       this._conn.setRef(this._refd)
       this.connected()
       for (const req of queue) {
@@ -81,7 +82,14 @@ class TransportRPCClient extends Base.TransportRPCClient {
     } catch (e) {
       return process.nextTick(() => this.handleReply(req.rid, e))
     }
-    if (!this._conn.send(text)) return process.nextTick(() => this.handleReply(req.rid, new Error('ERR_TRANSPORT_CLOSE')))
+    req._conn = this._conn
+    if (!this._conn.send(text)) {
+      req._conn = null
+      // The socket ended (its close not delivered yet): dial a new one.
+      this._conn = null
+      this.disconnected()
+      return this.sendRequest(req)
+    }
     this._setRef(true)
     const t = req.opts.timeout
     if (typeof t === 'number' && t >= 0) {
@@ -131,10 +139,14 @@ class TransportRPCClient extends Base.TransportRPCClient {
   }
 
   // The socket ended: what waits for a reply on it fails, the next request dials again.
-  _onClose () {
-    this._conn = null
-    this.disconnected()
-    for (const rid of Array.from(this._reqs.keys())) this.handleReply(rid, new Error('ERR_TRANSPORT_CLOSE'))
+  _onClose (conn) {
+    if (this._conn === conn) {
+      this._conn = null
+      this.disconnected()
+    }
+    for (const req of Array.from(this._reqs.values())) {
+      if (req._conn === conn) this.handleReply(req.rid, new Error('ERR_TRANSPORT_CLOSE'))
+    }
   }
 
   _stop () {

@@ -77,6 +77,8 @@ struct State {
     dirty: bool,
     /// Why the socket ended (set once), reported to `on_close`.
     ended: Option<String>,
+    /// The close code the peer sent, if it sent a close frame.
+    peer_close: Option<u16>,
 }
 
 struct Conn {
@@ -256,6 +258,7 @@ impl Conn {
                             handoff::encode_pong(&mut st.out, &p, client);
                         }
                         Ok(Some(Message::Close(code))) => {
+                            st.peer_close = Some(code.unwrap_or(1005));
                             handoff::encode_close(&mut st.out, code.unwrap_or(1000), "", client);
                             st.ended.get_or_insert_with(|| "the peer closed the connection".into());
                             close_after = true;
@@ -432,6 +435,7 @@ impl NativeLoopConn {
                 events: UV_READABLE,
                 dirty: false,
                 ended: None,
+                peer_close: None,
             }),
             on_messages,
             on_close,
@@ -491,12 +495,18 @@ impl NativeLoopConn {
         !self.conn.closed.get() && self.conn.state.borrow().ended.is_none()
     }
 
-    /// Sends a close frame (1000, or 1001 `goingAway`) and closes the socket; `onClose` is not
-    /// called.
+    /// The close code the peer sent (1005 for a close frame without one), 0 when it sent none.
+    #[napi(getter)]
+    pub fn peer_close_code(&self) -> u32 {
+        self.conn.state.borrow().peer_close.map_or(0, u32::from)
+    }
+
+    /// Sends a close frame (1000, 1001 with `goingAway`, or `code`) and closes the socket;
+    /// `onClose` is not called.
     #[napi]
-    pub fn close(&self, going_away: Option<bool>) {
+    pub fn close(&self, going_away: Option<bool>, code: Option<u32>) {
         let client = self.conn.client;
-        let code = if going_away.unwrap_or(false) { 1001 } else { 1000 };
+        let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(if going_away.unwrap_or(false) { 1001 } else { 1000 });
         {
             let mut st = self.conn.state.borrow_mut();
             if st.stream.is_some() && st.ended.is_none() {
