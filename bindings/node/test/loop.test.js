@@ -188,3 +188,41 @@ test('loop sockets: native conn API refuses a socket taken twice', async () => {
   native.loopConn(sockets[0], false, () => {}, () => {}).close()
   native.loopServerClose(srv)
 })
+
+test('loop sockets under the Promise API: ws Server and dest requests keep the Reply semantics', async () => {
+  const g = require('..')
+  const link = new g.Link('http://127.0.0.1:1')
+  const s = new g.Server(link, (p, info) => {
+    if (p === 'abandon') return info.defer().abandon()
+    if (p === 'hang') return new Promise(() => {})
+    if (p === 'twice') {
+      const r = info.defer()
+      r.send('first')
+      assert.throws(() => r.send('second'), (e) => e instanceof g.AlreadyUsedError)
+      return
+    }
+    if (p === 'fail') throw new g.ReplyError('ERR_APP')
+    if (p && p.later) return new Promise((resolve) => setTimeout(() => resolve(p.later), Math.random() * 10))
+    return p
+  }, { transport: 'ws', replyTimeout: 300 })
+  const c = new g.Client(link, { transport: 'ws' })
+  const dest = `127.0.0.1:${s.port}`
+  try {
+    const many = await Promise.all(Array.from({ length: 1000 }, (_, i) => c.request('k', i % 2 ? { later: i } : i, { dest })))
+    many.forEach((v, i) => assert.equal(v, i))
+    assert.equal(await c.request('k', 'twice', { dest }), 'first')
+    await assert.rejects(c.request('k', 'abandon', { dest }), (e) => e instanceof g.RemoteError && e.message === 'ERR_NO_REPLY')
+    await assert.rejects(c.request('k', 'fail', { dest }), (e) => e instanceof g.RemoteError && e.message === 'ERR_APP')
+    await assert.rejects(c.request('k', 'hang', { dest }), (e) => e instanceof g.RemoteError && e.message === 'ERR_TIMEOUT')
+    await assert.rejects(c.request('k', 'hang', { dest, timeout: 100 }), (e) => e instanceof g.TimeoutError)
+    await assert.rejects(c.request('k', 1n, { dest }), (e) => e instanceof g.InvalidArgumentError)
+    // Closing the client with requests in flight cancels each of them once.
+    const slow = Array.from({ length: 20 }, () => c.request('k', { later: 1 }, { dest, timeout: 10000 }).then(() => 'answered', (e) => e.name))
+    c.close()
+    for (const r of await Promise.all(slow)) assert.equal(r, 'ERR_CANCELLED')
+  } finally {
+    c.close()
+    s.close()
+    link.close()
+  }
+})
