@@ -232,8 +232,19 @@ exports.pubSubscribers = (p) => p.subscribers
 exports.pubPublish = (p, msg) => (Buffer.isBuffer(msg) ? p.publishBinary(msg) : p.publish(String(msg)))
 exports.pubClose = (p) => p.close()
 // `onMessage(data)`: a string for text frames, a Buffer for binary ones; `onState(connected)`.
+// Messages that arrived together come in one call (a string per text frame, a Buffer per binary
+// one) and are handed out one by one, in order; a listener that throws does not cost the rest of
+// the batch (the exception is rethrown as uncaught on the next tick).
 exports.subTo = (dest, onMessage, onState) => sync(() => new addon.NativeSubTo(
   dest,
-  (publisher, data, binary) => onMessage(binary ? data : data.toString('utf8')),
+  (batch) => {
+    for (let i = 0; i < batch.length; i++) {
+      try {
+        onMessage(batch[i])
+      } catch (e) {
+        process.nextTick(() => { throw e })
+      }
+    }
+  },
   onState))
 exports.subClose = (s) => s.close()
