@@ -149,6 +149,10 @@ enum grenache_result
      */
     GRENACHE_RESULT_PROTOCOL = 206,
     /**
+     * Hole punching found no open path to the peer in time, e.g. behind a symmetric NAT (`ERR_PUNCH_TIMEOUT`).
+     */
+    GRENACHE_RESULT_PUNCH_TIMEOUT = 207,
+    /**
      * A lookup found no peer for the service name (`ERR_GRAPE_LOOKUP_EMPTY`).
      */
     GRENACHE_RESULT_LOOKUP_EMPTY = 300,
@@ -296,6 +300,10 @@ enum grenache_transport
      * ZeroMQ (ZMTP 3.1 ROUTER/DEALER; no TLS, no CURVE).
      */
     GRENACHE_TRANSPORT_ZMQ = 2,
+    /**
+     * uTP over UDP (grenache-nodejs-utp).
+     */
+    GRENACHE_TRANSPORT_UTP = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -725,6 +733,13 @@ typedef void (*grenache_bool_cb)(void *userdata, grenache_result code, const gre
  */
 typedef bool (*grenache_verify_client_cb)(void *userdata, const grenache_client_info *info);
 
+/**
+ * A punch event: `from` is the `"ip:port"` of a peer whose punch reached the server's socket
+ * (behind a NAT: its mapping), borrowed until the callback returns. Called on a library thread
+ * with the `userdata` given at registration; it must not block or unwind.
+ */
+typedef void (*grenache_punch_cb)(void *userdata, const char *from);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -741,6 +756,17 @@ grenache_result grenache_client_new_http(const grenache_link *link, const grenac
  * with `tls` it speaks `wss://`. Same contract as `grenache_client_new_http`.
  */
 grenache_result grenache_client_new_ws(const grenache_link *link, const grenache_client_tls *tls, grenache_client **out);
+
+/**
+ * Creates a uTP RPC client (grenache-nodejs-utp compatible) that finds workers through `link`.
+ * With `broker` (NULL: none) it asks the broker announced under that name for the workers'
+ * external endpoints (behind NATs), punches them (both sides at once; at most `punch_timeout_ms`,
+ * 0: 5 s) and sends the requests there; the Grapes' lookup when the broker knows none. A request
+ * whose workers could not be punched fails with `PUNCH_TIMEOUT`. With a broker this call binds a
+ * UDP socket (blocking, at most 10 s; `INVALID_STATE` inside callbacks). Writes `*out` (owned by
+ * the caller). Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+ */
+grenache_result grenache_client_new_utp(const grenache_link *link, const char *broker, uint64_t punch_timeout_ms, grenache_client **out);
 
 /**
  * Creates a ZeroMQ RPC client (a DEALER per worker, requests multiplexed on it; frames
@@ -1077,6 +1103,17 @@ grenache_result grenache_publisher_new(const grenache_link *link, uint16_t port,
 grenache_result grenache_publisher_new_opts(const grenache_link *link, const grenache_server_options *opts, grenache_publisher **out);
 
 /**
+ * Starts a publisher speaking `transport`: `GRENACHE_TRANSPORT_WS` (what
+ * `grenache_publisher_new_opts` starts) or `GRENACHE_TRANSPORT_ZMQ` (a ZeroMQ PUB socket: libzmq
+ * SUB sockets can subscribe too; no TLS and no `verify_client` hook). `opts` (NULL: the
+ * defaults; copied) gives the port, and TLS and the hook for WS. Blocks until bound (at most
+ * 10 s): not allowed inside callbacks (`INVALID_STATE`). Writes `*out` (owned by the caller) on
+ * success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT` (another transport; TLS or a hook with
+ * ZeroMQ), `IO`, `INVALID_STATE`.
+ */
+grenache_result grenache_publisher_new_transport(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_publisher **out);
+
+/**
  * The publisher's port (0 when `publisher` is NULL).
  */
 uint16_t grenache_publisher_port(const grenache_publisher *publisher);
@@ -1128,6 +1165,16 @@ grenache_result grenache_subscriber_new(const grenache_link *link, const char *n
  * The same contract otherwise.
  */
 grenache_result grenache_subscriber_new_ex(const grenache_link *link, const char *name, const grenache_client_tls *tls, grenache_message_ex_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
+
+/**
+ * `grenache_subscriber_new_ex` over `transport`: `GRENACHE_TRANSPORT_WS` (the same as
+ * `grenache_subscriber_new_ex`) or `GRENACHE_TRANSPORT_ZMQ` (a ZeroMQ SUB socket per publisher,
+ * subscribed to everything; `tls` must be NULL). ZeroMQ messages carry no text/binary flag:
+ * `binary` is true when a message is not UTF-8. The same contract otherwise; `free_userdata`
+ * also runs when this call fails. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT`
+ * (another transport; TLS with ZeroMQ), `CANCELLED` (runtime freed).
+ */
+grenache_result grenache_subscriber_new_transport(const grenache_link *link, const char *name, uint32_t transport, const grenache_client_tls *tls, grenache_message_ex_cb on_message, void *userdata, grenache_free_cb free_userdata, grenache_subscriber **out);
 
 /**
  * How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is
@@ -1327,6 +1374,19 @@ grenache_result grenache_server_options_set_port(grenache_server_options *opts, 
 grenache_result grenache_server_options_set_tls(grenache_server_options *opts, const grenache_server_tls *tls);
 
 /**
+ * Sets the server limit `limit` (a `grenache_server_limit`) to `value`. Applies to HTTP and WS
+ * RPC servers (the connection caps to ZeroMQ too). Errors: `NULL_PARAMETER`,
+ * `INVALID_ARGUMENT` (an unknown limit; 0 for anything but `BODY_MIN_RATE`).
+ */
+grenache_result grenache_server_options_set_limit(grenache_server_options *opts, uint32_t limit, uint64_t value);
+
+/**
+ * The name of the server limit `limit` (`"max_connections_per_ip"`...), as the Python, Node and
+ * Ruby faces spell it, or NULL for an unknown limit. Static: never free it.
+ */
+const char *grenache_server_limit_name(uint32_t limit);
+
+/**
  * Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is
  * answered `ERR_TIMEOUT` for it (the late answer then goes nowhere; `grenache_reply_is_closed`
  * turns true). 0, the default: no timeout. Applies to RPC servers, not publishers.
@@ -1367,18 +1427,50 @@ const char *grenache_client_info_remote_addr(const grenache_client_info *info);
 const char *grenache_client_info_path(const grenache_client_info *info);
 
 /**
- * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
- * or `GRENACHE_TRANSPORT_ZMQ`, a ZeroMQ ROUTER socket) with `opts` (NULL: the defaults; copied, so they may be freed at
- * once), serving `handler`, announced through `link`. Otherwise the same contract as
+ * Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`,
+ * `GRENACHE_TRANSPORT_ZMQ`: a ZeroMQ ROUTER socket, or `GRENACHE_TRANSPORT_UTP`) with `opts`
+ * (NULL: the defaults; copied, so they may be freed at once), serving `handler`, announced through `link`. Otherwise the same contract as
  * `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
  * last handler call returned, also when this call fails.
  *
  * Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
  * Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
- * (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ), `IO` (bind
- * failed), `INVALID_STATE`.
+ * (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ or uTP; a
+ * broker without uTP), `IO` (bind failed), `INVALID_STATE`.
  */
 grenache_result grenache_server_new(const grenache_link *link, uint32_t transport, const grenache_server_options *opts, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
+
+/**
+ * Starts a uTP RPC server (grenache-nodejs-utp compatible: one UDP socket carries the uTP
+ * streams, punches and broker traffic) on UDP `port` (0: any free port), serving `handler`,
+ * announced through `link`. With `broker` (NULL: none), every name announced is also registered
+ * with the broker of that name, from the server's socket and every 5 s, so that clients behind
+ * other NATs are introduced and punched. Otherwise the same contract as
+ * `grenache_server_new_http`. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+ */
+grenache_result grenache_server_new_utp(const grenache_link *link, uint16_t port, const char *broker, grenache_handler_cb handler, void *userdata, grenache_free_cb free_userdata, grenache_server **out);
+
+/**
+ * Sets the broker (uTP servers only): every name announced is also registered with the broker
+ * announced under `name` (copied; NULL: none). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+ */
+grenache_result grenache_server_options_set_broker(grenache_server_options *opts, const char *name);
+
+/**
+ * uTP servers: punches `target` (`"ip:port"`) from the server's UDP socket, repeating every
+ * 100 ms until the target answers (a punch or an acknowledgement from exactly that endpoint).
+ * `cb` fires exactly once: `OK`; `PUNCH_TIMEOUT` when nothing came back within `timeout_ms`
+ * (e.g. a symmetric NAT); `INVALID_STATE` (not uTP); `INVALID_ARGUMENT` (bad address);
+ * `CANCELLED` (server freed first). Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+ */
+grenache_result grenache_server_punch(const grenache_server *server, const char *target, uint64_t timeout_ms, grenache_done_cb cb, void *userdata);
+
+/**
+ * uTP servers: calls `cb` for every punch that reaches the server's socket, until the server is
+ * freed (the server acknowledges each punch by itself). `userdata` must stay valid until then.
+ * Errors: `NULL_PARAMETER`, `INVALID_STATE` (not uTP).
+ */
+grenache_result grenache_server_on_punch(const grenache_server *server, grenache_punch_cb cb, void *userdata);
 
 /**
  * Builds server TLS settings from PEM text: `cert_pem` (the chain), `key_pem`, `client_ca_pem`

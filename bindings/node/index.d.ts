@@ -37,6 +37,7 @@ export class ClosedError extends TransportError {}
 export class PayloadTooLargeError extends TransportError {}
 export class DecodeError extends TransportError {}
 export class ProtocolError extends TransportError {}
+export class PunchTimeoutError extends TransportError {}
 export class LookupEmptyError extends DiscoveryError {}
 export class GrapeError extends DiscoveryError {}
 export class NoNodesError extends DiscoveryError {}
@@ -156,7 +157,8 @@ export class RequestInfo {
 }
 
 export interface ServerOptions {
-  transport?: 'http' | 'ws' | 'zmq'
+  /** 'utp': one UDP socket for the service, punches and broker traffic (no TLS). */
+  transport?: 'http' | 'ws' | 'zmq' | 'utp'
   port?: number
   tls?: ServerTls
   /** A handler that has not answered within this many ms is answered ERR_TIMEOUT. */
@@ -165,6 +167,9 @@ export interface ServerOptions {
    * fingerprints ("AA:BB:..."); others are refused before the upgrade (HTTP 401), like the
    * reference's verifyClient whitelist. */
   allowFingerprints?: string[]
+  /** uTP only: register every announced name with the broker announced under this name (every
+   * 5 s, from the server's socket), so clients behind other NATs are introduced and punched. */
+  broker?: string
 }
 
 /** An RPC server: the handler returns the result (or a Promise); throwing a ReplyError answers
@@ -182,6 +187,12 @@ export class Server {
    * closed. Resolves true when everything finished in time. Call `close()` afterwards.
    */
   shutdown(grace?: number): Promise<boolean>
+  /** uTP: punches `target` ("ip:port") every 100 ms until it answers; rejects with
+   * ERR_PUNCH_TIMEOUT after `timeout` ms (default 5000), e.g. behind a symmetric NAT. */
+  punch(target: string, timeout?: number): Promise<void>
+  /** uTP: `cb(from)` ("ip:port", the sender's NAT mapping) for every punch reaching the
+   * server's socket, until closed. */
+  onPunch(cb: (from: string) => void): void
   close(): void
 }
 
@@ -197,7 +208,9 @@ export interface RequestOptions {
 }
 
 export class Client {
-  constructor(link: Link, opts?: { transport?: 'http' | 'ws' | 'zmq'; tls?: ClientTls; timeout?: number })
+  /** `broker` (uTP): find the workers through the broker announced under that name and punch
+   * them (at most `punchTimeout` ms; ERR_PUNCH_TIMEOUT when none could be) before the requests. */
+  constructor(link: Link, opts?: { transport?: 'http' | 'ws' | 'zmq' | 'utp'; tls?: ClientTls; timeout?: number; broker?: string; punchTimeout?: number })
   request(name: string, payload: Json, opts?: RequestOptions): Promise<any>
   map(name: string, payload: Json, opts?: { timeout?: number; compress?: boolean; limit?: number }): Promise<any[]>
   close(): void

@@ -344,6 +344,10 @@ class LoopWsServer {
     return this._link._l.stopAnnouncing(name, this.port)
   }
 
+  // Punching is for uTP servers.
+  punch (target, timeout, done) { done(kindCode('ERR_INVALID_ARGUMENT'), 'punch: only a uTP server punches') }
+  onPunch () { throw invalid('onPunch: only a uTP server punches') }
+
   _stopListening () {
     for (const name of Array.from(this._announced)) this.stopAnnouncing(name)
     if (this._srv) {
@@ -499,7 +503,7 @@ function answer (reply, info, value) {
 class Server {
   // `handler(payload, info)` returns the result (or a Promise of it); throwing (or rejecting
   // with) a ReplyError answers the client with its message; `info.defer()` takes the Reply.
-  constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints } = {}) {
+  constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints, broker } = {}) {
     const serve = (reply, payload, fingerprint) => {
       const info = new RequestInfo(fingerprint, reply)
       let result
@@ -530,7 +534,7 @@ class Server {
       this._s = new LoopWsServer(link, onLoopRequest, port || 0)
     } else {
       const onRequest = (nativeReply, payloadJson, fingerprint) => serve(new Reply(nativeReply), JSON.parse(payloadJson), fingerprint)
-      this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints))
+      this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints, broker))
     }
     this._release = keepAlive()
   }
@@ -544,6 +548,12 @@ class Server {
   // `grace` ms the rest are closed. Resolves true when everything finished in time. Call
   // close() afterwards.
   shutdown (grace = 10000) { return call((done) => this._s.shutdown(ms(grace), done)) }
+  // uTP: punches `target` ('ip:port') from the server's socket every 100 ms until it answers;
+  // rejects with a PunchTimeoutError (ERR_PUNCH_TIMEOUT) after `timeout` ms.
+  punch (target, timeout = 5000) { return call((done) => this._s.punch(String(target), ms(timeout), done), () => undefined) }
+  // uTP: `cb(from)` for every punch reaching the server's socket (the grenache-nodejs-utp
+  // 'punch' event, on every server rather than on the first transport made).
+  onPunch (cb) { sync(() => this._s.onPunch((from) => cb(from))) }
   close () {
     this._s.close()
     this._release()
@@ -551,8 +561,10 @@ class Server {
 }
 
 class Client {
-  constructor (link, { transport = 'http', tls, timeout } = {}) {
-    this._c = sync(() => new native.NativeClient(link._l, transport, tls && tls._t, ms(timeout)))
+  // uTP with `broker`: workers are found through that broker (their external endpoints behind
+  // NATs) and punched (both sides at once, at most `punchTimeout` ms) before the requests.
+  constructor (link, { transport = 'http', tls, timeout, broker, punchTimeout } = {}) {
+    this._c = sync(() => new native.NativeClient(link._l, transport, tls && tls._t, ms(timeout), broker, ms(punchTimeout)))
     // Requests to an explicit `dest` over plain WS go through this thread's loop.
     this._loop = transport === 'ws' && !tls ? new Map() : null
     this._timeout = ms(timeout) || 30000

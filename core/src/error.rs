@@ -133,6 +133,9 @@ error_kinds! {
     Decode = 205, "ERR_DECODE", Transport, "received bytes could not be decoded";
     /// The peer answered something that breaks the protocol (wrong status, wrong shape).
     Protocol = 206, "ERR_PROTOCOL", Transport, "the peer broke the protocol";
+    /// Hole punching found no open path to the peer within its time (`ERR_PUNCH_TIMEOUT`): a NAT
+    /// that maps every destination to a new port (symmetric), or a peer that does not punch back.
+    PunchTimeout = 207, "ERR_PUNCH_TIMEOUT", Transport, "hole punching found no open path to the peer in time";
 
     /// A lookup found no peer for the name (`ERR_GRAPE_LOOKUP_EMPTY`).
     LookupEmpty = 300, "ERR_GRAPE_LOOKUP_EMPTY", Discovery, "no peer announces this service";

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grenache::rpc::{Handler, Reply, Request};
-use grenache::transport::http::{HttpServer, HttpServerConfig};
+use grenache::transport::http::{BodyStream, HttpServer, HttpServerConfig, StreamHandler, StreamRequest};
 use grenache::transport::limits::WsLiveness;
 use grenache::transport::ws::{WsServer, WsServerConfig};
 use grenache::transport::ReadDeadlines;
@@ -86,6 +86,41 @@ async fn http_a_stalled_or_slow_body_gets_408_and_the_connection_closes() {
     c.write_all(format!("{}{body}", post(body.len()).replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).as_bytes()).await.expect("write");
     let (out, _) = read_to_close(&mut c).await;
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with(r#"["r",null,"ok"]"#), "{out}");
+}
+
+/// A stream handler that reads the whole body and answers with its length, or with the error
+/// reading it gave.
+struct ReadAll;
+
+impl StreamHandler for ReadAll {
+    fn handle(&self, mut req: StreamRequest) -> grenache::rpc::BoxFuture<'static, grenache::Result<BodyStream>> {
+        Box::pin(async move {
+            let text = match req.read_all(1 << 20).await {
+                Ok(body) => format!("read {}", body.len()),
+                Err(e) => format!("failed: {e}"),
+            };
+            let once: BodyStream = Box::pin(futures_util::stream::once(async move { Ok(bytes::Bytes::from(text)) }));
+            Ok(once)
+        })
+    }
+}
+
+#[tokio::test]
+async fn http_a_stalled_streamed_body_fails_its_read_in_time() {
+    let cfg = HttpServerConfig { deadlines: small_deadlines(), stream_handler: Some(Arc::new(ReadAll)), ..Default::default() };
+    let srv = http_server(cfg).await;
+    let head = "POST / HTTP/1.1\r\nHost: x\r\n_gr: [\"r\",\"k\"]\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    // Stalled: one chunk, then nothing; the handler's read fails once the minimum rate is missed.
+    let mut c = TcpStream::connect(srv.local_addr()).await.expect("connect");
+    c.write_all(format!("{head}5\r\nhello\r\n").as_bytes()).await.expect("write");
+    let (out, took) = read_to_close(&mut c).await;
+    assert!(out.contains("failed: ") && out.contains("deadline"), "{out}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // A body that comes at once is read whole.
+    let mut c = TcpStream::connect(srv.local_addr()).await.expect("connect");
+    c.write_all(format!("{head}5\r\nhello\r\n0\r\n\r\n").as_bytes()).await.expect("write");
+    let (out, _) = read_to_close(&mut c).await;
+    assert!(out.contains("read 5"), "{out}");
 }
 
 #[tokio::test]

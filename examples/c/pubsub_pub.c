@@ -1,9 +1,10 @@
 /* pubsub_pub.c: a publisher. Announces "pubsub_test", waits for a subscriber, then publishes
  * COUNT messages "hello N" (N from 0), one every 50 ms, each followed by a binary frame (bytes
- * 0x00 0xFF then N), and exits. Its options give it a verify_client hook that logs each
- * subscriber before accepting it.
+ * 0x00 0xFF then N), and exits. Over WebSocket (the default) its options give it a
+ * verify_client hook that logs each subscriber before accepting it; with "zmq" it publishes on a
+ * ZeroMQ PUB socket instead (no hook there: ZeroMQ has no handshake to refuse).
  *
- *   pubsub_pub GRAPE_URL [COUNT]
+ *   pubsub_pub GRAPE_URL [COUNT] [ws|zmq]
  */
 #include "common.h"
 
@@ -18,6 +19,7 @@ static bool log_subscriber(void *userdata, const grenache_client_info *info) {
 int main(int argc, char **argv) {
     const char *grape = argc > 1 ? argv[1] : "http://127.0.0.1:30001";
     int count = argc > 2 ? atoi(argv[2]) : 10;
+    bool zmq = argc > 3 && strcmp(argv[3], "zmq") == 0;
     grenache_runtime *rt = NULL;
     grenache_link *link = NULL;
     grenache_publisher *pub = NULL;
@@ -29,8 +31,11 @@ int main(int argc, char **argv) {
     DIE_IF(grenache_runtime_new(2, &rt), "grenache_runtime_new");
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
     DIE_IF(grenache_server_options_new(&opts), "grenache_server_options_new");
-    DIE_IF(grenache_server_options_set_verify_client(opts, log_subscriber, NULL, NULL), "grenache_server_options_set_verify_client");
-    DIE_IF(grenache_publisher_new_opts(link, opts, &pub), "grenache_publisher_new_opts");
+    if (!zmq) {
+        DIE_IF(grenache_server_options_set_verify_client(opts, log_subscriber, NULL, NULL), "grenache_server_options_set_verify_client");
+    }
+    DIE_IF(grenache_publisher_new_transport(link, zmq ? GRENACHE_TRANSPORT_ZMQ : GRENACHE_TRANSPORT_WS, opts, &pub),
+           "grenache_publisher_new_transport");
     grenache_server_options_free(opts);
     DIE_IF(grenache_publisher_start_announcing(pub, "pubsub_test", 500), "grenache_publisher_start_announcing");
     printf("publishing on %u\n", (unsigned)grenache_publisher_port(pub));

@@ -1,8 +1,9 @@
 /* pubsub_sub.c: a subscriber. Subscribes to "pubsub_test" (with grenache_subscriber_new_ex,
  * which tells text frames from binary ones) and exits 0 once COUNT text messages "hello N" and at
- * least one binary frame (starting 0x00 0xFF) arrived.
+ * least one binary frame (starting 0x00 0xFF) arrived. With "zmq" it subscribes over ZeroMQ
+ * (grenache_subscriber_new_transport), where a message that is not UTF-8 counts as binary.
  *
- *   pubsub_sub GRAPE_URL [COUNT]
+ *   pubsub_sub GRAPE_URL [COUNT] [ws|zmq]
  */
 #include "common.h"
 
@@ -36,6 +37,7 @@ static void on_free(void *userdata) {
 int main(int argc, char **argv) {
     const char *grape = argc > 1 ? argv[1] : "http://127.0.0.1:30001";
     int count = argc > 2 ? atoi(argv[2]) : 10;
+    bool zmq = argc > 3 && strcmp(argv[3], "zmq") == 0;
     grenache_runtime *rt = NULL;
     grenache_link *link = NULL;
     grenache_subscriber *sub = NULL;
@@ -46,7 +48,12 @@ int main(int argc, char **argv) {
     pthread_mutex_init(&st.lock, NULL);
     DIE_IF(grenache_runtime_new(2, &rt), "grenache_runtime_new");
     DIE_IF(grenache_link_new(rt, grape, &link), "grenache_link_new");
-    DIE_IF(grenache_subscriber_new_ex(link, "pubsub_test", NULL, on_message, &st, on_free, &sub), "grenache_subscriber_new_ex");
+    if (zmq) {
+        DIE_IF(grenache_subscriber_new_transport(link, "pubsub_test", GRENACHE_TRANSPORT_ZMQ, NULL, on_message, &st, on_free, &sub),
+               "grenache_subscriber_new_transport");
+    } else {
+        DIE_IF(grenache_subscriber_new_ex(link, "pubsub_test", NULL, on_message, &st, on_free, &sub), "grenache_subscriber_new_ex");
+    }
 
     for (waited = 0; waited < 120000; waited += 20) {
         pthread_mutex_lock(&st.lock);

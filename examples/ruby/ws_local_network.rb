@@ -11,6 +11,16 @@ g1 = Grenache::Grape.new(host: '127.0.0.1')
 g2 = Grenache::Grape.new(host: '127.0.0.1', bootstrap: ["127.0.0.1:#{g1.dht_port}"])
 g1.on_event { |e| puts "grape 1: #{e.kind} #{e.detail}" if e.kind == :announce }
 
+# The Grapes meet in the background: until Grape 1 has heard from Grape 2 it has no node to
+# announce to (Grenache::NoNodesError). Wait for that before serving.
+probe = Grenache::Link.new(g1.url)
+100.times do
+  probe.announce('probe', 1)
+  break
+rescue Grenache::NoNodesError
+  sleep 0.1
+end
+
 worker = Grenache::Ws.new(grape_address: g1.url)
 worker.listen('rpc_test') do |payload, req|
   "world (you sent #{payload.inspect} over #{req.transport})"

@@ -27,7 +27,7 @@ fn new_client(kind: ClientTransportKind, link: *const grenache_link, tls: *const
     // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
     // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
-    unsafe { write_handle(out, EmbedClient::new(&link.inner, kind, ClientOptions { tls, default_timeout: None }), |inner| grenache_client { inner }) }
+    unsafe { write_handle(out, EmbedClient::new(&link.inner, kind, ClientOptions { tls, ..Default::default() }), |inner| grenache_client { inner }) }
 }
 
 /// Creates an HTTP RPC client (grenache-nodejs-http compatible) that finds workers through
@@ -46,6 +46,36 @@ pub extern "C" fn grenache_client_new_http(link: *const grenache_link, tls: *con
 pub extern "C" fn grenache_client_new_ws(link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
     ffi_panic_boundary! {
         new_client(ClientTransportKind::Ws, link, tls, out)
+    }
+}
+
+/// Creates a uTP RPC client (grenache-nodejs-utp compatible) that finds workers through `link`.
+/// With `broker` (NULL: none) it asks the broker announced under that name for the workers'
+/// external endpoints (behind NATs), punches them (both sides at once; at most `punch_timeout_ms`,
+/// 0: 5 s) and sends the requests there; the Grapes' lookup when the broker knows none. A request
+/// whose workers could not be punched fails with `PUNCH_TIMEOUT`. With a broker this call binds a
+/// UDP socket (blocking, at most 10 s; `INVALID_STATE` inside callbacks). Writes `*out` (owned by
+/// the caller). Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_client_new_utp(
+    link: *const grenache_link,
+    broker: *const c_char,
+    punch_timeout_ms: u64,
+    out: *mut *mut grenache_client,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        let broker = if broker.is_null() { None } else { Some(try_str!(broker).to_string()) };
+        let options = ClientOptions {
+            broker,
+            punch_timeout: (punch_timeout_ms > 0).then(|| Duration::from_millis(punch_timeout_ms)),
+            ..Default::default()
+        };
+        // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
+        unsafe { write_handle(out, EmbedClient::new(&link.inner, ClientTransportKind::Utp, options), |inner| grenache_client { inner }) }
     }
 }
 

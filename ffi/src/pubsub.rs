@@ -1,9 +1,10 @@
-//! PUB/SUB over WebSocket: `grenache_publisher` and `grenache_subscriber`.
+//! PUB/SUB over WebSocket or ZeroMQ: `grenache_publisher` and `grenache_subscriber`.
 
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use grenache_core::embed::{EmbedPublisher, EmbedSubscriber, ServerOptions, SubMessage};
+use grenache_core::rpc::TransportKind;
 
 use crate::error::grenache_result;
 use crate::link::grenache_link;
@@ -53,6 +54,42 @@ pub extern "C" fn grenache_publisher_new_opts(link: *const grenache_link, opts: 
     ffi_panic_boundary! {
         // SAFETY: the caller passes NULL or valid options.
         new_publisher(link, move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default(), out)
+    }
+}
+
+/// The PUB/SUB wire of a `grenache_transport` value: WS or ZeroMQ (HTTP and uTP have no PUB/SUB).
+fn pubsub_kind(transport: u32) -> Option<TransportKind> {
+    match transport {
+        1 => Some(TransportKind::Ws),
+        2 => Some(TransportKind::Zmq),
+        _ => None,
+    }
+}
+
+/// Starts a publisher speaking `transport`: `GRENACHE_TRANSPORT_WS` (what
+/// `grenache_publisher_new_opts` starts) or `GRENACHE_TRANSPORT_ZMQ` (a ZeroMQ PUB socket: libzmq
+/// SUB sockets can subscribe too; no TLS and no `verify_client` hook). `opts` (NULL: the
+/// defaults; copied) gives the port, and TLS and the hook for WS. Blocks until bound (at most
+/// 10 s): not allowed inside callbacks (`INVALID_STATE`). Writes `*out` (owned by the caller) on
+/// success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT` (another transport; TLS or a hook with
+/// ZeroMQ), `IO`, `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_publisher_new_transport(
+    link: *const grenache_link,
+    transport: u32,
+    opts: *const grenache_server_options,
+    out: *mut *mut grenache_publisher,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let Some(kind) = pubsub_kind(transport) else { return grenache_result::InvalidArgument };
+        let link = try_ref!(link);
+        if out.is_null() {
+            return grenache_result::NullParameter;
+        }
+        // SAFETY: the caller passes NULL or valid options.
+        let opts = unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
+        // SAFETY: the out-pointer is the caller's, checked non-NULL before; the header says it must point to writable memory.
+        unsafe { write_handle(out, EmbedPublisher::bind_kind(&link.inner, kind, opts), |inner| grenache_publisher { inner }) }
     }
 }
 
@@ -212,11 +249,52 @@ pub extern "C" fn grenache_subscriber_new_ex(
     }
 }
 
+/// `grenache_subscriber_new_ex` over `transport`: `GRENACHE_TRANSPORT_WS` (the same as
+/// `grenache_subscriber_new_ex`) or `GRENACHE_TRANSPORT_ZMQ` (a ZeroMQ SUB socket per publisher,
+/// subscribed to everything; `tls` must be NULL). ZeroMQ messages carry no text/binary flag:
+/// `binary` is true when a message is not UTF-8. The same contract otherwise; `free_userdata`
+/// also runs when this call fails. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT`
+/// (another transport; TLS with ZeroMQ), `CANCELLED` (runtime freed).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_subscriber_new_transport(
+    link: *const grenache_link,
+    name: *const c_char,
+    transport: u32,
+    tls: *const grenache_client_tls,
+    on_message: grenache_message_ex_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_subscriber,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let ud = OwnedUserData::new(userdata, free_userdata);
+        let Some(kind) = pubsub_kind(transport) else { return grenache_result::InvalidArgument };
+        let Some(cb) = on_message else { return grenache_result::NullParameter };
+        subscribe_kind(link, name, kind, tls, out, move |m: &SubMessage| {
+            let (publisher, data) = message_c_strings(m);
+            // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
+            unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr(), m.data.len(), m.binary) };
+        })
+    }
+}
+
 /// The common part of the `grenache_subscriber_new*` calls; `on_message` owns the userdata, so
 /// every early return frees it.
 fn subscribe(
     link: *const grenache_link,
     name: *const c_char,
+    tls: *const grenache_client_tls,
+    out: *mut *mut grenache_subscriber,
+    on_message: impl Fn(&SubMessage) + Send + Sync + 'static,
+) -> grenache_result {
+    subscribe_kind(link, name, TransportKind::Ws, tls, out, on_message)
+}
+
+/// [`subscribe`] over `kind`.
+fn subscribe_kind(
+    link: *const grenache_link,
+    name: *const c_char,
+    kind: TransportKind,
     tls: *const grenache_client_tls,
     out: *mut *mut grenache_subscriber,
     on_message: impl Fn(&SubMessage) + Send + Sync + 'static,
@@ -229,7 +307,7 @@ fn subscribe(
     // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
     // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
-    unsafe { write_handle(out, EmbedSubscriber::subscribe(&link.inner, name, tls, on_message), |inner| grenache_subscriber { inner }) }
+    unsafe { write_handle(out, EmbedSubscriber::subscribe_kind(&link.inner, name, kind, tls, on_message), |inner| grenache_subscriber { inner }) }
 }
 
 /// How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is

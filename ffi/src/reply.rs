@@ -22,6 +22,8 @@ pub enum grenache_transport {
     Ws = 1,
     /// ZeroMQ (ZMTP 3.1 ROUTER/DEALER; no TLS, no CURVE).
     Zmq = 2,
+    /// uTP over UDP (grenache-nodejs-utp).
+    Utp = 3,
 }
 
 /// A request as a handler callback sees it: the service key, the payload as JSON text, and who
@@ -69,6 +71,7 @@ impl grenache_request {
     fn transport(&self) -> grenache_transport {
         match self.request.info.transport {
             TransportKind::Ws => grenache_transport::Ws,
+            TransportKind::Utp => grenache_transport::Utp,
             TransportKind::Zmq => grenache_transport::Zmq,
             _ => grenache_transport::Http,
         }

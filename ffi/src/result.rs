@@ -45,6 +45,8 @@ pub enum grenache_result {
     Decode = 205,
     /// The peer broke the protocol (`ERR_PROTOCOL`).
     Protocol = 206,
+    /// Hole punching found no open path to the peer in time, e.g. behind a symmetric NAT (`ERR_PUNCH_TIMEOUT`).
+    PunchTimeout = 207,
     /// A lookup found no peer for the service name (`ERR_GRAPE_LOOKUP_EMPTY`).
     LookupEmpty = 300,
     /// The Grape answered with an error (`ERR_GRAPE`).
@@ -98,6 +100,7 @@ impl grenache_result {
         grenache_result::PayloadTooLarge,
         grenache_result::Decode,
         grenache_result::Protocol,
+        grenache_result::PunchTimeout,
         grenache_result::LookupEmpty,
         grenache_result::Grape,
         grenache_result::NoNodes,

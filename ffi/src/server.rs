@@ -245,6 +245,66 @@ pub extern "C" fn grenache_server_options_set_tls(opts: *mut grenache_server_opt
     }
 }
 
+/// The limits of `grenache_server_options_set_limit`, against hostile load (see the README's
+/// "Under hostile load"). Durations are in milliseconds. Each has a default a service would
+/// choose; `grenache_server_limit_name` gives the name the other faces and the CLI use.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum grenache_server_limit {
+    /// Most connections served at once (default 10000).
+    MaxConnections = 0,
+    /// Most connections one source IP address holds at once (default 2000).
+    MaxConnectionsPerIp = 1,
+    /// HTTP: time a request's head has to arrive (default 10000).
+    HeaderTimeoutMs = 2,
+    /// HTTP: time a request's whole body has to arrive (default 60000).
+    BodyTimeoutMs = 3,
+    /// HTTP: bytes per second a body must come at, on average, after its first 5 s (default
+    /// 4096; 0: any rate).
+    BodyMinRate = 4,
+    /// HTTP: time an idle keep-alive connection is kept (default 5000).
+    IdleTimeoutMs = 5,
+    /// HTTP: request-body bytes the whole server buffers at once (default 256 MiB).
+    MaxBodyInFlight = 6,
+    /// WS: silence after which the server pings a socket (default 30000).
+    WsPingIntervalMs = 7,
+    /// WS: time a client has to answer a ping (default 10000).
+    WsPongTimeoutMs = 8,
+    /// WS: time without a request after which a socket is closed (default 300000).
+    WsIdleTimeoutMs = 9,
+}
+
+/// Sets the server limit `limit` (a `grenache_server_limit`) to `value`. Applies to HTTP and WS
+/// RPC servers (the connection caps to ZeroMQ too). Errors: `NULL_PARAMETER`,
+/// `INVALID_ARGUMENT` (an unknown limit; 0 for anything but `BODY_MIN_RATE`).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_limit(opts: *mut grenache_server_options, limit: u32, value: u64) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        let Some(name) = grenache_core::transport::SERVER_LIMIT_NAMES.get(limit as usize) else {
+            return grenache_result::InvalidArgument;
+        };
+        match o.inner.limits.set(name, value) {
+            Ok(()) => grenache_result::Ok,
+            Err(_) => grenache_result::InvalidArgument,
+        }
+    }
+}
+
+/// The name of the server limit `limit` (`"max_connections_per_ip"`...), as the Python, Node and
+/// Ruby faces spell it, or NULL for an unknown limit. Static: never free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_limit_name(limit: u32) -> *const c_char {
+    ffi_panic_boundary! {
+        static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            grenache_core::transport::SERVER_LIMIT_NAMES.iter().filter_map(|n| std::ffi::CString::new(*n).ok()).collect()
+        });
+        names.get(limit as usize).map_or(std::ptr::null(), |n| n.as_ptr())
+    }
+}
+
 /// Sets the reply timeout: a request whose handler has not answered within `timeout_ms` ms is
 /// answered `ERR_TIMEOUT` for it (the late answer then goes nowhere; `grenache_reply_is_closed`
 /// turns true). 0, the default: no timeout. Applies to RPC servers, not publishers.
@@ -327,16 +387,16 @@ pub extern "C" fn grenache_client_info_path(info: *const grenache_client_info) -
     }
 }
 
-/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`
-/// or `GRENACHE_TRANSPORT_ZMQ`, a ZeroMQ ROUTER socket) with `opts` (NULL: the defaults; copied, so they may be freed at
-/// once), serving `handler`, announced through `link`. Otherwise the same contract as
+/// Starts an RPC server speaking `transport` (`GRENACHE_TRANSPORT_HTTP`, `GRENACHE_TRANSPORT_WS`,
+/// `GRENACHE_TRANSPORT_ZMQ`: a ZeroMQ ROUTER socket, or `GRENACHE_TRANSPORT_UTP`) with `opts`
+/// (NULL: the defaults; copied, so they may be freed at once), serving `handler`, announced through `link`. Otherwise the same contract as
 /// `grenache_server_new_http`: `free_userdata` runs exactly once after the server is freed and its
 /// last handler call returned, also when this call fails.
 ///
 /// Blocks until the port is bound (at most 10 s): not allowed inside callbacks (`INVALID_STATE`).
 /// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `INVALID_ARGUMENT`
-/// (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ), `IO` (bind
-/// failed), `INVALID_STATE`.
+/// (unknown `transport`; a `verify_client` hook with HTTP; TLS or a hook with ZeroMQ or uTP; a
+/// broker without uTP), `IO` (bind failed), `INVALID_STATE`.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_server_new(
     link: *const grenache_link,
@@ -352,6 +412,7 @@ pub extern "C" fn grenache_server_new(
             0 => ServerTransportKind::Http,
             1 => ServerTransportKind::Ws,
             2 => ServerTransportKind::Zmq,
+            3 => ServerTransportKind::Utp,
             _ => {
                 drop(OwnedUserData::new(userdata, free_userdata));
                 return grenache_result::InvalidArgument;
@@ -360,5 +421,141 @@ pub extern "C" fn grenache_server_new(
         // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
         let opts = move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default();
         new_server(kind, link, opts, handler, userdata, free_userdata, out)
+    }
+}
+
+/// Starts a uTP RPC server (grenache-nodejs-utp compatible: one UDP socket carries the uTP
+/// streams, punches and broker traffic) on UDP `port` (0: any free port), serving `handler`,
+/// announced through `link`. With `broker` (NULL: none), every name announced is also registered
+/// with the broker of that name, from the server's socket and every 5 s, so that clients behind
+/// other NATs are introduced and punched. Otherwise the same contract as
+/// `grenache_server_new_http`. Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `IO`, `INVALID_STATE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_new_utp(
+    link: *const grenache_link,
+    port: u16,
+    broker: *const c_char,
+    handler: grenache_handler_cb,
+    userdata: *mut c_void,
+    free_userdata: grenache_free_cb,
+    out: *mut *mut grenache_server,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let broker = if broker.is_null() {
+            None
+        } else {
+            // SAFETY: checked non-NULL above; the header says a broker name is a NUL-terminated string.
+            match unsafe { crate::ptr::str_from_c(broker) } {
+                Ok(b) => Some(b.to_string()),
+                Err(e) => {
+                    drop(OwnedUserData::new(userdata, free_userdata));
+                    return e;
+                }
+            }
+        };
+        let opts = move || ServerOptions { port, broker, ..Default::default() };
+        new_server(ServerTransportKind::Utp, link, opts, handler, userdata, free_userdata, out)
+    }
+}
+
+/// Sets the broker (uTP servers only): every name announced is also registered with the broker
+/// announced under `name` (copied; NULL: none). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_options_set_broker(opts: *mut grenache_server_options, name: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let o = try_mut!(opts);
+        o.inner.broker = if name.is_null() { None } else { Some(try_str!(name).to_string()) };
+        grenache_result::Ok
+    }
+}
+
+/// uTP servers: punches `target` (`"ip:port"`) from the server's UDP socket, repeating every
+/// 100 ms until the target answers (a punch or an acknowledgement from exactly that endpoint).
+/// `cb` fires exactly once: `OK`; `PUNCH_TIMEOUT` when nothing came back within `timeout_ms`
+/// (e.g. a symmetric NAT); `INVALID_STATE` (not uTP); `INVALID_ARGUMENT` (bad address);
+/// `CANCELLED` (server freed first). Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_punch(
+    server: *const grenache_server,
+    target: *const c_char,
+    timeout_ms: u64,
+    cb: grenache_done_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let s = try_ref!(server);
+        let target = try_str!(target);
+        let cb = try_callback!(cb);
+        s.inner.punch(target, Duration::from_millis(timeout_ms), done_completion(cb, userdata));
+        grenache_result::Ok
+    }
+}
+
+/// A punch event: `from` is the `"ip:port"` of a peer whose punch reached the server's socket
+/// (behind a NAT: its mapping), borrowed until the callback returns. Called on a library thread
+/// with the `userdata` given at registration; it must not block or unwind.
+pub type grenache_punch_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, from: *const c_char)>;
+
+/// uTP servers: calls `cb` for every punch that reaches the server's socket, until the server is
+/// freed (the server acknowledges each punch by itself). `userdata` must stay valid until then.
+/// Errors: `NULL_PARAMETER`, `INVALID_STATE` (not uTP).
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_server_on_punch(server: *const grenache_server, cb: grenache_punch_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let s = try_ref!(server);
+        let cb = try_callback!(cb);
+        let ud = crate::ptr::UserData(userdata);
+        let r = s.inner.on_punch(move |from| {
+            let ud = &ud;
+            crate::ptr::with_nul(from, |p, _| {
+                // SAFETY: the callback contract in the header; `p` is a NUL-terminated string alive for the call.
+                let _ = std::panic::catch_unwind(|| unsafe { cb(ud.0, p) });
+            });
+        });
+        match r {
+            Ok(()) => grenache_result::Ok,
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_numbers_match_the_core_names() {
+        use grenache_server_limit::*;
+        let all = [
+            (MaxConnections, "max_connections"),
+            (MaxConnectionsPerIp, "max_connections_per_ip"),
+            (HeaderTimeoutMs, "header_timeout_ms"),
+            (BodyTimeoutMs, "body_timeout_ms"),
+            (BodyMinRate, "body_min_rate"),
+            (IdleTimeoutMs, "idle_timeout_ms"),
+            (MaxBodyInFlight, "max_body_in_flight"),
+            (WsPingIntervalMs, "ws_ping_interval_ms"),
+            (WsPongTimeoutMs, "ws_pong_timeout_ms"),
+            (WsIdleTimeoutMs, "ws_idle_timeout_ms"),
+        ];
+        assert_eq!(all.len(), grenache_core::transport::SERVER_LIMIT_NAMES.len());
+        for (limit, name) in all {
+            // SAFETY: a static NUL-terminated string of this library.
+            let got = unsafe { std::ffi::CStr::from_ptr(grenache_server_limit_name(limit as u32)) };
+            assert_eq!(got.to_str(), Ok(name));
+        }
+        assert!(grenache_server_limit_name(all.len() as u32).is_null());
+
+        let mut opts: *mut grenache_server_options = std::ptr::null_mut();
+        assert_eq!(grenache_server_options_new(&mut opts), grenache_result::Ok);
+        assert_eq!(grenache_server_options_set_limit(opts, MaxConnectionsPerIp as u32, 7), grenache_result::Ok);
+        assert_eq!(grenache_server_options_set_limit(opts, BodyMinRate as u32, 0), grenache_result::Ok);
+        assert_eq!(grenache_server_options_set_limit(opts, HeaderTimeoutMs as u32, 0), grenache_result::InvalidArgument);
+        assert_eq!(grenache_server_options_set_limit(opts, 99, 1), grenache_result::InvalidArgument);
+        // SAFETY: `opts` is the live handle created above.
+        let limits = unsafe { &(*opts).inner.limits };
+        assert_eq!(limits.connections.max_per_ip, 7);
+        assert_eq!(limits.deadlines.body_min_rate, 0);
+        grenache_server_options_free(opts);
     }
 }

@@ -368,3 +368,82 @@ fn server_shutdown_answers_what_it_read_and_reports_the_grace() {
     grenache_link_free(link);
     grenache_runtime_free(rt);
 }
+
+// --- uTP through the C ABI ----------------------------------------------------------------------
+
+unsafe extern "C" fn send_done(ud: *mut c_void, code: grenache_result, _err: *const grenache_error) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the test has received.
+    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<grenache_result>>) };
+    let _ = tx.lock().expect("lock").send(code);
+}
+
+unsafe extern "C" fn send_json(ud: *mut c_void, code: grenache_result, _err: *const grenache_error, json: *const c_char, len: usize) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the test has received.
+    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<(grenache_result, String)>>) };
+    // SAFETY: the library passes `len` readable bytes at `json` for the duration of the call.
+    let text = if json.is_null() { String::new() } else { String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) }).to_string() };
+    let _ = tx.lock().expect("lock").send((code, text));
+}
+
+unsafe extern "C" fn send_punch(ud: *mut c_void, from: *const c_char) {
+    // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the server is freed.
+    let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<String>>) };
+    let _ = tx.lock().expect("lock").send(cstr(from));
+}
+
+/// Answers `"world"` to a request that arrived over uTP.
+unsafe extern "C" fn answer_utp(_ud: *mut c_void, req: *const grenache_request, reply: *mut grenache_reply) {
+    let w: &[u8] = if grenache_request_transport(req) == grenache_transport::Utp { b"\"world\"" } else { b"\"not utp\"" };
+    let _ = grenache_reply_send(reply, w.as_ptr().cast(), w.len());
+}
+
+#[test]
+fn utp_server_client_and_punches() {
+    use crate::client::*;
+    use crate::link::*;
+    use crate::server::*;
+    let mut rt: *mut grenache_runtime = ptr::null_mut();
+    assert_eq!(grenache_runtime_new(2, &mut rt), grenache_result::Ok);
+    let mut link: *mut grenache_link = ptr::null_mut();
+    assert_eq!(grenache_link_new(rt, c"http://127.0.0.1:1".as_ptr(), &mut link), grenache_result::Ok);
+    let (mut a, mut b): (*mut grenache_server, *mut grenache_server) = (ptr::null_mut(), ptr::null_mut());
+    for s in [&mut a, &mut b] {
+        assert_eq!(grenache_server_new_utp(link, 0, ptr::null(), Some(answer_utp), ptr::null_mut(), None, s), grenache_result::Ok);
+    }
+    // A request to it over uTP, straight to its address.
+    let mut client: *mut grenache_client = ptr::null_mut();
+    assert_eq!(grenache_client_new_utp(link, ptr::null(), 0, &mut client), grenache_result::Ok);
+    let (tx, rx) = std::sync::mpsc::channel::<(grenache_result, String)>();
+    let tx = std::sync::Mutex::new(tx);
+    let dest = std::ffi::CString::new(format!("127.0.0.1:{}", grenache_server_port(a))).expect("cstr");
+    let opts = grenache_request_options { timeout_ms: 10_000, retry: 0, retry_remote: false, compress: false, limit: 0, dest: dest.as_ptr() };
+    let body = b"\"hello\"";
+    let ud = &tx as *const _ as *mut c_void;
+    let rc = grenache_client_request_opts(client, c"rpc_test".as_ptr(), body.as_ptr().cast(), body.len(), &opts, Some(send_json), ud);
+    assert_eq!(rc, grenache_result::Ok);
+    let (code, text) = rx.recv_timeout(Duration::from_secs(10)).expect("reply");
+    assert_eq!(code, grenache_result::Ok, "{text}");
+    assert_eq!(text, "\"world\"");
+    // Punches: b sees a's punch; a's punch to b is answered; a silent endpoint times out.
+    let (ptx, prx) = std::sync::mpsc::channel::<String>();
+    let ptx = std::sync::Mutex::new(ptx);
+    assert_eq!(grenache_server_on_punch(b, Some(send_punch), &ptx as *const _ as *mut c_void), grenache_result::Ok);
+    let (dtx, drx) = std::sync::mpsc::channel::<grenache_result>();
+    let dtx = std::sync::Mutex::new(dtx);
+    let dud = &dtx as *const _ as *mut c_void;
+    let target = std::ffi::CString::new(format!("127.0.0.1:{}", grenache_server_port(b))).expect("cstr");
+    assert_eq!(grenache_server_punch(a, target.as_ptr(), 10_000, Some(send_done), dud), grenache_result::Ok);
+    assert_eq!(drx.recv_timeout(Duration::from_secs(10)), Ok(grenache_result::Ok));
+    assert_eq!(prx.recv_timeout(Duration::from_secs(10)), Ok(format!("127.0.0.1:{}", grenache_server_port(a))));
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let target = std::ffi::CString::new(silent.local_addr().expect("addr").to_string()).expect("cstr");
+    assert_eq!(grenache_server_punch(a, target.as_ptr(), 300, Some(send_done), dud), grenache_result::Ok);
+    assert_eq!(drx.recv_timeout(Duration::from_secs(10)), Ok(grenache_result::PunchTimeout));
+    assert_eq!(grenache_server_punch(a, c"not an address".as_ptr(), 300, Some(send_done), dud), grenache_result::Ok);
+    assert_eq!(drx.recv_timeout(Duration::from_secs(10)), Ok(grenache_result::InvalidArgument));
+    grenache_client_free(client);
+    grenache_server_free(a);
+    grenache_server_free(b);
+    grenache_link_free(link);
+    grenache_runtime_free(rt);
+}

@@ -194,7 +194,20 @@ fn a_compatible_addition_must_be_recorded() {
     let committed = committed_header();
     let anchor = "GRENACHE_TRANSPORT_WS = 1,";
     assert!(committed.contains(anchor), "the header changed: update this test's pattern");
-    let h = write_header(&s.0, &committed.replace(anchor, &format!("{anchor}\n  GRENACHE_TRANSPORT_NEW = 2,")));
+    let h = write_header(&s.0, &committed.replace(anchor, &format!("{anchor}\n  GRENACHE_TRANSPORT_NEW = 99,")));
+    let out = abi_check(&[Path::new("--lib"), &lib_arg(), Path::new("--header"), &h]);
+    assert_fails_with(&out, "changed compatibly");
+}
+
+#[test]
+fn a_new_type_is_a_compatible_addition() {
+    // A type named to sort before every other: it must not shift how the others are recorded.
+    let s = Scratch::new("type");
+    let committed = committed_header();
+    let anchor = "typedef struct grenache_";
+    let at = committed.find(anchor).expect("the header declares an opaque type: update this test's pattern");
+    let added = format!("{}typedef struct grenache_aaa_added grenache_aaa_added;\n{}", &committed[..at], &committed[at..]);
+    let h = write_header(&s.0, &added);
     let out = abi_check(&[Path::new("--lib"), &lib_arg(), Path::new("--header"), &h]);
     assert_fails_with(&out, "changed compatibly");
 }

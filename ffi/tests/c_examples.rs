@@ -81,6 +81,11 @@ fn pubsub_runs() {
 }
 
 #[test]
+fn pubsub_over_zmq_runs() {
+    support::run_pubsub_pair_over(Flavor::Plain, "zmq");
+}
+
+#[test]
 fn pubsub_under_asan() {
     support::run_pubsub_pair(Flavor::Asan);
 }

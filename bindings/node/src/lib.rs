@@ -41,6 +41,8 @@ type Done = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>)>, (), FnArgs
 /// process lives exactly until `close()`.
 type HandlerArgs = FnArgs<(NativeReply, String, Option<String>)>;
 type HandlerFn = ThreadsafeFunction<HandlerArgs, (), HandlerArgs, Status, false, true>;
+/// A punch event callback: `(from)`; weak like [`HandlerFn`].
+type PunchFn = ThreadsafeFunction<String, (), String, Status, false, true>;
 /// A subscription callback: `(publisher, data, binary)`; weak like [`HandlerFn`].
 type MessageFn = ThreadsafeFunction<FnArgs<(String, Buffer, bool)>, (), FnArgs<(String, Buffer, bool)>, Status, false, true>;
 
@@ -366,6 +368,7 @@ pub struct NativeServer {
 #[napi]
 impl NativeServer {
     #[napi(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         link: &NativeLink,
         transport: String,
@@ -374,6 +377,7 @@ impl NativeServer {
         tls: Option<&NativeServerTls>,
         reply_timeout_ms: Option<u32>,
         allow_fingerprints: Option<Vec<String>>,
+        broker: Option<String>,
     ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(&transport)?;
         // WS only: accept only clients whose certificate has one of these SHA-1 fingerprints.
@@ -392,6 +396,8 @@ impl NativeServer {
             tls: tls.map(|t| t.inner.clone()),
             reply_timeout: millis(reply_timeout_ms),
             verify_client,
+            broker,
+            ..Default::default()
         };
         let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;
         Ok(NativeServer { inner: Arc::new(server) })
@@ -416,6 +422,24 @@ impl NativeServer {
     #[napi]
     pub fn stop_announcing(&self, name: String) -> bool {
         self.inner.stop_announcing(&name)
+    }
+
+    /// uTP: punches `target` ("ip:port") until it answers; `done` gets an error
+    /// (ERR_PUNCH_TIMEOUT) when nothing came back within `timeout_ms`.
+    #[napi]
+    pub fn punch(&self, target: String, timeout_ms: u32, done: Done) {
+        let done = complete(done);
+        self.inner.punch(&target, Duration::from_millis(u64::from(timeout_ms)), move |r| done(r.map(|()| "null".to_string())));
+    }
+
+    /// uTP: `on_punch(from)` for every punch reaching the server's socket, until closed.
+    #[napi]
+    pub fn on_punch(&self, on_punch: PunchFn) -> napi::Result<(), ErrName> {
+        self.inner
+            .on_punch(move |from| {
+                on_punch.call(from, ThreadsafeFunctionCallMode::NonBlocking);
+            })
+            .map_err(|e| js_err(&e))
     }
 
     /// Graceful shutdown; `done` gets "true" when every connection finished within the grace,
@@ -454,9 +478,21 @@ fn request_options(timeout_ms: Option<u32>, retry: Option<u32>, compress: Option
 #[napi]
 impl NativeClient {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, transport: String, tls: Option<&NativeClientTls>, timeout_ms: Option<u32>) -> napi::Result<Self, ErrName> {
+    pub fn new(
+        link: &NativeLink,
+        transport: String,
+        tls: Option<&NativeClientTls>,
+        timeout_ms: Option<u32>,
+        broker: Option<String>,
+        punch_timeout_ms: Option<u32>,
+    ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(&transport)?;
-        let options = ClientOptions { tls: tls.map(|t| t.inner.clone()), default_timeout: millis(timeout_ms) };
+        let options = ClientOptions {
+            tls: tls.map(|t| t.inner.clone()),
+            default_timeout: millis(timeout_ms),
+            broker,
+            punch_timeout: millis(punch_timeout_ms),
+        };
         let client = EmbedClient::new(&link.inner, kind, options).map_err(|e| js_err(&e))?;
         Ok(NativeClient { inner: Arc::new(client) })
     }
@@ -787,7 +823,7 @@ impl NativeServer {
             );
             handler.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
         };
-        let options = ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), reply_timeout: None, verify_client: verify.map(js_verify) };
+        let options = ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), reply_timeout: None, verify_client: verify.map(js_verify), ..Default::default() };
         let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;
         Ok(NativeServer { inner: Arc::new(server) })
     }

@@ -83,7 +83,7 @@ test('dhtState: the routing table is saved when the Grape stops', async () => {
   }
 })
 
-for (const transport of ['http', 'ws', 'zmq']) {
+for (const transport of ['http', 'ws', 'zmq', 'utp']) {
   test(`request, errors and timeouts over ${transport}`, async () => {
     const s = new g.Server(l1, handler, { transport })
     cleanup.push(() => s.close())
@@ -101,6 +101,32 @@ for (const transport of ['http', 'ws', 'zmq']) {
     assert.deepEqual(many.map((m) => m.echo.i), Array.from({ length: 200 }, (_, i) => i))
   })
 }
+
+test('uTP punches between our servers and with a libutp peer', async () => {
+  const a = new g.Server(l1, handler, { transport: 'utp' })
+  const b = new g.Server(l1, handler, { transport: 'utp' })
+  cleanup.push(() => a.close(), () => b.close())
+  const seen = []
+  b.onPunch((from) => seen.push(from))
+  await a.punch(`127.0.0.1:${b.port}`, 10000)
+  await eventually(() => seen.includes(`127.0.0.1:${a.port}`), 'the punch event')
+  const silent = require('dgram').createSocket('udp4')
+  await new Promise((resolve) => silent.bind(0, '127.0.0.1', resolve))
+  await assert.rejects(a.punch(`127.0.0.1:${silent.address().port}`, 300), (e) => e instanceof g.PunchTimeoutError && e.name === 'ERR_PUNCH_TIMEOUT' && e.code === 207)
+  silent.close()
+  // npm utp-native (libutp): its punch reaches us, ours reaches it as the whole C3 BF.
+  const sock = ref('utp-native')()
+  await new Promise((resolve) => sock.listen(0, resolve))
+  const punch = Buffer.from([0xc3, 0xbf])
+  const got = new Promise((resolve) => sock.on('message', (buf, rinfo) => { if (buf.equals(punch)) resolve(rinfo.port) }))
+  sock.send(punch, 0, punch.length, b.port, '127.0.0.1')
+  await eventually(() => seen.includes(`127.0.0.1:${sock.address().port}`), 'the libutp punch')
+  const ours = a.punch(`127.0.0.1:${sock.address().port}`, 300)
+  assert.equal(await got, a.port)
+  await assert.rejects(ours, (e) => e.name === 'ERR_PUNCH_TIMEOUT', 'a legacy peer does not answer by itself')
+  sock.close()
+  assert.throws(() => new g.Client(l1, { transport: 'ws', broker: 'b' }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
+})
 
 test('typed errors for bad input', async () => {
   assert.throws(() => new g.Client(l1, { transport: 'pigeon' }), (e) => e.name === 'ERR_INVALID_ARGUMENT')

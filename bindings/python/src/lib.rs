@@ -9,14 +9,26 @@
 //! * nothing that may wait for a library thread runs with the GIL held (closing waits for the
 //!   callbacks in flight, and they need the GIL), and objects dropped by Python's garbage
 //!   collector are closed on a thread of their own for the same reason;
-//! * request handlers run on tokio's blocking pool, so a slow Python handler never stalls the
-//!   I/O threads; completion callbacks (the asyncio path) run on an I/O thread and only
-//!   schedule work on the event loop;
+//! * a blocking call can poll for its result for a few tens of microseconds (GIL released,
+//!   bounded, adaptive; off by default, see [`spin`]) before it sleeps, which saves the wake-up
+//!   of the calling thread on fast round trips where cores are spare;
+//! * the asyncio path goes through an [`Inbox`] per event loop: completions (and requests for
+//!   `async def` handlers) are queued without the GIL, and the loop is woken once per batch
+//!   through a socket it watches, not once per reply;
+//! * plain request handlers run on a small pool of threads of this module ([`Pool`]) that take
+//!   the GIL once and call the handler for every queued request in a row; a handler that blocks
+//!   lets another thread of the pool take over, so a slow Python handler never stalls the I/O
+//!   threads nor the other requests;
 //! * errors become instances of the package's exception classes (`_set_error_factory`).
 
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use grenache::embed::{
     self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber,
@@ -58,28 +70,140 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
 
-/// Starts an operation whose completion sends on the channel, and waits for it with the GIL
-/// released.
-fn blocking<T: Send + 'static>(py: Python<'_>, start: impl FnOnce(mpsc::SyncSender<GResult<T>>)) -> PyResult<T> {
-    let (tx, mut rx) = mpsc::sync_channel(1);
-    start(tx);
-    loop {
-        let (got, back) = py.detach(move || (rx.recv_timeout(TICK), rx));
-        rx = back;
-        match got {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => return Err(py_err(py, &e)),
-            Err(RecvTimeoutError::Timeout) => py.check_signals()?,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(py_err(py, &Error::new(ErrorKind::Internal, "the operation ended without a result")));
+/// The environment variable that sets how long blocking waits poll before they sleep, in
+/// microseconds (default 0: off; at most 1000).
+const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
+
+/// How long a blocking wait polls for its result before it sleeps (the idea of the core's
+/// WebSocket `busy_poll`, applied to the hop from the library's thread to the caller's):
+/// [`POLL_ENV`], read once.
+///
+/// Off by default: on the two-core development machine, with the peer on the same machine,
+/// polling measured no faster over WS and half as fast over HTTP (the polling thread takes a
+/// core the I/O threads need). It pays where cores are spare and round trips short.
+/// Idle handler threads never poll for the next request, for the same reason.
+fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var(POLL_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        Duration::from_micros(us.min(1000))
+    })
+}
+
+/// Every this many waits, a thread whose waits stopped ending within [`spin`] polls once more,
+/// to notice when round trips got fast again.
+const SPIN_PROBE: u32 = 32;
+
+thread_local! {
+    /// Whether this thread's next blocking wait polls first, and the waits since it stopped.
+    static SPINNING: Cell<(bool, u32)> = const { Cell::new((true, 0)) };
+}
+
+/// Where a completion leaves its result for a blocking caller.
+struct Slot<T> {
+    ready: AtomicBool,
+    value: Mutex<(Option<GResult<T>>, bool)>,
+    wake: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<T> Slot<T> {
+    fn put(&self, r: GResult<T>) {
+        let mut v = lock(&self.value);
+        v.0 = Some(r);
+        self.ready.store(true, Ordering::Release);
+        // The waiter is asleep only when it said so (under the same lock): no futex call on the
+        // fast path, where it was still polling.
+        if v.1 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The result, or `None` when none came within `tick`.
+    fn take(&self, tick: Duration) -> Option<GResult<T>> {
+        let mut v = lock(&self.value);
+        let deadline = Instant::now() + tick;
+        loop {
+            if let Some(r) = v.0.take() {
+                v.1 = false;
+                return Some(r);
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                v.1 = false;
+                return None;
+            }
+            v.1 = true;
+            v = self.wake.wait_timeout(v, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
         }
     }
 }
 
-fn sender<T: Send + 'static>(tx: mpsc::SyncSender<GResult<T>>) -> impl FnOnce(GResult<T>) + Send + 'static {
+/// Waits for `slot` with the GIL released: polls for up to [`spin`] when this thread's recent
+/// waits ended that fast (or to probe again), then sleeps in slices of [`TICK`], checking for
+/// signals between them (Ctrl-C raises `KeyboardInterrupt`; the operation finishes in the
+/// background).
+fn wait_slot<T: Send + 'static>(py: Python<'_>, slot: &Arc<Slot<T>>) -> PyResult<GResult<T>> {
+    let budget = spin();
+    let (spinning, misses) = SPINNING.with(Cell::get);
+    let probe = !spinning && misses % SPIN_PROBE == SPIN_PROBE - 1;
+    let started = Instant::now();
+    if (spinning || probe) && !budget.is_zero() {
+        let s = Arc::clone(slot);
+        py.detach(move || {
+            while !s.ready.load(Ordering::Acquire) && started.elapsed() < budget {
+                std::hint::spin_loop();
+            }
+        });
+    }
+    loop {
+        if slot.ready.load(Ordering::Acquire)
+            && let Some(r) = lock(&slot.value).0.take()
+        {
+            let fast = started.elapsed() <= budget;
+            SPINNING.with(|c| c.set(if fast { (true, 0) } else { (false, misses.wrapping_add(1)) }));
+            return Ok(r);
+        }
+        let s = Arc::clone(slot);
+        if let Some(r) = py.detach(move || s.take(TICK)) {
+            let fast = started.elapsed() <= budget;
+            SPINNING.with(|c| c.set(if fast { (true, 0) } else { (false, misses.wrapping_add(1)) }));
+            return Ok(r);
+        }
+        py.check_signals()?;
+    }
+}
+
+/// Starts an operation whose completion fills a [`Slot`], and waits for it ([`wait_slot`]).
+fn blocking<T: Send + 'static>(py: Python<'_>, start: impl FnOnce(Sender<T>)) -> PyResult<T> {
+    let slot = Arc::new(Slot { ready: AtomicBool::new(false), value: Mutex::new((None, false)), wake: Condvar::new() });
+    start(Sender(Some(Arc::clone(&slot))));
+    match wait_slot(py, &slot)? {
+        Ok(v) => Ok(v),
+        Err(e) => Err(py_err(py, &e)),
+    }
+}
+
+/// The completion side of [`blocking`]; dropped without a result, it reports an internal error
+/// (the waiter never hangs).
+struct Sender<T>(Option<Arc<Slot<T>>>);
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.put(Err(Error::new(ErrorKind::Internal, "the operation ended without a result")));
+        }
+    }
+}
+
+fn sender<T: Send + 'static>(mut tx: Sender<T>) -> impl FnOnce(GResult<T>) + Send + 'static {
     move |r| {
-        let _ = tx.send(r);
+        if let Some(s) = tx.0.take() {
+            s.put(r);
+        }
     }
 }
 
@@ -151,6 +275,12 @@ fn error_kinds() -> Vec<(u32, &'static str, &'static str, &'static str, &'static
 #[pyfunction]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
+}
+
+/// True when this module is a debug build (benchmarks say which build they measured).
+#[pyfunction]
+fn _debug_build() -> bool {
+    cfg!(debug_assertions)
 }
 
 /// A running Grape (DHT node + HTTP API).
@@ -401,6 +531,345 @@ impl Reply {
     }
 }
 
+/// Most requests a server keeps queued for its Python handler; past it a request is answered
+/// `ERR_NO_REPLY` at once (the bound of the queue; the transports' own limits come first).
+const MAX_QUEUED: usize = 65_536;
+
+/// What an [`Inbox`] carries to its event loop.
+enum Item {
+    /// The result of an asyncio call, with the caller's token (its future).
+    Done(Py<PyAny>, GResult<String>),
+    /// A request for an `async def` handler.
+    Call(Box<(Request, grenache::rpc::Reply)>),
+}
+
+struct InboxState {
+    items: Vec<Item>,
+    /// A wake-up was sent and the loop has not drained since.
+    woken: bool,
+    closed: bool,
+    /// The server that fed it let go of it (closed, its requests in flight handed over).
+    finished: bool,
+}
+
+struct InboxShared {
+    state: Mutex<InboxState>,
+    /// The end the library writes one byte to, to wake the loop.
+    wake: UnixStream,
+}
+
+impl InboxShared {
+    /// Queues `item` from any thread, without the GIL; wakes the loop only when it was not woken
+    /// since its last drain, so replies that arrive while the loop is busy share one wake-up.
+    fn push(&self, item: Item) {
+        let mut st = lock(&self.state);
+        let full = matches!(item, Item::Call(..)) && st.items.len() >= MAX_QUEUED;
+        if st.closed || full {
+            drop(st);
+            // A request's reply dropped here answers ERR_NO_REPLY; a result has nobody waiting.
+            drop(item);
+            return;
+        }
+        st.items.push(item);
+        if st.woken {
+            return;
+        }
+        st.woken = true;
+        drop(st);
+        // Non-blocking; at most one byte is ever unread, so the socket's buffer never fills.
+        let _ = (&self.wake).write(&[1]);
+    }
+
+    fn close(&self) -> Vec<Item> {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        std::mem::take(&mut st.items)
+    }
+}
+
+/// A server's hold on its inbox: dropped with the server's handler (closed, and its requests in
+/// flight handed over), it marks the inbox finished and wakes the loop a last time so that the
+/// loop stops watching it.
+struct InboxProducer(Arc<InboxShared>);
+
+impl Drop for InboxProducer {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.finished = true;
+        if !st.woken {
+            st.woken = true;
+            drop(st);
+            let _ = (&self.0.wake).write(&[1]);
+        }
+    }
+}
+
+/// The queue between the library's threads and one asyncio event loop: the loop watches
+/// `fileno` (`loop.add_reader`) and calls `drain` when it is readable. Results arrive as
+/// `(token, error, result_json)` and requests for an `async def` handler as
+/// `(payload_json, fingerprint, reply)`. Once closed (the loop went away), what is queued and
+/// what arrives later is dropped: requests are answered `ERR_NO_REPLY` at once.
+#[pyclass(module = "grenache._native", frozen)]
+struct Inbox {
+    shared: Arc<InboxShared>,
+    read: UnixStream,
+}
+
+#[pymethods]
+impl Inbox {
+    #[new]
+    fn new(py: Python<'_>) -> PyResult<Inbox> {
+        let io = |e: std::io::Error| py_err(py, &Error::from(e));
+        let (read, wake) = UnixStream::pair().map_err(io)?;
+        read.set_nonblocking(true).map_err(io)?;
+        wake.set_nonblocking(true).map_err(io)?;
+        let state = Mutex::new(InboxState { items: Vec::new(), woken: false, closed: false, finished: false });
+        Ok(Inbox { shared: Arc::new(InboxShared { state, wake }), read })
+    }
+
+    /// The descriptor that becomes readable when items are queued.
+    fn fileno(&self) -> i32 {
+        self.read.as_raw_fd()
+    }
+
+    /// Everything queued since the last call, in arrival order.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+        // Consume the wake-up before taking the items: a push after the take wakes again.
+        let mut buf = [0u8; 64];
+        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
+        let items = {
+            let mut st = lock(&self.shared.state);
+            st.woken = false;
+            std::mem::take(&mut st.items)
+        };
+        let list = pyo3::types::PyList::empty(py);
+        for item in items {
+            match item {
+                Item::Done(token, Ok(text)) => list.append((token, py.None(), text))?,
+                Item::Done(token, Err(e)) => list.append((token, error_value(py, &e), py.None()))?,
+                Item::Call(call) => {
+                    let (request, reply) = *call;
+                    let payload = embed::rpc::payload_json(&request);
+                    let fingerprint = embed::rpc::fingerprint(&request);
+                    let reply = Py::new(py, Reply { inner: embed::ReplyOnce::new(reply) })?;
+                    list.append((payload, fingerprint, reply))?
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    /// Drops what is queued and everything that arrives later (idempotent).
+    fn close(&self, py: Python<'_>) {
+        let shared = Arc::clone(&self.shared);
+        let items = py.detach(move || shared.close());
+        drop(items);
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.shared.state).closed
+    }
+
+    /// True once the server that fed this inbox let go of it and everything was drained.
+    #[getter]
+    fn finished(&self) -> bool {
+        let st = lock(&self.shared.state);
+        st.finished && st.items.is_empty()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        drop(self.shared.close());
+    }
+}
+
+/// How long a request may wait behind a running handler before another thread of the [`Pool`]
+/// takes it (that handler is then taken to block).
+const STALL: Duration = Duration::from_millis(5);
+
+/// Most threads of one server's [`Pool`].
+const MAX_THREADS: usize = 64;
+
+/// How long an idle thread of a [`Pool`] stays.
+const IDLE_EXIT: Duration = Duration::from_secs(30);
+
+/// Set at interpreter exit ([`_finalize`]): pools no longer call into Python.
+static FINALIZING: AtomicBool = AtomicBool::new(false);
+
+/// Threads of pools that are running (or about to run) Python code.
+static IN_PYTHON: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Called by the package at interpreter exit (`atexit`): pool threads stop calling handlers,
+/// and this waits (at most 2 s, GIL released) for those inside a handler to leave it, so that
+/// none of them wakes up inside an interpreter that is being torn down.
+#[pyfunction]
+fn _finalize(py: Python<'_>) {
+    FINALIZING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+struct PoolState {
+    queue: VecDeque<(Request, grenache::rpc::Reply)>,
+    threads: usize,
+    /// Threads holding (or taking) the GIL to run handlers.
+    active: usize,
+    /// When the last request was taken from the queue.
+    last_take: Instant,
+    closed: bool,
+}
+
+impl PoolState {
+    /// Whether a request in the queue needs another thread: nobody is running handlers, or the
+    /// ones that are have not taken a request for [`STALL`] (a handler blocks).
+    fn wants_thread(&self) -> bool {
+        !self.queue.is_empty() && (self.active == 0 || self.last_take.elapsed() >= STALL)
+    }
+}
+
+/// The threads that run a server's plain (not `async def`) Python handler. One thread takes the
+/// GIL once and answers every queued request in a row, instead of one thread hop and one GIL
+/// acquisition per request; when a handler blocks (sleeps, waits for I/O) for longer than
+/// [`STALL`] with requests waiting, another thread takes over the queue, up to [`MAX_THREADS`].
+struct Pool {
+    state: Mutex<PoolState>,
+    ready: Condvar,
+    handler: Py<PyAny>,
+}
+
+impl Pool {
+    /// Queues a request (on an I/O thread) and wakes a thread for it when needed.
+    fn push(self: &Arc<Self>, request: Request, reply: grenache::rpc::Reply) {
+        let mut st = lock(&self.state);
+        if st.closed || st.queue.len() >= MAX_QUEUED {
+            drop(st);
+            drop(reply); // ERR_NO_REPLY
+            return;
+        }
+        st.queue.push_back((request, reply));
+        if !st.wants_thread() {
+            return;
+        }
+        if st.threads > st.active {
+            // An idle thread, or one about to look at the queue again.
+            self.ready.notify_one();
+        } else if st.threads < MAX_THREADS {
+            self.spawn_thread(&mut st);
+        }
+    }
+
+    fn spawn_thread(self: &Arc<Self>, st: &mut PoolState) {
+        st.threads += 1;
+        let pool = Arc::clone(self);
+        if std::thread::Builder::new().name("grenache-handler".into()).spawn(move || pool.run()).is_err() {
+            st.threads -= 1;
+        }
+    }
+
+    /// A thread of the pool. It attaches to Python once for its whole life and only releases
+    /// the GIL between batches: attaching per batch would create and destroy a Python thread
+    /// state each time, which costs more than a short handler.
+    fn run(self: Arc<Self>) {
+        Python::attach(|py| {
+            loop {
+                let work = py.detach(|| self.next_batch());
+                if work {
+                    self.drain(py);
+                }
+                IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+                if !work {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Waits, GIL released, until the queue needs this thread (true) or the thread should end
+    /// (false). Either way the thread is counted in [`IN_PYTHON`] when this returns; at
+    /// interpreter exit it never returns (the thread sleeps until the process ends rather than
+    /// take the GIL of an interpreter being torn down).
+    fn next_batch(self: &Arc<Self>) -> bool {
+        let mut st = lock(&self.state);
+        let work = loop {
+            if st.wants_thread() {
+                break true;
+            }
+            if st.closed && st.queue.is_empty() {
+                break false;
+            }
+            // While handlers run, look every STALL whether they still take requests.
+            let wait = if st.active > 0 { STALL } else { IDLE_EXIT };
+            let (g, timeout) = self.ready.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner());
+            st = g;
+            if timeout.timed_out() && st.queue.is_empty() && wait == IDLE_EXIT {
+                break false;
+            }
+        };
+        if work {
+            st.active += 1;
+            st.last_take = Instant::now();
+        } else {
+            st.threads -= 1;
+        }
+        IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+        if FINALIZING.load(Ordering::SeqCst) {
+            IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+            if work {
+                st.active -= 1;
+                st.threads -= 1;
+            }
+            drop(st);
+            loop {
+                std::thread::park();
+            }
+        }
+        // Keep one thread on standby while handlers run: it takes the queue over when they stop
+        // taking requests (a handler blocks), even when no new request comes.
+        if work && st.threads == st.active && st.threads < MAX_THREADS {
+            self.spawn_thread(&mut st);
+        }
+        work
+    }
+
+    /// Answers queued requests until the queue is empty (or the interpreter exits).
+    fn drain(&self, py: Python<'_>) {
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
+                match job {
+                    Some(_) => st.last_take = Instant::now(),
+                    // Under the lock that saw the queue empty: a push after this sees no active
+                    // thread and wakes one.
+                    None => st.active -= 1,
+                }
+                job
+            };
+            match job {
+                Some((request, reply)) => answer(py, &self.handler, request, reply),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Held by the server's handler closure: when the core drops the handler (the server closed and
+/// its requests in flight finished), the pool's threads finish the queue and exit.
+struct PoolHandle(Arc<Pool>);
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        lock(&self.0.state).closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
 /// An RPC server whose handler is a Python callable `handler(payload_json, fingerprint, reply)`
 /// that answers through `reply` (a [`Reply`]), now or later.
 #[pyclass(module = "grenache._native")]
@@ -425,24 +894,37 @@ fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None))]
+    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         link: &Link,
         transport: &str,
-        handler: Py<PyAny>,
+        handler: Option<Py<PyAny>>,
         port: u16,
         tls: Option<&PyServerTls>,
         reply_timeout_ms: Option<u64>,
         verify_client: Option<Py<PyAny>>,
+        broker: Option<String>,
+        inbox: Option<&Inbox>,
     ) -> PyResult<Server> {
         let kind = transport_kind(py, transport)?;
-        let handler = Arc::new(handler);
-        let h = move |request: Request, reply: grenache::rpc::Reply| {
-            let handler = handler.clone();
-            // A Python handler may block: run it on the blocking pool, not on an I/O thread.
-            tokio::task::spawn_blocking(move || Python::attach(|py| answer(py, &handler, request, reply)));
+        let h: Arc<dyn grenache::rpc::Handler> = match (inbox, handler) {
+            // `async def` handlers: requests go to the event loop's inbox in batches.
+            (Some(inbox), _) => {
+                let producer = InboxProducer(Arc::clone(&inbox.shared));
+                Arc::new(move |request: Request, reply: grenache::rpc::Reply| {
+                    producer.0.push(Item::Call(Box::new((request, reply))));
+                })
+            }
+            // Plain handlers: the pool's threads, never an I/O thread (a handler may block).
+            (None, Some(handler)) => {
+                let state = PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), closed: false };
+                let pool = Pool { state: Mutex::new(state), ready: Condvar::new(), handler };
+                let pool = PoolHandle(Arc::new(pool));
+                Arc::new(move |request: Request, reply: grenache::rpc::Reply| pool.0.push(request, reply))
+            }
+            (None, None) => return Err(py_err(py, &invalid("a server needs a handler or an inbox"))),
         };
         // WS only: `verify_client(fingerprint, remote_addr) -> bool` before a socket is accepted
         // (an exception refuses the client). It holds an I/O thread while it runs: keep it short.
@@ -459,9 +941,16 @@ impl Server {
                 })
             })
         });
-        let options = ServerOptions { port, tls: tls.map(|t| t.inner.clone()), reply_timeout: embed::millis(reply_timeout_ms), verify_client };
+        let options = ServerOptions {
+            port,
+            tls: tls.map(|t| t.inner.clone()),
+            reply_timeout: embed::millis(reply_timeout_ms),
+            verify_client,
+            broker,
+            ..Default::default()
+        };
         let link = Arc::clone(&link.inner);
-        let server = py.detach(move || EmbedServer::listen(&link, kind, Arc::new(h), options)).map_err(|e| py_err(py, &e))?;
+        let server = py.detach(move || EmbedServer::listen(&link, kind, h, options)).map_err(|e| py_err(py, &e))?;
         Ok(Server { inner: Handle::new(server) })
     }
 
@@ -485,6 +974,25 @@ impl Server {
     /// Graceful shutdown; true when every connection finished within the grace.
     fn shutdown(&self, py: Python<'_>, grace_ms: u64) -> PyResult<bool> {
         blocking(py, |tx| self.inner.shutdown(Duration::from_millis(grace_ms), sender(tx)))
+    }
+
+    /// uTP: punches `target` ("ip:port") until it answers; raises on ERR_PUNCH_TIMEOUT.
+    fn punch(&self, py: Python<'_>, target: &str, timeout_ms: u64) -> PyResult<()> {
+        blocking(py, |tx| self.inner.punch(target, Duration::from_millis(timeout_ms), sender(tx)))
+    }
+
+    /// uTP: `cb(from)` for every punch reaching the server's socket.
+    fn on_punch(&self, py: Python<'_>, cb: Py<PyAny>) -> PyResult<()> {
+        let cb = Arc::new(cb);
+        self.inner
+            .on_punch(move |from| {
+                Python::attach(|py| {
+                    if let Err(e) = cb.call1(py, (from,)) {
+                        e.print(py);
+                    }
+                })
+            })
+            .map_err(|e| py_err(py, &e))
     }
 
     fn shutdown_cb(&self, grace_ms: u64, cb: Py<PyAny>) {
@@ -511,11 +1019,25 @@ fn request_options(timeout_ms: Option<u64>, retry: u32, compress: bool, dest: Op
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (link, transport, tls=None, timeout_ms=None))]
-    fn new(py: Python<'_>, link: &Link, transport: &str, tls: Option<&PyClientTls>, timeout_ms: Option<u64>) -> PyResult<Client> {
+    #[pyo3(signature = (link, transport, tls=None, timeout_ms=None, broker=None, punch_timeout_ms=None))]
+    fn new(
+        py: Python<'_>,
+        link: &Link,
+        transport: &str,
+        tls: Option<&PyClientTls>,
+        timeout_ms: Option<u64>,
+        broker: Option<String>,
+        punch_timeout_ms: Option<u64>,
+    ) -> PyResult<Client> {
         let kind = transport_kind(py, transport)?;
-        let options = ClientOptions { tls: tls.map(|t| t.inner.clone()), default_timeout: embed::millis(timeout_ms) };
-        let client = EmbedClient::new(&link.inner, kind, options).map_err(|e| py_err(py, &e))?;
+        let options = ClientOptions {
+            tls: tls.map(|t| t.inner.clone()),
+            default_timeout: embed::millis(timeout_ms),
+            broker,
+            punch_timeout: embed::millis(punch_timeout_ms),
+        };
+        let link = Arc::clone(&link.inner);
+        let client = py.detach(move || EmbedClient::new(&link, kind, options)).map_err(|e| py_err(py, &e))?;
         Ok(Client { inner: Handle::new(client) })
     }
 
@@ -549,6 +1071,43 @@ impl Client {
     ) {
         let opts = request_options(timeout_ms, retry, compress, dest, 0);
         self.inner.request(name, payload_json, opts, callback(cb));
+    }
+
+    /// `request` for asyncio: the result goes to `inbox` as `(token, error, result_json)`.
+    #[pyo3(signature = (name, payload_json, inbox, token, timeout_ms=None, retry=0, compress=false, dest=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn request_in(
+        &self,
+        name: String,
+        payload_json: &str,
+        inbox: &Inbox,
+        token: Py<PyAny>,
+        timeout_ms: Option<u64>,
+        retry: u32,
+        compress: bool,
+        dest: Option<String>,
+    ) {
+        let opts = request_options(timeout_ms, retry, compress, dest, 0);
+        let shared = Arc::clone(&inbox.shared);
+        self.inner.request(name, payload_json, opts, move |r| shared.push(Item::Done(token, r)));
+    }
+
+    /// `map` for asyncio: the results go to `inbox` as `(token, error, results_json)`.
+    #[pyo3(signature = (name, payload_json, inbox, token, timeout_ms=None, compress=false, limit=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn map_in(
+        &self,
+        name: String,
+        payload_json: &str,
+        inbox: &Inbox,
+        token: Py<PyAny>,
+        timeout_ms: Option<u64>,
+        compress: bool,
+        limit: usize,
+    ) {
+        let opts = request_options(timeout_ms, 0, compress, None, limit);
+        let shared = Arc::clone(&inbox.shared);
+        self.inner.map(name, payload_json, opts, move |r| shared.push(Item::Done(token, r)));
     }
 
     #[pyo3(signature = (name, payload_json, timeout_ms=None, compress=false, limit=0))]
@@ -658,8 +1217,11 @@ impl Subscriber {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_set_error_factory, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_build, m)?)?;
+    m.add_function(wrap_pyfunction!(_finalize, m)?)?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_class::<Reply>()?;
+    m.add_class::<Inbox>()?;
     m.add_class::<Grape>()?;
     m.add_class::<Link>()?;
     m.add_class::<Keypair>()?;

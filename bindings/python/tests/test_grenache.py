@@ -443,6 +443,42 @@ def make_certs(tmp):
     return pem, fp.stdout.strip().split("=", 1)[1]
 
 
+class UtpTests(unittest.TestCase):
+    def test_utp_requests_punches_and_a_libutp_peer(self):
+        import socket
+
+        net = Network()
+        node = None
+        try:
+            srv = grenache.Server(net.l1, lambda p, info: {"p": p}, transport="utp")
+            other = grenache.Server(net.l1, handler, transport="utp")
+            c = grenache.Client(net.l2, transport="utp", timeout=10)
+            r = c.request("utp_py", "hi", dest=f"127.0.0.1:{srv.port}")
+            self.assertEqual(r["p"], "hi")
+            # Punches: `other` hears `srv`'s; a silent endpoint gives the typed error.
+            seen = queue.Queue()
+            other.on_punch(seen.put)
+            srv.punch(f"127.0.0.1:{other.port}", timeout=10)
+            self.assertEqual(seen.get(timeout=10), f"127.0.0.1:{srv.port}")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+                silent.bind(("127.0.0.1", 0))
+                with self.assertRaises(grenache.PunchTimeoutError):
+                    srv.punch(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.3)
+            # The legacy wire against libutp (npm utp-native).
+            node = NodeProcess("utp_peer.js")
+            ready = node.next(where=lambda v: v.get("ready"))
+            self.assertEqual(c.request("utp_py", "hello", dest=f"127.0.0.1:{ready['port']}"), "world")
+            with self.assertRaises(grenache.InvalidArgumentError):
+                grenache.Client(net.l2, transport="http", broker="b")
+            c.close()
+            other.close()
+            srv.close()
+        finally:
+            if node is not None:
+                node.stop()
+            net.stop()
+
+
 class TlsTests(unittest.TestCase):
     def test_mutual_tls_hands_the_fingerprint_to_the_handler(self):
         import tempfile

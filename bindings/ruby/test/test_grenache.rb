@@ -310,6 +310,45 @@ class GrenacheTest < Minitest::Test
     assert_nil sub.receive(timeout: 0.1)
   end
 
+  def test_zmq_and_utp_rpc_and_zmq_pubsub
+    %i[zmq utp].each do |transport|
+      server = keep(Grenache::Server.new(link1, transport: transport) { |payload, req| [payload, req.transport.to_s] })
+      server.start_announcing("t_#{transport}", interval: 0.5)
+      client = keep(Grenache::Client.new(link2, transport: transport))
+      assert_equal [7, transport.to_s], eventually { client.request("t_#{transport}", 7, timeout: 5) }
+    end
+    assert_raises(ArgumentError) { Grenache::Client.new(link2, transport: :zmq, broker: 'b') }
+    pub = keep(Grenache::Publisher.new(link1, transport: :zmq))
+    pub.start_announcing('t_zpub', interval: 0.5)
+    sub = keep(Grenache::Subscriber.new(link2, 't_zpub', transport: :zmq))
+    deadline = Time.now + 20
+    sleep 0.05 while (pub.subscribers.zero? || sub.publishers.zero?) && Time.now < deadline
+    assert_equal 1, pub.publish('héllo')
+    assert_equal 1, pub.publish_binary("\x00\xFF\x01".b)
+    text = sub.receive(timeout: 10)
+    assert_equal 'héllo', text.data
+    refute text.binary?
+    bin = sub.receive(timeout: 10)
+    assert bin.binary?
+    assert_equal "\x00\xFF\x01".b, bin.data
+    assert_raises(ArgumentError) { Grenache::Publisher.new(link1, transport: :http) }
+  end
+
+  def test_server_limits_by_name
+    assert_equal 10, Grenache::ServerOptions::LIMITS.size
+    assert_equal 1, Grenache::ServerOptions::LIMITS[:max_connections_per_ip]
+    # One connection per source address: a second keep-alive client from 127.0.0.1 is refused
+    # while the first holds its connection.
+    server = keep(Grenache::Server.new(link1, limits: { max_connections_per_ip: 1, idle_timeout_ms: 60_000 }) { |p, _| p })
+    server.start_announcing('t_limits', interval: 0.5)
+    first = keep(Grenache::Client.new(link2))
+    assert_equal 1, eventually { first.request('t_limits', 1, timeout: 5) }
+    second = keep(Grenache::Client.new(link2))
+    assert_raises(Grenache::Error) { second.request('t_limits', 2, timeout: 2) }
+    assert_raises(ArgumentError) { Grenache::Server.new(link1, limits: { nope: 1 }) { |p, _| p } }
+    assert_raises(Grenache::InvalidArgumentError) { Grenache::Server.new(link1, limits: { max_connections: 0 }) { |p, _| p } }
+  end
+
   def test_grape_events_and_options
     events = Queue.new
     g = keep(Grenache::Grape.new(host: '127.0.0.1', peer_max_age_ms: 60_000, bootstrap: "127.0.0.1:#{@net[:g1].dht_port}"))

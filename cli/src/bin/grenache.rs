@@ -15,6 +15,7 @@
 //! | 6 | the remote handler answered an error (`ERR_REMOTE: <its message>`) |
 //! | 7 | the Grape or the DHT answered an error |
 //! | 8 | invalid input (bad JSON, bad key file, bad address) |
+//! | 9 | hole punching found no open path to the peer (`ERR_PUNCH_TIMEOUT`, uTP) |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ use grenache::rpc::{
     ServerTransport,
 };
 use grenache::tls::{ClientAuth, ClientTls, ServerTls};
+use grenache::transport::utp::broker::{Broker, BrokerClient, BrokerClientConfig, BrokerConfig, DEFAULT_BROKER_NAME};
+use grenache::transport::utp::{UtpClient, UtpClientConfig, UtpNode, UtpServer, UtpServerConfig};
 use grenache::transport::{self, TransportKind};
 use grenache::{Error, ErrorKind, Result};
 use serde_json::{Value, json};
@@ -130,6 +133,38 @@ enum Cmd {
         /// requests already received, then exit; close what is left after this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
         grace: u64,
+        /// uTP: also register the names with the broker announced as BROKER_NAME, on a timer, so
+        /// clients behind other NATs can be introduced (both sides then punch at once).
+        #[arg(long, value_name = "BROKER_NAME")]
+        broker: Option<String>,
+        /// uTP with --broker: re-register every this many milliseconds (keep it below the NAT's
+        /// UDP timeout).
+        #[arg(long, default_value_t = 5_000)]
+        register_interval: u64,
+        /// Answer {"payload": <payload>, "remote": "<caller ip:port as seen here>"} instead of
+        /// the bare echo.
+        #[arg(long)]
+        with_remote: bool,
+    },
+    /// Runs a uTP broker: a rendezvous announced in the DHT that introduces clients to the
+    /// workers of a service behind NATs (it records their external endpoints and tells both
+    /// sides to punch). Runs until Ctrl-C or SIGTERM.
+    Broker {
+        /// The name to announce.
+        #[arg(long, default_value = DEFAULT_BROKER_NAME)]
+        name: String,
+        /// UDP port to listen on (0: any free port). The port is printed on start.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Forget an entry not refreshed within this many milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        entry_ttl: u64,
+        /// The most entries kept.
+        #[arg(long, default_value_t = 10_000)]
+        max_entries: usize,
     },
     /// Publishes each line of stdin to every subscriber of NAME: a WebSocket publisher (PUB/SUB,
     /// grenache-nodejs-ws wire) or a ZeroMQ one, announced until stdin ends or Ctrl-C.
@@ -260,6 +295,15 @@ struct RpcOpts {
     transport: TransportChoice,
     #[command(flatten)]
     tls: TlsOpts,
+    /// uTP: find the workers through the broker announced as BROKER_NAME (their external
+    /// endpoints behind NATs) and punch them before the request; the Grapes' lookup when the
+    /// broker knows none.
+    #[arg(long, value_name = "BROKER_NAME")]
+    broker: Option<String>,
+    /// uTP with --broker: give up punching a worker after this many milliseconds
+    /// (ERR_PUNCH_TIMEOUT when none could be punched).
+    #[arg(long, default_value_t = 5_000)]
+    punch_timeout: u64,
 }
 
 /// Limits against hostile load (`serve`); the defaults are the library's.
@@ -336,6 +380,8 @@ enum TransportChoice {
     Http,
     /// WebSocket, or WSS with the --tls-* options (grenache-nodejs-ws).
     Ws,
+    /// uTP over UDP, with NAT hole punching (grenache-nodejs-utp); no TLS.
+    Utp,
     /// ZeroMQ (ZMTP 3.1: ROUTER/DEALER for RPC, PUB/SUB); no TLS, no CURVE.
     Zmq,
 }
@@ -374,6 +420,7 @@ impl TransportChoice {
         match self {
             TransportChoice::Http => TransportKind::Http,
             TransportChoice::Ws => TransportKind::Ws,
+            TransportChoice::Utp => TransportKind::Utp,
             TransportChoice::Zmq => TransportKind::Zmq,
         }
     }
@@ -381,7 +428,31 @@ impl TransportChoice {
     fn client(self, tls: &TlsOpts) -> Result<Arc<dyn ClientTransport>> {
         Ok(transport::client(self.kind(), client_tls(tls)?))
     }
+}
 
+impl RpcOpts {
+    /// The RPC client these options describe: over uTP with --broker, one node carries the
+    /// broker lookup, the punches and the requests.
+    async fn client(&self, link: Link) -> Result<PeerRpcClient> {
+        let Some(broker) = &self.broker else {
+            return Ok(PeerRpcClient::new(link, self.transport.client(&self.tls)?, PeerRpcClientConfig::default()));
+        };
+        if self.transport != TransportChoice::Utp {
+            return Err(Error::invalid("--broker needs --transport utp"));
+        }
+        let node = UtpNode::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
+        let transport = Arc::new(UtpClient::with_node(node.clone(), UtpClientConfig::default()));
+        let config = BrokerClientConfig {
+            name: broker.clone(),
+            punch_timeout: Duration::from_millis(self.punch_timeout),
+            ..Default::default()
+        };
+        let resolver = Arc::new(BrokerClient::new(link.clone(), node, config));
+        Ok(PeerRpcClient::new(link, transport, PeerRpcClientConfig::default()).with_resolver(resolver))
+    }
+}
+
+impl TransportChoice {
     async fn serve(
         self,
         addr: SocketAddr,
@@ -415,6 +486,7 @@ fn exit_code(e: &Error) -> u8 {
         | ErrorKind::Dht
         | ErrorKind::PayloadTooLarge => 7,
         ErrorKind::InvalidArgument | ErrorKind::Decode | ErrorKind::Certificate | ErrorKind::TlsConfig => 8,
+        ErrorKind::PunchTimeout => 9,
         _ => 1,
     }
 }
@@ -452,11 +524,24 @@ fn write_key(p: &PathBuf, key: &Keypair, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn handler(fixed: Option<Value>) -> Arc<dyn Handler> {
+fn handler(fixed: Option<Value>, with_remote: bool) -> Arc<dyn Handler> {
     Arc::new(move |req: Request, reply: Reply| match &fixed {
         Some(v) => reply.ok(v.clone()),
+        None if with_remote => {
+            let remote = req.info.remote_addr.map(|a| a.to_string());
+            reply.ok(json!({"payload": req.payload.into_value(), "remote": remote}))
+        }
         None => reply.ok_raw(req.payload.into_raw()),
     })
+}
+
+async fn until_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -471,7 +556,7 @@ async fn run(cli: Cli) -> Result<()> {
             print(&json!({"announced": name, "port": port}));
         }
         Cmd::Request { name, json: payload, rpc, retry, retry_remote, dest } => {
-            let client = PeerRpcClient::new(link, rpc.transport.client(&rpc.tls)?, PeerRpcClientConfig::default());
+            let client = rpc.client(link).await?;
             let opts = RequestOptions {
                 timeout: Some(Duration::from_millis(rpc.timeout)),
                 retry,
@@ -483,7 +568,7 @@ async fn run(cli: Cli) -> Result<()> {
             print(&client.request(&name, &parse_payload(&payload), &opts).await?);
         }
         Cmd::Map { name, json: payload, rpc, limit } => {
-            let client = PeerRpcClient::new(link, rpc.transport.client(&rpc.tls)?, PeerRpcClientConfig::default());
+            let client = rpc.client(link).await?;
             let opts = RequestOptions {
                 timeout: Some(Duration::from_millis(rpc.timeout)),
                 compress: rpc.compress,
@@ -492,16 +577,46 @@ async fn run(cli: Cli) -> Result<()> {
             };
             print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
         }
-        Cmd::Serve { names, port, bind, reply, transport, interval, reply_timeout, tls, limits, require_client_cert, grace } => {
+        Cmd::Serve {
+            names,
+            port,
+            bind,
+            reply,
+            transport,
+            interval,
+            reply_timeout,
+            tls,
+            limits,
+            require_client_cert,
+            grace,
+            broker,
+            register_interval,
+            with_remote,
+        } => {
             // A server: give memory freed after bursts back to the system.
             trim::start();
             let fixed = reply.as_deref().map(parse_payload);
             let addr: SocketAddr = format!("{bind}:{port}")
                 .parse()
                 .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
-            let server = transport
-                .serve(addr, handler(fixed), &tls, require_client_cert, reply_timeout.map(Duration::from_millis), limits.limits())
-                .await?;
+            let handler = handler(fixed, with_remote);
+            let reply_timeout = reply_timeout.map(Duration::from_millis);
+            let mut registrations = Vec::new();
+            let server: Arc<dyn ServerTransport> = match (&broker, transport) {
+                (None, _) => {
+                    transport.serve(addr, handler, &tls, require_client_cert, reply_timeout, limits.limits()).await?
+                }
+                (Some(broker), TransportChoice::Utp) => {
+                    let utp = UtpServer::bind(addr, handler, UtpServerConfig { reply_timeout, ..Default::default() }).await?;
+                    let config = BrokerClientConfig { name: broker.clone(), ..Default::default() };
+                    let bc = BrokerClient::new(link.clone(), utp.node().clone(), config);
+                    for n in &names {
+                        registrations.push(bc.keep_registered(n, Duration::from_millis(register_interval.max(100))).await?);
+                    }
+                    Arc::new(utp)
+                }
+                (Some(_), _) => return Err(Error::invalid("--broker needs --transport utp")),
+            };
             let peer = PeerRpcServer::new(link, server);
             let mut handles = Vec::new();
             for n in &names {
@@ -530,9 +645,26 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+            drop(registrations);
             let drained = peer.shutdown(Duration::from_millis(grace)).await;
             peer.stop();
             print(&json!({"event": "stopped", "drained": drained}));
+        }
+        Cmd::Broker { name, port, bind, entry_ttl, max_entries } => {
+            let addr: SocketAddr = format!("{bind}:{port}")
+                .parse()
+                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let config = BrokerConfig {
+                name: name.clone(),
+                entry_ttl: Duration::from_millis(entry_ttl.max(1)),
+                max_entries,
+                ..Default::default()
+            };
+            let broker = Broker::start(link, addr, config).await?;
+            print(&json!({"event": "started", "port": broker.local_addr().port(), "name": name}));
+            until_signal().await?;
+            broker.stop();
+            print(&json!({"event": "stopped"}));
         }
         Cmd::Pub { name, port, bind, interval, wait_subscribers, transport, tls, require_client_cert } => {
             use tokio::io::AsyncBufReadExt;

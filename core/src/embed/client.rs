@@ -6,10 +6,12 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
 use crate::tls::ClientTls;
+use crate::transport::utp::broker::{BrokerClient, BrokerClientConfig};
+use crate::transport::utp::{UtpClient, UtpClientConfig, UtpNode};
 
 use super::{EmbedLink, Ops, Runtime};
 
-/// Which transport a client speaks (HTTP or WS).
+/// Which transport a client speaks (HTTP, WS or uTP).
 pub type ClientTransportKind = crate::transport::TransportKind;
 
 /// Options of an [`EmbedClient`].
@@ -19,6 +21,12 @@ pub struct ClientOptions {
     pub tls: Option<ClientTls>,
     /// Timeout of a request when the call gives none. Default 30 s.
     pub default_timeout: Option<Duration>,
+    /// uTP only: find workers through the broker of this name (their external endpoints
+    /// behind NATs) and punch them before the requests; the Grapes' lookup when the broker knows
+    /// none. Default none.
+    pub broker: Option<String>,
+    /// uTP with a broker: how long punching a worker may take. Default 5 s.
+    pub punch_timeout: Option<Duration>,
 }
 
 /// A [`PeerRpcClient`] driven by an embed [`Runtime`]: requests complete through closures that
@@ -31,16 +39,34 @@ pub struct EmbedClient {
 }
 
 impl EmbedClient {
-    /// A client that finds workers through `link`.
+    /// A client that finds workers through `link`. With a broker (uTP), binds its node first
+    /// (blocking, at most 10 s; refused on a runtime thread).
     pub fn new(link: &EmbedLink, kind: ClientTransportKind, options: ClientOptions) -> Result<EmbedClient> {
         let rt = link.runtime().clone();
         let _g = rt.handle().enter();
-        let transport = crate::transport::client(kind, options.tls);
         let mut config = PeerRpcClientConfig::default();
         if let Some(t) = options.default_timeout {
             config.default_timeout = t;
         }
-        let client = PeerRpcClient::new(link.link().clone(), transport, config);
+        let client = match options.broker {
+            None => PeerRpcClient::new(link.link().clone(), crate::transport::client(kind, options.tls), config),
+            Some(name) => {
+                if kind != ClientTransportKind::Utp {
+                    return Err(crate::Error::invalid("a broker needs the uTP transport"));
+                }
+                // One node carries the broker lookup, the punches and the requests.
+                let addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                let node = rt.block_on(Duration::from_secs(10), async move { UtpNode::bind(addr).await })?;
+                let transport = Arc::new(UtpClient::with_node(node.clone(), UtpClientConfig::default()));
+                let bc = BrokerClientConfig {
+                    name,
+                    punch_timeout: options.punch_timeout.unwrap_or(Duration::from_secs(5)),
+                    ..Default::default()
+                };
+                let resolver = Arc::new(BrokerClient::new(link.link().clone(), node, bc));
+                PeerRpcClient::new(link.link().clone(), transport, config).with_resolver(resolver)
+            }
+        };
         Ok(EmbedClient { rt, client, ops: Ops::new() })
     }
 

@@ -129,6 +129,19 @@ pub struct RequestOptions {
     pub limit: usize,
 }
 
+/// Finds the workers of a key in place of the Link's lookup (e.g. a uTP broker, which knows
+/// their external endpoints behind NATs; see
+/// [`BrokerClient`](crate::transport::utp::broker::BrokerClient)).
+pub trait Resolve: Send + Sync + 'static {
+    /// The `"host:port"` destinations of `key`.
+    fn resolve(&self, key: &str) -> BoxFuture<'static, Result<Arc<[String]>>>;
+
+    /// Forgets what is cached for `key` (a destination of it failed to connect).
+    fn invalidate(&self, key: &str) {
+        let _ = key;
+    }
+}
+
 /// Sends requests to the workers announcing a key, through one transport.
 #[derive(Clone)]
 pub struct PeerRpcClient {
@@ -136,6 +149,7 @@ pub struct PeerRpcClient {
     transport: Arc<dyn ClientTransport>,
     config: PeerRpcClientConfig,
     dead: Arc<DeadWorkers>,
+    resolver: Option<Arc<dyn Resolve>>,
 }
 
 impl std::fmt::Debug for PeerRpcClient {
@@ -147,7 +161,28 @@ impl std::fmt::Debug for PeerRpcClient {
 impl PeerRpcClient {
     /// A client that finds workers with `link` and reaches them through `transport`.
     pub fn new(link: Link, transport: Arc<dyn ClientTransport>, config: PeerRpcClientConfig) -> PeerRpcClient {
-        PeerRpcClient { link, transport, config, dead: Arc::default() }
+        PeerRpcClient { link, transport, config, dead: Arc::default(), resolver: None }
+    }
+
+    /// Finds workers with `resolver` instead of the Link's lookup.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> PeerRpcClient {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// The destinations of `key`: the resolver's, or the Link's lookup.
+    async fn lookup(&self, key: &str) -> Result<Arc<[String]>> {
+        match &self.resolver {
+            Some(r) => r.resolve(key).await,
+            None => self.link.lookup_shared(key).await,
+        }
+    }
+
+    fn invalidate(&self, key: &str) {
+        match &self.resolver {
+            Some(r) => r.invalidate(key),
+            None => self.link.invalidate(key),
+        }
     }
 
     /// Whether `request` avoids `dest` now, after it failed to connect (see
@@ -173,7 +208,7 @@ impl PeerRpcClient {
 
     /// Looks `key` up and picks one destination the way `request` does.
     pub async fn pick_dest(&self, key: &str, opts: &RequestOptions) -> Result<String> {
-        let dests = self.link.lookup_shared(key).await?;
+        let dests = self.lookup(key).await?;
         self.choose(&dests, &HashSet::new(), opts).ok_or_else(|| Error::new(ErrorKind::LookupEmpty, key.to_string()))
     }
 
@@ -244,7 +279,7 @@ impl PeerRpcClient {
     ) -> Result<T> {
         let mut dests: Arc<[String]> = match &opts.dest {
             Some(d) => vec![d.clone()].into(),
-            None => self.link.lookup_shared(&key).await?,
+            None => self.lookup(&key).await?,
         };
         let attempts = opts.retry.max(1);
         let mut used = 0;
@@ -267,7 +302,7 @@ impl PeerRpcClient {
                     if opts.dest.is_none() && unsent {
                         // A dead worker: look the key up afresh next time, and avoid it for a
                         // while (the Grapes return it until its announce expires).
-                        self.link.invalidate(&key);
+                        self.invalidate(&key);
                         self.dead.failed(&dest, self.config.dead_worker_backoff, self.config.dead_worker_max_backoff);
                     }
                     last = Some(e);
@@ -282,7 +317,7 @@ impl PeerRpcClient {
                         // Look the key up afresh, once.
                         if opts.dest.is_none() && !looked_again {
                             looked_again = true;
-                            if let Ok(d) = self.link.lookup_shared(&key).await
+                            if let Ok(d) = self.lookup(&key).await
                                 && d.iter().any(|x| !exclude.contains(x))
                             {
                                 dests = d;
@@ -317,7 +352,7 @@ impl PeerRpcClient {
     ) -> Result<Vec<(String, Result<Value>)>> {
         let json: Arc<str> = serde_json::to_string(payload)?.into();
         let key: Arc<str> = key.into();
-        let mut dests = self.link.lookup(&key).await?;
+        let mut dests = self.lookup(&key).await?.to_vec();
         if opts.limit > 0 {
             dests.shuffle(&mut rand::thread_rng());
             dests.truncate(opts.limit);

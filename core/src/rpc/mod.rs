@@ -24,7 +24,7 @@ pub mod client;
 pub mod envelope;
 pub mod server;
 
-pub use client::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
+pub use client::{PeerRpcClient, PeerRpcClientConfig, RequestOptions, Resolve};
 pub use server::PeerRpcServer;
 
 /// A boxed, sendable future, as returned by [`ClientTransport::request`].
@@ -46,16 +46,19 @@ pub enum TransportKind {
     Http,
     /// WebSocket, plain or TLS (grenache-nodejs-ws).
     Ws,
+    /// uTP over UDP, with NAT hole punching (grenache-nodejs-utp).
+    Utp,
     /// ZeroMQ (ZMTP 3.1, ROUTER/DEALER and PUB/SUB): see [`crate::transport::zmq`].
     Zmq,
 }
 
 impl TransportKind {
-    /// The name faces use for it: `"http"`, `"ws"` or `"zmq"`.
+    /// The name faces use for it: `"http"`, `"ws"`, `"utp"` or `"zmq"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Http => "http",
             TransportKind::Ws => "ws",
+            TransportKind::Utp => "utp",
             TransportKind::Zmq => "zmq",
         }
     }
@@ -64,13 +67,14 @@ impl TransportKind {
 impl std::str::FromStr for TransportKind {
     type Err = Error;
 
-    /// `"http"`, `"ws"` or `"zmq"`; anything else is an [`ErrorKind::InvalidArgument`] error.
+    /// `"http"`, `"ws"`, `"utp"` or `"zmq"`; anything else is an [`ErrorKind::InvalidArgument`] error.
     fn from_str(s: &str) -> Result<TransportKind> {
         match s {
             "http" => Ok(TransportKind::Http),
             "ws" => Ok(TransportKind::Ws),
+            "utp" => Ok(TransportKind::Utp),
             "zmq" => Ok(TransportKind::Zmq),
-            other => Err(Error::invalid(format!("transport must be \"http\", \"ws\" or \"zmq\", not {other:?}"))),
+            other => Err(Error::invalid(format!("transport must be \"http\", \"ws\", \"utp\" or \"zmq\", not {other:?}"))),
         }
     }
 }

@@ -927,7 +927,8 @@ async fn handle_request(
     if let (Some((rid, key)), Some(sh)) = (&gr_rid_key, &ctx.config.stream_handler) {
         use futures_util::StreamExt;
         let headers = req.headers().clone();
-        let body = incoming_stream(req.into_body());
+        // The stream handler reads the body at its own pace, but never past the read deadlines.
+        let body = super::limits::deadline_body(incoming_stream(req.into_body()), ctx.config.deadlines);
         let sreq = StreamRequest { rid: rid.clone(), key: key.clone(), info, headers, body };
         return match sh.handle(sreq).await {
             Ok(stream) => {

@@ -273,6 +273,36 @@ where
     Ok((buf.freeze(), permit))
 }
 
+/// A streamed request body (the HTTP server's `_gr` stream path) under the same deadlines as
+/// [`read_body`]: the whole body within `deadlines.body`, and after `body_grace` at least
+/// `body_min_rate` bytes per second on average. A late or slow body ends with a `TimedOut` I/O
+/// error, which the stream handler sees as its body failing.
+pub(crate) fn deadline_body(body: super::http::BodyStream, deadlines: ReadDeadlines) -> super::http::BodyStream {
+    use futures_util::StreamExt;
+    let start = Instant::now();
+    let state = Some((body, 0usize));
+    Box::pin(futures_util::stream::unfold(state, move |state| async move {
+        let (mut body, got) = state?;
+        let allowed = match deadlines.body_min_rate {
+            0 => deadlines.body,
+            rate => deadlines.body_grace + Duration::from_secs_f64(got as f64 / rate as f64),
+        };
+        let deadline = (start + deadlines.body).min(start + allowed);
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Err(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body did not arrive in time (read deadline)");
+                Some((Err(e), None))
+            }
+            Ok(None) => None,
+            Ok(Some(Ok(chunk))) => {
+                let got = got.saturating_add(chunk.len());
+                Some((Ok(chunk), Some((body, got))))
+            }
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+        }
+    }))
+}
+
 /// What a connection did last: when it last received bytes, and how many requests it is
 /// running (an idle connection has none and received nothing for a while).
 #[derive(Debug)]

@@ -8,13 +8,14 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rpc::{ClientTransport, Handler, ServerTransport};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 mod busy;
 pub mod http;
 pub mod limits;
+pub mod utp;
 pub mod ws;
 pub mod zmq;
 
@@ -71,11 +72,56 @@ pub mod fuzzing {
         }
         n
     }
+
+    /// Feeds `bytes` to a ZeroMQ connection as our socket type `socket` selects (ROUTER, DEALER,
+    /// PUB or SUB, modulo 4), `chunk` bytes per read: the ZMTP handshake, then messages and
+    /// commands until the end or the first error, with a message limit of `max_message` bytes and
+    /// `max_frames` frames kept. Panics if the reader breaks one of its promises (a peer type
+    /// accepted that may not be, a message kept over a limit). Returns how many messages and
+    /// commands it read.
+    pub fn zmtp(socket: u8, max_message: usize, max_frames: usize, bytes: &[u8], chunk: usize) -> usize {
+        super::zmq::zmtp::fuzz_stream(socket, max_message, max_frames, bytes, chunk)
+    }
+
+    /// Feeds `bytes` to the uTP transport's stream reader (`chunk` bytes per read, messages of
+    /// at most `max_message` bytes), as a server or client connection does: every whole message
+    /// is decoded as a request and as a reply. Panics if the reader breaks one of its promises
+    /// (a message over the limit, or one that is not a whole JSON array or object). Returns how
+    /// many messages it read before the end or the first error.
+    pub fn utp_stream(bytes: &[u8], chunk: usize, max_message: usize) -> usize {
+        let mut split = super::utp::JsonSplitter::new(max_message);
+        let mut n = 0;
+        for part in bytes.chunks(chunk.max(1)) {
+            split.push(part);
+            loop {
+                match split.next_message() {
+                    Ok(Some(m)) => {
+                        n += 1;
+                        assert!(m.len() <= max_message, "a message over the limit");
+                        assert!(matches!(m.first(), Some(b'[' | b'{')) && matches!(m.last(), Some(b']' | b'}')), "not a whole array or object");
+                        let _ = crate::rpc::envelope::decode_request(m);
+                        let _ = crate::rpc::ResultSender::deliver(m, |_| None);
+                    }
+                    Ok(None) => break,
+                    Err(_) => return n,
+                }
+            }
+        }
+        n
+    }
+
+    /// Reads `bytes` as a datagram reaching a uTP node: a broker's punch-request body, and a uTP
+    /// header (true when the engine would take it).
+    pub fn utp_datagram(bytes: &[u8]) -> bool {
+        let _ = super::utp::node::parse_endpoint(bytes);
+        librqbit_utp::raw::UtpHeader::deserialize(bytes).is_some()
+    }
 }
 
 /// A client transport of `kind` with default settings: HTTP(S) (grenache-nodejs-http), WS(S)
-/// (grenache-nodejs-ws), over TLS when `tls` is given, or ZeroMQ (DEALER; no TLS: `tls` is
-/// ignored). Needs a tokio runtime context.
+/// (grenache-nodejs-ws), over TLS when `tls` is given, uTP (grenache-nodejs-utp; no TLS, a node
+/// of its own bound on the first request) or ZeroMQ (DEALER; no TLS: `tls` is ignored). Needs a
+/// tokio runtime context.
 pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTransport> {
     match kind {
         TransportKind::Zmq => Arc::new(zmq::ZmqClient::default()),
@@ -85,6 +131,12 @@ pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTran
                 config = config.tls(t);
             }
             Arc::new(ws::WsClient::new(config))
+        }
+        TransportKind::Utp => {
+            if tls.is_some() {
+                tracing::warn!("the uTP transport has no TLS; the TLS settings are ignored");
+            }
+            Arc::new(utp::UtpClient::new(utp::UtpClientConfig::default()))
         }
         _ => Arc::new(http::HttpClient::new(http::HttpClientConfig {
             tls: tls.map(|t| t.config()),
@@ -146,6 +198,77 @@ impl Default for ServerLimits {
     }
 }
 
+/// The settings of [`ServerLimits`] by name, in the order the C ABI numbers them
+/// (`grenache_server_limit`). Every face sets server limits through [`ServerLimits::set`], so the
+/// names, units and checks are the same everywhere (and the CLI's `--NAME` options, with
+/// dashes). Durations are in milliseconds, sizes in bytes, rates in bytes per second.
+pub const SERVER_LIMIT_NAMES: [&str; 10] = [
+    "max_connections",
+    "max_connections_per_ip",
+    "header_timeout_ms",
+    "body_timeout_ms",
+    "body_min_rate",
+    "idle_timeout_ms",
+    "max_body_in_flight",
+    "ws_ping_interval_ms",
+    "ws_pong_timeout_ms",
+    "ws_idle_timeout_ms",
+];
+
+impl ServerLimits {
+    /// Sets the limit `name` (one of [`SERVER_LIMIT_NAMES`], matched ignoring case and
+    /// underscores, so `maxConnectionsPerIp` works too) to `value`. Errors: `InvalidArgument` for
+    /// an unknown name, or 0 where 0 would refuse everything (connection caps, timeouts, the body
+    /// budget); `body_min_rate` 0 means no minimum rate.
+    pub fn set(&mut self, name: &str, value: u64) -> Result<()> {
+        let index = server_limit_index(name)
+            .ok_or_else(|| Error::invalid(format!("unknown server limit {name:?} (one of {})", SERVER_LIMIT_NAMES.join(", "))))?;
+        if value == 0 && index != 4 {
+            return Err(Error::invalid(format!("server limit {} must be above 0", SERVER_LIMIT_NAMES[index])));
+        }
+        let n = usize::try_from(value).unwrap_or(usize::MAX);
+        let ms = Duration::from_millis(value);
+        match index {
+            0 => self.connections.max_connections = n,
+            1 => self.connections.max_per_ip = n,
+            2 => self.deadlines.header = ms,
+            3 => self.deadlines.body = ms,
+            4 => self.deadlines.body_min_rate = value,
+            5 => self.deadlines.idle = ms,
+            6 => self.max_body_in_flight = n,
+            7 => self.ws.ping_interval = ms,
+            8 => self.ws.pong_timeout = ms,
+            _ => self.ws.idle = ms,
+        }
+        Ok(())
+    }
+
+    /// The value of the limit `name` in the units [`ServerLimits::set`] takes; `None` for an
+    /// unknown name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Some(match server_limit_index(name)? {
+            0 => self.connections.max_connections as u64,
+            1 => self.connections.max_per_ip as u64,
+            2 => ms(self.deadlines.header),
+            3 => ms(self.deadlines.body),
+            4 => self.deadlines.body_min_rate,
+            5 => ms(self.deadlines.idle),
+            6 => self.max_body_in_flight as u64,
+            7 => ms(self.ws.ping_interval),
+            8 => ms(self.ws.pong_timeout),
+            _ => ms(self.ws.idle),
+        })
+    }
+}
+
+/// The index in [`SERVER_LIMIT_NAMES`] of `name`, ignoring case and underscores.
+fn server_limit_index(name: &str) -> Option<usize> {
+    let norm = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect::<String>();
+    let want = norm(name);
+    SERVER_LIMIT_NAMES.iter().position(|n| norm(n) == want)
+}
+
 impl std::fmt::Debug for ServerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerSettings")
@@ -188,6 +311,13 @@ pub async fn bind_server_with(
                 config = config.verify_client(hook);
             }
             Arc::new(ws::WsServer::bind_arc(addr, handler, config).await?)
+        }
+        TransportKind::Utp => {
+            if verify_client.is_some() || tls.is_some() {
+                return Err(crate::Error::invalid("the uTP transport has no TLS and no verify_client"));
+            }
+            let config = utp::UtpServerConfig { reply_timeout, ..Default::default() };
+            Arc::new(utp::UtpServer::bind(addr, handler, config).await?)
         }
         _ => {
             if verify_client.is_some() {
@@ -338,5 +468,46 @@ impl Lifecycle {
             this.close();
             finished
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_set_by_name_in_any_spelling() {
+        let mut l = ServerLimits::default();
+        for name in SERVER_LIMIT_NAMES {
+            assert!(l.get(name).is_some(), "{name}");
+        }
+        l.set("max_connections_per_ip", 5).expect("snake case");
+        l.set("wsIdleTimeoutMs", 1500).expect("camel case");
+        l.set("header-timeout-ms", 250).expect("dashes");
+        assert_eq!(l.connections.max_per_ip, 5);
+        assert_eq!(l.ws.idle, Duration::from_millis(1500));
+        assert_eq!(l.get("header_timeout_ms"), Some(250));
+        assert_eq!(l.set("max_connections", 0).map_err(|e| e.kind()), Err(crate::ErrorKind::InvalidArgument));
+        assert_eq!(l.set("nope", 1).map_err(|e| e.kind()), Err(crate::ErrorKind::InvalidArgument));
+        l.set("body_min_rate", 0).expect("no minimum rate");
+    }
+
+    #[test]
+    fn the_utp_fuzz_entries_read_their_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/utp");
+        let read = |name: &str| {
+            let data = std::fs::read(dir.join(name)).expect("a committed seed");
+            let (sel, bytes) = data.split_first().expect("a selector byte");
+            (fuzzing::utp_datagram(bytes), fuzzing::utp_stream(bytes, 1 + usize::from(*sel) * 4, 2048))
+        };
+        assert_eq!(read("request"), (false, 1));
+        // Three messages coalesced, one with brackets and escaped quotes inside a string.
+        assert_eq!(read("coalesced"), (false, 3));
+        assert_eq!(read("reply"), (false, 2));
+        assert_eq!(read("punch_request"), (false, 1));
+        // A top-level scalar breaks the stream before anything is read.
+        assert_eq!(read("scalar"), (false, 0));
+        // A uTP SYN goes to the engine; as a stream it is garbage.
+        assert_eq!(read("utp_syn"), (true, 0));
     }
 }

@@ -15,7 +15,9 @@ Threading: the library runs its network I/O on its own threads (one per core, st
 use). Blocking calls release the GIL and can be interrupted with Ctrl-C (the operation then
 finishes in the background). Request handlers and subscription callbacks run on library
 threads, never on the caller's; a handler may block (it runs on a pool of its own). Every
-``*_async`` method is a coroutine for asyncio.
+``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
+wake-up of the loop for all the replies that arrived while it was busy), as do the requests
+for ``async def`` handlers.
 
 Payloads are any JSON-serialisable Python value (``json.dumps``/``json.loads``); they travel as
 JSON, like the reference's.
@@ -24,11 +26,14 @@ JSON, like the reference's.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import builtins
 import inspect
 import json
+import sys
 import threading
 import traceback
+import weakref
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 from . import _native
@@ -111,6 +116,7 @@ _ALSO = {
     "LookupEmptyError": LookupError,
     "ConnectError": ConnectionError,
     "ClosedError": ConnectionError,
+    "PunchTimeoutError": ConnectionError,
     "InvalidArgumentError": ValueError,
     "InvalidUtf8Error": ValueError,
 }
@@ -136,6 +142,8 @@ def _make_error(code: int, name: str, message: str) -> GrenacheError:
 
 
 _native._set_error_factory(_make_error)
+# At exit, the pools' threads stop calling handlers before the interpreter is torn down.
+atexit.register(_native._finalize)
 
 
 def _invalid(message: str) -> GrenacheError:
@@ -182,6 +190,94 @@ async def _await(start: Callable[[Callable[[Optional[BaseException], Optional[st
     return await fut
 
 
+def _on_loop_shutdown(loop: asyncio.AbstractEventLoop, on_shutdown: Callable[[], None]) -> Any:
+    """Calls ``on_shutdown`` on the loop when it shuts down (the end of ``asyncio.run``, or any
+    ``loop.shutdown_asyncgens()``), through an async generator the loop tracks. Returns the
+    generator, which the caller keeps (it refers to the loop)."""
+
+    async def sentinel() -> Any:
+        try:
+            yield
+        finally:
+            on_shutdown()
+
+    agen = sentinel()
+
+    def start() -> None:
+        # The first step registers the generator with the loop running in this thread.
+        try:
+            agen.asend(None).send(None)
+        except StopIteration:
+            pass
+
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        start()
+    else:
+        loop.call_soon_threadsafe(start)
+    return agen
+
+
+class _Results:
+    """The inbox of one event loop for the results of ``*_async`` calls: the library queues
+    them without the GIL and wakes the loop once per batch; the loop settles the futures.
+
+    Only the loop holds it (its reader callback), and only it holds the native inbox: when the
+    loop shuts down or is closed (which drops its readers), the inbox is closed or freed, and
+    results that arrive later are dropped instead of keeping their futures, and so the loop,
+    alive."""
+
+    __slots__ = ("inbox", "_fd", "_agen", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.inbox = _native.Inbox()
+        self._fd = self.inbox.fileno()
+        loop.add_reader(self._fd, self._drain)
+        self._agen = _on_loop_shutdown(loop, self._close)
+
+    def _drain(self) -> None:
+        for (fut, decode), err, text in self.inbox.drain():
+            if fut.done():
+                continue  # cancelled
+            if err is not None:
+                fut.set_exception(err)
+                continue
+            try:
+                fut.set_result(decode(text))
+            except Exception as e:  # a result that does not decode
+                fut.set_exception(e)
+
+    def _close(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(self._fd)
+        except Exception:
+            pass  # not on the loop (garbage-collected): nothing watches the descriptor any more
+        self.inbox.close()
+
+
+# Loop -> weak reference to its _Results. Only the loop holds the box (its reader callback): the
+# box's sentinel generator refers to the loop, and a strong value here would keep the loop alive.
+_results_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+def _results(loop: asyncio.AbstractEventLoop) -> _Results:
+    ref = _results_by_loop.get(loop)
+    box = ref() if ref is not None else None
+    if box is None or box.inbox.closed:
+        box = _Results(loop)
+        _results_by_loop[loop] = weakref.ref(box)
+    return box
+
+
+async def _call(loop: asyncio.AbstractEventLoop, start: Callable[[Any, Any], None], decode: Callable[[str], Any]) -> Any:
+    fut = loop.create_future()
+    start(_results(loop).inbox, (fut, decode))
+    return await fut
+
+
 def _ms(seconds: Optional[float]) -> Optional[int]:
     if seconds is None:
         return None
@@ -190,8 +286,8 @@ def _ms(seconds: Optional[float]) -> Optional[int]:
     return int(seconds * 1000)
 
 
-def _dumps(value: Json) -> str:
-    return json.dumps(value, separators=(",", ":"))
+# One encoder for every payload: ``json.dumps`` with ``separators`` builds a new one per call.
+_dumps: Callable[[Json], str] = json.JSONEncoder(separators=(",", ":")).encode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +489,11 @@ def _answer_exception(reply: Reply, e: BaseException) -> None:
 async def _complete(awaitable: Any, reply: Reply, info: RequestInfo) -> None:
     try:
         _answer(reply, info, await awaitable)
+    except asyncio.CancelledError:
+        # The loop is shutting down (or the task was cancelled): the client gets ERR_NO_REPLY.
+        if not reply.answered:
+            reply.abandon()
+        raise
     except BaseException as e:  # answered, never lost: the loop only logs what escapes
         _answer_exception(reply, e)
 
@@ -430,18 +531,112 @@ def _wrap_handler(handler: Handler, loop: Optional[asyncio.AbstractEventLoop]) -
     return call
 
 
+def _is_async(handler: Any) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
+        # Runs the coroutine at once, up to its first real wait: a handler that answers without
+        # waiting never goes through the loop's queue.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
+        return loop.create_task(coro)
+
+
+class _Calls:
+    """The inbox of an ``async def`` handler's server on its event loop: requests arrive in
+    batches (one wake-up of the loop per batch) and each runs as a task of that loop.
+
+    Only the loop holds it (its reader callback; the native server holds just the queue): when
+    the loop shuts down or is closed, the inbox is closed or freed and requests are answered
+    ``ERR_NO_REPLY`` at once."""
+
+    __slots__ = ("inbox", "_fd", "_loop", "_handler", "_tasks", "_agen", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, handler: Handler) -> None:
+        self.inbox = _native.Inbox()
+        self._fd = self.inbox.fileno()
+        self._loop = loop
+        self._handler = handler
+        self._tasks: dict = {}  # running task -> its reply
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.add_reader(self._fd, self._drain)
+        else:
+            loop.call_soon_threadsafe(loop.add_reader, self._fd, self._drain)
+        self._agen = _on_loop_shutdown(loop, self._shutdown)
+
+    def _drain(self) -> None:
+        handler = self._handler
+        for payload_json, fingerprint, native_reply in self.inbox.drain():
+            reply = Reply(native_reply)
+            info = RequestInfo(fingerprint, reply)
+            try:
+                result = handler(json.loads(payload_json), info)
+                if not inspect.isawaitable(result):
+                    _answer(reply, info, result)
+                    continue
+                task = _start_task(self._loop, _complete(result, reply, info))
+            except BaseException as e:
+                _answer_exception(reply, e)
+                continue
+            if not task.done():
+                self._tasks[task] = reply
+                task.add_done_callback(self._tasks.pop)
+        if self.inbox.finished:
+            # The server closed and every request it received was handed over.
+            self._loop.remove_reader(self._fd)
+            self.inbox.close()
+
+    def _shutdown(self) -> None:
+        """The loop shuts down: what is queued and what arrives later is answered
+        ``ERR_NO_REPLY`` (the inbox closes), and so is every handler still running (tasks
+        started after ``asyncio.run`` cancelled its tasks included)."""
+        self.inbox.close()
+        for task, reply in list(self._tasks.items()):
+            try:
+                if not reply.answered:
+                    reply.abandon()
+            except GrenacheError:
+                pass  # answered meanwhile from another thread
+            task.cancel()
+        try:
+            self._loop.remove_reader(self._fd)
+        except Exception:
+            pass
+
+
 class Server:
-    """An RPC server (``transport="http"``, ``"ws"`` or ``"zmq"``) answering with ``handler(payload, info)``.
+    """An RPC server (``transport="http"``, ``"ws"``, ``"zmq"`` or ``"utp"``) answering with
+    ``handler(payload, info)``.
 
     The handler runs on a library thread and returns the result (any JSON value), or raises
     ``ReplyError("ERR_...")`` to answer with an error. Any other exception is printed and the
-    client gets ``ERR_HANDLER_PANIC``. It may be an ``async def``: its coroutine then runs on
-    the event loop that was running where the server was made (or ``loop``), else on an event
-    loop of the library's own thread. ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
+    client gets ``ERR_HANDLER_PANIC``. Plain handlers run on a pool of library threads that
+    answer the queued requests in a row under one hold of the GIL; one that blocks lets another
+    thread of the pool take the next requests. It may be an ``async def``: each request then
+    runs as a task of the event loop that was running where the server was made (or ``loop``),
+    else of an event loop on the library's own thread; requests reach the loop in batches. When
+    that loop shuts down (the end of ``asyncio.run``), handlers still running are cancelled and
+    requests not yet started are answered ``ERR_NO_REPLY``, so no client waits for a loop that
+    is gone. ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
-    ``verifyClient``; it runs on an I/O thread, so keep it short."""
+    ``verifyClient``; it runs on an I/O thread, so keep it short.
+
+    Over uTP (one UDP socket for the service, punches and broker traffic; no TLS), ``broker``
+    names a broker (``grenache broker``) that every announced name is also registered with, so
+    clients behind other NATs are introduced and both sides punch; ``punch`` and ``on_punch``
+    drive and watch hole punching from the server's socket."""
 
     def __init__(
         self,
@@ -454,13 +649,19 @@ class Server:
         reply_timeout: Optional[float] = None,
         verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
+        broker: Optional[str] = None,
     ) -> None:
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-        self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client)
+        if _is_async(handler):
+            target = loop if loop is not None and not loop.is_closed() else _owned_loop()
+            inbox = _Calls(target, handler).inbox  # the loop keeps the _Calls
+            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox)
+        else:
+            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker)
 
     @property
     def port(self) -> int:
@@ -484,6 +685,17 @@ class Server:
         connection finished in time. Call ``close()`` afterwards."""
         return self._s.shutdown(_ms(grace))
 
+    def punch(self, target: str, timeout: float = 5.0) -> None:
+        """uTP: punches ``target`` (``"ip:port"``) from the server's socket every 100 ms until it
+        answers; raises ``PunchTimeoutError`` when nothing came back within ``timeout`` seconds
+        (e.g. a symmetric NAT)."""
+        self._s.punch(target, _ms(timeout))
+
+    def on_punch(self, callback: Callable[[str], None]) -> None:
+        """uTP: ``callback(from_addr)`` for every punch reaching the server's socket (on a
+        library thread), until the server is closed."""
+        self._s.on_punch(callback)
+
     async def shutdown_async(self, grace: float = 10.0) -> bool:
         """``shutdown`` for asyncio."""
         return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), json.loads)
@@ -500,10 +712,23 @@ class Server:
 
 
 class Client:
-    """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them."""
+    """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them.
 
-    def __init__(self, link: Link, *, transport: str = "http", tls: Optional[ClientTls] = None, timeout: Optional[float] = None) -> None:
-        self._c = _native.Client(link._l, transport, tls, _ms(timeout))
+    Over uTP with ``broker``, the workers are found through that broker (their external
+    endpoints behind NATs) and punched (both sides at once, at most ``punch_timeout`` seconds;
+    ``PunchTimeoutError`` when none could be) before the requests go to them."""
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        transport: str = "http",
+        tls: Optional[ClientTls] = None,
+        timeout: Optional[float] = None,
+        broker: Optional[str] = None,
+        punch_timeout: Optional[float] = None,
+    ) -> None:
+        self._c = _native.Client(link._l, transport, tls, _ms(timeout), broker, _ms(punch_timeout))
 
     def request(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         """Sends ``payload`` to one worker of ``name`` and returns its result. ``retry`` more
@@ -512,8 +737,10 @@ class Client:
         return json.loads(self._c.request(name, _dumps(payload), _ms(timeout), retry, compress, dest))
 
     async def request_async(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
-        text = _dumps(payload)
-        return await _await(lambda done: self._c.request_cb(name, text, done, _ms(timeout), retry, compress, dest), json.loads)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._c.request_in(name, _dumps(payload), _results(loop).inbox, (fut, json.loads), _ms(timeout), retry, compress, dest)
+        return await fut
 
     def map(self, name: str, payload: Json, *, timeout: Optional[float] = None, compress: bool = False, limit: int = 0) -> List[Json]:
         """Sends ``payload`` to every worker of ``name`` (at most ``limit`` when set) and returns
@@ -522,7 +749,7 @@ class Client:
 
     async def map_async(self, name: str, payload: Json, *, timeout: Optional[float] = None, compress: bool = False, limit: int = 0) -> List[Json]:
         text = _dumps(payload)
-        return await _await(lambda done: self._c.map_cb(name, text, done, _ms(timeout), compress, limit), json.loads)
+        return await _call(asyncio.get_running_loop(), lambda inbox, token: self._c.map_in(name, text, inbox, token, _ms(timeout), compress, limit), json.loads)
 
     def close(self) -> None:
         """Cancels requests in flight (``CancelledError``) and closes connections."""

@@ -18,20 +18,29 @@ module Grenache
     DEFAULT_TIMEOUT = 30.0
 
     # @param link [Link] finds the workers
-    # @param transport [Symbol] `:http` or `:ws`
+    # @param transport [Symbol] `:http`, `:ws`, `:zmq` (ZeroMQ DEALER; no TLS) or `:utp` (uTP; no TLS)
     # @param tls [ClientTls, nil] HTTPS / `wss://`
-    def initialize(link, transport: :http, tls: nil)
+    # @param broker [String, nil] `:utp` only: the name of a broker to find (and punch) workers
+    #   behind NATs through
+    # @param punch_timeout [Numeric, nil] `:utp` with a broker: seconds to punch (nil: 5)
+    def initialize(link, transport: :http, tls: nil, broker: nil, punch_timeout: nil)
       super()
       @transport = transport
-      fn = case transport
-           when :http then :grenache_client_new_http
-           when :ws then :grenache_client_new_ws
-           else raise ArgumentError, "transport: #{transport.inspect} (:http or :ws)"
-           end
-      @ptr = Grenache.out_pointer { |o| Grenache.check!(Native.send(fn, link.ptr, tls&.ptr, o)) }
+      raise ArgumentError, "tls: ZeroMQ and uTP have no TLS (#{transport.inspect})" if tls && %i[zmq utp].include?(transport)
+      raise ArgumentError, 'broker: only with transport: :utp' if broker && transport != :utp
+
+      @ptr = Grenache.out_pointer do |o|
+        Grenache.check!(case transport
+                        when :http then Native.grenache_client_new_http(link.ptr, tls&.ptr, o)
+                        when :ws then Native.grenache_client_new_ws(link.ptr, tls&.ptr, o)
+                        when :zmq then Native.grenache_client_new_zmq(link.ptr, o)
+                        when :utp then Native.grenache_client_new_utp(link.ptr, broker, ((punch_timeout || 0) * 1000).round, o)
+                        else raise ArgumentError, "transport: #{transport.inspect} (:http, :ws, :zmq or :utp)"
+                        end)
+      end
     end
 
-    # @return [Symbol] `:http` or `:ws`
+    # @return [Symbol] `:http`, `:ws`, `:zmq` or `:utp`
     attr_reader :transport
 
     # Sends `payload` to one worker of `key` and returns its answer.

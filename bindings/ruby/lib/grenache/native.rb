@@ -95,6 +95,7 @@ module Grenache
     callback :message_cb, %i[pointer string pointer size_t], :void
     callback :message_ex_cb, %i[pointer string pointer size_t bool], :void
     callback :grape_event_cb, %i[pointer uint32 string uint64], :void
+    callback :punch_cb, %i[pointer string], :void
 
     B = { blocking: true }.freeze
 
@@ -165,6 +166,12 @@ module Grenache
     attach_function :grenache_server_start_announcing, %i[pointer string uint64], :uint32
     attach_function :grenache_server_stop_announcing, %i[pointer string], :uint32
     attach_function :grenache_server_shutdown, %i[pointer uint64 bool_cb pointer], :uint32
+    attach_function :grenache_server_new_utp, %i[pointer uint16 string handler_cb pointer free_cb pointer], :uint32, B
+    attach_function :grenache_server_options_set_limit, %i[pointer uint32 uint64], :uint32
+    attach_function :grenache_server_limit_name, [:uint32], :string
+    attach_function :grenache_server_options_set_broker, %i[pointer string], :uint32
+    attach_function :grenache_server_punch, %i[pointer string uint64 done_cb pointer], :uint32
+    attach_function :grenache_server_on_punch, %i[pointer punch_cb pointer], :uint32
     attach_function :grenache_server_free, [:pointer], :void, B
     attach_function :grenache_server_options_new, [:pointer], :uint32
     attach_function :grenache_server_options_free, [:pointer], :void
@@ -190,6 +197,7 @@ module Grenache
     # Clients.
     attach_function :grenache_client_new_http, %i[pointer pointer pointer], :uint32
     attach_function :grenache_client_new_ws, %i[pointer pointer pointer], :uint32
+    attach_function :grenache_client_new_utp, %i[pointer string uint64 pointer], :uint32, B
     attach_function :grenache_client_new_zmq, %i[pointer pointer], :uint32
     attach_function :grenache_client_request, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
     attach_function :grenache_client_map, %i[pointer string pointer size_t uint64 json_cb pointer], :uint32
@@ -200,6 +208,7 @@ module Grenache
     # PUB/SUB.
     attach_function :grenache_publisher_new, %i[pointer uint16 pointer pointer], :uint32, B
     attach_function :grenache_publisher_new_opts, %i[pointer pointer pointer], :uint32, B
+    attach_function :grenache_publisher_new_transport, %i[pointer uint32 pointer pointer], :uint32, B
     attach_function :grenache_publisher_port, [:pointer], :uint16
     attach_function :grenache_publisher_start_announcing, %i[pointer string uint64], :uint32
     attach_function :grenache_publisher_publish, %i[pointer pointer size_t pointer], :uint32
@@ -209,6 +218,8 @@ module Grenache
     attach_function :grenache_subscriber_new, %i[pointer string pointer message_cb pointer free_cb pointer], :uint32
     attach_function :grenache_subscriber_new_ex, %i[pointer string pointer message_ex_cb pointer free_cb pointer],
                     :uint32
+    attach_function :grenache_subscriber_new_transport,
+                    %i[pointer string uint32 pointer message_ex_cb pointer free_cb pointer], :uint32
     attach_function :grenache_subscriber_publishers, [:pointer], :size_t
     attach_function :grenache_subscriber_free, [:pointer], :void, B
   end

@@ -1,6 +1,9 @@
 # frozen_string_literal: true
 
 module Grenache
+  # PUB/SUB `transport:` values => their C numbers (`GRENACHE_TRANSPORT_WS`, `_ZMQ`).
+  PUBSUB_TRANSPORTS = { ws: 1, zmq: 2 }.freeze
+
   # One PUB/SUB message.
   # @!attribute data [String] the bytes (UTF-8 for text frames, binary encoding for binary ones)
   # @!attribute publisher [String] the publisher's `"host:port"`
@@ -30,11 +33,13 @@ module Grenache
     # @param tls [ServerTls, nil] `wss://`
     # @param verify_client [#call, nil] gets a {ClientInfo} per subscriber before its socket is
     #   accepted; returns true to accept (runs on the library's callback thread: never block)
+    # @param transport [Symbol] `:ws` or `:zmq` (a ZeroMQ PUB socket: no TLS, no verify_client)
     # @raise [IoError] the port could not be bound
-    def initialize(link, port: 0, tls: nil, verify_client: nil)
+    def initialize(link, port: 0, tls: nil, verify_client: nil, transport: :ws)
       super()
+      code = PUBSUB_TRANSPORTS.fetch(transport) { raise ArgumentError, "transport: #{transport.inspect} (:ws or :zmq)" }
       @ptr = ServerOptions.with(port: port, tls: tls, verify_client: verify_client) do |o|
-        Grenache.out_pointer { |out| Grenache.check!(Native.grenache_publisher_new_opts(link.ptr, o, out)) }
+        Grenache.out_pointer { |out| Grenache.check!(Native.grenache_publisher_new_transport(link.ptr, code, o, out)) }
       end
     end
 
@@ -99,9 +104,12 @@ module Grenache
     # @param link [Link] finds the publishers
     # @param name [String] the publishers' service name
     # @param tls [ClientTls, nil] `wss://`
+    # @param transport [Symbol] `:ws` or `:zmq` (ZeroMQ SUB sockets: no TLS; a message that is not
+    #   UTF-8 is {Message#binary?})
     # @yieldparam message [Message]
-    def initialize(link, name, tls: nil, &block)
+    def initialize(link, name, tls: nil, transport: :ws, &block)
       super()
+      code = PUBSUB_TRANSPORTS.fetch(transport) { raise ArgumentError, "transport: #{transport.inspect} (:ws or :zmq)" }
       @name = name
       @released = Future.new
       @inbox = block ? nil : Queue.new
@@ -109,8 +117,8 @@ module Grenache
       ud = Registry.add(self)
       begin
         @ptr = Grenache.out_pointer do |o|
-          Grenache.check!(Native.grenache_subscriber_new_ex(link.ptr, name, tls&.ptr, Callbacks::MESSAGE, ud,
-                                                            Callbacks::FREE, o))
+          Grenache.check!(Native.grenache_subscriber_new_transport(link.ptr, name, code, tls&.ptr, Callbacks::MESSAGE,
+                                                                   ud, Callbacks::FREE, o))
         end
       rescue StandardError
         @dispatcher.close(0)

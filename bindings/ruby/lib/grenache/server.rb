@@ -102,7 +102,7 @@ module Grenache
       key = key.null? ? '' : key.read_bytes(len.read(:size_t)).force_encoding(Encoding::UTF_8)
       payload = Native.grenache_request_payload(req, len)
       payload = payload.null? ? 'null' : payload.read_bytes(len.read(:size_t)).force_encoding(Encoding::UTF_8)
-      transport = Native.grenache_request_transport(req) == Server::TRANSPORTS[:ws] ? :ws : :http
+      transport = Server::TRANSPORTS.key(Native.grenache_request_transport(req)) || :http
       new(key, payload, transport, Native.grenache_request_remote_addr(req)&.dup,
           Native.grenache_request_fingerprint(req)&.dup, Reply.new(reply))
     end
@@ -140,9 +140,18 @@ module Grenache
   # @api private
   # Builds grenache_server_options for a server or publisher and frees them after the block.
   module ServerOptions
-    def self.with(port: 0, tls: nil, reply_timeout: nil, verify_client: nil)
+    # The server limits by name (`:max_connections_per_ip`...) => their C numbers, read from the
+    # library (`grenache_server_limit_name`), so the names are the core's.
+    LIMITS = (0..).lazy.map { |i| [Native.grenache_server_limit_name(i), i] }
+                  .take_while { |name, _| name }.to_h { |name, i| [name.to_sym, i] }.freeze
+
+    def self.with(port: 0, tls: nil, reply_timeout: nil, verify_client: nil, limits: nil)
       opts = Grenache.out_pointer { |o| Grenache.check!(Native.grenache_server_options_new(o)) }
       begin
+        (limits || {}).each do |name, value|
+          code = LIMITS.fetch(name.to_sym) { raise ArgumentError, "limits: unknown #{name.inspect} (#{LIMITS.keys.join(', ')})" }
+          Grenache.check!(Native.grenache_server_options_set_limit(opts, code, Integer(value)))
+        end
         Grenache.check!(Native.grenache_server_options_set_port(opts, port))
         Grenache.check!(Native.grenache_server_options_set_tls(opts, tls.ptr)) if tls
         Grenache.check!(Native.grenache_server_options_set_reply_timeout(opts, Grenache.ms(reply_timeout)))
@@ -178,10 +187,11 @@ module Grenache
   #   server.start_announcing('rpc_test')
   class Server < Handle
     # `transport:` values => their C numbers.
-    TRANSPORTS = { http: 0, ws: 1 }.freeze
+    TRANSPORTS = { http: 0, ws: 1, zmq: 2, utp: 3 }.freeze
 
     # @param link [Link] announces the server
-    # @param transport [Symbol] `:http` or `:ws`
+    # @param transport [Symbol] `:http`, `:ws`, `:zmq` (a ZeroMQ ROUTER socket; no TLS) or `:utp`
+    #   (uTP on one UDP socket; no TLS)
     # @param port [Integer] 0: any free port (see {#port})
     # @param tls [ServerTls, nil] HTTPS / `wss://`
     # @param reply_timeout [Numeric, nil] seconds after which an unanswered request is answered
@@ -189,6 +199,10 @@ module Grenache
     # @param verify_client [#call, nil] WebSocket only: gets a {ClientInfo} before a socket is
     #   accepted and returns true to accept it. It runs on the library's callback thread: keep it
     #   quick, never block; an exception refuses the client.
+    # @param limits [Hash{Symbol=>Integer}, nil] limits against hostile load by name (durations in
+    #   ms): `max_connections`, `max_connections_per_ip`, `header_timeout_ms`, `body_timeout_ms`,
+    #   `body_min_rate`, `idle_timeout_ms`, `max_body_in_flight`, `ws_ping_interval_ms`,
+    #   `ws_pong_timeout_ms`, `ws_idle_timeout_ms` (see {ServerOptions::LIMITS})
     # @param threads [Integer] Ruby threads running the handler
     # @param raw [Boolean] the handler gets the payload as JSON text and returns JSON text
     # @yieldparam payload [Object] the request's payload (JSON text with `raw: true`)
@@ -196,11 +210,11 @@ module Grenache
     # @yieldreturn [Object] the answer
     # @raise [IoError] the port could not be bound
     def initialize(link, transport: :http, port: 0, tls: nil, reply_timeout: nil, verify_client: nil, threads: 4,
-                   raw: false, &handler)
+                   raw: false, limits: nil, &handler)
       super()
       raise ArgumentError, 'a handler block is needed' unless handler
 
-      code = TRANSPORTS.fetch(transport) { raise ArgumentError, "transport: #{transport.inspect} (:http or :ws)" }
+      code = TRANSPORTS.fetch(transport) { raise ArgumentError, "transport: #{transport.inspect} (:http, :ws, :zmq or :utp)" }
       @transport = transport
       @handler = handler
       @raw = raw
@@ -208,7 +222,8 @@ module Grenache
       @dispatcher = Dispatcher.new("#{transport} server", threads) { |req| handle(req) }
       ud = Registry.add(self)
       begin
-        @ptr = ServerOptions.with(port: port, tls: tls, reply_timeout: reply_timeout, verify_client: verify_client) do |o|
+        @ptr = ServerOptions.with(port: port, tls: tls, reply_timeout: reply_timeout, verify_client: verify_client,
+                                  limits: limits) do |o|
           Grenache.out_pointer do |out|
             Grenache.check!(Native.grenache_server_new(link.ptr, code, o, Callbacks::HANDLER, ud, Callbacks::FREE, out))
           end

@@ -434,9 +434,94 @@ pub(crate) fn subscription_of(msg: &Message) -> Option<Incoming> {
     }
 }
 
+/// The fuzzing entry point (see `crate::transport::fuzzing::zmtp`): a ZMTP handshake as the
+/// socket type `ours` selects, then messages until the end of `bytes` (read `chunk` bytes at a
+/// time) or the first error. Panics when the code breaks a promise: a peer accepted that `ours`
+/// may not talk to, a message over `max_message` bytes or with more than `max_frames` frames
+/// kept. Returns how many messages and commands it read.
+pub(crate) fn fuzz_stream(ours: u8, max_message: usize, max_frames: usize, bytes: &[u8], chunk: usize) -> usize {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// The peer's side of a connection: its bytes, `chunk` at a time; what we write is dropped.
+    struct Feed<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+    impl AsyncRead for Feed<'_> {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+            let n = self.data.len().min(self.chunk).min(buf.remaining());
+            let (now, rest) = self.data.split_at(n);
+            buf.put_slice(now);
+            self.data = rest;
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl AsyncWrite for Feed<'_> {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    thread_local! {
+        static RT: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime");
+    }
+    const TYPES: [SocketType; 4] = [SocketType::Router, SocketType::Dealer, SocketType::Pub, SocketType::Sub];
+    let ours = TYPES[usize::from(ours) % TYPES.len()];
+    let limits = Limits { max_message_size: max_message, max_frames: max_frames.max(1) };
+    RT.with(|rt| {
+        rt.block_on(async {
+            let mut io = Feed { data: bytes, chunk: chunk.max(1) };
+            let mut reader = FrameReader::new(limits);
+            let Ok(peer) = handshake(&mut io, ours, Duration::from_secs(5), &mut reader).await else { return 0 };
+            assert!(ours.accepts(peer.socket_type), "a {} accepted a {}", ours.name(), peer.socket_type.name());
+            let mut n = 0;
+            while let Ok(Some(incoming)) = reader.next(&mut io).await {
+                n += 1;
+                match incoming {
+                    Incoming::Message(m) => {
+                        assert!(m.frames.len() <= limits.max_frames, "{} frames kept", m.frames.len());
+                        let size: usize = m.frames.iter().map(Bytes::len).sum();
+                        assert!(size <= limits.max_message_size, "a message of {size} bytes kept");
+                    }
+                    Incoming::Ping(c) | Incoming::Subscribe(c) | Incoming::Cancel(c) => {
+                        assert!(c.len() <= MAX_COMMAND_SIZE, "a command of {} bytes", c.len());
+                    }
+                }
+            }
+            n
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fuzz_entry_reads_its_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/zmtp");
+        let read = |name: &str| {
+            let data = std::fs::read(dir.join(name)).expect("a committed seed");
+            let (sel, bytes) = data.split_first().expect("a selector byte");
+            fuzz_stream(sel & 3, 4096, 4, bytes, 1 + usize::from(sel >> 2) * 4)
+        };
+        // A request and a PING after the handshake; a SUBSCRIBE, a 3.0 subscription, a CANCEL.
+        assert_eq!(read("dealer_request"), 2);
+        assert_eq!(read("sub_subscribe"), 3);
+        // Six frames, four kept, one over 255 bytes: one message.
+        assert_eq!(read("dealer_big_and_many_frames"), 1);
+        // A PUB peer is refused by a ROUTER; a 2^62-byte frame header is refused before reading.
+        assert_eq!(read("wrong_type"), 0);
+        assert_eq!(read("huge_length"), 0);
+    }
 
     async fn pair(a: SocketType, b: SocketType) -> (Result<Peer>, Result<Peer>) {
         let (mut x, mut y) = tokio::io::duplex(4096);

@@ -1,0 +1,355 @@
+"""Tests of the batched paths of the Python binding: asyncio results and ``async def`` requests
+handed to the event loop in batches, plain handlers run by a pool that answers queued requests
+in a row, and blocking calls that poll before they sleep. Real Grapes, servers and clients on
+loopback (free ports).
+
+Run: python -m unittest discover -s bindings/python/tests -v   (after `maturin develop`)
+"""
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import unittest
+import weakref
+
+import grenache
+
+TRANSPORTS = ("http", "ws")
+
+
+def echo(payload, info):
+    return payload
+
+
+async def async_echo(payload, info):
+    if isinstance(payload, dict) and payload.get("yield"):
+        await asyncio.sleep(0)
+    return payload
+
+
+class BatchingTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.grape = grenache.Grape(host="127.0.0.1")
+        cls.link = grenache.Link(cls.grape.url)
+        cls.servers = {t: grenache.Server(cls.link, echo, transport=t) for t in TRANSPORTS}
+        cls.clients = {t: grenache.Client(cls.link, transport=t) for t in TRANSPORTS}
+
+    @classmethod
+    def tearDownClass(cls):
+        for c in cls.clients.values():
+            c.close()
+        for s in cls.servers.values():
+            s.close()
+        cls.link.close()
+        cls.grape.stop()
+
+    def dest(self, server):
+        return f"127.0.0.1:{server.port}"
+
+    def test_asyncio_results_keep_order_per_request(self):
+        """Thousands of results delivered in batches: every future gets its own request's
+        result, and each of 50 sequential chains sees its results in its own order."""
+
+        async def main(t):
+            c, dest = self.clients[t], self.dest(self.servers[t])
+            many = await asyncio.gather(*[c.request_async("x", {"i": i}, dest=dest, timeout=30) for i in range(2000)])
+            self.assertEqual([m["i"] for m in many], list(range(2000)))
+
+            async def chain(k):
+                got = []
+                for j in range(40):
+                    got.append((await c.request_async("x", [k, j], dest=dest, timeout=30))[1])
+                return k, got
+
+            for k, got in await asyncio.gather(*[chain(k) for k in range(50)]):
+                self.assertEqual(got, list(range(40)), f"chain {k}")
+            # Errors and results share the batches and stay with their requests.
+            mixed = await asyncio.gather(
+                *[c.request_async("x", i, dest=dest, timeout=30) if i % 3 else c.request_async("x", i, dest="127.0.0.1:1", timeout=30) for i in range(300)],
+                return_exceptions=True,
+            )
+            for i, m in enumerate(mixed):
+                if i % 3:
+                    self.assertEqual(m, i)
+                else:
+                    self.assertIsInstance(m, grenache.TransportError, f"request {i}")
+
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                asyncio.run(main(t))
+
+    def test_async_def_requests_keep_order_per_request(self):
+        """Requests for an ``async def`` handler reach its loop in batches; each is answered
+        with its own result, whether the handler waits or not."""
+
+        async def main(t):
+            s = grenache.Server(self.link, async_echo, transport=t)
+            try:
+                c, dest = self.clients[t], self.dest(s)
+                payloads = [{"i": i, "yield": i % 2 == 0} for i in range(1000)]
+                many = await asyncio.gather(*[c.request_async("x", p, dest=dest, timeout=30) for p in payloads])
+                self.assertEqual(many, payloads)
+            finally:
+                s.close()
+
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                asyncio.run(main(t))
+
+    def test_plain_handler_pool_takes_over_from_a_blocking_handler(self):
+        """Three requests whose handlers each wait for the other two (a barrier): they pass only
+        if the pool runs them at once, i.e. another thread took the queue over when a handler
+        blocked."""
+        barrier = threading.Barrier(3, timeout=20)
+
+        def handler(payload, info):
+            if payload == "wait":
+                barrier.wait()
+                return "passed"
+            return payload
+
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                barrier.reset()
+                s = grenache.Server(self.link, handler, transport=t)
+                try:
+                    c, dest = self.clients[t], self.dest(s)
+
+                    async def main():
+                        waits = [c.request_async("x", "wait", dest=dest, timeout=30) for _ in range(3)]
+                        fast = [c.request_async("x", i, dest=dest, timeout=30) for i in range(100)]
+                        return await asyncio.gather(*waits, *fast)
+
+                    got = asyncio.run(main())
+                    self.assertEqual(got, ["passed"] * 3 + list(range(100)))
+                finally:
+                    s.close()
+
+    def test_loop_closed_with_results_pending_loses_nothing(self):
+        """Results that arrive for a loop that was shut down are dropped (nobody waits for
+        them) without errors; the server answered every request; the next loop gets all of its
+        results."""
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                release = threading.Event()
+                answered = []
+
+                def handler(payload, info):
+                    release.wait(20)
+                    answered.append(payload)
+                    return payload
+
+                s = grenache.Server(self.link, handler, transport=t)
+                c = grenache.Client(self.link, transport=t)
+                try:
+                    dest = self.dest(s)
+                    loop = asyncio.new_event_loop()
+                    tasks = [loop.create_task(c.request_async("x", i, dest=dest, timeout=30)) for i in range(200)]
+                    loop.run_until_complete(asyncio.sleep(0.2))
+                    self.assertFalse(any(task.done() for task in tasks))
+                    inbox = grenache._results_by_loop[loop]().inbox
+                    # What asyncio.run does at its end: cancel the tasks, shut the async
+                    # generators down, close.
+                    for task in tasks:
+                        task.cancel()
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.close()
+                    self.assertTrue(inbox.closed, "the loop's inbox closed with it")
+                    release.set()
+                    deadline = time.monotonic() + 20
+                    while len(answered) < 200 and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    self.assertEqual(sorted(answered), list(range(200)), "the server answered every request")
+
+                    # A loop closed by hand (no shutdown) and dropped with requests in flight:
+                    # once their results came (and were dropped), nothing keeps the loop, its
+                    # inbox or its futures alive.
+                    release.clear()
+                    answered.clear()
+                    loop = asyncio.new_event_loop()
+                    tasks = [loop.create_task(c.request_async("x", i, dest=dest, timeout=30)) for i in range(20)]
+                    loop.run_until_complete(asyncio.sleep(0.1))
+                    box = weakref.ref(grenache._results_by_loop[loop]())
+                    gone = weakref.ref(loop)
+                    for task in tasks:
+                        task.cancel()
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                    loop.close()
+                    del loop, tasks, task
+                    release.set()
+                    deadline = time.monotonic() + 20
+                    while (gone() is not None or box() is not None) and time.monotonic() < deadline:
+                        grenache.version()  # a call into the module frees what library threads dropped
+                        gc.collect()
+                        time.sleep(0.05)
+                    self.assertIsNone(gone(), "the closed loop was freed")
+                    self.assertIsNone(box(), "its inbox was freed")
+                    self.assertEqual(sorted(answered), list(range(20)))
+
+                    async def again():
+                        return await asyncio.gather(*[c.request_async("x", i, dest=dest, timeout=30) for i in range(200)])
+
+                    self.assertEqual(asyncio.run(again()), list(range(200)))
+                finally:
+                    release.set()
+                    c.close()
+                    s.close()
+
+    def test_server_loop_shut_down_with_requests_pending_answers_every_client(self):
+        """An ``async def`` server whose loop ends (asyncio.run returns) while requests are
+        running or still queued: every client gets ``ERR_NO_REPLY`` (none waits for its
+        timeout), and so does a request sent afterwards."""
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                started = threading.Event()
+                holder = {}
+
+                async def handler(payload, info):
+                    if payload == 0:
+                        # Keep the loop busy so that the next requests queue up in the inbox.
+                        started.set()
+                        time.sleep(0.3)
+                    await asyncio.sleep(60)
+                    return payload
+
+                async def server_main():
+                    holder["server"] = grenache.Server(self.link, handler, transport=t)
+                    holder["ready"].set()
+                    while not started.is_set():
+                        await asyncio.sleep(0.01)
+
+                holder["ready"] = threading.Event()
+                results = {}
+                c = grenache.Client(self.link, transport=t)
+
+                def call(i):
+                    try:
+                        results[i] = c.request("x", i, dest=self.dest(holder["server"]), timeout=30)
+                    except Exception as e:
+                        results[i] = e
+
+                runner = threading.Thread(target=lambda: asyncio.run(server_main()))
+                runner.start()
+                try:
+                    self.assertTrue(holder["ready"].wait(20))
+                    first = threading.Thread(target=call, args=(0,))
+                    first.start()
+                    self.assertTrue(started.wait(20))
+                    rest = [threading.Thread(target=call, args=(i,)) for i in range(1, 30)]
+                    for th in rest:
+                        th.start()
+                    runner.join(30)
+                    for th in [first, *rest]:
+                        th.join(30)
+                    self.assertEqual(sorted(results), list(range(30)))
+                    # ERR_NO_REPLY travels as the remote error's text, as the reference's does.
+                    for i, r in results.items():
+                        self.assertIsInstance(r, grenache.RemoteError, f"request {i}: {r!r}")
+                        self.assertEqual(r.message, "ERR_NO_REPLY", f"request {i}")
+                    with self.assertRaises(grenache.RemoteError) as e:
+                        c.request("x", "late", dest=self.dest(holder["server"]), timeout=30)
+                    self.assertEqual(e.exception.message, "ERR_NO_REPLY")
+                finally:
+                    c.close()
+                    if "server" in holder:
+                        holder["server"].close()
+
+    def test_blocking_calls_poll_then_sleep(self):
+        """Sequential blocking calls, fast and slow, with waits that sleep at once (the default)
+        and with waits that poll first (GRENACHE_PYTHON_POLL_US, read once per process: run in
+        a child), all get their own result."""
+        script = textwrap.dedent(
+            """
+            import sys, time, grenache
+
+            def handler(payload, info):
+                if isinstance(payload, dict):
+                    time.sleep(payload["sleep"])
+                    return payload["v"]
+                return payload
+
+            with grenache.Grape(host="127.0.0.1") as grape, grenache.Link(grape.url) as link:
+                for t in ("http", "ws"):
+                    s = grenache.Server(link, handler, transport=t)
+                    c = grenache.Client(link, transport=t)
+                    dest = f"127.0.0.1:{s.port}"
+                    for i in range(300):
+                        assert c.request("x", i, dest=dest) == i
+                    for i in range(5):
+                        assert c.request("x", {"sleep": 0.02, "v": i}, dest=dest) == i
+                        assert c.request("x", i, dest=dest) == i
+                    try:
+                        c.request("x", {"sleep": 1.0, "v": 0}, dest=dest, timeout=0.2)
+                        raise SystemExit("no timeout")
+                    except grenache.TimeoutError:
+                        pass
+                    c.close()
+                    s.close()
+            print("ok", flush=True)
+            """
+        )
+        for poll in ("0", "50", "1000"):
+            with self.subTest(poll_us=poll):
+                env = dict(os.environ, GRENACHE_PYTHON_POLL_US=poll)
+                out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+                self.assertEqual(out.stdout.strip(), "ok", out.stderr[-2000:])
+
+
+class CtrlCTests(unittest.TestCase):
+    def test_ctrl_c_interrupts_a_blocking_call(self):
+        """SIGINT during a blocking request that would wait 60 s raises KeyboardInterrupt in
+        the caller within seconds."""
+        script = textwrap.dedent(
+            """
+            import signal, sys, threading, time, grenache
+            # A child of a shell's background job inherits SIGINT ignored: take it back.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            release = threading.Event()
+            def handler(payload, info):
+                release.wait(60)
+                return payload
+            with grenache.Grape(host="127.0.0.1") as grape, grenache.Link(grape.url) as link:
+                server = grenache.Server(link, handler, transport=sys.argv[1])
+                client = grenache.Client(link, transport=sys.argv[1])
+                print("waiting", flush=True)
+                t0 = time.monotonic()
+                try:
+                    client.request("x", 1, dest=f"127.0.0.1:{server.port}", timeout=60)
+                    print("answered", flush=True)
+                except KeyboardInterrupt:
+                    print(f"interrupted {time.monotonic() - t0:.3f}", flush=True)
+                release.set()
+                client.close()
+                server.close()
+            """
+        )
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                p = subprocess.Popen([sys.executable, "-c", script, t], stdout=subprocess.PIPE, text=True)
+                try:
+                    self.assertEqual(p.stdout.readline().strip(), "waiting")
+                    time.sleep(0.5)  # inside the blocking call by now
+                    p.send_signal(signal.SIGINT)
+                    out, _ = p.communicate(timeout=30)
+                    self.assertTrue(out.startswith("interrupted"), out)
+                    # Promptly: well before the 60 s the call would have waited (the wait wakes
+                    # every 100 ms to let Python run its signal handler).
+                    self.assertLess(float(out.split()[1]), 30.0)
+                    self.assertEqual(p.returncode, 0)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+
+
+if __name__ == "__main__":
+    unittest.main()
