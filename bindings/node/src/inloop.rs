@@ -226,8 +226,7 @@ impl Conn {
             let st = &mut *st;
             let client = self.client;
             let mut budget = READ_BUDGET;
-            'read: loop {
-                let Some(stream) = st.stream.as_mut() else { break };
+            'read: while let Some(stream) = st.stream.as_mut() {
                 let n = match st.decoder.read_from(stream) {
                     Ok(0) => {
                         st.ended.get_or_insert_with(|| "the peer closed the connection".into());
