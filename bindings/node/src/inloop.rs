@@ -58,6 +58,8 @@ const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 const MAX_OUTBOX: usize = 64 << 20;
 /// Bytes read from one socket per readiness event before other sockets get their turn.
 const READ_BUDGET: usize = 1 << 20;
+/// A read of fewer bytes than this left the socket empty (the decoder reads into at least 4 KiB).
+const SHORT_READ: usize = 4096;
 /// How long a dial may take (TCP and upgrade).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -271,7 +273,9 @@ impl Conn {
                         }
                     }
                 }
-                if n == 0 || close_after {
+                // A read shorter than the room the decoder keeps (at least 4 KiB) drained the
+                // socket: skip the read that would only say so (the poll is level-triggered).
+                if n == 0 || close_after || n < SHORT_READ {
                     break;
                 }
                 budget = budget.saturating_sub(n);
