@@ -1024,6 +1024,45 @@ grenache_result grenache_link_start_announcing(const grenache_link *link, const 
 grenache_result grenache_link_stop_announcing(const grenache_link *link, const char *name, uint16_t port);
 
 /**
+ * Removes the announce of `name` on `port` from the Grapes at once (the Grape's `/unannounce`:
+ * lookups through grenache-rs Grapes stop returning it; a Node reference Grape answers
+ * `ERR_REQ_NOTFOUND`, i.e. `GRENACHE_RESULT_GRAPE`, and keeps it until it expires). Stop
+ * announcing it first. `cb` gets the number of DHT nodes that removed it, as JSON text.
+ * `grenache_server_shutdown` does this for the server's names.
+ *
+ * Non-blocking; allowed inside callbacks. Argument errors are returned without calling `cb`.
+ */
+grenache_result grenache_link_unannounce(const grenache_link *link, const char *name, uint16_t port, grenache_json_cb cb, void *userdata);
+
+/**
+ * Pins the service `name` to its ed25519 public keys: `keys_hex` is a comma-separated list of
+ * 64-hex-character keys (at most 8; two during a key rotation; `""` unpins). From now on
+ * lookups of `name`, and the requests of clients created from this Link, use only addresses
+ * with a valid signed proof under one of the keys (published by workers that sign their
+ * announces, `grenache_link_sign_announcements`); an address without one, e.g. a hijacker
+ * announcing the name, is never used, and when no address has one the lookup completes with
+ * `LOOKUP_EMPTY`. The proofs are read through the Grape: it must be a grenache-rs Grape (or a
+ * Node Grape given an ed25519 verifier). See docs/signed-announce.md.
+ *
+ * Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT` (a key that is not an ed25519
+ * public key in hex, more than 8 keys). Allowed inside callbacks.
+ */
+grenache_result grenache_link_pin_service(const grenache_link *link, const char *name, const char *keys_hex);
+
+/**
+ * Makes every announce of `name` through this Link (once, kept up, or by a server created
+ * from it) also publish a signed proof of the address under each of the `n_keys` key pairs in
+ * `keys` (1 to 8; two during a key rotation), valid `ttl_ms` milliseconds (0: 10 minutes) and
+ * published again once half of it has passed. Clients pinned to the public keys
+ * (`grenache_link_pin_service`) use only such addresses. `n_keys` 0 stops signing. The key
+ * pairs are copied; the caller keeps ownership of them.
+ *
+ * Errors: `NULL_PARAMETER` (`keys` NULL with `n_keys` > 0, or a NULL entry),
+ * `INVALID_ARGUMENT` (more than 8 keys). Allowed inside callbacks.
+ */
+grenache_result grenache_link_sign_announcements(const grenache_link *link, const char *name, const grenache_keypair *const *keys, size_t n_keys, uint64_t ttl_ms);
+
+/**
  * Stores the JSON value in `json` (`json_len` bytes) in the DHT as an immutable item. `cb` gets
  * the item's hash as a JSON string (`"\"8c3f...\""`). Invalid JSON completes with
  * `INVALID_ARGUMENT`. Non-blocking; allowed inside callbacks.
@@ -1330,7 +1369,8 @@ grenache_result grenache_server_stop_announcing(const grenache_server *server, c
 
 /**
  * Shuts the server down gracefully, for restarts without failed requests: stops announcing,
- * stops listening (clients' connects are refused, and grenache clients send those requests to
+ * unannounces its names (the Grape's `/unannounce`, beside the rest: lookups through
+ * grenache-rs Grapes stop returning this server at once; best effort), stops listening (clients' connects are refused, and grenache clients send those requests to
  * another worker), lets the requests already read finish and their replies go out, closes each
  * connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
  * `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK`

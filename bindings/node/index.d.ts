@@ -123,6 +123,17 @@ export class Link {
   /** Keeps announcing every `interval` ms (jittered). */
   startAnnouncing(name: string, port: number, interval?: number): void
   stopAnnouncing(name: string, port: number): boolean
+  /** Removes the announce of `name` on `port` from the Grapes at once (grenache-rs Grapes; a
+   * Node reference Grape rejects with ERR_REQ_NOTFOUND and keeps it until it expires). Stop
+   * announcing it first. Resolves with how many DHT nodes removed it. */
+  unannounce(name: string, port: number): Promise<number>
+  /** Pins the service `name` to its ed25519 public keys (hex; two during a key rotation; `[]`
+   * unpins): lookups and requests of clients on this Link use only addresses with a valid signed
+   * proof under one of them (docs/signed-announce.md). */
+  pinService(name: string, keys: string[]): void
+  /** Makes every announce of `name` through this Link publish a signed proof of the address
+   * under each key pair, valid `ttl` ms (default 10 minutes). `[]` stops signing. */
+  signAnnouncements(name: string, keys: Keypair[], opts?: { ttl?: number }): void
   /** Stores an immutable item; resolves with its hex hash. The Grape returns `v` as text
    * (like the reference), so store strings. */
   put(value: Json): Promise<string>

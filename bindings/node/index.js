@@ -436,6 +436,14 @@ class Link {
   announce (name, port) { return call((done) => this._l.announce(name, port, done), () => undefined) }
   startAnnouncing (name, port, interval = 1000) { sync(() => this._l.startAnnouncing(name, port, ms(interval))) }
   stopAnnouncing (name, port) { return this._l.stopAnnouncing(name, port) }
+  // Removes the announce at once (grenache-rs Grapes); resolves with how many DHT nodes removed it.
+  unannounce (name, port) { return call((done) => this._l.unannounce(name, port, done), Number) }
+  // Pins `name` to the service's ed25519 public keys (hex): only addresses with a valid signed proof are used.
+  pinService (name, keys) { sync(() => this._l.pinService(name, keys)) }
+  // Makes announces of `name` publish signed proofs under these key pairs, valid `ttl` ms.
+  signAnnouncements (name, keys, { ttl = 600000 } = {}) {
+    sync(() => this._l.signAnnouncements(name, keys.map((k) => k.secretHex), ms(ttl)))
+  }
   put (value) { return call((done) => this._l.put(JSON.stringify(value), done), String) }
   putMutable (keypair, value, { seq, salt, cas } = {}) {
     return call((done) => this._l.putMutable(keypair, JSON.stringify(value), seq, salt, cas, done), String)

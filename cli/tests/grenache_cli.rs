@@ -274,3 +274,49 @@ async fn cli_zmq_transport_and_proxy() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
     net.stop().await;
 }
+
+/// `serve --sign-key` publishes proofs (through Node Grapes given an ed25519 verifier, which
+/// store mutable items); `--service-key` keeps only the proven address, not one announced
+/// without the key; a bad key is an invalid argument; `unannounce` on a Node Grape is a Grape
+/// error (it has no such route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_signed_announces_and_pinned_lookups() {
+    let (_g, grape) = grapes().await;
+    let dir = std::env::temp_dir().join(format!("grenache-cli-sign-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let key_file = dir.join("service.key");
+    let key_path = key_file.to_str().unwrap();
+    let (code, v, _) = run(&grape, &["keygen", key_path]).await;
+    assert_eq!(code, 0);
+    let public = v["public"].as_str().unwrap().to_string();
+
+    let (mut serve, _lines, started) =
+        start(&grape, &["serve", "svc_signed", "--bind", "127.0.0.1", "--interval", "1000", "--sign-key", key_path]).await;
+    let addr = format!("127.0.0.1:{}", started["port"]);
+    // A hijacker announces the name without the key.
+    let (code, _, _) = run(&grape, &["announce", "svc_signed", "4999"]).await;
+    assert_eq!(code, 0);
+    let (code, v, _) = run(&grape, &["lookup", "svc_signed"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    let (code, v, err) = run(&grape, &["--service-key", &public, "lookup", "svc_signed"]).await;
+    assert_eq!((code, v), (0, json!([addr])), "{err}");
+    let (code, v, err) = run(&grape, &["--service-key", &public, "request", "svc_signed", "\"hi\"", "--timeout", "5000"]).await;
+    assert_eq!((code, v), (0, json!("hi")), "{err}");
+    let other = grenache::link::Keypair::generate().public_hex();
+    let (code, _, _) = run(&grape, &["--service-key", &other, "lookup", "svc_signed"]).await;
+    assert_eq!(code, 5, "no proven address: lookup empty");
+    let (code, _, err) = run(&grape, &["--service-key", "zz", "lookup", "svc_signed"]).await;
+    assert_eq!(code, 8, "{err}");
+    let (code, _, err) = run(&grape, &["unannounce", "svc_signed", "4999"]).await;
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("ERR_REQ_NOTFOUND"), "{err}");
+    let _ = serve.kill().await;
+}

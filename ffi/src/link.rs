@@ -208,6 +208,90 @@ pub extern "C" fn grenache_link_stop_announcing(link: *const grenache_link, name
     }
 }
 
+/// Removes the announce of `name` on `port` from the Grapes at once (the Grape's `/unannounce`:
+/// lookups through grenache-rs Grapes stop returning it; a Node reference Grape answers
+/// `ERR_REQ_NOTFOUND`, i.e. `GRENACHE_RESULT_GRAPE`, and keeps it until it expires). Stop
+/// announcing it first. `cb` gets the number of DHT nodes that removed it, as JSON text.
+/// `grenache_server_shutdown` does this for the server's names.
+///
+/// Non-blocking; allowed inside callbacks. Argument errors are returned without calling `cb`.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_unannounce(link: *const grenache_link, name: *const c_char, port: u16, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        let cb = try_callback!(cb);
+        let done = json_completion(cb, userdata);
+        link.inner.unannounce(name.to_string(), port, move |r| done(r.map(|n| n.to_string())));
+        grenache_result::Ok
+    }
+}
+
+/// Pins the service `name` to its ed25519 public keys: `keys_hex` is a comma-separated list of
+/// 64-hex-character keys (at most 8; two during a key rotation; `""` unpins). From now on
+/// lookups of `name`, and the requests of clients created from this Link, use only addresses
+/// with a valid signed proof under one of the keys (published by workers that sign their
+/// announces, `grenache_link_sign_announcements`); an address without one, e.g. a hijacker
+/// announcing the name, is never used, and when no address has one the lookup completes with
+/// `LOOKUP_EMPTY`. The proofs are read through the Grape: it must be a grenache-rs Grape (or a
+/// Node Grape given an ed25519 verifier). See docs/signed-announce.md.
+///
+/// Errors: `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT` (a key that is not an ed25519
+/// public key in hex, more than 8 keys). Allowed inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_pin_service(link: *const grenache_link, name: *const c_char, keys_hex: *const c_char) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        let keys = try_str!(keys_hex);
+        let keys: Vec<&str> = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).collect();
+        match link.inner.pin_service(name, &keys) {
+            Ok(()) => grenache_result::Ok,
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
+/// Makes every announce of `name` through this Link (once, kept up, or by a server created
+/// from it) also publish a signed proof of the address under each of the `n_keys` key pairs in
+/// `keys` (1 to 8; two during a key rotation), valid `ttl_ms` milliseconds (0: 10 minutes) and
+/// published again once half of it has passed. Clients pinned to the public keys
+/// (`grenache_link_pin_service`) use only such addresses. `n_keys` 0 stops signing. The key
+/// pairs are copied; the caller keeps ownership of them.
+///
+/// Errors: `NULL_PARAMETER` (`keys` NULL with `n_keys` > 0, or a NULL entry),
+/// `INVALID_ARGUMENT` (more than 8 keys). Allowed inside callbacks.
+#[unsafe(no_mangle)]
+pub extern "C" fn grenache_link_sign_announcements(
+    link: *const grenache_link,
+    name: *const c_char,
+    keys: *const *const grenache_keypair,
+    n_keys: usize,
+    ttl_ms: u64,
+) -> grenache_result {
+    ffi_panic_boundary! {
+        let link = try_ref!(link);
+        let name = try_str!(name);
+        if n_keys > 0 && keys.is_null() {
+            return grenache_result::NullParameter;
+        }
+        if n_keys > 8 {
+            return grenache_result::InvalidArgument;
+        }
+        let mut pairs = Vec::with_capacity(n_keys);
+        for i in 0..n_keys {
+            // SAFETY: `keys` is non-NULL and, per the header, points to `n_keys` readable pointers.
+            let k = unsafe { *keys.add(i) };
+            pairs.push(try_ref!(k).inner.clone());
+        }
+        let ttl = if ttl_ms == 0 { Duration::from_secs(600) } else { Duration::from_millis(ttl_ms) };
+        match link.inner.sign_announcements(name, pairs, ttl) {
+            Ok(()) => grenache_result::Ok,
+            Err(e) => grenache_result::from(&e),
+        }
+    }
+}
+
 /// Stores the JSON value in `json` (`json_len` bytes) in the DHT as an immutable item. `cb` gets
 /// the item's hash as a JSON string (`"\"8c3f...\""`). Invalid JSON completes with
 /// `INVALID_ARGUMENT`. Non-blocking; allowed inside callbacks.

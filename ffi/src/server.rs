@@ -139,7 +139,8 @@ pub extern "C" fn grenache_server_stop_announcing(server: *const grenache_server
 }
 
 /// Shuts the server down gracefully, for restarts without failed requests: stops announcing,
-/// stops listening (clients' connects are refused, and grenache clients send those requests to
+/// unannounces its names (the Grape's `/unannounce`, beside the rest: lookups through
+/// grenache-rs Grapes stop returning this server at once; best effort), stops listening (clients' connects are refused, and grenache clients send those requests to
 /// another worker), lets the requests already read finish and their replies go out, closes each
 /// connection once it is done (WS: close code 4001; HTTP: after 250 ms of replies with
 /// `Connection: close`), and after `grace_ms` closes the rest. `cb` fires exactly once: `OK`

@@ -369,6 +369,36 @@ fn server_shutdown_answers_what_it_read_and_reports_the_grace() {
     grenache_runtime_free(rt);
 }
 
+#[test]
+fn pin_service_and_sign_announcements_check_their_arguments() {
+    use crate::link::*;
+    let mut rt: *mut grenache_runtime = ptr::null_mut();
+    assert_eq!(grenache_runtime_new(1, &mut rt), grenache_result::Ok);
+    let mut link: *mut grenache_link = ptr::null_mut();
+    assert_eq!(grenache_link_new(rt, c"http://127.0.0.1:1".as_ptr(), &mut link), grenache_result::Ok);
+    let mut key: *mut grenache_keypair = ptr::null_mut();
+    assert_eq!(grenache_keypair_generate(&mut key), grenache_result::Ok);
+    let public = grenache_core::link::Keypair::generate().public_hex();
+    let two = std::ffi::CString::new(format!("{public}, {public}")).expect("cstring");
+    let name = c"svc".as_ptr();
+    assert_eq!(grenache_link_pin_service(link, name, two.as_ptr()), grenache_result::Ok);
+    assert_eq!(grenache_link_pin_service(link, name, c"".as_ptr()), grenache_result::Ok, "unpins");
+    assert_eq!(grenache_link_pin_service(link, name, c"zz".as_ptr()), grenache_result::InvalidArgument);
+    assert_eq!(grenache_link_pin_service(link, name, ptr::null()), grenache_result::NullParameter);
+    assert_eq!(grenache_link_pin_service(ptr::null(), name, two.as_ptr()), grenache_result::NullParameter);
+    let keys = [key as *const grenache_keypair];
+    assert_eq!(grenache_link_sign_announcements(link, name, keys.as_ptr(), 1, 0), grenache_result::Ok);
+    assert_eq!(grenache_link_sign_announcements(link, name, ptr::null(), 0, 0), grenache_result::Ok, "stops signing");
+    assert_eq!(grenache_link_sign_announcements(link, name, ptr::null(), 1, 0), grenache_result::NullParameter);
+    let nulls = [ptr::null::<grenache_keypair>()];
+    assert_eq!(grenache_link_sign_announcements(link, name, nulls.as_ptr(), 1, 0), grenache_result::NullParameter);
+    assert_eq!(grenache_link_sign_announcements(link, name, keys.as_ptr(), 9, 0), grenache_result::InvalidArgument);
+    assert_eq!(grenache_link_unannounce(link, name, 1, None, ptr::null_mut()), grenache_result::NullParameter);
+    grenache_keypair_free(key);
+    grenache_link_free(link);
+    grenache_runtime_free(rt);
+}
+
 // --- uTP through the C ABI ----------------------------------------------------------------------
 
 unsafe extern "C" fn send_done(ud: *mut c_void, code: grenache_result, _err: *const grenache_error) {

@@ -290,6 +290,29 @@ impl NativeLink {
     }
 
     #[napi]
+    pub fn unannounce(&self, name: String, port_: u32, done: Done) -> napi::Result<(), ErrName> {
+        let p = port(Some(port_))?;
+        let done = complete(done);
+        self.inner.unannounce(name, p, move |r| done(r.map(|n| n.to_string())));
+        Ok(())
+    }
+
+    /// Pins `name` to the service's public keys (hex; empty unpins).
+    #[napi]
+    pub fn pin_service(&self, name: String, keys: Vec<String>) -> napi::Result<(), ErrName> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.inner.pin_service(&name, &keys).map_err(|e| js_err(&e))
+    }
+
+    /// Signs the announces of `name` with the key pairs of these secret seeds (hex).
+    #[napi]
+    pub fn sign_announcements(&self, name: String, secrets_hex: Vec<String>, ttl_ms: u32) -> napi::Result<(), ErrName> {
+        let keys = secrets_hex.iter().map(|s| CoreKeypair::from_secret_hex(s)).collect::<Result<Vec<_>, _>>().map_err(|e| js_err(&e))?;
+        let ttl = if ttl_ms == 0 { Duration::from_secs(600) } else { Duration::from_millis(u64::from(ttl_ms)) };
+        self.inner.sign_announcements(&name, keys, ttl).map_err(|e| js_err(&e))
+    }
+
+    #[napi]
     pub fn put(&self, v_json: String, done: Done) {
         self.inner.put(&v_json, complete(done));
     }

@@ -389,6 +389,25 @@ impl Link {
         self.inner.stop_announcing(name, port)
     }
 
+    /// Removes the announce of (name, port) from the Grapes at once; returns how many DHT nodes
+    /// removed it.
+    fn unannounce(&self, py: Python<'_>, name: String, port: u16) -> PyResult<u64> {
+        blocking(py, |tx| self.inner.unannounce(name, port, sender(tx)))
+    }
+
+    /// Pins `name` to the service's public keys (hex; empty unpins).
+    fn pin_service(&self, py: Python<'_>, name: &str, keys: Vec<String>) -> PyResult<()> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.inner.pin_service(name, &keys).map_err(|e| py_err(py, &e))
+    }
+
+    /// Signs the announces of `name` with `keys` (proofs valid `ttl_ms`; no keys stops).
+    fn sign_announcements(&self, py: Python<'_>, name: &str, keys: Vec<PyRef<'_, Keypair>>, ttl_ms: u64) -> PyResult<()> {
+        let keys = keys.iter().map(|k| k.inner.clone()).collect();
+        let ttl = if ttl_ms == 0 { Duration::from_secs(600) } else { Duration::from_millis(ttl_ms) };
+        self.inner.sign_announcements(name, keys, ttl).map_err(|e| py_err(py, &e))
+    }
+
     /// Stores an immutable item (JSON text); returns its hex hash.
     fn put(&self, py: Python<'_>, v_json: &str) -> PyResult<String> {
         blocking(py, |tx| self.inner.put(v_json, sender(tx)))
@@ -894,7 +913,7 @@ fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None))]
+    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None, limits=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -907,8 +926,14 @@ impl Server {
         verify_client: Option<Py<PyAny>>,
         broker: Option<String>,
         inbox: Option<&Inbox>,
+        limits: Option<std::collections::BTreeMap<String, u64>>,
     ) -> PyResult<Server> {
         let kind = transport_kind(py, transport)?;
+        // Limits against hostile load by name (the core's table: `SERVER_LIMIT_NAMES`).
+        let mut server_limits = grenache::transport::ServerLimits::default();
+        for (name, value) in limits.unwrap_or_default() {
+            server_limits.set(&name, value).map_err(|e| py_err(py, &e))?;
+        }
         let h: Arc<dyn grenache::rpc::Handler> = match (inbox, handler) {
             // `async def` handlers: requests go to the event loop's inbox in batches.
             (Some(inbox), _) => {
@@ -947,6 +972,7 @@ impl Server {
             reply_timeout: embed::millis(reply_timeout_ms),
             verify_client,
             broker,
+            limits: server_limits,
             ..Default::default()
         };
         let link = Arc::clone(&link.inner);

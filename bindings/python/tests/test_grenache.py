@@ -186,6 +186,27 @@ class LocalTests(unittest.TestCase):
                 self.assertEqual(c.request(f"py:{t}", "hello"), "world")
                 self.assertEqual(c.request(f"py:{t}", payload), {"echo": payload, "fingerprint": None})
 
+    def test_server_limits_by_name(self):
+        # One connection per source address: a second keep-alive client from 127.0.0.1 is
+        # refused while the first holds its connection.
+        s = grenache.Server(self.net.l1, handler, limits={"max_connections_per_ip": 1, "idleTimeoutMs": 60000})
+        try:
+            s.start_announcing("py:limits", 0.5)
+            first = grenache.Client(self.net.l2)
+            second = grenache.Client(self.net.l2)
+            try:
+                eventually(lambda: first.request("py:limits", "hello") == "world", what="limited server visible")
+                with self.assertRaises(grenache.GrenacheError):
+                    second.request("py:limits", "hello", timeout=2)
+            finally:
+                first.close()
+                second.close()
+        finally:
+            s.close()
+        for bad in ({"nope": 1}, {"max_connections": 0}):
+            with self.assertRaises(grenache.InvalidArgumentError):
+                grenache.Server(self.net.l1, handler, limits=bad)
+
     def test_errors_are_typed(self):
         for t, c in self.clients.items():
             with self.subTest(transport=t):

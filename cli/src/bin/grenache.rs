@@ -51,6 +51,15 @@ struct Cli {
     /// Timeout of each call to the Grape, in milliseconds.
     #[arg(long, global = true, default_value_t = 2500)]
     grape_timeout: u64,
+    /// Use only addresses of the service with a valid signed proof under this ed25519 public key
+    /// (64 hex characters; repeat it for two keys during a key rotation): lookup, request, map
+    /// and sub. An address announced by anyone else is never used. See docs/signed-announce.md.
+    #[arg(long = "service-key", global = true, value_name = "HEX")]
+    service_keys: Vec<String>,
+    /// Sign the announces (announce, serve, pub) with the key in this file (as written by
+    /// `keygen`; repeat it to publish proofs under two keys during a rotation).
+    #[arg(long = "sign-key", global = true, value_name = "FILE")]
+    sign_keys: Vec<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -64,6 +73,14 @@ enum Cmd {
     },
     /// Announces once that NAME is served on PORT of this host.
     Announce {
+        /// The service name.
+        name: String,
+        /// The port.
+        port: u16,
+    },
+    /// Removes the announce of NAME on PORT from the Grapes at once (grenache-rs Grapes) and
+    /// prints how many DHT nodes removed it.
+    Unannounce {
         /// The service name.
         name: String,
         /// The port.
@@ -129,8 +146,9 @@ enum Cmd {
         /// Require a client certificate signed by --tls-ca (HTTPS).
         #[arg(long)]
         require_client_cert: bool,
-        /// On Ctrl-C or SIGTERM, shut down gracefully: stop announcing and listening, finish the
-        /// requests already received, then exit; close what is left after this many milliseconds.
+        /// On Ctrl-C or SIGTERM, shut down gracefully: stop announcing, unannounce (our Grapes drop
+        /// the address at once), stop listening, finish the requests already received, then exit;
+        /// close what is left after this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
         grace: u64,
         /// uTP: also register the names with the broker announced as BROKER_NAME, on a timer, so
@@ -549,8 +567,31 @@ async fn run(cli: Cli) -> Result<()> {
         request_timeout: Duration::from_millis(cli.grape_timeout.max(1)),
         ..LinkConfig::with_grape(cli.grape.clone())
     })?;
+    // The service names the command reads or announces: pinned and signed as asked.
+    let names: Vec<&str> = match &cli.cmd {
+        Cmd::Lookup { name } | Cmd::Announce { name, .. } | Cmd::Request { name, .. } | Cmd::Map { name, .. } => vec![name],
+        Cmd::Sub { name, .. } | Cmd::Pub { name, .. } => vec![name],
+        Cmd::Serve { names, .. } => names.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !cli.service_keys.is_empty() {
+        let keys: Vec<&str> = cli.service_keys.iter().map(String::as_str).collect();
+        for n in &names {
+            link.pin_service(n, &keys)?;
+        }
+    }
+    if !cli.sign_keys.is_empty() {
+        let keys = cli.sign_keys.iter().map(load_key).collect::<Result<Vec<_>>>()?;
+        for n in &names {
+            link.sign_announcements(n, Some(grenache::link::signed::AnnounceSigner::new(keys.clone())))?;
+        }
+    }
     match cli.cmd {
         Cmd::Lookup { name } => print(&json!(link.lookup(&name).await?)),
+        Cmd::Unannounce { name, port } => {
+            let acks = link.unannounce(&name, port).await?;
+            print(&json!({"unannounced": name, "port": port, "nodes": acks}));
+        }
         Cmd::Announce { name, port } => {
             link.announce(&name, port).await?;
             print(&json!({"announced": name, "port": port}));

@@ -185,7 +185,20 @@ impl Inner {
             queries_sent: self.counters.queries.load(Ordering::Relaxed),
             maintenance_queries: self.counters.maintenance.load(Ordering::Relaxed),
             replies_sent: self.counters.replies.load(Ordering::Relaxed),
-            nodes_added: self.state().table.added_total(),
+            ..self.state_stats()
+        }
+    }
+
+    /// The counters kept in the node's state (one lock).
+    fn state_stats(&self) -> DhtStats {
+        let st = self.state();
+        DhtStats {
+            nodes_added: st.table.added_total(),
+            unannounces_applied: st.unannounces.applied,
+            unannounces_unknown: st.unannounces.unknown,
+            unannounces_refused: st.unannounces.refused,
+            tombstones: st.tombstones.len() as u64,
+            ..DhtStats::default()
         }
     }
 

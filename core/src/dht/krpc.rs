@@ -73,6 +73,19 @@ pub enum Method {
         /// `a.token`.
         token: Option<Vec<u8>>,
     },
+    /// `unannounce_peer` (ours; Node Grapes do not know it and drop it unanswered): removes the
+    /// record `<source IP>:port` under `info_hash`. Same arguments and token rule as
+    /// `announce_peer`, so only the address that announced a record can remove it.
+    UnannouncePeer {
+        /// `a.info_hash`.
+        info_hash: Option<Vec<u8>>,
+        /// `a.port`.
+        port: Option<i64>,
+        /// `a.implied_port` non-zero.
+        implied_port: bool,
+        /// `a.token`.
+        token: Option<Vec<u8>>,
+    },
     /// BEP44 `get`
     Get {
         /// `a.target`.
@@ -122,6 +135,13 @@ pub struct Response {
     pub sig: Option<Vec<u8>>,
     /// `r.seq`.
     pub seq: Option<i64>,
+    /// `r.gone` (ours, in `get_peers` replies of our nodes): compact peers of this info-hash that
+    /// their announcer removed with `unannounce_peer` lately. Node Grapes ignore the key.
+    pub gone: Option<Vec<Vec<u8>>>,
+    /// `r.ip` (ours, in `unannounce_peer` replies): the requester's address as the answering node
+    /// saw it (6-byte compact), i.e. the record that was removed, so the requester can forget it
+    /// too.
+    pub ip: Option<Vec<u8>>,
 }
 
 /// A KRPC error `e: [code, message]`.
@@ -227,6 +247,12 @@ fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
             implied_port: opt_int(a, "implied_port")?.unwrap_or(0) != 0,
             token: opt_bytes(a, "token")?,
         },
+        b"unannounce_peer" => Method::UnannouncePeer {
+            info_hash: opt_bytes(a, "info_hash")?,
+            port: opt_int(a, "port")?,
+            implied_port: opt_int(a, "implied_port")?.unwrap_or(0) != 0,
+            token: opt_bytes(a, "token")?,
+        },
         b"get" => Method::Get { target: opt_bytes(a, "target")? },
         b"put" => Method::Put(PutArgs {
             token: opt_bytes(a, "token")?,
@@ -242,21 +268,25 @@ fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
     Ok(Query { id, method, read_only })
 }
 
-fn decode_response(r: &Dict) -> Result<Response, KrpcDecodeError> {
-    let values = match r.get(&b"values"[..]) {
-        None => None,
+fn opt_byte_list(r: &Dict, key: &'static str) -> Result<Option<Vec<Vec<u8>>>, KrpcDecodeError> {
+    match r.get(key.as_bytes()) {
+        None => Ok(None),
         Some(Value::List(l)) => {
             let mut out = Vec::with_capacity(l.len());
             for x in l {
                 match x {
                     Value::Bytes(b) => out.push(b.clone()),
-                    _ => return Err(KrpcDecodeError::Shape("values")),
+                    _ => return Err(KrpcDecodeError::Shape(key)),
                 }
             }
-            Some(out)
+            Ok(Some(out))
         }
-        Some(_) => return Err(KrpcDecodeError::Shape("values")),
-    };
+        Some(_) => Err(KrpcDecodeError::Shape(key)),
+    }
+}
+
+fn decode_response(r: &Dict) -> Result<Response, KrpcDecodeError> {
+    let values = opt_byte_list(r, "values")?;
     Ok(Response {
         id: opt_bytes(r, "id")?,
         nodes: opt_bytes(r, "nodes")?,
@@ -266,6 +296,8 @@ fn decode_response(r: &Dict) -> Result<Response, KrpcDecodeError> {
         k: opt_bytes(r, "k")?,
         sig: opt_bytes(r, "sig")?,
         seq: opt_int(r, "seq")?,
+        gone: opt_byte_list(r, "gone")?,
+        ip: opt_bytes(r, "ip")?,
     })
 }
 
@@ -308,6 +340,13 @@ impl Message {
                         put_bytes(&mut a, "token", token);
                         b"announce_peer"
                     }
+                    Method::UnannouncePeer { info_hash, port, implied_port, token } => {
+                        put_bytes(&mut a, "info_hash", info_hash);
+                        put_int(&mut a, "port", *port);
+                        put_int(&mut a, "implied_port", Some(i64::from(*implied_port)));
+                        put_bytes(&mut a, "token", token);
+                        b"unannounce_peer"
+                    }
                     Method::Get { target } => {
                         put_bytes(&mut a, "target", target);
                         b"get"
@@ -347,6 +386,10 @@ impl Message {
                 put_bytes(&mut d, "k", &r.k);
                 put_bytes(&mut d, "sig", &r.sig);
                 put_int(&mut d, "seq", r.seq);
+                if let Some(gone) = &r.gone {
+                    d.insert(b"gone".to_vec(), Value::List(gone.iter().map(|v| Value::Bytes(v.clone())).collect()));
+                }
+                put_bytes(&mut d, "ip", &r.ip);
                 top.insert(b"r".to_vec(), Value::Dict(d));
             }
             Body::Error(e) => {
@@ -569,6 +612,8 @@ mod tests {
             (proptest::option::of(bytes(30)), proptest::option::of(any::<i64>()), any::<bool>(), proptest::option::of(bytes(24)))
                 .prop_map(|(info_hash, port, implied_port, token)| Method::AnnouncePeer { info_hash, port, implied_port, token }),
             proptest::option::of(bytes(30)).prop_map(|target| Method::Get { target }),
+            (proptest::option::of(bytes(30)), proptest::option::of(any::<i64>()), any::<bool>(), proptest::option::of(bytes(24)))
+                .prop_map(|(info_hash, port, implied_port, token)| Method::UnannouncePeer { info_hash, port, implied_port, token }),
             (
                 proptest::option::of(bytes(24)),
                 proptest::option::of(arb_v()),
@@ -581,7 +626,7 @@ mod tests {
                 .prop_map(|(token, v, k, sig, seq, salt, cas)| Method::Put(PutArgs { token, v, k, sig, seq, salt, cas })),
             "[a-z_]{0,12}"
                 .prop_filter("not a known method", |s| {
-                    !["ping", "find_node", "get_peers", "announce_peer", "get", "put"].contains(&s.as_str())
+                    !["ping", "find_node", "get_peers", "announce_peer", "unannounce_peer", "get", "put"].contains(&s.as_str())
                 })
                 .prop_map(|s| Method::Other(s.into_bytes())),
         ]
@@ -600,8 +645,10 @@ mod tests {
                 proptest::option::of(bytes(32)),
                 proptest::option::of(bytes(64)),
                 proptest::option::of(any::<i64>()),
+                proptest::option::of(proptest::collection::vec(bytes(8), 0..3)),
+                proptest::option::of(bytes(6)),
             )
-                .prop_map(|(id, nodes, values, token, v, k, sig, seq)| Body::Response(Response {
+                .prop_map(|(id, nodes, values, token, v, k, sig, seq, gone, ip)| Body::Response(Response {
                     id,
                     nodes,
                     values,
@@ -609,7 +656,9 @@ mod tests {
                     v,
                     k,
                     sig,
-                    seq
+                    seq,
+                    gone,
+                    ip,
                 })),
             (any::<i64>(), bytes(40)).prop_map(|(code, message)| Body::Error(KrpcError { code, message })),
         ]

@@ -144,8 +144,17 @@ pub enum DhtEvent {
         /// The stored peer.
         peer: SocketAddrV4,
     },
+    /// A peer was removed from this node's peer store by its announcer (`unannounce_peer`), or
+    /// this node unannounced it ([`Dht::unannounce`]).
+    Unannounce {
+        /// The raw info-hash bytes.
+        info_hash: Vec<u8>,
+        /// The removed peer.
+        peer: SocketAddrV4,
+    },
     /// A lookup found a peer (from the own store or a remote `values` reply). Each peer is
-    /// reported at most once per lookup; merged identical lookups report it once in total.
+    /// reported at most once per lookup, when the lookup ends (without the peers it learnt were
+    /// unannounced); merged identical lookups report it once in total.
     Peer {
         /// The raw info-hash bytes.
         info_hash: Vec<u8>,
@@ -167,6 +176,26 @@ pub struct DhtStats {
     pub replies_sent: u64,
     /// Nodes ever added to the routing table.
     pub nodes_added: u64,
+    /// `unannounce_peer` queries that removed a record.
+    pub unannounces_applied: u64,
+    /// `unannounce_peer` queries with a valid token for which no record of the sender's address
+    /// was held (acknowledged, nothing removed).
+    pub unannounces_unknown: u64,
+    /// `unannounce_peer` queries refused: no or a bad token (a source that did not get its token
+    /// from us at that address), a bad port, no info-hash.
+    pub unannounces_refused: u64,
+    /// Tombstones held (records unannounced lately, see [`Dht::unannounce`]).
+    pub tombstones: u64,
+}
+
+/// What [`Dht::unannounce`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unannounced {
+    /// Nodes that acknowledged the `unannounce_peer` (ours; Node Grapes never answer it).
+    pub acks: usize,
+    /// The records removed, as the answering nodes saw this node's address (plus `self_host`'s).
+    pub removed: Vec<SocketAddrV4>,
 }
 
 /// What a node saves to rejoin quickly after a restart: its id and the good nodes of its routing
@@ -359,12 +388,39 @@ impl Dht {
     pub async fn announce(&self, info_hash: &[u8], port: u16) -> Result<usize> {
         self.guarded(self.inner.announce(info_hash, port)).await
     }
-    /// Iterative `get_peers`: the peers found (own store + network), without duplicates.
+    /// Removes `port` under `info_hash` from the nodes that hold it, at once: sends our
+    /// `unannounce_peer` to every token-holding node of a lookup (those an announce reaches),
+    /// with the token each handed out. A node removes only the record of the query's source IP
+    /// and that port, so only the address that announced a record can remove it (the same proof
+    /// as the announce). Node Grapes do not know the message and keep the record until it
+    /// expires; our nodes also report it in `get_peers` replies (`r.gone`) so that lookups drop
+    /// it even where a Node Grape still returns it.
+    ///
+    /// Waits at most 1 s for acknowledgements. Errors: NoNodes (nobody to tell), InvalidArgument
+    /// (port 0, name too long).
+    pub async fn unannounce(&self, info_hash: &[u8], port: u16) -> Result<Unannounced> {
+        self.guarded(self.inner.unannounce(info_hash, port)).await
+    }
+    /// Peers of `info_hash` unannounced lately (this node's tombstones).
+    pub fn tombstones(&self, info_hash: &[u8]) -> Vec<SocketAddrV4> {
+        self.inner.state().tombstones.get(info_hash, Instant::now())
+    }
+    /// Iterative `get_peers`: the peers found (own store + network), without duplicates, minus
+    /// those unannounced lately (see [`Dht::unannounce`]).
     ///
     /// Never fails for lack of nodes (an isolated node returns its own store). Identical
     /// lookups in flight are merged. Fires [`DhtEvent::Peer`] for each peer found.
     pub async fn lookup(&self, info_hash: &[u8]) -> Result<Vec<SocketAddrV4>> {
         self.guarded(async { Ok(self.inner.lookup(info_hash).await?.peers.clone()) }).await
+    }
+    /// Like [`Dht::lookup`], and also the peers the lookup learnt were unannounced (so that a
+    /// cache of earlier results can drop them).
+    pub async fn lookup_with_gone(&self, info_hash: &[u8]) -> Result<(Vec<SocketAddrV4>, Vec<SocketAddrV4>)> {
+        self.guarded(async {
+            let o = self.inner.lookup(info_hash).await?;
+            Ok((o.peers.clone(), o.gone.clone()))
+        })
+        .await
     }
     /// The live peers of this node's own peer store for `info_hash` (no network), at most
     /// `limit`, in random order.

@@ -24,7 +24,7 @@ use super::heal::{Counters, Heal};
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::limits::QueryRate;
-use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, ValueStore};
+use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, Tombstones, ValueStore};
 use super::{DhtConfig, DhtEvent, GetResult, MutableMeta, PutItem};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -45,6 +45,9 @@ pub const MAX_TABLE_NODES: usize = 5 * K;
 pub const TABLE_TTL: Duration = Duration::from_secs(300);
 /// Secret rotation period for tokens.
 pub const SECRET_ROTATION: Duration = Duration::from_secs(300);
+/// How long an unannounce waits for acknowledgements. Node Grapes never answer `unannounce_peer`,
+/// so a graceful stop waits this long at most, not the full query timeout.
+pub const UNANNOUNCE_WAIT: Duration = Duration::from_secs(1);
 /// Most routing-table liveness pings in flight (bucket-full checks).
 const MAX_LIVENESS_PINGS: usize = 16;
 
@@ -100,6 +103,20 @@ type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>
 pub(crate) struct LookupOutcome {
     pub(crate) peers: Vec<SocketAddrV4>,
     pub(crate) table: Arc<Vec<TokenNode>>,
+    /// Peers that were unannounced lately (this node's tombstones and the `gone` lists of the
+    /// replies); they are not in `peers`.
+    pub(crate) gone: Vec<SocketAddrV4>,
+}
+
+/// Counts of `unannounce_peer` queries handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UnannounceCounts {
+    /// Removed a record.
+    pub(crate) applied: u64,
+    /// Valid, but no record of the sender's address and that port was held.
+    pub(crate) unknown: u64,
+    /// Refused: no or a bad token, a bad port, no info-hash.
+    pub(crate) refused: u64,
 }
 
 /// The node's mutable state. Query handling is a pure function of it ([`State::handle_query`]).
@@ -109,6 +126,8 @@ pub(crate) struct State {
     pub(crate) peers: PeerStore,
     pub(crate) values: ValueStore,
     pub(crate) tokens: Tokens,
+    pub(crate) tombstones: Tombstones,
+    pub(crate) unannounces: UnannounceCounts,
     pending: HashMap<u16, Pending>,
     next_tid: u16,
     /// Cached per-target tables: key = (method tag, target).
@@ -133,6 +152,8 @@ impl State {
             peers: PeerStore::with_limits(config.max_peers, config.peer_max_age, config.limits.peer_store),
             values: ValueStore::new(config.max_values),
             tokens: Tokens::new(),
+            tombstones: Tombstones::new(tombstone_ttl(config.peer_max_age)),
+            unannounces: UnannounceCounts::default(),
             pending: HashMap::new(),
             next_tid: 0,
             tables: lru::LruCache::new(NonZeroUsize::new(config.max_tables.max(1)).unwrap_or(NonZeroUsize::MIN)),
@@ -169,11 +190,13 @@ impl State {
                 };
                 let token = Some(self.tokens.generate(*from.ip()).to_vec());
                 let peers = self.peers.get(ih, MAX_REPLY_VALUES, now);
+                let gone = self.tombstones.get(ih, now);
+                let gone = (!gone.is_empty()).then(|| gone.iter().map(|p| krpc::encode_peer(*p).to_vec()).collect());
                 if peers.is_empty() {
-                    reply(Response { id, token, nodes: Some(self.nodes_reply(ih)), ..Default::default() })
+                    reply(Response { id, token, nodes: Some(self.nodes_reply(ih)), gone, ..Default::default() })
                 } else {
                     let values = peers.iter().map(|p| krpc::encode_peer(*p).to_vec()).collect();
-                    reply(Response { id, token, values: Some(values), ..Default::default() })
+                    reply(Response { id, token, values: Some(values), gone, ..Default::default() })
                 }
             }
             Method::AnnouncePeer { info_hash, port, implied_port, token } => {
@@ -190,10 +213,41 @@ impl State {
                 match self.peers.add(ih, peer, now) {
                     AddPeer::Full => error(202, "peer store full"),
                     AddPeer::KeyTooLong => error(203, "`info_hash` too long"),
-                    AddPeer::Added | AddPeer::Refreshed => Handled {
-                        reply: Some(Body::Response(Response { id, ..Default::default() })),
-                        event: Some(DhtEvent::Announce { info_hash: ih.clone(), peer }),
-                    },
+                    AddPeer::Added | AddPeer::Refreshed => {
+                        // Announced again after an unannounce: it is back.
+                        self.tombstones.clear(ih, peer);
+                        Handled {
+                            reply: Some(Body::Response(Response { id, ..Default::default() })),
+                            event: Some(DhtEvent::Announce { info_hash: ih.clone(), peer }),
+                        }
+                    }
+                }
+            }
+            Method::UnannouncePeer { info_hash, port, implied_port, token } => {
+                // The announce's proof, and the announce's rules: the record removed is always
+                // `<source IP>:port`, and the token proves the source IP is not forged.
+                let port = if *implied_port { i64::from(from.port()) } else { port.unwrap_or(0) };
+                let (Ok(port), Some(ih), Some(token)) = (u16::try_from(port), info_hash, token) else {
+                    self.unannounces.refused += 1;
+                    return none;
+                };
+                if port == 0 {
+                    self.unannounces.refused += 1;
+                    return none;
+                }
+                if !self.tokens.validate(*from.ip(), token) {
+                    self.unannounces.refused += 1;
+                    return error(203, "cannot `unannounce_peer` with bad token");
+                }
+                let peer = SocketAddrV4::new(*from.ip(), port);
+                let reply = Some(Body::Response(Response { id, ip: Some(krpc::encode_peer(peer).to_vec()), ..Default::default() }));
+                if self.peers.remove(ih, peer) {
+                    self.unannounces.applied += 1;
+                    self.tombstones.add(ih, peer, now);
+                    Handled { reply, event: Some(DhtEvent::Unannounce { info_hash: ih.clone(), peer }) }
+                } else {
+                    self.unannounces.unknown += 1;
+                    Handled { reply, event: None }
                 }
             }
             Method::Get { target } => {
@@ -818,15 +872,13 @@ impl Inner {
     async fn run_lookup(self: &Arc<Self>, info_hash: Vec<u8>) -> LookupOutcome {
         let mut seen: HashSet<SocketAddrV4> = HashSet::new();
         let mut peers = Vec::new();
+        let mut gone: HashSet<SocketAddrV4> = HashSet::new();
         let local = self.state().peers.get(&info_hash, MAX_LOCAL_PEERS, Instant::now());
         for p in local {
             if seen.insert(p) {
                 peers.push(p);
-                self.emit(DhtEvent::Peer { info_hash: info_hash.clone(), peer: p });
             }
         }
-        let events = self.events.clone();
-        let ih = info_hash.clone();
         let table = self
             .walk(info_hash.clone(), Method::GetPeers { info_hash: Some(info_hash.clone()) }, false, |r, _| {
                 for v in r.values.iter().flatten() {
@@ -834,15 +886,33 @@ impl Inner {
                         && seen.insert(p)
                     {
                         peers.push(p);
-                        let _ = events.send(DhtEvent::Peer { info_hash: ih.clone(), peer: p });
+                    }
+                }
+                // At most a tombstone list's worth from each reply.
+                for g in r.gone.iter().flatten().take(store::Tombstones::MAX_PER_KEY) {
+                    if let Some(p) = krpc::decode_peer(g) {
+                        gone.insert(p);
                     }
                 }
                 true
             })
             .await;
+        // Drop what was unannounced: the own tombstones, and those other nodes reported, unless
+        // the own store holds the peer (it announced again since).
+        let now = Instant::now();
+        {
+            let st = self.state();
+            gone.extend(st.tombstones.get(&info_hash, now));
+            let fresh: HashSet<SocketAddrV4> = st.peers.get(&info_hash, MAX_LOCAL_PEERS, now).into_iter().collect();
+            gone.retain(|p| !fresh.contains(p));
+        }
+        peers.retain(|p| !gone.contains(p));
+        for p in &peers {
+            self.emit(DhtEvent::Peer { info_hash: info_hash.clone(), peer: *p });
+        }
         let table = Arc::new(table);
         self.state().cache_table((0, info_hash), table.clone());
-        LookupOutcome { peers, table }
+        LookupOutcome { peers, table, gone: gone.into_iter().collect() }
     }
 
     /// Sends `make(node)` to every node, in parallel; counts successes (bittorrent-dht `queryAll`).
@@ -904,6 +974,67 @@ impl Inner {
             .await;
         self.forget_failed_table(0, info_hash, &r);
         r
+    }
+
+    /// Sends `unannounce_peer` to every token-holding node found for `info_hash` (the nodes an
+    /// announce reaches) and waits at most [`UNANNOUNCE_WAIT`] for their answers. Removes the
+    /// record from the own store too (`self_host`), and leaves tombstones for the addresses the
+    /// answering nodes saw, so this node's own lookups stop returning it as well.
+    pub(crate) async fn unannounce(self: &Arc<Self>, info_hash: &[u8], port: u16) -> Result<super::Unannounced> {
+        self.check_key_len(info_hash)?;
+        if port == 0 {
+            return Err(Error::invalid("unannounce port must be 1..=65535"));
+        }
+        let table = match self.cached_table(0, info_hash) {
+            Some(t) => t,
+            None => self.lookup(info_hash).await?.table.clone(),
+        };
+        let mut removed: Vec<SocketAddrV4> = Vec::new();
+        if let Some(host) = self.config.self_host {
+            removed.push(SocketAddrV4::new(host, port));
+        }
+        if table.is_empty() && removed.is_empty() {
+            return Err(Error::new(ErrorKind::NoNodes, "No nodes to query"));
+        }
+        let wait = self.config.query_timeout.min(UNANNOUNCE_WAIT);
+        let mut set = JoinSet::new();
+        for n in table.iter() {
+            let inner = self.clone();
+            let m = Method::UnannouncePeer {
+                info_hash: Some(info_hash.to_vec()),
+                port: Some(i64::from(port)),
+                implied_port: false,
+                token: Some(n.token.clone()),
+            };
+            let addr = n.info.addr;
+            set.spawn(async move { tokio::time::timeout(wait, inner.query(addr, m)).await });
+        }
+        let mut acks = 0;
+        while let Some(r) = set.join_next().await {
+            if let Ok(Ok(Ok(r))) = r {
+                acks += 1;
+                if let Some(p) = r.ip.as_deref().and_then(krpc::decode_peer)
+                    && p.port() == port
+                    && !removed.contains(&p)
+                {
+                    removed.push(p);
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut events = Vec::new();
+        {
+            let mut st = self.state();
+            for p in &removed {
+                st.peers.remove(info_hash, *p);
+                st.tombstones.add(info_hash, *p, now);
+                events.push(DhtEvent::Unannounce { info_hash: info_hash.to_vec(), peer: *p });
+            }
+        }
+        for e in events {
+            self.emit(e);
+        }
+        Ok(super::Unannounced { acks, removed })
     }
 
     /// Drops a cached table when nobody in it answered, so the next call walks again.
@@ -1106,6 +1237,15 @@ fn random_liveness_delay(node_liveness: Duration) -> Duration {
     classic.min(scaled).max(Duration::from_millis(100))
 }
 
+/// How long tombstones live: twice the peer max age (a Node Grape keeps a record up to 1.33x
+/// it), between 1 s and 10 min; 10 min when records never expire.
+fn tombstone_ttl(peer_max_age: Duration) -> Duration {
+    if peer_max_age.is_zero() {
+        return Duration::from_secs(600);
+    }
+    peer_max_age.saturating_mul(2).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
 /// Locks a mutex, recovering from poisoning (a panic elsewhere must not stop the node).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -1113,7 +1253,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Clone for LookupOutcome {
     fn clone(&self) -> Self {
-        LookupOutcome { peers: self.peers.clone(), table: self.table.clone() }
+        LookupOutcome { peers: self.peers.clone(), table: self.table.clone(), gone: self.gone.clone() }
     }
 }
 
@@ -1232,6 +1372,88 @@ mod tests {
         got.sort();
         assert_eq!(got, vec!["127.0.0.1:1337".parse().unwrap(), "127.0.0.1:5555".parse().unwrap()]);
         assert!(r.nodes.is_none());
+    }
+
+    #[test]
+    fn unannounce_removes_only_the_senders_record_with_its_token() {
+        let mut s = state();
+        let now = Instant::now();
+        let ih = b"svc:unann".to_vec();
+        let a: SocketAddrV4 = "127.0.0.1:5555".parse().unwrap();
+        let b: SocketAddrV4 = "127.0.0.2:5555".parse().unwrap();
+        let token_of = |s: &mut State, from: SocketAddrV4| {
+            let h = s.handle_query(&query(Method::GetPeers { info_hash: Some(ih.clone()) }), from, now);
+            let Some(Body::Response(r)) = h.reply else { panic!() };
+            r.token.unwrap()
+        };
+        let (ta, tb) = (token_of(&mut s, a), token_of(&mut s, b));
+        let ann = |port, token: &Vec<u8>| {
+            query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port: Some(port), implied_port: false, token: Some(token.clone()) })
+        };
+        let unann = |port, token: Option<&Vec<u8>>| {
+            query(Method::UnannouncePeer { info_hash: Some(ih.clone()), port: Some(port), implied_port: false, token: token.cloned() })
+        };
+        assert!(matches!(s.handle_query(&ann(1337, &ta), a, now).reply, Some(Body::Response(_))));
+        assert!(matches!(s.handle_query(&ann(1338, &tb), b, now).reply, Some(Body::Response(_))));
+        // Another address cannot remove 127.0.0.1:1337: with its own token it only names
+        // 127.0.0.2:1337, which does not exist; with A's token it is refused.
+        let h = s.handle_query(&unann(1337, Some(&tb)), b, now);
+        let Some(Body::Response(r)) = h.reply else { panic!("{:?}", h.reply) };
+        assert_eq!(r.ip, Some(krpc::encode_peer("127.0.0.2:1337".parse().unwrap()).to_vec()));
+        assert!(h.event.is_none());
+        let h = s.handle_query(&unann(1337, Some(&ta)), b, now);
+        assert_eq!(h.reply, Some(Body::Error(KrpcError::new(203, "cannot `unannounce_peer` with bad token"))));
+        assert!(s.handle_query(&unann(1337, None), b, now).reply.is_none(), "no token: dropped");
+        assert!(s.handle_query(&unann(70000, Some(&tb)), b, now).reply.is_none(), "bad port: dropped");
+        assert_eq!(s.peers.get(&ih, 10, now).len(), 2, "nothing removed");
+        assert_eq!(s.unannounces, UnannounceCounts { applied: 0, unknown: 1, refused: 3 });
+        assert!(s.tombstones.is_empty(), "refused and unknown unannounces leave nothing behind");
+        // The announcer removes its own record.
+        let h = s.handle_query(&unann(1337, Some(&ta)), a, now);
+        assert!(matches!(h.reply, Some(Body::Response(_))));
+        assert_eq!(h.event, Some(DhtEvent::Unannounce { info_hash: ih.clone(), peer: "127.0.0.1:1337".parse().unwrap() }));
+        assert_eq!(s.peers.get(&ih, 10, now), vec!["127.0.0.2:1338".parse().unwrap()]);
+        assert_eq!(s.unannounces.applied, 1);
+        // get_peers now tells about it (`gone`) besides the remaining values.
+        let h = s.handle_query(&query(Method::GetPeers { info_hash: Some(ih.clone()) }), b, now);
+        let Some(Body::Response(r)) = h.reply else { panic!() };
+        assert_eq!(r.gone, Some(vec![krpc::encode_peer("127.0.0.1:1337".parse().unwrap()).to_vec()]));
+        assert_eq!(r.values.map(|v| v.len()), Some(1));
+        // Announcing again brings it back and clears the tombstone.
+        assert!(matches!(s.handle_query(&ann(1337, &ta), a, now).reply, Some(Body::Response(_))));
+        assert!(s.tombstones.is_empty());
+        let h = s.handle_query(&query(Method::GetPeers { info_hash: Some(ih.clone()) }), b, now);
+        let Some(Body::Response(r)) = h.reply else { panic!() };
+        assert!(r.gone.is_none());
+        assert_eq!(r.values.map(|v| v.len()), Some(2));
+    }
+
+    #[test]
+    fn a_flood_of_unannounces_is_bounded() {
+        let mut s = state();
+        let now = Instant::now();
+        let a: SocketAddrV4 = "127.0.0.1:5555".parse().unwrap();
+        let token = s.tokens.generate(*a.ip()).to_vec();
+        for i in 0..20_000u32 {
+            let ih = format!("svc:{i}").into_bytes();
+            let ann = query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port: Some(1000), implied_port: false, token: Some(token.clone()) });
+            if i % 2 == 0 {
+                s.handle_query(&ann, a, now);
+            }
+            let un = query(Method::UnannouncePeer { info_hash: Some(ih), port: Some(1000), implied_port: false, token: Some(token.clone()) });
+            s.handle_query(&un, a, now);
+        }
+        assert_eq!(s.unannounces.applied, 10_000);
+        assert_eq!(s.unannounces.unknown, 10_000);
+        assert!(s.peers.is_empty());
+        assert!(s.tombstones.len() <= Tombstones::MAX_KEYS, "{}", s.tombstones.len());
+        // One name unannounced from many ports: at most MAX_PER_KEY tombstones for it.
+        for port in 1..=1000u16 {
+            let ih = b"hot".to_vec();
+            s.handle_query(&query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port: Some(i64::from(port)), implied_port: false, token: Some(token.clone()) }), a, now);
+            s.handle_query(&query(Method::UnannouncePeer { info_hash: Some(ih), port: Some(i64::from(port)), implied_port: false, token: Some(token.clone()) }), a, now);
+        }
+        assert_eq!(s.tombstones.get(b"hot", now).len(), Tombstones::MAX_PER_KEY);
     }
 
     #[test]

@@ -199,6 +199,32 @@ impl PeerStore {
         AddPeer::Added
     }
 
+    /// Removes the record `peer` under `key` (an `unannounce_peer`). True when there was one.
+    /// Its place in the expiry queue is left behind and skipped when it comes up.
+    pub fn remove(&mut self, key: &[u8], peer: SocketAddrV4) -> bool {
+        let Some(list) = self.map.get_mut(key) else { return false };
+        let Some(i) = list.iter().position(|e| e.0 == peer) else { return false };
+        list.swap_remove(i);
+        self.total -= 1;
+        self.bytes -= RECORD_BYTES;
+        if list.is_empty() {
+            self.map.remove(key);
+            self.bytes -= key.len() + KEY_OVERHEAD;
+        }
+        if let Some(c) = self.per_source.get_mut(peer.ip()) {
+            *c -= 1;
+            if *c == 0 {
+                self.per_source.remove(peer.ip());
+            }
+        }
+        if self.max_age.is_zero() {
+            // Nothing ever leaves the expiry queue without a max age: take the record's place
+            // out now, so that announce/unannounce cycles cannot grow it.
+            self.queue.retain(|(k, p, _)| !(p == &peer && &**k == key));
+        }
+        true
+    }
+
     /// Up to `limit` live peers for `key`, in random order.
     pub fn get(&self, key: &[u8], limit: usize, now: Instant) -> Vec<SocketAddrV4> {
         let mut out: Vec<SocketAddrV4> = match self.map.get(key) {
@@ -282,6 +308,74 @@ impl PeerStore {
     /// 96, and 64 per record.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+/// Records removed by `unannounce_peer` lately, per info-hash: a lookup drops them from what
+/// other nodes (Node Grapes, which ignore the unannounce) still return, and `get_peers` replies
+/// tell other lookups about them (`r.gone`). Bounded: [`Tombstones::MAX_KEYS`] keys (least
+/// recently used dropped first), [`Tombstones::MAX_PER_KEY`] peers each, and each lives `ttl`.
+/// Only an unannounce that removed a record leaves one, so a flood of unannounces for records
+/// that do not exist costs nothing here.
+#[derive(Debug)]
+pub struct Tombstones {
+    map: lru::LruCache<Vec<u8>, Vec<(SocketAddrV4, Instant)>>,
+    ttl: Duration,
+}
+
+impl Tombstones {
+    /// Most info-hashes with tombstones.
+    pub const MAX_KEYS: usize = 4096;
+    /// Most tombstones per info-hash (the oldest one makes room).
+    pub const MAX_PER_KEY: usize = 64;
+
+    /// An empty set whose entries live `ttl`.
+    pub fn new(ttl: Duration) -> Tombstones {
+        Tombstones { map: lru::LruCache::new(NonZeroUsize::new(Self::MAX_KEYS).unwrap_or(NonZeroUsize::MIN)), ttl }
+    }
+
+    /// Remembers that `peer` left `key` at `now`.
+    pub fn add(&mut self, key: &[u8], peer: SocketAddrV4, now: Instant) {
+        let ttl = self.ttl;
+        let list = self.map.get_or_insert_mut(key.to_vec(), Vec::new);
+        list.retain(|(p, at)| *p != peer && now.saturating_duration_since(*at) < ttl);
+        if list.len() >= Self::MAX_PER_KEY {
+            list.remove(0);
+        }
+        list.push((peer, now));
+    }
+
+    /// Forgets `peer`'s tombstone under `key` (it announced again).
+    pub fn clear(&mut self, key: &[u8], peer: SocketAddrV4) {
+        if let Some(list) = self.map.peek_mut(key) {
+            list.retain(|(p, _)| *p != peer);
+            if list.is_empty() {
+                self.map.pop(key);
+            }
+        }
+    }
+
+    /// The live tombstones of `key`.
+    pub fn get(&self, key: &[u8], now: Instant) -> Vec<SocketAddrV4> {
+        match self.map.peek(key) {
+            Some(list) => list.iter().filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl).map(|(p, _)| *p).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether `peer` has a live tombstone under `key`.
+    pub fn contains(&self, key: &[u8], peer: SocketAddrV4, now: Instant) -> bool {
+        self.map.peek(key).is_some_and(|l| l.iter().any(|(p, at)| *p == peer && now.saturating_duration_since(*at) < self.ttl))
+    }
+
+    /// Number of tombstones held (live or not yet dropped).
+    pub fn len(&self) -> usize {
+        self.map.iter().map(|(_, l)| l.len()).sum()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 

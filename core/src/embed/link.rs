@@ -72,6 +72,32 @@ impl EmbedLink {
         self.link.stop_announcing(name, port)
     }
 
+    /// Removes the announce of `name` on `port` from the Grapes at once (see
+    /// [`Link::unannounce`]); completes with the number of DHT nodes that removed it.
+    pub fn unannounce(&self, name: String, port: u16, done: impl FnOnce(Result<u64>) + Send + 'static) {
+        let link = self.link.clone();
+        self.ops.spawn(&self.rt, async move { link.unannounce(&name, port).await }, done);
+    }
+
+    /// Pins `name` to the service's ed25519 public keys (hex; empty unpins): lookups, and the
+    /// requests of clients built on this Link, use only addresses with a valid signed proof
+    /// under one of them (see [`Link::pin_service`]).
+    pub fn pin_service(&self, name: &str, keys_hex: &[&str]) -> Result<()> {
+        self.link.pin_service(name, keys_hex)
+    }
+
+    /// Makes every announce of `name` through this Link (and servers built on it) publish signed
+    /// proofs under each of `keys`, valid `ttl` (see [`Link::sign_announcements`]). No keys stops
+    /// signing.
+    pub fn sign_announcements(&self, name: &str, keys: Vec<Keypair>, ttl: Duration) -> Result<()> {
+        if keys.is_empty() {
+            return self.link.sign_announcements(name, None);
+        }
+        let mut signer = crate::link::signed::AnnounceSigner::new(keys);
+        signer.ttl = ttl;
+        self.link.sign_announcements(name, Some(signer))
+    }
+
     /// Stores the JSON value `v_json` as an immutable item; completes with the hex hash.
     pub fn put(&self, v_json: &str, done: impl FnOnce(Result<String>) + Send + 'static) {
         match super::rpc::parse_json(v_json) {

@@ -210,7 +210,8 @@ impl EmbedServer {
         self.server.stop_announcing(name)
     }
 
-    /// Shuts down gracefully (see [`PeerRpcServer::shutdown`]): stops announcing and listening,
+    /// Shuts down gracefully (see [`PeerRpcServer::shutdown`]): stops announcing, unannounces,
+    /// stops listening,
     /// lets the requests already read finish, then closes. `done` gets `Ok(true)` when every
     /// connection finished within `grace`, `Ok(false)` when the rest had to be closed.
     pub fn shutdown(&self, grace: Duration, done: impl FnOnce(Result<bool>) + Send + 'static) {

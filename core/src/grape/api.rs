@@ -40,6 +40,8 @@ pub const ERR_LOOKUP: &str = "ERR_GRAPE_LOOKUP";
 pub const ERR_ANNOUNCE: &str = "ERR_GRAPE_ANNOUNCE";
 /// `/announce` whose port is not an integer in 0..=65535 (200, JSON string).
 pub const ERR_SERVICE_PORT: &str = "ERR_GRAPE_SERVICE_PORT";
+/// `/unannounce` whose `data` is not a `[name, port]` array (200, JSON string).
+pub const ERR_UNANNOUNCE: &str = "ERR_GRAPE_UNANNOUNCE";
 /// `/get` whose `data` is neither a hash string nor an object with a string `hash` (200).
 pub const ERR_GENERIC: &str = "ERR_GRAPE_GENERIC";
 
@@ -51,6 +53,14 @@ pub enum Request {
         /// The service name's UTF-8 bytes (the DHT info-hash).
         name: Vec<u8>,
         /// The service port; `0` means "use the Grape's DHT port".
+        port: u16,
+    },
+    /// `POST /unannounce {"data":[name, port]}` (ours; a Node Grape answers
+    /// `"ERR_REQ_NOTFOUND"`): removes the announce of `port` from the Grapes that hold it.
+    Unannounce {
+        /// The service name's UTF-8 bytes.
+        name: Vec<u8>,
+        /// The service port; `0` means "the Grape's DHT port", as in `/announce`.
         port: u16,
     },
     /// `POST /lookup {"data": name}`.
@@ -122,6 +132,8 @@ pub enum Route {
     Announce,
     /// `/lookup`
     Lookup,
+    /// `/unannounce` (ours)
+    Unannounce,
     /// `/put`
     Put,
     /// `/get`
@@ -134,6 +146,7 @@ pub fn route(path_and_query: &str) -> Option<Route> {
     match path_and_query {
         "/announce" | "/Announce" => Some(Route::Announce),
         "/lookup" | "/Lookup" => Some(Route::Lookup),
+        "/unannounce" | "/Unannounce" => Some(Route::Unannounce),
         "/put" | "/Put" => Some(Route::Put),
         "/get" | "/Get" => Some(Route::Get),
         _ => None,
@@ -160,6 +173,11 @@ pub fn handle_body(path: &str, body: &[u8]) -> Result<Request, Reply> {
     match route {
         Route::Announce => parse_announce(data),
         Route::Lookup => parse_lookup(data),
+        Route::Unannounce => match parse_announce(data) {
+            Ok(Request::Announce { name, port }) => Ok(Request::Unannounce { name, port }),
+            Err(r) if r.body == Reply::app_error(200, ERR_ANNOUNCE).body => Err(Reply::app_error(200, ERR_UNANNOUNCE)),
+            other => other,
+        },
         Route::Put => parse_put(data).map(Request::Put).map_err(|m| Reply::app_error(200, &m)),
         Route::Get => parse_get(data).map(Request::Get),
     }
@@ -601,6 +619,19 @@ mod tests {
             handle_body("/announce", br#"{"data":["",0]}"#),
             Ok(Request::Announce { name, port: 0 }) if name.is_empty()
         ));
+    }
+
+    #[test]
+    fn unannounce_validation() {
+        let e = |b: &str| err(handle_body("/unannounce", b.as_bytes()));
+        assert_eq!(e(r#"{"data":"x"}"#), (200, "\"ERR_GRAPE_UNANNOUNCE\"".into()));
+        assert_eq!(e(r#"{"data":[123,1337]}"#), (200, "\"ERR_GRAPE_UNANNOUNCE\"".into()));
+        assert_eq!(e(r#"{"data":["x",70000]}"#), (200, "\"ERR_GRAPE_SERVICE_PORT\"".into()));
+        assert!(matches!(
+            handle_body("/unannounce", br#"{"data":["rest:util:net",1337]}"#),
+            Ok(Request::Unannounce { name, port: 1337 }) if name == b"rest:util:net"
+        ));
+        assert!(matches!(handle_body("/Unannounce", br#"{"data":["a",0]}"#), Ok(Request::Unannounce { port: 0, .. })));
     }
 
     #[test]

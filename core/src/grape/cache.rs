@@ -89,6 +89,24 @@ impl LookupCache {
         }
     }
 
+    /// Forgets that `peer` serves `name` (it was unannounced).
+    pub fn remove(&mut self, name: &[u8], peer: SocketAddrV4) {
+        if let Some(set) = self.fresh.get_mut(name)
+            && set.remove(&peer)
+        {
+            self.fresh_records -= 1;
+            if set.is_empty() {
+                self.fresh.remove(name);
+            }
+        }
+        if let Some(set) = self.stale.get_mut(name)
+            && set.remove(&peer)
+            && set.is_empty()
+        {
+            self.stale.remove(name);
+        }
+    }
+
     /// Up to `n` peers known for `name`, in random order, without duplicates.
     pub fn get(&mut self, name: &[u8], n: usize) -> Vec<SocketAddrV4> {
         self.rotate_by_time(Instant::now());
@@ -150,6 +168,20 @@ mod tests {
         assert_eq!(c.get(b"a", 10), vec![p(1)]);
         std::thread::sleep(Duration::from_millis(250));
         assert!(c.get(b"a", 10).is_empty());
+    }
+
+    #[test]
+    fn remove_forgets_in_both_generations() {
+        let mut c = LookupCache::new(Duration::ZERO, 2);
+        c.add(b"a", p(1));
+        c.add(b"a", p(2));
+        c.add(b"a", p(3)); // rotates: 1 and 2 are stale now... fresh has 3
+        c.remove(b"a", p(1));
+        c.remove(b"a", p(3));
+        assert_eq!(c.get(b"a", 10), vec![p(2)]);
+        assert_eq!(c.len(), 1);
+        c.remove(b"a", p(2));
+        assert!(c.is_empty());
     }
 
     #[test]

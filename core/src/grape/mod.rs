@@ -322,6 +322,9 @@ pub enum GrapeEvent {
     Announce(String),
     /// A lookup found a peer, as `"ip:port"`.
     Peer(String),
+    /// A service was removed from this Grape's peer store by its announcer (or this Grape
+    /// unannounced it); the argument is its name.
+    Unannounce(String),
     /// A node was added to the routing table.
     Node,
     /// A malformed or unexpected datagram was dropped.
@@ -348,6 +351,9 @@ struct Inner {
     announce_window: Duration,
     /// Last successful announce per (name, port), bounded LRU.
     recent_announces: Mutex<RecentAnnounces>,
+    /// Last unannounce per (name, port) (same window, same bound): a client in an unannounce
+    /// loop causes one DHT round per window, not one per request.
+    recent_unannounces: Mutex<RecentAnnounces>,
     /// Lookups of a name within this long after a walk that found peers skip the walk.
     lookup_window: Duration,
     /// When the last walk that found peers ended, per name; bounded LRU.
@@ -480,6 +486,7 @@ impl Grape {
             inflight: Mutex::new(HashMap::new()),
             announce_window: config.announce_window.unwrap_or_else(|| (config.peer_max_age / 20).min(Duration::from_secs(1))),
             recent_announces: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
+            recent_unannounces: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
             lookup_window: config
                 .lookup_window
                 .unwrap_or_else(|| (config.peer_max_age / 1200).min(Duration::from_millis(100))),
@@ -555,6 +562,13 @@ impl Grape {
         self.inner.announce(name.as_bytes(), port).await
     }
 
+    /// Removes the announce of `name` on `port` (0: this Grape's DHT port) from the Grapes that
+    /// hold it, at once (see [`Dht::unannounce`]; Node Grapes keep it until it expires). Returns
+    /// how many DHT nodes acknowledged. The service should stop announcing it first.
+    pub async fn unannounce(&self, name: &str, port: u16) -> Result<usize> {
+        self.inner.unannounce(name.as_bytes(), port).await
+    }
+
     /// Looks `name` up: up to 100 peers seen by any lookup for the name recently, random order.
     pub async fn lookup(&self, name: &str) -> Result<Vec<SocketAddrV4>> {
         self.inner.lookup(name.as_bytes()).await
@@ -621,6 +635,10 @@ async fn forward_events(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiv
                 lock(&inner.cache).add(&info_hash, peer);
                 Some(GrapeEvent::Peer(peer.to_string()))
             }
+            DhtEvent::Unannounce { info_hash, peer } => {
+                lock(&inner.cache).remove(&info_hash, peer);
+                Some(GrapeEvent::Unannounce(String::from_utf8_lossy(&info_hash).into_owned()))
+            }
             #[allow(unreachable_patterns)]
             _ => None,
         };
@@ -640,6 +658,7 @@ impl Inner {
         {
             return Ok(hits);
         }
+        lock(&self.recent_unannounces).pop(&key);
         let res = match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.announce(name, port)).await {
             Ok(r) => r,
             Err(_) => Err(Error::new(ErrorKind::AllQueriesFailed, "All queries failed")),
@@ -650,6 +669,36 @@ impl Inner {
             lock(&self.recent_announces).put(key, (std::time::Instant::now(), hits));
         }
         res
+    }
+
+    async fn unannounce(&self, name: &[u8], port: u16) -> Result<usize> {
+        let port = if port == 0 { self.dht_addr.port() } else { port };
+        let key = (name.to_vec(), port);
+        // The next announce of it must reach the DHT again.
+        lock(&self.recent_announces).pop(&key);
+        if !self.announce_window.is_zero()
+            && let Some((at, acks)) = lock(&self.recent_unannounces).get(&key).copied()
+            && at.elapsed() < self.announce_window
+        {
+            return Ok(acks);
+        }
+        let res = match tokio::time::timeout(DHT_OP_TIMEOUT, self.dht.unannounce(name, port)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(ErrorKind::AllQueriesFailed, "All queries failed")),
+        };
+        let out = res.map(|u| {
+            let mut cache = lock(&self.cache);
+            for p in &u.removed {
+                cache.remove(name, *p);
+            }
+            u.acks
+        });
+        if let Ok(acks) = out
+            && !self.announce_window.is_zero()
+        {
+            lock(&self.recent_unannounces).put(key, (std::time::Instant::now(), acks));
+        }
+        out
     }
 
     /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
@@ -682,11 +731,14 @@ impl Inner {
                     let key = name.to_vec();
                     // A task of its own, so a client that hangs up does not cancel other waiters.
                     tokio::spawn(async move {
-                        let found = tokio::time::timeout(DHT_OP_TIMEOUT, me.dht.lookup(&key)).await;
+                        let found = tokio::time::timeout(DHT_OP_TIMEOUT, me.dht.lookup_with_gone(&key)).await;
                         match found {
-                            Ok(Ok(peers)) => {
+                            Ok(Ok((peers, gone))) => {
                                 let found = !peers.is_empty();
                                 let mut cache = lock(&me.cache);
+                                for p in gone {
+                                    cache.remove(&key, p);
+                                }
                                 for p in peers {
                                     cache.add(&key, p);
                                 }
@@ -710,7 +762,7 @@ impl Inner {
     }
 
     async fn handle(self: &Arc<Self>, req: Request) -> Reply {
-        if let Request::Lookup { name } | Request::Announce { name, .. } = &req
+        if let Request::Lookup { name } | Request::Announce { name, .. } | Request::Unannounce { name, .. } = &req
             && name.len() > self.max_key_len
         {
             // No node would store it (the reference takes any length).
@@ -722,6 +774,10 @@ impl Inner {
                 Err(e) => Reply::app_error(200, e.message()),
             },
             Request::Announce { name, port } => match self.announce(&name, port).await {
+                Ok(n) => Reply::json_text(n.to_string()),
+                Err(e) => api::dht_error_reply(&e),
+            },
+            Request::Unannounce { name, port } => match self.unannounce(&name, port).await {
                 Ok(n) => Reply::json_text(n.to_string()),
                 Err(e) => api::dht_error_reply(&e),
             },

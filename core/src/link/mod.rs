@@ -14,6 +14,7 @@
 //! * A trailing `/` on the Grape URL is ignored.
 
 mod bencode;
+pub mod signed;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -45,6 +46,15 @@ const MAX_ANNOUNCERS: usize = 10_000;
 
 /// Most distinct names with a lookup in flight at once (bounds the coalescing table).
 const MAX_INFLIGHT_LOOKUPS: usize = 10_000;
+
+/// Most names pinned to service keys, and most names signed, per Link.
+const MAX_PINS: usize = 10_000;
+/// Most keys per pinned or signed name.
+const MAX_KEYS_PER_NAME: usize = 8;
+/// Verified proofs remembered (name, address and key → valid until, unix seconds).
+const PROOF_CACHE: usize = 10_000;
+
+type ProofCache = lru::LruCache<(String, std::net::SocketAddrV4, [u8; 32]), u64>;
 
 /// Link settings. The defaults are the reference's.
 #[derive(Debug, Clone)]
@@ -91,6 +101,14 @@ struct Inner {
     cache: Mutex<LookupCache>,
     inflight: Mutex<HashMap<String, Vec<oneshot::Sender<LookupResult>>>>,
     announcers: Mutex<HashMap<String, AnnounceHandle>>,
+    /// Names whose lookups keep only addresses with a valid proof of one of these keys.
+    pins: Mutex<HashMap<String, Arc<[[u8; 32]]>>>,
+    /// Names whose announces publish proofs.
+    signers: Mutex<HashMap<String, signed::AnnounceSigner>>,
+    /// When the proofs of (name, port) were last published (unix seconds).
+    published: Mutex<lru::LruCache<(String, u16), u64>>,
+    /// Proofs verified lately.
+    proofs: Mutex<ProofCache>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -135,6 +153,10 @@ impl Link {
                 cache: Mutex::new(lru::LruCache::new(cap)),
                 inflight: Mutex::new(HashMap::new()),
                 announcers: Mutex::new(HashMap::new()),
+                pins: Mutex::new(HashMap::new()),
+                signers: Mutex::new(HashMap::new()),
+                published: Mutex::new(lru::LruCache::new(NonZeroUsize::new(MAX_PINS).unwrap_or(NonZeroUsize::MIN))),
+                proofs: Mutex::new(lru::LruCache::new(NonZeroUsize::new(PROOF_CACHE).unwrap_or(NonZeroUsize::MIN))),
                 config,
             }),
         })
@@ -292,7 +314,143 @@ impl Link {
         if list.is_empty() {
             return Err(Error::new(ErrorKind::LookupEmpty, format!("no peer announces {name:?}")));
         }
+        let keys = lock(&self.inner.pins).get(name).cloned();
+        let list = match keys {
+            Some(keys) => {
+                let proven = self.proven(name, list, &keys).await;
+                if proven.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::LookupEmpty,
+                        format!("no address announcing {name:?} has a valid proof of the service key"),
+                    ));
+                }
+                proven
+            }
+            None => list,
+        };
         Ok(list.into())
+    }
+
+    /// The addresses of `list` with a valid proof under one of `keys` (checked concurrently,
+    /// verified proofs remembered until they expire).
+    async fn proven(&self, name: &str, list: Vec<String>, keys: &[[u8; 32]]) -> Vec<String> {
+        let now = signed::unix_now();
+        let checks = list.into_iter().map(|a| async move {
+            let addr: std::net::SocketAddrV4 = a.parse().ok()?;
+            {
+                let mut proofs = lock(&self.inner.proofs);
+                if keys.iter().any(|k| proofs.get(&(name.to_string(), addr, *k)).is_some_and(|until| *until > now)) {
+                    return Some(a);
+                }
+            }
+            for k in keys {
+                let q = json!({"hash": signed::proof_target(k, name, addr.port()), "salt": signed::proof_salt(name, addr.port())});
+                let item = match self.get_with(&q).await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::debug!(name, addr = %addr, error = %e, "reading a proof failed");
+                        continue;
+                    }
+                };
+                match signed::verify_proof(&item, k, name, addr, now) {
+                    Ok(p) => {
+                        lock(&self.inner.proofs).put((name.to_string(), addr, *k), p.expires);
+                        return Some(a);
+                    }
+                    Err(e) => tracing::info!(name, addr = %addr, reason = ?e, "refused a proof"),
+                }
+            }
+            tracing::info!(name, addr = %addr, "an address without a valid proof of the service key is not used");
+            None
+        });
+        futures_util::future::join_all(checks).await.into_iter().flatten().collect()
+    }
+
+    /// Pins `name` to the ed25519 public keys `keys_hex` (64 hex characters each, at most 8; two
+    /// during a key rotation): from now on its lookups, and so every request of a
+    /// [`crate::rpc::PeerRpcClient`] on this Link, use only addresses with a valid signed proof
+    /// under one of them (see [`signed`] and `docs/signed-announce.md`). An address without one
+    /// (a hijacker announcing the name) is never returned; when none has one the lookup fails
+    /// with [`ErrorKind::LookupEmpty`]. An empty list unpins the name.
+    pub fn pin_service(&self, name: &str, keys_hex: &[&str]) -> Result<()> {
+        let keys: Vec<[u8; 32]> = keys_hex.iter().map(|k| signed::parse_public_key(k)).collect::<Result<_>>()?;
+        if keys.len() > MAX_KEYS_PER_NAME {
+            return Err(Error::invalid(format!("at most {MAX_KEYS_PER_NAME} keys per service")));
+        }
+        let mut pins = lock(&self.inner.pins);
+        if keys.is_empty() {
+            pins.remove(name);
+        } else {
+            if !pins.contains_key(name) && pins.len() >= MAX_PINS {
+                return Err(Error::invalid(format!("at most {MAX_PINS} pinned services per link")));
+            }
+            pins.insert(name.to_string(), keys.into());
+        }
+        drop(pins);
+        self.invalidate(name);
+        Ok(())
+    }
+
+    /// The keys `name` is pinned to (hex), empty when it is not pinned.
+    pub fn pinned_keys(&self, name: &str) -> Vec<String> {
+        lock(&self.inner.pins).get(name).map(|k| k.iter().map(hex::encode).collect()).unwrap_or_default()
+    }
+
+    /// Makes every announce of `name` through this Link (once or kept up, e.g. by a
+    /// [`crate::rpc::PeerRpcServer`]) also publish a signed proof of the address under each of
+    /// `signer.keys`, so that clients pinned to one of them ([`Link::pin_service`]) use it. The
+    /// proofs are BEP44 mutable items: the Grapes must store them (ours do; Node Grapes 1.0.0
+    /// only when given a verifier). `None` stops signing.
+    pub fn sign_announcements(&self, name: &str, signer: Option<signed::AnnounceSigner>) -> Result<()> {
+        let mut signers = lock(&self.inner.signers);
+        match signer {
+            None => {
+                signers.remove(name);
+            }
+            Some(s) => {
+                if s.keys.is_empty() || s.keys.len() > MAX_KEYS_PER_NAME {
+                    return Err(Error::invalid(format!("1 to {MAX_KEYS_PER_NAME} keys per service")));
+                }
+                if !signers.contains_key(name) && signers.len() >= MAX_PINS {
+                    return Err(Error::invalid(format!("at most {MAX_PINS} signed services per link")));
+                }
+                signers.insert(name.to_string(), s);
+            }
+        }
+        drop(signers);
+        lock(&self.inner.published).clear();
+        Ok(())
+    }
+
+    /// Publishes the proofs of `name` on `port` when they are due (never published, or half of
+    /// their TTL gone).
+    async fn publish_proofs(&self, name: &str, port: u16) -> Result<()> {
+        let Some(signer) = lock(&self.inner.signers).get(name).cloned() else { return Ok(()) };
+        let now = signed::unix_now();
+        let ttl = signer.ttl.as_secs().max(2);
+        let key = (name.to_string(), port);
+        if lock(&self.inner.published).get(&key).is_some_and(|at| now < at + ttl / 2) {
+            return Ok(());
+        }
+        let ips = if signer.ips.is_empty() { signed::default_ips(self.grape_ip()) } else { signer.ips.clone() };
+        let proof = signed::AnnounceProof { name: name.to_string(), port, ips, expires: now + ttl };
+        for k in &signer.keys {
+            self.put(&proof.sign(k)?).await?;
+        }
+        lock(&self.inner.published).put(key, now);
+        Ok(())
+    }
+
+    /// The Grape's IPv4 address when its URL names one.
+    fn grape_ip(&self) -> Option<std::net::Ipv4Addr> {
+        let host = self.inner.base.strip_prefix("http://")?;
+        let host = host.split('/').next()?;
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if host == "localhost" {
+            return Some(std::net::Ipv4Addr::LOCALHOST);
+        }
+        host.parse().ok()
     }
 
     /// The cached lookup result of `name`, if it is fresh.
@@ -316,9 +474,25 @@ impl Link {
 
     /// Announces once that `name` is served on `port` of this host (as the Grape sees it).
     /// Retried on transport errors like the reference (3 attempts).
+    ///
+    /// With [`Link::sign_announcements`] for `name`, the signed proofs are published first (when
+    /// due); a failure to publish them fails the announce.
     pub async fn announce(&self, name: &str, port: u16) -> Result<()> {
+        self.publish_proofs(name, port).await?;
         self.call_retry("announce", &json!([name, port]), self.inner.config.retries).await?;
         Ok(())
+    }
+
+    /// Removes the announce of `name` on `port` from the Grapes at once (`POST /unannounce`, see
+    /// [`crate::grape::Grape::unannounce`]): lookups through our Grapes stop returning it. Stop
+    /// announcing it first ([`Link::stop_announcing`]). Returns how many DHT nodes removed it.
+    /// One attempt. A Node reference Grape has no such call: it answers `ERR_REQ_NOTFOUND`
+    /// (an [`ErrorKind::Grape`] error) and the address stays until its announce expires.
+    pub async fn unannounce(&self, name: &str, port: u16) -> Result<u64> {
+        match self.call("unannounce", &json!([name, port]), None).await? {
+            Some(Value::Number(n)) => Ok(n.as_u64().unwrap_or(0)),
+            other => Err(Error::new(ErrorKind::Protocol, format!("unannounce: the grape answered {other:?}, not a count"))),
+        }
     }
 
     /// Announces `name` on `port` now and again after a random delay uniform in

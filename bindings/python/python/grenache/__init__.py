@@ -34,7 +34,7 @@ import sys
 import threading
 import traceback
 import weakref
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import _native
 
@@ -377,6 +377,25 @@ class Link:
     def stop_announcing(self, name: str, port: int) -> bool:
         return self._l.stop_announcing(name, port)
 
+    def unannounce(self, name: str, port: int) -> int:
+        """Removes the announce of ``name`` on ``port`` from the Grapes at once (grenache-rs
+        Grapes; a Node reference Grape raises ``GrapeError`` ``ERR_REQ_NOTFOUND`` and keeps it
+        until it expires). Stop announcing it first. Returns how many DHT nodes removed it."""
+        return self._l.unannounce(name, port)
+
+    def pin_service(self, name: str, keys: List[str]) -> None:
+        """Pins the service ``name`` to its ed25519 public keys (hex; two during a key
+        rotation; ``[]`` unpins): lookups of ``name``, and requests of clients built on this
+        Link, use only addresses with a valid signed proof under one of them, so an address
+        announced by anyone else is never used (see docs/signed-announce.md)."""
+        self._l.pin_service(name, list(keys))
+
+    def sign_announcements(self, name: str, keys: List[Keypair], *, ttl: float = 600.0) -> None:
+        """Makes every announce of ``name`` through this Link (and servers built on it) publish
+        a signed proof of the address under each key, valid ``ttl`` seconds, for clients that
+        pinned the service's public keys. ``[]`` stops signing."""
+        self._l.sign_announcements(name, list(keys), _ms(ttl) or 0)
+
     def put(self, value: Json) -> str:
         """Stores an immutable item in the DHT; returns its hex hash."""
         return self._l.put(_dumps(value))
@@ -636,7 +655,13 @@ class Server:
     Over uTP (one UDP socket for the service, punches and broker traffic; no TLS), ``broker``
     names a broker (``grenache broker``) that every announced name is also registered with, so
     clients behind other NATs are introduced and both sides punch; ``punch`` and ``on_punch``
-    drive and watch hole punching from the server's socket."""
+    drive and watch hole punching from the server's socket.
+
+    ``limits`` sets limits against hostile load by name (durations in milliseconds):
+    ``max_connections``, ``max_connections_per_ip``, ``header_timeout_ms``, ``body_timeout_ms``,
+    ``body_min_rate``, ``idle_timeout_ms``, ``max_body_in_flight``, ``ws_ping_interval_ms``,
+    ``ws_pong_timeout_ms``, ``ws_idle_timeout_ms`` (the same names in every face; an unknown name
+    or a zero cap raises ``InvalidArgumentError``)."""
 
     def __init__(
         self,
@@ -650,6 +675,7 @@ class Server:
         verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
         broker: Optional[str] = None,
+        limits: Optional[Dict[str, int]] = None,
     ) -> None:
         if loop is None:
             try:
@@ -659,9 +685,9 @@ class Server:
         if _is_async(handler):
             target = loop if loop is not None and not loop.is_closed() else _owned_loop()
             inbox = _Calls(target, handler).inbox  # the loop keeps the _Calls
-            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox)
+            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox, limits)
         else:
-            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker)
+            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker, None, limits)
 
     @property
     def port(self) -> int:

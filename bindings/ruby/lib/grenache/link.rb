@@ -139,6 +139,34 @@ module Grenache
       nil
     end
 
+    # Removes the announce of `name` on `port` from the Grapes at once (grenache-rs Grapes; a
+    # Node reference Grape raises GrapeError ERR_REQ_NOTFOUND). Stop announcing it first.
+    # @return [Integer] how many DHT nodes removed it
+    def unannounce(name, port, timeout: nil)
+      Grenache.start_operation(Grenache.method(:from_json_text)) do |ud|
+        Native.grenache_link_unannounce(ptr, name, port, Callbacks::JSON, ud)
+      end.value(wait_time(timeout))
+    end
+
+    # Pins the service `name` to its ed25519 public keys (hex strings; two during a key
+    # rotation; [] unpins): lookups use only addresses with a valid signed proof under one of
+    # them (docs/signed-announce.md).
+    # @return [nil]
+    def pin_service(name, keys)
+      Grenache.check!(Native.grenache_link_pin_service(ptr, name, keys.join(',')))
+      nil
+    end
+
+    # Makes every announce of `name` through this Link publish a signed proof of the address
+    # under each of `keypairs` ([Keypair]), valid `ttl` seconds. [] stops signing.
+    # @return [nil]
+    def sign_announcements(name, keypairs, ttl: 600)
+      arr = FFI::MemoryPointer.new(:pointer, [keypairs.size, 1].max)
+      arr.write_array_of_pointer(keypairs.map(&:ptr))
+      Grenache.check!(Native.grenache_link_sign_announcements(ptr, name, arr, keypairs.size, Grenache.ms(ttl)))
+      nil
+    end
+
     # Stops the keep-announcing loop of `(name, port)`.
     # @return [Boolean] false when none was running
     def stop_announcing(name, port)

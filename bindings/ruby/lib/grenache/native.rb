@@ -142,6 +142,9 @@ module Grenache
     attach_function :grenache_link_put_mutable_cas,
                     %i[pointer pointer pointer size_t int64 string int64 json_cb pointer], :uint32
     attach_function :grenache_link_get, %i[pointer string string json_cb pointer], :uint32
+    attach_function :grenache_link_unannounce, %i[pointer string uint16 json_cb pointer], :uint32
+    attach_function :grenache_link_pin_service, %i[pointer string string], :uint32
+    attach_function :grenache_link_sign_announcements, %i[pointer string pointer size_t uint64], :uint32
 
     # Key pairs.
     attach_function :grenache_keypair_generate, [:pointer], :uint32
