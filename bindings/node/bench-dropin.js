@@ -6,7 +6,9 @@
 // process (client and server on one event loop) and in two processes (the servers/publisher in a
 // child process, which is how services run). Prints a markdown table with ours/reference ratios.
 //   (cd bindings/node && npm run build) && node bindings/node/bench-dropin.js
-// Environment: BENCH_SECONDS (per RPC measurement, default 2).
+// Environment: BENCH_SECONDS (per RPC measurement, default 2); BENCH_ONLY, a comma list of
+// http, ws, pubsub, grape, 1, 2 (transports, PUB/SUB, the Grape row, process modes) to run a
+// part of the table.
 'use strict'
 
 const path = require('path')
@@ -25,6 +27,10 @@ const IMPLS = {
   })
 }
 const SECONDS = Number(process.env.BENCH_SECONDS || 2)
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : null
+// Whether a part of the table runs: one of `names` is asked for (or everything is).
+const wanted = (...names) => !ONLY || names.some((n) => ONLY.has(n))
+const wantedKind = (kind) => !ONLY || ONLY.has(kind) || !['http', 'ws'].some((k) => ONLY.has(k))
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const cb2p = (fn) => new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res))))
 
@@ -137,6 +143,7 @@ async function clientRows (implName, grapeUrl, servers, tag) {
   link.start()
   const out = {}
   for (const kind of ['http', 'ws']) {
+    if (!wantedKind(kind) || (ONLY && !ONLY.has(kind) && ONLY.has('pubsub'))) continue
     const peer = new m[kind].PeerRPCClient(link, {})
     peer.init()
     const name = `bench:${tag}:${kind}`
@@ -151,7 +158,7 @@ async function clientRows (implName, grapeUrl, servers, tag) {
     out[`${kind} map`] = await rate(map, 1)
     peer.stop()
   }
-  for (const subs of [10, 100]) out[`pubsub ${subs}`] = await pubsub(m, link, implName, servers, subs, tag)
+  if (wanted('pubsub') || (ONLY && !['http', 'ws', 'pubsub'].some((k) => ONLY.has(k)))) for (const subs of [10, 100]) out[`pubsub ${subs}`] = await pubsub(m, link, implName, servers, subs, tag)
   link.stop()
   return out
 }
@@ -225,6 +232,7 @@ async function main () {
   const url2 = `http://127.0.0.1:${a2}`
   const results = { ours: {}, reference: {} }
   for (const mode of ['one process', 'two processes']) {
+    if (ONLY && (ONLY.has('1') || ONLY.has('2')) && !ONLY.has(mode === 'one process' ? '1' : '2')) continue
     for (const impl of ['reference', 'ours']) {
       console.error(`${impl}, ${mode}...`)
       const tag = `${impl}:${mode === 'one process' ? 1 : 2}`
@@ -235,7 +243,7 @@ async function main () {
       await sleep(300)
     }
   }
-  for (const impl of ['reference', 'ours']) results[impl]['grape|one process'] = await grapeLookupRow(impl)
+  if (wanted('grape')) for (const impl of ['reference', 'ours']) results[impl]['grape|one process'] = await grapeLookupRow(impl)
   await cb2p((cb) => g2.stop(cb))
   await cb2p((cb) => g1.stop(cb))
 

@@ -99,6 +99,300 @@ function keepAlive () {
 
 const ms = (s) => (s === undefined || s === null ? undefined : Math.max(0, Math.round(s)))
 
+// --- Plain WS on this thread's event loop ------------------------------------------------------
+// A `ws` Server without TLS, and a `ws` Client's requests to an explicit `dest`, read and write
+// their sockets on Node's loop (src/inloop.rs): no thread hand-off per request or reply. The
+// core still dials, accepts and upgrades the sockets; everything else (TLS, lookups, retries,
+// map) goes through the core's threads as before. Same results, errors and Reply semantics.
+
+const crypto = require('crypto')
+const kindCode = (name) => byName.get(name).kind.code
+const DIAL_TIMEOUT_MS = 10000
+// The close code of a server that drained before closing (every request it read was answered).
+const CLOSE_DRAINED = 4001
+
+// One socket to one destination, multiplexing the requests of a Client.
+class LoopDest {
+  constructor (client, dest) {
+    this.client = client
+    this.dest = dest
+    this.conn = null
+    this.queue = null
+    this.pending = new Map()
+    this.timer = null
+    this.timerAt = 0
+    this.refd = false
+  }
+
+  request (text, rid, timeout, resolve, reject) {
+    const req = { rid, text, resolve, reject, deadline: Date.now() + timeout }
+    this.pending.set(rid, req)
+    this.setRef(true)
+    if (!this.timer || req.deadline < this.timerAt) this.arm(req.deadline)
+    if (this.conn) return this.write(req)
+    this.enqueue(req)
+  }
+
+  // Waits for the socket being dialed, or dials one.
+  enqueue (req) {
+    if (this.queue) return this.queue.push(req)
+    this.queue = [req]
+    native.wsDial(this.dest, DIAL_TIMEOUT_MS, (code, text, socket) => {
+      const queue = this.queue || []
+      this.queue = null
+      if (code !== undefined && code !== null) {
+        for (const r of queue) this.settle(r.rid, makeError(code, text))
+        return
+      }
+      if (this.client._closed) {
+        new native.NativeLoopConn(socket, true, () => {}, () => {}).close(true)
+        return
+      }
+      const conn = new native.NativeLoopConn(socket, true, (texts) => this.onMessages(texts), (why) => this.onClose(conn, why))
+      this.conn = conn
+      this.conn.setRef(this.refd)
+      for (const r of queue) if (this.pending.has(r.rid)) this.write(r)
+      if (this.conn) this.conn.pump()
+    })
+  }
+
+  // A socket that ended (its close not delivered yet) is replaced by a new one.
+  write (req) {
+    req.conn = this.conn
+    if (this.conn.send(req.text)) return
+    req.conn = null
+    this.conn = null
+    this.enqueue(req)
+  }
+
+  arm (at) {
+    if (this.timer) clearTimeout(this.timer)
+    this.timerAt = at
+    this.timer = setTimeout(() => this.sweep(), Math.max(0, at - Date.now()))
+    this.timer.unref()
+  }
+
+  sweep () {
+    this.timer = null
+    const now = Date.now()
+    let next = Infinity
+    for (const req of Array.from(this.pending.values())) {
+      if (req.deadline <= now) this.settle(req.rid, makeError(kindCode('ERR_TIMEOUT'), `no reply from ${this.dest} in time`))
+      else if (req.deadline < next) next = req.deadline
+    }
+    if (next !== Infinity && !this.timer) this.arm(next)
+  }
+
+  setRef (on) {
+    if (this.refd === on) return
+    this.refd = on
+    if (this.conn) this.conn.setRef(on)
+  }
+
+  settle (rid, err, value) {
+    const req = this.pending.get(rid)
+    if (!req) return
+    this.pending.delete(rid)
+    if (!this.pending.size) this.setRef(false)
+    if (err) req.reject(err)
+    else req.resolve(value)
+  }
+
+  onMessages (texts) {
+    for (let i = 0; i < texts.length; i++) {
+      let m
+      try {
+        m = JSON.parse(texts[i])
+      } catch (e) {
+        continue
+      }
+      if (!Array.isArray(m)) continue
+      if (m[1] !== null && m[1] !== undefined) this.settle(m[0], makeError(kindCode('ERR_REMOTE'), String(m[1])))
+      else this.settle(m[0], null, m[2] === undefined ? null : m[2])
+    }
+  }
+
+  // The socket ended. A server that drained before closing (close code 4001, as the core's
+  // servers send) answered every request it read: the requests still waiting were never read,
+  // so they go again on a new socket, as the core's client does. Otherwise they fail.
+  onClose (conn, why) {
+    const drained = conn.peerCloseCode === CLOSE_DRAINED
+    if (this.conn === conn) this.conn = null
+    for (const req of Array.from(this.pending.values())) {
+      if (req.conn !== conn) continue
+      req.conn = null
+      if (drained) this.enqueue(req)
+      else this.settle(req.rid, makeError(kindCode('ERR_TRANSPORT_CLOSE'), `${this.dest}: ${why}`))
+    }
+  }
+
+  close () {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = null
+    if (this.conn) this.conn.close(true)
+    this.conn = null
+    for (const rid of Array.from(this.pending.keys())) this.settle(rid, makeError(kindCode('ERR_CANCELLED'), 'the client was closed'))
+  }
+}
+
+// The answer-once reply of a request served on the loop, with the API of `Reply`.
+class LoopReply {
+  constructor (server, conn, rid) {
+    this._s = server
+    this._conn = conn
+    this._rid = rid
+    this._done = false
+    this._timer = null
+    this._timedOut = false
+    this._state = { done: false }
+  }
+
+  _answer (err, resultJson) {
+    if (this._done) {
+      // After the server's reply timeout answered, a late answer goes nowhere (as natively).
+      if (this._timedOut) return
+      throw makeError(kindCode('ERR_ALREADY_USED'), 'the request was already answered')
+    }
+    this._done = true
+    this._state.done = true
+    if (this._timer) clearTimeout(this._timer)
+    this._conn.send(err !== null ? JSON.stringify([this._rid, err, null]) : `[${JSON.stringify(this._rid)},null,${resultJson}]`)
+    this._s._answered(this._conn)
+  }
+
+  send (value) {
+    const json = value === undefined ? 'null' : JSON.stringify(value)
+    this._answer(null, json === undefined ? 'null' : json)
+  }
+
+  sendJson (text) {
+    const t = String(text)
+    try {
+      JSON.parse(t)
+    } catch (e) {
+      this._answer(byName.get('ERR_INVALID_ARGUMENT').kind.name)
+      throw invalid(`invalid JSON: ${e.message}`)
+    }
+    this._answer(null, t)
+  }
+
+  error (message) { this._answer(String(message)) }
+  abandon () { this._answer('ERR_NO_REPLY') }
+  get answered () { return this._done }
+  get closed () { return this._done || !this._conn.open }
+}
+
+// A reply collected unanswered answers ERR_NO_REPLY, as a native Reply does.
+const unanswered = new FinalizationRegistry((r) => {
+  if (!r.state.done && r.conn.open) {
+    r.conn.send(JSON.stringify([r.rid, 'ERR_NO_REPLY', null]))
+  }
+})
+
+class LoopWsServer {
+  constructor (link, onRequest, port) {
+    this._link = link
+    this._onRequest = onRequest
+    this._conns = new Map() // conn -> requests not answered yet
+    this._announced = new Set()
+    this._draining = null
+    this._srv = sync(() => native.NativeLoopServer.listen(port, (socket) => this._adopt(socket)))
+    this.port = this._srv.port
+  }
+
+  _adopt (socket) {
+    if (!this._srv) return new native.NativeLoopConn(socket, false, () => {}, () => {}).close(true)
+    const conn = new native.NativeLoopConn(socket, false, (texts) => this._onMessages(conn, texts), () => this._conns.delete(conn))
+    this._conns.set(conn, 0)
+    conn.pump()
+  }
+
+  _onMessages (conn, texts) {
+    for (let i = 0; i < texts.length; i++) {
+      let m
+      try {
+        m = JSON.parse(texts[i])
+      } catch (e) {
+        continue
+      }
+      if (!Array.isArray(m)) continue
+      this._conns.set(conn, (this._conns.get(conn) || 0) + 1)
+      const reply = new LoopReply(this, conn, m[0] === undefined ? null : m[0])
+      this._onRequest(reply, m[2] === undefined ? null : m[2])
+    }
+  }
+
+  _answered (conn) {
+    const n = (this._conns.get(conn) || 1) - 1
+    if (this._conns.has(conn)) this._conns.set(conn, n)
+    if (this._draining && n === 0) {
+      this._conns.delete(conn)
+      conn.close(false, CLOSE_DRAINED)
+      this._draining.check()
+    }
+  }
+
+  // The native server's conventions: completions `done(code, text)`.
+  announce (name, done) { this._link._l.announce(name, this.port, done) }
+  startAnnouncing (name, interval) {
+    sync(() => this._link._l.startAnnouncing(name, this.port, interval))
+    this._announced.add(name)
+  }
+
+  stopAnnouncing (name) {
+    this._announced.delete(name)
+    return this._link._l.stopAnnouncing(name, this.port)
+  }
+
+  // Punching is for uTP servers.
+  punch (target, timeout, done) { done(kindCode('ERR_INVALID_ARGUMENT'), 'punch: only a uTP server punches') }
+  onPunch () { throw invalid('onPunch: only a uTP server punches') }
+
+  _stopListening () {
+    for (const name of Array.from(this._announced)) this.stopAnnouncing(name)
+    if (this._srv) {
+      const srv = this._srv
+      this._srv = null
+      sync(() => srv.close())
+    }
+  }
+
+  shutdown (grace, done) {
+    this._stopListening()
+    new Promise((resolve) => {
+      const finish = (ok) => {
+        if (!this._draining) return
+        clearTimeout(this._draining.timer)
+        this._draining = null
+        for (const conn of this._conns.keys()) conn.close(true)
+        this._conns.clear()
+        resolve(ok)
+      }
+      this._draining = {
+        timer: setTimeout(() => finish(false), grace),
+        check: () => { if (!this._conns.size) finish(true) }
+      }
+      for (const [conn, n] of Array.from(this._conns)) {
+        if (n === 0) {
+          this._conns.delete(conn)
+          conn.close(false, CLOSE_DRAINED)
+        }
+      }
+      this._draining.check()
+    }).then((ok) => done(undefined, String(ok)))
+  }
+
+  close () {
+    this._stopListening()
+    if (this._draining) {
+      clearTimeout(this._draining.timer)
+      this._draining = null
+    }
+    for (const conn of this._conns.keys()) conn.close(true)
+    this._conns.clear()
+  }
+}
+
 class Grape {
   // Starts a Grape: `{ dhtPort, apiPort, bootstrap: ['127.0.0.1:20001'], host }` (ports 0: any free).
   constructor (opts = {}) {
@@ -218,12 +512,11 @@ class Server {
   // `handler(payload, info)` returns the result (or a Promise of it); throwing (or rejecting
   // with) a ReplyError answers the client with its message; `info.defer()` takes the Reply.
   constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints, broker } = {}) {
-    const onRequest = (nativeReply, payloadJson, fingerprint) => {
-      const reply = new Reply(nativeReply)
+    const serve = (reply, payload, fingerprint) => {
       const info = new RequestInfo(fingerprint, reply)
       let result
       try {
-        result = handler(JSON.parse(payloadJson), info)
+        result = handler(payload, info)
       } catch (e) {
         return answerError(reply, e)
       }
@@ -233,7 +526,24 @@ class Server {
         answer(reply, info, result)
       }
     }
-    this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints, broker))
+    if (transport === 'ws' && !tls && !allowFingerprints) {
+      const timeout = ms(replyTimeout)
+      const onLoopRequest = (reply, payload) => {
+        if (timeout !== undefined) {
+          reply._timer = setTimeout(() => {
+            if (reply.answered) return
+            reply.error('ERR_TIMEOUT')
+            reply._timedOut = true
+          }, timeout)
+        }
+        unanswered.register(reply, { state: reply._state, conn: reply._conn, rid: reply._rid })
+        serve(reply, payload, null)
+      }
+      this._s = new LoopWsServer(link, onLoopRequest, port || 0)
+    } else {
+      const onRequest = (nativeReply, payloadJson, fingerprint) => serve(new Reply(nativeReply), JSON.parse(payloadJson), fingerprint)
+      this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints, broker))
+    }
     this._release = keepAlive()
   }
 
@@ -263,11 +573,32 @@ class Client {
   // NATs) and punched (both sides at once, at most `punchTimeout` ms) before the requests.
   constructor (link, { transport = 'http', tls, timeout, broker, punchTimeout } = {}) {
     this._c = sync(() => new native.NativeClient(link._l, transport, tls && tls._t, ms(timeout), broker, ms(punchTimeout)))
+    // Requests to an explicit `dest` over plain WS go through this thread's loop.
+    this._loop = transport === 'ws' && !tls ? new Map() : null
+    this._timeout = ms(timeout) || 30000
+    this._closed = false
   }
 
   // opts: { timeout (ms), retry, compress, dest: 'host:port' }
   request (name, payload, opts = {}) {
+    if (this._loop && opts.dest && !(opts.retry > 1) && !this._closed) return this._loopRequest(String(opts.dest), name, payload, opts)
     return call((done) => this._c.request(name, JSON.stringify(payload), ms(opts.timeout), opts.retry, opts.compress, opts.dest, done))
+  }
+
+  _loopRequest (dest, name, payload, opts) {
+    return new Promise((resolve, reject) => {
+      const rid = crypto.randomUUID()
+      let text
+      try {
+        text = JSON.stringify([rid, String(name), payload === undefined ? null : payload])
+      } catch (e) {
+        return reject(invalid(`invalid JSON: ${e.message}`))
+      }
+      let d = this._loop.get(dest)
+      if (!d) this._loop.set(dest, (d = new LoopDest(this, dest)))
+      const t = ms(opts.timeout)
+      d.request(text, rid, t === undefined ? this._timeout : t, resolve, reject)
+    })
   }
 
   // opts: { timeout (ms), compress, limit }
@@ -275,7 +606,14 @@ class Client {
     return call((done) => this._c.map(name, JSON.stringify(payload), ms(opts.timeout), opts.compress, opts.limit, done))
   }
 
-  close () { this._c.close() }
+  close () {
+    this._closed = true
+    if (this._loop) {
+      for (const d of this._loop.values()) d.close()
+      this._loop.clear()
+    }
+    this._c.close()
+  }
 }
 
 class Publisher {

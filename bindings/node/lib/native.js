@@ -203,6 +203,28 @@ exports.clientRequest = (c, dest, key, payload, opts, cb) => {
 }
 exports.clientClose = (c) => c.close()
 
+// --- Plain WS sockets driven by this thread's event loop ------------------------------------
+// The core dials or accepts and upgrades the socket, then hands it to the JS thread, which reads
+// and writes it itself (src/inloop.rs): no thread hand-off per request or reply.
+// `onMessages(texts)`: every message one readiness event brought, in order; `onClose(reason)`:
+// once, when the peer or the network ended it (not after `close()`).
+exports.loopDial = (dest, timeout, cb) => {
+  try {
+    addon.wsDial(String(dest), timeout, (code, text, socket) => {
+      if (code !== undefined && code !== null) return cb(completionError(code, text))
+      cb(null, socket)
+    })
+  } catch (e) {
+    process.nextTick(cb, toError(e))
+  }
+}
+exports.loopConn = (socket, client, onMessages, onClose) => new addon.NativeLoopConn(socket, client, onMessages, onClose)
+// A conn: `pump()` (call once it is stored: delivers messages that came with the handshake),
+// `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
+exports.loopListen = (port, onSocket) => sync(() => addon.NativeLoopServer.listen(port, onSocket))
+exports.loopServerPort = (s) => s.port
+exports.loopServerClose = (s) => sync(() => s.close())
+
 // --- PUB/SUB -------------------------------------------------------------------------------
 exports.pubBind = (port) => sync(() => new addon.NativeQueuedPub(port))
 exports.pubPort = (p) => p.port
@@ -210,9 +232,20 @@ exports.pubSubscribers = (p) => p.subscribers
 exports.pubPublish = (p, msg) => (Buffer.isBuffer(msg) ? p.publishBinary(msg) : p.publish(String(msg)))
 exports.pubClose = (p) => p.close()
 // `onMessage(data)`: a string for text frames, a Buffer for binary ones; `onState(connected)`.
+// Messages that arrived together come in one call (a string per text frame, a Buffer per binary
+// one) and are handed out one by one, in order; a listener that throws does not cost the rest of
+// the batch (the exception is rethrown as uncaught on the next tick).
 exports.subTo = (dest, onMessage, onState) => sync(() => new addon.NativeSubTo(
   dest,
-  (publisher, data, binary) => onMessage(binary ? data : data.toString('utf8')),
+  (batch) => {
+    for (let i = 0; i < batch.length; i++) {
+      try {
+        onMessage(batch[i])
+      } catch (e) {
+        process.nextTick(() => { throw e })
+      }
+    }
+  },
   onState))
 exports.subClose = (s) => s.close()
 

@@ -15,10 +15,22 @@ const assertSecure = (secure) => {
   assert(Buffer.isBuffer(secure.ca), 'conf.secure.ca must be a Buffer')
 }
 
+// How long dialing a destination (TCP and upgrade) may take.
+const DIAL_TIMEOUT = 10000
+
+// A client transport: one socket to `conf.dest`, as in the reference. A plain `ws://` socket is
+// read and written on this thread's event loop (lib/native.js `loopConn`): requests go out with
+// one write each (one per socket for those sent while replies are being delivered), replies come
+// in batches. `wss://` goes through the core's client (the base class).
 class TransportRPCClient extends Base.TransportRPCClient {
   init () {
     super.init()
     if (this.conf.secure) assertSecure(this.conf.secure)
+    this._conn = null
+    this._queue = null
+    this._timer = null
+    this._timerAt = 0
+    this._refd = false
   }
 
   replyError (err) {
@@ -27,6 +39,124 @@ class TransportRPCClient extends Base.TransportRPCClient {
     // Connection refused, TLS refused, connection closed: the reference's close error.
     return new Error('ERR_TRANSPORT_CLOSE')
   }
+
+  sendRequest (req) {
+    if (this.conf.secure) return super.sendRequest(req)
+    if (this._conn) return this._write(req)
+    if (this._queue) return this._queue.push(req)
+    this._queue = [req]
+    this._dial()
+  }
+
+  _dial () {
+    this.connecting()
+    this._setRef(true)
+    native.loopDial(this.conf.dest, DIAL_TIMEOUT, (err, socket) => {
+      const queue = this._queue || []
+      this._queue = null
+      if (!err && !this.isActive()) {
+        native.loopConn(socket, true, () => {}, () => {}).close(true)
+        err = { code: 'ERR_TRANSPORT_CLOSE' }
+      }
+      if (err) {
+        this.disconnected()
+        for (const req of queue) this.handleReply(req.rid, this.replyError(err))
+        this._setRef(false)
+        return
+      }
+      const conn = native.loopConn(socket, true, (texts) => this._onMessages(texts), () => this._onClose(conn))
+      this._conn = conn
+      this._conn.setRef(this._refd)
+      this.connected()
+      for (const req of queue) {
+        if (this._reqs.has(req.rid)) this._write(req)
+      }
+      if (this._conn) this._conn.pump()
+    })
+  }
+
+  _write (req) {
+    let text
+    try {
+      text = this.format([req.rid, req.key, req.payload])
+    } catch (e) {
+      return process.nextTick(() => this.handleReply(req.rid, e))
+    }
+    req._conn = this._conn
+    if (!this._conn.send(text)) {
+      req._conn = null
+      // The socket ended (its close not delivered yet): dial a new one.
+      this._conn = null
+      this.disconnected()
+      return this.sendRequest(req)
+    }
+    this._setRef(true)
+    const t = req.opts.timeout
+    if (typeof t === 'number' && t >= 0) {
+      req._deadline = req._ts + t
+      if (!this._timer || req._deadline < this._timerAt) this._arm(req._deadline)
+    }
+  }
+
+  // One timer for the transport, at the earliest deadline; requests sent in order with the same
+  // timeout never move it.
+  _arm (at) {
+    if (this._timer) clearTimeout(this._timer)
+    this._timerAt = at
+    this._timer = setTimeout(() => this._sweep(), Math.max(0, at - Date.now()))
+    this._timer.unref()
+  }
+
+  _sweep () {
+    this._timer = null
+    const now = Date.now()
+    let next = Infinity
+    for (const req of Array.from(this._reqs.values())) {
+      if (req._deadline === undefined) continue
+      if (req._deadline <= now) this.handleReply(req.rid, new Error('ERR_TIMEOUT'))
+      else if (req._deadline < next) next = req._deadline
+    }
+    if (next !== Infinity && !this._timer) this._arm(next)
+  }
+
+  _setRef (on) {
+    if (this._refd === on) return
+    this._refd = on
+    if (this._conn) this._conn.setRef(on)
+  }
+
+  _onMessages (texts) {
+    for (let i = 0; i < texts.length; i++) {
+      const data = this.parse(texts[i])
+      if (!data) continue
+      this.handleReply(data[0], data[1] ? new Error(data[1]) : null, data[2])
+    }
+  }
+
+  handleReply (rid, err, data) {
+    super.handleReply(rid, err, data)
+    if (this._refd && this._reqs.size === 0 && !this._queue) this._setRef(false)
+  }
+
+  // The socket ended: what waits for a reply on it fails, the next request dials again.
+  _onClose (conn) {
+    if (this._conn === conn) {
+      this._conn = null
+      this.disconnected()
+    }
+    for (const req of Array.from(this._reqs.values())) {
+      if (req._conn === conn) this.handleReply(req.rid, new Error('ERR_TRANSPORT_CLOSE'))
+    }
+  }
+
+  _stop () {
+    super._stop()
+    if (this._timer) clearTimeout(this._timer)
+    this._timer = null
+    if (this._conn) this._conn.close(true)
+    this._conn = null
+    this._refd = false
+  }
 }
 
 class PeerRPCClient extends Base.PeerRPCClient {}
@@ -34,11 +164,76 @@ PeerRPCClient.kind = 'ws'
 PeerRPCClient.TransportRPCClient = TransportRPCClient
 
 // The request handler's fifth argument: the client certificate (`{ fingerprint }`) over WSS,
-// else null.
+// else null. A plain `ws://` server hands each socket, once upgraded, to this thread's event
+// loop: requests are read and answered here, the replies given while a batch of requests is
+// handled go out in one write. `wss://` is served by the core (the base class).
 class TransportRPCServer extends Base.TransportRPCServer {
   listen (port) {
     assert(Number.isInteger(port), 'port must be an Integer')
-    return super.listen(port)
+    if (this.conf.secure) return super.listen(port)
+    if (this._native || this._loop) throw new Error('ERR_ALREADY_LISTENING')
+    try {
+      this._loop = native.loopListen(port, (socket) => this._adopt(socket))
+    } catch (e) {
+      throw listenError(e, port)
+    }
+    this._conns = new Set()
+    this._release = keepAlive()
+    this.listening()
+    this.port = native.loopServerPort(this._loop)
+    return this
+  }
+
+  _adopt (socket) {
+    if (!this._loop) return native.loopConn(socket, false, () => {}, () => {}).close(true)
+    const conn = native.loopConn(socket, false, (texts) => this._onMessages(conn, texts), () => this._conns.delete(conn))
+    this._conns.add(conn)
+    conn.pump()
+  }
+
+  _onMessages (conn, texts) {
+    for (let i = 0; i < texts.length; i++) {
+      const data = this.parse(texts[i])
+      if (!data) {
+        this.emit('request-error')
+        continue
+      }
+      this._onLoopRequest(conn, data[0], data[1], data[2])
+    }
+  }
+
+  _onLoopRequest (conn, rid, key, payload) {
+    let replied = false
+    const send = (err, res) => {
+      if (replied) return
+      replied = true
+      let text
+      try {
+        text = this.format([rid, err, res === undefined ? null : res])
+      } catch (e) {
+        text = this.format([rid, 'ERR_REPLY_NOT_JSON', null])
+      }
+      conn.send(text)
+    }
+    const handler = { reply: (err, res) => send(err ? err.message : null, res) }
+    try {
+      this.emitRequest(rid, key, payload, handler, null, null)
+    } catch (e) {
+      // As on the native path (docs/compat.md): the client gets the exception's message.
+      send((e && e.message) || String(e) || 'ERR_HANDLER', undefined)
+      if (this.listenerCount('error')) this.emit('error', e)
+      else process.emitWarning(`grenache-native: a 'request' listener threw: ${e && e.stack ? e.stack : e}`)
+    }
+  }
+
+  unlisten () {
+    if (this._loop) {
+      native.loopServerClose(this._loop)
+      this._loop = null
+      for (const c of this._conns) c.close(true)
+      this._conns.clear()
+    }
+    super.unlisten()
   }
 
   nativeOptions () {

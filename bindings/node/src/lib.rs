@@ -27,10 +27,14 @@ use grenache::embed::{
 use grenache::rpc::{Reply, Request, TransportKind};
 use grenache::tls::ClientAuth;
 use grenache::{Error, ErrorKind, Result as GResult};
-use napi::bindgen_prelude::{Buffer, FnArgs};
+use napi::bindgen_prelude::{Buffer, Either, FnArgs};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
+
+// Its exports are registered by #[napi]; a test build of the crate does not register them.
+#[cfg_attr(test, allow(dead_code))]
+mod inloop;
 
 /// A completion: `(code, text)`.
 type Done = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>)>, (), FnArgs<(Option<u32>, Option<String>)>, Status, false>;
@@ -636,6 +640,11 @@ type EnvelopeHandlerFn = ThreadsafeFunction<EnvelopeArgs, (), EnvelopeArgs, Stat
 /// A JS verifyClient: `(ticket, fingerprint, remoteAddress, path)`, answered with
 /// [`verify_answer`].
 type VerifyFn = ThreadsafeFunction<FnArgs<(u32, Option<String>, Option<String>, String)>, (), FnArgs<(u32, Option<String>, Option<String>, String)>, Status, false, true>;
+/// A batch of messages of one subscription, in order: text frames as strings, binary ones as
+/// Buffers (weak, like [`MessageFn`]).
+type BatchFn = ThreadsafeFunction<Vec<Either<String, Buffer>>, (), Vec<Either<String, Buffer>>, Status, false, true>;
+/// Most messages delivered in one call of a [`BatchFn`].
+const SUB_BATCH: usize = 1024;
 /// A subscription's connection state: `(connected)`.
 type StateFn = ThreadsafeFunction<bool, (), bool, Status, false, true>;
 
@@ -865,10 +874,12 @@ pub struct NativeSubTo {
 
 #[napi]
 impl NativeSubTo {
-    /// Connects to the publisher at `dest` ("host:port"); `on_message(publisher, data, binary)`
-    /// for each message, `on_state(connected)` when the connection opens or closes.
+    /// Connects to the publisher at `dest` ("host:port"); `on_messages([data, ...])` for every
+    /// batch of messages that arrived together (one JS call, not one per message: a string per
+    /// text frame, a Buffer per binary one), `on_state(connected)` when the connection opens or
+    /// closes.
     #[napi(constructor)]
-    pub fn new(dest: String, on_message: MessageFn, on_state: StateFn) -> napi::Result<Self, ErrName> {
+    pub fn new(dest: String, on_messages: BatchFn, on_state: StateFn) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let _g = rt.handle().enter();
         let sub = grenache::pubsub::PeerSub::sub_to(vec![dest], grenache::pubsub::SubConfig::default());
@@ -890,9 +901,19 @@ impl NativeSubTo {
                 }
                 match next {
                     Ok(Some(m)) => {
-                        let args = (m.publisher.to_string(), Buffer::from(m.data.to_vec()), m.binary);
+                        let item = |m: grenache::pubsub::SubMessage| match (m.binary, m.text()) {
+                            (false, Some(t)) => Either::A(t.to_string()),
+                            _ => Either::B(Buffer::from(m.data.to_vec())),
+                        };
+                        let mut batch = vec![item(m)];
+                        while batch.len() < SUB_BATCH {
+                            match sub.try_recv() {
+                                Some(m) => batch.push(item(m)),
+                                None => break,
+                            }
+                        }
                         if !g2.run(|| {
-                            on_message.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
+                            on_messages.call(batch, ThreadsafeFunctionCallMode::NonBlocking);
                         }) {
                             break;
                         }

@@ -180,6 +180,18 @@ impl FrameReader {
         std::future::poll_fn(|cx| self.poll_fill(io, cx)).await
     }
 
+    /// Reads once from a blocking or non-blocking std reader into the buffer (see
+    /// [`FrameReader::poll_fill`]); the free room is zeroed first (a few KiB).
+    pub(crate) fn fill_from<R: io::Read>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.prepare();
+        let len = self.buf.len();
+        let room = self.buf.capacity() - len;
+        self.buf.resize(len + room, 0);
+        let got = r.read(&mut self.buf[len..]);
+        self.buf.truncate(len + *got.as_ref().unwrap_or(&0));
+        got
+    }
+
     /// The next whole message or control frame in the buffer, `Ok(None)` when more bytes are
     /// needed. Pongs are skipped. After an error the reader must not be used again.
     pub(crate) fn next_message(&mut self) -> Result<Option<Msg<'_>>, FrameError> {

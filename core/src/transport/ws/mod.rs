@@ -70,6 +70,7 @@ macro_rules! busy_poll_doc {
 
 mod client;
 pub(crate) mod frame;
+pub mod handoff;
 mod server;
 pub(crate) mod stream;
 

@@ -40,6 +40,7 @@ pub struct WsServerConfig {
     handshake_timeout: Duration,
     busy_poll: Duration,
     liveness: crate::transport::limits::WsLiveness,
+    hand_off: Option<super::handoff::HandOff>,
 }
 
 impl Default for WsServerConfig {
@@ -55,6 +56,7 @@ impl Default for WsServerConfig {
             handshake_timeout: Duration::from_secs(10),
             busy_poll: DEFAULT_BUSY_POLL,
             liveness: crate::transport::limits::WsLiveness::default(),
+            hand_off: None,
         }
     }
 }
@@ -72,6 +74,7 @@ impl fmt::Debug for WsServerConfig {
             .field("busy_poll", &self.busy_poll)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("liveness", &self.liveness)
+            .field("hand_off", &self.hand_off.is_some())
             .finish()
     }
 }
@@ -144,6 +147,14 @@ impl WsServerConfig {
     #[doc = busy_poll_doc!()]
     pub fn busy_poll(mut self, budget: Duration) -> Self {
         self.busy_poll = budget.min(MAX_BUSY_POLL);
+        self
+    }
+
+    /// Gives each plain (non-TLS) socket, once upgraded, to `hook` instead of serving it (see
+    /// [`super::handoff`]): for a face that reads and writes its sockets on an event loop of its
+    /// own. TLS sockets are served as usual. Default: none.
+    pub fn hand_off(mut self, hook: super::handoff::HandOff) -> Self {
+        self.hand_off = Some(hook);
         self
     }
 
@@ -255,12 +266,14 @@ async fn accept_loop(
     let settings = Arc::new(config.accept_settings());
     let (in_flight, reply_timeout, busy_poll) = (config.max_in_flight_per_connection, config.reply_timeout, config.busy_poll);
     let liveness = config.liveness;
+    let hand_off = config.hand_off.clone();
     let limits = crate::transport::ConnLimits { max_connections: config.max_connections, max_per_ip: config.max_connections_per_ip };
     let sources = crate::transport::limits::Sources::new(limits, Arc::default());
     crate::transport::accept_loop(listener, sources, life.draining.clone(), move |tcp, remote| {
         let handler = handler.clone();
         let settings = settings.clone();
         let life = life.clone();
+        let hand_off = hand_off.clone();
         async move {
             // A handshake still running when the server closes is cut short.
             let accepted = tokio::select! {
@@ -273,6 +286,16 @@ async fn accept_loop(
                     tracing::debug!("ws: {e}");
                     return;
                 }
+            };
+            let io = match (io, &hand_off) {
+                (NetStream::Plain(tcp), Some(hook)) => {
+                    match tcp.into_std() {
+                        Ok(stream) => hook(super::handoff::HandedOff { stream, leftover, remote }),
+                        Err(e) => tracing::debug!("ws: hand-off of {remote}: {e}"),
+                    }
+                    return;
+                }
+                (io, _) => io,
             };
             let _live = life.connections.enter();
             let max = settings.max_message_size;

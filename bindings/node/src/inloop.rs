@@ -1,0 +1,589 @@
+//! Plain WebSocket sockets read and written on Node's own event loop (libuv), for the drop-in
+//! `grenache-native/ws` RPC client and server.
+//!
+//! Why: through the core's threads every request and every reply of a JS caller crosses between
+//! the JS thread and a runtime thread, and on an idle loop each crossing wakes a sleeping thread
+//! (a futex or an eventfd), which costs more than the reference's whole in-loop round trip. Here
+//! the core dials (or accepts) and upgrades the socket on its runtime and hands it over
+//! ([`grenache::transport::ws::handoff`]); from then on the JS thread polls it with a `uv_poll_t`
+//! on Node's loop, decodes frames with the core's decoder and writes frames with a plain
+//! `write(2)`. A round trip then wakes no thread but the peer's, like the reference's.
+//!
+//! Batching: all messages one readiness event brings are delivered in one JS call (an array);
+//! frames sent while such a call runs (replies, and the requests that their continuations issue,
+//! on any socket of this loop) are queued and written once it returns, one write per socket.
+//! TLS sockets stay on the core's threads (`lib/native.js` picks the path).
+//!
+//! Everything here runs on the JS thread; the `uv_poll_t` of a socket holds an `Rc` of its state
+//! until libuv has closed it.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_void};
+use std::io::Write;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message};
+use grenache::transport::ws::{WsServer, WsServerConfig};
+use napi::bindgen_prelude::FnArgs;
+use napi::sys;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::bindgen_prelude::Function;
+use napi::{Env, JsValue, Status};
+use napi_derive::napi;
+
+use crate::{ErrName, js_err, port, runtime};
+
+// libuv, as exported by the node binary.
+const UV_POLL: c_int = 8;
+const UV_READABLE: c_int = 1;
+const UV_WRITABLE: c_int = 2;
+type PollCb = unsafe extern "C" fn(handle: *mut c_void, status: c_int, events: c_int);
+type CloseCb = unsafe extern "C" fn(handle: *mut c_void);
+unsafe extern "C" {
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_poll_init(lp: *mut sys::uv_loop_s, handle: *mut c_void, fd: c_int) -> c_int;
+    fn uv_poll_start(handle: *mut c_void, events: c_int, cb: PollCb) -> c_int;
+    fn uv_poll_stop(handle: *mut c_void) -> c_int;
+    fn uv_close(handle: *mut c_void, cb: CloseCb);
+    fn uv_ref(handle: *mut c_void);
+    fn uv_unref(handle: *mut c_void);
+}
+
+/// Largest message read (the core's default).
+const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
+/// Bytes queued for a peer that does not read before its socket is closed.
+const MAX_OUTBOX: usize = 64 << 20;
+/// Bytes read from one socket per readiness event before other sockets get their turn.
+const READ_BUDGET: usize = 1 << 20;
+/// A read of fewer bytes than this left the socket empty (the decoder reads into at least 4 KiB).
+const SHORT_READ: usize = 4096;
+/// How long a dial may take (TCP and upgrade).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// Depth of deliveries into JS running now: frames sent meanwhile wait in their outbox.
+    static DELIVERING: Cell<u32> = const { Cell::new(0) };
+    /// Sockets with frames queued during a delivery, written when it returns.
+    static DIRTY: RefCell<Vec<Rc<Conn>>> = const { RefCell::new(Vec::new()) };
+}
+
+struct State {
+    stream: Option<std::net::TcpStream>,
+    decoder: Decoder,
+    out: Vec<u8>,
+    /// Events the poll handle watches now.
+    events: c_int,
+    dirty: bool,
+    /// Why the socket ended (set once), reported to `on_close`.
+    ended: Option<String>,
+    /// The close code the peer sent, if it sent a close frame.
+    peer_close: Option<u16>,
+}
+
+struct Conn {
+    env: sys::napi_env,
+    handle: *mut c_void,
+    /// Size of the handle's memory, in u64 words.
+    handle_words: usize,
+    client: bool,
+    state: RefCell<State>,
+    on_messages: sys::napi_ref,
+    on_close: sys::napi_ref,
+    closed: Cell<bool>,
+}
+
+fn check(status: sys::napi_status) -> napi::Result<()> {
+    if status == sys::Status::napi_ok { Ok(()) } else { Err(napi::Error::new(Status::GenericFailure, format!("napi status {status}"))) }
+}
+
+impl Conn {
+    /// Writes what is queued; on `WouldBlock` watches for writability. False when the socket
+    /// failed (it is then shut down, and its poll reports the end).
+    fn flush(self: &Rc<Self>) {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let Some(stream) = st.stream.as_mut() else { return };
+        let mut written = 0;
+        let mut failed = None;
+        while written < st.out.len() {
+            match stream.write(&st.out[written..]) {
+                Ok(0) => {
+                    failed = Some("the socket accepts no more bytes".to_string());
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        st.out.drain(..written);
+        if st.out.is_empty() && st.out.capacity() > 1 << 16 {
+            st.out = Vec::new();
+        }
+        if let Some(why) = failed {
+            st.out.clear();
+            st.ended.get_or_insert(why);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        let want = if st.out.is_empty() { UV_READABLE } else { UV_READABLE | UV_WRITABLE };
+        if want != st.events && !self.closed.get() {
+            st.events = want;
+            // SAFETY: the handle lives until `close` hands it to uv_close.
+            unsafe { uv_poll_start(self.handle, want, on_poll) };
+        }
+    }
+
+    /// Queues a frame, and writes it now unless a delivery is running.
+    fn queue(self: &Rc<Self>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.stream.is_none() || st.ended.is_some() {
+            return false;
+        }
+        encode(&mut st.out);
+        if st.out.len() > MAX_OUTBOX {
+            st.out.clear();
+            st.ended.get_or_insert_with(|| "the peer does not read its replies".to_string());
+            if let Some(s) = st.stream.as_ref() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            return false;
+        }
+        if DELIVERING.with(Cell::get) > 0 {
+            if !st.dirty {
+                st.dirty = true;
+                drop(st);
+                DIRTY.with(|d| d.borrow_mut().push(self.clone()));
+            }
+        } else {
+            drop(st);
+            self.flush();
+        }
+        true
+    }
+
+    /// Stops polling, closes the socket and lets libuv free the handle.
+    fn close(self: &Rc<Self>) {
+        if self.closed.replace(true) {
+            return;
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            // Best effort: what is queued (a close frame) goes if the socket takes it now.
+            let out = std::mem::take(&mut st.out);
+            if let Some(s) = st.stream.as_mut() {
+                let _ = s.write(&out);
+            }
+            // SAFETY: the handle is live; stopping it before the fd closes, as libuv asks.
+            unsafe { uv_poll_stop(self.handle) };
+            st.stream = None;
+        }
+        // SAFETY: the handle was initialised; `on_closed` drops the Rc held by the handle.
+        unsafe { uv_close(self.handle, on_closed) };
+    }
+
+    /// Calls `on_messages(array)` or `on_close(reason)` in a callback scope (microtasks and
+    /// `nextTick`s run when it ends, as after any I/O callback); an exception becomes an
+    /// uncaught exception of the process.
+    fn call_js(&self, func: sys::napi_ref, arg: impl FnOnce(sys::napi_env) -> sys::napi_value) {
+        let env = self.env;
+        // SAFETY: on the JS thread (libuv callbacks run there), with a handle scope around the
+        // values made.
+        unsafe {
+            let mut scope = ptr::null_mut();
+            if sys::napi_open_handle_scope(env, &mut scope) != sys::Status::napi_ok {
+                return;
+            }
+            let mut f = ptr::null_mut();
+            let mut recv = ptr::null_mut();
+            sys::napi_get_reference_value(env, func, &mut f);
+            sys::napi_get_global(env, &mut recv);
+            if !f.is_null() {
+                let a = arg(env);
+                let mut result = ptr::null_mut();
+                let status = sys::napi_make_callback(env, ptr::null_mut(), recv, f, 1, &a, &mut result);
+                if status == sys::Status::napi_pending_exception {
+                    let mut e = ptr::null_mut();
+                    if sys::napi_get_and_clear_last_exception(env, &mut e) == sys::Status::napi_ok {
+                        sys::napi_fatal_exception(env, e);
+                    }
+                }
+            }
+            sys::napi_close_handle_scope(env, scope);
+        }
+    }
+
+    /// Reads what the socket has, answers pings and closes, and delivers the messages.
+    fn readable(self: &Rc<Self>) {
+        let mut texts: Vec<String> = Vec::new();
+        let mut close_after = false;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let client = self.client;
+            let mut budget = READ_BUDGET;
+            'read: while let Some(stream) = st.stream.as_mut() {
+                let n = match st.decoder.read_from(stream) {
+                    Ok(0) => {
+                        st.ended.get_or_insert_with(|| "the peer closed the connection".into());
+                        close_after = true;
+                        0
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(e) => {
+                        st.ended.get_or_insert_with(|| e.to_string());
+                        close_after = true;
+                        0
+                    }
+                };
+                loop {
+                    match st.decoder.next_message() {
+                        Ok(None) => break,
+                        Ok(Some(Message::Text(t))) => texts.push(t.to_string()),
+                        Ok(Some(Message::Binary(b))) => {
+                            // The reference parses binary frames as JSON too.
+                            if let Ok(t) = std::str::from_utf8(b) {
+                                texts.push(t.to_string());
+                            }
+                        }
+                        Ok(Some(Message::Ping(p))) => {
+                            let p = p.to_vec();
+                            handoff::encode_pong(&mut st.out, &p, client);
+                        }
+                        Ok(Some(Message::Close(code))) => {
+                            st.peer_close = Some(code.unwrap_or(1005));
+                            handoff::encode_close(&mut st.out, code.unwrap_or(1000), "", client);
+                            st.ended.get_or_insert_with(|| "the peer closed the connection".into());
+                            close_after = true;
+                            break 'read;
+                        }
+                        Err(e) => {
+                            handoff::encode_close(&mut st.out, e.close_code(), &e.to_string(), client);
+                            st.ended.get_or_insert_with(|| e.to_string());
+                            close_after = true;
+                            break 'read;
+                        }
+                    }
+                }
+                // A read shorter than the room the decoder keeps (at least 4 KiB) drained the
+                // socket: skip the read that would only say so (the poll is level-triggered).
+                if n == 0 || close_after || n < SHORT_READ {
+                    break;
+                }
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    break;
+                }
+            }
+        }
+        if !texts.is_empty() {
+            deliver(|| {
+                self.call_js(self.on_messages, |env| strings(env, &texts));
+            });
+        }
+        if close_after {
+            self.end();
+        } else if !self.state.borrow().out.is_empty() {
+            self.flush();
+        }
+    }
+
+    /// Closes the socket and tells JS why (once).
+    fn end(self: &Rc<Self>) {
+        if self.closed.get() {
+            return;
+        }
+        let why = self.state.borrow_mut().ended.take().unwrap_or_else(|| "closed".into());
+        self.close();
+        deliver(|| {
+            self.call_js(self.on_close, |env| string(env, &why));
+        });
+    }
+}
+
+/// Runs a delivery into JS; frames queued meanwhile are written once the outermost one returns.
+fn deliver(f: impl FnOnce()) {
+    DELIVERING.with(|d| d.set(d.get() + 1));
+    f();
+    let depth = DELIVERING.with(|d| {
+        d.set(d.get() - 1);
+        d.get()
+    });
+    if depth == 0 {
+        let dirty = DIRTY.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        for c in dirty {
+            c.state.borrow_mut().dirty = false;
+            c.flush();
+        }
+    }
+}
+
+fn string(env: sys::napi_env, s: &str) -> sys::napi_value {
+    let mut v = ptr::null_mut();
+    // SAFETY: called with a handle scope open on the JS thread.
+    unsafe { sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut v) };
+    v
+}
+
+fn strings(env: sys::napi_env, items: &[String]) -> sys::napi_value {
+    let mut arr = ptr::null_mut();
+    // SAFETY: as in `string`.
+    unsafe {
+        sys::napi_create_array_with_length(env, items.len(), &mut arr);
+        for (i, s) in items.iter().enumerate() {
+            sys::napi_set_element(env, arr, i as u32, string(env, s));
+        }
+    }
+    arr
+}
+
+unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) {
+    // SAFETY: `data` (the first field of every uv handle) holds the `Rc<Conn>` leaked in
+    // `NativeLoopConn::new` until `on_closed`.
+    let conn: &Conn = unsafe { &*(*(handle as *mut *const Conn)) };
+    // A temporary strong reference, so that a close inside the callbacks keeps `conn` alive.
+    // SAFETY: the pointer came from `Rc::into_raw` and the handle's reference is still held.
+    let conn = unsafe {
+        Rc::increment_strong_count(conn as *const Conn);
+        Rc::from_raw(conn as *const Conn)
+    };
+    if conn.closed.get() {
+        return;
+    }
+    if status < 0 {
+        conn.state.borrow_mut().ended.get_or_insert_with(|| format!("poll error {status}"));
+        conn.end();
+        return;
+    }
+    if events & UV_WRITABLE != 0 {
+        conn.flush();
+    }
+    if events & UV_READABLE != 0 {
+        conn.readable();
+    } else if conn.state.borrow().ended.is_some() {
+        conn.end();
+    }
+}
+
+unsafe extern "C" fn on_closed(handle: *mut c_void) {
+    // SAFETY: see `on_poll`; this is the last use of the handle, whose memory was allocated as
+    // a Vec<u64> in `NativeLoopConn::new`.
+    unsafe {
+        let conn = Rc::from_raw(*(handle as *mut *const Conn));
+        let words = conn.handle_words;
+        let env = conn.env;
+        sys::napi_delete_reference(env, conn.on_messages);
+        sys::napi_delete_reference(env, conn.on_close);
+        drop(conn);
+        drop(Vec::from_raw_parts(handle as *mut u64, words, words));
+    }
+}
+
+/// A socket dialed or accepted by the core and not yet driven by the loop (it may cross
+/// threads).
+#[napi]
+pub struct NativeWsSocket {
+    inner: Mutex<Option<HandedOff>>,
+}
+
+/// A socket driven by Node's loop: `onMessages(texts)` for every batch of messages read,
+/// `onClose(reason)` once when it ends (not after `close()`).
+#[napi]
+pub struct NativeLoopConn {
+    conn: Rc<Conn>,
+}
+
+#[napi]
+impl NativeLoopConn {
+    #[napi(constructor)]
+    pub fn new(env: Env, socket: &NativeWsSocket, client: bool, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
+        let h = socket.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
+        let raw_env = env.raw();
+        let mut lp = ptr::null_mut();
+        // SAFETY: plain napi calls on the JS thread with live values.
+        let (on_messages, on_close) = unsafe {
+            check(sys::napi_get_uv_event_loop(raw_env, &mut lp))?;
+            let mut a = ptr::null_mut();
+            let mut b = ptr::null_mut();
+            check(sys::napi_create_reference(raw_env, on_messages.raw(), 1, &mut a))?;
+            check(sys::napi_create_reference(raw_env, on_close.raw(), 1, &mut b))?;
+            (a, b)
+        };
+        // SAFETY: asks libuv for the size of its own struct.
+        let words = unsafe { uv_handle_size(UV_POLL) }.div_ceil(8);
+        let mut mem = vec![0u64; words.max(1)];
+        let handle = mem.as_mut_ptr().cast::<c_void>();
+        let words = mem.len();
+        std::mem::forget(mem);
+        use std::os::fd::AsRawFd;
+        let fd = h.stream.as_raw_fd();
+        let conn = Rc::new(Conn {
+            env: raw_env,
+            handle,
+            handle_words: words,
+            client,
+            state: RefCell::new(State {
+                stream: Some(h.stream),
+                decoder: Decoder::new(client, MAX_MESSAGE, h.leftover),
+                out: Vec::new(),
+                events: UV_READABLE,
+                dirty: false,
+                ended: None,
+                peer_close: None,
+            }),
+            on_messages,
+            on_close,
+            closed: Cell::new(false),
+        });
+        // SAFETY: `handle` is zeroed memory of the poll handle's size; its first field (`data`)
+        // gets the handle's own strong reference, given back in `on_closed`.
+        unsafe {
+            if uv_poll_init(lp, handle, fd) != 0 {
+                drop(Vec::from_raw_parts(handle as *mut u64, words, words));
+                sys::napi_delete_reference(raw_env, on_messages);
+                sys::napi_delete_reference(raw_env, on_close);
+                return Err(napi::Error::new(Status::GenericFailure, "uv_poll_init failed"));
+            }
+            *(handle as *mut *const Conn) = Rc::into_raw(conn.clone());
+            uv_poll_start(handle, UV_READABLE, on_poll);
+            // A socket alone does not keep the process alive: the caller refs it while it
+            // waits for replies (`setRef`), a server while it listens.
+            uv_unref(handle);
+        }
+        Ok(NativeLoopConn { conn })
+    }
+
+    /// Reads and delivers what is already there (the bytes that came with the handshake may hold
+    /// whole messages, which no poll would announce): call once after the constructor.
+    #[napi]
+    pub fn pump(&self) {
+        if !self.conn.closed.get() {
+            self.conn.readable();
+        }
+    }
+
+    /// Sends one text message; false when the socket is closed.
+    #[napi]
+    pub fn send(&self, text: String) -> bool {
+        let client = self.conn.client;
+        self.conn.queue(|out| handoff::encode_text(out, &text, client))
+    }
+
+    /// Whether the socket keeps the process alive (while replies are awaited).
+    #[napi]
+    pub fn set_ref(&self, on: bool) {
+        if !self.conn.closed.get() {
+            // SAFETY: the handle is live until closed.
+            unsafe {
+                if on {
+                    uv_ref(self.conn.handle);
+                } else {
+                    uv_unref(self.conn.handle);
+                }
+            }
+        }
+    }
+
+    #[napi(getter)]
+    pub fn open(&self) -> bool {
+        !self.conn.closed.get() && self.conn.state.borrow().ended.is_none()
+    }
+
+    /// The close code the peer sent (1005 for a close frame without one), 0 when it sent none.
+    #[napi(getter)]
+    pub fn peer_close_code(&self) -> u32 {
+        self.conn.state.borrow().peer_close.map_or(0, u32::from)
+    }
+
+    /// Sends a close frame (1000, 1001 with `goingAway`, or `code`) and closes the socket;
+    /// `onClose` is not called.
+    #[napi]
+    pub fn close(&self, going_away: Option<bool>, code: Option<u32>) {
+        let client = self.conn.client;
+        let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(if going_away.unwrap_or(false) { 1001 } else { 1000 });
+        {
+            let mut st = self.conn.state.borrow_mut();
+            if st.stream.is_some() && st.ended.is_none() {
+                handoff::encode_close(&mut st.out, code, "", client);
+            }
+        }
+        self.conn.close();
+    }
+}
+
+type SocketDone = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>, Option<NativeWsSocket>)>, (), FnArgs<(Option<u32>, Option<String>, Option<NativeWsSocket>)>, Status, false>;
+
+/// Dials `ws://dest/ws` on the core's runtime: `done(code, message, socket)`.
+#[napi]
+pub fn ws_dial(dest: String, timeout_ms: Option<u32>, done: SocketDone) -> napi::Result<(), ErrName> {
+    let rt = runtime()?;
+    let timeout = timeout_ms.map_or(DIAL_TIMEOUT, |t| Duration::from_millis(u64::from(t)));
+    rt.spawn(async move {
+        let args = match handoff::dial_plain(&dest, timeout).await {
+            Ok(h) => (None, None, Some(NativeWsSocket { inner: Mutex::new(Some(h)) })),
+            Err(e) => (Some(e.code()), Some(e.text().to_string()), None),
+        };
+        done.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
+    });
+    Ok(())
+}
+
+type SocketFn = ThreadsafeFunction<NativeWsSocket, (), NativeWsSocket, Status, false, true>;
+
+/// A WS server whose plain sockets are handed to `on_socket(socket)` on the JS thread.
+#[napi]
+pub struct NativeLoopServer {
+    server: Arc<Mutex<Option<WsServer>>>,
+    port: u16,
+}
+
+#[napi]
+impl NativeLoopServer {
+    #[napi(factory)]
+    pub fn listen(port_: Option<u32>, on_socket: SocketFn) -> napi::Result<Self, ErrName> {
+        let rt = runtime()?;
+        let p = port(port_)?;
+        let on_socket = Arc::new(on_socket);
+        let hook: handoff::HandOff = Arc::new(move |h: HandedOff| {
+            on_socket.call(NativeWsSocket { inner: Mutex::new(Some(h)) }, ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, p));
+        // No handler is ever called: every plain socket is handed off (a TLS one is refused by
+        // the absence of TLS settings: the server speaks plain ws only).
+        let refuse = |_r: grenache::rpc::Request, reply: grenache::rpc::Reply| reply.err("ERR_NO_HANDLER");
+        let server = rt
+            .block_on(Duration::from_secs(10), async move { WsServer::bind(addr, refuse, WsServerConfig::default().hand_off(hook)).await })
+            .map_err(|e| js_err(&e))?;
+        let port = server.port();
+        Ok(NativeLoopServer { server: Arc::new(Mutex::new(Some(server))), port })
+    }
+
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        u32::from(self.port)
+    }
+
+    /// Stops listening (sockets already handed over are the JS side's to close).
+    #[napi]
+    pub fn close(&self) -> napi::Result<(), ErrName> {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = server {
+            let rt = runtime()?;
+            rt.block_on(Duration::from_secs(10), async move {
+                s.close().await;
+                Ok(())
+            })
+            .map_err(|e| js_err(&e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! WebSocket sockets handed to an event loop other than tokio's.
+//!
+//! A face whose callers live on one event loop of their own (Node's libuv loop) pays for every
+//! hand-off between that loop's thread and the runtime's threads: each request and each reply
+//! would wake a sleeping thread. For plain (non-TLS) sockets it can instead take the socket
+//! itself once the opening handshake is done, and read and write it on its own loop: the
+//! connection, TLS and the handshake stay here; the face gets a non-blocking
+//! [`std::net::TcpStream`] and the bytes already read past the handshake, and speaks RFC 6455
+//! frames over it with [`Decoder`] and the `encode_*` functions (the same framing the RPC server
+//! and client use).
+//!
+//! * Client side: [`dial_plain`] connects and upgrades `ws://dest/ws`.
+//! * Server side: [`WsServerConfig::hand_off`](super::WsServerConfig::hand_off) makes a
+//!   [`WsServer`](super::WsServer) give each plain socket it upgraded to a hook instead of
+//!   serving it. Such sockets are the hook's from then on: they are not counted in the server's
+//!   connection limits, not closed by [`WsServer::close`](super::WsServer::close), and their
+//!   requests never reach the server's handler.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::frame::{self, FrameError, FrameReader, Msg, Side};
+use super::stream::{NetStream, dial_raw};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A plain socket after its opening handshake.
+#[derive(Debug)]
+pub struct HandedOff {
+    /// The socket, in non-blocking mode, Nagle off.
+    pub stream: std::net::TcpStream,
+    /// Bytes the peer sent after its handshake (the start of its first frames).
+    pub leftover: Vec<u8>,
+    /// The peer's address.
+    pub remote: SocketAddr,
+}
+
+/// What a server calls with each plain socket it upgraded (on a runtime thread).
+pub type HandOff = Arc<dyn Fn(HandedOff) + Send + Sync>;
+
+/// Dials `ws://dest/ws` (TCP, then the WebSocket upgrade) within `timeout` and hands the socket
+/// over. Errors as [`WsClient`](super::WsClient) reports them: [`ErrorKind::Connect`],
+/// [`ErrorKind::ClientRefused`] (`HTTP 401`), [`ErrorKind::Timeout`], [`ErrorKind::InvalidArgument`]
+/// for a destination that is not `host:port`.
+pub async fn dial_plain(dest: &str, timeout: Duration) -> Result<HandedOff> {
+    let (io, leftover) = dial_raw(dest, None, timeout).await?;
+    match io {
+        NetStream::Plain(tcp) => {
+            let remote = tcp.peer_addr()?;
+            let stream = tcp.into_std().map_err(|e| Error::new(ErrorKind::Io, format!("socket of {dest}: {e}")))?;
+            Ok(HandedOff { stream, leftover, remote })
+        }
+        _ => Err(Error::new(ErrorKind::Internal, "a plain dial gave a TLS socket")),
+    }
+}
+
+/// One thing read from a socket: a whole data message or a control frame. Slices borrow the
+/// decoder until the next call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message (checked to be UTF-8).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+    /// A ping: answer with [`encode_pong`] carrying the same bytes.
+    Ping(&'a [u8]),
+    /// A close frame and its status code, if any: answer with [`encode_close`] and close.
+    Close(Option<u16>),
+}
+
+/// Why a socket's input cannot be read any further; [`DecodeError::close_code`] is the close
+/// code to send before closing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecodeError(FrameError);
+
+impl DecodeError {
+    /// The close code to send (1002 protocol error, 1007 bad UTF-8, 1009 too large).
+    pub fn close_code(&self) -> u16 {
+        self.0.close_code()
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Reads RFC 6455 frames from a socket's bytes: [`Decoder::read_from`] until it would block,
+/// then [`Decoder::next_message`] until it gives `None`.
+#[derive(Debug)]
+pub struct Decoder {
+    inner: FrameReader,
+}
+
+impl Decoder {
+    /// A decoder for a client's socket (`client`: frames from the server, unmasked) or a
+    /// server's; messages over `max_message` bytes are an error. `leftover`: bytes read past the
+    /// handshake.
+    pub fn new(client: bool, max_message: usize, leftover: Vec<u8>) -> Decoder {
+        let side = if client { Side::Client } else { Side::Server };
+        Decoder { inner: FrameReader::new(side, max_message, leftover) }
+    }
+
+    /// One `read` from `r` into the buffer; `Ok(0)` is the end of the stream, `WouldBlock` as
+    /// `r` gives it.
+    pub fn read_from<R: io::Read>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.inner.fill_from(r)
+    }
+
+    /// The next whole message or control frame, `Ok(None)` when more bytes are needed. Pongs are
+    /// skipped. After an error the decoder must not be used again.
+    pub fn next_message(&mut self) -> std::result::Result<Option<Message<'_>>, DecodeError> {
+        match self.inner.next_message() {
+            Ok(None) => Ok(None),
+            // Text was checked to be UTF-8 by the reader.
+            Ok(Some(Msg::Text(t))) => std::str::from_utf8(t).map(|s| Some(Message::Text(s))).map_err(|_| DecodeError(FrameError::InvalidUtf8)),
+            Ok(Some(Msg::Binary(b))) => Ok(Some(Message::Binary(b))),
+            Ok(Some(Msg::Ping(b))) => Ok(Some(Message::Ping(b))),
+            Ok(Some(Msg::Close(c))) => Ok(Some(Message::Close(c))),
+            Err(e) => Err(DecodeError(e)),
+        }
+    }
+}
+
+fn mask(client: bool) -> Option<[u8; 4]> {
+    client.then(frame::mask_key)
+}
+
+/// Appends a text frame carrying `text` to `out` (masked when `client`).
+pub fn encode_text(out: &mut Vec<u8>, text: &str, client: bool) {
+    frame::encode_frame(out, frame::OP_TEXT, text.as_bytes(), mask(client));
+}
+
+/// Appends a pong answering a ping's `payload`.
+pub fn encode_pong(out: &mut Vec<u8>, payload: &[u8], client: bool) {
+    frame::encode_frame(out, frame::OP_PONG, payload, mask(client));
+}
+
+/// Appends a close frame with `code` and `reason` (cut to fit a control frame).
+pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str, client: bool) {
+    frame::encode_close(out, code, reason, mask(client));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A client and a server socket handed over, talking frames through the sans-IO API; a
+    /// protocol violation gives its close code.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dial_and_hand_off_speak_frames() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let hook: HandOff = Arc::new(move |h: HandedOff| tx.send(h).expect("send"));
+        let handler = |_r: crate::rpc::Request, reply: crate::rpc::Reply| reply.ok(serde_json::Value::Null);
+        let config = super::super::WsServerConfig::default().hand_off(hook);
+        let server = super::super::WsServer::bind("127.0.0.1:0".parse().expect("addr"), handler, config).await.expect("bind");
+        let client = dial_plain(&server.local_addr().to_string(), Duration::from_secs(5)).await.expect("dial");
+        let served = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5))).await.expect("join").expect("handed off");
+        let (mut c, mut s) = (client.stream, served.stream);
+        c.set_nonblocking(false).expect("blocking");
+        s.set_nonblocking(false).expect("blocking");
+        let mut out = Vec::new();
+        encode_text(&mut out, "[\"rid\",\"k\",1]", true);
+        c.write_all(&out).expect("write");
+        let mut dec = Decoder::new(false, 1024, served.leftover);
+        let got = loop {
+            if let Some(m) = dec.next_message().expect("frame") {
+                break format!("{m:?}");
+            }
+            assert!(dec.read_from(&mut s).expect("read") > 0);
+        };
+        assert_eq!(got, "Text(\"[\\\"rid\\\",\\\"k\\\",1]\")");
+        out.clear();
+        encode_text(&mut out, "reply", false);
+        s.write_all(&out).expect("write");
+        let mut dec = Decoder::new(true, 1024, client.leftover);
+        while dec.next_message().expect("frame").is_none() {
+            assert!(dec.read_from(&mut c).expect("read") > 0);
+        }
+        // An unmasked frame from a client is a protocol error (1002).
+        out.clear();
+        encode_text(&mut out, "x", false);
+        c.write_all(&out).expect("write");
+        let mut dec = Decoder::new(false, 1024, Vec::new());
+        let err = loop {
+            match dec.next_message() {
+                Ok(Some(m)) => panic!("unexpected {m:?}"),
+                Ok(None) => assert!(dec.read_from(&mut s).expect("read") > 0),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.close_code(), 1002);
+        let mut rest = [0u8; 1];
+        drop(c);
+        assert_eq!(s.read(&mut rest).expect("eof"), 0);
+        server.close().await;
+    }
+}
