@@ -75,6 +75,15 @@ export interface GrapeOptions {
    * restarted Grape rejoins without `bootstrap`), written at stop and every minute.
    */
   dhtState?: string
+  /**
+   * The numeric Grape options by name, the same in every face (camelCase or snake_case;
+   * durations in ms): peerMaxAgeMs, nodeLivenessMs, maxTables, maxValues, maxPeers,
+   * maxPayloadSize, maxConnections, announceWindowMs, lookupWindowMs, and the limits against
+   * hostile load maxConnectionsPerIp, headerTimeoutMs, bodyTimeoutMs, bodyMinRate, idleTimeoutMs,
+   * maxKeyLen, peerStoreBytes, maxRecordsPerIp, queriesPerIp. An unknown name throws
+   * InvalidArgumentError.
+   */
+  options?: Record<string, number>
 }
 
 /** A Grape (DHT node + HTTP API) running in this process; the constructor starts it. */
@@ -181,6 +190,11 @@ export interface ServerOptions {
   /** uTP only: register every announced name with the broker announced under this name (every
    * 5 s, from the server's socket), so clients behind other NATs are introduced and punched. */
   broker?: string
+  /** Limits against hostile load by name, the same in every face (camelCase or snake_case;
+   * durations in ms): maxConnections, maxConnectionsPerIp, headerTimeoutMs, bodyTimeoutMs,
+   * bodyMinRate, idleTimeoutMs, maxBodyInFlight, wsPingIntervalMs, wsPongTimeoutMs,
+   * wsIdleTimeoutMs. An unknown name or a zero cap throws InvalidArgumentError. */
+  limits?: Record<string, number>
 }
 
 /** An RPC server: the handler returns the result (or a Promise); throwing a ReplyError answers

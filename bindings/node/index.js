@@ -394,9 +394,11 @@ class LoopWsServer {
 }
 
 class Grape {
-  // Starts a Grape: `{ dhtPort, apiPort, bootstrap: ['127.0.0.1:20001'], host }` (ports 0: any free).
+  // Starts a Grape: `{ dhtPort, apiPort, bootstrap: ['127.0.0.1:20001'], host, dhtState, options }`
+  // (ports 0: any free). `options` are the numeric Grape options by name, the same in every face
+  // (`{ maxKeyLen: 64, peerMaxAgeMs: 60000 }`; see index.d.ts).
   constructor (opts = {}) {
-    this._g = sync(() => new native.NativeGrape(opts.dhtPort || 0, opts.apiPort || 0, opts.bootstrap || [], opts.host, opts.dhtState))
+    this._g = sync(() => new native.NativeGrape(opts.dhtPort || 0, opts.apiPort || 0, opts.bootstrap || [], opts.host, opts.dhtState, opts.options))
   }
 
   get dhtPort () { return this._g.dhtPort }
@@ -511,7 +513,9 @@ function answer (reply, info, value) {
 class Server {
   // `handler(payload, info)` returns the result (or a Promise of it); throwing (or rejecting
   // with) a ReplyError answers the client with its message; `info.defer()` takes the Reply.
-  constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints, broker } = {}) {
+  // `limits`: limits against hostile load by name (`{ maxConnectionsPerIp: 100 }`; see
+  // index.d.ts). A plain `ws` server with limits runs on the core's threads, which apply them.
+  constructor (link, handler, { transport = 'http', port = 0, tls, replyTimeout, allowFingerprints, broker, limits } = {}) {
     const serve = (reply, payload, fingerprint) => {
       const info = new RequestInfo(fingerprint, reply)
       let result
@@ -526,7 +530,7 @@ class Server {
         answer(reply, info, result)
       }
     }
-    if (transport === 'ws' && !tls && !allowFingerprints) {
+    if (transport === 'ws' && !tls && !allowFingerprints && !limits) {
       const timeout = ms(replyTimeout)
       const onLoopRequest = (reply, payload) => {
         if (timeout !== undefined) {
@@ -542,7 +546,7 @@ class Server {
       this._s = new LoopWsServer(link, onLoopRequest, port || 0)
     } else {
       const onRequest = (nativeReply, payloadJson, fingerprint) => serve(new Reply(nativeReply), JSON.parse(payloadJson), fingerprint)
-      this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints, broker))
+      this._s = sync(() => new native.NativeServer(link._l, transport, onRequest, port, tls && tls._t, ms(replyTimeout), allowFingerprints, broker, limits))
     }
     this._release = keepAlive()
   }

@@ -128,6 +128,19 @@ pub struct NativeGrape {
     api_port: u16,
 }
 
+/// A JS object of numeric settings `{ name: number }` as whole numbers (a negative, fractional or
+/// non-finite value is an `InvalidArgument` error naming the setting).
+fn whole_numbers(map: Option<std::collections::HashMap<String, f64>>) -> napi::Result<Vec<(String, u64)>, ErrName> {
+    let mut out = Vec::new();
+    for (name, v) in map.unwrap_or_default() {
+        if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= u64::MAX as f64) {
+            return Err(js_err(&invalid(format!("{name} must be a whole number >= 0, not {v}"))));
+        }
+        out.push((name, v as u64));
+    }
+    Ok(out)
+}
+
 #[napi]
 impl NativeGrape {
     #[napi(constructor)]
@@ -137,6 +150,7 @@ impl NativeGrape {
         bootstrap: Option<Vec<String>>,
         host: Option<String>,
         dht_state: Option<String>,
+        options: Option<std::collections::HashMap<String, f64>>,
     ) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let mut config = GrapeConfig::new();
@@ -145,6 +159,10 @@ impl NativeGrape {
             .api_port(port(api_port)?)
             .bootstrap(bootstrap.unwrap_or_default())
             .dht_state(dht_state.filter(|p| !p.is_empty()).map(std::path::PathBuf::from));
+        // The numeric options by name (the core's table: `GRAPE_OPTION_NAMES`; camelCase works).
+        for (name, value) in whole_numbers(options)? {
+            config.set(&name, value).map_err(|e| js_err(&e))?;
+        }
         if let Some(h) = host {
             let ip = h.parse().map_err(|_| js_err(&invalid(format!("host {h:?} is not an IP address"))))?;
             config.host(Some(ip));
@@ -403,8 +421,14 @@ impl NativeServer {
         reply_timeout_ms: Option<u32>,
         allow_fingerprints: Option<Vec<String>>,
         broker: Option<String>,
+        limits: Option<std::collections::HashMap<String, f64>>,
     ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(&transport)?;
+        // Limits against hostile load by name (the core's table: `SERVER_LIMIT_NAMES`).
+        let mut server_limits = grenache::transport::ServerLimits::default();
+        for (name, value) in whole_numbers(limits)? {
+            server_limits.set(&name, value).map_err(|e| js_err(&e))?;
+        }
         // WS only: accept only clients whose certificate has one of these SHA-1 fingerprints.
         let verify_client = allow_fingerprints.map(grenache::tls::allow_fingerprints);
         let handler = Arc::new(handler);
@@ -422,6 +446,7 @@ impl NativeServer {
             reply_timeout: millis(reply_timeout_ms),
             verify_client,
             broker,
+            limits: server_limits,
             ..Default::default()
         };
         let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;

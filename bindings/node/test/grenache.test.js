@@ -151,6 +151,29 @@ test('one error class per core kind, under its family, in index.d.ts too', () =>
   }
 })
 
+test('Grape options and server limits by name, as in every face', async () => {
+  // A key limit of 8 bytes: a longer service name is refused by the Grape's API.
+  const small = new g.Grape({ host: '127.0.0.1', options: { maxKeyLen: 8, peer_max_age_ms: 60000 } })
+  const link = new g.Link(small.url)
+  await assert.rejects(link.announce('a-name-longer-than-8', 1234), (e) => /ERR_GRAPE_KEY_TOO_LONG/.test(e.message))
+  link.close()
+  await small.stop()
+  assert.throws(() => new g.Grape({ options: { nope: 1 } }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
+  assert.throws(() => new g.Grape({ options: { maxKeyLen: -1 } }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
+  // One connection per source address: a second keep-alive client from 127.0.0.1 is refused
+  // while the first holds its connection.
+  const s = new g.Server(l1, handler, { limits: { maxConnectionsPerIp: 1, idleTimeoutMs: 60000 } })
+  cleanup.push(() => s.close())
+  s.startAnnouncing('node:limits', 500)
+  const first = new g.Client(l2)
+  const second = new g.Client(l2)
+  cleanup.push(() => { first.close(); second.close() })
+  await eventually(async () => (await first.request('node:limits', 'hello')) === 'world', 'limited server visible')
+  await assert.rejects(second.request('node:limits', 'hello', { timeout: 2000 }), (e) => e instanceof g.GrenacheError)
+  assert.throws(() => new g.Server(l1, handler, { limits: { maxConnections: 0 } }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
+  assert.throws(() => new g.Server(l1, handler, { transport: 'ws', limits: { nope: 1 } }), (e) => e.name === 'ERR_INVALID_ARGUMENT')
+})
+
 test('a reply answers once; a second answer is ERR_ALREADY_USED', async () => {
   let second
   const s = new g.Server(l1, (payload, info) => {
