@@ -278,11 +278,8 @@ pub extern "C" fn grenache_grape_options_set(opts: *mut grenache_grape_options, 
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_grape_option_name(option: u32) -> *const c_char {
     ffi_panic_boundary! {
-        static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
-        let names = NAMES.get_or_init(|| {
-            grenache_core::grape::GRAPE_OPTION_NAMES.iter().filter_map(|n| std::ffi::CString::new(*n).ok()).collect()
-        });
-        names.get(option as usize).map_or(std::ptr::null(), |n| n.as_ptr())
+        static NAMES: crate::ptr::StaticNames = crate::ptr::StaticNames::new(&grenache_core::grape::GRAPE_OPTION_NAMES);
+        NAMES.get(option)
     }
 }
 

@@ -196,6 +196,25 @@ pub(crate) fn with_nul<R>(s: String, f: impl FnOnce(*const c_char, usize) -> R) 
     }
 }
 
+/// A table of names handed to C as static NUL-terminated strings (`grenache_*_name`), made once
+/// on first use.
+pub(crate) struct StaticNames {
+    names: &'static [&'static str],
+    c: std::sync::OnceLock<Vec<std::ffi::CString>>,
+}
+
+impl StaticNames {
+    pub(crate) const fn new(names: &'static [&'static str]) -> StaticNames {
+        StaticNames { names, c: std::sync::OnceLock::new() }
+    }
+
+    /// The name at `index`, or NULL past the end. Valid for the life of the process.
+    pub(crate) fn get(&'static self, index: u32) -> *const c_char {
+        let c = self.c.get_or_init(|| self.names.iter().filter_map(|n| std::ffi::CString::new(*n).ok()).collect());
+        c.get(index as usize).map_or(std::ptr::null(), |n| n.as_ptr())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

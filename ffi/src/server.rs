@@ -298,11 +298,8 @@ pub extern "C" fn grenache_server_options_set_limit(opts: *mut grenache_server_o
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_server_limit_name(limit: u32) -> *const c_char {
     ffi_panic_boundary! {
-        static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
-        let names = NAMES.get_or_init(|| {
-            grenache_core::transport::SERVER_LIMIT_NAMES.iter().filter_map(|n| std::ffi::CString::new(*n).ok()).collect()
-        });
-        names.get(limit as usize).map_or(std::ptr::null(), |n| n.as_ptr())
+        static NAMES: crate::ptr::StaticNames = crate::ptr::StaticNames::new(&grenache_core::transport::SERVER_LIMIT_NAMES);
+        NAMES.get(limit)
     }
 }
 

@@ -141,9 +141,7 @@ impl GrapeConfig {
     /// underscores and dashes, so `peerMaxAgeMs` works too) to `value`. Errors:
     /// `InvalidArgument` for an unknown name or a port above 65535.
     pub fn set(&mut self, name: &str, value: u64) -> crate::Result<&mut Self> {
-        let norm = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect::<String>();
-        let want = norm(name);
-        let index = GRAPE_OPTION_NAMES.iter().position(|n| norm(n) == want).ok_or_else(|| {
+        let index = crate::transport::option_index(&GRAPE_OPTION_NAMES, name).ok_or_else(|| {
             crate::Error::invalid(format!("unknown Grape option {name:?} (one of {})", GRAPE_OPTION_NAMES.join(", ")))
         })?;
         let ms = Duration::from_millis(value);

@@ -264,9 +264,15 @@ impl ServerLimits {
 
 /// The index in [`SERVER_LIMIT_NAMES`] of `name`, ignoring case and underscores.
 fn server_limit_index(name: &str) -> Option<usize> {
+    option_index(&SERVER_LIMIT_NAMES, name)
+}
+
+/// The index in `names` (snake_case) of `name` in any spelling the faces use: case, underscores
+/// and dashes do not count (`max_key_len`, `maxKeyLen`, `max-key-len`).
+pub(crate) fn option_index(names: &[&str], name: &str) -> Option<usize> {
     let norm = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').map(|c| c.to_ascii_lowercase()).collect::<String>();
     let want = norm(name);
-    SERVER_LIMIT_NAMES.iter().position(|n| norm(n) == want)
+    names.iter().position(|n| norm(n) == want)
 }
 
 impl std::fmt::Debug for ServerSettings {
