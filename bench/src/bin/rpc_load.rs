@@ -61,7 +61,7 @@ async fn run(a: Args) -> grenache::Result<Value> {
     let key: Arc<str> = a.key.as_str().into();
     let payload: Arc<str> = a.payload.to_string().into();
     let call = || async {
-        let r = client.request_json_shared(key.clone(), payload.clone(), &opts).await?;
+        let r = client.send::<serde_json::Value>(key.clone(), payload.clone(), &opts).await?;
         if r == a.expect {
             Ok(())
         } else {

@@ -101,7 +101,7 @@ impl EmbedClient {
         let c = self.client.clone();
         let key = key.into();
         // The result as the worker sent it: no parse into a Value and back.
-        let fut = async move { Ok(String::from(Box::<str>::from(c.request_raw(key, payload, &opts).await?))) };
+        let fut = async move { Ok(String::from(Box::<str>::from(c.send::<Box<serde_json::value::RawValue>>(key, payload, &opts).await?))) };
         self.ops.spawn(&self.rt, fut, done);
     }
 

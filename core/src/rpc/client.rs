@@ -14,6 +14,32 @@ use super::{BoxFuture, ClientTransport, OutgoingRequest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::Link;
 
+/// The forms a result can take from [`PeerRpcClient::send`]: a parsed [`Value`], or a
+/// `Box<RawValue>` with the worker's JSON text as it came. Sealed: no other forms.
+pub trait ReplyForm: Sized + Send + 'static + private::Sealed {
+    /// Sends `out` to `dest` on `transport`, asking for this form of result.
+    #[doc(hidden)]
+    fn call(transport: &dyn ClientTransport, dest: &str, out: OutgoingRequest) -> BoxFuture<'static, Result<Self>>;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for serde_json::Value {}
+    impl Sealed for Box<serde_json::value::RawValue> {}
+}
+
+impl ReplyForm for Value {
+    fn call(transport: &dyn ClientTransport, dest: &str, out: OutgoingRequest) -> BoxFuture<'static, Result<Self>> {
+        transport.request(dest, out)
+    }
+}
+
+impl ReplyForm for Box<RawValue> {
+    fn call(transport: &dyn ClientTransport, dest: &str, out: OutgoingRequest) -> BoxFuture<'static, Result<Self>> {
+        transport.request_raw(dest, out)
+    }
+}
+
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct PeerRpcClientConfig {
@@ -250,23 +276,15 @@ impl PeerRpcClient {
     /// A remote handler's error is an [`ErrorKind::Remote`] error with the remote message.
     pub async fn request<T: Serialize + ?Sized>(&self, key: &str, payload: &T, opts: &RequestOptions) -> Result<Value> {
         let json: Arc<str> = serde_json::to_string(payload)?.into();
-        self.request_json(key, json, opts).await
+        self.send(key, json, opts).await
     }
 
-    /// [`PeerRpcClient::request`] with a payload already serialised as JSON text.
-    pub async fn request_json(&self, key: &str, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Value> {
-        self.request_json_shared(key.into(), payload_json, opts).await
-    }
-
-    /// [`PeerRpcClient::request_json`] with the key already shared (no copy of it per request).
-    pub async fn request_json_shared(&self, key: Arc<str>, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Value> {
-        self.request_with(key, payload_json, opts, |t, dest, out| t.request(dest, out)).await
-    }
-
-    /// [`PeerRpcClient::request_json_shared`] resolving to the result as JSON text, exactly as the
-    /// worker sent it (never parsed into a [`Value`]): for embedders that hand results on as text.
-    pub async fn request_raw(&self, key: Arc<str>, payload_json: Arc<str>, opts: &RequestOptions) -> Result<Box<RawValue>> {
-        self.request_with(key, payload_json, opts, |t, dest, out| t.request_raw(dest, out)).await
+    /// The one request path under [`PeerRpcClient::request`]: `payload_json` is already JSON
+    /// text, `key` may be shared (an `Arc<str>` is not copied per request), and the result comes
+    /// back as `R`: a [`Value`], or a `Box<RawValue>` holding the JSON text exactly as the worker
+    /// sent it (never parsed; for embedders and proxies that hand results on as text).
+    pub async fn send<R: ReplyForm>(&self, key: impl Into<Arc<str>>, payload_json: Arc<str>, opts: &RequestOptions) -> Result<R> {
+        self.request_with(key.into(), payload_json, opts, R::call).await
     }
 
     /// The request loop (lookup, destination choice, retries) around one transport call.

@@ -24,7 +24,7 @@ pub mod client;
 pub mod envelope;
 pub mod server;
 
-pub use client::{PeerRpcClient, PeerRpcClientConfig, RequestOptions, Resolve};
+pub use client::{PeerRpcClient, PeerRpcClientConfig, ReplyForm, RequestOptions, Resolve};
 pub use server::PeerRpcServer;
 
 /// A boxed, sendable future, as returned by [`ClientTransport::request`].
