@@ -9,6 +9,10 @@
 
 const path = require('path')
 
+// A duration in ms as the core's messages print one (Rust's `Duration` debug form: `250ms`,
+// `1.5s`, `30s`), so that a timeout reads the same in every face.
+const durationText = (ms) => ms < 1000 ? `${ms}ms` : `${ms / 1000}s`
+
 function load () {
   const tried = []
   for (const f of [process.env.GRENACHE_NATIVE_ADDON, path.join(__dirname, 'grenache.node'), path.join(__dirname, 'grenache.linux-x64-gnu.node')]) {
@@ -125,7 +129,7 @@ class LoopDest {
   }
 
   request (text, rid, timeout, resolve, reject) {
-    const req = { rid, text, resolve, reject, deadline: Date.now() + timeout }
+    const req = { rid, text, resolve, reject, timeout, deadline: Date.now() + timeout }
     this.pending.set(rid, req)
     this.setRef(true)
     if (!this.timer || req.deadline < this.timerAt) this.arm(req.deadline)
@@ -177,7 +181,7 @@ class LoopDest {
     const now = Date.now()
     let next = Infinity
     for (const req of Array.from(this.pending.values())) {
-      if (req.deadline <= now) this.settle(req.rid, makeError(kindCode('ERR_TIMEOUT'), `no reply from ${this.dest} in time`))
+      if (req.deadline <= now) this.settle(req.rid, makeError(kindCode('ERR_TIMEOUT'), `no reply within ${durationText(req.timeout)}`))
       else if (req.deadline < next) next = req.deadline
     }
     if (next !== Infinity && !this.timer) this.arm(next)

@@ -13,8 +13,7 @@
 //! finds it through the Grape, like the reference's examples.
 
 #[cfg(not(test))]
-#[path = "../tests/tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

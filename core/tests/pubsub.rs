@@ -1,8 +1,7 @@
 //! PUB/SUB over WebSocket without a Grape (fixed publisher addresses): delivery, restarts,
 //! 1,000 subscribers, slow-subscriber policies, TLS. 127.0.0.1 only, OS-picked ports.
 
-#[path = "tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,8 +1,7 @@
 //! TLS builders: v1 and v3 chains accepted, wrong CA and expired certificates refused,
 //! fingerprints equal to `openssl x509 -fingerprint -sha1`. Handshakes run over in-memory pipes.
 
-#[path = "tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! WebSocket RPC transport: wire behaviour, pooling, faults, limits and TLS. All on 127.0.0.1 with
 //! ports picked by the OS.
 
-#[path = "tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

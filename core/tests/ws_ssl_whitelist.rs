@@ -1,8 +1,7 @@
 //! The `ws_ssl_whitelist` example as a test: `ping` allowed for one certificate fingerprint,
 //! `deleteHarddisk` refused, an unlisted certificate refused at the upgrade (HTTP 401).
 
-#[path = "tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 #[allow(dead_code)]
 #[path = "../examples/ws_ssl_whitelist.rs"]

@@ -4,8 +4,7 @@
 
 mod support;
 
-#[path = "../../core/tests/tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 use support::{Flavor, run_example};
 

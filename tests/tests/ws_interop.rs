@@ -3,8 +3,7 @@
 //! run time with the `openssl` CLI), plus faults against Node peers.
 
 mod link_support;
-#[path = "../../core/tests/tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

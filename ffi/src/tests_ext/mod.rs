@@ -2,8 +2,7 @@
 //! builds only `cdylib` + `staticlib`: an extra `rlib` named `grenache` would collide with core's).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../../core/tests/tls_certs/mod.rs"]
-mod tls_certs;
+use grenache_test_certs as tls_certs;
 
 mod contract;
 mod features;

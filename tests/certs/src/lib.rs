@@ -4,9 +4,8 @@
 //! * [`openssl_pki`]: RSA-2048 / SHA-256, X.509 **v1** (CN only, like the reference's test
 //!   certificates) or v3, made with the `openssl` command line tool when it is installed.
 //!
-//! Included with `#[path]` by the TLS, WS and PUB/SUB tests, the `ws_ssl_whitelist` example and
-//! the end-to-end interop tests, so it only uses `rcgen` and `std`.
-#![allow(dead_code)]
+//! A dev-dependency of the core, the C ABI and the end-to-end tests (and the `ws_ssl_whitelist`
+//! example), used under the name `tls_certs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +39,12 @@ pub struct RcgenCa {
     key: rcgen::KeyPair,
     /// The CA certificate, PEM.
     pub cert_pem: String,
+}
+
+impl std::fmt::Debug for RcgenCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RcgenCa").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
 }
 
 impl RcgenCa {
