@@ -10,7 +10,7 @@ use crate::error::grenache_result;
 use crate::link::grenache_link;
 use crate::panic::ffi_panic_boundary;
 use crate::ptr::{NulString, try_box, try_ref, try_str, try_str_len, write_handle, write_out};
-use crate::reply::{OwnedUserData, grenache_free_cb};
+use crate::reply::{OwnedUserData, grenache_free_cb, grenache_transport};
 use crate::server::grenache_server_options;
 use crate::tls::{grenache_client_tls, grenache_server_tls};
 
@@ -238,15 +238,7 @@ pub extern "C" fn grenache_subscriber_new_ex(
     free_userdata: grenache_free_cb,
     out: *mut *mut grenache_subscriber,
 ) -> grenache_result {
-    ffi_panic_boundary! {
-        let ud = OwnedUserData::new(userdata, free_userdata);
-        let Some(cb) = on_message else { return grenache_result::NullParameter };
-        subscribe(link, name, tls, out, move |m: &SubMessage| {
-            let (publisher, data) = message_c_strings(m);
-            // SAFETY: `cb` is the caller's function of this C signature; every pointer passed lives until it returns.
-            unsafe { cb(ud.get(), publisher.as_ptr(), data.as_ptr(), m.data.len(), m.binary) };
-        })
-    }
+    grenache_subscriber_new_transport(link, name, grenache_transport::Ws as u32, tls, on_message, userdata, free_userdata, out)
 }
 
 /// `grenache_subscriber_new_ex` over `transport`: `GRENACHE_TRANSPORT_WS` (the same as
