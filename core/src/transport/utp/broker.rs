@@ -367,9 +367,21 @@ impl BrokerClient {
 
     /// Re-registers `service` every `interval` (keep it below the NAT's UDP timeout, often 30 s,
     /// and the broker's entry TTL) until the returned handle is dropped. The first registration
-    /// is awaited and its error returned.
+    /// is awaited and its error returned; a broker that could not be reached (a lost datagram of
+    /// the uTP handshake on a lossy link) is tried three times before that.
     pub async fn keep_registered(&self, service: &str, interval: Duration) -> Result<Registration> {
-        self.register(service).await?;
+        let mut attempt = 1;
+        loop {
+            match self.register(service).await {
+                Ok(_) => break,
+                Err(e) if attempt < 3 && matches!(e.kind(), ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Closed) => {
+                    tracing::debug!("broker registration of {service}, attempt {attempt}: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let stop = tokio_util::sync::CancellationToken::new();
         let (this, s, service) = (self.clone(), stop.clone(), service.to_string());
         tokio::spawn(async move {
