@@ -14,16 +14,31 @@ use tokio::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_grenache");
 
 async fn grapes() -> (Vec<NodeProcess>, String) {
-    let (d1, d2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
-    let mut procs = Vec::new();
-    for (dht, api, boot) in [(d1, a1, d2), (d2, a2, d1)] {
-        let (dht, api, boot) = (dht.to_string(), api.to_string(), format!("127.0.0.1:{boot}"));
-        let mut p =
-            NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
-        while p.json(Duration::from_secs(30)).await["event"] != "started" {}
-        procs.push(p);
+    // The Node Grapes cannot listen on port 0, so their ports are picked free beforehand; another
+    // test can take one before Node binds it (the Grape then dies with EADDRINUSE), so a start
+    // that fails is retried on new ports.
+    'attempt: for attempt in 1..=5 {
+        let (d1, d2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
+        let mut procs = Vec::new();
+        for (dht, api, boot) in [(d1, a1, d2), (d2, a2, d1)] {
+            let (dht, api, boot) = (dht.to_string(), api.to_string(), format!("127.0.0.1:{boot}"));
+            let mut p =
+                NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
+            loop {
+                match p.try_json(Duration::from_secs(30)).await {
+                    Some(v) if v["event"] == "started" => break,
+                    Some(_) => continue,
+                    None => {
+                        eprintln!("grape.js did not start on ports {dht}/{api} (taken?), attempt {attempt} of 5");
+                        continue 'attempt;
+                    }
+                }
+            }
+            procs.push(p);
+        }
+        return (procs, format!("http://127.0.0.1:{a1}"));
     }
-    (procs, format!("http://127.0.0.1:{a1}"))
+    panic!("the Node Grapes could not start on free ports in 5 attempts")
 }
 
 /// Runs `grenache --grape <grape> <args>`; returns (exit code, stdout JSON or Null, stderr).
