@@ -80,23 +80,33 @@ impl Member {
     }
 }
 
-async fn start_ours(bootstrap: &[String], dht_port: u16) -> Member {
+/// A Rust Grape on `dht_port` (0: any); `None` when the port was taken meanwhile.
+async fn start_ours(bootstrap: &[String], dht_port: u16) -> Option<Member> {
     let mut c = GrapeConfig::new();
     c.dht_bind([127, 0, 0, 1].into()).dht_port(dht_port).api_port(0).bootstrap(bootstrap.to_vec());
-    Member::Ours(Grape::start(c).await.expect("start a Rust grape"))
+    match Grape::start(c).await {
+        Ok(g) => Some(Member::Ours(g)),
+        Err(e) => {
+            eprintln!("rust grape failed on DHT port {dht_port}: {e}");
+            None
+        }
+    }
 }
 
-async fn start_node(bootstrap: &[String], dht_port: Option<u16>) -> Member {
-    // The reference cannot bind port 0 and report it, so ports are picked free beforehand; a
-    // start that loses its port to another program is retried (unless the port was promised).
-    for attempt in 1..=5 {
+/// A Node Grape. The reference cannot bind port 0 and report it, so ports are picked free
+/// beforehand and another program can take one first: without a promised `dht_port` a start
+/// that loses its ports is retried on new ones; with one (other Grapes bootstrap from it) the
+/// start gives `None` and [`start_network_of`] starts the whole network again.
+async fn start_node(bootstrap: &[String], dht_port: Option<u16>) -> Option<Member> {
+    let attempts = if dht_port.is_some() { 1 } else { 5 };
+    for attempt in 1..=attempts {
         let (dp, ap) = (dht_port.unwrap_or_else(free_port), free_port());
         let (dps, aps, bs) = (dp.to_string(), ap.to_string(), bootstrap.join(","));
         let mut proc = NodeProcess::spawn("grape.js", &["--dht-port", &dps, "--api-port", &aps, "--bootstrap", &bs]);
         loop {
             match proc.try_json(T).await {
                 Some(line) if line["event"] == "started" => {
-                    return Member::Node { _proc: Box::new(proc), dht: local(dp), api: local(ap) };
+                    return Some(Member::Node { _proc: Box::new(proc), dht: local(dp), api: local(ap) });
                 }
                 Some(line) if line["event"] == "error" => {
                     eprintln!("node grape failed on ports {dp}/{ap} ({line}), attempt {attempt}");
@@ -110,7 +120,7 @@ async fn start_node(bootstrap: &[String], dht_port: Option<u16>) -> Member {
             }
         }
     }
-    panic!("could not start a Node grape")
+    None
 }
 
 /// Starts `n` Grapes at once, as a compose file does (nobody waits for its bootstrap node to be
@@ -121,16 +131,24 @@ async fn start_network(n: usize, ours_first: bool, boot: impl Fn(usize) -> Vec<u
 }
 
 /// [`start_network`] with the kind of each Grape chosen by `ours(i)`.
+/// A Grape that lost its promised port to another program makes the whole network start again
+/// on new ports (the others bootstrap from that port), up to 5 times.
 async fn start_network_of(n: usize, ours: impl Fn(usize) -> bool, boot: impl Fn(usize) -> Vec<usize>) -> (Vec<Member>, Instant) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let starts = (0..n).map(|i| {
-        let bootstrap: Vec<String> = boot(i).into_iter().map(|j| local(ports[j]).to_string()).collect();
-        let ours = ours(i);
-        let port = ports[i];
-        async move { if ours { start_ours(&bootstrap, port).await } else { start_node(&bootstrap, Some(port)).await } }
-    });
-    let members = futures_util::future::join_all(starts).await;
-    (members, Instant::now())
+    for attempt in 1..=5 {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let starts = (0..n).map(|i| {
+            let bootstrap: Vec<String> = boot(i).into_iter().map(|j| local(ports[j]).to_string()).collect();
+            let ours = ours(i);
+            let port = ports[i];
+            async move { if ours { start_ours(&bootstrap, port).await } else { start_node(&bootstrap, Some(port)).await } }
+        });
+        let started: Option<Vec<Member>> = futures_util::future::join_all(starts).await.into_iter().collect();
+        match started {
+            Some(members) => return (members, Instant::now()),
+            None => eprintln!("a Grape lost its port, attempt {attempt} of 5: starting the network again"),
+        }
+    }
+    panic!("could not start a network of {n} Grapes on free ports in 5 attempts")
 }
 
 /// Each Grape `i` announces `heal:<tag>:<i>`; every round all re-announce (as a Link does, on a
@@ -208,17 +226,26 @@ async fn ring_of_12_mixed_grapes_finds_every_service_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_tree_of_12_mixed_grapes_finds_every_service_both_ways() {
-    // Grape i bootstraps from one random earlier Grape (xorshift, seed printed for replay).
+    // Grape i bootstraps from one random earlier Grape (xorshift, seed printed for replay): ours
+    // (even i) from any, Node's (odd i) from one of ours. Everything starts at once, and a
+    // reference Grape whose bootstrap node is not up yet never tries it again: hung below another
+    // Node Grape that started late, it and the Grapes below it would form an island that no
+    // Grape knows a way into. Ours bind at once and retry their own bootstrap nodes.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
     eprintln!("random tree seed {seed}");
     let parents: Vec<usize> = {
         let mut x = seed;
-        (0..12)
+        (0..12usize)
             .map(|i| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if i == 0 { 0 } else { (x % i as u64) as usize }
+                match i {
+                    0 => 0,
+                    i if i % 2 == 0 => (x % i as u64) as usize,
+                    // the even indexes below i: 0, 2, ..., i - 1
+                    i => 2 * (x % i.div_ceil(2) as u64) as usize,
+                }
             })
             .collect()
     };
@@ -251,9 +278,9 @@ async fn restarted_grape_rejoins_from_its_saved_state_without_bootstrap() {
     let dir = TempDir::new("dht-state");
     let state = dir.0.join("grape.dht");
     // node0 <- ours1 <- node2 <- rejoiner (ours, with a state file)
-    let mut members = vec![start_node(&[], None).await];
-    members.push(start_ours(&[members[0].dht().to_string()], 0).await);
-    members.push(start_node(&[members[1].dht().to_string()], None).await);
+    let mut members = vec![start_node(&[], None).await.expect("a Node grape")];
+    members.push(start_ours(&[members[0].dht().to_string()], 0).await.expect("a Rust grape"));
+    members.push(start_node(&[members[1].dht().to_string()], None).await.expect("a Node grape"));
     let mut c = GrapeConfig::new();
     c.dht_bind([127, 0, 0, 1].into()).dht_port(0).api_port(0).bootstrap(vec![members[2].dht().to_string()]).dht_state(Some(state.clone()));
     let g = Grape::start(c.clone()).await.expect("start");
