@@ -177,6 +177,19 @@ async fn punching_both_ways_and_the_timeout() {
     assert_eq!((&buf[..n], from), (&LEGACY_PUNCH[..], a.local_addr()));
 }
 
+/// The single punch of a node bound a moment ago goes out: the reference punches once, so a
+/// first datagram dropped before the reactor saw the socket writable is a lost introduction. On
+/// this single-threaded runtime the reactor does not run between the bind and the send.
+#[tokio::test]
+async fn the_first_punch_of_a_new_node_goes_out() {
+    let b = UtpNode::bind(loopback()).await.expect("b");
+    let mut events = b.subscribe();
+    let a = UtpNode::bind(loopback()).await.expect("a");
+    a.send_punch(b.local_addr()).expect("sent");
+    let ev = tokio::time::timeout(LONG, events.recv()).await.expect("the punch arrived in time").expect("event");
+    assert_eq!(ev, PunchEvent::Punched { from: a.local_addr() });
+}
+
 #[tokio::test]
 async fn garbage_truncated_headers_and_a_punch_flood_leave_the_node_serving() {
     let s = server().await;

@@ -125,6 +125,14 @@ struct Punch {
     cancel: CancellationToken,
 }
 
+/// Sends one datagram now, with the system call itself. Tokio's `try_send_to` answers
+/// `WouldBlock` until its reactor has seen the socket writable once, so on a socket bound a moment
+/// ago (the first punch of a process) it would drop the datagram without trying; a punch is sent
+/// once, so it must go out. A full send buffer still answers `WouldBlock`.
+fn send_now(udp: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(udp).send_to(data, &to.into())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -183,7 +191,7 @@ impl Punch {
         }
         let mut msg = self.config.punch_bytes.clone();
         msg.push(ACK_TAG);
-        let _ = self.udp.try_send_to(&msg, to);
+        let _ = send_now(&self.udp, &msg, to);
     }
 
     /// A broker's punch request: punch the endpoint it names, in the background.
@@ -212,7 +220,7 @@ impl Punch {
     }
 
     fn send_punch(&self, to: SocketAddr) -> Result<()> {
-        match self.udp.try_send_to(&self.config.punch_bytes, to) {
+        match send_now(&self.udp, &self.config.punch_bytes, to) {
             Ok(_) => Ok(()),
             // A full send buffer: the next try goes out.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -462,7 +470,7 @@ impl UtpNode {
         msg.push(REQUEST_TAG);
         let body = serde_json::json!({"address": target.ip().to_string(), "port": target.port()});
         msg.extend_from_slice(body.to_string().as_bytes());
-        let _ = self.punch.udp.try_send_to(&msg, node);
+        let _ = send_now(&self.punch.udp, &msg, node);
     }
 
     /// Opens a uTP stream to `addr`.
