@@ -4,7 +4,8 @@
 
 use std::net::Ipv4Addr;
 use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub use super::store::PeerStoreLimits;
 

@@ -39,11 +39,14 @@ pub mod krpc;
 pub mod limits;
 mod node;
 pub mod routing;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod store;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 

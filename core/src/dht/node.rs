@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use rand::Rng;
 use tokio::net::UdpSocket;
@@ -96,7 +97,7 @@ struct Pending {
 /// A per-target table of token-holding nodes: when it was built, the nodes, and how many nodes
 /// the routing table held then.
 type CachedTable = (Instant, Arc<Vec<TokenNode>>, usize);
-type WalkJob = (Option<[u8; 20]>, SocketAddrV4, std::result::Result<Response, QueryError>);
+type WalkJob = (Option<[u8; 20]>, SocketAddrV4, u32, std::result::Result<Response, QueryError>);
 type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
 
 #[derive(Debug)]
@@ -106,6 +107,25 @@ pub(crate) struct LookupOutcome {
     /// Peers that were unannounced lately (this node's tombstones and the `gone` lists of the
     /// replies); they are not in `peers`.
     pub(crate) gone: Vec<SocketAddrV4>,
+    /// How the walk went (for the simulator's report).
+    pub(crate) trace: WalkTrace,
+}
+
+/// What an iterative walk cost: queries sent, and its depth in hops (a node given by the routing
+/// table or a bootstrap node is one hop away; a node first learnt from a reply of a node `d`
+/// hops away is `d + 1` hops away).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WalkTrace {
+    /// Queries sent.
+    pub(crate) queries: u32,
+    /// Replies received.
+    pub(crate) replies: u32,
+    /// Hops to the nearest node that answered with values (peers), if one did.
+    pub(crate) value_hops: Option<u32>,
+    /// Hops to the node that answered closest to the target.
+    pub(crate) closest_hops: u32,
+    /// Most hops of any node that answered.
+    pub(crate) max_hops: u32,
 }
 
 /// Counts of `unannounce_peer` queries handled.
@@ -288,7 +308,7 @@ pub(crate) struct Inner {
     pub(crate) id: [u8; 20],
     pub(crate) config: DhtConfig,
     pub(crate) local_addr: SocketAddr,
-    socket: Mutex<Option<Arc<UdpSocket>>>,
+    socket: Mutex<Option<Arc<Transport>>>,
     pub(crate) state: Mutex<State>,
     pub(crate) events: broadcast::Sender<DhtEvent>,
     pub(crate) ready: watch::Sender<bool>,
@@ -317,16 +337,55 @@ fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
     }
 }
 
+/// Where datagrams go: a UDP socket, or an endpoint of the in-memory network of the simulator.
+pub(crate) enum Transport {
+    Udp(UdpSocket),
+    #[cfg(any(test, feature = "sim"))]
+    Sim(super::sim::Endpoint),
+}
+
+impl Transport {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Transport::Udp(s) => s.local_addr(),
+            #[cfg(any(test, feature = "sim"))]
+            Transport::Sim(e) => Ok(SocketAddr::V4(e.addr())),
+        }
+    }
+
+    async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+        match self {
+            Transport::Udp(s) => s.send_to(bytes, to).await.map(|_| ()),
+            #[cfg(any(test, feature = "sim"))]
+            Transport::Sim(e) => {
+                if let Some(to) = v4(to) {
+                    e.send(bytes, to);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Capacity of the event channel of a node bound to a UDP socket.
+const EVENTS: usize = 1024;
+
 impl Inner {
     pub(crate) async fn bind(config: DhtConfig) -> Result<Arc<Inner>> {
         let socket = UdpSocket::bind(config.bind).await?;
+        Inner::start(config, Transport::Udp(socket), EVENTS)
+    }
+
+    /// Starts a node on `transport`; `events` is the capacity of the event channel (a simulated
+    /// network of thousands of nodes keeps it small: the channel's slots are allocated up front).
+    pub(crate) fn start(config: DhtConfig, socket: Transport, events: usize) -> Result<Arc<Inner>> {
         let local_addr = socket.local_addr()?;
         let id = config.id.unwrap_or_else(|| {
             let mut id = [0u8; 20];
             rand::thread_rng().fill(&mut id);
             id
         });
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(events.max(1));
         let (ready, _) = watch::channel(false);
         let config_limits = config.limits;
         let mut state = State::new(id, &config);
@@ -387,7 +446,7 @@ impl Inner {
         }
     }
 
-    fn socket(&self) -> Result<Arc<UdpSocket>> {
+    fn socket(&self) -> Result<Arc<Transport>> {
         lock(&self.socket).clone().ok_or_else(|| Error::new(ErrorKind::Cancelled, "DHT node is shut down"))
     }
 
@@ -425,6 +484,20 @@ impl Inner {
 
     async fn recv_loop(self: Arc<Inner>) {
         let Ok(sock) = self.socket() else { return };
+        let sock = match &*sock {
+            Transport::Udp(s) => s,
+            #[cfg(any(test, feature = "sim"))]
+            Transport::Sim(e) => {
+                // Datagrams arrive as owned buffers: no 64 KiB receive buffer per node.
+                loop {
+                    let (data, from) = tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        d = e.recv() => d,
+                    };
+                    self.on_datagram(&data, from).await;
+                }
+            }
+        };
         let mut buf = vec![0u8; 65_536];
         loop {
             let r = tokio::select! {
@@ -674,7 +747,22 @@ impl Inner {
     /// queries each once with up to `concurrency` in flight, and stops when the K closest
     /// (excluding failed ones) have all answered or failed. `visit` sees every response; it
     /// returns false to stop early. Returns the token-holding responders, closest first.
-    pub(crate) async fn walk<F>(self: &Arc<Self>, target: Vec<u8>, method: Method, force_bootstrap: bool, mut visit: F) -> Vec<TokenNode>
+    pub(crate) async fn walk<F>(self: &Arc<Self>, target: Vec<u8>, method: Method, force_bootstrap: bool, visit: F) -> Vec<TokenNode>
+    where
+        F: FnMut(&Response, SocketAddrV4) -> bool,
+    {
+        self.walk_traced(target, method, force_bootstrap, visit, &mut WalkTrace::default()).await
+    }
+
+    /// [`Inner::walk`], counting queries and hops into `trace`.
+    pub(crate) async fn walk_traced<F>(
+        self: &Arc<Self>,
+        target: Vec<u8>,
+        method: Method,
+        force_bootstrap: bool,
+        mut visit: F,
+        trace: &mut WalkTrace,
+    ) -> Vec<TokenNode>
     where
         F: FnMut(&Response, SocketAddrV4) -> bool,
     {
@@ -685,7 +773,8 @@ impl Inner {
             Done,
             Failed,
         }
-        let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St)> = BTreeMap::new();
+        let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St, u32)> = BTreeMap::new();
+        let mut closest: Option<Vec<u8>> = None;
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
         // Questionable nodes (never answered us) are not where a lookup starts, unless no good
@@ -701,7 +790,7 @@ impl Inner {
         let mut queries = 0usize;
         let bootstrap_needed = force_bootstrap || seeds.len() < self.config.bootstrap.len();
         for n in seeds {
-            cands.insert((routing::distance(&target, &n.id), n.id), (n.addr, St::New));
+            cands.insert((routing::distance(&target, &n.id), n.id), (n.addr, St::New, 1));
         }
         if bootstrap_needed {
             for addr in self.bootstrap_addrs().await {
@@ -709,7 +798,7 @@ impl Inner {
                     let inner = self.clone();
                     let m = method.clone();
                     queries += 1;
-                    set.spawn(async move { (None, addr, inner.query(addr, m).await) });
+                    set.spawn(async move { (None, addr, 1, inner.query(addr, m).await) });
                 }
             }
         }
@@ -719,31 +808,36 @@ impl Inner {
             while !stop && set.len() < concurrency && queries < MAX_WALK_QUERIES {
                 let next = cands
                     .iter_mut()
-                    .filter(|(_, (_, s))| *s != St::Failed)
+                    .filter(|(_, (_, s, _))| *s != St::Failed)
                     .take(K)
-                    .find(|(_, (a, s))| *s == St::New && !asked_addrs.contains(a));
-                let Some((key, (addr, s))) = next else {
+                    .find(|(_, (a, s, _))| *s == St::New && !asked_addrs.contains(a));
+                let Some((key, (addr, s, depth))) = next else {
                     // mark unreachable duplicates so they do not block
                     break;
                 };
                 *s = St::Asked;
-                let (id, addr) = (key.1, *addr);
+                let (id, addr, depth) = (key.1, *addr, *depth);
                 asked_addrs.insert(addr);
                 let inner = self.clone();
                 let m = method.clone();
                 queries += 1;
-                set.spawn(async move { (Some(id), addr, inner.query(addr, m).await) });
+                set.spawn(async move { (Some(id), addr, depth, inner.query(addr, m).await) });
             }
             // candidates whose address was already asked under another id count as done
-            for (_, (a, s)) in cands.iter_mut() {
+            for (_, (a, s, _)) in cands.iter_mut() {
                 if *s == St::New && asked_addrs.contains(a) {
                     *s = St::Done;
                 }
             }
             let Some(joined) = set.join_next().await else { break };
-            let Ok((id, addr, res)) = joined else { continue };
+            let Ok((id, addr, depth, res)) = joined else { continue };
             match res {
                 Ok(r) => {
+                    trace.replies += 1;
+                    trace.max_hops = trace.max_hops.max(depth);
+                    if r.values.as_ref().is_some_and(|v| !v.is_empty()) {
+                        trace.value_hops = Some(trace.value_hops.map_or(depth, |h| h.min(depth)));
+                    }
                     let rid = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok());
                     if let Some(id) = id
                         && let Some(c) = cands.get_mut(&(routing::distance(&target, &id), id))
@@ -754,7 +848,11 @@ impl Inner {
                         && rid != self.id
                     {
                         let key = (routing::distance(&target, &rid), rid);
-                        cands.entry(key).or_insert((addr, St::Done)).1 = St::Done;
+                        if closest.as_ref().is_none_or(|c| key.0 < *c) {
+                            closest = Some(key.0.clone());
+                            trace.closest_hops = depth;
+                        }
+                        cands.entry(key).or_insert((addr, St::Done, depth)).1 = St::Done;
                         if let Some(tok) = &r.token {
                             tokens.push(TokenNode { info: NodeInfo { id: rid, addr }, token: tok.clone() });
                         }
@@ -764,7 +862,7 @@ impl Inner {
                             if n.id == self.id {
                                 continue;
                             }
-                            cands.entry((routing::distance(&target, &n.id), n.id)).or_insert((n.addr, St::New));
+                            cands.entry((routing::distance(&target, &n.id), n.id)).or_insert((n.addr, St::New, depth + 1));
                         }
                     }
                     if !visit(&r, addr) {
@@ -789,8 +887,8 @@ impl Inner {
             // Kademlia's end: once the K closest candidates still standing have all answered, the
             // rest (further away, slow or silent) is not waited for.
             if !stop && !set.is_empty() {
-                let mut top = cands.values().filter(|(_, s)| *s != St::Failed).take(K).peekable();
-                if top.peek().is_some() && top.all(|(_, s)| *s == St::Done) {
+                let mut top = cands.values().filter(|(_, s, _)| *s != St::Failed).take(K).peekable();
+                if top.peek().is_some() && top.all(|(_, s, _)| *s == St::Done) {
                     stop = true;
                 }
             }
@@ -798,6 +896,7 @@ impl Inner {
                 set.abort_all();
             }
         }
+        trace.queries = u32::try_from(queries).unwrap_or(u32::MAX);
         tokens.sort_by(|a, b| routing::cmp_distance(&target, &a.info.id, &b.info.id));
         tokens.dedup_by(|a, b| a.info.id == b.info.id);
         tokens.truncate(MAX_TABLE_NODES);
@@ -879,8 +978,9 @@ impl Inner {
                 peers.push(p);
             }
         }
+        let mut trace = WalkTrace::default();
         let table = self
-            .walk(info_hash.clone(), Method::GetPeers { info_hash: Some(info_hash.clone()) }, false, |r, _| {
+            .walk_traced(info_hash.clone(), Method::GetPeers { info_hash: Some(info_hash.clone()) }, false, |r, _| {
                 for v in r.values.iter().flatten() {
                     if let Some(p) = krpc::decode_peer(v)
                         && seen.insert(p)
@@ -895,7 +995,7 @@ impl Inner {
                     }
                 }
                 true
-            })
+            }, &mut trace)
             .await;
         // Drop what was unannounced: the own tombstones, and those other nodes reported, unless
         // the own store holds the peer (it announced again since).
@@ -912,7 +1012,7 @@ impl Inner {
         }
         let table = Arc::new(table);
         self.state().cache_table((0, info_hash), table.clone());
-        LookupOutcome { peers, table, gone: gone.into_iter().collect() }
+        LookupOutcome { peers, table, gone: gone.into_iter().collect(), trace }
     }
 
     /// Sends `make(node)` to every node, in parallel; counts successes (bittorrent-dht `queryAll`).
@@ -1253,7 +1353,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Clone for LookupOutcome {
     fn clone(&self) -> Self {
-        LookupOutcome { peers: self.peers.clone(), table: self.table.clone(), gone: self.gone.clone() }
+        LookupOutcome { peers: self.peers.clone(), table: self.table.clone(), gone: self.gone.clone(), trace: self.trace }
     }
 }
 

@@ -3,7 +3,8 @@
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::krpc::NodeInfo;
 

@@ -4,7 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use rand::RngCore;
