@@ -87,19 +87,19 @@ fn main() {
     }
     println!();
     println!(
-        "| nodes | replaced | found before / during / after churn | hops p50/p90/p99 (after) | log2(n) | est. hops | queries/lookup (mean, p99) | lookup time p50/p99 | maint. msgs/node/s join / steady | peak RSS | virtual / real time |"
+        "| nodes | replaced | found before / during / after churn | hops p50/p90/p99 (after) | log2(n) | est. hops | queries/lookup (mean, p99) | first peers p50/p99 | lookup end p50/p99 | maint. msgs/node/s join / steady | peak RSS | virtual / real time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (r, real, hwm) in &rows {
         let n = r.nodes as f64;
-        // Kademlia with b = 1 (BEP 5): at most ~log2(n) hops. With K-node buckets, a hop also
-        // lands among the K nodes of a subtree, about log2(K) bits closer: ~log2(n/K)/(1+log2(K))
-        // hops after the first (see docs/dht-sim.md).
+        // Kademlia with b = 1 (BEP 5): O(log2 n) hops. With K-node buckets each hop gains about
+        // 1 + log2(K) bits, and a record sits on the K closest nodes (log2(n/K) bits to match):
+        // about log2(n/K) / (1 + log2 K) hops, at least 1 (see docs/dht-sim.md).
         let kf = K as f64;
-        let est = 1.0 + ((n / kf).max(1.0)).log2() / (1.0 + kf.log2());
+        let est = ((n / kf).max(1.0).log2() / (1.0 + kf.log2())).max(1.0);
         let a = &r.after;
         println!(
-            "| {} | {} | {:.1} % / {:.1} % / {:.1} % | {}/{}/{} | {:.1} | {:.1} | {:.1}, {} | {}/{} ms | {:.2} / {:.2} | {} MiB | {:.0} s / {:.0} s |",
+            "| {} | {} | {:.1} % / {:.1} % / {:.1} % | {}/{}/{} | {:.1} | {:.1} | {:.1}, {} | {}/{} ms | {}/{} ms | {:.2} / {:.2} | {} MiB | {:.0} s / {:.0} s |",
             r.nodes,
             r.replaced,
             100.0 * r.before.success_rate(),
@@ -112,6 +112,8 @@ fn main() {
             est,
             sim::mean(&a.queries),
             sim::quantile(&a.queries, 0.99),
+            sim::quantile(&a.first_ms, 0.5),
+            sim::quantile(&a.first_ms, 0.99),
             sim::quantile(&a.latency_ms, 0.5),
             sim::quantile(&a.latency_ms, 0.99),
             r.join_msgs_per_node_sec,

@@ -11,13 +11,15 @@
 //!   every second; each round that finds nothing doubles the wait (up to 30 s), and after three
 //!   such rounds the table counts as healthy. From then on BEP 5's schedule applies: a bucket
 //!   none of whose nodes was heard from for `refresh_interval` (15 min) gets a random-id lookup.
-//!   The fast schedule comes back when a silent node answers again (a partition healed), when
+//!   The fast schedule comes back when a silent node answers again after a missed retry (a
+//!   partition healed; one lost datagram does not count), when
 //!   the table shrinks below half its peak, or when it empties.
 //! * **Silent nodes.** A node removed from the table for not answering is kept (at most
 //!   [`DORMANT_MAX`], for at most [`DORMANT_FORGET`]) and pinged again after 2, 4, 8 then every
 //!   [`DORMANT_RETRY_CAP`] (every minute after [`DORMANT_SLOW_AFTER`]), at most one such ping per
 //!   second. When it answers it is back in the table (and we are back in its table, since it
-//!   learns from incoming queries), which is what joins the two halves of a split network.
+//!   learns from incoming queries), which is what joins the two halves of a split network; if it
+//!   had missed a retry (a partition, not a lost datagram), the fast schedule comes back too.
 //!   Bootstrap nodes that did not answer the bootstrap walk (a network started all at once,
 //!   each Grape bootstrapped from one that was not up yet) are retried the same way, and never
 //!   forgotten while they are not in the table.
@@ -338,8 +340,13 @@ impl Inner {
                             if r.is_ok() {
                                 let now = Instant::now();
                                 let mut h = lock(&inner.heal);
-                                h.dormant.remove(&addr);
-                                h.wake(now);
+                                // A node that answers its first retry lost a datagram or two
+                                // (on a lossy link, every walk loses a node that way): no
+                                // reason to refresh everything. One that missed a retry was
+                                // cut off (a partition, a restart): back to the fast schedule.
+                                if h.dormant.remove(&addr).is_some_and(|d| d.bootstrap || d.tries >= 2) {
+                                    h.wake(now);
+                                }
                             }
                         }
                     }
@@ -387,7 +394,7 @@ impl Inner {
                     }
                 }
             }
-            (targets, t.added_total(), t.is_empty())
+            (targets, t.len(), t.is_empty())
         };
         if empty && !self.config.bootstrap.is_empty() {
             self.bootstrap().await;
@@ -399,11 +406,16 @@ impl Inner {
                 self.state().table.touch_bucket(i, Instant::now());
             }
         }
-        let learned = self.state().table.added_total() - before;
+        let after = self.state().table.len();
         let now = Instant::now();
         let mut h = lock(&self.heal);
+        // The round found nodes when the table grew past its size before the round and its peak:
+        // nodes dropped for a lost datagram and found again (on a lossy link, most rounds find
+        // some) are not news.
+        let learned = after > before.max(h.peak);
+        h.peak = h.peak.max(after);
         if h.fast {
-            if learned > 0 {
+            if learned {
                 h.quiet = 0;
                 h.interval = FAST_MIN;
             } else {

@@ -122,6 +122,8 @@ pub(crate) struct WalkTrace {
     pub(crate) replies: u32,
     /// Hops to the nearest node that answered with values (peers), if one did.
     pub(crate) value_hops: Option<u32>,
+    /// When the first reply with values came, after the walk started.
+    pub(crate) first_value: Option<Duration>,
     /// Hops to the node that answered closest to the target.
     pub(crate) closest_hops: u32,
     /// Most hops of any node that answered.
@@ -775,6 +777,7 @@ impl Inner {
         }
         let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St, u32)> = BTreeMap::new();
         let mut closest: Option<Vec<u8>> = None;
+        let started = Instant::now();
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
         // Questionable nodes (never answered us) are not where a lookup starts, unless no good
@@ -837,6 +840,7 @@ impl Inner {
                     trace.max_hops = trace.max_hops.max(depth);
                     if r.values.as_ref().is_some_and(|v| !v.is_empty()) {
                         trace.value_hops = Some(trace.value_hops.map_or(depth, |h| h.min(depth)));
+                        trace.first_value.get_or_insert_with(|| started.elapsed());
                     }
                     let rid = r.id.as_deref().and_then(|i| <[u8; 20]>::try_from(i).ok());
                     if let Some(id) = id

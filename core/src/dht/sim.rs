@@ -311,6 +311,9 @@ pub struct LookupTrace {
     /// hop away, a node learnt from the reply of a node `d` hops away is `d + 1`); `None` when no
     /// node did.
     pub value_hops: Option<u32>,
+    /// When the first peers came, after the lookup started (the walk goes on until the closest
+    /// nodes have answered).
+    pub first_value: Option<Duration>,
     /// Hops to the answering node closest to the target.
     pub closest_hops: u32,
     /// Most hops of any answering node.
@@ -324,7 +327,7 @@ pub async fn lookup_traced(dht: &Dht, info_hash: &[u8]) -> Result<(Vec<SocketAdd
     let t = o.trace;
     Ok((
         o.peers.clone(),
-        LookupTrace { queries: t.queries, replies: t.replies, value_hops: t.value_hops, closest_hops: t.closest_hops, max_hops: t.max_hops },
+        LookupTrace { queries: t.queries, replies: t.replies, value_hops: t.value_hops, first_value: t.first_value, closest_hops: t.closest_hops, max_hops: t.max_hops },
     ))
 }
 
@@ -415,6 +418,9 @@ pub struct PhaseReport {
     /// Virtual time each successful lookup took, in milliseconds (the whole walk: a lookup ends
     /// when the closest nodes have answered, not at the first peer found).
     pub latency_ms: Vec<u32>,
+    /// Virtual time to the first peers of each successful lookup, in milliseconds (0 when the
+    /// asking node held the record itself).
+    pub first_ms: Vec<u32>,
 }
 
 impl PhaseReport {
@@ -475,7 +481,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let phase = |name: &str, p: &PhaseReport| {
             format!(
-                "{name}: {}/{} found ({:.2} %), hops p50/p90/p99 {}/{}/{} (mean {:.2}), queries per lookup mean {:.1} p50 {} p99 {}, replies mean {:.1}, time p50/p99 {}/{} ms\n",
+                "{name}: {}/{} found ({:.2} %), hops p50/p90/p99 {}/{}/{} (mean {:.2}), queries per lookup mean {:.1} p50 {} p99 {}, replies mean {:.1}, time p50/p99 {}/{} ms, first peers p50/p99 {}/{} ms\n",
                 p.found,
                 p.lookups,
                 100.0 * p.success_rate(),
@@ -489,6 +495,8 @@ impl Report {
                 mean(&p.replies),
                 quantile(&p.latency_ms, 0.5),
                 quantile(&p.latency_ms, 0.99),
+                quantile(&p.first_ms, 0.5),
+                quantile(&p.first_ms, 0.99),
             )
         };
         format!(
@@ -638,6 +646,7 @@ pub async fn run(s: &Scenario) -> Report {
                 p.found += 1;
                 p.hops.push(t.value_hops.unwrap_or(0));
                 p.latency_ms.push(ms);
+                p.first_ms.push(t.first_value.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)));
             }
         }
         p
