@@ -486,6 +486,8 @@ impl Inner {
 
     async fn recv_loop(self: Arc<Inner>) {
         let Ok(sock) = self.socket() else { return };
+        // One arm without the simulator.
+        #[allow(clippy::infallible_destructuring_match)]
         let sock = match &*sock {
             Transport::Udp(s) => s,
             #[cfg(any(test, feature = "sim"))]
@@ -775,7 +777,9 @@ impl Inner {
             Done,
             Failed,
         }
-        let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St, u32)> = BTreeMap::new();
+        // (distance, id) -> (address, state, hops)
+        type Cands = BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St, u32)>;
+        let mut cands: Cands = BTreeMap::new();
         let mut closest: Option<Vec<u8>> = None;
         let started = Instant::now();
         let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
