@@ -1,13 +1,13 @@
-//! WebSocket (RFC 6455) opening handshakes and framing, as the RPC path uses them.
+//! WebSocket (RFC 6455) opening handshakes and framing: the one implementation of the protocol,
+//! shared by the RPC server and client and by the PUB/SUB publisher and subscriber.
 //!
-//! tokio-tungstenite served the RPC sockets before. Its per-message costs (a waker proxy on
-//! every poll, a `BiLock` between the halves of a split socket, a zero-filled read buffer, one
-//! owned `Message` per frame) were the largest user-space share of a sequential round trip, so the
-//! RPC server and client speak the protocol themselves with this module. It covers what Grenache
-//! peers exchange: text and binary messages (fragmented or not), ping/pong and the close
-//! handshake, with no extensions (`permessage-deflate` offered by Node's `ws` is declined by not
-//! echoing it, which the RFC allows). PUB/SUB keeps tungstenite's framing on top of these
-//! handshakes ([`into_tungstenite`]).
+//! tokio-tungstenite served these sockets before. Its per-message costs (a waker proxy on every
+//! poll, a `BiLock` between the halves of a split socket, a zero-filled read buffer, one owned
+//! `Message` per frame) were the largest user-space share of a sequential round trip, and a
+//! publisher encoded every message once per subscriber; so the project speaks the protocol itself
+//! with this module. It covers what Grenache peers exchange: text and binary messages (fragmented
+//! or not), ping/pong and the close handshake, with no extensions (`permessage-deflate` offered by
+//! Node's `ws` is declined by not echoing it, which the RFC allows).
 //!
 //! Protocol violations (reserved bits, an unknown opcode, a bad control frame, a client frame
 //! without a mask or a server frame with one, a continuation without a start) and messages over
@@ -17,17 +17,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-
 
 /// The largest opening-handshake head (request or response) accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
-/// Bytes read from a socket at a time (more when a large message needs it), here and in
-/// tungstenite's PUB/SUB sockets. tungstenite zero-fills this much of its read buffer before every
-/// read (including the one that finds the socket drained), so its 128 KiB default cost two
-/// 128 KiB `memset`s per small message and side: once the largest single cost of a round trip.
+/// Bytes read from a socket at a time (more when a large message needs it). The free room is not
+/// zeroed before a read (tungstenite zero-filled its 128 KiB read buffer before every read, once
+/// the largest single cost of a round trip).
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -402,6 +400,34 @@ pub(crate) fn mask_key() -> [u8; 4] {
 // Opening handshakes
 // ---------------------------------------------------------------------------------------------
 
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2): the
+/// base64 of the SHA-1 of the key followed by the protocol's GUID.
+pub(crate) fn derive_accept_key(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(GUID);
+    base64(&h.finalize())
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for the handshake's keys.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Why an opening handshake failed.
 #[derive(Debug)]
 pub(crate) enum HandshakeError {
@@ -529,7 +555,7 @@ pub(crate) async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     host_port: &str,
     path: &str,
 ) -> Result<Vec<u8>, HandshakeError> {
-    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let key = base64(&rand::random::<[u8; 16]>());
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
     );
@@ -711,6 +737,18 @@ mod tests {
         assert_eq!(r.next_message(), Ok(Some(Msg::Text("\u{e9}".as_bytes()))));
         let mut r = reader(Side::Client, frame(OP_BINARY, true, b"\xFF", None));
         assert_eq!(r.next_message(), Ok(Some(Msg::Binary(b"\xFF"))));
+    }
+
+    #[test]
+    fn base64_and_accept_key_match_the_rfcs() {
+        // RFC 4648 §10 test vectors.
+        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+        // RFC 6455 §1.3's example.
+        assert_eq!(derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        // A client key is 16 random bytes: 24 characters.
+        assert_eq!(base64(&[0xFF; 16]).len(), 24);
     }
 
     #[test]

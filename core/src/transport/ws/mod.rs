@@ -38,9 +38,9 @@
 //!   other sockets; a text frame that is not UTF-8 closes its socket with 1007, and a close code a
 //!   peer may not send (999, 1005, ...) is answered 1002, never echoed;
 //!
-//! Files: `stream` (TCP/TLS sockets, handshakes, dialing, the tungstenite glue of PUB/SUB),
-//! `frame` (RFC 6455 framing and the opening handshakes), `server` ([`WsServer`]), `client`
-//! ([`WsClient`]).
+//! Files: `stream` (TCP/TLS sockets, handshakes, dialing), `frame` (RFC 6455 framing and the
+//! opening handshakes: the one implementation of the protocol, which PUB/SUB's publisher and
+//! subscriber in [`crate::pubsub`] use too), `server` ([`WsServer`]), `client` ([`WsClient`]).
 
 use std::time::Duration;
 
@@ -76,4 +76,4 @@ pub(crate) mod stream;
 
 pub use client::{WsClient, WsClientConfig, WsTransport};
 pub use server::{WsServer, WsServerConfig};
-pub(crate) use stream::{AcceptSettings, Ws, accept_ws, dial};
+pub(crate) use stream::{AcceptSettings, NetStream, accept_raw, dial_raw};
