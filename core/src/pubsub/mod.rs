@@ -21,6 +21,12 @@
 //!   ([`PubConfig::transport`], [`SubConfig::transport`] with [`TransportKind::Zmq`]; see
 //!   [`zmq`] for the wire), with the same bounded queues, policies and reconnects.
 //! * Closing a [`Subscription`] closes its sockets (the reference's `PeerSub.stop()` leaves them).
+//!
+//! Both sides speak WebSocket with the RPC path's RFC 6455 code (`transport::ws`'s framing and
+//! socket), so its rules hold here too: a protocol violation, a message over the size limit or
+//! text that is not UTF-8 closes only the socket that sent it, with the close code that says why
+//! (1002, 1009, 1007); pings are answered and closes echoed. A publisher encodes each message as a
+//! frame once and writes the same bytes to every subscriber; closing it sends 1001.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -172,7 +178,9 @@ impl PubConfig {
         self
     }
 
-    /// The largest frame accepted from a subscriber (they send nothing). Default is 16 MiB.
+    /// The largest message (its fragments together) accepted from a subscriber (they send
+    /// nothing that matters); a larger one closes that subscriber's socket with 1009. Default is
+    /// 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes.max(1024);
         self
@@ -645,8 +653,8 @@ impl SubConfig {
         self
     }
 
-    /// The largest message accepted; a larger one closes that publisher's socket (it is
-    /// reconnected). Default is 16 MiB.
+    /// The largest message (its fragments together) accepted; a larger one closes that
+    /// publisher's socket with 1009 (it is reconnected). Default is 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes.max(1024);
         self
