@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::link::{AnnounceHandle, Link};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
 use crate::rpc::TransportKind;
-use crate::transport::ws::frame::{self as wsframe, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, Msg, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Side};
+use crate::transport::ws::frame::{self as wsframe, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, Msg, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Owned, Side};
 use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, NetStream, accept_raw, dial_raw};
 
 pub mod zmq;
@@ -193,16 +193,16 @@ impl PubConfig {
 /// starts (ZeroMQ sends the payload alone).
 #[derive(Clone)]
 pub(crate) struct Published {
-    frame: Bytes,
+    frame: Arc<[u8]>,
     header: usize,
 }
 
 impl Published {
     fn new(opcode: u8, payload: &[u8]) -> Published {
-        let mut frame = Vec::with_capacity(payload.len() + 10);
-        wsframe::encode_frame(&mut frame, opcode, payload, None);
-        let header = frame.len() - payload.len();
-        Published { frame: Bytes::from(frame), header }
+        let (h, n) = wsframe::frame_header(opcode, payload.len(), None);
+        // One allocation, shared by every subscriber's queue.
+        let frame: Arc<[u8]> = h[..n].iter().chain(payload).copied().collect();
+        Published { frame, header: n }
     }
 
     /// The message's bytes.
@@ -982,14 +982,14 @@ async fn read_publisher(
     tokio::pin!(cancelled);
     let mut out: Vec<u8> = Vec::new();
     let (closing, ended): ((u16, String), Ended) = loop {
-        let (data, binary) = match frames.next_message() {
-            Ok(Some(Msg::Text(b))) => (Bytes::copy_from_slice(b), false),
-            Ok(Some(Msg::Binary(b))) => (Bytes::copy_from_slice(b), true),
-            Ok(Some(Msg::Ping(p))) => {
+        let (data, binary) = match frames.next_owned() {
+            // The message's bytes are those of the read buffer, not a copy.
+            Ok(Some(Owned::Data { bytes, text })) => (bytes, !text),
+            Ok(Some(Owned::Ping(p))) => {
                 wsframe::encode_frame(&mut out, OP_PONG, p, Some(wsframe::mask_key()));
                 continue;
             }
-            Ok(Some(Msg::Close(code))) => break ((code.unwrap_or(CLOSE_NORMAL), String::new()), Ended::Lost),
+            Ok(Some(Owned::Close(code))) => break ((code.unwrap_or(CLOSE_NORMAL), String::new()), Ended::Lost),
             Ok(None) => {
                 // Everything buffered is handled: send the pongs, then read more.
                 if !out.is_empty() && !matches!(tokio::time::timeout(WRITE_TIMEOUT, wsframe::write_out(&mut io, &mut out)).await, Ok(Ok(()))) {
