@@ -871,6 +871,56 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn owned_and_borrowed_reads_agree(
+            msgs in proptest::collection::vec((proptest::prelude::any::<bool>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0usize..3), 0..20),
+            chunk in 1usize..64,
+        ) {
+            // Messages (text only when UTF-8), some in fragments, read in chunks both ways.
+            let mut bytes = Vec::new();
+            for (text, payload, pieces) in &msgs {
+                let op = if *text && std::str::from_utf8(payload).is_ok() { OP_TEXT } else { OP_BINARY };
+                let cut = payload.len() / (pieces + 1);
+                if *pieces == 0 || cut == 0 {
+                    bytes.extend(frame(op, true, payload, None));
+                } else {
+                    bytes.extend(frame(op, false, &payload[..cut], None));
+                    bytes.extend(frame(OP_PING, true, b"p", None));
+                    bytes.extend(frame(OP_CONT, true, &payload[cut..], None));
+                }
+            }
+            let mut borrowed = Vec::new();
+            let mut owned = Vec::new();
+            let mut a = FrameReader::new(Side::Client, 1 << 20, Vec::new());
+            let mut b = FrameReader::new(Side::Client, 1 << 20, Vec::new());
+            for part in bytes.chunks(chunk) {
+                a.prepare();
+                a.buf.extend_from_slice(part);
+                while let Some(m) = a.next_message().expect("valid") {
+                    borrowed.push(match m {
+                        Msg::Text(t) => (1u8, t.to_vec()),
+                        Msg::Binary(d) => (2, d.to_vec()),
+                        Msg::Ping(p) => (9, p.to_vec()),
+                        Msg::Close(_) => (8, Vec::new()),
+                    });
+                }
+                b.prepare();
+                b.buf.extend_from_slice(part);
+                while let Some(m) = b.next_owned().expect("valid") {
+                    owned.push(match m {
+                        Owned::Data { bytes, text } => (if text { 1u8 } else { 2 }, bytes),
+                        Owned::Ping(p) => (9, Bytes::copy_from_slice(p)),
+                        Owned::Close(_) => (8, Bytes::new()),
+                    });
+                }
+            }
+            // Owned messages kept while reading on are intact, and equal the borrowed ones.
+            let owned: Vec<(u8, Vec<u8>)> = owned.into_iter().map(|(k, b)| (k, b.to_vec())).collect();
+            proptest::prop_assert_eq!(borrowed, owned);
+        }
+    }
+
     #[tokio::test]
     async fn handshakes_agree_and_keep_bytes_sent_after_the_head() {
         let (mut a, mut b) = tokio::io::duplex(64 * 1024);
