@@ -673,7 +673,9 @@ impl SubConfig {
 pub struct SubMessage {
     /// The publisher's `host:port`.
     pub publisher: Arc<str>,
-    /// The frame's bytes.
+    /// The message's bytes. Over WebSocket, a message that came in one frame shares the
+    /// connection's read buffer (no copy): that buffer's memory (at least 8 KiB, holding the
+    /// messages read with it) is freed once the subscription and every message from it let go.
     pub data: Bytes,
     /// True for a binary frame, false for a text frame (valid UTF-8).
     pub binary: bool,
