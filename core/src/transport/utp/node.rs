@@ -43,6 +43,12 @@ const MAX_BROKERS: usize = 16;
 const MAX_REQUESTED_PUNCHES: usize = 64;
 /// How many events wait for a slow subscriber before the oldest are lost.
 const EVENT_QUEUE: usize = 256;
+/// How long the first SYN of a connect waits for an answer before another is sent.
+const CONNECT_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// How long each further SYN waits before the next.
+const CONNECT_RETRY_NEXT: Duration = Duration::from_secs(2);
+/// Most SYNs one connect sends (the caller's timeout usually ends it first).
+const CONNECT_ATTEMPTS: usize = 16;
 /// The smallest link MTU the engine accepts: IPv4 (20), UDP (8) and uTP (20) headers and a byte.
 const MIN_LINK_MTU: usize = 49;
 
@@ -507,9 +513,28 @@ impl UtpNode {
         let _ = send_now(&self.punch.udp, &msg, node);
     }
 
-    /// Opens a uTP stream to `addr`.
+    /// Opens a uTP stream to `addr`. The caller bounds the time.
+    ///
+    /// librqbit-utp 0.7 sends a connection's SYN once and never again, so one lost datagram
+    /// would leave the connect waiting until the caller's timeout. A new attempt (a new SYN)
+    /// starts after 1 s, then every 2 s, while the earlier ones keep waiting (on a slow path
+    /// their answer may still come); the first stream wins and the others are dropped. An
+    /// attempt that fails outright (a reset, too many streams) fails the connect.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<UtpStream> {
-        self.engine.connect(addr).await.map_err(|e| Error::new(ErrorKind::Connect, format!("uTP connect to {addr}: {e}")))
+        use futures_util::StreamExt;
+        let fail = |e: librqbit_utp::Error| Error::new(ErrorKind::Connect, format!("uTP connect to {addr}: {e}"));
+        let mut attempts = futures_util::stream::FuturesUnordered::new();
+        attempts.push(self.engine.connect(addr));
+        let mut wait = CONNECT_RETRY_FIRST;
+        loop {
+            tokio::select! {
+                Some(r) = attempts.next() => return r.map_err(fail),
+                _ = tokio::time::sleep(wait), if attempts.len() < CONNECT_ATTEMPTS => {
+                    attempts.push(self.engine.connect(addr));
+                    wait = CONNECT_RETRY_NEXT;
+                }
+            }
+        }
     }
 
     /// Accepts the next incoming uTP stream.
