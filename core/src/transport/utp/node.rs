@@ -383,8 +383,8 @@ type Engine = UtpSocket<Demux, Env>;
 /// after a retransmission (by default), meaning "too large"; but it then forgets the probe's
 /// bytes without taking them off its count of segmented bytes, so the next packet, reusing the
 /// probe's sequence number, starts after them: the receiver gets the stream with one packet's
-/// worth of bytes missing, and the sender's buffer never drains (a flush waits until the stream
-/// dies). A probe is also given up when it was lost twice by chance, or when only its
+/// worth of bytes missing, and the sender's buffer never drains (every later flush waits
+/// forever). A probe is also given up when it was lost twice by chance, or when only its
 /// acknowledgements were. A node therefore never gives a probe up: it is retransmitted like any
 /// packet, and a probe the path cannot carry fails its stream after the engine's 5
 /// retransmissions (the requests on it fail with `Closed`, never with altered data). Linux
