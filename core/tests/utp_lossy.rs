@@ -66,10 +66,12 @@ struct Path {
     /// Datagrams longer than this are dropped (a link with a small MTU whose ICMP errors are
     /// filtered: a "black hole").
     max_datagram: usize,
+    /// The first this many datagrams from the client are dropped.
+    drop_first: usize,
 }
 
 async fn relay(server: SocketAddr, seed: u64, path: Path) -> Relay {
-    let Path { loss, reorder, max_datagram } = path;
+    let Path { loss, reorder, max_datagram, drop_first } = path;
     let delay = Duration::from_millis(std::env::var("UTP_LOSSY_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
     let (up, down) = (delayed_sender(delay), delayed_sender(delay));
     let front = Arc::new(UdpSocket::bind(loopback()).await.expect("front"));
@@ -80,12 +82,18 @@ async fn relay(server: SocketAddr, seed: u64, path: Path) -> Relay {
     let task = tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut client: Option<SocketAddr> = None;
+        let mut from_client = 0usize;
         let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
         loop {
             let (data, out, to, q) = tokio::select! {
                 r = front.recv_from(&mut a) => {
                     let Ok((n, from)) = r else { continue };
                     client = Some(from);
+                    from_client += 1;
+                    if from_client <= drop_first {
+                        st.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     (a[..n].to_vec(), back.clone(), server, &up)
                 }
                 r = back.recv_from(&mut b) => {
@@ -216,7 +224,7 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-const LOSSY: Path = Path { loss: 0.05, reorder: 0.02, max_datagram: usize::MAX };
+const LOSSY: Path = Path { loss: 0.05, reorder: 0.02, max_datagram: usize::MAX, drop_first: 0 };
 
 async fn every_echo_is_exact(alone: bool, path: Path, node: UtpNodeConfig) {
     let mut bad = Vec::new();
@@ -247,7 +255,7 @@ async fn one_message_per_write_over_a_lossy_link_is_exact() {
 /// configured, every echo comes back exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_for_large_datagrams_never_alters_a_reply() {
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: 1200 };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: 1200, drop_first: 0 };
     for alone in [false, true] {
         let o = run(1, alone, path, UtpNodeConfig::default()).await;
         assert!(o.altered.is_empty(), "alone {alone}: altered {:?}, failed {:?}", o.altered, o.failed);
@@ -262,4 +270,26 @@ async fn a_black_hole_for_large_datagrams_never_alters_a_reply() {
         let o = run(1, alone, path, node.clone()).await;
         assert!(o.altered.is_empty() && o.failed.is_empty(), "alone {alone}: {o:?}");
     }
+}
+
+/// The engine sends a connection's SYN once; the node sends another when no answer came.
+#[tokio::test]
+async fn a_lost_syn_is_sent_again() {
+    let server = UtpServer::bind(loopback(), Arc::new(echo), UtpServerConfig::default()).await.expect("server");
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 2 };
+    let relay = relay(server.local_addr(), 1, path).await;
+    // The default connect timeout (5 s) leaves room for the SYNs at 0, 1 and 3 s.
+    let client = UtpClient::new(UtpClientConfig::default());
+    let got = client.request_raw(&relay.addr.to_string(), req("\"hello\"".into(), Duration::from_secs(20))).await;
+    assert_eq!(got.expect("connected on the third SYN").get(), "\"hello\"");
+    assert_eq!(relay.stats.dropped.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_link_mtu_out_of_range_is_refused() {
+    for link_mtu in [0, 48, 65_536] {
+        let e = UtpNode::bind_with(loopback(), UtpNodeConfig { link_mtu, ..Default::default() }).await.expect_err("refused");
+        assert_eq!(e.kind(), grenache::ErrorKind::InvalidArgument, "{link_mtu}: {e}");
+    }
+    UtpNode::bind_with(loopback(), UtpNodeConfig { link_mtu: 49, ..Default::default() }).await.expect("the smallest");
 }
