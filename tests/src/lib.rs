@@ -5,6 +5,7 @@
 //! per line on stdout (the first one says it is ready, with the ports it bound), and exits when its
 //! stdin closes, so a test that drops its [`NodeProcess`] never leaves a process behind.
 
+pub mod grapes;
 pub mod lossy;
 
 use std::net::{TcpListener, UdpSocket};
@@ -201,18 +202,6 @@ impl NodeProcess {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
-}
-
-/// Installs a `tracing` subscriber once (honours `RUST_LOG`), for test output.
-pub fn init_tracing() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = tracing_subscriber_init();
-    });
-}
-
-fn tracing_subscriber_init() -> Result<(), ()> {
-    Ok(())
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.

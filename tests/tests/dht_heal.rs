@@ -13,69 +13,36 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use grenache::grape::{Grape, GrapeConfig};
-use grenache_e2e::{NodeProcess, free_port};
+use grenache_e2e::free_port;
+use grenache_e2e::grapes::{NodeGrape, T, announce, local, lookup};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const T: Duration = Duration::from_secs(30);
 /// The bound the issue sets: every service found within this long after the last Grape started.
 const CONVERGE: Duration = Duration::from_secs(30);
-
-async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
-    };
-    tokio::time::timeout(T, fut).await.ok().flatten().unwrap_or((0, String::new()))
-}
-
-async fn lookup(api: SocketAddr, name: &str) -> Vec<String> {
-    let (_, body) = post(api, "/lookup", &json!({"rid": "heal", "data": name}).to_string()).await;
-    serde_json::from_str(&body).unwrap_or_default()
-}
-
-async fn announce(api: SocketAddr, name: &str, port: u16) -> String {
-    post(api, "/announce", &json!({"rid": "heal", "data": [name, port]}).to_string()).await.1
-}
-
-fn local(p: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], p))
-}
 
 /// One Grape of a test network: ours (in process) or a Node reference Grape (a child process).
 enum Member {
     Ours(Grape),
-    Node { _proc: Box<NodeProcess>, dht: SocketAddr, api: SocketAddr },
+    Node(Box<NodeGrape>),
 }
 
 impl Member {
     fn dht(&self) -> SocketAddr {
         match self {
             Member::Ours(g) => local(g.dht_addr().port()),
-            Member::Node { dht, .. } => *dht,
+            Member::Node(g) => g.dht,
         }
     }
     fn api(&self) -> SocketAddr {
         match self {
             Member::Ours(g) => local(g.api_addr().port()),
-            Member::Node { api, .. } => *api,
+            Member::Node(g) => g.api,
         }
     }
     fn kind(&self) -> &'static str {
         match self {
             Member::Ours(_) => "rust",
-            Member::Node { .. } => "node",
+            Member::Node(_) => "node",
         }
     }
 }
@@ -93,34 +60,14 @@ async fn start_ours(bootstrap: &[String], dht_port: u16) -> Option<Member> {
     }
 }
 
-/// A Node Grape. The reference cannot bind port 0 and report it, so ports are picked free
-/// beforehand and another program can take one first: without a promised `dht_port` a start
-/// that loses its ports is retried on new ones; with one (other Grapes bootstrap from it) the
-/// start gives `None` and [`start_network_of`] starts the whole network again.
+/// A Node Grape: on `dht_port` once when it is promised to others (`None` when it was taken
+/// meanwhile: [`start_network_of`] starts the whole network again), else on ports of its own.
 async fn start_node(bootstrap: &[String], dht_port: Option<u16>) -> Option<Member> {
-    let attempts = if dht_port.is_some() { 1 } else { 5 };
-    for attempt in 1..=attempts {
-        let (dp, ap) = (dht_port.unwrap_or_else(free_port), free_port());
-        let (dps, aps, bs) = (dp.to_string(), ap.to_string(), bootstrap.join(","));
-        let mut proc = NodeProcess::spawn("grape.js", &["--dht-port", &dps, "--api-port", &aps, "--bootstrap", &bs]);
-        loop {
-            match proc.try_json(T).await {
-                Some(line) if line["event"] == "started" => {
-                    return Some(Member::Node { _proc: Box::new(proc), dht: local(dp), api: local(ap) });
-                }
-                Some(line) if line["event"] == "error" => {
-                    eprintln!("node grape failed on ports {dp}/{ap} ({line}), attempt {attempt}");
-                    break;
-                }
-                Some(_) => {}
-                None => {
-                    eprintln!("node grape exited on ports {dp}/{ap}, attempt {attempt}");
-                    break;
-                }
-            }
-        }
-    }
-    None
+    let g = match dht_port {
+        Some(p) => NodeGrape::start_on(p, bootstrap, &[]).await?,
+        None => NodeGrape::start(bootstrap, &[]).await,
+    };
+    Some(Member::Node(Box::new(g)))
 }
 
 /// Starts `n` Grapes at once, as a compose file does (nobody waits for its bootstrap node to be
@@ -185,7 +132,7 @@ async fn all_found(members: &[Member], tag: &str, t0: Instant) -> Duration {
                 .iter()
                 .map(|m| match m {
                     Member::Ours(g) => g.dht().node_count().to_string(),
-                    Member::Node { .. } => "-".into(),
+                    Member::Node(_) => "-".into(),
                 })
                 .collect();
             eprintln!("{tag}: routing-table sizes of ours: {}", tables.join(" "));

@@ -11,14 +11,10 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use grenache_e2e::workspace_dir;
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use grenache_e2e::grapes::{self, grape_bin};
 use tokio::net::TcpStream;
 
 /// How long the halves are cut apart.
@@ -32,27 +28,6 @@ const HEAL_BOUND: Duration = Duration::from_secs(45);
 const N: usize = 10;
 const DHT_PORT: u16 = 20001;
 const API_PORT: u16 = 30001;
-
-fn grape_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // Tests run as parallel processes that all build the binary; a build that loses a race
-        // on the incremental cache fails once and succeeds when tried again.
-        let built = (0..3).any(|_| {
-            Command::new(&cargo)
-                .args(["build", "-q", "-p", "grenache-cli", "--bin", "grape"])
-                .current_dir(workspace_dir())
-                .status()
-                .expect("run cargo build")
-                .success()
-        });
-        assert!(built, "building the grape binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_dir().join("target"));
-        target.join("debug").join("grape")
-    })
-    .clone()
-}
 
 /// Runs a command to completion; panics with its stderr when it fails.
 fn sh(args: &[&str]) {
@@ -148,28 +123,12 @@ fn api(i: usize) -> SocketAddr {
     format!("{}:{API_PORT}", Net::ip(i)).parse().expect("address")
 }
 
-async fn post(addr: SocketAddr, path: &str, body: String) -> String {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(30), fut).await.ok().flatten().unwrap_or_default()
-}
-
 async fn announce(i: usize, name: &str, port: u16) {
-    post(api(i), "/announce", json!({"rid": "p", "data": [name, port]}).to_string()).await;
+    grapes::announce(api(i), name, port).await;
 }
 
 async fn lookup(i: usize, name: &str) -> Vec<String> {
-    serde_json::from_str(&post(api(i), "/lookup", json!({"rid": "p", "data": name}).to_string()).await).unwrap_or_default()
+    grapes::lookup(api(i), name).await
 }
 
 /// Announces `<prefix>:<i>` on every Grape, then looks each one up through the Grape five

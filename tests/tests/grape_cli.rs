@@ -4,32 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use grenache_e2e::{free_port, workspace_dir};
+use grenache_e2e::free_port;
+use grenache_e2e::grapes::grape_bin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn grape_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // Tests run as parallel processes that all build the binary; a build that loses a race
-        // on the incremental cache fails once and succeeds when tried again.
-        let built = (0..3).any(|_| {
-            Command::new(&cargo)
-                .args(["build", "-q", "-p", "grenache-cli", "--bin", "grape"])
-                .current_dir(workspace_dir())
-                .status()
-                .expect("run cargo build")
-                .success()
-        });
-        assert!(built, "building the grape binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_dir().join("target"));
-        target.join("debug").join("grape")
-    })
-    .clone()
-}
 
 fn run(args: &[&str]) -> Output {
     let mut child =

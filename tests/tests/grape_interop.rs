@@ -3,104 +3,20 @@
 //!
 //! Needs `npm ci --prefix tests/interop` (scripts/test.sh does it). Everything binds 127.0.0.1.
 
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
-use grenache::grape::{Grape, GrapeConfig, Testnet};
-use grenache_e2e::{NodeProcess, eventually, free_port};
+use grenache::grape::Testnet;
+use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
+use grenache_e2e::{NodeProcess, eventually};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const T: Duration = Duration::from_secs(30);
-
-/// One HTTP/1.1 POST with `Connection: close`; returns the status and the body.
-async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.expect("read");
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
-    };
-    tokio::time::timeout(T, fut).await.expect("HTTP request timed out")
-}
-
-async fn call(addr: SocketAddr, path: &str, data: Value) -> (u16, String) {
-    post(addr, path, &json!({"rid": "interop", "data": data}).to_string()).await
-}
-
-async fn lookup(addr: SocketAddr, name: &str) -> Vec<String> {
-    let (_, body) = call(addr, "/lookup", json!(name)).await;
-    serde_json::from_str(&body).unwrap_or_default()
-}
-
-fn local(p: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], p))
-}
-
-/// A Node reference Grape on fixed free ports.
-struct NodeGrape {
-    proc: NodeProcess,
-    dht: SocketAddr,
-    api: SocketAddr,
-}
-
-async fn node_grape(bootstrap: &[String], extra: &[&str]) -> NodeGrape {
-    // The ports are picked free beforehand (the reference cannot report a port 0 it bound);
-    // another program may take one before Node binds it, so a failed start is retried.
-    for attempt in 1..=5 {
-        let (dp, ap) = (free_port(), free_port());
-        let (dps, aps, bs) = (dp.to_string(), ap.to_string(), bootstrap.join(","));
-        let mut args = vec!["--dht-port", &dps, "--api-port", &aps, "--bootstrap", &bs];
-        args.extend_from_slice(extra);
-        let mut proc = NodeProcess::spawn("grape.js", &args);
-        loop {
-            match proc.try_json(T).await {
-                Some(line) if line["event"] == "started" => return NodeGrape { proc, dht: local(dp), api: local(ap) },
-                Some(line) if line["event"] == "error" => {
-                    eprintln!("node grape failed on ports {dp}/{ap} ({line}), attempt {attempt}");
-                    break;
-                }
-                Some(_) => {}
-                None => {
-                    eprintln!("node grape exited on ports {dp}/{ap}, attempt {attempt}");
-                    break;
-                }
-            }
-        }
-    }
-    panic!("could not start a Node grape in 5 attempts")
-}
-
-fn rust_config(bootstrap: Vec<String>) -> GrapeConfig {
-    let mut c = GrapeConfig::default();
-    let ip = "127.0.0.1".parse().expect("ip");
-    c.dht_bind(ip).host(Some(ip)).dht_port(0).api_port(0).bootstrap(bootstrap);
-    c
-}
-
-async fn rust_grape(bootstrap: Vec<String>) -> Grape {
-    let g = Grape::start(rust_config(bootstrap)).await.expect("rust grape");
-    tokio::time::timeout(T, g.ready()).await.expect("rust grape ready");
-    g
-}
 
 #[tokio::test]
 async fn mixed_network_announce_lookup_put_get_both_ways() {
     // R0 <- N0 <- R1 <- N1: each bootstraps to the previous one.
     let r0 = rust_grape(vec![]).await;
-    let mut n0 = node_grape(&[r0.dht_bootstrap_addr()], &[]).await;
+    let mut n0 = NodeGrape::start(&[r0.dht_bootstrap_addr()], &[]).await;
     let r1 = rust_grape(vec![n0.dht.to_string()]).await;
-    let mut n1 = node_grape(&[r1.dht_bootstrap_addr()], &[]).await;
+    let mut n1 = NodeGrape::start(&[r1.dht_bootstrap_addr()], &[]).await;
 
     // Rust announce, Node lookup.
     let (st, body) = call(r1.api_addr(), "/announce", json!(["mix:from-rust", 7001])).await;
@@ -173,7 +89,7 @@ fn signed(sk: &SigningKey, v: &str, seq: i64) -> Value {
 #[tokio::test]
 async fn mutable_put_get_between_rust_and_node_with_verify() {
     let r = rust_grape(vec![]).await;
-    let mut n = node_grape(&[r.dht_bootstrap_addr()], &["--verify"]).await;
+    let mut n = NodeGrape::start(&[r.dht_bootstrap_addr()], &["--verify"]).await;
     // Let the Node grape's bootstrap reach the Rust grape's routing table.
     eventually(T, "the Rust grape knows the Node grape", || async {
         (r.dht().node_count() >= 1).then_some(())

@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod trust_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -24,7 +23,7 @@ use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Re
 use grenache::transport::http::{HttpClient, HttpServer, HttpServerConfig};
 use grenache_e2e::eventually;
 use serde_json::json;
-use trust_support::{NodeGrape, T, lookup, rust_grape};
+use grenache_e2e::grapes::{NodeGrape, T, lookup, rust_grape};
 
 const NAME: &str = "churn:svc";
 const HALF: usize = 10;

@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod link_support;
-mod trust_support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use grenache::transport::http::{HttpClient, HttpServer, HttpServerConfig};
 use grenache_e2e::eventually;
 use link_support::{NodeClient, node_server};
 use serde_json::json;
-use trust_support::{NodeGrape, T, call, lookup, rust_grape};
+use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
 
 const NAME: &str = "signed:svc";
 

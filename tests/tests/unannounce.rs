@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod trust_support;
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use grenache::rpc::{PeerRpcServer, Reply, Request};
 use grenache::transport::http::{HttpServer, HttpServerConfig};
 use grenache_e2e::eventually;
 use serde_json::json;
-use trust_support::{NodeGrape, T, call, lookup, rust_grape};
+use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
 
 /// One KRPC query from `sock` to `to`; the reply (or error) decoded.
 fn krpc_call(sock: &UdpSocket, to: SocketAddr, method: Method) -> Body {
