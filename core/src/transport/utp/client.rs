@@ -22,7 +22,8 @@ use crate::rpc::{BoxFuture, ClientTransport, OutgoingRequest, ReplyResult, Resul
 #[derive(Debug, Clone)]
 pub struct UtpClientConfig {
     /// How long opening a uTP stream may take before the request fails with
-    /// [`ErrorKind::Connect`] (so the client tries another worker). Default 5 s.
+    /// [`ErrorKind::Connect`] (so the client tries another worker). Default 5 s. The SYN is sent
+    /// again after 1 s and then every 2 s within it.
     pub connect_timeout: Duration,
     /// The timeout of a request that has none. Default 60 s (the reference's transport default).
     pub default_request_timeout: Duration,
