@@ -15,7 +15,8 @@
 //!   `PeerPub`) on one thread, the clients and subscribers on another. Our client side runs in a
 //!   spawned task, as application code does (tokio's `block_on` future pays an extra non-blocking
 //!   `epoll_wait` each time another task wakes it).
-//! * `--ours-only` (`WS_SEQ=n`), `--floor-only`, `--pubsub-only`: one part alone, for profiling.
+//! * `--ours-only` (`WS_SEQ=n`), `--floor-only`, `--pubsub-only`: one part alone, for profiling
+//!   (`--pubsub-only` runs our PUB/SUB to 1, 10 and 100 subscribers).
 //! * PUB/SUB: messages `{"seq":i,"msg":"hello subscribers"}` published to 10 and to 100
 //!   subscribers; messages/s = messages published ÷ time from the first delivery until every
 //!   subscriber has every message. Our publisher keeps its bounded queues (the benchmark publishes
@@ -349,8 +350,18 @@ fn main() {
             return;
         }
         if std::env::args().any(|a| a == "--pubsub-only") {
-            let v = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await;
-            println!("ours: PUB/SUB to 10 subscribers {:.0} msg/s", v.as_f64().unwrap_or(0.0));
+            // Ours alone: one subscriber's receive rate, then 10 and 100 subscribers.
+            let v = client(|s, link| {
+                Box::pin(async move {
+                    let one = ours_pubsub(&s, &link, 1, 200_000).await;
+                    let ten = ours_pubsub(&s, &link, 10, 50_000).await;
+                    let hundred = ours_pubsub(&s, &link, 100, 10_000).await;
+                    json!([one, ten, hundred])
+                })
+            })
+            .await;
+            let f = |i: usize| v[i].as_f64().unwrap_or(0.0);
+            println!("ours: PUB/SUB to 1 subscriber {:.0} msg/s, to 10 {:.0} msg/s, to 100 {:.0} msg/s", f(0), f(1), f(2));
             return;
         }
         if std::env::args().any(|a| a == "--ours-only") {

@@ -846,7 +846,7 @@ impl NativeLink {
 
 #[napi]
 impl NativeServer {
-    /// Like the constructor, with a handler that sees the envelope (see [`EnvelopeHandlerFn`])
+    /// Like the constructor, with a handler that sees the envelope (see `EnvelopeHandlerFn`)
     /// and, for WS over TLS, a JS `verify(ticket, fingerprint, remote, path)` answered with
     /// [`verify_answer`].
     #[napi(factory)]
@@ -963,7 +963,7 @@ const DROPIN_PUB_QUEUE: usize = 65_536;
 
 /// A publisher for the reference-compatible PeerPub: the reference buffers whatever is sent to a
 /// slow subscriber, so a burst must not cost a subscriber its connection. Each subscriber's queue
-/// holds up to [`DROPIN_PUB_QUEUE`] messages (bounded memory), and past that loses its oldest
+/// holds up to `DROPIN_PUB_QUEUE` messages (bounded memory), and past that loses its oldest
 /// ones instead of being disconnected.
 #[napi]
 pub struct NativeQueuedPub {

@@ -10,12 +10,12 @@
 //!   callbacks in flight, and they need the GIL), and objects dropped by Python's garbage
 //!   collector are closed on a thread of their own for the same reason;
 //! * a blocking call can poll for its result for a few tens of microseconds (GIL released,
-//!   bounded, adaptive; off by default, see [`spin`]) before it sleeps, which saves the wake-up
+//!   bounded, adaptive; off by default, see `spin`) before it sleeps, which saves the wake-up
 //!   of the calling thread on fast round trips where cores are spare;
-//! * the asyncio path goes through an [`Inbox`] per event loop: completions (and requests for
+//! * the asyncio path goes through an `Inbox` per event loop: completions (and requests for
 //!   `async def` handlers) are queued without the GIL, and the loop is woken once per batch
 //!   through a socket it watches, not once per reply;
-//! * plain request handlers run on a small pool of threads of this module ([`Pool`]) that take
+//! * plain request handlers run on a small pool of threads of this module (`Pool`) that take
 //!   the GIL once and call the handler for every queued request in a row; a handler that blocks
 //!   lets another thread of the pool take over, so a slow Python handler never stalls the I/O
 //!   threads nor the other requests;

@@ -159,7 +159,7 @@ enum Cmd {
         /// UDP timeout).
         #[arg(long, default_value_t = 5_000)]
         register_interval: u64,
-        /// Answer {"payload": <payload>, "remote": "<caller ip:port as seen here>"} instead of
+        /// Answer `{"payload": <payload>, "remote": "<caller ip:port as seen here>"}` instead of
         /// the bare echo.
         #[arg(long)]
         with_remote: bool,

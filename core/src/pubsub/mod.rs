@@ -21,6 +21,12 @@
 //!   ([`PubConfig::transport`], [`SubConfig::transport`] with [`TransportKind::Zmq`]; see
 //!   [`zmq`] for the wire), with the same bounded queues, policies and reconnects.
 //! * Closing a [`Subscription`] closes its sockets (the reference's `PeerSub.stop()` leaves them).
+//!
+//! Both sides speak WebSocket with the RPC path's RFC 6455 code (`transport::ws`'s framing and
+//! socket), so its rules hold here too: a protocol violation, a message over the size limit or
+//! text that is not UTF-8 closes only the socket that sent it, with the close code that says why
+//! (1002, 1009, 1007); pings are answered and closes echoed. A publisher encodes each message as a
+//! frame once and writes the same bytes to every subscriber; closing it sends 1001.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -30,10 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::transport::limits::{Liveness, Verdict, WsLiveness};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +47,8 @@ use crate::error::{Error, Result};
 use crate::link::{AnnounceHandle, Link};
 use crate::tls::{ClientTls, ServerTls, VerifyClient};
 use crate::rpc::TransportKind;
-use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, accept_ws, dial};
+use crate::transport::ws::frame::{self as wsframe, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, Msg, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Owned, Side};
+use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, NetStream, accept_raw, dial_raw};
 
 pub mod zmq;
 
@@ -172,10 +178,36 @@ impl PubConfig {
         self
     }
 
-    /// The largest frame accepted from a subscriber (they send nothing). Default is 16 MiB.
+    /// The largest message (its fragments together) accepted from a subscriber (they send
+    /// nothing that matters); a larger one closes that subscriber's socket with 1009. Default is
+    /// 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes.max(1024);
         self
+    }
+}
+
+/// One published message, shared by every subscriber's queue: the WebSocket frame as the
+/// publisher sends it (server frames are not masked, so the bytes are the same for every
+/// subscriber and are encoded once per message, not once per subscriber) and where its payload
+/// starts (ZeroMQ sends the payload alone).
+#[derive(Clone)]
+pub(crate) struct Published {
+    frame: Arc<[u8]>,
+    header: usize,
+}
+
+impl Published {
+    fn new(opcode: u8, payload: &[u8]) -> Published {
+        let (h, n) = wsframe::frame_header(opcode, payload.len(), None);
+        // One allocation, shared by every subscriber's queue.
+        let frame: Arc<[u8]> = h[..n].iter().chain(payload).copied().collect();
+        Published { frame, header: n }
+    }
+
+    /// The message's bytes.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.frame[self.header..]
     }
 }
 
@@ -188,7 +220,7 @@ struct SubQueue {
 }
 
 struct QueueState {
-    items: VecDeque<Message>,
+    items: VecDeque<Published>,
     /// Set by the publisher to disconnect a slow subscriber.
     kicked: bool,
     dropped: u64,
@@ -295,16 +327,16 @@ impl PeerPub {
     /// Sends `message` as one text frame to every connected subscriber; returns how many it was
     /// queued for. Never blocks: a full queue applies the [`SlowSubscriberPolicy`].
     pub fn publish(&self, message: impl Into<String>) -> usize {
-        self.publish_message(Message::Text(Utf8Bytes::from(message.into())))
+        self.publish_message(Published::new(OP_TEXT, message.into().as_bytes()))
     }
 
     /// Sends `data` as one binary frame to every connected subscriber (the reference sends Node
     /// Buffers this way).
     pub fn publish_binary(&self, data: impl Into<Bytes>) -> usize {
-        self.publish_message(Message::Binary(data.into()))
+        self.publish_message(Published::new(OP_BINARY, &data.into()))
     }
 
-    fn publish_message(&self, msg: Message) -> usize {
+    fn publish_message(&self, msg: Published) -> usize {
         let s = &self.shared;
         s.published.fetch_add(1, Ordering::Relaxed);
         let subs = lock(&s.subs);
@@ -394,20 +426,47 @@ async fn pub_accept_loop(
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         async move {
-            let ws = match accept_ws(tcp, remote, &settings).await {
-                Ok((ws, _cert)) => ws,
+            let (io, leftover) = match accept_raw(tcp, remote, &settings).await {
+                Ok((io, leftover, _cert)) => (io, leftover),
                 Err(e) => {
                     tracing::debug!("pub: {e}");
                     return;
                 }
             };
-            serve_subscriber(ws, shared, shutdown, liveness).await;
+            let frames = FrameReader::new(Side::Server, settings.max_message_size, leftover);
+            serve_subscriber(io, frames, remote, shared, shutdown, liveness).await;
         }
     })
     .await;
 }
 
-async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShared>, shutdown: CancellationToken, liveness: WsLiveness) {
+/// Runs one socket write. The timer and the kick's waiter are only set up when the write does not
+/// complete at once (the usual case: the bytes go to the socket buffer). False when the socket
+/// failed, took no bytes for [`WRITE_TIMEOUT`], or `kick` was cancelled meanwhile.
+async fn write_or_kick(io: &mut NetStream, out: &mut Vec<u8>, kick: &CancellationToken) -> bool {
+    use std::future::Future;
+    let mut write = std::pin::pin!(wsframe::write_out(io, out));
+    match std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await {
+        std::task::Poll::Ready(r) => r.is_ok(),
+        std::task::Poll::Pending => tokio::select! {
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => matches!(r, Ok(Ok(()))),
+            _ = kick.cancelled() => false,
+        },
+    }
+}
+
+/// Serves one subscriber in one task: writes what is published to it (every message queued
+/// since the last write goes out in one write), answers its pings, pings it when it is silent,
+/// and reads what it sends (nothing that matters, within the frame and message limits: a
+/// violation closes its socket with the close code that says why).
+async fn serve_subscriber(
+    mut io: NetStream,
+    mut frames: FrameReader,
+    remote: SocketAddr,
+    shared: Arc<PubShared>,
+    shutdown: CancellationToken,
+    liveness: WsLiveness,
+) {
     let mut live = Liveness::new(liveness);
     let mut reads = 0u64;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -422,73 +481,75 @@ async fn serve_subscriber(mut ws: crate::transport::ws::Ws, shared: Arc<PubShare
         let n = subs.len();
         shared.count.send_replace(n);
     }
-    let mut batch: Vec<Message> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = q.notify.notified() => {
-                let kicked = {
-                    let mut st = lock(&q.q);
-                    batch.extend(st.items.drain(..));
-                    st.kicked
-                };
-                if kicked {
-                    tracing::debug!("pub: disconnecting a slow subscriber");
-                    break;
-                }
-                // A subscriber that does not read for WRITE_TIMEOUT is dropped even if its
-                // queue never fills (e.g. a stalled TCP window with few, large messages).
-                let write = async {
-                    for m in batch.drain(..) {
-                        ws.feed(m).await?;
-                    }
-                    ws.flush().await
-                };
-                tokio::select! {
-                    r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
-                        Ok(Ok(())) => {}
-                        _ => break,
-                    },
-                    _ = q.kick.cancelled() => break,
-                }
-            }
-            msg = ws.next() => match msg {
-                // Subscribers send nothing that matters; pings are answered on the next flush.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {
-                    reads += 1;
-                    if ws.flush().await.is_err() {
-                        break;
-                    }
-                }
-            },
-            _ = q.kick.cancelled() => break,
-            _ = shutdown.cancelled() => break,
-            v = live.check(reads, 0) => {
-                if v != Verdict::Ping {
-                    tracing::debug!("pub: a subscriber did not answer a ping");
-                    break;
-                }
-                let ping = async {
-                    ws.feed(Message::Ping(Default::default())).await?;
-                    ws.flush().await
-                };
-                if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
-                    break;
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
+    let mut batch: VecDeque<Published> = VecDeque::new();
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // `Some((code, reason))`: close the socket with a close frame; `None`: just drop it.
+    let closing: Option<(u16, String)> = 'serve: loop {
+        // What the subscriber sent: pongs to queue, a close, or a violation.
+        loop {
+            match frames.next_message() {
+                Ok(Some(Msg::Text(_) | Msg::Binary(_))) => {}
+                Ok(Some(Msg::Ping(p))) => wsframe::encode_frame(&mut out, OP_PONG, p, None),
+                Ok(Some(Msg::Close(code))) => break 'serve Some((code.unwrap_or(CLOSE_NORMAL), String::new())),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("pub: closing subscriber {remote}: {e}");
+                    break 'serve Some((e.close_code(), e.to_string()));
                 }
             }
         }
-    }
+        // What was published to it since the last turn.
+        let kicked = {
+            let mut st = lock(&q.q);
+            std::mem::swap(&mut batch, &mut st.items);
+            st.kicked
+        };
+        if kicked {
+            tracing::debug!("pub: disconnecting a slow subscriber {remote}");
+            break None;
+        }
+        for m in batch.drain(..) {
+            out.extend_from_slice(&m.frame);
+        }
+        // A subscriber that does not read for WRITE_TIMEOUT is dropped even if its queue never
+        // fills (e.g. a stalled TCP window with few, large messages).
+        if !out.is_empty() && !write_or_kick(&mut io, &mut out, &q.kick).await {
+            break None;
+        }
+        tokio::select! {
+            _ = q.notify.notified() => {}
+            r = frames.fill(&mut io) => match r {
+                Ok(0) | Err(_) => break None,
+                Ok(_) => reads += 1,
+            },
+            _ = q.kick.cancelled() => {}
+            () = &mut stopping => break Some((CLOSE_GOING_AWAY, "the publisher is closing".to_string())),
+            v = live.check(reads, 0) => {
+                if v != Verdict::Ping {
+                    tracing::debug!("pub: subscriber {remote} did not answer a ping");
+                    break Some((CLOSE_GOING_AWAY, "no answer to a ping".to_string()));
+                }
+                wsframe::encode_frame(&mut out, OP_PING, b"", None);
+            }
+        }
+    };
     {
         let mut subs = lock(&shared.subs);
         subs.remove(&id);
         let n = subs.len();
         shared.count.send_replace(n);
     }
-    if q.kick.is_cancelled() {
-        // Its socket is not being read: do not wait for a close handshake.
-        return;
+    // A kicked subscriber's socket is not being read: no close handshake, it is dropped.
+    if let Some((code, reason)) = closing.filter(|_| !q.kick.is_cancelled()) {
+        wsframe::encode_close(&mut out, code, &reason, None);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = wsframe::write_out(&mut io, &mut out).await;
+            let _ = io.shutdown().await;
+        })
+        .await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,8 +653,8 @@ impl SubConfig {
         self
     }
 
-    /// The largest message accepted; a larger one closes that publisher's socket (it is
-    /// reconnected). Default is 16 MiB.
+    /// The largest message (its fragments together) accepted; a larger one closes that
+    /// publisher's socket with 1009 (it is reconnected). Default is 16 MiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes.max(1024);
         self
@@ -612,7 +673,9 @@ impl SubConfig {
 pub struct SubMessage {
     /// The publisher's `host:port`.
     pub publisher: Arc<str>,
-    /// The frame's bytes.
+    /// The message's bytes. Over WebSocket, a message that came in one frame shares the
+    /// connection's read buffer (no copy): that buffer's memory (at least 8 KiB, holding the
+    /// messages read with it) is freed once the subscription and every message from it let go.
     pub data: Bytes,
     /// True for a binary frame, false for a text frame (valid UTF-8).
     pub binary: bool,
@@ -870,48 +933,20 @@ async fn publisher_conn(
     let mut backoff = config.reconnect_min;
     loop {
         let dialled = tokio::select! {
-            r = dial(&dest, config.tls.as_ref(), config.max_message_size, config.connect_timeout) => r,
+            r = dial_raw(&dest, config.tls.as_ref(), config.connect_timeout) => r,
             _ = cancel.cancelled() => return,
         };
         match dialled {
-            Ok(mut ws) => {
+            Ok((io, leftover)) => {
                 backoff = config.reconnect_min;
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 shared.set_connected(&dest, true);
-                loop {
-                    let msg = tokio::select! {
-                        m = ws.next() => m,
-                        _ = cancel.cancelled() => {
-                            shared.set_connected(&dest, false);
-                            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-                            return;
-                        }
-                    };
-                    let (data, binary) = match msg {
-                        Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
-                        Some(Ok(Message::Binary(b))) => (b, true),
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                        Some(Ok(_)) => {
-                            // A ping: the pong goes out with the next flush.
-                            let _ = ws.flush().await;
-                            continue;
-                        }
-                    };
-                    shared.received.fetch_add(1, Ordering::Relaxed);
-                    let m = SubMessage { publisher: dest.clone(), data, binary };
-                    tokio::select! {
-                        r = tx.send(m) => if r.is_err() {
-                            // The application dropped the subscription.
-                            shared.set_connected(&dest, false);
-                            return;
-                        },
-                        _ = cancel.cancelled() => {
-                            shared.set_connected(&dest, false);
-                            return;
-                        }
-                    }
-                }
+                let frames = FrameReader::new(Side::Client, config.max_message_size, leftover);
+                let ended = read_publisher(io, frames, &dest, &tx, &shared, &cancel).await;
                 shared.set_connected(&dest, false);
+                if ended == Ended::Stop {
+                    return;
+                }
                 tracing::debug!("sub: publisher {dest} went away; reconnecting");
             }
             Err(e) => tracing::debug!("sub: cannot reach publisher {dest}: {e}"),
@@ -922,4 +957,78 @@ async fn publisher_conn(
         }
         backoff = backoff.saturating_mul(2).min(config.reconnect_max);
     }
+}
+
+/// How a connection to a publisher ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The publisher went away or broke the protocol: reconnect.
+    Lost,
+    /// The subscription was closed or dropped: stop.
+    Stop,
+}
+
+/// Reads one publisher's socket and forwards its messages until it closes, fails or breaks the
+/// protocol (answered with the close code that says why), or the subscription ends (the socket is
+/// closed with 1000). Pings are answered; while the application's buffer is full the socket is not
+/// read, so TCP pushes back to the publisher.
+async fn read_publisher(
+    mut io: NetStream,
+    mut frames: FrameReader,
+    dest: &Arc<str>,
+    tx: &mpsc::Sender<SubMessage>,
+    shared: &SubShared,
+    cancel: &CancellationToken,
+) -> Ended {
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut out: Vec<u8> = Vec::new();
+    let (closing, ended): ((u16, String), Ended) = loop {
+        let (data, binary) = match frames.next_owned() {
+            // The message's bytes are those of the read buffer, not a copy.
+            Ok(Some(Owned::Data { bytes, text })) => (bytes, !text),
+            Ok(Some(Owned::Ping(p))) => {
+                wsframe::encode_frame(&mut out, OP_PONG, p, Some(wsframe::mask_key()));
+                continue;
+            }
+            Ok(Some(Owned::Close(code))) => break ((code.unwrap_or(CLOSE_NORMAL), String::new()), Ended::Lost),
+            Ok(None) => {
+                // Everything buffered is handled: send the pongs, then read more.
+                if !out.is_empty() && !matches!(tokio::time::timeout(WRITE_TIMEOUT, wsframe::write_out(&mut io, &mut out)).await, Ok(Ok(()))) {
+                    return Ended::Lost;
+                }
+                tokio::select! {
+                    r = frames.fill(&mut io) => match r {
+                        Ok(0) | Err(_) => return Ended::Lost,
+                        Ok(_) => continue,
+                    },
+                    () = &mut cancelled => break ((CLOSE_NORMAL, String::new()), Ended::Stop),
+                }
+            }
+            Err(e) => {
+                tracing::debug!("sub: closing publisher {dest}: {e}");
+                break ((e.close_code(), e.to_string()), Ended::Lost);
+            }
+        };
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        let m = SubMessage { publisher: dest.clone(), data, binary };
+        match tx.try_send(m) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => break ((CLOSE_NORMAL, String::new()), Ended::Stop),
+            Err(mpsc::error::TrySendError::Full(m)) => tokio::select! {
+                // The application's buffer is full: wait for room, reading nothing meanwhile.
+                r = tx.send(m) => if r.is_err() {
+                    break ((CLOSE_NORMAL, String::new()), Ended::Stop);
+                },
+                () = &mut cancelled => break ((CLOSE_NORMAL, String::new()), Ended::Stop),
+            },
+        }
+    };
+    wsframe::encode_close(&mut out, closing.0, &closing.1, Some(wsframe::mask_key()));
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = wsframe::write_out(&mut io, &mut out).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+    ended
 }

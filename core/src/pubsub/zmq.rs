@@ -27,10 +27,9 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{PubShared, QueueState, SubConfig, SubMessage, SubQueue, SubShared, WRITE_TIMEOUT, lock};
+use super::{PubShared, Published, QueueState, SubConfig, SubMessage, SubQueue, SubShared, WRITE_TIMEOUT, lock};
 use crate::transport::ws::AcceptSettings;
 use crate::transport::zmq::zmtp::{self, FrameReader, Incoming, Limits, SocketType};
 
@@ -54,14 +53,6 @@ pub(super) async fn pub_accept_loop(
         serve_subscriber(tcp, remote, shared.clone(), timeout, shutdown.clone())
     })
     .await;
-}
-
-fn payload(m: &Message) -> &[u8] {
-    match m {
-        Message::Text(t) => t.as_bytes(),
-        Message::Binary(b) => b,
-        _ => &[],
-    }
 }
 
 async fn serve_subscriber(
@@ -88,7 +79,7 @@ async fn serve_subscriber(
     });
     let mut prefixes: Vec<Bytes> = Vec::new();
     let mut registered = false;
-    let mut batch: Vec<Message> = Vec::new();
+    let mut batch: Vec<Published> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     loop {
         tokio::select! {
@@ -104,7 +95,7 @@ async fn serve_subscriber(
                 }
                 out.clear();
                 for m in batch.drain(..) {
-                    let data = payload(&m);
+                    let data = m.payload();
                     if prefixes.iter().any(|p| data.starts_with(p)) {
                         zmtp::encode_message(&mut out, &[data]);
                     }

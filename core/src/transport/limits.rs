@@ -273,11 +273,16 @@ where
     Ok((buf.freeze(), permit))
 }
 
+/// A stream of body chunks.
+pub(crate) type ChunkStream = Pin<Box<dyn futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static>>;
+
 /// A streamed request body (the HTTP server's `_gr` stream path) under the same deadlines as
 /// [`read_body`]: the whole body within `deadlines.body`, and after `body_grace` at least
 /// `body_min_rate` bytes per second on average. A late or slow body ends with a `TimedOut` I/O
 /// error, which the stream handler sees as its body failing.
-pub(crate) fn deadline_body(body: super::http::BodyStream, deadlines: ReadDeadlines) -> super::http::BodyStream {
+/// The stream is spelled out (it is `http::BodyStream`) so that limits stay below the HTTP
+/// transport that uses them.
+pub(crate) fn deadline_body(body: ChunkStream, deadlines: ReadDeadlines) -> ChunkStream {
     use futures_util::StreamExt;
     let start = Instant::now();
     let state = Some((body, 0usize));

@@ -28,7 +28,7 @@ pub use limits::{ConnLimits, ReadDeadlines, Refusals, WsLiveness};
 pub mod fuzzing {
     use std::task::{Context, Poll, Waker};
 
-    use super::ws::frame::{FrameReader, Msg, Side, close_code_is_valid};
+    use super::ws::frame::{FrameReader, Msg, Owned, Side, close_code_is_valid};
 
     /// Feeds `bytes` to a WebSocket frame reader of `server`'s side (limit `max_message`), `chunk`
     /// bytes per read (at least 1), taking every message after each read, as a connection does.
@@ -36,6 +36,12 @@ pub mod fuzzing {
     /// message over the limit, a close code a peer may not send. Returns how many messages and
     /// control frames it read before the end or the first error.
     pub fn ws_frames(server: bool, max_message: usize, bytes: &[u8], chunk: usize) -> usize {
+        ws_frames_as(server, false, max_message, bytes, chunk)
+    }
+
+    /// [`ws_frames`], taking data messages as owned bytes (`FrameReader::next_owned`, as a PUB/SUB
+    /// subscriber does) when `owned` is set; the same promises are checked.
+    pub fn ws_frames_as(server: bool, owned: bool, max_message: usize, bytes: &[u8], chunk: usize) -> usize {
         let side = if server { Side::Server } else { Side::Client };
         let mut reader = FrameReader::new(side, max_message, Vec::new());
         let mut cx = Context::from_waker(Waker::noop());
@@ -48,7 +54,24 @@ pub mod fuzzing {
                     Poll::Ready(Ok(_)) => {}
                 }
                 loop {
-                    match reader.next_message() {
+                    let next = if owned {
+                        // Owned bytes are checked as the borrowed kind they would have been.
+                        match reader.next_owned() {
+                            Ok(Some(Owned::Data { bytes, text })) => {
+                                n += 1;
+                                assert!(!text || std::str::from_utf8(&bytes).is_ok(), "a text message that is not UTF-8");
+                                assert!(bytes.len() <= max_message, "a message over the limit");
+                                continue;
+                            }
+                            Ok(Some(Owned::Ping(p))) => Ok(Some(Msg::Ping(p))),
+                            Ok(Some(Owned::Close(c))) => Ok(Some(Msg::Close(c))),
+                            Ok(None) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        reader.next_message()
+                    };
+                    match next {
                         Ok(Some(msg)) => {
                             n += 1;
                             match msg {

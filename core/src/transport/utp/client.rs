@@ -22,7 +22,8 @@ use crate::rpc::{BoxFuture, ClientTransport, OutgoingRequest, ReplyResult, Resul
 #[derive(Debug, Clone)]
 pub struct UtpClientConfig {
     /// How long opening a uTP stream may take before the request fails with
-    /// [`ErrorKind::Connect`] (so the client tries another worker). Default 5 s.
+    /// [`ErrorKind::Connect`] (so the client tries another worker). Default 5 s. The SYN is sent
+    /// again after 1 s and then every 2 s within it.
     pub connect_timeout: Duration,
     /// The timeout of a request that has none. Default 60 s (the reference's transport default).
     pub default_request_timeout: Duration,
@@ -56,11 +57,21 @@ struct Conn {
     pending: Mutex<HashMap<String, ResultSender>>,
     dead: AtomicBool,
     stop: CancellationToken,
+    /// Why the stream ended, once its reader saw it end; `ended` is cancelled then.
+    why: Mutex<Option<String>>,
+    ended: CancellationToken,
 }
 
 impl Conn {
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, ResultSender>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the stream ended: what its reader saw, waiting a moment for it (a write can see the
+    /// stream die before the reader is told why).
+    async fn why(&self) -> String {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.ended.cancelled()).await;
+        self.why.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "the uTP stream died".to_string())
     }
 
     /// Fails every request waiting on this stream.
@@ -183,8 +194,10 @@ impl UtpClient {
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                conn.fail_all(ErrorKind::Closed, "the uTP stream closed");
-                return Err(Error::new(ErrorKind::Closed, format!("uTP write to {dest}: {e}")));
+                // The engine says only "socket died"; the reader is told why.
+                let why = conn.why().await;
+                conn.fail_all(ErrorKind::Closed, &why);
+                return Err(Error::new(ErrorKind::Closed, format!("uTP write to {dest} failed ({e}): {why}")));
             }
             Err(_) => return Err(Error::new(ErrorKind::Timeout, format!("uTP request to {dest}: ERR_TIMEOUT"))),
         }
@@ -222,6 +235,8 @@ impl UtpClient {
             pending: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
             stop: self.inner.stop_token().child_token(),
+            why: Mutex::new(None),
+            ended: CancellationToken::new(),
         });
         let (c, max) = (conn.clone(), self.inner.config.max_message_size);
         tokio::spawn(async move {
@@ -232,6 +247,9 @@ impl UtpClient {
                     r = rd.read(&mut buf) => match r {
                         Ok(0) => break (ErrorKind::Closed, "the uTP stream closed".to_string()),
                         Ok(n) => n,
+                        // The engine gave the stream up: "remote was inactive for too long" (10 s
+                        // without an answer while data is outstanding), "max number of
+                        // retransmissions reached" (a packet sent 6 times), or a reset.
                         Err(e) => break (ErrorKind::Closed, format!("the uTP stream failed: {e}")),
                     },
                     _ = c.stop.cancelled() => break (ErrorKind::Closed, "the uTP client was closed".to_string()),
@@ -252,6 +270,8 @@ impl UtpClient {
                     break b;
                 }
             };
+            *c.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.1.clone());
+            c.ended.cancel();
             c.fail_all(why.0, &why.1);
         });
         *slot = Some(conn.clone());

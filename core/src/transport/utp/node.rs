@@ -43,6 +43,14 @@ const MAX_BROKERS: usize = 16;
 const MAX_REQUESTED_PUNCHES: usize = 64;
 /// How many events wait for a slow subscriber before the oldest are lost.
 const EVENT_QUEUE: usize = 256;
+/// How long the first SYN of a connect waits for an answer before another is sent.
+const CONNECT_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// How long each further SYN waits before the next.
+const CONNECT_RETRY_NEXT: Duration = Duration::from_secs(2);
+/// Most SYNs one connect sends (the caller's timeout usually ends it first).
+const CONNECT_ATTEMPTS: usize = 16;
+/// The smallest link MTU the engine accepts: IPv4 (20), UDP (8) and uTP (20) headers and a byte.
+const MIN_LINK_MTU: usize = 49;
 
 /// The settings of a [`UtpNode`].
 #[derive(Debug, Clone)]
@@ -58,6 +66,14 @@ pub struct UtpNodeConfig {
     pub acks_per_second: u32,
     /// Most uTP streams at once (the engine's `max_live_vsocks`). Default 128.
     pub max_streams: usize,
+    /// The largest IP packet the path carries, in bytes (default 1500, Ethernet). The engine
+    /// sends packets of up to this size less the IP, UDP and uTP headers, and probes its way up
+    /// to it. On a path with a smaller MTU that drops larger packets without the ICMP error that
+    /// would make the kernel fragment them (a "black hole"), set it to the path's MTU: a packet
+    /// that never gets through fails its stream (see [`UtpNode`] on MTU probes).
+    /// Errors: below 49 (IP + UDP + uTP headers and one byte) or above 65535, `bind_with` fails
+    /// with `InvalidArgument`.
+    pub link_mtu: usize,
 }
 
 impl Default for UtpNodeConfig {
@@ -68,6 +84,7 @@ impl Default for UtpNodeConfig {
             requested_punch_timeout: Duration::from_secs(5),
             acks_per_second: 500,
             max_streams: 128,
+            link_mtu: 1500,
         }
     }
 }
@@ -358,6 +375,21 @@ type Engine = UtpSocket<Demux, Env>;
 ///
 /// Cheap to share (`Arc`); the socket closes when the last holder drops it. A server
 /// ([`super::UtpServer`]) and any number of clients ([`super::UtpClient`]) can use one node.
+///
+/// # MTU probes
+///
+/// The engine starts with 528-byte payloads and sends larger "probe" packets to find the
+/// largest the path carries. librqbit-utp 0.7 gives a probe up when it is still unacknowledged
+/// after a retransmission (by default), meaning "too large"; but it then forgets the probe's
+/// bytes without taking them off its count of segmented bytes, so the next packet, reusing the
+/// probe's sequence number, starts after them: the receiver gets the stream with one packet's
+/// worth of bytes missing, and the sender's buffer never drains (every later flush waits
+/// forever). A probe is also given up when it was lost twice by chance, or when only its
+/// acknowledgements were. A node therefore never gives a probe up: it is retransmitted like any
+/// packet, and a probe the path cannot carry fails its stream after the engine's 5
+/// retransmissions (the requests on it fail with `Closed`, never with altered data). Linux
+/// fragments datagrams larger than the path MTU it learnt from ICMP, so this only bites on a
+/// path that also filters those ICMP errors: set [`UtpNodeConfig::link_mtu`] there.
 pub struct UtpNode {
     engine: Arc<Engine>,
     punch: Arc<Punch>,
@@ -384,6 +416,9 @@ impl UtpNode {
         if config.punch_bytes.is_empty() || config.punch_bytes.len() >= 20 {
             return Err(Error::invalid("punch bytes must be 1 to 19 bytes (shorter than a uTP header)"));
         }
+        if !(MIN_LINK_MTU..=usize::from(u16::MAX)).contains(&config.link_mtu) {
+            return Err(Error::invalid(format!("link MTU must be {MIN_LINK_MTU} to 65535 bytes")));
+        }
         let udp = Arc::new(UdpSocket::bind(addr).await?);
         let local = udp.local_addr()?;
         let cancel = CancellationToken::new();
@@ -405,6 +440,11 @@ impl UtpNode {
             disable_nagle: true,
             cancellation_token: cancel.clone(),
             max_live_vsocks: std::num::NonZeroUsize::new(config.max_streams.max(1)),
+            link_mtu: std::num::NonZeroUsize::new(config.link_mtu),
+            // An MTU probe is never given up: librqbit-utp 0.7 loses the probe's bytes from the
+            // stream when it does (see the type's docs). A probe that cannot get through is
+            // retransmitted like any packet, until the stream fails.
+            mtu_probe_max_retransmissions: Some(usize::MAX),
             ..Default::default()
         };
         let demux = Demux { udp, local, punch: punch.clone() };
@@ -473,9 +513,28 @@ impl UtpNode {
         let _ = send_now(&self.punch.udp, &msg, node);
     }
 
-    /// Opens a uTP stream to `addr`.
+    /// Opens a uTP stream to `addr`. The caller bounds the time.
+    ///
+    /// librqbit-utp 0.7 sends a connection's SYN once and never again, so one lost datagram
+    /// would leave the connect waiting until the caller's timeout. A new attempt (a new SYN)
+    /// starts after 1 s, then every 2 s, while the earlier ones keep waiting (on a slow path
+    /// their answer may still come); the first stream wins and the others are dropped. An
+    /// attempt that fails outright (a reset, too many streams) fails the connect.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<UtpStream> {
-        self.engine.connect(addr).await.map_err(|e| Error::new(ErrorKind::Connect, format!("uTP connect to {addr}: {e}")))
+        use futures_util::StreamExt;
+        let fail = |e: librqbit_utp::Error| Error::new(ErrorKind::Connect, format!("uTP connect to {addr}: {e}"));
+        let mut attempts = futures_util::stream::FuturesUnordered::new();
+        attempts.push(self.engine.connect(addr));
+        let mut wait = CONNECT_RETRY_FIRST;
+        loop {
+            tokio::select! {
+                Some(r) = attempts.next() => return r.map_err(fail),
+                _ = tokio::time::sleep(wait), if attempts.len() < CONNECT_ATTEMPTS => {
+                    attempts.push(self.engine.connect(addr));
+                    wait = CONNECT_RETRY_NEXT;
+                }
+            }
+        }
     }
 
     /// Accepts the next incoming uTP stream.

@@ -1,13 +1,13 @@
-//! WebSocket (RFC 6455) opening handshakes and framing, as the RPC path uses them.
+//! WebSocket (RFC 6455) opening handshakes and framing: the one implementation of the protocol,
+//! shared by the RPC server and client and by the PUB/SUB publisher and subscriber.
 //!
-//! tokio-tungstenite served the RPC sockets before. Its per-message costs (a waker proxy on
-//! every poll, a `BiLock` between the halves of a split socket, a zero-filled read buffer, one
-//! owned `Message` per frame) were the largest user-space share of a sequential round trip, so the
-//! RPC server and client speak the protocol themselves with this module. It covers what Grenache
-//! peers exchange: text and binary messages (fragmented or not), ping/pong and the close
-//! handshake, with no extensions (`permessage-deflate` offered by Node's `ws` is declined by not
-//! echoing it, which the RFC allows). PUB/SUB keeps tungstenite's framing on top of these
-//! handshakes ([`into_tungstenite`]).
+//! tokio-tungstenite served these sockets before. Its per-message costs (a waker proxy on every
+//! poll, a `BiLock` between the halves of a split socket, a zero-filled read buffer, one owned
+//! `Message` per frame) were the largest user-space share of a sequential round trip, and a
+//! publisher encoded every message once per subscriber; so the project speaks the protocol itself
+//! with this module. It covers what Grenache peers exchange: text and binary messages (fragmented
+//! or not), ping/pong and the close handshake, with no extensions (`permessage-deflate` offered by
+//! Node's `ws` is declined by not echoing it, which the RFC allows).
 //!
 //! Protocol violations (reserved bits, an unknown opcode, a bad control frame, a client frame
 //! without a mask or a server frame with one, a continuation without a start) and messages over
@@ -17,17 +17,16 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes, BytesMut};
+use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-
 
 /// The largest opening-handshake head (request or response) accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
-/// Bytes read from a socket at a time (more when a large message needs it), here and in
-/// tungstenite's PUB/SUB sockets. tungstenite zero-fills this much of its read buffer before every
-/// read (including the one that finds the socket drained), so its 128 KiB default cost two
-/// 128 KiB `memset`s per small message and side: once the largest single cost of a round trip.
+/// Bytes read from a socket at a time (more when a large message needs it). The free room is not
+/// zeroed before a read (tungstenite zero-filled its 128 KiB read buffer before every read, once
+/// the largest single cost of a round trip).
 pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -67,6 +66,18 @@ pub(crate) enum Msg<'a> {
     Ping(&'a [u8]),
     /// A close frame, with its status code when it has one (a code a peer may send: see
     /// [`close_code_is_valid`]; any other is a protocol error).
+    Close(Option<u16>),
+}
+
+/// What [`FrameReader::next_owned`] reads: a data message with its bytes owned, or a control
+/// frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Owned<'a> {
+    /// A text (valid UTF-8) or binary message.
+    Data { bytes: Bytes, text: bool },
+    /// A ping: answer it with a pong carrying the same bytes.
+    Ping(&'a [u8]),
+    /// A close frame, with its status code when it has one.
     Close(Option<u16>),
 }
 
@@ -122,8 +133,9 @@ enum Parsed {
 /// [`FrameReader::fill`]), then take whole messages with [`FrameReader::next_message`] until it
 /// says it needs more.
 pub(crate) struct FrameReader {
-    /// Bytes read; `buf[start..]` is not parsed yet.
-    buf: Vec<u8>,
+    /// Bytes read; `buf[start..]` is not parsed yet. A `BytesMut` so that
+    /// [`FrameReader::next_owned`] can hand a message's bytes out without copying them.
+    buf: BytesMut,
     start: usize,
     /// Bytes the frame at `start` needs in all (0: unknown yet), so a fill reserves room for it.
     need: usize,
@@ -144,7 +156,7 @@ impl std::fmt::Debug for FrameReader {
 impl FrameReader {
     /// A reader for `side`, starting with bytes already read past the opening handshake.
     pub(crate) fn new(side: Side, max_message: usize, leftover: Vec<u8>) -> FrameReader {
-        let mut buf = leftover;
+        let mut buf = BytesMut::from(&leftover[..]);
         buf.reserve(READ_CHUNK.saturating_sub(buf.len()));
         FrameReader { buf, start: 0, need: 0, side, max_message, frag: None, assembled: Vec::new() }
     }
@@ -156,7 +168,9 @@ impl FrameReader {
             self.buf.clear();
             self.start = 0;
         } else if self.start > 0 && (self.start >= self.buf.len() / 2 || self.buf.capacity() - self.buf.len() < READ_CHUNK / 2) {
-            self.buf.drain(..self.start);
+            // The room freed at the front is taken back by `reserve` (one move of the unparsed
+            // bytes, or none when the buffer is shared with messages handed out).
+            self.buf.advance(self.start);
             self.start = 0;
         }
         let want = self.need.saturating_sub(self.buf.len() - self.start).max(READ_CHUNK / 2);
@@ -165,7 +179,7 @@ impl FrameReader {
         }
         // A large buffer left by a large message is given back once it is empty.
         if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK && self.need <= READ_CHUNK {
-            self.buf = Vec::with_capacity(READ_CHUNK);
+            self.buf = BytesMut::with_capacity(READ_CHUNK);
         }
     }
 
@@ -195,6 +209,39 @@ impl FrameReader {
     /// The next whole message or control frame in the buffer, `Ok(None)` when more bytes are
     /// needed. Pongs are skipped. After an error the reader must not be used again.
     pub(crate) fn next_message(&mut self) -> Result<Option<Msg<'_>>, FrameError> {
+        let Some(parsed) = self.parse()? else { return Ok(None) };
+        Ok(Some(match parsed {
+            Parsed::Data { text: true, start, end } => Msg::Text(&self.buf[start..end]),
+            Parsed::Data { text: false, start, end } => Msg::Binary(&self.buf[start..end]),
+            Parsed::Assembled { text: true } => Msg::Text(&self.assembled),
+            Parsed::Assembled { text: false } => Msg::Binary(&self.assembled),
+            Parsed::Ping { start, end } => Msg::Ping(&self.buf[start..end]),
+            Parsed::Close(code) => Msg::Close(code),
+        }))
+    }
+
+    /// [`FrameReader::next_message`] with a data message's bytes owned: a message that came in
+    /// one frame shares the read buffer (no copy; the buffer's memory is freed once the reader
+    /// and every such message let it go), a reassembled one is handed over.
+    pub(crate) fn next_owned(&mut self) -> Result<Option<Owned<'_>>, FrameError> {
+        let Some(parsed) = self.parse()? else { return Ok(None) };
+        Ok(Some(match parsed {
+            Parsed::Data { text, start, end } => {
+                // `parse` left `start` at `end`: everything before it is parsed.
+                let mut head = self.buf.split_to(end);
+                self.start = 0;
+                head.advance(start);
+                Owned::Data { bytes: head.freeze(), text }
+            }
+            Parsed::Assembled { text } => Owned::Data { bytes: Bytes::from(std::mem::take(&mut self.assembled)), text },
+            Parsed::Ping { start, end } => Owned::Ping(&self.buf[start..end]),
+            Parsed::Close(code) => Owned::Close(code),
+        }))
+    }
+
+    /// Parses frames up to the next whole message or control frame (checking a text message's
+    /// UTF-8), `Ok(None)` when more bytes are needed.
+    fn parse(&mut self) -> Result<Option<Parsed>, FrameError> {
         if !self.assembled.is_empty() {
             // The last reassembled message was handled: do not keep it (it may be large).
             self.assembled = Vec::new();
@@ -328,14 +375,7 @@ impl FrameReader {
         if text.is_some_and(|t| std::str::from_utf8(t).is_err()) {
             return Err(FrameError::InvalidUtf8);
         }
-        Ok(Some(match parsed {
-            Parsed::Data { text: true, start, end } => Msg::Text(&self.buf[start..end]),
-            Parsed::Data { text: false, start, end } => Msg::Binary(&self.buf[start..end]),
-            Parsed::Assembled { text: true } => Msg::Text(&self.assembled),
-            Parsed::Assembled { text: false } => Msg::Binary(&self.assembled),
-            Parsed::Ping { start, end } => Msg::Ping(&self.buf[start..end]),
-            Parsed::Close(code) => Msg::Close(code),
-        }))
+        Ok(Some(parsed))
     }
 }
 
@@ -354,25 +394,42 @@ pub(crate) fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
     }
 }
 
+/// The header of one whole (FIN) frame of `len` payload bytes, with the mask key when there is
+/// one: the bytes and how many of them are used (2 to 14).
+pub(crate) fn frame_header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14], usize) {
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    let mut h = [0u8; 14];
+    h[0] = 0x80 | opcode;
+    let mut n = match len {
+        l if l < 126 => {
+            h[1] = m | l as u8;
+            2
+        }
+        l if l <= 0xFFFF => {
+            h[1] = m | 126;
+            h[2..4].copy_from_slice(&(l as u16).to_be_bytes());
+            4
+        }
+        l => {
+            h[1] = m | 127;
+            h[2..10].copy_from_slice(&(l as u64).to_be_bytes());
+            10
+        }
+    };
+    if let Some(key) = mask {
+        h[n..n + 4].copy_from_slice(&key);
+        n += 4;
+    }
+    (h, n)
+}
+
 /// Appends one whole (FIN) frame to `out`: servers pass no mask, clients a fresh random one.
 pub(crate) fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    out.reserve(payload.len() + 14);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    let (h, n) = frame_header(opcode, payload.len(), mask);
+    out.reserve(payload.len() + n);
+    out.extend_from_slice(&h[..n]);
     match mask {
         Some(key) => {
-            out.extend_from_slice(&key);
             let s = out.len();
             out.extend_from_slice(payload);
             apply_mask(&mut out[s..], key);
@@ -401,6 +458,34 @@ pub(crate) fn mask_key() -> [u8; 4] {
 // ---------------------------------------------------------------------------------------------
 // Opening handshakes
 // ---------------------------------------------------------------------------------------------
+
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2): the
+/// base64 of the SHA-1 of the key followed by the protocol's GUID.
+pub(crate) fn derive_accept_key(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(GUID);
+    base64(&h.finalize())
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for the handshake's keys.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 /// Why an opening handshake failed.
 #[derive(Debug)]
@@ -529,7 +614,7 @@ pub(crate) async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     host_port: &str,
     path: &str,
 ) -> Result<Vec<u8>, HandshakeError> {
-    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let key = base64(&rand::random::<[u8; 16]>());
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
     );
@@ -631,7 +716,7 @@ mod tests {
         let bytes = frame(OP_TEXT, true, b"[\"r\",\"k\",1]", Some([9, 8, 7, 6]));
         let mut r = reader(Side::Server, Vec::new());
         for (i, b) in bytes.iter().enumerate() {
-            r.buf.push(*b);
+            r.buf.extend_from_slice(&[*b]);
             let got = r.next_message().expect("valid");
             if i + 1 < bytes.len() {
                 assert_eq!(got, None, "at byte {i}");
@@ -654,6 +739,34 @@ mod tests {
         assert_eq!(r.next_message(), Ok(Some(Msg::Text(b"[\"a\",\"b\",1]"))));
         assert_eq!(r.next_message(), Ok(Some(Msg::Close(Some(1000)))));
         assert_eq!(r.next_message(), Ok(None));
+    }
+
+    #[test]
+    fn owned_messages_share_the_buffer_and_parsing_goes_on_after_them() {
+        let mut bytes = frame(OP_TEXT, true, b"first", None);
+        bytes.extend(frame(OP_PING, true, b"p", None));
+        bytes.extend(frame(OP_BINARY, false, b"fr", None));
+        bytes.extend(frame(OP_CONT, true, b"ag", None));
+        bytes.extend(frame(OP_BINARY, true, &[0xFF], None));
+        let half = frame(OP_TEXT, true, b"split across reads", None);
+        bytes.extend_from_slice(&half[..5]);
+        let mut r = reader(Side::Client, bytes);
+        let first = match r.next_owned() {
+            Ok(Some(Owned::Data { bytes, text: true })) => bytes,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r.next_owned(), Ok(Some(Owned::Ping(b"p"))));
+        assert_eq!(r.next_owned(), Ok(Some(Owned::Data { bytes: Bytes::from_static(b"frag"), text: false })));
+        assert_eq!(r.next_owned(), Ok(Some(Owned::Data { bytes: Bytes::from_static(&[0xFF]), text: false })));
+        assert_eq!(r.next_owned(), Ok(None));
+        // A message handed out stays intact while the reader reads on into a fresh buffer.
+        r.prepare();
+        r.buf.extend_from_slice(&half[5..]);
+        assert_eq!(r.next_owned(), Ok(Some(Owned::Data { bytes: Bytes::from_static(b"split across reads"), text: true })));
+        assert_eq!(&first[..], b"first");
+        // Text that is not UTF-8 is refused here too.
+        let mut r = reader(Side::Client, frame(OP_TEXT, true, b"\xFF", None));
+        assert_eq!(r.next_owned(), Err(FrameError::InvalidUtf8));
     }
 
     #[test]
@@ -714,6 +827,18 @@ mod tests {
     }
 
     #[test]
+    fn base64_and_accept_key_match_the_rfcs() {
+        // RFC 4648 §10 test vectors.
+        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+        // RFC 6455 §1.3's example.
+        assert_eq!(derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        // A client key is 16 random bytes: 24 characters.
+        assert_eq!(base64(&[0xFF; 16]).len(), 24);
+    }
+
+    #[test]
     fn mask_matches_bytewise_xor() {
         let key = [0xA1, 0x02, 0xF3, 0x44];
         for len in 0..40 {
@@ -743,6 +868,56 @@ mod tests {
                     Ok(None) | Err(_) => break,
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn owned_and_borrowed_reads_agree(
+            msgs in proptest::collection::vec((proptest::prelude::any::<bool>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0usize..3), 0..20),
+            chunk in 1usize..64,
+        ) {
+            // Messages (text only when UTF-8), some in fragments, read in chunks both ways.
+            let mut bytes = Vec::new();
+            for (text, payload, pieces) in &msgs {
+                let op = if *text && std::str::from_utf8(payload).is_ok() { OP_TEXT } else { OP_BINARY };
+                let cut = payload.len() / (pieces + 1);
+                if *pieces == 0 || cut == 0 {
+                    bytes.extend(frame(op, true, payload, None));
+                } else {
+                    bytes.extend(frame(op, false, &payload[..cut], None));
+                    bytes.extend(frame(OP_PING, true, b"p", None));
+                    bytes.extend(frame(OP_CONT, true, &payload[cut..], None));
+                }
+            }
+            let mut borrowed = Vec::new();
+            let mut owned = Vec::new();
+            let mut a = FrameReader::new(Side::Client, 1 << 20, Vec::new());
+            let mut b = FrameReader::new(Side::Client, 1 << 20, Vec::new());
+            for part in bytes.chunks(chunk) {
+                a.prepare();
+                a.buf.extend_from_slice(part);
+                while let Some(m) = a.next_message().expect("valid") {
+                    borrowed.push(match m {
+                        Msg::Text(t) => (1u8, t.to_vec()),
+                        Msg::Binary(d) => (2, d.to_vec()),
+                        Msg::Ping(p) => (9, p.to_vec()),
+                        Msg::Close(_) => (8, Vec::new()),
+                    });
+                }
+                b.prepare();
+                b.buf.extend_from_slice(part);
+                while let Some(m) = b.next_owned().expect("valid") {
+                    owned.push(match m {
+                        Owned::Data { bytes, text } => (if text { 1u8 } else { 2 }, bytes),
+                        Owned::Ping(p) => (9, Bytes::copy_from_slice(p)),
+                        Owned::Close(_) => (8, Bytes::new()),
+                    });
+                }
+            }
+            // Owned messages kept while reading on are intact, and equal the borrowed ones.
+            let owned: Vec<(u8, Vec<u8>)> = owned.into_iter().map(|(k, b)| (k, b.to_vec())).collect();
+            proptest::prop_assert_eq!(borrowed, owned);
         }
     }
 

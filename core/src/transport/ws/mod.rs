@@ -5,16 +5,16 @@
 //! matched by `rid`. Clients dial `ws://host:port/ws` (`wss://` with TLS); the server accepts any
 //! path, and text and binary frames.
 //!
-//! * [`WsServer`] listens, optionally with TLS ([`ServerTls`]) and a [`VerifyClient`] hook that
+//! * [`WsServer`] listens, optionally with TLS ([`ServerTls`](crate::tls::ServerTls)) and a [`VerifyClient`](crate::tls::VerifyClient) hook that
 //!   sees the client certificate before the upgrade (a refusal is answered `HTTP 401`). Each
-//!   request goes to the [`Handler`] with the connection's client certificate in
-//!   [`RequestInfo::cert`]. Many requests may be in flight per socket.
+//!   request goes to the [`Handler`](crate::rpc::Handler) with the connection's client certificate in
+//!   [`RequestInfo::cert`](crate::rpc::RequestInfo::cert). Many requests may be in flight per socket.
 //! * [`WsClient`] keeps up to `max_active_dest_transports` (default 3) sockets per destination,
 //!   multiplexes requests over them (an idle open socket first, a new one while all are busy,
-//!   then the least loaded) and implements [`ClientTransport`].
+//!   then the least loaded) and implements [`ClientTransport`](crate::rpc::ClientTransport).
 //!
 //! Per-request path (kept short for sequential latency): the framing is our own
-//! (`wsframe`, RFC 6455 with no extensions); a client request writes its own frame (no writer
+//! (`frame`, RFC 6455 with no extensions); a client request writes its own frame (no writer
 //! task; requests issued together share one write) and is completed by the socket's reader task;
 //! the server runs the handler in the socket's task, queues a reply given before the handler
 //! returns at once and writes every queued reply in one go once the requests read so far are
@@ -22,9 +22,9 @@
 //!
 //! Deliberate differences from the reference (also in `docs/compat.md`):
 //! * a refused or failed connection (TCP, TLS, `401`) fails the requests waiting for it at once,
-//!   with [`ErrorKind::Connect`], [`ErrorKind::TlsHandshake`] or [`ErrorKind::ClientRefused`]; the
+//!   with [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::TlsHandshake`](crate::ErrorKind::TlsHandshake) or [`ErrorKind::ClientRefused`](crate::ErrorKind::ClientRefused); the
 //!   reference crashes the process on an uncaught `'error'`;
-//! * requests in flight fail at once with [`ErrorKind::Closed`] when their socket closes; the
+//! * requests in flight fail at once with [`ErrorKind::Closed`](crate::ErrorKind::Closed) when their socket closes; the
 //!   reference waits for the 10 s pool tick or forever;
 //! * timeouts fire on time (the reference checks every 10 s), and a request without a timeout
 //!   gets [`WsClientConfig::default_request_timeout`] (60 s, the reference's transport default);
@@ -38,9 +38,9 @@
 //!   other sockets; a text frame that is not UTF-8 closes its socket with 1007, and a close code a
 //!   peer may not send (999, 1005, ...) is answered 1002, never echoed;
 //!
-//! Files: `stream` (TCP/TLS sockets, handshakes, dialing, the tungstenite glue of PUB/SUB),
-//! `frame` (RFC 6455 framing and the opening handshakes), `server` ([`WsServer`]), `client`
-//! ([`WsClient`]).
+//! Files: `stream` (TCP/TLS sockets, handshakes, dialing), `frame` (RFC 6455 framing and the
+//! opening handshakes: the one implementation of the protocol, which PUB/SUB's publisher and
+//! subscriber in [`crate::pubsub`] use too), `server` ([`WsServer`]), `client` ([`WsClient`]).
 
 use std::time::Duration;
 
@@ -76,4 +76,4 @@ pub(crate) mod stream;
 
 pub use client::{WsClient, WsClientConfig, WsTransport};
 pub use server::{WsServer, WsServerConfig};
-pub(crate) use stream::{AcceptSettings, Ws, accept_ws, dial};
+pub(crate) use stream::{AcceptSettings, NetStream, accept_raw, dial_raw};

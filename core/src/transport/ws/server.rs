@@ -221,7 +221,7 @@ impl WsServer {
     /// when every socket finished in time.
     ///
     /// Requests a client sent that were not read yet never reached a handler: our client fails
-    /// them with [`ErrorKind::Connect`] on a 4001 close, so `PeerRpcClient` sends them to another
+    /// them with [`ErrorKind::Connect`](crate::ErrorKind::Connect) on a 4001 close, so `PeerRpcClient` sends them to another
     /// worker.
     pub fn drain(&self, grace: Duration) -> impl Future<Output = bool> + Send + 'static {
         self.life.drain(grace)

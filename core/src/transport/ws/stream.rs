@@ -1,6 +1,6 @@
 //! The socket under a WebSocket: TCP, plain or TLS (either side), the opening handshakes (with
-//! the server's `verify_client` hook) and the dialing of a destination; plus the tungstenite glue
-//! PUB/SUB puts on such a socket.
+//! the server's `verify_client` hook) and the dialing of a destination. RPC and PUB/SUB both put
+//! [`super::frame`]'s framing on such a socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,11 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role as TsRole;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::frame::{self as wsframe, HandshakeError, Side};
+use super::frame::{self as wsframe, HandshakeError};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::tls::{ClientInfo, ClientTls, PeerCert, ServerTls, VerifyClient, client_cert};
@@ -85,73 +82,6 @@ impl AsyncWrite for NetStream {
     }
 }
 
-/// A WebSocket over a [`NetStream`].
-pub(crate) type Ws = WebSocketStream<Prefixed>;
-
-/// A [`NetStream`] that first yields bytes read past the opening handshake. tungstenite's own
-/// way in for such bytes (`from_partially_read`) left subscribers that got early messages with
-/// the handshake reading 3x slower for the socket's whole life (measured in `ws_bench`).
-#[derive(Debug)]
-pub(crate) struct Prefixed {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: NetStream,
-}
-
-impl Prefixed {
-    pub(crate) fn new(inner: NetStream, prefix: Vec<u8>) -> Prefixed {
-        Prefixed { prefix, pos: 0, inner }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-pub(crate) fn ws_config(max_message_size: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(wsframe::READ_CHUNK)
-        .max_message_size(Some(max_message_size))
-        .max_frame_size(Some(max_message_size))
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(max_message_size.saturating_add(1 << 20))
-}
-
 /// Settings shared by the RPC and PUB/SUB servers for accepting one WebSocket.
 #[derive(Clone)]
 pub(crate) struct AcceptSettings {
@@ -203,12 +133,6 @@ pub(crate) async fn accept_raw(
     }
 }
 
-/// [`accept_raw`] with tungstenite's framing on top (PUB/SUB).
-pub(crate) async fn accept_ws(tcp: TcpStream, remote: SocketAddr, s: &AcceptSettings) -> Result<(Ws, Option<Arc<PeerCert>>)> {
-    let (stream, leftover, cert) = accept_raw(tcp, remote, s).await?;
-    Ok((into_tungstenite(stream, leftover, Side::Server, s.max_message_size).await, cert))
-}
-
 /// Splits `"host:port"` into its host (brackets kept off) and port.
 fn split_dest(dest: &str) -> Result<(String, u16)> {
     let (host, port) = dest.rsplit_once(':').ok_or_else(|| Error::invalid(format!("bad destination {dest:?}: no port")))?;
@@ -258,32 +182,15 @@ pub(crate) async fn dial_raw(dest: &str, tls: Option<&ClientTls>, timeout: Durat
     }
 }
 
-/// [`dial_raw`] with tungstenite's framing on top (PUB/SUB).
-pub(crate) async fn dial(dest: &str, tls: Option<&ClientTls>, max_message_size: usize, timeout: Duration) -> Result<Ws> {
-    let (stream, leftover) = dial_raw(dest, tls, timeout).await?;
-    Ok(into_tungstenite(stream, leftover, Side::Client, max_message_size).await)
-}
-
 /// In TLS 1.3 the server checks the client certificate after the client finished its handshake,
 /// so a refusal shows up as an alert on the first read.
 fn is_tls_alert(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
-/// Puts tungstenite's framing on a socket whose handshake this module did (PUB/SUB).
-pub(crate) async fn into_tungstenite(stream: NetStream, leftover: Vec<u8>, side: Side, max_message_size: usize) -> Ws {
-    let role = match side {
-        Side::Server => TsRole::Server,
-        Side::Client => TsRole::Client,
-    };
-    Ws::from_raw_socket(Prefixed::new(stream, leftover), role, Some(ws_config(max_message_size))).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
 
     #[test]
     fn dest_parsing() {
@@ -292,22 +199,5 @@ mod tests {
         assert!(split_dest("nohost").is_err());
         assert!(split_dest(":80").is_err());
         assert!(split_dest("h:99999").is_err());
-    }
-
-    #[tokio::test]
-    async fn prefixed_yields_the_handshake_leftover_then_the_socket() {
-        use tokio::io::AsyncReadExt;
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let c = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
-        let (mut s, _) = l.accept().await.expect("accept");
-        s.write_all(b" and the socket").await.expect("write");
-        drop(s);
-        let mut p = Prefixed::new(NetStream::Plain(c), b"the leftover".to_vec());
-        let mut small = [0u8; 5];
-        p.read_exact(&mut small).await.expect("read");
-        assert_eq!(&small, b"the l");
-        let mut rest = String::new();
-        p.read_to_string(&mut rest).await.expect("read");
-        assert_eq!(rest, "eftover and the socket");
     }
 }
