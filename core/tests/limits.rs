@@ -16,6 +16,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+mod support;
+
 const LONG: Duration = Duration::from_secs(20);
 
 fn echo() -> Arc<dyn Handler> {
@@ -193,29 +195,12 @@ async fn http_the_server_wide_body_budget_refuses_with_503() {
 
 /// A raw WebSocket client socket that did the opening handshake.
 async fn ws_raw(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(LONG, s.read_exact(&mut b)).await.expect("head in time").expect("head");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
+    support::handshake(addr).await
 }
 
-/// Reads one unmasked server frame: (opcode, payload); `None` at the end of the stream.
+/// Reads one server frame: (opcode, payload); `None` at the end of the stream.
 async fn ws_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    tokio::time::timeout(LONG, s.read_exact(&mut h)).await.expect("frame in time").ok()?;
-    let len = usize::from(h[1] & 0x7F);
-    assert!(len < 126, "small frames only here");
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).await.ok()?;
-    Some((h[0] & 0x0F, p))
+    support::read_frame(s).await.map(|f| (f.op, f.payload))
 }
 
 /// A masked client frame.

@@ -3,6 +3,9 @@
 
 use grenache_test_certs as tls_certs;
 
+mod support;
+use support::{raw_frame, read_frame};
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -225,73 +228,7 @@ async fn pubsub_extreme_settings_do_not_panic() {
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One frame: `mask` for a client's frames (`None` for a server's).
-fn frame(fin: bool, op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | op];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
-
 const KEY: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
-
-/// A frame as read: FIN, opcode, payload (unmasked), whether it was masked.
-#[derive(Debug)]
-struct Frame {
-    fin: bool,
-    op: u8,
-    payload: Vec<u8>,
-    masked: bool,
-}
-
-/// Reads one frame; `None` at the end of the stream.
-async fn read_frame(s: &mut TcpStream) -> Option<Frame> {
-    let fut = async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.ok()?;
-        let mut len = u64::from(h[1] & 0x7F);
-        if len == 126 {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).await.ok()?;
-            len = u64::from(u16::from_be_bytes(b));
-        } else if len == 127 {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).await.ok()?;
-            len = u64::from_be_bytes(b);
-        }
-        let masked = h[1] & 0x80 != 0;
-        let mut key = [0u8; 4];
-        if masked {
-            s.read_exact(&mut key).await.ok()?;
-        }
-        let mut payload = vec![0u8; usize::try_from(len).ok()?];
-        s.read_exact(&mut payload).await.ok()?;
-        if masked {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= key[i % 4];
-            }
-        }
-        Some(Frame { fin: h[0] & 0x80 != 0, op: h[0] & 0x0F, payload, masked })
-    };
-    tokio::time::timeout(LONG, fut).await.expect("a frame or the end in time")
-}
 
 /// Reads frames until a close frame: its status code (`Some(None)` for a close with none);
 /// `None` when the stream ends first.
@@ -312,18 +249,7 @@ async fn reaches_eof(s: &mut TcpStream) -> bool {
 
 /// A subscriber speaking WebSocket by hand: the upgrade, then raw frames.
 async fn raw_subscriber(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(LONG, s.read_exact(&mut b)).await.expect("head in time").expect("head");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    s
+    support::handshake(addr).await
 }
 
 #[tokio::test]
@@ -333,14 +259,14 @@ async fn pubsub_subscriber_violations_close_that_socket_with_the_reason_and_othe
     let mut good = PeerSub::sub_to(vec![addr.to_string()], SubConfig::default());
     p.wait_subscribers(1, LONG).await.expect("good subscriber");
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("an unmasked frame", frame(true, 0x1, b"hi", None), 1002),
-        ("a message over max_message_size", frame(true, 0x2, &[7u8; 2000], Some(KEY)), 1009),
-        ("fragments over max_message_size", [frame(false, 0x2, &[7u8; 800], Some(KEY)), frame(true, 0x0, &[7u8; 800], Some(KEY))].concat(), 1009),
-        ("a new message inside a fragmented one", [frame(false, 0x1, b"a", Some(KEY)), frame(true, 0x1, b"b", Some(KEY))].concat(), 1002),
-        ("a continuation with nothing to continue", frame(true, 0x0, b"x", Some(KEY)), 1002),
+        ("an unmasked frame", raw_frame(true, 0x1, b"hi", None), 1002),
+        ("a message over max_message_size", raw_frame(true, 0x2, &[7u8; 2000], Some(KEY)), 1009),
+        ("fragments over max_message_size", [raw_frame(false, 0x2, &[7u8; 800], Some(KEY)), raw_frame(true, 0x0, &[7u8; 800], Some(KEY))].concat(), 1009),
+        ("a new message inside a fragmented one", [raw_frame(false, 0x1, b"a", Some(KEY)), raw_frame(true, 0x1, b"b", Some(KEY))].concat(), 1002),
+        ("a continuation with nothing to continue", raw_frame(true, 0x0, b"x", Some(KEY)), 1002),
         ("reserved bits", vec![0xC1, 0x80, 0, 0, 0, 0], 1002),
-        ("a fragmented ping", frame(false, 0x9, b"p", Some(KEY)), 1002),
-        ("text that is not UTF-8", frame(true, 0x1, b"\xFF\xFE", Some(KEY)), 1007),
+        ("a fragmented ping", raw_frame(false, 0x9, b"p", Some(KEY)), 1002),
+        ("text that is not UTF-8", raw_frame(true, 0x1, b"\xFF\xFE", Some(KEY)), 1007),
     ];
     for (i, (what, bytes, code)) in cases.into_iter().enumerate() {
         let mut raw = raw_subscriber(addr).await;
@@ -363,9 +289,9 @@ async fn pubsub_publisher_answers_pings_ignores_messages_and_echoes_a_close() {
     let mut raw = raw_subscriber(p.local_addr()).await;
     p.wait_subscribers(1, LONG).await.expect("subscribed");
     // A fragmented message (ignored: subscribers send nothing that matters) around a ping.
-    let mut bytes = frame(false, 0x1, b"ignored ", Some(KEY));
-    bytes.extend(frame(true, 0x9, b"are you there", Some(KEY)));
-    bytes.extend(frame(true, 0x0, b"message", Some(KEY)));
+    let mut bytes = raw_frame(false, 0x1, b"ignored ", Some(KEY));
+    bytes.extend(raw_frame(true, 0x9, b"are you there", Some(KEY)));
+    bytes.extend(raw_frame(true, 0x0, b"message", Some(KEY)));
     raw.write_all(&bytes).await.expect("write");
     let pong = read_frame(&mut raw).await.expect("pong");
     assert_eq!((pong.fin, pong.op, pong.masked), (true, 0xA, false));
@@ -381,7 +307,7 @@ async fn pubsub_publisher_answers_pings_ignores_messages_and_echoes_a_close() {
         assert_eq!(f.payload, want);
     }
     // A close is answered with the same code, then the socket ends.
-    raw.write_all(&frame(true, 0x8, &[0x03, 0xE8], Some(KEY))).await.expect("write");
+    raw.write_all(&raw_frame(true, 0x8, &[0x03, 0xE8], Some(KEY))).await.expect("write");
     assert_eq!(read_close(&mut raw).await, Some(Some(1000)));
     assert!(reaches_eof(&mut raw).await);
     eventually("subscriber gone", || p.subscribers() == 0).await;
@@ -429,10 +355,10 @@ async fn pubsub_subscriber_reassembles_answers_pings_and_closes_on_publisher_vio
     );
     // A fragmented text message with a ping between its fragments; a binary one.
     let mut c = accept_raw_subscriber(&l).await;
-    let mut bytes = frame(false, 0x1, b"hel", None);
-    bytes.extend(frame(true, 0x9, b"ping!", None));
-    bytes.extend(frame(true, 0x0, b"lo", None));
-    bytes.extend(frame(true, 0x2, &[1, 2, 3], None));
+    let mut bytes = raw_frame(false, 0x1, b"hel", None);
+    bytes.extend(raw_frame(true, 0x9, b"ping!", None));
+    bytes.extend(raw_frame(true, 0x0, b"lo", None));
+    bytes.extend(raw_frame(true, 0x2, &[1, 2, 3], None));
     c.write_all(&bytes).await.expect("write");
     let pong = read_frame(&mut c).await.expect("pong");
     assert_eq!((pong.fin, pong.op, pong.masked), (true, 0xA, true), "{pong:?}");
@@ -445,10 +371,10 @@ async fn pubsub_subscriber_reassembles_answers_pings_and_closes_on_publisher_vio
     // Each violation closes the socket with the reason (a masked close frame), then the
     // subscriber reconnects.
     for (what, bad, code) in [
-        ("a masked server frame", frame(true, 0x1, b"x", Some(KEY)), 1002u16),
-        ("a message over max_message_size", frame(true, 0x1, &[b'a'; 2000], None), 1009),
-        ("text that is not UTF-8", frame(true, 0x1, b"\xC3", None), 1007),
-        ("a close code a peer may not send", frame(true, 0x8, &1005u16.to_be_bytes(), None), 1002),
+        ("a masked server frame", raw_frame(true, 0x1, b"x", Some(KEY)), 1002u16),
+        ("a message over max_message_size", raw_frame(true, 0x1, &[b'a'; 2000], None), 1009),
+        ("text that is not UTF-8", raw_frame(true, 0x1, b"\xC3", None), 1007),
+        ("a close code a peer may not send", raw_frame(true, 0x8, &1005u16.to_be_bytes(), None), 1002),
     ] {
         c.write_all(&bad).await.expect("write");
         let f = read_frame(&mut c).await.expect("close frame");
@@ -457,12 +383,12 @@ async fn pubsub_subscriber_reassembles_answers_pings_and_closes_on_publisher_vio
         assert!(reaches_eof(&mut c).await, "{what}");
         c = accept_raw_subscriber(&l).await;
     }
-    c.write_all(&frame(true, 0x1, b"after", None)).await.expect("write");
+    c.write_all(&raw_frame(true, 0x1, b"after", None)).await.expect("write");
     assert_eq!(sub.recv_timeout(LONG).await.expect("after reconnecting").text(), Some("after"));
     assert_eq!(sub.connects(), 5);
 
     // A publisher's close is answered with its code; closing the subscription sends 1000.
-    c.write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None)).await.expect("write");
+    c.write_all(&raw_frame(true, 0x8, &1001u16.to_be_bytes(), None)).await.expect("write");
     assert_eq!(read_close(&mut c).await, Some(Some(1001)));
     let mut c = accept_raw_subscriber(&l).await;
     sub.wait_publishers(1, LONG).await.expect("reconnected");

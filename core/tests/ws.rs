@@ -3,6 +3,9 @@
 
 use grenache_test_certs as tls_certs;
 
+mod support;
+use support::{raw_frame, read_head};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -458,82 +461,16 @@ async fn ws_extreme_settings_do_not_panic() {
 // Frame level: the RPC sockets' own RFC 6455 framing, against hand-written bytes.
 // ---------------------------------------------------------------------------------------------
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-/// One frame as bytes; `mask` set for client frames.
-fn raw_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
-
-/// Reads one whole unmasked frame: (fin, opcode, payload); `None` at the end of the stream.
+/// Reads one whole frame, unmasked: (fin, opcode, payload); `None` at the end of the stream.
 async fn read_raw_frame(s: &mut tokio::net::TcpStream) -> Option<(bool, u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    tokio::time::timeout(LONG, s.read_exact(&mut h)).await.expect("frame in time").ok()?;
-    let mut len = u64::from(h[1] & 0x7F);
-    if len == 126 {
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).await.ok()?;
-        len = u64::from(u16::from_be_bytes(b));
-    } else if len == 127 {
-        let mut b = [0u8; 8];
-        s.read_exact(&mut b).await.ok()?;
-        len = u64::from_be_bytes(b);
-    }
-    let mut key = None;
-    if h[1] & 0x80 != 0 {
-        let mut k = [0u8; 4];
-        s.read_exact(&mut k).await.ok()?;
-        key = Some(k);
-    }
-    let mut p = vec![0u8; len as usize];
-    s.read_exact(&mut p).await.ok()?;
-    if let Some(k) = key {
-        p.iter_mut().enumerate().for_each(|(i, b)| *b ^= k[i % 4]);
-    }
-    Some((h[0] & 0x80 != 0, h[0] & 0x0F, p))
-}
-
-/// Reads an HTTP head up to the blank line.
-async fn read_head(s: &mut tokio::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(LONG, s.read_exact(&mut b)).await.expect("head in time").expect("head");
-        head.push(b[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
+    support::read_frame(s).await.map(|f| (f.fin, f.op, f.payload))
 }
 
 /// A raw client socket that did the opening handshake with `addr`.
 async fn raw_socket(addr: SocketAddr) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
-    s
+    support::handshake(addr).await
 }
 
 const K: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
