@@ -35,6 +35,7 @@
 
 pub mod bencode;
 mod heal;
+mod heal_tasks;
 pub mod krpc;
 pub mod limits;
 mod node;
