@@ -42,6 +42,8 @@ mod node;
 pub mod routing;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+#[cfg(any(test, feature = "sim"))]
+mod simnet;
 pub mod store;
 
 use std::net::{SocketAddr, SocketAddrV4};

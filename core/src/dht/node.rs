@@ -343,7 +343,7 @@ fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
 pub(crate) enum Transport {
     Udp(UdpSocket),
     #[cfg(any(test, feature = "sim"))]
-    Sim(super::sim::Endpoint),
+    Sim(super::simnet::Endpoint),
 }
 
 impl Transport {

@@ -25,141 +25,20 @@
 //! Built for the crate's tests and with the cargo feature `sim` (which also turns on tokio's
 //! `test-util` for the paused clock); not part of the default API.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::node::{Inner, Transport, lock};
+use super::node::{Inner, Transport};
+use super::simnet::{self, Net};
+pub use super::simnet::{NetConfig, NetStats};
 use super::{Dht, DhtConfig, DropGuard};
 use crate::error::{Error, ErrorKind, Result};
-
-/// The simulated network's behaviour.
-#[derive(Debug, Clone, Copy)]
-pub struct NetConfig {
-    /// One-way latency bounds in milliseconds; each pair of addresses gets a fixed latency drawn
-    /// uniformly between them.
-    pub latency_ms: (u32, u32),
-    /// Fraction of datagrams lost (0.0-1.0), drawn per datagram.
-    pub loss: f64,
-    /// Seed of the latencies and losses.
-    pub seed: u64,
-    /// Most datagrams waiting in one endpoint's queue; more are dropped.
-    pub queue: usize,
-}
-
-impl Default for NetConfig {
-    /// 10-200 ms one way, 1 % loss, seed 1, 4096 datagrams per queue.
-    fn default() -> Self {
-        NetConfig { latency_ms: (10, 200), loss: 0.01, seed: 1, queue: 4096 }
-    }
-}
-
-/// Datagram counters of a [`SimNet`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetStats {
-    /// Datagrams sent.
-    pub sent: u64,
-    /// Of those, dropped by the loss draw.
-    pub lost: u64,
-    /// Of those, sent to an address nobody holds (a node that left).
-    pub unreachable: u64,
-    /// Of those, dropped because the destination's queue was full.
-    pub overflow: u64,
-}
-
-struct Datagram {
-    at: Instant,
-    seq: u64,
-    from: SocketAddrV4,
-    data: Vec<u8>,
-}
-
-impl PartialEq for Datagram {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Datagram {}
-impl PartialOrd for Datagram {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Datagram {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
-/// An endpoint's incoming datagrams, earliest delivery first.
-#[derive(Default)]
-struct Mailbox {
-    queue: Mutex<BinaryHeap<Reverse<Datagram>>>,
-    notify: Notify,
-}
-
-struct Net {
-    config: NetConfig,
-    boxes: Mutex<HashMap<SocketAddrV4, Arc<Mailbox>>>,
-    seq: AtomicU64,
-    sent: AtomicU64,
-    lost: AtomicU64,
-    unreachable: AtomicU64,
-    overflow: AtomicU64,
-}
-
-/// SplitMix64: a fast, well-mixed hash of a 64-bit value.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn addr_key(a: SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
-}
-
-impl Net {
-    fn latency(&self, a: SocketAddrV4, b: SocketAddrV4) -> Duration {
-        let (lo, hi) = (self.config.latency_ms.0.min(self.config.latency_ms.1), self.config.latency_ms.0.max(self.config.latency_ms.1));
-        let (x, y) = if addr_key(a) <= addr_key(b) { (a, b) } else { (b, a) };
-        let h = mix(self.config.seed ^ mix(addr_key(x) ^ mix(addr_key(y))));
-        Duration::from_millis(u64::from(lo) + h % (u64::from(hi - lo) + 1))
-    }
-
-    fn send(&self, from: SocketAddrV4, data: &[u8], to: SocketAddrV4) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        if self.config.loss > 0.0 && (mix(self.config.seed.rotate_left(17) ^ seq) as f64 / u64::MAX as f64) < self.config.loss {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let Some(mb) = lock(&self.boxes).get(&to).cloned() else {
-            self.unreachable.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let at = Instant::now() + self.latency(from, to);
-        {
-            let mut q = lock(&mb.queue);
-            if q.len() >= self.config.queue {
-                self.overflow.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            q.push(Reverse(Datagram { at, seq, from, data: data.to_vec() }));
-        }
-        mb.notify.notify_one();
-    }
-}
 
 /// An in-memory network of simulated DHT nodes (see the module docs). Cheap to clone.
 #[derive(Clone)]
@@ -169,83 +48,20 @@ pub struct SimNet {
 
 impl std::fmt::Debug for SimNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimNet").field("config", &self.net.config).field("stats", &self.stats()).finish()
-    }
-}
-
-/// A node's end of the [`SimNet`] (what replaces its UDP socket).
-pub(crate) struct Endpoint {
-    addr: SocketAddrV4,
-    net: Arc<Net>,
-    mailbox: Arc<Mailbox>,
-}
-
-impl Endpoint {
-    pub(crate) fn addr(&self) -> SocketAddrV4 {
-        self.addr
-    }
-
-    pub(crate) fn send(&self, data: &[u8], to: SocketAddrV4) {
-        self.net.send(self.addr, data, to);
-    }
-
-    /// The next datagram, when its delivery time has come.
-    pub(crate) async fn recv(&self) -> (Vec<u8>, SocketAddrV4) {
-        loop {
-            let wait = {
-                let mut q = lock(&self.mailbox.queue);
-                match q.peek() {
-                    Some(Reverse(d)) if d.at <= Instant::now() => {
-                        let Some(Reverse(d)) = q.pop() else { continue };
-                        return (d.data, d.from);
-                    }
-                    Some(Reverse(d)) => Some(d.at),
-                    None => None,
-                }
-            };
-            match wait {
-                Some(at) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = self.mailbox.notify.notified() => {}
-                    }
-                }
-                None => self.mailbox.notify.notified().await,
-            }
-        }
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        let mut boxes = lock(&self.net.boxes);
-        if boxes.get(&self.addr).is_some_and(|m| Arc::ptr_eq(m, &self.mailbox)) {
-            boxes.remove(&self.addr);
-        }
+        f.debug_struct("SimNet").field("config", self.net.config()).field("stats", &self.stats()).finish()
     }
 }
 
 impl SimNet {
     /// An empty network.
     pub fn new(config: NetConfig) -> SimNet {
-        SimNet {
-            net: Arc::new(Net {
-                config,
-                boxes: Mutex::new(HashMap::new()),
-                seq: AtomicU64::new(0),
-                sent: AtomicU64::new(0),
-                lost: AtomicU64::new(0),
-                unreachable: AtomicU64::new(0),
-                overflow: AtomicU64::new(0),
-            }),
-        }
+        SimNet { net: Arc::new(Net::new(config)) }
     }
 
     /// The address of node `i`: `10.x.y.z:20001` with `x.y.z` = `i + 1` (distinct for up to 16
     /// million nodes).
     pub fn addr_of(i: usize) -> SocketAddrV4 {
-        let n = u32::try_from(i + 1).unwrap_or(u32::MAX) & 0x00FF_FFFF;
-        SocketAddrV4::new(Ipv4Addr::from(0x0A00_0000 | n), 20001)
+        simnet::addr_of(i)
     }
 
     /// Starts a DHT node on this network at `config.bind` (an IPv4 address no other node holds).
@@ -259,15 +75,7 @@ impl SimNet {
         if addr.port() == 0 {
             return Err(Error::invalid("a simulated node needs a port"));
         }
-        let mailbox = Arc::new(Mailbox::default());
-        {
-            let mut boxes = lock(&self.net.boxes);
-            if boxes.contains_key(&addr) {
-                return Err(Error::invalid(format!("{addr} is taken in the simulated network")));
-            }
-            boxes.insert(addr, mailbox.clone());
-        }
-        let ep = Endpoint { addr, net: self.net.clone(), mailbox };
+        let ep = Net::attach(&self.net, addr).ok_or_else(|| Error::invalid(format!("{addr} is taken in the simulated network")))?;
         let inner = Inner::start(config, Transport::Sim(ep), 16)?;
         let guard = Arc::new(DropGuard(inner.cancel.clone()));
         Ok(Dht { inner, _guard: guard })
@@ -276,22 +84,17 @@ impl SimNet {
     /// Takes `addr` off the network at once (a crash: datagrams to it are lost from now on).
     /// Stop the node itself with [`Dht::shutdown`].
     pub fn cut(&self, addr: SocketAddrV4) {
-        lock(&self.net.boxes).remove(&addr);
+        self.net.cut(addr);
     }
 
     /// Datagram counters since the network was made.
     pub fn stats(&self) -> NetStats {
-        NetStats {
-            sent: self.net.sent.load(Ordering::Relaxed),
-            lost: self.net.lost.load(Ordering::Relaxed),
-            unreachable: self.net.unreachable.load(Ordering::Relaxed),
-            overflow: self.net.overflow.load(Ordering::Relaxed),
-        }
+        self.net.stats()
     }
 
     /// Nodes on the network.
     pub fn len(&self) -> usize {
-        lock(&self.net.boxes).len()
+        self.net.len()
     }
 
     /// True when no node is on the network.
@@ -711,41 +514,6 @@ pub fn run_blocking(s: &Scenario) -> std::io::Result<Report> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn datagrams_arrive_after_their_links_latency_and_not_at_a_cut_address() {
-        let net = SimNet::new(NetConfig { latency_ms: (50, 50), loss: 0.0, ..NetConfig::default() });
-        let a = SimNet::addr_of(0);
-        let b = SimNet::addr_of(1);
-        let mb = Arc::new(Mailbox::default());
-        lock(&net.net.boxes).insert(b, mb.clone());
-        let eb = Endpoint { addr: b, net: net.net.clone(), mailbox: mb };
-        let t0 = Instant::now();
-        net.net.send(a, b"hello", b);
-        let (data, from) = eb.recv().await;
-        assert_eq!((data.as_slice(), from), (&b"hello"[..], a));
-        assert_eq!(t0.elapsed(), Duration::from_millis(50), "the virtual clock moved by the latency");
-        net.cut(b);
-        net.net.send(a, b"lost", b);
-        assert_eq!(net.stats(), NetStats { sent: 2, lost: 0, unreachable: 1, overflow: 0 });
-        let lat = net.net.latency(a, b);
-        let wide = SimNet::new(NetConfig::default());
-        assert_eq!(wide.net.latency(a, b), wide.net.latency(b, a), "a link has one latency both ways");
-        assert!((10..=200).contains(&(wide.net.latency(a, b).as_millis() as u64)));
-        assert_eq!(lat, Duration::from_millis(50));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_loss_rate_is_the_configured_one() {
-        let net = SimNet::new(NetConfig { loss: 0.2, ..NetConfig::default() });
-        let a = SimNet::addr_of(0);
-        for _ in 0..10_000 {
-            net.net.send(a, b"x", SimNet::addr_of(1));
-        }
-        let s = net.stats();
-        assert!((1_700..2_300).contains(&s.lost), "{s:?}");
-        assert_eq!(s.lost + s.unreachable, 10_000);
-    }
 
     /// A hundred and fifty nodes on the virtual clock: the network forms from 4 seeds, services
     /// announced by 20 nodes are found by lookups from random nodes before, during and after a
