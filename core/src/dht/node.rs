@@ -366,6 +366,10 @@ pub(crate) struct Inner {
     /// Whether this node reports [`DhtEvent::Ready`] (the IPv6 half of a dual-stack node does not:
     /// the node is ready once, when its first half is).
     emit_ready: bool,
+    /// This node's address as others reach it, when known: the bound address, or for an
+    /// unspecified one the source address the host's routes give (none without a route).
+    /// Advertised in the other half's BEP 32 replies.
+    advert: Option<SocketAddr>,
     /// Probes (pings) of nodes learnt from the other family's replies, in flight.
     probes: std::sync::atomic::AtomicUsize,
 }
@@ -462,6 +466,7 @@ impl Inner {
             query_rate: Mutex::new(QueryRate::new(&config_limits)),
             silent: Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN))),
             sibling: std::sync::OnceLock::new(),
+            advert: advertised(local_addr),
             emit_ready,
             probes: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -714,7 +719,13 @@ impl Inner {
             _ => return None,
         };
         let sibling = self.sibling()?;
-        let nodes = sibling.state().table.closest(target, MAX_REPLY_NODES);
+        let mut nodes = sibling.state().table.closest(target, MAX_REPLY_NODES);
+        // The other half itself, where its address is known: how the dual-stack nodes of a
+        // network bootstrapped over one family find each other's other family.
+        if let Some(addr) = sibling.advert {
+            nodes.truncate(MAX_REPLY_NODES - 1);
+            nodes.push(NodeInfo { id: sibling.id, addr });
+        }
         Some(nodes)
     }
 
@@ -1461,6 +1472,24 @@ impl Inner {
             self.bootstrap().await;
         }
     }
+}
+
+/// The address others reach a node bound to `local` at: `local` itself, or when it is
+/// unspecified the source address the host's routes pick towards a global address (a UDP
+/// `connect` sends nothing); `None` when there is no such route.
+fn advertised(local: SocketAddr) -> Option<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return Some(local);
+    }
+    let (any, probe): (SocketAddr, SocketAddr) = if local.is_ipv6() {
+        (SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)), SocketAddr::from((std::net::Ipv6Addr::new(0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888), 53)))
+    } else {
+        (SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 53)))
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(probe).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(SocketAddr::new(ip, local.port()))
 }
 
 /// A UDP socket bound to `addr`; an IPv6 address gets an IPv6-only socket (`IPV6_V6ONLY`), so

@@ -133,7 +133,7 @@ impl Default for GrapeConfig {
 /// The numeric settings of [`GrapeConfig`] by name, in the order the C ABI numbers them
 /// (`grenache_grape_option`). Every face sets them through [`GrapeConfig::set`], so names, units
 /// and checks are the same everywhere. Durations are in milliseconds, sizes in bytes.
-pub const GRAPE_OPTION_NAMES: [&str; 20] = [
+pub const GRAPE_OPTION_NAMES: [&str; 22] = [
     "dht_port",
     "api_port",
     "peer_max_age_ms",
@@ -154,12 +154,16 @@ pub const GRAPE_OPTION_NAMES: [&str; 20] = [
     "peer_store_bytes",
     "max_records_per_ip",
     "queries_per_ip",
+    "dht_ipv6",
+    "announce_ipv6",
 ];
 
 impl GrapeConfig {
     /// Sets the numeric option `name` (one of [`GRAPE_OPTION_NAMES`], matched ignoring case,
-    /// underscores and dashes, so `peerMaxAgeMs` works too) to `value`. Errors:
-    /// `InvalidArgument` for an unknown name or a port above 65535.
+    /// underscores and dashes, so `peerMaxAgeMs` works too) to `value`. `dht_ipv6` is 0 (IPv4
+    /// only), 1 ([`DhtIpv6::Auto`], the default) or 2 (dual-stack on `[::]`, required);
+    /// `announce_ipv6` is 0 or 1. Errors: `InvalidArgument` for an unknown name, a port above
+    /// 65535 or a `dht_ipv6` above 2.
     pub fn set(&mut self, name: &str, value: u64) -> crate::Result<&mut Self> {
         let index = crate::transport::option_index(&GRAPE_OPTION_NAMES, name).ok_or_else(|| {
             crate::Error::invalid(format!("unknown Grape option {name:?} (one of {})", GRAPE_OPTION_NAMES.join(", ")))
@@ -190,6 +194,13 @@ impl GrapeConfig {
                 }
                 self.read_deadlines(d)
             }
+            20 => self.dht_ipv6(match value {
+                0 => DhtIpv6::Off,
+                1 => DhtIpv6::Auto,
+                2 => DhtIpv6::Bind(Ipv6Addr::UNSPECIFIED),
+                _ => return Err(crate::Error::invalid(format!("{name} {value} is not 0 (off), 1 (auto) or 2 (on)"))),
+            }),
+            21 => self.announce_ipv6(value != 0),
             _ => {
                 let mut l = self.get_dht_limits();
                 match index {
