@@ -63,7 +63,7 @@ async fn mainline_client_announces_and_looks_up_through_rust_nodes() {
     }
     peers.sort();
     peers.dedup();
-    assert_eq!(peers, vec!["127.0.0.1:5555".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(peers, vec!["127.0.0.1:5555".parse::<std::net::SocketAddrV4>().unwrap()]);
 }
 
 #[tokio::test]
