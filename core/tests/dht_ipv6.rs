@@ -202,3 +202,39 @@ async fn malformed_nodes_nodes6_and_values_are_dropped() {
     node.shutdown().await;
     assert!(server.await.unwrap() >= 1);
 }
+
+#[tokio::test]
+async fn an_ipv6_socket_that_cannot_be_bound_is_skipped_when_optional() {
+    // 2001:db8::/32 is documentation: no host has it, as a host without IPv6 has no `::`.
+    let absent = Some("[2001:db8::1]:0".parse().unwrap());
+    let node = Dht::bind(DhtConfig { bind6: absent, bind6_optional: true, ..cfg("127.0.0.1:0", &[]) }).await.unwrap();
+    assert!(node.local_addr().is_ipv4() && node.local_addr6().is_none());
+    let e = Dht::bind(DhtConfig { bind6: absent, ..cfg("127.0.0.1:0", &[]) }).await.unwrap_err();
+    assert_eq!(e.kind(), grenache::ErrorKind::Io, "{e}");
+    assert!(e.message().contains("IPv6"), "{e}");
+    // bind6 must be IPv6, beside an IPv4 bind.
+    for (bind, bind6) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+        let e = Dht::bind(DhtConfig { bind6: Some(bind6.parse().unwrap()), ..cfg(bind, &[]) }).await.unwrap_err();
+        assert_eq!(e.kind(), grenache::ErrorKind::InvalidArgument, "{e}");
+    }
+}
+
+#[tokio::test]
+async fn grape_ipv6_options() {
+    use grenache::grape::{Grape, GrapeConfig};
+    let mut c = GrapeConfig::default();
+    c.dht_bind("127.0.0.1".parse().unwrap()).dht_port(0).api_port(0);
+    // A specific IPv4 address: IPv4 only unless told (`dht_ipv6` 1 is auto).
+    c.set("dht_ipv6", 1).unwrap();
+    let g = Grape::start(c.clone()).await.unwrap();
+    assert_eq!(g.dht_addr6(), None);
+    g.stop().await;
+    // 2: dual-stack on [::], on the IPv4 port when it is free.
+    c.set("dhtIpv6", 2).unwrap().set("announce_ipv6", 1).unwrap();
+    let g = Grape::start(c.clone()).await.unwrap();
+    let six = g.dht_addr6().unwrap();
+    assert!(six.ip().is_unspecified() && six.is_ipv6());
+    assert_eq!(six.port(), g.dht_addr().port());
+    g.stop().await;
+    assert_eq!(c.set("dht_ipv6", 3).unwrap_err().kind(), grenache::ErrorKind::InvalidArgument);
+}
