@@ -493,10 +493,17 @@ impl Dht {
     /// `InvalidArgument` (the Grape replaces 0 by its DHT port before calling this).
     ///
     /// On a dual-stack node the announce goes over IPv4, and over IPv6 too with
-    /// [`DhtConfig::announce6`]; it succeeds when one family does (the counts add up).
+    /// [`DhtConfig::announce6`]; it succeeds when one family does (the counts add up). When the
+    /// IPv4 half knows no node at all (`NoNodes`: a host with IPv6 only), it goes over IPv6.
     pub async fn announce(&self, info_hash: &[u8], port: u16) -> Result<usize> {
         let all = self.announcers().into_iter().map(|h| h.announce(info_hash, port));
-        let results = self.guarded(async { Ok(futures_util::future::join_all(all).await) }).await?;
+        let mut results = self.guarded(async { Ok(futures_util::future::join_all(all).await) }).await?;
+        // IPv4 reaches nobody at all (a host with IPv6 only): announce over IPv6 instead.
+        if let ([Err(e)], Some(h6)) = (results.as_slice(), &self.inner6)
+            && e.kind() == ErrorKind::NoNodes
+        {
+            results = vec![self.guarded(h6.announce(info_hash, port)).await];
+        }
         let mut out: Option<Result<usize>> = None;
         for r in results {
             out = Some(match (out, r) {
