@@ -104,6 +104,7 @@ fn api(i: usize) -> SocketAddr {
 }
 
 async fn scenario() {
+    let t0 = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..N {
         while TcpStream::connect(api(i)).await.is_err() {
@@ -111,13 +112,14 @@ async fn scenario() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    eprintln!("APIs listening after {:?}", t0.elapsed());
     let want = vec![format!("[{}]:7000", Net::ip(N - 1))];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let acks = grapes::announce(api(N - 1), "v6ns:svc", 7000).await;
         let found = grapes::lookup(api(0), "v6ns:svc").await;
         if found == want {
-            eprintln!("announced ({acks} nodes) and found across IPv6-only hosts");
+            eprintln!("announced ({acks} nodes) and found across IPv6-only hosts after {:?}", t0.elapsed());
             break;
         }
         assert!(Instant::now() < deadline, "not found through grape 0: {found:?} (announce: {acks})");
