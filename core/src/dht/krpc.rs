@@ -488,7 +488,7 @@ pub fn decode_nodes6(buf: &[u8]) -> Vec<NodeInfo> {
 }
 
 fn decode_family(buf: &[u8], len: usize) -> Vec<NodeInfo> {
-    if buf.len() % len != 0 {
+    if !buf.len().is_multiple_of(len) {
         return Vec::new();
     }
     buf.chunks_exact(len)
