@@ -150,9 +150,10 @@ pub enum DhtEvent {
     /// The UDP socket is bound. Sent from inside [`Dht::bind`], i.e. before anyone can
     /// subscribe; use [`Dht::local_addr`] instead.
     Listening(SocketAddr),
-    /// The bootstrap walk finished (fires even if every bootstrap node was unreachable, after
-    /// the query timeout; at once with no bootstrap nodes, possibly before a subscriber exists:
-    /// prefer [`Dht::ready`] / [`Dht::is_ready`]). Fires once.
+    /// The bootstrap walk finished, both walks on a dual-stack node (fires even if every
+    /// bootstrap node was unreachable, after the query timeout; at once with no bootstrap nodes,
+    /// possibly before a subscriber exists: prefer [`Dht::ready`] / [`Dht::is_ready`]). Fires
+    /// once.
     Ready,
     /// A new node was added to the routing table (from a query or reply carrying a 20-byte id,
     /// not sent with BEP43 `ro=1`).
@@ -383,10 +384,10 @@ impl Dht {
         {
             return Err(Error::invalid(format!("bind6 {b6} must be an IPv6 address beside an IPv4 bind (bind is {})", config.bind)));
         }
-        let inner = node::Inner::bind(config.clone()).await?;
-        let mut inner6 = None;
+        let sock = node::bind_udp(config.bind)?;
+        let port = sock.local_addr()?.port();
+        let mut sock6 = None;
         if let Some(b6) = config.bind6 {
-            let port = inner.local_addr.port();
             let mut tries = vec![b6];
             if b6.port() == 0 {
                 tries.insert(0, SocketAddr::new(b6.ip(), port));
@@ -394,25 +395,51 @@ impl Dht {
             let mut last = None;
             for addr in tries {
                 match node::bind_udp(addr) {
-                    Ok(sock) => {
-                        let cfg = DhtConfig { bind: addr, id: Some(inner.id), ..config.clone() };
-                        let half = node::Inner::start_with(cfg, node::Transport::Udp(sock), inner.events.clone(), false)?;
-                        let _ = half.sibling.set(Arc::downgrade(&inner));
-                        let _ = inner.sibling.set(Arc::downgrade(&half));
-                        inner6 = Some(half);
-                        last = None;
+                    Ok(s) => {
+                        sock6 = Some(s);
                         break;
                     }
                     Err(e) => last = Some((addr, e)),
                 }
             }
-            if let Some((addr, e)) = last {
+            if let (None, Some((addr, e))) = (&sock6, last) {
                 if !config.bind6_optional {
-                    inner.shutdown().await;
                     return Err(Error::new(ErrorKind::Io, format!("cannot bind the IPv6 DHT socket {addr}: {e}")));
                 }
                 tracing::info!(addr = %addr, error = %e, "no IPv6 on this host: the DHT runs on IPv4 only");
             }
+        }
+        let (events, _) = tokio::sync::broadcast::channel(node::EVENTS);
+        let dual = sock6.is_some();
+        let inner = node::Inner::new(config.clone(), node::Transport::Udp(sock), events.clone(), !dual)?;
+        let mut inner6 = None;
+        if let Some(s6) = sock6 {
+            let cfg = DhtConfig { bind: s6.local_addr()?, id: Some(inner.id), ..config.clone() };
+            let half = node::Inner::new(cfg, node::Transport::Udp(s6), events.clone(), false)?;
+            let _ = half.sibling.set(Arc::downgrade(&inner));
+            let _ = inner.sibling.set(Arc::downgrade(&half));
+            inner6 = Some(half);
+        }
+        inner.run();
+        if let Some(half) = &inner6 {
+            half.run();
+            // Ready once, when both bootstrap walks have ended (what `is_ready` says).
+            let (mut r4, mut r6) = (inner.ready.subscribe(), half.ready.subscribe());
+            let (cancel, events) = (inner.cancel.clone(), events.clone());
+            tokio::spawn(async move {
+                let both = async {
+                    let _ = r4.wait_for(|r| *r).await;
+                    let _ = r6.wait_for(|r| *r).await;
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = both => {
+                        if !cancel.is_cancelled() {
+                            let _ = events.send(DhtEvent::Ready);
+                        }
+                    }
+                }
+            });
         }
         let mut tokens = vec![inner.cancel.clone()];
         tokens.extend(inner6.iter().map(|i| i.cancel.clone()));
@@ -670,6 +697,8 @@ impl Dht {
     }
     /// Stops the node and frees the UDP port(s). Pending operations fail with `Cancelled`.
     pub async fn shutdown(&self) {
+        // The first half's token first: nothing reports Ready from here on.
+        self.inner.cancel.cancel();
         if let Some(h6) = &self.inner6 {
             h6.shutdown().await;
         }

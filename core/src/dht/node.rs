@@ -414,28 +414,23 @@ impl Transport {
 }
 
 /// Capacity of the event channel of a node bound to a UDP socket.
-const EVENTS: usize = 1024;
+pub(crate) const EVENTS: usize = 1024;
 
 impl Inner {
-    /// Binds a UDP socket to `config.bind` (an IPv6 address gets an IPv6-only socket) and starts
-    /// a node of that address family on it.
-    pub(crate) async fn bind(config: DhtConfig) -> Result<Arc<Inner>> {
-        let socket = bind_udp(config.bind)?;
-        let (events, _) = broadcast::channel(EVENTS);
-        Inner::start_with(config, Transport::Udp(socket), events, true)
-    }
-
     /// Starts a node on `transport`; `events` is the capacity of the event channel (a simulated
     /// network of thousands of nodes keeps it small: the channel's slots are allocated up front).
     #[cfg(any(test, feature = "sim"))]
     pub(crate) fn start(config: DhtConfig, socket: Transport, events: usize) -> Result<Arc<Inner>> {
         let (events, _) = broadcast::channel(events.max(1));
-        Inner::start_with(config, socket, events, true)
+        let inner = Inner::new(config, socket, events, true)?;
+        inner.run();
+        Ok(inner)
     }
 
-    /// Starts a node on `transport` that reports to `events` (shared by both halves of a
-    /// dual-stack node); only a node with `emit_ready` reports [`DhtEvent::Ready`].
-    pub(crate) fn start_with(config: DhtConfig, socket: Transport, events: broadcast::Sender<DhtEvent>, emit_ready: bool) -> Result<Arc<Inner>> {
+    /// A node on `transport` that reports to `events` (shared by both halves of a dual-stack
+    /// node; only a node with `emit_ready` reports [`DhtEvent::Ready`]), not running yet: see
+    /// [`Inner::run`].
+    pub(crate) fn new(config: DhtConfig, socket: Transport, events: broadcast::Sender<DhtEvent>, emit_ready: bool) -> Result<Arc<Inner>> {
         let local_addr = socket.local_addr()?;
         let id = config.id.unwrap_or_else(|| {
             let mut id = [0u8; 20];
@@ -470,7 +465,13 @@ impl Inner {
             emit_ready,
             probes: std::sync::atomic::AtomicUsize::new(0),
         });
-        let _ = inner.events.send(DhtEvent::Listening(local_addr));
+        Ok(inner)
+    }
+
+    /// Starts the node's tasks: receiving, maintenance, healing and the bootstrap walk.
+    pub(crate) fn run(self: &Arc<Self>) {
+        let inner = self;
+        let _ = inner.events.send(DhtEvent::Listening(inner.local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
         let maint = tokio::spawn(Inner::maintenance(inner.clone()));
         let heal = tokio::spawn(Inner::heal_loop(inner.clone()));
@@ -486,7 +487,6 @@ impl Inner {
             })
         };
         lock(&inner.tasks).extend([recv, maint, heal, boot]);
-        Ok(inner)
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
