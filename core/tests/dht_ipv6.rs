@@ -238,3 +238,32 @@ async fn grape_ipv6_options() {
     g.stop().await;
     assert_eq!(c.set("dht_ipv6", 3).unwrap_err().kind(), grenache::ErrorKind::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_dual_stack_node_reports_ready_once_when_both_walks_ended() {
+    // One walk waits for a bootstrap node that never answers; the other has nothing to do. Both
+    // orders: the event must come when the slower one ends, never before.
+    let dead4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    for dead in [dead4.local_addr().unwrap(), dead6.local_addr().unwrap()] {
+        let c = DhtConfig { query_timeout: Duration::from_millis(300), ..dual(&[dead]) };
+        for _ in 0..3 {
+            let node = Dht::bind(c.clone()).await.unwrap();
+            let mut ev = node.events();
+            // A subscriber that finds the node not ready is told when it is.
+            let was_ready = node.is_ready();
+            let mut readies = 0;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    if let Ok(grenache::dht::DhtEvent::Ready) = ev.recv().await {
+                        readies += 1;
+                    }
+                }
+            })
+            .await;
+            assert!(node.is_ready());
+            assert_eq!(readies, usize::from(!was_ready), "Ready reported once, after is_ready was false ({dead})");
+            node.shutdown().await;
+        }
+    }
+}
