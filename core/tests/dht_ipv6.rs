@@ -249,6 +249,8 @@ async fn a_dual_stack_node_reports_ready_once_when_both_walks_ended() {
         let c = DhtConfig { query_timeout: Duration::from_millis(300), ..dual(&[dead]) };
         for _ in 0..3 {
             let node = Dht::bind(c.clone()).await.unwrap();
+            // Subscribed late, as a face's listener is: the faster walk has ended by then.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let mut ev = node.events();
             // A subscriber that finds the node not ready is told when it is.
             let was_ready = node.is_ready();
