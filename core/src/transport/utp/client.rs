@@ -247,8 +247,8 @@ impl UtpClient {
                     r = rd.read(&mut buf) => match r {
                         Ok(0) => break (ErrorKind::Closed, "the uTP stream closed".to_string()),
                         Ok(n) => n,
-                        // The engine gave the stream up: "remote was inactive for too long" (10 s
-                        // without an answer while data is outstanding), "max number of
+                        // The engine gave the stream up: "remote was inactive for too long"
+                        // (`UtpNodeConfig::inactivity_timeout` without an answer), "max number of
                         // retransmissions reached" (a packet sent 6 times), or a reset.
                         Err(e) => break (ErrorKind::Closed, format!("the uTP stream failed: {e}")),
                     },
