@@ -94,11 +94,16 @@ pub struct UtpNodeConfig {
     /// per round trip (640 KB/s at 100 ms): raise it on a clean path with a long round trip.
     /// Errors: below 4 KiB or above 64 MiB, `bind_with` fails with `InvalidArgument`.
     pub send_window: usize,
-    /// A stream whose peer has not answered for this long while data waits for it is given up:
-    /// its requests fail with `ErrorKind::Closed` (the engine's `remote_inactivity_timeout`).
-    /// Default 30 s: the engine doubles its retransmission timeout at each one in a row, and
-    /// at its default (10 s) a few losses in a row on a lossy path ended streams that were
-    /// still being repaired. Errors: below 1 s, `bind_with` fails with `InvalidArgument`.
+    /// The engine's `remote_inactivity_timeout`: a stream is given up (its requests fail with
+    /// `ErrorKind::Closed`) when for this long it neither got new data nor had data of its
+    /// own acknowledged, from the moment it received data or sent data not yet acknowledged
+    /// until its own data is all acknowledged. So it also ends a server's stream whose handler
+    /// takes longer than this to answer, and a client's stream idle for this long after a reply.
+    /// Default 60 s (the engine's is 10 s): above the clients' default request timeouts, and
+    /// room for the engine's retransmission timeout, which doubles at each one in a row (at 10 s,
+    /// a few losses in a row on a lossy path ended streams that were still being repaired).
+    /// Raise it on a server whose handlers take longer. Errors: below 1 s, `bind_with` fails
+    /// with `InvalidArgument`.
     pub inactivity_timeout: Duration,
 }
 
@@ -112,7 +117,7 @@ impl Default for UtpNodeConfig {
             max_streams: 128,
             link_mtu: 1500,
             send_window: 64 * 1024,
-            inactivity_timeout: Duration::from_secs(30),
+            inactivity_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::node::UtpNode;
 use super::split::JsonSplitter;
-use super::{DEFAULT_MAX_MESSAGE_SIZE, write_message};
+use super::{DEFAULT_MAX_MESSAGE_SIZE, write_message_within};
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{decode_request, encode_reply_into};
 use crate::rpc::{
@@ -21,8 +21,9 @@ use crate::rpc::{
 };
 use crate::transport::Lifecycle;
 
-/// A reply that cannot be written within this time closes its stream (the peer reads nothing).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A reply of which no 64 KiB can be written within this time closes its stream (the peer reads
+/// nothing). A large reply on a slow, lossy path takes longer in all; it only has to keep moving.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// The settings of a [`UtpServer`].
 #[derive(Debug, Clone)]
@@ -210,8 +211,5 @@ async fn reply(
     config: &UtpServerConfig,
 ) -> bool {
     encode_reply_into(out, rid, body);
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, write_message(wr, out, config.one_message_per_write)).await,
-        Ok(Ok(()))
-    )
+    write_message_within(wr, out, config.one_message_per_write, WRITE_STALL).await.is_ok()
 }
