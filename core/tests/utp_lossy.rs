@@ -68,11 +68,14 @@ struct Path {
     max_datagram: usize,
     /// The first this many datagrams from the client are dropped.
     drop_first: usize,
+    /// Every datagram is held this long (at least `UTP_LOSSY_DELAY_MS`).
+    delay: Duration,
 }
 
 async fn relay(server: SocketAddr, seed: u64, path: Path) -> Relay {
-    let Path { loss, reorder, max_datagram, drop_first } = path;
-    let delay = Duration::from_millis(std::env::var("UTP_LOSSY_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
+    let Path { loss, reorder, max_datagram, drop_first, delay } = path;
+    let env_delay = std::env::var("UTP_LOSSY_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let delay = delay.max(Duration::from_millis(env_delay));
     let (up, down) = (delayed_sender(delay), delayed_sender(delay));
     let front = Arc::new(UdpSocket::bind(loopback()).await.expect("front"));
     let back = Arc::new(UdpSocket::bind(loopback()).await.expect("back"));
@@ -224,7 +227,7 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-const LOSSY: Path = Path { loss: 0.05, reorder: 0.02, max_datagram: usize::MAX, drop_first: 0 };
+const LOSSY: Path = Path { loss: 0.05, reorder: 0.02, max_datagram: usize::MAX, drop_first: 0, delay: Duration::ZERO };
 
 async fn every_echo_is_exact(alone: bool, path: Path, node: UtpNodeConfig) {
     let mut bad = Vec::new();
@@ -255,7 +258,7 @@ async fn one_message_per_write_over_a_lossy_link_is_exact() {
 /// configured, every echo comes back exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_for_large_datagrams_never_alters_a_reply() {
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: 1200, drop_first: 0 };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: 1200, drop_first: 0, delay: Duration::ZERO };
     for alone in [false, true] {
         let o = run(1, alone, path, UtpNodeConfig::default()).await;
         assert!(o.altered.is_empty(), "alone {alone}: altered {:?}, failed {:?}", o.altered, o.failed);
@@ -276,7 +279,7 @@ async fn a_black_hole_for_large_datagrams_never_alters_a_reply() {
 #[tokio::test]
 async fn a_lost_syn_is_sent_again() {
     let server = UtpServer::bind(loopback(), Arc::new(echo), UtpServerConfig::default()).await.expect("server");
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 2 };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 2, delay: Duration::ZERO };
     let relay = relay(server.local_addr(), 1, path).await;
     // The default connect timeout (5 s) leaves room for the SYNs at 0, 1 and 3 s.
     let client = UtpClient::new(UtpClientConfig::default());
@@ -290,12 +293,45 @@ async fn a_lost_syn_is_sent_again() {
 #[tokio::test]
 async fn a_connect_outlasts_four_lost_syns() {
     let server = UtpServer::bind(loopback(), Arc::new(echo), UtpServerConfig::default()).await.expect("server");
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 4 };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 4, delay: Duration::ZERO };
     let relay = relay(server.local_addr(), 1, path).await;
     let client = UtpClient::new(UtpClientConfig { connect_timeout: Duration::from_secs(30), ..Default::default() });
     let got = client.request_raw(&relay.addr.to_string(), req("\"hello\"".into(), Duration::from_secs(40))).await;
     assert_eq!(got.expect("connected on the fifth SYN").get(), "\"hello\"");
     assert_eq!(relay.stats.dropped.load(Ordering::Relaxed), 4);
+}
+
+/// The engine ends a stream `inactivity_timeout` after data last arrived unless its own data was
+/// acknowledged since: a request written less than a round trip before that deadline would die
+/// with the stream. A client gives a stream idle for nearly that long up and opens another.
+#[tokio::test]
+async fn a_request_after_a_long_idle_goes_on_a_fresh_stream() {
+    let node = UtpNodeConfig { inactivity_timeout: Duration::from_secs(2), ..Default::default() };
+    // An echo after 200 ms: the request is acknowledged before the reply comes (a reply right
+    // away carries the acknowledgement, which turns the engine's timer off).
+    let slow_echo = |req: Request, reply: Reply| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply.ok(req.payload.value().clone());
+        });
+    };
+    let server = UtpServer::serve(
+        UtpNode::bind_with(loopback(), node.clone()).await.expect("server node"),
+        Arc::new(slow_echo),
+        UtpServerConfig::default(),
+    )
+    .expect("server");
+    // A 600 ms round trip.
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 0, delay: Duration::from_millis(300) };
+    let relay = relay(server.local_addr(), 1, path).await;
+    let client = UtpClient::with_node(UtpNode::bind_with(loopback(), node).await.expect("client node"), UtpClientConfig::default());
+    let dest = relay.addr.to_string();
+    let got = client.request_raw(&dest, req("\"one\"".into(), Duration::from_secs(20))).await;
+    assert_eq!(got.expect("first").get(), "\"one\"");
+    // Written 1.8 s after the reply came: its acknowledgement would come back after the 2 s.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let got = client.request_raw(&dest, req("\"two\"".into(), Duration::from_secs(20))).await;
+    assert_eq!(got.expect("after the idle time").get(), "\"two\"");
 }
 
 #[tokio::test]

@@ -617,6 +617,11 @@ impl UtpNode {
         }
     }
 
+    /// How long the engine lets a stream go without hearing from its peer.
+    pub(crate) fn inactivity_timeout(&self) -> Duration {
+        self.punch.config.inactivity_timeout
+    }
+
     /// Accepts the next incoming uTP stream.
     pub(crate) async fn accept(&self) -> Result<UtpStream> {
         self.engine.accept().await.map_err(|e| Error::new(ErrorKind::Closed, format!("uTP accept: {e}")))
