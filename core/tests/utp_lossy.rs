@@ -193,16 +193,21 @@ async fn run(seed: u64, alone: bool, path: Path, node: UtpNodeConfig) -> Outcome
     };
     // Many mid-sized ones in flight at once (they share packets in the shared mode).
     let mids: Vec<String> = (0..100).map(|i| payload(500 + (i * 997) % 20_000, seed * 1000 + i as u64)).collect();
+    let started = std::time::Instant::now();
     let futs = mids.iter().map(|p| client.request_raw(&dest, req(p.clone(), timeout)));
     for (p, r) in mids.iter().zip(futures_util::future::join_all(futs).await) {
         check(p, r);
     }
+    let mut took = vec![started.elapsed().as_millis()];
     // 1 MB echoes, one after another.
     for k in 0..3 {
         let p = payload(1 << 20, seed * 1000 + 500 + k);
+        let started = std::time::Instant::now();
         let r = client.request_raw(&dest, req(p.clone(), timeout)).await;
+        took.push(started.elapsed().as_millis());
         check(&p, r);
     }
+    eprintln!("seed {seed} alone {alone}: ms for the 100 requests, then each 1 MB echo: {took:?}");
     eprintln!(
         "seed {seed} alone {alone} {path:?}: exact {} altered {:?} failed {:?} (relay: forwarded {} dropped {} delayed {})",
         o.exact,
