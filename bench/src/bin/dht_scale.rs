@@ -3,7 +3,10 @@
 //! services and clients looking them up and calling them while Grapes and workers are killed and
 //! restarted at random.
 //!
-//! `cargo run --release -p grenache-bench --bin dht_scale [-- --duration 600]`
+//! ```sh
+//! cargo build --release -p grenache-cli --bin grape -p grenache-bench --bin dht_scale
+//! target/release/dht_scale [--duration 600 ...]
+//! ```
 //!
 //! Options (defaults in brackets): `--grapes N` [100] Grape processes in all, `--node-grapes N` [20]
 //! of them Node reference Grapes, `--services N` [1000] service names, `--workers N` [200] workers
@@ -112,11 +115,12 @@ impl Opts {
         let ours = o.grapes.saturating_sub(o.node_grapes);
         if ours < SEEDS + 2
             || (o.node_grapes > 0 && o.node_grapes < 2)
+            || o.grapes > 5000
             || o.workers == 0
             || o.services < o.workers
         {
             eprintln!(
-                "dht_scale: need at least {} Grapes of ours, 0 or at least 2 Node Grapes, and at least one service per worker",
+                "dht_scale: need {} to 5000 Grapes of ours, 0 or at least 2 Node Grapes, and at least one service per worker",
                 SEEDS + 2
             );
             std::process::exit(2)
@@ -191,17 +195,33 @@ async fn kill_child(mut child: Child, pid: i32) {
 // ---------------------------------------------------------------------------------------------
 // The network namespace and its datagram counters.
 
+/// What [`isolate`] achieved.
+#[derive(Debug, Clone, Copy, Default)]
+struct Isolation {
+    /// In a network namespace of its own: Grape ports are fixed (DHT `20000 + i`, API
+    /// `30000 + i`), below the namespace's ephemeral range (moved to 40000-60999), so no client
+    /// socket or worker ever takes a port a Grape restarts on.
+    netns: bool,
+    /// nftables counts the datagrams of each Grape port.
+    counting: bool,
+}
+
+/// First fixed DHT and API ports in the namespace, and the first spare API port.
+const DHT_BASE: u16 = 20000;
+const API_BASE: u16 = 30000;
+const SPARE_API_BASE: u16 = 36000;
+
 /// Moves this process into a new network namespace with loopback up and an nftables table that
 /// will count datagrams per Grape port. Must run before any thread exists (a namespace is per
-/// thread, and threads started later inherit it). False when it cannot (not root, no nft).
-fn isolate() -> bool {
+/// thread, and threads started later inherit it). Nothing when it cannot (not root, no nft).
+fn isolate() -> Isolation {
     // SAFETY: unshare(2) on the only thread of the process.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         eprintln!(
             "dht_scale: cannot make a network namespace ({}); UDP datagrams are not counted",
             std::io::Error::last_os_error()
         );
-        return false;
+        return Isolation::default();
     }
     let ok = |prog: &str, args: &[&str]| {
         std::process::Command::new(prog)
@@ -211,6 +231,10 @@ fn isolate() -> bool {
     };
     if !ok("ip", &["link", "set", "lo", "up"]) {
         eprintln!("dht_scale: cannot bring loopback up in the new network namespace");
+        std::process::exit(1)
+    }
+    if std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 60999").is_err() {
+        eprintln!("dht_scale: cannot move the namespace's ephemeral port range");
         std::process::exit(1)
     }
     if !(ok("nft", &["add", "table", "inet", "dht_scale"])
@@ -227,9 +251,9 @@ fn isolate() -> bool {
         ))
     {
         eprintln!("dht_scale: nft is missing or failed; UDP datagrams are not counted");
-        return false;
+        return Isolation { netns: true, counting: false };
     }
-    true
+    Isolation { netns: true, counting: true }
 }
 
 fn nft_count_ports(ports: &[u16]) {
@@ -389,30 +413,32 @@ impl GrapeSlot {
     }
 }
 
+/// The `grape` binary beside this one (same profile); built when missing. Build both at once
+/// (`cargo build --release -p grenache-cli --bin grape -p grenache-bench --bin dht_scale`): cargo
+/// rebuilds the core when the two are built one after the other (the LTO mode of a graph with
+/// and without the FFI library differs).
 fn grape_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let bin = dir.join("grape");
+    if bin.exists() {
+        eprintln!("grape binary: {}", bin.display());
+        return bin;
+    }
     let release = dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec!["build", "-q", "-p", "grenache-cli", "--bin", "grape"];
     if release {
         args.push("--release");
     }
-    eprintln!(
-        "building the grape binary ({})",
-        if release { "release" } else { "debug" }
-    );
+    eprintln!("building the grape binary: cargo {}", args.join(" "));
     let built = std::process::Command::new(&cargo)
         .args(&args)
         .current_dir(workspace_dir())
         .status()
         .is_ok_and(|s| s.success());
     if !built || !bin.exists() {
-        eprintln!(
-            "dht_scale: cannot build the grape binary (cargo {})",
-            args.join(" ")
-        );
+        eprintln!("dht_scale: cannot build the grape binary");
         std::process::exit(1)
     }
     bin
@@ -442,7 +468,8 @@ async fn spawn_ours(bin: &PathBuf, dht: u16, api: u16, bootstrap: &[String]) -> 
     let (mut child, pid) = spawn(cmd).ok()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(st)) = child.try_wait() {
+            eprintln!("grape on ports {dht}/{api} exited: {st}");
             lock(&CHILDREN).remove(&pid);
             return None;
         }
@@ -508,11 +535,19 @@ async fn spawn_node(dht: u16, api: u16, bootstrap: &[String]) -> Option<Running>
     })
 }
 
+/// The next spare API port in a namespace of our own (0: not in one, ask the OS).
+static SPARE: AtomicU16 = AtomicU16::new(0);
+
 /// Starts the Grape of `slot` (on its DHT port; on a new API port when its own cannot be bound).
 async fn start_grape(slot: &GrapeSlot, bin: &PathBuf) -> bool {
     for attempt in 0..5 {
         if attempt >= 2 {
-            slot.api_port.store(free_port(), Ordering::Relaxed);
+            let spare = if SPARE.load(Ordering::Relaxed) > 0 {
+                SPARE.fetch_add(1, Ordering::Relaxed)
+            } else {
+                free_port()
+            };
+            slot.api_port.store(spare, Ordering::Relaxed);
         }
         let api = slot.api_port.load(Ordering::Relaxed);
         let run = match slot.kind {
@@ -1051,11 +1086,25 @@ fn wiring(opts: &Opts) -> Vec<(Kind, Role)> {
     kinds.into_iter().zip(roles).collect()
 }
 
-async fn run(opts: Opts, counting: bool) {
+async fn run(opts: Opts, iso: Isolation) {
+    let counting = iso.counting;
     require_node_peers();
     let bin = grape_bin();
     let began = Instant::now();
-    let dht_ports: Vec<u16> = (0..opts.grapes).map(|_| free_port()).collect();
+    let (dht_ports, api_ports): (Vec<u16>, Vec<u16>) = if iso.netns {
+        SPARE.store(SPARE_API_BASE, Ordering::Relaxed);
+        (0..opts.grapes as u16).map(|i| (DHT_BASE + i, API_BASE + i)).unzip()
+    } else {
+        // Ports the OS called free, none twice.
+        let mut seen = BTreeSet::new();
+        let mut next = || loop {
+            let p = free_port();
+            if seen.insert(p) {
+                return p;
+            }
+        };
+        (0..opts.grapes).map(|_| (next(), next())).unzip()
+    };
     let grapes: Vec<GrapeSlot> = wiring(&opts)
         .into_iter()
         .enumerate()
@@ -1069,7 +1118,7 @@ async fn run(opts: Opts, counting: bool) {
                 kind,
                 role,
                 dht_port: dht_ports[i],
-                api_port: AtomicU16::new(free_port()),
+                api_port: AtomicU16::new(api_ports[i]),
                 bootstrap: boot
                     .into_iter()
                     .map(|b| local(dht_ports[b]).to_string())
@@ -1469,7 +1518,7 @@ fn raise_fd_limit() {
 
 fn main() {
     let opts = Opts::from_args();
-    let counting = opts.netns && isolate();
+    let iso = if opts.netns { isolate() } else { Isolation::default() };
     raise_fd_limit();
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -1509,7 +1558,7 @@ fn main() {
             kill_all_children();
             std::process::exit(130);
         });
-        run(opts, counting).await;
+        run(opts, iso).await;
     });
     kill_all_children();
     rt.shutdown_timeout(Duration::from_secs(2));
