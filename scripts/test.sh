@@ -76,6 +76,25 @@ if python_binding() {
   timeout 120 "$venv/bin/python" examples/python/rpc_test.py || return 1
 }; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
 
+# 5b. The same module on free-threaded CPython 3.14t (no GIL; built from source by
+#     scripts/free-threaded-python.sh, about 3 minutes): the whole Python suite again, with
+#     tests/test_free_threaded.py no longer skipped. Only a source download that fails (no
+#     network) skips it; a build or test failure fails the run.
+log "python binding, free-threaded"
+if ft_python=$(bash scripts/free-threaded-python.sh); then
+  if python_ft() {
+    local venv=target/pyft
+    if [ ! -x "$venv/bin/python" ]; then "$ft_python" -m venv "$venv" || return 1; fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'maturin==1.16.0' || return 1
+    (cd bindings/python && VIRTUAL_ENV="$PWD/../../$venv" PATH="$PWD/../../$venv/bin:$PATH" maturin develop --locked --quiet) || return 1
+    timeout 300 "$venv/bin/python" -m unittest discover -s bindings/python/tests || return 1
+  }; python_ft; then echo "python binding, free-threaded: ok"; else failed+=("python binding, free-threaded"); fi
+elif [ $? -eq 3 ]; then
+  echo "python binding, free-threaded: skipped (the CPython source could not be downloaded)"
+else
+  failed+=("python binding, free-threaded (building CPython)")
+fi
+
 # 6. The Node binding (bindings/node, grenache-native): the addon built above, its tests (with
 #    the reference packages from tests/interop in the same process), the reference packages' own
 #    mocha suites against the drop-in modules (installs mocha from npm), the packed tarball

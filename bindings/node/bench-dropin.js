@@ -7,8 +7,8 @@
 // child process, which is how services run). Prints a markdown table with ours/reference ratios.
 //   (cd bindings/node && npm run build) && node bindings/node/bench-dropin.js
 // Environment: BENCH_SECONDS (per RPC measurement, default 2); BENCH_ONLY, a comma list of
-// http, ws, pubsub, grape, 1, 2 (transports, PUB/SUB, the Grape row, process modes) to run a
-// part of the table.
+// http, ws, pubsub, grape, floor, 1, 2 (transports, PUB/SUB, the Grape row, the TCP floor under
+// the WS rows, process modes) to run a part of the table.
 'use strict'
 
 const path = require('path')
@@ -221,6 +221,37 @@ async function grapeLookupRow (implName) {
   return r
 }
 
+// The floor of the sequential rows: the same bytes as a WS request (rid, key, payload), echoed
+// over a plain TCP socket of Node's own, no framing, no JSON, no Grenache API; driven by the
+// same harness (one promise per round trip). In one process or with the echo in a child.
+const ECHO = "require('net').createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)) }).listen(0, '127.0.0.1', function () { console.log(this.address().port) }); process.stdin.on('end', () => process.exit(0)); process.stdin.resume()"
+async function floorRow (twoProcesses) {
+  let port
+  let stop
+  if (twoProcesses) {
+    const p = spawn(process.execPath, ['-e', ECHO], { stdio: ['pipe', 'pipe', 'inherit'] })
+    port = Number(await new Promise((resolve) => readline.createInterface({ input: p.stdout }).once('line', resolve)))
+    stop = () => p.stdin.end()
+  } else {
+    const srv = net.createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)) })
+    await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve))
+    port = srv.address().port
+    stop = () => srv.close()
+  }
+  const c = net.connect(port, '127.0.0.1')
+  await new Promise((resolve) => c.once('connect', resolve))
+  c.setNoDelay(true)
+  const msg = Buffer.from(JSON.stringify(['3d5e8f8e-6a3b-4c7e-9f3a-2b1d0c9e8f7a', 'bench:ours:1:ws', 'hello']))
+  let pending = null
+  c.on('data', () => { const p = pending; pending = null; if (p) p() })
+  const ask = () => new Promise((resolve) => { pending = resolve; c.write(msg) })
+  for (let i = 0; i < 100; i++) await ask()
+  const r = await rate(ask, 1)
+  c.destroy()
+  stop()
+  return r
+}
+
 async function main () {
   const { Grape } = IMPLS.ours()
   const [a1, a2] = [await freePort(), await freePort()]
@@ -244,6 +275,13 @@ async function main () {
     }
   }
   if (wanted('grape')) for (const impl of ['reference', 'ours']) results[impl]['grape|one process'] = await grapeLookupRow(impl)
+  const floors = {}
+  if (wanted('ws', 'floor')) {
+    for (const mode of ['one process', 'two processes']) {
+      if (ONLY && (ONLY.has('1') || ONLY.has('2')) && !ONLY.has(mode === 'one process' ? '1' : '2')) continue
+      floors[mode] = await floorRow(mode === 'two processes')
+    }
+  }
   await cb2p((cb) => g2.stop(cb))
   await cb2p((cb) => g1.stop(cb))
 
@@ -265,6 +303,12 @@ async function main () {
     const o = results.ours[key]
     const r = results.reference[key]
     console.log(`| ${labels[row]} | ${mode === 'one process' ? 1 : 2} | ${o.toFixed(0)} | ${r.toFixed(0)} | ${(o / r).toFixed(2)}x |`)
+  }
+  for (const [mode, f] of Object.entries(floors)) {
+    const o = results.ours[`ws seq|${mode}`]
+    const r = results.reference[`ws seq|${mode}`]
+    const share = (v) => (v === undefined ? '-' : `${(v / f).toFixed(2)}x`)
+    console.log(`| floor: TCP echo of the same bytes on Node's sockets, sequential (round trips/s) | ${mode === 'one process' ? 1 : 2} | ${f.toFixed(0)} | | WS seq: ours ${share(o)}, reference ${share(r)} of it |`)
   }
   process.exit(0)
 }

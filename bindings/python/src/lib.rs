@@ -725,6 +725,13 @@ static FINALIZING: AtomicBool = AtomicBool::new(false);
 /// Threads of pools that are running (or about to run) Python code.
 static IN_PYTHON: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// How many handler threads of a server run at once when none blocks: 1 under the GIL, the
+/// number of cores on a free-threaded interpreter.
+#[pyfunction]
+fn _parallel_handlers() -> usize {
+    PARALLEL_HANDLERS.load(Ordering::Relaxed)
+}
+
 /// Called by the package at interpreter exit (`atexit`): pool threads stop calling handlers,
 /// and this waits (at most 2 s, GIL released) for those inside a handler to leave it, so that
 /// none of them wakes up inside an interpreter that is being torn down.
@@ -749,11 +756,31 @@ struct PoolState {
     closed: bool,
 }
 
+/// How many threads of one [`Pool`] run handlers at once while none of them blocks: one where
+/// the GIL runs Python code one thread at a time (more would only take turns), the number of
+/// cores where the interpreter runs without a GIL (free-threaded CPython), so that handlers run
+/// in parallel. Set when the module is imported ([`_native`]).
+static PARALLEL_HANDLERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Whether the interpreter runs with its GIL: `sys._is_gil_enabled()` where it exists (3.13 and
+/// later; a free-threaded build can still turn the GIL on, `PYTHON_GIL=1`), true before.
+fn gil_enabled(py: Python<'_>) -> bool {
+    py.import("sys")
+        .and_then(|sys| sys.getattr("_is_gil_enabled"))
+        .and_then(|f| f.call0())
+        .and_then(|v| v.extract::<bool>())
+        .unwrap_or(true)
+}
+
 impl PoolState {
-    /// Whether a request in the queue needs another thread: nobody is running handlers, or the
-    /// ones that are have not taken a request for [`STALL`] (a handler blocks).
+    /// Whether a request in the queue needs another thread: nobody is running handlers, fewer
+    /// run than may run in parallel ([`PARALLEL_HANDLERS`]), or the ones that run have not taken
+    /// a request for [`STALL`] (a handler blocks).
     fn wants_thread(&self) -> bool {
-        !self.queue.is_empty() && (self.active == 0 || self.last_take.elapsed() >= STALL)
+        !self.queue.is_empty()
+            && (self.active == 0
+                || self.active < PARALLEL_HANDLERS.load(Ordering::Relaxed)
+                || self.last_take.elapsed() >= STALL)
     }
 }
 
@@ -1247,6 +1274,13 @@ impl Subscriber {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let parallel = if gil_enabled(m.py()) {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
+    };
+    PARALLEL_HANDLERS.store(parallel, Ordering::Relaxed);
+    m.add_function(wrap_pyfunction!(_parallel_handlers, m)?)?;
     m.add_function(wrap_pyfunction!(_set_error_factory, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(_debug_build, m)?)?;

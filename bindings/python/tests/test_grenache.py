@@ -67,7 +67,8 @@ class NodeProcess:
             text=True,
         )
         self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.p.stdout:
@@ -99,6 +100,10 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait(timeout=5)
+        # The process is gone: its stdout ends, the reader leaves, and the pipe is closed.
+        self.reader.join(timeout=5)
+        if not self.reader.is_alive():
+            self.p.stdout.close()
 
 
 def free_port():
