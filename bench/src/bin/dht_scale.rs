@@ -1105,14 +1105,12 @@ async fn run(opts: Opts, iso: Isolation) {
         };
         (0..opts.grapes).map(|_| (next(), next())).unzip()
     };
-    let grapes: Vec<GrapeSlot> = wiring(&opts)
-        .into_iter()
+    let wired = wiring(&opts);
+    let grapes: Vec<GrapeSlot> = wired
+        .iter()
         .enumerate()
-        .map(|(i, (kind, role))| {
-            let mut boot: Vec<usize> = (0..SEEDS.min(i)).collect();
-            if i > SEEDS && (kind == Kind::Ours || wiring_kind(&opts, i - 1) == Kind::Ours) {
-                boot.push(i - 1);
-            }
+        .map(|(i, &(kind, role))| {
+            let boot = bootstrap_of(&wired, i);
             GrapeSlot {
                 idx: i,
                 kind,
@@ -1280,8 +1278,15 @@ async fn run(opts: Opts, iso: Isolation) {
     );
 }
 
-fn wiring_kind(opts: &Opts, i: usize) -> Kind {
-    wiring(opts)[i].0
+/// Whom Grape `i` bootstraps from: the seeds before it, and its predecessor unless that is a
+/// seed, or a Node Grape and `i` is one too (a Node Grape never retries its bootstrap, so it
+/// must name Grapes that are up: the seeds and ours, which retry theirs).
+fn bootstrap_of(wired: &[(Kind, Role)], i: usize) -> Vec<usize> {
+    let mut boot: Vec<usize> = (0..SEEDS.min(i)).collect();
+    if i > SEEDS && (wired[i].0 == Kind::Ours || wired[i - 1].0 == Kind::Ours) {
+        boot.push(i - 1);
+    }
+    boot
 }
 
 fn report(
@@ -1562,4 +1567,56 @@ fn main() {
     });
     kill_all_children();
     rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(grapes: usize, node_grapes: usize) -> Opts {
+        Opts {
+            grapes,
+            node_grapes,
+            services: 1000,
+            workers: 200,
+            duration: Duration::from_secs(600),
+            churn: 0.333,
+            rate: 10.0,
+            announce_interval: Duration::from_secs(60),
+            seed: 1,
+            netns: false,
+        }
+    }
+
+    #[test]
+    fn wiring_mixes_kinds_and_keeps_node_grapes_on_ours() {
+        for (n, nodes) in [(100, 20), (12, 4), (25, 20), (5, 0)] {
+            let w = wiring(&opts(n, nodes));
+            assert_eq!(w.len(), n);
+            assert_eq!(w.iter().filter(|(k, _)| *k == Kind::Node).count(), nodes, "{n}/{nodes}");
+            assert!(w[..SEEDS].iter().all(|&(k, r)| k == Kind::Ours && r == Role::Seed));
+            for kind in [Kind::Ours, Kind::Node] {
+                let probes = w.iter().filter(|&&(k, r)| k == kind && r == Role::Probe).count();
+                let expect = if kind == Kind::Node && nodes == 0 { 0 } else { PROBES };
+                assert_eq!(probes, expect, "{n}/{nodes} {kind:?}");
+            }
+            for i in 0..n {
+                let b = bootstrap_of(&w, i);
+                assert!((0..SEEDS.min(i)).all(|j| b.contains(&j)), "every seed before it");
+                assert!(b.iter().all(|&j| j < i), "bootstraps only from Grapes started before it");
+                if w[i].0 == Kind::Node {
+                    assert!(b.iter().all(|&j| w[j].0 == Kind::Ours), "a Node Grape bootstraps from ours only");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 0.5), 3.0);
+        assert_eq!(percentile(&v, 1.0), 5.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 }
