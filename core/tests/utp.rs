@@ -306,3 +306,22 @@ async fn an_oversized_request_closes_only_its_stream() {
     let e = small.request(&dest, out(&json!("y".repeat(500)), LONG)).await.expect_err("reply too large");
     assert_eq!(e.kind(), ErrorKind::PayloadTooLarge, "{e}");
 }
+
+/// `UtpNodeConfig::inactivity_timeout` bounds how long a server's stream waits for its handler:
+/// a handler slower than it loses the stream (the request fails with `Closed`), one within it
+/// answers.
+#[tokio::test]
+async fn a_handler_slower_than_the_inactivity_timeout_loses_its_stream() {
+    use grenache::transport::utp::UtpNodeConfig;
+    for (secs, answered) in [(1, false), (5, true)] {
+        let config = UtpNodeConfig { inactivity_timeout: Duration::from_secs(secs), ..Default::default() };
+        let node = UtpNode::bind_with(loopback(), config).await.expect("server node");
+        let s = UtpServer::serve(node, Arc::new(handler), UtpServerConfig::default()).expect("serve");
+        let c = UtpClient::new(UtpClientConfig::default());
+        let got = c.request(&s.local_addr().to_string(), out(&json!({"sleep": 2500, "v": "late"}), LONG)).await;
+        match got {
+            Ok(v) => assert!(answered && v == json!("late"), "{secs} s: {v}"),
+            Err(e) => assert!(!answered && e.kind() == ErrorKind::Closed, "{secs} s: {e:?}"),
+        }
+    }
+}

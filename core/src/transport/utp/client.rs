@@ -51,6 +51,10 @@ impl Default for UtpClientConfig {
     }
 }
 
+/// A stream idle for the node's inactivity timeout less this (or less half of it, when that is
+/// shorter) is replaced by a new one before it carries a request.
+const RETIRE_MARGIN: Duration = Duration::from_secs(10);
+
 /// A stream to one destination.
 struct Conn {
     writer: tokio::sync::Mutex<librqbit_utp::UtpStreamWriteHalf>,
@@ -60,6 +64,8 @@ struct Conn {
     /// Why the stream ended, once its reader saw it end; `ended` is cancelled then.
     why: Mutex<Option<String>>,
     ended: CancellationToken,
+    /// When data last arrived (or the stream opened).
+    heard: Mutex<tokio::time::Instant>,
 }
 
 impl Conn {
@@ -72,6 +78,17 @@ impl Conn {
     async fn why(&self) -> String {
         let _ = tokio::time::timeout(Duration::from_millis(200), self.ended.cancelled()).await;
         self.why.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "the uTP stream died".to_string())
+    }
+
+    /// True when nothing uses the stream and it has heard nothing for `quiet`. The engine ends a
+    /// stream `inactivity_timeout` after data arrived unless its own data was acknowledged since,
+    /// so a request written just before that deadline would die with the stream (perhaps after
+    /// the server got it); such a stream is retired before it is given a request.
+    fn idle_for(self: &Arc<Self>, quiet: Duration) -> bool {
+        // The slot and the reader hold the other two references.
+        Arc::strong_count(self) <= 2
+            && self.pending().is_empty()
+            && self.heard.lock().unwrap_or_else(|e| e.into_inner()).elapsed() >= quiet
     }
 
     /// Fails every request waiting on this stream.
@@ -218,13 +235,19 @@ impl UtpClient {
             s.entry(dest.to_string()).or_default().clone()
         };
         let mut slot = slot.lock().await;
+        let node = self.node().await?;
         if let Some(c) = slot.as_ref()
             && !c.dead.load(Ordering::Acquire)
         {
-            return Ok(c.clone());
+            let timeout = node.inactivity_timeout();
+            if !c.idle_for(timeout - (timeout / 2).min(RETIRE_MARGIN)) {
+                return Ok(c.clone());
+            }
+            // Closed (both halves dropped once its reader stops): the peer sees it end.
+            c.dead.store(true, Ordering::Release);
+            c.stop.cancel();
         }
         let addr = resolve(dest).await?;
-        let node = self.node().await?;
         let stream = match tokio::time::timeout(self.inner.config.connect_timeout, node.connect(addr)).await {
             Ok(s) => s?,
             Err(_) => return Err(Error::new(ErrorKind::Connect, format!("uTP connect to {dest}: no answer"))),
@@ -237,6 +260,7 @@ impl UtpClient {
             stop: self.inner.stop_token().child_token(),
             why: Mutex::new(None),
             ended: CancellationToken::new(),
+            heard: Mutex::new(tokio::time::Instant::now()),
         });
         let (c, max) = (conn.clone(), self.inner.config.max_message_size);
         tokio::spawn(async move {
@@ -246,9 +270,12 @@ impl UtpClient {
                 let n = tokio::select! {
                     r = rd.read(&mut buf) => match r {
                         Ok(0) => break (ErrorKind::Closed, "the uTP stream closed".to_string()),
-                        Ok(n) => n,
-                        // The engine gave the stream up: "remote was inactive for too long" (10 s
-                        // without an answer while data is outstanding), "max number of
+                        Ok(n) => {
+                            *c.heard.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+                            n
+                        }
+                        // The engine gave the stream up: "remote was inactive for too long"
+                        // (`UtpNodeConfig::inactivity_timeout` without an answer), "max number of
                         // retransmissions reached" (a packet sent 6 times), or a reset.
                         Err(e) => break (ErrorKind::Closed, format!("the uTP stream failed: {e}")),
                     },

@@ -55,3 +55,26 @@ pub(crate) async fn write_message(
     }
     Ok(())
 }
+
+/// How much of a message [`write_message_within`] writes at a time.
+const PROGRESS_CHUNK: usize = 64 * 1024;
+
+/// Writes one message like [`write_message`], 64 KiB at a time, and fails with `TimedOut` when a
+/// piece (or the flush) does not get into the stream's buffer within `stall`: a slow, lossy path
+/// keeps a large message going as long as it moves, a dead one ends it.
+pub(crate) async fn write_message_within(
+    w: &mut librqbit_utp::UtpStreamWriteHalf,
+    msg: &[u8],
+    alone: bool,
+    stall: std::time::Duration,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "the uTP stream stopped taking data");
+    for piece in msg.chunks(PROGRESS_CHUNK) {
+        tokio::time::timeout(stall, w.write_all(piece)).await.map_err(|_| stalled())??;
+    }
+    if alone {
+        tokio::time::timeout(stall, w.flush()).await.map_err(|_| stalled())??;
+    }
+    Ok(())
+}

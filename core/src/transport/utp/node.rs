@@ -49,8 +49,18 @@ const CONNECT_RETRY_FIRST: Duration = Duration::from_secs(1);
 const CONNECT_RETRY_NEXT: Duration = Duration::from_secs(2);
 /// Most SYNs one connect sends (the caller's timeout usually ends it first).
 const CONNECT_ATTEMPTS: usize = 16;
+/// Most attempts of one connect waiting at once: the engine refuses a fifth connect to one
+/// destination while four wait (`MAX_CONNECTING_PER_ADDR` in librqbit-utp 0.7).
+const MAX_CONNECTING_PER_DESTINATION: usize = 4;
 /// The smallest link MTU the engine accepts: IPv4 (20), UDP (8) and uTP (20) headers and a byte.
 const MIN_LINK_MTU: usize = 49;
+/// The engine's first send buffer of a stream (it grows from there up to the send window).
+const ENGINE_INITIAL_SEND_BUFFER: usize = 32 * 1024;
+/// Bounds of [`UtpNodeConfig::send_window`].
+const MIN_SEND_WINDOW: usize = 4 * 1024;
+const MAX_SEND_WINDOW: usize = 64 << 20;
+/// The shortest [`UtpNodeConfig::inactivity_timeout`].
+const MIN_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The settings of a [`UtpNode`].
 #[derive(Debug, Clone)]
@@ -74,6 +84,27 @@ pub struct UtpNodeConfig {
     /// Errors: below 49 (IP + UDP + uTP headers and one byte) or above 65535, `bind_with` fails
     /// with `InvalidArgument`.
     pub link_mtu: usize,
+    /// The most bytes a uTP stream keeps sent and not yet acknowledged (the engine's send buffer,
+    /// which bounds the data in flight). Default 64 KiB: about 45 full packets, within the 64
+    /// that one selective acknowledgement describes, so that lost packets are found and sent
+    /// again from the acknowledgements; with the engine's own default (1 MiB) a loss on a fast
+    /// path leaves hundreds of packets in flight, and librqbit-utp 0.7 then repairs the holes one
+    /// retransmission timeout at a time, doubling it each time, until the stream is given up (see
+    /// `docs/compat.md`, "Engine defects we work around"). It caps a stream's rate at this much
+    /// per round trip (640 KB/s at 100 ms): raise it on a clean path with a long round trip.
+    /// Errors: below 4 KiB or above 64 MiB, `bind_with` fails with `InvalidArgument`.
+    pub send_window: usize,
+    /// The engine's `remote_inactivity_timeout`: a stream is given up (its requests fail with
+    /// `ErrorKind::Closed`) when for this long it neither got new data nor had data of its
+    /// own acknowledged, from the moment it received data or sent data not yet acknowledged
+    /// until its own data is all acknowledged. So it also ends a server's stream whose handler
+    /// takes longer than this to answer, and a client's stream idle for this long after a reply.
+    /// Default 60 s (the engine's is 10 s): above the clients' default request timeouts, and
+    /// room for the engine's retransmission timeout, which doubles at each one in a row (at 10 s,
+    /// a few losses in a row on a lossy path ended streams that were still being repaired).
+    /// Raise it on a server whose handlers take longer. Errors: below 1 s, `bind_with` fails
+    /// with `InvalidArgument`.
+    pub inactivity_timeout: Duration,
 }
 
 impl Default for UtpNodeConfig {
@@ -85,6 +116,8 @@ impl Default for UtpNodeConfig {
             acks_per_second: 500,
             max_streams: 128,
             link_mtu: 1500,
+            send_window: 64 * 1024,
+            inactivity_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -419,6 +452,12 @@ impl UtpNode {
         if !(MIN_LINK_MTU..=usize::from(u16::MAX)).contains(&config.link_mtu) {
             return Err(Error::invalid(format!("link MTU must be {MIN_LINK_MTU} to 65535 bytes")));
         }
+        if !(MIN_SEND_WINDOW..=MAX_SEND_WINDOW).contains(&config.send_window) {
+            return Err(Error::invalid(format!("send window must be {MIN_SEND_WINDOW} to {MAX_SEND_WINDOW} bytes")));
+        }
+        if config.inactivity_timeout < MIN_INACTIVITY_TIMEOUT {
+            return Err(Error::invalid("inactivity timeout must be at least 1 s"));
+        }
         let udp = Arc::new(UdpSocket::bind(addr).await?);
         let local = udp.local_addr()?;
         let cancel = CancellationToken::new();
@@ -445,6 +484,12 @@ impl UtpNode {
             // stream when it does (see the type's docs). A probe that cannot get through is
             // retransmitted like any packet, until the stream fails.
             mtu_probe_max_retransmissions: Some(usize::MAX),
+            // The send buffer bounds the data in flight: kept within what one selective
+            // acknowledgement describes, so that a hole is repaired from the acknowledgements
+            // rather than by the retransmission timeout (see the type's docs).
+            vsock_tx_bufsize_bytes_initial: std::num::NonZeroUsize::new(config.send_window.min(ENGINE_INITIAL_SEND_BUFFER)),
+            vsock_tx_bufsize_bytes_max: std::num::NonZeroUsize::new(config.send_window),
+            remote_inactivity_timeout: Some(config.inactivity_timeout),
             ..Default::default()
         };
         let demux = Demux { udp, local, punch: punch.clone() };
@@ -518,23 +563,63 @@ impl UtpNode {
     /// librqbit-utp 0.7 sends a connection's SYN once and never again, so one lost datagram
     /// would leave the connect waiting until the caller's timeout. A new attempt (a new SYN)
     /// starts after 1 s, then every 2 s, while the earlier ones keep waiting (on a slow path
-    /// their answer may still come); the first stream wins and the others are dropped. An
-    /// attempt that fails outright (a reset, too many streams) fails the connect.
+    /// their answer may still come); the first stream wins and the others are dropped. The
+    /// engine keeps at most 4 attempts per destination (a fifth is refused), so the oldest is
+    /// dropped before a fifth starts. An attempt that fails outright (too many streams, the SYN
+    /// could not be sent) fails the connect only when no other attempt is still waiting: its
+    /// error is the one returned.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<UtpStream> {
         use futures_util::StreamExt;
         let fail = |e: librqbit_utp::Error| Error::new(ErrorKind::Connect, format!("uTP connect to {addr}: {e}"));
+        // Each attempt with a token that drops it (the engine then forgets its SYN).
+        let attempt = |stop: CancellationToken| {
+            let engine = self.engine.clone();
+            async move {
+                let r = tokio::select! {
+                    r = engine.connect(addr) => Some(r),
+                    _ = stop.cancelled() => None,
+                };
+                // Done: no longer counted as waiting.
+                stop.cancel();
+                r
+            }
+        };
         let mut attempts = futures_util::stream::FuturesUnordered::new();
-        attempts.push(self.engine.connect(addr));
+        let mut waiting = std::collections::VecDeque::new();
+        let mut started = 1;
+        waiting.push_back(CancellationToken::new());
+        attempts.push(attempt(waiting[0].clone()));
         let mut wait = CONNECT_RETRY_FIRST;
         loop {
             tokio::select! {
-                Some(r) = attempts.next() => return r.map_err(fail),
-                _ = tokio::time::sleep(wait), if attempts.len() < CONNECT_ATTEMPTS => {
-                    attempts.push(self.engine.connect(addr));
+                Some(r) = attempts.next() => match r {
+                    Some(Ok(stream)) => return Ok(stream),
+                    // Another attempt may still be answered.
+                    Some(Err(e)) if !attempts.is_empty() => tracing::debug!("uTP connect to {addr}: an attempt failed: {e}"),
+                    Some(Err(e)) => return Err(fail(e)),
+                    // Dropped to make room for a newer one.
+                    None => {}
+                },
+                _ = tokio::time::sleep(wait), if started < CONNECT_ATTEMPTS => {
+                    waiting.retain(|t: &CancellationToken| !t.is_cancelled());
+                    if waiting.len() >= MAX_CONNECTING_PER_DESTINATION
+                        && let Some(oldest) = waiting.pop_front()
+                    {
+                        oldest.cancel();
+                    }
+                    let stop = CancellationToken::new();
+                    waiting.push_back(stop.clone());
+                    attempts.push(attempt(stop));
+                    started += 1;
                     wait = CONNECT_RETRY_NEXT;
                 }
             }
         }
+    }
+
+    /// How long the engine lets a stream go without hearing from its peer.
+    pub(crate) fn inactivity_timeout(&self) -> Duration {
+        self.punch.config.inactivity_timeout
     }
 
     /// Accepts the next incoming uTP stream.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::node::UtpNode;
 use super::split::JsonSplitter;
-use super::{DEFAULT_MAX_MESSAGE_SIZE, write_message};
+use super::{DEFAULT_MAX_MESSAGE_SIZE, write_message_within};
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{decode_request, encode_reply_into};
 use crate::rpc::{
@@ -21,8 +21,12 @@ use crate::rpc::{
 };
 use crate::transport::Lifecycle;
 
-/// A reply that cannot be written within this time closes its stream (the peer reads nothing).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A reply of which no 64 KiB can be written within this time closes its stream (the peer reads
+/// nothing). A large reply on a slow, lossy path takes longer in all; it only has to keep moving.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How many bytes of requests a stream buffers (beyond the engine's own 1 MiB) while a reply is
+/// written.
+const READ_AHEAD: usize = 1 << 20;
 
 /// The settings of a [`UtpServer`].
 #[derive(Debug, Clone)]
@@ -160,7 +164,8 @@ async fn serve_stream(stream: UtpStream, handler: &dyn Handler, config: &UtpServ
                         let req = Request { rid: d.rid.clone(), key: d.key, payload: d.payload, info: info.clone() };
                         match start_dispatch(handler, req) {
                             Dispatched::Answered(body) => {
-                                if !reply(&mut wr, &mut out, &d.rid, &body, config).await {
+                                let ahead = ReadAhead { rd: &mut rd, split: &mut split, buf: &mut buf, eof: &mut eof };
+                                if !reply(&mut wr, &mut out, &d.rid, &body, config, ahead).await {
                                     return;
                                 }
                             }
@@ -190,7 +195,8 @@ async fn serve_stream(stream: UtpStream, handler: &dyn Handler, config: &UtpServ
                 Ok(n) => split.push(&buf[..n]),
             },
             Some((rid, body)) = running.next(), if !running.is_empty() => {
-                if !reply(&mut wr, &mut out, &rid, &body, config).await {
+                let ahead = ReadAhead { rd: &mut rd, split: &mut split, buf: &mut buf, eof: &mut eof };
+                if !reply(&mut wr, &mut out, &rid, &body, config, ahead).await {
                     return;
                 }
             }
@@ -201,17 +207,38 @@ async fn serve_stream(stream: UtpStream, handler: &dyn Handler, config: &UtpServ
     let _ = tokio::time::timeout(Duration::from_secs(2), wr.shutdown()).await;
 }
 
+/// The stream's read side, read on while a reply is written.
+struct ReadAhead<'a> {
+    rd: &'a mut librqbit_utp::UtpStreamReadHalf,
+    split: &'a mut JsonSplitter,
+    buf: &'a mut [u8],
+    eof: &'a mut bool,
+}
+
 /// Writes one reply; false when the stream is gone.
+///
+/// The stream is read on meanwhile (up to [`READ_AHEAD`] bytes buffered), so that the engine's
+/// receive window does not close while a reply waits for the peer: librqbit-utp 0.7 announces a
+/// reopened window once, and a peer that missed that packet would wait forever to send.
 async fn reply(
     wr: &mut librqbit_utp::UtpStreamWriteHalf,
     out: &mut Vec<u8>,
     rid: &serde_json::Value,
     body: &WireReply,
     config: &UtpServerConfig,
+    ahead: ReadAhead<'_>,
 ) -> bool {
     encode_reply_into(out, rid, body);
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, write_message(wr, out, config.one_message_per_write)).await,
-        Ok(Ok(()))
-    )
+    let write = write_message_within(wr, out, config.one_message_per_write, WRITE_STALL);
+    tokio::pin!(write);
+    let ReadAhead { rd, split, buf, eof } = ahead;
+    loop {
+        tokio::select! {
+            r = &mut write => return r.is_ok(),
+            r = rd.read(buf), if !*eof && split.buffered() < READ_AHEAD => match r {
+                Ok(0) | Err(_) => *eof = true,
+                Ok(n) => split.push(&buf[..n]),
+            },
+        }
+    }
 }

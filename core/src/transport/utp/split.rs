@@ -44,6 +44,11 @@ impl JsonSplitter {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// How many bytes are buffered and not yet taken as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     /// True when no partial message is buffered.
     pub fn is_empty(&self) -> bool {
         self.buf[self.start..].iter().all(|b| b.is_ascii_whitespace())
