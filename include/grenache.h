@@ -443,6 +443,17 @@ enum grenache_grape_option
      * any).
      */
     GRENACHE_GRAPE_OPTION_QUERIES_PER_IP = 19,
+    /**
+     * Whether the DHT also runs over IPv6 (BEP 32): 0 IPv4 only, 1 dual-stack where the host has
+     * IPv6 (an IPv6 socket on `[::]` beside `0.0.0.0`; IPv4 only on a host without IPv6), 2
+     * dual-stack on `[::]`, the Grape does not start without it (default 1).
+     */
+    GRENACHE_GRAPE_OPTION_DHT_IPV6 = 20,
+    /**
+     * 1: a dual-stack DHT announces over IPv6 too, so lookups also return the host's IPv6
+     * address (for services listening on IPv6); 0: over IPv4 only (default 0).
+     */
+    GRENACHE_GRAPE_OPTION_ANNOUNCE_IPV6 = 21,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

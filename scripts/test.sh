@@ -26,7 +26,8 @@ command -v npm >/dev/null 2>&1 || apt_install npm
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # C ABI examples (ffi/tests/c_examples.rs): a C compiler, pkg-config, valgrind.
 apt_install gcc g++ libc6-dev pkg-config valgrind ruby ruby-ffi
-# The split-network test (tests/tests/dht_partition.rs): network namespaces and iptables.
+# The split-network test (tests/tests/dht_partition.rs) and the IPv6-only hosts test
+# (tests/tests/dht_ipv6_netns.rs): network namespaces and iptables.
 apt_install iproute2 iptables
 # The C ABI check (scripts/abi-check.sh, ffi/tests/abi.rs): libabigail's abidw and abidiff.
 apt_install abigail-tools

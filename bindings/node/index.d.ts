@@ -80,8 +80,9 @@ export interface GrapeOptions {
    * durations in ms): peerMaxAgeMs, nodeLivenessMs, maxTables, maxValues, maxPeers,
    * maxPayloadSize, maxConnections, announceWindowMs, lookupWindowMs, and the limits against
    * hostile load maxConnectionsPerIp, headerTimeoutMs, bodyTimeoutMs, bodyMinRate, idleTimeoutMs,
-   * maxKeyLen, peerStoreBytes, maxRecordsPerIp, queriesPerIp. An unknown name throws
-   * InvalidArgumentError.
+   * maxKeyLen, peerStoreBytes, maxRecordsPerIp, queriesPerIp, and the DHT's IPv6 (BEP 32)
+   * dhtIpv6 (0 IPv4 only, 1 dual-stack where the host has IPv6 (default), 2 dual-stack required)
+   * and announceIpv6 (1: announce over IPv6 too). An unknown name throws InvalidArgumentError.
    */
   options?: Record<string, number>
 }

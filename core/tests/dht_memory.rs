@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -47,7 +47,7 @@ fn hundred_thousand_services_fit_in_well_under_64_mb() {
         // realistic service names, e.g. "rest:service:number:00042"
         let name = format!("rest:service:number:{i:05}");
         let peer = SocketAddrV4::new(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8), 1024 + (i % 50_000) as u16);
-        assert_eq!(store.add(name.as_bytes(), peer, now), AddPeer::Added);
+        assert_eq!(store.add(name.as_bytes(), SocketAddr::V4(peer), now), AddPeer::Added);
     }
     let used = LIVE.load(Ordering::Relaxed) - before;
     assert_eq!(store.len(), 100_000);

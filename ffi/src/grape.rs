@@ -229,6 +229,13 @@ pub enum grenache_grape_option {
     /// KRPC queries one IP address may send per second, bursts of twice as many (default 500; 0:
     /// any).
     QueriesPerIp = 19,
+    /// Whether the DHT also runs over IPv6 (BEP 32): 0 IPv4 only, 1 dual-stack where the host has
+    /// IPv6 (an IPv6 socket on `[::]` beside `0.0.0.0`; IPv4 only on a host without IPv6), 2
+    /// dual-stack on `[::]`, the Grape does not start without it (default 1).
+    DhtIpv6 = 20,
+    /// 1: a dual-stack DHT announces over IPv6 too, so lookups also return the host's IPv6
+    /// address (for services listening on IPv6); 0: over IPv4 only (default 0).
+    AnnounceIpv6 = 21,
 }
 
 /// Creates Grape options with the defaults (both ports 0: any free port; no bootstrap node; the
@@ -389,6 +396,8 @@ mod tests {
             (PeerStoreBytes, "peer_store_bytes"),
             (MaxRecordsPerIp, "max_records_per_ip"),
             (QueriesPerIp, "queries_per_ip"),
+            (DhtIpv6, "dht_ipv6"),
+            (AnnounceIpv6, "announce_ipv6"),
         ];
         assert_eq!(all.len(), grenache_core::grape::GRAPE_OPTION_NAMES.len());
         for (option, name) in all {

@@ -2,7 +2,7 @@
 //! Grapes run), driven through `tests/interop/dht_node.js`.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -108,7 +108,7 @@ async fn node_and_rust_bootstrap_each_other_and_announce_both_ways() {
     let r = n.cmd(json!({"cmd": "announce", "name": "svc:from-node", "port": 4242})).await;
     assert_eq!(r["err"], Value::Null, "{r}");
     assert!(r["n"].as_u64().unwrap() >= 1);
-    let want = vec!["127.0.0.1:4242".parse::<SocketAddrV4>().unwrap()];
+    let want = vec!["127.0.0.1:4242".parse::<SocketAddr>().unwrap()];
     assert_eq!(r1.lookup(b"svc:from-node").await.unwrap(), want);
     assert_eq!(r2.lookup(b"svc:from-node").await.unwrap(), want);
 
@@ -118,7 +118,7 @@ async fn node_and_rust_bootstrap_each_other_and_announce_both_ways() {
     let long = "a-service-name-that-is-much-longer-than-twenty-bytes";
     let r = n.cmd(json!({"cmd": "announce", "name": long, "port": 2001})).await;
     assert_eq!(r["err"], Value::Null, "{r}");
-    assert_eq!(r2.lookup(long.as_bytes()).await.unwrap(), vec!["127.0.0.1:2001".parse::<SocketAddrV4>().unwrap()]);
+    assert_eq!(r2.lookup(long.as_bytes()).await.unwrap(), vec!["127.0.0.1:2001".parse::<SocketAddr>().unwrap()]);
     r1.shutdown().await;
     r2.shutdown().await;
 }

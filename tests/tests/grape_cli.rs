@@ -172,3 +172,42 @@ async fn dht_state_is_saved_on_stop_and_used_at_the_next_start() {
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     other.stop().await;
 }
+
+/// A KRPC ping from `from` to `to`; true when a reply comes within 500 ms.
+async fn pings(from: &tokio::net::UdpSocket, to: std::net::SocketAddr) -> bool {
+    let _ = from.send_to(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe", to).await;
+    let mut buf = [0u8; 512];
+    matches!(tokio::time::timeout(Duration::from_millis(500), from.recv_from(&mut buf)).await, Ok(Ok((n, _))) if buf[..n].starts_with(b"d1:r"))
+}
+
+/// `--dht-bind6 IP` runs the DHT dual-stack on that address (same port), `--no-ipv6` does not;
+/// flags that contradict each other or are of the wrong family exit with 1.
+#[tokio::test]
+async fn ipv6_flags() {
+    for bad in [&["--aph", "1", "--dht-bind6", "127.0.0.1"][..], &["--aph", "1", "--no-ipv6", "--dht-bind6", "::1"][..]] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sock4 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp4");
+    let sock6 = tokio::net::UdpSocket::bind("[::1]:0").await.expect("udp6");
+    for (flag, dual) in [(&["--dht-bind6", "::1"][..], true), (&["--no-ipv6"][..], false)] {
+        let (dp, ap) = (free_port(), free_port());
+        let mut child = tokio::process::Command::new(grape_bin())
+            .args(["--dp", &dp.to_string(), "--aph", &ap.to_string(), "-b", "127.0.0.1", "--dht-bind", "127.0.0.1"])
+            .args(flag)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let v4: std::net::SocketAddr = format!("127.0.0.1:{dp}").parse().expect("addr");
+        let v6: std::net::SocketAddr = format!("[::1]:{dp}").parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pings(&sock4, v4).await {
+            assert!(Instant::now() < deadline, "grape {flag:?} never answered over IPv4");
+        }
+        assert_eq!(pings(&sock6, v6).await, dual, "{flag:?}: IPv6 on the same port");
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    }
+}

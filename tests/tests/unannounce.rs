@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
 
 /// One KRPC query from `sock` to `to`; the reply (or error) decoded.
 fn krpc_call(sock: &UdpSocket, to: SocketAddr, method: Method) -> Body {
-    let q = Message { t: b"zz".to_vec(), body: Body::Query(Query { id: Some(vec![7; 20]), method, read_only: false }) };
+    let q = Message { t: b"zz".to_vec(), body: Body::Query(Query { id: Some(vec![7; 20]), method, read_only: false, want: None }) };
     sock.send_to(&q.encode(), to).unwrap();
     let mut buf = [0u8; 4096];
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -88,7 +88,7 @@ async fn unannounce_removes_at_once_and_only_for_the_announcer() {
     }
     let st = net.grape(1).dht().stats();
     assert!(st.unannounces_unknown >= 1 && st.unannounces_refused >= 1, "{st:?}");
-    assert_eq!(net.grape(1).dht().local_peers(b"un:other", 10), vec!["127.0.0.1:4103".parse::<SocketAddrV4>().unwrap()]);
+    assert_eq!(net.grape(1).dht().local_peers(b"un:other", 10), vec!["127.0.0.1:4103".parse::<SocketAddr>().unwrap()]);
     assert_eq!(lookup(api(2), "un:other").await, ["127.0.0.1:4103"]);
 
     // The announcer's Grape removes 4101: gone from every Grape's lookups at once.
@@ -125,7 +125,7 @@ async fn unannounce_removes_at_once_and_only_for_the_announcer() {
     let own = token(&rogue, dht1, "un:other");
     let q = Message {
         t: b"ff".to_vec(),
-        body: Body::Query(Query { id: Some(vec![7; 20]), method: unann(own), read_only: false }),
+        body: Body::Query(Query { id: Some(vec![7; 20]), method: unann(own), read_only: false, want: None }),
     }
     .encode();
     // In batches, so that the receive buffer does not drop most of them before the node reads.

@@ -64,8 +64,23 @@ struct Cli {
     max_payload: usize,
 
     /// Address the DHT's UDP socket binds to (the reference binds all interfaces, whatever -b).
+    /// An IPv6 address (`::`, `::1`) makes the DHT IPv6-only.
     #[arg(long = "dht-bind", value_name = "IP", default_value = "0.0.0.0")]
     dht_bind: IpAddr,
+
+    /// Run the DHT dual-stack with its IPv6 socket on this address (BEP 32); the Grape does not
+    /// start if it cannot be bound. Default: `::` beside `--dht-bind 0.0.0.0` where the host has
+    /// IPv6, IPv4 only otherwise.
+    #[arg(long = "dht-bind6", value_name = "IPV6", conflicts_with = "no_ipv6")]
+    dht_bind6: Option<std::net::Ipv6Addr>,
+
+    /// Run the DHT over IPv4 only (no IPv6 socket beside `--dht-bind`).
+    #[arg(long = "no-ipv6")]
+    no_ipv6: bool,
+
+    /// On a dual-stack DHT, announce services over IPv6 too (for services listening on IPv6).
+    #[arg(long = "announce-ipv6")]
+    announce_ipv6: bool,
 
     /// Most HTTP connections served at once; further ones are closed at once.
     #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000)]
@@ -147,6 +162,12 @@ fn config_from(cli: &Cli) -> GrapeConfig {
         .max_peers(cli.max_peers)
         .check_max_payload_size(if cli.max_payload == 0 { usize::MAX } else { cli.max_payload })
         .dht_bind(cli.dht_bind)
+        .dht_ipv6(match (cli.no_ipv6, cli.dht_bind6) {
+            (true, _) => grenache::grape::DhtIpv6::Off,
+            (false, Some(ip)) => grenache::grape::DhtIpv6::Bind(ip),
+            (false, None) => grenache::grape::DhtIpv6::Auto,
+        })
+        .announce_ipv6(cli.announce_ipv6)
         .max_connections(cli.max_connections)
         .max_connections_per_ip(cli.max_connections_per_ip)
         .read_deadlines(grenache::transport::ReadDeadlines {

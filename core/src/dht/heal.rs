@@ -31,7 +31,7 @@
 //!   ours), which costs no message at all.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
@@ -84,7 +84,7 @@ pub(super) struct Dormant {
 /// The maintenance schedule and its budget.
 #[derive(Debug)]
 pub(crate) struct Heal {
-    pub(super) dormant: HashMap<SocketAddrV4, Dormant>,
+    pub(super) dormant: HashMap<SocketAddr, Dormant>,
     pub(super) tokens: f64,
     pub(super) rate: f64,
     pub(super) last_fill: Instant,
@@ -137,7 +137,7 @@ impl Heal {
         self.next_round = self.next_round.min(now);
     }
 
-    pub(super) fn remember(&mut self, addr: SocketAddrV4, bootstrap: bool, now: Instant) {
+    pub(super) fn remember(&mut self, addr: SocketAddr, bootstrap: bool, now: Instant) {
         if self.dormant.contains_key(&addr) {
             return;
         }
@@ -151,7 +151,7 @@ impl Heal {
         self.dormant.insert(addr, Dormant { since: now, next, tries: 0, bootstrap });
     }
 
-    pub(super) fn retried(&mut self, addr: SocketAddrV4, now: Instant) {
+    pub(super) fn retried(&mut self, addr: SocketAddr, now: Instant) {
         let Some(d) = self.dormant.get_mut(&addr) else { return };
         let silent = now.saturating_duration_since(d.since);
         if silent >= DORMANT_FORGET && !d.bootstrap {
@@ -173,8 +173,8 @@ impl Heal {
 mod tests {
     use super::*;
 
-    fn addr(p: u16) -> SocketAddrV4 {
-        SocketAddrV4::new([127, 0, 0, 1].into(), p)
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::new([127, 0, 0, 1].into(), p)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! so that they can be tested without one.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,7 +22,7 @@ impl Inner {
     /// A query sent by the maintenance (counted apart).
     pub(crate) async fn maint_query(
         self: &Arc<Self>,
-        to: SocketAddrV4,
+        to: SocketAddr,
         method: Method,
     ) -> std::result::Result<krpc::Response, QueryError> {
         self.counters.maintenance.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +122,7 @@ impl Inner {
         let boot = self.bootstrap_addrs().await;
         {
             let now = Instant::now();
-            let present: HashSet<SocketAddrV4> = self.state().table.all().iter().map(|n| n.addr).collect();
+            let present: HashSet<SocketAddr> = self.state().table.all().iter().map(|n| n.addr).collect();
             let mut h = lock(&self.heal);
             for a in boot.into_iter().filter(|a| !present.contains(a)) {
                 h.remember(a, true, now);
@@ -139,7 +139,7 @@ impl Inner {
             let (removed, len, present) = {
                 let mut st = self.state();
                 let removed = st.table.take_removed();
-                let present: HashSet<SocketAddrV4> =
+                let present: HashSet<SocketAddr> =
                     if any_dormant || !removed.is_empty() { st.table.all().iter().map(|n| n.addr).collect() } else { HashSet::new() };
                 (removed, st.table.len(), present)
             };
@@ -281,14 +281,14 @@ impl Inner {
     /// A `find_node` walk towards `target` on the maintenance budget; nodes in `asked` (already
     /// queried in this round) are not queried again. Answers add their senders to the table
     /// (in `query`), timeouts remove them.
-    async fn refresh_walk(self: &Arc<Self>, target: [u8; 20], asked: &mut HashSet<SocketAddrV4>) {
-        let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, bool)> = BTreeMap::new();
+    async fn refresh_walk(self: &Arc<Self>, target: [u8; 20], asked: &mut HashSet<SocketAddr>) {
+        let mut cands: BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddr, bool)> = BTreeMap::new();
         for n in self.state().table.closest(&target, K) {
             cands.insert((routing::distance(&target, &n.id), n.id), (n.addr, false));
         }
         let mut sent = 0usize;
         while sent < WALK_MAX_QUERIES {
-            let batch: Vec<([u8; 20], SocketAddrV4)> = cands
+            let batch: Vec<([u8; 20], SocketAddr)> = cands
                 .iter_mut()
                 .take(K)
                 .filter(|(_, (a, done))| !*done && !asked.contains(a))

@@ -10,7 +10,7 @@
 //! Unknown keys are ignored (mainline's `v`, `ro`, `ip`...).
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::bencode::{self, Value};
 
@@ -45,6 +45,19 @@ pub struct Query {
     /// routing tables. (bittorrent-dht ignores `ro`; honouring it keeps read-only clients such as
     /// `mainline` in client mode out of our tables.)
     pub read_only: bool,
+    /// BEP 32 `a.want` (`find_node`, `get_peers`, `get`): the address families whose nodes the
+    /// sender wants back. `None` (absent, or not a list) means the family of the socket the query
+    /// came in on. bittorrent-dht ignores the key.
+    pub want: Option<Want>,
+}
+
+/// The families a BEP 32 `want` list asks for (`"n4"`, `"n6"`; other entries are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Want {
+    /// `"n4"`: IPv4 nodes, in `nodes`.
+    pub n4: bool,
+    /// `"n6"`: IPv6 nodes, in `nodes6`.
+    pub n6: bool,
 }
 
 /// Query methods and their arguments.
@@ -123,6 +136,8 @@ pub struct Response {
     pub id: Option<Vec<u8>>,
     /// `r.nodes`: raw compact node info (26 bytes per node); see [`decode_nodes`].
     pub nodes: Option<Vec<u8>>,
+    /// `r.nodes6` (BEP 32): raw compact IPv6 node info (38 bytes per node); see [`decode_nodes6`].
+    pub nodes6: Option<Vec<u8>>,
     /// `r.values`: list of compact peers (6 bytes each when valid).
     pub values: Option<Vec<Vec<u8>>>,
     /// `r.token`.
@@ -237,6 +252,13 @@ fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
     };
     let id = opt_bytes(a, "id")?;
     let read_only = matches!(top.get(&b"ro"[..]), Some(Value::Int(i)) if *i != 0);
+    let want = match a.get(&b"want"[..]) {
+        Some(Value::List(l)) => Some(Want {
+            n4: l.iter().any(|w| matches!(w, Value::Bytes(b) if b == b"n4")),
+            n6: l.iter().any(|w| matches!(w, Value::Bytes(b) if b == b"n6")),
+        }),
+        _ => None,
+    };
     let method = match q.as_slice() {
         b"ping" => Method::Ping,
         b"find_node" => Method::FindNode { target: opt_bytes(a, "target")? },
@@ -265,7 +287,7 @@ fn decode_query(top: &Dict) -> Result<Query, KrpcDecodeError> {
         }),
         _ => Method::Other(q),
     };
-    Ok(Query { id, method, read_only })
+    Ok(Query { id, method, read_only, want })
 }
 
 fn opt_byte_list(r: &Dict, key: &'static str) -> Result<Option<Vec<Vec<u8>>>, KrpcDecodeError> {
@@ -290,6 +312,7 @@ fn decode_response(r: &Dict) -> Result<Response, KrpcDecodeError> {
     Ok(Response {
         id: opt_bytes(r, "id")?,
         nodes: opt_bytes(r, "nodes")?,
+        nodes6: opt_bytes(r, "nodes6")?,
         values,
         token: opt_bytes(r, "token")?,
         v: r.get(&b"v"[..]).cloned(),
@@ -365,6 +388,16 @@ impl Message {
                     }
                     Method::Other(name) => name,
                 };
+                if let Some(w) = q.want {
+                    let mut l = Vec::new();
+                    if w.n4 {
+                        l.push(Value::Bytes(b"n4".to_vec()));
+                    }
+                    if w.n6 {
+                        l.push(Value::Bytes(b"n6".to_vec()));
+                    }
+                    a.insert(b"want".to_vec(), Value::List(l));
+                }
                 top.insert(b"q".to_vec(), Value::Bytes(name.to_vec()));
                 if q.read_only {
                     top.insert(b"ro".to_vec(), Value::Int(1));
@@ -376,6 +409,7 @@ impl Message {
                 let mut d = Dict::new();
                 put_bytes(&mut d, "id", &r.id);
                 put_bytes(&mut d, "nodes", &r.nodes);
+                put_bytes(&mut d, "nodes6", &r.nodes6);
                 if let Some(values) = &r.values {
                     d.insert(b"values".to_vec(), Value::List(values.iter().map(|v| Value::Bytes(v.clone())).collect()));
                 }
@@ -406,28 +440,58 @@ impl Message {
     }
 }
 
-/// A node from a compact `nodes` list.
+/// A node from a compact `nodes` (IPv4) or `nodes6` (IPv6, BEP 32) list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeInfo {
     /// 20-byte node id.
     pub id: [u8; 20],
-    /// IPv4 address and port.
-    pub addr: SocketAddrV4,
+    /// Address and port (IPv4 in `nodes`, IPv6 in `nodes6`).
+    pub addr: SocketAddr,
 }
 
-/// Encodes nodes as 26-byte compact entries.
+/// Length of a compact IPv4 node entry (`nodes`).
+pub const NODE_LEN: usize = 26;
+/// Length of a compact IPv6 node entry (`nodes6`, BEP 32).
+pub const NODE6_LEN: usize = 38;
+
+/// Encodes the IPv4 nodes of `nodes` as 26-byte compact entries (the `nodes` key); IPv6 nodes
+/// are left out.
 pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nodes.len() * 26);
-    for n in nodes {
+    encode_family(nodes, false)
+}
+
+/// Encodes the IPv6 nodes of `nodes` as 38-byte compact entries (the `nodes6` key of BEP 32);
+/// IPv4 nodes are left out.
+pub fn encode_nodes6(nodes: &[NodeInfo]) -> Vec<u8> {
+    encode_family(nodes, true)
+}
+
+fn encode_family(nodes: &[NodeInfo], v6: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nodes.len() * if v6 { NODE6_LEN } else { NODE_LEN });
+    for n in nodes.iter().filter(|n| n.addr.is_ipv6() == v6) {
         out.extend_from_slice(&n.id);
         out.extend_from_slice(&encode_peer(n.addr));
     }
     out
 }
 
-/// Decodes 26-byte compact entries; a trailing partial entry and entries with port 0 are skipped.
+/// Decodes a `nodes` value: 26-byte IPv4 entries. A value whose length is not a multiple of 26
+/// (e.g. IPv6 entries where IPv4 ones belong) is dropped whole; entries with port 0 are skipped.
 pub fn decode_nodes(buf: &[u8]) -> Vec<NodeInfo> {
-    buf.chunks_exact(26)
+    decode_family(buf, NODE_LEN)
+}
+
+/// Decodes a `nodes6` value: 38-byte IPv6 entries (BEP 32). A value whose length is not a
+/// multiple of 38 is dropped whole; entries with port 0 are skipped.
+pub fn decode_nodes6(buf: &[u8]) -> Vec<NodeInfo> {
+    decode_family(buf, NODE6_LEN)
+}
+
+fn decode_family(buf: &[u8], len: usize) -> Vec<NodeInfo> {
+    if !buf.len().is_multiple_of(len) {
+        return Vec::new();
+    }
+    buf.chunks_exact(len)
         .filter_map(|c| {
             let mut id = [0u8; 20];
             id.copy_from_slice(&c[..20]);
@@ -437,23 +501,44 @@ pub fn decode_nodes(buf: &[u8]) -> Vec<NodeInfo> {
         .collect()
 }
 
-/// 6-byte compact IPv4 peer.
-pub fn encode_peer(addr: SocketAddrV4) -> [u8; 6] {
-    let o = addr.ip().octets();
-    let p = addr.port().to_be_bytes();
-    [o[0], o[1], o[2], o[3], p[0], p[1]]
+/// Compact peer: 6 bytes for IPv4 (BEP 5), 18 for IPv6 (BEP 32). An IPv4-mapped IPv6 address
+/// is written as the IPv4 address it maps.
+pub fn encode_peer(addr: SocketAddr) -> Vec<u8> {
+    let mut out = match canonical(addr) {
+        SocketAddr::V4(a) => a.ip().octets().to_vec(),
+        SocketAddr::V6(a) => a.ip().octets().to_vec(),
+    };
+    out.extend_from_slice(&addr.port().to_be_bytes());
+    out
 }
 
-/// Decodes a 6-byte compact peer; `None` when the length is not 6 or the port is 0.
-pub fn decode_peer(b: &[u8]) -> Option<SocketAddrV4> {
-    if b.len() != 6 {
-        return None;
-    }
-    let port = u16::from_be_bytes([b[4], b[5]]);
+/// Decodes a compact peer of 6 (IPv4) or 18 (IPv6) bytes; `None` for any other length or port 0.
+pub fn decode_peer(b: &[u8]) -> Option<SocketAddr> {
+    let (ip, port) = match b.len() {
+        6 => (IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])), [b[4], b[5]]),
+        18 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&b[..16]);
+            (IpAddr::V6(Ipv6Addr::from(o)), [b[16], b[17]])
+        }
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(port);
     if port == 0 {
         return None;
     }
-    Some(SocketAddrV4::new(Ipv4Addr::new(b[0], b[1], b[2], b[3]), port))
+    Some(canonical(SocketAddr::new(ip, port)))
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into the IPv4 address.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(IpAddr::V4(ip), a.port()),
+            None => addr,
+        },
+        a => a,
+    }
 }
 
 #[cfg(test)]
@@ -465,7 +550,7 @@ mod tests {
     const ID: &[u8; 20] = b"abcdefghij0123456789";
 
     fn q(t: &[u8], method: Method) -> Message {
-        Message { t: t.to_vec(), body: Body::Query(Query { id: Some(ID.to_vec()), method, read_only: false }) }
+        Message { t: t.to_vec(), body: Body::Query(Query { id: Some(ID.to_vec()), method, read_only: false, want: None }) }
     }
 
     /// The captured grape queries of spec §4.2, byte for byte.
@@ -549,7 +634,7 @@ mod tests {
         let Body::Response(r) = &m.body else { panic!("not a response") };
         assert_eq!(r.token.as_deref(), Some(&tok[..]));
         let peers: Vec<_> = r.values.as_ref().unwrap().iter().filter_map(|v| decode_peer(v)).collect();
-        assert_eq!(peers, vec!["127.0.0.1:1337".parse::<SocketAddrV4>().unwrap()]);
+        assert_eq!(peers, vec!["127.0.0.1:1337".parse::<SocketAddr>().unwrap()]);
         assert_eq!(m.encode(), gp);
 
         let nodes = encode_nodes(&[
@@ -596,6 +681,55 @@ mod tests {
         assert!(matches!(m.body, Body::Query(Query { read_only: true, .. })));
     }
 
+    /// BEP 32: `want` on queries, `nodes6` (38-byte entries) and 18-byte peers in replies; a
+    /// `nodes`/`nodes6` value of the wrong length is dropped whole, never misread.
+    #[test]
+    fn bep32_want_nodes6_and_ipv6_peers() {
+        let mut m = q(b"\x00\x07", Method::FindNode { target: Some(ID.to_vec()) });
+        if let Body::Query(q) = &mut m.body {
+            q.want = Some(Want { n4: true, n6: true });
+        }
+        let enc = m.encode();
+        assert_eq!(
+            enc,
+            b"d1:ad2:id20:abcdefghij01234567896:target20:abcdefghij01234567894:wantl2:n42:n6ee1:q9:find_node1:t2:\x00\x071:y1:qe"
+        );
+        assert_eq!(decode(&enc).unwrap(), m);
+        // Unknown families are ignored; a `want` that is not a list is as if absent.
+        let m = decode(b"d1:ad2:id20:abcdefghij01234567894:wantl2:n62:n9i4eee1:q4:ping1:t2:aa1:y1:qe").unwrap();
+        assert!(matches!(m.body, Body::Query(Query { want: Some(Want { n4: false, n6: true }), .. })));
+        let m = decode(b"d1:ad2:id20:abcdefghij01234567894:want2:n6e1:q4:ping1:t2:aa1:y1:qe").unwrap();
+        assert!(matches!(m.body, Body::Query(Query { want: None, .. })));
+
+        let v6: SocketAddr = "[2001:db8::1]:20001".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:20001".parse().unwrap();
+        let nodes = [NodeInfo { id: [1; 20], addr: v4 }, NodeInfo { id: [2; 20], addr: v6 }];
+        let n4 = encode_nodes(&nodes);
+        let n6 = encode_nodes6(&nodes);
+        assert_eq!((n4.len(), n6.len()), (NODE_LEN, NODE6_LEN));
+        assert_eq!(decode_nodes(&n4), vec![nodes[0]]);
+        assert_eq!(decode_nodes6(&n6), vec![nodes[1]]);
+        // IPv6 entries where IPv4 ones belong (and the reverse), or a torn entry: dropped whole.
+        let thirteen_v6: Vec<u8> = n6.iter().copied().cycle().take(13 * NODE6_LEN).collect();
+        assert_eq!(thirteen_v6.len() % NODE_LEN, 0, "19 entries of 26 bytes by length");
+        assert!(decode_nodes(&n6).is_empty());
+        assert!(decode_nodes(&thirteen_v6[..13 * NODE6_LEN - 1]).is_empty());
+        assert!(decode_nodes6(&n4).is_empty());
+        assert!(decode_nodes6(&[n6.clone(), vec![0; 5]].concat()).is_empty());
+        assert_eq!(decode_nodes6(&[n6.clone(), n6.clone()].concat()).len(), 2);
+        // Peers: 6 or 18 bytes; mapped addresses are written as IPv4.
+        assert_eq!(encode_peer(v6).len(), 18);
+        assert_eq!(decode_peer(&encode_peer(v6)), Some(v6));
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:80".parse().unwrap();
+        assert_eq!(encode_peer(mapped), encode_peer("10.0.0.1:80".parse().unwrap()));
+        for len in [0, 5, 7, 17, 19, 26] {
+            assert_eq!(decode_peer(&vec![1; len]), None, "{len} bytes");
+        }
+        let r = Response { id: Some(ID.to_vec()), nodes6: Some(n6.clone()), values: Some(vec![encode_peer(v6)]), ..Default::default() };
+        let m = Message { t: b"tb".to_vec(), body: Body::Response(r) };
+        assert_eq!(decode(&m.encode()).unwrap(), m);
+    }
+
     fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..max)
     }
@@ -634,8 +768,13 @@ mod tests {
 
     fn arb_body() -> impl Strategy<Value = Body> {
         prop_oneof![
-            (proptest::option::of(bytes(24)), arb_method(), any::<bool>())
-                .prop_map(|(id, method, read_only)| Body::Query(Query { id, method, read_only })),
+            (proptest::option::of(bytes(24)), arb_method(), any::<bool>(), proptest::option::of((any::<bool>(), any::<bool>())))
+                .prop_map(|(id, method, read_only, want)| Body::Query(Query {
+                    id,
+                    method,
+                    read_only,
+                    want: want.map(|(n4, n6)| Want { n4, n6 }),
+                })),
             (
                 proptest::option::of(bytes(24)),
                 proptest::option::of(bytes(60)),
@@ -647,10 +786,12 @@ mod tests {
                 proptest::option::of(any::<i64>()),
                 proptest::option::of(proptest::collection::vec(bytes(8), 0..3)),
                 proptest::option::of(bytes(6)),
+                proptest::option::of(bytes(76)),
             )
-                .prop_map(|(id, nodes, values, token, v, k, sig, seq, gone, ip)| Body::Response(Response {
+                .prop_map(|(id, nodes, values, token, v, k, sig, seq, gone, ip, nodes6)| Body::Response(Response {
                     id,
                     nodes,
+                    nodes6,
                     values,
                     token,
                     v,

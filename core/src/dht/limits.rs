@@ -2,7 +2,7 @@
 //! per address), and the bounds of the peer store ([`PeerStoreLimits`]: key length, bytes, records
 //! per address). A refused query is dropped unanswered, counted, and logged at most once a second.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -30,11 +30,27 @@ impl Default for DhtLimits {
     }
 }
 
-/// A token bucket per source address.
+/// The key under which limits per source count an address: the address itself for IPv4, its
+/// /64 prefix for IPv6 (one host commonly holds a whole /64, so counting its addresses one by
+/// one would let it multiply its share).
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A token bucket per source address (per /64 for IPv6, see [`source_key`]).
 pub(crate) struct QueryRate {
     rate: f64,
     burst: f64,
-    buckets: lru::LruCache<Ipv4Addr, (f64, Instant)>,
+    buckets: lru::LruCache<IpAddr, (f64, Instant)>,
     refused: u64,
     logged_at: Option<Instant>,
     refused_at_log: u64,
@@ -53,10 +69,11 @@ impl QueryRate {
     }
 
     /// Whether a query from `ip` may be answered now (taking a token when it may).
-    pub(crate) fn allow(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
+        let ip = source_key(ip);
         let (rate, burst) = (self.rate, self.burst);
         let (tokens, at) = self.buckets.get_or_insert_mut(ip, || (burst, now));
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
@@ -76,10 +93,11 @@ impl QueryRate {
 
     /// Whether `ip` has spent its bucket (refilled to now, nothing taken): its datagrams are then
     /// dropped before they are even decoded, so that a flood costs as little as possible.
-    pub(crate) fn exhausted(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+    pub(crate) fn exhausted(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return false;
         }
+        let ip = source_key(ip);
         let rate = self.rate;
         match self.buckets.peek_mut(&ip) {
             Some((tokens, at)) if *tokens < 1.0 => {
@@ -108,8 +126,8 @@ mod tests {
     fn a_bucket_per_source_refills_at_its_rate() {
         let mut q = QueryRate::new(&DhtLimits { queries_per_second: 10.0, query_burst: 3.0, tracked_sources: 2, ..Default::default() });
         let t0 = Instant::now();
-        let a = Ipv4Addr::new(10, 0, 0, 1);
-        let b = Ipv4Addr::new(10, 0, 0, 2);
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let b = IpAddr::from([10, 0, 0, 2]);
         assert!((0..3).all(|_| q.allow(a, t0)), "the burst");
         assert!(!q.allow(a, t0), "then refused");
         assert!(q.allow(b, t0), "another source has its own bucket");

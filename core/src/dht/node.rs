@@ -8,7 +8,7 @@
 //! replies; every one of them races a `CancellationToken` that `shutdown` fires.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bencode;
 use super::heal::{Counters, Heal};
-use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response};
+use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response, Want};
 use super::routing::{self, Insert, K, RoutingTable};
 use super::limits::QueryRate;
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, Tombstones, ValueStore};
@@ -90,23 +90,23 @@ pub(crate) fn krpc_error_to_error(e: &KrpcError) -> Error {
 }
 
 struct Pending {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     tx: oneshot::Sender<std::result::Result<Response, KrpcError>>,
 }
 
 /// A per-target table of token-holding nodes: when it was built, the nodes, and how many nodes
 /// the routing table held then.
 type CachedTable = (Instant, Arc<Vec<TokenNode>>, usize);
-type WalkJob = (Option<[u8; 20]>, SocketAddrV4, u32, std::result::Result<Response, QueryError>);
+type WalkJob = (Option<[u8; 20]>, SocketAddr, u32, std::result::Result<Response, QueryError>);
 type LookupResult = std::result::Result<Arc<LookupOutcome>, (ErrorKind, String)>;
 
 #[derive(Debug)]
 pub(crate) struct LookupOutcome {
-    pub(crate) peers: Vec<SocketAddrV4>,
+    pub(crate) peers: Vec<SocketAddr>,
     pub(crate) table: Arc<Vec<TokenNode>>,
     /// Peers that were unannounced lately (this node's tombstones and the `gone` lists of the
     /// replies); they are not in `peers`.
-    pub(crate) gone: Vec<SocketAddrV4>,
+    pub(crate) gone: Vec<SocketAddr>,
     /// How the walk went (for the simulator's report).
     pub(crate) trace: WalkTrace,
 }
@@ -190,12 +190,40 @@ impl State {
         self.tables.put(key, (Instant::now(), t, routing));
     }
 
-    fn nodes_reply(&self, target: &[u8]) -> Vec<u8> {
-        krpc::encode_nodes(&self.table.closest(target, MAX_REPLY_NODES))
+    /// The `nodes` and `nodes6` of a reply to `from` (BEP 32): the families `want` asks for, by
+    /// default the family of the request. This table holds the nodes of the request's family;
+    /// `other` those of the other family (`None` on a node of one family, which then answers
+    /// only for its own).
+    fn nodes_reply(&self, target: &[u8], from: SocketAddr, want: Option<Want>, other: Option<&[NodeInfo]>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let v6 = from.is_ipv6();
+        let own = || self.table.closest(target, MAX_REPLY_NODES);
+        let want = want.unwrap_or(Want { n4: !v6, n6: v6 });
+        let (mut nodes, mut nodes6) = (None, None);
+        if want.n4 {
+            nodes = if v6 { other.map(krpc::encode_nodes) } else { Some(krpc::encode_nodes(&own())) };
+        }
+        if want.n6 {
+            nodes6 = if v6 { Some(krpc::encode_nodes6(&own())) } else { other.map(krpc::encode_nodes6) };
+        }
+        if nodes.is_none() && nodes6.is_none() {
+            // Nothing asked for that this node has: its own family, as without `want`.
+            if v6 {
+                nodes6 = Some(krpc::encode_nodes6(&own()));
+            } else {
+                nodes = Some(krpc::encode_nodes(&own()));
+            }
+        }
+        (nodes, nodes6)
     }
 
     /// Answers one query from `from`, like bittorrent-dht 10 (§4.3), minus its crash bugs.
-    pub(crate) fn handle_query(&mut self, q: &Query, from: SocketAddrV4, now: Instant) -> Handled {
+    pub(crate) fn handle_query(&mut self, q: &Query, from: SocketAddr, now: Instant) -> Handled {
+        self.handle_query_with(q, from, now, None)
+    }
+
+    /// [`State::handle_query`] on a dual-stack node: `other` holds the nodes of the other
+    /// address family closest to the query's target, for a BEP 32 `want` that asks for them.
+    pub(crate) fn handle_query_with(&mut self, q: &Query, from: SocketAddr, now: Instant, other: Option<&[NodeInfo]>) -> Handled {
         let id = Some(self.id.to_vec());
         let none = Handled { reply: None, event: None };
         let reply = |r: Response| Handled { reply: Some(Body::Response(r)), event: None };
@@ -204,20 +232,24 @@ impl State {
             Method::Ping => reply(Response { id, ..Default::default() }),
             Method::FindNode { target } => match target {
                 None => error(203, "`find_node` missing required `a.target` field"),
-                Some(t) => reply(Response { id, nodes: Some(self.nodes_reply(t)), ..Default::default() }),
+                Some(t) => {
+                    let (nodes, nodes6) = self.nodes_reply(t, from, q.want, other);
+                    reply(Response { id, nodes, nodes6, ..Default::default() })
+                }
             },
             Method::GetPeers { info_hash } => {
                 let Some(ih) = info_hash else {
                     return error(203, "`get_peers` missing required `a.info_hash` field");
                 };
-                let token = Some(self.tokens.generate(*from.ip()).to_vec());
+                let token = Some(self.tokens.generate(from.ip()).to_vec());
                 let peers = self.peers.get(ih, MAX_REPLY_VALUES, now);
                 let gone = self.tombstones.get(ih, now);
-                let gone = (!gone.is_empty()).then(|| gone.iter().map(|p| krpc::encode_peer(*p).to_vec()).collect());
+                let gone = (!gone.is_empty()).then(|| gone.iter().map(|p| krpc::encode_peer(*p)).collect());
                 if peers.is_empty() {
-                    reply(Response { id, token, nodes: Some(self.nodes_reply(ih)), gone, ..Default::default() })
+                    let (nodes, nodes6) = self.nodes_reply(ih, from, q.want, other);
+                    reply(Response { id, token, nodes, nodes6, gone, ..Default::default() })
                 } else {
-                    let values = peers.iter().map(|p| krpc::encode_peer(*p).to_vec()).collect();
+                    let values = peers.iter().map(|p| krpc::encode_peer(*p)).collect();
                     reply(Response { id, token, values: Some(values), gone, ..Default::default() })
                 }
             }
@@ -228,10 +260,10 @@ impl State {
                     return none;
                 }
                 let (Some(ih), Some(token)) = (info_hash, token) else { return none };
-                if !self.tokens.validate(*from.ip(), token) {
+                if !self.tokens.validate(from.ip(), token) {
                     return error(203, "cannot `announce_peer` with bad token");
                 }
-                let peer = SocketAddrV4::new(*from.ip(), port);
+                let peer = SocketAddr::new(from.ip(), port);
                 match self.peers.add(ih, peer, now) {
                     AddPeer::Full => error(202, "peer store full"),
                     AddPeer::KeyTooLong => error(203, "`info_hash` too long"),
@@ -257,12 +289,12 @@ impl State {
                     self.unannounces.refused += 1;
                     return none;
                 }
-                if !self.tokens.validate(*from.ip(), token) {
+                if !self.tokens.validate(from.ip(), token) {
                     self.unannounces.refused += 1;
                     return error(203, "cannot `unannounce_peer` with bad token");
                 }
-                let peer = SocketAddrV4::new(*from.ip(), port);
-                let reply = Some(Body::Response(Response { id, ip: Some(krpc::encode_peer(peer).to_vec()), ..Default::default() }));
+                let peer = SocketAddr::new(from.ip(), port);
+                let reply = Some(Body::Response(Response { id, ip: Some(krpc::encode_peer(peer)), ..Default::default() }));
                 if self.peers.remove(ih, peer) {
                     self.unannounces.applied += 1;
                     self.tombstones.add(ih, peer, now);
@@ -274,7 +306,7 @@ impl State {
             }
             Method::Get { target } => {
                 let Some(target) = target else { return none };
-                let token = Some(self.tokens.generate(*from.ip()).to_vec());
+                let token = Some(self.tokens.generate(from.ip()).to_vec());
                 let item = <[u8; 20]>::try_from(target.as_slice()).ok().and_then(|t| self.values.get(&t).cloned());
                 match item.and_then(|it| Some((bencode::decode(&it.v_bencoded).ok()?, it))) {
                     Some((v, it)) => {
@@ -286,12 +318,15 @@ impl State {
                         }
                         reply(r)
                     }
-                    None => reply(Response { id, token, nodes: Some(self.nodes_reply(target)), ..Default::default() }),
+                    None => {
+                        let (nodes, nodes6) = self.nodes_reply(target, from, q.want, other);
+                        reply(Response { id, token, nodes, nodes6, ..Default::default() })
+                    }
                 }
             }
             Method::Put(a) => {
                 let (Some(_), Some(token), Some(_)) = (&a.v, &a.token, &q.id) else { return none };
-                if !self.tokens.validate(*from.ip(), token) {
+                if !self.tokens.validate(from.ip(), token) {
                     return error(203, "cannot `put` with bad token");
                 }
                 match self.values.apply_put(a) {
@@ -324,18 +359,27 @@ pub(crate) struct Inner {
     /// The self-healing maintenance's schedule and budget (see `heal`).
     pub(crate) heal: Mutex<Heal>,
     pub(crate) counters: Counters,
+    /// The node of the other address family on a dual-stack node (BEP 32): same id, its own
+    /// socket and routing table. Its nodes answer `want`, and nodes of its family learnt from
+    /// replies are handed to it.
+    pub(crate) sibling: std::sync::OnceLock<std::sync::Weak<Inner>>,
+    /// Whether this node reports [`DhtEvent::Ready`] (the IPv6 half of a dual-stack node does not:
+    /// the node is ready once, when its first half is).
+    emit_ready: bool,
+    /// This node's address as others reach it, when known: the bound address, or for an
+    /// unspecified one the source address the host's routes give (none without a route).
+    /// Advertised in the other half's BEP 32 replies.
+    advert: Option<SocketAddr>,
+    /// Probes (pings) of nodes learnt from the other family's replies, in flight.
+    probes: std::sync::atomic::AtomicUsize,
 }
+
+/// Most probes of nodes learnt through the other family in flight at once.
+const MAX_PROBES: usize = 16;
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DhtNode").field("id", &hex::encode(self.id)).field("local_addr", &self.local_addr).finish()
-    }
-}
-
-fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
-    match addr {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().map(|ip| SocketAddrV4::new(ip, a.port())),
     }
 }
 
@@ -360,7 +404,7 @@ impl Transport {
             Transport::Udp(s) => s.send_to(bytes, to).await.map(|_| ()),
             #[cfg(any(test, feature = "sim"))]
             Transport::Sim(e) => {
-                if let Some(to) = v4(to) {
+                if let SocketAddr::V4(to) = krpc::canonical(to) {
                     e.send(bytes, to);
                 }
                 Ok(())
@@ -370,30 +414,35 @@ impl Transport {
 }
 
 /// Capacity of the event channel of a node bound to a UDP socket.
-const EVENTS: usize = 1024;
+pub(crate) const EVENTS: usize = 1024;
 
 impl Inner {
-    pub(crate) async fn bind(config: DhtConfig) -> Result<Arc<Inner>> {
-        let socket = UdpSocket::bind(config.bind).await?;
-        Inner::start(config, Transport::Udp(socket), EVENTS)
-    }
-
     /// Starts a node on `transport`; `events` is the capacity of the event channel (a simulated
     /// network of thousands of nodes keeps it small: the channel's slots are allocated up front).
+    #[cfg(any(test, feature = "sim"))]
     pub(crate) fn start(config: DhtConfig, socket: Transport, events: usize) -> Result<Arc<Inner>> {
+        let (events, _) = broadcast::channel(events.max(1));
+        let inner = Inner::new(config, socket, events, true)?;
+        inner.run();
+        Ok(inner)
+    }
+
+    /// A node on `transport` that reports to `events` (shared by both halves of a dual-stack
+    /// node; only a node with `emit_ready` reports [`DhtEvent::Ready`]), not running yet: see
+    /// [`Inner::run`].
+    pub(crate) fn new(config: DhtConfig, socket: Transport, events: broadcast::Sender<DhtEvent>, emit_ready: bool) -> Result<Arc<Inner>> {
         let local_addr = socket.local_addr()?;
         let id = config.id.unwrap_or_else(|| {
             let mut id = [0u8; 20];
             rand::thread_rng().fill(&mut id);
             id
         });
-        let (events, _) = broadcast::channel(events.max(1));
         let (ready, _) = watch::channel(false);
         let config_limits = config.limits;
         let mut state = State::new(id, &config);
         // Saved nodes are usable at once; `heal` pings them and drops those that do not answer.
         let now = Instant::now();
-        for n in config.saved_nodes.iter().take(super::DhtState::MAX_NODES) {
+        for n in config.saved_nodes.iter().filter(|n| n.addr.is_ipv6() == local_addr.is_ipv6()).take(super::DhtState::MAX_NODES) {
             state.table.insert(*n, now);
         }
         let inner = Arc::new(Inner {
@@ -411,8 +460,18 @@ impl Inner {
             slots: tokio::sync::Semaphore::new(MAX_PENDING),
             query_rate: Mutex::new(QueryRate::new(&config_limits)),
             silent: Mutex::new(lru::LruCache::new(NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN))),
+            sibling: std::sync::OnceLock::new(),
+            advert: advertised(local_addr),
+            emit_ready,
+            probes: std::sync::atomic::AtomicUsize::new(0),
         });
-        let _ = inner.events.send(DhtEvent::Listening(local_addr));
+        Ok(inner)
+    }
+
+    /// Starts the node's tasks: receiving, maintenance, healing and the bootstrap walk.
+    pub(crate) fn run(self: &Arc<Self>) {
+        let inner = self;
+        let _ = inner.events.send(DhtEvent::Listening(inner.local_addr));
         let recv = tokio::spawn(Inner::recv_loop(inner.clone()));
         let maint = tokio::spawn(Inner::maintenance(inner.clone()));
         let heal = tokio::spawn(Inner::heal_loop(inner.clone()));
@@ -428,7 +487,6 @@ impl Inner {
             })
         };
         lock(&inner.tasks).extend([recv, maint, heal, boot]);
-        Ok(inner)
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -439,10 +497,54 @@ impl Inner {
         let _ = self.events.send(e);
     }
 
+    /// True for the node of the IPv6 family.
+    pub(crate) fn is_v6(&self) -> bool {
+        self.local_addr.is_ipv6()
+    }
+
+    /// The other family's node of a dual-stack node, while it runs.
+    pub(crate) fn sibling(&self) -> Option<Arc<Inner>> {
+        self.sibling.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// The `want` this node sends on `find_node`/`get_peers`/`get`: both families on a
+    /// dual-stack node (nodes of the other family go to its other half), none otherwise.
+    fn want(&self) -> Option<Want> {
+        self.sibling.get().is_some().then_some(Want { n4: true, n6: true })
+    }
+
+    /// Pings nodes of this node's family learnt from the other half's replies (BEP 32 `want`),
+    /// unless they are known already; a node that answers joins the routing table. At most
+    /// [`MAX_PROBES`] in flight: the rest is left for later replies.
+    pub(crate) fn probe(self: &Arc<Self>, nodes: Vec<NodeInfo>) {
+        use std::sync::atomic::Ordering;
+        for n in nodes {
+            if n.id == self.id || n.addr.is_ipv6() != self.is_v6() || self.cancel.is_cancelled() {
+                continue;
+            }
+            if self.state().table.addr_of(&n.id).is_some() {
+                continue;
+            }
+            if self.probes.fetch_add(1, Ordering::AcqRel) >= MAX_PROBES {
+                self.probes.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let cancel = inner.cancel.clone();
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = inner.maint_query(n.addr, Method::Ping) => {}
+                }
+                inner.probes.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+
     fn set_ready(&self) {
         if !*self.ready.borrow() {
             self.ready.send_replace(true);
-            if !self.cancel.is_cancelled() {
+            if self.emit_ready && !self.cancel.is_cancelled() {
                 self.emit(DhtEvent::Ready);
             }
         }
@@ -452,15 +554,14 @@ impl Inner {
         lock(&self.socket).clone().ok_or_else(|| Error::new(ErrorKind::Cancelled, "DHT node is shut down"))
     }
 
-    async fn send(&self, to: SocketAddrV4, bytes: &[u8]) -> Result<()> {
+    async fn send(&self, to: SocketAddr, bytes: &[u8]) -> Result<()> {
         if bytes.len() > 65_507 {
             return Err(Error::new(ErrorKind::PayloadTooLarge, "KRPC datagram too large"));
         }
+        if to.is_ipv6() != self.is_v6() {
+            return Err(Error::invalid(format!("{to} is not of this DHT socket's address family ({})", self.local_addr)));
+        }
         let sock = self.socket()?;
-        let to = match self.local_addr {
-            SocketAddr::V4(_) => SocketAddr::V4(to),
-            SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(to.ip().to_ipv6_mapped()), to.port()),
-        };
         sock.send_to(bytes, to).await?;
         Ok(())
     }
@@ -498,7 +599,7 @@ impl Inner {
                         _ = self.cancel.cancelled() => return,
                         d = e.recv() => d,
                     };
-                    self.on_datagram(&data, from).await;
+                    self.on_datagram(&data, SocketAddr::V4(from)).await;
                 }
             }
         };
@@ -510,7 +611,10 @@ impl Inner {
             };
             match r {
                 Ok((n, from)) => {
-                    let Some(from) = v4(from) else { continue };
+                    let from = krpc::canonical(from);
+                    if from.is_ipv6() != self.is_v6() {
+                        continue;
+                    }
                     self.on_datagram(&buf[..n], from).await;
                 }
                 Err(e) => {
@@ -526,9 +630,9 @@ impl Inner {
         }
     }
 
-    async fn on_datagram(self: &Arc<Self>, data: &[u8], from: SocketAddrV4) {
+    async fn on_datagram(self: &Arc<Self>, data: &[u8], from: SocketAddr) {
         // A source that spent its query rate is flooding: drop before decoding.
-        if self.sources().exhausted(*from.ip(), Instant::now()) {
+        if self.sources().exhausted(from.ip(), Instant::now()) {
             return;
         }
         let msg = match krpc::decode(data) {
@@ -542,7 +646,7 @@ impl Inner {
         match msg.body {
             Body::Query(q) => {
                 // Limits per source: a query over its address's rate is dropped unanswered.
-                if !self.sources().allow(*from.ip(), now) {
+                if !self.sources().allow(from.ip(), now) {
                     return;
                 }
                 if !q.read_only
@@ -550,7 +654,8 @@ impl Inner {
                 {
                     self.add_queried_node(NodeInfo { id, addr: from });
                 }
-                let handled = self.state().handle_query(&q, from, now);
+                let other = self.other_family_nodes(&q, from);
+                let handled = self.state().handle_query_with(&q, from, now, other.as_deref());
                 if let Some(e) = handled.event {
                     self.emit(e);
                 }
@@ -571,7 +676,7 @@ impl Inner {
                 let pending = {
                     let mut st = self.state();
                     match st.pending.get(&tid) {
-                        Some(p) if p.ip == *from.ip() => st.pending.remove(&tid),
+                        Some(p) if p.ip == from.ip() => st.pending.remove(&tid),
                         Some(_) => {
                             drop(st);
                             self.emit(DhtEvent::Warning(format!("out of order response from {from}")));
@@ -599,6 +704,29 @@ impl Inner {
                 let _ = p.tx.send(result);
             }
         }
+    }
+
+    /// For a query whose `want` asks for the other address family (BEP 32): the other half's
+    /// nodes closest to its target. Read before this node's state is locked (never both at once).
+    fn other_family_nodes(&self, q: &Query, from: SocketAddr) -> Option<Vec<NodeInfo>> {
+        let want = q.want?;
+        if !(if from.is_ipv6() { want.n4 } else { want.n6 }) {
+            return None;
+        }
+        let target = match &q.method {
+            Method::FindNode { target: Some(t) } | Method::Get { target: Some(t) } => t,
+            Method::GetPeers { info_hash: Some(t) } => t,
+            _ => return None,
+        };
+        let sibling = self.sibling()?;
+        let mut nodes = sibling.state().table.closest(target, MAX_REPLY_NODES);
+        // The other half itself, where its address is known: how the dual-stack nodes of a
+        // network bootstrapped over one family find each other's other family.
+        if let Some(addr) = sibling.advert {
+            nodes.truncate(MAX_REPLY_NODES - 1);
+            nodes.push(NodeInfo { id: sibling.id, addr });
+        }
+        Some(nodes)
     }
 
     /// Adds a node that sent us a query. Until it answers one of ours it is questionable (BEP 5):
@@ -645,7 +773,7 @@ impl Inner {
         match st.table.insert(info, now) {
             Insert::Added => {
                 drop(st);
-                self.emit(DhtEvent::Node(SocketAddr::V4(info.addr)));
+                self.emit(DhtEvent::Node(info.addr));
                 true
             }
             Insert::Full(oldest) => {
@@ -667,7 +795,7 @@ impl Inner {
                         st.table.remove(&oldest.id);
                         if st.table.insert(info, Instant::now()) == Insert::Added {
                             drop(st);
-                            inner.emit(DhtEvent::Node(SocketAddr::V4(info.addr)));
+                            inner.emit(DhtEvent::Node(info.addr));
                         }
                     }
                 });
@@ -689,7 +817,7 @@ impl Inner {
     // ---------------------------------------------------------------- client side
 
     /// Sends one query and waits for its reply (or error, or timeout).
-    pub(crate) async fn query(self: &Arc<Self>, to: SocketAddrV4, method: Method) -> std::result::Result<Response, QueryError> {
+    pub(crate) async fn query(self: &Arc<Self>, to: SocketAddr, method: Method) -> std::result::Result<Response, QueryError> {
         // at most MAX_PENDING transactions: further queries wait for a slot (like k-rpc's queue)
         let _slot = self.slots.acquire().await.map_err(|_| QueryError::Other(Error::new(ErrorKind::Cancelled, "DHT node is shut down")))?;
         let (tid, rx) = {
@@ -706,7 +834,7 @@ impl Inner {
             }
             st.next_tid = tid;
             let (tx, rx) = oneshot::channel();
-            st.pending.insert(tid, Pending { ip: *to.ip(), tx });
+            st.pending.insert(tid, Pending { ip: to.ip(), tx });
             (tid, rx)
         };
         struct Guard<'a>(&'a Inner, u16);
@@ -717,7 +845,11 @@ impl Inner {
         }
         let _guard = Guard(self, tid);
         self.counters.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let query = Query { id: Some(self.id.to_vec()), method, read_only: false };
+        let want = match method {
+            Method::FindNode { .. } | Method::GetPeers { .. } | Method::Get { .. } => self.want(),
+            _ => None,
+        };
+        let query = Query { id: Some(self.id.to_vec()), method, read_only: false, want };
         let msg = Message { t: tid.to_be_bytes().to_vec(), body: Body::Query(query) };
         self.send(to, &msg.encode()).await.map_err(QueryError::Other)?;
         match tokio::time::timeout(self.config.query_timeout, rx).await {
@@ -728,11 +860,11 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn bootstrap_addrs(&self) -> Vec<SocketAddrV4> {
+    pub(crate) async fn bootstrap_addrs(&self) -> Vec<SocketAddr> {
         let mut out = Vec::new();
         for b in &self.config.bootstrap {
             match tokio::net::lookup_host(b.as_str()).await {
-                Ok(addrs) => out.extend(addrs.filter_map(v4)),
+                Ok(addrs) => out.extend(addrs.map(krpc::canonical).filter(|a| a.is_ipv6() == self.is_v6())),
                 Err(e) => self.emit(DhtEvent::Warning(format!("cannot resolve bootstrap node {b}: {e}"))),
             }
         }
@@ -753,7 +885,7 @@ impl Inner {
     /// returns false to stop early. Returns the token-holding responders, closest first.
     pub(crate) async fn walk<F>(self: &Arc<Self>, target: Vec<u8>, method: Method, force_bootstrap: bool, visit: F) -> Vec<TokenNode>
     where
-        F: FnMut(&Response, SocketAddrV4) -> bool,
+        F: FnMut(&Response, SocketAddr) -> bool,
     {
         self.walk_traced(target, method, force_bootstrap, visit, &mut WalkTrace::default()).await
     }
@@ -768,7 +900,7 @@ impl Inner {
         trace: &mut WalkTrace,
     ) -> Vec<TokenNode>
     where
-        F: FnMut(&Response, SocketAddrV4) -> bool,
+        F: FnMut(&Response, SocketAddr) -> bool,
     {
         #[derive(PartialEq)]
         enum St {
@@ -778,11 +910,11 @@ impl Inner {
             Failed,
         }
         // (distance, id) -> (address, state, hops)
-        type Cands = BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddrV4, St, u32)>;
+        type Cands = BTreeMap<(Vec<u8>, [u8; 20]), (SocketAddr, St, u32)>;
         let mut cands: Cands = BTreeMap::new();
         let mut closest: Option<Vec<u8>> = None;
         let started = Instant::now();
-        let mut asked_addrs: HashSet<SocketAddrV4> = HashSet::new();
+        let mut asked_addrs: HashSet<SocketAddr> = HashSet::new();
         let mut tokens: Vec<TokenNode> = Vec::new();
         // Questionable nodes (never answered us) are not where a lookup starts, unless no good
         // node is known at all (a node that only others bootstrapped from).
@@ -865,8 +997,15 @@ impl Inner {
                             tokens.push(TokenNode { info: NodeInfo { id: rid, addr }, token: tok.clone() });
                         }
                     }
-                    if let Some(nodes) = &r.nodes {
-                        for n in krpc::decode_nodes(nodes) {
+                    let (own, other) = if self.is_v6() { (&r.nodes6, &r.nodes) } else { (&r.nodes, &r.nodes6) };
+                    if let Some(other) = other
+                        && let Some(sibling) = self.sibling()
+                    {
+                        sibling.probe(if self.is_v6() { krpc::decode_nodes(other) } else { krpc::decode_nodes6(other) });
+                    }
+                    if let Some(nodes) = own {
+                        let nodes = if self.is_v6() { krpc::decode_nodes6(nodes) } else { krpc::decode_nodes(nodes) };
+                        for n in nodes {
                             if n.id == self.id {
                                 continue;
                             }
@@ -977,9 +1116,9 @@ impl Inner {
     }
 
     async fn run_lookup(self: &Arc<Self>, info_hash: Vec<u8>) -> LookupOutcome {
-        let mut seen: HashSet<SocketAddrV4> = HashSet::new();
+        let mut seen: HashSet<SocketAddr> = HashSet::new();
         let mut peers = Vec::new();
-        let mut gone: HashSet<SocketAddrV4> = HashSet::new();
+        let mut gone: HashSet<SocketAddr> = HashSet::new();
         let local = self.state().peers.get(&info_hash, MAX_LOCAL_PEERS, Instant::now());
         for p in local {
             if seen.insert(p) {
@@ -1011,7 +1150,7 @@ impl Inner {
         {
             let st = self.state();
             gone.extend(st.tombstones.get(&info_hash, now));
-            let fresh: HashSet<SocketAddrV4> = st.peers.get(&info_hash, MAX_LOCAL_PEERS, now).into_iter().collect();
+            let fresh: HashSet<SocketAddr> = st.peers.get(&info_hash, MAX_LOCAL_PEERS, now).into_iter().collect();
             gone.retain(|p| !fresh.contains(p));
         }
         peers.retain(|p| !gone.contains(p));
@@ -1065,8 +1204,8 @@ impl Inner {
             Some(t) => t,
             None => self.lookup(info_hash).await?.table.clone(),
         };
-        if let Some(host) = self.config.self_host {
-            let peer = SocketAddrV4::new(host, port);
+        if let Some(host) = self.config.self_host.filter(|h| h.is_ipv6() == self.is_v6()) {
+            let peer = SocketAddr::new(host, port);
             let added = self.state().peers.add(info_hash, peer, Instant::now());
             if matches!(added, AddPeer::Added | AddPeer::Refreshed) {
                 self.emit(DhtEvent::Announce { info_hash: info_hash.to_vec(), peer });
@@ -1097,9 +1236,9 @@ impl Inner {
             Some(t) => t,
             None => self.lookup(info_hash).await?.table.clone(),
         };
-        let mut removed: Vec<SocketAddrV4> = Vec::new();
-        if let Some(host) = self.config.self_host {
-            removed.push(SocketAddrV4::new(host, port));
+        let mut removed: Vec<SocketAddr> = Vec::new();
+        if let Some(host) = self.config.self_host.filter(|h| h.is_ipv6() == self.is_v6()) {
+            removed.push(SocketAddr::new(host, port));
         }
         if table.is_empty() && removed.is_empty() {
             return Err(Error::new(ErrorKind::NoNodes, "No nodes to query"));
@@ -1335,6 +1474,37 @@ impl Inner {
     }
 }
 
+/// The address others reach a node bound to `local` at: `local` itself, or when it is
+/// unspecified the source address the host's routes pick towards a global address (a UDP
+/// `connect` sends nothing); `None` when there is no such route.
+fn advertised(local: SocketAddr) -> Option<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return Some(local);
+    }
+    let (any, probe): (SocketAddr, SocketAddr) = if local.is_ipv6() {
+        (SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)), SocketAddr::from((std::net::Ipv6Addr::new(0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888), 53)))
+    } else {
+        (SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 53)))
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(probe).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(SocketAddr::new(ip, local.port()))
+}
+
+/// A UDP socket bound to `addr`; an IPv6 address gets an IPv6-only socket (`IPV6_V6ONLY`), so
+/// that IPv4 traffic goes to the IPv4 socket of a dual-stack node, or nowhere.
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Delay until the next liveness check: 30-90 s like bittorrent-dht, but never more than
 /// 0.5-1.5x `node_liveness` (so short liveness settings, e.g. in tests, are honoured), and
 /// at least 100 ms.
@@ -1374,8 +1544,8 @@ pub const FUZZ_TOKEN_PLACEHOLDER: &[u8; 20] = b"TOKENTOKENTOKENTOKEN";
 pub fn answer_datagrams(datagrams: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
     let cfg = DhtConfig { max_peers: 64, max_values: 16, ..DhtConfig::default() };
     let mut st = State::new([0x55; 20], &cfg);
-    let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6881);
-    let token = st.tokens.generate(*from.ip());
+    let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6881);
+    let token = st.tokens.generate(from.ip());
     let now = Instant::now();
     datagrams
         .iter()
@@ -1414,12 +1584,12 @@ mod tests {
         State::new([9; 20], &cfg)
     }
 
-    fn from() -> SocketAddrV4 {
+    fn from() -> SocketAddr {
         "127.0.0.1:5555".parse().unwrap()
     }
 
     fn query(method: Method) -> Query {
-        Query { id: Some(vec![1; 20]), method, read_only: false }
+        Query { id: Some(vec![1; 20]), method, read_only: false, want: None }
     }
 
     #[test]
@@ -1465,7 +1635,7 @@ mod tests {
         let h = s.handle_query(&ann(Some(1337), false, Some(b"tok1".to_vec())), from(), now);
         assert_eq!(h.reply, Some(Body::Error(KrpcError::new(203, "cannot `announce_peer` with bad token"))));
         // token from another IP: 203
-        let other: SocketAddrV4 = "127.0.0.2:5555".parse().unwrap();
+        let other: SocketAddr = "127.0.0.2:5555".parse().unwrap();
         assert!(matches!(s.handle_query(&ann(Some(1337), false, Some(token.clone())), other, now).reply, Some(Body::Error(_))));
         // ok
         let h = s.handle_query(&ann(Some(1337), false, Some(token.clone())), from(), now);
@@ -1487,9 +1657,9 @@ mod tests {
         let mut s = state();
         let now = Instant::now();
         let ih = b"svc:unann".to_vec();
-        let a: SocketAddrV4 = "127.0.0.1:5555".parse().unwrap();
-        let b: SocketAddrV4 = "127.0.0.2:5555".parse().unwrap();
-        let token_of = |s: &mut State, from: SocketAddrV4| {
+        let a: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        let b: SocketAddr = "127.0.0.2:5555".parse().unwrap();
+        let token_of = |s: &mut State, from: SocketAddr| {
             let h = s.handle_query(&query(Method::GetPeers { info_hash: Some(ih.clone()) }), from, now);
             let Some(Body::Response(r)) = h.reply else { panic!() };
             r.token.unwrap()
@@ -1540,8 +1710,8 @@ mod tests {
     fn a_flood_of_unannounces_is_bounded() {
         let mut s = state();
         let now = Instant::now();
-        let a: SocketAddrV4 = "127.0.0.1:5555".parse().unwrap();
-        let token = s.tokens.generate(*a.ip()).to_vec();
+        let a: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        let token = s.tokens.generate(a.ip()).to_vec();
         for i in 0..20_000u32 {
             let ih = format!("svc:{i}").into_bytes();
             let ann = query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port: Some(1000), implied_port: false, token: Some(token.clone()) });

@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -235,7 +235,7 @@ impl RoutingTable {
     }
 
     /// Address of a node, by id.
-    pub fn addr_of(&self, id: &[u8; 20]) -> Option<SocketAddrV4> {
+    pub fn addr_of(&self, id: &[u8; 20]) -> Option<SocketAddr> {
         self.buckets[self.bucket_index(id)].iter().find(|e| &e.info.id == id).map(|e| e.info.addr)
     }
 }
@@ -270,7 +270,7 @@ mod tests {
         for b in [0x10u8, 0x41, 0x43, 0x80] {
             let mut id = [b; 20];
             id[19] = 1;
-            t.insert(NodeInfo { id, addr: SocketAddrV4::new([127, 0, 0, 1].into(), 1000 + u16::from(b)) }, now);
+            t.insert(NodeInfo { id, addr: SocketAddr::new([127, 0, 0, 1].into(), 1000 + u16::from(b)) }, now);
         }
         // target "B" = 0x42: 0x43 (xor 1) then 0x41 (xor 3), then 0x10 (0x52), then 0x80 (0xc2).
         let c: Vec<u8> = t.closest(b"B", 10).iter().map(|n| n.id[0]).collect();
@@ -287,14 +287,14 @@ mod tests {
         for i in 0..K as u8 {
             let mut id = [0x80; 20];
             id[19] = i;
-            assert_eq!(t.insert(NodeInfo { id, addr: SocketAddrV4::new([127, 0, 0, 1].into(), 2000 + u16::from(i)) }, now), Insert::Added);
+            assert_eq!(t.insert(NodeInfo { id, addr: SocketAddr::new([127, 0, 0, 1].into(), 2000 + u16::from(i)) }, now), Insert::Added);
         }
         let mut id = [0x80; 20];
         id[19] = 200;
-        let r = t.insert(NodeInfo { id, addr: SocketAddrV4::new([127, 0, 0, 1].into(), 3000) }, now);
+        let r = t.insert(NodeInfo { id, addr: SocketAddr::new([127, 0, 0, 1].into(), 3000) }, now);
         assert!(matches!(r, Insert::Full(_)));
         assert_eq!(t.len(), K);
-        assert_eq!(t.insert(NodeInfo { id: own, addr: SocketAddrV4::new([127, 0, 0, 1].into(), 1) }, now), Insert::Ignored);
+        assert_eq!(t.insert(NodeInfo { id: own, addr: SocketAddr::new([127, 0, 0, 1].into(), 1) }, now), Insert::Ignored);
         let first = t.all()[0];
         assert!(t.remove(&first.id));
         assert!(!t.contains(&first.id));

@@ -77,8 +77,8 @@ impl SimNet {
         }
         let ep = Net::attach(&self.net, addr).ok_or_else(|| Error::invalid(format!("{addr} is taken in the simulated network")))?;
         let inner = Inner::start(config, Transport::Sim(ep), 16)?;
-        let guard = Arc::new(DropGuard(inner.cancel.clone()));
-        Ok(Dht { inner, _guard: guard })
+        let guard = Arc::new(DropGuard(vec![inner.cancel.clone()]));
+        Ok(Dht { inner, inner6: None, _guard: guard })
     }
 
     /// Takes `addr` off the network at once (a crash: datagrams to it are lost from now on).
@@ -129,7 +129,10 @@ pub async fn lookup_traced(dht: &Dht, info_hash: &[u8]) -> Result<(Vec<SocketAdd
     let o = dht.guarded(dht.inner.lookup(info_hash)).await?;
     let t = o.trace;
     Ok((
-        o.peers.clone(),
+        o.peers.iter().filter_map(|p| match p {
+            SocketAddr::V4(p) => Some(*p),
+            SocketAddr::V6(_) => None,
+        }).collect(),
         LookupTrace { queries: t.queries, replies: t.replies, value_hops: t.value_hops, first_value: t.first_value, closest_hops: t.closest_hops, max_hops: t.max_hops },
     ))
 }

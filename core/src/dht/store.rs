@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -11,6 +11,8 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use rand::RngCore;
 use rand::seq::SliceRandom;
 use sha1::{Digest, Sha1};
+
+use super::limits::source_key;
 
 use super::bencode::Value;
 use super::krpc::{KrpcError, PutArgs};
@@ -43,7 +45,7 @@ impl Tokens {
         Tokens { secrets: s }
     }
 
-    fn make(ip: Ipv4Addr, secret: &[u8; 20]) -> [u8; 20] {
+    fn make(ip: IpAddr, secret: &[u8; 20]) -> [u8; 20] {
         let mut h = Sha1::new();
         h.update(ip.to_string().as_bytes());
         h.update(secret);
@@ -51,12 +53,12 @@ impl Tokens {
     }
 
     /// The token to hand out to `ip` now.
-    pub fn generate(&self, ip: Ipv4Addr) -> [u8; 20] {
+    pub fn generate(&self, ip: IpAddr) -> [u8; 20] {
         Self::make(ip, &self.secrets[0])
     }
 
     /// Accepts a token made with the current or the previous secret.
-    pub fn validate(&self, ip: Ipv4Addr, token: &[u8]) -> bool {
+    pub fn validate(&self, ip: IpAddr, token: &[u8]) -> bool {
         self.secrets.iter().any(|s| Self::make(ip, s).as_slice() == token)
     }
 
@@ -112,11 +114,11 @@ const RECORD_BYTES: usize = 64;
 /// measure ~16 MB (`core/tests/dht_memory.rs`).
 #[derive(Debug)]
 pub struct PeerStore {
-    map: HashMap<Arc<[u8]>, Vec<(SocketAddrV4, Instant)>>,
+    map: HashMap<Arc<[u8]>, Vec<(SocketAddr, Instant)>>,
     /// Every record once, oldest announce first (a refreshed record is moved back when it comes
     /// to the front).
-    queue: VecDeque<(Arc<[u8]>, SocketAddrV4, Instant)>,
-    per_source: HashMap<Ipv4Addr, usize>,
+    queue: VecDeque<(Arc<[u8]>, SocketAddr, Instant)>,
+    per_source: HashMap<IpAddr, usize>,
     total: usize,
     bytes: usize,
     max_peers: usize,
@@ -163,7 +165,7 @@ impl PeerStore {
     }
 
     /// Stores or refreshes `peer` under `key`.
-    pub fn add(&mut self, key: &[u8], peer: SocketAddrV4, now: Instant) -> AddPeer {
+    pub fn add(&mut self, key: &[u8], peer: SocketAddr, now: Instant) -> AddPeer {
         if key.len() > self.limits.max_key_len {
             return AddPeer::KeyTooLong;
         }
@@ -180,7 +182,7 @@ impl PeerStore {
         let full = |s: &PeerStore| {
             s.total >= s.max_peers
                 || s.bytes + cost > s.limits.max_bytes
-                || s.per_source.get(peer.ip()).is_some_and(|&n| n >= s.limits.max_per_source)
+                || s.per_source.get(&source_key(peer.ip())).is_some_and(|&n| n >= s.limits.max_per_source)
         };
         if full(self) {
             self.expire(now, usize::MAX);
@@ -194,7 +196,7 @@ impl PeerStore {
         };
         self.map.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1)).push((peer, now));
         self.queue.push_back((key, peer, now));
-        *self.per_source.entry(*peer.ip()).or_insert(0) += 1;
+        *self.per_source.entry(source_key(peer.ip())).or_insert(0) += 1;
         self.total += 1;
         self.bytes += cost;
         AddPeer::Added
@@ -202,7 +204,7 @@ impl PeerStore {
 
     /// Removes the record `peer` under `key` (an `unannounce_peer`). True when there was one.
     /// Its place in the expiry queue is left behind and skipped when it comes up.
-    pub fn remove(&mut self, key: &[u8], peer: SocketAddrV4) -> bool {
+    pub fn remove(&mut self, key: &[u8], peer: SocketAddr) -> bool {
         let Some(list) = self.map.get_mut(key) else { return false };
         let Some(i) = list.iter().position(|e| e.0 == peer) else { return false };
         list.swap_remove(i);
@@ -212,10 +214,10 @@ impl PeerStore {
             self.map.remove(key);
             self.bytes -= key.len() + KEY_OVERHEAD;
         }
-        if let Some(c) = self.per_source.get_mut(peer.ip()) {
+        if let Some(c) = self.per_source.get_mut(&source_key(peer.ip())) {
             *c -= 1;
             if *c == 0 {
-                self.per_source.remove(peer.ip());
+                self.per_source.remove(&source_key(peer.ip()));
             }
         }
         if self.max_age.is_zero() {
@@ -227,8 +229,8 @@ impl PeerStore {
     }
 
     /// Up to `limit` live peers for `key`, in random order.
-    pub fn get(&self, key: &[u8], limit: usize, now: Instant) -> Vec<SocketAddrV4> {
-        let mut out: Vec<SocketAddrV4> = match self.map.get(key) {
+    pub fn get(&self, key: &[u8], limit: usize, now: Instant) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = match self.map.get(key) {
             Some(list) => list.iter().filter(|e| self.alive(e.1, now)).map(|e| e.0).collect(),
             None => Vec::new(),
         };
@@ -281,10 +283,10 @@ impl PeerStore {
                 self.map.remove(&key);
                 self.bytes -= key.len() + KEY_OVERHEAD;
             }
-            if let Some(c) = self.per_source.get_mut(peer.ip()) {
+            if let Some(c) = self.per_source.get_mut(&source_key(peer.ip())) {
                 *c -= 1;
                 if *c == 0 {
-                    self.per_source.remove(peer.ip());
+                    self.per_source.remove(&source_key(peer.ip()));
                 }
             }
         }
@@ -320,7 +322,7 @@ impl PeerStore {
 /// that do not exist costs nothing here.
 #[derive(Debug)]
 pub struct Tombstones {
-    map: lru::LruCache<Vec<u8>, Vec<(SocketAddrV4, Instant)>>,
+    map: lru::LruCache<Vec<u8>, Vec<(SocketAddr, Instant)>>,
     ttl: Duration,
 }
 
@@ -336,7 +338,7 @@ impl Tombstones {
     }
 
     /// Remembers that `peer` left `key` at `now`.
-    pub fn add(&mut self, key: &[u8], peer: SocketAddrV4, now: Instant) {
+    pub fn add(&mut self, key: &[u8], peer: SocketAddr, now: Instant) {
         let ttl = self.ttl;
         let list = self.map.get_or_insert_mut(key.to_vec(), Vec::new);
         list.retain(|(p, at)| *p != peer && now.saturating_duration_since(*at) < ttl);
@@ -347,7 +349,7 @@ impl Tombstones {
     }
 
     /// Forgets `peer`'s tombstone under `key` (it announced again).
-    pub fn clear(&mut self, key: &[u8], peer: SocketAddrV4) {
+    pub fn clear(&mut self, key: &[u8], peer: SocketAddr) {
         if let Some(list) = self.map.peek_mut(key) {
             list.retain(|(p, _)| *p != peer);
             if list.is_empty() {
@@ -357,7 +359,7 @@ impl Tombstones {
     }
 
     /// The live tombstones of `key`.
-    pub fn get(&self, key: &[u8], now: Instant) -> Vec<SocketAddrV4> {
+    pub fn get(&self, key: &[u8], now: Instant) -> Vec<SocketAddr> {
         match self.map.peek(key) {
             Some(list) => list.iter().filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl).map(|(p, _)| *p).collect(),
             None => Vec::new(),
@@ -365,7 +367,7 @@ impl Tombstones {
     }
 
     /// Whether `peer` has a live tombstone under `key`.
-    pub fn contains(&self, key: &[u8], peer: SocketAddrV4, now: Instant) -> bool {
+    pub fn contains(&self, key: &[u8], peer: SocketAddr, now: Instant) -> bool {
         self.map.peek(key).is_some_and(|l| l.iter().any(|(p, at)| *p == peer && now.saturating_duration_since(*at) < self.ttl))
     }
 
@@ -535,7 +537,7 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -563,7 +565,7 @@ mod tests {
     fn peer_store_expiry() {
         let mut s = PeerStore::new(100, Duration::from_millis(200));
         let t0 = Instant::now();
-        let p = SocketAddrV4::new(ip("127.0.0.1"), 1337);
+        let p = SocketAddr::new(ip("127.0.0.1"), 1337);
         assert_eq!(s.add(b"svc", p, t0), AddPeer::Added);
         assert_eq!(s.add(b"svc", p, t0), AddPeer::Refreshed);
         assert_eq!(s.get(b"svc", 100, t0 + Duration::from_millis(199)), vec![p]);
@@ -585,18 +587,18 @@ mod tests {
         let mut s = PeerStore::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
         for port in 1..=3 {
-            assert_eq!(s.add(b"a", SocketAddrV4::new(ip("1.2.3.4"), port), t0), AddPeer::Added);
+            assert_eq!(s.add(b"a", SocketAddr::new(ip("1.2.3.4"), port), t0), AddPeer::Added);
         }
-        assert_eq!(s.add(b"b", SocketAddrV4::new(ip("1.2.3.4"), 9), t0), AddPeer::Full);
-        assert_eq!(s.add(b"a", SocketAddrV4::new(ip("1.2.3.4"), 2), t0), AddPeer::Refreshed);
+        assert_eq!(s.add(b"b", SocketAddr::new(ip("1.2.3.4"), 9), t0), AddPeer::Full);
+        assert_eq!(s.add(b"a", SocketAddr::new(ip("1.2.3.4"), 2), t0), AddPeer::Refreshed);
         assert_eq!(s.len(), 3);
         // once they expire, room is made
-        assert_eq!(s.add(b"b", SocketAddrV4::new(ip("1.2.3.4"), 9), t0 + Duration::from_secs(11)), AddPeer::Added);
+        assert_eq!(s.add(b"b", SocketAddr::new(ip("1.2.3.4"), 9), t0 + Duration::from_secs(11)), AddPeer::Added);
         assert_eq!(s.len(), 1);
         assert!(s.get(b"a", 10, t0).is_empty(), "expired records were swept");
         let mut s = PeerStore::new(10, Duration::ZERO);
         for port in 1..=5 {
-            s.add(b"a", SocketAddrV4::new(ip("1.2.3.4"), port), t0);
+            s.add(b"a", SocketAddr::new(ip("1.2.3.4"), port), t0);
         }
         assert_eq!(s.get(b"a", 2, t0).len(), 2, "limit is honoured");
     }
@@ -606,8 +608,8 @@ mod tests {
         let t0 = Instant::now();
         let limits = PeerStoreLimits { max_key_len: 8, max_bytes: 1000, max_per_source: 3 };
         let mut s = PeerStore::with_limits(1000, Duration::from_secs(10), limits);
-        let a = |port| SocketAddrV4::new(ip("1.2.3.4"), port);
-        let b = |port| SocketAddrV4::new(ip("5.6.7.8"), port);
+        let a = |port| SocketAddr::new(ip("1.2.3.4"), port);
+        let b = |port| SocketAddr::new(ip("5.6.7.8"), port);
         assert_eq!(s.add(b"123456789", a(1), t0), AddPeer::KeyTooLong);
         assert_eq!(s.add(b"12345678", a(1), t0), AddPeer::Added);
         // Three records per source address.
@@ -619,7 +621,7 @@ mod tests {
         assert_eq!(s.bytes(), (8 + 2 + 2) + 3 * KEY_OVERHEAD + 3 * RECORD_BYTES);
         let mut added = 0;
         for port in 0..100 {
-            let addr = SocketAddrV4::new(Ipv4Addr::from(0x0A00_0000 + port), 1);
+            let addr = SocketAddr::new(IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + port)), 1);
             match s.add(b"shared", addr, t0) {
                 AddPeer::Added => added += 1,
                 other => {
@@ -645,7 +647,7 @@ mod tests {
         let t0 = Instant::now();
         let age = Duration::from_secs(10);
         let mut s = PeerStore::new(1000, age);
-        let p = |port| SocketAddrV4::new(ip("1.2.3.4"), port);
+        let p = |port| SocketAddr::new(ip("1.2.3.4"), port);
         for port in 1..=100 {
             s.add(b"svc", p(port), t0);
         }

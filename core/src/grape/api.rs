@@ -13,7 +13,7 @@
 //! crashed process) this module answers with a clear error instead; `docs/compat.md` ("Grape")
 //! lists each such case.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -525,7 +525,7 @@ pub fn get_result_json(res: &GetResult, salt: Option<&[u8]>) -> String {
 }
 
 /// The JSON array reply of a `/lookup`: `"ip:port"` strings.
-pub fn lookup_json(peers: &[SocketAddrV4]) -> String {
+pub fn lookup_json(peers: &[SocketAddr]) -> String {
     Value::Array(peers.iter().map(|p| Value::String(p.to_string())).collect()).to_string()
 }
 

@@ -10,12 +10,12 @@
 //! Rotation is computed lazily on each access from the elapsed time, so no timer task is needed.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 
-type Generation = HashMap<Vec<u8>, HashSet<SocketAddrV4>>;
+type Generation = HashMap<Vec<u8>, HashSet<SocketAddr>>;
 
 /// A bounded two-generation cache of peers per name.
 #[derive(Debug)]
@@ -69,7 +69,7 @@ impl LookupCache {
     }
 
     /// Records that `peer` serves `name`.
-    pub fn add(&mut self, name: &[u8], peer: SocketAddrV4) {
+    pub fn add(&mut self, name: &[u8], peer: SocketAddr) {
         let now = Instant::now();
         self.rotate_by_time(now);
         if let Some(set) = self.stale.get_mut(name) {
@@ -90,7 +90,7 @@ impl LookupCache {
     }
 
     /// Forgets that `peer` serves `name` (it was unannounced).
-    pub fn remove(&mut self, name: &[u8], peer: SocketAddrV4) {
+    pub fn remove(&mut self, name: &[u8], peer: SocketAddr) {
         if let Some(set) = self.fresh.get_mut(name)
             && set.remove(&peer)
         {
@@ -108,9 +108,9 @@ impl LookupCache {
     }
 
     /// Up to `n` peers known for `name`, in random order, without duplicates.
-    pub fn get(&mut self, name: &[u8], n: usize) -> Vec<SocketAddrV4> {
+    pub fn get(&mut self, name: &[u8], n: usize) -> Vec<SocketAddr> {
         self.rotate_by_time(Instant::now());
-        let mut all: Vec<SocketAddrV4> = Vec::new();
+        let mut all: Vec<SocketAddr> = Vec::new();
         if let Some(s) = self.fresh.get(name) {
             all.extend(s.iter().copied());
         }
@@ -138,8 +138,8 @@ impl LookupCache {
 mod tests {
     use super::*;
 
-    fn p(port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port)
+    fn p(port: u16) -> SocketAddr {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port)
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod http;
 mod testnet;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,22 @@ type RecentAnnounces = lru::LruCache<(Vec<u8>, u16), (std::time::Instant, usize)
 /// Upper bound on any single DHT operation started by an HTTP request.
 const DHT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether a Grape's DHT also runs over IPv6 (BEP 32), beside IPv4. See [`GrapeConfig::dht_ipv6`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DhtIpv6 {
+    /// Dual-stack where the host has IPv6: when the DHT binds every IPv4 address (`0.0.0.0`, the
+    /// default), a second, IPv6-only socket binds `[::]` on the same port; a host without IPv6
+    /// runs IPv4 only (with a log line). With any other IPv4 bind address: IPv4 only.
+    #[default]
+    Auto,
+    /// IPv4 only.
+    Off,
+    /// Dual-stack, the IPv6 socket bound to this address (same port as IPv4 when free); the
+    /// Grape does not start when it cannot be bound.
+    Bind(Ipv6Addr),
+}
+
 /// Configuration of a [`Grape`]. Defaults are the reference's documented ones (`grape-protocol.md`
 /// §6.1), **not** the 1.0.0 CLI's accidental ones (no expiry, no size limit).
 ///
@@ -66,6 +82,8 @@ const DHT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct GrapeConfig {
     host: Option<IpAddr>,
     dht_bind: IpAddr,
+    dht_ipv6: DhtIpv6,
+    announce_ipv6: bool,
     dht_port: u16,
     api_port: Option<u16>,
     bootstrap: Vec<String>,
@@ -89,6 +107,8 @@ impl Default for GrapeConfig {
         GrapeConfig {
             host: None,
             dht_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dht_ipv6: DhtIpv6::Auto,
+            announce_ipv6: false,
             dht_port: 20001,
             api_port: None,
             bootstrap: Vec::new(),
@@ -113,7 +133,7 @@ impl Default for GrapeConfig {
 /// The numeric settings of [`GrapeConfig`] by name, in the order the C ABI numbers them
 /// (`grenache_grape_option`). Every face sets them through [`GrapeConfig::set`], so names, units
 /// and checks are the same everywhere. Durations are in milliseconds, sizes in bytes.
-pub const GRAPE_OPTION_NAMES: [&str; 20] = [
+pub const GRAPE_OPTION_NAMES: [&str; 22] = [
     "dht_port",
     "api_port",
     "peer_max_age_ms",
@@ -134,12 +154,16 @@ pub const GRAPE_OPTION_NAMES: [&str; 20] = [
     "peer_store_bytes",
     "max_records_per_ip",
     "queries_per_ip",
+    "dht_ipv6",
+    "announce_ipv6",
 ];
 
 impl GrapeConfig {
     /// Sets the numeric option `name` (one of [`GRAPE_OPTION_NAMES`], matched ignoring case,
-    /// underscores and dashes, so `peerMaxAgeMs` works too) to `value`. Errors:
-    /// `InvalidArgument` for an unknown name or a port above 65535.
+    /// underscores and dashes, so `peerMaxAgeMs` works too) to `value`. `dht_ipv6` is 0 (IPv4
+    /// only), 1 ([`DhtIpv6::Auto`], the default) or 2 (dual-stack on `[::]`, required);
+    /// `announce_ipv6` is 0 or 1. Errors: `InvalidArgument` for an unknown name, a port above
+    /// 65535 or a `dht_ipv6` above 2.
     pub fn set(&mut self, name: &str, value: u64) -> crate::Result<&mut Self> {
         let index = crate::transport::option_index(&GRAPE_OPTION_NAMES, name).ok_or_else(|| {
             crate::Error::invalid(format!("unknown Grape option {name:?} (one of {})", GRAPE_OPTION_NAMES.join(", ")))
@@ -170,6 +194,13 @@ impl GrapeConfig {
                 }
                 self.read_deadlines(d)
             }
+            20 => self.dht_ipv6(match value {
+                0 => DhtIpv6::Off,
+                1 => DhtIpv6::Auto,
+                2 => DhtIpv6::Bind(Ipv6Addr::UNSPECIFIED),
+                _ => return Err(crate::Error::invalid(format!("{name} {value} is not 0 (off), 1 (auto) or 2 (on)"))),
+            }),
+            21 => self.announce_ipv6(value != 0),
             _ => {
                 let mut l = self.get_dht_limits();
                 match index {
@@ -202,11 +233,34 @@ impl GrapeConfig {
     }
 
     /// Address the UDP DHT socket binds to (the reference always uses `0.0.0.0`; tests use
-    /// `127.0.0.1`).
+    /// `127.0.0.1`). An IPv6 address (e.g. `::` or `::1`) makes an IPv6-only DHT (BEP 32), which
+    /// joins other IPv6 Grapes of ours but not Node Grapes (IPv4 only).
     ///
-    /// Default is `0.0.0.0`.
+    /// Default is `0.0.0.0` (and IPv6 beside it where the host has it: see
+    /// [`GrapeConfig::dht_ipv6`]).
     pub fn dht_bind(&mut self, ip: IpAddr) -> &mut Self {
         self.dht_bind = ip;
+        self
+    }
+
+    /// Whether the DHT also runs over IPv6 when `dht_bind` is IPv4 (BEP 32 dual-stack: one
+    /// routing table per address family, lookups search both and merge what they find, Node
+    /// Grapes keep talking IPv4 as before). `grape --dht-bind6 IP` / `--no-ipv6`.
+    ///
+    /// Default is [`DhtIpv6::Auto`]: `[::]` beside `0.0.0.0` where the host has IPv6.
+    pub fn dht_ipv6(&mut self, mode: DhtIpv6) -> &mut Self {
+        self.dht_ipv6 = mode;
+        self
+    }
+
+    /// On a dual-stack DHT, announce services over IPv6 too, so lookups also return this
+    /// host's IPv6 address for them (`[addr]:port`). Only for services that listen on IPv6
+    /// (e.g. on `[::]`): a client may pick either address. `grape --announce-ipv6`.
+    ///
+    /// Default is `false`: announces go over IPv4 only, as today (an IPv6-only DHT always
+    /// announces over IPv6).
+    pub fn announce_ipv6(&mut self, on: bool) -> &mut Self {
+        self.announce_ipv6 = on;
         self
     }
 
@@ -520,8 +574,16 @@ impl Grape {
             },
             None => None,
         };
+        let (bind6, bind6_optional) = match (config.dht_bind, config.dht_ipv6) {
+            (IpAddr::V6(_), _) | (_, DhtIpv6::Off) => (None, false),
+            (IpAddr::V4(ip), DhtIpv6::Auto) => (ip.is_unspecified().then_some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))), true),
+            (IpAddr::V4(_), DhtIpv6::Bind(ip)) => (Some(SocketAddr::from((ip, 0))), false),
+        };
         let dht_config = DhtConfig {
             bind: SocketAddr::new(config.dht_bind, config.dht_port),
+            bind6,
+            bind6_optional,
+            announce6: config.announce_ipv6,
             bootstrap: config.bootstrap.clone(),
             peer_max_age: config.peer_max_age,
             max_peers: config.max_peers,
@@ -530,10 +592,7 @@ impl Grape {
             node_liveness: config.node_liveness,
             query_timeout: Duration::from_secs(2),
             concurrency: 16,
-            self_host: match config.host {
-                Some(IpAddr::V4(ip)) => Some(ip),
-                _ => None,
-            },
+            self_host: config.host.filter(|ip| ip.is_ipv4() || !ip.is_unspecified()),
             limits: config.dht_limits,
             id: saved.as_ref().map(|s| s.id),
             saved_nodes: saved.map(|s| s.nodes).unwrap_or_default(),
@@ -597,22 +656,30 @@ impl Grape {
         self.inner.dht_addr
     }
 
+    /// The bound IPv6 UDP address of a dual-stack DHT (see [`GrapeConfig::dht_ipv6`]); `None`
+    /// when the DHT runs on one address family.
+    pub fn dht_addr6(&self) -> Option<SocketAddr> {
+        self.inner.dht.local_addr6()
+    }
+
     /// The bound TCP address of the HTTP API.
     pub fn api_addr(&self) -> SocketAddr {
         self.inner.api_addr
     }
 
-    /// The API base URL, `http://127.0.0.1:<port>` when bound to every address.
+    /// The API base URL, `http://127.0.0.1:<port>` (`http://[::1]:<port>`) when bound to every
+    /// IPv4 (IPv6) address.
     pub fn api_url(&self) -> String {
         let a = self.inner.api_addr;
-        let ip = if a.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { a.ip() };
+        let ip = loopback_if_unspecified(a.ip());
         format!("http://{}", SocketAddr::new(ip, a.port()))
     }
 
-    /// `"127.0.0.1:<dht port>"` (or the bound IP), for other Grapes' bootstrap lists.
+    /// `"127.0.0.1:<dht port>"` (or the bound IP, `[ip]:port` for IPv6), for other Grapes'
+    /// bootstrap lists.
     pub fn dht_bootstrap_addr(&self) -> String {
         let a = self.inner.dht_addr;
-        let ip = if a.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { a.ip() };
+        let ip = loopback_if_unspecified(a.ip());
         SocketAddr::new(ip, a.port()).to_string()
     }
 
@@ -646,7 +713,7 @@ impl Grape {
     }
 
     /// Looks `name` up: up to 100 peers seen by any lookup for the name recently, random order.
-    pub async fn lookup(&self, name: &str) -> Result<Vec<SocketAddrV4>> {
+    pub async fn lookup(&self, name: &str) -> Result<Vec<SocketAddr>> {
         self.inner.lookup(name.as_bytes()).await
     }
 
@@ -676,6 +743,15 @@ impl Grape {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.dht.shutdown()).await;
         tracing::info!(api = %self.inner.api_addr, "grape stopped");
+    }
+}
+
+/// `ip`, or the loopback address of its family when it is the unspecified one.
+fn loopback_if_unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
     }
 }
 
@@ -779,7 +855,7 @@ impl Inner {
 
     /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
     /// the lookup cache.
-    async fn lookup(self: &Arc<Self>, name: &[u8]) -> Result<Vec<SocketAddrV4>> {
+    async fn lookup(self: &Arc<Self>, name: &[u8]) -> Result<Vec<SocketAddr>> {
         if !self.lookup_window.is_zero()
             && lock(&self.recent_walks).get(name).is_some_and(|at| at.elapsed() < self.lookup_window)
         {

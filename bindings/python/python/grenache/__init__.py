@@ -309,7 +309,9 @@ class Grape:
     ``announce_window_ms``, ``lookup_window_ms``, and the limits against hostile load
     ``max_connections_per_ip``, ``header_timeout_ms``, ``body_timeout_ms``, ``body_min_rate``,
     ``idle_timeout_ms``, ``max_key_len``, ``peer_store_bytes``, ``max_records_per_ip``,
-    ``queries_per_ip``. An unknown name raises ``InvalidArgumentError``."""
+    ``queries_per_ip``, and the DHT's IPv6 (BEP 32) ``dht_ipv6`` (0 IPv4 only, 1 dual-stack
+    where the host has IPv6 (default), 2 dual-stack required) and ``announce_ipv6`` (1: announce
+    over IPv6 too). An unknown name raises ``InvalidArgumentError``."""
 
     def __init__(
         self,
