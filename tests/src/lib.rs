@@ -5,6 +5,7 @@
 //! per line on stdout (the first one says it is ready, with the ports it bound), and exits when its
 //! stdin closes, so a test that drops its [`NodeProcess`] never leaves a process behind.
 
+pub mod bridge;
 pub mod grapes;
 pub mod lossy;
 

@@ -8,12 +8,10 @@
 //! veth and the bridge) and every process is removed by a guard, also when the test fails. Builds
 //! the `grape` binary first (debug profile).
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use grenache_e2e::bridge::Bridge;
 use grenache_e2e::grapes::{self, grape_bin};
 use tokio::net::TcpStream;
 
@@ -21,86 +19,21 @@ const N: usize = 3;
 const DHT_PORT: u16 = 20001;
 const API_PORT: u16 = 30001;
 
-/// Runs a command to completion; panics with its stderr when it fails.
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+/// Grape `i` is fd77::(i+1); the hub is fd77::fe.
+fn ip(i: usize) -> String {
+    format!("fd77::{}", i + 1)
 }
 
-/// The namespaces, the bridge and the Grape processes of one test; all removed on drop.
-struct Net {
-    tag: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Net {
-    fn hub(&self) -> String {
-        format!("6h{}", self.tag)
-    }
-    fn ns(&self, i: usize) -> String {
-        format!("6n{}-{i}", self.tag)
-    }
-    /// Grape `i` is fd77::(i+1); the hub is fd77::fe.
-    fn ip(i: usize) -> String {
-        format!("fd77::{}", i + 1)
-    }
-
-    fn build(tag: String) -> Net {
-        let mut net = Net { tag, namespaces: Vec::new(), children: Vec::new() };
-        let (hub, br) = (net.hub(), format!("b6{}", net.tag));
-        sh(&["ip", "netns", "add", &hub]);
-        net.namespaces.push(hub.clone());
-        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &hub, "link", "add", &br, "type", "bridge"]);
-        sh(&["ip", "-n", &hub, "addr", "add", "fd77::fe/64", "dev", &br, "nodad"]);
-        sh(&["ip", "-n", &hub, "link", "set", &br, "up"]);
-        for i in 0..N {
-            let ns = net.ns(i);
-            sh(&["ip", "netns", "add", &ns]);
-            net.namespaces.push(ns.clone());
-            let (va, vb) = (format!("x6{}{i}", net.tag), format!("y6{}{i}", net.tag));
-            sh(&["ip", "-n", &hub, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &ns]);
-            sh(&["ip", "-n", &hub, "link", "set", &va, "master", &br]);
-            sh(&["ip", "-n", &hub, "link", "set", &va, "up"]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/64", Net::ip(i)), "dev", &vb, "nodad"]);
-            sh(&["ip", "-n", &ns, "link", "set", &vb, "up"]);
-        }
-        net
-    }
-
-    /// Starts `grape` in namespace `i` with the default DHT settings, its API on `[::]`,
-    /// bootstrapped from Grape `i - 1` over IPv6.
-    fn start_grape(&mut self, i: usize) {
-        let boot = if i == 0 { String::new() } else { format!("[{}]:{DHT_PORT}", Net::ip(i - 1)) };
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(i)])
-            .arg(grape_bin())
-            .args(["--dp", &DHT_PORT.to_string(), "--aph", &API_PORT.to_string(), "-b", "::", "--bn", &boot, "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn grape in its namespace");
-        self.children.push(child);
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
-    }
+/// Starts `grape` on host `i` with the default DHT settings, its API on `[::]`, bootstrapped
+/// from Grape `i - 1` over IPv6.
+fn start_grape(net: &mut Bridge, i: usize) {
+    let boot = if i == 0 { String::new() } else { format!("[{}]:{DHT_PORT}", ip(i - 1)) };
+    let (dp, ap) = (DHT_PORT.to_string(), API_PORT.to_string());
+    net.spawn(i, &grape_bin(), &["--dp", &dp, "--aph", &ap, "-b", "::", "--bn", &boot, "--log-level", "warn"]);
 }
 
 fn api(i: usize) -> SocketAddr {
-    format!("[{}]:{API_PORT}", Net::ip(i)).parse().expect("address")
+    format!("[{}]:{API_PORT}", ip(i)).parse().expect("address")
 }
 
 async fn scenario() {
@@ -113,7 +46,7 @@ async fn scenario() {
         }
     }
     eprintln!("APIs listening after {:?}", t0.elapsed());
-    let want = vec![format!("[{}]:7000", Net::ip(N - 1))];
+    let want = vec![format!("[{}]:7000", ip(N - 1))];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let acks = grapes::announce(api(N - 1), "v6ns:svc", 7000).await;
@@ -130,26 +63,10 @@ async fn scenario() {
 
 #[test]
 fn grapes_on_ipv6_only_hosts_form_a_network() {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let tag = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
-    let mut net = Net::build(tag);
+    let hosts: Vec<String> = (0..N).map(|i| format!("{}/64", ip(i))).collect();
+    let mut net = Bridge::build('6', "fd77::fe/64", &hosts);
     for i in 0..N {
-        net.start_grape(i);
+        start_grape(&mut net, i);
     }
-    // The test's own HTTP calls are made from the hub namespace: a thread of its own joins it.
-    let hub = File::open(format!("/run/netns/{}", net.hub())).expect("open the hub namespace");
-    let res = std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(hub.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(scenario());
-        })
-        .join()
-    });
-    drop(net);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    net.run_in_hub(|_, rt| rt.block_on(scenario()));
 }

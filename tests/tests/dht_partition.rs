@@ -8,12 +8,10 @@
 //! (and with it every veth, the bridge and the rules) and every process is removed by a guard,
 //! also when the test fails. Builds the `grape` binary first (debug profile).
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use grenache_e2e::bridge::{Bridge, sh};
 use grenache_e2e::grapes::{self, grape_bin};
 use tokio::net::TcpStream;
 
@@ -29,98 +27,34 @@ const N: usize = 10;
 const DHT_PORT: u16 = 20001;
 const API_PORT: u16 = 30001;
 
-/// Runs a command to completion; panics with its stderr when it fails.
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+/// The A half (0..5) is 10.77.0.1-5, the B half (5..10) 10.77.0.65-69; the hub is .254.
+fn ip(i: usize) -> String {
+    if i < N / 2 { format!("10.77.0.{}", 1 + i) } else { format!("10.77.0.{}", 65 + i - N / 2) }
 }
 
-/// The namespaces, the bridge and the Grape processes of one test; all removed on drop.
-struct Net {
-    tag: String,
-    namespaces: Vec<String>,
-    children: Vec<Child>,
+/// The other half's addresses, as one iptables source.
+fn other_half(i: usize) -> &'static str {
+    if i < N / 2 { "10.77.0.64/26" } else { "10.77.0.0/26" }
 }
 
-impl Net {
-    fn hub(&self) -> String {
-        format!("gh{}", self.tag)
-    }
-    fn ns(&self, i: usize) -> String {
-        format!("gn{}-{i}", self.tag)
-    }
-    /// The A half (0..5) is 10.77.0.1-5, the B half (5..10) 10.77.0.65-69; the hub is .254.
-    fn ip(i: usize) -> String {
-        if i < N / 2 { format!("10.77.0.{}", 1 + i) } else { format!("10.77.0.{}", 65 + i - N / 2) }
-    }
-    /// The other half's addresses, as one iptables source.
-    fn other_half(i: usize) -> &'static str {
-        if i < N / 2 { "10.77.0.64/26" } else { "10.77.0.0/26" }
-    }
-
-    fn build(tag: String) -> Net {
-        let mut net = Net { tag, namespaces: Vec::new(), children: Vec::new() };
-        let (hub, br) = (net.hub(), format!("br{}", net.tag));
-        sh(&["ip", "netns", "add", &hub]);
-        net.namespaces.push(hub.clone());
-        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &hub, "link", "add", &br, "type", "bridge"]);
-        sh(&["ip", "-n", &hub, "addr", "add", "10.77.0.254/24", "dev", &br]);
-        sh(&["ip", "-n", &hub, "link", "set", &br, "up"]);
-        for i in 0..N {
-            let ns = net.ns(i);
-            sh(&["ip", "netns", "add", &ns]);
-            net.namespaces.push(ns.clone());
-            let (va, vb) = (format!("va{}{i}", net.tag), format!("vb{}{i}", net.tag));
-            sh(&["ip", "-n", &hub, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &ns]);
-            sh(&["ip", "-n", &hub, "link", "set", &va, "master", &br]);
-            sh(&["ip", "-n", &hub, "link", "set", &va, "up"]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", Net::ip(i)), "dev", &vb]);
-            sh(&["ip", "-n", &ns, "link", "set", &vb, "up"]);
-        }
-        net
-    }
-
-    /// Starts `grape` in namespace `i`, bootstrapped from Grape `i - 1` (a chain).
-    fn start_grape(&mut self, i: usize) {
-        let boot = if i == 0 { String::new() } else { format!("{}:{DHT_PORT}", Net::ip(i - 1)) };
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(i)])
-            .arg(grape_bin())
-            .args(["--dp", &DHT_PORT.to_string(), "--aph", &API_PORT.to_string(), "--bn", &boot, "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn grape in its namespace");
-        self.children.push(child);
-    }
-
-    /// Cuts (true) or joins (false) the halves: a DROP rule in every namespace for packets from
-    /// the other half.
-    fn cut(&self, on: bool) {
-        for i in 0..N {
-            let op = if on { "-I" } else { "-D" };
-            sh(&["ip", "netns", "exec", &self.ns(i), "iptables", op, "INPUT", "-s", Net::other_half(i), "-j", "DROP"]);
-        }
-    }
+/// Starts `grape` on host `i`, bootstrapped from Grape `i - 1` (a chain).
+fn start_grape(net: &mut Bridge, i: usize) {
+    let boot = if i == 0 { String::new() } else { format!("{}:{DHT_PORT}", ip(i - 1)) };
+    let (dp, ap) = (DHT_PORT.to_string(), API_PORT.to_string());
+    net.spawn(i, &grape_bin(), &["--dp", &dp, "--aph", &ap, "--bn", &boot, "--log-level", "warn"]);
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
+/// Cuts (true) or joins (false) the halves: a DROP rule in every host for packets from the
+/// other half.
+fn cut(net: &Bridge, on: bool) {
+    for i in 0..N {
+        let op = if on { "-I" } else { "-D" };
+        sh(&["ip", "netns", "exec", &net.ns(i), "iptables", op, "INPUT", "-s", other_half(i), "-j", "DROP"]);
     }
 }
 
 fn api(i: usize) -> SocketAddr {
-    format!("{}:{API_PORT}", Net::ip(i)).parse().expect("address")
+    format!("{}:{API_PORT}", ip(i)).parse().expect("address")
 }
 
 async fn announce(i: usize, name: &str, port: u16) {
@@ -136,13 +70,13 @@ async fn lookup(i: usize, name: &str) -> Vec<String> {
 async fn round(prefix: &str) -> Vec<bool> {
     futures_util::future::join_all((0..N).map(|i| async move { announce(i, &format!("{prefix}:{i}"), 7000 + i as u16).await })).await;
     futures_util::future::join_all((0..N).map(|i| async move {
-        let want = format!("{}:{}", Net::ip(i), 7000 + i);
+        let want = format!("{}:{}", ip(i), 7000 + i);
         lookup((i + N / 2) % N, &format!("{prefix}:{i}")).await.contains(&want)
     }))
     .await
 }
 
-async fn scenario(net: &Net) {
+async fn scenario(net: &Bridge) {
     // every API answers
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..N {
@@ -164,7 +98,7 @@ async fn scenario(net: &Net) {
     }
     eprintln!("network formed in {:?}", t.elapsed());
     // cut apart; services announced on both sides meanwhile are not found across
-    net.cut(true);
+    cut(net, true);
     let cut_at = Instant::now();
     while cut_at.elapsed() < CUT {
         let found = round("split").await;
@@ -172,7 +106,7 @@ async fn scenario(net: &Net) {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     // joined again: found across within the bound
-    net.cut(false);
+    cut(net, false);
     let joined = Instant::now();
     loop {
         let found = round("split").await;
@@ -187,27 +121,11 @@ async fn scenario(net: &Net) {
 
 #[test]
 fn split_network_heals_after_the_join() {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let tag = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
-    let mut net = Net::build(tag);
+    let hosts: Vec<String> = (0..N).map(|i| format!("{}/24", ip(i))).collect();
+    let mut net = Bridge::build('g', "10.77.0.254/24", &hosts);
     for i in 0..N {
-        net.start_grape(i);
+        start_grape(&mut net, i);
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The test's own HTTP calls are made from the hub namespace: a thread of its own joins it.
-    let hub = File::open(format!("/run/netns/{}", net.hub())).expect("open the hub namespace");
-    let res = std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(hub.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(scenario(&net));
-        })
-        .join()
-    });
-    drop(net);
-    if let Err(p) = res {
-        std::panic::resume_unwind(p);
-    }
+    net.run_in_hub(|net, rt| rt.block_on(scenario(net)));
 }
