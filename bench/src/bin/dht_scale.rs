@@ -944,13 +944,18 @@ async fn client_load(ctx: Arc<Ctx>, until: Instant) {
     }
 }
 
-async fn grape_churn(ctx: Arc<Ctx>, start: Instant) {
+/// When the churn stops members of a population of `of`: the churn share of them, at random
+/// times (seconds after the start) between 5 % and 90 % of the run, in order.
+fn churn_times(ctx: &Ctx, of: usize) -> Vec<f64> {
     let d = ctx.opts.duration.as_secs_f64();
-    let n = (ctx.opts.churn * ctx.opts.grapes as f64).round() as usize;
-    let mut times: Vec<f64> = (0..n)
-        .map(|_| lock(&ctx.rng).between(0.05 * d, 0.9 * d))
-        .collect();
+    let n = (ctx.opts.churn * of as f64).round() as usize;
+    let mut times: Vec<f64> = (0..n).map(|_| lock(&ctx.rng).between(0.05 * d, 0.9 * d)).collect();
     times.sort_by(|a, b| a.total_cmp(b));
+    times
+}
+
+async fn grape_churn(ctx: Arc<Ctx>, start: Instant) {
+    let times = churn_times(&ctx, ctx.opts.grapes);
     let mut tasks = Vec::new();
     for t in times {
         tokio::time::sleep_until((start + Duration::from_secs_f64(t)).into()).await;
@@ -984,12 +989,7 @@ async fn grape_churn(ctx: Arc<Ctx>, start: Instant) {
 }
 
 async fn worker_churn(ctx: Arc<Ctx>, start: Instant) {
-    let d = ctx.opts.duration.as_secs_f64();
-    let n = (ctx.opts.churn * ctx.opts.workers as f64).round() as usize;
-    let mut times: Vec<f64> = (0..n)
-        .map(|_| lock(&ctx.rng).between(0.05 * d, 0.9 * d))
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
+    let times = churn_times(&ctx, ctx.opts.workers);
     let modes = [StopMode::Unannounce, StopMode::Graceful, StopMode::Abrupt];
     let mut tasks = Vec::new();
     for (i, t) in times.into_iter().enumerate() {
