@@ -622,17 +622,17 @@ impl Dht {
     /// Immutable values are also kept in the own store (even if the network put fails, as
     /// bittorrent-dht does); mutable ones are not. Errors: InvalidArgument (v not bencode,
     /// too large, salt > 64 bytes), NoNodes, AllQueriesFailed, SeqTooLow (302), CasMismatch (301).
-    /// A dual-stack node puts over both families; it succeeds when one does, unless the other
-    /// refused it for its sequence number (CasMismatch, SeqTooLow): the nodes that hold the item
-    /// decide, and a family whose nodes never held it would otherwise let a stale CAS through.
+    /// A dual-stack node puts over IPv4 first, then over IPv6 unless IPv4 refused the item for
+    /// its sequence number (CasMismatch, SeqTooLow), so that the two families never hold
+    /// different versions; it succeeds when one family stores it and neither refused it.
     pub async fn put(&self, item: PutItem) -> Result<([u8; 20], usize)> {
-        let first = self.guarded(self.inner.put(item.clone()));
-        let Some(h6) = &self.inner6 else { return first.await };
-        let (a, b) = tokio::join!(first, self.guarded(h6.put(item)));
         let refused = |r: &Result<([u8; 20], usize)>| matches!(r, Err(e) if matches!(e.kind(), ErrorKind::CasMismatch | ErrorKind::SeqTooLow));
+        let a = self.guarded(self.inner.put(item.clone())).await;
+        let Some(h6) = &self.inner6 else { return a };
         if refused(&a) {
             return a;
         }
+        let b = self.guarded(h6.put(item)).await;
         if refused(&b) {
             return b;
         }
