@@ -1,5 +1,6 @@
 //! Plain WebSocket sockets read and written on Node's own event loop (libuv), for the drop-in
-//! `grenache-native/ws` RPC client and server.
+//! `grenache-native/ws` RPC client and server, and plain HTTP client connections for
+//! `grenache-native/http`.
 //!
 //! Why: through the core's threads every request and every reply of a JS caller crosses between
 //! the JS thread and a runtime thread, and on an idle loop each crossing wakes a sleeping thread
@@ -13,6 +14,10 @@
 //! frames sent while such a call runs (replies, and the requests that their continuations issue,
 //! on any socket of this loop) are queued and written once it returns, one write per socket.
 //! TLS sockets stay on the core's threads (`lib/native.js` picks the path).
+//!
+//! The same goes for the drop-in `grenache-native/http` client's plain requests: the core dials
+//! the TCP connection ([`tcp_dial`]), and the loop writes each request and parses its reply
+//! (HTTP/1.1 keep-alive, one request at a time per connection; see [`NativeLoopConn::http`]).
 //!
 //! Everything here runs on the JS thread; the `uv_poll_t` of a socket holds an `Rc` of its state
 //! until libuv has closed it.
