@@ -2,7 +2,8 @@
 // (src/inloop.rs `NativeLoopConn.http`, used by grenache-native/http for plain uncompressed
 // requests): replies in every HTTP/1.1 framing (content-length, chunked in pieces, to the end
 // of the socket, after a 100 Continue), keep-alive reuse, the error strings, timeouts, a reused
-// connection closed by the server, queueing past the connection cap, and the reference server.
+// connection closed by the server, queueing past the connection cap, the reference server, and
+// the process lifetime (alive while a reply is awaited, not for an idle connection).
 // The servers here are scripted on Node's `net`, so the bytes on the wire are exactly the
 // ones under test.
 //   node --test bindings/node/test/httploop.test.js
@@ -196,4 +197,30 @@ test('http loop: many requests in flight queue past the connection cap; our and 
     sp.stop()
   }
   peer.stop()
+})
+
+test('http loop: a connection keeps the process alive while a reply is awaited, not when idle', async () => {
+  const { spawn } = require('child_process')
+  // The reply comes 500 ms late: the child must wait for it, then exit with its connection idle.
+  const s = await rawServer(({ body: [rid] }, sock) => setTimeout(() => sock.write(withLength(reply(rid, null, 'late'))), 500))
+  const script = `
+    const http = require(${JSON.stringify(path.join(__dirname, '..', 'lib', 'http'))})
+    const peer = new http.PeerRPCClient({}, {})
+    peer.init()
+    clearInterval(peer.tpool._monitorItv) // the pool's monitor timer would keep the process alive
+    peer.transport(${JSON.stringify(s.dest)}).request('k', 1, { timeout: 10000 }, (err, res) => console.log(err ? err.message : res))
+  `
+  const t0 = Date.now()
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  child.stdout.on('data', (d) => { out += d })
+  const code = await new Promise((resolve) => {
+    const kill = setTimeout(() => child.kill(), 15000)
+    child.on('exit', (c) => { clearTimeout(kill); resolve(c) })
+  })
+  assert.equal(code, 0)
+  assert.equal(out.trim(), 'late')
+  assert.ok(Date.now() - t0 < 5000, `the child lived ${Date.now() - t0} ms (an idle connection kept it alive?)`)
+  assert.equal(s.sockets.size <= 1, true)
+  s.stop()
 })
