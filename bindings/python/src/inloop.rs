@@ -594,3 +594,66 @@ impl Drop for LoopReply {
         }
     }
 }
+
+/// Most sockets [`refuse`] serves at once (further ones are closed at once).
+const MAX_REFUSING: usize = 64;
+static REFUSING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// How long [`refuse`] waits for a silent peer.
+const REFUSE_IDLE: Duration = Duration::from_secs(10);
+
+/// Serves a socket handed over after the server's loop went away (its inbox is closed): every
+/// request is answered `ERR_NO_REPLY`, as the requests queued for that loop were, on a thread of
+/// its own, until the peer closes the socket or is silent for [`REFUSE_IDLE`].
+pub(crate) fn refuse(h: HandedOff) {
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let run = move || {
+        let mut s = h.stream;
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(REFUSE_IDLE));
+        let _ = s.set_write_timeout(Some(REFUSE_IDLE));
+        let mut dec = Decoder::new(false, MAX_MESSAGE, h.leftover);
+        let mut out = Vec::new();
+        'serve: loop {
+            loop {
+                let body = match dec.next_message() {
+                    Ok(None) => break,
+                    Ok(Some(Message::Text(t))) => t.as_bytes(),
+                    Ok(Some(Message::Binary(b))) => b,
+                    Ok(Some(Message::Ping(p))) => {
+                        handoff::encode_pong(&mut out, p, false);
+                        continue;
+                    }
+                    Ok(Some(Message::Close(code))) => {
+                        handoff::encode_close(&mut out, code.unwrap_or(1000), "", false);
+                        break 'serve;
+                    }
+                    Err(e) => {
+                        handoff::encode_close(&mut out, e.close_code(), &e.to_string(), false);
+                        break 'serve;
+                    }
+                };
+                if let Ok(d) = grenache::rpc::envelope::decode_request(body) {
+                    let rid = serde_json::to_string(&d.rid).unwrap_or_else(|_| "null".into());
+                    handoff::encode_text(&mut out, &format!("[{rid},\"ERR_NO_REPLY\",null]"), false);
+                }
+            }
+            if !out.is_empty() {
+                if s.write_all(&out).is_err() {
+                    break;
+                }
+                out.clear();
+            }
+            if !matches!(dec.read_from(&mut s), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let _ = s.write_all(&out);
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    };
+    if std::thread::Builder::new().name("grenache-refuse".into()).spawn(run).is_err() {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    }
+}

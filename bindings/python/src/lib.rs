@@ -980,7 +980,14 @@ impl Server {
         let hand_off = match inbox {
             Some(inbox) if in_loop && kind == TransportKind::Ws && tls.is_none() => {
                 let shared = Arc::clone(&inbox.shared);
-                let hook: grenache::transport::ws::handoff::HandOff = Arc::new(move |h| shared.push(Item::Socket(Box::new(h))));
+                let hook: grenache::transport::ws::handoff::HandOff = Arc::new(move |h| {
+                    // The loop went away: requests are answered ERR_NO_REPLY, as queued ones were.
+                    if lock(&shared.state).closed {
+                        inloop::refuse(h);
+                    } else {
+                        shared.push(Item::Socket(Box::new(h)));
+                    }
+                });
                 Some(hook)
             }
             _ => None,
