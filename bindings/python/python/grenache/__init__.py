@@ -701,11 +701,13 @@ class _LoopCalls(_Calls):
         for sock in self.inbox.drain():
             self._adopt(sock)
         if self.inbox.finished:
-            # The server closed: its sockets close as the core's WS server closes its own.
+            # The server stopped listening. Closed: its sockets close as the core's WS server
+            # closes its own; shutting down: they finish draining (or the grace ends them).
             self._loop.remove_reader(self._fd)
             self.inbox.close()
-            for fd in list(self._conns):
-                self._end(fd, 1001)
+            if not self._draining:
+                for fd in list(self._conns):
+                    self._end(fd, 1001)
 
     def _adopt(self, sock: Any) -> None:
         ip = sock.remote_ip
