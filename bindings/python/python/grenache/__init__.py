@@ -17,7 +17,9 @@ finishes in the background). Request handlers and subscription callbacks run on 
 threads, never on the caller's; a handler may block (it runs on a pool of its own). Every
 ``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
 wake-up of the loop for all the replies that arrived while it was busy), as do the requests
-for ``async def`` handlers.
+for ``async def`` handlers. Over plain WS, an ``async def`` handler's server reads and writes
+its sockets on its event loop itself (no thread in the way; ``GRENACHE_PYTHON_IN_LOOP=0`` turns
+that off).
 
 Payloads are any JSON-serialisable Python value (``json.dumps``/``json.loads``); they travel as
 JSON, like the reference's.
@@ -838,7 +840,11 @@ class Server:
     else of an event loop on the library's own thread; requests reach the loop in batches. When
     that loop shuts down (the end of ``asyncio.run``), handlers still running are cancelled and
     requests not yet started are answered ``ERR_NO_REPLY``, so no client waits for a loop that
-    is gone. ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
+    is gone. Over plain WS (no TLS), an ``async def`` handler's server hands each socket, once
+    upgraded, to that loop, which reads and writes it itself: a request and its reply then cross
+    no thread, the requests read at once run as one batch and their replies go out in one write
+    (``in_loop=False``, or ``GRENACHE_PYTHON_IN_LOOP=0`` in the environment, keeps them on the
+    library's threads; see docs/compat.md for what differs). ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
