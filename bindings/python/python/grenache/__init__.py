@@ -577,9 +577,40 @@ if sys.version_info >= (3, 12):
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
+    # Before 3.12 asyncio has no eager tasks. The pure-Python Task is made with a stand-in for
+    # the loop that keeps the first step it schedules; that step then runs at once, as the
+    # task's own step: ``asyncio.current_task()`` is the task during it (``asyncio.timeout`` and
+    # the like work), as with 3.12's ``eager_start``. A handler that answers without waiting
+    # then never goes through the loop's queue, and its reply leaves with the batch's.
+    _PyTask = getattr(asyncio.tasks, "_PyTask", None)
+
+    class _FirstStep:
+        """The loop, while a task is made: holds back the step the task schedules."""
+
+        __slots__ = ("loop", "step")
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+            self.step: Any = None
+
+        def get_debug(self) -> bool:
+            return self.loop.get_debug()
+
+        def call_soon(self, callback: Any, *args: Any, context: Any = None) -> None:
+            self.step = (callback, args, context)
 
     def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
-        return loop.create_task(coro)
+        if _PyTask is None or loop.get_task_factory() is not None or asyncio.current_task(loop) is not None:
+            return loop.create_task(coro)
+        box = _FirstStep(loop)
+        task = _PyTask(coro, loop=box)
+        task._loop = loop
+        callback, args, context = box.step
+        if context is None:
+            callback(*args)
+        else:
+            context.run(callback, *args)
+        return task
 
 
 class _Calls:
