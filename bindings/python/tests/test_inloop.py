@@ -385,6 +385,25 @@ class InLoopTests(unittest.TestCase):
                 c.request("x", "hello", dest=dest, timeout=10)
             s.close()
 
+            # A reply deferred to another thread, given after the listener stopped: it reaches
+            # the loop and the socket, well before the grace ends.
+            async def deferring(payload, info):
+                reply = info.defer()
+                threading.Timer(0.4, reply.send, args=(payload,)).start()
+
+            s = grenache.Server(self.net.l1, deferring, transport="ws")
+            dest = self.dest(s)
+            got = []
+            th = threading.Thread(target=lambda: got.append(c.request("x", "later", dest=dest, timeout=10)))
+            th.start()
+            time.sleep(0.15)
+            t0 = time.monotonic()
+            self.assertTrue(s.shutdown(grace=5))
+            self.assertLess(time.monotonic() - t0, 3)
+            th.join(5)
+            self.assertEqual(got, ["later"])
+            s.close()
+
             raw_holder = {}
 
             async def main():

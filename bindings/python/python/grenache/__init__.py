@@ -733,14 +733,20 @@ class _LoopCalls(_Calls):
     def _drain(self) -> None:
         for sock in self.inbox.drain():
             self._adopt(sock)
-        if self.inbox.finished:
-            # The server stopped listening. Closed: its sockets close as the core's WS server
-            # closes its own; shutting down: they finish draining (or the grace ends them).
+        if self.inbox.finished and not (self._draining and self._conns):
+            # The server closed: its sockets close as the core's WS server closes its own.
+            # (Shutting down, they finish draining first, and the inbox stays open until the
+            # last one ends: answers given on other threads reach the loop through it.)
+            self._stop_inbox()
+            for fd in list(self._conns):
+                self._end(fd, 1001)
+
+    def _stop_inbox(self) -> None:
+        try:
             self._loop.remove_reader(self._fd)
-            self.inbox.close()
-            if not self._draining:
-                for fd in list(self._conns):
-                    self._end(fd, 1001)
+        except Exception:
+            pass  # the loop is closed
+        self.inbox.close()
 
     def _adopt(self, sock: Any) -> None:
         ip = sock.remote_ip
@@ -812,6 +818,8 @@ class _LoopCalls(_Calls):
                     if not fut.done():
                         fut.set_result(not self._expired)
                 self._waiters.clear()
+                if self.inbox.finished:
+                    self._stop_inbox()
 
     def _sweep(self) -> None:
         """Closes the sockets idle for ``ws_idle_timeout_ms`` (1000, as the core's server)."""
