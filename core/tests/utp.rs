@@ -325,3 +325,34 @@ async fn a_handler_slower_than_the_inactivity_timeout_loses_its_stream() {
         }
     }
 }
+
+/// A quiet stream is closed after `UtpServerConfig::idle_timeout`, so clients that went away
+/// without closing do not hold the node's stream slots for good; a request that runs longer than
+/// the idle time keeps its stream.
+#[tokio::test]
+async fn quiet_streams_are_closed_and_free_their_slots() {
+    use grenache::transport::utp::UtpNodeConfig;
+    for (idle, freed) in [(None, false), (Some(Duration::from_millis(400)), true)] {
+        let node = UtpNode::bind_with(loopback(), UtpNodeConfig { max_streams: 2, ..Default::default() }).await.expect("node");
+        let config = UtpServerConfig { idle_timeout: idle, ..Default::default() };
+        let s = UtpServer::serve(node, Arc::new(handler), config).expect("serve");
+        let dest = s.local_addr().to_string();
+        // Two clients each leave a stream open and quiet: the node's two slots.
+        let quiet = [UtpClient::new(UtpClientConfig::default()), UtpClient::new(UtpClientConfig::default())];
+        for c in &quiet {
+            assert_eq!(c.request(&dest, out(&json!("hello"), LONG)).await.expect("first"), json!("world"));
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let third = UtpClient::new(UtpClientConfig { connect_timeout: Duration::from_secs(2), ..Default::default() });
+        let got = third.request(&dest, out(&json!("hello"), LONG)).await;
+        if freed {
+            assert_eq!(got.expect("a slot was freed"), json!("world"));
+            // A request slower than the idle time keeps its stream, and is answered.
+            let slow = third.request(&dest, out(&json!({"sleep": 1500, "v": "late"}), LONG)).await;
+            assert_eq!(slow.expect("slow request"), json!("late"));
+        } else {
+            assert!(got.is_err(), "with no idle timeout both slots stay taken: {got:?}");
+        }
+        drop(quiet);
+    }
+}

@@ -149,24 +149,34 @@ pub async fn rust_grape_with(config: GrapeConfig) -> Grape {
     g
 }
 
-/// The `grape` binary of this workspace (debug profile), built on first use.
+/// The `grape` binary of this workspace (debug profile), built on first use ([`cli_bin`]).
 pub fn grape_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    cli_bin("grape")
+}
+
+/// A binary of this workspace's CLI (`grape`, `grenache`; debug profile), built on first use.
+///
+/// Built the way the test command builds the workspace (`--workspace --all-targets`): a build of
+/// the one package resolves the dependencies' features differently, so it recompiled and relinked
+/// the binaries (15-26 s per test binary) although the test command had just built them; this
+/// way it is a no-op there.
+pub fn cli_bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // Tests run as parallel processes that all build the binary; a build that loses a race
+        // Tests run as parallel processes that all build the binaries; a build that loses a race
         // on the build directory's lock or cache fails once and succeeds when tried again.
         let built = (0..3).any(|_| {
             Command::new(&cargo)
-                .args(["build", "-q", "-p", "grenache-cli", "--bin", "grape"])
+                .args(["build", "-q", "--workspace", "--all-targets", "--locked"])
                 .current_dir(workspace_dir())
                 .status()
                 .expect("run cargo build")
                 .success()
         });
-        assert!(built, "building the grape binary failed");
+        assert!(built, "building the CLI binaries failed");
         let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_dir().join("target"));
-        target.join("debug").join("grape")
+        target.join("debug")
     })
-    .clone()
+    .join(name)
 }

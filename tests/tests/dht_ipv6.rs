@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grenache::grape::{DhtIpv6, Grape, GrapeConfig};
-use grenache::link::Link;
+use grenache::ErrorKind;
+use grenache::link::signed::AnnounceSigner;
+use grenache::link::{Keypair, Link, LinkConfig};
 use grenache::rpc::{ClientTransport, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions};
 use grenache::transport::http::{HttpClient, HttpServer, HttpServerConfig};
 use grenache::transport::ws::{WsClient, WsServer, WsServerConfig};
@@ -90,6 +92,50 @@ async fn ipv6_only_grapes_serve_links_and_rpc() {
     http_worker.shutdown(Duration::from_secs(1)).await;
     ws_worker.shutdown(Duration::from_secs(1)).await;
     for g in [g0, g1, g2] {
+        g.stop().await;
+    }
+}
+
+/// Signed announcements prove IPv6 addresses: a worker on `[::1]` announcing through an IPv6
+/// Grape signs its address (the default IPs include `::1` when the Grape is there), and a client
+/// pinned to its key uses it; an unsigned announce of the same name is never used.
+#[tokio::test]
+async fn a_signed_ipv6_worker_is_proven_and_a_hijacker_is_not() {
+    let g0 = rust_grape_with(v6_config(vec![])).await;
+    let g1 = rust_grape_with(v6_config(vec![g0.dht_bootstrap_addr()])).await;
+    let name = "v6:signed";
+    let key = Keypair::generate();
+    let server_link = Link::with_grape(g0.api_url()).unwrap();
+    server_link.sign_announcements(name, Some(AnnounceSigner::new(vec![key.clone()]))).unwrap();
+    let handler = |_req: Request, reply: Reply| reply.ok(json!("real"));
+    let ws = Arc::new(WsServer::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, 0)), handler, WsServerConfig::default()).await.unwrap());
+    let real = format!("[::1]:{}", ws.local_addr().port());
+    let worker = PeerRpcServer::new(server_link, ws.clone());
+    worker.start_announcing(name, Duration::from_secs(1)).first_result(T).await.unwrap();
+    // The hijacker: the same name announced, without a proof, on another port of ::1.
+    let hijacker = announce(g1.api_addr(), name, 4999).await;
+    assert!(hijacker.parse::<u64>().is_ok_and(|n| n >= 1), "{hijacker}");
+    let mut both = vec![real.clone(), "[::1]:4999".to_string()];
+    both.sort();
+    found(g1.api_addr(), name, &both).await;
+
+    let pinned = Link::new(LinkConfig::with_grape(g1.api_url())).unwrap();
+    pinned.pin_service(name, &[key.public_hex().as_str()]).unwrap();
+    let list = eventually(T, "the proven IPv6 address", || {
+        let pinned = pinned.clone();
+        async move { pinned.lookup(name).await.ok().filter(|l| l.len() == 1).map(|l| l.to_vec()) }
+    })
+    .await;
+    assert_eq!(list, vec![real]);
+    let client = PeerRpcClient::new(pinned.clone(), Arc::new(WsClient::default()), PeerRpcClientConfig::default());
+    let opts = RequestOptions { timeout: Some(Duration::from_secs(20)), ..Default::default() };
+    assert_eq!(client.request(name, &json!("hi"), &opts).await.unwrap(), json!("real"));
+    // Pinned to another key, nothing is proven.
+    let wrong = Link::new(LinkConfig::with_grape(g1.api_url())).unwrap();
+    wrong.pin_service(name, &[Keypair::generate().public_hex().as_str()]).unwrap();
+    assert_eq!(wrong.lookup(name).await.unwrap_err().kind(), ErrorKind::LookupEmpty);
+    worker.shutdown(Duration::from_secs(1)).await;
+    for g in [g0, g1] {
         g.stop().await;
     }
 }

@@ -1,6 +1,6 @@
 //! The `grape` binary: flags, exit codes, serving, clean stop on SIGTERM.
 //!
-//! Builds the binary first (`cargo build -p grenache-cli --bin grape`, debug profile).
+//! Builds the binary first (`grenache_e2e::grapes::cli_bin`, debug profile).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

@@ -22,11 +22,11 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use grenache_e2e::{interop_dir, require_node_peers, workspace_dir};
+use grenache_e2e::grapes::cli_bin;
+use grenache_e2e::{interop_dir, require_node_peers};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
@@ -34,21 +34,6 @@ use tokio::sync::mpsc;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The `grape` and `grenache` binaries (built once, debug profile).
-fn cli_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "grenache-cli", "--bins"])
-            .current_dir(workspace_dir())
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "building the CLI binaries failed");
-        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_dir().join("target")).join("debug")
-    });
-    dir.join(name)
-}
 
 /// A process in a namespace: JSON lines out, lines in; killed when dropped.
 struct Proc {

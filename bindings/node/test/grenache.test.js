@@ -227,8 +227,11 @@ test('WSS with client certificates: fingerprint to the handler, allowFingerprint
 })
 
 test('server reply timeout and map over workers', async () => {
-  const slow = new g.Server(l1, () => new Promise(() => {}), { replyTimeout: 200 })
-  cleanup.push(() => slow.close())
+  // The pending promises stay reachable: a reply collected unanswered is answered
+  // ERR_NO_REPLY at once, which would race the reply timeout tested here.
+  const hung = []
+  const slow = new g.Server(l1, () => new Promise((resolve) => hung.push(resolve)), { replyTimeout: 200 })
+  cleanup.push(() => { slow.close(); hung.length = 0 })
   const c = new g.Client(l1)
   cleanup.push(() => c.close())
   await assert.rejects(c.request('x', 'hang', { dest: `127.0.0.1:${slow.port}`, timeout: 10000 }), (e) => e.name === 'ERR_REMOTE' && e.message === 'ERR_TIMEOUT')

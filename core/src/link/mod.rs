@@ -54,7 +54,7 @@ const MAX_KEYS_PER_NAME: usize = 8;
 /// Verified proofs remembered (name, address and key → valid until, unix seconds).
 const PROOF_CACHE: usize = 10_000;
 
-type ProofCache = lru::LruCache<(String, std::net::SocketAddrV4, [u8; 32]), u64>;
+type ProofCache = lru::LruCache<(String, std::net::SocketAddr, [u8; 32]), u64>;
 
 /// Link settings. The defaults are the reference's.
 #[derive(Debug, Clone)]
@@ -336,7 +336,7 @@ impl Link {
     async fn proven(&self, name: &str, list: Vec<String>, keys: &[[u8; 32]]) -> Vec<String> {
         let now = signed::unix_now();
         let checks = list.into_iter().map(|a| async move {
-            let addr: std::net::SocketAddrV4 = a.parse().ok()?;
+            let addr: std::net::SocketAddr = a.parse().ok()?;
             {
                 let mut proofs = lock(&self.inner.proofs);
                 if keys.iter().any(|k| proofs.get(&(name.to_string(), addr, *k)).is_some_and(|until| *until > now)) {
@@ -442,13 +442,16 @@ impl Link {
         Ok(())
     }
 
-    /// The Grape's IPv4 address when its URL names one.
-    fn grape_ip(&self) -> Option<std::net::Ipv4Addr> {
+    /// The Grape's IP address when its URL names one (`localhost` is 127.0.0.1; `[v6]` too).
+    fn grape_ip(&self) -> Option<std::net::IpAddr> {
         let host = self.inner.base.strip_prefix("http://")?;
         let host = host.split('/').next()?;
+        if let Some(v6) = host.strip_prefix('[') {
+            return v6.split(']').next()?.parse().ok();
+        }
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
         if host == "localhost" {
-            return Some(std::net::Ipv4Addr::LOCALHOST);
+            return Some(std::net::Ipv4Addr::LOCALHOST.into());
         }
         host.parse().ok()
     }

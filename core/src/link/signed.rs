@@ -7,7 +7,8 @@
 //! * `k` = the service's public key; `salt` = [`proof_salt`]`(name, port)`, i.e.
 //!   `"ga1:" + hex(SHA-1(name ‖ 0x00 ‖ port as 2 bytes big-endian))` (44 ASCII bytes);
 //! * `v` = a JSON text (a string on the wire, so that every Grape's `/get` returns it unchanged):
-//!   `{"n":"<name>","p":<port>,"ips":["<ipv4>",...],"e":<expiry, unix seconds>}`;
+//!   `{"n":"<name>","p":<port>,"ips":["<ip>",...],"e":<expiry, unix seconds>}` (IPv4 and IPv6
+//!   addresses in their usual text forms; a verifier that knows only IPv4 skips the others);
 //! * `seq` = the time it was signed, in unix milliseconds (a newer proof always wins).
 //!
 //! A client pinned to a service's keys ([`super::Link::pin_service`]) keeps an address
@@ -16,7 +17,7 @@
 //! key (checked by the client itself, whatever the Grape says), the same name and port, the IP
 //! among `ips`, and an expiry in the future.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -54,8 +55,8 @@ pub struct AnnounceProof {
     pub name: String,
     /// The service port.
     pub port: u16,
-    /// The IPv4 addresses the Grapes see the worker at.
-    pub ips: Vec<Ipv4Addr>,
+    /// The addresses (IPv4, IPv6) the Grapes see the worker at.
+    pub ips: Vec<IpAddr>,
     /// Unix seconds after which the proof is worthless.
     pub expires: u64,
 }
@@ -66,7 +67,7 @@ pub const MAX_PROOF_IPS: usize = 16;
 impl AnnounceProof {
     /// The item's value: the JSON text described in the module docs.
     pub fn to_v(&self) -> String {
-        let ips: Vec<String> = self.ips.iter().map(Ipv4Addr::to_string).collect();
+        let ips: Vec<String> = self.ips.iter().map(IpAddr::to_string).collect();
         json!({"n": self.name, "p": self.port, "ips": ips, "e": self.expires}).to_string()
     }
 
@@ -84,7 +85,7 @@ impl AnnounceProof {
     /// The `/put` payload of this proof signed with `key` (seq = now in unix milliseconds).
     pub fn sign(&self, key: &Keypair) -> Result<Value> {
         if self.ips.is_empty() || self.ips.len() > MAX_PROOF_IPS {
-            return Err(Error::invalid(format!("a proof names 1 to {MAX_PROOF_IPS} IPv4 addresses")));
+            return Err(Error::invalid(format!("a proof names 1 to {MAX_PROOF_IPS} IP addresses")));
         }
         let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let item = MutableItem {
@@ -121,7 +122,7 @@ pub enum ProofError {
 /// Checks an item read with `/get` (the Grape's JSON: `v`, `k`, `sig`, `seq`; `salt` is not
 /// needed) as the proof that `addr` serves `name` under the public key `key`, at `now` (unix
 /// seconds). The signature is verified here: a Grape is not trusted to have done it.
-pub fn verify_proof(item: &Value, key: &[u8; 32], name: &str, addr: SocketAddrV4, now: u64) -> std::result::Result<AnnounceProof, ProofError> {
+pub fn verify_proof(item: &Value, key: &[u8; 32], name: &str, addr: SocketAddr, now: u64) -> std::result::Result<AnnounceProof, ProofError> {
     let field = |f: &str| item.get(f).and_then(Value::as_str).ok_or(ProofError::Malformed);
     let k = hex::decode(field("k")?).map_err(|_| ProofError::Malformed)?;
     if k.as_slice() != key {
@@ -139,7 +140,8 @@ pub fn verify_proof(item: &Value, key: &[u8; 32], name: &str, addr: SocketAddrV4
         return Err(ProofError::BadSignature);
     }
     let proof = AnnounceProof::parse(v).ok_or(ProofError::Malformed)?;
-    if proof.name != name || proof.port != addr.port() || !proof.ips.contains(addr.ip()) {
+    let ip = addr.ip().to_canonical();
+    if proof.name != name || proof.port != addr.port() || !proof.ips.iter().any(|p| p.to_canonical() == ip) {
         return Err(ProofError::OtherAddress);
     }
     if proof.expires <= now {
@@ -156,10 +158,10 @@ pub struct AnnounceSigner {
     /// How long a proof is valid; it is published again once half of it has passed. Default
     /// 10 minutes.
     pub ttl: Duration,
-    /// The IPv4 addresses the Grapes see this worker at. Empty (the default): the addresses this
-    /// host sends from towards its Grape and towards the default route (see
-    /// [`default_ips`]); set them on hosts with several networks or behind NAT.
-    pub ips: Vec<Ipv4Addr>,
+    /// The addresses (IPv4, IPv6) the Grapes see this worker at. Empty (the default): the
+    /// addresses this host sends from towards its Grape and towards the default routes of both
+    /// families (see [`default_ips`]); set them on hosts with several networks or behind NAT.
+    pub ips: Vec<IpAddr>,
 }
 
 impl AnnounceSigner {
@@ -169,28 +171,32 @@ impl AnnounceSigner {
     }
 }
 
-/// The IPv4 addresses this host sends from towards `grape_host` and towards the default route
-/// (found by connecting UDP sockets, which sends nothing). Loopback is kept only when nothing
-/// else is found or the Grape itself is on loopback.
-pub fn default_ips(grape_host: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
-    let from = |to: Ipv4Addr| -> Option<Ipv4Addr> {
-        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+/// The addresses this host sends from towards `grape_host` and towards the default routes of
+/// IPv4 and IPv6 (found by connecting UDP sockets, which sends nothing; a family without a route
+/// gives none). Loopback is kept only when nothing else is found or the Grape itself is on
+/// loopback. A dual-stack Grape announces over IPv6 only when told to, but a proof naming the
+/// host's IPv6 address costs nothing and covers it when it does.
+pub fn default_ips(grape_host: Option<IpAddr>) -> Vec<IpAddr> {
+    let from = |to: IpAddr| -> Option<IpAddr> {
+        let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let s = std::net::UdpSocket::bind((any, 0)).ok()?;
         s.connect((to, 9)).ok()?;
-        match s.local_addr().ok()? {
-            std::net::SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
-            _ => None,
-        }
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
     };
+    // Documentation addresses (RFC 5737, RFC 3849): only the route to them matters.
+    let routes = [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))];
     let mut out = Vec::new();
-    for to in [grape_host, Some(Ipv4Addr::new(192, 0, 2, 1))].into_iter().flatten() {
+    for to in grape_host.into_iter().chain(routes) {
         if let Some(ip) = from(to)
             && !out.contains(&ip)
+            && (!ip.is_loopback() || Some(to) == grape_host)
         {
             out.push(ip);
         }
     }
     if out.is_empty() {
-        out.push(Ipv4Addr::LOCALHOST);
+        out.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     out
 }
@@ -217,9 +223,9 @@ mod tests {
     fn proofs_verify_and_every_bad_one_is_refused() {
         let key = Keypair::generate();
         let k: [u8; 32] = hex::decode(key.public_hex()).unwrap().try_into().unwrap();
-        let addr: SocketAddrV4 = "10.1.2.3:4000".parse().unwrap();
+        let addr: SocketAddr = "10.1.2.3:4000".parse().unwrap();
         let now = unix_now();
-        let proof = AnnounceProof { name: "svc".into(), port: 4000, ips: vec![*addr.ip(), Ipv4Addr::LOCALHOST], expires: now + 60 };
+        let proof = AnnounceProof { name: "svc".into(), port: 4000, ips: vec![addr.ip(), Ipv4Addr::LOCALHOST.into()], expires: now + 60 };
         let put = proof.sign(&key).unwrap();
         assert_eq!(put["salt"], json!(proof_salt("svc", 4000)));
         assert_eq!(key.target_hex(Some(&proof_salt("svc", 4000))), proof_target(&k, "svc", 4000));
@@ -254,11 +260,36 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_are_proven_in_either_form() {
+        let key = Keypair::generate();
+        let k: [u8; 32] = hex::decode(key.public_hex()).unwrap().try_into().unwrap();
+        let now = unix_now();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let proof = AnnounceProof { name: "svc".into(), port: 4000, ips: vec!["10.1.2.3".parse().unwrap(), v6], expires: now + 60 };
+        assert!(proof.to_v().contains(r#""ips":["10.1.2.3","2001:db8::7"]"#), "{}", proof.to_v());
+        let item = item_of(&proof.sign(&key).unwrap());
+        for ok in ["[2001:db8::7]:4000", "[2001:0db8:0:0::7]:4000", "10.1.2.3:4000", "[::ffff:10.1.2.3]:4000"] {
+            assert_eq!(verify_proof(&item, &k, "svc", ok.parse().unwrap(), now).map(|p| p.ips.len()), Ok(2), "{ok}");
+        }
+        for other in ["[2001:db8::8]:4000", "[::1]:4000"] {
+            assert_eq!(verify_proof(&item, &k, "svc", other.parse().unwrap(), now), Err(ProofError::OtherAddress), "{other}");
+        }
+        // A proof of an IPv6 address read by a verifier that knows only IPv4 still parses.
+        let parsed = AnnounceProof::parse(r#"{"n":"svc","p":1,"ips":["::1","bogus","10.0.0.1"],"e":5}"#).unwrap();
+        assert_eq!(parsed.ips, vec![IpAddr::from(Ipv6Addr::LOCALHOST), "10.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
     fn keys_and_ips() {
         assert!(parse_public_key("zz").is_err());
         assert!(parse_public_key(&"00".repeat(31)).is_err());
         let k = Keypair::generate();
         assert!(parse_public_key(&k.public_hex()).is_ok());
-        assert_eq!(default_ips(Some(Ipv4Addr::LOCALHOST))[0], Ipv4Addr::LOCALHOST);
+        assert_eq!(default_ips(Some(Ipv4Addr::LOCALHOST.into()))[0], IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert!(default_ips(None).iter().all(|ip| !ip.is_loopback()) || default_ips(None) == [IpAddr::from(Ipv4Addr::LOCALHOST)]);
+        // On a host with IPv6 loopback, a Grape on ::1 gives ::1 first.
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            assert_eq!(default_ips(Some(Ipv6Addr::LOCALHOST.into()))[0], IpAddr::from(Ipv6Addr::LOCALHOST));
+        }
     }
 }

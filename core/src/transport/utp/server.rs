@@ -28,6 +28,9 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// written.
 const READ_AHEAD: usize = 1 << 20;
 
+/// [`UtpServerConfig::idle_timeout`]'s default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The settings of a [`UtpServer`].
 #[derive(Debug, Clone)]
 pub struct UtpServerConfig {
@@ -43,6 +46,14 @@ pub struct UtpServerConfig {
     /// receives as one message) as one chunk. False lets replies share packets (faster with many
     /// requests in flight; only for peers that split the stream themselves, as ours do).
     pub one_message_per_write: bool,
+    /// A stream that carries no request for this long (none running, nothing read) is closed.
+    /// The engine never ends a quiet stream whose data was all acknowledged, so without this a
+    /// client that vanished (a crash, a NAT mapping gone) would hold one of the node's
+    /// [`UtpNodeConfig::max_streams`](super::UtpNodeConfig::max_streams) slots until the node
+    /// closes. Default 300 s, as the WS server's idle sockets; our clients replace a stream
+    /// idle for less than the node's inactivity timeout (60 s), so they never send on one the
+    /// server is closing. `None` keeps quiet streams open.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for UtpServerConfig {
@@ -52,6 +63,7 @@ impl Default for UtpServerConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_in_flight_per_stream: 1024,
             one_message_per_write: true,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -154,6 +166,9 @@ async fn serve_stream(stream: UtpStream, handler: &dyn Handler, config: &UtpServ
     let mut out = Vec::with_capacity(256);
     let mut eof = false;
     let mut draining = false;
+    // When the stream last read bytes or finished a request.
+    let mut active = tokio::time::Instant::now();
+    let idle_limit = config.idle_timeout.unwrap_or(Duration::ZERO).min(Duration::from_secs(1 << 32));
     loop {
         // Handle every whole request buffered, up to the in-flight bound.
         let mut broken = false;
@@ -189,16 +204,27 @@ async fn serve_stream(stream: UtpStream, handler: &dyn Handler, config: &UtpServ
             break;
         }
         let can_read = !eof && !draining && running.len() < config.max_in_flight_per_stream;
+        // (With no idle timeout the branch is off and the sleep never polled.)
+        let quiet = running.is_empty() && config.idle_timeout.is_some();
+        let idle_until = active + idle_limit;
         tokio::select! {
             r = rd.read(&mut buf), if can_read => match r {
                 Ok(0) | Err(_) => eof = true,
-                Ok(n) => split.push(&buf[..n]),
+                Ok(n) => {
+                    split.push(&buf[..n]);
+                    active = tokio::time::Instant::now();
+                }
             },
             Some((rid, body)) = running.next(), if !running.is_empty() => {
                 let ahead = ReadAhead { rd: &mut rd, split: &mut split, buf: &mut buf, eof: &mut eof };
                 if !reply(&mut wr, &mut out, &rid, &body, config, ahead).await {
                     return;
                 }
+                active = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(idle_until), if quiet => {
+                tracing::debug!("uTP {remote}: no request for {idle_limit:?}; closing the stream");
+                break;
             }
             _ = life.draining.cancelled(), if !draining => draining = true,
             _ = life.closing.cancelled() => return,
