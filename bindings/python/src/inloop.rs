@@ -475,12 +475,9 @@ impl Drop for LoopConn {
 /// Decodes a request envelope `[rid, key, payload]` (the core's rules); a malformed one is
 /// dropped, as the core's WS server does.
 fn push_request(requests: &mut Vec<(String, String)>, body: &[u8]) {
-    match grenache::rpc::envelope::decode_request(body) {
-        Ok(d) => {
-            let rid = serde_json::to_string(&d.rid).unwrap_or_else(|_| "null".into());
-            requests.push((rid, d.payload.json().to_string()));
-        }
-        Err(_) => {}
+    if let Ok(d) = grenache::rpc::envelope::decode_request(body) {
+        let rid = serde_json::to_string(&d.rid).unwrap_or_else(|_| "null".into());
+        requests.push((rid, d.payload.json().to_string()));
     }
 }
 

@@ -15,6 +15,8 @@
 //! * the asyncio path goes through an `Inbox` per event loop: completions (and requests for
 //!   `async def` handlers) are queued without the GIL, and the loop is woken once per batch
 //!   through a socket it watches, not once per reply;
+//! * an `async def` handler's plain WS server hands its sockets to the handler's loop, which
+//!   reads and writes them itself (`inloop`): no thread between a request and its reply;
 //! * plain request handlers run on a small pool of threads of this module (`Pool`) that take
 //!   the GIL once and call the handler for every queued request in a row; a handler that blocks
 //!   lets another thread of the pool take over, so a slow Python handler never stalls the I/O
