@@ -346,6 +346,30 @@ class InLoopTests(unittest.TestCase):
         finally:
             s.close()
 
+    def test_close_closes_the_loop_sockets(self):
+        """``close()`` stops listening and closes the sockets the loop holds with 1001 (as the
+        core's WS server closes its own); a reply given afterwards is dropped quietly."""
+        later = []
+
+        async def handler(payload, info):
+            if payload == "keep":
+                later.append(info.defer())
+                return None
+            return payload
+
+        s = grenache.Server(self.net.l1, handler, transport="ws")
+        raw = ws_connect(s.port)
+        self.assertEqual(raw.request("a", 1), ["a", None, 1])
+        raw.send_text(json.dumps(["b", "x", "keep"]))
+        eventually(lambda: later, what="the deferred request")
+        s.close()
+        self.assertEqual(raw.close_code(), 1001)
+        raw.close()
+        later[0].send("too late")  # nobody waits: no error
+        self.assertTrue(later[0].closed)
+        with self.assertRaises(grenache.ConnectError):
+            self.client.request("x", 1, dest=self.dest(s), timeout=5)
+
     def test_limits_connections_and_idle(self):
         """``max_connections_per_ip`` closes the sockets over it at once; ``ws_idle_timeout_ms``
         closes a socket that sends nothing (1000)."""
