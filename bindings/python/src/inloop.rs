@@ -399,7 +399,14 @@ impl LoopConn {
             if depth == 0 {
                 flush_dirty(py);
             }
-        } else if !ended && !lock(&self.conn.state).out.is_empty() {
+        }
+        // Pongs (and, inside an outer delivery, nothing else) still queued go out now: a peer
+        // waiting for its pong must not wait for the replies of long requests.
+        let pending = {
+            let st = lock(&self.conn.state);
+            !st.out.is_empty() && !st.blocked && !st.dirty
+        };
+        if !ended && pending {
             self.conn.flush(py);
         }
         Ok(ended)

@@ -308,9 +308,16 @@ class InLoopTests(unittest.TestCase):
             good.send_text("{nope")
             good.send_text("42")
             self.assertEqual(good.request({"rid": 1}, [1, 2]), [{"rid": 1}, None, [1, 2]])
-            # A ping is answered with a pong carrying its bytes.
+            # A ping is answered with a pong carrying its bytes, also when it comes with a
+            # request that runs long: the pong does not wait for its reply.
             good.s.sendall(frame(9, b"ping!"))
             self.assertEqual(good.next_frame(), (10, b"ping!"))
+            good.s.sendall(frame(1, json.dumps(["slow", "x", {"sleep": 1.5}]).encode()) + frame(9, b"again"))
+            t0 = time.monotonic()
+            self.assertEqual(good.next_frame(), (10, b"again"))
+            self.assertLess(time.monotonic() - t0, 1.0)
+            op, body = good.next_frame()
+            self.assertEqual((op, json.loads(body)), (1, ["slow", None, {"sleep": 1.5}]))
             good.s.sendall(frame(8, struct.pack(">H", 1000)))
             self.assertEqual(good.close_code(), 1000)
             good.close()
