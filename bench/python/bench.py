@@ -11,8 +11,9 @@ tests/interop do), over WS and HTTP:
   blocking (sequential only) and asyncio, the Node reference's PeerRPCClient, and the Rust
   client (`rpc_load`, the ceiling);
 * **as server**: the Rust client (`rpc_load`) calls each server: the Python face with a plain
-  handler and with an ``async def`` handler, the Node reference's PeerRPCServer, and the Rust
-  server (`grenache serve`).
+  handler and with an ``async def`` handler (over WS its sockets are read on its event loop; the
+  last row keeps them on the library's threads, GRENACHE_PYTHON_IN_LOOP=0), the Node
+  reference's PeerRPCServer, and the Rust server (`grenache serve`).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
 found through two Grapes in this process. The `polling 50 us` row runs the same blocking client
@@ -178,9 +179,12 @@ def free_port():
 
 
 def python_env(kind):
-    """The environment of a Python peer: `...-poll` kinds poll 50 us before sleeping."""
+    """The environment of a Python peer: `...-poll` kinds poll 50 us before sleeping,
+    `...-threaded` ones keep an ``async def`` server's WS sockets on the library's threads."""
     if kind.endswith("-poll"):
         return dict(os.environ, GRENACHE_PYTHON_POLL_US="50")
+    if kind.endswith("-threaded"):
+        return dict(os.environ, GRENACHE_PYTHON_IN_LOOP="0")
     return None
 
 
@@ -292,6 +296,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("python-async", "Python face, async def handler"),
                 ("node", "Node reference server"),
                 ("rust", "Rust server (`grenache serve`)"),
+                ("python-async-threaded", "Python face, async def handler, GRENACHE_PYTHON_IN_LOOP=0"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:

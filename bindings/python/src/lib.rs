@@ -15,6 +15,8 @@
 //! * the asyncio path goes through an `Inbox` per event loop: completions (and requests for
 //!   `async def` handlers) are queued without the GIL, and the loop is woken once per batch
 //!   through a socket it watches, not once per reply;
+//! * an `async def` handler's plain WS server hands its sockets to the handler's loop, which
+//!   reads and writes them itself (`inloop`): no thread between a request and its reply;
 //! * plain request handlers run on a small pool of threads of this module (`Pool`) that take
 //!   the GIL once and call the handler for every queued request in a row; a handler that blocks
 //!   lets another thread of the pool take over, so a slow Python handler never stalls the I/O
@@ -40,6 +42,8 @@ use grenache::tls::ClientAuth;
 use grenache::{Error, ErrorKind, Result as GResult};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+
+mod inloop;
 
 /// How often a blocking wait wakes up to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -565,6 +569,10 @@ enum Item {
     Done(Py<PyAny>, GResult<String>),
     /// A request for an `async def` handler.
     Call(Box<(Request, grenache::rpc::Reply)>),
+    /// A plain WS socket handed to the loop (`inloop`).
+    Socket(Box<grenache::transport::ws::handoff::HandedOff>),
+    /// Frames queued from another thread for a socket the loop drives (`inloop`).
+    Flush(Arc<inloop::Conn>),
 }
 
 struct InboxState {
@@ -678,6 +686,8 @@ impl Inbox {
                     let reply = Py::new(py, Reply { inner: embed::ReplyOnce::new(reply) })?;
                     list.append((payload, fingerprint, reply))?
                 }
+                Item::Socket(h) => list.append(inloop::LoopSocket::new(*h))?,
+                Item::Flush(conn) => inloop::flush_from_inbox(py, &conn),
             }
         }
         Ok(list)
@@ -945,7 +955,7 @@ fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache
 #[pymethods]
 impl Server {
     #[new]
-    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None, limits=None))]
+    #[pyo3(signature = (link, transport, handler, port=0, tls=None, reply_timeout_ms=None, verify_client=None, broker=None, inbox=None, limits=None, in_loop=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -959,6 +969,7 @@ impl Server {
         broker: Option<String>,
         inbox: Option<&Inbox>,
         limits: Option<std::collections::BTreeMap<String, u64>>,
+        in_loop: bool,
     ) -> PyResult<Server> {
         let kind = transport_kind(py, transport)?;
         // Limits against hostile load by name (the core's table: `SERVER_LIMIT_NAMES`).
@@ -966,6 +977,23 @@ impl Server {
         for (name, value) in limits.unwrap_or_default() {
             server_limits.set(&name, value).map_err(|e| py_err(py, &e))?;
         }
+        // `in_loop` (WS without TLS, with an inbox): every socket, once upgraded, goes to the
+        // loop's inbox, which reads and writes it on the loop (`inloop`).
+        let hand_off = match inbox {
+            Some(inbox) if in_loop && kind == TransportKind::Ws && tls.is_none() => {
+                let shared = Arc::clone(&inbox.shared);
+                let hook: grenache::transport::ws::handoff::HandOff = Arc::new(move |h| {
+                    // The loop went away: requests are answered ERR_NO_REPLY, as queued ones were.
+                    if lock(&shared.state).closed {
+                        inloop::refuse(h);
+                    } else {
+                        shared.push(Item::Socket(Box::new(h)));
+                    }
+                });
+                Some(hook)
+            }
+            _ => None,
+        };
         let h: Arc<dyn grenache::rpc::Handler> = match (inbox, handler) {
             // `async def` handlers: requests go to the event loop's inbox in batches.
             (Some(inbox), _) => {
@@ -1005,6 +1033,7 @@ impl Server {
             verify_client,
             broker,
             limits: server_limits,
+            hand_off,
             ..Default::default()
         };
         let link = Arc::clone(&link.inner);
@@ -1288,6 +1317,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_class::<Reply>()?;
     m.add_class::<Inbox>()?;
+    m.add_class::<inloop::LoopSocket>()?;
+    m.add_class::<inloop::LoopConn>()?;
+    m.add_class::<inloop::LoopReply>()?;
+    m.add_function(wrap_pyfunction!(inloop::_inloop_flush, m)?)?;
     m.add_class::<Grape>()?;
     m.add_class::<Link>()?;
     m.add_class::<Keypair>()?;

@@ -44,6 +44,11 @@ pub struct ServerOptions {
     /// HTTP and WS: limits against hostile load (connections per source, read deadlines, the
     /// body budget, WS liveness); set them by name with [`crate::transport::ServerLimits::set`].
     pub limits: crate::transport::ServerLimits,
+    /// WS without TLS only: each socket, once upgraded, goes to this hook instead of being served
+    /// (see [`crate::transport::ws::handoff`]): for a face that reads and writes its sockets on
+    /// an event loop of its own. Such sockets are not drained by [`EmbedServer::shutdown`] nor
+    /// closed by [`EmbedServer::close`]: they are the hook's. Default none.
+    pub hand_off: Option<crate::transport::ws::handoff::HandOff>,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -56,6 +61,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("broker", &self.broker)
             .field("utp_node", &self.utp_node)
             .field("limits", &self.limits)
+            .field("hand_off", &self.hand_off.is_some())
             .finish()
     }
 }
@@ -105,6 +111,7 @@ impl EmbedServer {
                 reply_timeout: options.reply_timeout,
                 verify_client: options.verify_client,
                 limits: options.limits,
+                hand_off: options.hand_off,
             };
             let transport = crate::transport::bind_server_with(kind, addr, handler, settings).await?;
             Ok(PeerRpcServer::new(core_link, transport))

@@ -194,6 +194,9 @@ pub struct ServerSettings {
     /// Limits against hostile load: connections per source, read deadlines and the body budget
     /// (HTTP), liveness (WS).
     pub limits: ServerLimits,
+    /// WS without TLS only: each socket, once upgraded, goes to this hook instead of being served
+    /// (see [`ws::handoff`]); ignored by the other transports and by a WSS server.
+    pub hand_off: Option<ws::handoff::HandOff>,
 }
 
 /// The limits of a server transport against hostile load, for either kind
@@ -305,6 +308,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("reply_timeout", &self.reply_timeout)
             .field("verify_client", &self.verify_client.is_some())
             .field("limits", &self.limits)
+            .field("hand_off", &self.hand_off.is_some())
             .finish()
     }
 }
@@ -318,7 +322,7 @@ pub async fn bind_server_with(
     handler: Arc<dyn Handler>,
     settings: ServerSettings,
 ) -> Result<Arc<dyn ServerTransport>> {
-    let ServerSettings { tls, reply_timeout, verify_client, limits } = settings;
+    let ServerSettings { tls, reply_timeout, verify_client, limits, hand_off } = settings;
     Ok(match kind {
         TransportKind::Zmq => {
             if tls.is_some() || verify_client.is_some() {
@@ -338,6 +342,9 @@ pub async fn bind_server_with(
             }
             if let Some(hook) = verify_client {
                 config = config.verify_client(hook);
+            }
+            if let Some(hook) = hand_off {
+                config = config.hand_off(hook);
             }
             Arc::new(ws::WsServer::bind_arc(addr, handler, config).await?)
         }

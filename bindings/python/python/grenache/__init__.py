@@ -17,7 +17,9 @@ finishes in the background). Request handlers and subscription callbacks run on 
 threads, never on the caller's; a handler may block (it runs on a pool of its own). Every
 ``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
 wake-up of the loop for all the replies that arrived while it was busy), as do the requests
-for ``async def`` handlers.
+for ``async def`` handlers. Over plain WS, an ``async def`` handler's server reads and writes
+its sockets on its event loop itself (no thread in the way; ``GRENACHE_PYTHON_IN_LOOP=0`` turns
+that off).
 
 Payloads are any JSON-serialisable Python value (``json.dumps``/``json.loads``); they travel as
 JSON, like the reference's.
@@ -28,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import builtins
+import functools
 import inspect
 import json
+import os
 import sys
 import threading
 import traceback
@@ -573,9 +577,40 @@ if sys.version_info >= (3, 12):
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
+    # Before 3.12 asyncio has no eager tasks. The pure-Python Task is made with a stand-in for
+    # the loop that keeps the first step it schedules; that step then runs at once, as the
+    # task's own step: ``asyncio.current_task()`` is the task during it (``asyncio.timeout`` and
+    # the like work), as with 3.12's ``eager_start``. A handler that answers without waiting
+    # then never goes through the loop's queue, and its reply leaves with the batch's.
+    _PyTask = getattr(asyncio.tasks, "_PyTask", None)
+
+    class _FirstStep:
+        """The loop, while a task is made: holds back the step the task schedules."""
+
+        __slots__ = ("loop", "step")
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+            self.step: Any = None
+
+        def get_debug(self) -> bool:
+            return self.loop.get_debug()
+
+        def call_soon(self, callback: Any, *args: Any, context: Any = None) -> None:
+            self.step = (callback, args, context)
 
     def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
-        return loop.create_task(coro)
+        if _PyTask is None or loop.get_task_factory() is not None or asyncio.current_task(loop) is not None:
+            return loop.create_task(coro)
+        box = _FirstStep(loop)
+        task = _PyTask(coro, loop=box)
+        task._loop = loop
+        callback, args, context = box.step
+        if context is None:
+            callback(*args)
+        else:
+            context.run(callback, *args)
+        return task
 
 
 class _Calls:
@@ -605,8 +640,16 @@ class _Calls:
         self._agen = _on_loop_shutdown(loop, self._shutdown)
 
     def _drain(self) -> None:
+        self._run(self.inbox.drain())
+        if self.inbox.finished:
+            # The server closed and every request it received was handed over.
+            self._loop.remove_reader(self._fd)
+            self.inbox.close()
+
+    def _run(self, items: List[Any]) -> None:
+        """Runs the handler on each ``(payload_json, fingerprint, native_reply)``."""
         handler = self._handler
-        for payload_json, fingerprint, native_reply in self.inbox.drain():
+        for payload_json, fingerprint, native_reply in items:
             reply = Reply(native_reply)
             info = RequestInfo(fingerprint, reply)
             try:
@@ -621,10 +664,6 @@ class _Calls:
             if not task.done():
                 self._tasks[task] = reply
                 task.add_done_callback(self._tasks.pop)
-        if self.inbox.finished:
-            # The server closed and every request it received was handed over.
-            self._loop.remove_reader(self._fd)
-            self.inbox.close()
 
     def _shutdown(self) -> None:
         """The loop shuts down: what is queued and what arrives later is answered
@@ -644,6 +683,189 @@ class _Calls:
             pass
 
 
+# The environment variable that turns the in-loop path of ``async def`` WS servers off ("0").
+_IN_LOOP_ENV = "GRENACHE_PYTHON_IN_LOOP"
+
+# Events a socket driven by the loop reports (``_native.LoopConn``).
+_EV_BLOCKED = 0  # its kernel buffer is full: watch it for writability
+_EV_DRAINED = 1  # draining, it answered its last request: close it (4001)
+
+
+def _in_loop_default() -> bool:
+    return os.environ.get(_IN_LOOP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _limit(limits: Optional[Dict[str, int]], name: str, default: int) -> int:
+    for k, v in (limits or {}).items():
+        if k.replace("_", "").lower() == name:
+            return int(v)
+    return default
+
+
+class _LoopCalls(_Calls):
+    """The in-loop path of an ``async def`` handler's plain WS server: the server hands each
+    socket, once upgraded, to the loop (through the inbox), and the loop reads and writes it
+    itself (``_native.LoopConn``): a request and its reply cross no thread. Requests read in one
+    readiness event run in one batch; the replies they give go out in one write per socket.
+
+    The limits the core's WS server keeps on the sockets it serves are kept here:
+    ``max_connections`` and ``max_connections_per_ip`` (a socket over them is closed at once),
+    ``ws_idle_timeout_ms`` (a socket that sent no request for that long, with none running, is
+    closed with 1000). Pings to silent sockets (``ws_ping_interval_ms``, ``ws_pong_timeout_ms``)
+    are not sent: the idle limit closes a dead peer's socket."""
+
+    __slots__ = ("_conns", "_per_ip", "_weak", "_arm", "_draining", "_expired", "_waiters", "_max", "_max_ip", "_idle", "_sweeper")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, handler: Handler, reply_timeout: Optional[float], limits: Optional[Dict[str, int]]) -> None:
+        self._conns: dict = {}  # fd -> (LoopConn, peer IP)
+        self._per_ip: dict = {}
+        self._weak = weakref.ref(self)
+        self._arm = functools.partial(loop.call_later, reply_timeout) if reply_timeout is not None else None
+        self._draining = False
+        self._expired = False
+        self._waiters: list = []
+        self._max = _limit(limits, "maxconnections", 10_000)
+        self._max_ip = _limit(limits, "maxconnectionsperip", 2_000)
+        self._idle = _limit(limits, "wsidletimeoutms", 300_000) / 1000
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+        super().__init__(loop, handler)
+
+    def _drain(self) -> None:
+        for sock in self.inbox.drain():
+            self._adopt(sock)
+        if self.inbox.finished and not (self._draining and self._conns):
+            # The server closed: its sockets close as the core's WS server closes its own.
+            # (Shutting down, they finish draining first, and the inbox stays open until the
+            # last one ends: answers given on other threads reach the loop through it.)
+            self._stop_inbox()
+            for fd in list(self._conns):
+                self._end(fd, 1001)
+
+    def _stop_inbox(self) -> None:
+        try:
+            self._loop.remove_reader(self._fd)
+        except Exception:
+            pass  # the loop is closed
+        self.inbox.close()
+
+    def _adopt(self, sock: Any) -> None:
+        ip = sock.remote_ip
+        n = self._per_ip.get(ip, 0)
+        if self._draining or self.inbox.closed or len(self._conns) >= self._max or n >= self._max_ip:
+            return  # dropped: the socket closes
+        lc = _native.LoopConn(sock, self.inbox, self._weak, self._arm)
+        fd = lc.fileno()
+        self._conns[fd] = (lc, ip)
+        self._per_ip[ip] = n + 1
+        self._loop.add_reader(fd, self._readable, lc)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(max(self._idle / 4, 0.05), self._sweep)
+        # The bytes that came with the handshake may hold whole requests.
+        self._readable(lc)
+
+    def _readable(self, lc: Any) -> None:
+        if lc.pump(self._run):
+            self._end(lc.fileno())
+
+    def _writable(self, lc: Any) -> None:
+        fd = lc.fileno()
+        entry = self._conns.get(fd)
+        if entry is None or entry[0] is not lc:
+            return
+        if not lc.writable():
+            self._loop.remove_writer(fd)
+
+    def _kick(self) -> None:
+        """Called by a socket whose frames wait for the next turn of the loop."""
+        try:
+            self._loop.call_soon(_native._inloop_flush)
+        except RuntimeError:  # the loop is closed: write now
+            _native._inloop_flush()
+
+    def _event(self, fd: int, event: int) -> None:
+        entry = self._conns.get(fd)
+        if entry is None:
+            return
+        if event == _EV_BLOCKED:
+            self._loop.add_writer(fd, self._writable, entry[0])
+        else:
+            self._end(fd, 4001)
+
+    def _end(self, fd: int, code: Optional[int] = None) -> None:
+        """Stops watching the socket and closes it (with a close frame ``code``, unless one was
+        sent)."""
+        entry = self._conns.pop(fd, None)
+        if entry is None:
+            return
+        lc, ip = entry
+        try:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        except Exception:
+            pass  # the loop is closed
+        lc.close(code)
+        left = self._per_ip.get(ip, 1) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+        if not self._conns:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
+            if self._draining:
+                for fut in self._waiters:
+                    if not fut.done():
+                        fut.set_result(not self._expired)
+                self._waiters.clear()
+                if self.inbox.finished:
+                    self._stop_inbox()
+
+    def _sweep(self) -> None:
+        """Closes the sockets idle for ``ws_idle_timeout_ms`` (1000, as the core's server)."""
+        self._sweeper = None
+        for fd, (lc, _) in list(self._conns.items()):
+            if lc.in_flight == 0 and lc.idle >= self._idle:
+                self._end(fd, 1000)
+        if self._conns:
+            self._sweeper = self._loop.call_later(max(self._idle / 4, 0.05), self._sweep)
+
+    def drain(self, grace: float) -> "asyncio.Future[bool]":
+        """On the loop: stops reading every socket, closes each once its requests are answered
+        (4001) and the rest after ``grace`` seconds (1001). The future is true when every socket
+        finished in time."""
+        fut = self._loop.create_future()
+        self._draining = True
+        for fd, (lc, _) in list(self._conns.items()):
+            self._loop.remove_reader(fd)
+            if lc.drain():
+                self._end(fd, 4001)
+        if not self._conns:
+            fut.set_result(not self._expired)
+            return fut
+        self._waiters.append(fut)
+
+        def expire() -> None:
+            if fut.done():
+                return
+            self._expired = True
+            for fd in list(self._conns):
+                self._end(fd, 1001)
+
+        self._loop.call_later(grace, expire)
+        return fut
+
+    def _shutdown(self) -> None:
+        super()._shutdown()
+        # The replies of the cancelled handlers (ERR_NO_REPLY) go out before the close frame.
+        for fd in list(self._conns):
+            self._end(fd, 1001)
+
+
+async def _drained(calls: _LoopCalls, grace: float) -> bool:
+    return await calls.drain(grace)
+
+
 class Server:
     """An RPC server (``transport="http"``, ``"ws"``, ``"zmq"`` or ``"utp"``) answering with
     ``handler(payload, info)``.
@@ -657,7 +879,11 @@ class Server:
     else of an event loop on the library's own thread; requests reach the loop in batches. When
     that loop shuts down (the end of ``asyncio.run``), handlers still running are cancelled and
     requests not yet started are answered ``ERR_NO_REPLY``, so no client waits for a loop that
-    is gone. ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
+    is gone. Over plain WS (no TLS), an ``async def`` handler's server hands each socket, once
+    upgraded, to that loop, which reads and writes it itself: a request and its reply then cross
+    no thread, the requests read at once run as one batch and their replies go out in one write
+    (``in_loop=False``, or ``GRENACHE_PYTHON_IN_LOOP=0`` in the environment, keeps them on the
+    library's threads; see docs/compat.md for what differs). ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
@@ -687,16 +913,25 @@ class Server:
         loop: Optional[asyncio.AbstractEventLoop] = None,
         broker: Optional[str] = None,
         limits: Optional[Dict[str, int]] = None,
+        in_loop: Optional[bool] = None,
     ) -> None:
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
+        self._loop_calls: Optional[weakref.ref] = None
         if _is_async(handler):
             target = loop if loop is not None and not loop.is_closed() else _owned_loop()
-            inbox = _Calls(target, handler).inbox  # the loop keeps the _Calls
-            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, inbox, limits)
+            fast = transport == "ws" and tls is None and (_in_loop_default() if in_loop is None else bool(in_loop))
+            if fast:
+                _ms(reply_timeout)  # checked here, as on the other path
+                calls: _Calls = _LoopCalls(target, handler, reply_timeout, limits)
+                # Weak: only the loop holds the _LoopCalls (see _Calls).
+                self._loop_calls = weakref.ref(calls)
+            else:
+                calls = _Calls(target, handler)
+            self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, calls.inbox, limits, fast)
         else:
             self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker, None, limits)
 
@@ -719,8 +954,34 @@ class Server:
         listening (clients' connects are refused, and grenache clients send those requests to
         another worker), lets the requests already received finish and their replies go out,
         then closes; after ``grace`` seconds the rest are closed. Returns True when every
-        connection finished in time. Call ``close()`` afterwards."""
-        return self._s.shutdown(_ms(grace))
+        connection finished in time. Call ``close()`` afterwards.
+
+        An ``async def`` handler's server whose sockets its loop reads (``in_loop``) drains
+        them on that loop: called from another thread, this waits for it; called on the loop's
+        own thread (where its handlers cannot run while this blocks), it closes the idle
+        sockets, leaves the others draining on the loop (closed when answered, or after
+        ``grace``), and returns True only when none was busy: prefer ``shutdown_async`` there."""
+        calls = self._loop_calls() if self._loop_calls is not None else None
+        if calls is None:
+            return self._s.shutdown(_ms(grace))
+        loop = calls._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fut = calls.drain(grace)
+            core = self._s.shutdown(_ms(grace))
+            return core and fut.done() and fut.result()
+        try:
+            cf = asyncio.run_coroutine_threadsafe(_drained(calls, grace), loop)
+        except RuntimeError:  # the loop is closed: its sockets are gone
+            return self._s.shutdown(_ms(grace))
+        core = self._s.shutdown(_ms(grace))
+        try:
+            return cf.result(grace + 5) and core
+        except Exception:
+            return False
 
     def punch(self, target: str, timeout: float = 5.0) -> None:
         """uTP: punches ``target`` (``"ip:port"``) from the server's socket every 100 ms until it
@@ -735,7 +996,20 @@ class Server:
 
     async def shutdown_async(self, grace: float = 10.0) -> bool:
         """``shutdown`` for asyncio."""
-        return await _await(lambda done: self._s.shutdown_cb(_ms(grace), done), json.loads)
+        core = _await(lambda done: self._s.shutdown_cb(_ms(grace), done), json.loads)
+        calls = self._loop_calls() if self._loop_calls is not None else None
+        if calls is None:
+            return await core
+        loop = calls._loop
+        if asyncio.get_running_loop() is loop:
+            drained = calls.drain(grace)
+        else:
+            try:
+                drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_drained(calls, grace), loop))
+            except RuntimeError:  # the loop is closed: its sockets are gone
+                return await core
+        ok, core_ok = await asyncio.gather(drained, core)
+        return bool(ok and core_ok)
 
     def close(self) -> None:
         """Stops announcing and listening; requests in flight still get their reply."""
