@@ -100,7 +100,7 @@ class TransportRPCClient extends Base.TransportRPCClient {
         }
         return
       }
-      const c = { conn: null, req: null, used: 0, idleSince: 0 }
+      const c = { conn: null, req: null, idleSince: 0 }
       c.conn = native.loopHttpConn(socket, (texts) => this._onReplies(c, texts), (why) => this._onEnd(c, why))
       this._conns.add(c)
       if (this._reqs.has(req.rid)) this._send(c, req)
@@ -118,7 +118,6 @@ class TransportRPCClient extends Base.TransportRPCClient {
       this._drop(c, false)
       return this._dispatch(req)
     }
-    c.used++
   }
 
   // `c` carries nothing now: the next queued request, or the idle list.
@@ -165,20 +164,16 @@ class TransportRPCClient extends Base.TransportRPCClient {
     }
   }
 
-  // The connection ended: a request on it fails, unless the server closed a reused connection
-  // as the request left (then it goes once more, on a new connection).
+  // The connection ended: a request on it fails. It is not sent again: the server may have
+  // read it (at most once, as on the core's client). A reused connection the server closed
+  // before the request left is found by `sendHttp`, and the request goes on another.
   _onEnd (c, why) {
     this._drop(c, false)
     const req = c.req
     c.req = null
     if (req && this._reqs.has(req.rid)) {
       req._c = null
-      if (c.used > 1 && !req._again && why === 'the peer closed the connection') {
-        req._again = true
-        this._dispatch(req)
-      } else {
-        this.handleReply(req.rid, new Error(`ERR_REQUEST_GENERIC: ${why}`))
-      }
+      this.handleReply(req.rid, new Error(`ERR_REQUEST_GENERIC: ${why}`))
     }
     while (this._waiting.length && this._conns.size + this._dialing < MAX_CONNS) {
       const next = this._waiting.shift()

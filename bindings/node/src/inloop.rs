@@ -736,6 +736,9 @@ impl NativeLoopConn {
         if host.bytes().any(|b| b.is_ascii_control()) {
             return false;
         }
+        if !self.idle_and_open() {
+            return false;
+        }
         let sent = self.conn.queue(|out| {
             let _ = write!(
                 out,
@@ -752,6 +755,34 @@ impl NativeLoopConn {
             unsafe { uv_ref(self.conn.handle) };
         }
         sent
+    }
+
+    /// Before a request goes on a connection that awaits nothing (a reused keep-alive one):
+    /// false when the server already closed it (its FIN arrived since the loop last polled) or
+    /// sent bytes nobody asked for; the connection is then ended. A request is written at most
+    /// once, so a connection the server closed is found here, before the write, not from a
+    /// missing reply after it.
+    fn idle_and_open(&self) -> bool {
+        let mut st = self.conn.state.borrow_mut();
+        let st = &mut *st;
+        let awaiting = match &st.input {
+            Input::Http(inp) => inp.awaiting,
+            _ => return true,
+        };
+        let Some(stream) = st.stream.as_ref() else { return false };
+        if awaiting > 0 || st.ended.is_some() {
+            return st.ended.is_none();
+        }
+        let mut byte = [0u8; 1];
+        let why = match stream.peek(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Ok(0) => "the peer closed the connection".to_string(),
+            Ok(_) => "the peer sent bytes that answer no request".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        st.ended = Some(why);
+        false
     }
 
     /// Whether the socket keeps the process alive (while replies are awaited).
