@@ -15,7 +15,7 @@ const { PassThrough, Duplex, pipeline } = require('stream')
 
 const Base = require('./base')
 const native = require('./native')
-const { keepAlive, later } = require('./util')
+const { Deadlines, keepAlive, later } = require('./util')
 
 // Connections one client transport keeps to its destination (each carries one request at a
 // time); requests past that wait for one to be free.
@@ -52,8 +52,15 @@ class TransportRPCClient extends Base.TransportRPCClient {
     this._conns = new Set()
     this._waiting = [] // requests waiting for a free connection
     this._dialing = 0
-    this._timer = null
-    this._timerAt = 0
+    this._deadlines = new Deadlines(() => this._reqs.values(), (req) => {
+      // The connection would carry the late reply: closed.
+      const c = req._c
+      if (c) {
+        c.req = null
+        this._drop(c, true)
+      }
+      this.handleReply(req.rid, new Error('ERR_TIMEOUT'))
+    })
   }
 
   sendRequest (req) {
@@ -63,11 +70,7 @@ class TransportRPCClient extends Base.TransportRPCClient {
     } catch (e) {
       return later(() => this.handleReply(req.rid, new Error(`ERR_REQUEST_GENERIC: ${e.message}`)))
     }
-    const t = req.opts.timeout
-    if (typeof t === 'number' && t >= 0) {
-      req._deadline = req._ts + t
-      if (!this._timer || req._deadline < this._timerAt) this._arm(req._deadline)
-    }
+    this._deadlines.add(req, req.opts.timeout)
     this.connected()
     this._dispatch(req)
   }
@@ -181,38 +184,9 @@ class TransportRPCClient extends Base.TransportRPCClient {
     }
   }
 
-  // One timer for the transport, at the earliest deadline; requests sent in order with the same
-  // timeout never move it.
-  _arm (at) {
-    if (this._timer) clearTimeout(this._timer)
-    this._timerAt = at
-    this._timer = setTimeout(() => this._sweep(), Math.max(0, at - Date.now()))
-    this._timer.unref()
-  }
-
-  _sweep () {
-    this._timer = null
-    const now = Date.now()
-    let next = Infinity
-    for (const req of Array.from(this._reqs.values())) {
-      if (req._deadline === undefined) continue
-      if (req._deadline <= now) {
-        // The connection would carry the late reply: closed.
-        const c = req._c
-        if (c) {
-          c.req = null
-          this._drop(c, true)
-        }
-        this.handleReply(req.rid, new Error('ERR_TIMEOUT'))
-      } else if (req._deadline < next) next = req._deadline
-    }
-    if (next !== Infinity && !this._timer) this._arm(next)
-  }
-
   _stop () {
     super._stop()
-    if (this._timer) clearTimeout(this._timer)
-    this._timer = null
+    this._deadlines.stop()
     for (const c of Array.from(this._conns)) this._drop(c, true)
     this._waiting = []
   }

@@ -102,4 +102,47 @@ function listenError (e, port) {
   return err
 }
 
-module.exports = { uuid, sample, shuffle, LRU, keepAlive, later, retry, listenError }
+// The deadlines of a transport's requests on one timer, armed at the earliest: requests sent in
+// order with the same timeout never move it. `requests()` lists the requests in flight;
+// `onLate(req)` answers one whose deadline passed.
+class Deadlines {
+  constructor (requests, onLate) {
+    this._requests = requests
+    this._onLate = onLate
+    this._timer = null
+    this._at = 0
+  }
+
+  // Sets `req._deadline` from its start (`req._ts`) when `timeout` is a number of ms.
+  add (req, timeout) {
+    if (typeof timeout !== 'number' || timeout < 0) return
+    req._deadline = req._ts + timeout
+    if (!this._timer || req._deadline < this._at) this._arm(req._deadline)
+  }
+
+  _arm (at) {
+    if (this._timer) clearTimeout(this._timer)
+    this._at = at
+    this._timer = setTimeout(() => this._sweep(), Math.max(0, at - Date.now()))
+    this._timer.unref()
+  }
+
+  _sweep () {
+    this._timer = null
+    const now = Date.now()
+    let next = Infinity
+    for (const req of Array.from(this._requests())) {
+      if (req._deadline === undefined) continue
+      if (req._deadline <= now) this._onLate(req)
+      else if (req._deadline < next) next = req._deadline
+    }
+    if (next !== Infinity && !this._timer) this._arm(next)
+  }
+
+  stop () {
+    if (this._timer) clearTimeout(this._timer)
+    this._timer = null
+  }
+}
+
+module.exports = { Deadlines, uuid, sample, shuffle, LRU, keepAlive, later, retry, listenError }

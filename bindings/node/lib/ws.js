@@ -7,7 +7,7 @@
 const assert = require('assert')
 const Base = require('./base')
 const native = require('./native')
-const { keepAlive, listenError } = require('./util')
+const { Deadlines, keepAlive, listenError } = require('./util')
 
 const assertSecure = (secure) => {
   assert(Buffer.isBuffer(secure.key), 'conf.secure.key must be a Buffer')
@@ -28,8 +28,7 @@ class TransportRPCClient extends Base.TransportRPCClient {
     if (this.conf.secure) assertSecure(this.conf.secure)
     this._conn = null
     this._queue = null
-    this._timer = null
-    this._timerAt = 0
+    this._deadlines = new Deadlines(() => this._reqs.values(), (req) => this.handleReply(req.rid, new Error('ERR_TIMEOUT')))
     this._refd = false
   }
 
@@ -91,32 +90,7 @@ class TransportRPCClient extends Base.TransportRPCClient {
       return this.sendRequest(req)
     }
     this._setRef(true)
-    const t = req.opts.timeout
-    if (typeof t === 'number' && t >= 0) {
-      req._deadline = req._ts + t
-      if (!this._timer || req._deadline < this._timerAt) this._arm(req._deadline)
-    }
-  }
-
-  // One timer for the transport, at the earliest deadline; requests sent in order with the same
-  // timeout never move it.
-  _arm (at) {
-    if (this._timer) clearTimeout(this._timer)
-    this._timerAt = at
-    this._timer = setTimeout(() => this._sweep(), Math.max(0, at - Date.now()))
-    this._timer.unref()
-  }
-
-  _sweep () {
-    this._timer = null
-    const now = Date.now()
-    let next = Infinity
-    for (const req of Array.from(this._reqs.values())) {
-      if (req._deadline === undefined) continue
-      if (req._deadline <= now) this.handleReply(req.rid, new Error('ERR_TIMEOUT'))
-      else if (req._deadline < next) next = req._deadline
-    }
-    if (next !== Infinity && !this._timer) this._arm(next)
+    this._deadlines.add(req, req.opts.timeout)
   }
 
   _setRef (on) {
@@ -151,8 +125,7 @@ class TransportRPCClient extends Base.TransportRPCClient {
 
   _stop () {
     super._stop()
-    if (this._timer) clearTimeout(this._timer)
-    this._timer = null
+    this._deadlines.stop()
     if (this._conn) this._conn.close(true)
     this._conn = null
     this._refd = false
