@@ -307,16 +307,7 @@ impl Conn {
                 }
             }
         }
-        if !texts.is_empty() {
-            deliver(|| {
-                self.call_js(self.on_messages, |env| strings(env, &texts));
-            });
-        }
-        if close_after {
-            self.end();
-        } else if !self.state.borrow().out.is_empty() {
-            self.flush();
-        }
+        self.delivered(&texts, close_after);
     }
 
     /// Reads what an HTTP client socket has and delivers the replies it completes, as
@@ -392,9 +383,15 @@ impl Conn {
             // SAFETY: the handle is live until closed.
             unsafe { uv_unref(self.handle) };
         }
+        self.delivered(&texts, close_after);
+    }
+
+    /// After a read: hands the messages it brought to JS in one call, then ends the socket
+    /// (`close_after`) or writes what the call queued.
+    fn delivered(self: &Rc<Self>, texts: &[String], close_after: bool) {
         if !texts.is_empty() {
             deliver(|| {
-                self.call_js(self.on_messages, |env| strings(env, &texts));
+                self.call_js(self.on_messages, |env| strings(env, texts));
             });
         }
         if close_after {
