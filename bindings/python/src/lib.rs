@@ -1097,6 +1097,58 @@ impl Server {
 #[pyclass(module = "grenache._native")]
 struct Client {
     inner: Handle<EmbedClient>,
+    /// Asyncio requests (`request_in`) not yet handed to the client: see [`Submissions`].
+    queued: Arc<Submissions>,
+    rt: embed::Runtime,
+}
+
+/// An asyncio request waiting to be handed to the client.
+struct Submission {
+    name: String,
+    payload: String,
+    opts: RequestOptions,
+    inbox: Arc<InboxShared>,
+    token: Py<PyAny>,
+}
+
+/// The asyncio requests issued while the loop runs, handed to the client by one task of the
+/// runtime: the first request of a batch spawns that task (one wake-up of a runtime thread),
+/// the ones issued before it runs join the batch, and the task starts them in their order (its
+/// spawns stay on its thread's queue: no wake-up per request). Bounded: the loop's thread
+/// queues while a runtime thread empties it, and past `MAX_QUEUED` a request is started on the
+/// caller's thread as before.
+#[derive(Default)]
+struct Submissions {
+    queue: Mutex<Vec<Submission>>,
+}
+
+impl Submissions {
+    /// Starts every queued request on `client`, in order.
+    fn submit(&self, client: &EmbedClient) {
+        let batch = std::mem::take(&mut *lock(&self.queue));
+        for s in batch {
+            start_in(client, s);
+        }
+    }
+}
+
+/// Starts `s`: its result goes to its inbox.
+fn start_in(client: &EmbedClient, s: Submission) {
+    let Submission { name, payload, opts, inbox, token } = s;
+    client.request(name, &payload, opts, move |r| inbox.push(Item::Done(token, r)));
+}
+
+/// The task that submits a batch; it submits in `Drop`, so that a task the runtime drops
+/// without running it (shut down) still starts (and so completes, `Cancelled`) its requests.
+struct SubmitTask {
+    client: Arc<EmbedClient>,
+    queued: Arc<Submissions>,
+}
+
+impl Drop for SubmitTask {
+    fn drop(&mut self) {
+        self.queued.submit(&self.client);
+    }
 }
 
 fn request_options(timeout_ms: Option<u64>, retry: u32, compress: bool, dest: Option<String>, limit: usize) -> RequestOptions {
@@ -1125,8 +1177,9 @@ impl Client {
             ..Default::default()
         };
         let link = Arc::clone(&link.inner);
+        let rt = link.runtime().clone();
         let client = py.detach(move || EmbedClient::new(&link, kind, options)).map_err(|e| py_err(py, &e))?;
-        Ok(Client { inner: Handle::new(client) })
+        Ok(Client { inner: Handle::new(client), queued: Arc::default(), rt })
     }
 
     #[pyo3(signature = (name, payload_json, timeout_ms=None, retry=0, compress=false, dest=None))]
@@ -1176,8 +1229,20 @@ impl Client {
         dest: Option<String>,
     ) {
         let opts = request_options(timeout_ms, retry, compress, dest, 0);
-        let shared = Arc::clone(&inbox.shared);
-        self.inner.request(name, payload_json, opts, move |r| shared.push(Item::Done(token, r)));
+        let s = Submission { name, payload: payload_json.to_string(), opts, inbox: Arc::clone(&inbox.shared), token };
+        let first = {
+            let mut q = lock(&self.queued.queue);
+            if q.len() >= MAX_QUEUED {
+                drop(q);
+                return start_in(&self.inner, s);
+            }
+            q.push(s);
+            q.len() == 1
+        };
+        if first {
+            let task = SubmitTask { client: Arc::clone(&self.inner), queued: Arc::clone(&self.queued) };
+            self.rt.handle().spawn(async move { drop(task) });
+        }
     }
 
     /// `map` for asyncio: the results go to `inbox` as `(token, error, results_json)`.
@@ -1211,9 +1276,15 @@ impl Client {
         self.inner.map(name, payload_json, opts, callback(cb));
     }
 
+    /// Cancels what is in flight and what is queued (`Cancelled`, to their inboxes).
     fn close(&self, py: Python<'_>) {
         let c = Arc::clone(&self.inner);
-        py.detach(move || c.close());
+        let queued = Arc::clone(&self.queued);
+        py.detach(move || {
+            c.close();
+            // Closed: what is still queued completes Cancelled at once.
+            queued.submit(&c);
+        });
     }
 }
 
