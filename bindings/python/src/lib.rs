@@ -693,6 +693,43 @@ impl Inbox {
         Ok(list)
     }
 
+    /// For an inbox that only gets results (tokens that are asyncio futures): settles the
+    /// futures of everything queued since the last call, in arrival order, in one call:
+    /// `set_result(loads(result_json))`, or `set_exception` with the error (or with what `loads`
+    /// raised); futures already done (cancelled) are skipped. Every future is settled even when
+    /// one of these calls raises; the first such error is raised at the end.
+    fn settle(&self, py: Python<'_>, loads: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut buf = [0u8; 64];
+        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
+        let items = {
+            let mut st = lock(&self.shared.state);
+            st.woken = false;
+            std::mem::take(&mut st.items)
+        };
+        let mut first: Option<PyErr> = None;
+        for item in items {
+            let Item::Done(fut, result) = item else { continue };
+            let fut = fut.bind(py);
+            let r = fut.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).and_then(|done| {
+                if done {
+                    return Ok(());
+                }
+                let outcome = match result {
+                    Ok(text) => loads.call1((text,)).map_err(|e| e.into_value(py).into_any()),
+                    Err(e) => Err(error_value(py, &e)),
+                };
+                match outcome {
+                    Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,)).map(drop),
+                    Err(e) => fut.call_method1(pyo3::intern!(py, "set_exception"), (e,)).map(drop),
+                }
+            });
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Drops what is queued and everything that arrives later (idempotent).
     fn close(&self, py: Python<'_>) {
         let shared = Arc::clone(&self.shared);

@@ -243,17 +243,9 @@ class _Results:
         self._agen = _on_loop_shutdown(loop, self._close)
 
     def _drain(self) -> None:
-        # The token of an ``*_async`` call is its future; the result is JSON text.
-        for fut, err, text in self.inbox.drain():
-            if fut.done():
-                continue  # cancelled
-            if err is not None:
-                fut.set_exception(err)
-                continue
-            try:
-                fut.set_result(_loads(text))
-            except Exception as e:  # a result that does not decode
-                fut.set_exception(e)
+        # The token of an ``*_async`` call is its future; the result is JSON text. One native
+        # call settles the whole batch.
+        self.inbox.settle(_loads)
 
     def _close(self) -> None:
         try:
