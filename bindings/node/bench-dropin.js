@@ -7,8 +7,8 @@
 // child process, which is how services run). Prints a markdown table with ours/reference ratios.
 //   (cd bindings/node && npm run build) && node bindings/node/bench-dropin.js
 // Environment: BENCH_SECONDS (per RPC measurement, default 2); BENCH_ONLY, a comma list of
-// http, ws, pubsub, grape, floor, 1, 2 (transports, PUB/SUB, the Grape row, the TCP floor under
-// the WS rows, process modes) to run a part of the table.
+// http, ws, pubsub, grape, floor, 1, 2 (transports, PUB/SUB, the Grape row, the TCP floors under
+// the WS sequential and map rows, process modes) to run a part of the table.
 'use strict'
 
 const path = require('path')
@@ -221,33 +221,43 @@ async function grapeLookupRow (implName) {
   return r
 }
 
-// The floor of the sequential rows: the same bytes as a WS request (rid, key, payload), echoed
-// over a plain TCP socket of Node's own, no framing, no JSON, no Grenache API; driven by the
-// same harness (one promise per round trip). In one process or with the echo in a child.
-const ECHO = "require('net').createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)) }).listen(0, '127.0.0.1', function () { console.log(this.address().port) }); process.stdin.on('end', () => process.exit(0)); process.stdin.resume()"
-async function floorRow (twoProcesses) {
-  let port
+// The floor of the sequential and map rows: the same bytes as a WS request (rid, key, payload),
+// echoed over plain TCP sockets of Node's own, no framing, no JSON, no Grenache API; driven by
+// the same harness (one promise per round trip). `sockets` echo servers (3 for the map floor:
+// one write to each, the round trip ends with the last echo), in one process or in a child.
+const echoServers = (n) => `let left = ${n}; const ports = []; for (let i = 0; i < ${n}; i++) require('net').createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)) }).listen(0, '127.0.0.1', function () { ports.push(this.address().port); if (--left === 0) console.log(ports.join(' ')) }); process.stdin.on('end', () => process.exit(0)); process.stdin.resume()`
+async function floorRow (twoProcesses, sockets = 1) {
+  let ports
   let stop
   if (twoProcesses) {
-    const p = spawn(process.execPath, ['-e', ECHO], { stdio: ['pipe', 'pipe', 'inherit'] })
-    port = Number(await new Promise((resolve) => readline.createInterface({ input: p.stdout }).once('line', resolve)))
+    const p = spawn(process.execPath, ['-e', echoServers(sockets)], { stdio: ['pipe', 'pipe', 'inherit'] })
+    ports = (await new Promise((resolve) => readline.createInterface({ input: p.stdout }).once('line', resolve))).split(' ').map(Number)
     stop = () => p.stdin.end()
   } else {
-    const srv = net.createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)) })
-    await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve))
-    port = srv.address().port
-    stop = () => srv.close()
+    const srvs = []
+    for (let i = 0; i < sockets; i++) {
+      const srv = net.createServer((s) => { s.setNoDelay(true); s.on('data', (d) => s.write(d)) })
+      await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve))
+      srvs.push(srv)
+    }
+    ports = srvs.map((x) => x.address().port)
+    stop = () => { for (const x of srvs) x.close() }
   }
-  const c = net.connect(port, '127.0.0.1')
-  await new Promise((resolve) => c.once('connect', resolve))
-  c.setNoDelay(true)
   const msg = Buffer.from(JSON.stringify(['3d5e8f8e-6a3b-4c7e-9f3a-2b1d0c9e8f7a', 'bench:ours:1:ws', 'hello']))
   let pending = null
-  c.on('data', () => { const p = pending; pending = null; if (p) p() })
-  const ask = () => new Promise((resolve) => { pending = resolve; c.write(msg) })
+  let left = 0
+  const conns = []
+  for (const port of ports) {
+    const c = net.connect(port, '127.0.0.1')
+    await new Promise((resolve) => c.once('connect', resolve))
+    c.setNoDelay(true)
+    c.on('data', () => { if (--left === 0) { const p = pending; pending = null; if (p) p() } })
+    conns.push(c)
+  }
+  const ask = () => new Promise((resolve) => { pending = resolve; left = conns.length; for (const c of conns) c.write(msg) })
   for (let i = 0; i < 100; i++) await ask()
   const r = await rate(ask, 1)
-  c.destroy()
+  for (const c of conns) c.destroy()
   stop()
   return r
 }
@@ -280,6 +290,7 @@ async function main () {
     for (const mode of ['one process', 'two processes']) {
       if (ONLY && (ONLY.has('1') || ONLY.has('2')) && !ONLY.has(mode === 'one process' ? '1' : '2')) continue
       floors[mode] = await floorRow(mode === 'two processes')
+      floors[`${mode}|map`] = await floorRow(mode === 'two processes', 3)
     }
   }
   await cb2p((cb) => g2.stop(cb))
@@ -304,11 +315,14 @@ async function main () {
     const r = results.reference[key]
     console.log(`| ${labels[row]} | ${mode === 'one process' ? 1 : 2} | ${o.toFixed(0)} | ${r.toFixed(0)} | ${(o / r).toFixed(2)}x |`)
   }
-  for (const [mode, f] of Object.entries(floors)) {
-    const o = results.ours[`ws seq|${mode}`]
-    const r = results.reference[`ws seq|${mode}`]
+  for (const [key, f] of Object.entries(floors)) {
+    const [mode, map] = key.split('|')
+    const row = map ? 'ws map' : 'ws seq'
+    const o = results.ours[`${row}|${mode}`]
+    const r = results.reference[`${row}|${mode}`]
     const share = (v) => (v === undefined ? '-' : `${(v / f).toFixed(2)}x`)
-    console.log(`| floor: TCP echo of the same bytes on Node's sockets, sequential (round trips/s) | ${mode === 'one process' ? 1 : 2} | ${f.toFixed(0)} | | WS seq: ours ${share(o)}, reference ${share(r)} of it |`)
+    const what = map ? 'to 3 sockets at once, sequential (rounds/s)' : 'sequential (round trips/s)'
+    console.log(`| floor: TCP echo of the same bytes on Node's sockets, ${what} | ${mode === 'one process' ? 1 : 2} | ${f.toFixed(0)} | | ${map ? 'WS map' : 'WS seq'}: ours ${share(o)}, reference ${share(r)} of it |`)
   }
   process.exit(0)
 }

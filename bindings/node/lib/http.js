@@ -15,7 +15,16 @@ const { PassThrough, Duplex, pipeline } = require('stream')
 
 const Base = require('./base')
 const native = require('./native')
-const { keepAlive } = require('./util')
+const { keepAlive, later } = require('./util')
+
+// Connections one client transport keeps to its destination (each carries one request at a
+// time); requests past that wait for one to be free.
+const MAX_CONNS = 64
+// How long dialing a destination may take.
+const DIAL_TIMEOUT = 10000
+// An idle connection older than this is closed instead of reused: Node's servers close idle
+// keep-alive connections after 5 s, ours too (a request sent as the server closes would fail).
+const IDLE_REUSE = 4000
 
 const assertSecure = (secure) => {
   assert(Buffer.isBuffer(secure.key), 'conf.secure.key must be a Buffer')
@@ -23,6 +32,11 @@ const assertSecure = (secure) => {
   assert(Buffer.isBuffer(secure.ca), 'conf.secure.ca must be a Buffer')
 }
 
+// A client transport. Plain uncompressed requests go over HTTP/1.1 keep-alive connections read
+// and written on this thread's event loop (lib/native.js `loopHttpConn`: the core dials, the
+// loop drives the socket), one request at a time per connection, as the reference's client
+// does with Node's sockets: no thread hand-off per request or reply. HTTPS and gzip requests go
+// through the core's client (the base class).
 class TransportRPCClient extends Base.TransportRPCClient {
   constructor (client, conf) {
     super(client, conf)
@@ -34,6 +48,178 @@ class TransportRPCClient extends Base.TransportRPCClient {
   init () {
     super.init()
     if (this.conf.secure) assertSecure(this.conf.secure)
+    this._idle = [] // free connections, the most recently used last
+    this._conns = new Set()
+    this._waiting = [] // requests waiting for a free connection
+    this._dialing = 0
+    this._timer = null
+    this._timerAt = 0
+  }
+
+  sendRequest (req) {
+    if (this.conf.secure || req.opts.compress) return super.sendRequest(req)
+    try {
+      req._body = this.format([req.rid, req.key, req.payload === undefined ? null : req.payload])
+    } catch (e) {
+      return later(() => this.handleReply(req.rid, new Error(`ERR_REQUEST_GENERIC: ${e.message}`)))
+    }
+    const t = req.opts.timeout
+    if (typeof t === 'number' && t >= 0) {
+      req._deadline = req._ts + t
+      if (!this._timer || req._deadline < this._timerAt) this._arm(req._deadline)
+    }
+    this.connected()
+    this._dispatch(req)
+  }
+
+  // A free connection for `req`, a new one, or a place in the queue.
+  _dispatch (req) {
+    while (this._idle.length) {
+      const c = this._idle.pop()
+      if (Date.now() - c.idleSince <= IDLE_REUSE) return this._send(c, req)
+      this._drop(c, true)
+    }
+    if (this._conns.size + this._dialing >= MAX_CONNS) return this._waiting.push(req)
+    this._dial(req)
+  }
+
+  _dial (req) {
+    this._dialing++
+    native.tcpDial(this.conf.dest, DIAL_TIMEOUT, (err, socket) => {
+      this._dialing--
+      if (!err && !this.isActive()) {
+        native.loopHttpConn(socket, () => {}, () => {}).close()
+        err = new Error('the transport was stopped')
+      }
+      if (err) {
+        const e = new Error(`ERR_REQUEST_GENERIC: ${err.detail || err.message}`)
+        if (this._reqs.has(req.rid)) this.handleReply(req.rid, e)
+        // Nothing left to carry the queued requests: they fail the same way.
+        if (!this._conns.size && !this._dialing) {
+          for (const w of this._waiting.splice(0)) if (this._reqs.has(w.rid)) this.handleReply(w.rid, e)
+        }
+        return
+      }
+      const c = { conn: null, req: null, used: 0, idleSince: 0 }
+      c.conn = native.loopHttpConn(socket, (texts) => this._onReplies(c, texts), (why) => this._onEnd(c, why))
+      this._conns.add(c)
+      if (this._reqs.has(req.rid)) this._send(c, req)
+      else this._free(c)
+    })
+  }
+
+  _send (c, req) {
+    c.req = req
+    req._c = c
+    if (!c.conn.sendHttp(this.conf.dest, req._body)) {
+      // The socket ended (its end not delivered yet): another connection.
+      c.req = null
+      req._c = null
+      this._drop(c, false)
+      return this._dispatch(req)
+    }
+    c.used++
+  }
+
+  // `c` carries nothing now: the next queued request, or the idle list.
+  _free (c) {
+    c.req = null
+    while (this._waiting.length) {
+      const next = this._waiting.shift()
+      if (this._reqs.has(next.rid)) return this._send(c, next)
+    }
+    c.idleSince = Date.now()
+    this._idle.push(c)
+  }
+
+  _drop (c, close) {
+    this._conns.delete(c)
+    const i = this._idle.indexOf(c)
+    if (i >= 0) this._idle.splice(i, 1)
+    if (close) c.conn.close()
+  }
+
+  // `[status, body, ...]`: the reply to the request on `c` (one at a time).
+  _onReplies (c, texts) {
+    for (let i = 0; i + 1 < texts.length; i += 2) {
+      const req = c.req
+      if (!req) continue
+      req._c = null
+      const status = Number(texts[i])
+      const body = texts[i + 1]
+      let err = null
+      let res
+      if (status < 200 || status > 299) {
+        err = new Error(`ERR_REQUEST_GENERIC: HTTP ${status}: ${envelopeError(body)}`)
+      } else {
+        const data = this.parse(body)
+        if (!Array.isArray(data)) err = new Error(`ERR_REQUEST_GENERIC: the reply is not a JSON array: ${body.slice(0, 200)}`)
+        else if (data[0] !== req.rid) err = new Error(`ERR_REQUEST_GENERIC: reply rid ${JSON.stringify(data[0])} does not match request rid ${JSON.stringify(req.rid)}`)
+        else if (data[1]) err = new Error(data[1])
+        else res = data[2] === undefined ? null : data[2]
+      }
+      // Freed before the callback runs: a request it sends at once reuses the connection.
+      if (c.conn.open) this._free(c)
+      else c.req = null
+      this.handleReply(req.rid, err, res)
+    }
+  }
+
+  // The connection ended: a request on it fails, unless the server closed a reused connection
+  // as the request left (then it goes once more, on a new connection).
+  _onEnd (c, why) {
+    this._drop(c, false)
+    const req = c.req
+    c.req = null
+    if (req && this._reqs.has(req.rid)) {
+      req._c = null
+      if (c.used > 1 && !req._again && why === 'the peer closed the connection') {
+        req._again = true
+        this._dispatch(req)
+      } else {
+        this.handleReply(req.rid, new Error(`ERR_REQUEST_GENERIC: ${why}`))
+      }
+    }
+    while (this._waiting.length && this._conns.size + this._dialing < MAX_CONNS) {
+      const next = this._waiting.shift()
+      if (this._reqs.has(next.rid)) this._dial(next)
+    }
+  }
+
+  // One timer for the transport, at the earliest deadline; requests sent in order with the same
+  // timeout never move it.
+  _arm (at) {
+    if (this._timer) clearTimeout(this._timer)
+    this._timerAt = at
+    this._timer = setTimeout(() => this._sweep(), Math.max(0, at - Date.now()))
+    this._timer.unref()
+  }
+
+  _sweep () {
+    this._timer = null
+    const now = Date.now()
+    let next = Infinity
+    for (const req of Array.from(this._reqs.values())) {
+      if (req._deadline === undefined) continue
+      if (req._deadline <= now) {
+        // The connection would carry the late reply: closed.
+        const c = req._c
+        if (c) {
+          c.req = null
+          this._drop(c, true)
+        }
+        this.handleReply(req.rid, new Error('ERR_TIMEOUT'))
+      } else if (req._deadline < next) next = req._deadline
+    }
+    if (next !== Infinity && !this._timer) this._arm(next)
+  }
+
+  _stop () {
+    super._stop()
+    if (this._timer) clearTimeout(this._timer)
+    this._timer = null
+    for (const c of Array.from(this._conns)) this._drop(c, true)
+    this._waiting = []
   }
 
   replyError (err) {
@@ -77,6 +263,15 @@ class TransportRPCClient extends Base.TransportRPCClient {
     pipeline(reqStream, httpReq, () => {})
     return Duplex.from({ writable: reqStream, readable: resStream })
   }
+}
+
+// What a non-2xx reply says: the error of an envelope `[rid, error, data]`, else its text.
+function envelopeError (body) {
+  try {
+    const d = JSON.parse(body)
+    if (Array.isArray(d) && typeof d[1] === 'string') return d[1]
+  } catch (e) {}
+  return body.slice(0, 1000)
 }
 
 function splitDest (dest) {

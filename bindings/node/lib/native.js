@@ -218,6 +218,21 @@ exports.loopDial = (dest, timeout, cb) => {
     process.nextTick(cb, toError(e))
   }
 }
+// A plain TCP socket to `dest` ('host:port') for `loopHttpConn`: cb(err, socket).
+exports.tcpDial = (dest, timeout, cb) => {
+  try {
+    addon.tcpDial(String(dest), timeout, (code, text, socket) => {
+      if (code !== undefined && code !== null) return cb(completionError(code, text))
+      cb(null, socket)
+    })
+  } catch (e) {
+    process.nextTick(cb, toError(e))
+  }
+}
+// An HTTP/1.1 client connection on this thread's loop: `sendHttp(host, body)` posts one request
+// (one at a time), `onMessages([status, body, ...])` gets the replies (as strings),
+// `onClose(reason)` once when it ends; it keeps the process alive while a reply is awaited.
+exports.loopHttpConn = (socket, onMessages, onClose) => addon.NativeLoopConn.http(socket, onMessages, onClose)
 exports.loopConn = (socket, client, onMessages, onClose) => new addon.NativeLoopConn(socket, client, onMessages, onClose)
 // A conn: `pump()` (call once it is stored: delivers messages that came with the handshake),
 // `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.

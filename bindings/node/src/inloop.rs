@@ -1,5 +1,6 @@
 //! Plain WebSocket sockets read and written on Node's own event loop (libuv), for the drop-in
-//! `grenache-native/ws` RPC client and server.
+//! `grenache-native/ws` RPC client and server, and plain HTTP client connections for
+//! `grenache-native/http`.
 //!
 //! Why: through the core's threads every request and every reply of a JS caller crosses between
 //! the JS thread and a runtime thread, and on an idle loop each crossing wakes a sleeping thread
@@ -13,6 +14,10 @@
 //! frames sent while such a call runs (replies, and the requests that their continuations issue,
 //! on any socket of this loop) are queued and written once it returns, one write per socket.
 //! TLS sockets stay on the core's threads (`lib/native.js` picks the path).
+//!
+//! The same goes for the drop-in `grenache-native/http` client's plain requests: the core dials
+//! the TCP connection ([`tcp_dial`]), and the loop writes each request and parses its reply
+//! (HTTP/1.1 keep-alive, one request at a time per connection; see [`NativeLoopConn::http`]).
 //!
 //! Everything here runs on the JS thread; the `uv_poll_t` of a socket holds an `Rc` of its state
 //! until libuv has closed it.
@@ -72,7 +77,7 @@ thread_local! {
 
 struct State {
     stream: Option<std::net::TcpStream>,
-    decoder: Decoder,
+    input: Input,
     out: Vec<u8>,
     /// Events the poll handle watches now.
     events: c_int,
@@ -81,6 +86,20 @@ struct State {
     ended: Option<String>,
     /// The close code the peer sent, if it sent a close frame.
     peer_close: Option<u16>,
+}
+
+/// What a socket's bytes are: WebSocket frames, or HTTP/1.1 replies to the requests it sent.
+enum Input {
+    Ws(Decoder),
+    Http(HttpIn),
+}
+
+/// The reading side of a plain HTTP/1.1 client connection: one request at a time, no
+/// pipelining (the JS side sends the next request once the reply came).
+struct HttpIn {
+    buf: Vec<u8>,
+    /// Requests sent and not answered: the handle keeps the process alive while there are some.
+    awaiting: u32,
 }
 
 struct Conn {
@@ -221,6 +240,9 @@ impl Conn {
 
     /// Reads what the socket has, answers pings and closes, and delivers the messages.
     fn readable(self: &Rc<Self>) {
+        if matches!(self.state.borrow().input, Input::Http(_)) {
+            return self.readable_http();
+        }
         let mut texts: Vec<String> = Vec::new();
         let mut close_after = false;
         {
@@ -228,8 +250,9 @@ impl Conn {
             let st = &mut *st;
             let client = self.client;
             let mut budget = READ_BUDGET;
+            let Input::Ws(decoder) = &mut st.input else { return };
             'read: while let Some(stream) = st.stream.as_mut() {
-                let n = match st.decoder.read_from(stream) {
+                let n = match decoder.read_from(stream) {
                     Ok(0) => {
                         st.ended.get_or_insert_with(|| "the peer closed the connection".into());
                         close_after = true;
@@ -245,7 +268,7 @@ impl Conn {
                     }
                 };
                 loop {
-                    match st.decoder.next_message() {
+                    match decoder.next_message() {
                         Ok(None) => break,
                         Ok(Some(Message::Text(t))) => texts.push(t.to_string()),
                         Ok(Some(Message::Binary(b))) => {
@@ -296,6 +319,91 @@ impl Conn {
         }
     }
 
+    /// Reads what an HTTP client socket has and delivers the replies it completes, as
+    /// `[status, body, status, body, ...]` (strings); a reply that asks to close the connection,
+    /// a bad reply or the end of the socket closes it after the delivery.
+    fn readable_http(self: &Rc<Self>) {
+        use std::io::Read;
+        let mut texts: Vec<String> = Vec::new();
+        let mut close_after = false;
+        let idle;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let Input::Http(inp) = &mut st.input else { return };
+            let mut eof = false;
+            let mut chunk = [0u8; 16 << 10];
+            let mut budget = READ_BUDGET;
+            while let Some(stream) = st.stream.as_mut() {
+                match stream.read(&mut chunk) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        inp.buf.extend_from_slice(&chunk[..n]);
+                        budget = budget.saturating_sub(n);
+                        if n < chunk.len() || budget == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        st.ended.get_or_insert_with(|| e.to_string());
+                        close_after = true;
+                        break;
+                    }
+                }
+            }
+            let mut off = 0;
+            while off < inp.buf.len() || eof {
+                match parse_response(&inp.buf[off..], eof, MAX_MESSAGE) {
+                    Ok(None) => break,
+                    Ok(Some(r)) => {
+                        off += r.consumed;
+                        if (100..200).contains(&r.status) {
+                            continue;
+                        }
+                        inp.awaiting = inp.awaiting.saturating_sub(1);
+                        texts.push(r.status.to_string());
+                        texts.push(String::from_utf8_lossy(&r.body).into_owned());
+                        if r.close {
+                            st.ended.get_or_insert_with(|| "the server closed the connection after its reply".into());
+                            close_after = true;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        st.ended.get_or_insert(e);
+                        close_after = true;
+                        break;
+                    }
+                }
+            }
+            inp.buf.drain(..off);
+            if eof {
+                st.ended.get_or_insert_with(|| "the peer closed the connection".into());
+                close_after = true;
+            }
+            idle = inp.awaiting == 0;
+        }
+        if idle && !self.closed.get() {
+            // SAFETY: the handle is live until closed.
+            unsafe { uv_unref(self.handle) };
+        }
+        if !texts.is_empty() {
+            deliver(|| {
+                self.call_js(self.on_messages, |env| strings(env, &texts));
+            });
+        }
+        if close_after {
+            self.end();
+        } else if !self.state.borrow().out.is_empty() {
+            self.flush();
+        }
+    }
+
     /// Closes the socket and tells JS why (once).
     fn end(self: &Rc<Self>) {
         if self.closed.get() {
@@ -306,6 +414,133 @@ impl Conn {
         deliver(|| {
             self.call_js(self.on_close, |env| string(env, &why));
         });
+    }
+}
+
+/// Largest head (status line and headers) of an HTTP reply.
+const MAX_HTTP_HEAD: usize = 64 << 10;
+
+/// One HTTP reply read from the front of a connection's input.
+#[derive(Debug, PartialEq, Eq)]
+struct HttpResponse {
+    /// Bytes of the input it took.
+    consumed: usize,
+    status: u16,
+    body: Vec<u8>,
+    /// The server closes the connection after it (or the body ran to the end of the socket).
+    close: bool,
+}
+
+/// Parses one reply from `buf`: `None` until it is whole. `eof`: the socket ended after `buf`
+/// (a reply with neither a length nor chunks ends there). Bodies over `max` bytes are refused.
+fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpResponse>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut headers);
+    let head = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HTTP_HEAD => return Err("the reply's head is too large".into()),
+        Ok(httparse::Status::Partial) if eof && !buf.is_empty() => return Err("the connection ended inside a reply".into()),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad HTTP reply: {e}")),
+    };
+    let status = r.code.unwrap_or(0);
+    let http10 = r.version == Some(0);
+    let mut close = http10;
+    let mut length = None;
+    let mut chunked = false;
+    for h in r.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| format!("bad content-length {value:?}"))?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().ends_with("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            if v.contains("close") {
+                close = true;
+            } else if http10 && v.contains("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    let rest = &buf[head..];
+    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
+    let (used, body) = if no_body {
+        (0, Vec::new())
+    } else if chunked {
+        match dechunk(rest, max)? {
+            Some(b) => b,
+            None if eof => return Err("the connection ended inside a reply".into()),
+            None => return Ok(None),
+        }
+    } else if let Some(n) = length {
+        if n > max {
+            return Err(format!("the reply is over {max} bytes"));
+        }
+        if rest.len() < n {
+            return if eof { Err("the connection ended inside a reply".into()) } else { Ok(None) };
+        }
+        (n, rest[..n].to_vec())
+    } else {
+        // Neither a length nor chunks: the body runs to the end of the socket.
+        if rest.len() > max {
+            return Err(format!("the reply is over {max} bytes"));
+        }
+        if !eof {
+            return Ok(None);
+        }
+        close = true;
+        (rest.len(), rest.to_vec())
+    };
+    Ok(Some(HttpResponse { consumed: head + used, status, body, close }))
+}
+
+/// A chunked body at the front of `b`: `(bytes taken, body)` once it is whole. Chunks are
+/// found first and copied once the last one is there.
+fn dechunk(b: &[u8], max: usize) -> Result<Option<(usize, Vec<u8>)>, String> {
+    let line_end = |from: usize| b.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n"));
+    let mut pos = 0;
+    let mut chunks: Vec<(usize, usize)> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let Some(eol) = line_end(pos) else {
+            return if b.len() - pos > 1024 { Err("bad chunk size line".into()) } else { Ok(None) };
+        };
+        let line = &b[pos..pos + eol];
+        let digits = line.split(|&c| c == b';').next().unwrap_or(line);
+        let size = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| usize::from_str_radix(d.trim(), 16).ok())
+            .ok_or_else(|| "bad chunk size".to_string())?;
+        pos += eol + 2;
+        if size == 0 {
+            // Trailers, up to an empty line.
+            loop {
+                let Some(eol) = line_end(pos) else {
+                    return if b.len() - pos > MAX_HTTP_HEAD { Err("the reply's trailers are too large".into()) } else { Ok(None) };
+                };
+                pos += eol + 2;
+                if eol == 0 {
+                    let mut body = Vec::with_capacity(total);
+                    for (from, len) in chunks {
+                        body.extend_from_slice(&b[from..from + len]);
+                    }
+                    return Ok(Some((pos, body)));
+                }
+            }
+        }
+        total = total.saturating_add(size);
+        if total > max {
+            return Err(format!("the reply is over {max} bytes"));
+        }
+        if b.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        if &b[pos + size..pos + size + 2] != b"\r\n" {
+            return Err("a chunk does not end with CRLF".into());
+        }
+        chunks.push((pos, size));
+        pos += size + 2;
     }
 }
 
@@ -407,6 +642,22 @@ impl NativeLoopConn {
     pub fn new(env: Env, socket: &NativeWsSocket, client: bool, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
         let h = socket.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
+        let input = Input::Ws(Decoder::new(client, MAX_MESSAGE, h.leftover));
+        Self::adopt(env, h.stream, input, client, on_messages, on_close)
+    }
+
+    /// A plain HTTP/1.1 client connection (from [`tcp_dial`]) driven by the loop:
+    /// `sendHttp(host, body)` posts a request, `onMessages([status, body, ...])` gets the
+    /// replies. It keeps the process alive while a reply is awaited.
+    #[napi(factory)]
+    pub fn http(env: Env, socket: &NativeWsSocket, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
+        let h = socket.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
+        let input = Input::Http(HttpIn { buf: h.leftover, awaiting: 0 });
+        Self::adopt(env, h.stream, input, true, on_messages, on_close)
+    }
+
+    fn adopt(env: Env, stream: std::net::TcpStream, input: Input, client: bool, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
         let raw_env = env.raw();
         let mut lp = ptr::null_mut();
         // SAFETY: plain napi calls on the JS thread with live values.
@@ -425,15 +676,15 @@ impl NativeLoopConn {
         let words = mem.len();
         std::mem::forget(mem);
         use std::os::fd::AsRawFd;
-        let fd = h.stream.as_raw_fd();
+        let fd = stream.as_raw_fd();
         let conn = Rc::new(Conn {
             env: raw_env,
             handle,
             handle_words: words,
             client,
             state: RefCell::new(State {
-                stream: Some(h.stream),
-                decoder: Decoder::new(client, MAX_MESSAGE, h.leftover),
+                stream: Some(stream),
+                input,
                 out: Vec::new(),
                 events: UV_READABLE,
                 dirty: false,
@@ -476,6 +727,31 @@ impl NativeLoopConn {
     pub fn send(&self, text: String) -> bool {
         let client = self.conn.client;
         self.conn.queue(|out| handoff::encode_text(out, &text, client))
+    }
+
+    /// HTTP: posts `body` (JSON text) to `/` of `host` on this connection; false when the
+    /// socket is closed. Send one request at a time: the next once the reply came.
+    #[napi]
+    pub fn send_http(&self, host: String, body: String) -> bool {
+        if host.bytes().any(|b| b.is_ascii_control()) {
+            return false;
+        }
+        let sent = self.conn.queue(|out| {
+            let _ = write!(
+                out,
+                "POST / HTTP/1.1\r\nhost: {host}\r\ngrc-compress: none\r\ncontent-type: text/plain;charset=UTF-8\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            out.extend_from_slice(body.as_bytes());
+        });
+        if sent {
+            if let Input::Http(inp) = &mut self.conn.state.borrow_mut().input {
+                inp.awaiting += 1;
+            }
+            // SAFETY: the handle is live (the socket is open).
+            unsafe { uv_ref(self.conn.handle) };
+        }
+        sent
     }
 
     /// Whether the socket keeps the process alive (while replies are awaited).
@@ -529,6 +805,33 @@ pub fn ws_dial(dest: String, timeout_ms: Option<u32>, done: SocketDone) -> napi:
     let timeout = timeout_ms.map_or(DIAL_TIMEOUT, |t| Duration::from_millis(u64::from(t)));
     rt.spawn(async move {
         let args = match handoff::dial_plain(&dest, timeout).await {
+            Ok(h) => (None, None, Some(NativeWsSocket { inner: Mutex::new(Some(h)) })),
+            Err(e) => (Some(e.code()), Some(e.text().to_string()), None),
+        };
+        done.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
+    });
+    Ok(())
+}
+
+/// Dials TCP `dest` ("host:port") on the core's runtime, Nagle off: `done(code, message,
+/// socket)`, the socket for [`NativeLoopConn::http`].
+#[napi]
+pub fn tcp_dial(dest: String, timeout_ms: Option<u32>, done: SocketDone) -> napi::Result<(), ErrName> {
+    use grenache::{Error, ErrorKind};
+    let rt = runtime()?;
+    let timeout = timeout_ms.map_or(DIAL_TIMEOUT, |t| Duration::from_millis(u64::from(t)));
+    rt.spawn(async move {
+        let dial = async {
+            let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(dest.as_str()))
+                .await
+                .map_err(|_| Error::new(ErrorKind::Connect, format!("connect to {dest}: timed out")))?
+                .map_err(|e| Error::new(ErrorKind::Connect, format!("connect to {dest}: {e}")))?;
+            tcp.set_nodelay(true)?;
+            let remote = tcp.peer_addr()?;
+            let stream = tcp.into_std()?;
+            Ok::<_, Error>(HandedOff { stream, leftover: Vec::new(), remote })
+        };
+        let args = match dial.await {
             Ok(h) => (None, None, Some(NativeWsSocket { inner: Mutex::new(Some(h)) })),
             Err(e) => (Some(e.code()), Some(e.text().to_string()), None),
         };
