@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -706,6 +706,7 @@ impl Inbox {
             st.woken = false;
             std::mem::take(&mut st.items)
         };
+        TURN.fetch_add(1, Ordering::Relaxed);
         let mut first: Option<PyErr> = None;
         for item in items {
             let Item::Done(fut, result) = item else { continue };
@@ -1154,10 +1155,21 @@ struct Submission {
 /// spawns stay on its thread's queue: no wake-up per request). Bounded: the loop's thread
 /// queues while a runtime thread empties it, and past `MAX_QUEUED` a request is started on the
 /// caller's thread as before.
+///
+/// The first request of a loop turn (see [`TURN`]) is started on the caller's thread at once
+/// when nothing is queued: a sequential caller (one request per turn) pays one hop, as before,
+/// not two (the batch's task, then the request's).
 #[derive(Default)]
 struct Submissions {
     queue: Mutex<Vec<Submission>>,
+    /// The [`TURN`] in which this client last started a request on the caller's thread.
+    direct_turn: AtomicU64,
 }
+
+/// Counts the batches of results settled ([`Inbox::settle`]): the requests issued between two
+/// of them were issued in the same turn of a loop, as far as batching is concerned (only a
+/// heuristic: it chooses between two paths that both deliver).
+static TURN: AtomicU64 = AtomicU64::new(1);
 
 impl Submissions {
     /// Starts every queued request on `client`, in order.
@@ -1269,6 +1281,12 @@ impl Client {
         let s = Submission { name, payload: payload_json.to_string(), opts, inbox: Arc::clone(&inbox.shared), token };
         let first = {
             let mut q = lock(&self.queued.queue);
+            let turn = TURN.load(Ordering::Relaxed);
+            if q.is_empty() && self.queued.direct_turn.swap(turn, Ordering::Relaxed) != turn {
+                // The first request of this turn: start it now.
+                drop(q);
+                return start_in(&self.inner, s);
+            }
             if q.len() >= MAX_QUEUED {
                 drop(q);
                 return start_in(&self.inner, s);
