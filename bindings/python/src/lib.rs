@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -693,6 +693,44 @@ impl Inbox {
         Ok(list)
     }
 
+    /// For an inbox that only gets results (tokens that are asyncio futures): settles the
+    /// futures of everything queued since the last call, in arrival order, in one call:
+    /// `set_result(loads(result_json))`, or `set_exception` with the error (or with what `loads`
+    /// raised); futures already done (cancelled) are skipped. Every future is settled even when
+    /// one of these calls raises; the first such error is raised at the end.
+    fn settle(&self, py: Python<'_>, loads: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut buf = [0u8; 64];
+        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
+        let items = {
+            let mut st = lock(&self.shared.state);
+            st.woken = false;
+            std::mem::take(&mut st.items)
+        };
+        TURN.fetch_add(1, Ordering::Relaxed);
+        let mut first: Option<PyErr> = None;
+        for item in items {
+            let Item::Done(fut, result) = item else { continue };
+            let fut = fut.bind(py);
+            let r = fut.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).and_then(|done| {
+                if done {
+                    return Ok(());
+                }
+                let outcome = match result {
+                    Ok(text) => loads.call1((text,)).map_err(|e| e.into_value(py).into_any()),
+                    Err(e) => Err(error_value(py, &e)),
+                };
+                match outcome {
+                    Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,)).map(drop),
+                    Err(e) => fut.call_method1(pyo3::intern!(py, "set_exception"), (e,)).map(drop),
+                }
+            });
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Drops what is queued and everything that arrives later (idempotent).
     fn close(&self, py: Python<'_>) {
         let shared = Arc::clone(&self.shared);
@@ -1097,6 +1135,69 @@ impl Server {
 #[pyclass(module = "grenache._native")]
 struct Client {
     inner: Handle<EmbedClient>,
+    /// Asyncio requests (`request_in`) not yet handed to the client: see [`Submissions`].
+    queued: Arc<Submissions>,
+    rt: embed::Runtime,
+}
+
+/// An asyncio request waiting to be handed to the client.
+struct Submission {
+    name: String,
+    payload: String,
+    opts: RequestOptions,
+    inbox: Arc<InboxShared>,
+    token: Py<PyAny>,
+}
+
+/// The asyncio requests issued while the loop runs, handed to the client by one task of the
+/// runtime: the first request of a batch spawns that task (one wake-up of a runtime thread),
+/// the ones issued before it runs join the batch, and the task starts them in their order (its
+/// spawns stay on its thread's queue: no wake-up per request). Bounded: the loop's thread
+/// queues while a runtime thread empties it, and past `MAX_QUEUED` a request is started on the
+/// caller's thread as before.
+///
+/// The first request of a loop turn (see [`TURN`]) is started on the caller's thread at once
+/// when nothing is queued: a sequential caller (one request per turn) pays one hop, as before,
+/// not two (the batch's task, then the request's).
+#[derive(Default)]
+struct Submissions {
+    queue: Mutex<Vec<Submission>>,
+    /// The [`TURN`] in which this client last started a request on the caller's thread.
+    direct_turn: AtomicU64,
+}
+
+/// Counts the batches of results settled ([`Inbox::settle`]): the requests issued between two
+/// of them were issued in the same turn of a loop, as far as batching is concerned (only a
+/// heuristic: it chooses between two paths that both deliver).
+static TURN: AtomicU64 = AtomicU64::new(1);
+
+impl Submissions {
+    /// Starts every queued request on `client`, in order.
+    fn submit(&self, client: &EmbedClient) {
+        let batch = std::mem::take(&mut *lock(&self.queue));
+        for s in batch {
+            start_in(client, s);
+        }
+    }
+}
+
+/// Starts `s`: its result goes to its inbox.
+fn start_in(client: &EmbedClient, s: Submission) {
+    let Submission { name, payload, opts, inbox, token } = s;
+    client.request(name, &payload, opts, move |r| inbox.push(Item::Done(token, r)));
+}
+
+/// The task that submits a batch; it submits in `Drop`, so that a task the runtime drops
+/// without running it (shut down) still starts (and so completes, `Cancelled`) its requests.
+struct SubmitTask {
+    client: Arc<EmbedClient>,
+    queued: Arc<Submissions>,
+}
+
+impl Drop for SubmitTask {
+    fn drop(&mut self) {
+        self.queued.submit(&self.client);
+    }
 }
 
 fn request_options(timeout_ms: Option<u64>, retry: u32, compress: bool, dest: Option<String>, limit: usize) -> RequestOptions {
@@ -1125,8 +1226,9 @@ impl Client {
             ..Default::default()
         };
         let link = Arc::clone(&link.inner);
+        let rt = link.runtime().clone();
         let client = py.detach(move || EmbedClient::new(&link, kind, options)).map_err(|e| py_err(py, &e))?;
-        Ok(Client { inner: Handle::new(client) })
+        Ok(Client { inner: Handle::new(client), queued: Arc::default(), rt })
     }
 
     #[pyo3(signature = (name, payload_json, timeout_ms=None, retry=0, compress=false, dest=None))]
@@ -1176,8 +1278,26 @@ impl Client {
         dest: Option<String>,
     ) {
         let opts = request_options(timeout_ms, retry, compress, dest, 0);
-        let shared = Arc::clone(&inbox.shared);
-        self.inner.request(name, payload_json, opts, move |r| shared.push(Item::Done(token, r)));
+        let s = Submission { name, payload: payload_json.to_string(), opts, inbox: Arc::clone(&inbox.shared), token };
+        let first = {
+            let mut q = lock(&self.queued.queue);
+            let turn = TURN.load(Ordering::Relaxed);
+            if q.is_empty() && self.queued.direct_turn.swap(turn, Ordering::Relaxed) != turn {
+                // The first request of this turn: start it now.
+                drop(q);
+                return start_in(&self.inner, s);
+            }
+            if q.len() >= MAX_QUEUED {
+                drop(q);
+                return start_in(&self.inner, s);
+            }
+            q.push(s);
+            q.len() == 1
+        };
+        if first {
+            let task = SubmitTask { client: Arc::clone(&self.inner), queued: Arc::clone(&self.queued) };
+            self.rt.handle().spawn(async move { drop(task) });
+        }
     }
 
     /// `map` for asyncio: the results go to `inbox` as `(token, error, results_json)`.
@@ -1211,9 +1331,15 @@ impl Client {
         self.inner.map(name, payload_json, opts, callback(cb));
     }
 
+    /// Cancels what is in flight and what is queued (`Cancelled`, to their inboxes).
     fn close(&self, py: Python<'_>) {
         let c = Arc::clone(&self.inner);
-        py.detach(move || c.close());
+        let queued = Arc::clone(&self.queued);
+        py.detach(move || {
+            c.close();
+            // Closed: what is still queued completes Cancelled at once.
+            queued.submit(&c);
+        });
     }
 }
 

@@ -86,6 +86,81 @@ class BatchingTests(unittest.TestCase):
             with self.subTest(transport=t):
                 asyncio.run(main(t))
 
+    def test_asyncio_requests_of_one_turn_keep_their_options_and_callers(self):
+        """Requests issued in the same loop turn are handed to the library together: each keeps
+        its own destination, timeout and decoding, and its result goes to its own caller, also
+        across two clients and both transports in one batch."""
+        slow_release = threading.Event()
+
+        def slow(payload, info):
+            slow_release.wait(20)
+            return payload
+
+        slow_server = grenache.Server(self.link, slow, transport="ws")
+        other = {t: grenache.Client(self.link, transport=t) for t in TRANSPORTS}
+
+        async def main():
+            calls = []
+            for i in range(600):
+                t = TRANSPORTS[i % 2]
+                client = self.clients[t] if i % 3 else other[t]
+                if i % 50 == 7:
+                    # A short timeout against a handler that does not answer in time.
+                    calls.append(self.clients["ws"].request_async("x", i, dest=self.dest(slow_server), timeout=0.3))
+                else:
+                    calls.append(client.request_async("x", {"i": i, "s": " \u00e9 "}, dest=self.dest(self.servers[t]), timeout=30))
+            got = await asyncio.gather(*calls, return_exceptions=True)
+            for i, g in enumerate(got):
+                if i % 50 == 7:
+                    self.assertIsInstance(g, grenache.TimeoutError, f"request {i}")
+                else:
+                    self.assertEqual(g, {"i": i, "s": " \u00e9 "}, f"request {i}")
+
+        try:
+            asyncio.run(main())
+        finally:
+            slow_release.set()
+            for c in other.values():
+                c.close()
+            slow_server.close()
+
+    def test_client_close_cancels_queued_and_in_flight_asyncio_requests(self):
+        """``Client.close()`` in the loop turn that issued requests (some maybe not yet handed
+        to the library, others in flight at a handler that blocks): every one fails with
+        ``CancelledError`` at once, none waits for its timeout; later requests fail the same."""
+        for t in TRANSPORTS:
+            with self.subTest(transport=t):
+                release = threading.Event()
+
+                def handler(payload, info):
+                    release.wait(20)
+                    return payload
+
+                s = grenache.Server(self.link, handler, transport=t)
+                c = grenache.Client(self.link, transport=t)
+                try:
+                    dest = self.dest(s)
+
+                    async def main():
+                        early = [asyncio.ensure_future(c.request_async("x", i, dest=dest, timeout=30)) for i in range(50)]
+                        await asyncio.sleep(0.3)  # these are at the handler now
+                        late = [asyncio.ensure_future(c.request_async("x", i, dest=dest, timeout=30)) for i in range(300)]
+                        await asyncio.sleep(0)  # their first step ran: they are queued or sent
+                        t0 = time.monotonic()
+                        c.close()
+                        got = await asyncio.wait_for(asyncio.gather(*early, *late, return_exceptions=True), 10)
+                        self.assertLess(time.monotonic() - t0, 5)
+                        for i, g in enumerate(got):
+                            self.assertIsInstance(g, grenache.CancelledError, f"request {i}")
+                        with self.assertRaises(grenache.CancelledError):
+                            await asyncio.wait_for(c.request_async("x", 1, dest=dest, timeout=30), 10)
+
+                    asyncio.run(main())
+                finally:
+                    release.set()
+                    c.close()
+                    s.close()
+
     def test_async_def_requests_keep_order_per_request(self):
         """Requests for an ``async def`` handler reach its loop in batches; each is answered
         with its own result, whether the handler waits or not."""

@@ -243,16 +243,9 @@ class _Results:
         self._agen = _on_loop_shutdown(loop, self._close)
 
     def _drain(self) -> None:
-        for (fut, decode), err, text in self.inbox.drain():
-            if fut.done():
-                continue  # cancelled
-            if err is not None:
-                fut.set_exception(err)
-                continue
-            try:
-                fut.set_result(decode(text))
-            except Exception as e:  # a result that does not decode
-                fut.set_exception(e)
+        # The token of an ``*_async`` call is its future; the result is JSON text. One native
+        # call settles the whole batch.
+        self.inbox.settle(_loads)
 
     def _close(self) -> None:
         try:
@@ -276,9 +269,9 @@ def _results(loop: asyncio.AbstractEventLoop) -> _Results:
     return box
 
 
-async def _call(loop: asyncio.AbstractEventLoop, start: Callable[[Any, Any], None], decode: Callable[[str], Any]) -> Any:
+async def _call(loop: asyncio.AbstractEventLoop, start: Callable[[Any, Any], None]) -> Any:
     fut = loop.create_future()
-    start(_results(loop).inbox, (fut, decode))
+    start(_results(loop).inbox, fut)
     return await fut
 
 
@@ -292,6 +285,20 @@ def _ms(seconds: Optional[float]) -> Optional[int]:
 
 # One encoder for every payload: ``json.dumps`` with ``separators`` builds a new one per call.
 _dumps: Callable[[Json], str] = json.JSONEncoder(separators=(",", ":")).encode
+
+# ``json.loads`` runs two regular expressions (the whitespace around the value) besides the C
+# scanner: results without whitespace around them (what servers send) go to the scanner alone.
+_scan = json.JSONDecoder().scan_once
+
+
+def _loads(text: str) -> Json:
+    try:
+        value, end = _scan(text, 0)
+    except Exception:
+        return json.loads(text)  # leading whitespace, or invalid: json.loads says which
+    if end == len(text):
+        return value
+    return json.loads(text)  # trailing whitespace, or a second value (an error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1050,7 +1057,7 @@ class Client:
     async def request_async(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._c.request_in(name, _dumps(payload), _results(loop).inbox, (fut, json.loads), _ms(timeout), retry, compress, dest)
+        self._c.request_in(name, _dumps(payload), _results(loop).inbox, fut, None if timeout is None else _ms(timeout), retry, compress, dest)
         return await fut
 
     def map(self, name: str, payload: Json, *, timeout: Optional[float] = None, compress: bool = False, limit: int = 0) -> List[Json]:
@@ -1060,7 +1067,7 @@ class Client:
 
     async def map_async(self, name: str, payload: Json, *, timeout: Optional[float] = None, compress: bool = False, limit: int = 0) -> List[Json]:
         text = _dumps(payload)
-        return await _call(asyncio.get_running_loop(), lambda inbox, token: self._c.map_in(name, text, inbox, token, _ms(timeout), compress, limit), json.loads)
+        return await _call(asyncio.get_running_loop(), lambda inbox, token: self._c.map_in(name, text, inbox, token, _ms(timeout), compress, limit))
 
     def close(self) -> None:
         """Cancels requests in flight (``CancelledError``) and closes connections."""
