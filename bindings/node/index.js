@@ -27,6 +27,7 @@ function load () {
 }
 
 const native = load()
+const { LoopSockets } = require('./lib/loopsockets')
 
 // An error of the library. `name` is set on each instance (not on the prototype) so that it is
 // the ERR_* string while `instanceof` still tells the class.
@@ -241,9 +242,10 @@ class LoopDest {
 
 // The answer-once reply of a request served on the loop, with the API of `Reply`.
 class LoopReply {
-  constructor (server, conn, rid) {
+  constructor (server, sock, rid) {
     this._s = server
-    this._conn = conn
+    this._sock = sock
+    this._conn = sock.conn
     this._rid = rid
     this._done = false
     this._timer = null
@@ -261,7 +263,7 @@ class LoopReply {
     this._state.done = true
     if (this._timer) clearTimeout(this._timer)
     this._conn.send(err !== null ? JSON.stringify([this._rid, err, null]) : `[${JSON.stringify(this._rid)},null,${resultJson}]`)
-    this._s._answered(this._conn)
+    this._s._answered(this._sock)
   }
 
   send (value) {
@@ -297,7 +299,8 @@ class LoopWsServer {
   constructor (link, onRequest, port) {
     this._link = link
     this._onRequest = onRequest
-    this._conns = new Map() // conn -> requests not answered yet
+    // The core's default limits, kept on the sockets it hands over (lib/loopsockets.js).
+    this._socks = new LoopSockets(native.serverLimits(undefined), (sock, texts) => this._onMessages(sock, texts))
     this._announced = new Set()
     this._draining = null
     this._srv = sync(() => native.NativeLoopServer.listen(port, (socket) => this._adopt(socket)))
@@ -306,12 +309,10 @@ class LoopWsServer {
 
   _adopt (socket) {
     if (!this._srv) return new native.NativeLoopConn(socket, false, () => {}, () => {}).close(true)
-    const conn = new native.NativeLoopConn(socket, false, (texts) => this._onMessages(conn, texts), () => this._conns.delete(conn))
-    this._conns.set(conn, 0)
-    conn.pump()
+    this._socks.adopt(socket)
   }
 
-  _onMessages (conn, texts) {
+  _onMessages (sock, texts) {
     for (let i = 0; i < texts.length; i++) {
       let m
       try {
@@ -320,18 +321,16 @@ class LoopWsServer {
         continue
       }
       if (!Array.isArray(m)) continue
-      this._conns.set(conn, (this._conns.get(conn) || 0) + 1)
-      const reply = new LoopReply(this, conn, m[0] === undefined ? null : m[0])
+      sock.inFlight++
+      const reply = new LoopReply(this, sock, m[0] === undefined ? null : m[0])
       this._onRequest(reply, m[2] === undefined ? null : m[2])
     }
   }
 
-  _answered (conn) {
-    const n = (this._conns.get(conn) || 1) - 1
-    if (this._conns.has(conn)) this._conns.set(conn, n)
-    if (this._draining && n === 0) {
-      this._conns.delete(conn)
-      conn.close(false, CLOSE_DRAINED)
+  _answered (sock) {
+    this._socks.answered(sock)
+    if (this._draining && sock.inFlight === 0) {
+      this._socks.end(sock, CLOSE_DRAINED)
       this._draining.check()
     }
   }
@@ -368,19 +367,15 @@ class LoopWsServer {
         if (!this._draining) return
         clearTimeout(this._draining.timer)
         this._draining = null
-        for (const conn of this._conns.keys()) conn.close(true)
-        this._conns.clear()
+        this._socks.closeAll()
         resolve(ok)
       }
       this._draining = {
         timer: setTimeout(() => finish(false), grace),
-        check: () => { if (!this._conns.size) finish(true) }
+        check: () => { if (!this._socks.size) finish(true) }
       }
-      for (const [conn, n] of Array.from(this._conns)) {
-        if (n === 0) {
-          this._conns.delete(conn)
-          conn.close(false, CLOSE_DRAINED)
-        }
+      for (const sock of this._socks.values()) {
+        if (sock.inFlight === 0) this._socks.end(sock, CLOSE_DRAINED)
       }
       this._draining.check()
     }).then((ok) => done(undefined, String(ok)))
@@ -392,8 +387,7 @@ class LoopWsServer {
       clearTimeout(this._draining.timer)
       this._draining = null
     }
-    for (const conn of this._conns.keys()) conn.close(true)
-    this._conns.clear()
+    this._socks.closeAll()
   }
 }
 

@@ -374,6 +374,8 @@ class TransportRPCServer extends TransportRPC {
       this._native = native.serverListen({
         transport: kind,
         port,
+        // Limits against hostile load by the core's names (`{ max_connections_per_ip: 100 }`).
+        limits: this.conf.limits,
         ...this.nativeOptions(),
         onRequest: (token, rid, key, payload, fingerprint, meta) => this._onNativeRequest(token, rid, key, payload, fingerprint, meta)
       })

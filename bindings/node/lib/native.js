@@ -132,7 +132,7 @@ exports.clientTls = (t) => sync(() => new addon.NativeClientTls(pem(t.ca), pem(t
 // `onRequest(token, rid, key, payload, fingerprint, meta)`: meta is the HTTP metadata
 // ({isStream, compress, infoHeaders, action, args}) or null over WS. `verify(info, answer)`:
 // info {fingerprint, remoteAddress, path}, answer(bool) once (WS over TLS only).
-exports.serverListen = ({ transport, port, tls, verify, onRequest }) => {
+exports.serverListen = ({ transport, port, tls, verify, limits, onRequest }) => {
   const handler = (reply, ridJson, key, payloadJson, fingerprint, metaJson) => {
     let rid, payload, meta
     try {
@@ -160,7 +160,7 @@ exports.serverListen = ({ transport, port, tls, verify, onRequest }) => {
         }
       }
     : undefined
-  return sync(() => addon.NativeServer.listenEnvelope(transport, handler, port, tls, verifyFn, sharedLink()))
+  return sync(() => addon.NativeServer.listenEnvelope(transport, handler, port, tls, verifyFn, sharedLink(), limits || undefined))
 }
 exports.serverPort = (s) => s.port
 // Answers a request: `errMessage` (a string: the client gets an error) or `result` (any JSON
@@ -237,6 +237,8 @@ exports.loopConn = (socket, client, onMessages, onClose) => new addon.NativeLoop
 // A conn: `pump()` (call once it is stored: delivers messages that came with the handshake),
 // `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
 exports.loopListen = (port, onSocket) => sync(() => addon.NativeLoopServer.listen(port, onSocket))
+// The server limits `limits` sets over the core's defaults, every one by its snake_case name.
+exports.serverLimits = (limits) => sync(() => addon.serverLimits(limits || undefined))
 exports.loopServerPort = (s) => s.port
 exports.loopServerClose = (s) => sync(() => s.close())
 

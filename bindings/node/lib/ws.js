@@ -8,6 +8,7 @@ const assert = require('assert')
 const Base = require('./base')
 const native = require('./native')
 const { Deadlines, keepAlive, listenError } = require('./util')
+const { LoopSockets } = require('./loopsockets')
 
 const assertSecure = (secure) => {
   assert(Buffer.isBuffer(secure.key), 'conf.secure.key must be a Buffer')
@@ -145,12 +146,14 @@ class TransportRPCServer extends Base.TransportRPCServer {
     assert(Number.isInteger(port), 'port must be an Integer')
     if (this.conf.secure) return super.listen(port)
     if (this._native || this._loop) throw new Error('ERR_ALREADY_LISTENING')
+    // The core's limits on the sockets it serves, kept here for the sockets it hands over.
+    const limits = native.serverLimits(this.conf.limits)
     try {
       this._loop = native.loopListen(port, (socket) => this._adopt(socket))
     } catch (e) {
       throw listenError(e, port)
     }
-    this._conns = new Set()
+    this._socks = new LoopSockets(limits, (sock, texts) => this._onMessages(sock, texts))
     this._release = keepAlive()
     this.listening()
     this.port = native.loopServerPort(this._loop)
@@ -159,34 +162,34 @@ class TransportRPCServer extends Base.TransportRPCServer {
 
   _adopt (socket) {
     if (!this._loop) return native.loopConn(socket, false, () => {}, () => {}).close(true)
-    const conn = native.loopConn(socket, false, (texts) => this._onMessages(conn, texts), () => this._conns.delete(conn))
-    this._conns.add(conn)
-    conn.pump()
+    this._socks.adopt(socket)
   }
 
-  _onMessages (conn, texts) {
+  _onMessages (sock, texts) {
     for (let i = 0; i < texts.length; i++) {
       const data = this.parse(texts[i])
       if (!data) {
         this.emit('request-error')
         continue
       }
-      this._onLoopRequest(conn, data[0], data[1], data[2])
+      sock.inFlight++
+      this._onLoopRequest(sock, data[0], data[1], data[2])
     }
   }
 
-  _onLoopRequest (conn, rid, key, payload) {
+  _onLoopRequest (sock, rid, key, payload) {
     let replied = false
     const send = (err, res) => {
       if (replied) return
       replied = true
+      this._socks.answered(sock)
       let text
       try {
         text = this.format([rid, err, res === undefined ? null : res])
       } catch (e) {
         text = this.format([rid, 'ERR_REPLY_NOT_JSON', null])
       }
-      conn.send(text)
+      sock.conn.send(text)
     }
     const handler = { reply: (err, res) => send(err ? err.message : null, res) }
     try {
@@ -203,8 +206,7 @@ class TransportRPCServer extends Base.TransportRPCServer {
     if (this._loop) {
       native.loopServerClose(this._loop)
       this._loop = null
-      for (const c of this._conns) c.close(true)
-      this._conns.clear()
+      this._socks.closeAll()
     }
     super.unlisten()
   }

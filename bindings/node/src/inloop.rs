@@ -626,6 +626,15 @@ pub struct NativeWsSocket {
     inner: Mutex<Option<HandedOff>>,
 }
 
+#[napi]
+impl NativeWsSocket {
+    /// The peer's IP address (empty once the socket was taken).
+    #[napi(getter)]
+    pub fn remote_ip(&self) -> String {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|h| h.remote.ip().to_string()).unwrap_or_default()
+    }
+}
+
 /// A socket driven by Node's loop: `onMessages(texts)` for every batch of messages read,
 /// `onClose(reason)` once when it ends (not after `close()`).
 #[napi]

@@ -141,6 +141,18 @@ fn whole_numbers(map: Option<std::collections::HashMap<String, f64>>) -> napi::R
     Ok(out)
 }
 
+/// The server limits `limits` gives (names of the core's table, any spelling), over the core's
+/// defaults: every limit by its snake_case name. Unknown names and values the core refuses are
+/// `ERR_INVALID_ARGUMENT` errors, as when a server is made with them.
+#[napi]
+pub fn server_limits(limits: Option<std::collections::HashMap<String, f64>>) -> napi::Result<std::collections::HashMap<String, f64>, ErrName> {
+    let mut server_limits = grenache::transport::ServerLimits::default();
+    for (name, value) in whole_numbers(limits)? {
+        server_limits.set(&name, value).map_err(|e| js_err(&e))?;
+    }
+    Ok(grenache::transport::SERVER_LIMIT_NAMES.iter().map(|n| (n.to_string(), server_limits.get(n).unwrap_or(0) as f64)).collect())
+}
+
 #[napi]
 impl NativeGrape {
     #[napi(constructor)]
@@ -858,8 +870,13 @@ impl NativeServer {
         tls: Option<&NativeServerTls>,
         verify: Option<VerifyFn>,
         link: &NativeLink,
+        limits: Option<std::collections::HashMap<String, f64>>,
     ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(&transport)?;
+        let mut server_limits = grenache::transport::ServerLimits::default();
+        for (name, value) in whole_numbers(limits)? {
+            server_limits.set(&name, value).map_err(|e| js_err(&e))?;
+        }
         let handler = Arc::new(handler);
         // A call that cannot be queued (the server is closing) drops its reply, which answers
         // ERR_NO_REPLY.
@@ -874,7 +891,14 @@ impl NativeServer {
             );
             handler.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
         };
-        let options = ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), reply_timeout: None, verify_client: verify.map(js_verify), ..Default::default() };
+        let options = ServerOptions {
+            port: port(port_)?,
+            tls: tls.map(|t| t.inner.clone()),
+            reply_timeout: None,
+            verify_client: verify.map(js_verify),
+            limits: server_limits,
+            ..Default::default()
+        };
         let server = EmbedServer::listen(&link.inner, kind, Arc::new(h), options).map_err(|e| js_err(&e))?;
         Ok(NativeServer { inner: Arc::new(server) })
     }

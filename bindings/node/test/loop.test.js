@@ -226,3 +226,68 @@ test('loop sockets under the Promise API: ws Server and dest requests keep the R
     link.close()
   }
 })
+
+// A raw WebSocket client: upgrades, then resolves { sock, closed } where `closed` resolves with
+// the close code the server sent (0 for none) when the socket ends.
+async function rawWs (port) {
+  const sock = net.connect(port, '127.0.0.1')
+  await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject) })
+  let got = Buffer.alloc(0)
+  sock.on('data', (d) => { got = Buffer.concat([got, d]) })
+  sock.on('error', () => {})
+  const closed = new Promise((resolve) => sock.once('close', () => {
+    const head = got.indexOf('\r\n\r\n')
+    const i = head < 0 ? -1 : got.indexOf(0x88, head + 4)
+    resolve(i >= 0 && got.length >= i + 4 ? got.readUInt16BE(i + 2) : 0)
+  }))
+  sock.write('GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n')
+  return { sock, closed }
+}
+
+test('loop sockets: the server keeps the core limits on the sockets it was handed', async () => {
+  const release = []
+  const peer = new ws.PeerRPCServer(noLink, { limits: { max_connections_per_ip: 2, ws_idle_timeout_ms: 400 } })
+  peer.init()
+  const t = peer.transport('server')
+  t.listen(0)
+  t.on('request', (rid, key, payload, h) => {
+    if (payload === 'hold') release.push(() => h.reply(null, 'late'))
+    else h.reply(null, payload)
+  })
+  const dest = `127.0.0.1:${t.port}`
+  try {
+    // Two sockets from one IP: a client whose request is held, and a silent raw one.
+    const c = client()
+    const busy = c.transport(dest)
+    const held = ask(busy, 'hold')
+    await sleep(200)
+    const idle = await rawWs(t.port)
+    await sleep(100)
+    // A third from the same IP is over max_connections_per_ip: closed at once, 1013.
+    const third = await rawWs(t.port)
+    assert.equal(await Promise.race([third.closed, sleep(2000).then(() => 'open')]), 1013)
+    // The silent one is closed by the idle limit (1000); the one whose request runs is not.
+    assert.equal(await Promise.race([idle.closed, sleep(3000).then(() => 'open')]), 1000)
+    await sleep(600)
+    release.forEach((f) => f())
+    assert.deepEqual(await held, { err: null, res: 'late' })
+    // Its slot and the idle one's are free again: a new client is served.
+    const fresh = client()
+    assert.deepEqual(await ask(fresh.transport(dest), 'x'), { err: null, res: 'x' })
+    fresh.stop()
+    c.stop()
+  } finally {
+    release.forEach((f) => f())
+    t.stop()
+    peer.stop()
+  }
+})
+
+test('loop sockets: limits the core does not know are refused before the server listens', () => {
+  const peer = new ws.PeerRPCServer(noLink, { limits: { max_sockets: 3 } })
+  peer.init()
+  const t = peer.transport('server')
+  assert.throws(() => t.listen(0), (e) => e.code === 'ERR_INVALID_ARGUMENT' || /unknown server limit/.test(e.message))
+  peer.stop()
+})

@@ -63,6 +63,11 @@ const wsService = wsServer.transport('server').listen(1338)
 wsService.on('request', (rid, key, payload, handler, cert) => handler.reply(null, cert ? cert.fingerprint : null))
 // @ts-expect-error the DefinitelyTyped listen(service, handler) does not exist
 wsServer.listen('svc', () => {})
+// Limits against hostile load (an extension): numbers by the core's names.
+const limited = new Ws.PeerRPCServer(link, { limits: { max_connections_per_ip: 100, wsIdleTimeoutMs: 60000 } })
+limited.init()
+// @ts-expect-error limits are numbers
+new Ws.PeerRPCServer(link, { limits: { max_connections: 'many' } })
 const wsClient = new Ws.PeerRPCClient(link, {})
 wsClient.init()
 wsClient.request('rpc_test', { a: 1 }, { timeout: 1000 }, (err, data) => data)

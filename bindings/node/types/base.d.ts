@@ -23,6 +23,14 @@ export interface SecureConf {
 
 export interface PeerConf {
   secure?: SecureConf
+  /**
+   * Servers (an extension of the reference): limits against hostile load by the core's names,
+   * in any spelling (`{ max_connections_per_ip: 100, ws_idle_timeout_ms: 60000 }`), over the
+   * core's defaults; `listen()` throws `ERR_INVALID_ARGUMENT` for a name or value the core
+   * refuses. HTTP servers that Node serves itself (`disableBuffered`, or a `stream` listener)
+   * do not apply them.
+   */
+  limits?: Record<string, number>
   [option: string]: any
 }
 

@@ -33,7 +33,7 @@ export class TransportRPCServer extends Base.TransportRPCServer {
 export class TransportRPCClient extends Base.TransportRPCClient {}
 
 export class PeerRPCServer extends Base.Peer {
-  constructor(link: Base.LinkLike | Link, conf?: { secure?: WsSecureConf; [option: string]: any })
+  constructor(link: Base.LinkLike | Link, conf?: { secure?: WsSecureConf; limits?: Base.PeerConf['limits']; [option: string]: any })
   transport(dest: string, opts?: object): TransportRPCServer
 }
 
