@@ -54,10 +54,7 @@ fn shared_library_link_args() {
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_os == "linux" {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libgrenache.so.{SONAME_MAJOR}");
-        println!(
-            "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
-            crate_dir.join("grenache.map").display()
-        );
+        println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", crate_dir.join("grenache.map").display());
         soname_links();
     }
 }

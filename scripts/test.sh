@@ -45,9 +45,20 @@ if [ ! -x target/zmqenv/bin/python ]; then
 fi
 target/zmqenv/bin/pip install --quiet --disable-pip-version-check 'pyzmq==27.1.0'
 
+# Steps whose failure fails the run at the end, after the Rust tests have run too.
+failed=()
+
 # 3. Build everything (tests, examples, benches compile too).
 log "cargo build"
 cargo build --workspace --all-targets --locked
+
+# Formatting (rustfmt.toml) and lints: the tree stays rustfmt- and clippy-clean.
+log "cargo fmt --check, cargo clippy"
+if cargo fmt --all --check && cargo clippy --workspace --all-targets --locked --quiet -- -D warnings; then
+  echo "fmt, clippy: ok"
+else
+  failed+=("fmt or clippy")
+fi
 
 # The C header is generated from ffi/src: the committed one must be what the sources give.
 log "include/grenache.h"
@@ -63,7 +74,6 @@ done
 # 5. The Python binding (bindings/python): a venv with maturin, the module built into it, its
 #    tests (against real Grapes and the Node peers) and its example. A failure here fails the
 #    run, after the Rust tests below have run too.
-failed=()
 log "python binding"
 if python_binding() {
   local venv=target/pyenv

@@ -22,8 +22,7 @@ async fn grapes() -> (Vec<NodeProcess>, String) {
         let mut procs = Vec::new();
         for (dht, api, boot) in [(d1, a1, d2), (d2, a2, d1)] {
             let (dht, api, boot) = (dht.to_string(), api.to_string(), format!("127.0.0.1:{boot}"));
-            let mut p =
-                NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
+            let mut p = NodeProcess::spawn("grape.js", &["--dht-port", &dht, "--api-port", &api, "--bootstrap", &boot, "--verify"]);
             loop {
                 match p.try_json(Duration::from_secs(30)).await {
                     Some(v) if v["event"] == "started" => break,
@@ -43,13 +42,11 @@ async fn grapes() -> (Vec<NodeProcess>, String) {
 
 /// Runs `grenache --grape <grape> <args>`; returns (exit code, stdout JSON or Null, stderr).
 async fn run(grape: &str, args: &[&str]) -> (i32, Value, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(BIN).arg("--grape").arg(grape).args(args).stdin(Stdio::null()).output(),
-    )
-    .await
-    .expect("grenache finishes")
-    .expect("grenache runs");
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), Command::new(BIN).arg("--grape").arg(grape).args(args).stdin(Stdio::null()).output())
+            .await
+            .expect("grenache finishes")
+            .expect("grenache runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
     (out.status.code().unwrap_or(-1), v, String::from_utf8_lossy(&out.stderr).into_owned())
@@ -67,10 +64,8 @@ async fn cli_against_grapes() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let started: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap(),
-    )
-    .unwrap();
+    let started: Value =
+        serde_json::from_str(&tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap()).unwrap();
     assert_eq!(started["event"], "started");
     let port = started["port"].as_u64().unwrap();
     let addr = format!("127.0.0.1:{port}");
@@ -160,10 +155,8 @@ async fn cli_against_grapes() {
     // SIGTERM: a graceful shutdown (stop announcing and listening, finish, exit 0).
     let pid = serve.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let stopped: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap(),
-    )
-    .unwrap();
+    let stopped: Value =
+        serde_json::from_str(&tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap()).unwrap();
     assert_eq!(stopped, json!({"event": "stopped", "drained": true}));
     assert!(tokio::time::timeout(Duration::from_secs(10), serve.wait()).await.unwrap().unwrap().success());
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "no longer listening");
@@ -188,10 +181,8 @@ async fn cli_pub_sub_through_rust_grapes() {
         .spawn()
         .unwrap();
     let mut pub_out = BufReader::new(publisher.stdout.take().unwrap()).lines();
-    let started: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(30), pub_out.next_line()).await.unwrap().unwrap().unwrap(),
-    )
-    .unwrap();
+    let started: Value =
+        serde_json::from_str(&tokio::time::timeout(Duration::from_secs(30), pub_out.next_line()).await.unwrap().unwrap().unwrap()).unwrap();
     assert_eq!(started["event"], "started", "{started}");
 
     let subscriber = Command::new(BIN)
@@ -208,10 +199,8 @@ async fn cli_pub_sub_through_rust_grapes() {
     assert!(out.status.success(), "sub exit {:?}", out.status);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n{\"seq\":2}\nlast line\n");
 
-    let stopped: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(30), pub_out.next_line()).await.unwrap().unwrap().unwrap(),
-    )
-    .unwrap();
+    let stopped: Value =
+        serde_json::from_str(&tokio::time::timeout(Duration::from_secs(30), pub_out.next_line()).await.unwrap().unwrap().unwrap()).unwrap();
     assert_eq!(stopped, json!({"event": "stopped", "published": 3}));
     let status = tokio::time::timeout(Duration::from_secs(10), publisher.wait()).await.unwrap().unwrap();
     assert!(status.success());
@@ -229,10 +218,8 @@ async fn start(grape: &str, args: &[&str]) -> (tokio::process::Child, tokio::io:
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap(),
-    )
-    .unwrap();
+    let first: Value =
+        serde_json::from_str(&tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap()).unwrap();
     assert_eq!(first["event"], "started", "{first}");
     (child, lines, first)
 }
@@ -260,7 +247,21 @@ async fn cli_zmq_transport_and_proxy() {
     // The proxy: HTTP callers, the ZeroMQ worker above.
     let (_proxy, _pl, p) = start(
         &g0,
-        &["proxy", "svc_http_front", "svc_zmq_cli", "--from", "http", "--to", "zmq", "--bind", "127.0.0.1", "--interval", "1000", "--timeout", "5000"],
+        &[
+            "proxy",
+            "svc_http_front",
+            "svc_zmq_cli",
+            "--from",
+            "http",
+            "--to",
+            "zmq",
+            "--bind",
+            "127.0.0.1",
+            "--interval",
+            "1000",
+            "--timeout",
+            "5000",
+        ],
     )
     .await;
     assert!(p["port"].as_u64().is_some(), "{p}");
@@ -270,11 +271,9 @@ async fn cli_zmq_transport_and_proxy() {
     assert_eq!(code, 8, "a proxy to itself is bad input");
 
     // pub/sub over ZeroMQ.
-    let (mut publisher, _publ, _) = start(
-        &g0,
-        &["pub", "chan_zmq_cli", "--transport", "zmq", "--bind", "127.0.0.1", "--interval", "1000", "--wait-subscribers", "1"],
-    )
-    .await;
+    let (mut publisher, _publ, _) =
+        start(&g0, &["pub", "chan_zmq_cli", "--transport", "zmq", "--bind", "127.0.0.1", "--interval", "1000", "--wait-subscribers", "1"])
+            .await;
     let subscriber = Command::new(BIN)
         .args(["--grape", &g1, "sub", "chan_zmq_cli", "--transport", "zmq", "--count", "2"])
         .stdout(Stdio::piped())

@@ -42,12 +42,7 @@ type Permissions = HashMap<String, HashSet<&'static str>>;
 fn handler(perms: Arc<Permissions>) -> impl grenache::rpc::Handler {
     move |req: Request, reply: Reply| {
         let action = req.payload.get("action").and_then(Value::as_str).unwrap_or("");
-        let allowed = req
-            .info
-            .cert
-            .as_ref()
-            .and_then(|c| perms.get(&c.fingerprint))
-            .is_some_and(|actions| actions.contains(action));
+        let allowed = req.info.cert.as_ref().and_then(|c| perms.get(&c.fingerprint)).is_some_and(|actions| actions.contains(action));
         match (allowed, action) {
             (false, _) => reply.err("ERR_FORBIDDEN"),
             (true, "ping") => reply.ok(json!("pong")),

@@ -40,14 +40,8 @@ pub enum ErrorFamily {
 
 impl ErrorFamily {
     /// Every family, in code order.
-    pub const ALL: &'static [ErrorFamily] = &[
-        ErrorFamily::Input,
-        ErrorFamily::Transport,
-        ErrorFamily::Discovery,
-        ErrorFamily::Rpc,
-        ErrorFamily::Tls,
-        ErrorFamily::Library,
-    ];
+    pub const ALL: &'static [ErrorFamily] =
+        &[ErrorFamily::Input, ErrorFamily::Transport, ErrorFamily::Discovery, ErrorFamily::Rpc, ErrorFamily::Tls, ErrorFamily::Library];
 
     /// The family's class name in the faces (`"TransportError"`).
     pub fn class_name(self) -> &'static str {

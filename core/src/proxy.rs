@@ -188,10 +188,11 @@ impl Proxy {
                     // The JSON text as it came, never parsed.
                     let payload: Arc<str> = req.payload.json().into();
                     // The whole forward, lookup and retries included, within the budget.
-                    let r = match tokio::time::timeout(budget, client.send::<Box<serde_json::value::RawValue>>(target, payload, &opts)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(Error::timeout("the forwarded request took too long")),
-                    };
+                    let r =
+                        match tokio::time::timeout(budget, client.send::<Box<serde_json::value::RawValue>>(target, payload, &opts)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(Error::timeout("the forwarded request took too long")),
+                        };
                     match r {
                         Ok(raw) => reply.ok_raw(raw),
                         Err(e) => {

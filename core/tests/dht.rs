@@ -142,10 +142,12 @@ async fn concurrent_identical_lookups_agree() {
     let nodes = network(4, |_| {}).await;
     nodes[1].announce(b"svc:co", 5000).await.unwrap();
     let a = nodes[3].clone();
-    let futs: Vec<_> = (0..10).map(|_| {
-        let a = a.clone();
-        tokio::spawn(async move { a.lookup(b"svc:co").await })
-    }).collect();
+    let futs: Vec<_> = (0..10)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.lookup(b"svc:co").await })
+        })
+        .collect();
     for f in futs {
         assert_eq!(f.await.unwrap().unwrap(), vec![peer("127.0.0.1:5000")]);
     }
@@ -256,7 +258,8 @@ async fn next_reply(sock: &UdpSocket) -> Option<Vec<u8>> {
         match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
             // The node learned this socket as a DHT node from the ping and may query it (its
             // routing-table refresh): skip queries, wait for the reply.
-            Ok(Ok((n, _))) if matches!(grenache::dht::krpc::decode(&buf[..n]), Ok(m) if matches!(m.body, grenache::dht::krpc::Body::Query(_))) => {}
+            Ok(Ok((n, _))) if matches!(grenache::dht::krpc::decode(&buf[..n]), Ok(m) if matches!(m.body, grenache::dht::krpc::Body::Query(_))) =>
+                {}
             Ok(Ok((n, _))) => return Some(buf[..n].to_vec()),
             _ => return None,
         }
@@ -426,10 +429,7 @@ async fn dropping_every_handle_frees_the_port() {
     let node = Dht::bind(cfg(&[])).await.unwrap();
     let addr = node.local_addr();
     drop(node);
-    eventually(Duration::from_secs(5), "port free after drop", || async move {
-        std::net::UdpSocket::bind(addr).ok().map(|_| ())
-    })
-    .await;
+    eventually(Duration::from_secs(5), "port free after drop", || async move { std::net::UdpSocket::bind(addr).ok().map(|_| ()) }).await;
 }
 
 #[tokio::test]
@@ -613,7 +613,10 @@ async fn a_dead_node_in_a_full_bucket_is_replaced() {
         let mut buf = [0u8; 512];
         if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(50), s.recv_from(&mut buf)).await
             && grenache::dht::krpc::decode(&buf[..n]).is_ok_and(|m| {
-                matches!(m.body, grenache::dht::krpc::Body::Query(grenache::dht::krpc::Query { method: grenache::dht::krpc::Method::Ping, .. }))
+                matches!(
+                    m.body,
+                    grenache::dht::krpc::Body::Query(grenache::dht::krpc::Query { method: grenache::dht::krpc::Method::Ping, .. })
+                )
             })
         {
             pinged += 1;
@@ -638,7 +641,8 @@ async fn lookups_do_not_query_nodes_that_never_answered() {
     let nodes = network(3, |c| c.maintenance_rate = 0).await;
     nodes[1].announce(b"svc:questionable", 1337).await.expect("announce");
     // Nodes that ping node 2 but never answer a query (BEP 5's questionable nodes).
-    let silent: Vec<UdpSocket> = futures_util::future::join_all((0..6).map(|_| UdpSocket::bind("127.0.0.1:0"))).await.into_iter().map(Result::unwrap).collect();
+    let silent: Vec<UdpSocket> =
+        futures_util::future::join_all((0..6).map(|_| UdpSocket::bind("127.0.0.1:0"))).await.into_iter().map(Result::unwrap).collect();
     for (i, s) in silent.iter().enumerate() {
         // Ids close to every target's first byte: they would be among the closest.
         let mut id = [i as u8; 20];

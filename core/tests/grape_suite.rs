@@ -54,8 +54,7 @@ impl Http {
             self.sender.ready().await.expect("connection ready");
             let res = self.sender.send_request(req).await.expect("send");
             let status = res.status().as_u16();
-            let content_length =
-                res.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let content_length = res.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
             let body = res.into_body().collect().await.expect("body").to_bytes();
             Resp { status, content_length, body: String::from_utf8_lossy(&body).into_owned() }
         };
@@ -207,11 +206,9 @@ async fn should_find_services() {
     let mut ev = g2.events();
     let n = announce(g1, "rest:util:net", 1337).await;
     assert!(n.as_u64().is_some_and(|n| n >= 1), "announce answered {n}");
-    tokio::time::timeout(T, async {
-        while !matches!(ev.recv().await, Ok(GrapeEvent::Announce(ref s)) if s == "rest:util:net") {}
-    })
-    .await
-    .expect("announce event on grape 2");
+    tokio::time::timeout(T, async { while !matches!(ev.recv().await, Ok(GrapeEvent::Announce(ref s)) if s == "rest:util:net") {} })
+        .await
+        .expect("announce event on grape 2");
     assert_eq!(lookup(g2, "rest:util:net").await, vec!["127.0.0.1:1337"]);
     net.stop().await;
 }
@@ -339,10 +336,8 @@ async fn services_die_and_come_back(n: usize) {
     })
     .await;
     b_on.store(true, std::sync::atomic::Ordering::SeqCst);
-    eventually(T, "B back", || async {
-        lookup(&last, "A").await == ["127.0.0.1:3000"] && lookup(&last, "B").await == ["127.0.0.1:3001"]
-    })
-    .await;
+    eventually(T, "B back", || async { lookup(&last, "A").await == ["127.0.0.1:3000"] && lookup(&last, "B").await == ["127.0.0.1:3001"] })
+        .await;
     stop.cancel();
     let _ = tokio::time::timeout(T, announcer).await;
     net.stop().await;
@@ -451,8 +446,7 @@ async fn put_get_round_trip() {
 /// The top-level keys of a JSON object, in order of appearance.
 fn regex_lite_keys(json: &str) -> Vec<String> {
     let v: serde_json::Map<String, Value> = serde_json::from_str(json).expect("object");
-    let mut keys: Vec<(usize, String)> =
-        v.keys().map(|k| (json.find(&format!("\"{k}\":")).expect("key"), k.clone())).collect();
+    let mut keys: Vec<(usize, String)> = v.keys().map(|k| (json.find(&format!("\"{k}\":")).expect("key"), k.clone())).collect();
     keys.sort();
     keys.into_iter().map(|(_, k)| k).collect()
 }
@@ -731,10 +725,7 @@ async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
     .expect("testnet");
     let (g1, g2) = (net.grape(0), net.grape(1));
     announce(g1, "hot:name", 1001).await;
-    eventually(T, "the first service to be visible on grape 2", || async {
-        lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"]
-    })
-    .await;
+    eventually(T, "the first service to be visible on grape 2", || async { lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"] }).await;
     let walked = Instant::now();
     announce(g1, "hot:name", 1002).await;
     let seen = lookup(g2, "hot:name").await;
@@ -757,8 +748,7 @@ async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
     .expect("testnet");
     let (g1, g2) = (net.grape(0), net.grape(1));
     announce(g1, "hot:name", 1001).await;
-    eventually(T, "the first service to be visible", || async { lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"] })
-        .await;
+    eventually(T, "the first service to be visible", || async { lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"] }).await;
     announce(g1, "hot:name", 1002).await;
     let mut s = lookup(g2, "hot:name").await;
     s.sort();

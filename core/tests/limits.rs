@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grenache::rpc::{Handler, Reply, Request};
+use grenache::transport::ReadDeadlines;
 use grenache::transport::http::{BodyStream, HttpServer, HttpServerConfig, StreamHandler, StreamRequest};
 use grenache::transport::limits::WsLiveness;
 use grenache::transport::ws::{WsServer, WsServerConfig};
-use grenache::transport::ReadDeadlines;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -85,7 +85,9 @@ async fn http_a_stalled_or_slow_body_gets_408_and_the_connection_closes() {
     // A body that comes at once is answered as usual.
     let mut c = TcpStream::connect(srv.local_addr()).await.expect("connect");
     let body = r#"["r","k","ok"]"#;
-    c.write_all(format!("{}{body}", post(body.len()).replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).as_bytes()).await.expect("write");
+    c.write_all(format!("{}{body}", post(body.len()).replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).as_bytes())
+        .await
+        .expect("write");
     let (out, _) = read_to_close(&mut c).await;
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with(r#"["r",null,"ok"]"#), "{out}");
 }
@@ -229,8 +231,10 @@ async fn ws_a_silent_socket_is_pinged_then_closed_and_an_idle_one_closes() {
     c.write_all(&ws_client_frame(0x1, br#"["r","k",1]"#)).await.expect("request");
     assert_eq!(ws_frame(&mut c).await, Some((0x1, br#"["r",null,1]"#.to_vec())));
     // Idle: a socket that sends no request is closed with 1000, even though it answers pings.
-    let live = WsLiveness { ping_interval: Duration::from_millis(100), pong_timeout: Duration::from_secs(5), idle: Duration::from_millis(700) };
-    let srv = WsServer::bind_arc("127.0.0.1:0".parse().expect("addr"), echo(), WsServerConfig::default().liveness(live)).await.expect("bind");
+    let live =
+        WsLiveness { ping_interval: Duration::from_millis(100), pong_timeout: Duration::from_secs(5), idle: Duration::from_millis(700) };
+    let srv =
+        WsServer::bind_arc("127.0.0.1:0".parse().expect("addr"), echo(), WsServerConfig::default().liveness(live)).await.expect("bind");
     let mut c = ws_raw(srv.local_addr()).await;
     let t = Instant::now();
     let code = loop {

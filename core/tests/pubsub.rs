@@ -127,12 +127,9 @@ async fn pubsub_slow_subscriber_is_disconnected_and_others_unaffected() {
 
 #[tokio::test]
 async fn pubsub_drop_oldest_policy_keeps_slow_subscriber_connected() {
-    let p = PeerPub::bind(
-        any_port(),
-        PubConfig::default().queue_capacity(8).slow_subscriber_policy(SlowSubscriberPolicy::DropOldest),
-    )
-    .await
-    .expect("bind");
+    let p = PeerPub::bind(any_port(), PubConfig::default().queue_capacity(8).slow_subscriber_policy(SlowSubscriberPolicy::DropOldest))
+        .await
+        .expect("bind");
     let addr = p.local_addr();
     let _stalled = stalled_subscriber(addr).await;
     p.wait_subscribers(1, LONG).await.expect("subscriber");
@@ -170,7 +167,9 @@ async fn pubsub_over_tls_with_client_certificate() {
         .expect("tls");
     let p = PeerPub::bind(
         any_port(),
-        PubConfig::default().tls(server).verify_client(verify_client(|c| c.cert.and_then(|c| c.subject_cn()).as_deref() == Some("client1"))),
+        PubConfig::default()
+            .tls(server)
+            .verify_client(verify_client(|c| c.cert.and_then(|c| c.subject_cn()).as_deref() == Some("client1"))),
     )
     .await
     .expect("bind");
@@ -199,9 +198,10 @@ async fn pubsub_subscribers_send_nothing_and_raw_clients_get_text_frames() {
 
 #[tokio::test]
 async fn pubsub_extreme_settings_do_not_panic() {
-    let p = PeerPub::bind(any_port(), PubConfig::default().max_subscribers(usize::MAX).queue_capacity(usize::MAX).max_message_size(usize::MAX))
-        .await
-        .expect("bind");
+    let p =
+        PeerPub::bind(any_port(), PubConfig::default().max_subscribers(usize::MAX).queue_capacity(usize::MAX).max_message_size(usize::MAX))
+            .await
+            .expect("bind");
     let mut s = PeerSub::sub_to(
         vec![p.local_addr().to_string(), "127.0.0.1:1".to_string()],
         SubConfig::default()
@@ -261,8 +261,16 @@ async fn pubsub_subscriber_violations_close_that_socket_with_the_reason_and_othe
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("an unmasked frame", raw_frame(true, 0x1, b"hi", None), 1002),
         ("a message over max_message_size", raw_frame(true, 0x2, &[7u8; 2000], Some(KEY)), 1009),
-        ("fragments over max_message_size", [raw_frame(false, 0x2, &[7u8; 800], Some(KEY)), raw_frame(true, 0x0, &[7u8; 800], Some(KEY))].concat(), 1009),
-        ("a new message inside a fragmented one", [raw_frame(false, 0x1, b"a", Some(KEY)), raw_frame(true, 0x1, b"b", Some(KEY))].concat(), 1002),
+        (
+            "fragments over max_message_size",
+            [raw_frame(false, 0x2, &[7u8; 800], Some(KEY)), raw_frame(true, 0x0, &[7u8; 800], Some(KEY))].concat(),
+            1009,
+        ),
+        (
+            "a new message inside a fragmented one",
+            [raw_frame(false, 0x1, b"a", Some(KEY)), raw_frame(true, 0x1, b"b", Some(KEY))].concat(),
+            1002,
+        ),
         ("a continuation with nothing to continue", raw_frame(true, 0x0, b"x", Some(KEY)), 1002),
         ("reserved bits", vec![0xC1, 0x80, 0, 0, 0, 0], 1002),
         ("a fragmented ping", raw_frame(false, 0x9, b"p", Some(KEY)), 1002),
@@ -340,9 +348,12 @@ async fn accept_raw_subscriber(l: &TcpListener) -> TcpStream {
         .expect("a key");
     // tungstenite's accept key: an implementation independent of ours.
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
+    s.write_all(
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
     s
 }
 

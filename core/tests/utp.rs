@@ -9,8 +9,8 @@ use grenache::ErrorKind;
 use grenache::grape::Testnet;
 use grenache::link::Link;
 use grenache::rpc::{
-    ClientTransport, OutgoingRequest, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions,
-    ServerTransport, TransportKind,
+    ClientTransport, OutgoingRequest, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, ServerTransport,
+    TransportKind,
 };
 use grenache::transport::utp::{LEGACY_PUNCH, PunchEvent, UtpClient, UtpClientConfig, UtpNode, UtpServer, UtpServerConfig};
 use serde_json::{Value, json};
@@ -278,7 +278,8 @@ async fn a_broker_introduces_a_client_to_the_workers_of_one_service() {
     assert_eq!(e.kind(), ErrorKind::LookupEmpty);
     // The legacy request shape gets the legacy registry shape, for that service only.
     let c = UtpClient::with_node(cnode.clone(), UtpClientConfig::default());
-    let legacy = c.request(&broker.local_addr().to_string(), out(&json!({"service": "svc_a", "server": false}), LONG)).await.expect("legacy");
+    let legacy =
+        c.request(&broker.local_addr().to_string(), out(&json!({"service": "svc_a", "server": false}), LONG)).await.expect("legacy");
     let entries = legacy["svc_a"].as_object().expect("registry");
     assert!(entries.values().any(|e| e["server"] == true && e["port"] == worker.local_addr().port()), "{legacy}");
     assert!(entries.values().all(|e| e["service"] == "svc_a"), "{legacy}");

@@ -178,11 +178,10 @@ async fn run(seed: u64, alone: bool, path: Path, node: UtpNodeConfig) -> Outcome
     .expect("server");
     let relay = relay(server.local_addr(), seed, path).await;
     let client_node = UtpNode::bind_with(loopback(), node).await.expect("client node");
-    let client = UtpClient::with_node(client_node, UtpClientConfig {
-        one_message_per_write: alone,
-        connect_timeout: Duration::from_secs(20),
-        ..Default::default()
-    });
+    let client = UtpClient::with_node(
+        client_node,
+        UtpClientConfig { one_message_per_write: alone, connect_timeout: Duration::from_secs(20), ..Default::default() },
+    );
     let dest = relay.addr.to_string();
     let timeout = Duration::from_secs(60);
     let mut o = Outcome::default();

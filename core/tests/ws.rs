@@ -58,7 +58,10 @@ async fn server() -> WsServer {
     WsServer::bind(any_port(), test_handler, WsServerConfig::default()).await.expect("bind")
 }
 
-async fn raw_client(addr: SocketAddr, path: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+async fn raw_client(
+    addr: SocketAddr,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let (ws, _) = tokio::time::timeout(LONG, tokio_tungstenite::connect_async(format!("ws://{addr}{path}")))
         .await
         .expect("connect in time")
@@ -125,8 +128,7 @@ async fn ws_malformed_reply_fails_its_request_at_once() {
                 while let Some(Ok(Message::Text(text))) = ws.next().await {
                     let req: Value = serde_json::from_str(&text).expect("request");
                     let rid = req[0].as_str().expect("rid").to_string();
-                    let reply =
-                        if req[2] == json!("bad") { format!(r#"["{rid}",null,{{oops"#) } else { format!(r#"["{rid}",null,"ok"]"#) };
+                    let reply = if req[2] == json!("bad") { format!(r#"["{rid}",null,{{oops"#) } else { format!(r#"["{rid}",null,"ok"]"#) };
                     ws.send(Message::text(reply)).await.expect("send");
                 }
             });
@@ -365,10 +367,9 @@ async fn ws_server_limits_in_flight_per_socket() {
 }
 
 async fn tls_round_trip(pki: &tls_certs::Pki) {
-    let allowed = grenache::tls::PeerCert::from_der(
-        grenache::tls::certs_from_pem(pki.client.cert_pem.as_bytes()).expect("pem")[0].to_vec(),
-    )
-    .fingerprint;
+    let allowed =
+        grenache::tls::PeerCert::from_der(grenache::tls::certs_from_pem(pki.client.cert_pem.as_bytes()).expect("pem")[0].to_vec())
+            .fingerprint;
     let allowed2 = allowed.clone();
     let server_tls = ServerTls::builder(pki.server.cert_pem.clone(), pki.server.key_pem.clone())
         .client_ca_pem(pki.ca.cert_pem.clone())
@@ -546,9 +547,9 @@ async fn ws_server_refuses_reserved_close_codes_and_invalid_utf8() {
     let s = server().await;
     // (what the client sends, the close code the server must answer with)
     let cases: Vec<(Vec<u8>, u16)> = vec![
-        (raw_frame(true, 0x8, &999u16.to_be_bytes(), K), 1002), // not a code: never echoed
-        (raw_frame(true, 0x8, &1005u16.to_be_bytes(), K), 1002), // reserved, never on the wire
-        (raw_frame(true, 0x8, &5000u16.to_be_bytes(), K), 1002), // out of range
+        (raw_frame(true, 0x8, &999u16.to_be_bytes(), K), 1002),     // not a code: never echoed
+        (raw_frame(true, 0x8, &1005u16.to_be_bytes(), K), 1002),    // reserved, never on the wire
+        (raw_frame(true, 0x8, &5000u16.to_be_bytes(), K), 1002),    // out of range
         (raw_frame(true, 0x8, &[0x0F, 0xA0, 0xFF, 0xFE], K), 1007), // 4000 with a reason that is not UTF-8
         (raw_frame(true, 0x1, b"[\"r\",\"k\",\"\xFF\"]", K), 1007), // a text message that is not UTF-8
         // ... also when its fragments only break UTF-8 together
@@ -588,7 +589,9 @@ where
             .trim()
             .to_string();
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
         s.write_all(resp.as_bytes()).await.expect("write");
         script(s).await;
     });

@@ -316,9 +316,15 @@ async fn malformed_frames_get_an_error_reply_and_the_connection_keeps_serving() 
 #[tokio::test]
 async fn a_client_that_vanishes_mid_reply_leaves_the_server_serving() {
     // Big replies to a client that closes before reading them.
-    let srv = ZmqServer::bind(any_port(), |req: Request, reply: Reply| {
-        if req.payload == json!("big") { reply.ok(json!("x".repeat(4 << 20))) } else { reply.ok(req.payload.into_value()) }
-    }, ZmqServerConfig::default()).await.expect("bind");
+    let srv = ZmqServer::bind(
+        any_port(),
+        |req: Request, reply: Reply| {
+            if req.payload == json!("big") { reply.ok(json!("x".repeat(4 << 20))) } else { reply.ok(req.payload.into_value()) }
+        },
+        ZmqServerConfig::default(),
+    )
+    .await
+    .expect("bind");
     for _ in 0..3 {
         let mut s = raw_dealer(srv.local_addr()).await;
         for i in 0..4 {

@@ -16,19 +16,12 @@ use crate::ptr::{UserData, with_nul};
 /// the remote handler's own text) and `json` is NULL. `err` and `json` are borrowed: valid only
 /// until the callback returns.
 pub type grenache_json_cb = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        code: grenache_result,
-        err: *const grenache_error,
-        json: *const c_char,
-        json_len: usize,
-    ),
+    unsafe extern "C" fn(userdata: *mut c_void, code: grenache_result, err: *const grenache_error, json: *const c_char, json_len: usize),
 >;
 
 /// The completion of an operation that yields nothing (an announce). Fires exactly once, like
 /// `grenache_json_cb`; `err` is NULL on success and borrowed otherwise.
-pub type grenache_done_cb =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, code: grenache_result, err: *const grenache_error)>;
+pub type grenache_done_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, code: grenache_result, err: *const grenache_error)>;
 
 /// The completion of an operation that yields a yes or no (a graceful shutdown: did every
 /// connection finish in time?). Fires exactly once, like `grenache_json_cb`: on success `code` is

@@ -19,7 +19,12 @@ pub struct grenache_client {
     inner: EmbedClient,
 }
 
-fn new_client(kind: ClientTransportKind, link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
+fn new_client(
+    kind: ClientTransportKind,
+    link: *const grenache_link,
+    tls: *const grenache_client_tls,
+    out: *mut *mut grenache_client,
+) -> grenache_result {
     let link = try_ref!(link);
     if out.is_null() {
         return grenache_result::NullParameter;
@@ -27,14 +32,22 @@ fn new_client(kind: ClientTransportKind, link: *const grenache_link, tls: *const
     // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
     // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
-    unsafe { write_handle(out, EmbedClient::new(&link.inner, kind, ClientOptions { tls, ..Default::default() }), |inner| grenache_client { inner }) }
+    unsafe {
+        write_handle(out, EmbedClient::new(&link.inner, kind, ClientOptions { tls, ..Default::default() }), |inner| grenache_client {
+            inner,
+        })
+    }
 }
 
 /// Creates an HTTP RPC client (grenache-nodejs-http compatible) that finds workers through
 /// `link`; with `tls` (NULL: plain HTTP) it speaks HTTPS (settings copied). Non-blocking.
 /// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_client_new_http(link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
+pub extern "C" fn grenache_client_new_http(
+    link: *const grenache_link,
+    tls: *const grenache_client_tls,
+    out: *mut *mut grenache_client,
+) -> grenache_result {
     ffi_panic_boundary! {
         new_client(ClientTransportKind::Http, link, tls, out)
     }
@@ -43,7 +56,11 @@ pub extern "C" fn grenache_client_new_http(link: *const grenache_link, tls: *con
 /// Creates a WebSocket RPC client (grenache-nodejs-ws compatible; pooled, multiplexed sockets);
 /// with `tls` it speaks `wss://`. Same contract as `grenache_client_new_http`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_client_new_ws(link: *const grenache_link, tls: *const grenache_client_tls, out: *mut *mut grenache_client) -> grenache_result {
+pub extern "C" fn grenache_client_new_ws(
+    link: *const grenache_link,
+    tls: *const grenache_client_tls,
+    out: *mut *mut grenache_client,
+) -> grenache_result {
     ffi_panic_boundary! {
         new_client(ClientTransportKind::Ws, link, tls, out)
     }

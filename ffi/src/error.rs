@@ -4,9 +4,9 @@ use std::ffi::{CString, c_char};
 
 use grenache_core::{Error, ErrorKind};
 
-pub use crate::result::grenache_result;
 use crate::panic::ffi_panic_boundary;
 use crate::ptr::{try_ref, write_out};
+pub use crate::result::grenache_result;
 
 /// The C strings of one text per code, built once.
 type CodeTexts = std::sync::OnceLock<Vec<(u32, CString)>>;
@@ -15,9 +15,8 @@ static NAMES: CodeTexts = std::sync::OnceLock::new();
 static CLASS_NAMES: CodeTexts = std::sync::OnceLock::new();
 
 fn code_text(table: &'static CodeTexts, code: u32, text: fn(grenache_result) -> &'static str) -> Option<&'static CString> {
-    let texts = table.get_or_init(|| {
-        grenache_result::ALL.iter().map(|r| (*r as u32, CString::new(text(*r)).unwrap_or_default())).collect()
-    });
+    let texts =
+        table.get_or_init(|| grenache_result::ALL.iter().map(|r| (*r as u32, CString::new(text(*r)).unwrap_or_default())).collect());
     texts.iter().find(|(c, _)| *c == code).map(|(_, n)| n)
 }
 
@@ -97,12 +96,8 @@ pub struct grenache_error {
 impl grenache_error {
     /// The detail of a core error. For `REMOTE` errors the message is exactly the remote text.
     pub(crate) fn from_error(e: &Error) -> grenache_error {
-        grenache_error {
-            code: grenache_result::from(e),
-            message: CString::new(e.text().replace('\0', " ")).unwrap_or_default(),
-        }
+        grenache_error { code: grenache_result::from(e), message: CString::new(e.text().replace('\0', " ")).unwrap_or_default() }
     }
-
 }
 
 /// The code of an error detail; `GRENACHE_RESULT_NULL_PARAMETER` when `err` is NULL.

@@ -33,7 +33,11 @@ pub struct grenache_keypair {
 /// (the Link keeps its own reference to the worker threads). Errors: `NULL_PARAMETER`,
 /// `INVALID_UTF8`, `INVALID_ARGUMENT` (not an `http://host:port` URL). Non-blocking.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_new(rt: *const grenache_runtime, grape_url: *const c_char, out: *mut *mut grenache_link) -> grenache_result {
+pub extern "C" fn grenache_link_new(
+    rt: *const grenache_runtime,
+    grape_url: *const c_char,
+    out: *mut *mut grenache_link,
+) -> grenache_result {
     ffi_panic_boundary! {
         let rt = try_ref!(rt);
         let url = try_str!(grape_url);
@@ -154,7 +158,12 @@ pub extern "C" fn grenache_link_free(link: *mut grenache_link) {
 /// Non-blocking; allowed inside callbacks. Returns `NULL_PARAMETER` / `INVALID_UTF8` without
 /// calling `cb`; otherwise returns OK and `cb` fires exactly once.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_lookup(link: *const grenache_link, name: *const c_char, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_link_lookup(
+    link: *const grenache_link,
+    name: *const c_char,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let link = try_ref!(link);
         let name = try_str!(name);
@@ -168,7 +177,13 @@ pub extern "C" fn grenache_link_lookup(link: *const grenache_link, name: *const 
 ///
 /// Non-blocking; allowed inside callbacks. Argument errors are returned without calling `cb`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_announce(link: *const grenache_link, name: *const c_char, port: u16, cb: grenache_done_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_link_announce(
+    link: *const grenache_link,
+    name: *const c_char,
+    port: u16,
+    cb: grenache_done_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let link = try_ref!(link);
         let name = try_str!(name);
@@ -184,7 +199,12 @@ pub extern "C" fn grenache_link_announce(link: *const grenache_link, name: *cons
 /// Non-blocking; allowed inside callbacks. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
 /// `INVALID_ARGUMENT` (interval 0).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_start_announcing(link: *const grenache_link, name: *const c_char, port: u16, interval_ms: u64) -> grenache_result {
+pub extern "C" fn grenache_link_start_announcing(
+    link: *const grenache_link,
+    name: *const c_char,
+    port: u16,
+    interval_ms: u64,
+) -> grenache_result {
     ffi_panic_boundary! {
         let link = try_ref!(link);
         let name = try_str!(name);
@@ -216,7 +236,13 @@ pub extern "C" fn grenache_link_stop_announcing(link: *const grenache_link, name
 ///
 /// Non-blocking; allowed inside callbacks. Argument errors are returned without calling `cb`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_unannounce(link: *const grenache_link, name: *const c_char, port: u16, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_link_unannounce(
+    link: *const grenache_link,
+    name: *const c_char,
+    port: u16,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let link = try_ref!(link);
         let name = try_str!(name);
@@ -296,7 +322,13 @@ pub extern "C" fn grenache_link_sign_announcements(
 /// the item's hash as a JSON string (`"\"8c3f...\""`). Invalid JSON completes with
 /// `INVALID_ARGUMENT`. Non-blocking; allowed inside callbacks.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_put(link: *const grenache_link, json: *const c_char, json_len: usize, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_link_put(
+    link: *const grenache_link,
+    json: *const c_char,
+    json_len: usize,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let link = try_ref!(link);
         let text = try_str_len!(json, json_len);
@@ -378,7 +410,13 @@ fn put_mutable(
 /// gets the item as a JSON object (`{"v": ..., "k": ..., "seq": ...}`), or the JSON text `null`
 /// when there is none. Non-blocking; allowed inside callbacks.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_link_get(link: *const grenache_link, hash: *const c_char, salt: *const c_char, cb: grenache_json_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_link_get(
+    link: *const grenache_link,
+    hash: *const c_char,
+    salt: *const c_char,
+    cb: grenache_json_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let link = try_ref!(link);
         let hash = try_str!(hash);
@@ -436,7 +474,12 @@ fn write_hex(s: &str, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenac
 /// Writes the public key as 64 hex characters plus a NUL into `buf` (`len` >= 65) and 64 into
 /// `*out_n`. Nothing is written on error (`NULL_PARAMETER`, `BUFFER_TOO_SMALL`).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_keypair_public_hex(key: *const grenache_keypair, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+pub extern "C" fn grenache_keypair_public_hex(
+    key: *const grenache_keypair,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> grenache_result {
     ffi_panic_boundary! {
         let key = try_ref!(key);
         write_hex(&key.inner.public_hex(), buf, len, out_n)
@@ -446,7 +489,12 @@ pub extern "C" fn grenache_keypair_public_hex(key: *const grenache_keypair, buf:
 /// Writes the secret seed as 64 hex characters plus a NUL into `buf` (`len` >= 65) and 64 into
 /// `*out_n`. Nothing is written on error (`NULL_PARAMETER`, `BUFFER_TOO_SMALL`).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_keypair_secret_hex(key: *const grenache_keypair, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+pub extern "C" fn grenache_keypair_secret_hex(
+    key: *const grenache_keypair,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> grenache_result {
     ffi_panic_boundary! {
         let key = try_ref!(key);
         write_hex(&key.inner.secret_hex(), buf, len, out_n)
@@ -456,7 +504,13 @@ pub extern "C" fn grenache_keypair_secret_hex(key: *const grenache_keypair, buf:
 /// Writes the hex hash under which the mutable items of `key` (with `salt`, or NULL) are stored:
 /// 40 hex characters plus a NUL into `buf` (`len` >= 41), 40 into `*out_n`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_keypair_target_hex(key: *const grenache_keypair, salt: *const c_char, buf: *mut c_char, len: usize, out_n: *mut usize) -> grenache_result {
+pub extern "C" fn grenache_keypair_target_hex(
+    key: *const grenache_keypair,
+    salt: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    out_n: *mut usize,
+) -> grenache_result {
     ffi_panic_boundary! {
         let key = try_ref!(key);
         let salt = if salt.is_null() { None } else { Some(try_str!(salt)) };

@@ -129,11 +129,7 @@ pub(crate) unsafe fn write_boxed<T>(out: *mut *mut T, v: T) {
 ///
 /// # Safety
 /// As [`write_out`].
-pub(crate) unsafe fn write_handle<T, H>(
-    out: *mut *mut H,
-    made: grenache_core::Result<T>,
-    wrap: impl FnOnce(T) -> H,
-) -> grenache_result {
+pub(crate) unsafe fn write_handle<T, H>(out: *mut *mut H, made: grenache_core::Result<T>, wrap: impl FnOnce(T) -> H) -> grenache_result {
     match made {
         Ok(v) => {
             // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.

@@ -40,7 +40,12 @@ pub type grenache_message_cb =
 /// Writes `*out` (owned by the caller) on success. Errors: `NULL_PARAMETER`, `IO`,
 /// `INVALID_STATE`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_publisher_new(link: *const grenache_link, port: u16, tls: *const grenache_server_tls, out: *mut *mut grenache_publisher) -> grenache_result {
+pub extern "C" fn grenache_publisher_new(
+    link: *const grenache_link,
+    port: u16,
+    tls: *const grenache_server_tls,
+    out: *mut *mut grenache_publisher,
+) -> grenache_result {
     ffi_panic_boundary! {
         new_publisher(link, crate::server::port_tls(port, tls), out)
     }
@@ -50,7 +55,11 @@ pub extern "C" fn grenache_publisher_new(link: *const grenache_link, port: u16, 
 /// `verify_client` hook, which sees each subscriber before its socket is accepted (the reply
 /// timeout does not apply). Otherwise the same contract as `grenache_publisher_new`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_publisher_new_opts(link: *const grenache_link, opts: *const grenache_server_options, out: *mut *mut grenache_publisher) -> grenache_result {
+pub extern "C" fn grenache_publisher_new_opts(
+    link: *const grenache_link,
+    opts: *const grenache_server_options,
+    out: *mut *mut grenache_publisher,
+) -> grenache_result {
     ffi_panic_boundary! {
         // SAFETY: the caller passes NULL or valid options.
         new_publisher(link, move || unsafe { opts.as_ref() }.map(|o| o.inner.clone()).unwrap_or_default(), out)
@@ -115,7 +124,11 @@ pub extern "C" fn grenache_publisher_port(publisher: *const grenache_publisher) 
 /// the publisher is freed. Non-blocking. Errors: `NULL_PARAMETER`, `INVALID_UTF8`,
 /// `INVALID_ARGUMENT` (interval 0).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_publisher_start_announcing(publisher: *const grenache_publisher, name: *const c_char, interval_ms: u64) -> grenache_result {
+pub extern "C" fn grenache_publisher_start_announcing(
+    publisher: *const grenache_publisher,
+    name: *const c_char,
+    interval_ms: u64,
+) -> grenache_result {
     ffi_panic_boundary! {
         let p = try_ref!(publisher);
         let name = try_str!(name);
@@ -131,7 +144,12 @@ pub extern "C" fn grenache_publisher_start_announcing(publisher: *const grenache
 /// it was queued for into `*out_count` (may be NULL). Non-blocking (slow subscribers have bounded
 /// queues). Errors: `NULL_PARAMETER`, `INVALID_UTF8`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_publisher_publish(publisher: *const grenache_publisher, msg: *const c_char, len: usize, out_count: *mut usize) -> grenache_result {
+pub extern "C" fn grenache_publisher_publish(
+    publisher: *const grenache_publisher,
+    msg: *const c_char,
+    len: usize,
+    out_count: *mut usize,
+) -> grenache_result {
     ffi_panic_boundary! {
         let p = try_ref!(publisher);
         let text = try_str_len!(msg, len);
@@ -149,7 +167,12 @@ pub extern "C" fn grenache_publisher_publish(publisher: *const grenache_publishe
 /// NULL). Subscribers receive the bytes unchanged (`grenache_subscriber_new_ex` tells them the
 /// frame was binary). Non-blocking. Errors: `NULL_PARAMETER` (`data` NULL with `len` > 0).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_publisher_publish_binary(publisher: *const grenache_publisher, data: *const u8, len: usize, out_count: *mut usize) -> grenache_result {
+pub extern "C" fn grenache_publisher_publish_binary(
+    publisher: *const grenache_publisher,
+    data: *const u8,
+    len: usize,
+    out_count: *mut usize,
+) -> grenache_result {
     ffi_panic_boundary! {
         let p = try_ref!(publisher);
         // SAFETY: the caller passes NULL or memory valid for the given length (or up to its NUL) for this call, as the header requires; NULL is checked.
@@ -222,9 +245,8 @@ fn message_c_strings(m: &SubMessage) -> (NulString, Vec<u8>) {
 /// `binary` true for a binary frame (`grenache_publisher_publish_binary`; any bytes) and false for
 /// a text frame (UTF-8). All borrowed until the callback returns. Otherwise the same contract as
 /// `grenache_message_cb`.
-pub type grenache_message_ex_cb = Option<
-    unsafe extern "C" fn(userdata: *mut c_void, publisher: *const c_char, data: *const u8, len: usize, binary: bool),
->;
+pub type grenache_message_ex_cb =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, publisher: *const c_char, data: *const u8, len: usize, binary: bool)>;
 
 /// `grenache_subscriber_new` with a callback that also tells binary frames from text frames.
 /// The same contract otherwise.
@@ -299,7 +321,9 @@ fn subscribe_kind(
     // SAFETY: the caller passes NULL or a live handle of this library (header contract); NULL gives None.
     let tls = unsafe { tls.as_ref() }.map(|t| t.inner.clone());
     // SAFETY: the out-pointer is the caller's, checked non-NULL by the write helper or before; the header says it must point to writable memory.
-    unsafe { write_handle(out, EmbedSubscriber::subscribe_kind(&link.inner, name, kind, tls, on_message), |inner| grenache_subscriber { inner }) }
+    unsafe {
+        write_handle(out, EmbedSubscriber::subscribe_kind(&link.inner, name, kind, tls, on_message), |inner| grenache_subscriber { inner })
+    }
 }
 
 /// How many publishers the subscription is connected to (checked every 200 ms; 0 when `sub` is

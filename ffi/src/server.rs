@@ -102,7 +102,12 @@ pub extern "C" fn grenache_server_port(server: *const grenache_server) -> u16 {
 
 /// Announces `name` on the server's port once; `cb` fires exactly once. Non-blocking.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_server_announce(server: *const grenache_server, name: *const c_char, cb: grenache_done_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_server_announce(
+    server: *const grenache_server,
+    name: *const c_char,
+    cb: grenache_done_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let name = try_str!(name);
@@ -116,7 +121,11 @@ pub extern "C" fn grenache_server_announce(server: *const grenache_server, name:
 /// `grenache_server_stop_announcing` or `grenache_server_free`. Non-blocking. Errors:
 /// `NULL_PARAMETER`, `INVALID_UTF8`, `INVALID_ARGUMENT` (interval 0).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_server_start_announcing(server: *const grenache_server, name: *const c_char, interval_ms: u64) -> grenache_result {
+pub extern "C" fn grenache_server_start_announcing(
+    server: *const grenache_server,
+    name: *const c_char,
+    interval_ms: u64,
+) -> grenache_result {
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let name = try_str!(name);
@@ -148,7 +157,12 @@ pub extern "C" fn grenache_server_stop_announcing(server: *const grenache_server
 /// had to be closed at the end of the grace, `CANCELLED` when the server is freed first.
 /// Non-blocking; free the server afterwards with `grenache_server_free`. Errors: `NULL_PARAMETER`.
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_server_shutdown(server: *const grenache_server, grace_ms: u64, cb: grenache_bool_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_server_shutdown(
+    server: *const grenache_server,
+    grace_ms: u64,
+    cb: grenache_bool_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let cb = try_callback!(cb);
@@ -498,7 +512,11 @@ pub type grenache_punch_cb = Option<unsafe extern "C" fn(userdata: *mut c_void, 
 /// freed (the server acknowledges each punch by itself). `userdata` must stay valid until then.
 /// Errors: `NULL_PARAMETER`, `INVALID_STATE` (not uTP).
 #[unsafe(no_mangle)]
-pub extern "C" fn grenache_server_on_punch(server: *const grenache_server, cb: grenache_punch_cb, userdata: *mut c_void) -> grenache_result {
+pub extern "C" fn grenache_server_on_punch(
+    server: *const grenache_server,
+    cb: grenache_punch_cb,
+    userdata: *mut c_void,
+) -> grenache_result {
     ffi_panic_boundary! {
         let s = try_ref!(server);
         let cb = try_callback!(cb);

@@ -127,7 +127,13 @@ fn test_rt() -> Runtime {
     Runtime::new(RuntimeOptions { worker_threads: 2, ..Default::default() }).expect("rt")
 }
 
-fn run(rt: &Runtime, cb: grenache_handler_cb, ud: *mut c_void, free: grenache_free_cb, payload: serde_json::Value) -> Result<serde_json::Value, String> {
+fn run(
+    rt: &Runtime,
+    cb: grenache_handler_cb,
+    ud: *mut c_void,
+    free: grenache_free_cb,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, String> {
     let h = c_handler(cb, ud, free).expect("handler");
     rt.block_on(Duration::from_secs(5), async move { Ok(dispatch(&*h, req(payload), None).await) }).expect("dispatch")
 }
@@ -411,7 +417,11 @@ unsafe extern "C" fn send_json(ud: *mut c_void, code: grenache_result, _err: *co
     // SAFETY: `ud` is the test's `Mutex<Sender>`, alive until the test has received.
     let tx = unsafe { &*(ud as *const std::sync::Mutex<std::sync::mpsc::Sender<(grenache_result, String)>>) };
     // SAFETY: the library passes `len` readable bytes at `json` for the duration of the call.
-    let text = if json.is_null() { String::new() } else { String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) }).to_string() };
+    let text = if json.is_null() {
+        String::new()
+    } else {
+        String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) }).to_string()
+    };
     let _ = tx.lock().expect("lock").send((code, text));
 }
 
@@ -446,7 +456,8 @@ fn utp_server_client_and_punches() {
     let (tx, rx) = std::sync::mpsc::channel::<(grenache_result, String)>();
     let tx = std::sync::Mutex::new(tx);
     let dest = std::ffi::CString::new(format!("127.0.0.1:{}", grenache_server_port(a))).expect("cstr");
-    let opts = grenache_request_options { timeout_ms: 10_000, retry: 0, retry_remote: false, compress: false, limit: 0, dest: dest.as_ptr() };
+    let opts =
+        grenache_request_options { timeout_ms: 10_000, retry: 0, retry_remote: false, compress: false, limit: 0, dest: dest.as_ptr() };
     let body = b"\"hello\"";
     let ud = &tx as *const _ as *mut c_void;
     let rc = grenache_client_request_opts(client, c"rpc_test".as_ptr(), body.as_ptr().cast(), body.len(), &opts, Some(send_json), ud);

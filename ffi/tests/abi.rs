@@ -20,11 +20,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(name: &str) -> Scratch {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "grenache-abi-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = std::env::temp_dir().join(format!("grenache-abi-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
     }
@@ -67,11 +63,7 @@ fn assert_fails_with(out: &Output, needle: &str) {
 /// Links `libgrenache.a` into `dir/libgrenache.so` with `soname`, exporting the header's
 /// functions except `drop`, plus whatever `extra_c` defines and `extra_exports` lists.
 fn relink(dir: &Path, soname: &str, drop: &[&str], extra_c: Option<&str>, extra_exports: &[&str]) -> PathBuf {
-    let exported = Command::new("nm")
-        .args(["-D", "--defined-only"])
-        .arg(lib_dir().join("libgrenache.so"))
-        .output()
-        .expect("nm");
+    let exported = Command::new("nm").args(["-D", "--defined-only"]).arg(lib_dir().join("libgrenache.so")).output().expect("nm");
     assert!(exported.status.success());
     let mut map = String::from("{\n  global:\n");
     for sym in String::from_utf8_lossy(&exported.stdout).lines().filter_map(|l| l.split_whitespace().last()) {

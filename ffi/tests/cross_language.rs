@@ -7,11 +7,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use grenache_core::ErrorKind;
 use grenache_core::link::Link;
 use grenache_core::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
 use grenache_core::transport::http::{HttpClient, HttpClientConfig};
 use grenache_core::transport::ws::{WsClient, WsClientConfig};
-use grenache_core::ErrorKind;
 use serde_json::json;
 use support::{Flavor, GrapeNet, check, spawn};
 
@@ -50,7 +50,8 @@ fn c_server_answers_node_client(transport: &str, script: &'static str) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert_eq!(answer["result"], json!("world"), "{answer}");
-        node.send_line(&json!({"id": 0, "op": "request", "key": "rpc_test", "payload": "bye", "opts": {"timeout": 10000}}).to_string()).await;
+        node.send_line(&json!({"id": 0, "op": "request", "key": "rpc_test", "payload": "bye", "opts": {"timeout": 10000}}).to_string())
+            .await;
         let a = node.json(Duration::from_secs(30)).await;
         assert_eq!(a["err"], json!("ERR_UNKNOWN_REQUEST"), "{a}");
     });
@@ -75,11 +76,8 @@ fn c_server_answers_rust_client_on(transport: &str) {
     let ws = transport == "ws";
     net.rt.block_on(async move {
         let link = Link::with_grape(url).expect("link");
-        let t: Arc<dyn grenache_core::rpc::ClientTransport> = if ws {
-            Arc::new(WsClient::new(WsClientConfig::default()))
-        } else {
-            Arc::new(HttpClient::new(HttpClientConfig::default()))
-        };
+        let t: Arc<dyn grenache_core::rpc::ClientTransport> =
+            if ws { Arc::new(WsClient::new(WsClientConfig::default())) } else { Arc::new(HttpClient::new(HttpClientConfig::default())) };
         let client = PeerRpcClient::new(link, t, PeerRpcClientConfig::default());
         let opts = RequestOptions { timeout: Some(Duration::from_secs(10)), ..Default::default() };
         let mut tries = 0;

@@ -29,8 +29,13 @@ fn every_function_and_type_is_documented() {
     let lines: Vec<&str> = h.lines().collect();
     let mut undocumented = Vec::new();
     for (i, l) in lines.iter().enumerate() {
-        let decl = (l.starts_with("grenache_") || l.starts_with("const ") || l.starts_with("void ") || l.starts_with("bool ")
-            || l.starts_with("size_t ") || l.starts_with("uint") || l.starts_with("enum ")
+        let decl = (l.starts_with("grenache_")
+            || l.starts_with("const ")
+            || l.starts_with("void ")
+            || l.starts_with("bool ")
+            || l.starts_with("size_t ")
+            || l.starts_with("uint")
+            || l.starts_with("enum ")
             || (l.starts_with("typedef ") && !l.starts_with("typedef uint32_t") && !l.starts_with("typedef enum")))
             && !l.starts_with("#");
         let member = l.trim_start().starts_with("GRENACHE_") && l.starts_with("    ");

@@ -108,7 +108,10 @@ fn node_client_against_ruby_server(script: &'static str, transport: &str) {
         };
         assert_eq!(answer["result"], json!("world"), "{answer}");
         let mut ask = async |payload: &str| {
-            node.send_line(&json!({"id": 0, "op": "request", "key": "rpc_test", "payload": payload, "opts": {"timeout": 10000}}).to_string()).await;
+            node.send_line(
+                &json!({"id": 0, "op": "request", "key": "rpc_test", "payload": payload, "opts": {"timeout": 10000}}).to_string(),
+            )
+            .await;
             node.json(Duration::from_secs(30)).await
         };
         let a = ask("raise").await;
@@ -160,11 +163,8 @@ fn ruby_ws_client_calls_node_ws_server() {
 #[test]
 fn ruby_link_lookup_announce_put_get() {
     let net = GrapeNet::start(true);
-    let out = ruby_ok(
-        ruby_at("bindings/ruby/test/interop/link_dht.rb", &[&net.urls[0], &net.urls[1]]),
-        "link_dht.rb",
-        Duration::from_secs(120),
-    );
+    let out =
+        ruby_ok(ruby_at("bindings/ruby/test/interop/link_dht.rb", &[&net.urls[0], &net.urls[1]]), "link_dht.rb", Duration::from_secs(120));
     assert!(out.contains("ok wrong cas -> Grenache::CasMismatchError"), "{out}");
     assert!(out.contains("done"), "{out}");
 }

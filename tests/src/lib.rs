@@ -32,10 +32,7 @@ pub fn workspace_dir() -> PathBuf {
 /// Panics with a clear message unless the Node reference peers are installed.
 pub fn require_node_peers() {
     let nm = interop_dir().join("node_modules").join("grenache-grape");
-    assert!(
-        nm.exists(),
-        "the Node reference peers are not installed: run `npm ci --prefix tests/interop` (scripts/test.sh does it)"
-    );
+    assert!(nm.exists(), "the Node reference peers are not installed: run `npm ci --prefix tests/interop` (scripts/test.sh does it)");
 }
 
 /// The Python interpreter with pyzmq (the real libzmq) installed: `$GRENACHE_PYZMQ_PYTHON`, else

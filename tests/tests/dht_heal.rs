@@ -237,9 +237,7 @@ async fn restarted_grape_rejoins_from_its_saved_state_without_bootstrap() {
     let deadline = Instant::now() + T;
     loop {
         announce(members[0].api(), "rejoin:svc", 4242).await;
-        if lookup(local(g.api_addr().port()), "rejoin:svc").await.contains(&"127.0.0.1:4242".to_string())
-            && g.dht().node_count() >= 3
-        {
+        if lookup(local(g.api_addr().port()), "rejoin:svc").await.contains(&"127.0.0.1:4242".to_string()) && g.dht().node_count() >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "the network never formed (table {} nodes)", g.dht().node_count());
@@ -250,7 +248,8 @@ async fn restarted_grape_rejoins_from_its_saved_state_without_bootstrap() {
     let text = std::fs::read_to_string(&state).expect("state file written on stop");
     let mut saved: Value = serde_json::from_str(&text).expect("state file is JSON");
     assert_eq!(saved["id"], json!(hex::encode(old_id)));
-    let addrs: BTreeSet<String> = saved["nodes"].as_array().expect("nodes").iter().map(|n| n["addr"].as_str().unwrap_or("").to_string()).collect();
+    let addrs: BTreeSet<String> =
+        saved["nodes"].as_array().expect("nodes").iter().map(|n| n["addr"].as_str().unwrap_or("").to_string()).collect();
     for m in &members {
         assert!(addrs.contains(&m.dht().to_string()), "{} missing from the saved nodes {addrs:?}", m.dht());
     }

@@ -15,11 +15,7 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(30);
 
 fn cfg(bootstrap: &[SocketAddr]) -> DhtConfig {
-    DhtConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        bootstrap: bootstrap.iter().map(|a| a.to_string()).collect(),
-        ..DhtConfig::default()
-    }
+    DhtConfig { bind: "127.0.0.1:0".parse().unwrap(), bootstrap: bootstrap.iter().map(|a| a.to_string()).collect(), ..DhtConfig::default() }
 }
 
 struct NodeDht {
@@ -154,8 +150,7 @@ async fn mutable_put_get_both_ways() {
     // Rust puts (salted), Node gets with the salt
     let v = b"6:from r".to_vec();
     let sig = key.sign(&sig_data(Some(b"s1"), 1, &v)).to_bytes();
-    let (target, _) =
-        r1.put(PutItem::Mutable { v_bencoded: v, k, sig, seq: 1, salt: Some(b"s1".to_vec()), cas: None }).await.unwrap();
+    let (target, _) = r1.put(PutItem::Mutable { v_bencoded: v, k, sig, seq: 1, salt: Some(b"s1".to_vec()), cas: None }).await.unwrap();
     assert_eq!(target, mutable_target(&k, b"s1"));
     let r = n.cmd(json!({"cmd": "get", "hash": hex::encode(target), "salt": "s1"})).await;
     assert_eq!(r["v"], "from r", "{r}");

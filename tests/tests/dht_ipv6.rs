@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use grenache::grape::{DhtIpv6, Grape, GrapeConfig};
 use grenache::ErrorKind;
+use grenache::grape::{DhtIpv6, Grape, GrapeConfig};
 use grenache::link::signed::AnnounceSigner;
 use grenache::link::{Keypair, Link, LinkConfig};
 use grenache::rpc::{ClientTransport, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions};
@@ -173,10 +173,7 @@ async fn dual_stack_grapes_join_node_grapes() {
         rust.iter().all(|r| r.dht().nodes().iter().any(|n| n.addr.is_ipv6())).then_some(())
     })
     .await;
-    eventually(T, "announce through R2 over both families", || async {
-        r2.announce("ds:v6", 4203).await.ok().filter(|n| *n >= 2)
-    })
-    .await;
+    eventually(T, "announce through R2 over both families", || async { r2.announce("ds:v6", 4203).await.ok().filter(|n| *n >= 2) }).await;
     let both = ["127.0.0.1:4203".to_string(), "[::1]:4203".to_string()];
     for api in [r0.api_addr(), r1.api_addr(), r2.api_addr()] {
         found(api, "ds:v6", &both).await;

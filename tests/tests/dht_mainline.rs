@@ -95,10 +95,7 @@ async fn mainline_client_puts_and_gets_immutable_and_mutable() {
     let rust_key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
     use ed25519_dalek::Signer;
     let sig = rust_key.sign(&sig_data(Some(b"salt"), 2, &v)).to_bytes();
-    nodes[2]
-        .put(PutItem::Mutable { v_bencoded: v, k, sig, seq: 2, salt: Some(b"salt".to_vec()), cas: Some(1) })
-        .await
-        .unwrap();
+    nodes[2].put(PutItem::Mutable { v_bencoded: v, k, sig, seq: 2, salt: Some(b"salt".to_vec()), cas: Some(1) }).await.unwrap();
     let item = tokio::time::timeout(T, ml.get_mutable_most_recent(&k, Some(b"salt"))).await.unwrap().expect("mainline reads");
     assert_eq!(item.seq(), 2);
     assert_eq!(item.value(), b"rust v2");

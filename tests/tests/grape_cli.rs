@@ -11,8 +11,7 @@ use grenache_e2e::grapes::grape_bin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn run(args: &[&str]) -> Output {
-    let mut child =
-        Command::new(grape_bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn grape");
+    let mut child = Command::new(grape_bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn grape");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if child.try_wait().expect("wait").is_some() {

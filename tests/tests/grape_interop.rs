@@ -3,7 +3,6 @@
 //!
 //! Needs `npm ci --prefix tests/interop` (scripts/test.sh does it). Everything binds 127.0.0.1.
 
-
 use ed25519_dalek::{Signer, SigningKey};
 use grenache::grape::Testnet;
 use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
@@ -91,10 +90,7 @@ async fn mutable_put_get_between_rust_and_node_with_verify() {
     let r = rust_grape(vec![]).await;
     let mut n = NodeGrape::start(&[r.dht_bootstrap_addr()], &["--verify"]).await;
     // Let the Node grape's bootstrap reach the Rust grape's routing table.
-    eventually(T, "the Rust grape knows the Node grape", || async {
-        (r.dht().node_count() >= 1).then_some(())
-    })
-    .await;
+    eventually(T, "the Rust grape knows the Node grape", || async { (r.dht().node_count() >= 1).then_some(()) }).await;
 
     // Rust puts, Node (which stored it after verifying) serves it.
     let sk = SigningKey::from_bytes(&[3u8; 32]);

@@ -29,9 +29,7 @@ async fn http_node_client_calls_rust_server() {
     let mut node = NodeClient::start(&g.urls[0], &[]).await;
 
     // Object payload.
-    let (err, r) = node
-        .call(json!({"op": "request", "key": "rpc_rust", "payload": {"hello": "world"}, "opts": {"timeout": 10000}}))
-        .await;
+    let (err, r) = node.call(json!({"op": "request", "key": "rpc_rust", "payload": {"hello": "world"}, "opts": {"timeout": 10000}})).await;
     assert_eq!(err, None);
     assert_eq!(r["from"], "rust");
     assert_eq!(r["payload"], json!({"hello": "world"}));
@@ -40,7 +38,8 @@ async fn http_node_client_calls_rust_server() {
     assert_eq!(r["meta"]["isStream"], false);
     assert_eq!(r["meta"]["compress"], false);
     // String payload, gzip both ways.
-    let (err, r) = node.call(json!({"op": "request", "key": "rpc_rust", "payload": "hello", "opts": {"timeout": 10000, "compress": true}})).await;
+    let (err, r) =
+        node.call(json!({"op": "request", "key": "rpc_rust", "payload": "hello", "opts": {"timeout": 10000, "compress": true}})).await;
     assert_eq!(err, None);
     assert_eq!((r["payload"].clone(), r["meta"]["compress"].clone()), (json!("hello"), json!(true)));
     // UTF-8 and numbers survive.
@@ -48,12 +47,10 @@ async fn http_node_client_calls_rust_server() {
     let (_, r) = node.call(json!({"op": "request", "key": "rpc_rust", "payload": p, "opts": {"timeout": 10000}})).await;
     assert_eq!(r["payload"], p);
     // Error reply.
-    let (err, r) =
-        node.call(json!({"op": "request", "key": "rpc_rust", "payload": "fail", "opts": {"timeout": 10000}})).await;
+    let (err, r) = node.call(json!({"op": "request", "key": "rpc_rust", "payload": "fail", "opts": {"timeout": 10000}})).await;
     assert_eq!((err.as_deref(), r), (Some("ERR_BOOM"), Value::Null));
     // map.
-    let (err, r) =
-        node.call(json!({"op": "map", "key": "rpc_rust", "payload": "world", "opts": {"timeout": 10000}})).await;
+    let (err, r) = node.call(json!({"op": "map", "key": "rpc_rust", "payload": "world", "opts": {"timeout": 10000}})).await;
     assert_eq!(err, None);
     assert_eq!(r.as_array().map(|a| a.len()), Some(1));
     assert_eq!(r[0]["payload"], "world");
@@ -114,11 +111,7 @@ async fn http_rust_client_calls_node_server() {
     let t0 = Instant::now();
     let e = client.request("rpc_node", &json!({"sleep": 3000}), &short).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
-    assert!(
-        t0.elapsed() >= Duration::from_millis(450) && t0.elapsed() < Duration::from_millis(3000),
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(450) && t0.elapsed() < Duration::from_millis(3000), "{:?}", t0.elapsed());
 
     // A large payload (~1.8 MB, like the reference's hex-encoded PDF) goes through.
     let big = "ab".repeat(900_000);
@@ -169,15 +162,11 @@ async fn http_rust_client_calls_node_server() {
         "node-stream:rid-123:rpc_node_stream:uploadPublic:{\"foo\":\"bar\"}:application/pdf:megalargefile"
     );
     // The same with the answer read as a stream.
-    let (status, mut stream) = http
-        .request_stream_body(&dest2, "rid-456", "rpc_node_stream", &[], body("chunked"), Some(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let (status, mut stream) =
+        http.request_stream_body(&dest2, "rid-456", "rpc_node_stream", &[], body("chunked"), Some(Duration::from_secs(10))).await.unwrap();
     assert_eq!(status, 200);
     let mut got = Vec::new();
-    while let Some(chunk) =
-        tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap()
-    {
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap() {
         got.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(String::from_utf8_lossy(&got), "node-stream:rid-456:rpc_node_stream:null:{}::chunked");
@@ -206,11 +195,9 @@ async fn http_map_over_rust_and_node_workers() {
     assert_eq!(r.len(), 2);
 
     let mut node = NodeClient::start(&g.urls[0], &[]).await;
-    let (err, r) =
-        node.call(json!({"op": "map", "key": "rpc_mix", "payload": "world", "opts": {"timeout": 10000}})).await;
+    let (err, r) = node.call(json!({"op": "map", "key": "rpc_mix", "payload": "world", "opts": {"timeout": 10000}})).await;
     assert_eq!(err, None);
-    let mut from: Vec<String> =
-        r.as_array().unwrap().iter().map(|v| v["from"].as_str().unwrap_or("").to_string()).collect();
+    let mut from: Vec<String> = r.as_array().unwrap().iter().map(|v| v["from"].as_str().unwrap_or("").to_string()).collect();
     from.sort();
     assert_eq!(from, vec!["node", "rust", "rust"]);
 }

@@ -40,10 +40,8 @@ async fn bare_server(handler: impl Handler, cfg: HttpServerConfig) -> (HttpServe
 }
 
 fn pdf() -> Vec<u8> {
-    std::fs::read(
-        grenache_e2e::interop_dir().join("node_modules/grenache-nodejs-http/test/example-amazon-dynamo-sosp2007.pdf"),
-    )
-    .expect("the reference's test PDF")
+    std::fs::read(grenache_e2e::interop_dir().join("node_modules/grenache-nodejs-http/test/example-amazon-dynamo-sosp2007.pdf"))
+        .expect("the reference's test PDF")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,8 +56,7 @@ async fn http_request_and_map_through_grape() {
             _ => reply.ok(json!("world")),
         }
     };
-    let http =
-        HttpServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(handler), HttpServerConfig::default()).await.unwrap();
+    let http = HttpServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(handler), HttpServerConfig::default()).await.unwrap();
     let srv = PeerRpcServer::new(link.clone(), Arc::new(http));
     srv.start_announcing("rpc_test", Duration::from_secs(1)).first_result(Duration::from_secs(20)).await.unwrap();
     let c = client(&link);
@@ -127,10 +124,7 @@ async fn http_streaming_raw_upload_size_and_content_type() {
             "r1",
             "rpc_stream",
             &[("content-type", "application/pdf")],
-            Box::pin(futures_util::stream::iter(vec![
-                Ok(bytes::Bytes::from_static(b"megalarge")),
-                Ok(bytes::Bytes::from_static(b"file")),
-            ])),
+            Box::pin(futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(b"megalarge")), Ok(bytes::Bytes::from_static(b"file"))])),
             Some(Duration::from_secs(10)),
         )
         .await
@@ -150,16 +144,13 @@ async fn http_streaming_raw_upload_size_and_content_type() {
         .unwrap();
     assert_eq!(status, 200);
     let mut got = Vec::new();
-    while let Some(chunk) =
-        tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap()
-    {
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream)).await.unwrap() {
         got.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(String::from_utf8_lossy(&got), "rust-stream:r2:rpc_stream:up:{}::megalargefile");
     // The whole PDF, in 64 KiB chunks: the handler sees every byte.
     let data = pdf();
-    let chunks: Vec<std::io::Result<bytes::Bytes>> =
-        data.chunks(65536).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<std::io::Result<bytes::Bytes>> = data.chunks(65536).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     let resp = http
         .request_stream(
             &dest,
@@ -193,19 +184,11 @@ async fn http_handler_faults_become_error_replies() {
     let (_s3, dest3) = bare_server(link_support::echo_handler(0), HttpServerConfig::default()).await;
     let t0 = Instant::now();
     let e = c
-        .request(
-            "k",
-            "never",
-            &RequestOptions { dest: Some(dest3), timeout: Some(Duration::from_millis(400)), ..Default::default() },
-        )
+        .request("k", "never", &RequestOptions { dest: Some(dest3), timeout: Some(Duration::from_millis(400)), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
-    assert!(
-        t0.elapsed() >= Duration::from_millis(380) && t0.elapsed() < Duration::from_millis(3000),
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(380) && t0.elapsed() < Duration::from_millis(3000), "{:?}", t0.elapsed());
 }
 
 #[tokio::test]
@@ -234,29 +217,30 @@ async fn http_payload_over_limit_and_malformed_requests() {
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert!(r.contains("[null,\"ERR_DECODE"), "{r}");
     // A non-array JSON body is handled with null fields, like the reference.
-    let r = raw(&dest, "PUT /some/path HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}")
-        .await;
+    let r = raw(&dest, "PUT /some/path HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"a\":1}").await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("[null,null,{"), "{r}");
     // A bad _gr header: the reference's exact 500 answer.
-    let r =
-        raw(&dest, "POST / HTTP/1.1\r\nHost: x\r\n_gr: notjson\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]")
-            .await;
+    let r = raw(&dest, "POST / HTTP/1.1\r\nHost: x\r\n_gr: notjson\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]").await;
     assert!(r.starts_with("HTTP/1.1 500"), "{r}");
     assert!(r.ends_with("[null, \"ERR_HEADER_PARSE_GR\", null]"), "{r}");
     // _gr overrides the body's rid and key.
     let body = r#"["r1","k","hello"]"#;
-    let r = raw(&dest, &format!("POST / HTTP/1.1\r\nHost: x\r\n_gr: [\"hdr-rid\",\"hdr-key\"]\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())).await;
+    let r = raw(
+        &dest,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: x\r\n_gr: [\"hdr-rid\",\"hdr-key\"]\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
     assert!(r.contains("[\"hdr-rid\",null,{"), "{r}");
     assert!(r.contains("\"key\":\"hdr-key\""), "{r}");
     // grc-compress: gzip with a plain body is still handled (the reference keeps the raw body).
     let body = r#"["r2","k","plain"]"#;
     let r = raw(
         &dest,
-        &format!(
-            "POST / HTTP/1.1\r\nHost: x\r\ngrc-compress: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
+        &format!("POST / HTTP/1.1\r\nHost: x\r\ngrc-compress: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -355,11 +339,7 @@ async fn http_worker_killed_mid_load_retry_lands_elsewhere() {
     let dead = format!("127.0.0.1:{port1}");
     let t0 = Instant::now();
     let e = c
-        .request(
-            "rpc_kill",
-            "x",
-            &RequestOptions { dest: Some(dead), timeout: Some(Duration::from_secs(2)), ..Default::default() },
-        )
+        .request("rpc_kill", "x", &RequestOptions { dest: Some(dead), timeout: Some(Duration::from_secs(2)), ..Default::default() })
         .await
         .unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Connect | ErrorKind::Closed | ErrorKind::Timeout), "{e}");

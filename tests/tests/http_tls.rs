@@ -22,11 +22,7 @@ use serde_json::{Value, json};
 const CLIENT1_FP: &str = "E1:63:C1:46:B3:B6:46:3B:5E:92:98:34:40:A1:AB:FB:0E:92:D0:76";
 
 fn cert_path(name: &str) -> String {
-    grenache_e2e::interop_dir()
-        .join("node_modules/grenache-nodejs-http/test/certs")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+    grenache_e2e::interop_dir().join("node_modules/grenache-nodejs-http/test/certs").join(name).to_string_lossy().into_owned()
 }
 
 fn read(name: &str) -> Vec<u8> {
@@ -64,20 +60,17 @@ async fn http_tls_node_client_to_rust_server_reference_certs() {
     let (k, c, ca) = (cert_path("client1-key.pem"), cert_path("client1-crt.pem"), cert_path("ca-crt.pem"));
     let mut node = NodeClient::start(&g.urls[0], &["--key", &k, "--cert", &c, "--ca", &ca]).await;
     // peer-rpc-server-secure.js: request and map, the handler sees client1's fingerprint.
-    let (err, r) = node
-        .call(
-            json!({"op": "request", "key": "rpc_tls_rust", "payload": {"hello": "world"}, "opts": {"timeout": 10000}}),
-        )
-        .await;
+    let (err, r) =
+        node.call(json!({"op": "request", "key": "rpc_tls_rust", "payload": {"hello": "world"}, "opts": {"timeout": 10000}})).await;
     assert_eq!(err, None);
     assert_eq!(r["payload"], json!({"hello": "world"}));
     assert_eq!(r["fingerprint"], CLIENT1_FP);
-    let (err, r) =
-        node.call(json!({"op": "map", "key": "rpc_tls_rust", "payload": "hello", "opts": {"timeout": 10000}})).await;
+    let (err, r) = node.call(json!({"op": "map", "key": "rpc_tls_rust", "payload": "hello", "opts": {"timeout": 10000}})).await;
     assert_eq!(err, None);
     assert_eq!(r[0]["fingerprint"], CLIENT1_FP);
     // peer-rpc-server-secure-buffered.js: compress and streaming over TLS.
-    let (err, r) = node.call(json!({"op": "request", "key": "rpc_tls_rust", "payload": "hello", "opts": {"timeout": 10000, "compress": true}})).await;
+    let (err, r) =
+        node.call(json!({"op": "request", "key": "rpc_tls_rust", "payload": "hello", "opts": {"timeout": 10000, "compress": true}})).await;
     assert_eq!(err, None);
     assert_eq!((r["payload"].clone(), r["meta"]["compress"].clone()), (json!("hello"), json!(true)));
     let (err, r) = node
@@ -116,17 +109,9 @@ async fn http_tls_rust_client_to_node_server_reference_certs() {
     let live = http.active_connections(&format!("127.0.0.1:{port}"));
     assert!((1..=4).contains(&live), "{live} connections for 23 requests");
     // Streaming mode over TLS to Node's buffered server.
-    let b: BodyStream = Box::pin(futures_util::stream::once(async {
-        Ok(bytes::Bytes::from_static(b"[\"UUID\",\"ignored\",\"hello\"]"))
-    }));
+    let b: BodyStream = Box::pin(futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"[\"UUID\",\"ignored\",\"hello\"]")) }));
     let resp = http
-        .request_stream(
-            &format!("127.0.0.1:{port}"),
-            "rpc_tls_node",
-            &[("_a", "uploadPublic")],
-            b,
-            Some(Duration::from_secs(10)),
-        )
+        .request_stream(&format!("127.0.0.1:{port}"), "rpc_tls_node", &[("_a", "uploadPublic")], b, Some(Duration::from_secs(10)))
         .await
         .unwrap();
     let reply: Value = serde_json::from_slice(&resp.body).unwrap();
@@ -175,11 +160,8 @@ async fn http_tls_rust_to_rust_required_client_cert() {
     .unwrap();
     let dest = format!("127.0.0.1:{}", http.port());
     let no_grape = Link::with_grape(format!("http://127.0.0.1:{}", grenache_e2e::free_tcp_port())).unwrap();
-    let client_tls = ClientTls::builder()
-        .ca_pem(pki.ca_pem.clone())
-        .client_cert_pem(pki.client.0.clone(), pki.client.1.clone())
-        .build()
-        .unwrap();
+    let client_tls =
+        ClientTls::builder().ca_pem(pki.ca_pem.clone()).client_cert_pem(pki.client.0.clone(), pki.client.1.clone()).build().unwrap();
     let https = HttpClient::new(HttpClientConfig { tls: Some(client_tls.config()), ..Default::default() });
     let c = PeerRpcClient::new(no_grape.clone(), Arc::new(https), PeerRpcClientConfig::default());
     let o = RequestOptions { dest: Some(dest.clone()), ..opts() };

@@ -113,9 +113,7 @@ async fn fake_grape(body: &'static str, delay: Duration) -> (u16, Arc<AtomicUsiz
                         let len = text[..end]
                             .lines()
                             .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
                             })
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
@@ -125,8 +123,7 @@ async fn fake_grape(body: &'static str, delay: Duration) -> (u16, Arc<AtomicUsiz
                 }
                 c.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                let resp =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), body);
                 let _ = s.write_all(resp.as_bytes()).await;
             });
         }

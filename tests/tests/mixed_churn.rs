@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -22,8 +21,8 @@ use grenache::link::Link;
 use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions};
 use grenache::transport::http::{HttpClient, HttpServer, HttpServerConfig};
 use grenache_e2e::eventually;
-use serde_json::json;
 use grenache_e2e::grapes::{NodeGrape, T, lookup, rust_grape};
+use serde_json::json;
 
 const NAME: &str = "churn:svc";
 const HALF: usize = 10;

@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use grenache::grape::Testnet;
+use grenache::link::{Link, LinkConfig};
 use grenache::proxy::{Proxy, ProxyConfig};
 use grenache::pubsub::{PeerPub, PubConfig};
 use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, TransportKind};
 use grenache_e2e::NodeProcess;
-use grenache::grape::Testnet;
-use grenache::link::{Link, LinkConfig};
 use link_support::{NodeClient, wait_lookup};
 use serde_json::{Value, json};
 
@@ -102,8 +102,7 @@ async fn node_ws_and_http_clients_call_a_zmq_worker_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zmq_client_calls_a_node_ws_worker_through_the_proxy() {
     let (_net, link, url) = grapes().await;
-    let (_node, _port, _) =
-        NodeProcess::spawn_listening("ws_server.js", &["--grape", &url, "--name", "px_node_ws"], LONG).await;
+    let (_node, _port, _) = NodeProcess::spawn_listening("ws_server.js", &["--grape", &url, "--name", "px_node_ws"], LONG).await;
     wait_lookup(&link, "px_node_ws", 1).await;
     let _p = proxy(&link, "px_from_zmq", "px_node_ws", TransportKind::Zmq, TransportKind::Ws).await;
     wait_lookup(&link, "px_from_zmq", 1).await;

@@ -84,7 +84,8 @@ async fn restart_under_load(kind: Kind) {
     let a_gone = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for t in 0..6u64 {
-        let (c, name, stop, ok, by_b, gone) = (c.clone(), name.clone(), stop.clone(), ok.clone(), served_by_b_after.clone(), a_gone.clone());
+        let (c, name, stop, ok, by_b, gone) =
+            (c.clone(), name.clone(), stop.clone(), ok.clone(), served_by_b_after.clone(), a_gone.clone());
         load.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             let mut i = 0u64;

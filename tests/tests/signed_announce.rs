@@ -24,9 +24,9 @@ use grenache::link::{Keypair, Link, LinkConfig};
 use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions};
 use grenache::transport::http::{HttpClient, HttpServer, HttpServerConfig};
 use grenache_e2e::eventually;
+use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
 use link_support::{NodeClient, node_server};
 use serde_json::json;
-use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
 
 const NAME: &str = "signed:svc";
 
@@ -146,10 +146,7 @@ async fn an_expired_proof_is_refused() {
     h.first_result(T).await.unwrap();
     let me = format!("127.0.0.1:{port}");
     assert_eq!(pinned(&r2.api_url(), &[&key]).lookup(NAME).await.unwrap(), std::slice::from_ref(&me));
-    let e = eventually(T, "the proof expires", || async {
-        pinned(&r2.api_url(), &[&key]).lookup(NAME).await.err()
-    })
-    .await;
+    let e = eventually(T, "the proof expires", || async { pinned(&r2.api_url(), &[&key]).lookup(NAME).await.err() }).await;
     assert_eq!(e.kind(), ErrorKind::LookupEmpty, "{e}");
     // The address is still announced: only the proof is gone.
     assert_eq!(lookup(r2.api_addr(), NAME).await, [me]);

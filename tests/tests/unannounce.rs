@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +17,8 @@ use grenache::link::Link;
 use grenache::rpc::{PeerRpcServer, Reply, Request};
 use grenache::transport::http::{HttpServer, HttpServerConfig};
 use grenache_e2e::eventually;
-use serde_json::json;
 use grenache_e2e::grapes::{NodeGrape, T, call, lookup, rust_grape};
+use serde_json::json;
 
 /// One KRPC query from `sock` to `to`; the reply (or error) decoded.
 fn krpc_call(sock: &UdpSocket, to: SocketAddr, method: Method) -> Body {
@@ -123,11 +122,9 @@ async fn unannounce_removes_at_once_and_only_for_the_announcer() {
     let refused0 = net.grape(1).dht().refused_queries();
     let tomb0 = net.grape(1).dht().stats().tombstones;
     let own = token(&rogue, dht1, "un:other");
-    let q = Message {
-        t: b"ff".to_vec(),
-        body: Body::Query(Query { id: Some(vec![7; 20]), method: unann(own), read_only: false, want: None }),
-    }
-    .encode();
+    let q =
+        Message { t: b"ff".to_vec(), body: Body::Query(Query { id: Some(vec![7; 20]), method: unann(own), read_only: false, want: None }) }
+            .encode();
     // In batches, so that the receive buffer does not drop most of them before the node reads.
     for _ in 0..100 {
         for _ in 0..100 {
@@ -135,10 +132,7 @@ async fn unannounce_removes_at_once_and_only_for_the_announcer() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    eventually(T, "the flood is refused and counted", || async {
-        (net.grape(1).dht().refused_queries() > refused0).then_some(())
-    })
-    .await;
+    eventually(T, "the flood is refused and counted", || async { (net.grape(1).dht().refused_queries() > refused0).then_some(()) }).await;
     assert_eq!(net.grape(1).dht().stats().tombstones, tomb0);
     assert_eq!(lookup(api(2), "un:other").await, ["127.0.0.1:4103"]);
     // Bad input.

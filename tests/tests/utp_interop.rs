@@ -157,7 +157,8 @@ async fn split_and_coalesced_requests_from_libutp_are_read_whole() {
     let mut raw = async |chunks: Value, expect: usize| {
         id += 1;
         let wait_ms = if expect == 0 { 1500 } else { 20_000 };
-        let cmd = json!({"id": id, "cmd": "raw", "host": "127.0.0.1", "port": port, "chunks": chunks, "expect": expect, "wait_ms": wait_ms});
+        let cmd =
+            json!({"id": id, "cmd": "raw", "host": "127.0.0.1", "port": port, "chunks": chunks, "expect": expect, "wait_ms": wait_ms});
         p.send_line(&cmd.to_string()).await;
         answer(&mut p, id).await["replies"].as_array().expect("replies").clone()
     };

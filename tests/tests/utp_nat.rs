@@ -34,7 +34,6 @@ use tokio::sync::mpsc;
 
 const LONG: Duration = Duration::from_secs(60);
 
-
 /// A process in a namespace: JSON lines out, lines in; killed when dropped.
 struct Proc {
     child: Child,
@@ -136,9 +135,7 @@ impl Lab {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn lossy_link");
-        let mut out = std::io::BufReader::new(
-            std::fs::File::from(child.stdout.take().expect("stdout").into_owned_fd().expect("fd")),
-        );
+        let mut out = std::io::BufReader::new(std::fs::File::from(child.stdout.take().expect("stdout").into_owned_fd().expect("fd")));
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).expect("lossy_link output");
         assert_eq!(line.trim(), "ready", "lossy_link did not start");
@@ -262,7 +259,8 @@ impl Lab {
 
     /// A worker behind the NAT of `ns` serving `name` over uTP, registered with the broker.
     async fn worker(&mut self, ns: &str, grape: &str, name: &str, broker: &str) {
-        let args = ["--grape", grape, "serve", name, "--transport", "utp", "--broker", broker, "--with-remote", "--register-interval", "1000"];
+        let args =
+            ["--grape", grape, "serve", name, "--transport", "utp", "--broker", broker, "--with-remote", "--register-interval", "1000"];
         let w = self.spawn(ns, &cli_bin("grenache"), &args);
         assert_eq!(self.procs[w].json(LONG).await["event"], "started");
     }
@@ -291,9 +289,8 @@ async fn a_worker_behind_a_nat_serves_a_public_client() {
     let (mut lab, public, hosts) = Lab::build(&[Nat::PortRestricted]);
     let (g1, g2) = lab.services(&public, "nat_broker").await;
     lab.worker(&hosts[0], &g2, "nat_svc", "nat_broker").await;
-    let (code, out, err, _) = lab
-        .grenache(&public, &["--grape", &g1, "request", "nat_svc", "\"hi\"", "--transport", "utp", "--broker", "nat_broker"])
-        .await;
+    let (code, out, err, _) =
+        lab.grenache(&public, &["--grape", &g1, "request", "nat_svc", "\"hi\"", "--transport", "utp", "--broker", "nat_broker"]).await;
     assert_eq!(code, 0, "{err}");
     let reply: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(reply["payload"], "hi");
@@ -301,9 +298,8 @@ async fn a_worker_behind_a_nat_serves_a_public_client() {
     assert_eq!(ip_of(reply["remote"].as_str().expect("remote")), "10.0.1.1");
     // Without the broker the Grapes give the address the worker's Grape announced it at (the
     // Grape's own host, with the worker's inside port): nothing answers there.
-    let (code, _, err, _) = lab
-        .grenache(&public, &["--grape", &g1, "request", "nat_svc", "\"hi\"", "--transport", "utp", "--timeout", "3000"])
-        .await;
+    let (code, _, err, _) =
+        lab.grenache(&public, &["--grape", &g1, "request", "nat_svc", "\"hi\"", "--transport", "utp", "--timeout", "3000"]).await;
     assert_ne!(code, 0, "reached a NAT'd worker through the Grape's view of it: {err}");
 }
 
@@ -338,9 +334,8 @@ async fn two_port_restricted_nats_connect_by_simultaneous_punching() {
     let seen = lab.procs[c].ask(json!({"cmd": "punched_by"})).await;
     assert!(seen["from"].as_array().expect("list").iter().all(|f| f == &json!(worker_ext)), "{seen}");
     // The CLI does the same in one command.
-    let (code, out, err, _) = lab
-        .grenache(&hosts[1], &["--grape", &g1, "request", "nat_svc", "[1,2]", "--transport", "utp", "--broker", "nat_broker"])
-        .await;
+    let (code, out, err, _) =
+        lab.grenache(&hosts[1], &["--grape", &g1, "request", "nat_svc", "[1,2]", "--transport", "utp", "--broker", "nat_broker"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["payload"], json!([1, 2]));
 }
@@ -393,8 +388,23 @@ async fn a_reference_http_client_reaches_a_natd_utp_worker_through_the_proxy() {
     lab.worker(&hosts[0], &g2, "nat_svc", "nat_broker").await;
     // Bound to the public address, for the reason given in `services`.
     let args = [
-        "--grape", &g1, "proxy", "nat_http", "nat_svc", "--from", "http", "--to", "utp", "--broker", "nat_broker", "--bind",
-        "10.0.1.1", "--timeout", "20000", "--interval", "1000",
+        "--grape",
+        &g1,
+        "proxy",
+        "nat_http",
+        "nat_svc",
+        "--from",
+        "http",
+        "--to",
+        "utp",
+        "--broker",
+        "nat_broker",
+        "--bind",
+        "10.0.1.1",
+        "--timeout",
+        "20000",
+        "--interval",
+        "1000",
     ];
     let p = lab.spawn(&public, &cli_bin("grenache"), &args);
     assert_eq!(lab.procs[p].json(LONG).await["event"], "started");

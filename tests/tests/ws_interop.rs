@@ -231,9 +231,8 @@ async fn tls_both_ways(pki: Pki) {
         .client_auth(ClientAuth::Required)
         .build()
         .expect("server tls");
-    let cfg = WsServerConfig::default()
-        .tls(server_tls)
-        .verify_client(verify_client(move |c| c.cert.is_some_and(|c| c.fingerprint == allowed)));
+    let cfg =
+        WsServerConfig::default().tls(server_tls).verify_client(verify_client(move |c| c.cert.is_some_and(|c| c.fingerprint == allowed)));
     let (_srv, _ws) = rust_ws_server(&link, "rpc_wss_rust", cfg).await;
     wait_lookup(&link, "rpc_wss_rust", 1).await;
     let mut node = NodeWsClient::start(&g.urls[0], &["--key", &files.client.1, "--cert", &files.client.0, "--ca", &files.ca]).await;
@@ -317,7 +316,8 @@ async fn ws_node_sub_receives_from_rust_pub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_rust_sub_receives_from_node_pub_and_survives_its_restart() {
     let g = Grapes::start(false).await;
-    let (mut node_pub, port, _) = NodeProcess::spawn_listening("ws_pub.js", &["--grape", g.urls[0].as_str(), "--name", "pub_node"], LONG).await;
+    let (mut node_pub, port, _) =
+        NodeProcess::spawn_listening("ws_pub.js", &["--grape", g.urls[0].as_str(), "--name", "pub_node"], LONG).await;
     // The restart below reuses this port, so the subscriber finds the publisher where it was.
     let ps = port.to_string();
     let args = ["--grape", g.urls[0].as_str(), "--name", "pub_node", "--port", ps.as_str()];
@@ -325,7 +325,9 @@ async fn ws_rust_sub_receives_from_node_pub_and_survives_its_restart() {
     wait_lookup(&link, "pub_node", 1).await;
     let peer = PeerSub::new(
         link,
-        SubConfig::default().relookup_interval(Duration::from_millis(500)).reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500)),
+        SubConfig::default()
+            .relookup_interval(Duration::from_millis(500))
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500)),
     );
     let mut sub = peer.sub("pub_node");
     sub.wait_publishers(1, LONG).await.expect("connected to the Node publisher");

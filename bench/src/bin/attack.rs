@@ -444,7 +444,12 @@ fn announce_flood(dht_port: u16, key_len: usize, stop: Arc<AtomicBool>, score: A
             let q = bencode_query(
                 "announce_peer",
                 &i.to_be_bytes()[6..],
-                vec![("id", B::Bytes(id.clone())), ("info_hash", B::Bytes(key)), ("port", B::Int(4000)), ("token", B::Bytes(token.clone()))],
+                vec![
+                    ("id", B::Bytes(id.clone())),
+                    ("info_hash", B::Bytes(key)),
+                    ("port", B::Int(4000)),
+                    ("token", B::Bytes(token.clone())),
+                ],
             );
             let _ = sock.send_to(&q, to).await;
             score.sent.fetch_add(1, Ordering::Relaxed);
@@ -620,7 +625,9 @@ async fn run_row(a: Attack, impl_name: &str, t: Target, secs: Duration) -> RowOu
     let share = if sent == 0 { 0.0 } else { ok as f64 * 100.0 / sent as f64 };
     let mb = |k: u64| k as f64 / 1024.0;
     let peak = peak.load(Ordering::Relaxed);
-    let (p50, p99) = if lat.is_empty() { ("-".to_string(), "-".to_string()) } else {
+    let (p50, p99) = if lat.is_empty() {
+        ("-".to_string(), "-".to_string())
+    } else {
         (format!("{:.1} ms", lat.percentile_us(50.0) as f64 / 1000.0), format!("{:.1} ms", lat.percentile_us(99.0) as f64 / 1000.0))
     };
     let note = if alive { String::new() } else { " **died**".to_string() };

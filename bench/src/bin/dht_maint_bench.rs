@@ -125,8 +125,7 @@ async fn reference(n: usize, join: Duration, steady: Duration) -> Result {
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> =
-        arg("--sizes").unwrap_or_else(|| "10,100".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let sizes: Vec<usize> = arg("--sizes").unwrap_or_else(|| "10,100".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let join = Duration::from_secs(arg("--join").and_then(|s| s.parse().ok()).unwrap_or(30));
     let steady = Duration::from_secs(arg("--steady").and_then(|s| s.parse().ok()).unwrap_or(60));
     let started = Instant::now();
@@ -144,10 +143,7 @@ async fn main() {
     println!("{:<10} {:>6} {:>12} {:>12} {:>12} {:>14}", "impl", "nodes", "join msg/s", "steady msg/s", "mean table", "found of 20");
     for (n, o, r) in &results {
         for (name, x) in [("ours", o), ("node ref", r)] {
-            println!(
-                "{:<10} {:>6} {:>12.2} {:>12.2} {:>12.1} {:>14}",
-                name, n, x.join_rate, x.steady_rate, x.mean_table, x.found
-            );
+            println!("{:<10} {:>6} {:>12.2} {:>12.2} {:>12.1} {:>14}", name, n, x.join_rate, x.steady_rate, x.mean_table, x.found);
         }
     }
     println!("(total {:?})", started.elapsed());

@@ -54,9 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use grenache::link::Link;
-use grenache::rpc::{
-    ClientTransport, OutgoingRequest, PeerRpcServer, Reply, Request, ServerTransport,
-};
+use grenache::rpc::{ClientTransport, OutgoingRequest, PeerRpcServer, Reply, Request, ServerTransport};
 use grenache::transport::http::{HttpClient, HttpServer, HttpServerConfig};
 use grenache_e2e::grapes::{local, post};
 use grenache_e2e::{free_port, interop_dir, require_node_peers, workspace_dir};
@@ -83,9 +81,7 @@ struct Opts {
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn parse<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -113,12 +109,7 @@ impl Opts {
             netns: !std::env::args().any(|a| a == "--no-netns"),
         };
         let ours = o.grapes.saturating_sub(o.node_grapes);
-        if ours < SEEDS + 2
-            || (o.node_grapes > 0 && o.node_grapes < 2)
-            || o.grapes > 5000
-            || o.workers == 0
-            || o.services < o.workers
-        {
+        if ours < SEEDS + 2 || (o.node_grapes > 0 && o.node_grapes < 2) || o.grapes > 5000 || o.workers == 0 || o.services < o.workers {
             eprintln!(
                 "dht_scale: need {} to 5000 Grapes of ours, 0 or at least 2 Node Grapes, and at least one service per worker",
                 SEEDS + 2
@@ -217,18 +208,10 @@ const SPARE_API_BASE: u16 = 36000;
 fn isolate() -> Isolation {
     // SAFETY: unshare(2) on the only thread of the process.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!(
-            "dht_scale: cannot make a network namespace ({}); UDP datagrams are not counted",
-            std::io::Error::last_os_error()
-        );
+        eprintln!("dht_scale: cannot make a network namespace ({}); UDP datagrams are not counted", std::io::Error::last_os_error());
         return Isolation::default();
     }
-    let ok = |prog: &str, args: &[&str]| {
-        std::process::Command::new(prog)
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let ok = |prog: &str, args: &[&str]| std::process::Command::new(prog).args(args).status().is_ok_and(|s| s.success());
     if !ok("ip", &["link", "set", "lo", "up"]) {
         eprintln!("dht_scale: cannot bring loopback up in the new network namespace");
         std::process::exit(1)
@@ -238,17 +221,7 @@ fn isolate() -> Isolation {
         std::process::exit(1)
     }
     if !(ok("nft", &["add", "table", "inet", "dht_scale"])
-        && ok(
-            "nft",
-            &[
-                "add",
-                "chain",
-                "inet",
-                "dht_scale",
-                "out",
-                "{ type filter hook output priority 0; }",
-            ],
-        ))
+        && ok("nft", &["add", "chain", "inet", "dht_scale", "out", "{ type filter hook output priority 0; }"]))
     {
         eprintln!("dht_scale: nft is missing or failed; UDP datagrams are not counted");
         return Isolation { netns: true, counting: false };
@@ -267,10 +240,7 @@ fn nft_count_ports(ports: &[u16]) {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin
-                .take()
-                .map(|mut i| i.write_all(script.as_bytes()))
-                .transpose()?;
+            c.stdin.take().map(|mut i| i.write_all(script.as_bytes())).transpose()?;
             c.wait()
         })
         .is_ok_and(|s| s.success());
@@ -281,10 +251,7 @@ fn nft_count_ports(ports: &[u16]) {
 
 /// Datagrams sent from and received on each counted port, as (sent, received).
 async fn nft_counters() -> HashMap<u16, (u64, u64)> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "chain", "inet", "dht_scale", "out"])
-        .output()
-        .await;
+    let out = Command::new("nft").args(["-j", "list", "chain", "inet", "dht_scale", "out"]).output().await;
     let mut m: HashMap<u16, (u64, u64)> = HashMap::new();
     let Ok(out) = out else { return m };
     let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
@@ -319,16 +286,8 @@ fn udp_snmp() -> (u64, u64) {
     if lines.len() < 2 {
         return (0, 0);
     }
-    let (h, v): (Vec<&str>, Vec<&str>) = (
-        lines[0].split_whitespace().collect(),
-        lines[1].split_whitespace().collect(),
-    );
-    let get = |name: &str| {
-        h.iter()
-            .position(|x| *x == name)
-            .and_then(|i| v.get(i)?.parse().ok())
-            .unwrap_or(0)
-    };
+    let (h, v): (Vec<&str>, Vec<&str>) = (lines[0].split_whitespace().collect(), lines[1].split_whitespace().collect());
+    let get = |name: &str| h.iter().position(|x| *x == name).and_then(|i| v.get(i)?.parse().ok()).unwrap_or(0);
     (get("OutDatagrams"), get("RcvbufErrors"))
 }
 
@@ -432,11 +391,7 @@ fn grape_bin() -> PathBuf {
         args.push("--release");
     }
     eprintln!("building the grape binary: cargo {}", args.join(" "));
-    let built = std::process::Command::new(&cargo)
-        .args(&args)
-        .current_dir(workspace_dir())
-        .status()
-        .is_ok_and(|s| s.success());
+    let built = std::process::Command::new(&cargo).args(&args).current_dir(workspace_dir()).status().is_ok_and(|s| s.success());
     if !built || !bin.exists() {
         eprintln!("dht_scale: cannot build the grape binary");
         std::process::exit(1)
@@ -446,25 +401,11 @@ fn grape_bin() -> PathBuf {
 
 async fn spawn_ours(bin: &PathBuf, dht: u16, api: u16, bootstrap: &[String]) -> Option<Running> {
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--dp",
-        &dht.to_string(),
-        "--aph",
-        &api.to_string(),
-        "--bn",
-        &bootstrap.join(","),
-    ])
-    .args([
-        "-b",
-        "127.0.0.1",
-        "--dht-bind",
-        "127.0.0.1",
-        "--log-level",
-        "error",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["--dp", &dht.to_string(), "--aph", &api.to_string(), "--bn", &bootstrap.join(",")])
+        .args(["-b", "127.0.0.1", "--dht-bind", "127.0.0.1", "--log-level", "error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let (mut child, pid) = spawn(cmd).ok()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -474,11 +415,7 @@ async fn spawn_ours(bin: &PathBuf, dht: u16, api: u16, bootstrap: &[String]) -> 
             return None;
         }
         if tokio::net::TcpStream::connect(local(api)).await.is_ok() {
-            return Some(Running {
-                child,
-                pid,
-                _stdin: None,
-            });
+            return Some(Running { child, pid, _stdin: None });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -491,14 +428,7 @@ async fn spawn_node(dht: u16, api: u16, bootstrap: &[String]) -> Option<Running>
     let mut cmd = Command::new("node");
     cmd.env("NODE_PATH", dir.join("node_modules"))
         .arg(dir.join("grape.js"))
-        .args([
-            "--dht-port",
-            &dht.to_string(),
-            "--api-port",
-            &api.to_string(),
-            "--bootstrap",
-            &bootstrap.join(","),
-        ])
+        .args(["--dht-port", &dht.to_string(), "--api-port", &api.to_string(), "--bootstrap", &bootstrap.join(",")])
         .current_dir(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -528,11 +458,7 @@ async fn spawn_node(dht: u16, api: u16, bootstrap: &[String]) -> Option<Running>
     }
     // It prints a line per announce stored: read them all, or it blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(Running {
-        child,
-        pid,
-        _stdin: stdin,
-    })
+    Some(Running { child, pid, _stdin: stdin })
 }
 
 /// The next spare API port in a namespace of our own (0: not in one, ask the OS).
@@ -542,11 +468,7 @@ static SPARE: AtomicU16 = AtomicU16::new(0);
 async fn start_grape(slot: &GrapeSlot, bin: &PathBuf) -> bool {
     for attempt in 0..5 {
         if attempt >= 2 {
-            let spare = if SPARE.load(Ordering::Relaxed) > 0 {
-                SPARE.fetch_add(1, Ordering::Relaxed)
-            } else {
-                free_port()
-            };
+            let spare = if SPARE.load(Ordering::Relaxed) > 0 { SPARE.fetch_add(1, Ordering::Relaxed) } else { free_port() };
             slot.api_port.store(spare, Ordering::Relaxed);
         }
         let api = slot.api_port.load(Ordering::Relaxed);
@@ -561,11 +483,7 @@ async fn start_grape(slot: &GrapeSlot, bin: &PathBuf) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!(
-        "grape {} ({}) did not start in 5 attempts",
-        slot.idx,
-        slot.kind.name()
-    );
+    eprintln!("grape {} ({}) did not start in 5 attempts", slot.idx, slot.kind.name());
     false
 }
 
@@ -579,9 +497,7 @@ async fn kill_grape(slot: &GrapeSlot) {
 
 fn rss_kib(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -704,9 +620,7 @@ impl Ctx {
 /// `/lookup` of `name` through `api`: the addresses, or None when the call failed.
 async fn lookup(api: SocketAddr, name: &str) -> Option<Vec<String>> {
     let body = json!({"rid": "scale", "data": name}).to_string();
-    let (status, text) = tokio::time::timeout(CALL_TIMEOUT, post(api, "/lookup", &body))
-        .await
-        .ok()?;
+    let (status, text) = tokio::time::timeout(CALL_TIMEOUT, post(api, "/lookup", &body)).await.ok()?;
     if status != 200 {
         return None;
     }
@@ -726,10 +640,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 // Worker life
 
 async fn start_worker(ctx: Arc<Ctx>, wid: usize, home: usize) {
-    let names: Vec<String> = (wid..ctx.opts.services)
-        .step_by(ctx.opts.workers)
-        .map(Ctx::name)
-        .collect();
+    let names: Vec<String> = (wid..ctx.opts.services).step_by(ctx.opts.workers).map(Ctx::name).collect();
     let link = match Link::with_grape(format!("http://{}", ctx.grapes[home].api())) {
         Ok(l) => l,
         Err(e) => {
@@ -738,13 +649,7 @@ async fn start_worker(ctx: Arc<Ctx>, wid: usize, home: usize) {
         }
     };
     let handler = Arc::new(|req: Request, reply: Reply| reply.ok(json!(req.key)));
-    let http = match HttpServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        handler,
-        HttpServerConfig::default(),
-    )
-    .await
-    {
+    let http = match HttpServer::bind("127.0.0.1:0".parse().expect("addr"), handler, HttpServerConfig::default()).await {
         Ok(h) => Arc::new(h),
         Err(e) => {
             eprintln!("worker {wid}: cannot listen: {e}");
@@ -754,29 +659,14 @@ async fn start_worker(ctx: Arc<Ctx>, wid: usize, home: usize) {
     let addr = format!("127.0.0.1:{}", http.local_addr().port());
     let srv = PeerRpcServer::new(link, http.clone() as Arc<dyn ServerTransport>);
     let t0 = Instant::now();
-    let handles: Vec<_> = names
-        .iter()
-        .map(|n| srv.start_announcing(n, ctx.opts.announce_interval))
-        .collect();
-    let inst = Arc::new(WorkerInst {
-        names,
-        home,
-        srv,
-        http,
-        addr,
-        announced: AtomicBool::new(false),
-    });
+    let handles: Vec<_> = names.iter().map(|n| srv.start_announcing(n, ctx.opts.announce_interval)).collect();
+    let inst = Arc::new(WorkerInst { names, home, srv, http, addr, announced: AtomicBool::new(false) });
     *lock(&ctx.workers[wid]) = Some(inst.clone());
     // Clients use it once its first announces finished.
     let i2 = inst.clone();
     let c2 = ctx.clone();
     tokio::spawn(async move {
-        let res = futures_util::future::join_all(
-            handles
-                .iter()
-                .map(|h| h.first_result(Duration::from_secs(30))),
-        )
-        .await;
+        let res = futures_util::future::join_all(handles.iter().map(|h| h.first_result(Duration::from_secs(30)))).await;
         if res.iter().any(|r| r.is_err()) {
             lock(&c2.metrics).announce_failed += 1;
         }
@@ -795,10 +685,7 @@ async fn start_worker(ctx: Arc<Ctx>, wid: usize, home: usize) {
                 },
             };
             via = Some((gi, kind));
-            if lookup(ctx.grapes[gi].api(), &name)
-                .await
-                .is_some_and(|v| v.contains(&inst.addr))
-            {
+            if lookup(ctx.grapes[gi].api(), &name).await.is_some_and(|v| v.contains(&inst.addr)) {
                 lock(&ctx.metrics).visible[k(kind)].push(t0.elapsed().as_secs_f64());
                 return;
             }
@@ -844,16 +731,10 @@ async fn stop_worker(ctx: &Arc<Ctx>, inst: Arc<WorkerInst>, mode: StopMode) {
                         None => via = None,
                     }
                 }
-                let every = if t0.elapsed() < Duration::from_secs(10) {
-                    500
-                } else {
-                    2000
-                };
+                let every = if t0.elapsed() < Duration::from_secs(10) { 500 } else { 2000 };
                 tokio::time::sleep(Duration::from_millis(every)).await;
             }
-            lock(&c.metrics)
-                .stale
-                .push((mode, home_kind, via_kind, gone));
+            lock(&c.metrics).stale.push((mode, home_kind, via_kind, gone));
         });
         lock(&ctx.stale_probes).push(h);
     }
@@ -962,12 +843,7 @@ async fn grape_churn(ctx: Arc<Ctx>, start: Instant) {
         if ctx.stopping() {
             break;
         }
-        let c: Vec<usize> = ctx
-            .grapes
-            .iter()
-            .filter(|g| g.role == Role::Plain && g.up.load(Ordering::Acquire))
-            .map(|g| g.idx)
-            .collect();
+        let c: Vec<usize> = ctx.grapes.iter().filter(|g| g.role == Role::Plain && g.up.load(Ordering::Acquire)).map(|g| g.idx).collect();
         if c.is_empty() {
             continue;
         }
@@ -1016,9 +892,7 @@ async fn worker_churn(ctx: Arc<Ctx>, start: Instant) {
                 start_worker(ctx.clone(), wid, home).await;
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(30)
-                    && !lock(&ctx.workers[wid])
-                        .as_ref()
-                        .is_some_and(|w| w.announced.load(Ordering::Acquire))
+                    && !lock(&ctx.workers[wid]).as_ref().is_some_and(|w| w.announced.load(Ordering::Acquire))
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -1031,12 +905,7 @@ async fn worker_churn(ctx: Arc<Ctx>, start: Instant) {
 
 /// Datagrams per lookup through the probe Grapes, one lookup at a time.
 async fn udp_probe(ctx: Arc<Ctx>, until: Instant) {
-    let probes: Vec<usize> = ctx
-        .grapes
-        .iter()
-        .filter(|g| g.role == Role::Probe)
-        .map(|g| g.idx)
-        .collect();
+    let probes: Vec<usize> = ctx.grapes.iter().filter(|g| g.role == Role::Probe).map(|g| g.idx).collect();
     let mut i = 0;
     while Instant::now() + Duration::from_secs(5) < until && !ctx.stopping() && !probes.is_empty() {
         let g = &ctx.grapes[probes[i % probes.len()]];
@@ -1117,10 +986,7 @@ async fn run(opts: Opts, iso: Isolation) {
                 role,
                 dht_port: dht_ports[i],
                 api_port: AtomicU16::new(api_ports[i]),
-                bootstrap: boot
-                    .into_iter()
-                    .map(|b| local(dht_ports[b]).to_string())
-                    .collect(),
+                bootstrap: boot.into_iter().map(|b| local(dht_ports[b]).to_string()).collect(),
                 up: AtomicBool::new(false),
                 run: Mutex::new(None),
                 restarts: AtomicU32::new(0),
@@ -1151,11 +1017,7 @@ async fn run(opts: Opts, iso: Isolation) {
             return;
         }
     }
-    eprintln!(
-        "{} grapes up in {:.1}s; settling 10 s",
-        ctx.grapes.len(),
-        began.elapsed().as_secs_f64()
-    );
+    eprintln!("{} grapes up in {:.1}s; settling 10 s", ctx.grapes.len(), began.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     // 2. Workers, over 30 s, each on a random Grape that is not a probe.
@@ -1167,15 +1029,7 @@ async fn run(opts: Opts, iso: Isolation) {
     }
     let ann_deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < ann_deadline {
-        let pending = ctx
-            .workers
-            .iter()
-            .filter(|w| {
-                lock(w)
-                    .as_ref()
-                    .is_some_and(|w| !w.announced.load(Ordering::Acquire))
-            })
-            .count();
+        let pending = ctx.workers.iter().filter(|w| lock(w).as_ref().is_some_and(|w| !w.announced.load(Ordering::Acquire))).count();
         if pending == 0 {
             break;
         }
@@ -1205,11 +1059,7 @@ async fn run(opts: Opts, iso: Isolation) {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 let m = lock(&ctx.metrics);
-                let up = ctx
-                    .grapes
-                    .iter()
-                    .filter(|g| g.up.load(Ordering::Relaxed))
-                    .count();
+                let up = ctx.grapes.iter().filter(|g| g.up.load(Ordering::Relaxed)).count();
                 eprintln!(
                     "t={:>4}s grapes up {up}/{} lookups {} / {} kills {:?} worker stops {}",
                     start.elapsed().as_secs(),
@@ -1235,29 +1085,14 @@ async fn run(opts: Opts, iso: Isolation) {
     let churn_secs = start.elapsed().as_secs_f64();
     ctx.stop.store(true, Ordering::Relaxed);
     progress.abort();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures_util::future::join_all(jobs),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(jobs)).await;
     let probes: Vec<_> = lock(&ctx.stale_probes).drain(..).collect();
     let unfinished = probes.iter().filter(|h| !h.is_finished()).count();
     if unfinished > 0 {
-        eprintln!(
-            "waiting up to {}s for {unfinished} staleness probes",
-            STALE_CAP.as_secs()
-        );
+        eprintln!("waiting up to {}s for {unfinished} staleness probes", STALE_CAP.as_secs());
     }
-    let _ = tokio::time::timeout(
-        STALE_CAP + Duration::from_secs(15),
-        futures_util::future::join_all(probes),
-    )
-    .await;
-    let rss_end: Vec<Option<u64>> = ctx
-        .grapes
-        .iter()
-        .map(|g| g.pid().and_then(rss_kib))
-        .collect();
+    let _ = tokio::time::timeout(STALE_CAP + Duration::from_secs(15), futures_util::future::join_all(probes)).await;
+    let rss_end: Vec<Option<u64>> = ctx.grapes.iter().map(|g| g.pid().and_then(rss_kib)).collect();
 
     // 4. Teardown: workers, then every Grape.
     for w in &ctx.workers {
@@ -1268,14 +1103,7 @@ async fn run(opts: Opts, iso: Isolation) {
     futures_util::future::join_all(ctx.grapes.iter().map(kill_grape)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    report(
-        &ctx,
-        &rss_end,
-        setup,
-        churn_secs,
-        (snmp0, snmp1),
-        began.elapsed(),
-    );
+    report(&ctx, &rss_end, setup, churn_secs, (snmp0, snmp1), began.elapsed());
 }
 
 /// Whom Grape `i` bootstraps from: the seeds before it, and its predecessor unless that is a
@@ -1289,21 +1117,11 @@ fn bootstrap_of(wired: &[(Kind, Role)], i: usize) -> Vec<usize> {
     boot
 }
 
-fn report(
-    ctx: &Ctx,
-    rss_end: &[Option<u64>],
-    setup: Duration,
-    churn_secs: f64,
-    snmp: ((u64, u64), (u64, u64)),
-    total: Duration,
-) {
+fn report(ctx: &Ctx, rss_end: &[Option<u64>], setup: Duration, churn_secs: f64, snmp: ((u64, u64), (u64, u64)), total: Duration) {
     let o = &ctx.opts;
     let m = lock(&ctx.metrics);
     let kinds = [Kind::Ours, Kind::Node];
-    let present: Vec<Kind> = kinds
-        .into_iter()
-        .filter(|kd| ctx.grapes.iter().any(|g| g.kind == *kd))
-        .collect();
+    let present: Vec<Kind> = kinds.into_iter().filter(|kd| ctx.grapes.iter().any(|g| g.kind == *kd)).collect();
     println!();
     println!(
         "dht_scale: {} Grapes ({} ours, {} Node reference), {} services on {} workers, {}s of churn (a fraction {} of the Grapes and of the workers killed and restarted), {} lookups/s, seed {}",
@@ -1376,12 +1194,8 @@ fn report(
     for mode in [StopMode::Unannounce, StopMode::Graceful, StopMode::Abrupt] {
         for home in &present {
             for via in &present {
-                let rows: Vec<Option<f64>> = m
-                    .stale
-                    .iter()
-                    .filter(|(md, h, v, _)| *md == mode && h == home && v == via)
-                    .map(|r| r.3)
-                    .collect();
+                let rows: Vec<Option<f64>> =
+                    m.stale.iter().filter(|(md, h, v, _)| *md == mode && h == home && v == via).map(|r| r.3).collect();
                 if rows.is_empty() {
                     continue;
                 }
@@ -1409,35 +1223,19 @@ fn report(
         if v.is_empty() {
             "-".to_string()
         } else {
-            format!(
-                "{:.1} / {:.1} / {:.1}",
-                percentile(v, 0.0),
-                percentile(v, 0.5),
-                percentile(v, 1.0)
-            )
+            format!("{:.1} / {:.1} / {:.1}", percentile(v, 0.0), percentile(v, 0.5), percentile(v, 1.0))
         }
     };
     for kd in &present {
         let gs: Vec<&GrapeSlot> = ctx.grapes.iter().filter(|g| g.kind == *kd).collect();
-        let start: Vec<f64> = gs
-            .iter()
-            .map(|g| g.rss_start.load(Ordering::Relaxed) as f64 / 1024.0)
-            .filter(|r| *r > 0.0)
-            .collect();
+        let start: Vec<f64> = gs.iter().map(|g| g.rss_start.load(Ordering::Relaxed) as f64 / 1024.0).filter(|r| *r > 0.0).collect();
         let end = |restarted: bool| -> Vec<f64> {
             gs.iter()
                 .filter(|g| (g.restarts.load(Ordering::Relaxed) > 0) == restarted)
                 .filter_map(|g| rss_end[g.idx].map(|r| r as f64 / 1024.0))
                 .collect()
         };
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            kd.name(),
-            gs.len(),
-            mib(&start),
-            mib(&end(false)),
-            mib(&end(true))
-        );
+        println!("| {} | {} | {} | {} | {} |", kd.name(), gs.len(), mib(&start), mib(&end(false)), mib(&end(true)));
     }
     println!();
     if ctx.counting {
@@ -1450,14 +1248,7 @@ fn report(
             let both: Vec<f64> = v.iter().map(|x| x.0).collect();
             let sent: Vec<f64> = v.iter().map(|x| x.1).collect();
             let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
-            println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} |",
-                kd.name(),
-                v.len(),
-                mean(&both),
-                percentile(&both, 0.5),
-                mean(&sent)
-            );
+            println!("| {} | {} | {:.1} | {:.1} | {:.1} |", kd.name(), v.len(), mean(&both), percentile(&both, 0.5), mean(&sent));
         }
         let ((out0, drop0), (out1, drop1)) = snmp;
         println!();
@@ -1467,9 +1258,7 @@ fn report(
             drop1 - drop0
         );
     } else {
-        println!(
-            "UDP datagrams per lookup: not measured (needs a network namespace: root and nft)"
-        );
+        println!("UDP datagrams per lookup: not measured (needs a network namespace: root and nft)");
     }
     println!();
     println!("RSS of each Grape (KiB) at start and end (* restarted meanwhile):");
@@ -1479,22 +1268,9 @@ fn report(
             Kind::Ours => "o",
             Kind::Node => "n",
         };
-        let star = if g.restarts.load(Ordering::Relaxed) > 0 {
-            "*"
-        } else {
-            ""
-        };
-        let end = rss_end[g.idx]
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "-".into());
-        line.push_str(&format!(
-            "{}{}{}:{}/{}  ",
-            g.idx,
-            tag,
-            star,
-            g.rss_start.load(Ordering::Relaxed),
-            end
-        ));
+        let star = if g.restarts.load(Ordering::Relaxed) > 0 { "*" } else { "" };
+        let end = rss_end[g.idx].map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        line.push_str(&format!("{}{}{}:{}/{}  ", g.idx, tag, star, g.rss_start.load(Ordering::Relaxed), end));
         if g.idx % 6 == 5 {
             println!("{}", line.trim_end());
             line.clear();
@@ -1508,10 +1284,7 @@ fn report(
 /// Two hundred listening workers and their connections need more descriptors than the usual soft
 /// limit of 1024: raise it to the hard limit.
 fn raise_fd_limit() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
@@ -1538,11 +1311,7 @@ fn main() {
         kill_all_children();
         std::process::exit(3);
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dht_scale: cannot start the runtime: {e}");

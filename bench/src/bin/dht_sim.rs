@@ -51,13 +51,10 @@ fn main() {
         })
         .collect();
     let latency = arg("--latency").unwrap_or_else(|| "10-200".into());
-    let (lo, hi) = latency
-        .split_once('-')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .unwrap_or_else(|| {
-            eprintln!("dht_sim: --latency takes LO-HI in ms, e.g. 10-200");
-            std::process::exit(2)
-        });
+    let (lo, hi) = latency.split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))).unwrap_or_else(|| {
+        eprintln!("dht_sim: --latency takes LO-HI in ms, e.g. 10-200");
+        std::process::exit(2)
+    });
     let mut rows: Vec<(Report, Duration, u64)> = Vec::new();
     for &n in &sizes {
         let mut s = Scenario::new(n);

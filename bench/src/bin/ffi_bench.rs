@@ -138,7 +138,9 @@ fn main() {
         (g1, g2)
     });
     let url = grape.api_url();
-    println!("\n### C ABI overhead: {n_http} (HTTP) / {n_ws} (WS) requests per run, {CONC} in flight, server + client in one process, 2 workers, best of 3 interleaved runs\n");
+    println!(
+        "\n### C ABI overhead: {n_http} (HTTP) / {n_ws} (WS) requests per run, {CONC} in flight, server + client in one process, 2 workers, best of 3 interleaved runs\n"
+    );
     println!("| transport | pure Rust | C through libgrenache | C / Rust |");
     println!("|---|---:|---:|---:|");
     for ws in [false, true] {

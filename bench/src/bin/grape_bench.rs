@@ -177,8 +177,7 @@ async fn lookup_rate(api: SocketAddr, run: Duration) -> (f64, u64, Samples) {
 }
 
 async fn announce_rate(api: SocketAddr, run: Duration) -> (f64, u64, Samples) {
-    load(run, api, "/announce", |c| format!(r#"{{"rid":"x","data":["bench:announce:{c}",{}]}}"#, 10000 + c), announce_ok)
-        .await
+    load(run, api, "/announce", |c| format!(r#"{{"rid":"x","data":["bench:announce:{c}",{}]}}"#, 10000 + c), announce_ok).await
 }
 
 /// CPU time (user + system) a process has used so far, in ms (Linux `/proc/<pid>/stat`).
@@ -407,10 +406,24 @@ async fn bench() {
     let (mut rl, mut nl) = interleaved(&rn, &nn, lookup_rate).await;
     eprintln!(
         "  lookup: rust {:.0}/s ({} bad, p50 {} us, {:.1} us server CPU/req, {:.1} us client CPU/req), node {:.0}/s ({} bad, p50 {} us, {:.1} us server CPU/req, {:.1} us client CPU/req)",
-        rl.rate(), rl.bad, rl.samples.percentile_us(50.0), rl.cpu_us(), rl.client_cpu_us(),
-        nl.rate(), nl.bad, nl.samples.percentile_us(50.0), nl.cpu_us(), nl.client_cpu_us()
+        rl.rate(),
+        rl.bad,
+        rl.samples.percentile_us(50.0),
+        rl.cpu_us(),
+        rl.client_cpu_us(),
+        nl.rate(),
+        nl.bad,
+        nl.samples.percentile_us(50.0),
+        nl.cpu_us(),
+        nl.client_cpu_us()
     );
-    rows.push(Row { metric: "/lookup, 50 keep-alive clients".into(), ours: rl.rate(), reference: nl.rate(), unit: "req/s".into(), higher_is_better: true });
+    rows.push(Row {
+        metric: "/lookup, 50 keep-alive clients".into(),
+        ours: rl.rate(),
+        reference: nl.rate(),
+        unit: "req/s".into(),
+        higher_is_better: true,
+    });
     rows.push(Row {
         metric: "/lookup p99 latency under that load".into(),
         ours: rl.samples.percentile_us(99.0) as f64 / 1000.0,
@@ -418,7 +431,13 @@ async fn bench() {
         unit: "ms".into(),
         higher_is_better: false,
     });
-    rows.push(Row { metric: "/lookup server CPU per request".into(), ours: rl.cpu_us(), reference: nl.cpu_us(), unit: "us".into(), higher_is_better: false });
+    rows.push(Row {
+        metric: "/lookup server CPU per request".into(),
+        ours: rl.cpu_us(),
+        reference: nl.cpu_us(),
+        unit: "us".into(),
+        higher_is_better: false,
+    });
     if let Some(floor) = rn.floor {
         // The same load on a server that does no HTTP work (the machine's floor), beside Node.
         let mut f = Agg::default();
@@ -432,13 +451,30 @@ async fn bench() {
             f.bad += bad;
         }
         eprintln!("  floor (canned replies, no HTTP work): {:.0}/s ({} bad, {:.1} us server CPU/req)", f.rate(), f.bad, f.cpu_us());
-        rows.push(Row { metric: "floor: canned reply over TCP, same load (no Grape)".into(), ours: f.rate(), reference: nl.rate(), unit: "req/s".into(), higher_is_better: true });
-        rows.push(Row { metric: "floor: server CPU per request".into(), ours: f.cpu_us(), reference: nl.cpu_us(), unit: "us".into(), higher_is_better: false });
+        rows.push(Row {
+            metric: "floor: canned reply over TCP, same load (no Grape)".into(),
+            ours: f.rate(),
+            reference: nl.rate(),
+            unit: "req/s".into(),
+            higher_is_better: true,
+        });
+        rows.push(Row {
+            metric: "floor: server CPU per request".into(),
+            ours: f.cpu_us(),
+            reference: nl.cpu_us(),
+            unit: "us".into(),
+            higher_is_better: false,
+        });
     }
     let (ra, na) = interleaved(&rn, &nn, announce_rate).await;
     eprintln!(
         "  announce: rust {:.0}/s ({} bad, {:.1} us server CPU/req), node {:.0}/s ({} bad, {:.1} us server CPU/req)",
-        ra.rate(), ra.bad, ra.cpu_us(), na.rate(), na.bad, na.cpu_us()
+        ra.rate(),
+        ra.bad,
+        ra.cpu_us(),
+        na.rate(),
+        na.bad,
+        na.cpu_us()
     );
     rows.push(Row {
         metric: "/announce, 50 clients re-announcing (Rust: 1 DHT round/s/service)".into(),
@@ -447,7 +483,13 @@ async fn bench() {
         unit: "req/s".into(),
         higher_is_better: true,
     });
-    rows.push(Row { metric: "/announce server CPU per request".into(), ours: ra.cpu_us(), reference: na.cpu_us(), unit: "us".into(), higher_is_better: false });
+    rows.push(Row {
+        metric: "/announce server CPU per request".into(),
+        ours: ra.cpu_us(),
+        reference: na.cpu_us(),
+        unit: "us".into(),
+        higher_is_better: false,
+    });
     drop((rn, nn));
 
     if std::env::args().any(|a| a == "--rates-only") {
@@ -462,7 +504,13 @@ async fn bench() {
     let nlat = visible_latency(&nn, "node", 10).await;
     drop(nn);
     eprintln!("  rust {rlat:.1} ms, node {nlat:.1} ms");
-    rows.push(Row { metric: "announce→visible, 50 Grapes (median of 10)".into(), ours: rlat, reference: nlat, unit: "ms".into(), higher_is_better: false });
+    rows.push(Row {
+        metric: "announce→visible, 50 Grapes (median of 10)".into(),
+        ours: rlat,
+        reference: nlat,
+        unit: "ms".into(),
+        higher_is_better: false,
+    });
 
     eprintln!("[3/4] memory: Rust with 100 000 services, Node with 10 000 (its cap)");
     let rn = rust_net(2).await;
@@ -484,13 +532,21 @@ async fn bench() {
         unit: "MiB".into(),
         higher_is_better: false,
     });
-    rows.push(Row { metric: "announces of new names through one Grape".into(), ours: rrate, reference: nrate, unit: "req/s".into(), higher_is_better: true });
+    rows.push(Row {
+        metric: "announces of new names through one Grape".into(),
+        ours: rrate,
+        reference: nrate,
+        unit: "req/s".into(),
+        higher_is_better: true,
+    });
 
     eprintln!("[4/4] done in {:.0} s", started.elapsed().as_secs_f64());
     print_table("Grape: grenache-rs vs grenache-grape 1.0.0 (Node), same machine, same run", &rows);
     println!();
-    println!("targets: lookup >= 5x: {}; announce >= 10x: {}; 100k services < 64 MiB: {}",
+    println!(
+        "targets: lookup >= 5x: {}; announce >= 10x: {}; 100k services < 64 MiB: {}",
         if rl.rate() >= 5.0 * nl.rate() { "met" } else { "MISSED" },
         if ra.rate() >= 10.0 * na.rate() { "met" } else { "MISSED" },
-        if rrss < 64 * 1024 { "met" } else { "MISSED" });
+        if rrss < 64 * 1024 { "met" } else { "MISSED" }
+    );
 }

@@ -161,9 +161,7 @@ async fn bare_hyper(warmup: usize, seq: usize, rounds: usize) -> Stats {
                     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
             });
         }
     });

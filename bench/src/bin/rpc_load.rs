@@ -62,11 +62,7 @@ async fn run(a: Args) -> grenache::Result<Value> {
     let payload: Arc<str> = a.payload.to_string().into();
     let call = || async {
         let r = client.send::<serde_json::Value>(key.clone(), payload.clone(), &opts).await?;
-        if r == a.expect {
-            Ok(())
-        } else {
-            Err(grenache::Error::invalid(format!("unexpected result {r}")))
-        }
+        if r == a.expect { Ok(()) } else { Err(grenache::Error::invalid(format!("unexpected result {r}"))) }
     };
     for _ in 0..a.warmup {
         call().await?;

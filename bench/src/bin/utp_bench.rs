@@ -89,15 +89,13 @@ fn main() {
         client_rt.block_on(async move { tokio::spawn(measure(client, dest)).await.expect("join") })
     };
 
-    let http: Arc<dyn ServerTransport> = server_rt
-        .block_on(async { HttpServer::bind(any, Arc::new(echo), HttpServerConfig::default()).await.map(Arc::new) })
-        .expect("http");
+    let http: Arc<dyn ServerTransport> =
+        server_rt.block_on(async { HttpServer::bind(any, Arc::new(echo), HttpServerConfig::default()).await.map(Arc::new) }).expect("http");
     let c: Arc<dyn ClientTransport> = client_rt.block_on(async { Arc::new(HttpClient::default()) as Arc<dyn ClientTransport> });
     rows.push(("ours, HTTP".into(), run(c, http.local_addr().to_string())));
 
-    let ws: Arc<dyn ServerTransport> = server_rt
-        .block_on(async { WsServer::bind(any, echo, WsServerConfig::default()).await.map(Arc::new) })
-        .expect("ws");
+    let ws: Arc<dyn ServerTransport> =
+        server_rt.block_on(async { WsServer::bind(any, echo, WsServerConfig::default()).await.map(Arc::new) }).expect("ws");
     let c: Arc<dyn ClientTransport> = client_rt.block_on(async { Arc::new(WsClient::default()) as Arc<dyn ClientTransport> });
     rows.push(("ours, WS".into(), run(c, ws.local_addr().to_string())));
 

@@ -153,7 +153,12 @@ fn out(payload: &Arc<str>) -> OutgoingRequest {
 type Row = (f64, f64, f64, usize, usize);
 
 /// One request, tried again (at most 3 times) when it fails; the failures are counted.
-async fn request(client: &Arc<dyn ClientTransport>, dest: &str, payload: &Arc<str>, failures: &std::sync::atomic::AtomicUsize) -> serde_json::Value {
+async fn request(
+    client: &Arc<dyn ClientTransport>,
+    dest: &str,
+    payload: &Arc<str>,
+    failures: &std::sync::atomic::AtomicUsize,
+) -> serde_json::Value {
     let mut last = None;
     for _ in 0..3 {
         match client.request(dest, out(payload)).await {
@@ -231,11 +236,22 @@ fn main() {
         });
         rx.recv().expect("bound")
     };
-    let http = block(&pub_rt, Box::pin(async move { Arc::new(HttpServer::bind(public_any, Arc::new(echo), HttpServerConfig::default()).await.expect("http")) as Arc<dyn ServerTransport> }));
+    let http = block(
+        &pub_rt,
+        Box::pin(async move {
+            Arc::new(HttpServer::bind(public_any, Arc::new(echo), HttpServerConfig::default()).await.expect("http"))
+                as Arc<dyn ServerTransport>
+        }),
+    );
     let c: Arc<dyn ClientTransport> = Arc::new(HttpClient::default());
     rows.push(("ours, HTTP (client behind the NAT)".into(), measure_on(&host_rt, c, http.local_addr().to_string())));
     http.close();
-    let ws = block(&pub_rt, Box::pin(async move { Arc::new(WsServer::bind(public_any, echo, WsServerConfig::default()).await.expect("ws")) as Arc<dyn ServerTransport> }));
+    let ws = block(
+        &pub_rt,
+        Box::pin(async move {
+            Arc::new(WsServer::bind(public_any, echo, WsServerConfig::default()).await.expect("ws")) as Arc<dyn ServerTransport>
+        }),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     host_rt.spawn(async move {
         let _ = tx.send(Arc::new(WsClient::default()) as Arc<dyn ClientTransport>);
@@ -279,12 +295,18 @@ fn main() {
             let _ = tx.send(Arc::new(UtpClient::with_node(node, config)) as Arc<dyn ClientTransport>);
         });
         let c = rx.recv().expect("utp client");
-        let name = if alone { "ours, uTP, worker behind the NAT (one message per write)" } else { "ours, uTP, worker behind the NAT (shared packets)" };
+        let name = if alone {
+            "ours, uTP, worker behind the NAT (one message per write)"
+        } else {
+            "ours, uTP, worker behind the NAT (shared packets)"
+        };
         rows.push((name.into(), measure_on(&pub_rt, c, dest.to_string())));
         server.close();
     }
 
-    println!("| NAT + {DELAY_MS} ms each way + {LOSS_PERCENT} % loss | sequential req/s | 100 in flight req/s | MB/s, 1 MB echoes | failed attempts (tried again) | 1 MB echoes altered |");
+    println!(
+        "| NAT + {DELAY_MS} ms each way + {LOSS_PERCENT} % loss | sequential req/s | 100 in flight req/s | MB/s, 1 MB echoes | failed attempts (tried again) | 1 MB echoes altered |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, (seq, conc, mbps, failed, altered)) in rows {
         println!("| {name} | {seq:.1} | {conc:.1} | {mbps:.3} | {failed} | {altered} of {MEGABYTES} |");

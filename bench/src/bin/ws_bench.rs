@@ -137,7 +137,11 @@ async fn ours_rpc(server_rt: &tokio::runtime::Handle, link: &Link, seq: usize, r
     let srv = PeerRpcServer::new(link.clone(), Arc::new(ws));
     srv.start_announcing(&name, Duration::from_secs(1)).first_result(LONG).await.expect("announce");
     wait_lookup(link, &name, 1).await;
-    let client = PeerRpcClient::new(link.clone(), Arc::new(WsClient::new(WsClientConfig::default().busy_poll(busy))), PeerRpcClientConfig::default());
+    let client = PeerRpcClient::new(
+        link.clone(),
+        Arc::new(WsClient::new(WsClientConfig::default().busy_poll(busy))),
+        PeerRpcClientConfig::default(),
+    );
     let opts = RequestOptions { timeout: Some(Duration::from_secs(10)), ..Default::default() };
     let call = || async {
         let r = client.request(&name, "hello", &opts).await.expect("reply");
@@ -209,11 +213,7 @@ async fn node_rpc(grape: &str, seq: usize, rounds: usize) -> RpcFigures {
 async fn ours_pubsub(server_rt: &tokio::runtime::Handle, link: &Link, n: usize, count: usize) -> f64 {
     let name = format!("bench_pub_rust_{n}");
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let p = server_rt
-        .spawn(async move { PeerPub::bind(addr, PubConfig::default()).await })
-        .await
-        .expect("join")
-        .expect("bind");
+    let p = server_rt.spawn(async move { PeerPub::bind(addr, PubConfig::default()).await }).await.expect("join").expect("bind");
     p.start_announcing(link, &name, Duration::from_secs(1)).first_result(LONG).await.expect("announce");
     wait_lookup(link, &name, 1).await;
     let peer = PeerSub::new(link.clone(), SubConfig::default());
@@ -294,11 +294,7 @@ async fn node_pubsub(grape: &str, n: usize, count: usize) -> f64 {
 /// client on this one. Returns (round trips/s, p50 µs).
 async fn floor_ping_pong(server_rt: &tokio::runtime::Handle, n: usize) -> (f64, f64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = server_rt
-        .spawn(async { tokio::net::TcpListener::bind("127.0.0.1:0").await })
-        .await
-        .expect("join")
-        .expect("bind");
+    let listener = server_rt.spawn(async { tokio::net::TcpListener::bind("127.0.0.1:0").await }).await.expect("join").expect("bind");
     let addr = listener.local_addr().expect("addr");
     server_rt.spawn(async move {
         let Ok((mut s, _)) = listener.accept().await else { return };
@@ -343,7 +339,10 @@ fn main() {
     };
     rt.block_on(async {
         let g = start_grapes().await;
-        let client = |f| { let h = on_client(g.url.clone(), f); async move { h.await.expect("client runtime") } };
+        let client = |f| {
+            let h = on_client(g.url.clone(), f);
+            async move { h.await.expect("client runtime") }
+        };
         if std::env::args().any(|a| a == "--floor-only") {
             let v = client(|s, _| Box::pin(async move { json!(floor_ping_pong(&s, 200_000).await) })).await;
             println!("floor: {:.0} round trips/s (p50 {} µs)", v[0].as_f64().unwrap_or(0.0), v[1]);
@@ -369,7 +368,8 @@ fn main() {
             let v = client(|s, link| {
                 Box::pin(async move {
                     let n: usize = std::env::var("WS_SEQ").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-                    let busy = std::env::var("WS_BUSY_US").ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_BUSY_POLL, Duration::from_micros);
+                    let busy =
+                        std::env::var("WS_BUSY_US").ok().and_then(|v| v.parse().ok()).map_or(DEFAULT_BUSY_POLL, Duration::from_micros);
                     let o = ours_rpc(&s, &link, n, n / 200, busy).await;
                     json!([o.seq_rps, o.seq_p50, o.conc_rps, o.seq_cpu_us])
                 })
@@ -384,21 +384,35 @@ fn main() {
             Box::pin(async move {
                 let o = ours_rpc(&s, &link, 20_000, 300, DEFAULT_BUSY_POLL).await;
                 let off = ours_rpc(&s, &link, 20_000, 0, Duration::ZERO).await;
-                json!([o.seq_rps, o.seq_p50, o.seq_p99, o.conc_rps, o.conc_p50, o.conc_p99, o.seq_cpu_us, off.seq_rps, off.seq_p50, off.seq_cpu_us])
+                json!([
+                    o.seq_rps,
+                    o.seq_p50,
+                    o.seq_p99,
+                    o.conc_rps,
+                    o.conc_p50,
+                    o.conc_p99,
+                    o.seq_cpu_us,
+                    off.seq_rps,
+                    off.seq_p50,
+                    off.seq_cpu_us
+                ])
             })
         })
         .await;
         let f = |i: usize| v[i].as_f64().unwrap_or(0.0);
-        let ours = RpcFigures { seq_rps: f(0), seq_p50: f(1), seq_p99: f(2), conc_rps: f(3), conc_p50: f(4), conc_p99: f(5), seq_cpu_us: f(6) };
+        let ours =
+            RpcFigures { seq_rps: f(0), seq_p50: f(1), seq_p99: f(2), conc_rps: f(3), conc_p50: f(4), conc_p99: f(5), seq_cpu_us: f(6) };
         let (off_rps, off_p50, off_cpu) = (f(7), f(8), f(9));
         eprintln!("RPC: Node reference...");
         let node = node_rpc(&g.url, 5_000, 100).await;
         eprintln!("PUB/SUB 10 subscribers: ours...");
-        let ours10 = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await.as_f64().unwrap_or(0.0);
+        let ours10 =
+            client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 10, 50_000).await) })).await.as_f64().unwrap_or(0.0);
         eprintln!("PUB/SUB 10 subscribers: Node reference...");
         let node10 = node_pubsub(&g.url, 10, 20_000).await;
         eprintln!("PUB/SUB 100 subscribers: ours...");
-        let ours100 = client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 100, 10_000).await) })).await.as_f64().unwrap_or(0.0);
+        let ours100 =
+            client(|s, link| Box::pin(async move { json!(ours_pubsub(&s, &link, 100, 10_000).await) })).await.as_f64().unwrap_or(0.0);
         eprintln!("PUB/SUB 100 subscribers: Node reference...");
         let node100 = node_pubsub(&g.url, 100, 3_000).await;
         eprintln!("floor: TCP ping-pong...");

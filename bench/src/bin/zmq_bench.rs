@@ -142,12 +142,7 @@ async fn c_floor(seq: usize, rounds: usize) -> Option<Figures> {
         println!("(zmq_floor.c did not build: the C libzmq floor is skipped)");
         return None;
     }
-    let mut echo = tokio::process::Command::new(&exe)
-        .arg("echo")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
+    let mut echo = tokio::process::Command::new(&exe).arg("echo").stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().ok()?;
     let mut lines = tokio::io::BufReader::new(echo.stdout.take()?).lines();
     let first: serde_json::Value = serde_json::from_str(&lines.next_line().await.ok()??).ok()?;
     let port = first["port"].as_u64()?.to_string();
@@ -174,13 +169,16 @@ async fn floor(seq: usize, rounds: usize) -> Figures {
 }
 
 /// Messages/s from one publisher to `subs` subscribers over `kind`.
-async fn fan_out(server_rt: &tokio::runtime::Handle, client_rt: &tokio::runtime::Handle, kind: TransportKind, subs: usize, msgs: usize) -> f64 {
+async fn fan_out(
+    server_rt: &tokio::runtime::Handle,
+    client_rt: &tokio::runtime::Handle,
+    kind: TransportKind,
+    subs: usize,
+    msgs: usize,
+) -> f64 {
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let publisher = server_rt
-        .spawn(async move { PeerPub::bind(addr, PubConfig::default().transport(kind)).await })
-        .await
-        .expect("join")
-        .expect("bind");
+    let publisher =
+        server_rt.spawn(async move { PeerPub::bind(addr, PubConfig::default().transport(kind)).await }).await.expect("join").expect("bind");
     let dest = publisher.local_addr().to_string();
     let counts: Arc<Vec<AtomicU64>> = Arc::new((0..subs).map(|_| AtomicU64::new(0)).collect());
     let mut tasks = Vec::new();
@@ -279,11 +277,7 @@ async fn main() {
     println!("| direct ZeroMQ call | {:.0} | {:.0} |", direct.seq_p50, direct.seq_p99);
     println!("| direct WS call | {:.0} | {:.0} |", direct_ws.seq_p50, direct_ws.seq_p99);
     println!("| WS → proxy → ZeroMQ | {:.0} | {:.0} |", via.seq_p50, via.seq_p99);
-    println!(
-        "| added by the proxy (over direct ZeroMQ) | {:.0} | {:.0} |",
-        via.seq_p50 - direct.seq_p50,
-        via.seq_p99 - direct.seq_p99
-    );
+    println!("| added by the proxy (over direct ZeroMQ) | {:.0} | {:.0} |", via.seq_p50 - direct.seq_p50, via.seq_p99 - direct.seq_p99);
     drop(proxy);
     drop(servers);
     net.stop().await;

@@ -33,9 +33,9 @@ use std::time::Duration;
 use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message};
 use grenache::transport::ws::{WsServer, WsServerConfig};
 use napi::bindgen_prelude::FnArgs;
+use napi::bindgen_prelude::Function;
 use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::bindgen_prelude::Function;
 use napi::{Env, JsValue, Status};
 use napi_derive::napi;
 
@@ -663,7 +663,14 @@ impl NativeLoopConn {
         Self::adopt(env, h.stream, input, true, on_messages, on_close)
     }
 
-    fn adopt(env: Env, stream: std::net::TcpStream, input: Input, client: bool, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
+    fn adopt(
+        env: Env,
+        stream: std::net::TcpStream,
+        input: Input,
+        client: bool,
+        on_messages: Function<'_>,
+        on_close: Function<'_>,
+    ) -> napi::Result<Self> {
         let raw_env = env.raw();
         let mut lp = ptr::null_mut();
         // SAFETY: plain napi calls on the JS thread with live values.
@@ -833,7 +840,13 @@ impl NativeLoopConn {
     }
 }
 
-type SocketDone = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>, Option<NativeWsSocket>)>, (), FnArgs<(Option<u32>, Option<String>, Option<NativeWsSocket>)>, Status, false>;
+type SocketDone = ThreadsafeFunction<
+    FnArgs<(Option<u32>, Option<String>, Option<NativeWsSocket>)>,
+    (),
+    FnArgs<(Option<u32>, Option<String>, Option<NativeWsSocket>)>,
+    Status,
+    false,
+>;
 
 /// Dials `ws://dest/ws` on the core's runtime: `done(code, message, socket)`.
 #[napi]

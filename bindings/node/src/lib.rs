@@ -20,16 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grenache::embed::{
-    self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber,
-    GrapeConfig, Keypair as CoreKeypair, LinkConfig, MutableItem, ReplyOnce, RequestOptions, ServerOptions,
-    ServerTls as CoreServerTls,
+    self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber, GrapeConfig,
+    Keypair as CoreKeypair, LinkConfig, MutableItem, ReplyOnce, RequestOptions, ServerOptions, ServerTls as CoreServerTls,
 };
 use grenache::rpc::{Reply, Request, TransportKind};
 use grenache::tls::ClientAuth;
 use grenache::{Error, ErrorKind, Result as GResult};
+use napi::Status;
 use napi::bindgen_prelude::{Buffer, Either, FnArgs};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::Status;
 use napi_derive::napi;
 
 // Its exports are registered by #[napi]; a test build of the crate does not register them.
@@ -145,7 +144,9 @@ fn whole_numbers(map: Option<std::collections::HashMap<String, f64>>) -> napi::R
 /// defaults: every limit by its snake_case name. Unknown names and values the core refuses are
 /// `ERR_INVALID_ARGUMENT` errors, as when a server is made with them.
 #[napi]
-pub fn server_limits(limits: Option<std::collections::HashMap<String, f64>>) -> napi::Result<std::collections::HashMap<String, f64>, ErrName> {
+pub fn server_limits(
+    limits: Option<std::collections::HashMap<String, f64>>,
+) -> napi::Result<std::collections::HashMap<String, f64>, ErrName> {
     let mut server_limits = grenache::transport::ServerLimits::default();
     for (name, value) in whole_numbers(limits)? {
         server_limits.set(&name, value).map_err(|e| js_err(&e))?;
@@ -243,7 +244,12 @@ pub struct NativeServerTls {
 #[napi]
 impl NativeServerTls {
     #[napi(constructor)]
-    pub fn new(cert_pem: String, key_pem: String, client_ca_pem: Option<String>, client_auth: Option<String>) -> napi::Result<Self, ErrName> {
+    pub fn new(
+        cert_pem: String,
+        key_pem: String,
+        client_ca_pem: Option<String>,
+        client_auth: Option<String>,
+    ) -> napi::Result<Self, ErrName> {
         let mode: ClientAuth = client_auth.as_deref().unwrap_or("none").parse().map_err(|e| js_err(&e))?;
         let mut b = CoreServerTls::builder(cert_pem.into_bytes(), key_pem.into_bytes());
         if let Some(ca) = client_ca_pem {
@@ -526,7 +532,13 @@ pub struct NativeClient {
     inner: Arc<EmbedClient>,
 }
 
-fn request_options(timeout_ms: Option<u32>, retry: Option<u32>, compress: Option<bool>, dest: Option<String>, limit: Option<u32>) -> RequestOptions {
+fn request_options(
+    timeout_ms: Option<u32>,
+    retry: Option<u32>,
+    compress: Option<bool>,
+    dest: Option<String>,
+    limit: Option<u32>,
+) -> RequestOptions {
     RequestOptions {
         timeout: millis(timeout_ms),
         retry: retry.unwrap_or(0),
@@ -597,7 +609,12 @@ pub struct NativePublisher {
 #[napi]
 impl NativePublisher {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, port_: Option<u32>, tls: Option<&NativeServerTls>, transport: Option<String>) -> napi::Result<Self, ErrName> {
+    pub fn new(
+        link: &NativeLink,
+        port_: Option<u32>,
+        tls: Option<&NativeServerTls>,
+        transport: Option<String>,
+    ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(transport.as_deref().unwrap_or("ws"))?;
         let options = grenache::embed::ServerOptions { port: port(port_)?, tls: tls.map(|t| t.inner.clone()), ..Default::default() };
         let p = EmbedPublisher::bind_kind(&link.inner, kind, options).map_err(|e| js_err(&e))?;
@@ -639,7 +656,13 @@ pub struct NativeSubscriber {
 #[napi]
 impl NativeSubscriber {
     #[napi(constructor)]
-    pub fn new(link: &NativeLink, name: String, on_message: MessageFn, tls: Option<&NativeClientTls>, transport: Option<String>) -> napi::Result<Self, ErrName> {
+    pub fn new(
+        link: &NativeLink,
+        name: String,
+        on_message: MessageFn,
+        tls: Option<&NativeClientTls>,
+        transport: Option<String>,
+    ) -> napi::Result<Self, ErrName> {
         let kind = transport_kind(transport.as_deref().unwrap_or("ws"))?;
         let sub = EmbedSubscriber::subscribe_kind(&link.inner, &name, kind, tls.map(|t| t.inner.clone()), move |m| {
             let args = (m.publisher.to_string(), Buffer::from(m.data.to_vec()), m.binary);
@@ -676,7 +699,14 @@ type EnvelopeArgs = FnArgs<(NativeReply, String, String, String, Option<String>,
 type EnvelopeHandlerFn = ThreadsafeFunction<EnvelopeArgs, (), EnvelopeArgs, Status, false, true>;
 /// A JS verifyClient: `(ticket, fingerprint, remoteAddress, path)`, answered with
 /// [`verify_answer`].
-type VerifyFn = ThreadsafeFunction<FnArgs<(u32, Option<String>, Option<String>, String)>, (), FnArgs<(u32, Option<String>, Option<String>, String)>, Status, false, true>;
+type VerifyFn = ThreadsafeFunction<
+    FnArgs<(u32, Option<String>, Option<String>, String)>,
+    (),
+    FnArgs<(u32, Option<String>, Option<String>, String)>,
+    Status,
+    false,
+    true,
+>;
 /// A batch of messages of one subscription, in order: text frames as strings, binary ones as
 /// Buffers (weak, like [`MessageFn`]).
 type BatchFn = ThreadsafeFunction<Vec<Either<String, Buffer>>, (), Vec<Either<String, Buffer>>, Status, false, true>;
@@ -811,7 +841,10 @@ impl NativeGrape {
         let done = complete(done);
         match self.core() {
             Ok(g) => rt.spawn(async move {
-                let r = g.lookup(&name).await.map(|peers| serde_json::Value::from(peers.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string());
+                let r = g
+                    .lookup(&name)
+                    .await
+                    .map(|peers| serde_json::Value::from(peers.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string());
                 done(r);
             }),
             Err(e) => done(Err(e)),
@@ -1003,7 +1036,9 @@ impl NativeQueuedPub {
         let config = grenache::pubsub::PubConfig::default()
             .queue_capacity(DROPIN_PUB_QUEUE)
             .slow_subscriber_policy(grenache::pubsub::SlowSubscriberPolicy::DropOldest);
-        let inner = rt.block_on(Duration::from_secs(10), async move { grenache::pubsub::PeerPub::bind(addr, config).await }).map_err(|e| js_err(&e))?;
+        let inner = rt
+            .block_on(Duration::from_secs(10), async move { grenache::pubsub::PeerPub::bind(addr, config).await })
+            .map_err(|e| js_err(&e))?;
         Ok(NativeQueuedPub { inner })
     }
 
@@ -1121,10 +1156,7 @@ impl NativeUtpNode {
 
 /// The `{"address","port"}` JSON of a uTP request's caller, as the server saw it.
 fn utp_remote_json(request: &Request) -> Option<String> {
-    request
-        .info
-        .remote_addr
-        .map(|a| serde_json::json!({ "address": a.ip().to_string(), "family": "IPv4", "port": a.port() }).to_string())
+    request.info.remote_addr.map(|a| serde_json::json!({ "address": a.ip().to_string(), "family": "IPv4", "port": a.port() }).to_string())
 }
 
 #[napi]
@@ -1133,7 +1165,12 @@ impl NativeServer {
     /// endpoint (`{"address","family","port"}` JSON). With `broker`, [`NativeServer::register`]
     /// registers names with that broker, found through `link`.
     #[napi(factory)]
-    pub fn listen_utp(handler: EnvelopeHandlerFn, node: &NativeUtpNode, link: &NativeLink, broker: Option<String>) -> napi::Result<Self, ErrName> {
+    pub fn listen_utp(
+        handler: EnvelopeHandlerFn,
+        node: &NativeUtpNode,
+        link: &NativeLink,
+        broker: Option<String>,
+    ) -> napi::Result<Self, ErrName> {
         let handler = Arc::new(handler);
         let h = move |request: Request, reply: Reply| {
             let args = (
@@ -1163,8 +1200,14 @@ impl NativeClient {
     /// A uTP client sending from `node`; with `broker`, requests without a destination find
     /// workers through that broker (found through `link`) and punch them first.
     #[napi(factory)]
-    pub fn on_utp_node(node: &NativeUtpNode, link: &NativeLink, broker: Option<String>, punch_timeout_ms: Option<u32>) -> napi::Result<Self, ErrName> {
-        let options = ClientOptions { broker, punch_timeout: millis(punch_timeout_ms), utp_node: Some(node.node.clone()), ..Default::default() };
+    pub fn on_utp_node(
+        node: &NativeUtpNode,
+        link: &NativeLink,
+        broker: Option<String>,
+        punch_timeout_ms: Option<u32>,
+    ) -> napi::Result<Self, ErrName> {
+        let options =
+            ClientOptions { broker, punch_timeout: millis(punch_timeout_ms), utp_node: Some(node.node.clone()), ..Default::default() };
         let client = EmbedClient::new(&link.inner, TransportKind::Utp, options).map_err(|e| js_err(&e))?;
         Ok(NativeClient { inner: Arc::new(client) })
     }

@@ -378,7 +378,8 @@ impl LoopConn {
         if !requests.is_empty() && !ended {
             let list = pyo3::types::PyList::empty(py);
             for (rid, payload) in requests {
-                let reply = Py::new(py, LoopReply { conn: Arc::clone(&self.conn), rid, state: AtomicU8::new(OPEN), timer: Mutex::new(None) })?;
+                let reply =
+                    Py::new(py, LoopReply { conn: Arc::clone(&self.conn), rid, state: AtomicU8::new(OPEN), timer: Mutex::new(None) })?;
                 if let Some(arm) = &self.arm {
                     match arm.call1(py, (reply.getattr(py, "_expire")?,)) {
                         Ok(t) => *lock(&reply.get().timer) = Some(t),

@@ -33,9 +33,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use grenache::embed::{
-    self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber,
-    GrapeConfig, Keypair as CoreKeypair, LinkConfig, MutableItem, RequestOptions, ServerOptions,
-    ServerTls,
+    self, ClientOptions, ClientTls, EmbedClient, EmbedGrape, EmbedLink, EmbedPublisher, EmbedServer, EmbedSubscriber, GrapeConfig,
+    Keypair as CoreKeypair, LinkConfig, MutableItem, RequestOptions, ServerOptions, ServerTls,
 };
 use grenache::rpc::{Request, TransportKind};
 use grenache::tls::ClientAuth;
@@ -826,9 +825,7 @@ impl PoolState {
     /// a request for [`STALL`] (a handler blocks).
     fn wants_thread(&self) -> bool {
         !self.queue.is_empty()
-            && (self.active == 0
-                || self.active < PARALLEL_HANDLERS.load(Ordering::Relaxed)
-                || self.last_take.elapsed() >= STALL)
+            && (self.active == 0 || self.active < PARALLEL_HANDLERS.load(Ordering::Relaxed) || self.last_take.elapsed() >= STALL)
     }
 }
 
@@ -1319,7 +1316,15 @@ impl Client {
     }
 
     #[pyo3(signature = (name, payload_json, timeout_ms=None, compress=false, limit=0))]
-    fn map(&self, py: Python<'_>, name: String, payload_json: &str, timeout_ms: Option<u64>, compress: bool, limit: usize) -> PyResult<String> {
+    fn map(
+        &self,
+        py: Python<'_>,
+        name: String,
+        payload_json: &str,
+        timeout_ms: Option<u64>,
+        compress: bool,
+        limit: usize,
+    ) -> PyResult<String> {
         let opts = request_options(timeout_ms, 0, compress, None, limit);
         blocking(py, |tx| self.inner.map(name, payload_json, opts, sender(tx)))
     }
@@ -1398,7 +1403,14 @@ struct Subscriber {
 impl Subscriber {
     #[new]
     #[pyo3(signature = (link, name, on_message, tls=None, transport="ws"))]
-    fn new(py: Python<'_>, link: &Link, name: &str, on_message: Py<PyAny>, tls: Option<&PyClientTls>, transport: &str) -> PyResult<Subscriber> {
+    fn new(
+        py: Python<'_>,
+        link: &Link,
+        name: &str,
+        on_message: Py<PyAny>,
+        tls: Option<&PyClientTls>,
+        transport: &str,
+    ) -> PyResult<Subscriber> {
         let kind = transport_kind(py, transport)?;
         let tls = tls.map(|t| t.inner.clone());
         let sub = EmbedSubscriber::subscribe_kind(&link.inner, name, kind, tls, move |m| {
@@ -1429,11 +1441,7 @@ impl Subscriber {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let parallel = if gil_enabled(m.py()) {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
-    };
+    let parallel = if gil_enabled(m.py()) { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS) };
     PARALLEL_HANDLERS.store(parallel, Ordering::Relaxed);
     m.add_function(wrap_pyfunction!(_parallel_handlers, m)?)?;
     m.add_function(wrap_pyfunction!(_set_error_factory, m)?)?;

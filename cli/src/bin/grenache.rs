@@ -30,8 +30,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use grenache::link::{DEFAULT_GRAPE, Keypair, Link, LinkConfig, MutableItem};
 use grenache::pubsub::{PeerPub, PeerSub, PubConfig, SubConfig};
 use grenache::rpc::{
-    ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions,
-    ServerTransport,
+    ClientTransport, Handler, PeerRpcClient, PeerRpcClientConfig, PeerRpcServer, Reply, Request, RequestOptions, ServerTransport,
 };
 use grenache::tls::{ClientAuth, ClientTls, ServerTls};
 use grenache::transport::utp::broker::{Broker, BrokerClient, BrokerClientConfig, BrokerConfig, DEFAULT_BROKER_NAME};
@@ -380,7 +379,11 @@ impl LimitOpts {
                 ..Default::default()
             },
             max_body_in_flight: self.max_body_in_flight,
-            ws: transport::WsLiveness { ping_interval: ms(self.ws_ping_interval), pong_timeout: ms(self.ws_pong_timeout), idle: ms(self.ws_idle_timeout) },
+            ws: transport::WsLiveness {
+                ping_interval: ms(self.ws_ping_interval),
+                pong_timeout: ms(self.ws_pong_timeout),
+                idle: ms(self.ws_idle_timeout),
+            },
         }
     }
 }
@@ -468,11 +471,8 @@ impl RpcOpts {
         }
         let node = UtpNode::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
         let transport = Arc::new(UtpClient::with_node(node.clone(), UtpClientConfig::default()));
-        let config = BrokerClientConfig {
-            name: broker.clone(),
-            punch_timeout: Duration::from_millis(self.punch_timeout),
-            ..Default::default()
-        };
+        let config =
+            BrokerClientConfig { name: broker.clone(), punch_timeout: Duration::from_millis(self.punch_timeout), ..Default::default() };
         let resolver = Arc::new(BrokerClient::new(link.clone(), node, config));
         Ok(PeerRpcClient::new(link, transport, PeerRpcClientConfig::default()).with_resolver(resolver))
     }
@@ -488,7 +488,8 @@ impl TransportChoice {
         reply_timeout: Option<Duration>,
         limits: transport::ServerLimits,
     ) -> Result<Arc<dyn ServerTransport>> {
-        let settings = transport::ServerSettings { tls: server_tls(tls, require_client_cert)?, reply_timeout, limits, ..Default::default() };
+        let settings =
+            transport::ServerSettings { tls: server_tls(tls, require_client_cert)?, reply_timeout, limits, ..Default::default() };
         transport::bind_server_with(self.kind(), addr, handler, settings).await
     }
 }
@@ -523,10 +524,8 @@ fn print(v: &Value) {
 
 fn load_key(p: &PathBuf) -> Result<Keypair> {
     let text = read_file(p)?;
-    let v: Value =
-        serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("key file {}: {e}", p.display())))?;
-    let secret =
-        v["secret"].as_str().ok_or_else(|| Error::invalid(format!("key file {} has no \"secret\"", p.display())))?;
+    let v: Value = serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("key file {}: {e}", p.display())))?;
+    let secret = v["secret"].as_str().ok_or_else(|| Error::invalid(format!("key file {} has no \"secret\"", p.display())))?;
     Keypair::from_secret_hex(secret)
 }
 
@@ -618,12 +617,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Map { name, json: payload, rpc, limit } => {
             let client = rpc.client(link).await?;
-            let opts = RequestOptions {
-                timeout: Some(Duration::from_millis(rpc.timeout)),
-                compress: rpc.compress,
-                limit,
-                ..Default::default()
-            };
+            let opts =
+                RequestOptions { timeout: Some(Duration::from_millis(rpc.timeout)), compress: rpc.compress, limit, ..Default::default() };
             print(&json!(client.map(&name, &parse_payload(&payload), &opts).await?));
         }
         Cmd::Serve {
@@ -645,16 +640,13 @@ async fn run(cli: Cli) -> Result<()> {
             // A server: give memory freed after bursts back to the system.
             trim::start();
             let fixed = reply.as_deref().map(parse_payload);
-            let addr: SocketAddr = format!("{bind}:{port}")
-                .parse()
-                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let addr: SocketAddr =
+                format!("{bind}:{port}").parse().map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
             let handler = handler(fixed, with_remote);
             let reply_timeout = reply_timeout.map(Duration::from_millis);
             let mut registrations = Vec::new();
             let server: Arc<dyn ServerTransport> = match (&broker, transport) {
-                (None, _) => {
-                    transport.serve(addr, handler, &tls, require_client_cert, reply_timeout, limits.limits()).await?
-                }
+                (None, _) => transport.serve(addr, handler, &tls, require_client_cert, reply_timeout, limits.limits()).await?,
                 (Some(broker), TransportChoice::Utp) => {
                     let utp = UtpServer::bind(addr, handler, UtpServerConfig { reply_timeout, ..Default::default() }).await?;
                     let config = BrokerClientConfig { name: broker.clone(), ..Default::default() };
@@ -700,15 +692,10 @@ async fn run(cli: Cli) -> Result<()> {
             print(&json!({"event": "stopped", "drained": drained}));
         }
         Cmd::Broker { name, port, bind, entry_ttl, max_entries } => {
-            let addr: SocketAddr = format!("{bind}:{port}")
-                .parse()
-                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
-            let config = BrokerConfig {
-                name: name.clone(),
-                entry_ttl: Duration::from_millis(entry_ttl.max(1)),
-                max_entries,
-                ..Default::default()
-            };
+            let addr: SocketAddr =
+                format!("{bind}:{port}").parse().map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let config =
+                BrokerConfig { name: name.clone(), entry_ttl: Duration::from_millis(entry_ttl.max(1)), max_entries, ..Default::default() };
             let broker = Broker::start(link, addr, config).await?;
             print(&json!({"event": "started", "port": broker.local_addr().port(), "name": name}));
             until_signal().await?;
@@ -717,9 +704,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Pub { name, port, bind, interval, wait_subscribers, transport, tls, require_client_cert } => {
             use tokio::io::AsyncBufReadExt;
-            let addr: SocketAddr = format!("{bind}:{port}")
-                .parse()
-                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+            let addr: SocketAddr =
+                format!("{bind}:{port}").parse().map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
             let mut cfg = PubConfig::default().transport(transport.kind());
             if let Some(t) = server_tls(&tls, require_client_cert)? {
                 cfg = cfg.tls(t);
@@ -775,10 +761,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
             s.close();
         }
-        Cmd::Proxy { name, target, from, to, port, bind, timeout, retry, interval, bridge_sub, bridge_pub, grace, broker, punch_timeout } => {
-            let addr: SocketAddr = format!("{bind}:{port}")
-                .parse()
-                .map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
+        Cmd::Proxy {
+            name,
+            target,
+            from,
+            to,
+            port,
+            bind,
+            timeout,
+            retry,
+            interval,
+            bridge_sub,
+            bridge_pub,
+            grace,
+            broker,
+            punch_timeout,
+        } => {
+            let addr: SocketAddr =
+                format!("{bind}:{port}").parse().map_err(|e| Error::invalid(format!("bad --bind/--port {bind}:{port}: {e}")))?;
             let mut cfg = grenache::proxy::ProxyConfig::new(name.clone(), target.clone(), from.kind(), to.kind());
             cfg.addr = addr;
             cfg.timeout = Duration::from_millis(timeout.max(1));

@@ -278,10 +278,7 @@ impl Decoder<'_> {
         }
         let mut n: usize = 0;
         for &c in digits {
-            n = n
-                .checked_mul(10)
-                .and_then(|n| n.checked_add(usize::from(c - b'0')))
-                .ok_or_else(|| self.err("string length overflow"))?;
+            n = n.checked_mul(10).and_then(|n| n.checked_add(usize::from(c - b'0'))).ok_or_else(|| self.err("string length overflow"))?;
         }
         let body_start = start + len + 1;
         let body_end = body_start.checked_add(n).ok_or_else(|| self.err("string length overflow"))?;
@@ -310,17 +307,28 @@ mod tests {
         assert_eq!(decode(b"i-7e").unwrap(), Value::Int(-7));
         assert_eq!(decode(b"0:").unwrap(), Value::Bytes(vec![]));
         assert_eq!(decode(b"3:abc").unwrap(), Value::Bytes(b"abc".to_vec()));
-        assert_eq!(
-            decode(b"d1:al1:bi1eee").unwrap(),
-            dict([(b"a", Value::List(vec![Value::Bytes(b"b".to_vec()), Value::Int(1)]))])
-        );
+        assert_eq!(decode(b"d1:al1:bi1eee").unwrap(), dict([(b"a", Value::List(vec![Value::Bytes(b"b".to_vec()), Value::Int(1)]))]));
     }
 
     #[test]
     fn rejects_malformed() {
         for bad in [
-            &b""[..], b"i", b"ie", b"i-0e", b"i01e", b"i1", b"3:ab", b"-1:a", b"01:a", b"d1:ae", b"di1ei1ee", b"l", b"x",
-            b"i1ei2e", b"i9223372036854775808e", b"99999999999999999999999:a",
+            &b""[..],
+            b"i",
+            b"ie",
+            b"i-0e",
+            b"i01e",
+            b"i1",
+            b"3:ab",
+            b"-1:a",
+            b"01:a",
+            b"d1:ae",
+            b"di1ei1ee",
+            b"l",
+            b"x",
+            b"i1ei2e",
+            b"i9223372036854775808e",
+            b"99999999999999999999999:a",
         ] {
             assert!(decode(bad).is_err(), "{:?} should fail", String::from_utf8_lossy(bad));
         }
@@ -344,15 +352,11 @@ mod tests {
     }
 
     fn arb_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            any::<i64>().prop_map(Value::Int),
-            proptest::collection::vec(any::<u8>(), 0..24).prop_map(Value::Bytes),
-        ];
+        let leaf = prop_oneof![any::<i64>().prop_map(Value::Int), proptest::collection::vec(any::<u8>(), 0..24).prop_map(Value::Bytes),];
         leaf.prop_recursive(4, 64, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::List),
-                proptest::collection::btree_map(proptest::collection::vec(any::<u8>(), 0..8), inner, 0..6)
-                    .prop_map(Value::Dict),
+                proptest::collection::btree_map(proptest::collection::vec(any::<u8>(), 0..8), inner, 0..6).prop_map(Value::Dict),
             ]
         })
     }

@@ -37,7 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 use tokio::time::Instant;
 
-
 use super::routing::K;
 
 /// Most silent nodes remembered for retries.
@@ -142,8 +141,7 @@ impl Heal {
             return;
         }
         if self.dormant.len() >= DORMANT_MAX
-            && let Some(oldest) =
-                self.dormant.iter().filter(|(_, d)| !d.bootstrap).min_by_key(|(_, d)| d.since).map(|(a, _)| *a)
+            && let Some(oldest) = self.dormant.iter().filter(|(_, d)| !d.bootstrap).min_by_key(|(_, d)| d.since).map(|(a, _)| *a)
         {
             self.dormant.remove(&oldest);
         }

@@ -20,11 +20,7 @@ use super::{DhtState, DhtStats};
 
 impl Inner {
     /// A query sent by the maintenance (counted apart).
-    pub(crate) async fn maint_query(
-        self: &Arc<Self>,
-        to: SocketAddr,
-        method: Method,
-    ) -> std::result::Result<krpc::Response, QueryError> {
+    pub(crate) async fn maint_query(self: &Arc<Self>, to: SocketAddr, method: Method) -> std::result::Result<krpc::Response, QueryError> {
         self.counters.maintenance.fetch_add(1, Ordering::Relaxed);
         self.query(to, method).await
     }
@@ -53,13 +49,8 @@ impl Inner {
 
     pub(crate) fn state_snapshot(&self) -> DhtState {
         let now = Instant::now();
-        let mut entries: Vec<_> = self
-            .state()
-            .table
-            .entries()
-            .into_iter()
-            .filter(|e| now.saturating_duration_since(e.last_seen) < GOOD_FOR)
-            .collect();
+        let mut entries: Vec<_> =
+            self.state().table.entries().into_iter().filter(|e| now.saturating_duration_since(e.last_seen) < GOOD_FOR).collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.last_seen));
         entries.truncate(DhtState::MAX_NODES);
         DhtState { id: self.id, nodes: entries.into_iter().map(|e| e.info).collect() }

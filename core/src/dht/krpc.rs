@@ -577,11 +577,7 @@ mod tests {
         assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij01234567896:target20:abcdefghij0123456789e1:q3:get1:t2:\x00\x051:y1:qe");
         let m = q(
             b"\x00\x06",
-            Method::Put(PutArgs {
-                token: Some(b"tok1".to_vec()),
-                v: Some(Value::Bytes(b"hello world".to_vec())),
-                ..Default::default()
-            }),
+            Method::Put(PutArgs { token: Some(b"tok1".to_vec()), v: Some(Value::Bytes(b"hello world".to_vec())), ..Default::default() }),
         );
         assert_eq!(m.encode(), b"d1:ad2:id20:abcdefghij01234567895:token4:tok11:v11:hello worlde1:q3:put1:t2:\x00\x061:y1:qe");
         let pk = [7u8; 32];
@@ -768,13 +764,9 @@ mod tests {
 
     fn arb_body() -> impl Strategy<Value = Body> {
         prop_oneof![
-            (proptest::option::of(bytes(24)), arb_method(), any::<bool>(), proptest::option::of((any::<bool>(), any::<bool>())))
-                .prop_map(|(id, method, read_only, want)| Body::Query(Query {
-                    id,
-                    method,
-                    read_only,
-                    want: want.map(|(n4, n6)| Want { n4, n6 }),
-                })),
+            (proptest::option::of(bytes(24)), arb_method(), any::<bool>(), proptest::option::of((any::<bool>(), any::<bool>()))).prop_map(
+                |(id, method, read_only, want)| Body::Query(Query { id, method, read_only, want: want.map(|(n4, n6)| Want { n4, n6 }) })
+            ),
             (
                 proptest::option::of(bytes(24)),
                 proptest::option::of(bytes(60)),

@@ -258,8 +258,7 @@ impl DhtState {
         if text.len() > Self::MAX_BYTES {
             return Err(Error::invalid(format!("DHT state is larger than {} bytes", Self::MAX_BYTES)));
         }
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::invalid(format!("DHT state is not JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::invalid(format!("DHT state is not JSON: {e}")))?;
         if v.get("version").and_then(serde_json::Value::as_u64) != Some(1) {
             return Err(Error::invalid("DHT state: unknown version (expected 1)"));
         }
@@ -626,7 +625,8 @@ impl Dht {
     /// its sequence number (CasMismatch, SeqTooLow), so that the two families never hold
     /// different versions; it succeeds when one family stores it and neither refused it.
     pub async fn put(&self, item: PutItem) -> Result<([u8; 20], usize)> {
-        let refused = |r: &Result<([u8; 20], usize)>| matches!(r, Err(e) if matches!(e.kind(), ErrorKind::CasMismatch | ErrorKind::SeqTooLow));
+        let refused =
+            |r: &Result<([u8; 20], usize)>| matches!(r, Err(e) if matches!(e.kind(), ErrorKind::CasMismatch | ErrorKind::SeqTooLow));
         let a = self.guarded(self.inner.put(item.clone())).await;
         let Some(h6) = &self.inner6 else { return a };
         if refused(&a) {

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::bencode;
 use super::heal::{Counters, Heal};
 use super::krpc::{self, Body, KrpcError, Message, Method, NodeInfo, PutArgs, Query, Response, Want};
-use super::routing::{self, Insert, K, RoutingTable};
 use super::limits::QueryRate;
+use super::routing::{self, Insert, K, RoutingTable};
 use super::store::{self, AddPeer, PeerStore, PutOutcome, StoredItem, Tokens, Tombstones, ValueStore};
 use super::{DhtConfig, DhtEvent, GetResult, MutableMeta, PutItem};
 use crate::error::{Error, ErrorKind, Result};
@@ -194,7 +194,13 @@ impl State {
     /// default the family of the request. This table holds the nodes of the request's family;
     /// `other` those of the other family (`None` on a node of one family, which then answers
     /// only for its own).
-    fn nodes_reply(&self, target: &[u8], from: SocketAddr, want: Option<Want>, other: Option<&[NodeInfo]>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    fn nodes_reply(
+        &self,
+        target: &[u8],
+        from: SocketAddr,
+        want: Option<Want>,
+        other: Option<&[NodeInfo]>,
+    ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         let v6 = from.is_ipv6();
         let own = || self.table.closest(target, MAX_REPLY_NODES);
         let want = want.unwrap_or(Want { n4: !v6, n6: v6 });
@@ -777,11 +783,8 @@ impl Inner {
                 true
             }
             Insert::Full(oldest) => {
-                let stale = st
-                    .table
-                    .stale(Duration::from_secs(10).min(self.config.node_liveness), now)
-                    .into_iter()
-                    .any(|n| n.id == oldest.id);
+                let stale =
+                    st.table.stale(Duration::from_secs(10).min(self.config.node_liveness), now).into_iter().any(|n| n.id == oldest.id);
                 if !stale || st.pinging.len() >= MAX_LIVENESS_PINGS || !st.pinging.insert(oldest.id) {
                     return false;
                 }
@@ -1093,8 +1096,7 @@ impl Inner {
                 impl Drop for Done {
                     fn drop(&mut self) {
                         let waiters = lock(&self.0.state).lookups.remove(&self.1).unwrap_or_default();
-                        let result =
-                            self.2.take().unwrap_or_else(|| Err((ErrorKind::Cancelled, "DHT node is shut down".into())));
+                        let result = self.2.take().unwrap_or_else(|| Err((ErrorKind::Cancelled, "DHT node is shut down".into())));
                         for w in waiters {
                             let _ = w.send(result.clone());
                         }
@@ -1127,22 +1129,28 @@ impl Inner {
         }
         let mut trace = WalkTrace::default();
         let table = self
-            .walk_traced(info_hash.clone(), Method::GetPeers { info_hash: Some(info_hash.clone()) }, false, |r, _| {
-                for v in r.values.iter().flatten() {
-                    if let Some(p) = krpc::decode_peer(v)
-                        && seen.insert(p)
-                    {
-                        peers.push(p);
+            .walk_traced(
+                info_hash.clone(),
+                Method::GetPeers { info_hash: Some(info_hash.clone()) },
+                false,
+                |r, _| {
+                    for v in r.values.iter().flatten() {
+                        if let Some(p) = krpc::decode_peer(v)
+                            && seen.insert(p)
+                        {
+                            peers.push(p);
+                        }
                     }
-                }
-                // At most a tombstone list's worth from each reply.
-                for g in r.gone.iter().flatten().take(store::Tombstones::MAX_PER_KEY) {
-                    if let Some(p) = krpc::decode_peer(g) {
-                        gone.insert(p);
+                    // At most a tombstone list's worth from each reply.
+                    for g in r.gone.iter().flatten().take(store::Tombstones::MAX_PER_KEY) {
+                        if let Some(p) = krpc::decode_peer(g) {
+                            gone.insert(p);
+                        }
                     }
-                }
-                true
-            }, &mut trace)
+                    true
+                },
+                &mut trace,
+            )
             .await;
         // Drop what was unannounced: the own tombstones, and those other nodes reported, unless
         // the own store holds the peer (it announced again since).
@@ -1314,15 +1322,7 @@ impl Inner {
                     return Err(Error::invalid("opts.salt is > 64 bytes long"));
                 }
                 let target = store::mutable_target(&k, salt.as_deref().unwrap_or_default());
-                let args = PutArgs {
-                    v: Some(v),
-                    k: Some(k.to_vec()),
-                    sig: Some(sig.to_vec()),
-                    seq: Some(seq),
-                    salt,
-                    cas,
-                    token: None,
-                };
+                let args = PutArgs { v: Some(v), k: Some(k.to_vec()), sig: Some(sig.to_vec()), seq: Some(seq), salt, cas, token: None };
                 (target, args, None)
             }
         };
@@ -1482,7 +1482,10 @@ fn advertised(local: SocketAddr) -> Option<SocketAddr> {
         return Some(local);
     }
     let (any, probe): (SocketAddr, SocketAddr) = if local.is_ipv6() {
-        (SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)), SocketAddr::from((std::net::Ipv6Addr::new(0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888), 53)))
+        (
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            SocketAddr::from((std::net::Ipv6Addr::new(0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888), 53)),
+        )
     } else {
         (SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 53)))
     };
@@ -1714,11 +1717,17 @@ mod tests {
         let token = s.tokens.generate(a.ip()).to_vec();
         for i in 0..20_000u32 {
             let ih = format!("svc:{i}").into_bytes();
-            let ann = query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port: Some(1000), implied_port: false, token: Some(token.clone()) });
+            let ann = query(Method::AnnouncePeer {
+                info_hash: Some(ih.clone()),
+                port: Some(1000),
+                implied_port: false,
+                token: Some(token.clone()),
+            });
             if i % 2 == 0 {
                 s.handle_query(&ann, a, now);
             }
-            let un = query(Method::UnannouncePeer { info_hash: Some(ih), port: Some(1000), implied_port: false, token: Some(token.clone()) });
+            let un =
+                query(Method::UnannouncePeer { info_hash: Some(ih), port: Some(1000), implied_port: false, token: Some(token.clone()) });
             s.handle_query(&un, a, now);
         }
         assert_eq!(s.unannounces.applied, 10_000);
@@ -1728,8 +1737,26 @@ mod tests {
         // One name unannounced from many ports: at most MAX_PER_KEY tombstones for it.
         for port in 1..=1000u16 {
             let ih = b"hot".to_vec();
-            s.handle_query(&query(Method::AnnouncePeer { info_hash: Some(ih.clone()), port: Some(i64::from(port)), implied_port: false, token: Some(token.clone()) }), a, now);
-            s.handle_query(&query(Method::UnannouncePeer { info_hash: Some(ih), port: Some(i64::from(port)), implied_port: false, token: Some(token.clone()) }), a, now);
+            s.handle_query(
+                &query(Method::AnnouncePeer {
+                    info_hash: Some(ih.clone()),
+                    port: Some(i64::from(port)),
+                    implied_port: false,
+                    token: Some(token.clone()),
+                }),
+                a,
+                now,
+            );
+            s.handle_query(
+                &query(Method::UnannouncePeer {
+                    info_hash: Some(ih),
+                    port: Some(i64::from(port)),
+                    implied_port: false,
+                    token: Some(token.clone()),
+                }),
+                a,
+                now,
+            );
         }
         assert_eq!(s.tombstones.get(b"hot", now).len(), Tombstones::MAX_PER_KEY);
     }

@@ -217,18 +217,12 @@ impl RoutingTable {
 
     /// Nodes not heard from for at least `age`.
     pub fn stale(&self, age: Duration, now: Instant) -> Vec<NodeInfo> {
-        self.buckets
-            .iter()
-            .flatten()
-            .filter(|e| now.saturating_duration_since(e.last_seen) >= age)
-            .map(|e| e.info)
-            .collect()
+        self.buckets.iter().flatten().filter(|e| now.saturating_duration_since(e.last_seen) >= age).map(|e| e.info).collect()
     }
 
     /// The `n` nodes closest to `target` (any length), closest first.
     pub fn closest(&self, target: &[u8], n: usize) -> Vec<NodeInfo> {
-        let mut all: Vec<(Vec<u8>, NodeInfo)> =
-            self.buckets.iter().flatten().map(|e| (distance(target, &e.info.id), e.info)).collect();
+        let mut all: Vec<(Vec<u8>, NodeInfo)> = self.buckets.iter().flatten().map(|e| (distance(target, &e.info.id), e.info)).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
         all.truncate(n);
         all.into_iter().map(|(_, i)| i).collect()

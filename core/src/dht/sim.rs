@@ -129,11 +129,21 @@ pub async fn lookup_traced(dht: &Dht, info_hash: &[u8]) -> Result<(Vec<SocketAdd
     let o = dht.guarded(dht.inner.lookup(info_hash)).await?;
     let t = o.trace;
     Ok((
-        o.peers.iter().filter_map(|p| match p {
-            SocketAddr::V4(p) => Some(*p),
-            SocketAddr::V6(_) => None,
-        }).collect(),
-        LookupTrace { queries: t.queries, replies: t.replies, value_hops: t.value_hops, first_value: t.first_value, closest_hops: t.closest_hops, max_hops: t.max_hops },
+        o.peers
+            .iter()
+            .filter_map(|p| match p {
+                SocketAddr::V4(p) => Some(*p),
+                SocketAddr::V6(_) => None,
+            })
+            .collect(),
+        LookupTrace {
+            queries: t.queries,
+            replies: t.replies,
+            value_hops: t.value_hops,
+            first_value: t.first_value,
+            closest_hops: t.closest_hops,
+            max_hops: t.max_hops,
+        },
     ))
 }
 
@@ -463,7 +473,9 @@ pub async fn run(s: &Scenario) -> Report {
     let replace = ((s.nodes as f64) * s.churn.clamp(0.0, 1.0)).round() as usize;
     let mut stopping = JoinSet::new();
     let mut phases = Vec::new();
-    for (window, replace, pause) in [(s.lookup_window, 0, Duration::ZERO), (s.churn_period, replace, Duration::ZERO), (s.lookup_window, 0, s.recover)] {
+    for (window, replace, pause) in
+        [(s.lookup_window, 0, Duration::ZERO), (s.churn_period, replace, Duration::ZERO), (s.lookup_window, 0, s.recover)]
+    {
         tokio::time::sleep(pause).await;
         let mut events: Vec<(Duration, bool)> =
             (0..s.lookups).map(|j| (window.mul_f64(j as f64 / s.lookups.max(1) as f64), true)).collect();

@@ -1,9 +1,9 @@
 //! Node-side state: announce tokens, the peer store, and the BEP44 value store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 

@@ -113,11 +113,7 @@ impl EmbedClient {
             Err(e) => return self.ops.spawn(&self.rt, async move { Err(e) }, done),
         };
         let c = self.client.clone();
-        self.ops.spawn(
-            &self.rt,
-            async move { Ok(serde_json::Value::Array(c.map(&key, &payload, &opts).await?).to_string()) },
-            done,
-        );
+        self.ops.spawn(&self.rt, async move { Ok(serde_json::Value::Array(c.map(&key, &payload, &opts).await?).to_string()) }, done);
     }
 
     /// Cancels requests in flight (their completions fire `Cancelled`) and closes connections.
@@ -132,7 +128,6 @@ impl Drop for EmbedClient {
         self.close();
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -156,15 +151,16 @@ mod tests {
         });
         for kind in [TransportKind::Http, TransportKind::Ws] {
             let addr = "127.0.0.1:0".parse().expect("addr");
-            let server = rt
-                .block_on(Duration::from_secs(10), crate::transport::bind_server(kind, addr, handler.clone(), None, None))
-                .expect("bind");
+            let server =
+                rt.block_on(Duration::from_secs(10), crate::transport::bind_server(kind, addr, handler.clone(), None, None)).expect("bind");
             let client = EmbedClient::new(&link, kind, ClientOptions::default()).expect("client");
             let opts = RequestOptions { dest: Some(server.local_addr().to_string()), ..Default::default() };
             let (tx, rx) = mpsc::channel();
             for payload in ["\"x\"", "\"fail\""] {
                 let tx = tx.clone();
-                client.request("k", payload, opts.clone(), move |r| tx.send(r.map_err(|e| (e.kind(), e.message().to_string()))).expect("send"));
+                client.request("k", payload, opts.clone(), move |r| {
+                    tx.send(r.map_err(|e| (e.kind(), e.message().to_string()))).expect("send")
+                });
                 let got = rx.recv_timeout(Duration::from_secs(10)).expect("completed");
                 if payload == "\"x\"" {
                     assert_eq!(got, Ok(TEXT.to_string()), "{kind:?}");

@@ -39,6 +39,6 @@ pub use server::{EmbedServer, ServerOptions, ServerTransportKind};
 /// Re-exports the option types the facade's callers fill in.
 pub use crate::grape::{GrapeConfig, GrapeEvent};
 pub use crate::link::{Keypair, LinkConfig, MutableItem};
-pub use crate::rpc::RequestOptions;
 pub use crate::pubsub::SubMessage;
+pub use crate::rpc::RequestOptions;
 pub use crate::tls::{ClientTls, ServerTls};

@@ -2,9 +2,9 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::pin::Pin;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 

@@ -46,9 +46,8 @@ impl RuntimeOptions {
         let mut options = RuntimeOptions::default();
         if let Some(v) = std::env::var_os(WORKER_THREADS_ENV) {
             let v = v.to_string_lossy();
-            options.worker_threads = v.trim().parse().map_err(|_| {
-                Error::invalid(format!("{WORKER_THREADS_ENV} must be a number of threads, not {v:?}"))
-            })?;
+            options.worker_threads =
+                v.trim().parse().map_err(|_| Error::invalid(format!("{WORKER_THREADS_ENV} must be a number of threads, not {v:?}")))?;
         }
         Ok(options)
     }
@@ -106,13 +105,7 @@ impl Runtime {
         }
         let rt = b.build().map_err(Error::from)?;
         let handle = rt.handle().clone();
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                rt: Mutex::new(Some(Arc::new(rt))),
-                handle,
-                shutdown_timeout: options.shutdown_timeout,
-            }),
-        })
+        Ok(Runtime { inner: Arc::new(Inner { rt: Mutex::new(Some(Arc::new(rt))), handle, shutdown_timeout: options.shutdown_timeout }) })
     }
 
     /// An identity of the runtime (equal for its clones), to tell runtimes apart.
@@ -149,10 +142,7 @@ impl Runtime {
         F: Future<Output = Result<T>> + Send + 'static,
     {
         if on_worker_thread() {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "a blocking call was made on a runtime worker thread (inside a callback)",
-            ));
+            return Err(Error::new(ErrorKind::InvalidState, "a blocking call was made on a runtime worker thread (inside a callback)"));
         }
         // A Mutex + Condvar rather than a channel: waiting on them needs no `thread::current()`
         // handle, which std would keep in a thread-local of the caller's (C) thread forever.
@@ -208,7 +198,6 @@ impl Runtime {
     }
 }
 
-
 type Slot<T> = Arc<(Mutex<Option<Result<T>>>, Condvar)>;
 
 /// The answering side of [`Runtime::block_on`]. When it is dropped unsent (runtime shut down),
@@ -246,9 +235,10 @@ mod tests {
         let rt = Runtime::new(RuntimeOptions { worker_threads: 2, ..Default::default() }).expect("rt");
         let rt2 = rt.clone();
         let inner = rt
-            .block_on(Duration::from_secs(5), async move {
-                Ok(rt2.block_on(Duration::from_secs(1), async { Ok(()) }).map_err(|e| e.kind()))
-            })
+            .block_on(
+                Duration::from_secs(5),
+                async move { Ok(rt2.block_on(Duration::from_secs(1), async { Ok(()) }).map_err(|e| e.kind())) },
+            )
             .expect("outer");
         assert_eq!(inner, Err(ErrorKind::InvalidState));
         let r = rt.block_on(Duration::from_millis(50), async {

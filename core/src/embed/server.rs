@@ -90,12 +90,7 @@ struct UtpParts {
 impl EmbedServer {
     /// Binds `0.0.0.0:port` and serves `handler`. Blocks until bound (at most 10 s); refuses to
     /// run on a worker thread.
-    pub fn listen(
-        link: &EmbedLink,
-        kind: ServerTransportKind,
-        handler: Arc<dyn Handler>,
-        options: ServerOptions,
-    ) -> Result<EmbedServer> {
+    pub fn listen(link: &EmbedLink, kind: ServerTransportKind, handler: Arc<dyn Handler>, options: ServerOptions) -> Result<EmbedServer> {
         let rt = link.runtime().clone();
         let core_link = link.link().clone();
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.port));

@@ -201,7 +201,13 @@ fn js_integer(v: &Value) -> Option<i64> {
     }
     let f = n.as_f64()?;
     if f.is_finite() && f.fract() == 0.0 {
-        Some(if f >= i64::MAX as f64 { i64::MAX } else if f <= i64::MIN as f64 { i64::MIN } else { f as i64 })
+        Some(if f >= i64::MAX as f64 {
+            i64::MAX
+        } else if f <= i64::MIN as f64 {
+            i64::MIN
+        } else {
+            f as i64
+        })
     } else {
         None
     }
@@ -332,8 +338,9 @@ pub fn parse_put(data: Option<&Value>) -> Result<PutItem, String> {
     }
     let sig = match sig_val {
         Some(Value::String(s)) => str2buf(s, true),
-        Some(other) => buffer_from_json(other)
-            .ok_or_else(|| "opts.sign function or options.sig signature is required for mutable put".to_string())?,
+        Some(other) => {
+            buffer_from_json(other).ok_or_else(|| "opts.sign function or options.sig signature is required for mutable put".to_string())?
+        }
         None => Vec::new(),
     };
     let salt_val = obj.get("salt");
@@ -537,9 +544,7 @@ pub fn dht_error_reply(e: &Error) -> ApiReply {
         ErrorKind::NoNodes => ApiReply::app_error(200, "No nodes to query"),
         ErrorKind::AllQueriesFailed => ApiReply::app_error(200, "All queries failed"),
         ErrorKind::SeqTooLow => ApiReply::app_error(302, &krpc_text(e.message(), 302, "sequence number less than current")),
-        ErrorKind::CasMismatch => {
-            ApiReply::app_error(301, &krpc_text(e.message(), 301, "CAS mismatch, re-read and try again"))
-        }
+        ErrorKind::CasMismatch => ApiReply::app_error(301, &krpc_text(e.message(), 301, "CAS mismatch, re-read and try again")),
         _ => {
             let msg = e.message();
             // "3xx text" from another KRPC error keeps its code as the HTTP status.
@@ -658,24 +663,15 @@ mod tests {
         let long = "x".repeat(1000);
         assert_eq!(e(&format!(r#"{{"data":{{"v":"{long}"}}}}"#)), "\"v must be less than 1000 bytes in put()\"");
         assert!(handle_body("/put", format!(r#"{{"data":{{"v":"{}"}}}}"#, "x".repeat(999)).as_bytes()).is_ok());
-        assert_eq!(
-            e(&format!(r#"{{"data":{{"v":"a","k":"{k}","cas":"1"}}}}"#)),
-            "\"opts.cas must be an integer if provided\""
-        );
+        assert_eq!(e(&format!(r#"{{"data":{{"v":"a","k":"{k}","cas":"1"}}}}"#)), "\"opts.cas must be an integer if provided\"");
         assert_eq!(e(r#"{"data":{"v":"a","k":"abcd"}}"#), "\"opts.k ed25519 public key must be 32 bytes\"");
         assert_eq!(
             e(&format!(r#"{{"data":{{"v":"a","k":"{k}"}}}}"#)),
             "\"opts.sign function or options.sig signature is required for mutable put\""
         );
         let salt = "s".repeat(65);
-        assert_eq!(
-            e(&format!(r#"{{"data":{{"v":"a","k":"{k}","sig":"{sig}","salt":"{salt}"}}}}"#)),
-            "\"opts.salt is > 64 bytes long\""
-        );
-        assert_eq!(
-            e(&format!(r#"{{"data":{{"v":"a","k":"{k}","sig":"{sig}"}}}}"#)),
-            "\"opts.seq not provided for a mutable update\""
-        );
+        assert_eq!(e(&format!(r#"{{"data":{{"v":"a","k":"{k}","sig":"{sig}","salt":"{salt}"}}}}"#)), "\"opts.salt is > 64 bytes long\"");
+        assert_eq!(e(&format!(r#"{{"data":{{"v":"a","k":"{k}","sig":"{sig}"}}}}"#)), "\"opts.seq not provided for a mutable update\"");
         assert_eq!(e(&format!(r#"{{"data":{{"v":"a","k":"{k}","sig":"{sig}","seq":"1"}}}}"#)), "\"opts.seq not an integer\"");
     }
 
@@ -741,19 +737,14 @@ mod tests {
     #[test]
     fn get_json_key_order() {
         let local = GetResult { id: [1; 20], token: None, v_bencoded: b"2:hi".to_vec(), mutable: None, local: true };
-        assert_eq!(
-            get_result_json(&local, None),
-            format!(r#"{{"id":"{}","token":null,"v":"hi"}}"#, "01".repeat(20))
-        );
+        assert_eq!(get_result_json(&local, None), format!(r#"{{"id":"{}","token":null,"v":"hi"}}"#, "01".repeat(20)));
         let m = MutableMeta { k: [2; 32], sig: [3; 64], seq: 7 };
         let remote = GetResult { id: [1; 20], token: Some(vec![9, 9]), v_bencoded: b"2:hi".to_vec(), mutable: Some(m), local: false };
         let j = get_result_json(&remote, Some(b"salty"));
         let parsed: Value = serde_json::from_str(&j).expect("json");
         assert_eq!(parsed["seq"], json!(7));
-        let keys: Vec<usize> = ["\"id\"", "\"k\"", "\"seq\"", "\"sig\"", "\"token\"", "\"v\"", "\"salt\""]
-            .iter()
-            .map(|k| j.find(k).expect(k))
-            .collect();
+        let keys: Vec<usize> =
+            ["\"id\"", "\"k\"", "\"seq\"", "\"sig\"", "\"token\"", "\"v\"", "\"salt\""].iter().map(|k| j.find(k).expect(k)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{j}");
     }
 

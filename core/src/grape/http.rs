@@ -44,12 +44,7 @@ pub(crate) struct ServerOptions {
 
 /// Accepts connections on `listener` until `stop` is cancelled; open connections are shut down
 /// gracefully then (an in-flight request gets its reply; idle keep-alive connections close).
-pub(crate) async fn serve<H: Handler>(
-    listener: TcpListener,
-    handler: Arc<H>,
-    opts: ServerOptions,
-    stop: CancellationToken,
-) {
+pub(crate) async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, opts: ServerOptions, stop: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder.keep_alive(true).timer(TokioTimer::new()).header_read_timeout(opts.deadlines.header);
     let builder = Arc::new(builder);
@@ -114,11 +109,7 @@ async fn respond<H: Handler>(
 /// Collects the request body within the deadlines, refusing it (413) once it passes `max_body`
 /// bytes; a late or slow body gets `408 ERR_GRAPE_TIMEOUT` (raw text).
 async fn read_body(req: http::Request<Incoming>, opts: &ServerOptions, peer: std::net::SocketAddr) -> Result<Bytes, ApiReply> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     match limits::read_body(req.into_body(), declared, opts.max_body, &opts.deadlines, None).await {
         Ok((body, _)) => Ok(body),
         Err(BodyError::TooLarge) => Err(ApiReply::payload_too_large()),
@@ -165,12 +156,17 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        tokio::spawn(serve(l, Arc::new(Echo), ServerOptions {
+        tokio::spawn(serve(
+            l,
+            Arc::new(Echo),
+            ServerOptions {
                 max_body,
                 connections: ConnLimits { max_connections: 64, max_per_ip: 64 },
                 deadlines: ReadDeadlines::default(),
                 refusals: Arc::default(),
-            }, stop.clone()));
+            },
+            stop.clone(),
+        ));
         (addr, stop)
     }
 
@@ -239,7 +235,11 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 413"), "{out}");
         assert!(out.ends_with("ERR_GRAPE_PAYLOAD_SIZE"), "{out}");
         // Chunked, over the limit.
-        let out = raw(addr, b"POST /lookup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n").await;
+        let out = raw(
+            addr,
+            b"POST /lookup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        )
+        .await;
         assert!(out.starts_with("HTTP/1.1 413"), "{out}");
         stop.cancel();
     }

@@ -165,9 +165,8 @@ impl GrapeConfig {
     /// `announce_ipv6` is 0 or 1. Errors: `InvalidArgument` for an unknown name, a port above
     /// 65535 or a `dht_ipv6` above 2.
     pub fn set(&mut self, name: &str, value: u64) -> crate::Result<&mut Self> {
-        let index = crate::transport::option_index(&GRAPE_OPTION_NAMES, name).ok_or_else(|| {
-            crate::Error::invalid(format!("unknown Grape option {name:?} (one of {})", GRAPE_OPTION_NAMES.join(", ")))
-        })?;
+        let index = crate::transport::option_index(&GRAPE_OPTION_NAMES, name)
+            .ok_or_else(|| crate::Error::invalid(format!("unknown Grape option {name:?} (one of {})", GRAPE_OPTION_NAMES.join(", "))))?;
         let ms = Duration::from_millis(value);
         let n = usize::try_from(value).unwrap_or(usize::MAX);
         let port = || u16::try_from(value).map_err(|_| crate::Error::invalid(format!("{name} {value} is not a port")));
@@ -509,9 +508,8 @@ async fn load_state(path: &std::path::Path) -> Result<Option<DhtState>> {
         }
         Ok(_) => {}
     }
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        tokio::fs::read_to_string(path).await.map_err(|e| Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
     DhtState::from_json(&text).map(Some)
 }
 
@@ -520,12 +518,8 @@ async fn save_state(path: &std::path::Path, state: &DhtState) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    tokio::fs::write(&tmp, state.to_json())
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write {}: {e}", tmp.display())))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot replace {}: {e}", path.display())))
+    tokio::fs::write(&tmp, state.to_json()).await.map_err(|e| Error::new(ErrorKind::Io, format!("cannot write {}: {e}", tmp.display())))?;
+    tokio::fs::rename(&tmp, path).await.map_err(|e| Error::new(ErrorKind::Io, format!("cannot replace {}: {e}", path.display())))
 }
 
 async fn save_periodically(dht: Dht, path: std::path::PathBuf, stop: CancellationToken) {
@@ -622,9 +616,7 @@ impl Grape {
             announce_window: config.announce_window.unwrap_or_else(|| (config.peer_max_age / 20).min(Duration::from_secs(1))),
             recent_announces: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
             recent_unannounces: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
-            lookup_window: config
-                .lookup_window
-                .unwrap_or_else(|| (config.peer_max_age / 1200).min(Duration::from_millis(100))),
+            lookup_window: config.lookup_window.unwrap_or_else(|| (config.peer_max_age / 1200).min(Duration::from_millis(100))),
             recent_walks: Mutex::new(lru::LruCache::new(RECENT_ANNOUNCES)),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -780,9 +772,7 @@ async fn forward_events(inner: std::sync::Weak<Inner>, mut rx: broadcast::Receiv
             DhtEvent::Ready => Some(GrapeEvent::Ready),
             DhtEvent::Node(_) => Some(GrapeEvent::Node),
             DhtEvent::Warning(w) => Some(GrapeEvent::Warning(w)),
-            DhtEvent::Announce { info_hash, .. } => {
-                Some(GrapeEvent::Announce(String::from_utf8_lossy(&info_hash).into_owned()))
-            }
+            DhtEvent::Announce { info_hash, .. } => Some(GrapeEvent::Announce(String::from_utf8_lossy(&info_hash).into_owned())),
             DhtEvent::Peer { info_hash, peer } => {
                 lock(&inner.cache).add(&info_hash, peer);
                 Some(GrapeEvent::Peer(peer.to_string()))
@@ -856,9 +846,7 @@ impl Inner {
     /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
     /// the lookup cache.
     async fn lookup(self: &Arc<Self>, name: &[u8]) -> Result<Vec<SocketAddr>> {
-        if !self.lookup_window.is_zero()
-            && lock(&self.recent_walks).get(name).is_some_and(|at| at.elapsed() < self.lookup_window)
-        {
+        if !self.lookup_window.is_zero() && lock(&self.recent_walks).get(name).is_some_and(|at| at.elapsed() < self.lookup_window) {
             let cached = lock(&self.cache).get(name, LOOKUP_MAX_PEERS);
             if !cached.is_empty() {
                 return Ok(cached);

@@ -211,10 +211,7 @@ impl Link {
         let parsed: Option<Value> = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             None
         } else {
-            Some(
-                serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
-            )
+            Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
         };
         if !status.is_success() {
             let text = match &parsed {
@@ -280,8 +277,7 @@ impl Link {
                 // Removes the in-flight entry even if this task is aborted (waiters then see
                 // `Cancelled` instead of waiting for their timeout).
                 let mut guard = InflightGuard { link: link.clone(), name: name.clone(), armed: true };
-                let res: LookupResult =
-                    link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
+                let res: LookupResult = link.lookup_uncached(&name).await.map_err(|e| (e.kind(), e.message().to_string()));
                 if let Ok(list) = &res
                     && !link.inner.config.lookup_cache_ttl.is_zero()
                 {
@@ -607,9 +603,7 @@ impl Link {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(v @ Value::Object(_)) => Ok(Some(v)),
-            Some(other) => {
-                Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object")))
-            }
+            Some(other) => Err(Error::new(ErrorKind::Protocol, format!("get: the grape answered {other}, not an object"))),
         }
     }
 }
@@ -798,8 +792,7 @@ impl Keypair {
     /// The key pair of a 32-byte secret seed in hex (64 hex characters).
     pub fn from_secret_hex(hex_seed: &str) -> Result<Keypair> {
         let bytes = hex::decode(hex_seed.trim()).map_err(|e| Error::invalid(format!("secret key is not hex: {e}")))?;
-        let seed: [u8; 32] =
-            bytes.try_into().map_err(|_| Error::invalid("secret key must be 32 bytes (64 hex characters)"))?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| Error::invalid("secret key must be 32 bytes (64 hex characters)"))?;
         Ok(Keypair { key: ed25519_dalek::SigningKey::from_bytes(&seed) })
     }
 

@@ -122,7 +122,13 @@ pub enum ProofError {
 /// Checks an item read with `/get` (the Grape's JSON: `v`, `k`, `sig`, `seq`; `salt` is not
 /// needed) as the proof that `addr` serves `name` under the public key `key`, at `now` (unix
 /// seconds). The signature is verified here: a Grape is not trusted to have done it.
-pub fn verify_proof(item: &Value, key: &[u8; 32], name: &str, addr: SocketAddr, now: u64) -> std::result::Result<AnnounceProof, ProofError> {
+pub fn verify_proof(
+    item: &Value,
+    key: &[u8; 32],
+    name: &str,
+    addr: SocketAddr,
+    now: u64,
+) -> std::result::Result<AnnounceProof, ProofError> {
     let field = |f: &str| item.get(f).and_then(Value::as_str).ok_or(ProofError::Malformed);
     let k = hex::decode(field("k")?).map_err(|_| ProofError::Malformed)?;
     if k.as_slice() != key {
@@ -234,7 +240,11 @@ mod tests {
         assert_eq!(verify_proof(&item, &k, "svc", "127.0.0.1:4000".parse().unwrap(), now).map(|p| p.port), Ok(4000));
         // Another IP, port or name.
         assert_eq!(verify_proof(&item, &k, "svc", "10.9.9.9:4000".parse().unwrap(), now), Err(ProofError::OtherAddress));
-        assert_eq!(verify_proof(&item, &k, "svc", "10.1.2.3:4001".parse().unwrap(), now), Err(ProofError::BadSignature), "the salt covers the port");
+        assert_eq!(
+            verify_proof(&item, &k, "svc", "10.1.2.3:4001".parse().unwrap(), now),
+            Err(ProofError::BadSignature),
+            "the salt covers the port"
+        );
         assert_eq!(verify_proof(&item, &k, "other", addr, now), Err(ProofError::BadSignature), "the salt covers the name");
         // Expired.
         assert_eq!(verify_proof(&item, &k, "svc", addr, now + 60), Err(ProofError::Expired));

@@ -45,9 +45,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::link::{AnnounceHandle, Link};
-use crate::tls::{ClientTls, ServerTls, VerifyClient};
 use crate::rpc::TransportKind;
-use crate::transport::ws::frame::{self as wsframe, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, Msg, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Owned, Side};
+use crate::tls::{ClientTls, ServerTls, VerifyClient};
+use crate::transport::ws::frame::{
+    self as wsframe, CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameReader, Msg, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Owned, Side,
+};
 use crate::transport::ws::{AcceptSettings, DEFAULT_MAX_MESSAGE_SIZE, NetStream, accept_raw, dial_raw};
 
 pub mod zmq;
@@ -836,10 +838,7 @@ impl Drop for Subscription {
 impl futures_util::Stream for Subscription {
     type Item = SubMessage;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<SubMessage>> {
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<SubMessage>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -994,7 +993,9 @@ async fn read_publisher(
             Ok(Some(Owned::Close(code))) => break ((code.unwrap_or(CLOSE_NORMAL), String::new()), Ended::Lost),
             Ok(None) => {
                 // Everything buffered is handled: send the pongs, then read more.
-                if !out.is_empty() && !matches!(tokio::time::timeout(WRITE_TIMEOUT, wsframe::write_out(&mut io, &mut out)).await, Ok(Ok(()))) {
+                if !out.is_empty()
+                    && !matches!(tokio::time::timeout(WRITE_TIMEOUT, wsframe::write_out(&mut io, &mut out)).await, Ok(Ok(())))
+                {
                     return Ended::Lost;
                 }
                 tokio::select! {

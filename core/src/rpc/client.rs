@@ -255,8 +255,7 @@ impl PeerRpcClient {
             }
         }
         let max = opts.max_active_key_dests.unwrap_or(self.config.max_active_key_dests).max(1);
-        let active: Vec<&String> =
-            candidates.iter().copied().filter(|d| self.transport.active_connections(d) > 0).collect();
+        let active: Vec<&String> = candidates.iter().copied().filter(|d| self.transport.active_connections(d) > 0).collect();
         let pool = if active.len() >= max { active } else { candidates };
         pool.choose(&mut rand::thread_rng()).map(|d| (*d).clone())
     }
@@ -352,12 +351,7 @@ impl PeerRpcClient {
 
     /// Sends `payload` to every worker announcing `key` (or `opts.limit` random ones) at once and
     /// returns their results in destination order; the first error fails the call.
-    pub async fn map<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        payload: &T,
-        opts: &RequestOptions,
-    ) -> Result<Vec<Value>> {
+    pub async fn map<T: Serialize + ?Sized>(&self, key: &str, payload: &T, opts: &RequestOptions) -> Result<Vec<Value>> {
         self.map_settled(key, payload, opts).await?.into_iter().map(|(_, r)| r).collect()
     }
 

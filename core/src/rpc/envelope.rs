@@ -168,8 +168,8 @@ pub fn decode_reply_routed<T>(
     }
     let mut target = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let decoded = serde::de::Deserializer::deserialize_seq(&mut de, RoutedVisitor { pick, target: &mut target })
-        .and_then(|r| de.end().map(|()| r));
+    let decoded =
+        serde::de::Deserializer::deserialize_seq(&mut de, RoutedVisitor { pick, target: &mut target }).and_then(|r| de.end().map(|()| r));
     match decoded {
         Ok((rid, error, result)) => Ok(RoutedReply { rid, target, error, result }),
         Err(e) => Err((target, e.into())),
@@ -201,9 +201,7 @@ where
         let error = seq.next_element::<Value>()?.and_then(truthy_error);
         let result = match form {
             Some(ResultForm::Value) => ReplyResult::Value(seq.next_element()?.unwrap_or(Value::Null)),
-            Some(ResultForm::Raw) => {
-                ReplyResult::Raw(seq.next_element::<Box<serde_json::value::RawValue>>()?.unwrap_or_default())
-            }
+            Some(ResultForm::Raw) => ReplyResult::Raw(seq.next_element::<Box<serde_json::value::RawValue>>()?.unwrap_or_default()),
             None => {
                 seq.next_element::<serde::de::IgnoredAny>()?;
                 ReplyResult::Value(Value::Null)
@@ -246,11 +244,9 @@ mod tests {
     #[test]
     fn encode_reply_into_a_used_buffer_matches_encode_reply() {
         let mut buf = b"left over from the last reply".to_vec();
-        for (rid, body) in [
-            (json!("r1"), Ok(json!({"a": [1, "ü€"]}))),
-            (json!(12345), Err("ERR_BOOM".to_string())),
-            (Value::Null, Ok(Value::Null)),
-        ] {
+        for (rid, body) in
+            [(json!("r1"), Ok(json!({"a": [1, "ü€"]}))), (json!(12345), Err("ERR_BOOM".to_string())), (Value::Null, Ok(Value::Null))]
+        {
             encode_reply_into(&mut buf, &rid, &body);
             assert_eq!(buf, encode_reply(&rid, &body));
         }

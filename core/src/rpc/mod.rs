@@ -667,9 +667,7 @@ mod tests {
 
     #[tokio::test]
     async fn handler_fn_maps_errors_to_messages() {
-        let h = handler_fn(|req: Request| async move {
-            if req.payload == json!("fail") { Err("ERR_BOOM") } else { Ok(json!("world")) }
-        });
+        let h = handler_fn(|req: Request| async move { if req.payload == json!("fail") { Err("ERR_BOOM") } else { Ok(json!("world")) } });
         assert_eq!(dispatch(&h, req(json!("fail")), None).await, Err("ERR_BOOM".to_string()));
         assert_eq!(dispatch(&h, req(json!("x")), None).await, Ok(json!("world")));
     }

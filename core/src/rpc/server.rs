@@ -91,8 +91,7 @@ impl PeerRpcServer {
 
     /// Stops every announce loop; returns the names that were announced (by a loop or once).
     fn stop_all_announcing(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.announcers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(n, _)| n).collect();
+        let mut names: Vec<String> = self.announcers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(n, _)| n).collect();
         for n in &names {
             self.link.stop_announcing(n, self.port());
         }

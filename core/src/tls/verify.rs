@@ -43,9 +43,8 @@ impl Anchors {
     pub(crate) fn new(ders: Vec<Vec<u8>>) -> crate::Result<Anchors> {
         let mut subjects = Vec::with_capacity(ders.len());
         for d in &ders {
-            let (_, c) = X509Certificate::from_der(d).map_err(|e| {
-                crate::Error::new(crate::ErrorKind::Certificate, format!("cannot parse CA certificate: {e}"))
-            })?;
+            let (_, c) = X509Certificate::from_der(d)
+                .map_err(|e| crate::Error::new(crate::ErrorKind::Certificate, format!("cannot parse CA certificate: {e}")))?;
             subjects.push(DistinguishedName::from(c.subject().as_raw().to_vec()));
         }
         Ok(Anchors { ders, subjects })
@@ -128,19 +127,15 @@ pub(crate) fn verify_chain(
                 bad_sig = true;
             }
         }
-        let next = parsed_inter.iter().find(|i| {
-            !std::ptr::eq(*i, current) && may_sign_certs(i) && check_validity(i, &now).is_ok() && signs(i, current)
-        });
+        let next = parsed_inter
+            .iter()
+            .find(|i| !std::ptr::eq(*i, current) && may_sign_certs(i) && check_validity(i, &now).is_ok() && signs(i, current));
         match next {
             Some(n) => current = n,
             None => break,
         }
     }
-    Err(rustls::Error::InvalidCertificate(if bad_sig {
-        CertificateError::BadSignature
-    } else {
-        CertificateError::UnknownIssuer
-    }))
+    Err(rustls::Error::InvalidCertificate(if bad_sig { CertificateError::BadSignature } else { CertificateError::UnknownIssuer }))
 }
 
 /// Checks the TLS 1.3 handshake signature with the public key of `cert` (any X.509 version).
@@ -225,9 +220,7 @@ impl std::str::FromStr for ClientAuth {
             "optional" => Ok(ClientAuth::Optional),
             "required" => Ok(ClientAuth::Required),
             "any" => Ok(ClientAuth::AnyCertificate),
-            other => Err(crate::Error::invalid(format!(
-                "client_auth must be none, optional, required or any, not {other:?}"
-            ))),
+            other => Err(crate::Error::invalid(format!("client_auth must be none, optional, required or any, not {other:?}"))),
         }
     }
 }

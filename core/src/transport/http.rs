@@ -42,8 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{self, ResultForm, decode_reply};
 use crate::rpc::{
-    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, ReplyResult, Request, RequestInfo,
-    ServerTransport, TransportKind,
+    BoxFuture, ClientTransport, Handler, HttpMeta, OutgoingRequest, ReplyResult, Request, RequestInfo, ServerTransport, TransportKind,
 };
 use crate::tls::PeerCert;
 
@@ -65,22 +64,15 @@ pub const HEADER_ARGS: &str = "_ar";
 /// A stream of raw body chunks (streaming mode).
 pub type BodyStream = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static>>;
 
-type ReqBody = Either<
-    Full<Bytes>,
-    StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>,
->;
-type RespBody = Either<
-    Full<Bytes>,
-    StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>,
->;
+type ReqBody = Either<Full<Bytes>, StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>>;
+type RespBody = Either<Full<Bytes>, StreamBody<Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc =
-        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
     enc.write_all(data)?;
     Ok(enc.finish()?)
 }
@@ -195,11 +187,7 @@ impl AsyncWrite for ClientStream {
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -246,9 +234,10 @@ impl tower_service::Service<http::Uri> for Connector {
                     Some(tls) => {
                         let name = rustls_pki_types::ServerName::try_from(host.clone())
                             .map_err(|e| Error::invalid(format!("bad TLS server name {host:?}: {e}")))?;
-                        let s = tls.connect(name, tcp).await.map_err(|e| {
-                            Error::new(ErrorKind::TlsHandshake, format!("TLS handshake with {dest}: {e}"))
-                        })?;
+                        let s = tls
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| Error::new(ErrorKind::TlsHandshake, format!("TLS handshake with {dest}: {e}")))?;
                         Io::Tls(Box::new(s))
                     }
                 };
@@ -328,17 +317,10 @@ impl HttpClient {
     }
 
     fn uri(&self, dest: &str) -> Result<http::Uri> {
-        format!("{}://{}/", self.inner.scheme, dest)
-            .parse()
-            .map_err(|e| Error::invalid(format!("bad destination {dest:?}: {e}")))
+        format!("{}://{}/", self.inner.scheme, dest).parse().map_err(|e| Error::invalid(format!("bad destination {dest:?}: {e}")))
     }
 
-    async fn send(
-        &self,
-        dest: &str,
-        req: http::Request<ReqBody>,
-        timeout: Option<Duration>,
-    ) -> Result<(StatusCode, Bytes)> {
+    async fn send(&self, dest: &str, req: http::Request<ReqBody>, timeout: Option<Duration>) -> Result<(StatusCode, Bytes)> {
         let client = self.client()?;
         let max = self.inner.config.max_body;
         let url = dest;
@@ -361,9 +343,7 @@ impl HttpClient {
             }
         };
         match timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .map_err(|_| Error::timeout(format!("no reply from {dest} within {t:?}")))?,
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout(format!("no reply from {dest} within {t:?}")))?,
             None => fut.await,
         }
     }
@@ -383,13 +363,11 @@ impl HttpClient {
             builder = builder.header(HEADER_COMPRESS, "gzip");
             gzip(&envelope)?
         } else {
-            builder =
-                builder.header(HEADER_COMPRESS, "none").header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8");
+            builder = builder.header(HEADER_COMPRESS, "none").header(http::header::CONTENT_TYPE, "text/plain;charset=UTF-8");
             envelope
         };
-        let req = builder
-            .body(Either::Left(Full::new(Bytes::from(body))))
-            .map_err(|e| Error::invalid(format!("building the request: {e}")))?;
+        let req =
+            builder.body(Either::Left(Full::new(Bytes::from(body)))).map_err(|e| Error::invalid(format!("building the request: {e}")))?;
         let (status, bytes) = self.send(dest, req, request.timeout).await?;
         if !status.is_success() {
             return Err(status_error(status, &bytes));
@@ -402,13 +380,10 @@ impl HttpClient {
         } else {
             bytes
         };
-        let reply = envelope::decode_reply_routed(&bytes, |rid| (rid.as_str() == Some(&*request.rid)).then_some(((), form)))
-            .map_err(|(_, e)| e)?;
+        let reply =
+            envelope::decode_reply_routed(&bytes, |rid| (rid.as_str() == Some(&*request.rid)).then_some(((), form))).map_err(|(_, e)| e)?;
         if reply.target.is_none() {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("reply rid {} does not match request rid {:?}", reply.rid, request.rid),
-            ));
+            return Err(Error::new(ErrorKind::Protocol, format!("reply rid {} does not match request rid {:?}", reply.rid, request.rid)));
         }
         reply.outcome()
     }
@@ -459,9 +434,7 @@ impl HttpClient {
         }
         let frames: Pin<Box<dyn Stream<Item = std::result::Result<Frame<Bytes>, std::io::Error>> + Send>> =
             Box::pin(body.map(|r| r.map(Frame::data)));
-        builder
-            .body(Either::Right(StreamBody::new(frames)))
-            .map_err(|e| Error::invalid(format!("building the stream request: {e}")))
+        builder.body(Either::Right(StreamBody::new(frames))).map_err(|e| Error::invalid(format!("building the stream request: {e}")))
     }
 
     /// Streaming mode with a streamed answer: like [`HttpClient::request_stream_with_rid`], but
@@ -487,9 +460,9 @@ impl HttpClient {
             }
         };
         let resp = match timeout {
-            Some(t) => tokio::time::timeout(t, fut)
-                .await
-                .map_err(|_| Error::timeout(format!("no response from {dest} within {t:?}")))??,
+            Some(t) => {
+                tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout(format!("no response from {dest} within {t:?}")))??
+            }
             None => fut.await?,
         };
         Ok((resp.status().as_u16(), incoming_stream(resp.into_body())))
@@ -796,13 +769,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServerCtx>) {
     .await;
 }
 
-async fn serve_conn<I>(
-    io: I,
-    remote: SocketAddr,
-    cert: Option<Arc<PeerCert>>,
-    ctx: Arc<ServerCtx>,
-    token: CancellationToken,
-) where
+async fn serve_conn<I>(io: I, remote: SocketAddr, cert: Option<Arc<PeerCert>>, ctx: Arc<ServerCtx>, token: CancellationToken)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc_ctx = ctx.clone();
@@ -1121,8 +1089,7 @@ mod tests {
             if i % 7 == 0 {
                 body = gzip(&body).unwrap();
             }
-            let mut head =
-                format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            let mut head = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
             if i % 3 == 0 {
                 head.push_str("grc-compress: gzip\r\n");
             }

@@ -361,11 +361,7 @@ impl<I> Watched<I> {
 }
 
 impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) {
             self.activity.last_read_ms.store(now_ms(), Ordering::Relaxed);
@@ -384,11 +380,7 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Watched<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -458,7 +450,8 @@ pub(crate) struct Liveness {
 impl Liveness {
     pub(crate) fn new(cfg: WsLiveness) -> Liveness {
         let now = Instant::now();
-        let mut l = Liveness { cfg, sleep: Box::pin(tokio::time::sleep_until(now)), reads: 0, requests: 0, last_request: now, pinged: false };
+        let mut l =
+            Liveness { cfg, sleep: Box::pin(tokio::time::sleep_until(now)), reads: 0, requests: 0, last_request: now, pinged: false };
         let next = l.next_check(now);
         l.sleep.as_mut().reset(next);
         l

@@ -121,7 +121,10 @@ pub mod fuzzing {
                     Ok(Some(m)) => {
                         n += 1;
                         assert!(m.len() <= max_message, "a message over the limit");
-                        assert!(matches!(m.first(), Some(b'[' | b'{')) && matches!(m.last(), Some(b']' | b'}')), "not a whole array or object");
+                        assert!(
+                            matches!(m.first(), Some(b'[' | b'{')) && matches!(m.last(), Some(b']' | b'}')),
+                            "not a whole array or object"
+                        );
                         let _ = crate::rpc::envelope::decode_request(m);
                         let _ = crate::rpc::ResultSender::deliver(m, |_| None);
                     }
@@ -161,10 +164,7 @@ pub fn client(kind: TransportKind, tls: Option<ClientTls>) -> Arc<dyn ClientTran
             }
             Arc::new(utp::UtpClient::new(utp::UtpClientConfig::default()))
         }
-        _ => Arc::new(http::HttpClient::new(http::HttpClientConfig {
-            tls: tls.map(|t| t.config()),
-            ..Default::default()
-        })),
+        _ => Arc::new(http::HttpClient::new(http::HttpClientConfig { tls: tls.map(|t| t.config()), ..Default::default() })),
     }
 }
 

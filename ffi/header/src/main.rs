@@ -54,12 +54,8 @@ fn main() -> ExitCode {
 fn generate(ffi: &std::path::Path) -> Result<Vec<u8>, String> {
     let preamble = std::fs::read_to_string(ffi.join("header_preamble.h")).map_err(|e| format!("header_preamble.h: {e}"))?;
     let mut config = cbindgen::Config::from_file(ffi.join("cbindgen.toml")).map_err(|e| format!("cbindgen.toml: {e}"))?;
-    let (major, minor, patch, version) = (
-        env!("CARGO_PKG_VERSION_MAJOR"),
-        env!("CARGO_PKG_VERSION_MINOR"),
-        env!("CARGO_PKG_VERSION_PATCH"),
-        env!("CARGO_PKG_VERSION"),
-    );
+    let (major, minor, patch, version) =
+        (env!("CARGO_PKG_VERSION_MAJOR"), env!("CARGO_PKG_VERSION_MINOR"), env!("CARGO_PKG_VERSION_PATCH"), env!("CARGO_PKG_VERSION"));
     config.header = Some(preamble.trim_end().to_string());
     config.after_includes = Some(format!(
         "\n/** Major version of this header (see grenache_version() for the library's). */\n\
@@ -68,11 +64,7 @@ fn generate(ffi: &std::path::Path) -> Result<Vec<u8>, String> {
          /** Patch version of this header. */\n#define GRENACHE_VERSION_PATCH {patch}\n\
          /** The version of this header as a string. */\n#define GRENACHE_VERSION_STRING \"{version}\"\n"
     ));
-    let bindings = cbindgen::Builder::new()
-        .with_crate(ffi)
-        .with_config(config)
-        .generate()
-        .map_err(|e| format!("cbindgen: {e}"))?;
+    let bindings = cbindgen::Builder::new().with_crate(ffi).with_config(config).generate().map_err(|e| format!("cbindgen: {e}"))?;
     let mut out = Vec::new();
     bindings.write(&mut out);
     Ok(out)

@@ -39,7 +39,11 @@ unsafe extern "C" fn on_json(ud: *mut c_void, code: grenache_result, err: *const
         unsafe { CStr::from_ptr(grenache_error_message(err)) }.to_string_lossy().into_owned()
     };
     // SAFETY: `json` holds `len` bytes when not NULL.
-    let text = if json.is_null() { String::new() } else { String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) }).into_owned() };
+    let text = if json.is_null() {
+        String::new()
+    } else {
+        String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(json.cast::<u8>(), len) }).into_owned()
+    };
     let _ = tx.send((code, message, text));
 }
 
@@ -141,7 +145,8 @@ fn root() -> PathBuf {
 
 /// Runs a face's contract script; its stdout rows.
 fn face_rows(what: &str, mut cmd: Command) -> Vec<Value> {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while child.try_wait().expect("try_wait").is_none() {
         if std::time::Instant::now() > deadline {

@@ -74,7 +74,8 @@ fn request_until_found(client: *mut grenache_client, name: &CStr, timeout_ms: u6
     let (tx, rx) = mpsc::channel::<(R, String)>();
     let mut answer = (R::Internal, String::new());
     for _ in 0..300 {
-        let rc = grenache_client_request(client, name.as_ptr(), c"1".as_ptr(), 1, timeout_ms, Some(to_channel), &tx as *const _ as *mut c_void);
+        let rc =
+            grenache_client_request(client, name.as_ptr(), c"1".as_ptr(), 1, timeout_ms, Some(to_channel), &tx as *const _ as *mut c_void);
         assert_eq!(rc, R::Ok);
         answer = rx.recv_timeout(WAIT).expect("completion");
         if answer.0 != R::LookupEmpty {
@@ -184,7 +185,10 @@ fn wss_verify_client_whitelists_by_fingerprint() {
         assert!(seen.iter().any(|(fp, _, _)| fp.as_deref() == Some(allowed.as_str())));
         assert!(seen.iter().any(|(fp, _, _)| fp.as_deref() == Some(fp_of(&pki.client2.cert_pem).as_str())));
         assert!(seen.iter().any(|(fp, _, _)| fp.is_none()), "the client without a certificate: {seen:?}");
-        assert!(seen.iter().all(|(_, remote, path)| remote.as_deref().is_some_and(|r| r.starts_with("127.0.0.1:")) && path == "/ws"), "{seen:?}");
+        assert!(
+            seen.iter().all(|(_, remote, path)| remote.as_deref().is_some_and(|r| r.starts_with("127.0.0.1:")) && path == "/ws"),
+            "{seen:?}"
+        );
     }
     for cl in [good, other, anon] {
         grenache_client_free(cl);
@@ -214,7 +218,10 @@ fn server_options_check_pointers_and_free_replaced_userdata() {
     assert_eq!(grenache_server_options_set_tls(null_mut(), null()), R::NullParameter);
     assert_eq!(grenache_server_options_set_reply_timeout(null_mut(), 1), R::NullParameter);
     // A NULL options or callback still frees the userdata it was given.
-    assert_eq!(grenache_server_options_set_verify_client(null_mut(), Some(accept_all), null_mut(), Some(count_opts_free)), R::NullParameter);
+    assert_eq!(
+        grenache_server_options_set_verify_client(null_mut(), Some(accept_all), null_mut(), Some(count_opts_free)),
+        R::NullParameter
+    );
     let mut opts = null_mut();
     assert_eq!(grenache_server_options_new(&mut opts), R::Ok);
     assert_eq!(grenache_server_options_set_verify_client(opts, None, null_mut(), Some(count_opts_free)), R::NullParameter);
@@ -258,7 +265,11 @@ fn reply_timeout_answers_for_a_silent_handler(transport: u32, name: &CStr) {
     assert_ne!(grenache_server_port(server), 0);
     assert_eq!(grenache_server_start_announcing(server, name.as_ptr(), 500), R::Ok);
     let mut client = null_mut();
-    let rc = if transport == 1 { grenache_client_new_ws(net.link, null(), &mut client) } else { grenache_client_new_http(net.link, null(), &mut client) };
+    let rc = if transport == 1 {
+        grenache_client_new_ws(net.link, null(), &mut client)
+    } else {
+        grenache_client_new_http(net.link, null(), &mut client)
+    };
     assert_eq!(rc, R::Ok);
     // The client's own timeout (30 s) is far away: the answer is the server's ERR_TIMEOUT.
     let answer = request_until_found(client, name, 30_000);
@@ -297,7 +308,9 @@ fn put_mutable_cas() {
     let ud = &tx as *const _ as *mut c_void;
     let put = |v: &str, seq: i64, cas: Option<i64>| {
         let rc = match cas {
-            Some(cas) => grenache_link_put_mutable_cas(net.link, key, v.as_ptr().cast(), v.len(), seq, c"s".as_ptr(), cas, Some(to_channel), ud),
+            Some(cas) => {
+                grenache_link_put_mutable_cas(net.link, key, v.as_ptr().cast(), v.len(), seq, c"s".as_ptr(), cas, Some(to_channel), ud)
+            }
             None => grenache_link_put_mutable(net.link, key, v.as_ptr().cast(), v.len(), seq, c"s".as_ptr(), Some(to_channel), ud),
         };
         assert_eq!(rc, R::Ok);

@@ -124,8 +124,18 @@ fn null_handles_and_strings_are_rejected() {
     unsafe extern "C" fn code_to_channel(ud: *mut c_void, code: R, _e: *const grenache_error, _j: *const c_char, _n: usize) {
         let _ = unsafe { &*(ud as *const std::sync::mpsc::Sender<R>) }.send(code);
     }
-    let o = grenache_request_options { timeout_ms: 5000, retry: 2, retry_remote: false, compress: true, limit: 0, dest: c"127.0.0.1:1".as_ptr() };
-    assert_eq!(grenache_client_request_opts(c2, c"k".as_ptr(), c"1".as_ptr(), 1, &o, Some(code_to_channel), &tx as *const _ as *mut c_void), R::Ok);
+    let o = grenache_request_options {
+        timeout_ms: 5000,
+        retry: 2,
+        retry_remote: false,
+        compress: true,
+        limit: 0,
+        dest: c"127.0.0.1:1".as_ptr(),
+    };
+    assert_eq!(
+        grenache_client_request_opts(c2, c"k".as_ptr(), c"1".as_ptr(), 1, &o, Some(code_to_channel), &tx as *const _ as *mut c_void),
+        R::Ok
+    );
     assert_eq!(rx.recv_timeout(Duration::from_secs(20)).expect("completion"), R::Connect);
     grenache_client_free(c2);
 
@@ -220,7 +230,15 @@ fn many_threads_use_one_client_at_once() {
         .map(|_| {
             std::thread::spawn(move || {
                 for _ in 0..50 {
-                    let rc = grenache_client_request(cu as *const grenache_client, c"k".as_ptr(), c"[1,2]".as_ptr(), 5, 60_000, Some(tally_json), tu as *mut c_void);
+                    let rc = grenache_client_request(
+                        cu as *const grenache_client,
+                        c"k".as_ptr(),
+                        c"[1,2]".as_ptr(),
+                        5,
+                        60_000,
+                        Some(tally_json),
+                        tu as *mut c_void,
+                    );
                     assert_eq!(rc, R::Ok);
                 }
             })

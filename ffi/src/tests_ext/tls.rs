@@ -100,7 +100,10 @@ fn fingerprint_round_trip(ws: bool) {
     let rc = if ws { grenache_client_new_ws(link, ctls, &mut anon) } else { grenache_client_new_http(link, ctls, &mut anon) };
     assert_eq!(rc, R::Ok);
     grenache_client_tls_free(ctls);
-    assert_eq!(grenache_client_request(anon, name.as_ptr(), c"1".as_ptr(), 1, 5_000, Some(to_channel), &tx as *const _ as *mut c_void), R::Ok);
+    assert_eq!(
+        grenache_client_request(anon, name.as_ptr(), c"1".as_ptr(), 1, 5_000, Some(to_channel), &tx as *const _ as *mut c_void),
+        R::Ok
+    );
     let refused = rx.recv_timeout(Duration::from_secs(30)).expect("completion");
     assert_ne!(refused.0, R::Ok, "{refused:?}");
 

@@ -80,12 +80,7 @@ fn compile(name: &str, flavor: Flavor) -> PathBuf {
         cmd.args(["-fsanitize=address", "-fno-omit-frame-pointer"]);
     }
     let o = cmd.output().expect("cc not found (scripts/test.sh installs gcc)");
-    assert!(
-        o.status.success(),
-        "compiling {name}.c failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "compiling {name}.c failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     out
 }
 
@@ -103,11 +98,8 @@ pub fn command(bin: &Path, flavor: Flavor, args: &[&str]) -> Command {
     };
     cmd.args(args).env("LD_LIBRARY_PATH", lib_dir());
     if flavor == Flavor::Asan {
-        cmd.env(
-            "ASAN_OPTIONS",
-            "detect_leaks=1:abort_on_error=0:exitcode=23",
-        )
-        .env("LSAN_OPTIONS", format!("suppressions={}:print_suppressions=0", lsan_suppressions().display()));
+        cmd.env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=23")
+            .env("LSAN_OPTIONS", format!("suppressions={}:print_suppressions=0", lsan_suppressions().display()));
     }
     cmd
 }

@@ -68,8 +68,7 @@ impl RcgenCa {
 
     /// A leaf certificate named `cn` (SAN `127.0.0.1` and `localhost`) valid for the given years.
     pub fn leaf_valid(&self, cn: &str, from_year: i32, to_year: i32) -> CertKey {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         params.not_before = rcgen::date_time_ymd(from_year, 1, 1);
         params.not_after = rcgen::date_time_ymd(to_year, 1, 1);
@@ -105,11 +104,7 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "grenache-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let p = std::env::temp_dir().join(format!("grenache-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
@@ -165,8 +160,21 @@ pub fn openssl_pki(v1: bool) -> Option<Pki> {
         run(d, &["genrsa", "-out", &key, "2048"]);
         run(d, &["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]);
         let mut args = vec![
-            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", serial, "-days", "3650",
-            "-sha256", "-out", &crt,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "3650",
+            "-sha256",
+            "-out",
+            &crt,
         ];
         if !v1 {
             args.extend(["-extfile", "leaf.ext"]);

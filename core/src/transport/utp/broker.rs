@@ -121,11 +121,7 @@ impl Registry {
         self.services
             .get(service)
             .map(|m| {
-                m.iter()
-                    .filter(|((r, _), until)| **until > now && role.is_none_or(|x| x == *r))
-                    .map(|(k, _)| *k)
-                    .take(limit)
-                    .collect()
+                m.iter().filter(|((r, _), until)| **until > now && role.is_none_or(|x| x == *r)).map(|(k, _)| *k).take(limit).collect()
             })
             .unwrap_or_default()
     }
@@ -181,13 +177,7 @@ impl Broker {
     }
 }
 
-fn handle(
-    registry: &Mutex<Registry>,
-    node: &std::sync::Weak<UtpNode>,
-    config: &BrokerConfig,
-    req: Request,
-    reply: Reply,
-) {
+fn handle(registry: &Mutex<Registry>, node: &std::sync::Weak<UtpNode>, config: &BrokerConfig, req: Request, reply: Reply) {
     let Some(from) = req.info.remote_addr else { return reply.err(ERR_BROKER_BAD_REQUEST) };
     let p = &req.payload;
     let Some(service) = p.get("service").and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 1024) else {
@@ -435,8 +425,7 @@ impl BrokerClient {
         }
         let t = self.inner.config.punch_timeout;
         let results = futures_util::future::join_all(workers.iter().map(|w| self.inner.node.punch(*w, t))).await;
-        let reached: Vec<String> =
-            workers.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(w, _)| w.to_string()).collect();
+        let reached: Vec<String> = workers.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(w, _)| w.to_string()).collect();
         if reached.is_empty() {
             return Err(Error::new(
                 ErrorKind::PunchTimeout,

@@ -86,9 +86,7 @@ impl Conn {
     /// the server got it); such a stream is retired before it is given a request.
     fn idle_for(self: &Arc<Self>, quiet: Duration) -> bool {
         // The slot and the reader hold the other two references.
-        Arc::strong_count(self) <= 2
-            && self.pending().is_empty()
-            && self.heard.lock().unwrap_or_else(|e| e.into_inner()).elapsed() >= quiet
+        Arc::strong_count(self) <= 2 && self.pending().is_empty() && self.heard.lock().unwrap_or_else(|e| e.into_inner()).elapsed() >= quiet
     }
 
     /// Fails every request waiting on this stream.
@@ -147,18 +145,12 @@ impl UtpClient {
     }
 
     fn make(node: tokio::sync::OnceCell<Arc<UtpNode>>, config: UtpClientConfig) -> UtpClient {
-        UtpClient {
-            inner: Arc::new(Inner { node, config, slots: Mutex::new(HashMap::new()), stop: Mutex::new(CancellationToken::new()) }),
-        }
+        UtpClient { inner: Arc::new(Inner { node, config, slots: Mutex::new(HashMap::new()), stop: Mutex::new(CancellationToken::new()) }) }
     }
 
     /// The node, binding it first if this client binds its own.
     pub async fn node(&self) -> Result<Arc<UtpNode>> {
-        self.inner
-            .node
-            .get_or_try_init(|| UtpNode::bind(SocketAddr::from(([0, 0, 0, 0], 0))))
-            .await
-            .cloned()
+        self.inner.node.get_or_try_init(|| UtpNode::bind(SocketAddr::from(([0, 0, 0, 0], 0)))).await.cloned()
     }
 
     fn send(&self, dest: &str, request: OutgoingRequest, form: ResultForm) -> BoxFuture<'static, Result<ReplyResult>> {
@@ -230,7 +222,9 @@ impl UtpClient {
         let slot = {
             let mut s = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             if s.len() >= 65536 {
-                s.retain(|_, v| Arc::strong_count(v) > 1 || v.try_lock().is_ok_and(|c| c.as_ref().is_some_and(|c| !c.dead.load(Ordering::Acquire))));
+                s.retain(|_, v| {
+                    Arc::strong_count(v) > 1 || v.try_lock().is_ok_and(|c| c.as_ref().is_some_and(|c| !c.dead.load(Ordering::Acquire)))
+                });
             }
             s.entry(dest.to_string()).or_default().clone()
         };
@@ -311,10 +305,8 @@ async fn resolve(dest: &str) -> Result<SocketAddr> {
     if let Ok(a) = dest.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(dest)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Connect, format!("resolve {dest}: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(dest).await.map_err(|e| Error::new(ErrorKind::Connect, format!("resolve {dest}: {e}")))?.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())

@@ -43,11 +43,7 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// Writes one message; with `alone`, waits until it left the stream's buffer before returning,
 /// so the next message does not share its packets.
-pub(crate) async fn write_message(
-    w: &mut librqbit_utp::UtpStreamWriteHalf,
-    msg: &[u8],
-    alone: bool,
-) -> std::io::Result<()> {
+pub(crate) async fn write_message(w: &mut librqbit_utp::UtpStreamWriteHalf, msg: &[u8], alone: bool) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     w.write_all(msg).await?;
     if alone {

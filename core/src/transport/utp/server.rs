@@ -16,8 +16,7 @@ use super::{DEFAULT_MAX_MESSAGE_SIZE, write_message_within};
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::envelope::{decode_request, encode_reply_into};
 use crate::rpc::{
-    BoxFuture, Dispatched, Handler, Request, RequestInfo, ServerTransport, TransportKind, WireReply, await_reply,
-    start_dispatch,
+    BoxFuture, Dispatched, Handler, Request, RequestInfo, ServerTransport, TransportKind, WireReply, await_reply, start_dispatch,
 };
 use crate::transport::Lifecycle;
 

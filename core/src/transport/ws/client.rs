@@ -25,7 +25,6 @@ use crate::rpc::{BoxFuture, ClientTransport, OutgoingRequest, ReplyResult};
 use crate::tls::ClientTls;
 use crate::transport::busy::BusyPoll;
 
-
 /// Settings of a [`WsClient`].
 #[derive(Clone)]
 pub struct WsClientConfig {
@@ -569,12 +568,7 @@ impl WsClient {
     /// A client with `config`. It opens no socket until the first request.
     pub fn new(config: WsClientConfig) -> WsClient {
         WsClient {
-            inner: Arc::new(ClientInner {
-                config,
-                pools: Mutex::new(HashMap::new()),
-                next: AtomicUsize::new(0),
-                epoch: Instant::now(),
-            }),
+            inner: Arc::new(ClientInner { config, pools: Mutex::new(HashMap::new()), next: AtomicUsize::new(0), epoch: Instant::now() }),
         }
     }
 

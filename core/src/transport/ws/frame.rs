@@ -519,7 +519,11 @@ impl From<io::Error> for HandshakeError {
 
 /// Reads an HTTP head (up to the blank line) into `buf`; returns its length. What follows it
 /// in `buf` was sent after the head.
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, complete: impl Fn(&[u8]) -> Result<Option<usize>, String>) -> Result<usize, HandshakeError> {
+async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    complete: impl Fn(&[u8]) -> Result<Option<usize>, String>,
+) -> Result<usize, HandshakeError> {
     loop {
         if let Some(n) = complete(buf).map_err(HandshakeError::Bad)? {
             return Ok(n);
@@ -529,7 +533,10 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, complete:
         }
         buf.reserve(1024);
         if s.read_buf(buf).await? == 0 {
-            return Err(HandshakeError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the socket closed during the WebSocket handshake")));
+            return Err(HandshakeError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the socket closed during the WebSocket handshake",
+            )));
         }
     }
 }
@@ -595,12 +602,15 @@ pub(crate) async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let accept = derive_accept_key(header(req.headers, "sec-websocket-key").unwrap_or_default().trim_ascii());
     if !allow(&path) {
         let _ = s
-            .write_all(b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nUnauthorized")
+            .write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nUnauthorized",
+            )
             .await;
         let _ = s.flush().await;
         return Err(HandshakeError::Refused);
     }
-    let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+    let resp =
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
     s.write_all(resp.as_bytes()).await?;
     s.flush().await?;
     let leftover = buf.split_off(n);
@@ -772,16 +782,16 @@ mod tests {
     #[test]
     fn violations_are_errors() {
         let cases: Vec<(Side, Vec<u8>)> = vec![
-            (Side::Server, frame(OP_TEXT, true, b"x", None)),                 // unmasked from a client
-            (Side::Client, frame(OP_TEXT, true, b"x", Some([1, 1, 1, 1]))),   // masked from a server
-            (Side::Client, vec![0xC1, 0x00]),                                  // RSV1
-            (Side::Client, vec![0x83, 0x00]),                                  // opcode 3
-            (Side::Client, frame(OP_CONT, true, b"x", None)),                 // nothing to continue
-            (Side::Client, frame(OP_PING, false, b"x", None)),                // fragmented control
-            (Side::Client, frame(OP_PING, true, &[0u8; 126], None)),          // control over 125
-            (Side::Client, frame(OP_CLOSE, true, b"x", None)),                // 1-byte close
+            (Side::Server, frame(OP_TEXT, true, b"x", None)),               // unmasked from a client
+            (Side::Client, frame(OP_TEXT, true, b"x", Some([1, 1, 1, 1]))), // masked from a server
+            (Side::Client, vec![0xC1, 0x00]),                               // RSV1
+            (Side::Client, vec![0x83, 0x00]),                               // opcode 3
+            (Side::Client, frame(OP_CONT, true, b"x", None)),               // nothing to continue
+            (Side::Client, frame(OP_PING, false, b"x", None)),              // fragmented control
+            (Side::Client, frame(OP_PING, true, &[0u8; 126], None)),        // control over 125
+            (Side::Client, frame(OP_CLOSE, true, b"x", None)),              // 1-byte close
             (Side::Client, [frame(OP_TEXT, false, b"a", None), frame(OP_TEXT, true, b"b", None)].concat()),
-            (Side::Client, vec![0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]),     // 64-bit length, top bit
+            (Side::Client, vec![0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]), // 64-bit length, top bit
         ];
         for (i, (side, bytes)) in cases.into_iter().enumerate() {
             let mut r = reader(side, bytes);
@@ -803,7 +813,21 @@ mod tests {
 
     #[test]
     fn close_codes_and_utf8_are_checked() {
-        for (code, ok) in [(999u16, false), (1000, true), (1003, true), (1004, false), (1005, false), (1006, false), (1007, true), (1014, true), (1015, false), (2999, false), (3000, true), (4999, true), (5000, false)] {
+        for (code, ok) in [
+            (999u16, false),
+            (1000, true),
+            (1003, true),
+            (1004, false),
+            (1005, false),
+            (1006, false),
+            (1007, true),
+            (1014, true),
+            (1015, false),
+            (2999, false),
+            (3000, true),
+            (4999, true),
+            (5000, false),
+        ] {
             let mut r = reader(Side::Client, frame(OP_CLOSE, true, &code.to_be_bytes(), None));
             let got = r.next_message();
             if ok {
@@ -829,7 +853,9 @@ mod tests {
     #[test]
     fn base64_and_accept_key_match_the_rfcs() {
         // RFC 4648 §10 test vectors.
-        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (input, want) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(input.as_bytes()), want);
         }
         // RFC 6455 §1.3's example.

@@ -117,7 +117,9 @@ impl Decoder {
         match self.inner.next_message() {
             Ok(None) => Ok(None),
             // Text was checked to be UTF-8 by the reader.
-            Ok(Some(Msg::Text(t))) => std::str::from_utf8(t).map(|s| Some(Message::Text(s))).map_err(|_| DecodeError(FrameError::InvalidUtf8)),
+            Ok(Some(Msg::Text(t))) => {
+                std::str::from_utf8(t).map(|s| Some(Message::Text(s))).map_err(|_| DecodeError(FrameError::InvalidUtf8))
+            }
             Ok(Some(Msg::Binary(b))) => Ok(Some(Message::Binary(b))),
             Ok(Some(Msg::Ping(b))) => Ok(Some(Message::Ping(b))),
             Ok(Some(Msg::Close(c))) => Ok(Some(Message::Close(c))),

@@ -20,8 +20,8 @@ use crate::error::Result;
 use crate::rpc::envelope::{decode_request, encode_reply_into};
 use crate::rpc::{Dispatched, Handler, Request, RequestInfo, TransportKind, await_reply, start_dispatch};
 use crate::tls::{PeerCert, ServerTls, VerifyClient};
-use crate::transport::busy::BusyPoll;
 use crate::transport::Lifecycle;
+use crate::transport::busy::BusyPoll;
 
 /// A server socket whose peer accepts no bytes for this long is closed (it does not read its
 /// replies).
@@ -257,12 +257,7 @@ impl crate::rpc::ServerTransport for WsServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    handler: Arc<dyn Handler>,
-    config: WsServerConfig,
-    life: Lifecycle,
-) {
+async fn accept_loop(listener: TcpListener, handler: Arc<dyn Handler>, config: WsServerConfig, life: Lifecycle) {
     let settings = Arc::new(config.accept_settings());
     let (in_flight, reply_timeout, busy_poll) = (config.max_in_flight_per_connection, config.reply_timeout, config.busy_poll);
     let liveness = config.liveness;

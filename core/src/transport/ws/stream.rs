@@ -61,11 +61,7 @@ impl AsyncWrite for NetStream {
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             NetStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             NetStream::ServerTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),

@@ -421,8 +421,7 @@ fn decode_request(rid: &Bytes, key: &Bytes, payload: &Bytes, info: &RequestInfo)
     let rid = std::str::from_utf8(rid).map_err(|_| Error::decode("the rid is not UTF-8"))?;
     let key = std::str::from_utf8(key).map_err(|_| Error::decode("the key is not UTF-8"))?;
     // Checked to be JSON, kept as text until the handler asks for a value.
-    let payload: Box<RawValue> =
-        serde_json::from_slice(payload).map_err(|e| Error::decode(format!("the payload is not JSON: {e}")))?;
+    let payload: Box<RawValue> = serde_json::from_slice(payload).map_err(|e| Error::decode(format!("the payload is not JSON: {e}")))?;
     Ok(Request { rid: Value::String(rid.to_string()), key: key.to_string(), payload: Payload::from_raw(payload), info: info.clone() })
 }
 
@@ -641,10 +640,7 @@ impl ZmqClient {
         }
         let _guard = PendingGuard { conn: &conn, rid: &request.rid };
         let mut out = Vec::with_capacity(request.rid.len() + request.key.len() + request.payload_json.len() + 32);
-        zmtp::encode_message(
-            &mut out,
-            &[request.rid.as_bytes(), request.key.as_bytes(), request.payload_json.as_bytes()],
-        );
+        zmtp::encode_message(&mut out, &[request.rid.as_bytes(), request.key.as_bytes(), request.payload_json.as_bytes()]);
         // Waits while the connection's queue is at its high-water mark.
         if conn.tx.send(out).await.is_err() {
             // The writer is gone and gave the request back unsent.
@@ -698,7 +694,10 @@ async fn connect(dest: &str, config: &ZmqClientConfig) -> Result<Arc<Conn>> {
     let (tcp, reader) = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(r) => r?,
         Err(_) => {
-            return Err(Error::new(ErrorKind::Connect, format!("ERR_TRANSPORT_CONNECT: {dest}: no connection within {:?}", config.connect_timeout)));
+            return Err(Error::new(
+                ErrorKind::Connect,
+                format!("ERR_TRANSPORT_CONNECT: {dest}: no connection within {:?}", config.connect_timeout),
+            ));
         }
     };
     let (rd, wr) = tcp.into_split();
@@ -767,9 +766,9 @@ fn decode_reply(err: &[u8], result: &[u8], form: ResultForm) -> Result<ReplyResu
     }
     let text = std::str::from_utf8(result).map_err(|_| Error::decode("the result is not UTF-8"))?;
     match form {
-        ResultForm::Raw => RawValue::from_string(text.to_string())
-            .map(ReplyResult::Raw)
-            .map_err(|e| Error::decode(format!("the result is not JSON: {e}"))),
+        ResultForm::Raw => {
+            RawValue::from_string(text.to_string()).map(ReplyResult::Raw).map_err(|e| Error::decode(format!("the result is not JSON: {e}")))
+        }
         _ => serde_json::from_str(text).map(ReplyResult::Value).map_err(|e| Error::decode(format!("the result is not JSON: {e}"))),
     }
 }

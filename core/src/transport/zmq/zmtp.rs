@@ -237,9 +237,9 @@ fn ready_socket_type(mut body: &[u8]) -> Result<SocketType> {
         let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
         let value = body.get(5 + n..5 + n + len).ok_or_else(|| protocol("a READY property value runs past the command"))?;
         if name.eq_ignore_ascii_case(b"Socket-Type") {
-            found = Some(SocketType::parse(value).ok_or_else(|| {
-                protocol(format!("unknown socket type {:?}", String::from_utf8_lossy(value)))
-            })?);
+            found = Some(
+                SocketType::parse(value).ok_or_else(|| protocol(format!("unknown socket type {:?}", String::from_utf8_lossy(value))))?,
+            );
         }
         body = &body[5 + n + len..];
     }
@@ -527,10 +527,7 @@ mod tests {
         let (mut x, mut y) = tokio::io::duplex(4096);
         let limits = Limits { max_message_size: 1024, max_frames: 4 };
         let (mut rx, mut ry) = (FrameReader::new(limits), FrameReader::new(limits));
-        tokio::join!(
-            handshake(&mut x, a, Duration::from_secs(5), &mut rx),
-            handshake(&mut y, b, Duration::from_secs(5), &mut ry)
-        )
+        tokio::join!(handshake(&mut x, a, Duration::from_secs(5), &mut rx), handshake(&mut y, b, Duration::from_secs(5), &mut ry))
     }
 
     #[tokio::test]
