@@ -646,6 +646,18 @@ struct Inbox {
     read: UnixStream,
 }
 
+impl Inbox {
+    /// Everything queued, in arrival order. The wake-up is consumed before the items are taken:
+    /// a push after the take wakes the loop again.
+    fn take(&self) -> Vec<Item> {
+        let mut buf = [0u8; 64];
+        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
+        let mut st = lock(&self.shared.state);
+        st.woken = false;
+        std::mem::take(&mut st.items)
+    }
+}
+
 #[pymethods]
 impl Inbox {
     #[new]
@@ -665,14 +677,7 @@ impl Inbox {
 
     /// Everything queued since the last call, in arrival order.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyList>> {
-        // Consume the wake-up before taking the items: a push after the take wakes again.
-        let mut buf = [0u8; 64];
-        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
-        let items = {
-            let mut st = lock(&self.shared.state);
-            st.woken = false;
-            std::mem::take(&mut st.items)
-        };
+        let items = self.take();
         let list = pyo3::types::PyList::empty(py);
         for item in items {
             match item {
@@ -698,13 +703,7 @@ impl Inbox {
     /// raised); futures already done (cancelled) are skipped. Every future is settled even when
     /// one of these calls raises; the first such error is raised at the end.
     fn settle(&self, py: Python<'_>, loads: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut buf = [0u8; 64];
-        while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
-        let items = {
-            let mut st = lock(&self.shared.state);
-            st.woken = false;
-            std::mem::take(&mut st.items)
-        };
+        let items = self.take();
         TURN.fetch_add(1, Ordering::Relaxed);
         let mut first: Option<PyErr> = None;
         for item in items {
