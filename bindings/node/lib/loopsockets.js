@@ -7,7 +7,8 @@
 // * `ws_idle_timeout_ms`: a socket that sent no request for that long, with none of its
 //   requests running, is closed with 1000.
 // Pings to silent sockets (`ws_ping_interval_ms`) are not sent: the idle limit closes a dead
-// peer's socket.
+// peer's socket. Sockets waiting for this thread (busy) are bounded in the addon
+// (`NativeLoopServer.listen`'s `maxQueued`, given `max_connections` by lib/ws.js).
 'use strict'
 
 const native = require('./native')

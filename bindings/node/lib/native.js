@@ -236,7 +236,8 @@ exports.loopHttpConn = (socket, onMessages, onClose) => addon.NativeLoopConn.htt
 exports.loopConn = (socket, client, onMessages, onClose) => new addon.NativeLoopConn(socket, client, onMessages, onClose)
 // A conn: `pump()` (call once it is stored: delivers messages that came with the handshake),
 // `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
-exports.loopListen = (port, onSocket) => sync(() => addon.NativeLoopServer.listen(port, onSocket))
+// `maxQueued`: most sockets handed over and not yet taken by this thread (closed past it).
+exports.loopListen = (port, onSocket, maxQueued) => sync(() => addon.NativeLoopServer.listen(port, onSocket, maxQueued))
 // The server limits `limits` sets over the core's defaults, every one by its snake_case name.
 exports.serverLimits = (limits) => sync(() => addon.serverLimits(limits || undefined))
 exports.loopServerPort = (s) => s.port

@@ -149,7 +149,7 @@ class TransportRPCServer extends Base.TransportRPCServer {
     // The core's limits on the sockets it serves, kept here for the sockets it hands over.
     const limits = native.serverLimits(this.conf.limits)
     try {
-      this._loop = native.loopListen(port, (socket) => this._adopt(socket))
+      this._loop = native.loopListen(port, (socket) => this._adopt(socket), limits.max_connections)
     } catch (e) {
       throw listenError(e, port)
     }

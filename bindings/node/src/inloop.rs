@@ -27,6 +27,7 @@ use std::ffi::{c_int, c_void};
 use std::io::Write;
 use std::ptr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -624,6 +625,31 @@ unsafe extern "C" fn on_closed(handle: *mut c_void) {
 #[napi]
 pub struct NativeWsSocket {
     inner: Mutex<Option<HandedOff>>,
+    /// A socket a loop server handed over: its place in the server's count of sockets not yet
+    /// taken by JS, given back when the socket is taken (or dropped untaken).
+    queued: Mutex<Option<Queued>>,
+}
+
+/// One socket counted in a [`NativeLoopServer`]'s sockets waiting for the JS thread.
+struct Queued(Arc<AtomicUsize>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl NativeWsSocket {
+    fn new(h: HandedOff, queued: Option<Queued>) -> Self {
+        NativeWsSocket { inner: Mutex::new(Some(h)), queued: Mutex::new(queued) }
+    }
+
+    /// Takes the socket (once); it leaves the server's count of sockets waiting.
+    fn take(&self) -> Option<HandedOff> {
+        let h = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(self.queued.lock().unwrap_or_else(|e| e.into_inner()).take());
+        h
+    }
 }
 
 #[napi]
@@ -646,7 +672,7 @@ pub struct NativeLoopConn {
 impl NativeLoopConn {
     #[napi(constructor)]
     pub fn new(env: Env, socket: &NativeWsSocket, client: bool, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
-        let h = socket.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let h = socket.take();
         let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
         let input = Input::Ws(Decoder::new(client, MAX_MESSAGE, h.leftover));
         Self::adopt(env, h.stream, input, client, on_messages, on_close)
@@ -657,7 +683,7 @@ impl NativeLoopConn {
     /// replies. It keeps the process alive while a reply is awaited.
     #[napi(factory)]
     pub fn http(env: Env, socket: &NativeWsSocket, on_messages: Function<'_>, on_close: Function<'_>) -> napi::Result<Self> {
-        let h = socket.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let h = socket.take();
         let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
         let input = Input::Http(HttpIn { buf: h.leftover, awaiting: 0 });
         Self::adopt(env, h.stream, input, true, on_messages, on_close)
@@ -855,7 +881,7 @@ pub fn ws_dial(dest: String, timeout_ms: Option<u32>, done: SocketDone) -> napi:
     let timeout = timeout_ms.map_or(DIAL_TIMEOUT, |t| Duration::from_millis(u64::from(t)));
     rt.spawn(async move {
         let args = match handoff::dial_plain(&dest, timeout).await {
-            Ok(h) => (None, None, Some(NativeWsSocket { inner: Mutex::new(Some(h)) })),
+            Ok(h) => (None, None, Some(NativeWsSocket::new(h, None))),
             Err(e) => (Some(e.code()), Some(e.text().to_string()), None),
         };
         done.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
@@ -882,7 +908,7 @@ pub fn tcp_dial(dest: String, timeout_ms: Option<u32>, done: SocketDone) -> napi
             Ok::<_, Error>(HandedOff { stream, leftover: Vec::new(), remote })
         };
         let args = match dial.await {
-            Ok(h) => (None, None, Some(NativeWsSocket { inner: Mutex::new(Some(h)) })),
+            Ok(h) => (None, None, Some(NativeWsSocket::new(h, None))),
             Err(e) => (Some(e.code()), Some(e.text().to_string()), None),
         };
         done.call(FnArgs::from(args), ThreadsafeFunctionCallMode::NonBlocking);
@@ -901,13 +927,24 @@ pub struct NativeLoopServer {
 
 #[napi]
 impl NativeLoopServer {
+    /// Listens on `port` (0: any). `maxQueued` (default: the core's `max_connections`) bounds
+    /// the sockets handed over and not yet taken by the JS thread (it may be busy): past it a
+    /// socket is closed at once instead of waiting in the call queue.
     #[napi(factory)]
-    pub fn listen(port_: Option<u32>, on_socket: SocketFn) -> napi::Result<Self, ErrName> {
+    pub fn listen(port_: Option<u32>, on_socket: SocketFn, max_queued: Option<u32>) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let p = port(port_)?;
         let on_socket = Arc::new(on_socket);
+        let cap = max_queued
+            .map_or_else(|| grenache::transport::ServerLimits::default().get("max_connections").unwrap_or(0) as usize, |n| n as usize);
+        let waiting = Arc::new(AtomicUsize::new(0));
         let hook: handoff::HandOff = Arc::new(move |h: HandedOff| {
-            on_socket.call(NativeWsSocket { inner: Mutex::new(Some(h)) }, ThreadsafeFunctionCallMode::NonBlocking);
+            if waiting.fetch_add(1, Ordering::AcqRel) >= cap {
+                waiting.fetch_sub(1, Ordering::AcqRel);
+                return; // dropped: the socket closes
+            }
+            let queued = Queued(Arc::clone(&waiting));
+            on_socket.call(NativeWsSocket::new(h, Some(queued)), ThreadsafeFunctionCallMode::NonBlocking);
         });
         let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, p));
         // No handler is ever called: every plain socket is handed off (a TLS one is refused by

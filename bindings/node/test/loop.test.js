@@ -291,3 +291,55 @@ test('loop sockets: limits the core does not know are refused before the server 
   assert.throws(() => t.listen(0), (e) => e.code === 'ERR_INVALID_ARGUMENT' || /unknown server limit/.test(e.message))
   peer.stop()
 })
+
+test('loop sockets: sockets waiting for a busy JS thread are bounded by max_connections', async () => {
+  const { spawn } = require('child_process')
+  const peer = new ws.PeerRPCServer(noLink, { limits: { max_connections: 5 } })
+  peer.init()
+  const t = peer.transport('server')
+  t.listen(0)
+  t.on('request', (rid, key, payload, h) => h.reply(null, payload))
+  // A child opens 20 sockets while this thread is blocked: the core upgrades every one, but
+  // only 5 may wait for this thread; the others are closed at once, without a close frame (a
+  // socket refused by JS after adoption gets 1013). Each socket's end: its close code, 0 for
+  // none, 'open' if still open after the wait.
+  const child = `
+    const net = require('net')
+    const ends = []
+    process.stdin.once('data', () => {
+      for (let i = 0; i < 20; i++) {
+        const s = net.connect(${t.port}, '127.0.0.1')
+        let got = Buffer.alloc(0)
+        let end = 'open'
+        s.on('data', (d) => { got = Buffer.concat([got, d]) })
+        s.on('error', () => {})
+        s.on('close', () => {
+          const head = got.indexOf('\\r\\n\\r\\n')
+          const j = head < 0 ? -1 : got.indexOf(0x88, head + 4)
+          end = j >= 0 && got.length >= j + 4 ? got.readUInt16BE(j + 2) : 0
+        })
+        s.write('GET /ws HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n' +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')
+        ends.push(() => end)
+      }
+      setTimeout(() => { console.log(JSON.stringify(ends.map((f) => f()))); process.exit(0) }, 4000)
+    })
+    console.log('ready')`
+  const p = spawn(process.execPath, ['-e', child], { stdio: ['pipe', 'pipe', 'inherit'] })
+  try {
+    let out = ''
+    p.stdout.on('data', (d) => { out += d })
+    while (!out.includes('ready')) await sleep(10)
+    p.stdin.write('go\n')
+    // Blocks this thread for 1.5 s while the child connects.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500)
+    await new Promise((resolve) => p.once('exit', resolve))
+    const ends = JSON.parse(out.slice(out.indexOf('\n') + 1))
+    assert.equal(ends.filter((e) => e === 'open').length, 5, `ends: ${ends}`)
+    assert.equal(ends.filter((e) => e === 0).length, 15, `ends: ${ends}`)
+  } finally {
+    p.kill()
+    t.stop()
+    peer.stop()
+  }
+})
