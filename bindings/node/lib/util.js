@@ -75,7 +75,7 @@ function keepAlive () {
   }
 }
 
-// Calls `cb(...args)` on a later turn, so that a callback that throws does so outside our code
+// Calls `cb(...args)` in a later iteration of the event loop, so that a callback that throws does so outside our code
 // (like an exception thrown from a reference callback: an uncaught exception, not a corrupted
 // state of ours).
 const later = (cb, ...args) => process.nextTick(() => cb(...args))

@@ -62,7 +62,7 @@ unsafe extern "C" {
 const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 /// Bytes queued for a peer that does not read before its socket is closed.
 const MAX_OUTBOX: usize = 64 << 20;
-/// Bytes read from one socket per readiness event before other sockets get their turn.
+/// Bytes read from one socket per readiness event before other sockets are read.
 const READ_BUDGET: usize = 1 << 20;
 /// A read of fewer bytes than this left the socket empty (the decoder reads into at least 4 KiB).
 const SHORT_READ: usize = 4096;

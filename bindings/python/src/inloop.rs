@@ -13,7 +13,7 @@
 //! Batching: replies given while a batch of requests is being handled (and frames queued while
 //! other requests of the same socket are still running) wait in the socket's outbox and go out
 //! in one write per socket: at the end of the batch, at the last reply the socket waits for, or
-//! at the next turn of the loop ([`_inloop_flush`], scheduled once per turn). A socket whose
+//! at the next iteration of the loop ([`_inloop_flush`], scheduled once per iteration). A socket whose
 //! kernel buffer is full is watched for writability; one whose peer does not read at all is
 //! closed once [`MAX_OUTBOX`] bytes wait for it.
 //!
@@ -24,7 +24,7 @@
 //!
 //! Python is told about a socket through the owner it gave (a weak reference to the package's
 //! `_LoopCalls`, so that no reference cycle runs through Rust): `owner()._kick()` to schedule a
-//! flush on the next turn, `owner()._event(fd, event)` when a socket needs watching for
+//! flush on the next iteration, `owner()._event(fd, event)` when a socket needs watching for
 //! writability ([`EV_BLOCKED`]) or has finished draining ([`EV_DRAINED`]).
 
 use std::cell::{Cell, RefCell};
@@ -44,7 +44,7 @@ use crate::{Inbox, InboxShared, Item, lock, py_err};
 const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 /// Bytes queued for a peer that does not read before its socket is closed.
 const MAX_OUTBOX: usize = 64 << 20;
-/// Bytes read from one socket per readiness event before other sockets get their turn.
+/// Bytes read from one socket per readiness event before other sockets are read.
 const READ_BUDGET: usize = 1 << 20;
 /// A read of fewer bytes than this left the socket empty (the decoder reads into at least 4 KiB).
 const SHORT_READ: usize = 4096;
@@ -59,9 +59,9 @@ const EV_DRAINED: u8 = 1;
 thread_local! {
     /// Depth of deliveries into Python running now: frames queued meanwhile wait for its end.
     static DELIVERING: Cell<u32> = const { Cell::new(0) };
-    /// Sockets with frames waiting for the end of a delivery or for the next turn of the loop.
+    /// Sockets with frames waiting for the end of a delivery or for the next iteration of the loop.
     static DIRTY: RefCell<Vec<Arc<Conn>>> = const { RefCell::new(Vec::new()) };
-    /// A flush is scheduled for the next turn of this thread's loop.
+    /// A flush is scheduled for the next iteration of this thread's loop.
     static KICKED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -165,7 +165,7 @@ impl Conn {
     }
 
     /// Queues a reply frame `text` (from any thread) and has it written: now, at the end of the
-    /// delivery running, at the next turn of the loop, or by the loop when queued from another
+    /// delivery running, at the next iteration of the loop, or by the loop when queued from another
     /// thread.
     fn queue_reply(self: &Arc<Self>, py: Python<'_>, text: &str) {
         let on_loop = std::thread::current().id() == self.thread;
@@ -196,7 +196,7 @@ impl Conn {
             return; // written when the socket becomes writable
         }
         let delivering = DELIVERING.with(Cell::get) > 0;
-        // Other requests of this socket still run: their replies will likely come this turn,
+        // Other requests of this socket still run: their replies will likely come in this iteration,
         // and go out in the same write.
         if delivering || (st.in_flight > 0 && !st.draining) {
             if !st.dirty {
@@ -228,7 +228,7 @@ fn flush_dirty(py: Python<'_>) {
     }
 }
 
-/// Writes the frames queued for sockets on this thread since the last turn of the loop (the
+/// Writes the frames queued for sockets on this thread since the last iteration of the loop (the
 /// owner's `_kick` schedules it with `loop.call_soon`).
 #[pyfunction]
 pub(crate) fn _inloop_flush(py: Python<'_>) {

@@ -704,7 +704,7 @@ impl Inbox {
     /// one of these calls raises; the first such error is raised at the end.
     fn settle(&self, py: Python<'_>, loads: &Bound<'_, PyAny>) -> PyResult<()> {
         let items = self.take();
-        TURN.fetch_add(1, Ordering::Relaxed);
+        LOOP_ITERATION.fetch_add(1, Ordering::Relaxed);
         let mut first: Option<PyErr> = None;
         for item in items {
             let Item::Done(fut, result) = item else { continue };
@@ -1152,20 +1152,20 @@ struct Submission {
 /// queues while a runtime thread empties it, and past `MAX_QUEUED` a request is started on the
 /// caller's thread as before.
 ///
-/// The first request of a loop turn (see [`TURN`]) is started on the caller's thread at once
-/// when nothing is queued: a sequential caller (one request per turn) pays one hop, as before,
+/// The first request of a loop iteration (see [`LOOP_ITERATION`]) is started on the caller's thread at once
+/// when nothing is queued: a sequential caller (one request per iteration) pays one hop, as before,
 /// not two (the batch's task, then the request's).
 #[derive(Default)]
 struct Submissions {
     queue: Mutex<Vec<Submission>>,
-    /// The [`TURN`] in which this client last started a request on the caller's thread.
-    direct_turn: AtomicU64,
+    /// The [`LOOP_ITERATION`] in which this client last started a request on the caller's thread.
+    direct_iteration: AtomicU64,
 }
 
 /// Counts the batches of results settled ([`Inbox::settle`]): the requests issued between two
-/// of them were issued in the same turn of a loop, as far as batching is concerned (only a
+/// of them were issued in the same iteration of a loop, as far as batching is concerned (only a
 /// heuristic: it chooses between two paths that both deliver).
-static TURN: AtomicU64 = AtomicU64::new(1);
+static LOOP_ITERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Submissions {
     /// Starts every queued request on `client`, in order.
@@ -1277,9 +1277,9 @@ impl Client {
         let s = Submission { name, payload: payload_json.to_string(), opts, inbox: Arc::clone(&inbox.shared), token };
         let first = {
             let mut q = lock(&self.queued.queue);
-            let turn = TURN.load(Ordering::Relaxed);
-            if q.is_empty() && self.queued.direct_turn.swap(turn, Ordering::Relaxed) != turn {
-                // The first request of this turn: start it now.
+            let iteration = LOOP_ITERATION.load(Ordering::Relaxed);
+            if q.is_empty() && self.queued.direct_iteration.swap(iteration, Ordering::Relaxed) != iteration {
+                // The first request of this iteration: start it now.
                 drop(q);
                 return start_in(&self.inner, s);
             }

@@ -87,7 +87,7 @@ class BatchingTests(unittest.TestCase):
                 asyncio.run(main(t))
 
     def test_asyncio_requests_of_one_turn_keep_their_options_and_callers(self):
-        """Requests issued in the same loop turn are handed to the library together: each keeps
+        """Requests issued in the same loop iteration are handed to the library together: each keeps
         its own destination, timeout and decoding, and its result goes to its own caller, also
         across two clients and both transports in one batch."""
         slow_release = threading.Event()
@@ -125,7 +125,7 @@ class BatchingTests(unittest.TestCase):
             slow_server.close()
 
     def test_client_close_cancels_queued_and_in_flight_asyncio_requests(self):
-        """``Client.close()`` in the loop turn that issued requests (some maybe not yet handed
+        """``Client.close()`` in the loop iteration that issued requests (some maybe not yet handed
         to the library, others in flight at a handler that blocks): every one fails with
         ``CancelledError`` at once, none waits for its timeout; later requests fail the same."""
         for t in TRANSPORTS:

@@ -502,7 +502,7 @@ async fn serve_subscriber(
                 }
             }
         }
-        // What was published to it since the last turn.
+        // What was published to it since the last iteration.
         let kicked = {
             let mut st = lock(&q.q);
             std::mem::swap(&mut batch, &mut st.items);

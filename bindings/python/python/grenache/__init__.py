@@ -783,7 +783,7 @@ class _LoopCalls(_Calls):
             self._loop.remove_writer(fd)
 
     def _kick(self) -> None:
-        """Called by a socket whose frames wait for the next turn of the loop."""
+        """Called by a socket whose frames wait for the next iteration of the loop."""
         try:
             self._loop.call_soon(_native._inloop_flush)
         except RuntimeError:  # the loop is closed: write now

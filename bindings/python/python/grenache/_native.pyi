@@ -86,7 +86,7 @@ class LoopSocket:
 class LoopConn:
     """A plain WS server socket read and written on the event loop of the thread that made it.
     ``owner`` is a weak reference to an object with ``_kick()`` (schedule ``_inloop_flush`` on the
-    next turn of the loop) and ``_event(fd, event)`` (0: watch for writability; 1: drained, close
+    next iteration of the loop) and ``_event(fd, event)`` (0: watch for writability; 1: drained, close
     it); ``arm(callback)`` arms a reply timeout and returns a handle with ``cancel()``."""
     def __init__(self, socket: LoopSocket, inbox: Inbox, owner: Callable[[], Any], arm: Optional[Callable[[Callable[[], None]], Any]] = None) -> None: ...
     def fileno(self) -> int: ...
@@ -114,7 +114,7 @@ class LoopReply:
     def _expire(self) -> None: ...
 
 def _inloop_flush() -> None:
-    """Writes the frames queued on this thread's loop sockets since the last turn of the loop."""
+    """Writes the frames queued on this thread's loop sockets since the last iteration of the loop."""
     ...
 
 class Server:

@@ -359,7 +359,7 @@ async fn serve_connection(
     let mut out = Outbox { frames: Vec::with_capacity(4096), scratch: Vec::with_capacity(256) };
     let mut running = FuturesUnordered::new();
     let info = RequestInfo { transport: TransportKind::Ws, remote_addr: Some(remote), cert, http: None };
-    // Made once: a `cancelled()` future per loop turn would join and leave the token's waiter
+    // Made once: a `cancelled()` future per loop iteration would join and leave the token's waiter
     // list (two lock round trips) on every message.
     let stopping = life.closing.cancelled();
     tokio::pin!(stopping);
