@@ -28,6 +28,7 @@ function load () {
 
 const native = load()
 const { LoopSockets } = require('./lib/loopsockets')
+const { Deadlines } = require('./lib/util')
 
 // An error of the library. `name` is set on each instance (not on the prototype) so that it is
 // the ERR_* string while `instanceof` still tells the class.
@@ -124,16 +125,15 @@ class LoopDest {
     this.conn = null
     this.queue = null
     this.pending = new Map()
-    this.timer = null
-    this.timerAt = 0
+    this.deadlines = new Deadlines(() => this.pending.values(), (req) => this.settle(req.rid, makeError(kindCode('ERR_TIMEOUT'), `no reply within ${durationText(req.timeout)}`)))
     this.refd = false
   }
 
   request (text, rid, timeout, resolve, reject) {
-    const req = { rid, text, resolve, reject, timeout, deadline: Date.now() + timeout }
+    const req = { rid, text, resolve, reject, timeout, _ts: Date.now() }
     this.pending.set(rid, req)
     this.setRef(true)
-    if (!this.timer || req.deadline < this.timerAt) this.arm(req.deadline)
+    this.deadlines.add(req, timeout)
     if (this.conn) return this.write(req)
     this.enqueue(req)
   }
@@ -168,24 +168,6 @@ class LoopDest {
     req.conn = null
     this.conn = null
     this.enqueue(req)
-  }
-
-  arm (at) {
-    if (this.timer) clearTimeout(this.timer)
-    this.timerAt = at
-    this.timer = setTimeout(() => this.sweep(), Math.max(0, at - Date.now()))
-    this.timer.unref()
-  }
-
-  sweep () {
-    this.timer = null
-    const now = Date.now()
-    let next = Infinity
-    for (const req of Array.from(this.pending.values())) {
-      if (req.deadline <= now) this.settle(req.rid, makeError(kindCode('ERR_TIMEOUT'), `no reply within ${durationText(req.timeout)}`))
-      else if (req.deadline < next) next = req.deadline
-    }
-    if (next !== Infinity && !this.timer) this.arm(next)
   }
 
   setRef (on) {
@@ -232,8 +214,7 @@ class LoopDest {
   }
 
   close () {
-    if (this.timer) clearTimeout(this.timer)
-    this.timer = null
+    this.deadlines.stop()
     if (this.conn) this.conn.close(true)
     this.conn = null
     for (const rid of Array.from(this.pending.keys())) this.settle(rid, makeError(kindCode('ERR_CANCELLED'), 'the client was closed'))

@@ -208,9 +208,10 @@ exports.clientClose = (c) => c.close()
 // and writes it itself (src/inloop.rs): no thread hand-off per request or reply.
 // `onMessages(texts)`: every message one readiness event brought, in order; `onClose(reason)`:
 // once, when the peer or the network ended it (not after `close()`).
-exports.loopDial = (dest, timeout, cb) => {
+// Calls the addon's dial `fn(dest, timeout, done)`: cb(err, socket).
+function dialWith (fn, dest, timeout, cb) {
   try {
-    addon.wsDial(String(dest), timeout, (code, text, socket) => {
+    fn(String(dest), timeout, (code, text, socket) => {
       if (code !== undefined && code !== null) return cb(completionError(code, text))
       cb(null, socket)
     })
@@ -218,17 +219,9 @@ exports.loopDial = (dest, timeout, cb) => {
     process.nextTick(cb, toError(e))
   }
 }
+exports.loopDial = (dest, timeout, cb) => dialWith(addon.wsDial, dest, timeout, cb)
 // A plain TCP socket to `dest` ('host:port') for `loopHttpConn`: cb(err, socket).
-exports.tcpDial = (dest, timeout, cb) => {
-  try {
-    addon.tcpDial(String(dest), timeout, (code, text, socket) => {
-      if (code !== undefined && code !== null) return cb(completionError(code, text))
-      cb(null, socket)
-    })
-  } catch (e) {
-    process.nextTick(cb, toError(e))
-  }
-}
+exports.tcpDial = (dest, timeout, cb) => dialWith(addon.tcpDial, dest, timeout, cb)
 // An HTTP/1.1 client connection on this thread's loop: `sendHttp(host, body)` posts one request
 // (one at a time), `onMessages([status, body, ...])` gets the replies (as strings),
 // `onClose(reason)` once when it ends; it keeps the process alive while a reply is awaited.

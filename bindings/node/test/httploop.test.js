@@ -15,11 +15,8 @@ const net = require('net')
 const path = require('path')
 
 const http = require('../lib/http')
-const INTEROP = path.join(__dirname, '..', '..', '..', 'tests', 'interop', 'node_modules')
+const { INTEROP, sleep, noLink, ask } = require('./support')
 const refHttp = require(path.join(INTEROP, 'grenache-nodejs-http'))
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const noLink = { lookup () { throw new Error('no lookups here') } }
 
 // A raw HTTP server: `answer(req, socket, n)` for each request read (`req`: the parsed body,
 // `n`: its number on this server). Counts connections.
@@ -60,17 +57,6 @@ function client () {
   const peer = new http.PeerRPCClient(noLink, {})
   peer.init()
   return peer
-}
-
-function ask (t, payload, opts = { timeout: 10000 }) {
-  return new Promise((resolve) => {
-    let calls = 0
-    t.request('k', payload, opts, (err, res) => {
-      calls++
-      if (calls > 1) throw new Error(`callback called ${calls} times`)
-      resolve({ err, res })
-    })
-  })
 }
 
 test('http loop: every reply framing, keep-alive reuse', async () => {

@@ -14,12 +14,8 @@ const path = require('path')
 
 const ws = require('../lib/ws')
 const native = require('../lib/native')
-const INTEROP = path.join(__dirname, '..', '..', '..', 'tests', 'interop', 'node_modules')
+const { INTEROP, sleep, noLink, ask } = require('./support')
 const refWs = require(path.join(INTEROP, 'grenache-nodejs-ws'))
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-// A Link that is never asked anything (the transports get explicit destinations).
-const noLink = { lookup () { throw new Error('no lookups here') } }
 
 function server (onRequest) {
   const peer = new ws.PeerRPCServer(noLink, {})
@@ -34,18 +30,6 @@ function client () {
   const peer = new ws.PeerRPCClient(noLink, {})
   peer.init()
   return peer
-}
-
-// One request on transport `t`; resolves { err, res } (never rejects) and counts callbacks.
-function ask (t, payload, opts = { timeout: 10000 }) {
-  return new Promise((resolve) => {
-    let calls = 0
-    t.request('k', payload, opts, (err, res) => {
-      calls++
-      if (calls > 1) throw new Error(`callback called ${calls} times`)
-      resolve({ err, res })
-    })
-  })
 }
 
 test('loop sockets: each reply reaches its request, in batches, in any order, under load', async () => {
