@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message};
+use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message, Pumped};
 use grenache::transport::ws::{WsServer, WsServerConfig};
 use napi::bindgen_prelude::FnArgs;
 use napi::bindgen_prelude::Function;
@@ -64,8 +64,6 @@ const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 const MAX_OUTBOX: usize = 64 << 20;
 /// Bytes read from one socket per readiness event before other sockets are read.
 const READ_BUDGET: usize = 1 << 20;
-/// A read of fewer bytes than this left the socket empty (the decoder reads into at least 4 KiB).
-const SHORT_READ: usize = 4096;
 /// How long a dial may take (TCP and upgrade).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -250,61 +248,30 @@ impl Conn {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
             let client = self.client;
-            let mut budget = READ_BUDGET;
             let Input::Ws(decoder) = &mut st.input else { return };
-            'read: while let Some(stream) = st.stream.as_mut() {
-                let n = match decoder.read_from(stream) {
-                    Ok(0) => {
-                        st.ended.get_or_insert_with(|| "the peer closed the connection".into());
-                        close_after = true;
-                        0
+            if let Some(stream) = st.stream.as_mut() {
+                let pumped = decoder.pump(stream, READ_BUDGET, client, &mut st.out, |m| match m {
+                    Message::Text(t) => texts.push(t.to_string()),
+                    // The reference parses binary frames as JSON too.
+                    Message::Binary(b) => {
+                        if let Ok(t) = std::str::from_utf8(b) {
+                            texts.push(t.to_string());
+                        }
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                    Err(e) => {
-                        st.ended.get_or_insert_with(|| e.to_string());
-                        close_after = true;
-                        0
+                    _ => {}
+                });
+                let why = match pumped {
+                    Pumped::Open => None,
+                    Pumped::Ended(error) => Some(error.unwrap_or_else(|| "the peer closed the connection".into())),
+                    Pumped::PeerClosed(code) => {
+                        st.peer_close = Some(code.unwrap_or(1005));
+                        Some("the peer closed the connection".into())
                     }
+                    Pumped::Violation(e) => Some(e.to_string()),
                 };
-                loop {
-                    match decoder.next_message() {
-                        Ok(None) => break,
-                        Ok(Some(Message::Text(t))) => texts.push(t.to_string()),
-                        Ok(Some(Message::Binary(b))) => {
-                            // The reference parses binary frames as JSON too.
-                            if let Ok(t) = std::str::from_utf8(b) {
-                                texts.push(t.to_string());
-                            }
-                        }
-                        Ok(Some(Message::Ping(p))) => {
-                            let p = p.to_vec();
-                            handoff::encode_pong(&mut st.out, &p, client);
-                        }
-                        Ok(Some(Message::Close(code))) => {
-                            st.peer_close = Some(code.unwrap_or(1005));
-                            handoff::encode_close(&mut st.out, code.unwrap_or(1000), "", client);
-                            st.ended.get_or_insert_with(|| "the peer closed the connection".into());
-                            close_after = true;
-                            break 'read;
-                        }
-                        Err(e) => {
-                            handoff::encode_close(&mut st.out, e.close_code(), &e.to_string(), client);
-                            st.ended.get_or_insert_with(|| e.to_string());
-                            close_after = true;
-                            break 'read;
-                        }
-                    }
-                }
-                // A read shorter than the room the decoder keeps (at least 4 KiB) drained the
-                // socket: skip the read that would only say so (the poll is level-triggered).
-                if n == 0 || close_after || n < SHORT_READ {
-                    break;
-                }
-                budget = budget.saturating_sub(n);
-                if budget == 0 {
-                    break;
+                if let Some(why) = why {
+                    st.ended.get_or_insert(why);
+                    close_after = true;
                 }
             }
         }

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message};
+use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message, Pumped};
 use pyo3::prelude::*;
 
 use crate::{Inbox, InboxShared, Item, lock, py_err};
@@ -46,8 +46,6 @@ const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 const MAX_OUTBOX: usize = 64 << 20;
 /// Bytes read from one socket per readiness event before other sockets are read.
 const READ_BUDGET: usize = 1 << 20;
-/// A read of fewer bytes than this left the socket empty (the decoder reads into at least 4 KiB).
-const SHORT_READ: usize = 4096;
 /// How long closing a socket may block to write what is queued (a peer that reads slowly).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
@@ -319,52 +317,20 @@ impl LoopConn {
             if st.ended || st.draining {
                 return Ok(st.ended);
             }
-            let mut budget = READ_BUDGET;
-            'read: while let Some(stream) = st.stream.as_mut() {
-                let n = match st.decoder.read_from(stream) {
-                    Ok(0) => {
+            if let Some(stream) = st.stream.as_mut() {
+                let pumped = st.decoder.pump(stream, READ_BUDGET, false, &mut st.out, |m| match m {
+                    Message::Text(t) => push_request(&mut requests, t.as_bytes()),
+                    Message::Binary(b) => push_request(&mut requests, b),
+                    _ => {}
+                });
+                match pumped {
+                    Pumped::Open => {}
+                    Pumped::Ended(_) => ended = true,
+                    // A close frame answering it was queued.
+                    Pumped::PeerClosed(_) | Pumped::Violation(_) => {
+                        st.close_sent = true;
                         ended = true;
-                        0
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                    Err(_) => {
-                        ended = true;
-                        0
-                    }
-                };
-                loop {
-                    match st.decoder.next_message() {
-                        Ok(None) => break,
-                        Ok(Some(Message::Text(t))) => push_request(&mut requests, t.as_bytes()),
-                        Ok(Some(Message::Binary(b))) => push_request(&mut requests, b),
-                        Ok(Some(Message::Ping(p))) => {
-                            let p = p.to_vec();
-                            handoff::encode_pong(&mut st.out, &p, false);
-                        }
-                        Ok(Some(Message::Close(code))) => {
-                            handoff::encode_close(&mut st.out, code.unwrap_or(1000), "", false);
-                            st.close_sent = true;
-                            ended = true;
-                            break 'read;
-                        }
-                        Err(e) => {
-                            handoff::encode_close(&mut st.out, e.close_code(), &e.to_string(), false);
-                            st.close_sent = true;
-                            ended = true;
-                            break 'read;
-                        }
-                    }
-                }
-                // A read shorter than the room the decoder keeps drained the socket: skip the
-                // read that would only say so (the selector is level-triggered).
-                if n == 0 || ended || n < SHORT_READ {
-                    break;
-                }
-                budget = budget.saturating_sub(n);
-                if budget == 0 {
-                    break;
                 }
             }
             if ended {

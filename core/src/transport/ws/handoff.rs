@@ -128,6 +128,79 @@ impl Decoder {
     }
 }
 
+/// How [`Decoder::pump`] left a socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Nothing more to read for now (the socket would block, or the read budget is spent):
+    /// watch it again.
+    Open,
+    /// The stream ended (`None`) or a read failed (`Some`, the error's text).
+    Ended(Option<String>),
+    /// The peer sent a close frame (its code, if any); the answering close frame is in `out`.
+    PeerClosed(Option<u16>),
+    /// The input broke the protocol; a close frame with the code that says why is in `out`.
+    Violation(DecodeError),
+}
+
+/// A read shorter than this left the socket empty: the decoder reads into at least 4 KiB.
+const SHORT_READ: usize = 4096;
+
+impl Decoder {
+    /// Reads a non-blocking `stream` until it would block or about `budget` bytes came (other
+    /// sockets then get read), and decodes what came, in order: each data message goes to
+    /// `on_data` ([`Message::Text`] or [`Message::Binary`]), a ping is answered with a pong
+    /// appended to `out`, and a close frame or a protocol violation is answered with a close frame
+    /// appended to `out` and ends the pump (nothing after it is read). `client`: the side this
+    /// decoder reads for, which masks the frames written. A read shorter than the decoder's room
+    /// is taken to have emptied the socket, so a level-triggered poller is not asked for the read
+    /// that would only say `WouldBlock`.
+    pub fn pump<R: io::Read>(
+        &mut self,
+        stream: &mut R,
+        budget: usize,
+        client: bool,
+        out: &mut Vec<u8>,
+        mut on_data: impl FnMut(Message<'_>),
+    ) -> Pumped {
+        let mut budget = budget;
+        loop {
+            let (n, end) = match self.read_from(stream) {
+                Ok(0) => (0, Some(Pumped::Ended(None))),
+                Ok(n) => (n, None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, None),
+                Err(e) => (0, Some(Pumped::Ended(Some(e.to_string())))),
+            };
+            // What came before the end of the stream is still decoded and delivered.
+            loop {
+                match self.next_message() {
+                    Ok(None) => break,
+                    Ok(Some(Message::Ping(p))) => encode_pong(out, p, client),
+                    Ok(Some(Message::Close(code))) => {
+                        encode_close(out, code.unwrap_or(1000), "", client);
+                        return Pumped::PeerClosed(code);
+                    }
+                    Ok(Some(data)) => on_data(data),
+                    Err(e) => {
+                        encode_close(out, e.close_code(), &e.to_string(), client);
+                        return Pumped::Violation(e);
+                    }
+                }
+            }
+            if let Some(end) = end {
+                return end;
+            }
+            if n < SHORT_READ {
+                return Pumped::Open;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                return Pumped::Open;
+            }
+        }
+    }
+}
+
 fn mask(client: bool) -> Option<[u8; 4]> {
     client.then(frame::mask_key)
 }
@@ -151,6 +224,61 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str, client: bool) {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// `pump` reads until the socket would block, delivers data messages in order, answers a ping
+    /// with a pong and a close frame with a close frame, and says how the socket was left: open,
+    /// closed by the peer (its code), broken (the violation's code), or ended.
+    #[test]
+    fn pump_delivers_answers_and_says_how_the_socket_was_left() {
+        let pump_all = |input: &[u8], tail: Option<&[u8]>| {
+            let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+            a.write_all(input).expect("write");
+            b.set_nonblocking(true).expect("nonblocking");
+            if tail.is_none() {
+                drop(a);
+            }
+            let mut dec = Decoder::new(false, 1024, Vec::new());
+            let (mut out, mut got) = (Vec::new(), Vec::new());
+            // A short read is taken to have emptied the socket: the end of the stream shows in
+            // the next pump, as a poller would call it again.
+            let mut end = Pumped::Open;
+            for _ in 0..3 {
+                end = dec.pump(&mut b, 1 << 20, false, &mut out, |m| got.push(format!("{m:?}")));
+                if end != Pumped::Open {
+                    break;
+                }
+            }
+            (end, got, out)
+        };
+        let mut frames = Vec::new();
+        encode_text(&mut frames, "[1]", true);
+        frame::encode_frame(&mut frames, frame::OP_BINARY, b"[2]", Some([1, 2, 3, 4]));
+        frame::encode_frame(&mut frames, frame::OP_PING, b"p", Some([1, 2, 3, 4]));
+        // Open: everything delivered, the pong queued.
+        let (end, got, out) = pump_all(&frames, Some(b""));
+        assert_eq!(end, Pumped::Open);
+        assert_eq!(got, vec!["Text(\"[1]\")".to_string(), "Binary([91, 50, 93])".to_string()]);
+        let mut pong = Vec::new();
+        encode_pong(&mut pong, b"p", false);
+        assert_eq!(out, pong);
+        // The stream ends after them: delivered, then Ended.
+        let (end, got, _) = pump_all(&frames, None);
+        assert_eq!((end, got.len()), (Pumped::Ended(None), 2));
+        // A close frame: answered, nothing after it delivered.
+        let mut closing = Vec::new();
+        frame::encode_close(&mut closing, 1001, "", Some([1, 2, 3, 4]));
+        encode_text(&mut closing, "[3]", true);
+        let (end, got, out) = pump_all(&closing, Some(b""));
+        assert_eq!(end, Pumped::PeerClosed(Some(1001)));
+        assert!(got.is_empty());
+        assert_eq!(out[0], 0x88);
+        // An unmasked frame from a client: 1002.
+        let mut bad = Vec::new();
+        encode_text(&mut bad, "x", false);
+        let (end, _, out) = pump_all(&bad, Some(b""));
+        assert!(matches!(&end, Pumped::Violation(e) if e.close_code() == 1002), "{end:?}");
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 1002);
+    }
 
     /// A client and a server socket handed over, talking frames through the sans-IO API; a
     /// protocol violation gives its close code.
