@@ -4,6 +4,8 @@
 // Node's own request and response objects stays in Node: `peer.stream()` (a Duplex over an HTTP
 // request with the `_gr` header) and a server transport with `disableBuffered` (or with 'stream'
 // listeners when it starts listening), whose 'stream' event hands out Node's `req`/`res`.
+// Plain (not HTTPS) connections, of the client and of the server, are read and written on this
+// thread's event loop, their HTTP parsed in the addon (src/inloop.rs, src/httpserve.rs).
 // Differences from the reference are in docs/compat.md.
 'use strict'
 
@@ -15,7 +17,8 @@ const { PassThrough, Duplex, pipeline } = require('stream')
 
 const Base = require('./base')
 const native = require('./native')
-const { Deadlines, keepAlive, later } = require('./util')
+const { Deadlines, keepAlive, later, listenError } = require('./util')
+const { LoopSockets } = require('./loopsockets')
 
 // Connections one client transport keeps to its destination (each carries one request at a
 // time); requests past that wait for one to be free.
@@ -296,7 +299,98 @@ class TransportRPCServer extends Base.TransportRPCServer {
   listen (port) {
     // Node's req/res objects are needed: serve from Node.
     if (this.disableBuffered || this.listenerCount('stream') > 0) return this._listenNode(port)
-    return super.listen(port)
+    if (this.conf.secure) return super.listen(port)
+    return this._listenLoop(port)
+  }
+
+  // --- Loop-served mode: plain HTTP/1.1 sockets read and written on this thread's loop --------
+  // The core accepts (Nagle off) and hands each socket over; the addon cuts requests from its
+  // bytes (content-length or chunked bodies, gzip with `grc-compress`, pipelining) and writes
+  // the replies in request order; the core's server limits are kept (lib/loopsockets.js).
+
+  _listenLoop (port) {
+    if (this._native || this._loop) throw new Error('ERR_ALREADY_LISTENING')
+    const limits = native.serverLimits(this.conf.limits)
+    try {
+      this._loop = native.loopListenTcp(port, (socket) => this._adopt(socket), limits.max_connections)
+    } catch (e) {
+      throw listenError(e, port)
+    }
+    this._socks = new LoopSockets(limits, (sock, texts) => this._onLoopRequests(sock, texts), { http: true })
+    this._release = keepAlive()
+    this.listening()
+    this.port = native.loopServerPort(this._loop)
+    return this
+  }
+
+  _adopt (socket) {
+    if (!this._loop) return native.loopHttpServerConn(socket, {}, () => {}, () => {}).close()
+    this._socks.adopt(socket)
+  }
+
+  // `[seq, flags, body, _gr, _a, _ar, ...]`: whole requests of `sock`.
+  _onLoopRequests (sock, t) {
+    for (let i = 0; i + 5 < t.length; i += 6) {
+      const seq = Number(t[i])
+      const flags = t[i + 1]
+      sock.inFlight++
+      const meta = { cert: undefined, isStream: flags.includes('s'), compress: flags.includes('c') }
+      if (flags.includes('g')) {
+        try {
+          meta.infoHeaders = JSON.parse(t[i + 3])
+        } catch (e) {
+          // The reference's exact answer.
+          this._loopReply(sock, seq, 500, '[null, "ERR_HEADER_PARSE_GR", null]')
+          continue
+        }
+      }
+      meta.action = flags.includes('a') ? t[i + 4] : null
+      try {
+        meta.args = JSON.parse(t[i + 5])
+      } catch (e) {
+        meta.args = {}
+      }
+      const data = this.parse(t[i + 2])
+      if (!Array.isArray(data)) {
+        // The reference never answers (its client waits for its timeout); the core's server
+        // answers 400, and so does this one (docs/compat.md).
+        this.emit('request-error')
+        this._loopReply(sock, seq, 400, this.format([null, 'ERR_DECODE: the body is not a JSON array', null]))
+        continue
+      }
+      this._onLoopRequest(sock, seq, data, meta)
+    }
+  }
+
+  _onLoopRequest (sock, seq, data, meta) {
+    const { rid, key } = this.getRidKey(meta.infoHeaders, data)
+    let replied = false
+    const send = (err, res) => {
+      if (replied) return
+      replied = true
+      let text
+      try {
+        text = this.format([rid, err, res === undefined ? null : res])
+      } catch (e) {
+        text = this.format([rid, 'ERR_REPLY_NOT_JSON', null])
+      }
+      this._loopReply(sock, seq, 200, text)
+    }
+    const handler = { reply: (err, res) => send(err ? err.message : null, res) }
+    try {
+      this.emitRequest(rid, key, data[2], handler, null, meta)
+    } catch (e) {
+      // As on the native path (docs/compat.md): the client gets the exception's message.
+      send((e && e.message) || String(e) || 'ERR_HANDLER', undefined)
+      if (this.listenerCount('error')) this.emit('error', e)
+      else process.emitWarning(`grenache-native: a 'request' listener threw: ${e && e.stack ? e.stack : e}`)
+    }
+  }
+
+  _loopReply (sock, seq, status, text) {
+    this._socks.answered(sock)
+    // True: requests the client sent at once wait in the input, past the pipelining bound.
+    if (sock.conn.replyHttp(seq, status, text)) setImmediate(() => sock.conn.pump())
   }
 
   emitRequest (rid, key, payload, handler, fingerprint, meta) {
@@ -398,6 +492,11 @@ class TransportRPCServer extends Base.TransportRPCServer {
   }
 
   unlisten () {
+    if (this._loop) {
+      native.loopServerClose(this._loop)
+      this._loop = null
+      this._socks.closeAll()
+    }
     if (this.socket) {
       try {
         this.socket.close()

@@ -9,6 +9,12 @@
 // Pings to silent sockets (`ws_ping_interval_ms`) are not sent: the idle limit closes a dead
 // peer's socket. Sockets waiting for this thread (busy) are bounded in the addon
 // (`NativeLoopServer.listen`'s `maxQueued`, given `max_connections` by lib/ws.js).
+//
+// The HTTP loop server's sockets (`{ http: true }`, lib/http.js) keep the connection limits the
+// same way (a socket over them is closed without a reply, as the core's server does); the
+// addon keeps the rest of the HTTP limits on each (the largest body, `max_body_in_flight`) and
+// the read deadlines (`header_timeout_ms`, `body_timeout_ms`, `body_min_rate`,
+// `idle_timeout_ms`), which the sweep here asks it to apply (`conn.expire()`).
 'use strict'
 
 const native = require('./native')
@@ -19,9 +25,10 @@ class LoopSockets {
   // `limits`: every limit by name (`native.serverLimits(conf.limits)`); `onMessages(sock,
   // texts)` for each batch of messages a socket read. A socket is `{ conn, ip, inFlight, last }`:
   // the owner counts the requests it answers with `answered(sock)`.
-  constructor (limits, onMessages) {
+  constructor (limits, onMessages, { http = false } = {}) {
     this._limits = limits
     this._onMessages = onMessages
+    this._http = http
     this._socks = new Map() // conn -> sock
     this._perIp = new Map()
     this._sweeper = null
@@ -35,11 +42,11 @@ class LoopSockets {
     const ip = socket.remoteIp
     const n = this._perIp.get(ip) || 0
     if (this._socks.size >= this._limits.max_connections || n >= this._limits.max_connections_per_ip) {
-      native.loopConn(socket, false, () => {}, () => {}).close(false, CLOSE_TRY_AGAIN_LATER)
+      this._conn(socket, () => {}, () => {}).close(false, CLOSE_TRY_AGAIN_LATER)
       return null
     }
     const sock = { conn: null, ip, inFlight: 0, last: Date.now() }
-    sock.conn = native.loopConn(socket, false, (texts) => {
+    sock.conn = this._conn(socket, (texts) => {
       sock.last = Date.now()
       this._onMessages(sock, texts)
     }, () => this._forget(sock))
@@ -49,6 +56,11 @@ class LoopSockets {
     // The bytes that came with the handshake may hold whole requests.
     sock.conn.pump()
     return sock
+  }
+
+  _conn (socket, onMessages, onClose) {
+    if (this._http) return native.loopHttpServerConn(socket, this._limits, onMessages, onClose)
+    return native.loopConn(socket, false, onMessages, onClose)
   }
 
   // One request of `sock` was answered.
@@ -81,7 +93,9 @@ class LoopSockets {
 
   // The idle sweep runs while there are sockets; it does not keep the process alive.
   _arm () {
-    this._sweeper = setTimeout(() => this._sweep(), Math.max(this._limits.ws_idle_timeout_ms / 4, 50))
+    const l = this._limits
+    const every = this._http ? Math.min(l.idle_timeout_ms, l.header_timeout_ms, l.body_timeout_ms) : l.ws_idle_timeout_ms
+    this._sweeper = setTimeout(() => this._sweep(), Math.max(every / 4, 50))
     this._sweeper.unref()
   }
 
@@ -89,7 +103,11 @@ class LoopSockets {
     this._sweeper = null
     const now = Date.now()
     for (const sock of this.values()) {
-      if (sock.inFlight === 0 && now - sock.last >= this._limits.ws_idle_timeout_ms) this.end(sock, 1000)
+      if (this._http) {
+        if (sock.conn.expire()) this._forget(sock)
+      } else if (sock.inFlight === 0 && now - sock.last >= this._limits.ws_idle_timeout_ms) {
+        this.end(sock, 1000)
+      }
     }
     if (this._socks.size && !this._sweeper) this._arm()
   }

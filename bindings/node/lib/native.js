@@ -231,6 +231,12 @@ exports.loopConn = (socket, client, onMessages, onClose) => new addon.NativeLoop
 // `send(text)` (false once closed), `setRef(bool)`, `open`, `close(goingAway)`.
 // `maxQueued`: most sockets handed over and not yet taken by this thread (closed past it).
 exports.loopListen = (port, onSocket, maxQueued) => sync(() => addon.NativeLoopServer.listen(port, onSocket, maxQueued))
+// A TCP listener whose accepted sockets go to `onSocket(socket)`, for `loopHttpServerConn`.
+exports.loopListenTcp = (port, onSocket, maxQueued) => sync(() => addon.NativeLoopServer.listenTcp(port, onSocket, maxQueued))
+// An HTTP/1.1 server connection on this thread's loop: `onMessages([seq, flags, body, _gr, _a,
+// _ar, ...])` gets whole requests, `replyHttp(seq, status, body)` answers one (true: call
+// `pump()` soon), `expire()` applies the read deadlines of `limits` (`serverLimits`).
+exports.loopHttpServerConn = (socket, limits, onMessages, onClose) => addon.NativeLoopConn.httpServer(socket, limits, onMessages, onClose)
 // The server limits `limits` sets over the core's defaults, every one by its snake_case name.
 exports.serverLimits = (limits) => sync(() => addon.serverLimits(limits || undefined))
 exports.loopServerPort = (s) => s.port

@@ -29,7 +29,7 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use grenache::transport::ws::handoff::{self, Decoder, HandedOff, Message, Pumped};
 use grenache::transport::ws::{WsServer, WsServerConfig};
@@ -40,6 +40,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, JsValue, Status};
 use napi_derive::napi;
 
+use crate::httpserve::{self, Expiry, Serve};
 use crate::{ErrName, js_err, port, runtime};
 
 // libuv, as exported by the node binary.
@@ -85,12 +86,23 @@ struct State {
     ended: Option<String>,
     /// The close code the peer sent, if it sent a close frame.
     peer_close: Option<u16>,
+    /// Close once `out` is written (an HTTP server's last reply).
+    closing: bool,
 }
 
-/// What a socket's bytes are: WebSocket frames, or HTTP/1.1 replies to the requests it sent.
+impl State {
+    /// Whether the socket is to be read now.
+    fn reading(&self) -> bool {
+        self.ended.is_none() && !self.closing && if let Input::Serve(s) = &self.input { s.reading() } else { true }
+    }
+}
+
+/// What a socket's bytes are: WebSocket frames, HTTP/1.1 replies to the requests it sent, or
+/// HTTP/1.1 requests to a loop server.
 enum Input {
     Ws(Decoder),
     Http(HttpIn),
+    Serve(Box<Serve>),
 }
 
 /// The reading side of a plain HTTP/1.1 client connection: one request at a time, no
@@ -149,8 +161,25 @@ impl Conn {
             st.out.clear();
             st.ended.get_or_insert(why);
             let _ = stream.shutdown(std::net::Shutdown::Both);
+        } else if st.closing && st.out.is_empty() && st.ended.is_none() {
+            // The last reply is written: the end of our side, and what the peer sent since is
+            // read and dropped, so that the close sends a FIN, not a reset that could cost the
+            // peer the reply.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            for _ in 0..16 {
+                if !matches!(std::io::Read::read(stream, &mut sink), Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            st.ended = Some("the connection was closed after its last reply".into());
         }
-        let want = if st.out.is_empty() { UV_READABLE } else { UV_READABLE | UV_WRITABLE };
+        // An ended socket is polled for writability, which is at once: the poll then ends it
+        // (and tells JS) from the loop, not from inside the call that ended it.
+        let mut want = if st.reading() { UV_READABLE } else { 0 };
+        if !st.out.is_empty() || st.ended.is_some() {
+            want |= UV_WRITABLE;
+        }
         if want != st.events && !self.closed.get() {
             st.events = want;
             // SAFETY: the handle lives until `close` hands it to uv_close.
@@ -160,11 +189,17 @@ impl Conn {
 
     /// Queues a frame, and writes it now unless a delivery is running.
     fn queue(self: &Rc<Self>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        self.queue_with(|st| encode(&mut st.out))
+    }
+
+    /// Queues what `add` puts in the socket's state (`out`), and writes it now unless a delivery
+    /// is running.
+    fn queue_with(self: &Rc<Self>, add: impl FnOnce(&mut State)) -> bool {
         let mut st = self.state.borrow_mut();
-        if st.stream.is_none() || st.ended.is_some() {
+        if st.stream.is_none() || st.ended.is_some() || st.closing {
             return false;
         }
-        encode(&mut st.out);
+        add(&mut st);
         if st.out.len() > MAX_OUTBOX {
             st.out.clear();
             st.ended.get_or_insert_with(|| "the peer does not read its replies".to_string());
@@ -239,8 +274,15 @@ impl Conn {
 
     /// Reads what the socket has, answers pings and closes, and delivers the messages.
     fn readable(self: &Rc<Self>) {
-        if matches!(self.state.borrow().input, Input::Http(_)) {
+        let (http, serve) = {
+            let st = self.state.borrow();
+            (matches!(st.input, Input::Http(_)), matches!(st.input, Input::Serve(_)))
+        };
+        if http {
             return self.readable_http();
+        }
+        if serve {
+            return self.readable_serve();
         }
         let mut texts: Vec<String> = Vec::new();
         let mut close_after = false;
@@ -354,6 +396,86 @@ impl Conn {
         self.delivered(&texts, close_after);
     }
 
+    /// Reads what an HTTP server socket has and delivers the requests it completes, six strings
+    /// each: `[seq, flags, body, _gr, _a, _ar]` (`flags`: `c` gzip asked, `s` chunked body, `g`,
+    /// `a`, `r` the headers present). Replies go back with `replyHttp(seq, ...)`, in any order;
+    /// they are written in request order.
+    fn readable_serve(self: &Rc<Self>) {
+        use std::io::Read;
+        let mut reqs = Vec::new();
+        let mut close_after = false;
+        {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let Input::Serve(srv) = &mut st.input else { return };
+            let mut chunk = [0u8; 16 << 10];
+            let mut budget = READ_BUDGET;
+            let mut eof = false;
+            while srv.reading() && !st.closing {
+                let Some(stream) = st.stream.as_mut() else { break };
+                match stream.read(&mut chunk) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        if !srv.extend(&chunk[..n]) {
+                            srv.refuse(503, "ERR_BUSY");
+                            break;
+                        }
+                        budget = budget.saturating_sub(n);
+                        if n < chunk.len() || budget == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        st.ended.get_or_insert_with(|| e.to_string());
+                        close_after = true;
+                        break;
+                    }
+                }
+            }
+            let now = Instant::now();
+            srv.parse(now, &mut reqs, &mut st.out);
+            if eof && srv.end_input() {
+                st.ended.get_or_insert_with(|| "the peer closed the connection".into());
+                close_after = true;
+            }
+            if srv.ready(now, &mut st.out) {
+                st.closing = true;
+            }
+        }
+        if !reqs.is_empty() {
+            let mut texts = Vec::with_capacity(reqs.len() * 6);
+            for r in reqs {
+                let mut flags = String::new();
+                for (on, c) in
+                    [(r.compress, 'c'), (r.stream, 's'), (r.gr.is_some(), 'g'), (r.action.is_some(), 'a'), (r.args.is_some(), 'r')]
+                {
+                    if on {
+                        flags.push(c);
+                    }
+                }
+                texts.push(r.seq.to_string());
+                texts.push(flags);
+                texts.push(String::from_utf8(r.body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()));
+                texts.push(r.gr.unwrap_or_default());
+                texts.push(r.action.unwrap_or_default());
+                texts.push(r.args.unwrap_or_default());
+            }
+            deliver(|| {
+                self.call_js(self.on_messages, |env| strings(env, &texts));
+            });
+        }
+        if close_after {
+            self.end();
+        } else {
+            self.flush();
+        }
+    }
+
     /// After a read: hands the messages it brought to JS in one call, then ends the socket
     /// (`close_after`) or writes what the call queued.
     fn delivered(self: &Rc<Self>, texts: &[String], close_after: bool) {
@@ -433,7 +555,11 @@ fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpRespon
     let (used, body) = if no_body {
         (0, Vec::new())
     } else if chunked {
-        match dechunk(rest, max)? {
+        let chunks = httpserve::dechunk(rest, max, &mut httpserve::ChunkScan::default()).map_err(|e| match e {
+            httpserve::ChunkError::TooLarge => format!("the reply is over {max} bytes"),
+            httpserve::ChunkError::Bad(why) => why.to_string(),
+        })?;
+        match chunks {
             Some(b) => b,
             None if eof => return Err("the connection ended inside a reply".into()),
             None => return Ok(None),
@@ -458,55 +584,6 @@ fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpRespon
         (rest.len(), rest.to_vec())
     };
     Ok(Some(HttpResponse { consumed: head + used, status, body, close }))
-}
-
-/// A chunked body at the front of `b`: `(bytes taken, body)` once it is whole. Chunks are
-/// found first and copied once the last one is there.
-fn dechunk(b: &[u8], max: usize) -> Result<Option<(usize, Vec<u8>)>, String> {
-    let line_end = |from: usize| b.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n"));
-    let mut pos = 0;
-    let mut chunks: Vec<(usize, usize)> = Vec::new();
-    let mut total = 0usize;
-    loop {
-        let Some(eol) = line_end(pos) else {
-            return if b.len() - pos > 1024 { Err("bad chunk size line".into()) } else { Ok(None) };
-        };
-        let line = &b[pos..pos + eol];
-        let digits = line.split(|&c| c == b';').next().unwrap_or(line);
-        let size = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|d| usize::from_str_radix(d.trim(), 16).ok())
-            .ok_or_else(|| "bad chunk size".to_string())?;
-        pos += eol + 2;
-        if size == 0 {
-            // Trailers, up to an empty line.
-            loop {
-                let Some(eol) = line_end(pos) else {
-                    return if b.len() - pos > MAX_HTTP_HEAD { Err("the reply's trailers are too large".into()) } else { Ok(None) };
-                };
-                pos += eol + 2;
-                if eol == 0 {
-                    let mut body = Vec::with_capacity(total);
-                    for (from, len) in chunks {
-                        body.extend_from_slice(&b[from..from + len]);
-                    }
-                    return Ok(Some((pos, body)));
-                }
-            }
-        }
-        total = total.saturating_add(size);
-        if total > max {
-            return Err(format!("the reply is over {max} bytes"));
-        }
-        if b.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        if &b[pos + size..pos + size + 2] != b"\r\n" {
-            return Err("a chunk does not end with CRLF".into());
-        }
-        chunks.push((pos, size));
-        pos += size + 2;
-    }
 }
 
 /// Runs a delivery into JS; frames queued meanwhile are written once the outermost one returns.
@@ -656,6 +733,25 @@ impl NativeLoopConn {
         Self::adopt(env, h.stream, input, true, on_messages, on_close)
     }
 
+    /// A plain HTTP/1.1 server connection (from a [`NativeLoopServer::listen_tcp`] server)
+    /// driven by the loop: `onMessages([seq, flags, body, _gr, _a, _ar, ...])` gets whole
+    /// requests, `replyHttp(seq, status, body)` answers each. `limits`: the core's server limits
+    /// by name (`serverLimits()`), of which the body and read deadlines apply here
+    /// ([`NativeLoopConn::expire`] checks the deadlines).
+    #[napi(factory)]
+    pub fn http_server(
+        env: Env,
+        socket: &NativeWsSocket,
+        limits: std::collections::HashMap<String, f64>,
+        on_messages: Function<'_>,
+        on_close: Function<'_>,
+    ) -> napi::Result<Self> {
+        let h = socket.take();
+        let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
+        let input = Input::Serve(Box::new(Serve::new(h.leftover, httpserve::Limits::from_table(&limits))));
+        Self::adopt(env, h.stream, input, false, on_messages, on_close)
+    }
+
     fn adopt(
         env: Env,
         stream: std::net::TcpStream,
@@ -696,6 +792,7 @@ impl NativeLoopConn {
                 dirty: false,
                 ended: None,
                 peer_close: None,
+                closing: false,
             }),
             on_messages,
             on_close,
@@ -733,6 +830,59 @@ impl NativeLoopConn {
     pub fn send(&self, text: String) -> bool {
         let client = self.conn.client;
         self.conn.queue(|out| handoff::encode_text(out, &text, client))
+    }
+
+    /// HTTP server: the reply to request `seq` (`body`: JSON text; gzipped here when the
+    /// request asked for it). Replies are written in request order. Returns true when requests
+    /// read earlier wait to be cut from the input (a client that sent many at once): call
+    /// `pump()` soon (not from inside this call's caller's delivery).
+    #[napi]
+    pub fn reply_http(&self, seq: u32, status: u32, body: String) -> bool {
+        let mut pump = false;
+        self.conn.queue_with(|st| {
+            if let Input::Serve(srv) = &mut st.input
+                && srv.answer(seq, u16::try_from(status).unwrap_or(500), body.as_bytes())
+            {
+                if srv.ready(Instant::now(), &mut st.out) {
+                    st.closing = true;
+                }
+                pump = srv.unparsed() && srv.reading() && !st.closing;
+            }
+        });
+        pump
+    }
+
+    /// HTTP server: applies the read deadlines and the idle limit (call it now and then). True
+    /// when the socket was closed now (`onClose` is not called); a late body is answered `408`
+    /// after the replies due before it, then the socket ends as after any last reply.
+    #[napi]
+    pub fn expire(&self) -> bool {
+        let why = {
+            let mut st = self.conn.state.borrow_mut();
+            let st = &mut *st;
+            let Input::Serve(srv) = &mut st.input else { return false };
+            if st.closing || st.ended.is_some() || self.conn.closed.get() {
+                return false;
+            }
+            match srv.expire(Instant::now()) {
+                Expiry::Keep => return false,
+                Expiry::Close(why) => Some(why),
+                Expiry::LateBody => {
+                    srv.refuse(408, grenache::rpc::ERR_TIMEOUT);
+                    if srv.ready(Instant::now(), &mut st.out) {
+                        st.closing = true;
+                    }
+                    None
+                }
+            }
+        };
+        let Some(why) = why else {
+            self.conn.flush();
+            return false;
+        };
+        self.conn.state.borrow_mut().ended = Some(why.into());
+        self.conn.close();
+        true
     }
 
     /// HTTP: posts `body` (JSON text) to `/` of `host` on this connection; false when the
@@ -825,7 +975,7 @@ impl NativeLoopConn {
         let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(if going_away.unwrap_or(false) { 1001 } else { 1000 });
         {
             let mut st = self.conn.state.borrow_mut();
-            if st.stream.is_some() && st.ended.is_none() {
+            if st.stream.is_some() && st.ended.is_none() && matches!(st.input, Input::Ws(_)) {
                 handoff::encode_close(&mut st.out, code, "", client);
             }
         }
@@ -885,11 +1035,33 @@ pub fn tcp_dial(dest: String, timeout_ms: Option<u32>, done: SocketDone) -> napi
 
 type SocketFn = ThreadsafeFunction<NativeWsSocket, (), NativeWsSocket, Status, false, true>;
 
-/// A WS server whose plain sockets are handed to `on_socket(socket)` on the JS thread.
+/// A WS server whose plain sockets are handed to `on_socket(socket)` on the JS thread
+/// ([`NativeLoopServer::listen`]), or a TCP listener whose accepted sockets are
+/// ([`NativeLoopServer::listen_tcp`], for HTTP).
 #[napi]
 pub struct NativeLoopServer {
-    server: Arc<Mutex<Option<WsServer>>>,
+    server: Arc<Mutex<Option<Listening>>>,
     port: u16,
+}
+
+enum Listening {
+    Ws(WsServer),
+    Tcp(tokio::task::JoinHandle<()>),
+}
+
+/// Hands a socket to the JS thread unless `cap` sockets already wait for it (then it is dropped:
+/// closed).
+fn hand_over(on_socket: &SocketFn, waiting: &Arc<AtomicUsize>, cap: usize, h: HandedOff) {
+    if waiting.fetch_add(1, Ordering::AcqRel) >= cap {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let queued = Queued(Arc::clone(waiting));
+    on_socket.call(NativeWsSocket::new(h, Some(queued)), ThreadsafeFunctionCallMode::NonBlocking);
+}
+
+fn default_cap(max_queued: Option<u32>) -> usize {
+    max_queued.map_or_else(|| grenache::transport::ServerLimits::default().get("max_connections").unwrap_or(0) as usize, |n| n as usize)
 }
 
 #[napi]
@@ -901,18 +1073,9 @@ impl NativeLoopServer {
     pub fn listen(port_: Option<u32>, on_socket: SocketFn, max_queued: Option<u32>) -> napi::Result<Self, ErrName> {
         let rt = runtime()?;
         let p = port(port_)?;
-        let on_socket = Arc::new(on_socket);
-        let cap = max_queued
-            .map_or_else(|| grenache::transport::ServerLimits::default().get("max_connections").unwrap_or(0) as usize, |n| n as usize);
+        let cap = default_cap(max_queued);
         let waiting = Arc::new(AtomicUsize::new(0));
-        let hook: handoff::HandOff = Arc::new(move |h: HandedOff| {
-            if waiting.fetch_add(1, Ordering::AcqRel) >= cap {
-                waiting.fetch_sub(1, Ordering::AcqRel);
-                return; // dropped: the socket closes
-            }
-            let queued = Queued(Arc::clone(&waiting));
-            on_socket.call(NativeWsSocket::new(h, Some(queued)), ThreadsafeFunctionCallMode::NonBlocking);
-        });
+        let hook: handoff::HandOff = Arc::new(move |h: HandedOff| hand_over(&on_socket, &waiting, cap, h));
         let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, p));
         // No handler is ever called: every plain socket is handed off (a TLS one is refused by
         // the absence of TLS settings: the server speaks plain ws only).
@@ -921,7 +1084,36 @@ impl NativeLoopServer {
             .block_on(Duration::from_secs(10), async move { WsServer::bind(addr, refuse, WsServerConfig::default().hand_off(hook)).await })
             .map_err(|e| js_err(&e))?;
         let port = server.port();
-        Ok(NativeLoopServer { server: Arc::new(Mutex::new(Some(server))), port })
+        Ok(NativeLoopServer { server: Arc::new(Mutex::new(Some(Listening::Ws(server)))), port })
+    }
+
+    /// Listens on TCP `port` (0: any) and hands every accepted socket (Nagle off) to
+    /// `on_socket`, for [`NativeLoopConn::http_server`]; `maxQueued` as in `listen`.
+    #[napi(factory)]
+    pub fn listen_tcp(port_: Option<u32>, on_socket: SocketFn, max_queued: Option<u32>) -> napi::Result<Self, ErrName> {
+        let rt = runtime()?;
+        let p = port(port_)?;
+        let cap = default_cap(max_queued);
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, p));
+        let listener =
+            rt.block_on(Duration::from_secs(10), async move { Ok(grenache::transport::listen(addr)?) }).map_err(|e| js_err(&e))?;
+        let port = listener.local_addr().map_err(|e| js_err(&e.into()))?.port();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let task = rt.handle().spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, remote)) => {
+                        let _ = tcp.set_nodelay(true);
+                        if let Ok(stream) = tcp.into_std() {
+                            hand_over(&on_socket, &waiting, cap, HandedOff { stream, leftover: Vec::new(), remote });
+                        }
+                    }
+                    // Out of descriptors or the like: a pause, not a busy loop.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Ok(NativeLoopServer { server: Arc::new(Mutex::new(Some(Listening::Tcp(task)))), port })
     }
 
     #[napi(getter)]
@@ -936,7 +1128,13 @@ impl NativeLoopServer {
         if let Some(s) = server {
             let rt = runtime()?;
             rt.block_on(Duration::from_secs(10), async move {
-                s.close().await;
+                match s {
+                    Listening::Ws(s) => s.close().await,
+                    Listening::Tcp(task) => {
+                        task.abort();
+                        let _ = task.await;
+                    }
+                }
                 Ok(())
             })
             .map_err(|e| js_err(&e))?;

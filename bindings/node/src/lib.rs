@@ -31,6 +31,7 @@ use napi::bindgen_prelude::{Buffer, Either, FnArgs};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod httpserve;
 // Its exports are registered by #[napi]; a test build of the crate does not register them.
 #[cfg_attr(test, allow(dead_code))]
 mod inloop;

@@ -71,13 +71,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+/// Gzips `data` (a reply body asked for with `grc-compress: gzip`).
+pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2 + 32), flate2::Compression::default());
     enc.write_all(data)?;
     Ok(enc.finish()?)
 }
 
-fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>> {
+/// Gunzips `data`, refusing more than `max` bytes out (`ErrorKind::PayloadTooLarge`); bytes that
+/// are not gzip are an `ErrorKind::Decode` error.
+pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(data)
         .take((max as u64).saturating_add(1))

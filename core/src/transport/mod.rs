@@ -377,7 +377,7 @@ pub async fn bind_server_with(
 /// `net.core.somaxconn`) instead of tokio's 1024, so that a burst of connections, or a flood from
 /// one source that the accept loop is closing, does not overflow the queue and drop the connects
 /// of well-behaved clients.
-pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
