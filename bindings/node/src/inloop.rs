@@ -154,6 +154,9 @@ impl Conn {
             }
         }
         st.out.drain(..written);
+        if written > 0 {
+            crate::spin::wrote();
+        }
         if st.out.is_empty() && st.out.capacity() > 1 << 16 {
             st.out = Vec::new();
         }
@@ -235,6 +238,10 @@ impl Conn {
             }
             // SAFETY: the handle is live; stopping it before the fd closes, as libuv asks.
             unsafe { uv_poll_stop(self.handle) };
+            if let Some(s) = st.stream.as_ref() {
+                use std::os::fd::AsRawFd;
+                crate::spin::unwatch(s.as_raw_fd());
+            }
             st.stream = None;
         }
         // SAFETY: the handle was initialised; `on_closed` drops the Rc held by the handle.
@@ -809,6 +816,7 @@ impl NativeLoopConn {
             }
             *(handle as *mut *const Conn) = Rc::into_raw(conn.clone());
             uv_poll_start(handle, UV_READABLE, on_poll);
+            crate::spin::watch(raw_env, lp, fd);
             // A socket alone does not keep the process alive: the caller refs it while it
             // waits for replies (`setRef`), a server while it listens.
             uv_unref(handle);

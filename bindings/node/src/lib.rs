@@ -32,9 +32,11 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 mod httpserve;
-// Its exports are registered by #[napi]; a test build of the crate does not register them.
+// Their exports are registered by #[napi]; a test build of the crate does not register them.
 #[cfg_attr(test, allow(dead_code))]
 mod inloop;
+#[cfg_attr(test, allow(dead_code))]
+mod spin;
 
 /// A completion: `(code, text)`.
 type Done = ThreadsafeFunction<FnArgs<(Option<u32>, Option<String>)>, (), FnArgs<(Option<u32>, Option<String>)>, Status, false>;

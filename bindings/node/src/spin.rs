@@ -1,0 +1,224 @@
+//! A bounded busy-poll before Node's loop goes to sleep, for the sockets driven on it
+//! (`inloop.rs`).
+//!
+//! Why: when a request goes to another process, the reply comes back tens of microseconds later,
+//! and by then the loop has gone to sleep in `epoll_wait`; waking a sleeping thread costs about as
+//! much again on a small machine (the scheduler, and a CPU leaving its idle state). A sequential
+//! caller pays that on every round trip, and so does a server between a sequential client's
+//! requests. Here, when the loop has nothing left to do and is about to sleep (a `uv_prepare_t`,
+//! which runs just before the loop computes how long to block), the thread first polls the loop's
+//! own sockets for up to `GRENACHE_NODE_SPIN_US` microseconds (default 0: off): if one
+//! turns readable in that time, the loop does not sleep. It spins only when bytes went out on
+//! one of those sockets since the loop last slept (a request or a reply: an answer may follow),
+//! never when the loop has work pending or a timer due sooner; it only looks at the sockets of
+//! `inloop.rs` (a private epoll set of them: one `epoll_wait` per look, whatever their number);
+//! and after 4 spins in a row that found nothing (sparse traffic) it rests for 64 iterations of
+//! the loop, so an idle or lightly loaded process spends almost nothing on it.
+//!
+//! Off by default: on the 2-core test machine it tripled sequential WS round trips between two
+//! processes when waking a sleeping thread was slow, and cost up to a quarter when it was fast
+//! (docs/benchmarks.md, 2026-12-05).
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_void};
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use napi::sys;
+
+const UV_PREPARE: c_int = 9;
+type PrepareCb = unsafe extern "C" fn(handle: *mut c_void);
+type CloseCb = unsafe extern "C" fn(handle: *mut c_void);
+unsafe extern "C" {
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_prepare_init(lp: *mut sys::uv_loop_s, handle: *mut c_void) -> c_int;
+    fn uv_prepare_start(handle: *mut c_void, cb: PrepareCb) -> c_int;
+    fn uv_unref(handle: *mut c_void);
+    fn uv_close(handle: *mut c_void, cb: CloseCb);
+    fn uv_backend_timeout(lp: *const sys::uv_loop_s) -> c_int;
+}
+
+/// Spins in a row that find nothing before a rest, and the loop iterations the rest lasts.
+const MISSES_BEFORE_REST: u32 = 4;
+const REST_ITERATIONS: u32 = 64;
+
+/// The spin of this thread's loop.
+struct Spinner {
+    lp: *mut sys::uv_loop_s,
+    /// The prepare handle (its memory: a `Vec<u64>` of `handle_words`).
+    handle: *mut c_void,
+    handle_words: usize,
+    epfd: c_int,
+    fds: usize,
+    budget: Duration,
+    misses: u32,
+    rest: u32,
+    /// Spins done, and those that found a socket readable.
+    spins: u64,
+    hits: u64,
+}
+
+enum Slot {
+    Unset,
+    Off,
+    On(Spinner),
+}
+
+thread_local! {
+    static SPINNER: RefCell<Slot> = const { RefCell::new(Slot::Unset) };
+    /// Bytes were written to a watched socket since the loop last went to sleep.
+    static WROTE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Bytes went out on a watched socket: an answer (a reply, the next request) may follow soon.
+pub fn wrote() {
+    WROTE.with(|w| w.set(true));
+}
+
+/// The spin budget: `GRENACHE_NODE_SPIN_US` µs, default 0 (off), at most 1000.
+fn budget() -> Duration {
+    let us = std::env::var("GRENACHE_NODE_SPIN_US").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_micros(us.min(1000))
+}
+
+/// Adds `fd` (a socket of this thread's loop `lp`) to the sockets polled before the loop sleeps.
+pub fn watch(env: sys::napi_env, lp: *mut sys::uv_loop_s, fd: c_int) {
+    SPINNER.with(|s| {
+        let mut s = s.borrow_mut();
+        if matches!(*s, Slot::Unset) {
+            *s = match start(env, lp) {
+                Some(sp) => Slot::On(sp),
+                None => Slot::Off,
+            };
+        }
+        if let Slot::On(sp) = &mut *s {
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+            // SAFETY: a live epoll descriptor and a live socket descriptor.
+            if unsafe { libc::epoll_ctl(sp.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
+                sp.fds += 1;
+            }
+        }
+    });
+}
+
+/// Removes `fd` (before it is closed).
+pub fn unwatch(fd: c_int) {
+    SPINNER.with(|s| {
+        if let Slot::On(sp) = &mut *s.borrow_mut() {
+            // SAFETY: as in `watch`; a descriptor not in the set is an error, ignored.
+            if unsafe { libc::epoll_ctl(sp.epfd, libc::EPOLL_CTL_DEL, fd, ptr::null_mut()) } == 0 {
+                sp.fds = sp.fds.saturating_sub(1);
+            }
+        }
+    });
+}
+
+/// Sets the spinner of this thread up: `None` when it is turned off or cannot be.
+fn start(env: sys::napi_env, lp: *mut sys::uv_loop_s) -> Option<Spinner> {
+    let budget = budget();
+    if budget.is_zero() || lp.is_null() {
+        return None;
+    }
+    // SAFETY: plain libc and libuv calls on the loop's own thread; the handle's memory is zeroed
+    // and of libuv's size for it, and lives until the close callback frees it.
+    unsafe {
+        let epfd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        if epfd < 0 {
+            return None;
+        }
+        let words = uv_handle_size(UV_PREPARE).div_ceil(8).max(1);
+        let mut mem = vec![0u64; words];
+        let handle = mem.as_mut_ptr().cast::<c_void>();
+        std::mem::forget(mem);
+        if uv_prepare_init(lp, handle) != 0 || uv_prepare_start(handle, on_prepare) != 0 {
+            drop(Vec::from_raw_parts(handle as *mut u64, words, words));
+            libc::close(epfd);
+            return None;
+        }
+        // It never keeps the process alive.
+        uv_unref(handle);
+        sys::napi_add_env_cleanup_hook(env, Some(cleanup), ptr::null_mut());
+        Some(Spinner { lp, handle, handle_words: words, epfd, fds: 0, budget, misses: 0, rest: 0, spins: 0, hits: 0 })
+    }
+}
+
+impl Spinner {
+    fn spin(&mut self) {
+        // Only after a write: with nothing sent, nothing is expected back soon.
+        if !WROTE.with(|w| w.replace(false)) || self.fds == 0 {
+            return;
+        }
+        if self.rest > 0 {
+            self.rest -= 1;
+            return;
+        }
+        // SAFETY: the loop of this thread, running.
+        let timeout = unsafe { uv_backend_timeout(self.lp) };
+        if timeout == 0 {
+            return; // the loop will not sleep: work is pending
+        }
+        let budget = if timeout > 0 { self.budget.min(Duration::from_millis(timeout as u64)) } else { self.budget };
+        let start = Instant::now();
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
+        self.spins += 1;
+        loop {
+            // SAFETY: a live epoll descriptor and room for one event.
+            if unsafe { libc::epoll_wait(self.epfd, ev.as_mut_ptr(), 1, 0) } > 0 {
+                self.misses = 0;
+                self.hits += 1;
+                return;
+            }
+            if start.elapsed() >= budget {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.misses += 1;
+        if self.misses >= MISSES_BEFORE_REST {
+            self.misses = 0;
+            self.rest = REST_ITERATIONS;
+        }
+    }
+}
+
+/// `[spins, hits]` of this thread's spinner (zeros when it is off): spins done before the loop
+/// slept, and those that found a socket readable.
+#[napi_derive::napi]
+pub fn spin_stats() -> Vec<f64> {
+    SPINNER.with(|s| match &*s.borrow() {
+        Slot::On(sp) => vec![sp.spins as f64, sp.hits as f64],
+        _ => vec![0.0, 0.0],
+    })
+}
+
+unsafe extern "C" fn on_prepare(_handle: *mut c_void) {
+    SPINNER.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut()
+            && let Slot::On(sp) = &mut *s
+        {
+            sp.spin();
+        }
+    });
+}
+
+/// The environment is going away: the handle is closed and the epoll set too.
+unsafe extern "C" fn cleanup(_arg: *mut c_void) {
+    let slot = SPINNER.with(|s| std::mem::replace(&mut *s.borrow_mut(), Slot::Off));
+    if let Slot::On(sp) = slot {
+        // SAFETY: the handle was initialised on this thread's loop and is closed once; its memory
+        // is freed in the close callback.
+        unsafe {
+            *(sp.handle as *mut usize) = sp.handle_words;
+            uv_close(sp.handle, on_closed);
+            libc::close(sp.epfd);
+        }
+    }
+}
+
+unsafe extern "C" fn on_closed(handle: *mut c_void) {
+    // SAFETY: `data` (the handle's first field) holds the size of its memory, set in `cleanup`.
+    unsafe {
+        let words = *(handle as *mut usize);
+        drop(Vec::from_raw_parts(handle as *mut u64, words, words));
+    }
+}
