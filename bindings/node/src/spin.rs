@@ -9,8 +9,8 @@
 //! which runs just before the loop computes how long to block), the thread first polls the loop's
 //! own sockets for up to `GRENACHE_NODE_SPIN_US` microseconds (default 0: off): if one
 //! turns readable in that time, the loop does not sleep. It spins only when bytes went out on
-//! one of those sockets since the loop last slept (a request or a reply: an answer may follow),
-//! never when the loop has work pending or a timer due sooner; it only looks at the sockets of
+//! one of those sockets since the last spin that found nothing (a request or a reply: answers
+//! may follow), never when the loop has work pending or a timer due sooner; it only looks at the sockets of
 //! `inloop.rs` (a private epoll set of them: one `epoll_wait` per look, whatever their number);
 //! and after 4 spins in a row that found nothing (sparse traffic) it rests for 64 iterations of
 //! the loop, so an idle or lightly loaded process spends almost nothing on it.
@@ -66,13 +66,13 @@ enum Slot {
 
 thread_local! {
     static SPINNER: RefCell<Slot> = const { RefCell::new(Slot::Unset) };
-    /// Bytes were written to a watched socket since the loop last went to sleep.
-    static WROTE: Cell<bool> = const { Cell::new(false) };
+    /// Bytes were written to a watched socket since the last spin that found nothing.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Bytes went out on a watched socket: an answer (a reply, the next request) may follow soon.
 pub fn wrote() {
-    WROTE.with(|w| w.set(true));
+    ARMED.with(|w| w.set(true));
 }
 
 /// The spin budget: `GRENACHE_NODE_SPIN_US` µs, default 0 (off), at most 1000.
@@ -144,8 +144,9 @@ fn start(env: sys::napi_env, lp: *mut sys::uv_loop_s) -> Option<Spinner> {
 
 impl Spinner {
     fn spin(&mut self) {
-        // Only after a write: with nothing sent, nothing is expected back soon.
-        if !WROTE.with(|w| w.replace(false)) || self.fds == 0 {
+        // Only after a write, until a spin finds nothing: with nothing sent, nothing is expected
+        // back soon; after one, the answers to it are (a map's three replies, say).
+        if !ARMED.with(Cell::get) || self.fds == 0 {
             return;
         }
         if self.rest > 0 {
@@ -173,6 +174,7 @@ impl Spinner {
             }
             std::hint::spin_loop();
         }
+        ARMED.with(|w| w.set(false));
         self.misses += 1;
         if self.misses >= MISSES_BEFORE_REST {
             self.misses = 0;
