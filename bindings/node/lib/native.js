@@ -239,7 +239,7 @@ exports.loopListenTcp = (port, onSocket, maxQueued) => sync(() => addon.NativeLo
 exports.loopHttpServerConn = (socket, limits, onMessages, onClose) => addon.NativeLoopConn.httpServer(socket, limits, onMessages, onClose)
 // The server limits `limits` sets over the core's defaults, every one by its snake_case name.
 exports.serverLimits = (limits) => sync(() => addon.serverLimits(limits || undefined))
-// `[spins, hits]` of this thread's busy-poll before the loop sleeps (`GRENACHE_NODE_SPIN_US`,
+// `[spins, hits]` of this thread's busy-poll before the loop sleeps (`GRENACHE_NODE_POLL_US`,
 // src/spin.rs): zeros when it is off.
 exports.spinStats = () => addon.spinStats()
 exports.loopServerPort = (s) => s.port

@@ -7,7 +7,7 @@
 //! caller pays that on every round trip, and so does a server between a sequential client's
 //! requests. Here, when the loop has nothing left to do and is about to sleep (a `uv_prepare_t`,
 //! which runs just before the loop computes how long to block), the thread first polls the loop's
-//! own sockets for up to `GRENACHE_NODE_SPIN_US` microseconds (default 0: off): if one
+//! own sockets for up to `GRENACHE_NODE_POLL_US` microseconds (default 0: off): if one
 //! turns readable in that time, the loop does not sleep. It spins only when bytes went out on
 //! one of those sockets since the last spin that found nothing (a request or a reply: answers
 //! may follow), never when the loop has work pending or a timer due sooner; it only looks at the sockets of
@@ -75,9 +75,9 @@ pub fn wrote() {
     ARMED.with(|w| w.set(true));
 }
 
-/// The spin budget: `GRENACHE_NODE_SPIN_US` µs, default 0 (off), at most 1000.
+/// The spin budget: `GRENACHE_NODE_POLL_US` µs, default 0 (off), at most 1000.
 fn budget() -> Duration {
-    let us = std::env::var("GRENACHE_NODE_SPIN_US").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    let us = std::env::var("GRENACHE_NODE_POLL_US").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
     Duration::from_micros(us.min(1000))
 }
 

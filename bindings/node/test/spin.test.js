@@ -1,4 +1,4 @@
-// The bounded busy-poll before Node's loop sleeps (src/spin.rs, `GRENACHE_NODE_SPIN_US`): with
+// The bounded busy-poll before Node's loop sleeps (src/spin.rs, `GRENACHE_NODE_POLL_US`): with
 // it on, a sequential client and server in two processes get every reply right, the client's
 // spins find the replies, and a client that sent nothing since its last fruitless spin does not
 // spin while it waits for a timer; with it off (the default) nothing spins.
@@ -52,8 +52,8 @@ function run (code, env) {
 }
 
 for (const spinUs of ['200', '0']) {
-  test(`spin: GRENACHE_NODE_SPIN_US=${spinUs}: a sequential client and server in two processes`, { timeout: 60000 }, async () => {
-    const env = { GRENACHE_NODE_SPIN_US: spinUs }
+  test(`spin: GRENACHE_NODE_POLL_US=${spinUs}: a sequential client and server in two processes`, { timeout: 60000 }, async () => {
+    const env = { GRENACHE_NODE_POLL_US: spinUs }
     const server = run(SERVER, env)
     try {
       const port = Number(await server.line)
