@@ -65,6 +65,9 @@ const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 const MAX_OUTBOX: usize = 64 << 20;
 /// Bytes read from one socket per readiness event before other sockets are read.
 const READ_BUDGET: usize = 1 << 20;
+/// How long a loop HTTP server's peer may leave its replies unread before its socket is closed
+/// (the core's servers: 30 s without write progress).
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long a dial may take (TCP and upgrade).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,6 +91,8 @@ struct State {
     peer_close: Option<u16>,
     /// Close once `out` is written (an HTTP server's last reply).
     closing: bool,
+    /// Since when `out` has held bytes the socket did not take (reset by any progress).
+    stalled_since: Option<Instant>,
 }
 
 impl State {
@@ -157,6 +162,11 @@ impl Conn {
         if written > 0 {
             crate::spin::wrote();
         }
+        st.stalled_since = match (st.out.is_empty(), written > 0) {
+            (true, _) => None,
+            (false, true) => Some(Instant::now()),
+            (false, false) => st.stalled_since.or_else(|| Some(Instant::now())),
+        };
         if st.out.is_empty() && st.out.capacity() > 1 << 16 {
             st.out = Vec::new();
         }
@@ -800,6 +810,7 @@ impl NativeLoopConn {
                 ended: None,
                 peer_close: None,
                 closing: false,
+                stalled_since: None,
             }),
             on_messages,
             on_close,
@@ -860,27 +871,39 @@ impl NativeLoopConn {
         pump
     }
 
-    /// HTTP server: applies the read deadlines and the idle limit (call it now and then). True
-    /// when the socket was closed now (`onClose` is not called); a late body is answered `408`
-    /// after the replies due before it, then the socket ends as after any last reply.
+    /// HTTP server: applies the read deadlines and the idle limit (call it now and then), and
+    /// closes the socket of a peer that took none of its replies for 30 s. True when the socket
+    /// was closed now (`onClose` is not called); a late body is answered `408` after the replies
+    /// due before it, then the socket ends as after any last reply.
     #[napi]
     pub fn expire(&self) -> bool {
-        let why = {
+        let why: Option<String> = {
             let mut st = self.conn.state.borrow_mut();
             let st = &mut *st;
             let Input::Serve(srv) = &mut st.input else { return false };
-            if st.closing || st.ended.is_some() || self.conn.closed.get() {
+            if self.conn.closed.get() {
                 return false;
             }
-            match srv.expire(Instant::now()) {
-                Expiry::Keep => return false,
-                Expiry::Close(why) => Some(why),
-                Expiry::LateBody => {
-                    srv.refuse(408, grenache::rpc::ERR_TIMEOUT);
-                    if srv.ready(Instant::now(), &mut st.out) {
-                        st.closing = true;
+            let now = Instant::now();
+            if !st.out.is_empty() {
+                // Replies waiting for the peer to read: it has WRITE_STALL to take some.
+                if st.stalled_since.is_none_or(|t| now.saturating_duration_since(t) <= WRITE_STALL) {
+                    return false;
+                }
+                Some("the peer does not read its replies".into())
+            } else if st.closing || st.ended.is_some() {
+                return false;
+            } else {
+                match srv.expire(now) {
+                    Expiry::Keep => return false,
+                    Expiry::Close(why) => Some(why.into()),
+                    Expiry::LateBody => {
+                        srv.refuse(408, grenache::rpc::ERR_TIMEOUT);
+                        if srv.ready(now, &mut st.out) {
+                            st.closing = true;
+                        }
+                        None
                     }
-                    None
                 }
             }
         };
@@ -888,7 +911,7 @@ impl NativeLoopConn {
             self.conn.flush();
             return false;
         };
-        self.conn.state.borrow_mut().ended = Some(why.into());
+        self.conn.state.borrow_mut().ended = Some(why);
         self.conn.close();
         true
     }
