@@ -341,7 +341,6 @@ impl Conn {
     /// `[status, body, status, body, ...]` (strings); a reply that asks to close the connection,
     /// a bad reply or the end of the socket closes it after the delivery.
     fn readable_http(self: &Rc<Self>) {
-        use std::io::Read;
         let mut texts: Vec<String> = Vec::new();
         let mut close_after = false;
         let idle;
@@ -350,28 +349,17 @@ impl Conn {
             let st = &mut *st;
             let Input::Http(inp) = &mut st.input else { return };
             let mut eof = false;
-            let mut chunk = [0u8; 16 << 10];
-            let mut budget = READ_BUDGET;
-            while let Some(stream) = st.stream.as_mut() {
-                match stream.read(&mut chunk) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        inp.buf.extend_from_slice(&chunk[..n]);
-                        budget = budget.saturating_sub(n);
-                        if n < chunk.len() || budget == 0 {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        st.ended.get_or_insert_with(|| e.to_string());
+            if let Some(stream) = st.stream.as_mut() {
+                match read_available(stream, |b| {
+                    inp.buf.extend_from_slice(b);
+                    true
+                }) {
+                    Drained::Eof => eof = true,
+                    Drained::Failed(e) => {
+                        st.ended.get_or_insert(e);
                         close_after = true;
-                        break;
                     }
+                    Drained::Paused | Drained::Stopped => {}
                 }
             }
             let mut off = 0;
@@ -418,40 +406,31 @@ impl Conn {
     /// `a`, `r` the headers present). Replies go back with `replyHttp(seq, ...)`, in any order;
     /// they are written in request order.
     fn readable_serve(self: &Rc<Self>) {
-        use std::io::Read;
         let mut reqs = Vec::new();
         let mut close_after = false;
         {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
             let Input::Serve(srv) = &mut st.input else { return };
-            let mut chunk = [0u8; 16 << 10];
-            let mut budget = READ_BUDGET;
             let mut eof = false;
-            while srv.reading() && !st.closing {
-                let Some(stream) = st.stream.as_mut() else { break };
-                match stream.read(&mut chunk) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
+            if let Some(stream) = st.stream.as_mut()
+                && srv.reading()
+                && !st.closing
+            {
+                let drained = read_available(stream, |b| {
+                    if srv.extend(b) {
+                        return true;
                     }
-                    Ok(n) => {
-                        if !srv.extend(&chunk[..n]) {
-                            srv.refuse(503, "ERR_BUSY");
-                            break;
-                        }
-                        budget = budget.saturating_sub(n);
-                        if n < chunk.len() || budget == 0 {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        st.ended.get_or_insert_with(|| e.to_string());
+                    srv.refuse(503, "ERR_BUSY");
+                    false
+                });
+                match drained {
+                    Drained::Eof => eof = true,
+                    Drained::Failed(e) => {
+                        st.ended.get_or_insert(e);
                         close_after = true;
-                        break;
                     }
+                    Drained::Paused | Drained::Stopped => {}
                 }
             }
             let now = Instant::now();
@@ -601,6 +580,43 @@ fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpRespon
         (rest.len(), rest.to_vec())
     };
     Ok(Some(HttpResponse { consumed: head + used, status, body, close }))
+}
+
+/// How [`read_available`] stopped.
+enum Drained {
+    /// The socket has nothing more now, or the read budget is spent.
+    Paused,
+    /// `take` asked to stop.
+    Stopped,
+    /// The peer ended its side.
+    Eof,
+    Failed(String),
+}
+
+/// Reads what `stream` has now, up to [`READ_BUDGET`] bytes, handing each piece to `take`
+/// (false: stop). A short read ends it: the socket has nothing more (no pointless read that
+/// would only say so).
+fn read_available(stream: &mut std::net::TcpStream, mut take: impl FnMut(&[u8]) -> bool) -> Drained {
+    use std::io::Read;
+    let mut chunk = [0u8; 16 << 10];
+    let mut budget = READ_BUDGET;
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Drained::Eof,
+            Ok(n) => {
+                if !take(&chunk[..n]) {
+                    return Drained::Stopped;
+                }
+                budget = budget.saturating_sub(n);
+                if n < chunk.len() || budget == 0 {
+                    return Drained::Paused;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Drained::Paused,
+            Err(e) => return Drained::Failed(e.to_string()),
+        }
+    }
 }
 
 /// Runs a delivery into JS; frames queued meanwhile are written once the outermost one returns.
