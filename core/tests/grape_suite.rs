@@ -755,3 +755,49 @@ async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
     assert_eq!(s, vec!["127.0.0.1:1001", "127.0.0.1:1002"], "without a window every lookup walks");
     net.stop().await;
 }
+
+/// `Grape::lookup_in_window` is what a lookup answers without a walk: nothing before the first
+/// walk, the cached peers inside the window (the same as `lookup` then), nothing once the window
+/// ended, and nothing with the window off.
+#[tokio::test]
+async fn lookup_in_window_is_the_answer_of_a_lookup_that_needs_no_walk() {
+    let strings = |peers: Vec<SocketAddr>| peers.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let window = Duration::from_secs(2);
+    let net = Testnet::start_with(2, |c| {
+        c.lookup_window(window);
+    })
+    .await
+    .expect("testnet");
+    let (g1, g2) = (net.grape(0), net.grape(1));
+    assert_eq!(g2.lookup_in_window("in:window"), None, "no walk yet");
+    announce(g1, "in:window", 1001).await;
+    eventually(T, "the service to be visible on grape 2", || async {
+        g2.lookup("in:window").await.is_ok_and(|p| strings(p) == vec!["127.0.0.1:1001"])
+    })
+    .await;
+    let walked = Instant::now();
+    announce(g1, "in:window", 1002).await;
+    let hit = g2.lookup_in_window("in:window").map(strings);
+    let looked = strings(g2.lookup("in:window").await.expect("lookup"));
+    if walked.elapsed() < window {
+        assert_eq!(hit, Some(vec!["127.0.0.1:1001".to_string()]), "inside the window: the cached peers");
+        assert_eq!(looked, vec!["127.0.0.1:1001"], "and lookup answers the same");
+    }
+    tokio::time::sleep_until((walked + window).into()).await;
+    assert_eq!(g2.lookup_in_window("in:window"), None, "the window ended: a lookup walks again");
+    let mut s = strings(g2.lookup("in:window").await.expect("lookup"));
+    s.sort();
+    assert_eq!(s, vec!["127.0.0.1:1001", "127.0.0.1:1002"]);
+    net.stop().await;
+
+    let net = Testnet::start_with(2, |c| {
+        c.lookup_window(Duration::ZERO);
+    })
+    .await
+    .expect("testnet");
+    let (g1, g2) = (net.grape(0), net.grape(1));
+    announce(g1, "in:window", 1001).await;
+    eventually(T, "the service to be visible", || async { g2.lookup("in:window").await.is_ok_and(|p| !p.is_empty()) }).await;
+    assert_eq!(g2.lookup_in_window("in:window"), None, "without a window every lookup walks");
+    net.stop().await;
+}

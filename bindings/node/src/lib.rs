@@ -764,6 +764,11 @@ fn http_meta_json(request: &Request) -> Option<String> {
     })
 }
 
+/// Peers as the JSON text of a lookup's answer: `'["ip:port",...]'`.
+fn peers_json(peers: &[std::net::SocketAddr]) -> String {
+    serde_json::Value::from(peers.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string()
+}
+
 fn grape_event(ev: &grenache::grape::GrapeEvent) -> (String, Option<String>) {
     use grenache::grape::GrapeEvent as E;
     match ev {
@@ -843,16 +848,18 @@ impl NativeGrape {
         let rt = runtime()?;
         let done = complete(done);
         match self.core() {
-            Ok(g) => rt.spawn(async move {
-                let r = g
-                    .lookup(&name)
-                    .await
-                    .map(|peers| serde_json::Value::from(peers.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string());
-                done(r);
-            }),
+            Ok(g) => rt.spawn(async move { done(g.lookup(&name).await.map(|peers| peers_json(&peers))) }),
             Err(e) => done(Err(e)),
         }
         Ok(())
+    }
+
+    /// What `lookup` would answer at once without a DHT walk (a name walked less than the
+    /// lookup window ago), as `'["ip:port",...]'`, computed on the calling thread; `null` when
+    /// `lookup` has to walk, or the Grape is stopped (then `lookup` reports it).
+    #[napi]
+    pub fn lookup_in_window(&self, name: String) -> Option<String> {
+        self.core().ok()?.lookup_in_window(&name).map(|peers| peers_json(&peers))
     }
 
     /// Announces `name` at `port` from this Grape: `done(err, count)`.

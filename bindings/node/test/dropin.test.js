@@ -232,6 +232,29 @@ test('grape: lookup and announce through the Grape class, events', async () => {
   await assert.rejects(cb2p((cb) => g1.announce('x', 'notaport', cb)), /ERR_GRAPE_SERVICE_PORT/)
 })
 
+test('grape: a lookup inside the lookup window answers from the cache, later, like a walk', async () => {
+  const g = grapes[1]
+  await cb2p((cb) => grapes[0].announce('dropin:window', 4343, cb))
+  const walked = await eventually(() => cb2p((cb) => g.lookup('dropin:window', cb)).then((p) => p.length && p), 'lookup')
+  assert.ok(walked.length === 1 && walked[0].endsWith(':4343'), walked)
+  // The walk that just found it opened the window (100 ms by default): the next lookup is
+  // answered on the JS thread, from the same cache a walk would answer from.
+  assert.equal(typeof g._g.lookupInWindow('dropin:window'), 'string')
+  const order = []
+  const peers = await new Promise((resolve, reject) => {
+    g.lookup('dropin:window', (err, p) => {
+      order.push('cb')
+      return err ? reject(err) : resolve(p)
+    })
+    order.push('returned')
+    process.nextTick(() => order.push('tick'))
+  })
+  assert.deepEqual(peers, walked)
+  assert.deepEqual(order, ['returned', 'tick', 'cb'], 'the callback comes in a later turn of the event loop')
+  assert.equal(g._g.lookupInWindow('dropin:nobody'), null, 'a name never walked is not answered from the window')
+  assert.deepEqual(await cb2p((cb) => g.lookup('dropin:nobody', cb)), [])
+})
+
 test('link: put/get, empty lookup, missing args', async () => {
   const l = link('ours', 0)
   const hash = await cb2p((cb) => l.put({ v: 'hello world' }, cb))

@@ -709,6 +709,16 @@ impl Grape {
         self.inner.lookup(name.as_bytes()).await
     }
 
+    /// What [`Grape::lookup`] would answer at once, without a DHT walk: the cached peers of a
+    /// name whose last walk found peers less than the lookup window ago (see
+    /// [`GrapeConfig::lookup_window`]). `None` when `lookup` would walk (or wait for a walk).
+    ///
+    /// It takes two short locks and never waits, so an embedder can call it on its own thread
+    /// and hand the answer to the caller there, without a trip through the runtime.
+    pub fn lookup_in_window(&self, name: &str) -> Option<Vec<SocketAddr>> {
+        self.inner.lookup_in_window(name.as_bytes())
+    }
+
     /// Stops the HTTP API and the DHT node and frees both ports. Connections in flight get their
     /// reply (up to 2 s); idle keep-alive connections are closed. With
     /// [`GrapeConfig::dht_state`], the routing table is saved first.
@@ -843,14 +853,21 @@ impl Inner {
         out
     }
 
+    /// The lookup cache's peers for `name` when its last walk found peers less than
+    /// `lookup_window` ago (and some are still cached): a lookup then needs no walk.
+    fn lookup_in_window(&self, name: &[u8]) -> Option<Vec<SocketAddr>> {
+        if self.lookup_window.is_zero() || lock(&self.recent_walks).get(name).is_none_or(|at| at.elapsed() >= self.lookup_window) {
+            return None;
+        }
+        let cached = lock(&self.cache).get(name, LOOKUP_MAX_PEERS);
+        (!cached.is_empty()).then_some(cached)
+    }
+
     /// One DHT walk per name at a time (the reference's `cbq`); every caller then answers from
     /// the lookup cache.
     async fn lookup(self: &Arc<Self>, name: &[u8]) -> Result<Vec<SocketAddr>> {
-        if !self.lookup_window.is_zero() && lock(&self.recent_walks).get(name).is_some_and(|at| at.elapsed() < self.lookup_window) {
-            let cached = lock(&self.cache).get(name, LOOKUP_MAX_PEERS);
-            if !cached.is_empty() {
-                return Ok(cached);
-            }
+        if let Some(cached) = self.lookup_in_window(name) {
+            return Ok(cached);
         }
         let mut rx = {
             let mut inflight = lock(&self.inflight);
