@@ -5,7 +5,7 @@
 // request with the `_gr` header) and a server transport with `disableBuffered` (or with 'stream'
 // listeners when it starts listening), whose 'stream' event hands out Node's `req`/`res`.
 // Plain (not HTTPS) connections, of the client and of the server, are read and written on this
-// thread's event loop, their HTTP parsed in the addon (src/inloop.rs, src/httpserve.rs).
+// thread's event loop, their HTTP parsed in Rust (src/inloop.rs over the core's transport::http_handoff).
 // Differences from the reference are in docs/compat.md.
 'use strict'
 

@@ -40,8 +40,8 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, JsValue, Status};
 use napi_derive::napi;
 
-use crate::httpserve::{self, Expiry, Serve};
 use crate::{ErrName, js_err, port, runtime};
+use grenache::transport::http_handoff::{self, Expiry, Serve};
 
 // libuv, as exported by the node binary.
 const UV_POLL: c_int = 8;
@@ -551,9 +551,9 @@ fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpRespon
     let (used, body) = if no_body {
         (0, Vec::new())
     } else if chunked {
-        let chunks = httpserve::dechunk(rest, max, &mut httpserve::ChunkScan::default()).map_err(|e| match e {
-            httpserve::ChunkError::TooLarge => format!("the reply is over {max} bytes"),
-            httpserve::ChunkError::Bad(why) => why.to_string(),
+        let chunks = http_handoff::dechunk(rest, max, &mut http_handoff::ChunkScan::default()).map_err(|e| match e {
+            http_handoff::ChunkError::TooLarge => format!("the reply is over {max} bytes"),
+            http_handoff::ChunkError::Bad(why) => why.to_string(),
         })?;
         match chunks {
             Some(b) => b,
@@ -781,7 +781,7 @@ impl NativeLoopConn {
     ) -> napi::Result<Self> {
         let h = socket.take();
         let Some(h) = h else { return Err(napi::Error::new(Status::InvalidArg, "this socket was already taken")) };
-        let input = Input::Serve(Box::new(Serve::new(h.leftover, httpserve::Limits::from_table(&limits))));
+        let input = Input::Serve(Box::new(Serve::new(h.leftover, http_handoff::Limits::from_table(&limits))));
         Self::adopt(env, h.stream, input, false, on_messages, on_close)
     }
 

@@ -31,7 +31,6 @@ use napi::bindgen_prelude::{Buffer, Either, FnArgs};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
-mod httpserve;
 // Their exports are registered by #[napi]; a test build of the crate does not register them.
 #[cfg_attr(test, allow(dead_code))]
 mod inloop;

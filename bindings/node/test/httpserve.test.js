@@ -1,5 +1,5 @@
 // Tests of the drop-in grenache-native/http server's plain sockets, read and written on Node's
-// event loop (src/httpserve.rs, src/inloop.rs `NativeLoopConn.httpServer`, lib/http.js): every
+// event loop (core transport::http_handoff, src/inloop.rs `NativeLoopConn.httpServer`, lib/http.js): every
 // request framing (content-length, chunked in pieces, gzip, 100-continue), pipelined requests
 // answered in request order whatever the order of the handlers' replies, past the pipelining
 // bound too; bad input answered with a status and an error string, ending only the socket that

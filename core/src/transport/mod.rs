@@ -14,6 +14,7 @@ use crate::tls::{ClientTls, ServerTls, VerifyClient};
 
 mod busy;
 pub mod http;
+pub mod http_handoff;
 pub mod limits;
 pub mod utp;
 pub mod ws;

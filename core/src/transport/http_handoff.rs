@@ -1,16 +1,21 @@
-//! The server side of plain HTTP/1.1 connections read and written on Node's loop (the drop-in
-//! `grenache-native/http` server, [`crate::inloop::NativeLoopConn::http_server`]): whole requests
-//! cut from a connection's bytes, their replies put back in request order, and the core HTTP
-//! server's limits (body size, read deadlines, idle keep-alive, body bytes buffered at once).
+//! The server side of a plain HTTP/1.1 RPC connection handed over to a face's event loop (the
+//! Node face's drop-in `grenache-native/http` server reads and writes its sockets on Node's
+//! loop): whole requests cut from the connection's bytes, their replies put back in request
+//! order, and the limits of [`super::http::HttpServer`] (body size, read deadlines, idle
+//! keep-alive, body bytes buffered at once), so that every face serving such sockets keeps the
+//! same rules.
 //!
-//! Pure state, no I/O: `inloop.rs` reads and writes the socket.
+//! Pure state, no I/O: the face reads the socket into [`Serve::extend`], takes requests from
+//! [`Serve::parse`], gives replies to [`Serve::answer`] and writes what [`Serve::ready`] puts out.
+//! Budget of buffered bytes: per thread (a face's loop thread), `max_body_in_flight`.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use grenache::transport::http::{DEFAULT_MAX_BODY, gunzip, gzip};
-use grenache::{ErrorKind, transport::ReadDeadlines};
+use super::ReadDeadlines;
+use super::http::{DEFAULT_MAX_BODY, gunzip, gzip};
+use crate::ErrorKind;
 
 /// Largest request head (request line and headers); past it `431`.
 pub const MAX_HEAD: usize = 64 << 10;
@@ -26,13 +31,17 @@ thread_local! {
 /// The limits of the core's HTTP server, from the face's table of limits by name.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The largest request body (after gunzip too); past it `413`.
     pub max_body: usize,
+    /// The head's, the body's and the idle keep-alive deadlines.
     pub deadlines: ReadDeadlines,
+    /// Request bytes all connections of one thread buffer at once; past it `503`.
     pub max_in_flight: usize,
 }
 
 impl Limits {
-    /// From `serverLimits()`' table; missing names keep the core's defaults.
+    /// From a table of server limits by name (as [`super::ServerLimits`] lists them); missing
+    /// names keep the defaults.
     pub fn from_table(t: &HashMap<String, f64>) -> Limits {
         let mut deadlines = ReadDeadlines::default();
         let ms = |name: &str, d: &mut Duration| {
@@ -49,7 +58,7 @@ impl Limits {
         let max_in_flight = t
             .get("max_body_in_flight")
             .filter(|v| v.is_finite() && **v > 0.0)
-            .map_or(grenache::transport::http::DEFAULT_MAX_BODY_IN_FLIGHT, |v| *v as usize);
+            .map_or(super::http::DEFAULT_MAX_BODY_IN_FLIGHT, |v| *v as usize);
         Limits { max_body: DEFAULT_MAX_BODY, deadlines, max_in_flight }
     }
 }
@@ -83,12 +92,15 @@ pub struct Request {
     pub seq: u32,
     /// The body, gunzipped when the request asked for gzip and it gunzips.
     pub body: Vec<u8>,
+    /// The request asked for gzip (`grc-compress: gzip`): its reply is gzipped too.
     pub compress: bool,
     /// The body came chunked (`isStream` in the reference's meta).
     pub stream: bool,
-    /// The `_gr`, `_a` and `_ar` headers.
+    /// The `_gr` header (streaming mode's `[rid, key]`), as sent.
     pub gr: Option<String>,
+    /// The `_a` header (streaming mode's action).
     pub action: Option<String>,
+    /// The `_ar` header (streaming mode's action arguments, JSON), as sent.
     pub args: Option<String>,
 }
 
@@ -102,6 +114,7 @@ struct Slot {
 /// What [`Serve::expire`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Expiry {
+    /// Within every deadline.
     Keep,
     /// Close without a word (a late head, an idle keep-alive connection).
     Close(&'static str),
@@ -145,6 +158,7 @@ impl Drop for Serve {
 type Refusal = (u16, String);
 
 impl Serve {
+    /// A connection whose first bytes (read with its handshake, if any) are `leftover`.
     pub fn new(leftover: Vec<u8>, limits: Limits) -> Serve {
         let mut s = Serve {
             buf: Vec::new(),
@@ -485,6 +499,7 @@ pub struct ChunkScan {
 pub enum ChunkError {
     /// Over the size limit.
     TooLarge,
+    /// Not chunked encoding: why.
     Bad(&'static str),
 }
 
@@ -536,5 +551,246 @@ pub fn dechunk(b: &[u8], max: usize, scan: &mut ChunkScan) -> Result<Option<(usi
         scan.chunks.push((data, size));
         scan.total += size;
         scan.pos = data + size + 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_body: 1024, deadlines: ReadDeadlines::default(), max_in_flight: 1 << 20 }
+    }
+
+    fn post(body: &[u8], headers: &str) -> Vec<u8> {
+        let mut v = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{headers}\r\n", body.len()).into_bytes();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn parse(s: &mut Serve) -> (Vec<Request>, Vec<u8>) {
+        let (mut reqs, mut interim) = (Vec::new(), Vec::new());
+        s.parse(Instant::now(), &mut reqs, &mut interim);
+        (reqs, interim)
+    }
+
+    /// The replies `out` holds: `(status, headers, body)`.
+    fn replies(mut out: &[u8]) -> Vec<(u16, String, Vec<u8>)> {
+        let mut v = Vec::new();
+        while !out.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut r = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(n)) = r.parse(out) else { panic!("a whole reply") };
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| std::str::from_utf8(h.value).unwrap_or("0").parse().unwrap_or(0));
+            let names =
+                r.headers.iter().map(|h| format!("{}: {}", h.name, String::from_utf8_lossy(h.value))).collect::<Vec<_>>().join("\n");
+            v.push((r.code.unwrap_or(0), names, out[n..n + len].to_vec()));
+            out = &out[n + len..];
+        }
+        v
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_request_order() {
+        let mut s = Serve::new(Vec::new(), limits());
+        let gz = gzip(br#"["r3","k",3]"#).expect("gzip");
+        let mut wire = post(br#"["r1","k",1]"#, "");
+        wire.extend_from_slice(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n_gr: [\"g\",\"k\"]\r\n\r\n4\r\n[\"r2\r\n8;x=y\r\n\",\"k\",2]\r\n0\r\n\r\n",
+        );
+        wire.extend_from_slice(&post(&gz, "grc-compress: gzip\r\n"));
+        assert!(s.extend(&wire));
+        let (reqs, _) = parse(&mut s);
+        let bodies: Vec<_> = reqs.iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+        assert_eq!(bodies, [r#"["r1","k",1]"#, r#"["r2","k",2]"#, r#"["r3","k",3]"#]);
+        assert_eq!(reqs.iter().map(|r| (r.compress, r.stream)).collect::<Vec<_>>(), [(false, false), (false, true), (true, false)]);
+        assert_eq!(reqs[1].gr.as_deref(), Some(r#"["g","k"]"#));
+        // Answered last, first, second: nothing goes out before the first.
+        let mut out = Vec::new();
+        assert!(s.answer(reqs[2].seq, 200, b"three"));
+        assert!(s.answer(reqs[1].seq, 200, b"two"));
+        assert!(!s.ready(Instant::now(), &mut out));
+        assert!(out.is_empty());
+        assert!(s.answer(reqs[0].seq, 200, b"one"));
+        assert!(!s.answer(reqs[0].seq, 200, b"again"), "one reply per request");
+        assert!(!s.ready(Instant::now(), &mut out));
+        let got = replies(&out);
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [200, 200, 200]);
+        assert_eq!(got[0].2, b"one");
+        assert_eq!(got[1].2, b"two");
+        assert_eq!(gunzip(&got[2].2, 100).expect("the gzip request's reply is gzipped"), b"three");
+        assert!(s.reading() && !s.unparsed());
+    }
+
+    #[test]
+    fn a_request_cut_anywhere_is_read_whole_once() {
+        let mut wire = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-trailer: 1\r\n\r\n".to_vec();
+        wire.extend_from_slice(&post(b"fgh", ""));
+        for cut in 1..wire.len() {
+            let mut s = Serve::new(Vec::new(), limits());
+            let mut reqs = Vec::new();
+            for piece in [&wire[..cut], &wire[cut..]] {
+                assert!(s.extend(piece));
+                reqs.extend(parse(&mut s).0);
+            }
+            assert_eq!(reqs.iter().map(|r| r.body.clone()).collect::<Vec<_>>(), [b"abcde".to_vec(), b"fgh".to_vec()], "cut at {cut}");
+        }
+        // Byte by byte.
+        let mut s = Serve::new(Vec::new(), limits());
+        let mut n = 0;
+        for b in &wire {
+            assert!(s.extend(std::slice::from_ref(b)));
+            n += parse(&mut s).0.len();
+        }
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_and_the_connection_closes_after_the_replies_before() {
+        let cases: [(&[u8], u16); 6] = [
+            (b"GARBAGE\0\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: 99999\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n800\r\n", 413),
+            (b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", 400),
+            (b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", 400),
+        ];
+        for (bad, status) in cases {
+            let mut s = Serve::new(Vec::new(), limits());
+            let mut wire = post(b"[1]", "");
+            wire.extend_from_slice(bad);
+            assert!(s.extend(&wire));
+            let (reqs, _) = parse(&mut s);
+            assert_eq!(reqs.len(), 1, "the good request before it is served");
+            assert!(!s.reading(), "nothing more is read");
+            let mut out = Vec::new();
+            assert!(!s.ready(Instant::now(), &mut out), "the refusal waits for the reply before it");
+            s.answer(reqs[0].seq, 200, b"ok");
+            assert!(s.ready(Instant::now(), &mut out), "then the connection closes");
+            let got = replies(&out);
+            assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [200, status], "{}", String::from_utf8_lossy(bad));
+            assert!(got[1].1.contains("connection: close"));
+            assert!(String::from_utf8_lossy(&got[1].2).starts_with("[null,\"ERR_"));
+        }
+        // A head that never ends.
+        let mut s = Serve::new(Vec::new(), limits());
+        assert!(s.extend(format!("POST / HTTP/1.1\r\nx: {}", "a".repeat(MAX_HEAD + 1)).as_bytes()));
+        parse(&mut s);
+        let mut out = Vec::new();
+        assert!(s.ready(Instant::now(), &mut out));
+        assert_eq!(replies(&out)[0].0, 431);
+        // A gzip body that grows past the limit.
+        let mut s = Serve::new(Vec::new(), limits());
+        assert!(s.extend(&post(&gzip(&[b' '; 5000]).expect("gzip"), "grc-compress: gzip\r\n")));
+        assert!(parse(&mut s).0.is_empty());
+        let mut out = Vec::new();
+        assert!(s.ready(Instant::now(), &mut out));
+        assert_eq!(replies(&out)[0].0, 413);
+    }
+
+    #[test]
+    fn connection_close_http10_continue_and_the_pipelining_bound() {
+        let mut s = Serve::new(Vec::new(), limits());
+        let mut wire = post(b"a", "connection: close\r\n");
+        wire.extend_from_slice(&post(b"b", ""));
+        assert!(s.extend(&wire));
+        let (reqs, _) = parse(&mut s);
+        assert_eq!(reqs.len(), 1, "nothing after a request that closes");
+        s.answer(reqs[0].seq, 200, b"x");
+        let mut out = Vec::new();
+        assert!(s.ready(Instant::now(), &mut out));
+        assert!(replies(&out)[0].1.contains("connection: close"));
+
+        let mut s = Serve::new(b"POST / HTTP/1.0\r\ncontent-length: 1\r\n\r\nz".to_vec(), limits());
+        let (reqs, _) = parse(&mut s);
+        s.answer(reqs[0].seq, 200, b"x");
+        assert!(s.ready(Instant::now(), &mut Vec::new()), "HTTP/1.0 closes after its reply");
+
+        let mut s = Serve::new(Vec::new(), limits());
+        assert!(s.extend(b"POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n"));
+        let (reqs, interim) = parse(&mut s);
+        assert!(reqs.is_empty());
+        assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(parse(&mut s).1.is_empty(), "once");
+        assert!(s.extend(b"ok"));
+        assert_eq!(parse(&mut s).0.len(), 1);
+
+        let mut s = Serve::new(Vec::new(), limits());
+        let wire: Vec<u8> = (0..MAX_PIPELINED + 6).flat_map(|i| post(format!("{i}").as_bytes(), "")).collect();
+        assert!(s.extend(&wire));
+        let (reqs, _) = parse(&mut s);
+        assert_eq!(reqs.len(), MAX_PIPELINED);
+        assert!(!s.reading() && s.unparsed());
+        s.answer(reqs[0].seq, 200, b"x");
+        s.ready(Instant::now(), &mut Vec::new());
+        assert!(s.reading());
+        let (more, _) = parse(&mut s);
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].body, format!("{MAX_PIPELINED}").as_bytes());
+
+        let mut s = Serve::new(Vec::new(), limits());
+        assert!(s.end_input(), "nothing to answer: close now");
+        let mut s = Serve::new(post(b"q", ""), limits());
+        let (reqs, _) = parse(&mut s);
+        assert!(!s.end_input(), "the peer's end waits for the reply");
+        s.answer(reqs[0].seq, 200, b"x");
+        assert!(s.ready(Instant::now(), &mut Vec::new()));
+    }
+
+    #[test]
+    fn deadlines_close_late_heads_late_bodies_and_idle_connections() {
+        let d = ReadDeadlines {
+            header: Duration::from_millis(100),
+            body: Duration::from_millis(300),
+            body_min_rate: 0,
+            body_grace: Duration::from_millis(50),
+            idle: Duration::from_millis(200),
+        };
+        let l = Limits { deadlines: d, ..limits() };
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+
+        let s = Serve::new(Vec::new(), l);
+        assert_eq!(s.expire(at(150)), Expiry::Keep, "a fresh connection has the idle time");
+        assert_eq!(s.expire(at(250)), Expiry::Close("idle keep-alive connection"));
+
+        let mut s = Serve::new(Vec::new(), l);
+        assert!(s.extend(b"POST / HT"));
+        s.parse(t0, &mut Vec::new(), &mut Vec::new());
+        assert_eq!(s.expire(at(90)), Expiry::Keep);
+        assert_eq!(s.expire(at(120)), Expiry::Close("the request head did not arrive in time"));
+
+        let mut s = Serve::new(Vec::new(), l);
+        assert!(s.extend(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\n12"));
+        s.parse(t0, &mut Vec::new(), &mut Vec::new());
+        assert_eq!(s.expire(at(250)), Expiry::Keep);
+        assert_eq!(s.expire(at(350)), Expiry::LateBody);
+
+        // A request running is not idle.
+        let mut s = Serve::new(post(b"x", ""), l);
+        let mut reqs = Vec::new();
+        s.parse(t0, &mut reqs, &mut Vec::new());
+        assert_eq!(s.expire(at(1000)), Expiry::Keep);
+        s.answer(reqs[0].seq, 200, b"y");
+        s.ready(at(1000), &mut Vec::new());
+        assert_eq!(s.expire(at(1100)), Expiry::Keep);
+        assert_eq!(s.expire(at(1300)), Expiry::Close("idle keep-alive connection"));
+    }
+
+    #[test]
+    fn the_thread_budget_of_buffered_bytes_is_shared_and_given_back() {
+        let l = Limits { max_in_flight: 100, ..limits() };
+        let mut a = Serve::new(Vec::new(), l);
+        assert!(a.extend(&[b'x'; 60]));
+        let mut b = Serve::new(Vec::new(), l);
+        assert!(!b.extend(&[b'y'; 60]), "two connections past the budget");
+        drop(b);
+        drop(a);
+        let mut c = Serve::new(Vec::new(), l);
+        assert!(c.extend(&[b'z'; 90]), "given back when the connections went");
     }
 }
