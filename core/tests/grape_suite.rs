@@ -712,17 +712,22 @@ async fn re_announce_window_skips_the_dht_and_can_be_disabled() {
     }
 }
 
+/// Two Grapes whose lookups walk the DHT at most once per `window` for a name.
+async fn two_grapes_with_window(window: Duration) -> Testnet {
+    Testnet::start_with(2, |c| {
+        c.lookup_window(window);
+    })
+    .await
+    .expect("testnet")
+}
+
 /// The lookup walk window: within it a hot name is answered from the lookup cache (a service
 /// announced meanwhile is not seen yet); after it the next lookup walks and sees it. With the
 /// window off, every lookup walks, like the reference.
 #[tokio::test]
 async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
     let window = Duration::from_secs(3);
-    let net = Testnet::start_with(2, |c| {
-        c.lookup_window(window);
-    })
-    .await
-    .expect("testnet");
+    let net = two_grapes_with_window(window).await;
     let (g1, g2) = (net.grape(0), net.grape(1));
     announce(g1, "hot:name", 1001).await;
     eventually(T, "the first service to be visible on grape 2", || async { lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"] }).await;
@@ -741,11 +746,7 @@ async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
     assert!(walked.elapsed() + Duration::from_millis(100) >= window, "the second service showed up before the window ended");
     net.stop().await;
 
-    let net = Testnet::start_with(2, |c| {
-        c.lookup_window(Duration::ZERO);
-    })
-    .await
-    .expect("testnet");
+    let net = two_grapes_with_window(Duration::ZERO).await;
     let (g1, g2) = (net.grape(0), net.grape(1));
     announce(g1, "hot:name", 1001).await;
     eventually(T, "the first service to be visible", || async { lookup(g2, "hot:name").await == vec!["127.0.0.1:1001"] }).await;
@@ -763,11 +764,7 @@ async fn lookup_window_serves_hot_names_from_the_cache_until_it_ends() {
 async fn lookup_in_window_is_the_answer_of_a_lookup_that_needs_no_walk() {
     let strings = |peers: Vec<SocketAddr>| peers.iter().map(ToString::to_string).collect::<Vec<_>>();
     let window = Duration::from_secs(2);
-    let net = Testnet::start_with(2, |c| {
-        c.lookup_window(window);
-    })
-    .await
-    .expect("testnet");
+    let net = two_grapes_with_window(window).await;
     let (g1, g2) = (net.grape(0), net.grape(1));
     assert_eq!(g2.lookup_in_window("in:window"), None, "no walk yet");
     announce(g1, "in:window", 1001).await;
@@ -790,11 +787,7 @@ async fn lookup_in_window_is_the_answer_of_a_lookup_that_needs_no_walk() {
     assert_eq!(s, vec!["127.0.0.1:1001", "127.0.0.1:1002"]);
     net.stop().await;
 
-    let net = Testnet::start_with(2, |c| {
-        c.lookup_window(Duration::ZERO);
-    })
-    .await
-    .expect("testnet");
+    let net = two_grapes_with_window(Duration::ZERO).await;
     let (g1, g2) = (net.grape(0), net.grape(1));
     announce(g1, "in:window", 1001).await;
     eventually(T, "the service to be visible", || async { g2.lookup("in:window").await.is_ok_and(|p| !p.is_empty()) }).await;
