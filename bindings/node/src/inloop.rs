@@ -364,7 +364,7 @@ impl Conn {
             }
             let mut off = 0;
             while off < inp.buf.len() || eof {
-                match parse_response(&inp.buf[off..], eof, MAX_MESSAGE) {
+                match http_handoff::parse_response(&inp.buf[off..], eof, MAX_MESSAGE) {
                     Ok(None) => break,
                     Ok(Some(r)) => {
                         off += r.consumed;
@@ -498,88 +498,6 @@ impl Conn {
             self.call_js(self.on_close, |env| string(env, &why));
         });
     }
-}
-
-/// Largest head (status line and headers) of an HTTP reply.
-const MAX_HTTP_HEAD: usize = 64 << 10;
-
-/// One HTTP reply read from the front of a connection's input.
-#[derive(Debug, PartialEq, Eq)]
-struct HttpResponse {
-    /// Bytes of the input it took.
-    consumed: usize,
-    status: u16,
-    body: Vec<u8>,
-    /// The server closes the connection after it (or the body ran to the end of the socket).
-    close: bool,
-}
-
-/// Parses one reply from `buf`: `None` until it is whole. `eof`: the socket ended after `buf`
-/// (a reply with neither a length nor chunks ends there). Bodies over `max` bytes are refused.
-fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpResponse>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut headers);
-    let head = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HTTP_HEAD => return Err("the reply's head is too large".into()),
-        Ok(httparse::Status::Partial) if eof && !buf.is_empty() => return Err("the connection ended inside a reply".into()),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("bad HTTP reply: {e}")),
-    };
-    let status = r.code.unwrap_or(0);
-    let http10 = r.version == Some(0);
-    let mut close = http10;
-    let mut length = None;
-    let mut chunked = false;
-    for h in r.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| format!("bad content-length {value:?}"))?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().ends_with("chunked");
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            let v = value.to_ascii_lowercase();
-            if v.contains("close") {
-                close = true;
-            } else if http10 && v.contains("keep-alive") {
-                close = false;
-            }
-        }
-    }
-    let rest = &buf[head..];
-    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
-    let (used, body) = if no_body {
-        (0, Vec::new())
-    } else if chunked {
-        let chunks = http_handoff::dechunk(rest, max, &mut http_handoff::ChunkScan::default()).map_err(|e| match e {
-            http_handoff::ChunkError::TooLarge => format!("the reply is over {max} bytes"),
-            http_handoff::ChunkError::Bad(why) => why.to_string(),
-        })?;
-        match chunks {
-            Some(b) => b,
-            None if eof => return Err("the connection ended inside a reply".into()),
-            None => return Ok(None),
-        }
-    } else if let Some(n) = length {
-        if n > max {
-            return Err(format!("the reply is over {max} bytes"));
-        }
-        if rest.len() < n {
-            return if eof { Err("the connection ended inside a reply".into()) } else { Ok(None) };
-        }
-        (n, rest[..n].to_vec())
-    } else {
-        // Neither a length nor chunks: the body runs to the end of the socket.
-        if rest.len() > max {
-            return Err(format!("the reply is over {max} bytes"));
-        }
-        if !eof {
-            return Ok(None);
-        }
-        close = true;
-        (rest.len(), rest.to_vec())
-    };
-    Ok(Some(HttpResponse { consumed: head + used, status, body, close }))
 }
 
 /// How [`read_available`] stopped.

@@ -1,13 +1,16 @@
-//! The server side of a plain HTTP/1.1 RPC connection handed over to a face's event loop (the
-//! Node face's drop-in `grenache-native/http` server reads and writes its sockets on Node's
-//! loop): whole requests cut from the connection's bytes, their replies put back in request
-//! order, and the limits of [`super::http::HttpServer`] (body size, read deadlines, idle
-//! keep-alive, body bytes buffered at once), so that every face serving such sockets keeps the
-//! same rules.
+//! Plain HTTP/1.1 RPC connections handed over to a face's event loop (the Node face's drop-in
+//! `grenache-native/http` server and client read and write their sockets on Node's loop).
+//!
+//! The server side ([`Serve`]): whole requests cut from the connection's bytes, their replies
+//! put back in request order, and the limits of [`super::http::HttpServer`] (body size, read
+//! deadlines, idle keep-alive, body bytes buffered at once), so that every face serving such
+//! sockets keeps the same rules.
 //!
 //! Pure state, no I/O: the face reads the socket into [`Serve::extend`], takes requests from
 //! [`Serve::parse`], gives replies to [`Serve::answer`] and writes what [`Serve::ready`] puts out.
 //! Budget of buffered bytes: per thread (a face's loop thread), `max_body_in_flight`.
+//!
+//! The client side of such a connection reads its replies with [`parse_response`].
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -399,6 +402,90 @@ impl Serve {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The client side: replies read from a handed-over client connection
+// ---------------------------------------------------------------------------------------------
+/// One HTTP reply read from the front of a connection's input.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Bytes of the input it took.
+    pub consumed: usize,
+    /// The status code.
+    pub status: u16,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// The server closes the connection after it (or the body ran to the end of the socket).
+    pub close: bool,
+}
+
+/// Parses one reply from `buf`: `None` until it is whole. `eof`: the socket ended after `buf`
+/// (a reply with neither a length nor chunks ends there). Bodies over `max` bytes are refused.
+pub fn parse_response(buf: &[u8], eof: bool, max: usize) -> Result<Option<HttpResponse>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut headers);
+    let head = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err("the reply's head is too large".into()),
+        Ok(httparse::Status::Partial) if eof && !buf.is_empty() => return Err("the connection ended inside a reply".into()),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad HTTP reply: {e}")),
+    };
+    let status = r.code.unwrap_or(0);
+    let http10 = r.version == Some(0);
+    let mut close = http10;
+    let mut length = None;
+    let mut chunked = false;
+    for h in r.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| format!("bad content-length {value:?}"))?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().ends_with("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            if v.contains("close") {
+                close = true;
+            } else if http10 && v.contains("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    let rest = &buf[head..];
+    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
+    let (used, body) = if no_body {
+        (0, Vec::new())
+    } else if chunked {
+        let chunks = dechunk(rest, max, &mut ChunkScan::default()).map_err(|e| match e {
+            ChunkError::TooLarge => format!("the reply is over {max} bytes"),
+            ChunkError::Bad(why) => why.to_string(),
+        })?;
+        match chunks {
+            Some(b) => b,
+            None if eof => return Err("the connection ended inside a reply".into()),
+            None => return Ok(None),
+        }
+    } else if let Some(n) = length {
+        if n > max {
+            return Err(format!("the reply is over {max} bytes"));
+        }
+        if rest.len() < n {
+            return if eof { Err("the connection ended inside a reply".into()) } else { Ok(None) };
+        }
+        (n, rest[..n].to_vec())
+    } else {
+        // Neither a length nor chunks: the body runs to the end of the socket.
+        if rest.len() > max {
+            return Err(format!("the reply is over {max} bytes"));
+        }
+        if !eof {
+            return Ok(None);
+        }
+        close = true;
+        (rest.len(), rest.to_vec())
+    };
+    Ok(Some(HttpResponse { consumed: head + used, status, body, close }))
+}
+
 /// `[null, error, null]`.
 fn error_envelope(error: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!([null, error, null])).unwrap_or_default()
@@ -779,6 +866,25 @@ mod tests {
         s.ready(at(1000), &mut Vec::new());
         assert_eq!(s.expire(at(1100)), Expiry::Keep);
         assert_eq!(s.expire(at(1300)), Expiry::Close("idle keep-alive connection"));
+    }
+
+    #[test]
+    fn replies_in_every_framing() {
+        let whole = |b: &[u8], eof| parse_response(b, eof, 100).expect("a reply").expect("whole");
+        let r = whole(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1", false);
+        assert_eq!((r.status, r.body.as_slice(), r.consumed, r.close), (200, &b"ok"[..], 40, false));
+        let r = whole(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n", false);
+        assert_eq!((r.body.as_slice(), r.close), (&b"abc"[..], true));
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nto the end", false, 100), Ok(None), "a body to the end waits for it");
+        let r = whole(b"HTTP/1.1 200 OK\r\n\r\nto the end", true);
+        assert_eq!((r.body.as_slice(), r.close), (&b"to the end"[..], true));
+        let r = whole(b"HTTP/1.0 204 No Content\r\n\r\n", false);
+        assert_eq!((r.status, r.close), (204, true), "HTTP/1.0 closes");
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", false, 100), Ok(None));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", true, 100).is_err(), "ended inside");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n", false, 100).is_err(), "over the limit");
+        assert!(parse_response(b"NOT HTTP\r\n\r\n", false, 100).is_err());
+        assert!(parse_response(&[b'a'; MAX_HEAD + 2], false, 100).is_err(), "a head that never ends");
     }
 
     #[test]
