@@ -7,7 +7,7 @@
 // * `ws_idle_timeout_ms`: a socket that sent no request for that long, with none of its
 //   requests running, is closed with 1000.
 // Pings to silent sockets (`ws_ping_interval_ms`) are not sent: the idle limit closes a dead
-// peer's socket. Sockets waiting for this thread (busy) are bounded in the addon
+// peer's socket. A peer that leaves its replies unread for 30 s is cut off (`conn.expire()`). Sockets waiting for this thread (busy) are bounded in the addon
 // (`NativeLoopServer.listen`'s `maxQueued`, given `max_connections` by lib/ws.js).
 //
 // The HTTP loop server's sockets (`{ http: true }`, lib/http.js) keep the connection limits the
@@ -103,11 +103,9 @@ class LoopSockets {
     this._sweeper = null
     const now = Date.now()
     for (const sock of this.values()) {
-      if (this._http) {
-        if (sock.conn.expire()) this._forget(sock)
-      } else if (sock.inFlight === 0 && now - sock.last >= this._limits.ws_idle_timeout_ms) {
-        this.end(sock, 1000)
-      }
+      // The addon's own checks: a peer that leaves its replies unread; HTTP's read deadlines.
+      if (sock.conn.expire()) this._forget(sock)
+      else if (!this._http && sock.inFlight === 0 && now - sock.last >= this._limits.ws_idle_timeout_ms) this.end(sock, 1000)
     }
     if (this._socks.size && !this._sweeper) this._arm()
   }

@@ -65,8 +65,8 @@ const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 const MAX_OUTBOX: usize = 64 << 20;
 /// Bytes read from one socket per readiness event before other sockets are read.
 const READ_BUDGET: usize = 1 << 20;
-/// How long a loop HTTP server's peer may leave its replies unread before its socket is closed
-/// (the core's servers: 30 s without write progress).
+/// How long a loop server's peer may leave its replies unread before its socket is closed (the
+/// core's servers: 30 s without write progress).
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long a dial may take (TCP and upgrade).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -805,16 +805,16 @@ impl NativeLoopConn {
         pump
     }
 
-    /// HTTP server: applies the read deadlines and the idle limit (call it now and then), and
-    /// closes the socket of a peer that took none of its replies for 30 s. True when the socket
-    /// was closed now (`onClose` is not called); a late body is answered `408` after the replies
-    /// due before it, then the socket ends as after any last reply.
+    /// A server's socket, now and then: closes it when its peer took none of its replies for
+    /// 30 s (as the core's servers do) and, for an HTTP server, applies the read deadlines and
+    /// the idle limit. True when the socket was closed now (`onClose` is not called); a late
+    /// body is answered `408` after the replies due before it, then the socket ends as after any
+    /// last reply.
     #[napi]
     pub fn expire(&self) -> bool {
         let why: Option<String> = {
             let mut st = self.conn.state.borrow_mut();
             let st = &mut *st;
-            let Input::Serve(srv) = &mut st.input else { return false };
             if self.conn.closed.get() {
                 return false;
             }
@@ -827,7 +827,7 @@ impl NativeLoopConn {
                 Some("the peer does not read its replies".into())
             } else if st.closing || st.ended.is_some() {
                 return false;
-            } else {
+            } else if let Input::Serve(srv) = &mut st.input {
                 match srv.expire(now) {
                     Expiry::Keep => return false,
                     Expiry::Close(why) => Some(why.into()),
@@ -839,6 +839,8 @@ impl NativeLoopConn {
                         None
                     }
                 }
+            } else {
+                return false;
             }
         };
         let Some(why) = why else {
