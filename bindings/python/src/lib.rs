@@ -1196,6 +1196,32 @@ impl Drop for SubmitTask {
     }
 }
 
+/// `GRENACHE_PYTHON_DIRECT=0` keeps blocking requests on the library's threads (see
+/// [`wait_direct`]).
+const DIRECT_ENV: &str = "GRENACHE_PYTHON_DIRECT";
+
+fn direct_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let v = std::env::var(DIRECT_ENV).unwrap_or_default();
+        !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off")
+    })
+}
+
+/// Waits on this thread for the reply of a blocking request sent on it
+/// ([`EmbedClient::start_direct`]: plain WS, an idle socket to the worker), with the GIL
+/// released, in slices of [`TICK`] with signals checked between them. On Ctrl-C the call is
+/// dropped, which closes its socket (its late reply cannot reach a later call).
+fn wait_direct(py: Python<'_>, mut call: embed::DirectCall) -> PyResult<String> {
+    loop {
+        match py.detach(|| call.wait(TICK)) {
+            Some(Ok(text)) => return Ok(text),
+            Some(Err(e)) => return Err(py_err(py, &e)),
+            None => py.check_signals()?,
+        }
+    }
+}
+
 fn request_options(timeout_ms: Option<u64>, retry: u32, compress: bool, dest: Option<String>, limit: usize) -> RequestOptions {
     RequestOptions { timeout: embed::millis(timeout_ms), retry, compress, dest, limit, ..Default::default() }
 }
@@ -1240,7 +1266,19 @@ impl Client {
         dest: Option<String>,
     ) -> PyResult<String> {
         let opts = request_options(timeout_ms, retry, compress, dest, 0);
+        if direct_enabled() {
+            let client = &self.inner;
+            if let Some(started) = py.detach(|| client.start_direct(&name, payload_json, &opts)) {
+                return wait_direct(py, started.map_err(|e| py_err(py, &e))?);
+            }
+        }
         blocking(py, |tx| self.inner.request(name, payload_json, opts, sender(tx)))
+    }
+
+    /// How many blocking requests were sent on their caller's thread (a plain WS socket of
+    /// the caller's, see [`wait_direct`]) so far.
+    fn _direct_sent(&self) -> u64 {
+        self.inner.direct_sent()
     }
 
     #[pyo3(signature = (name, payload_json, cb, timeout_ms=None, retry=0, compress=false, dest=None))]

@@ -616,6 +616,23 @@ class NodeInteropTests(unittest.TestCase):
             with self.assertRaises(grenache.RemoteError) as e:
                 c.request("node:ws", "fail")
             self.assertEqual(e.exception.message, "ERR_BOOM")
+            # Blocking requests on the caller's thread (once its socket is dialled) against the
+            # reference server: results, remote errors and timeouts as on the library's path.
+            deadline = time.monotonic() + 10
+            while c._c._direct_sent() == 0:
+                self.assertLess(time.monotonic(), deadline, "no request went on the caller's thread")
+                self.assertEqual(c.request("node:ws", "hello"), "world")
+                time.sleep(0.01)
+            sent = c._c._direct_sent()
+            for i in range(50):
+                self.assertEqual(c.request("node:ws", {"sleep": 0, "v": [i, "é"]}), [i, "é"])
+            with self.assertRaises(grenache.RemoteError) as e:
+                c.request("node:ws", "fail")
+            self.assertEqual(e.exception.message, "ERR_BOOM")
+            with self.assertRaises(grenache.TimeoutError):
+                c.request("node:ws", {"sleep": 1000, "v": 1}, timeout=0.2)
+            self.assertEqual(c.request("node:ws", "hello"), "world")
+            self.assertGreaterEqual(c._c._direct_sent() - sent, 52)
 
     def test_node_clients_call_python_servers(self):
         for transport, script in (("http", "http_client.js"), ("ws", "ws_client.js")):

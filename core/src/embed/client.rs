@@ -1,13 +1,14 @@
 //! RPC clients for embedders.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
 use crate::tls::ClientTls;
 use crate::transport::utp::broker::{BrokerClient, BrokerClientConfig};
 use crate::transport::utp::{UtpClient, UtpClientConfig, UtpNode};
+use crate::transport::ws::direct::{DirectConn, DirectPool};
 
 use super::{EmbedLink, Ops, Runtime};
 
@@ -39,6 +40,44 @@ pub struct EmbedClient {
     rt: Runtime,
     client: PeerRpcClient,
     ops: Ops,
+    /// Plain WS only: sockets for requests sent on the caller's thread ([`EmbedClient::start_direct`]).
+    direct: Option<Arc<DirectPool>>,
+}
+
+/// A request sent on the caller's thread by [`EmbedClient::start_direct`], waiting for its
+/// reply. Dropped before its reply came (an interrupted wait), its socket is closed.
+#[derive(Debug)]
+pub struct DirectCall {
+    conn: Option<DirectConn>,
+    client: PeerRpcClient,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl DirectCall {
+    /// Waits for the reply on this thread, at most `slice` this time (`None`: the slice passed;
+    /// wait again). The outcome is as [`EmbedClient::request`] gives it: the result as the
+    /// worker sent it, or the same errors.
+    pub fn wait(&mut self, slice: Duration) -> Option<Result<String>> {
+        let conn = self.conn.as_mut()?;
+        let outcome = conn.wait(self.deadline, self.timeout, slice)?;
+        let conn = self.conn.take()?;
+        match outcome {
+            Ok(raw) => {
+                self.client.mark_alive(conn.dest());
+                conn.finish();
+                Some(Ok(String::from(Box::<str>::from(raw))))
+            }
+            Err(e) => {
+                if e.is_remote() {
+                    // An answer: the socket is fine.
+                    self.client.mark_alive(conn.dest());
+                    conn.finish();
+                }
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 impl EmbedClient {
@@ -54,6 +93,7 @@ impl EmbedClient {
         if kind != ClientTransportKind::Utp && (options.broker.is_some() || options.utp_node.is_some()) {
             return Err(crate::Error::invalid("a broker or a uTP node needs the uTP transport"));
         }
+        let plain_ws = kind == ClientTransportKind::Ws && options.tls.is_none();
         let client = match (options.broker, options.utp_node) {
             (None, Some(node)) => {
                 PeerRpcClient::new(link.link().clone(), Arc::new(UtpClient::with_node(node, UtpClientConfig::default())), config)
@@ -76,7 +116,42 @@ impl EmbedClient {
                 PeerRpcClient::new(link.link().clone(), transport, config).with_resolver(resolver)
             }
         };
-        Ok(EmbedClient { rt, client, ops: Ops::new() })
+        let direct = plain_ws.then(|| DirectPool::new(rt.handle().clone(), crate::transport::ws::DEFAULT_MAX_MESSAGE_SIZE));
+        Ok(EmbedClient { rt, client, ops: Ops::new(), direct })
+    }
+
+    /// Sends a request on the caller's thread, when it can go there: a plain WS client (no
+    /// TLS), one attempt (`opts.retry` at most 1), the key's lookup cached (or `opts.dest`), and
+    /// an idle socket to the chosen worker. The frame is written before this returns; wait for
+    /// the reply with [`DirectCall::wait`] on the same thread. No runtime thread is involved, so
+    /// a sequential caller pays no thread wake-up besides its own at the reply. `None`: send it
+    /// with [`EmbedClient::request`] instead (a socket for the next calls is then dialled in the
+    /// background). Blocks at most until the request's deadline (a large payload to a peer that
+    /// reads slowly); never waits for a connect or a lookup.
+    pub fn start_direct(&self, key: &str, payload_json: &str, opts: &RequestOptions) -> Option<Result<DirectCall>> {
+        let pool = self.direct.as_ref()?;
+        if opts.retry > 1 || pool.is_closed() {
+            return None;
+        }
+        // Checked here as `request` checks it (a bad payload is an error of the runtime's path).
+        serde_json::from_str::<serde::de::IgnoredAny>(payload_json).ok()?;
+        let dest = self.client.pick_cached(key, opts, &|d| pool.open(d))?;
+        let Some(mut conn) = pool.take(&dest) else {
+            if !self.client.is_avoided(&dest) {
+                pool.want(&dest);
+            }
+            return None;
+        };
+        let timeout = opts.timeout.unwrap_or(self.client.default_timeout());
+        let deadline = Instant::now() + timeout;
+        let rid = crate::rpc::new_rid();
+        match conn.send(&rid, key, payload_json, deadline) {
+            Ok(()) => Some(Ok(DirectCall { conn: Some(conn), client: self.client.clone(), deadline, timeout })),
+            // Nothing whole reached the worker (the socket broke while idle): the runtime's path
+            // sends it again.
+            Err(e) if e.kind() == crate::ErrorKind::Closed => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Sends the JSON text `payload_json` to one worker of `key`; completes with the result as
@@ -116,8 +191,16 @@ impl EmbedClient {
         self.ops.spawn(&self.rt, async move { Ok(serde_json::Value::Array(c.map(&key, &payload, &opts).await?).to_string()) }, done);
     }
 
+    /// How many requests [`EmbedClient::start_direct`] sent on the caller's thread so far.
+    pub fn direct_sent(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |p| p.sent())
+    }
+
     /// Cancels requests in flight (their completions fire `Cancelled`) and closes connections.
     pub fn close(&self) {
+        if let Some(p) = &self.direct {
+            p.close();
+        }
         self.ops.close(super::link::CLOSE_WAIT);
         self.client.stop();
     }
@@ -171,6 +254,71 @@ mod tests {
             client.close();
             server.close();
         }
+        rt.shutdown();
+    }
+    /// A plain WS client sends on the caller's thread once a socket is there: the first call
+    /// takes the runtime's path (and has a socket dialled), later ones go direct and give the
+    /// wire text, remote errors and timeouts as the runtime's path does; a timed-out call's
+    /// socket is not reused; a closed client cancels a waiting call. Not for HTTP or retries.
+    #[test]
+    fn direct_calls_on_the_callers_thread() {
+        let rt = Runtime::new(RuntimeOptions { worker_threads: 2, ..Default::default() }).expect("rt");
+        let link = EmbedLink::new(&rt, crate::link::LinkConfig::with_grape("http://127.0.0.1:1")).expect("link");
+        let handler = Arc::new(|req: Request, reply: Reply| match req.payload.as_str() {
+            Some("fail") => reply.err("ERR_BOOM"),
+            Some("slow") => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    reply.ok(serde_json::json!("late"));
+                });
+            }
+            _ => crate::embed::rpc::reply_json(reply, TEXT).expect("json"),
+        });
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let server = rt
+            .block_on(Duration::from_secs(10), crate::transport::bind_server(TransportKind::Ws, addr, handler, None, None))
+            .expect("bind");
+        let opts = RequestOptions { dest: Some(server.local_addr().to_string()), ..Default::default() };
+        let wait = |call: &mut DirectCall| loop {
+            if let Some(r) = call.wait(Duration::from_millis(50)) {
+                return r.map_err(|e| (e.kind(), e.message().to_string()));
+            }
+        };
+        let http = EmbedClient::new(&link, TransportKind::Http, ClientOptions::default()).expect("client");
+        assert!(http.start_direct("k", "\"x\"", &opts).is_none(), "HTTP takes the runtime's path");
+        let client = EmbedClient::new(&link, TransportKind::Ws, ClientOptions::default()).expect("client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut call = loop {
+            if let Some(c) = client.start_direct("k", "\"x\"", &opts) {
+                break c.expect("sent");
+            }
+            assert!(Instant::now() < deadline, "no socket was dialled");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(wait(&mut call), Ok(TEXT.to_string()));
+        let retried = RequestOptions { retry: 3, ..opts.clone() };
+        assert!(client.start_direct("k", "\"x\"", &retried).is_none(), "retries take the runtime's path");
+        assert!(client.start_direct("k", "{bad", &opts).is_none(), "a bad payload is refused by the runtime's path");
+        let mut call = client.start_direct("k", "\"fail\"", &opts).expect("direct").expect("sent");
+        assert_eq!(wait(&mut call), Err((crate::ErrorKind::Remote, "ERR_BOOM".to_string())));
+        let short = RequestOptions { timeout: Some(Duration::from_millis(100)), ..opts.clone() };
+        let mut call = client.start_direct("k", "\"slow\"", &short).expect("direct").expect("sent");
+        assert_eq!(wait(&mut call).map_err(|e| e.0), Err(crate::ErrorKind::Timeout));
+        // The socket went with the timed-out call: the next call takes the runtime's path.
+        assert!(client.start_direct("k", "\"x\"", &opts).is_none());
+        let sent = client.direct_sent();
+        assert_eq!(sent, 3);
+        let mut call = loop {
+            if let Some(c) = client.start_direct("k", "\"slow\"", &opts) {
+                break c.expect("sent");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        client.close();
+        assert_eq!(wait(&mut call).map_err(|e| e.0), Err(crate::ErrorKind::Cancelled));
+        assert!(client.start_direct("k", "\"x\"", &opts).is_none(), "closed");
+        http.close();
+        server.close();
         rt.shutdown();
     }
 }

@@ -21,13 +21,13 @@
 mod client;
 mod grape;
 mod link;
-mod ops;
+pub(crate) mod ops;
 mod pubsub;
 pub mod rpc;
 mod runtime;
 mod server;
 
-pub use client::{ClientOptions, ClientTransportKind, EmbedClient};
+pub use client::{ClientOptions, ClientTransportKind, DirectCall, EmbedClient};
 pub use grape::{EmbedGrape, GrapeEventDelivery};
 pub use link::EmbedLink;
 pub use ops::{Gate, Ops, in_completion};

@@ -363,7 +363,7 @@ impl Ops {
     }
 }
 
-fn cancelled() -> Error {
+pub(crate) fn cancelled() -> Error {
     Error::new(ErrorKind::Cancelled, "the operation was cancelled: its handle was freed")
 }
 

@@ -238,7 +238,42 @@ impl PeerRpcClient {
         self.choose(&dests, &HashSet::new(), opts).ok_or_else(|| Error::new(ErrorKind::LookupEmpty, key.to_string()))
     }
 
+    /// Picks the destination of a `request` of `key` without waiting: `opts.dest`, or a choice
+    /// among the key's cached lookup, made as [`PeerRpcClient::pick_dest`] makes it, counting
+    /// `extra_active(dest)` more live connections per destination (sockets kept outside the
+    /// transport). `None` when the lookup is not cached, or with a resolver.
+    pub fn pick_cached(&self, key: &str, opts: &RequestOptions, extra_active: &dyn Fn(&str) -> usize) -> Option<String> {
+        if let Some(d) = &opts.dest {
+            return Some(d.clone());
+        }
+        if self.resolver.is_some() {
+            return None;
+        }
+        let dests = self.link.cached_lookup(key)?;
+        self.choose_with(&dests, &HashSet::new(), opts, &|d| self.transport.active_connections(d) + extra_active(d))
+    }
+
+    /// The timeout of a request whose options give none.
+    pub fn default_timeout(&self) -> Duration {
+        self.config.default_timeout
+    }
+
+    /// Records that `dest` answered (it is no longer avoided), as `request` does.
+    pub(crate) fn mark_alive(&self, dest: &str) {
+        self.dead.alive(dest);
+    }
+
     fn choose(&self, dests: &[String], exclude: &HashSet<String>, opts: &RequestOptions) -> Option<String> {
+        self.choose_with(dests, exclude, opts, &|d| self.transport.active_connections(d))
+    }
+
+    fn choose_with(
+        &self,
+        dests: &[String],
+        exclude: &HashSet<String>,
+        opts: &RequestOptions,
+        active: &dyn Fn(&str) -> usize,
+    ) -> Option<String> {
         if let [only] = dests {
             // One worker: the choice is forced (whether excluded or not, as below).
             return Some(only.clone());
@@ -255,7 +290,7 @@ impl PeerRpcClient {
             }
         }
         let max = opts.max_active_key_dests.unwrap_or(self.config.max_active_key_dests).max(1);
-        let active: Vec<&String> = candidates.iter().copied().filter(|d| self.transport.active_connections(d) > 0).collect();
+        let active: Vec<&String> = candidates.iter().copied().filter(|d| active(d) > 0).collect();
         let pool = if active.len() >= max { active } else { candidates };
         pool.choose(&mut rand::thread_rng()).map(|d| (*d).clone())
     }

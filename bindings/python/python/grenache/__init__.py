@@ -13,7 +13,9 @@ wire-compatible with the Node.js reference (grenache-grape, grenache-nodejs-link
 
 Threading: the library runs its network I/O on its own threads (one per core, started on first
 use). Blocking calls release the GIL and can be interrupted with Ctrl-C (the operation then
-finishes in the background). Request handlers and subscription callbacks run on library
+finishes in the background); a blocking request over plain WS is sent and answered on its
+caller's thread once the client has a socket to the worker (``GRENACHE_PYTHON_DIRECT=0`` turns
+that off). Request handlers and subscription callbacks run on library
 threads, never on the caller's; a handler may block (it runs on a pool of its own). Every
 ``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
 wake-up of the loop for all the replies that arrived while it was busy), as do the requests

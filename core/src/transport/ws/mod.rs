@@ -69,6 +69,7 @@ macro_rules! busy_poll_doc {
 }
 
 mod client;
+pub mod direct;
 pub(crate) mod frame;
 pub mod handoff;
 mod server;
