@@ -42,6 +42,10 @@ const MAX_IDLE_PER_DEST: usize = 16;
 const MAX_DESTS: usize = 1024;
 /// How long a background dial may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle socket unused for this long is closed (at the next sweep, every [`SWEEP_EVERY`]).
+const IDLE_CLOSE: Duration = Duration::from_secs(60);
+/// How often the sockets idle for [`IDLE_CLOSE`] are looked for (by a call taking a socket).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Dest {
@@ -56,6 +60,12 @@ pub struct DirectPool {
     dests: Mutex<HashMap<Arc<str>, Dest>>,
     closed: AtomicBool,
     sent: AtomicU64,
+    /// Milliseconds from `born` to the last sweep of idle sockets.
+    swept_ms: AtomicU64,
+    born: Instant,
+    /// [`IDLE_CLOSE`] and [`SWEEP_EVERY`] (shorter in tests).
+    idle_close: Duration,
+    sweep_every: Duration,
     max_message: usize,
     handle: tokio::runtime::Handle,
 }
@@ -76,6 +86,8 @@ pub struct DirectConn {
     read_timeout: Option<Duration>,
     /// The rid of the call the socket carries, while it waits.
     rid: Option<String>,
+    /// When it was last given back (or dialled).
+    idle_since: Instant,
     pool: Arc<DirectPool>,
 }
 
@@ -97,10 +109,18 @@ impl DirectPool {
     /// A pool whose sockets are dialled on `handle`'s runtime; replies over `max_message` bytes
     /// close their socket.
     pub fn new(handle: tokio::runtime::Handle, max_message: usize) -> Arc<DirectPool> {
+        Self::with_idle_close(handle, max_message, IDLE_CLOSE, SWEEP_EVERY)
+    }
+
+    fn with_idle_close(handle: tokio::runtime::Handle, max_message: usize, idle_close: Duration, sweep_every: Duration) -> Arc<DirectPool> {
         Arc::new(DirectPool {
             dests: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             sent: AtomicU64::new(0),
+            swept_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            idle_close,
+            sweep_every,
             max_message,
             handle,
         })
@@ -117,6 +137,7 @@ impl DirectPool {
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
+        self.sweep();
         loop {
             let mut conn = {
                 let mut m = lock(&self.dests);
@@ -129,6 +150,30 @@ impl DirectPool {
             // Dropping it closes it and forgets it.
             drop(conn);
         }
+    }
+
+    /// Closes the sockets idle for [`IDLE_CLOSE`], every [`SWEEP_EVERY`] at most (a peer that
+    /// closed one meanwhile left it half-closed here).
+    fn sweep(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.sweep_every.as_millis() as u64
+            || self.swept_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let stale: Vec<DirectConn> = {
+            let mut m = lock(&self.dests);
+            let mut stale = Vec::new();
+            for d in m.values_mut() {
+                // Given back in order: the oldest first.
+                let keep = d.idle.iter().position(|c| c.idle_since.elapsed() < self.idle_close).unwrap_or(d.idle.len());
+                stale.extend(d.idle.drain(..keep));
+            }
+            stale
+        };
+        // Dropped without the lock (each forgets itself from its destination).
+        drop(stale);
     }
 
     /// Dials a socket to `dest` in the background, unless one is being dialled or the pool is
@@ -164,6 +209,7 @@ impl DirectPool {
                     out: Vec::new(),
                     read_timeout: None,
                     rid: None,
+                    idle_since: Instant::now(),
                     pool: Arc::clone(&pool),
                 },
                 other => {
@@ -336,6 +382,7 @@ impl DirectConn {
     /// Ends a call that got its reply: the socket goes back to its pool for the next call.
     pub fn finish(mut self) {
         self.rid = None;
+        self.idle_since = Instant::now();
         let pool = Arc::clone(&self.pool);
         if pool.is_closed() {
             return;
@@ -371,5 +418,76 @@ fn reply_for(body: &[u8], rid: &str) -> Option<Result<Box<RawValue>>> {
         Err((Some(()), e)) => Some(Err(Error::new(e.kind(), e.message().to_string()))),
         // Not a reply at all: dropped, as the WsClient drops it.
         Err((None, _)) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{Reply, Request};
+    use crate::transport::TransportKind;
+
+    fn wait_idle(pool: &Arc<DirectPool>, dest: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&pool.dests).get(dest).is_none_or(|d| d.idle.is_empty()) {
+            assert!(Instant::now() < deadline, "no socket was dialled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A socket is dialled on request, carries calls one at a time, goes back idle after each,
+    /// is closed once idle past the limit, and is not reused after a call that ended without
+    /// its reply; a socket the server closed is dropped when taken.
+    #[test]
+    fn sockets_are_reused_swept_and_dropped() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let handler = Arc::new(|req: Request, reply: Reply| reply.ok(req.payload.into_value()));
+        let server = rt
+            .block_on(crate::transport::bind_server(TransportKind::Ws, "127.0.0.1:0".parse().expect("addr"), handler, None, None))
+            .expect("bind");
+        let dest = server.local_addr().to_string();
+        let pool = DirectPool::with_idle_close(rt.handle().clone(), 1 << 20, Duration::from_millis(300), Duration::from_millis(50));
+        assert!(pool.take(&dest).is_none());
+        pool.want(&dest);
+        wait_idle(&pool, &dest);
+        assert_eq!(pool.open(&dest), 1);
+        let call = |pool: &Arc<DirectPool>, payload: &str| {
+            let mut c = pool.take(&dest).expect("idle socket");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            c.send("r1", "k", payload, deadline).expect("sent");
+            let got = loop {
+                if let Some(r) = c.wait(deadline, Duration::from_secs(5), Duration::from_millis(50)) {
+                    break r.expect("reply");
+                }
+            };
+            c.finish();
+            got.get().to_string()
+        };
+        for i in 0..20 {
+            assert_eq!(call(&pool, &i.to_string()), i.to_string());
+        }
+        assert_eq!(pool.open(&dest), 1, "one socket carried every call");
+        assert_eq!(pool.sent(), 20);
+        // A call dropped while it waits closes its socket.
+        let mut c = pool.take(&dest).expect("idle socket");
+        c.send("r2", "k", "1", Instant::now() + Duration::from_secs(5)).expect("sent");
+        drop(c);
+        assert_eq!(pool.open(&dest), 0);
+        assert!(pool.take(&dest).is_none());
+        // Idle past the limit: closed by the sweep of a later take.
+        pool.want(&dest);
+        wait_idle(&pool, &dest);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(pool.take(&dest).is_none(), "swept");
+        assert_eq!(pool.open(&dest), 0);
+        // Closed by the server while idle: dropped when taken.
+        pool.want(&dest);
+        wait_idle(&pool, &dest);
+        server.close();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(pool.take(&dest).is_none(), "a closed socket is not handed out");
+        assert_eq!(pool.open(&dest), 0);
+        pool.close();
+        assert!(pool.is_closed());
     }
 }
