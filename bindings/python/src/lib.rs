@@ -43,6 +43,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 mod inloop;
+mod lf;
 
 /// How often a blocking wait wakes up to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -793,7 +794,7 @@ fn _finalize(py: Python<'_>) {
 }
 
 struct PoolState {
-    queue: VecDeque<(Request, grenache::rpc::Reply)>,
+    queue: VecDeque<lf::Job>,
     threads: usize,
     /// Threads holding (or taking) the GIL to run handlers.
     active: usize,
@@ -847,7 +848,7 @@ impl Pool {
             drop(reply); // ERR_NO_REPLY
             return;
         }
-        st.queue.push_back((request, reply));
+        st.queue.push_back((request, reply, None));
         if !st.wants_thread() {
             return;
         }
@@ -857,6 +858,34 @@ impl Pool {
         } else if st.threads < MAX_THREADS {
             self.spawn_thread(&mut st);
         }
+    }
+
+    /// Queues the requests a thread read itself (a socket of [`lf`]) and counts that thread
+    /// as running handlers, so that it answers them without waking another ([`Pool::drain`]
+    /// next); a thread of the pool stands by to take the queue over if a handler blocks.
+    /// False when the pool is closed (the requests are answered `ERR_NO_REPLY`).
+    fn push_claimed(self: &Arc<Self>, jobs: Vec<lf::Job>) -> bool {
+        let mut st = lock(&self.state);
+        if st.closed {
+            drop(st);
+            drop(jobs);
+            return false;
+        }
+        let room = MAX_QUEUED.saturating_sub(st.queue.len());
+        let mut jobs = jobs.into_iter();
+        st.queue.extend(jobs.by_ref().take(room));
+        st.active += 1;
+        st.last_take = Instant::now();
+        if st.threads < st.active && st.threads < MAX_THREADS {
+            self.spawn_thread(&mut st);
+        } else if st.queue.len() > 1 && st.wants_thread() && st.threads > 0 {
+            // Handlers may run in parallel (no GIL): another thread takes a share.
+            self.ready.notify_one();
+        }
+        drop(st);
+        // Past the bound: ERR_NO_REPLY.
+        drop(jobs);
+        true
     }
 
     fn spawn_thread(self: &Arc<Self>, st: &mut PoolState) {
@@ -926,7 +955,9 @@ impl Pool {
         }
         // Keep one thread on standby while handlers run: it takes the queue over when they stop
         // taking requests (a handler blocks), even when no new request comes.
-        if work && st.threads == st.active && st.threads < MAX_THREADS {
+        // (`<=`: a thread that read its own requests, `push_claimed`, counts as active but is
+        // not one of the pool's.)
+        if work && st.threads <= st.active && st.threads < MAX_THREADS {
             self.spawn_thread(&mut st);
         }
         work
@@ -947,7 +978,12 @@ impl Pool {
                 job
             };
             match job {
-                Some((request, reply)) => answer(py, &self.handler, request, reply),
+                Some((request, reply, sink)) => {
+                    answer(py, &self.handler, request, reply);
+                    if let Some(sink) = sink {
+                        sink.deliver();
+                    }
+                }
                 None => break,
             }
         }
@@ -970,6 +1006,17 @@ impl Drop for PoolHandle {
 #[pyclass(module = "grenache._native")]
 struct Server {
     inner: Handle<EmbedServer>,
+    /// A plain handler's plain WS sockets, read by its threads ([`lf`]).
+    lf: Option<Arc<lf::Lf>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(l) = self.lf.take() {
+            // Closing may linger on slow readers: not on the thread that drops the server.
+            let _ = std::thread::Builder::new().name("grenache-close".into()).spawn(move || l.close());
+        }
+    }
 }
 
 fn answer(py: Python<'_>, handler: &Py<PyAny>, request: Request, reply: grenache::rpc::Reply) {
@@ -1013,7 +1060,8 @@ impl Server {
         }
         // `in_loop` (WS without TLS, with an inbox): every socket, once upgraded, goes to the
         // loop's inbox, which reads and writes it on the loop (`inloop`).
-        let hand_off = match inbox {
+        let mut lf_sockets: Option<Arc<lf::Lf>> = None;
+        let mut hand_off = match inbox {
             Some(inbox) if in_loop && kind == TransportKind::Ws && tls.is_none() => {
                 let shared = Arc::clone(&inbox.shared);
                 let hook: grenache::transport::ws::handoff::HandOff = Arc::new(move |h| {
@@ -1039,8 +1087,22 @@ impl Server {
             // Plain handlers: the pool's threads, never an I/O thread (a handler may block).
             (None, Some(handler)) => {
                 let state = PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), closed: false };
-                let pool = Pool { state: Mutex::new(state), ready: Condvar::new(), handler };
-                let pool = PoolHandle(Arc::new(pool));
+                let pool = Arc::new(Pool { state: Mutex::new(state), ready: Condvar::new(), handler });
+                // `in_loop` (WS without TLS and without a reply timeout): the pool's threads read
+                // and answer the sockets themselves (`lf`).
+                if in_loop && kind == TransportKind::Ws && tls.is_none() && reply_timeout_ms.is_none() {
+                    let limits = lf::LfLimits {
+                        max_connections: server_limits.connections.max_connections,
+                        max_connections_per_ip: server_limits.connections.max_per_ip,
+                        idle: server_limits.ws.idle,
+                    };
+                    let l = lf::Lf::new(Arc::clone(&pool), runtime(py)?, limits)
+                        .map_err(|e| py_err(py, &Error::new(ErrorKind::Io, format!("poller: {e}"))))?;
+                    let hook_lf = Arc::clone(&l);
+                    hand_off = Some(Arc::new(move |h| hook_lf.hand_over(h)));
+                    lf_sockets = Some(l);
+                }
+                let pool = PoolHandle(pool);
                 Arc::new(move |request: Request, reply: grenache::rpc::Reply| pool.0.push(request, reply))
             }
             (None, None) => return Err(py_err(py, &invalid("a server needs a handler or an inbox"))),
@@ -1071,8 +1133,16 @@ impl Server {
             ..Default::default()
         };
         let link = Arc::clone(&link.inner);
-        let server = py.detach(move || EmbedServer::listen(&link, kind, h, options)).map_err(|e| py_err(py, &e))?;
-        Ok(Server { inner: Handle::new(server) })
+        let server = match py.detach(move || EmbedServer::listen(&link, kind, h, options)) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(l) = &lf_sockets {
+                    l.close();
+                }
+                return Err(py_err(py, &e));
+            }
+        };
+        Ok(Server { inner: Handle::new(server), lf: lf_sockets })
     }
 
     #[getter]
@@ -1094,7 +1164,16 @@ impl Server {
 
     /// Graceful shutdown; true when every connection finished within the grace.
     fn shutdown(&self, py: Python<'_>, grace_ms: u64) -> PyResult<bool> {
-        blocking(py, |tx| self.inner.shutdown(Duration::from_millis(grace_ms), sender(tx)))
+        let grace = Duration::from_millis(grace_ms);
+        let core = blocking(py, |tx| self.inner.shutdown(grace, sender(tx)))?;
+        let sockets = match &self.lf {
+            Some(l) => {
+                let l = Arc::clone(l);
+                py.detach(move || l.drain(grace))
+            }
+            None => true,
+        };
+        Ok(core && sockets)
     }
 
     /// uTP: punches `target` ("ip:port") until it answers; raises on ERR_PUNCH_TIMEOUT.
@@ -1116,14 +1195,35 @@ impl Server {
             .map_err(|e| py_err(py, &e))
     }
 
+    /// With a plain handler over plain WS: the sockets its threads read and answer themselves
+    /// ([`lf`]); `None` on the other paths.
+    fn _lf_sockets(&self) -> Option<usize> {
+        self.lf.as_ref().map(|l| l.sockets())
+    }
+
     fn shutdown_cb(&self, grace_ms: u64, cb: Py<PyAny>) {
         let done = callback(cb);
-        self.inner.shutdown(Duration::from_millis(grace_ms), move |r| done(r.map(|ok| ok.to_string())));
+        let grace = Duration::from_millis(grace_ms);
+        let lf = self.lf.clone();
+        self.inner.shutdown(grace, move |r| {
+            // The sockets the handler's threads read drain on a thread of their own.
+            let Some(l) = lf else { return done(r.map(|ok| ok.to_string())) };
+            let _ = std::thread::Builder::new().name("grenache-drain".into()).spawn(move || {
+                let sockets = l.drain(grace);
+                done(r.map(|ok| (ok && sockets).to_string()));
+            });
+        });
     }
 
     fn close(&self, py: Python<'_>) {
         let s = Arc::clone(&self.inner);
-        py.detach(move || s.close());
+        let lf = self.lf.clone();
+        py.detach(move || {
+            s.close();
+            if let Some(l) = lf {
+                l.close();
+            }
+        });
     }
 }
 

@@ -942,7 +942,8 @@ class Server:
                 calls = _Calls(target, handler)
             self._s = _native.Server(link._l, transport, None, port, tls, _ms(reply_timeout), verify_client, broker, calls.inbox, limits, fast)
         else:
-            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker, None, limits)
+            fast = transport == "ws" and tls is None and reply_timeout is None and (_in_loop_default() if in_loop is None else bool(in_loop))
+            self._s = _native.Server(link._l, transport, _wrap_handler(handler, loop), port, tls, _ms(reply_timeout), verify_client, broker, None, limits, fast)
 
     @property
     def port(self) -> int:
