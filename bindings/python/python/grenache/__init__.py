@@ -20,8 +20,8 @@ threads, never on the caller's; a handler may block (it runs on a pool of its ow
 ``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
 wake-up of the loop for all the replies that arrived while it was busy), as do the requests
 for ``async def`` handlers. Over plain WS, an ``async def`` handler's server reads and writes
-its sockets on its event loop itself (no thread in the way; ``GRENACHE_PYTHON_IN_LOOP=0`` turns
-that off).
+its sockets on its event loop itself, and a plain handler's server on the threads that run the
+handler (no thread hand-off in the way; ``GRENACHE_PYTHON_IN_LOOP=0`` turns both off).
 
 Payloads are any JSON-serialisable Python value (``json.dumps``/``json.loads``); they travel as
 JSON, like the reference's.
@@ -892,7 +892,10 @@ class Server:
     upgraded, to that loop, which reads and writes it itself: a request and its reply then cross
     no thread, the requests read at once run as one batch and their replies go out in one write
     (``in_loop=False``, or ``GRENACHE_PYTHON_IN_LOOP=0`` in the environment, keeps them on the
-    library's threads; see docs/compat.md for what differs). ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
+    library's threads; see docs/compat.md for what differs). A plain handler's server over
+    plain WS without ``reply_timeout`` has its sockets read by the threads that run the handler:
+    the thread that finds a request runs the handler and writes the reply itself (the same
+    switches turn that off). ``info.defer()`` takes the ``Reply`` to answer later. With ``reply_timeout`` (seconds), a handler that takes
     longer is answered ``ERR_TIMEOUT`` for it. Over WS, ``verify_client(fingerprint, remote_addr)``
     sees each client before its socket is accepted (``fingerprint``: the SHA-1 of its
     certificate, or ``None``) and refuses it by returning false, like the reference's
