@@ -415,25 +415,34 @@ impl Lf {
         ok
     }
 
+    /// A thread: attached to Python for its life, it releases the GIL while it waits at the
+    /// poller and does socket I/O, and takes it only to run handlers. At interpreter exit it
+    /// never takes the GIL again (it sleeps until the process ends), as the pool's threads.
     fn run(self: Arc<Self>) {
         Python::attach(|py| {
             loop {
-                let Some(jobs) = py.detach(|| self.lead()) else { break };
-                if jobs.is_empty() {
-                    continue;
-                }
-                IN_PYTHON.fetch_add(1, Ordering::SeqCst);
-                if FINALIZING.load(Ordering::SeqCst) {
-                    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
-                    // Dropped: each reply answers ERR_NO_REPLY; this thread sleeps until the
-                    // process ends rather than call into an interpreter being torn down.
-                    py.detach(|| {
+                let jobs = py.detach(|| {
+                    let jobs = loop {
+                        match self.lead() {
+                            Some(jobs) if jobs.is_empty() => continue,
+                            other => break other,
+                        }
+                    };
+                    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+                    if FINALIZING.load(Ordering::SeqCst) {
+                        IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+                        // Dropped: each request is answered ERR_NO_REPLY.
                         drop(jobs);
                         loop {
                             std::thread::park();
                         }
-                    });
-                }
+                    }
+                    jobs
+                });
+                let Some(jobs) = jobs else {
+                    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+                    break;
+                };
                 if self.pool.push_claimed(jobs) {
                     self.pool.drain(py);
                 }

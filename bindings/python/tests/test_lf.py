@@ -307,6 +307,34 @@ class LeaderFollowersTests(unittest.TestCase):
         finally:
             c.close()
 
+    def test_interpreter_exit_with_the_server_open(self):
+        """A process that exits with the server open, its threads waiting at the poller and
+        one running a handler, exits promptly and cleanly."""
+        script = textwrap.dedent(
+            """
+            import threading, time, grenache
+            def h(p, info):
+                if p == "slow":
+                    time.sleep(1)
+                return p
+            g = grenache.Grape(host="127.0.0.1")
+            link = grenache.Link(g.url)
+            s = grenache.Server(link, h, transport="ws")
+            c = grenache.Client(link, transport="ws")
+            dest = f"127.0.0.1:{s.port}"
+            for i in range(100):
+                assert c.request("x", i, dest=dest) == i
+            threading.Thread(target=lambda: c.request("x", "slow", dest=dest), daemon=True).start()
+            time.sleep(0.3)
+            print("exiting", s._s._lf_sockets() > 0, flush=True)
+            """
+        )
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        self.assertEqual(out.stdout.strip(), "exiting True")
+        self.assertLess(time.monotonic() - t0, 20)
+
 
 if __name__ == "__main__":
     unittest.main()
