@@ -60,10 +60,28 @@ const WAKE: Token = Token(usize::MAX);
 pub(crate) struct Sink(Option<(ReplyReceiver, Arc<Conn>, serde_json::Value)>);
 
 impl Sink {
-    /// Called right after the handler ran: writes a reply given meanwhile; one given later is
-    /// written by a task of the runtime when it comes.
-    pub(crate) fn deliver(mut self) {
+    /// Called right after the handler ran: queues a reply given meanwhile in `delivered`,
+    /// written by [`flush_delivered`] (once per socket for the replies of a run of requests);
+    /// one given later is written by a task of the runtime when it comes.
+    pub(crate) fn deliver(mut self, delivered: &Delivered) {
         let Some((mut rx, conn, rid)) = self.0.take() else { return };
+        let now = match rx.try_recv() {
+            Ok(body) => Some(body),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(grenache::rpc::ERR_NO_REPLY.to_string())),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+        };
+        if let Some(body) = now {
+            if conn.queue(&rid, &body) {
+                let mark = {
+                    let mut st = lock(&conn.state);
+                    !std::mem::replace(&mut st.dirty, true)
+                };
+                if mark {
+                    lock(delivered).push(conn);
+                }
+            }
+            return;
+        }
         match rx.try_recv() {
             Ok(body) => conn.reply(&rid, &body),
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => conn.reply(&rid, &Err(grenache::rpc::ERR_NO_REPLY.to_string())),
@@ -86,6 +104,17 @@ impl Drop for Sink {
     }
 }
 
+/// Sockets with replies queued by [`Sink::deliver`] and not written yet (one list per pool).
+pub(crate) type Delivered = Mutex<Vec<Arc<Conn>>>;
+
+/// Writes the replies [`Sink::deliver`] queued: one write per socket.
+pub(crate) fn flush_delivered(delivered: &Delivered) {
+    let conns = std::mem::take(&mut *lock(delivered));
+    for c in conns {
+        c.write_queued();
+    }
+}
+
 /// One request for the [`Pool`].
 pub(crate) type Job = (Request, grenache::rpc::Reply, Option<Sink>);
 
@@ -95,6 +124,8 @@ struct ConnState {
     out: Vec<u8>,
     /// Waiting for writability (the kernel buffer was full).
     blocked: bool,
+    /// Replies queued in a pool's [`Delivered`] list.
+    dirty: bool,
     /// Nothing more is read or sent.
     ended: bool,
     /// Shutting down: nothing more is read; closed once `in_flight` reaches 0.
@@ -118,10 +149,17 @@ pub(crate) struct Conn {
 impl Conn {
     /// Queues the reply to `rid` and writes what is queued.
     fn reply(self: &Arc<Self>, rid: &serde_json::Value, body: &WireReply) {
+        if self.queue(rid, body) {
+            self.write_queued();
+        }
+    }
+
+    /// Queues the reply to `rid`; false when nothing is to be written (the socket ended).
+    fn queue(self: &Arc<Self>, rid: &serde_json::Value, body: &WireReply) -> bool {
         let mut st = lock(&self.state);
         st.in_flight = st.in_flight.saturating_sub(1);
         if st.stream.is_none() || st.ended {
-            return;
+            return false;
         }
         let mut scratch = Vec::new();
         grenache::rpc::envelope::encode_reply_into(&mut scratch, rid, body);
@@ -133,8 +171,16 @@ impl Conn {
             st.ended = true;
             drop(st);
             self.finish(None);
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Writes the queued replies; closes a draining socket that answered its last request,
+    /// and resumes reading a paused one.
+    fn write_queued(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        st.dirty = false;
         let resume = st.paused && st.in_flight < MAX_IN_FLIGHT / 2;
         self.flush(&mut st);
         let drained = st.draining && st.in_flight == 0 && st.out.is_empty();
@@ -574,6 +620,7 @@ impl Lf {
                 decoder: Decoder::new(false, MAX_MESSAGE, h.leftover),
                 out: Vec::new(),
                 blocked: false,
+                dirty: false,
                 ended: false,
                 draining: false,
                 close_sent: false,

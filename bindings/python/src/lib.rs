@@ -837,6 +837,8 @@ struct Pool {
     state: Mutex<PoolState>,
     ready: Condvar,
     handler: Py<PyAny>,
+    /// Replies to [`lf`] sockets queued and not written yet.
+    delivered: lf::Delivered,
 }
 
 impl Pool {
@@ -860,10 +862,11 @@ impl Pool {
         }
     }
 
-    /// Queues the requests a thread read itself (a socket of [`lf`]) and counts that thread
-    /// as running handlers, so that it answers them without waking another ([`Pool::drain`]
-    /// next); a thread of the pool stands by to take the queue over if a handler blocks.
-    /// False when the pool is closed (the requests are answered `ERR_NO_REPLY`).
+    /// Queues the requests a thread read itself (a socket of [`lf`]). When no handler runs,
+    /// that thread is counted as running them and answers them without waking another
+    /// ([`Pool::drain`] next, true); a thread of the pool stands by to take the queue over if
+    /// a handler blocks. When one runs, it takes them (false). False too when the pool is
+    /// closed (the requests are answered `ERR_NO_REPLY`).
     fn push_claimed(self: &Arc<Self>, jobs: Vec<lf::Job>) -> bool {
         let mut st = lock(&self.state);
         if st.closed {
@@ -874,18 +877,26 @@ impl Pool {
         let room = MAX_QUEUED.saturating_sub(st.queue.len());
         let mut jobs = jobs.into_iter();
         st.queue.extend(jobs.by_ref().take(room));
-        st.active += 1;
-        st.last_take = Instant::now();
+        // Handlers already run (under the GIL, one thread at a time): the runner takes these
+        // too, in the same hold of the GIL; this thread goes back to the sockets.
+        let claim = st.active < PARALLEL_HANDLERS.load(Ordering::Relaxed);
+        if claim {
+            st.active += 1;
+            st.last_take = Instant::now();
+        }
+        // Requests wait behind a running handler: a thread of the pool watches them, to take
+        // them over if that handler blocks (or to take a share where handlers run in
+        // parallel). A lone request its reader runs wakes nobody.
+        let waiting = if claim { st.queue.len() > 1 } else { !st.queue.is_empty() };
         if st.threads < st.active && st.threads < MAX_THREADS {
             self.spawn_thread(&mut st);
-        } else if st.queue.len() > 1 && st.wants_thread() && st.threads > 0 {
-            // Handlers may run in parallel (no GIL): another thread takes a share.
+        } else if waiting && st.threads > 0 {
             self.ready.notify_one();
         }
         drop(st);
         // Past the bound: ERR_NO_REPLY.
         drop(jobs);
-        true
+        claim
     }
 
     fn spawn_thread(self: &Arc<Self>, st: &mut PoolState) {
@@ -964,9 +975,16 @@ impl Pool {
     }
 
     /// Answers queued requests until the queue is empty (or the interpreter exits).
+    ///
+    /// Replies to sockets the handler threads read themselves ([`lf`]) are written once per
+    /// socket for a run of requests: before the last queued request runs, after it, and every
+    /// [`FLUSH_EVERY`] requests. A thread that takes the queue over from a blocking handler
+    /// writes what that one left queued first.
     fn drain(&self, py: Python<'_>) {
+        lf::flush_delivered(&self.delivered);
+        let mut answered = 0usize;
         loop {
-            let job = {
+            let (job, more) = {
                 let mut st = lock(&self.state);
                 let job = if FINALIZING.load(Ordering::SeqCst) { None } else { st.queue.pop_front() };
                 match job {
@@ -975,20 +993,28 @@ impl Pool {
                     // thread and wakes one.
                     None => st.active -= 1,
                 }
-                job
+                let more = !st.queue.is_empty();
+                (job, more)
             };
-            match job {
-                Some((request, reply, sink)) => {
-                    answer(py, &self.handler, request, reply);
-                    if let Some(sink) = sink {
-                        sink.deliver();
-                    }
+            let Some((request, reply, sink)) = job else { break };
+            if !more {
+                lf::flush_delivered(&self.delivered);
+            }
+            answer(py, &self.handler, request, reply);
+            if let Some(sink) = sink {
+                sink.deliver(&self.delivered);
+                answered += 1;
+                if !more || answered.is_multiple_of(FLUSH_EVERY) {
+                    lf::flush_delivered(&self.delivered);
                 }
-                None => break,
             }
         }
+        lf::flush_delivered(&self.delivered);
     }
 }
+
+/// Replies queued for [`lf`] sockets in a run of requests before they are written.
+const FLUSH_EVERY: usize = 32;
 
 /// Held by the server's handler closure: when the core drops the handler (the server closed and
 /// its requests in flight finished), the pool's threads finish the queue and exit.
@@ -1087,7 +1113,7 @@ impl Server {
             // Plain handlers: the pool's threads, never an I/O thread (a handler may block).
             (None, Some(handler)) => {
                 let state = PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), closed: false };
-                let pool = Arc::new(Pool { state: Mutex::new(state), ready: Condvar::new(), handler });
+                let pool = Arc::new(Pool { state: Mutex::new(state), ready: Condvar::new(), handler, delivered: Mutex::default() });
                 // `in_loop` (WS without TLS and without a reply timeout): the pool's threads read
                 // and answer the sockets themselves (`lf`).
                 if in_loop && kind == TransportKind::Ws && tls.is_none() && reply_timeout_ms.is_none() {
