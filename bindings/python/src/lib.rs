@@ -800,7 +800,18 @@ struct PoolState {
     active: usize,
     /// When the last request was taken from the queue.
     last_take: Instant,
+    /// Idle threads waking every [`STALL`] to see whether the running handlers still take
+    /// requests (the others sleep until woken or [`IDLE_EXIT`]).
+    watching: usize,
     closed: bool,
+}
+
+impl PoolState {
+    /// Requests wait behind a running handler and no idle thread watches it: one should (it
+    /// takes them over if that handler blocks).
+    fn wants_watcher(&self) -> bool {
+        !self.queue.is_empty() && self.active > 0 && self.watching == 0 && self.threads > 0
+    }
 }
 
 /// How many threads of one [`Pool`] run handlers at once while none of them blocks: one where
@@ -852,6 +863,9 @@ impl Pool {
         }
         st.queue.push_back((request, reply, None));
         if !st.wants_thread() {
+            if st.wants_watcher() {
+                self.ready.notify_one();
+            }
             return;
         }
         if st.threads > st.active {
@@ -890,7 +904,7 @@ impl Pool {
         let waiting = if claim { st.queue.len() > 1 } else { !st.queue.is_empty() };
         if st.threads < st.active && st.threads < MAX_THREADS {
             self.spawn_thread(&mut st);
-        } else if waiting && st.threads > 0 {
+        } else if waiting && (st.wants_watcher() || st.wants_thread()) {
             self.ready.notify_one();
         }
         drop(st);
@@ -940,8 +954,14 @@ impl Pool {
             }
             // While handlers run, look every STALL whether they still take requests.
             let wait = if st.active > 0 { STALL } else { IDLE_EXIT };
+            if wait == STALL {
+                st.watching += 1;
+            }
             let (g, timeout) = self.ready.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner());
             st = g;
+            if wait == STALL {
+                st.watching -= 1;
+            }
             if timeout.timed_out() && st.queue.is_empty() && wait == IDLE_EXIT {
                 break false;
             }
@@ -970,6 +990,10 @@ impl Pool {
         // not one of the pool's.)
         if work && st.threads <= st.active && st.threads < MAX_THREADS {
             self.spawn_thread(&mut st);
+        } else if work && st.queue.len() > 1 && st.watching == 0 {
+            // Requests still wait behind this one: an idle thread watches them in turn (one
+            // that went to sleep while no handler ran waits for the idle timeout otherwise).
+            self.ready.notify_one();
         }
         work
     }
@@ -1112,7 +1136,8 @@ impl Server {
             }
             // Plain handlers: the pool's threads, never an I/O thread (a handler may block).
             (None, Some(handler)) => {
-                let state = PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), closed: false };
+                let state =
+                    PoolState { queue: VecDeque::new(), threads: 0, active: 0, last_take: Instant::now(), watching: 0, closed: false };
                 let pool = Arc::new(Pool { state: Mutex::new(state), ready: Condvar::new(), handler, delivered: Mutex::default() });
                 // `in_loop` (WS without TLS and without a reply timeout): the pool's threads read
                 // and answer the sockets themselves (`lf`).

@@ -208,6 +208,43 @@ class BatchingTests(unittest.TestCase):
                 finally:
                     s.close()
 
+    def test_blocking_handlers_run_at_once_after_the_pool_went_idle(self):
+        """Five handlers that each sleep 0.5 s, called at once (five threads, then five
+        asyncio requests on one socket), take about 0.5 s in every round, also once the pool's
+        threads went idle after an earlier round; on both WS paths (handler threads reading
+        their sockets, and the library's I/O threads) and over HTTP."""
+
+        def handler(payload, info):
+            time.sleep(0.5)
+            return payload
+
+        for t, in_loop in (("ws", True), ("ws", False), ("http", False)):
+            with self.subTest(transport=t, in_loop=in_loop):
+                s = grenache.Server(self.link, handler, transport=t, in_loop=in_loop)
+                try:
+                    c, dest = self.clients[t], self.dest(s)
+                    self.assertEqual(s._s._lf_sockets() is not None, in_loop)
+                    for _ in range(3):
+                        out = []
+                        t0 = time.monotonic()
+                        threads = [threading.Thread(target=lambda i=i: out.append(c.request("x", i, dest=dest, timeout=30))) for i in range(5)]
+                        for th in threads:
+                            th.start()
+                        for th in threads:
+                            th.join(30)
+                        self.assertEqual(sorted(out), list(range(5)))
+                        self.assertLess(time.monotonic() - t0, 2.0, "the handlers ran one after another")
+
+                        async def main():
+                            return await asyncio.gather(*[c.request_async("x", i, dest=dest, timeout=30) for i in range(5)])
+
+                        t0 = time.monotonic()
+                        self.assertEqual(asyncio.run(main()), list(range(5)))
+                        self.assertLess(time.monotonic() - t0, 2.0, "the handlers ran one after another")
+                        time.sleep(0.3)
+                finally:
+                    s.close()
+
     def test_loop_closed_with_results_pending_loses_nothing(self):
         """Results that arrive for a loop that was shut down are dropped (nobody waits for
         them) without errors; the server answered every request; the next loop gets all of its
