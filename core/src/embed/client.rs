@@ -154,6 +154,12 @@ impl EmbedClient {
         }
     }
 
+    /// The client under this facade (destination choice, settings), for a face that drives
+    /// some sockets itself.
+    pub fn peer(&self) -> &PeerRpcClient {
+        &self.client
+    }
+
     /// Sends the JSON text `payload_json` to one worker of `key`; completes with the result as
     /// JSON text, exactly as the worker sent it (whitespace and escapes included). A remote error
     /// is an [`ErrorKind::Remote`](crate::ErrorKind::Remote) error whose message is the remote

@@ -236,13 +236,16 @@ class _Results:
     results that arrive later are dropped instead of keeping their futures, and so the loop,
     alive."""
 
-    __slots__ = ("inbox", "_fd", "_agen", "__weakref__")
+    __slots__ = ("inbox", "_fd", "_agen", "clients", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.inbox = _native.Inbox()
         self._fd = self.inbox.fileno()
         loop.add_reader(self._fd, self._drain)
         self._agen = _on_loop_shutdown(loop, self._close)
+        # Client -> its _LoopClient on this loop (kept here: the loop keeps them, not the
+        # clients, and they go with the loop).
+        self.clients: Optional["weakref.WeakKeyDictionary[Client, _LoopClient]"] = None
 
     def _drain(self) -> None:
         # The token of an ``*_async`` call is its future; the result is JSON text. One native
@@ -250,6 +253,9 @@ class _Results:
         self.inbox.settle(_loads)
 
     def _close(self) -> None:
+        if self.clients:
+            for lc in list(self.clients.values()):
+                lc.close("ERR_TRANSPORT_CLOSE", "ERR_TRANSPORT_CLOSE: the event loop shut down")
         try:
             asyncio.get_running_loop().remove_reader(self._fd)
         except Exception:
@@ -1035,6 +1041,92 @@ class Server:
         self.close()
 
 
+def _dialed(weak: "weakref.ref", dest: str, sock: Any) -> None:
+    owner = weak()
+    if owner is not None:
+        owner._adopt(dest, sock)
+
+
+class _LoopClient:
+    """The in-loop path of one ``Client``'s plain WS requests on one event loop
+    (``_native.LoopClient``): the core picks the destination and dials it on its runtime, then
+    this loop writes the requests and reads the replies on the socket itself (``add_reader``),
+    one socket per destination for every request in flight to it. A request the loop cannot send
+    (lookup not cached, socket still being dialled, dial failed) takes the core's path."""
+
+    __slots__ = ("native", "_loop", "_weak", "_sweeper", "_thread", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: "_native.Client", inbox: "_native.Inbox") -> None:
+        self._loop = loop
+        self._weak = weakref.ref(self)
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self._thread = threading.get_ident()
+        self.native = _native.LoopClient(client, inbox, self._weak, _loads)
+
+    # Called by the native side.
+
+    def _dial(self, dest: str) -> None:
+        self.native.dial(dest, functools.partial(self._loop.call_soon_threadsafe, _dialed, self._weak, dest))
+
+    def _adopt(self, dest: str, sock: Any) -> None:
+        fd = self.native.adopt(dest, sock)
+        if fd >= 0:
+            self._loop.add_reader(fd, self._readable, fd)
+            # The bytes that came with the handshake may hold frames.
+            self._readable(fd)
+
+    def _kick(self) -> None:
+        self._loop.call_soon(self.native.flush)
+
+    def _watch(self, fd: int) -> None:
+        self._loop.add_writer(fd, self._writable, fd)
+
+    def _arm(self, delay: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = self._loop.call_later(delay, self._sweep)
+
+    # Loop callbacks.
+
+    def _readable(self, fd: int) -> None:
+        if self.native.pump(fd):
+            self._end(fd)
+
+    def _writable(self, fd: int) -> None:
+        if not self.native.writable(fd):
+            self._loop.remove_writer(fd)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        delay, ended = self.native.sweep()
+        for fd in ended:
+            self._end(fd)
+        if delay is not None:
+            self._sweeper = self._loop.call_later(delay, self._sweep)
+
+    def _end(self, fd: int) -> None:
+        try:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        except Exception:
+            pass  # the loop is closed
+        self.native.close(fd)
+
+    def close(self, kind: str, message: str) -> None:
+        """On the loop's thread: fails what is in flight (``kind``, ``message``) and closes the
+        sockets."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for fd in self.native.shutdown():
+            try:
+                self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
+            except Exception:
+                pass  # the loop is closed
+        self.native.finish(kind, message)
+
+
 class Client:
     """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them.
 
@@ -1051,8 +1143,16 @@ class Client:
         timeout: Optional[float] = None,
         broker: Optional[str] = None,
         punch_timeout: Optional[float] = None,
+        in_loop: Optional[bool] = None,
     ) -> None:
         self._c = _native.Client(link._l, transport, tls, _ms(timeout), broker, _ms(punch_timeout))
+        # Plain WS requests of ``request_async`` are sent and read on the caller's event loop
+        # (``in_loop``; ``GRENACHE_PYTHON_IN_LOOP=0`` turns it off): loop -> _LoopClient.
+        self._in_loop = transport == "ws" and tls is None and broker is None and (_in_loop_default() if in_loop is None else bool(in_loop))
+        self._loop_clients: "weakref.WeakSet[_LoopClient]" = weakref.WeakSet()
+        # The last loop used and its _LoopClient (weak references: a loop is not kept alive).
+        self._last: Optional[tuple] = None
+        self._closed = False
 
     def request(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         """Sends ``payload`` to one worker of ``name`` and returns its result. ``retry`` more
@@ -1061,10 +1161,36 @@ class Client:
         return json.loads(self._c.request(name, _dumps(payload), _ms(timeout), retry, compress, dest))
 
     async def request_async(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
+        """``request`` for asyncio. Over plain WS (``in_loop``), with ``retry`` at most 1, the
+        request is written and its reply read on this event loop once the lookup of ``name``
+        is cached and a socket to the chosen worker is open; the first requests to a worker
+        take the library's threads while that socket is dialled."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._c.request_in(name, _dumps(payload), _results(loop).inbox, fut, None if timeout is None else _ms(timeout), retry, compress, dest)
+        text = _dumps(payload)
+        ms = None if timeout is None else _ms(timeout)
+        if self._in_loop and retry <= 1:
+            last = self._last
+            lc = last[1]() if last is not None and last[0]() is loop else self._loop_client(loop)
+            if lc is not None and lc.native.request(name, text, fut, ms, dest):
+                return await fut
+        self._c.request_in(name, text, _results(loop).inbox, fut, ms, retry, compress, dest)
         return await fut
+
+    def _loop_client(self, loop: asyncio.AbstractEventLoop) -> Optional[_LoopClient]:
+        """This client's in-loop state on ``loop``, made on first use (None once closed)."""
+        if self._closed:
+            return None
+        box = _results(loop)
+        if box.clients is None:
+            box.clients = weakref.WeakKeyDictionary()
+        lc = box.clients.get(self)
+        if lc is None:
+            lc = _LoopClient(loop, self._c, box.inbox)
+            box.clients[self] = lc
+            self._loop_clients.add(lc)
+        self._last = (weakref.ref(loop), weakref.ref(lc))
+        return lc
 
     def map(self, name: str, payload: Json, *, timeout: Optional[float] = None, compress: bool = False, limit: int = 0) -> List[Json]:
         """Sends ``payload`` to every worker of ``name`` (at most ``limit`` when set) and returns
@@ -1077,6 +1203,17 @@ class Client:
 
     def close(self) -> None:
         """Cancels requests in flight (``CancelledError``) and closes connections."""
+        self._closed = True
+        self._last = None
+        kind, msg = "ERR_CANCELLED", "the operation was cancelled: the client was closed"
+        for lc in list(self._loop_clients):
+            if lc._thread == threading.get_ident() or lc._loop.is_closed():
+                lc.close(kind, msg)
+            else:
+                try:
+                    lc._loop.call_soon_threadsafe(lc.close, kind, msg)
+                except RuntimeError:  # closed meanwhile
+                    lc.close(kind, msg)
         self._c.close()
 
     def __enter__(self) -> "Client":
