@@ -20,8 +20,9 @@ threads, never on the caller's; a handler may block (it runs on a pool of its ow
 ``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
 wake-up of the loop for all the replies that arrived while it was busy), as do the requests
 for ``async def`` handlers. Over plain WS, an ``async def`` handler's server reads and writes
-its sockets on its event loop itself, and a plain handler's server on the threads that run the
-handler (no thread hand-off in the way; ``GRENACHE_PYTHON_IN_LOOP=0`` turns both off).
+its sockets on its event loop itself, a plain handler's server on the threads that run the
+handler, and ``request_async`` on the caller's loop (no thread hand-off in the way;
+``GRENACHE_PYTHON_IN_LOOP=0`` turns all three off).
 
 Payloads are any JSON-serialisable Python value (``json.dumps``/``json.loads``); they travel as
 JSON, like the reference's.
@@ -698,7 +699,8 @@ class _Calls:
             pass
 
 
-# The environment variable that turns the in-loop path of ``async def`` WS servers off ("0").
+# The environment variable that turns the in-loop paths off ("0"): the sockets of ``async def``
+# WS servers and the plain WS requests of ``Client.request_async``.
 _IN_LOOP_ENV = "GRENACHE_PYTHON_IN_LOOP"
 
 # Events a socket driven by the loop reports (``_native.LoopConn``).
@@ -1129,6 +1131,13 @@ class _LoopClient:
 
 class Client:
     """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them.
+
+    Over plain WS (``transport="ws"``, no ``tls``), ``request_async`` writes its requests and
+    reads their replies on the caller's event loop, one socket per worker shared by every request
+    in flight to it (``in_loop=False``, or ``GRENACHE_PYTHON_IN_LOOP=0``, keeps them on the
+    library's threads). The core still looks the worker up and chooses it; the first requests to
+    a worker, and those whose lookup is not cached, go through the library's threads while the
+    loop's socket is dialled.
 
     Over uTP with ``broker``, the workers are found through that broker (their external
     endpoints behind NATs) and punched (both sides at once, at most ``punch_timeout`` seconds;
