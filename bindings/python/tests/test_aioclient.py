@@ -23,7 +23,7 @@ import unittest
 import grenache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_grenache import Network, NodeProcess, eventually, free_port
+from test_grenache import Network, NodeProcess, eventually, free_port, make_certs
 
 
 async def echo(payload, info):
@@ -286,6 +286,46 @@ class AioClientTests(unittest.TestCase):
 
                 with grenache.Client(self.net.l2, transport="ws") as c:
                     asyncio.run(main(c))
+
+    def test_one_client_on_loops_of_several_threads(self):
+        """One client used by loops on four threads at once: each loop has its own socket, every
+        caller gets its own reply; closing the client from the main thread fails what is in
+        flight on every loop."""
+        with grenache.Server(self.net.l1, echo, transport="ws") as s, grenache.Client(self.net.l2, transport="ws") as c:
+            dest = f"127.0.0.1:{s.port}"
+            results, errors = {}, []
+
+            def run(k):
+                async def main():
+                    await warm(c, "x", dest)
+                    got = await asyncio.gather(*[c.request_async("x", [k, i], dest=dest, timeout=10) for i in range(500)])
+                    pending = asyncio.ensure_future(c.request_async("x", {"sleep": 5}, dest=dest, timeout=10))
+                    await asyncio.sleep(0.05)
+                    results[k] = got == [[k, i] for i in range(500)] and loop_client(c).native.in_flight == 1
+                    closed.wait(10)  # (the loop is held: the close reaches it through call_soon_threadsafe)
+                    try:
+                        await pending
+                    except grenache.CancelledError:
+                        return
+                    errors.append((k, "not cancelled"))
+
+                try:
+                    asyncio.run(main())
+                except Exception as e:
+                    errors.append((k, e))
+
+            closed = threading.Event()
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            eventually(lambda: len(results) == 4, timeout=30, what="every loop answered")
+            time.sleep(0.1)
+            c.close()
+            closed.set()
+            for t in threads:
+                t.join(20)
+            self.assertEqual(results, {k: True for k in range(4)})
+            self.assertEqual(errors, [])
 
     def test_remote_errors_and_timeouts(self):
         """A handler's error is ``RemoteError`` with its message; a request with no reply in
@@ -560,6 +600,35 @@ class AioClientTests(unittest.TestCase):
                     asyncio.run(failover(c))
             finally:
                 self.net.l1.stop_announcing("aio:dead", dead)
+
+    def test_tls_keeps_the_cores_path(self):
+        """WSS: ``request_async`` goes through the library's threads, results and errors as
+        before, and the loop gets no socket."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pem, fingerprint = make_certs(tmp)
+        server_tls = grenache.ServerTls(pem["server.crt"], pem["server.key"], pem["ca.crt"], "required")
+        good = grenache.ClientTls(pem["ca.crt"], pem["client.crt"], pem["client.key"])
+
+        async def h(payload, info):
+            if payload == "fail":
+                raise grenache.ReplyError("ERR_TLS_NOPE")
+            return [payload, info.fingerprint]
+
+        with grenache.Server(self.net.l1, h, transport="ws", tls=server_tls) as s, grenache.Client(self.net.l2, transport="ws", tls=good) as c:
+            dest = f"127.0.0.1:{s.port}"
+            self.assertFalse(c._in_loop)
+
+            async def main():
+                got = await asyncio.gather(*[c.request_async("x", i, dest=dest, timeout=10) for i in range(50)])
+                self.assertEqual(got, [[i, fingerprint] for i in range(50)])
+                with self.assertRaises(grenache.RemoteError) as e:
+                    await c.request_async("x", "fail", dest=dest, timeout=10)
+                self.assertEqual(e.exception.message, "ERR_TLS_NOPE")
+                self.assertIsNone(loop_client(c))
+
+            asyncio.run(main())
 
     def test_node_reference_server(self):
         """grenache-nodejs-ws's PeerRPCServer (tests/interop/ws_server.js) through the Grapes:
