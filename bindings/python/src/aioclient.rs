@@ -583,6 +583,7 @@ impl LoopClient {
                         && let Some((_, t)) = p.deadline
                     {
                         done.push((p.fut, Err(Error::timeout(format!("no reply within {t:?}")))));
+                        c.last_used = now;
                     }
                 }
                 if c.pending.is_empty() {
@@ -638,9 +639,12 @@ impl LoopClient {
     }
 
     /// After `shutdown`: fails what is in flight with `kind` (an error kind's name) and
-    /// `message`, and closes every socket (a close frame 1000 first).
-    fn finish(&self, py: Python<'_>, kind: &str, message: &str) {
-        let kind = ErrorKind::from_name(kind).unwrap_or(ErrorKind::Closed);
+    /// `message` (`kind` None: drops it unsettled, for a loop that is closed), and closes every
+    /// socket (a close frame 1000 first).
+    #[pyo3(signature = (kind, message))]
+    fn finish(&self, py: Python<'_>, kind: Option<&str>, message: &str) {
+        let settle = kind.is_some();
+        let kind = kind.and_then(ErrorKind::from_name).unwrap_or(ErrorKind::Closed);
         let mut done = Vec::new();
         {
             let mut st = lock(&self.state);
@@ -649,7 +653,9 @@ impl LoopClient {
             st.dirty.clear();
             for (_, mut c) in st.conns.drain() {
                 for (_, p) in c.pending.drain() {
-                    done.push((p.fut, Err(Error::new(kind, message.to_string()))));
+                    if settle {
+                        done.push((p.fut, Err(Error::new(kind, message.to_string()))));
+                    }
                 }
                 if !c.ended && c.failed.is_none() {
                     handoff::encode_close(&mut c.out, 1000, "", true);
@@ -668,6 +674,9 @@ impl LoopClient {
     fn dial(&self, dest: String, done: Py<PyAny>) {
         self.rt.handle().spawn(async move {
             let sock = handoff::dial_plain(&dest, DIAL_TIMEOUT).await.ok();
+            if crate::FINALIZING.load(std::sync::atomic::Ordering::SeqCst) {
+                return; // the interpreter is going away: the socket is dropped (closed)
+            }
             Python::attach(|py| {
                 let sock = sock.map(|h| DialedSocket { inner: Mutex::new(Some(h)) });
                 let called = match sock {

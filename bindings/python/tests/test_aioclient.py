@@ -8,6 +8,7 @@ Run: python -m unittest discover -s bindings/python/tests -v   (after `maturin d
 
 import asyncio
 import base64
+import gc
 import hashlib
 import json
 import os
@@ -540,7 +541,7 @@ class AioClientTests(unittest.TestCase):
     def test_cancellation_and_client_close(self):
         """A cancelled request's late reply is dropped and the socket keeps serving; closing the
         client fails what is in flight (``CancelledError``, as the core's path) and closes the
-        sockets."""
+        sockets, as does dropping it unclosed."""
         with grenache.Server(self.net.l1, echo, transport="ws") as s:
             dest = f"127.0.0.1:{s.port}"
 
@@ -565,6 +566,16 @@ class AioClientTests(unittest.TestCase):
 
             c = grenache.Client(self.net.l2, transport="ws")
             asyncio.run(main(c))
+
+            async def dropped():
+                c = grenache.Client(self.net.l2, transport="ws")
+                native = (await warm(c, "x", dest)).native
+                self.assertEqual(native.dests, [dest])
+                del c
+                gc.collect()
+                self.assertEqual(native.dests, [])  # a client dropped unclosed closed its sockets
+
+            asyncio.run(dropped())
 
     def test_fallbacks_tls_retry_and_dead_workers(self):
         """A destination nothing listens on fails as on the core's path (``ConnectError``) and

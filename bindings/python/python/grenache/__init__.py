@@ -1115,8 +1115,8 @@ class _LoopClient:
         self.native.close(fd)
 
     def close(self, kind: str, message: str) -> None:
-        """On the loop's thread: fails what is in flight (``kind``, ``message``) and closes the
-        sockets."""
+        """On the loop's thread: fails what is in flight (``kind``, ``message``; dropped when the
+        loop is closed: nothing can wait for it any more) and closes the sockets."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -1126,7 +1126,21 @@ class _LoopClient:
                 self._loop.remove_writer(fd)
             except Exception:
                 pass  # the loop is closed
-        self.native.finish(kind, message)
+        self.native.finish(None if self._loop.is_closed() else kind, message)
+
+
+def _close_loop_clients(lcs: "weakref.WeakSet[_LoopClient]") -> None:
+    """Fails what is in flight on the loops' sockets of a client (``CancelledError``, as the
+    core's path) and closes them, each on its loop's thread."""
+    kind, msg = "ERR_CANCELLED", "the operation was cancelled: the client was closed"
+    for lc in list(lcs):
+        if lc._thread == threading.get_ident() or lc._loop.is_closed():
+            lc.close(kind, msg)
+        else:
+            try:
+                lc._loop.call_soon_threadsafe(lc.close, kind, msg)
+            except RuntimeError:  # closed meanwhile
+                lc.close(kind, msg)
 
 
 class Client:
@@ -1162,6 +1176,8 @@ class Client:
         # The last loop used and its _LoopClient (weak references: a loop is not kept alive).
         self._last: Optional[tuple] = None
         self._closed = False
+        # A client dropped without close() closes its loops' sockets too.
+        weakref.finalize(self, _close_loop_clients, self._loop_clients)
 
     def request(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         """Sends ``payload`` to one worker of ``name`` and returns its result. ``retry`` more
@@ -1214,15 +1230,7 @@ class Client:
         """Cancels requests in flight (``CancelledError``) and closes connections."""
         self._closed = True
         self._last = None
-        kind, msg = "ERR_CANCELLED", "the operation was cancelled: the client was closed"
-        for lc in list(self._loop_clients):
-            if lc._thread == threading.get_ident() or lc._loop.is_closed():
-                lc.close(kind, msg)
-            else:
-                try:
-                    lc._loop.call_soon_threadsafe(lc.close, kind, msg)
-                except RuntimeError:  # closed meanwhile
-                    lc.close(kind, msg)
+        _close_loop_clients(self._loop_clients)
         self._c.close()
 
     def __enter__(self) -> "Client":
