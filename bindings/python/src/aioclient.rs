@@ -404,6 +404,10 @@ impl LoopClient {
                     Some(Some(failed)) => now.duration_since(*failed) >= DIAL_BACKOFF,
                     Some(None) => false,
                 };
+                if fresh && st.conns.len() + st.dialing.len() >= MAX_CONNS {
+                    // Failures older than the back-off are forgotten.
+                    st.dialing.retain(|_, failed| failed.is_none_or(|t| now.duration_since(t) < DIAL_BACKOFF));
+                }
                 if fresh && st.conns.len() + st.dialing.len() < MAX_CONNS {
                     st.dialing.insert(dest.clone(), None);
                     calls.dial = Some(dest);
