@@ -1196,7 +1196,9 @@ class Client:
         ms = None if timeout is None else _ms(timeout)
         if self._in_loop and retry <= 1:
             last = self._last
-            lc = last[1]() if last is not None and last[0]() is loop else self._loop_client(loop)
+            lc = last[1]() if last is not None and last[0]() is loop else None
+            if lc is None:
+                lc = self._loop_client(loop)
             if lc is not None and lc.native.request(name, text, fut, ms, dest):
                 return await fut
         self._c.request_in(name, text, _results(loop).inbox, fut, ms, retry, compress, dest)
