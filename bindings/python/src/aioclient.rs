@@ -535,8 +535,12 @@ impl LoopClient {
                     Err((None, _)) => {}
                 }
             });
-            if !done.is_empty() && c.pending.is_empty() {
-                c.last_used = Instant::now();
+            if !done.is_empty() {
+                // The worker answered: it is not a dead one (as on the core's path).
+                self.client.answered(&c.dest);
+                if c.pending.is_empty() {
+                    c.last_used = Instant::now();
+                }
             }
             let end = match pumped {
                 Pumped::Open => None,
