@@ -49,7 +49,7 @@ use crate::{InboxShared, Item, error_value, lock};
 /// Largest reply read (the core's default).
 const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
 /// Requests in flight on one socket; past it a request takes the normal path.
-pub(crate) const MAX_PENDING: usize = 65_536;
+const MAX_PENDING: usize = 65_536;
 /// Bytes queued for a server that does not read before its socket is closed.
 const MAX_OUTBOX: usize = 64 << 20;
 /// Bytes read from one socket per readiness event.
