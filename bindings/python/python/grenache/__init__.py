@@ -1072,10 +1072,16 @@ class _LoopClient:
 
     def _adopt(self, dest: str, sock: Any) -> None:
         fd = self.native.adopt(dest, sock)
-        if fd >= 0:
+        if fd < 0:
+            return
+        try:
             self._loop.add_reader(fd, self._readable, fd)
-            # The bytes that came with the handshake may hold frames.
-            self._readable(fd)
+        except Exception:
+            # A loop that cannot watch sockets (no add_reader): its requests keep the core's path.
+            self.close("ERR_TRANSPORT_CLOSE", "ERR_TRANSPORT_CLOSE: the event loop cannot watch sockets")
+            return
+        # The bytes that came with the handshake may hold frames.
+        self._readable(fd)
 
     def _kick(self) -> None:
         self._loop.call_soon(self.native.flush)
