@@ -8,8 +8,9 @@ Two tables, requests per second (payload "hello", result "world"), sequential an
 tests/interop do), over WS and HTTP:
 
 * **as client**: each client calls one Rust server (`grenache serve`, release): the Python face
-  blocking (sequential only) and asyncio, the Node reference's PeerRPCClient, and the Rust
-  client (`rpc_load`, the ceiling);
+  blocking (sequential only) and asyncio (over WS its requests are written and read on its event
+  loop; the last row keeps them on the library's threads, GRENACHE_PYTHON_IN_LOOP=0), the Node
+  reference's PeerRPCClient, and the Rust client (`rpc_load`, the ceiling);
 * **as server**: the Rust client (`rpc_load`) calls each server: the Python face with a plain
   handler and with an ``async def`` handler (over WS its sockets are read on its event loop; the
   last row keeps them on the library's threads, GRENACHE_PYTHON_IN_LOOP=0), the Node
@@ -270,6 +271,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("node", "Node reference client"),
                 ("rust", "Rust client (ceiling)"),
                 ("python-blocking-poll", "Python face, blocking, polling 50 us"),
+                ("python-asyncio-threaded", "Python face, asyncio, GRENACHE_PYTHON_IN_LOOP=0"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
@@ -287,7 +289,7 @@ def drive(args: argparse.Namespace) -> None:
                     server.stop()
             cols = table("As client, calling one Rust server (`grenache serve`), req/s:", rows, kinds)
             labels = dict(kinds)
-            ratio_rows(rows, cols, ["python-blocking", "python-asyncio"], labels, "node", "Node")
+            ratio_rows(rows, cols, ["python-blocking", "python-asyncio", "python-asyncio-threaded"], labels, "node", "Node")
             ratio_rows(rows, cols, ["python-blocking", "python-asyncio"], labels, "rust", "Rust")
 
         if args.only in (None, "server"):

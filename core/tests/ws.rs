@@ -763,3 +763,56 @@ fn ws_busy_poll_keeps_replies_timeouts_and_close() {
         server.join().expect("server thread");
     }
 }
+
+/// `pick_cached` makes `request`'s choice from the Link's cache without waiting: nothing before
+/// the key was looked up, a random worker of the cached list after, only workers with live
+/// connections (as the caller counts them) once `max_active_key_dests` have one, and never a
+/// worker that failed to connect while it is avoided.
+#[tokio::test]
+async fn pick_cached_chooses_as_request_does_from_the_cache() {
+    use grenache::grape::Testnet;
+    use grenache::link::Link;
+    use grenache::rpc::{PeerRpcClient, PeerRpcClientConfig, RequestOptions};
+    use std::collections::HashSet;
+
+    let net = Testnet::start(2).await.expect("testnet");
+    let live = [server().await, server().await];
+    let announcer = Link::with_grape(net.api_url(0)).expect("link");
+    for s in &live {
+        announcer.announce("pick_cached", s.local_addr().port()).await.expect("announce");
+    }
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    announcer.announce("pick_cached", dead.port()).await.expect("announce");
+    let link = Link::with_grape(net.api_url(1)).expect("link");
+    let deadline = Instant::now() + LONG;
+    while link.lookup("pick_cached").await.map(|l| l.len()).unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "announces not visible");
+        link.invalidate("pick_cached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    link.invalidate("pick_cached");
+    let transport: Arc<dyn grenache::rpc::ClientTransport> = Arc::new(WsClient::new(WsClientConfig::default()));
+    let client = PeerRpcClient::new(link, transport, PeerRpcClientConfig { max_active_key_dests: 1, ..Default::default() });
+    let opts = RequestOptions::default();
+    assert_eq!(client.pick_cached("pick_cached", &opts, &|_| 0), None, "not looked up yet");
+    client.pick_dest("pick_cached", &opts).await.expect("lookup");
+    let all: HashSet<String> = live.iter().map(|s| s.local_addr().to_string()).chain([dead.to_string()]).collect();
+    let picked: HashSet<String> = (0..200).filter_map(|_| client.pick_cached("pick_cached", &opts, &|_| 0)).collect();
+    assert_eq!(picked, all, "a random worker of the cached list");
+    let first = live[0].local_addr().to_string();
+    assert!((0..50).all(|_| client.pick_cached("pick_cached", &opts, &|d| usize::from(d == first)).as_deref() == Some(first.as_str())));
+    // The dead worker fails to connect once: it is avoided (and the key looked up afresh).
+    let transport: Arc<dyn grenache::rpc::ClientTransport> = Arc::new(WsClient::new(WsClientConfig::default()));
+    let client = PeerRpcClient::new(client.link().clone(), transport, PeerRpcClientConfig::default());
+    let ropts = RequestOptions { timeout: Some(LONG), ..Default::default() };
+    while !client.is_avoided(&dead.to_string()) {
+        assert!(Instant::now() < deadline + LONG, "the dead worker was never tried");
+        client.request("pick_cached", "hello", &ropts).await.expect("fails over");
+    }
+    client.pick_dest("pick_cached", &opts).await.expect("lookup");
+    assert!((0..100).all(|_| client.pick_cached("pick_cached", &opts, &|_| 0).is_some_and(|d| d != dead.to_string())));
+    for s in live {
+        s.close().await;
+    }
+    net.stop().await;
+}

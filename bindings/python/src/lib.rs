@@ -42,6 +42,7 @@ use grenache::{Error, ErrorKind, Result as GResult};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
+mod aioclient;
 mod inloop;
 mod lf;
 
@@ -1642,6 +1643,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<inloop::LoopSocket>()?;
     m.add_class::<inloop::LoopConn>()?;
     m.add_class::<inloop::LoopReply>()?;
+    m.add_class::<aioclient::LoopClient>()?;
+    m.add_class::<aioclient::DialedSocket>()?;
     m.add_function(wrap_pyfunction!(inloop::_inloop_flush, m)?)?;
     m.add_class::<Grape>()?;
     m.add_class::<Link>()?;

@@ -154,6 +154,18 @@ impl EmbedClient {
         }
     }
 
+    /// The client under this facade (destination choice, settings), for a face that drives
+    /// some sockets itself.
+    pub fn peer(&self) -> &PeerRpcClient {
+        &self.client
+    }
+
+    /// Records that `dest` answered a request sent on a face's own socket: it is no longer
+    /// avoided as a dead worker, as after an answer on this client's own paths.
+    pub fn answered(&self, dest: &str) {
+        self.client.mark_alive(dest);
+    }
+
     /// Sends the JSON text `payload_json` to one worker of `key`; completes with the result as
     /// JSON text, exactly as the worker sent it (whitespace and escapes included). A remote error
     /// is an [`ErrorKind::Remote`](crate::ErrorKind::Remote) error whose message is the remote

@@ -20,8 +20,9 @@ threads, never on the caller's; a handler may block (it runs on a pool of its ow
 ``*_async`` method is a coroutine for asyncio; results reach the event loop in batches (one
 wake-up of the loop for all the replies that arrived while it was busy), as do the requests
 for ``async def`` handlers. Over plain WS, an ``async def`` handler's server reads and writes
-its sockets on its event loop itself, and a plain handler's server on the threads that run the
-handler (no thread hand-off in the way; ``GRENACHE_PYTHON_IN_LOOP=0`` turns both off).
+its sockets on its event loop itself, a plain handler's server on the threads that run the
+handler, and ``request_async`` on the caller's loop (no thread hand-off in the way;
+``GRENACHE_PYTHON_IN_LOOP=0`` turns all three off).
 
 Payloads are any JSON-serialisable Python value (``json.dumps``/``json.loads``); they travel as
 JSON, like the reference's.
@@ -236,13 +237,16 @@ class _Results:
     results that arrive later are dropped instead of keeping their futures, and so the loop,
     alive."""
 
-    __slots__ = ("inbox", "_fd", "_agen", "__weakref__")
+    __slots__ = ("inbox", "_fd", "_agen", "clients", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.inbox = _native.Inbox()
         self._fd = self.inbox.fileno()
         loop.add_reader(self._fd, self._drain)
         self._agen = _on_loop_shutdown(loop, self._close)
+        # Client -> its _LoopClient on this loop (kept here: the loop keeps them, not the
+        # clients, and they go with the loop).
+        self.clients: Optional["weakref.WeakKeyDictionary[Client, _LoopClient]"] = None
 
     def _drain(self) -> None:
         # The token of an ``*_async`` call is its future; the result is JSON text. One native
@@ -250,6 +254,9 @@ class _Results:
         self.inbox.settle(_loads)
 
     def _close(self) -> None:
+        if self.clients:
+            for lc in list(self.clients.values()):
+                lc.close("ERR_TRANSPORT_CLOSE", "ERR_TRANSPORT_CLOSE: the event loop shut down")
         try:
             asyncio.get_running_loop().remove_reader(self._fd)
         except Exception:
@@ -692,7 +699,8 @@ class _Calls:
             pass
 
 
-# The environment variable that turns the in-loop path of ``async def`` WS servers off ("0").
+# The environment variable that turns the in-loop paths off ("0"): the sockets of ``async def``
+# WS servers and the plain WS requests of ``Client.request_async``.
 _IN_LOOP_ENV = "GRENACHE_PYTHON_IN_LOOP"
 
 # Events a socket driven by the loop reports (``_native.LoopConn``).
@@ -1035,8 +1043,121 @@ class Server:
         self.close()
 
 
+def _dialed(weak: "weakref.ref", dest: str, sock: Any) -> None:
+    owner = weak()
+    if owner is not None:
+        owner._adopt(dest, sock)
+
+
+class _LoopClient:
+    """The in-loop path of one ``Client``'s plain WS requests on one event loop
+    (``_native.LoopClient``): the core picks the destination and dials it on its runtime, then
+    this loop writes the requests and reads the replies on the socket itself (``add_reader``),
+    one socket per destination for every request in flight to it. A request the loop cannot send
+    (lookup not cached, socket still being dialled, dial failed) takes the core's path."""
+
+    __slots__ = ("native", "_loop", "_weak", "_sweeper", "_thread", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: "_native.Client", inbox: "_native.Inbox") -> None:
+        self._loop = loop
+        self._weak = weakref.ref(self)
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self._thread = threading.get_ident()
+        self.native = _native.LoopClient(client, inbox, self._weak, _loads)
+
+    # Called by the native side.
+
+    def _dial(self, dest: str) -> None:
+        self.native.dial(dest, functools.partial(self._loop.call_soon_threadsafe, _dialed, self._weak, dest))
+
+    def _adopt(self, dest: str, sock: Any) -> None:
+        fd = self.native.adopt(dest, sock)
+        if fd < 0:
+            return
+        try:
+            self._loop.add_reader(fd, self._readable, fd)
+        except Exception:
+            # A loop that cannot watch sockets (no add_reader): its requests keep the core's path.
+            self.close("ERR_TRANSPORT_CLOSE", "ERR_TRANSPORT_CLOSE: the event loop cannot watch sockets")
+            return
+        # The bytes that came with the handshake may hold frames.
+        self._readable(fd)
+
+    def _kick(self) -> None:
+        self._loop.call_soon(self.native.flush)
+
+    def _watch(self, fd: int) -> None:
+        self._loop.add_writer(fd, self._writable, fd)
+
+    def _arm(self, delay: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = self._loop.call_later(delay, self._sweep)
+
+    # Loop callbacks.
+
+    def _readable(self, fd: int) -> None:
+        if self.native.pump(fd):
+            self._end(fd)
+
+    def _writable(self, fd: int) -> None:
+        if not self.native.writable(fd):
+            self._loop.remove_writer(fd)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        delay, ended = self.native.sweep()
+        for fd in ended:
+            self._end(fd)
+        if delay is not None:
+            self._sweeper = self._loop.call_later(delay, self._sweep)
+
+    def _end(self, fd: int) -> None:
+        try:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        except Exception:
+            pass  # the loop is closed
+        self.native.close(fd)
+
+    def close(self, kind: str, message: str) -> None:
+        """On the loop's thread: fails what is in flight (``kind``, ``message``; dropped when the
+        loop is closed: nothing can wait for it any more) and closes the sockets."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for fd in self.native.shutdown():
+            try:
+                self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
+            except Exception:
+                pass  # the loop is closed
+        self.native.finish(None if self._loop.is_closed() else kind, message)
+
+
+def _close_loop_clients(lcs: "weakref.WeakSet[_LoopClient]") -> None:
+    """Fails what is in flight on the loops' sockets of a client (``CancelledError``, as the
+    core's path) and closes them, each on its loop's thread."""
+    kind, msg = "ERR_CANCELLED", "the operation was cancelled: the client was closed"
+    for lc in list(lcs):
+        if lc._thread == threading.get_ident() or lc._loop.is_closed():
+            lc.close(kind, msg)
+        else:
+            try:
+                lc._loop.call_soon_threadsafe(lc.close, kind, msg)
+            except RuntimeError:  # closed meanwhile
+                lc.close(kind, msg)
+
+
 class Client:
     """An RPC client: ``request`` asks one worker of a service, ``map`` asks all of them.
+
+    Over plain WS (``transport="ws"``, no ``tls``), ``request_async`` writes its requests and
+    reads their replies on the caller's event loop, one socket per worker shared by every request
+    in flight to it (``in_loop=False``, or ``GRENACHE_PYTHON_IN_LOOP=0``, keeps them on the
+    library's threads). The core still looks the worker up and chooses it; the first requests to
+    a worker, and those whose lookup is not cached, go through the library's threads while the
+    loop's socket is dialled.
 
     Over uTP with ``broker``, the workers are found through that broker (their external
     endpoints behind NATs) and punched (both sides at once, at most ``punch_timeout`` seconds;
@@ -1051,8 +1172,18 @@ class Client:
         timeout: Optional[float] = None,
         broker: Optional[str] = None,
         punch_timeout: Optional[float] = None,
+        in_loop: Optional[bool] = None,
     ) -> None:
         self._c = _native.Client(link._l, transport, tls, _ms(timeout), broker, _ms(punch_timeout))
+        # Plain WS requests of ``request_async`` are sent and read on the caller's event loop
+        # (``in_loop``; ``GRENACHE_PYTHON_IN_LOOP=0`` turns it off): loop -> _LoopClient.
+        self._in_loop = transport == "ws" and tls is None and broker is None and (_in_loop_default() if in_loop is None else bool(in_loop))
+        self._loop_clients: "weakref.WeakSet[_LoopClient]" = weakref.WeakSet()
+        # The last loop used and its _LoopClient (weak references: a loop is not kept alive).
+        self._last: Optional[tuple] = None
+        self._closed = False
+        # A client dropped without close() closes its loops' sockets too.
+        weakref.finalize(self, _close_loop_clients, self._loop_clients)
 
     def request(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
         """Sends ``payload`` to one worker of ``name`` and returns its result. ``retry`` more
@@ -1061,10 +1192,38 @@ class Client:
         return json.loads(self._c.request(name, _dumps(payload), _ms(timeout), retry, compress, dest))
 
     async def request_async(self, name: str, payload: Json, *, timeout: Optional[float] = None, retry: int = 0, compress: bool = False, dest: Optional[str] = None) -> Json:
+        """``request`` for asyncio. Over plain WS (``in_loop``), with ``retry`` at most 1, the
+        request is written and its reply read on this event loop once the lookup of ``name``
+        is cached and a socket to the chosen worker is open; the first requests to a worker
+        take the library's threads while that socket is dialled."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._c.request_in(name, _dumps(payload), _results(loop).inbox, fut, None if timeout is None else _ms(timeout), retry, compress, dest)
+        text = _dumps(payload)
+        ms = None if timeout is None else _ms(timeout)
+        if self._in_loop and retry <= 1:
+            last = self._last
+            lc = last[1]() if last is not None and last[0]() is loop else None
+            if lc is None:
+                lc = self._loop_client(loop)
+            if lc is not None and lc.native.request(name, text, fut, ms, dest):
+                return await fut
+        self._c.request_in(name, text, _results(loop).inbox, fut, ms, retry, compress, dest)
         return await fut
+
+    def _loop_client(self, loop: asyncio.AbstractEventLoop) -> Optional[_LoopClient]:
+        """This client's in-loop state on ``loop``, made on first use (None once closed)."""
+        if self._closed:
+            return None
+        box = _results(loop)
+        if box.clients is None:
+            box.clients = weakref.WeakKeyDictionary()
+        lc = box.clients.get(self)
+        if lc is None:
+            lc = _LoopClient(loop, self._c, box.inbox)
+            box.clients[self] = lc
+            self._loop_clients.add(lc)
+        self._last = (weakref.ref(loop), weakref.ref(lc))
+        return lc
 
     def map(self, name: str, payload: Json, *, timeout: Optional[float] = None, compress: bool = False, limit: int = 0) -> List[Json]:
         """Sends ``payload`` to every worker of ``name`` (at most ``limit`` when set) and returns
@@ -1077,6 +1236,9 @@ class Client:
 
     def close(self) -> None:
         """Cancels requests in flight (``CancelledError``) and closes connections."""
+        self._closed = True
+        self._last = None
+        _close_loop_clients(self._loop_clients)
         self._c.close()
 
     def __enter__(self) -> "Client":
