@@ -489,7 +489,10 @@ class AioClientTests(unittest.TestCase):
                 self.assertTrue(failed and len(failed) < 80, len(failed))
                 for g in failed:
                     self.assertIsInstance(g, grenache.ClosedError)
-                    self.assertEqual(g.message, "ERR_TRANSPORT_CLOSE: the server does not read its socket")
+                    # Given up past the bound; or, for a request on the socket as it was being
+                    # given up, its end.
+                    self.assertIn(g.message, ("ERR_TRANSPORT_CLOSE: the server does not read its socket", "ERR_TRANSPORT_CLOSE: the socket closed"))
+                self.assertTrue(any(g.message.endswith("does not read its socket") for g in failed))
                 self.assertTrue(all(g == big for g in got if not isinstance(g, Exception)))
 
             with grenache.Client(self.net.l2, transport="ws") as c:
