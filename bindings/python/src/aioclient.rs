@@ -32,7 +32,6 @@
 //! callback it was given, which hands the socket to the loop with `call_soon_threadsafe`).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,28 +102,7 @@ impl Conn {
     /// socket was not watched yet (the caller asks the owner to watch it).
     fn write_out(&mut self) -> bool {
         let Some(stream) = self.stream.as_mut() else { return false };
-        let mut written = 0;
-        let mut failed = false;
-        while written < self.out.len() {
-            match stream.write(&self.out[written..]) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        self.out.drain(..written);
-        if self.out.is_empty() && self.out.capacity() > 1 << 16 {
-            self.out = Vec::new();
-        }
-        if failed {
+        if handoff::write_queued(stream, &mut self.out) == handoff::Written::Failed {
             self.break_off("ERR_TRANSPORT_CLOSE: the socket failed while sending");
             return false;
         }

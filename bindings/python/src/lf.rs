@@ -196,28 +196,7 @@ impl Conn {
     /// Writes what is queued, until the socket would block (then watched for writability).
     fn flush(self: &Arc<Self>, st: &mut ConnState) {
         let Some(stream) = st.stream.as_mut() else { return };
-        let mut written = 0;
-        let mut failed = false;
-        while written < st.out.len() {
-            match (&*stream).write(&st.out[written..]) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        st.out.drain(..written);
-        if st.out.is_empty() && st.out.capacity() > 1 << 16 {
-            st.out = Vec::new();
-        }
-        if failed {
+        if handoff::write_queued(&mut &*stream, &mut st.out) == handoff::Written::Failed {
             st.out.clear();
             st.ended = true;
             let _ = stream.shutdown(std::net::Shutdown::Both);

@@ -201,6 +201,47 @@ impl Decoder {
     }
 }
 
+/// How [`write_queued`] left a socket.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Written {
+    /// Everything queued went out.
+    All,
+    /// Bytes still wait: the socket would block (watch it for writability).
+    Blocked,
+    /// The socket failed, or took nothing: close it (what was not written is still queued).
+    Failed,
+}
+
+/// Writes the bytes queued in `out` to a non-blocking socket until they are all out or it would
+/// block, and removes what went out (an emptied buffer over 64 KiB is released).
+pub fn write_queued<W: io::Write>(w: &mut W, out: &mut Vec<u8>) -> Written {
+    let mut written = 0;
+    let mut outcome = Written::All;
+    while written < out.len() {
+        match w.write(&out[written..]) {
+            Ok(0) => {
+                outcome = Written::Failed;
+                break;
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                outcome = Written::Blocked;
+                break;
+            }
+            Err(_) => {
+                outcome = Written::Failed;
+                break;
+            }
+        }
+    }
+    out.drain(..written);
+    if out.is_empty() && out.capacity() > 1 << 16 {
+        *out = Vec::new();
+    }
+    outcome
+}
+
 fn mask(client: bool) -> Option<[u8; 4]> {
     client.then(frame::mask_key)
 }
