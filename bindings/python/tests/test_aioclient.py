@@ -490,8 +490,8 @@ class AioClientTests(unittest.TestCase):
                 for g in failed:
                     self.assertIsInstance(g, grenache.ClosedError)
                     # Given up past the bound; or, for a request on the socket as it was being
-                    # given up, its end.
-                    self.assertIn(g.message, ("ERR_TRANSPORT_CLOSE: the server does not read its socket", "ERR_TRANSPORT_CLOSE: the socket closed"))
+                    # given up, its end or failure.
+                    self.assertTrue(g.message.startswith("ERR_TRANSPORT_CLOSE: "), g.message)
                 self.assertTrue(any(g.message.endswith("does not read its socket") for g in failed))
                 self.assertTrue(all(g == big for g in got if not isinstance(g, Exception)))
 
