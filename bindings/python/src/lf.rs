@@ -43,8 +43,15 @@ const MAX_OUTBOX: usize = 64 << 20;
 const READ_BUDGET: usize = 1 << 20;
 /// Most threads taking turns at the poller.
 const MAX_THREADS: usize = 64;
-/// Longest wait in the poller: sweeps for idle sockets and idle threads happen at this pace.
+/// Longest wait in the poller: sweeps for idle sockets happen at this pace.
 const TICK: Duration = Duration::from_millis(100);
+/// How long the poller's owner may be away running handlers before the watchdog gives the
+/// poller to another thread (the handler pool's own stall time).
+const STALL: Duration = Duration::from_millis(5);
+/// How often the watchdog looks while polls find work.
+const WATCH: Duration = Duration::from_millis(2);
+/// How long after the last work the watchdog keeps looking.
+const ACTIVE: Duration = Duration::from_secs(1);
 /// A thread that found nothing to do for this long ends (two stay).
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// How long closing a socket may block to write what is queued (a peer that reads slowly).
@@ -325,12 +332,22 @@ struct Conns {
 }
 
 struct Threads {
-    /// Threads alive.
+    /// Threads alive (the watchdog not counted).
     alive: usize,
-    /// Threads waiting for the poller.
+    /// Threads waiting for their turn at the poller.
     waiting: usize,
-    /// A thread holds the poller.
-    leading: bool,
+    /// The poller has an owner: a thread polling, or one that left it to run handlers and comes
+    /// back to it (`busy_since`).
+    owned: bool,
+    /// Bumped each time the watchdog takes the poller from a busy owner.
+    epoch: u64,
+    /// When the owner left the poller to do I/O and run handlers.
+    busy_since: Option<Instant>,
+    /// When a poll last found something.
+    last_activity: Instant,
+    /// The watchdog sleeps until woken (nothing happened for a while).
+    watchdog_idle: bool,
+    watchdog: bool,
     closed: bool,
     draining: bool,
 }
@@ -353,6 +370,10 @@ pub(crate) struct Lf {
     /// Sockets whose reading resumes (their in-flight requests fell under the bound).
     resumed: Mutex<Vec<Arc<Conn>>>,
     threads: Mutex<Threads>,
+    /// Threads waiting for their turn at the poller.
+    turn: Condvar,
+    /// The watchdog's sleep.
+    watch: Condvar,
     /// Signalled when a socket ends (for a draining shutdown).
     ended: Condvar,
     pool: Arc<Pool>,
@@ -374,7 +395,20 @@ impl Lf {
             conns: Mutex::default(),
             incoming: Mutex::default(),
             resumed: Mutex::default(),
-            threads: Mutex::new(Threads { alive: 0, waiting: 0, leading: false, closed: false, draining: false }),
+            threads: Mutex::new(Threads {
+                alive: 0,
+                waiting: 0,
+                owned: false,
+                epoch: 0,
+                busy_since: None,
+                last_activity: Instant::now(),
+                watchdog_idle: true,
+                watchdog: false,
+                closed: false,
+                draining: false,
+            }),
+            turn: Condvar::new(),
+            watch: Condvar::new(),
             ended: Condvar::new(),
             pool,
             rt,
@@ -428,6 +462,77 @@ impl Lf {
                 break;
             }
         }
+        if !t.watchdog && !t.closed {
+            let lf = Arc::clone(self);
+            t.watchdog = std::thread::Builder::new().name("grenache-watchdog".into()).spawn(move || lf.watchdog()).is_ok();
+        }
+    }
+
+    /// Gives the poller to another thread when its owner has been away from it, running
+    /// handlers, for [`STALL`]: a handler that blocks does not keep the other sockets unread.
+    /// It looks every [`WATCH`] while polls find work, and sleeps until woken otherwise; it
+    /// starts a thread when none waits for a turn.
+    fn watchdog(self: Arc<Self>) {
+        let mut t = lock(&self.threads);
+        loop {
+            if t.closed {
+                return;
+            }
+            let now = Instant::now();
+            if let Some(since) = t.busy_since
+                && now.duration_since(since) >= STALL
+            {
+                t.epoch += 1;
+                t.owned = false;
+                t.busy_since = None;
+                if t.waiting > 0 {
+                    self.turn.notify_one();
+                } else if t.alive < MAX_THREADS {
+                    self.spawn(&mut t);
+                }
+            }
+            let active = t.busy_since.is_some() || now.duration_since(t.last_activity) < ACTIVE;
+            t.watchdog_idle = !active;
+            t = if active {
+                self.watch.wait_timeout(t, WATCH).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0)
+            } else {
+                self.watch.wait(t).unwrap_or_else(|e| e.into_inner())
+            };
+        }
+    }
+
+    /// Waits for this thread's turn at the poller: it keeps the poller it came back to unless
+    /// the watchdog gave it away (`mine` holds the epoch it owns it in). False: end the thread.
+    fn take_turn(&self, mine: &mut Option<u64>) -> bool {
+        let mut t = lock(&self.threads);
+        loop {
+            if t.closed {
+                t.alive -= 1;
+                return false;
+            }
+            if let Some(e) = mine.take()
+                && t.owned
+                && t.epoch == e
+            {
+                t.busy_since = None;
+                *mine = Some(e);
+                return true;
+            }
+            if !t.owned {
+                t.owned = true;
+                t.busy_since = None;
+                *mine = Some(t.epoch);
+                return true;
+            }
+            t.waiting += 1;
+            let (g, timeout) = self.turn.wait_timeout(t, IDLE_EXIT).unwrap_or_else(|e| e.into_inner());
+            t = g;
+            t.waiting -= 1;
+            if timeout.timed_out() && t.alive > 2 {
+                t.alive -= 1;
+                return false;
+            }
+        }
     }
 
     fn spawn(self: &Arc<Self>, t: &mut Threads) -> bool {
@@ -445,10 +550,11 @@ impl Lf {
     /// never takes the GIL again (it sleeps until the process ends), as the pool's threads.
     fn run(self: Arc<Self>) {
         Python::attach(|py| {
+            let mut mine = None;
             loop {
                 let jobs = py.detach(|| {
                     let jobs = loop {
-                        match self.lead() {
+                        match self.lead(&mut mine) {
                             Some(jobs) if jobs.is_empty() => continue,
                             other => break other,
                         }
@@ -476,21 +582,15 @@ impl Lf {
         });
     }
 
-    /// Waits for the poller, polls, hands the poller to the next thread, and does the I/O of
-    /// the sockets that were ready; returns the requests read (`None`: end this thread).
-    fn lead(self: &Arc<Self>) -> Option<Vec<Job>> {
-        lock(&self.threads).waiting += 1;
-        let mut poller = lock(&self.poller);
-        {
-            let mut t = lock(&self.threads);
-            t.waiting -= 1;
-            if t.closed {
-                t.alive -= 1;
-                return None;
-            }
-            t.leading = true;
+    /// Waits for this thread's turn at the poller, polls, leaves the poller (it comes back to
+    /// it unless the watchdog gives it away meanwhile), and does the I/O of the sockets that
+    /// were ready; returns the requests read (`None`: end this thread).
+    fn lead(self: &Arc<Self>, mine: &mut Option<u64>) -> Option<Vec<Job>> {
+        if !self.take_turn(mine) {
+            return None;
         }
-        let (poll, events, last_event) = &mut *poller;
+        let mut poller = lock(&self.poller);
+        let (poll, events, _) = &mut *poller;
         if let Err(e) = poll.poll(events, Some(TICK))
             && e.kind() != std::io::ErrorKind::Interrupted
         {
@@ -500,28 +600,21 @@ impl Lf {
         }
         let mut ready: Vec<(Token, bool, bool)> =
             events.iter().map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable())).collect();
-        let now = Instant::now();
-        let idle_for = if ready.is_empty() {
-            now.duration_since(*last_event)
-        } else {
-            *last_event = now;
-            Duration::ZERO
-        };
-        lock(&self.threads).leading = false;
         drop(poller);
-        // Someone to take the poller while this thread works.
         {
             let mut t = lock(&self.threads);
             if t.closed {
                 t.alive -= 1;
                 return None;
             }
-            if !ready.is_empty() && t.waiting == 0 && !t.leading && t.alive < MAX_THREADS {
-                self.spawn(&mut t);
-            }
-            if ready.is_empty() && idle_for >= IDLE_EXIT && t.alive > 2 {
-                t.alive -= 1;
-                return None;
+            let now = Instant::now();
+            if !ready.is_empty() {
+                t.busy_since = Some(now);
+                t.last_activity = now;
+                if t.watchdog_idle {
+                    t.watchdog_idle = false;
+                    self.watch.notify_one();
+                }
             }
         }
         let mut jobs = Vec::new();
@@ -674,6 +767,8 @@ impl Lf {
         }
         self.close_all(1001);
         lock(&self.threads).closed = true;
+        self.turn.notify_all();
+        self.watch.notify_all();
         let _ = self.waker.wake();
     }
 }

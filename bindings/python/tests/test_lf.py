@@ -126,6 +126,27 @@ class LeaderFollowersTests(unittest.TestCase):
         finally:
             s.close()
 
+    def test_a_blocking_handler_leaves_the_other_requests_served(self):
+        """While a handler blocks (the thread that read its request runs it), another thread
+        takes over the sockets: a request on another socket, and one more on the same socket,
+        are answered long before it returns."""
+        s = grenache.Server(self.link, echo, transport="ws")
+        try:
+            a, b = ws_connect(s.port), ws_connect(s.port)
+            self.assertEqual(a.request("warm", 0), ["warm", None, 0])
+            for _ in range(3):
+                a.send_text(json.dumps(["slow", "x", {"sleep": 1.5}]))
+                time.sleep(0.05)
+                t0 = time.monotonic()
+                self.assertEqual(b.request("other", 1), ["other", None, 1])
+                self.assertEqual(a.request("same", 2), ["same", None, 2])
+                self.assertLess(time.monotonic() - t0, 1.0)
+                self.assertEqual(json.loads(a.next_frame(timeout=10)[1]), ["slow", None, {"sleep": 1.5}])
+            a.close()
+            b.close()
+        finally:
+            s.close()
+
     def test_errors_defer_and_no_reply(self):
         """ReplyError, an exception (ERR_HANDLER_PANIC), a reply deferred to another thread, and
         a deferred reply dropped unanswered (ERR_NO_REPLY) reach the client."""
