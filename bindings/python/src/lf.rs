@@ -5,13 +5,15 @@
 //! (a wake-up of a sleeping thread) and every reply crosses back (another), which on a small
 //! machine costs more than the round trip itself. Here the core accepts and upgrades the socket
 //! and hands it over ([`grenache::transport::ws::handoff`]); from then on the server's own
-//! threads take turns waiting for its sockets: one thread (the leader) waits in the poller; when
-//! sockets are ready it hands the poller to the next thread and reads them, decodes the frames
-//! with the core's decoder, and runs the handler for the requests itself (through the server's
-//! [`Pool`], whose standby thread takes the queue over when a handler blocks); a reply given
-//! during the handler is written by that thread with a plain `write(2)`. A sequential request
-//! thus wakes one thread, the one the kernel wakes when its bytes arrive. A reply given later,
-//! from any thread, is written by a task of the runtime once it comes.
+//! threads take turns waiting for its sockets: the thread that owns the poller waits in it; when
+//! sockets are ready it reads them, decodes the frames with the core's decoder, runs the handler
+//! for the requests itself (through the server's [`Pool`], whose standby thread takes the queue
+//! over when a handler blocks) and comes back to the poller. A reply given during the handler
+//! is written by that thread with a plain `write(2)`. A watchdog thread gives the poller to
+//! another thread when its owner has been away for [`STALL`] (a handler that blocks), so the
+//! other sockets are still read. A sequential request thus wakes one thread, the one the kernel
+//! wakes when its bytes arrive. A reply given later, from any thread, is written by a task of
+//! the runtime once it comes.
 //!
 //! Kept from the core's WS server: the envelope and reply encoding, `ERR_NO_REPLY` for a reply
 //! dropped unanswered, the 16 MiB message limit and the close codes of malformed frames, pings
