@@ -252,9 +252,7 @@ impl LoopClient {
         let timeout = timeout_ms.map_or(self.default_timeout, Duration::from_millis);
         let now = Instant::now();
         let deadline = now.checked_add(timeout).map(|at| (at, timeout));
-        let body = envelope::encode_request(&rid, key, payload_json);
-        // The envelope of a str key and JSON text is UTF-8.
-        handoff::encode_text(&mut c.out, std::str::from_utf8(&body).unwrap_or_default(), true);
+        handoff::encode_request(&mut c.out, &rid, key, payload_json, true);
         let alone = c.pending.is_empty();
         c.pending.insert(
             rid,

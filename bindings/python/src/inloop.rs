@@ -403,15 +403,8 @@ impl LoopConn {
             let out = std::mem::take(&mut st.out);
             st.stream.take().map(|s| (s, out))
         };
-        if let Some((mut s, out)) = stream {
-            py.detach(move || {
-                if !out.is_empty() {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_write_timeout(Some(CLOSE_LINGER));
-                    let _ = s.write_all(&out);
-                }
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            });
+        if let Some((s, out)) = stream {
+            py.detach(move || handoff::close_after(s, &out, CLOSE_LINGER));
         }
     }
 }

@@ -23,7 +23,6 @@
 //! core's path keeps that timer).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -73,34 +72,24 @@ impl Sink {
     /// written by [`flush_delivered`] (once per socket for the replies of a run of requests);
     /// one given later is written by a task of the runtime when it comes.
     pub(crate) fn deliver(mut self, delivered: &Delivered) {
+        use tokio::sync::oneshot::error::TryRecvError;
         let Some((mut rx, conn, rid)) = self.0.take() else { return };
-        let now = match rx.try_recv() {
-            Ok(body) => Some(body),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(grenache::rpc::ERR_NO_REPLY.to_string())),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
-        };
-        if let Some(body) = now {
-            if conn.queue(&rid, &body) {
-                let mark = {
-                    let mut st = lock(&conn.state);
-                    !std::mem::replace(&mut st.dirty, true)
-                };
-                if mark {
-                    lock(delivered).push(conn);
+        let body = match rx.try_recv() {
+            Ok(body) => body,
+            Err(TryRecvError::Closed) => Err(grenache::rpc::ERR_NO_REPLY.to_string()),
+            Err(TryRecvError::Empty) => {
+                match conn.lf.upgrade() {
+                    Some(lf) => lf.rt.spawn(async move {
+                        let body = grenache::rpc::await_reply(rx, None).await;
+                        conn.reply(&rid, &body);
+                    }),
+                    None => conn.reply(&rid, &Err(grenache::rpc::ERR_NO_REPLY.to_string())),
                 }
+                return;
             }
-            return;
-        }
-        match rx.try_recv() {
-            Ok(body) => conn.reply(&rid, &body),
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => conn.reply(&rid, &Err(grenache::rpc::ERR_NO_REPLY.to_string())),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => match conn.lf.upgrade() {
-                Some(lf) => lf.rt.spawn(async move {
-                    let body = grenache::rpc::await_reply(rx, None).await;
-                    conn.reply(&rid, &body);
-                }),
-                None => conn.reply(&rid, &Err(grenache::rpc::ERR_NO_REPLY.to_string())),
-            },
+        };
+        if conn.queue(&rid, &body) && !std::mem::replace(&mut lock(&conn.state).dirty, true) {
+            lock(delivered).push(conn);
         }
     }
 }
@@ -170,10 +159,7 @@ impl Conn {
         if st.stream.is_none() || st.ended {
             return false;
         }
-        let mut scratch = Vec::new();
-        grenache::rpc::envelope::encode_reply_into(&mut scratch, rid, body);
-        // The envelope of JSON text is UTF-8.
-        handoff::encode_text(&mut st.out, std::str::from_utf8(&scratch).unwrap_or("[]"), false);
+        handoff::encode_reply(&mut st.out, rid, body, false);
         if st.out.len() > MAX_OUTBOX {
             // The peer does not read its replies.
             st.out.clear();
@@ -233,12 +219,21 @@ impl Conn {
             return true;
         }
         let Some(stream) = st.stream.as_mut() else { return false };
-        let mut bodies: Vec<Vec<u8>> = Vec::new();
         let mut counted = Counted { stream: &*stream, n: 0 };
-        let pumped = st.decoder.pump(&mut counted, READ_BUDGET, false, &mut st.out, |m| match m {
-            Message::Text(t) => bodies.push(t.as_bytes().to_vec()),
-            Message::Binary(b) => bodies.push(b.to_vec()),
-            _ => {}
+        let mut read = 0;
+        let pumped = st.decoder.pump(&mut counted, READ_BUDGET, false, &mut st.out, |m| {
+            let body = match m {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b,
+                _ => return,
+            };
+            // A malformed envelope is dropped, as the core's WS server drops it.
+            let Ok(d) = grenache::rpc::envelope::decode_request(body) else { return };
+            let (reply, rx) = grenache::rpc::Reply::new(d.rid.clone());
+            let info = RequestInfo { transport: TransportKind::Ws, remote_addr: Some(self.remote), ..Default::default() };
+            let request = Request { rid: d.rid.clone(), key: d.key, payload: d.payload, info };
+            jobs.push((request, reply, Some(Sink(Some((rx, Arc::clone(self), d.rid))))));
+            read += 1;
         });
         // The poller reports a socket once per arrival (edge-triggered): one left unread at the
         // budget is read again at the next turn.
@@ -251,14 +246,8 @@ impl Conn {
                 true
             }
         };
-        for body in bodies {
-            // A malformed envelope is dropped, as the core's WS server drops it.
-            let Ok(d) = grenache::rpc::envelope::decode_request(&body) else { continue };
-            let (reply, rx) = grenache::rpc::Reply::new(d.rid.clone());
-            let info = RequestInfo { transport: TransportKind::Ws, remote_addr: Some(self.remote), ..Default::default() };
-            let request = Request { rid: d.rid.clone(), key: d.key, payload: d.payload, info };
-            jobs.push((request, reply, Some(Sink(Some((rx, Arc::clone(self), d.rid))))));
-            st.in_flight += 1;
+        if read > 0 {
+            st.in_flight += read;
             st.last_request = Instant::now();
         }
         if st.in_flight >= MAX_IN_FLIGHT {
@@ -300,14 +289,7 @@ impl Conn {
             if let Some(lf) = self.lf.upgrade() {
                 let _ = lf.registry.deregister(&mut s);
             }
-            let std: std::net::TcpStream = s.into();
-            let mut std = std;
-            if !out.is_empty() {
-                let _ = std.set_nonblocking(false);
-                let _ = std.set_write_timeout(Some(CLOSE_LINGER));
-                let _ = std.write_all(&out);
-            }
-            let _ = std.shutdown(std::net::Shutdown::Both);
+            handoff::close_after(s.into(), &out, CLOSE_LINGER);
         }
     }
 }
@@ -331,6 +313,18 @@ struct Conns {
     by_token: HashMap<usize, Arc<Conn>>,
     per_ip: HashMap<IpAddr, usize>,
     next: usize,
+}
+
+impl Conns {
+    /// One socket of `ip` fewer.
+    fn release(&mut self, ip: IpAddr) {
+        match self.per_ip.get_mut(&ip) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 struct Threads {
@@ -364,7 +358,7 @@ pub(crate) struct LfLimits {
 
 /// The sockets of one server and the threads that take turns at their poller.
 pub(crate) struct Lf {
-    poller: Mutex<(Poll, Events, Instant)>,
+    poller: Mutex<(Poll, Events)>,
     registry: Registry,
     waker: Waker,
     conns: Mutex<Conns>,
@@ -391,7 +385,7 @@ impl Lf {
         let registry = poll.registry().try_clone()?;
         let waker = Waker::new(poll.registry(), WAKE)?;
         let lf = Arc::new(Lf {
-            poller: Mutex::new((poll, Events::with_capacity(64), Instant::now())),
+            poller: Mutex::new((poll, Events::with_capacity(64))),
             registry,
             waker,
             conns: Mutex::default(),
@@ -445,12 +439,7 @@ impl Lf {
     fn forget(&self, conn: &Conn) {
         let mut c = lock(&self.conns);
         if c.by_token.remove(&conn.token.0).is_some() {
-            let left = c.per_ip.get(&conn.ip).copied().unwrap_or(1) - 1;
-            if left > 0 {
-                c.per_ip.insert(conn.ip, left);
-            } else {
-                c.per_ip.remove(&conn.ip);
-            }
+            c.release(conn.ip);
         }
         drop(c);
         self.ended.notify_all();
@@ -592,7 +581,7 @@ impl Lf {
             return None;
         }
         let mut poller = lock(&self.poller);
-        let (poll, events, _) = &mut *poller;
+        let (poll, events) = &mut *poller;
         if let Err(e) = poll.poll(events, Some(TICK))
             && e.kind() != std::io::ErrorKind::Interrupted
         {
@@ -680,13 +669,7 @@ impl Lf {
             };
             let mut stream = mio::net::TcpStream::from_std(h.stream);
             if self.registry.register(&mut stream, Token(token), Interest::READABLE).is_err() {
-                let mut c = lock(&self.conns);
-                let left = c.per_ip.get(&ip).copied().unwrap_or(1) - 1;
-                if left > 0 {
-                    c.per_ip.insert(ip, left);
-                } else {
-                    c.per_ip.remove(&ip);
-                }
+                lock(&self.conns).release(ip);
                 continue;
             }
             let state = ConnState {

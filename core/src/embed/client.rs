@@ -62,21 +62,13 @@ impl DirectCall {
         let conn = self.conn.as_mut()?;
         let outcome = conn.wait(self.deadline, self.timeout, slice)?;
         let conn = self.conn.take()?;
-        match outcome {
-            Ok(raw) => {
-                self.client.mark_alive(conn.dest());
-                conn.finish();
-                Some(Ok(String::from(Box::<str>::from(raw))))
-            }
-            Err(e) => {
-                if e.is_remote() {
-                    // An answer: the socket is fine.
-                    self.client.mark_alive(conn.dest());
-                    conn.finish();
-                }
-                Some(Err(e))
-            }
+        // A result or a remote error is an answer: the worker lives and the socket is reused.
+        // Any other end leaves the socket in doubt: it is closed.
+        if outcome.as_ref().map_or_else(|e| e.is_remote(), |_| true) {
+            self.client.mark_alive(conn.dest());
+            conn.finish();
         }
+        Some(outcome.map(|raw| String::from(Box::<str>::from(raw))))
     }
 }
 

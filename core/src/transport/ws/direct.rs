@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
-use super::frame;
 use super::handoff::{self, Decoder, Message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::rpc::ReplyResult;
@@ -310,8 +309,7 @@ impl DirectConn {
 
     /// Sends the request `[rid, key, payload_json]` (the payload already checked to be JSON).
     pub fn send(&mut self, rid: &str, key: &str, payload_json: &str, deadline: Instant) -> Result<()> {
-        let body = envelope::encode_request(rid, key, payload_json);
-        frame::encode_frame(&mut self.out, frame::OP_TEXT, &body, Some(frame::mask_key()));
+        handoff::encode_request(&mut self.out, rid, key, payload_json, true);
         self.rid = Some(rid.to_string());
         self.pool.sent.fetch_add(1, Ordering::Relaxed);
         self.write_out(deadline)
@@ -331,19 +329,17 @@ impl DirectConn {
                     Ok(Some(m)) => m,
                     Err(e) => return Some(Err(closed(&format!("the socket broke the protocol: {e}")))),
                 };
-                match msg {
-                    Message::Ping(p) => handoff::encode_pong(&mut self.out, p, true),
+                let body = match msg {
+                    Message::Ping(p) => {
+                        handoff::encode_pong(&mut self.out, p, true);
+                        continue;
+                    }
                     Message::Close(_) => return Some(Err(closed("the socket closed"))),
-                    Message::Text(t) => {
-                        if let Some(r) = reply_for(t.as_bytes(), &rid) {
-                            return Some(r);
-                        }
-                    }
-                    Message::Binary(b) => {
-                        if let Some(r) = reply_for(b, &rid) {
-                            return Some(r);
-                        }
-                    }
+                    Message::Text(t) => t.as_bytes(),
+                    Message::Binary(b) => b,
+                };
+                if let Some(r) = reply_for(body, &rid) {
+                    return Some(r);
                 }
             }
             if let Err(e) = self.write_out(deadline) {

@@ -251,6 +251,34 @@ pub fn encode_text(out: &mut Vec<u8>, text: &str, client: bool) {
     frame::encode_frame(out, frame::OP_TEXT, text.as_bytes(), mask(client));
 }
 
+/// Appends a text frame carrying the request envelope `[rid, key, payload]`
+/// ([`envelope::encode_request`](crate::rpc::envelope::encode_request); `payload_json` is
+/// already JSON text), masked when `client`. The envelope is UTF-8 by construction: it is framed
+/// as it is, not checked again.
+pub fn encode_request(out: &mut Vec<u8>, rid: &str, key: &str, payload_json: &str, client: bool) {
+    let body = crate::rpc::envelope::encode_request(rid, key, payload_json);
+    frame::encode_frame(out, frame::OP_TEXT, &body, mask(client));
+}
+
+/// Appends a text frame carrying the reply envelope `[rid, error, result]` to `body`
+/// ([`envelope::encode_reply`](crate::rpc::envelope::encode_reply)), masked when `client`.
+pub fn encode_reply(out: &mut Vec<u8>, rid: &serde_json::Value, body: &crate::rpc::WireReply, client: bool) {
+    let env = crate::rpc::envelope::encode_reply(rid, body);
+    frame::encode_frame(out, frame::OP_TEXT, &env, mask(client));
+}
+
+/// Closes a socket handed over: writes `queued` (a last reply, a close frame) waiting at most
+/// `linger` for a peer that reads slowly, then shuts it down both ways.
+pub fn close_after(stream: std::net::TcpStream, queued: &[u8], linger: Duration) {
+    let mut stream = stream;
+    if !queued.is_empty() {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(linger));
+        let _ = io::Write::write_all(&mut stream, queued);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
 /// Appends a pong answering a ping's `payload`.
 pub fn encode_pong(out: &mut Vec<u8>, payload: &[u8], client: bool) {
     frame::encode_frame(out, frame::OP_PONG, payload, mask(client));
@@ -269,6 +297,28 @@ mod tests {
     /// `pump` reads until the socket would block, delivers data messages in order, answers a ping
     /// with a pong and a close frame with a close frame, and says how the socket was left: open,
     /// closed by the peer (its code), broken (the violation's code), or ended.
+    /// A request framed by a client decodes on the server's side to its envelope, and a reply
+    /// framed by the server on the client's, with a result or an error.
+    #[test]
+    fn envelopes_frame_both_ways() {
+        let mut out = Vec::new();
+        encode_request(&mut out, "r1", "svc", r#"{"a":[1,"é"]}"#, true);
+        let mut server = Decoder::new(false, 1 << 20, out);
+        let Ok(Some(Message::Text(t))) = server.next_message() else { panic!("a text frame") };
+        let d = crate::rpc::envelope::decode_request(t.as_bytes()).expect("request");
+        assert_eq!((d.rid, d.key.as_str(), d.payload.json()), (serde_json::json!("r1"), "svc", r#"{"a":[1,"é"]}"#));
+        let mut out = Vec::new();
+        let rid = serde_json::json!("r1");
+        encode_reply(&mut out, &rid, &Ok(crate::rpc::ReplyResult::Value(serde_json::json!([1, 2]))), false);
+        encode_reply(&mut out, &rid, &Err("ERR_BOOM".to_string()), false);
+        let mut client = Decoder::new(true, 1 << 20, out);
+        for want in [(None, serde_json::json!([1, 2])), (Some("ERR_BOOM".to_string()), serde_json::Value::Null)] {
+            let Ok(Some(Message::Text(t))) = client.next_message() else { panic!("a text frame") };
+            let r = crate::rpc::envelope::decode_reply(t.as_bytes()).expect("reply");
+            assert_eq!((r.rid, r.error, r.result), (rid.clone(), want.0, want.1));
+        }
+    }
+
     #[test]
     fn pump_delivers_answers_and_says_how_the_socket_was_left() {
         let pump_all = |input: &[u8], tail: Option<&[u8]>| {
