@@ -14,7 +14,9 @@ tests/interop do), over WS and HTTP:
 * **as server**: the Rust client (`rpc_load`) calls each server: the Python face with a plain
   handler and with an ``async def`` handler (over WS its sockets are read on its event loop; the
   last row keeps them on the library's threads, GRENACHE_PYTHON_IN_LOOP=0), the Node
-  reference's PeerRPCServer, and the Rust server (`grenache serve`).
+  reference's PeerRPCServer, and the Rust server (`grenache serve`); the floor row is the
+  ``async def`` server with each request answered as it is read and no handler called (what the
+  event loop and the socket path cost alone, on this interpreter).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
 found through two Grapes in this process. The `polling 50 us` row runs the same blocking client
@@ -57,8 +59,17 @@ def serve(args: argparse.Namespace) -> None:
     async def coroutine(payload, info):
         return "world" if payload == "hello" else payload
 
+    if args.handler == "floor":
+        # The floor of the `async def` rows: the same server with each request answered as it
+        # is read, no handler called (what the event loop and the socket path cost alone).
+        def answer_all(self, items):
+            for _payload, _fingerprint, native_reply in items:
+                native_reply.send('"world"')
+
+        grenache._Calls._run = answer_all
+
     async def main() -> None:
-        handler = coroutine if args.handler == "async" else plain
+        handler = coroutine if args.handler in ("async", "floor") else plain
         server = grenache.Server(link, handler, transport=args.transport)
         server.start_announcing(args.name, 1.0)
         print(json.dumps({"event": "started", "port": server.port}), flush=True)
@@ -299,6 +310,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("node", "Node reference server"),
                 ("rust", "Rust server (`grenache serve`)"),
                 ("python-async-threaded", "Python face, async def handler, GRENACHE_PYTHON_IN_LOOP=0"),
+                ("python-floor", "Python face, async def server calling no handler (floor)"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
@@ -316,7 +328,7 @@ def drive(args: argparse.Namespace) -> None:
                     print(f"  server {kind:16} {transport:4} {json.dumps({k: round(x) for k, x in v.items()})}", flush=True)
             cols = table("As server, under the Rust client (`rpc_load`), req/s:", rows, kinds)
             labels = dict(kinds)
-            ratio_rows(rows, cols, ["python-plain", "python-async"], labels, "node", "Node")
+            ratio_rows(rows, cols, ["python-plain", "python-async", "python-floor"], labels, "node", "Node")
             ratio_rows(rows, cols, ["python-plain", "python-async"], labels, "rust", "Rust")
     finally:
         link.close()

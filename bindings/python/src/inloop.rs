@@ -10,10 +10,10 @@
 //! answers pings and closes, and gives the requests to Python in one list; replies are framed
 //! and written with a plain `write(2)`.
 //!
-//! Batching: replies given while a batch of requests is being handled (and frames queued while
-//! other requests of the same socket are still running) wait in the socket's outbox and go out
-//! in one write per socket: at the end of the batch, at the last reply the socket waits for, or
-//! at the next iteration of the loop ([`_inloop_flush`], scheduled once per iteration). A socket whose
+//! Batching: replies given while other requests of the same socket are still running (of the
+//! batch being handled, or earlier ones) wait in the socket's outbox and go out in one write per
+//! socket: at the last reply the socket waits for, at the end of the batch, or at the next
+//! iteration of the loop ([`_inloop_flush`], scheduled once per iteration). A socket whose
 //! kernel buffer is full is watched for writability; one whose peer does not read at all is
 //! closed once [`MAX_OUTBOX`] bytes wait for it.
 //!
@@ -172,10 +172,12 @@ impl Conn {
         if st.blocked {
             return; // written when the socket becomes writable
         }
+        // Other requests of this socket still run (delivered in this batch or earlier): their
+        // replies will likely come in this iteration, and go out in the same write. A reply the
+        // socket waits for alone goes out at once, also in the middle of a batch: what the
+        // handler's task does after answering is then off the client's round trip.
         let delivering = DELIVERING.with(Cell::get) > 0;
-        // Other requests of this socket still run: their replies will likely come in this iteration,
-        // and go out in the same write.
-        if delivering || (st.in_flight > 0 && !st.draining) {
+        if st.in_flight > 0 && (delivering || !st.draining) {
             if !st.dirty {
                 st.dirty = true;
                 drop(st);

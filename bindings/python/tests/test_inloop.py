@@ -7,6 +7,7 @@ Run: python -m unittest discover -s bindings/python/tests -v   (after `maturin d
 
 import asyncio
 import base64
+import contextvars
 import json
 import os
 import random
@@ -515,6 +516,73 @@ class InLoopTests(unittest.TestCase):
                 c.close()
             if "server" in holder:
                 holder["server"].close()
+
+    def test_each_request_runs_as_its_own_task(self):
+        """Over WS in the loop and over HTTP (the threaded path), each request's handler runs
+        as a task of the server's loop from its first step (started eagerly): it is
+        ``asyncio.current_task()`` before and after a wait, ``asyncio.timeout`` works, context
+        variables set by one request are not seen by the next, and a loop's task factory makes
+        the tasks."""
+        var = contextvars.ContextVar("request", default=None)
+
+        async def handler(p, info):
+            first = asyncio.current_task()
+            leaked = var.get()
+            var.set(p["i"])
+            if p.get("timeout") and hasattr(asyncio, "timeout"):
+                try:
+                    async with asyncio.timeout(0.05):
+                        await asyncio.sleep(10)
+                    return "not timed out"
+                except TimeoutError:
+                    pass
+            if p.get("yield"):
+                await asyncio.sleep(0)
+            return {
+                "task": first is not None,
+                "same": asyncio.current_task() is first,
+                "mine": var.get() == p["i"],
+                "leaked": leaked,
+                "made": made[0],
+            }
+
+        made = [0]
+
+        def factory(loop, coro, **kw):
+            made[0] += 1
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        for transport in ("ws", "http"):
+            for with_factory in (False, True):
+                with self.subTest(transport=transport, factory=with_factory):
+                    made[0] = 0
+
+                    async def main():
+                        if with_factory:
+                            asyncio.get_running_loop().set_task_factory(factory)
+                        s = grenache.Server(self.net.l1, handler, transport=transport)
+                        c = grenache.Client(self.net.l2, transport=transport)
+                        try:
+                            self.assertEqual(in_loop(s), transport == "ws")
+                            dest = self.dest(s)
+                            out = []
+                            for i in range(6):
+                                p = {"i": i, "yield": i % 2 == 1, "timeout": i == 4}
+                                out.append(await c.request_async("x", p, dest=dest, timeout=30))
+                            out += await asyncio.gather(*[c.request_async("x", {"i": 10 + i, "yield": i % 2 == 0}, dest=dest, timeout=30) for i in range(20)])
+                            return out
+                        finally:
+                            c.close()
+                            s.close()
+
+                    out = asyncio.run(main())
+                    for r in out:
+                        self.assertEqual((r["task"], r["same"], r["mine"], r["leaked"]), (True, True, True, None), r)
+                    made_by_factory = max(r["made"] for r in out)
+                    if with_factory:
+                        self.assertGreaterEqual(made_by_factory, 26)
+                    else:
+                        self.assertEqual(made_by_factory, 0)
 
     def test_node_reference_client_calls_the_in_loop_server(self):
         """grenache-nodejs-ws's PeerRPCClient (tests/interop/ws_client.js) asks an in-loop

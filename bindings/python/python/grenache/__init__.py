@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import builtins
+import collections
 import functools
 import inspect
 import json
@@ -40,6 +41,7 @@ import os
 import sys
 import threading
 import traceback
+import types
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -310,6 +312,11 @@ def _loads(text: str) -> Json:
     return json.loads(text)  # trailing whitespace, or a second value (an error)
 
 
+_Coroutine = types.CoroutineType
+# Results that are never awaitable (``inspect.isawaitable`` is a call into Python).
+_PLAIN = frozenset((str, int, float, bool, type(None), dict, list, tuple))
+
+
 # ---------------------------------------------------------------------------------------------
 # Grape and Link
 
@@ -569,8 +576,8 @@ def _wrap_handler(handler: Handler, loop: Optional[asyncio.AbstractEventLoop]) -
         reply = Reply(native_reply)
         info = RequestInfo(fingerprint, reply)
         try:
-            result = handler(json.loads(payload_json), info)
-            if inspect.isawaitable(result):
+            result = handler(_loads(payload_json), info)
+            if type(result) is _Coroutine or (type(result) not in _PLAIN and inspect.isawaitable(result)):
                 target = loop if loop is not None and not loop.is_closed() else _owned_loop()
                 asyncio.run_coroutine_threadsafe(_complete(result, reply, info), target)
             else:
@@ -589,43 +596,38 @@ if sys.version_info >= (3, 12):
 
     def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
         # Runs the coroutine at once, up to its first real wait: a handler that answers without
-        # waiting never goes through the loop's queue.
+        # waiting never goes through the loop's queue. A loop's task factory makes the task.
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
         return asyncio.Task(coro, loop=loop, eager_start=True)
 
 else:
-    # Before 3.12 asyncio has no eager tasks. The pure-Python Task is made with a stand-in for
-    # the loop that keeps the first step it schedules; that step then runs at once, as the
-    # task's own step: ``asyncio.current_task()`` is the task during it (``asyncio.timeout`` and
-    # the like work), as with 3.12's ``eager_start``. A handler that answers without waiting
-    # then never goes through the loop's queue, and its reply leaves with the batch's.
-    _PyTask = getattr(asyncio.tasks, "_PyTask", None)
-
-    class _FirstStep:
-        """The loop, while a task is made: holds back the step the task schedules."""
-
-        __slots__ = ("loop", "step")
-
-        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-            self.loop = loop
-            self.step: Any = None
-
-        def get_debug(self) -> bool:
-            return self.loop.get_debug()
-
-        def call_soon(self, callback: Any, *args: Any, context: Any = None) -> None:
-            self.step = (callback, args, context)
+    # Before 3.12 asyncio has no eager tasks. The task (asyncio's C ``Task``) is made as usual,
+    # which schedules its first step at the end of the loop's ready queue; on asyncio's own
+    # loops that step is taken back from the queue at once and run, as the task's own step:
+    # ``asyncio.current_task()`` is the task during it (``asyncio.timeout`` and the like work),
+    # as with 3.12's ``eager_start``. A handler that answers without waiting then never goes
+    # through the loop's queue, and its reply leaves with the batch's. Any other loop (uvloop),
+    # a task factory, or a call made inside a running task gets ``loop.create_task``.
+    _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
 
     def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[None]":
-        if _PyTask is None or loop.get_task_factory() is not None or asyncio.current_task(loop) is not None:
+        ready = getattr(loop, "_ready", None)
+        if (
+            not isinstance(loop, asyncio.BaseEventLoop)
+            or type(ready) is not collections.deque
+            or _current_tasks is None
+            or loop.get_task_factory() is not None
+            or _current_tasks.get(loop) is not None
+        ):
             return loop.create_task(coro)
-        box = _FirstStep(loop)
-        task = _PyTask(coro, loop=box)
-        task._loop = loop
-        callback, args, context = box.step
-        if context is None:
-            callback(*args)
-        else:
-            context.run(callback, *args)
+        task = asyncio.Task(coro, loop=loop)
+        step = ready.pop() if ready else None
+        if step is None or getattr(step._callback, "__self__", None) is not task:
+            if step is not None:
+                ready.append(step)  # not the task's step: leave the queue as it was
+            return task
+        step._run()
         return task
 
 
@@ -669,8 +671,8 @@ class _Calls:
             reply = Reply(native_reply)
             info = RequestInfo(fingerprint, reply)
             try:
-                result = handler(json.loads(payload_json), info)
-                if not inspect.isawaitable(result):
+                result = handler(_loads(payload_json), info)
+                if type(result) is not _Coroutine and (type(result) in _PLAIN or not inspect.isawaitable(result)):
                     _answer(reply, info, result)
                     continue
                 task = _start_task(self._loop, _complete(result, reply, info))
