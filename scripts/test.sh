@@ -88,11 +88,11 @@ if python_binding() {
 }; python_binding; then echo "python binding: ok"; else failed+=("python binding"); fi
 
 # 5b. The same module on free-threaded CPython 3.14t (no GIL; built from source by
-#     scripts/free-threaded-python.sh, about 3 minutes): the whole Python suite again, with
+#     scripts/cpython314.sh, about 3 minutes): the whole Python suite again, with
 #     tests/test_free_threaded.py no longer skipped. Only a source download that fails (no
 #     network) skips it; a build or test failure fails the run.
 log "python binding, free-threaded"
-if ft_python=$(bash scripts/free-threaded-python.sh); then
+if ft_python=$(bash scripts/cpython314.sh); then
   if python_ft() {
     local venv=target/pyft
     if [ ! -x "$venv/bin/python" ]; then "$ft_python" -m venv "$venv" || return 1; fi

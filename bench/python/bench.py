@@ -13,15 +13,19 @@ tests/interop do), over WS and HTTP:
   reference's PeerRPCClient, and the Rust client (`rpc_load`, the ceiling);
 * **as server**: the Rust client (`rpc_load`) calls each server: the Python face with a plain
   handler and with an ``async def`` handler (over WS its sockets are read on its event loop; the
-  last row keeps them on the library's threads, GRENACHE_PYTHON_IN_LOOP=0), the Node
+  GRENACHE_PYTHON_IN_LOOP=0 row keeps them on the library's threads), the Node
   reference's PeerRPCServer, and the Rust server (`grenache serve`); the floor row is the
   ``async def`` server with each request answered as it is read and no handler called (what the
   event loop and the socket path cost alone, on this interpreter).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
 found through two Grapes in this process. The `polling 50 us` row runs the same blocking client
-with GRENACHE_PYTHON_POLL_US=50 (its waits poll for up to 50 us before they sleep). Options: --seq N (sequential requests, default 5000),
---rounds R (rounds of 100, default 100), --only client|server.
+with GRENACHE_PYTHON_POLL_US=50 (its waits poll for up to 50 us before they sleep).
+
+Each row runs --repeat times (default 3), the rows of a table taking turns, and the tables give
+the median of each cell: the machine's speed drifts over minutes, and turns spread the drift
+over every row alike. Options: --seq N (sequential requests, default 5000), --rounds R (rounds
+of 100, default 100), --repeat K, --only client|server.
 """
 
 from __future__ import annotations
@@ -224,6 +228,15 @@ def run_client(kind, transport, grape, key, seq, rounds):
     return run_json(argv)
 
 
+def median(runs, field):
+    """The median of `field` over the runs that have it (None when none has)."""
+    values = sorted(v[field] for v in runs if v.get(field) is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def fmt(v):
     return "-" if v is None else f"{v / 1000:.1f}k"
 
@@ -261,7 +274,8 @@ def drive(args: argparse.Namespace) -> None:
     build = "debug" if grenache._native._debug_build() else "release"
     print(f"grenache {grenache.version()} ({build} build of the Python module: {grenache._native.__file__})")
     print(f"python {sys.version.split()[0]}, node {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}, {os.cpu_count()} CPUs, "
-          f"GRENACHE_WORKER_THREADS={os.environ.get('GRENACHE_WORKER_THREADS', 'unset')}; seq {args.seq}, {args.rounds} rounds of {CONC}")
+          f"GRENACHE_WORKER_THREADS={os.environ.get('GRENACHE_WORKER_THREADS', 'unset')}; seq {args.seq}, {args.rounds} rounds of {CONC}, "
+          f"each row run {args.repeat} times, interleaved (medians)")
 
     # Two Grapes: an announce needs another DHT node to store it.
     grape = grenache.Grape(host="127.0.0.1")
@@ -291,11 +305,15 @@ def drive(args: argparse.Namespace) -> None:
                 try:
                     server.line()
                     wait_visible(link, key)
+                    runs = {kind: [] for kind, _ in kinds}
+                    for r in range(args.repeat):
+                        for kind, _ in kinds:
+                            v = run_client(kind, transport, url, key, args.seq, args.rounds)
+                            runs[kind].append(v)
+                            print(f"  client {kind:16} {transport:4} #{r + 1} {json.dumps({k: round(x) for k, x in v.items()})}", flush=True)
                     for kind, _ in kinds:
-                        v = run_client(kind, transport, url, key, args.seq, args.rounds)
-                        rows[kind][(transport, "seq")] = v.get("seq_rps")
-                        rows[kind][(transport, "conc")] = v.get("conc_rps")
-                        print(f"  client {kind:16} {transport:4} {json.dumps({k: round(x) for k, x in v.items()})}", flush=True)
+                        rows[kind][(transport, "seq")] = median(runs[kind], "seq_rps")
+                        rows[kind][(transport, "conc")] = median(runs[kind], "conc_rps")
                 finally:
                     server.stop()
             cols = table("As client, calling one Rust server (`grenache serve`), req/s:", rows, kinds)
@@ -314,18 +332,28 @@ def drive(args: argparse.Namespace) -> None:
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
-                for kind, _ in kinds:
-                    key = name(f"{kind.replace('-', '_')}_{transport}")
-                    server = start_server(kind, transport, url, key)
-                    try:
+                # Every server of the table runs at once (idle but for the one measured), so that
+                # their runs interleave.
+                servers = {}
+                try:
+                    for kind, _ in kinds:
+                        key = name(f"{kind.replace('-', '_')}_{transport}")
+                        servers[kind] = (start_server(kind, transport, url, key), key)
+                    for kind, (server, key) in servers.items():
                         server.line()
                         wait_visible(link, key)
-                        v = run_client("rust", transport, url, key, args.seq, args.rounds)
-                    finally:
+                    runs = {kind: [] for kind, _ in kinds}
+                    for r in range(args.repeat):
+                        for kind, (server, key) in servers.items():
+                            v = run_client("rust", transport, url, key, args.seq, args.rounds)
+                            runs[kind].append(v)
+                            print(f"  server {kind:16} {transport:4} #{r + 1} {json.dumps({k: round(x) for k, x in v.items()})}", flush=True)
+                finally:
+                    for server, _ in servers.values():
                         server.stop()
-                    rows[kind][(transport, "seq")] = v.get("seq_rps")
-                    rows[kind][(transport, "conc")] = v.get("conc_rps")
-                    print(f"  server {kind:16} {transport:4} {json.dumps({k: round(x) for k, x in v.items()})}", flush=True)
+                for kind, _ in kinds:
+                    rows[kind][(transport, "seq")] = median(runs[kind], "seq_rps")
+                    rows[kind][(transport, "conc")] = median(runs[kind], "conc_rps")
             cols = table("As server, under the Rust client (`rpc_load`), req/s:", rows, kinds)
             labels = dict(kinds)
             ratio_rows(rows, cols, ["python-plain", "python-async", "python-floor"], labels, "node", "Node")
@@ -349,6 +377,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--only", choices=("client", "server"))
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each row, interleaved; the tables give their medians")
     args = ap.parse_args()
     if args.serve:
         serve(args)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Plain handlers under the GIL and on free-threaded CPython, in one run: builds the Python module
 # (release) for this machine's python3 (venv target/pybench) and for a free-threaded 3.14
-# (`$PYTHON_FT`, or built by scripts/free-threaded-python.sh; venv target/pyft), then runs
+# (`$PYTHON_FT`, or built by scripts/cpython314.sh; venv target/pyft), then runs
 # bench/python/parallel.py with each and prints both lines. Options go to parallel.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_INCREMENTAL=0
-ft=${PYTHON_FT:-$(bash scripts/free-threaded-python.sh)}
+ft=${PYTHON_FT:-$(bash scripts/cpython314.sh)}
 build() { # venv interpreter
   local venv=$1
   if [ ! -x "$venv/bin/python" ]; then

@@ -1,7 +1,7 @@
 """The module on a free-threaded interpreter (CPython 3.14t): importing it keeps the GIL off,
 and a server's pool runs plain handlers at once, one per core. Skipped on interpreters with a
 GIL (the test command runs this file with a free-threaded build when it can make one:
-scripts/free-threaded-python.sh).
+scripts/cpython314.sh).
 
 Run: python3.14t -m unittest discover -s bindings/python/tests -p 'test_free_threaded.py' -v
 """
