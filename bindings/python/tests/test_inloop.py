@@ -519,7 +519,7 @@ class InLoopTests(unittest.TestCase):
 
     def test_each_request_runs_as_its_own_task(self):
         """Over WS in the loop and over HTTP (the threaded path), each request's handler runs
-        as a task of the server's loop from its first step (started eagerly): it is
+        as a task of the server's loop from its first step: it is
         ``asyncio.current_task()`` before and after a wait, ``asyncio.timeout`` works, context
         variables set by one request are not seen by the next, and a loop's task factory makes
         the tasks."""
