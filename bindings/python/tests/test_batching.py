@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,9 @@ import unittest
 import weakref
 
 import grenache
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_grenache import interrupt_blocking_call
 
 TRANSPORTS = ("http", "ws")
 
@@ -446,21 +448,12 @@ class CtrlCTests(unittest.TestCase):
         )
         for t in TRANSPORTS:
             with self.subTest(transport=t):
-                p = subprocess.Popen([sys.executable, "-c", script, t], stdout=subprocess.PIPE, text=True)
-                try:
-                    self.assertEqual(p.stdout.readline().strip(), "waiting")
-                    time.sleep(0.5)  # inside the blocking call by now
-                    p.send_signal(signal.SIGINT)
-                    out, _ = p.communicate(timeout=30)
-                    self.assertTrue(out.startswith("interrupted"), out)
-                    # Promptly: well before the 60 s the call would have waited (the wait wakes
-                    # every 100 ms to let Python run its signal handler).
-                    self.assertLess(float(out.split()[1]), 30.0)
-                    self.assertEqual(p.returncode, 0)
-                finally:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
+                out, code = interrupt_blocking_call(script, t)
+                self.assertTrue(out.startswith("interrupted"), out)
+                # Promptly: well before the 60 s the call would have waited (the wait wakes
+                # every 100 ms to let Python run its signal handler).
+                self.assertLess(float(out.split()[1]), 30.0)
+                self.assertEqual(code, 0)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Run: python -m unittest discover -s bindings/python/tests -v   (after `maturin d
 """
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,9 @@ import time
 import unittest
 
 import grenache
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_grenache import interrupt_blocking_call
 
 
 def handler(payload, info):
@@ -286,21 +288,12 @@ class DirectTests(unittest.TestCase):
                 server.close()
             """
         )
-        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        try:
-            self.assertEqual(p.stdout.readline().strip(), "waiting")
-            time.sleep(0.5)
-            p.send_signal(signal.SIGINT)
-            out, _ = p.communicate(timeout=30)
-            words = out.split()
-            self.assertEqual(words[0], "interrupted", out)
-            self.assertLess(float(words[1]), 5.0)
-            self.assertEqual(words[2], "1", "the held call went on the caller's thread")
-            self.assertEqual(p.returncode, 0)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        out, code = interrupt_blocking_call(script)
+        words = out.split()
+        self.assertEqual(words[0], "interrupted", out)
+        self.assertLess(float(words[1]), 5.0)
+        self.assertEqual(words[2], "1", "the held call went on the caller's thread")
+        self.assertEqual(code, 0)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -104,6 +106,25 @@ class NodeProcess:
         self.reader.join(timeout=5)
         if not self.reader.is_alive():
             self.p.stdout.close()
+
+
+def interrupt_blocking_call(script, *args):
+    """Runs ``script`` (``python -c``, with ``args``) until it prints ``waiting`` (it is about
+    to block in a call), sends it SIGINT half a second later and returns ``(stdout,
+    returncode)``. The process is killed if it outlives the test."""
+    p = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        if line != "waiting":
+            raise AssertionError(f"the script printed {line!r} before blocking")
+        time.sleep(0.5)  # inside the blocking call by now
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+        return out, p.returncode
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def free_port():

@@ -129,6 +129,36 @@ class RawWs:
         self.s.close()
 
 
+def check_bad_frames(tc, port, between=lambda code: None):
+    """On a server at ``port``: a peer that sends an unmasked frame (1002), invalid UTF-8 (1007)
+    or a message over the size limit (1009) is closed with that code, while another socket is
+    served (``between(code)`` checks more after each); on that socket a request that is not JSON
+    is dropped and the socket goes on, and a ping is answered with a pong carrying its bytes.
+    Returns that socket, open."""
+    good = ws_connect(port)
+    tc.assertEqual(good.request("r0", "hi"), ["r0", None, "hi"])
+    bad_frames = [
+        (frame(1, b'["r","x",1]', mask=False), 1002),
+        (frame(1, b'["r","x","\xff\xfe"]'), 1007),
+        (frame(1, b"", length=17 << 20), 1009),
+    ]
+    for data, code in bad_frames:
+        with tc.subTest(code=code):
+            bad = ws_connect(port)
+            bad.s.sendall(data)
+            tc.assertEqual(bad.close_code(), code)
+            tc.assertIsNone(bad.next_frame(), "the server closed the socket")
+            bad.close()
+            tc.assertEqual(good.request(f"r{code}", code), [f"r{code}", None, code])
+            between(code)
+    good.send_text("{nope")
+    good.send_text("42")
+    tc.assertEqual(good.request({"rid": 1}, [1, 2]), [{"rid": 1}, None, [1, 2]])
+    good.s.sendall(frame(9, b"ping!"))
+    tc.assertEqual(good.next_frame(), (10, b"ping!"))
+    return good
+
+
 class InLoopTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -289,30 +319,8 @@ class InLoopTests(unittest.TestCase):
         s = grenache.Server(self.net.l1, echo, transport="ws")
         try:
             self.assertTrue(in_loop(s))
-            good = ws_connect(s.port)
-            self.assertEqual(good.request("r0", "hi"), ["r0", None, "hi"])
-            bad_frames = [
-                (frame(1, b'["r","x",1]', mask=False), 1002),
-                (frame(1, b'["r","x","\xff\xfe"]'), 1007),
-                (frame(1, b"", length=17 << 20), 1009),
-            ]
-            for data, code in bad_frames:
-                with self.subTest(code=code):
-                    bad = ws_connect(s.port)
-                    bad.s.sendall(data)
-                    self.assertEqual(bad.close_code(), code)
-                    self.assertIsNone(bad.next_frame(), "the server closed the socket")
-                    bad.close()
-                    self.assertEqual(good.request(f"r{code}", code), [f"r{code}", None, code])
-                    self.assertEqual(self.client.request("x", code, dest=self.dest(s), timeout=10), code)
-            # Not JSON, or not a request: dropped; the socket goes on.
-            good.send_text("{nope")
-            good.send_text("42")
-            self.assertEqual(good.request({"rid": 1}, [1, 2]), [{"rid": 1}, None, [1, 2]])
-            # A ping is answered with a pong carrying its bytes, also when it comes with a
-            # request that runs long: the pong does not wait for its reply.
-            good.s.sendall(frame(9, b"ping!"))
-            self.assertEqual(good.next_frame(), (10, b"ping!"))
+            good = check_bad_frames(self, s.port, lambda code: self.assertEqual(self.client.request("x", code, dest=self.dest(s), timeout=10), code))
+            # The pong does not wait for the reply of a request that runs long either.
             good.s.sendall(frame(1, json.dumps(["slow", "x", {"sleep": 1.5}]).encode()) + frame(9, b"again"))
             t0 = time.monotonic()
             self.assertEqual(good.next_frame(), (10, b"again"))

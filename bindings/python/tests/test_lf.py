@@ -20,7 +20,7 @@ import time
 import unittest
 
 import grenache
-from test_inloop import frame, ws_connect
+from test_inloop import check_bad_frames, frame, ws_connect
 
 
 def echo(payload, info):
@@ -198,26 +198,7 @@ class LeaderFollowersTests(unittest.TestCase):
         s = grenache.Server(self.link, echo, transport="ws")
         try:
             self.assertIsNotNone(s._s._lf_sockets())
-            good = ws_connect(s.port)
-            self.assertEqual(good.request("r0", "hi"), ["r0", None, "hi"])
-            bad_frames = [
-                (frame(1, b'["r","x",1]', mask=False), 1002),
-                (frame(1, b'["r","x","\xff\xfe"]'), 1007),
-                (frame(1, b"", length=17 << 20), 1009),
-            ]
-            for data, code in bad_frames:
-                with self.subTest(code=code):
-                    bad = ws_connect(s.port)
-                    bad.s.sendall(data)
-                    self.assertEqual(bad.close_code(), code)
-                    self.assertIsNone(bad.next_frame(), "the server closed the socket")
-                    bad.close()
-                    self.assertEqual(good.request(f"r{code}", code), [f"r{code}", None, code])
-            good.send_text("{nope")
-            good.send_text("42")
-            self.assertEqual(good.request({"rid": 1}, [1, 2]), [{"rid": 1}, None, [1, 2]])
-            good.s.sendall(frame(9, b"ping!"))
-            self.assertEqual(good.next_frame(), (10, b"ping!"))
+            good = check_bad_frames(self, s.port)
             good.s.sendall(frame(8, struct.pack(">H", 1000)))
             self.assertEqual(good.close_code(), 1000)
             good.close()
