@@ -270,17 +270,9 @@ impl Conn {
     fn finish(self: &Arc<Self>, code: Option<u16>) {
         let stream = {
             let mut st = lock(&self.state);
+            let st = &mut *st;
             st.ended = true;
-            if let Some(code) = code
-                && !st.close_sent
-                && st.stream.is_some()
-            {
-                let reason = if code == 4001 { "the server is shutting down; every request it read was answered" } else { "" };
-                handoff::encode_close(&mut st.out, code, reason, false);
-                st.close_sent = true;
-            }
-            let out = std::mem::take(&mut st.out);
-            st.stream.take().map(|s| (s, out))
+            crate::inloop::take_to_close(&mut st.stream, &mut st.out, &mut st.close_sent, code)
         };
         if let Some(lf) = self.lf.upgrade() {
             lf.forget(self);
