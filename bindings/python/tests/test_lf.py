@@ -20,6 +20,7 @@ import time
 import unittest
 
 import grenache
+from test_grenache import eventually
 from test_inloop import check_bad_frames, frame, ws_connect
 
 
@@ -27,17 +28,6 @@ def echo(payload, info):
     if isinstance(payload, dict) and payload.get("sleep"):
         time.sleep(payload["sleep"])
     return payload
-
-
-def eventually(f, timeout=10.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = f()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class LeaderFollowersTests(unittest.TestCase):

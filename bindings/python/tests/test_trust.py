@@ -2,24 +2,16 @@
 address from the Grapes at once; Link.pin_service keeps only addresses with a valid proof of the
 service key (Link.sign_announcements publishes them); bad keys are refused."""
 
-import time
+import os
+import sys
 import unittest
 
 import grenache
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_grenache import eventually
 
-def eventually(check, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            v = check()
-            if v:
-                return v
-        except Exception as e:  # not yet
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout}s (last error: {last!r})")
+
 
 
 class TrustTests(unittest.TestCase):
@@ -42,8 +34,8 @@ class TrustTests(unittest.TestCase):
 
     def test_unannounce_removes_the_address_at_once(self):
         l1 = self.link(self.g1)
-        eventually(lambda: l1.announce("py:un", 4343) is None, "announce")
-        eventually(lambda: "127.0.0.1:4343" in self.link(self.g2, lookup_cache=0).lookup("py:un"), "visible")
+        eventually(lambda: l1.announce("py:un", 4343) is None, what="announce")
+        eventually(lambda: "127.0.0.1:4343" in self.link(self.g2, lookup_cache=0).lookup("py:un"), what="visible")
         self.assertGreaterEqual(l1.unannounce("py:un", 4343), 1)
         with self.assertRaises(grenache.LookupEmptyError):
             self.link(self.g2, lookup_cache=0).lookup("py:un")
@@ -52,9 +44,9 @@ class TrustTests(unittest.TestCase):
         key = grenache.Keypair.generate()
         worker = self.link(self.g1)
         worker.sign_announcements("py:signed", [key])
-        eventually(lambda: worker.announce("py:signed", 5101) is None, "signed announce")
+        eventually(lambda: worker.announce("py:signed", 5101) is None, what="signed announce")
         self.link(self.g2).announce("py:signed", 5102)  # a hijacker, without the key
-        eventually(lambda: len(self.link(self.g3, lookup_cache=0).lookup("py:signed")) == 2, "both announced")
+        eventually(lambda: len(self.link(self.g3, lookup_cache=0).lookup("py:signed")) == 2, what="both announced")
         pinned = self.link(self.g3, lookup_cache=0)
         pinned.pin_service("py:signed", [key.public_hex])
         self.assertEqual(pinned.lookup("py:signed"), ["127.0.0.1:5101"])
