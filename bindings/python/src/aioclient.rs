@@ -63,8 +63,6 @@ const IDLE: Duration = Duration::from_secs(120);
 /// Most destinations with a socket on one loop; past it a request to a new one takes the normal
 /// path.
 const MAX_CONNS: usize = 1024;
-/// The close code of a server that drained: what it did not read was not handled.
-const CLOSE_DRAINED: u16 = 4001;
 
 /// A request in flight on a socket.
 struct Pending {
@@ -522,7 +520,7 @@ impl LoopClient {
                 Pumped::Open => None,
                 Pumped::Ended(None) => Some((c.failed.unwrap_or("ERR_TRANSPORT_CLOSE: the socket closed"), false)),
                 Pumped::Ended(Some(_)) => Some((c.failed.unwrap_or("ERR_TRANSPORT_CLOSE: the socket failed"), false)),
-                Pumped::PeerClosed(Some(CLOSE_DRAINED)) => Some(("", true)),
+                Pumped::PeerClosed(Some(handoff::CLOSE_DRAINED)) => Some(("", true)),
                 Pumped::PeerClosed(_) => Some(("ERR_TRANSPORT_CLOSE: the server closed the socket", false)),
                 Pumped::Violation(_) => Some(("ERR_TRANSPORT_CLOSE: the server broke the protocol", false)),
             };

@@ -395,7 +395,7 @@ impl LoopConn {
             let mut st = lock(&self.conn.state);
             let st = &mut *st;
             st.ended = true;
-            take_to_close(&mut st.stream, &mut st.out, &mut st.close_sent, code)
+            handoff::take_to_close(&mut st.stream, &mut st.out, &mut st.close_sent, code)
         };
         if let Some((s, out)) = stream {
             py.detach(move || handoff::close_after(s, &out, CLOSE_LINGER));
@@ -410,27 +410,6 @@ impl Drop for LoopConn {
         st.ended = true;
         st.stream = None;
     }
-}
-
-/// Takes a socket out to close it: queues a close frame with `code` (unless one was sent; 4001
-/// says why) after what is queued, and returns the socket with those bytes (`None` when it was
-/// taken already). Shared by the loop's sockets and the handler threads' ([`crate::lf`]).
-pub(crate) fn take_to_close<S>(
-    stream: &mut Option<S>,
-    out: &mut Vec<u8>,
-    close_sent: &mut bool,
-    code: Option<u16>,
-) -> Option<(S, Vec<u8>)> {
-    if let Some(code) = code
-        && !*close_sent
-        && stream.is_some()
-    {
-        let reason = if code == 4001 { "the server is shutting down; every request it read was answered" } else { "" };
-        handoff::encode_close(out, code, reason, false);
-        *close_sent = true;
-    }
-    let out = std::mem::take(out);
-    stream.take().map(|s| (s, out))
 }
 
 /// Decodes a request envelope `[rid, key, payload]` (the core's rules); a malformed one is

@@ -181,7 +181,7 @@ impl Conn {
         let drained = st.draining && st.in_flight == 0 && st.out.is_empty();
         drop(st);
         if drained {
-            self.finish(Some(4001));
+            self.finish(Some(handoff::CLOSE_DRAINED));
         } else if resume && let Some(lf) = self.lf.upgrade() {
             lock(&self.state).paused = false;
             lf.wake_for(self);
@@ -272,7 +272,7 @@ impl Conn {
             let mut st = lock(&self.state);
             let st = &mut *st;
             st.ended = true;
-            crate::inloop::take_to_close(&mut st.stream, &mut st.out, &mut st.close_sent, code)
+            handoff::take_to_close(&mut st.stream, &mut st.out, &mut st.close_sent, code)
         };
         if let Some(lf) = self.lf.upgrade() {
             lf.forget(self);

@@ -38,6 +38,8 @@ pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 /// Ours (RFC 6455 leaves 4000-4999 to applications): a server that drained before closing; every
 /// request it read was answered, so a request still waiting for a reply was never handled.
 pub(crate) const CLOSE_DRAINED: u16 = 4001;
+/// The reason sent with [`CLOSE_DRAINED`].
+pub(crate) const DRAINED_REASON: &str = "the server is shutting down; every request it read was answered";
 
 const OP_CONT: u8 = 0x0;
 pub(crate) const OP_TEXT: u8 = 0x1;

@@ -269,14 +269,33 @@ pub fn encode_reply(out: &mut Vec<u8>, rid: &serde_json::Value, body: &crate::rp
 
 /// Closes a socket handed over: writes `queued` (a last reply, a close frame) waiting at most
 /// `linger` for a peer that reads slowly, then shuts it down both ways.
-pub fn close_after(stream: std::net::TcpStream, queued: &[u8], linger: Duration) {
-    let mut stream = stream;
+pub fn close_after(mut stream: std::net::TcpStream, queued: &[u8], linger: Duration) {
     if !queued.is_empty() {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(linger));
         let _ = io::Write::write_all(&mut stream, queued);
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The close code of a server that drained before closing (ours; RFC 6455 leaves 4000-4999 to
+/// applications): every request it read was answered, so one still waiting was never handled.
+pub const CLOSE_DRAINED: u16 = frame::CLOSE_DRAINED;
+
+/// Takes a socket handed over out to close it (with [`close_after`]): queues a close frame
+/// with `code` after what is queued, unless one was sent ([`CLOSE_DRAINED`] carries the core's
+/// reason), and returns the socket with those bytes; `None` when it was taken already.
+pub fn take_to_close<S>(stream: &mut Option<S>, out: &mut Vec<u8>, close_sent: &mut bool, code: Option<u16>) -> Option<(S, Vec<u8>)> {
+    if let Some(code) = code
+        && !*close_sent
+        && stream.is_some()
+    {
+        let reason = if code == CLOSE_DRAINED { frame::DRAINED_REASON } else { "" };
+        encode_close(out, code, reason, false);
+        *close_sent = true;
+    }
+    let out = std::mem::take(out);
+    stream.take().map(|s| (s, out))
 }
 
 /// Appends a pong answering a ping's `payload`.
@@ -294,9 +313,6 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// `pump` reads until the socket would block, delivers data messages in order, answers a ping
-    /// with a pong and a close frame with a close frame, and says how the socket was left: open,
-    /// closed by the peer (its code), broken (the violation's code), or ended.
     /// A request framed by a client decodes on the server's side to its envelope, and a reply
     /// framed by the server on the client's, with a result or an error.
     #[test]
@@ -319,6 +335,27 @@ mod tests {
         }
     }
 
+    /// A socket taken out to close gets one close frame after what was queued (a drained close
+    /// with its reason), and is taken once.
+    #[test]
+    fn take_to_close_queues_one_close_frame() {
+        let mut stream = Some(());
+        let mut out = b"queued".to_vec();
+        let mut sent = false;
+        let (_, bytes) = take_to_close(&mut stream, &mut out, &mut sent, Some(CLOSE_DRAINED)).expect("the socket");
+        assert!(sent && out.is_empty() && stream.is_none());
+        assert_eq!(&bytes[..6], b"queued");
+        let mut client = Decoder::new(true, 1 << 20, bytes[6..].to_vec());
+        assert!(matches!(client.next_message(), Ok(Some(Message::Close(Some(CLOSE_DRAINED))))));
+        assert!(take_to_close(&mut stream, &mut out, &mut sent, Some(1001)).is_none());
+        let mut again = Some(());
+        let (_, bytes) = take_to_close(&mut again, &mut Vec::new(), &mut sent, Some(1001)).expect("the socket");
+        assert!(bytes.is_empty(), "a close frame was sent already");
+    }
+
+    /// `pump` reads until the socket would block, delivers data messages in order, answers a ping
+    /// with a pong and a close frame with a close frame, and says how the socket was left: open,
+    /// closed by the peer (its code), broken (the violation's code), or ended.
     #[test]
     fn pump_delivers_answers_and_says_how_the_socket_was_left() {
         let pump_all = |input: &[u8], tail: Option<&[u8]>| {

@@ -410,7 +410,7 @@ async fn serve_connection(
             return;
         }
         if drained && running.is_empty() {
-            break (CLOSE_DRAINED, "the server is shutting down; every request it read was answered".to_string());
+            break (CLOSE_DRAINED, wsframe::DRAINED_REASON.to_string());
         }
         // With nothing running, poll for the client's next request for a few microseconds first.
         let waiting = (running.is_empty() && busy.enabled() && !drained).then(Instant::now);
