@@ -379,6 +379,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("client", "server"))
     ap.add_argument("--repeat", type=int, default=3, help="runs of each row, interleaved; the tables give their medians")
     args = ap.parse_args()
+    if args.repeat < 1 or args.seq < 1 or args.rounds < 1:
+        ap.error("--repeat, --seq and --rounds take a positive count")
     if args.serve:
         serve(args)
     elif args.client:
