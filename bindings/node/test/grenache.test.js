@@ -51,11 +51,16 @@ function handler (payload, info) {
 let g1, g2, l1, l2
 const cleanup = []
 
-before(() => {
+before(async () => {
   g1 = new g.Grape({ host: '127.0.0.1' })
   g2 = new g.Grape({ host: '127.0.0.1', bootstrap: [`127.0.0.1:${g1.dhtPort}`] })
   l1 = new g.Link(g1.url)
   l2 = new g.Link({ grape: g2.url })
+  // g1 learns of g2 when g2's bootstrap query reaches it; until then an announce through g1
+  // fails with ERR_GRAPE_NO_NODES, whichever test runs first.
+  for (const l of [l1, l2]) {
+    await eventually(async () => { await l.announce('test-network-ready', 1); return true }, 'a Grape with a peer')
+  }
 })
 
 after(async () => {

@@ -46,6 +46,10 @@ class Network:
         self.g2 = grenache.Grape(bootstrap=[f"127.0.0.1:{self.g1.dht_port}"], host="127.0.0.1")
         self.l1 = grenache.Link(self.g1.url)
         self.l2 = grenache.Link(self.g2.url)
+        # g1 learns of g2 when g2's bootstrap query reaches it; until then an announce through
+        # g1 fails with "no nodes", whichever test runs first.
+        for link in (self.l1, self.l2):
+            eventually(lambda: link.announce("test-network-ready", 1) is None, what="a Grape with a peer")
 
     def stop(self):
         self.l1.close()

@@ -68,7 +68,25 @@ class GrenacheTest < Minitest::Test
         g2.close
         g1.close
       end
+      [g1, g2].each { |g| wait_for_peer(g) }
       { g1: g1, g2: g2 }
+    end
+  end
+
+  # g1 learns of g2 only when g2's bootstrap query reaches it; until then an announce through g1
+  # fails with NoNodesError, whichever test happens to run first.
+  def self.wait_for_peer(grape)
+    link = Grenache::Link.new(grape.url)
+    deadline = Time.now + 10
+    begin
+      link.announce('test_network_ready', 1, timeout: 5)
+    rescue Grenache::NoNodesError
+      raise if Time.now > deadline
+
+      sleep 0.05
+      retry
+    ensure
+      link.close
     end
   end
 
