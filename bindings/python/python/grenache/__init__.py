@@ -545,7 +545,10 @@ def _answer_exception(reply: Reply, e: BaseException) -> None:
 
 async def _complete(awaitable: Any, reply: Reply, info: RequestInfo) -> None:
     try:
-        _answer(reply, info, await awaitable)
+        result = await awaitable
+        # ``_answer`` inlined: on the path of every ``async def`` handler's reply.
+        if not info._deferred:
+            reply._r.send(_dumps(result))
     except asyncio.CancelledError:
         # The loop is shutting down (or the task was cancelled): the client gets ERR_NO_REPLY.
         if not reply.answered:
@@ -627,7 +630,9 @@ else:
             if step is not None:
                 ready.append(step)  # not the task's step: leave the queue as it was
             return task
-        step._run()
+        # ``Handle._run`` without its frame: the task's step reports what its coroutine raises
+        # through the task, and lets only SystemExit and KeyboardInterrupt out, as here.
+        step._context.run(step._callback, *step._args)
         return task
 
 
