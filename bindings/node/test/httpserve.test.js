@@ -89,6 +89,8 @@ test('http loop server: every framing, gzip, 100-continue; pipelined replies in 
     const r2 = await c.next()
     const r3 = await c.next()
     assert.deepEqual([r1.status, r2.status, r3.status], [200, 200, 200])
+    // A date header, as Node's http servers (the reference's) send.
+    assert.ok(Math.abs(Date.parse(r1.headers.date) - Date.now()) < 5000, `date: ${r1.headers.date}`)
     assert.deepEqual(envelope(r1), ['r1', null, { echo: 'a' }])
     assert.deepEqual(envelope(r2), ['r2', null, { echo: 'b' }])
     assert.deepEqual(JSON.parse(zlib.gunzipSync(r3.body)), ['r3', null, { echo: 'c' }], 'a gzip request is answered gzipped')

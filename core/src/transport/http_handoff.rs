@@ -29,6 +29,24 @@ pub const MAX_PIPELINED: usize = 64;
 thread_local! {
     /// Request bytes buffered by all loop server connections of this thread.
     static BUFFERED: Cell<usize> = const { Cell::new(0) };
+    /// The `date` header's value and the second it was made for.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Appends `date: <IMF-fixdate>\r\n` (RFC 9110 section 6.6.1: an origin server with a clock
+/// sends it, as Node's `http` module and hyper do). Formatted once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != second {
+            *d = (second, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(d.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 /// The limits of the core's HTTP server, from the face's table of limits by name.
@@ -504,8 +522,10 @@ pub fn reply_bytes(status: u16, body: &[u8], close: bool) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "",
     };
-    let mut out = Vec::with_capacity(body.len() + 96);
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\ncontent-length: {}\r\n", body.len());
+    let mut out = Vec::with_capacity(body.len() + 128);
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    push_date(&mut out);
+    let _ = write!(out, "content-length: {}\r\n", body.len());
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -885,6 +905,27 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n", false, 100).is_err(), "over the limit");
         assert!(parse_response(b"NOT HTTP\r\n\r\n", false, 100).is_err());
         assert!(parse_response(&[b'a'; MAX_HEAD + 2], false, 100).is_err(), "a head that never ends");
+    }
+
+    #[test]
+    fn replies_carry_the_date_and_their_length() {
+        let before = std::time::SystemTime::now() - Duration::from_secs(1);
+        let out = reply_bytes(200, b"[\"r\",null,1]", true);
+        let text = std::str::from_utf8(&out).expect("text");
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Response::new(&mut headers);
+        let head = match r.parse(&out) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("{other:?}: {text}"),
+        };
+        assert_eq!((r.code, &out[head..]), (Some(200), &b"[\"r\",null,1]"[..]));
+        let header = |name: &str| r.headers.iter().find(|h| h.name == name).map(|h| std::str::from_utf8(h.value).expect("utf-8"));
+        assert_eq!((header("content-length"), header("connection")), (Some("12"), Some("close")));
+        let date = httpdate::parse_http_date(header("date").expect("a date header")).expect("an IMF-fixdate");
+        let after = std::time::SystemTime::now() + Duration::from_secs(1);
+        assert!(before <= date && date <= after, "{text}");
+        // The same second's value is reused; a reply made later still carries one.
+        assert!(std::str::from_utf8(&reply_bytes(400, b"x", false)).expect("text").contains("\r\ndate: "));
     }
 
     #[test]
