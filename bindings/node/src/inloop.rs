@@ -141,36 +141,16 @@ impl Conn {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         let Some(stream) = st.stream.as_mut() else { return };
-        let mut written = 0;
-        let mut failed = None;
-        while written < st.out.len() {
-            match stream.write(&st.out[written..]) {
-                Ok(0) => {
-                    failed = Some("the socket accepts no more bytes".to_string());
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        st.out.drain(..written);
-        if written > 0 {
+        let report = handoff::write_report(stream, &mut st.out);
+        if report.bytes > 0 {
             crate::spin::wrote();
         }
-        st.stalled_since = match (st.out.is_empty(), written > 0) {
+        st.stalled_since = match (st.out.is_empty(), report.bytes > 0) {
             (true, _) => None,
             (false, true) => Some(Instant::now()),
             (false, false) => st.stalled_since.or_else(|| Some(Instant::now())),
         };
-        if st.out.is_empty() && st.out.capacity() > 1 << 16 {
-            st.out = Vec::new();
-        }
-        if let Some(why) = failed {
+        if let Some(why) = report.error {
             st.out.clear();
             st.ended.get_or_insert(why);
             let _ = stream.shutdown(std::net::Shutdown::Both);

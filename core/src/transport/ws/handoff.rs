@@ -212,34 +212,54 @@ pub enum Written {
     Failed,
 }
 
+/// What [`write_report`] did: how it left the socket, how many bytes went out, and why it failed.
+#[derive(Debug)]
+pub struct WriteReport {
+    /// How the socket was left.
+    pub written: Written,
+    /// Bytes that went out (removed from the buffer).
+    pub bytes: usize,
+    /// Why it failed, with [`Written::Failed`].
+    pub error: Option<String>,
+}
+
 /// Writes the bytes queued in `out` to a non-blocking socket until they are all out or it would
 /// block, and removes what went out (an emptied buffer over 64 KiB is released).
 pub fn write_queued<W: io::Write>(w: &mut W, out: &mut Vec<u8>) -> Written {
-    let mut written = 0;
-    let mut outcome = Written::All;
-    while written < out.len() {
-        match w.write(&out[written..]) {
+    write_report(w, out).written
+}
+
+/// [`write_queued`], with the bytes that went out and the reason of a failure (a face that
+/// tracks a stalled peer or reports the error to its caller).
+pub fn write_report<W: io::Write>(w: &mut W, out: &mut Vec<u8>) -> WriteReport {
+    let mut bytes = 0;
+    let mut written = Written::All;
+    let mut error = None;
+    while bytes < out.len() {
+        match w.write(&out[bytes..]) {
             Ok(0) => {
-                outcome = Written::Failed;
+                written = Written::Failed;
+                error = Some("the socket accepts no more bytes".to_string());
                 break;
             }
-            Ok(n) => written += n,
+            Ok(n) => bytes += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                outcome = Written::Blocked;
+                written = Written::Blocked;
                 break;
             }
-            Err(_) => {
-                outcome = Written::Failed;
+            Err(e) => {
+                written = Written::Failed;
+                error = Some(e.to_string());
                 break;
             }
         }
     }
-    out.drain(..written);
+    out.drain(..bytes);
     if out.is_empty() && out.capacity() > 1 << 16 {
         *out = Vec::new();
     }
-    outcome
+    WriteReport { written, bytes, error }
 }
 
 fn mask(client: bool) -> Option<[u8; 4]> {
@@ -351,6 +371,46 @@ mod tests {
         let mut again = Some(());
         let (_, bytes) = take_to_close(&mut again, &mut Vec::new(), &mut sent, Some(1001)).expect("the socket");
         assert!(bytes.is_empty(), "a close frame was sent already");
+    }
+
+    /// `write_report` writes until the socket would block, counts what went out and keeps the
+    /// rest queued; a failed or closed socket says why.
+    #[test]
+    fn write_report_counts_the_bytes_and_says_why_a_write_failed() {
+        /// Takes at most `room` bytes, then would block (or fails with `fail`).
+        struct Sink {
+            room: usize,
+            taken: Vec<u8>,
+            fail: Option<io::ErrorKind>,
+        }
+        impl io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.room == 0 {
+                    return Err(self.fail.unwrap_or(io::ErrorKind::WouldBlock).into());
+                }
+                let n = buf.len().min(self.room).min(3);
+                self.room -= n;
+                self.taken.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut sink = Sink { room: 7, taken: Vec::new(), fail: None };
+        let mut out = b"0123456789".to_vec();
+        let r = write_report(&mut sink, &mut out);
+        assert_eq!((r.written, r.bytes, r.error, &out[..], &sink.taken[..]), (Written::Blocked, 7, None, &b"789"[..], &b"0123456"[..]));
+        sink.room = 10;
+        assert_eq!(write_queued(&mut sink, &mut out), Written::All);
+        assert!(out.is_empty() && sink.taken == b"0123456789");
+        let mut broken = Sink { room: 0, taken: Vec::new(), fail: Some(io::ErrorKind::BrokenPipe) };
+        let mut out = b"x".to_vec();
+        let r = write_report(&mut broken, &mut out);
+        assert_eq!((r.written, r.bytes, out.len()), (Written::Failed, 0, 1), "what was not written stays queued");
+        assert!(r.error.is_some_and(|e| e.contains("broken pipe")));
+        let r = write_report(&mut &mut [0u8; 0][..], &mut b"y".to_vec());
+        assert_eq!((r.written, r.error.as_deref()), (Written::Failed, Some("the socket accepts no more bytes")));
     }
 
     /// `pump` reads until the socket would block, delivers data messages in order, answers a ping
