@@ -25,8 +25,8 @@ with GRENACHE_PYTHON_POLL_US=50 (its waits poll for up to 50 us before they slee
 Each row runs --repeat times (default 3), the rows of a table taking turns, and the tables give
 the median of each cell: the machine's speed drifts over minutes, and turns spread the drift
 over every row alike. Each server first answers one untimed turn (the Node reference's JIT
-warms up over its first thousands of requests). Options: --seq N (sequential requests, default 5000), --rounds R (rounds
-of 100, default 100), --repeat K, --only client|server.
+warms up over its first thousands of requests). Options: --seq N (sequential requests, default
+5000), --rounds R (rounds of 100, default 100), --repeat K, --only client|server.
 """
 
 from __future__ import annotations
