@@ -345,7 +345,7 @@ def drive(args: argparse.Namespace) -> None:
                         wait_visible(link, key)
                     # One untimed turn first: the Node reference's JIT is still warming up during
                     # the first thousands of requests, and a long-running server is measured.
-                    for kind, (server, key) in servers.items():
+                    for _, key in servers.values():
                         run_client("rust", transport, url, key, args.seq, args.rounds)
                     runs = {kind: [] for kind, _ in kinds}
                     for r in range(args.repeat):

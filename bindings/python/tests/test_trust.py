@@ -12,8 +12,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_grenache import eventually
 
 
-
-
 class TrustTests(unittest.TestCase):
     def setUp(self):
         self.g1 = grenache.Grape(host="127.0.0.1")

@@ -212,44 +212,41 @@ pub enum Written {
     Failed,
 }
 
-/// What [`write_report`] did: how it left the socket, how many bytes went out, and why it failed.
+/// What [`write_report`] did: the bytes that went out, and why the socket failed. Bytes still
+/// queued without an error mean the socket would block.
 #[derive(Debug)]
 pub struct WriteReport {
-    /// How the socket was left.
-    pub written: Written,
     /// Bytes that went out (removed from the buffer).
     pub bytes: usize,
-    /// Why it failed, with [`Written::Failed`].
+    /// Why the socket failed, or took nothing ([`Written::Failed`]).
     pub error: Option<String>,
 }
 
 /// Writes the bytes queued in `out` to a non-blocking socket until they are all out or it would
 /// block, and removes what went out (an emptied buffer over 64 KiB is released).
 pub fn write_queued<W: io::Write>(w: &mut W, out: &mut Vec<u8>) -> Written {
-    write_report(w, out).written
+    match write_report(w, out) {
+        WriteReport { error: Some(_), .. } => Written::Failed,
+        _ if out.is_empty() => Written::All,
+        _ => Written::Blocked,
+    }
 }
 
 /// [`write_queued`], with the bytes that went out and the reason of a failure (a face that
 /// tracks a stalled peer or reports the error to its caller).
 pub fn write_report<W: io::Write>(w: &mut W, out: &mut Vec<u8>) -> WriteReport {
     let mut bytes = 0;
-    let mut written = Written::All;
     let mut error = None;
     while bytes < out.len() {
         match w.write(&out[bytes..]) {
             Ok(0) => {
-                written = Written::Failed;
                 error = Some("the socket accepts no more bytes".to_string());
                 break;
             }
             Ok(n) => bytes += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                written = Written::Blocked;
-                break;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
-                written = Written::Failed;
                 error = Some(e.to_string());
                 break;
             }
@@ -259,7 +256,7 @@ pub fn write_report<W: io::Write>(w: &mut W, out: &mut Vec<u8>) -> WriteReport {
     if out.is_empty() && out.capacity() > 1 << 16 {
         *out = Vec::new();
     }
-    WriteReport { written, bytes, error }
+    WriteReport { bytes, error }
 }
 
 fn mask(client: bool) -> Option<[u8; 4]> {
@@ -400,17 +397,20 @@ mod tests {
         let mut sink = Sink { room: 7, taken: Vec::new(), fail: None };
         let mut out = b"0123456789".to_vec();
         let r = write_report(&mut sink, &mut out);
-        assert_eq!((r.written, r.bytes, r.error, &out[..], &sink.taken[..]), (Written::Blocked, 7, None, &b"789"[..], &b"0123456"[..]));
+        assert_eq!((r.bytes, r.error, &out[..], &sink.taken[..]), (7, None, &b"789"[..], &b"0123456"[..]));
+        sink.room = 1;
+        assert_eq!(write_queued(&mut sink, &mut out), Written::Blocked);
         sink.room = 10;
         assert_eq!(write_queued(&mut sink, &mut out), Written::All);
         assert!(out.is_empty() && sink.taken == b"0123456789");
         let mut broken = Sink { room: 0, taken: Vec::new(), fail: Some(io::ErrorKind::BrokenPipe) };
         let mut out = b"x".to_vec();
         let r = write_report(&mut broken, &mut out);
-        assert_eq!((r.written, r.bytes, out.len()), (Written::Failed, 0, 1), "what was not written stays queued");
+        assert_eq!((r.bytes, out.len()), (0, 1), "what was not written stays queued");
         assert!(r.error.is_some_and(|e| e.contains("broken pipe")));
+        assert_eq!(write_queued(&mut broken, &mut out), Written::Failed);
         let r = write_report(&mut &mut [0u8; 0][..], &mut b"y".to_vec());
-        assert_eq!((r.written, r.error.as_deref()), (Written::Failed, Some("the socket accepts no more bytes")));
+        assert_eq!(r.error.as_deref(), Some("the socket accepts no more bytes"));
     }
 
     /// `pump` reads until the socket would block, delivers data messages in order, answers a ping
