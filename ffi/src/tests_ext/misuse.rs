@@ -304,6 +304,7 @@ fn freeing_a_server_with_requests_in_flight() {
     let mut g2 = null_mut();
     let boot = std::ffi::CString::new(format!("127.0.0.1:{}", grenache_grape_dht_port(g))).expect("c");
     assert_eq!(grenache_grape_start(rt, 0, 0, boot.as_ptr(), &mut g2), R::Ok);
+    super::wait_until_ready(g2);
     let link = link(rt, &format!("http://127.0.0.1:{}", grenache_grape_api_port(g)));
     let before = FREED_SERVER.load(Ordering::SeqCst);
     let mut server = null_mut();

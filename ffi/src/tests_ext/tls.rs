@@ -52,6 +52,7 @@ fn fingerprint_round_trip(ws: bool) {
     assert_eq!(grenache_grape_start(rt, 0, 0, null(), &mut g1), R::Ok);
     let boot = c(&format!("127.0.0.1:{}", grenache_grape_dht_port(g1)));
     assert_eq!(grenache_grape_start(rt, 0, 0, boot.as_ptr(), &mut g2), R::Ok);
+    super::wait_until_ready(g2);
     let url = c(&format!("http://127.0.0.1:{}", grenache_grape_api_port(g1)));
     let mut link = null_mut();
     assert_eq!(grenache_link_new(rt, url.as_ptr(), &mut link), R::Ok);
