@@ -7,8 +7,6 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub use super::store::PeerStoreLimits;
-
 /// The node's limits against a hostile source ([`super::DhtConfig::limits`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DhtLimits {
@@ -29,6 +27,30 @@ impl Default for DhtLimits {
         DhtLimits { peer_store: PeerStoreLimits::default(), queries_per_second: 500.0, query_burst: 1000.0, tracked_sources: 65_536 }
     }
 }
+
+/// Limits of a [peer store](super::store::PeerStore) beyond its record count (see
+/// [`PeerStore::with_limits`](super::store::PeerStore::with_limits)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStoreLimits {
+    /// Longest key (info-hash) accepted, in bytes. Longer keys are refused (error 203).
+    pub max_key_len: usize,
+    /// Most bytes the store holds, as counted by
+    /// [`PeerStore::bytes`](super::store::PeerStore::bytes) (keys, records and their place in
+    /// the expiry queue).
+    pub max_bytes: usize,
+    /// Most records one peer IP address has in the store (over all keys).
+    pub max_per_source: usize,
+}
+
+impl Default for PeerStoreLimits {
+    fn default() -> Self {
+        PeerStoreLimits { max_key_len: DEFAULT_MAX_KEY_LEN, max_bytes: 64 << 20, max_per_source: 10_000 }
+    }
+}
+
+/// The default longest key: 256 bytes. Grenache keys are service names such as
+/// `rest:net:util` (tens of bytes); BitTorrent info-hashes are 20.
+pub const DEFAULT_MAX_KEY_LEN: usize = 256;
 
 /// The key under which limits per source count an address: the address itself for IPv4, its
 /// /64 prefix for IPv6 (one host commonly holds a whole /64, so counting its addresses one by

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use sha1::{Digest, Sha1};
 
 use super::limits::source_key;
+pub use super::limits::{DEFAULT_MAX_KEY_LEN, PeerStoreLimits};
 
 use super::bencode::Value;
 use super::krpc::{KrpcError, PutArgs};
@@ -68,28 +69,6 @@ impl Tokens {
         rand::thread_rng().fill_bytes(&mut self.secrets[0]);
     }
 }
-
-/// Limits of a [`PeerStore`] beyond its record count (see [`PeerStore::with_limits`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerStoreLimits {
-    /// Longest key (info-hash) accepted, in bytes. Longer keys are refused (error 203).
-    pub max_key_len: usize,
-    /// Most bytes the store holds, as counted by [`PeerStore::bytes`] (keys, records and their
-    /// place in the expiry queue).
-    pub max_bytes: usize,
-    /// Most records one peer IP address has in the store (over all keys).
-    pub max_per_source: usize,
-}
-
-impl Default for PeerStoreLimits {
-    fn default() -> Self {
-        PeerStoreLimits { max_key_len: DEFAULT_MAX_KEY_LEN, max_bytes: 64 << 20, max_per_source: 10_000 }
-    }
-}
-
-/// The default longest key: 256 bytes. Grenache keys are service names such as
-/// `rest:net:util` (tens of bytes); BitTorrent info-hashes are 20.
-pub const DEFAULT_MAX_KEY_LEN: usize = 256;
 
 /// What a key costs in [`PeerStore::bytes`] besides its bytes: its map entry, its shared
 /// allocation's header and its record list.
