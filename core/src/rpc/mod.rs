@@ -481,7 +481,9 @@ pub trait ServerTransport: Send + Sync + 'static {
     /// The bound address (its port is what gets announced).
     fn local_addr(&self) -> SocketAddr;
 
-    /// Stops listening and closes every connection.
+    /// Stops listening and closes every connection. Once it returns, connects to the port are
+    /// refused (the TCP transports' listening socket is shut down at once); the connections close
+    /// in the background.
     fn close(&self);
 
     /// Shuts down gracefully: stops listening (new connections are refused), lets the requests

@@ -670,7 +670,7 @@ impl HttpServer {
     pub async fn bind(addr: SocketAddr, handler: Arc<dyn Handler>, config: HttpServerConfig) -> Result<HttpServer> {
         let listener = super::listen(addr)?;
         let local_addr = listener.local_addr()?;
-        let life = super::Lifecycle::new();
+        let life = super::Lifecycle::listening(&listener)?;
         let refusals = Arc::new(super::Refusals::default());
         let limits = super::ConnLimits { max_connections: config.max_connections, max_per_ip: config.max_connections_per_ip };
         let sources = super::limits::Sources::new(limits, refusals.clone());

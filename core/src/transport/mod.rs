@@ -398,6 +398,9 @@ where
 {
     loop {
         let (tcp, remote) = tokio::select! {
+            // A stopped server's listener may also be shut down: its accept fails, not retried.
+            biased;
+            _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -406,7 +409,6 @@ where
                     continue;
                 }
             },
-            _ = stop.cancelled() => return,
         };
         let Some(slot) = sources.admit(remote.ip()) else {
             // Closed at once: the client learns now instead of waiting in the backlog.
@@ -475,17 +477,40 @@ pub(crate) struct Lifecycle {
     pub(crate) closing: CancellationToken,
     pub(crate) draining: CancellationToken,
     pub(crate) connections: Arc<Connections>,
+    /// A second descriptor of the listening socket, shut down when the server stops accepting:
+    /// the kernel then refuses connects at once, before the accept loop's task has even run.
+    listener: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
 }
 
 impl Lifecycle {
+    /// The lifecycle of a server with no listening socket of its own (uTP).
     pub(crate) fn new() -> Lifecycle {
         let closing = CancellationToken::new();
-        Lifecycle { draining: closing.child_token(), closing, connections: Arc::default() }
+        Lifecycle { draining: closing.child_token(), closing, connections: Arc::default(), listener: Arc::default() }
     }
 
-    /// Stops accepting and closes every connection now.
+    /// The lifecycle of a server accepting on `listener`.
+    pub(crate) fn listening(listener: &TcpListener) -> std::io::Result<Lifecycle> {
+        let life = Lifecycle::new();
+        *life.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket2::SockRef::from(listener).try_clone()?);
+        Ok(life)
+    }
+
+    /// Stops accepting and closes every connection now. Once this returns, connects to the
+    /// server's port are refused (the accept loop and the connections end in the background).
     pub(crate) fn close(&self) {
         self.closing.cancel();
+        self.stop_listening();
+    }
+
+    /// Shuts the listening socket down (after the accept loop was told to stop, so that it ends
+    /// instead of retrying the failed accept). Linux refuses the connects of a listening socket
+    /// shut down for reading, and resets those waiting in its backlog, not accepted yet.
+    fn stop_listening(&self) {
+        let socket = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = socket {
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
     }
 
     /// The graceful shutdown: stop accepting, let the connections finish and close; once none is
@@ -494,6 +519,7 @@ impl Lifecycle {
         let this = self.clone();
         async move {
             this.draining.cancel();
+            this.stop_listening();
             // A grace too long to add to the clock never ends.
             let finished = match tokio::time::Instant::now().checked_add(grace) {
                 Some(deadline) => tokio::time::timeout_at(deadline, this.connections.all_closed()).await.is_ok(),
@@ -511,6 +537,42 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once `close` returns, or once a drain has started, connects are refused by the kernel: a
+    /// client never reaches a server that is going away (it would be served by no handler).
+    #[tokio::test]
+    async fn stopped_servers_refuse_connects_at_once() {
+        let handler: Arc<dyn Handler> = Arc::new(|_: crate::rpc::Request, reply: crate::rpc::Reply| drop(reply));
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let refused = |r: std::io::Result<TcpStream>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+        let servers: Vec<Box<dyn ServerTransport>> = vec![
+            Box::new(ws::WsServer::bind_arc(any, handler.clone(), ws::WsServerConfig::default()).await.expect("ws")),
+            Box::new(http::HttpServer::bind(any, handler.clone(), http::HttpServerConfig::default()).await.expect("http")),
+            Box::new(zmq::ZmqServer::bind_arc(any, handler.clone(), zmq::ZmqServerConfig::default()).await.expect("zmq")),
+        ];
+        for s in &servers {
+            let addr = s.local_addr();
+            let _open = TcpStream::connect(addr).await.expect("listening");
+            s.close();
+            assert!(refused(TcpStream::connect(addr).await), "{addr} after close");
+        }
+        // A drain refuses new connects from its first step on, while it waits for the open ones.
+        for s in [
+            Box::new(ws::WsServer::bind_arc(any, handler.clone(), ws::WsServerConfig::default()).await.expect("ws"))
+                as Box<dyn ServerTransport>,
+            Box::new(http::HttpServer::bind(any, handler.clone(), http::HttpServerConfig::default()).await.expect("http")),
+        ] {
+            let addr = s.local_addr();
+            let open = TcpStream::connect(addr).await.expect("listening");
+            let mut drain = std::pin::pin!(s.drain(Duration::from_secs(5)));
+            let pending = std::future::poll_fn(|cx| std::task::Poll::Ready(drain.as_mut().poll(cx).is_pending())).await;
+            assert!(refused(TcpStream::connect(addr).await), "{addr} while draining (pending: {pending})");
+            drop(open);
+            if pending {
+                assert!(tokio::time::timeout(Duration::from_secs(10), drain).await.is_ok(), "the drain ends");
+            }
+        }
+    }
 
     #[test]
     fn server_limits_set_by_name_in_any_spelling() {

@@ -194,7 +194,7 @@ impl WsServer {
     pub async fn bind_arc(addr: SocketAddr, handler: Arc<dyn Handler>, config: WsServerConfig) -> Result<WsServer> {
         let listener = crate::transport::listen(addr)?;
         let local_addr = listener.local_addr()?;
-        let life = Lifecycle::new();
+        let life = Lifecycle::listening(&listener)?;
         let task = tokio::spawn(accept_loop(listener, handler, config, life.clone()));
         Ok(WsServer { local_addr, life, task: Some(task) })
     }
@@ -247,7 +247,8 @@ impl crate::rpc::ServerTransport for WsServer {
         self.local_addr
     }
 
-    /// Stops accepting and closes every socket (in the background).
+    /// Stops accepting (connects are refused once this returns) and closes every socket (in
+    /// the background).
     fn close(&self) {
         self.life.close();
     }

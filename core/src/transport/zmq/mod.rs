@@ -205,7 +205,7 @@ impl ZmqServer {
     pub async fn bind_arc(addr: SocketAddr, handler: Arc<dyn Handler>, config: ZmqServerConfig) -> Result<ZmqServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let life = Lifecycle::new();
+        let life = Lifecycle::listening(&listener)?;
         let config = Arc::new(config);
         let l = life.clone();
         let stop = life.draining.clone();
