@@ -260,6 +260,8 @@ pub struct PeerPub {
     local_addr: SocketAddr,
     shared: Arc<PubShared>,
     shutdown: CancellationToken,
+    /// Shut down by `close`: connects are refused once it returns.
+    listening: crate::transport::ListenerStop,
     announces: Mutex<Vec<AnnounceHandle>>,
 }
 
@@ -294,6 +296,7 @@ impl PeerPub {
             count,
         });
         let shutdown = CancellationToken::new();
+        let listening = crate::transport::ListenerStop::new(&listener)?;
         let settings = AcceptSettings {
             tls: config.tls.clone(),
             verify_client: config.verify_client.clone(),
@@ -305,7 +308,7 @@ impl PeerPub {
         } else {
             tokio::spawn(pub_accept_loop(listener, shared.clone(), settings, config.clone(), shutdown.clone()));
         }
-        Ok(PeerPub { local_addr, shared, shutdown, announces: Mutex::new(Vec::new()) })
+        Ok(PeerPub { local_addr, shared, shutdown, listening, announces: Mutex::new(Vec::new()) })
     }
 
     /// The address the publisher listens on.
@@ -397,12 +400,14 @@ impl PeerPub {
         }
     }
 
-    /// Stops announcing, stops accepting and closes every subscriber's socket.
+    /// Stops announcing, stops accepting (connects are refused once this returns) and closes
+    /// every subscriber's socket.
     pub fn close(&self) {
         for h in lock(&self.announces).drain(..) {
             h.stop();
         }
         self.shutdown.cancel();
+        self.listening.stop();
     }
 }
 

@@ -477,40 +477,50 @@ pub(crate) struct Lifecycle {
     pub(crate) closing: CancellationToken,
     pub(crate) draining: CancellationToken,
     pub(crate) connections: Arc<Connections>,
-    /// A second descriptor of the listening socket, shut down when the server stops accepting:
-    /// the kernel then refuses connects at once, before the accept loop's task has even run.
-    listener: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    /// Shut down when the server stops accepting.
+    listener: ListenerStop,
+}
+
+/// A second descriptor of a listening socket, to stop it from any thread at once: once
+/// [`ListenerStop::stop`] returns the kernel refuses connects, before the accept loop's task
+/// has even run (that task holds the listener and drops it when it next runs).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListenerStop(Arc<std::sync::Mutex<Option<socket2::Socket>>>);
+
+impl ListenerStop {
+    pub(crate) fn new(listener: &TcpListener) -> std::io::Result<ListenerStop> {
+        Ok(ListenerStop(Arc::new(std::sync::Mutex::new(Some(socket2::SockRef::from(listener).try_clone()?)))))
+    }
+
+    /// Shuts the listening socket down: Linux refuses the connects of a listening socket shut
+    /// down for reading, and resets those waiting in its backlog, not accepted yet. Call it after
+    /// the accept loop was told to stop, so that the loop ends instead of retrying the failed
+    /// accept.
+    pub(crate) fn stop(&self) {
+        let socket = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = socket {
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
 
 impl Lifecycle {
     /// The lifecycle of a server with no listening socket of its own (uTP).
     pub(crate) fn new() -> Lifecycle {
         let closing = CancellationToken::new();
-        Lifecycle { draining: closing.child_token(), closing, connections: Arc::default(), listener: Arc::default() }
+        Lifecycle { draining: closing.child_token(), closing, connections: Arc::default(), listener: ListenerStop::default() }
     }
 
     /// The lifecycle of a server accepting on `listener`.
     pub(crate) fn listening(listener: &TcpListener) -> std::io::Result<Lifecycle> {
-        let life = Lifecycle::new();
-        *life.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(socket2::SockRef::from(listener).try_clone()?);
-        Ok(life)
+        Ok(Lifecycle { listener: ListenerStop::new(listener)?, ..Lifecycle::new() })
     }
 
     /// Stops accepting and closes every connection now. Once this returns, connects to the
     /// server's port are refused (the accept loop and the connections end in the background).
     pub(crate) fn close(&self) {
         self.closing.cancel();
-        self.stop_listening();
-    }
-
-    /// Shuts the listening socket down (after the accept loop was told to stop, so that it ends
-    /// instead of retrying the failed accept). Linux refuses the connects of a listening socket
-    /// shut down for reading, and resets those waiting in its backlog, not accepted yet.
-    fn stop_listening(&self) {
-        let socket = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(s) = socket {
-            let _ = s.shutdown(std::net::Shutdown::Read);
-        }
+        self.listener.stop();
     }
 
     /// The graceful shutdown: stop accepting, let the connections finish and close; once none is
@@ -519,7 +529,7 @@ impl Lifecycle {
         let this = self.clone();
         async move {
             this.draining.cancel();
-            this.stop_listening();
+            this.listener.stop();
             // A grace too long to add to the clock never ends.
             let finished = match tokio::time::Instant::now().checked_add(grace) {
                 Some(deadline) => tokio::time::timeout_at(deadline, this.connections.all_closed()).await.is_ok(),
@@ -555,6 +565,14 @@ mod tests {
             let _open = TcpStream::connect(addr).await.expect("listening");
             s.close();
             assert!(refused(TcpStream::connect(addr).await), "{addr} after close");
+        }
+        for kind in [TransportKind::Ws, TransportKind::Zmq] {
+            let publisher =
+                crate::pubsub::PeerPub::bind(any, crate::pubsub::PubConfig::default().transport(kind)).await.expect("publisher");
+            let addr = publisher.local_addr();
+            let _open = TcpStream::connect(addr).await.expect("listening");
+            publisher.close();
+            assert!(refused(TcpStream::connect(addr).await), "{kind:?} publisher after close");
         }
         // A drain refuses new connects from its first step on, while it waits for the open ones.
         for s in [
