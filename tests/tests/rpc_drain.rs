@@ -26,6 +26,19 @@ enum Kind {
     Ws,
 }
 
+/// How many requests with a `sleep` reached a handler (each test runs in a process of its own).
+static SLEEPING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (at most 20 s) until more than `before` requests with a `sleep` reached a handler: the
+/// shutdown that follows comes while the request runs.
+async fn wait_sleeping(before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while SLEEPING.load(Ordering::SeqCst) <= before {
+        assert!(Instant::now() < deadline, "the slow request never reached its handler");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Answers `{"port": p}`, after `{"sleep": ms}` milliseconds when asked.
 fn handler(port: u16) -> impl Fn(Request, Reply) + Send + Sync + 'static {
     move |req: Request, reply: Reply| {
@@ -33,6 +46,7 @@ fn handler(port: u16) -> impl Fn(Request, Reply) + Send + Sync + 'static {
         if ms == 0 {
             return reply.ok(json!({ "port": port }));
         }
+        SLEEPING.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             reply.ok(json!({ "port": port }));
@@ -107,12 +121,13 @@ async fn restart_under_load(kind: Kind) {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A slow request on A is in flight when A shuts down: it is answered.
+    let before = SLEEPING.load(Ordering::SeqCst);
     let slow = {
         let c = c.clone();
         let o = RequestOptions { dest: Some(format!("127.0.0.1:{port_a}")), ..opts() };
         tokio::spawn(async move { c.request("any", &json!({"sleep": 400}), &o).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_sleeping(before).await;
     let t0 = Instant::now();
     assert!(a.shutdown(Duration::from_secs(10)).await, "every connection finished within the grace");
     let took = t0.elapsed();
@@ -155,11 +170,12 @@ async fn shutdown_ends_at_the_grace() {
         let o = RequestOptions { dest: Some(format!("127.0.0.1:{port}")), ..opts() };
         // Idle sockets and finished requests do not hold the shutdown up.
         assert_eq!(c.request("k", &json!("x"), &o).await.unwrap(), json!({"port": port}));
+        let before = SLEEPING.load(Ordering::SeqCst);
         let long = {
             let (c, o) = (c.clone(), o.clone());
             tokio::spawn(async move { c.request("k", &json!({"sleep": 5000}), &o).await })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_sleeping(before).await;
         let t0 = Instant::now();
         assert!(!srv.shutdown(Duration::from_millis(300)).await, "{kind:?}: not finished within the grace");
         let took = t0.elapsed();

@@ -41,9 +41,15 @@ async function eventually (check, what, timeout = 20000) {
   throw new Error(`${what}: not reached in ${timeout} ms (last error: ${last && last.message})`)
 }
 
+// The marks of the requests whose handler has started: what a test waits for before it shuts a
+// server down under a running request.
+const started = new Set()
+let marks = 0
+
 function handler (payload, info) {
   if (payload === 'hello') return 'world'
   if (payload === 'nope') throw new g.ReplyError('ERR_NOPE')
+  if (payload && payload.mark) started.add(payload.mark)
   if (payload && payload.sleep) return sleep(payload.sleep).then(() => payload.v)
   return { echo: payload, fingerprint: info.fingerprint }
 }
@@ -258,15 +264,17 @@ test('graceful shutdown answers what it received, then refuses; the grace cuts o
     cleanup.push(() => c.close())
     const s = new g.Server(l1, handler, { transport })
     const dest = `127.0.0.1:${s.port}`
-    const pending = c.request('x', { sleep: 400, v: 7 }, { dest, timeout: 10000 })
-    await sleep(150)
+    const mark = `m${++marks}`
+    const pending = c.request('x', { sleep: 400, v: 7, mark }, { dest, timeout: 10000 })
+    await eventually(() => started.has(mark), `the handler of ${mark} runs`)
     assert.equal(await s.shutdown(5000), true, transport)
     assert.equal(await pending, 7, transport)
     await assert.rejects(c.request('x', 'hello', { dest }), (e) => e.name === 'ERR_CONNECT', transport)
     s.close()
     const s2 = new g.Server(l1, handler, { transport })
-    const cut = c.request('x', { sleep: 3000 }, { dest: `127.0.0.1:${s2.port}`, timeout: 10000 }).then(() => 'answered', (e) => e)
-    await sleep(150)
+    const mark2 = `m${++marks}`
+    const cut = c.request('x', { sleep: 3000, mark: mark2 }, { dest: `127.0.0.1:${s2.port}`, timeout: 10000 }).then(() => 'answered', (e) => e)
+    await eventually(() => started.has(mark2), `the handler of ${mark2} runs`)
     const t0 = Date.now()
     assert.equal(await s2.shutdown(200), false, transport)
     assert.ok(Date.now() - t0 < 2000, transport)

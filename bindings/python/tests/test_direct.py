@@ -18,7 +18,7 @@ import unittest
 import grenache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_grenache import interrupt_blocking_call
+from test_grenache import eventually, interrupt_blocking_call
 
 
 def handler(payload, info):
@@ -149,8 +149,8 @@ class DirectTests(unittest.TestCase):
         sent = c._c._direct_sent()
         t = threading.Thread(target=call)
         t.start()
-        time.sleep(0.3)
-        self.assertEqual(c._c._direct_sent(), sent + 1)
+        eventually(lambda: c._c._direct_sent() == sent + 1, what="the call is sent")
+        time.sleep(0.1)  # and waits for its reply
         c.close()
         t.join(10)
         self.assertIsInstance(out.get("error"), grenache.CancelledError, out)

@@ -5,6 +5,7 @@ Run: python -m unittest discover -s bindings/python/tests -v   (after `maturin d
 """
 
 import asyncio
+import itertools
 import json
 import os
 import queue
@@ -139,7 +140,27 @@ def free_port():
         return s.getsockname()[1]
 
 
+# The marks of the requests whose handler has started (dict payloads with a "mark"): what a
+# test waits for before it shuts a server down under a running request.
+STARTED = set()
+_marks = itertools.count()
+
+
+def new_mark():
+    return f"m{next(_marks)}"
+
+
+def note_started(payload):
+    if isinstance(payload, dict) and "mark" in payload:
+        STARTED.add(payload["mark"])
+
+
+def wait_started(mark):
+    eventually(lambda: mark in STARTED, what=f"the handler of request {mark} runs")
+
+
 def handler(payload, info):
+    note_started(payload)
     if payload == "hello":
         return "world"
     if payload == "nope":
@@ -297,9 +318,12 @@ class LocalTests(unittest.TestCase):
                 # A request in flight when the server shuts down is answered before it closes.
                 s = grenache.Server(self.net.l1, handler, transport=t)
                 got = []
-                th = threading.Thread(target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7}, dest=f"127.0.0.1:{s.port}", timeout=10)))
+                mark = new_mark()
+                th = threading.Thread(
+                    target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7, "mark": mark}, dest=f"127.0.0.1:{s.port}", timeout=10))
+                )
                 th.start()
-                time.sleep(0.15)
+                wait_started(mark)
                 self.assertTrue(s.shutdown(grace=5))
                 th.join(5)
                 self.assertEqual(got, [7])
@@ -308,8 +332,9 @@ class LocalTests(unittest.TestCase):
                 s.close()
                 # One that outlives the grace is cut off, and shutdown says so (asyncio too).
                 s = grenache.Server(self.net.l1, handler, transport=t)
-                th, errors = in_thread(lambda: c.request("x", {"sleep": 3}, dest=f"127.0.0.1:{s.port}", timeout=10))
-                time.sleep(0.15)
+                mark = new_mark()
+                th, errors = in_thread(lambda: c.request("x", {"sleep": 3, "mark": mark}, dest=f"127.0.0.1:{s.port}", timeout=10))
+                wait_started(mark)
                 t0 = time.monotonic()
                 self.assertFalse(asyncio.run(s.shutdown_async(grace=0.2)))
                 self.assertLess(time.monotonic() - t0, 2)

@@ -23,10 +23,11 @@ import unittest
 import grenache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_grenache import Network, NodeProcess, eventually
+from test_grenache import STARTED, Network, NodeProcess, eventually, new_mark, note_started, wait_started
 
 
 async def echo(payload, info):
+    note_started(payload)
     if isinstance(payload, dict):
         if payload.get("sleep"):
             await asyncio.sleep(payload["sleep"])
@@ -415,12 +416,13 @@ class InLoopTests(unittest.TestCase):
             dest = self.dest(s)
             self.assertEqual(c.request("x", 1, dest=dest, timeout=10), 1)
             got = []
-            th = threading.Thread(target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7}, dest=dest, timeout=10)))
+            mark = new_mark()
+            th = threading.Thread(target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7, "mark": mark}, dest=dest, timeout=10)))
             th.start()
-            time.sleep(0.15)
+            wait_started(mark)
             self.assertTrue(s.shutdown(grace=5))
             th.join(5)
-            self.assertEqual(got, [{"sleep": 0.4, "v": 7}])
+            self.assertEqual(got, [{"sleep": 0.4, "v": 7, "mark": mark}])
             with self.assertRaises(grenache.ConnectError):
                 c.request("x", "hello", dest=dest, timeout=10)
             s.close()
@@ -428,15 +430,17 @@ class InLoopTests(unittest.TestCase):
             # A reply deferred to another thread, given after the listener stopped: it reaches
             # the loop and the socket, well before the grace ends.
             async def deferring(payload, info):
+                note_started(payload)
                 reply = info.defer()
-                threading.Timer(0.4, reply.send, args=(payload,)).start()
+                threading.Timer(0.4, reply.send, args=(payload["v"],)).start()
 
             s = grenache.Server(self.net.l1, deferring, transport="ws")
             dest = self.dest(s)
             got = []
-            th = threading.Thread(target=lambda: got.append(c.request("x", "later", dest=dest, timeout=10)))
+            mark = new_mark()
+            th = threading.Thread(target=lambda: got.append(c.request("x", {"v": "later", "mark": mark}, dest=dest, timeout=10)))
             th.start()
-            time.sleep(0.15)
+            wait_started(mark)
             t0 = time.monotonic()
             self.assertTrue(s.shutdown(grace=5))
             self.assertLess(time.monotonic() - t0, 3)
@@ -450,8 +454,12 @@ class InLoopTests(unittest.TestCase):
                 s = grenache.Server(self.net.l1, echo, transport="ws")
                 raw = await asyncio.get_running_loop().run_in_executor(None, ws_connect, s.port)
                 raw_holder["raw"] = raw
-                raw.send_text(json.dumps(["long", "x", {"sleep": 3}]))
-                await asyncio.sleep(0.15)
+                mark = new_mark()
+                raw.send_text(json.dumps(["long", "x", {"sleep": 3, "mark": mark}]))
+                deadline = time.monotonic() + 20
+                while mark not in STARTED:  # the handler runs on this loop
+                    self.assertLess(time.monotonic(), deadline, "the handler never ran")
+                    await asyncio.sleep(0.01)
                 t0 = time.monotonic()
                 self.assertFalse(await s.shutdown_async(grace=0.2))
                 self.assertLess(time.monotonic() - t0, 2)

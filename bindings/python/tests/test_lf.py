@@ -20,11 +20,12 @@ import time
 import unittest
 
 import grenache
-from test_grenache import eventually
+from test_grenache import eventually, new_mark, note_started, wait_started
 from test_inloop import check_bad_frames, frame, ws_connect
 
 
 def echo(payload, info):
+    note_started(payload)
     if isinstance(payload, dict) and payload.get("sleep"):
         time.sleep(payload["sleep"])
     return payload
@@ -274,12 +275,13 @@ class LeaderFollowersTests(unittest.TestCase):
             raw = ws_connect(s.port)
             self.assertEqual(raw.request("idle", 0), ["idle", None, 0])
             got = []
-            th = threading.Thread(target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7}, dest=dest, timeout=10)))
+            mark = new_mark()
+            th = threading.Thread(target=lambda: got.append(c.request("x", {"sleep": 0.4, "v": 7, "mark": mark}, dest=dest, timeout=10)))
             th.start()
-            time.sleep(0.15)
+            wait_started(mark)
             self.assertTrue(s.shutdown(grace=5))
             th.join(5)
-            self.assertEqual(got, [{"sleep": 0.4, "v": 7}])
+            self.assertEqual(got, [{"sleep": 0.4, "v": 7, "mark": mark}])
             self.assertEqual(raw.close_code(), 4001)
             raw.close()
             with self.assertRaises(grenache.ConnectError):
@@ -288,8 +290,9 @@ class LeaderFollowersTests(unittest.TestCase):
 
             s = grenache.Server(self.link, echo, transport="ws")
             raw = ws_connect(s.port)
-            raw.send_text(json.dumps(["long", "x", {"sleep": 3}]))
-            time.sleep(0.15)
+            mark = new_mark()
+            raw.send_text(json.dumps(["long", "x", {"sleep": 3, "mark": mark}]))
+            wait_started(mark)
             t0 = time.monotonic()
             self.assertFalse(s.shutdown(grace=0.2))
             self.assertLess(time.monotonic() - t0, 2)

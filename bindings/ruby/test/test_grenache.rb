@@ -7,6 +7,7 @@ require 'minitest/autorun'
 require 'json'
 require 'openssl'
 require 'tmpdir'
+require 'timeout'
 require_relative '../lib/grenache'
 
 # Test certificates, made here with Ruby's openssl: a CA, a server and two client certificates.
@@ -239,21 +240,23 @@ class GrenacheTest < Minitest::Test
     %i[http ws].each do |transport|
       client = keep(Grenache::Client.new(link2, transport: transport))
       # A request in flight when the server shuts down is answered before it closes.
-      server = keep(Grenache::Server.new(link1, transport: transport) { |s| sleep s; s })
+      # The handler says when it runs: the shutdown comes while it does.
+      started = Queue.new
+      server = keep(Grenache::Server.new(link1, transport: transport) { |s| started << s; sleep s; s })
       dest = "127.0.0.1:#{server.port}"
       pending = Thread.new { client.request('any', 0.4, dest: dest, timeout: 10) }
-      sleep 0.15
+      assert_equal 0.4, Timeout.timeout(20) { started.pop }, transport
       assert server.shutdown(grace: 5), transport
       assert_equal 0.4, pending.value
       assert_raises(Grenache::ConnectError) { client.request('any', 0, dest: dest, timeout: 5) }
       # One that outlives the grace is cut off, and shutdown says so.
-      server = keep(Grenache::Server.new(link1, transport: transport) { |s| sleep s; s })
+      server = keep(Grenache::Server.new(link1, transport: transport) { |s| started << s; sleep s; s })
       cut = Thread.new do
         client.request('any', 3, dest: "127.0.0.1:#{server.port}", timeout: 10)
       rescue Grenache::Error => e
         e
       end
-      sleep 0.15
+      assert_equal 3, Timeout.timeout(20) { started.pop }, transport
       t0 = Time.now
       refute server.shutdown(grace: 0.2), transport
       assert_operator Time.now - t0, :<, 2
