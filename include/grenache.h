@@ -1398,10 +1398,10 @@ grenache_result grenache_server_stop_announcing(const grenache_server *server, c
 grenache_result grenache_server_shutdown(const grenache_server *server, uint64_t grace_ms, grenache_bool_cb cb, void *userdata);
 
 /**
- * Stops announcing, stops listening and closes connections, fires pending announce completions
- * with `GRENACHE_RESULT_CANCELLED`, then frees the server. Requests being handled may still be
- * answered (their replies go nowhere); `free_userdata` runs after the last handler call. NULL is
- * ignored. Allowed inside callbacks.
+ * Stops announcing, stops listening (connects to the port are refused once this returns) and
+ * closes connections, fires pending announce completions with `GRENACHE_RESULT_CANCELLED`, then
+ * frees the server. Requests being handled may still be answered (their replies go nowhere);
+ * `free_userdata` runs after the last handler call. NULL is ignored. Allowed inside callbacks.
  */
 void grenache_server_free(grenache_server *server);
 

@@ -219,6 +219,8 @@ export class Server {
   /** uTP: `cb(from)` ("ip:port", the sender's NAT mapping) for every punch reaching the
    * server's socket, until closed. */
   onPunch(cb: (from: string) => void): void
+  /** Stops announcing and listening (connects to its port are refused once this returns) and
+   * closes the connections. */
   close(): void
 }
 

@@ -171,10 +171,10 @@ pub extern "C" fn grenache_server_shutdown(
     }
 }
 
-/// Stops announcing, stops listening and closes connections, fires pending announce completions
-/// with `GRENACHE_RESULT_CANCELLED`, then frees the server. Requests being handled may still be
-/// answered (their replies go nowhere); `free_userdata` runs after the last handler call. NULL is
-/// ignored. Allowed inside callbacks.
+/// Stops announcing, stops listening (connects to the port are refused once this returns) and
+/// closes connections, fires pending announce completions with `GRENACHE_RESULT_CANCELLED`, then
+/// frees the server. Requests being handled may still be answered (their replies go nowhere);
+/// `free_userdata` runs after the last handler call. NULL is ignored. Allowed inside callbacks.
 #[unsafe(no_mangle)]
 pub extern "C" fn grenache_server_free(server: *mut grenache_server) {
     ffi_panic_boundary! {

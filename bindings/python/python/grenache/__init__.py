@@ -1040,7 +1040,8 @@ class Server:
         return bool(ok and core_ok)
 
     def close(self) -> None:
-        """Stops announcing and listening; requests in flight still get their reply."""
+        """Stops announcing and listening (connects to its port are refused once this returns);
+        requests in flight still get their reply."""
         self._s.close()
 
     def __enter__(self) -> "Server":

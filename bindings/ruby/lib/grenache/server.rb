@@ -288,7 +288,8 @@ module Grenache
       Grenache.start_operation { |ud| Native.grenache_server_shutdown(ptr, Grenache.ms(grace), Callbacks::BOOL, ud) }
     end
 
-    # Stops announcing and listening, lets running handlers finish (at most 5 s), and drops the
+    # Stops announcing and listening (connects to its port are refused from its first step
+    # on), lets running handlers finish (at most 5 s), and drops the
     # requests still queued (their callers get {NoReplyError}).
     # @return [nil]
     def close
