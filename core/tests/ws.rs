@@ -25,6 +25,10 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
+/// How many `{"sleep": ...}` requests reached [`test_handler`] (nextest runs each test in a
+/// process of its own).
+static SLEEPING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// "hello" → "world"; "fail" → ERR_BOOM; {"sleep":ms,"v":x} → x after ms; "cert" → fingerprint;
 /// anything else is echoed.
 fn test_handler(req: Request, reply: Reply) {
@@ -33,6 +37,7 @@ fn test_handler(req: Request, reply: Reply) {
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::String(s) if s == "cert" => reply.ok(json!(req.info.cert.as_ref().map(|c| c.fingerprint.clone()))),
         Value::Object(o) if o.contains_key("sleep") => {
+            SLEEPING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let ms = o.get("sleep").and_then(Value::as_u64).unwrap_or(0);
             let v = o.get("v").cloned().unwrap_or(Value::Null);
             tokio::spawn(async move {
@@ -250,6 +255,7 @@ async fn ws_server_closed_with_requests_in_flight_fails_them_at_once() {
     let dest = s.local_addr().to_string();
     let c = WsClient::default();
     c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("warm");
+    let before = SLEEPING.load(std::sync::atomic::Ordering::SeqCst);
     let pending: Vec<_> = (0..5)
         .map(|_| {
             let c = c.clone();
@@ -257,7 +263,12 @@ async fn ws_server_closed_with_requests_in_flight_fails_them_at_once() {
             tokio::spawn(async move { c.send(&dest, out(json!({"sleep": 30_000}), Some(LONG))).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every request is running in the handler when the server closes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while SLEEPING.load(std::sync::atomic::Ordering::SeqCst) < before + 5 {
+        assert!(Instant::now() < deadline, "the requests never reached the handler");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let t0 = Instant::now();
     s.close().await;
     for p in pending {
