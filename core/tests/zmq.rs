@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use grenache::ErrorKind;
@@ -22,6 +23,20 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
+/// How many `{"sleep": ...}` requests reached [`test_handler`] (nextest runs each test in a
+/// process of its own).
+static SLEEPING: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits (at most 20 s) until more than `before` `{"sleep": ...}` requests reached the handler:
+/// what follows (a close, a drain) meets the request running.
+async fn wait_sleeping(before: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while SLEEPING.load(Ordering::SeqCst) <= before {
+        assert!(std::time::Instant::now() < deadline, "the slow request never reached its handler");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// "hello" → "world"; "fail" → ERR_BOOM; {"sleep":ms,"v":x} → x after ms; "transport" → the
 /// transport seen; anything else is echoed.
 fn test_handler(req: Request, reply: Reply) {
@@ -30,6 +45,7 @@ fn test_handler(req: Request, reply: Reply) {
         Value::String(s) if s == "fail" => reply.err("ERR_BOOM"),
         Value::String(s) if s == "transport" => reply.ok(json!(format!("{:?}", req.info.transport))),
         Value::Object(o) if o.contains_key("sleep") => {
+            SLEEPING.fetch_add(1, Ordering::SeqCst);
             let ms = o.get("sleep").and_then(Value::as_u64).unwrap_or(0);
             let v = o.get("v").cloned().unwrap_or(Value::Null);
             tokio::spawn(async move {
@@ -90,11 +106,12 @@ async fn timeouts_refused_connects_and_a_server_that_goes_away() {
     // The late reply is dropped; the connection keeps working.
     assert_eq!(c.send(&dest, out(json!("hello"), Some(LONG))).await.expect("after"), json!("world"));
     // A server closed with a request in flight: the request fails at once with Closed.
+    let before = SLEEPING.load(Ordering::SeqCst);
     let slow = tokio::spawn({
         let (c, dest) = (c.clone(), dest.clone());
         async move { c.send(&dest, out(json!({"sleep": 10_000}), Some(LONG))).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_sleeping(before).await;
     srv.close();
     let e = tokio::time::timeout(Duration::from_secs(5), slow).await.expect("fails fast").expect("task").expect_err("closed");
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
@@ -147,12 +164,13 @@ async fn peers_request_map_failover_and_graceful_shutdown() {
         assert_eq!(client.request("zmq_svc", &json!("hello"), &o).await.expect("failover"), json!("world"));
     }
     // A graceful shutdown lets a running request finish and its reply go out.
+    let before = SLEEPING.load(Ordering::SeqCst);
     let slow = tokio::spawn({
         let client = client.clone();
         let o = RequestOptions { dest: Some(a2.to_string()), ..o.clone() };
         async move { client.request("zmq_svc", &json!({"sleep": 500, "v": "done"}), &o).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_sleeping(before).await;
     assert!(s2.shutdown(Duration::from_secs(10)).await, "drained in time");
     assert_eq!(slow.await.expect("task").expect("finished"), json!("done"));
     let e = client.request("zmq_svc", &json!("hello"), &RequestOptions { dest: Some(a2.to_string()), ..o.clone() }).await;
@@ -165,11 +183,12 @@ async fn a_draining_server_answers_new_requests_as_not_run() {
     let srv = server().await;
     let dest = srv.local_addr().to_string();
     let c = ZmqClient::default();
+    let before = SLEEPING.load(Ordering::SeqCst);
     let slow = tokio::spawn({
         let (c, dest) = (c.clone(), dest.clone());
         async move { c.send(&dest, out(json!({"sleep": 600, "v": 1}), Some(LONG))).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_sleeping(before).await;
     let drain = tokio::spawn(srv.drain(Duration::from_secs(10)));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Read while the slow one runs: not run, a Connect error the RPC client fails over on.
