@@ -4,7 +4,7 @@
 use grenache_test_certs as tls_certs;
 
 mod support;
-use support::{raw_frame, read_frame};
+use support::{eventually, raw_frame, read_frame};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,14 +18,6 @@ const LONG: Duration = Duration::from_secs(30);
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

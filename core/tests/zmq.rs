@@ -3,6 +3,8 @@
 //! input from a raw ZMTP peer written here byte by byte. Interop with libzmq is in
 //! `tests/tests/zmq_interop.rs`. All on 127.0.0.1 with ports picked by the OS.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,14 +29,10 @@ fn any_port() -> SocketAddr {
 /// process of its own).
 static SLEEPING: AtomicUsize = AtomicUsize::new(0);
 
-/// Waits (at most 20 s) until more than `before` `{"sleep": ...}` requests reached the handler:
-/// what follows (a close, a drain) meets the request running.
+/// Waits until more than `before` `{"sleep": ...}` requests reached the handler: what follows (a
+/// close, a drain) meets the request running.
 async fn wait_sleeping(before: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while SLEEPING.load(Ordering::SeqCst) <= before {
-        assert!(std::time::Instant::now() < deadline, "the slow request never reached its handler");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::eventually("the slow request in its handler", || SLEEPING.load(Ordering::SeqCst) > before).await;
 }
 
 /// "hello" → "world"; "fail" → ERR_BOOM; {"sleep":ms,"v":x} → x after ms; "transport" → the

@@ -32,11 +32,10 @@ static SLEEPING: AtomicUsize = AtomicUsize::new(0);
 /// Waits (at most 20 s) until more than `before` requests with a `sleep` reached a handler: the
 /// shutdown that follows comes while the request runs.
 async fn wait_sleeping(before: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while SLEEPING.load(Ordering::SeqCst) <= before {
-        assert!(Instant::now() < deadline, "the slow request never reached its handler");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    grenache_e2e::eventually(Duration::from_secs(20), "the slow request reaches its handler", || async {
+        (SLEEPING.load(Ordering::SeqCst) > before).then_some(())
+    })
+    .await
 }
 
 /// Answers `{"port": p}`, after `{"sleep": ms}` milliseconds when asked.

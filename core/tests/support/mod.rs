@@ -1,5 +1,6 @@
-//! WebSocket by hand for the core's tests: the opening handshake and raw frames, so that tests can
-//! send what no conforming peer sends and read exactly what our side wrote.
+//! Helpers of the core's tests: WebSocket by hand (the opening handshake and raw frames, so that
+//! tests can send what no conforming peer sends and read exactly what our side wrote), and a
+//! bounded wait for a condition.
 
 #![allow(dead_code)]
 
@@ -11,6 +12,15 @@ use tokio::net::TcpStream;
 
 /// How long any read of these helpers waits.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `f` every 5 ms until it is true; panics with `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// A client's opening handshake with the RFC 6455 sample key.
 pub const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
