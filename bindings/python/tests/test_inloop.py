@@ -429,8 +429,11 @@ class InLoopTests(unittest.TestCase):
 
             # A reply deferred to another thread, given after the listener stopped: it reaches
             # the loop and the socket, well before the grace ends.
+            running = threading.Event()
+
             async def deferring(payload, info):
                 reply = info.defer()
+                running.set()
                 threading.Timer(0.4, reply.send, args=(payload,)).start()
 
             s = grenache.Server(self.net.l1, deferring, transport="ws")
@@ -438,7 +441,7 @@ class InLoopTests(unittest.TestCase):
             got = []
             th = threading.Thread(target=lambda: got.append(c.request("x", "later", dest=dest, timeout=10)))
             th.start()
-            time.sleep(0.15)
+            self.assertTrue(running.wait(20), "the handler never ran")
             t0 = time.monotonic()
             self.assertTrue(s.shutdown(grace=5))
             self.assertLess(time.monotonic() - t0, 3)
@@ -466,6 +469,36 @@ class InLoopTests(unittest.TestCase):
             asyncio.run(main())
             self.assertEqual(raw_holder["raw"].close_code(), 1001)
             raw_holder["raw"].close()
+        finally:
+            c.close()
+
+    def test_shutdown_while_the_loop_is_busy_keeps_a_deferred_reply(self):
+        """``shutdown`` called from another thread while a handler holds the loop: the drain it
+        asks for and the end of the server's inbox reach the loop together, in either order. The
+        reply the handler defers still goes out, then the socket closes (4001), and shutdown
+        reports every request answered."""
+        c = grenache.Client(self.net.l2, transport="ws")
+        try:
+            for hold in (0.3, 0.0):
+                running = threading.Event()
+
+                async def deferring(payload, info):
+                    reply = info.defer()
+                    running.set()
+                    time.sleep(hold)  # holds the loop while shutdown is called
+                    threading.Timer(0.3, reply.send, args=(payload,)).start()
+
+                s = grenache.Server(self.net.l1, deferring, transport="ws")
+                self.assertTrue(in_loop(s))
+                dest = self.dest(s)
+                got = []
+                th = threading.Thread(target=lambda: got.append(c.request("x", "later", dest=dest, timeout=10)))
+                th.start()
+                self.assertTrue(running.wait(20), "the handler never ran")
+                self.assertTrue(s.shutdown(grace=5))
+                th.join(10)
+                self.assertEqual(got, ["later"], f"hold {hold}")
+                s.close()
         finally:
             c.close()
 

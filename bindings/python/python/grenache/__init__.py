@@ -854,6 +854,14 @@ class _LoopCalls(_Calls):
         if self._conns:
             self._sweeper = self._loop.call_later(max(self._idle / 4, 0.05), self._sweep)
 
+    def drain_requested(self) -> None:
+        """From any thread, before the server's core stops: a drain is on its way to the loop.
+        The core then ends the inbox, and the loop may see that end before it runs ``drain``
+        (both arrive while a handler holds the loop, in either order); marked draining, the
+        loop leaves the sockets open for ``drain`` instead of closing them at the inbox's end,
+        and a deferred reply still goes out."""
+        self._draining = True
+
     def drain(self, grace: float) -> "asyncio.Future[bool]":
         """On the loop: stops reading every socket, closes each once its requests are answered
         (4001) and the rest after ``grace`` seconds (1001). The future is true when every socket
@@ -1001,6 +1009,7 @@ class Server:
             fut = calls.drain(grace)
             core = self._s.shutdown(_ms(grace))
             return core and fut.done() and fut.result()
+        calls.drain_requested()
         try:
             cf = asyncio.run_coroutine_threadsafe(_drained(calls, grace), loop)
         except RuntimeError:  # the loop is closed: its sockets are gone
@@ -1028,6 +1037,7 @@ class Server:
         calls = self._loop_calls() if self._loop_calls is not None else None
         if calls is None:
             return await core
+        calls.drain_requested()
         loop = calls._loop
         if asyncio.get_running_loop() is loop:
             drained = calls.drain(grace)
