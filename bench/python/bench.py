@@ -19,8 +19,9 @@ tests/interop do), over WS and HTTP:
   event loop and the socket path cost alone, on this interpreter).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
-found through two Grapes in this process. The `polling 50 us` row runs the same blocking client
-with GRENACHE_PYTHON_POLL_US=50 (its waits poll for up to 50 us before they sleep).
+found through two Grapes in this process. The `polling 50 us` rows run the same peer with
+GRENACHE_PYTHON_POLL_US=50: blocking waits poll for up to 50 us before they sleep, and so do
+asyncio loops that drive the package's sockets (after bytes went out on one of them).
 
 Each row runs --repeat times (default 3), the rows of a table taking turns, and the tables give
 the median of each cell: the machine's speed drifts over minutes, and turns spread the drift
@@ -297,6 +298,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("node", "Node reference client"),
                 ("rust", "Rust client (ceiling)"),
                 ("python-blocking-poll", "Python face, blocking, polling 50 us"),
+                ("python-asyncio-poll", "Python face, asyncio, polling 50 us"),
                 ("python-asyncio-threaded", "Python face, asyncio, GRENACHE_PYTHON_IN_LOOP=0"),
             ]
             rows = {k: {} for k, _ in kinds}
@@ -319,7 +321,7 @@ def drive(args: argparse.Namespace) -> None:
                     server.stop()
             cols = table("As client, calling one Rust server (`grenache serve`), req/s:", rows, kinds)
             labels = dict(kinds)
-            ratio_rows(rows, cols, ["python-blocking", "python-asyncio", "python-asyncio-threaded"], labels, "node", "Node")
+            ratio_rows(rows, cols, ["python-blocking", "python-asyncio", "python-asyncio-threaded", "python-asyncio-poll"], labels, "node", "Node")
             ratio_rows(rows, cols, ["python-blocking", "python-asyncio"], labels, "rust", "Rust")
 
         if args.only in (None, "server"):
@@ -330,6 +332,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("rust", "Rust server (`grenache serve`)"),
                 ("python-async-threaded", "Python face, async def handler, GRENACHE_PYTHON_IN_LOOP=0"),
                 ("python-floor", "Python face, async def server calling no handler (floor)"),
+                ("python-async-poll", "Python face, async def handler, polling 50 us"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
@@ -361,7 +364,7 @@ def drive(args: argparse.Namespace) -> None:
                     rows[kind][(transport, "conc")] = median(runs[kind], "conc_rps")
             cols = table("As server, under the Rust client (`rpc_load`), req/s:", rows, kinds)
             labels = dict(kinds)
-            ratio_rows(rows, cols, ["python-plain", "python-async", "python-floor"], labels, "node", "Node")
+            ratio_rows(rows, cols, ["python-plain", "python-async", "python-floor", "python-async-poll"], labels, "node", "Node")
             ratio_rows(rows, cols, ["python-plain", "python-async"], labels, "rust", "Rust")
     finally:
         link.close()

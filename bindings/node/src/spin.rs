@@ -1,28 +1,23 @@
 //! A bounded busy-poll before Node's loop goes to sleep, for the sockets driven on it
-//! (`inloop.rs`).
+//! (`inloop.rs`): `GRENACHE_NODE_POLL_US` microseconds (default 0: off).
 //!
-//! Why: when a request goes to another process, the reply comes back tens of microseconds later,
-//! and by then the loop has gone to sleep in `epoll_wait`; waking a sleeping thread costs about as
-//! much again on a small machine (the scheduler, and a CPU leaving its idle state). A sequential
-//! caller pays that on every round trip, and so does a server between a sequential client's
-//! requests. Here, when the loop has nothing left to do and is about to sleep (a `uv_prepare_t`,
-//! which runs just before the loop computes how long to block), the thread first polls the loop's
-//! own sockets for up to `GRENACHE_NODE_POLL_US` microseconds (default 0: off): if one
-//! turns readable in that time, the loop does not sleep. It spins only when bytes went out on
-//! one of those sockets since the last spin that found nothing (a request or a reply: answers
-//! may follow), never when the loop has work pending or a timer due sooner; it only looks at the sockets of
-//! `inloop.rs` (a private epoll set of them: one `epoll_wait` per look, whatever their number);
-//! and after 4 spins in a row that found nothing (sparse traffic) it rests for 64 iterations of
-//! the loop, so an idle or lightly loaded process spends almost nothing on it.
+//! The why and the policy are the core's ([`grenache::transport::loop_spin`]): spin only when
+//! bytes went out on one of those sockets since the last spin that found nothing, never when the
+//! loop has work pending or a timer due sooner than the budget, and rest after fruitless spins.
+//! Here the spin runs in a `uv_prepare_t`, which libuv calls just before it computes how long
+//! to block, and it looks only at the sockets of `inloop.rs` (a private epoll set of them: one
+//! `epoll_wait` per look, whatever their number).
 //!
 //! Off by default: on the 2-core test machine it tripled sequential WS round trips between two
 //! processes when waking a sleeping thread was slow, and cost up to a quarter when it was fast
 //! (docs/benchmarks.md, 2026-12-05).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
 use std::ptr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use grenache::transport::loop_spin::{self, LoopSpin};
 
 use napi::sys;
 
@@ -38,10 +33,6 @@ unsafe extern "C" {
     fn uv_backend_timeout(lp: *const sys::uv_loop_s) -> c_int;
 }
 
-/// Spins in a row that find nothing before a rest, and the loop iterations the rest lasts.
-const MISSES_BEFORE_REST: u32 = 4;
-const REST_ITERATIONS: u32 = 64;
-
 /// The spin of this thread's loop.
 struct Spinner {
     lp: *mut sys::uv_loop_s,
@@ -50,12 +41,7 @@ struct Spinner {
     handle_words: usize,
     epfd: c_int,
     fds: usize,
-    budget: Duration,
-    misses: u32,
-    rest: u32,
-    /// Spins done, and those that found a socket readable.
-    spins: u64,
-    hits: u64,
+    policy: LoopSpin,
 }
 
 enum Slot {
@@ -66,19 +52,16 @@ enum Slot {
 
 thread_local! {
     static SPINNER: RefCell<Slot> = const { RefCell::new(Slot::Unset) };
-    /// Bytes were written to a watched socket since the last spin that found nothing.
-    static ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Bytes went out on a watched socket: an answer (a reply, the next request) may follow soon.
 pub fn wrote() {
-    ARMED.with(|w| w.set(true));
+    loop_spin::wrote();
 }
 
 /// The spin budget: `GRENACHE_NODE_POLL_US` µs, default 0 (off), at most 1000.
 fn budget() -> Duration {
-    let us = std::env::var("GRENACHE_NODE_POLL_US").ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_micros(us.min(1000))
+    loop_spin::budget_from_env("GRENACHE_NODE_POLL_US")
 }
 
 /// Adds `fd` (a socket of this thread's loop `lp`) to the sockets polled before the loop sleeps.
@@ -138,48 +121,22 @@ fn start(env: sys::napi_env, lp: *mut sys::uv_loop_s) -> Option<Spinner> {
         // It never keeps the process alive.
         uv_unref(handle);
         sys::napi_add_env_cleanup_hook(env, Some(cleanup), ptr::null_mut());
-        Some(Spinner { lp, handle, handle_words: words, epfd, fds: 0, budget, misses: 0, rest: 0, spins: 0, hits: 0 })
+        Some(Spinner { lp, handle, handle_words: words, epfd, fds: 0, policy: LoopSpin::new(budget) })
     }
 }
 
 impl Spinner {
     fn spin(&mut self) {
-        // Only after a write, until a spin finds nothing: with nothing sent, nothing is expected
-        // back soon; after one, the answers to it are (a map's three replies, say).
-        if !ARMED.with(Cell::get) || self.fds == 0 {
-            return;
-        }
-        if self.rest > 0 {
-            self.rest -= 1;
+        if self.fds == 0 {
             return;
         }
         // SAFETY: the loop of this thread, running.
         let timeout = unsafe { uv_backend_timeout(self.lp) };
-        if timeout == 0 {
-            return; // the loop will not sleep: work is pending
-        }
-        let budget = if timeout > 0 { self.budget.min(Duration::from_millis(timeout as u64)) } else { self.budget };
-        let start = Instant::now();
+        let timeout = u64::try_from(timeout).ok().map(Duration::from_millis); // -1: no bound
+        let epfd = self.epfd;
         let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
-        self.spins += 1;
-        loop {
-            // SAFETY: a live epoll descriptor and room for one event.
-            if unsafe { libc::epoll_wait(self.epfd, ev.as_mut_ptr(), 1, 0) } > 0 {
-                self.misses = 0;
-                self.hits += 1;
-                return;
-            }
-            if start.elapsed() >= budget {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        ARMED.with(|w| w.set(false));
-        self.misses += 1;
-        if self.misses >= MISSES_BEFORE_REST {
-            self.misses = 0;
-            self.rest = REST_ITERATIONS;
-        }
+        // SAFETY: a live epoll descriptor and room for one event.
+        self.policy.before_sleep(timeout, || unsafe { libc::epoll_wait(epfd, ev.as_mut_ptr(), 1, 0) } > 0);
     }
 }
 
@@ -188,7 +145,10 @@ impl Spinner {
 #[napi_derive::napi]
 pub fn spin_stats() -> Vec<f64> {
     SPINNER.with(|s| match &*s.borrow() {
-        Slot::On(sp) => vec![sp.spins as f64, sp.hits as f64],
+        Slot::On(sp) => {
+            let (spins, hits) = sp.policy.stats();
+            vec![spins as f64, hits as f64]
+        }
         _ => vec![0.0, 0.0],
     })
 }

@@ -100,6 +100,9 @@ impl Conn {
     /// socket was not watched yet (the caller asks the owner to watch it).
     fn write_out(&mut self) -> bool {
         let Some(stream) = self.stream.as_mut() else { return false };
+        if !self.out.is_empty() {
+            grenache::transport::loop_spin::wrote();
+        }
         if handoff::write_queued(stream, &mut self.out) == handoff::Written::Failed {
             self.break_off("ERR_TRANSPORT_CLOSE: the socket failed while sending");
             return false;

@@ -120,6 +120,9 @@ impl Conn {
             let mut st = lock(&self.state);
             let st = &mut *st;
             let Some(stream) = st.stream.as_mut() else { return false };
+            if !st.out.is_empty() {
+                grenache::transport::loop_spin::wrote();
+            }
             if handoff::write_queued(stream, &mut st.out) == handoff::Written::Failed {
                 st.out.clear();
                 st.ended = true;

@@ -45,6 +45,7 @@ use pyo3::prelude::*;
 mod aioclient;
 mod inloop;
 mod lf;
+mod loop_spin;
 
 /// How often a blocking wait wakes up to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -1646,6 +1647,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aioclient::LoopClient>()?;
     m.add_class::<aioclient::DialedSocket>()?;
     m.add_function(wrap_pyfunction!(inloop::_inloop_flush, m)?)?;
+    m.add_function(wrap_pyfunction!(loop_spin::_loop_spin, m)?)?;
+    m.add_function(wrap_pyfunction!(loop_spin::_spin_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(loop_spin::_poll_us, m)?)?;
     m.add_class::<Grape>()?;
     m.add_class::<Link>()?;
     m.add_class::<Keypair>()?;

@@ -418,6 +418,79 @@ class BatchingTests(unittest.TestCase):
                 self.assertEqual(out.stdout.strip(), "ok", out.stderr[-2000:])
 
 
+    def test_asyncio_loops_poll_before_they_sleep(self):
+        """GRENACHE_PYTHON_POLL_US on asyncio loops (read once per process: children): a
+        sequential asyncio client and an ``async def`` WS server in two processes get every reply
+        right; the client's polls find most replies, so do the server's most requests; a client
+        that sent nothing since its last fruitless poll does not poll while it waits for a timer
+        (one request every 20 ms: at most two polls per request); with it off nothing polls."""
+        server_script = textwrap.dedent(
+            """
+            import asyncio, json, sys, grenache
+
+            async def handler(payload, info):
+                return payload + 1
+
+            async def main():
+                link = grenache.Link("http://127.0.0.1:1")
+                s = grenache.Server(link, handler, transport="ws")
+                print(s.port, flush=True)
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+                print(json.dumps(grenache._native._spin_stats()), flush=True)
+                s.close()
+                link.close()
+
+            asyncio.run(main())
+            """
+        )
+        client_script = textwrap.dedent(
+            """
+            import asyncio, json, sys, grenache
+
+            async def main():
+                link = grenache.Link("http://127.0.0.1:1")
+                c = grenache.Client(link, transport="ws")
+                dest = "127.0.0.1:" + sys.argv[1]
+                for i in range(2000):
+                    r = await c.request_async("x", i, dest=dest, timeout=10)
+                    assert r == i + 1, (i, r)
+                busy = grenache._native._spin_stats()
+                for i in range(30):  # sparse: one request every 20 ms
+                    assert await c.request_async("x", i, dest=dest, timeout=10) == i + 1
+                    await asyncio.sleep(0.02)
+                spins, _ = grenache._native._spin_stats()
+                print(json.dumps({"busy": busy, "sparse_spins": spins - busy[0]}), flush=True)
+                c.close()
+                link.close()
+
+            asyncio.run(main())
+            """
+        )
+        for poll in ("200", "0"):
+            with self.subTest(poll_us=poll):
+                env = dict(os.environ, GRENACHE_PYTHON_POLL_US=poll)
+                server = subprocess.Popen([sys.executable, "-c", server_script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                try:
+                    port = server.stdout.readline().strip()
+                    self.assertTrue(port.isdigit(), port)
+                    client = subprocess.run([sys.executable, "-c", client_script, port], env=env, capture_output=True, text=True, timeout=120)
+                    self.assertEqual(client.returncode, 0, client.stderr[-2000:])
+                    out = json.loads(client.stdout)
+                    server_out, _ = server.communicate("stop\n", timeout=30)
+                    server_spins, server_hits = json.loads(server_out)
+                finally:
+                    if server.poll() is None:
+                        server.kill()
+                        server.wait()
+                (spins, hits), sparse = out["busy"], out["sparse_spins"]
+                if poll == "0":
+                    self.assertEqual((spins, hits, sparse, server_spins, server_hits), (0, 0, 0, 0, 0))
+                    continue
+                self.assertGreater(spins, 0, out)
+                self.assertGreater(hits, spins / 2, f"most polls of a sequential client find its reply: {out}")
+                self.assertGreater(server_hits, 0, f"the server's polls find requests: {server_spins}, {server_hits}")
+                self.assertLessEqual(sparse, 2 * 30 + 4, f"at most two polls per request sent: {out}")
+
 class CtrlCTests(unittest.TestCase):
     def test_ctrl_c_interrupts_a_blocking_call(self):
         """SIGINT during a blocking request that would wait 60 s raises KeyboardInterrupt in

@@ -16,6 +16,7 @@ mod busy;
 pub mod http;
 pub mod http_handoff;
 pub mod limits;
+pub mod loop_spin;
 pub mod utp;
 pub mod ws;
 pub mod zmq;

@@ -38,6 +38,7 @@ import functools
 import inspect
 import json
 import os
+import selectors
 import sys
 import threading
 import traceback
@@ -715,6 +716,42 @@ _EV_BLOCKED = 0  # its kernel buffer is full: watch it for writability
 _EV_DRAINED = 1  # draining, it answered its last request: close it (4001)
 
 
+# Polling before an asyncio loop sleeps (``GRENACHE_PYTHON_POLL_US``, microseconds, read once;
+# off by default): see ``_spin_before_sleep``.
+_POLL_US = _native._poll_us()
+_spinning_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
+
+
+def _spin_before_sleep(loop: asyncio.AbstractEventLoop) -> None:
+    """With ``GRENACHE_PYTHON_POLL_US`` set, has ``loop`` poll its selector for up to that many
+    microseconds before it sleeps, once bytes went out on a socket the package drives on it (a
+    reply of an ``async def`` WS server, a request of the asyncio client): the answer to them
+    then finds the loop awake. Between processes, where waking a sleeping thread costs about a
+    round trip, this can double sequential rates; it takes a core while it spins, so it is off
+    by default. Installed once per loop, on the selector of asyncio's own selector loops (the
+    ``select`` of that one selector object); other loops (uvloop) are left alone."""
+    if not _POLL_US or not isinstance(loop, asyncio.BaseEventLoop) or loop in _spinning_loops:
+        return
+    _spinning_loops.add(loop)
+    sel = getattr(loop, "_selector", None)
+    own = getattr(sel, "__dict__", None)
+    if not isinstance(sel, selectors.BaseSelector) or own is None or "select" in own:
+        return
+    try:
+        epfd = sel.fileno()
+    except (AttributeError, NotImplementedError, ValueError):
+        return  # a selector without one descriptor to poll
+    select = sel.select
+    spin = _native._loop_spin
+
+    def spinning_select(timeout: Optional[float] = None) -> Any:
+        if timeout is None or timeout > 0:
+            spin(epfd, timeout)
+        return select(timeout)
+
+    sel.select = spinning_select
+
+
 def _in_loop_default() -> bool:
     return os.environ.get(_IN_LOOP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -778,6 +815,7 @@ class _LoopCalls(_Calls):
         if self._draining or self.inbox.closed or len(self._conns) >= self._max or n >= self._max_ip:
             return  # dropped: the socket closes
         lc = _native.LoopConn(sock, self.inbox, self._weak, self._arm)
+        _spin_before_sleep(self._loop)
         fd = lc.fileno()
         self._conns[fd] = (lc, ip)
         self._per_ip[ip] = n + 1
@@ -1092,6 +1130,7 @@ class _LoopClient:
         fd = self.native.adopt(dest, sock)
         if fd < 0:
             return
+        _spin_before_sleep(self._loop)
         try:
             self._loop.add_reader(fd, self._readable, fd)
         except Exception:
