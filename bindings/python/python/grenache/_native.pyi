@@ -152,6 +152,21 @@ def _inloop_flush() -> None:
     """Writes the frames queued on this thread's loop sockets since the last iteration of the loop."""
     ...
 
+def _loop_spin(epfd: int, timeout: Optional[float] = None) -> bool:
+    """Before this thread's loop waits on its selector ``epfd`` for at most ``timeout`` seconds:
+    polls it first for up to ``GRENACHE_PYTHON_POLL_US`` when the policy allows (GIL released).
+    True when it turned ready meanwhile."""
+    ...
+
+def _spin_stats() -> Tuple[int, int]:
+    """``(spins, hits)`` of this thread's loop: polls done before the loop slept, and those that
+    found it ready."""
+    ...
+
+def _poll_us() -> int:
+    """``GRENACHE_PYTHON_POLL_US`` as read at startup (0: off)."""
+    ...
+
 class Server:
     def __init__(self, link: Link, transport: str, handler: Optional[Callable[[str, Optional[str], Reply], None]], port: int = 0, tls: Optional[ServerTls] = None, reply_timeout_ms: Optional[int] = None, verify_client: Optional[Callable[[Optional[str], Optional[str]], bool]] = None, broker: Optional[str] = None, inbox: Optional[Inbox] = None, limits: Optional[Dict[str, int]] = None, in_loop: bool = False) -> None: ...
     def punch(self, target: str, timeout_ms: int) -> None: ...
