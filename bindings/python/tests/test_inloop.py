@@ -476,7 +476,8 @@ class InLoopTests(unittest.TestCase):
         """``shutdown`` called from another thread while a handler holds the loop: the drain it
         asks for and the end of the server's inbox reach the loop together, in either order. The
         reply the handler defers still goes out, then the socket closes (4001), and shutdown
-        reports every request answered."""
+        reports every request answered; a socket upgraded meanwhile, handed to the loop after the
+        drain began, is closed unread with 4001."""
         c = grenache.Client(self.net.l2, transport="ws")
         try:
             for hold in (0.3, 0.0):
@@ -495,9 +496,15 @@ class InLoopTests(unittest.TestCase):
                 th = threading.Thread(target=lambda: got.append(c.request("x", "later", dest=dest, timeout=10)))
                 th.start()
                 self.assertTrue(running.wait(20), "the handler never ran")
+                # While the loop is held, a socket the core upgrades waits for the loop: handed
+                # over after the drain began, it is closed unread with 4001, not dropped.
+                late = ws_connect(s.port) if hold else None
                 self.assertTrue(s.shutdown(grace=5))
                 th.join(10)
                 self.assertEqual(got, ["later"], f"hold {hold}")
+                if late is not None:
+                    self.assertEqual(late.close_code(), 4001)
+                    late.close()
                 s.close()
         finally:
             c.close()

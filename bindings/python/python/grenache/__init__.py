@@ -812,7 +812,13 @@ class _LoopCalls(_Calls):
     def _adopt(self, sock: Any) -> None:
         ip = sock.remote_ip
         n = self._per_ip.get(ip, 0)
-        if self._draining or self.inbox.closed or len(self._conns) >= self._max or n >= self._max_ip:
+        if self._draining and not self.inbox.closed:
+            # Accepted before the listener stopped, handed over after the drain began: nothing
+            # is read from it, and 4001 tells the client so (a grenache client sends what it
+            # wrote there to another worker), as the drain does for every socket it stops.
+            _native.LoopConn(sock, self.inbox, self._weak, None).close(4001)
+            return
+        if self.inbox.closed or len(self._conns) >= self._max or n >= self._max_ip:
             return  # dropped: the socket closes
         lc = _native.LoopConn(sock, self.inbox, self._weak, self._arm)
         _spin_before_sleep(self._loop)
