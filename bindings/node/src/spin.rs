@@ -3,7 +3,7 @@
 //!
 //! The why and the policy are the core's ([`grenache::transport::loop_spin`]): spin only when
 //! bytes went out on one of those sockets since the last spin that found nothing, never when the
-//! loop has work pending or a timer due sooner than the budget, and rest after fruitless spins.
+//! loop has work pending and no longer than its next timer, and rest after fruitless spins.
 //! Here the spin runs in a `uv_prepare_t`, which libuv calls just before it computes how long
 //! to block, and it looks only at the sockets of `inloop.rs` (a private epoll set of them: one
 //! `epoll_wait` per look, whatever their number).
