@@ -1094,8 +1094,9 @@ class Server:
         return bool(ok and core_ok)
 
     def close(self) -> None:
-        """Stops announcing and listening (connects to its port are refused once this returns);
-        requests in flight still get their reply."""
+        """Stops announcing and listening (connects to its port are refused once this returns)
+        and closes the connections: a request still running gets no reply (its client sees the
+        connection close). ``shutdown`` lets them finish first."""
         self._s.close()
 
     def __enter__(self) -> "Server":
