@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use grenache::ErrorKind;
@@ -15,11 +16,16 @@ use grenache::rpc::{
 use grenache::transport::utp::{LEGACY_PUNCH, PunchEvent, UtpClient, UtpClientConfig, UtpNode, UtpServer, UtpServerConfig};
 use serde_json::{Value, json};
 
+mod support;
+
 const LONG: Duration = Duration::from_secs(20);
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
+
+/// Requests with "sleep" the handler has received (in every test of this file).
+static SLEEPING: AtomicUsize = AtomicUsize::new(0);
 
 /// "hello" → "world"; "fail" → ERR_BOOM; "who" → the caller's address; {"sleep":ms,"v":x} → x
 /// after ms; anything else is echoed.
@@ -34,6 +40,7 @@ fn handler(req: Request, reply: Reply) {
         Value::Object(o) if o.contains_key("sleep") => {
             let ms = o.get("sleep").and_then(Value::as_u64).unwrap_or(0);
             let v = o.get("v").cloned().unwrap_or(Value::Null);
+            SLEEPING.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 reply.ok(v);
@@ -111,9 +118,10 @@ async fn graceful_shutdown_answers_what_it_read() {
     let dest = s.local_addr().to_string();
     let c = UtpClient::new(UtpClientConfig::default());
     assert_eq!(c.request(&dest, out(&json!("hello"), LONG)).await.expect("warm"), json!("world"));
+    let before = SLEEPING.load(Ordering::SeqCst);
     let slow = c.request(&dest, out(&json!({"sleep": 300, "v": "late"}), LONG));
     let slow = tokio::spawn(slow);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::eventually("the slow request in the handler", || SLEEPING.load(Ordering::SeqCst) > before).await;
     assert!(s.drain(Duration::from_secs(5)).await, "finished within the grace");
     assert_eq!(slow.await.expect("join").expect("answered before closing"), json!("late"));
 }
