@@ -90,10 +90,7 @@ const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
 /// Idle handler threads never poll for the next request, for the same reason.
 fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var(POLL_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
-        Duration::from_micros(us.min(1000))
-    })
+    *SPIN.get_or_init(|| grenache::transport::loop_spin::budget_from_env(POLL_ENV))
 }
 
 /// Every this many waits, a thread whose waits stopped ending within [`spin`] polls once more,
