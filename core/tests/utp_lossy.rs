@@ -66,14 +66,14 @@ struct Path {
     /// Datagrams longer than this are dropped (a link with a small MTU whose ICMP errors are
     /// filtered: a "black hole").
     max_datagram: usize,
-    /// The first this many datagrams from the client are dropped.
-    drop_first: usize,
+    /// The client's datagrams numbered `a..b` are dropped (its first datagram is number 1).
+    drop_client: (usize, usize),
     /// Every datagram is held this long (at least `UTP_LOSSY_DELAY_MS`).
     delay: Duration,
 }
 
 async fn relay(server: SocketAddr, seed: u64, path: Path) -> Relay {
-    let Path { loss, reorder, max_datagram, drop_first, delay } = path;
+    let Path { loss, reorder, max_datagram, drop_client, delay } = path;
     let env_delay = std::env::var("UTP_LOSSY_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let delay = delay.max(Duration::from_millis(env_delay));
     let (up, down) = (delayed_sender(delay), delayed_sender(delay));
@@ -93,7 +93,7 @@ async fn relay(server: SocketAddr, seed: u64, path: Path) -> Relay {
                     let Ok((n, from)) = r else { continue };
                     client = Some(from);
                     from_client += 1;
-                    if from_client <= drop_first {
+                    if (drop_client.0..drop_client.1).contains(&from_client) {
                         st.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -231,7 +231,7 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-const LOSSY: Path = Path { loss: 0.05, reorder: 0.02, max_datagram: usize::MAX, drop_first: 0, delay: Duration::ZERO };
+const LOSSY: Path = Path { loss: 0.05, reorder: 0.02, max_datagram: usize::MAX, drop_client: (0, 0), delay: Duration::ZERO };
 
 async fn every_echo_is_exact(alone: bool, path: Path, node: UtpNodeConfig) {
     let mut bad = Vec::new();
@@ -262,7 +262,7 @@ async fn one_message_per_write_over_a_lossy_link_is_exact() {
 /// configured, every echo comes back exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_for_large_datagrams_never_alters_a_reply() {
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: 1200, drop_first: 0, delay: Duration::ZERO };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: 1200, drop_client: (0, 0), delay: Duration::ZERO };
     // The side whose probe never got through gives the stream up and sends a FIN the other side
     // cannot take (it comes after the missing probe), so the other side ends it only at its
     // inactivity timeout: 10 s here, so that the test stays short.
@@ -287,7 +287,7 @@ async fn a_black_hole_for_large_datagrams_never_alters_a_reply() {
 #[tokio::test]
 async fn a_lost_syn_is_sent_again() {
     let server = UtpServer::bind(loopback(), Arc::new(echo), UtpServerConfig::default()).await.expect("server");
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 2, delay: Duration::ZERO };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_client: (1, 3), delay: Duration::ZERO };
     let relay = relay(server.local_addr(), 1, path).await;
     // The default connect timeout (5 s) leaves room for the SYNs at 0, 1 and 3 s.
     let client = UtpClient::new(UtpClientConfig::default());
@@ -296,12 +296,32 @@ async fn a_lost_syn_is_sent_again() {
     assert_eq!(relay.stats.dropped.load(Ordering::Relaxed), 2);
 }
 
+/// A server's stream waits for the client's first packet while it sends its SYN-ACK again every
+/// 200 ms; the engine gives it up after `max_retransmissions` of those. When the client's first
+/// data packet is lost, the client sends it again only when its retransmission timeout expires
+/// (about 300 ms at a 100 ms round trip, doubling each time): at the engine's default of 5
+/// (1 s) the server's stream was gone by then and the request failed with "the uTP stream
+/// died". Here the first data packet is lost four times in a row (its copies at about 0.3, 0.9
+/// and 2.1 s too) and the one at about 4.5 s still finds the stream.
+#[tokio::test]
+async fn a_server_stream_waits_for_a_first_packet_lost_four_times() {
+    let server = UtpServer::bind(loopback(), Arc::new(echo), UtpServerConfig::default()).await.expect("server");
+    // Datagram 1 is the SYN; 2 to 5 are the first data packet and its first three copies.
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_client: (2, 6), delay: Duration::from_millis(50) };
+    let relay = relay(server.local_addr(), 1, path).await;
+    let client = UtpClient::new(UtpClientConfig::default());
+    let sent = payload(20_000, 7);
+    let got = client.request_raw(&relay.addr.to_string(), req(sent.clone(), Duration::from_secs(30))).await;
+    assert_eq!(got.expect("the request survives its first packet being lost four times").get(), sent);
+    assert_eq!(relay.stats.dropped.load(Ordering::Relaxed), 4);
+}
+
 /// The engine keeps four connects to one destination waiting at most and refuses a fifth; the
 /// node drops its oldest SYN then, and the fifth SYN (at 7 s) connects.
 #[tokio::test]
 async fn a_connect_outlasts_four_lost_syns() {
     let server = UtpServer::bind(loopback(), Arc::new(echo), UtpServerConfig::default()).await.expect("server");
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 4, delay: Duration::ZERO };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_client: (1, 5), delay: Duration::ZERO };
     let relay = relay(server.local_addr(), 1, path).await;
     let client = UtpClient::new(UtpClientConfig { connect_timeout: Duration::from_secs(30), ..Default::default() });
     let got = client.request_raw(&relay.addr.to_string(), req("\"hello\"".into(), Duration::from_secs(40))).await;
@@ -330,7 +350,7 @@ async fn a_request_after_a_long_idle_goes_on_a_fresh_stream() {
     )
     .expect("server");
     // A 600 ms round trip.
-    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_first: 0, delay: Duration::from_millis(300) };
+    let path = Path { loss: 0.0, reorder: 0.0, max_datagram: usize::MAX, drop_client: (0, 0), delay: Duration::from_millis(300) };
     let relay = relay(server.local_addr(), 1, path).await;
     let client = UtpClient::with_node(UtpNode::bind_with(loopback(), node).await.expect("client node"), UtpClientConfig::default());
     let dest = relay.addr.to_string();

@@ -59,6 +59,14 @@ const ENGINE_INITIAL_SEND_BUFFER: usize = 32 * 1024;
 /// Bounds of [`UtpNodeConfig::send_window`].
 const MIN_SEND_WINDOW: usize = 4 * 1024;
 const MAX_SEND_WINDOW: usize = 64 << 20;
+/// The engine's `max_retransmissions`: how many times it sends a data packet, or a server
+/// stream's SYN-ACK (every 200 ms), again before it gives the stream up. Its default, 5, gave a
+/// server's new stream 1 s to hear the client's first packet; when that packet was lost, the
+/// client's retransmission timeout (about 300 ms at a 100 ms round trip, doubling each time)
+/// often came after it, and the stream died under the request (see `docs/compat.md`). At 30 a
+/// new stream waits 6 s; a data packet's copies, 30 timeouts that double each time, outlast the
+/// inactivity timeout, which is what ends a stream whose peer went silent.
+const ENGINE_MAX_RETRANSMISSIONS: usize = 30;
 /// The shortest [`UtpNodeConfig::inactivity_timeout`].
 const MIN_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -417,8 +425,9 @@ type Engine = UtpSocket<Demux, Env>;
 /// worth of bytes missing, and the sender's buffer never drains (every later flush waits
 /// forever). A probe is also given up when it was lost twice by chance, or when only its
 /// acknowledgements were. A node therefore never gives a probe up: it is retransmitted like any
-/// packet, and a probe the path cannot carry fails its stream after the engine's 5
-/// retransmissions (the requests on it fail with `Closed`, never with altered data). Linux
+/// packet, and a probe the path cannot carry fails its stream at the inactivity timeout
+/// ([`UtpNodeConfig::inactivity_timeout`]; the requests on it fail with `Closed`, never with
+/// altered data). Linux
 /// fragments datagrams larger than the path MTU it learnt from ICMP, so this only bites on a
 /// path that also filters those ICMP errors: set [`UtpNodeConfig::link_mtu`] there.
 pub struct UtpNode {
@@ -482,6 +491,8 @@ impl UtpNode {
             // stream when it does (see the type's docs). A probe that cannot get through is
             // retransmitted like any packet, until the stream fails.
             mtu_probe_max_retransmissions: Some(usize::MAX),
+            // A new server stream waits 6 s for the client's first packet (see the constant).
+            max_retransmissions: std::num::NonZeroUsize::new(ENGINE_MAX_RETRANSMISSIONS),
             // The send buffer bounds the data in flight: kept within what one selective
             // acknowledgement describes, so that a hole is repaired from the acknowledgements
             // rather than by the retransmission timeout (see the type's docs).
