@@ -19,9 +19,11 @@ tests/interop do), over WS and HTTP:
   event loop and the socket path cost alone, on this interpreter).
 
 Every peer runs in a process of its own (the Python ones too: `--serve`/`--client` below), all
-found through two Grapes in this process. The `polling 50 us` rows run the same peer with
-GRENACHE_PYTHON_POLL_US=50: blocking waits poll for up to 50 us before they sleep, and so do
-asyncio loops that drive the package's sockets (after bytes went out on one of them).
+found through two Grapes in this process. By default asyncio loops that drive the package's
+sockets poll for up to 50 us before they sleep (after bytes went out on one of them), and
+blocking waits do not: the `polling 50 us` row runs the blocking client with
+GRENACHE_PYTHON_POLL_US=50 (its waits poll too), the `polling off` rows run the asyncio peers
+with GRENACHE_PYTHON_POLL_US=0 (nothing polls).
 
 Each row runs --repeat times (default 3), the rows of a table taking turns, and the tables give
 the median of each cell: the machine's speed drifts over minutes, and turns spread the drift
@@ -197,8 +199,11 @@ def free_port():
 
 
 def python_env(kind):
-    """The environment of a Python peer: `...-poll` kinds poll 50 us before sleeping,
-    `...-threaded` ones keep an ``async def`` server's WS sockets on the library's threads."""
+    """The environment of a Python peer: `...-nopoll` kinds never poll before sleeping,
+    `...-poll` kinds poll 50 us (blocking waits too), `...-threaded` ones keep an ``async def``
+    server's WS sockets on the library's threads."""
+    if kind.endswith("-nopoll"):
+        return dict(os.environ, GRENACHE_PYTHON_POLL_US="0")
     if kind.endswith("-poll"):
         return dict(os.environ, GRENACHE_PYTHON_POLL_US="50")
     if kind.endswith("-threaded"):
@@ -298,7 +303,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("node", "Node reference client"),
                 ("rust", "Rust client (ceiling)"),
                 ("python-blocking-poll", "Python face, blocking, polling 50 us"),
-                ("python-asyncio-poll", "Python face, asyncio, polling 50 us"),
+                ("python-asyncio-nopoll", "Python face, asyncio, polling off"),
                 ("python-asyncio-threaded", "Python face, asyncio, GRENACHE_PYTHON_IN_LOOP=0"),
             ]
             rows = {k: {} for k, _ in kinds}
@@ -321,7 +326,7 @@ def drive(args: argparse.Namespace) -> None:
                     server.stop()
             cols = table("As client, calling one Rust server (`grenache serve`), req/s:", rows, kinds)
             labels = dict(kinds)
-            ratio_rows(rows, cols, ["python-blocking", "python-asyncio", "python-asyncio-threaded", "python-asyncio-poll"], labels, "node", "Node")
+            ratio_rows(rows, cols, ["python-blocking", "python-asyncio", "python-blocking-poll", "python-asyncio-threaded", "python-asyncio-nopoll"], labels, "node", "Node")
             ratio_rows(rows, cols, ["python-blocking", "python-asyncio"], labels, "rust", "Rust")
 
         if args.only in (None, "server"):
@@ -332,7 +337,7 @@ def drive(args: argparse.Namespace) -> None:
                 ("rust", "Rust server (`grenache serve`)"),
                 ("python-async-threaded", "Python face, async def handler, GRENACHE_PYTHON_IN_LOOP=0"),
                 ("python-floor", "Python face, async def server calling no handler (floor)"),
-                ("python-async-poll", "Python face, async def handler, polling 50 us"),
+                ("python-async-nopoll", "Python face, async def handler, polling off"),
             ]
             rows = {k: {} for k, _ in kinds}
             for transport in TRANSPORTS:
@@ -364,7 +369,7 @@ def drive(args: argparse.Namespace) -> None:
                     rows[kind][(transport, "conc")] = median(runs[kind], "conc_rps")
             cols = table("As server, under the Rust client (`rpc_load`), req/s:", rows, kinds)
             labels = dict(kinds)
-            ratio_rows(rows, cols, ["python-plain", "python-async", "python-floor", "python-async-poll"], labels, "node", "Node")
+            ratio_rows(rows, cols, ["python-plain", "python-async", "python-floor", "python-async-nopoll"], labels, "node", "Node")
             ratio_rows(rows, cols, ["python-plain", "python-async"], labels, "rust", "Rust")
     finally:
         link.close()

@@ -13,7 +13,10 @@
 //! another thread when its owner has been away for [`STALL`] (a handler that blocks), so the
 //! other sockets are still read. A sequential request thus wakes one thread, the one the kernel
 //! wakes when its bytes arrive. A reply given later, from any thread, is written by a task of
-//! the runtime once it comes.
+//! the runtime once it comes. Once a reply went out, the thread at the poller polls it for up to
+//! the asyncio loops' budget before it sleeps (`GRENACHE_PYTHON_POLL_US`, 50 µs by default on two
+//! CPUs or more; the core's `loop_spin` policy), so that the next request of a sequential
+//! client finds it awake.
 //!
 //! Kept from the core's WS server: the envelope and reply encoding, `ERR_NO_REPLY` for a reply
 //! dropped unanswered, the 16 MiB message limit and the close codes of malformed frames, pings
@@ -35,6 +38,24 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
 
 use crate::{FINALIZING, IN_PYTHON, Pool, embed, lock};
+use grenache::transport::loop_spin::{self, LoopSpin};
+
+thread_local! {
+    /// The poll before this thread sleeps at the poller (`GRENACHE_PYTHON_POLL_US`, as the
+    /// asyncio loops': the core's `loop_spin` policy).
+    static SPIN: std::cell::RefCell<Option<LoopSpin>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Polls before sleeping at a poller, and those that found it ready, over every server of
+/// the process (`_native._lf_spin_stats`).
+static SPINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `(polls, hits)` of the threads of plain handlers' servers before they sleep at their poller.
+#[pyfunction]
+pub(crate) fn _lf_spin_stats() -> (u64, u64) {
+    (SPINS.load(Ordering::Relaxed), HITS.load(Ordering::Relaxed))
+}
 
 /// Largest message read (the core's default).
 const MAX_MESSAGE: usize = grenache::transport::ws::DEFAULT_MAX_MESSAGE_SIZE;
@@ -191,11 +212,16 @@ impl Conn {
     /// Writes what is queued, until the socket would block (then watched for writability).
     fn flush(self: &Arc<Self>, st: &mut ConnState) {
         let Some(stream) = st.stream.as_mut() else { return };
+        let had = !st.out.is_empty();
         if handoff::write_queued(&mut &*stream, &mut st.out) == handoff::Written::Failed {
             st.out.clear();
             st.ended = true;
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
+        }
+        if had {
+            // A reply went out: the next request may follow within a round trip.
+            loop_spin::wrote();
         }
         let want = !st.out.is_empty();
         if want != st.blocked {
@@ -574,7 +600,21 @@ impl Lf {
         }
         let mut poller = lock(&self.poller);
         let (poll, events) = &mut *poller;
-        if let Err(e) = poll.poll(events, Some(TICK))
+        // After a reply went out from this thread, poll for up to the budget before sleeping.
+        let ready = SPIN.with(|s| {
+            let Ok(mut s) = s.try_borrow_mut() else { return false };
+            let budget = crate::loop_spin_budget();
+            let spin = s.get_or_insert_with(|| LoopSpin::new(budget));
+            let Some(b) = spin.plan(Some(TICK)) else { return false };
+            let found = spin.spin(b, || poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty());
+            SPINS.fetch_add(1, Ordering::Relaxed);
+            if found {
+                HITS.fetch_add(1, Ordering::Relaxed);
+            }
+            found
+        });
+        if !ready
+            && let Err(e) = poll.poll(events, Some(TICK))
             && e.kind() != std::io::ErrorKind::Interrupted
         {
             // Not expected (the poller's own descriptor is bad): do not spin on it.

@@ -76,8 +76,9 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
 }
 
-/// The environment variable that sets how long blocking waits poll before they sleep, in
-/// microseconds (default 0: off; at most 1000).
+/// The environment variable that sets how long blocking waits, and asyncio loops that drive the
+/// package's sockets, poll before they sleep, in microseconds (at most 1000; 0 turns both off).
+/// Unset, blocking waits do not poll and those loops poll 50 µs (`loop_spin.rs`).
 const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
 
 /// How long a blocking wait polls for its result before it sleeps (the idea of the core's
@@ -91,6 +92,13 @@ const POLL_ENV: &str = "GRENACHE_PYTHON_POLL_US";
 fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| grenache::transport::loop_spin::budget_from_env(POLL_ENV))
+}
+
+/// How long an asyncio loop that drives the package's sockets polls before it sleeps
+/// ([`POLL_ENV`], read once; unset: the core's default, 50 µs on two CPUs or more).
+fn loop_spin_budget() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| grenache::transport::loop_spin::budget_from_env_or_default(POLL_ENV))
 }
 
 /// Every this many waits, a thread whose waits stopped ending within [`spin`] polls once more,
@@ -1647,6 +1655,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loop_spin::_loop_spin, m)?)?;
     m.add_function(wrap_pyfunction!(loop_spin::_spin_stats, m)?)?;
     m.add_function(wrap_pyfunction!(loop_spin::_poll_us, m)?)?;
+    m.add_function(wrap_pyfunction!(lf::_lf_spin_stats, m)?)?;
     m.add_class::<Grape>()?;
     m.add_class::<Link>()?;
     m.add_class::<Keypair>()?;

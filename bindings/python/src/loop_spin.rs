@@ -1,8 +1,9 @@
-//! `GRENACHE_PYTHON_POLL_US` on asyncio loops: a bounded busy-poll before a loop that drives
-//! the package's sockets (the `async def` WS server's, `inloop.rs`; the asyncio client's,
-//! `aioclient.rs`) goes to sleep. The policy is the core's
-//! ([`grenache::transport::loop_spin`]): only after bytes went out on one of those sockets, at
-//! most the budget (and the loop's own timeout), resting after fruitless spins.
+//! A bounded busy-poll before an asyncio loop that drives the package's sockets (the `async def`
+//! WS server's, `inloop.rs`; the asyncio client's, `aioclient.rs`) goes to sleep: 50 µs by
+//! default when the process may run on two CPUs or more, `GRENACHE_PYTHON_POLL_US` µs when it
+//! is set (0 turns it off). The policy is the core's ([`grenache::transport::loop_spin`]): only
+//! after bytes went out on one of those sockets, at most the budget (and the loop's own
+//! timeout), yielding the CPU between polls, resting after fruitless spins.
 //!
 //! The package wraps the `select` of the loop's selector (`_spin_before_sleep` in the package):
 //! before a `select` that may block, it calls [`_loop_spin`] with the selector's descriptor,
@@ -30,12 +31,12 @@ fn readable(fd: i32) -> bool {
 }
 
 /// The loop of this thread is about to wait on its selector `epfd` for at most `timeout`
-/// seconds (`None`: no bound): polls it first, when the policy allows, for up to
-/// `GRENACHE_PYTHON_POLL_US`. Returns true when it turned ready meanwhile.
+/// seconds (`None`: no bound): polls it first, when the policy allows, for up to the budget
+/// (`_poll_us`). Returns true when it turned ready meanwhile.
 #[pyfunction]
 #[pyo3(signature = (epfd, timeout=None))]
 pub(crate) fn _loop_spin(py: Python<'_>, epfd: i32, timeout: Option<f64>) -> bool {
-    let budget = crate::spin();
+    let budget = crate::loop_spin_budget();
     if budget.is_zero() {
         return false;
     }
@@ -55,8 +56,9 @@ pub(crate) fn _spin_stats() -> (u64, u64) {
     SPIN.with(|s| s.try_borrow().ok().and_then(|s| s.as_ref().map(LoopSpin::stats)).unwrap_or((0, 0)))
 }
 
-/// The budget in microseconds (`GRENACHE_PYTHON_POLL_US`, read once): 0 when off.
+/// The loops' budget in microseconds (`GRENACHE_PYTHON_POLL_US` or the default, read once): 0
+/// when off.
 #[pyfunction]
 pub(crate) fn _poll_us() -> u64 {
-    crate::spin().as_micros() as u64
+    crate::loop_spin_budget().as_micros() as u64
 }

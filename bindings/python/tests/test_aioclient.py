@@ -371,10 +371,14 @@ class AioClientTests(unittest.TestCase):
 
         def close_frame(ws, n):
             ws.send(9, b"hi")  # a ping: the client answers it
+            ponged = dropping = False
             while True:
                 op, data = ws.recv()
                 if op == 10:
                     pongs.append(data)
+                    ponged = True
+                    if dropping:
+                        return
                     continue
                 if op == 8:
                     return
@@ -384,7 +388,12 @@ class AioClientTests(unittest.TestCase):
                     ws.recv()
                     return
                 if payload == "drop":
-                    return
+                    # The socket ends once everything the client sent was read (its pong too):
+                    # with bytes unread the kernel would reset it instead ("the socket failed").
+                    if ponged:
+                        return
+                    dropping = True
+                    continue
                 if isinstance(payload, dict) and payload.get("never"):
                     continue
                 ws.reply(rid, None, payload)

@@ -330,6 +330,72 @@ class LeaderFollowersTests(unittest.TestCase):
         self.assertEqual(out.stdout.strip(), "exiting True")
         self.assertLess(time.monotonic() - t0, 20)
 
+    def test_the_poller_polls_before_it_sleeps(self):
+        """GRENACHE_PYTHON_POLL_US on the threads at the poller (read once per process: children),
+        unset (50 us where the process may run on two CPUs or more), 200 and 0: a sequential
+        blocking client in another process gets every reply right; once a reply went out the
+        server polls before it sleeps, and at 200 us most polls find the next request; with it
+        off nothing polls."""
+        server_script = textwrap.dedent(
+            """
+            import json, sys, grenache
+
+            def handler(payload, info):
+                return payload + 1
+
+            link = grenache.Link("http://127.0.0.1:1")
+            s = grenache.Server(link, handler, transport="ws")
+            print(s.port, flush=True)
+            sys.stdin.readline()
+            print(json.dumps([s._s._lf_sockets(), grenache._native._poll_us(), grenache._native._lf_spin_stats()]), flush=True)
+            s.close()
+            link.close()
+            """
+        )
+        client_script = textwrap.dedent(
+            """
+            import sys, grenache
+
+            link = grenache.Link("http://127.0.0.1:1")
+            c = grenache.Client(link, transport="ws")
+            dest = "127.0.0.1:" + sys.argv[1]
+            for i in range(2000):
+                assert c.request("x", i, dest=dest, timeout=10) == i + 1, i
+            c.close()
+            link.close()
+            """
+        )
+        for poll in (None, "200", "0"):
+            with self.subTest(poll_us=poll):
+                env = dict(os.environ)
+                env.pop("GRENACHE_PYTHON_POLL_US", None)
+                if poll is not None:
+                    env["GRENACHE_PYTHON_POLL_US"] = poll
+                server = subprocess.Popen([sys.executable, "-c", server_script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                try:
+                    port = server.stdout.readline().strip()
+                    self.assertTrue(port.isdigit(), port)
+                    client = subprocess.run([sys.executable, "-c", client_script, port], env=env, capture_output=True, text=True, timeout=120)
+                    self.assertEqual(client.returncode, 0, client.stderr[-2000:])
+                    out, _ = server.communicate("stop\n", timeout=30)
+                    sockets, budget, (spins, hits) = json.loads(out)
+                finally:
+                    if server.poll() is None:
+                        server.kill()
+                        server.wait()
+                self.assertIsNotNone(sockets, "the plain handler's sockets are on its threads")
+                if poll is None:
+                    self.assertIn(budget, (0, 50 if len(os.sched_getaffinity(0)) >= 2 else 0))
+                else:
+                    self.assertEqual(budget, int(poll))
+                if budget == 0:
+                    self.assertEqual((spins, hits), (0, 0))
+                    continue
+                self.assertGreater(spins, 0, "the server polls after its replies")
+                if poll == "200":
+                    # At 50 us a debug build's client may be slower than that between two requests.
+                    self.assertGreater(hits, spins / 2, f"most polls find the next request: {spins}, {hits}")
+
 
 if __name__ == "__main__":
     unittest.main()

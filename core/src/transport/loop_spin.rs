@@ -16,8 +16,14 @@
 //! [`MISSES_BEFORE_REST`] fruitless spins in a row (sparse traffic) it rests for
 //! [`REST_SLEEPS`] sleeps of the loop.
 //!
-//! Off unless a budget is set: on a two-core machine the spinning thread takes a core the peer
-//! may need, which costs when wake-ups are fast (docs/benchmarks.md).
+//! Between two polls the thread yields its CPU (`sched_yield`), so a spin only uses a CPU that
+//! nothing else runnable wants.
+//!
+//! Each face picks its default: the Node face spins only when `GRENACHE_NODE_POLL_US` is set
+//! ([`budget_from_env`]: there the spin measured a loss on a two-core machine whose wake-ups
+//! were fast, docs/benchmarks.md); the Python face's asyncio loops spin [`DEFAULT_BUDGET`]
+//! unless `GRENACHE_PYTHON_POLL_US` says otherwise ([`budget_from_env_or_default`]: an asyncio
+//! loop wakes with cold caches and runs its wake-up in Python, which costs more than Node's).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -28,6 +34,8 @@ pub const MISSES_BEFORE_REST: u32 = 4;
 pub const REST_SLEEPS: u32 = 64;
 /// The largest budget taken from the environment.
 pub const MAX_BUDGET: Duration = Duration::from_millis(1);
+/// The budget of a loop that spins by default ([`budget_from_env_or_default`]).
+pub const DEFAULT_BUDGET: Duration = Duration::from_micros(50);
 
 thread_local! {
     /// Bytes were written to a socket of this thread's loop since the last spin that found
@@ -46,6 +54,24 @@ pub fn wrote() {
 pub fn budget_from_env(var: &str) -> Duration {
     let us = std::env::var(var).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
     Duration::from_micros(us).min(MAX_BUDGET)
+}
+
+/// The spin budget of a loop that spins by default: the environment variable `var` when it is
+/// set and not empty (as [`budget_from_env`]: microseconds, at most [`MAX_BUDGET`], and 0 or
+/// anything but a number turns the spin off); else [`DEFAULT_BUDGET`] when the process may run
+/// on two CPUs or more at once (its CPU affinity and cgroup quota, as
+/// [`std::thread::available_parallelism`] reads them), and zero on one, where a spin could
+/// only delay the thread that would answer.
+pub fn budget_from_env_or_default(var: &str) -> Duration {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => budget_from_env(var),
+        _ => default_budget(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// [`DEFAULT_BUDGET`] with `cpus` CPUs to run on.
+fn default_budget(cpus: usize) -> Duration {
+    if cpus >= 2 { DEFAULT_BUDGET } else { Duration::ZERO }
 }
 
 /// The spin of one loop (one thread).
@@ -109,7 +135,8 @@ impl LoopSpin {
             if start.elapsed() >= budget {
                 break;
             }
-            std::hint::spin_loop();
+            // Leaves the CPU to any other runnable thread (the peer, on a busy machine).
+            std::thread::yield_now();
         }
         ARMED.with(|a| a.set(false));
         self.misses += 1;
@@ -173,5 +200,10 @@ mod tests {
         .join()
         .expect("the test thread panicked");
         assert_eq!(budget_from_env("GRENACHE_TEST_UNSET_POLL_US"), Duration::ZERO);
+        // A loop that spins by default: on one CPU it does not.
+        assert_eq!(default_budget(1), Duration::ZERO);
+        assert_eq!(default_budget(2), DEFAULT_BUDGET);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(budget_from_env_or_default("GRENACHE_TEST_UNSET_POLL_US"), default_budget(cpus));
     }
 }

@@ -716,20 +716,22 @@ _EV_BLOCKED = 0  # its kernel buffer is full: watch it for writability
 _EV_DRAINED = 1  # draining, it answered its last request: close it (4001)
 
 
-# Polling before an asyncio loop sleeps (``GRENACHE_PYTHON_POLL_US``, microseconds, read once;
-# off by default): see ``_spin_before_sleep``.
+# Polling before an asyncio loop sleeps (50 us by default on two CPUs or more;
+# ``GRENACHE_PYTHON_POLL_US`` microseconds, read once, 0: off): see ``_spin_before_sleep``.
 _POLL_US = _native._poll_us()
 _spinning_loops: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
 
 
 def _spin_before_sleep(loop: asyncio.AbstractEventLoop) -> None:
-    """With ``GRENACHE_PYTHON_POLL_US`` set, has ``loop`` poll its selector for up to that many
-    microseconds before it sleeps, once bytes went out on a socket the package drives on it (a
-    reply of an ``async def`` WS server, a request of the asyncio client): the answer to them
-    then finds the loop awake. Between processes, where waking a sleeping thread costs about a
-    round trip, this can double sequential rates; it takes a core while it spins, so it is off
-    by default. Installed once per loop, on the selector of asyncio's own selector loops (the
-    ``select`` of that one selector object); other loops (uvloop) are left alone."""
+    """Has ``loop`` poll its selector for up to ``_POLL_US`` microseconds (50 by default on two
+    CPUs or more; ``GRENACHE_PYTHON_POLL_US``, 0: never) before it sleeps, once bytes went out on
+    a socket the package drives on it (a reply of an ``async def`` WS server, a request of the
+    asyncio client): the answer to them then finds the loop awake. Between processes, where
+    waking a sleeping asyncio loop costs about a round trip, this about doubles sequential
+    rates. The poll yields the CPU to any other runnable thread, ends as soon as anything the
+    loop watches is ready, and rests after fruitless polls (the core's ``loop_spin`` policy).
+    Installed once per loop, on the selector of asyncio's own selector loops (the ``select`` of
+    that one selector object); other loops (uvloop) are left alone."""
     if not _POLL_US or not isinstance(loop, asyncio.BaseEventLoop) or loop in _spinning_loops:
         return
     _spinning_loops.add(loop)

@@ -154,7 +154,7 @@ def _inloop_flush() -> None:
 
 def _loop_spin(epfd: int, timeout: Optional[float] = None) -> bool:
     """Before this thread's loop waits on its selector ``epfd`` for at most ``timeout`` seconds:
-    polls it first for up to ``GRENACHE_PYTHON_POLL_US`` when the policy allows (GIL released).
+    polls it first for up to ``_poll_us()`` microseconds when the policy allows (GIL released).
     True when it turned ready meanwhile."""
     ...
 
@@ -163,8 +163,14 @@ def _spin_stats() -> Tuple[int, int]:
     found it ready."""
     ...
 
+def _lf_spin_stats() -> Tuple[int, int]:
+    """``(polls, hits)`` of the threads of plain handlers' WS servers before they sleep at their
+    poller, over the process."""
+    ...
+
 def _poll_us() -> int:
-    """``GRENACHE_PYTHON_POLL_US`` as read at startup (0: off)."""
+    """The asyncio loops' poll budget in microseconds, read at startup: ``GRENACHE_PYTHON_POLL_US``
+    when set, else 50 when the process may run on two CPUs or more (0: off)."""
     ...
 
 class Server:
