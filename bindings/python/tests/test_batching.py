@@ -26,6 +26,28 @@ from test_grenache import interrupt_blocking_call
 TRANSPORTS = ("http", "ws")
 
 
+def server_and_client(case, server_script, client_script, poll):
+    """Runs ``server_script`` (prints its port, then one line of JSON after a line on stdin) and
+    ``client_script PORT`` in two processes with GRENACHE_PYTHON_POLL_US set to ``poll`` (None:
+    unset, the default); returns the client's stdout and the server's JSON."""
+    env = dict(os.environ)
+    env.pop("GRENACHE_PYTHON_POLL_US", None)
+    if poll is not None:
+        env["GRENACHE_PYTHON_POLL_US"] = poll
+    server = subprocess.Popen([sys.executable, "-c", server_script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = server.stdout.readline().strip()
+        case.assertTrue(port.isdigit(), port)
+        client = subprocess.run([sys.executable, "-c", client_script, port], env=env, capture_output=True, text=True, timeout=120)
+        case.assertEqual(client.returncode, 0, client.stderr[-2000:])
+        server_out, _ = server.communicate("stop\n", timeout=30)
+        return client.stdout, json.loads(server_out)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def echo(payload, info):
     return payload
 
@@ -469,22 +491,8 @@ class BatchingTests(unittest.TestCase):
         )
         for poll in ("200", None, "0"):
             with self.subTest(poll_us=poll):
-                env = dict(os.environ, GRENACHE_PYTHON_POLL_US=poll or "")
-                if poll is None:
-                    del env["GRENACHE_PYTHON_POLL_US"]  # the default
-                server = subprocess.Popen([sys.executable, "-c", server_script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                try:
-                    port = server.stdout.readline().strip()
-                    self.assertTrue(port.isdigit(), port)
-                    client = subprocess.run([sys.executable, "-c", client_script, port], env=env, capture_output=True, text=True, timeout=120)
-                    self.assertEqual(client.returncode, 0, client.stderr[-2000:])
-                    out = json.loads(client.stdout)
-                    server_out, _ = server.communicate("stop\n", timeout=30)
-                    server_spins, server_hits = json.loads(server_out)
-                finally:
-                    if server.poll() is None:
-                        server.kill()
-                        server.wait()
+                client_out, (server_spins, server_hits) = server_and_client(self, server_script, client_script, poll)
+                out = json.loads(client_out)
                 (spins, hits), sparse = out["busy"], out["sparse_spins"]
                 if poll is None:
                     # 50 us by default, where the process may run on two CPUs or more.

@@ -21,6 +21,7 @@ import unittest
 
 import grenache
 from test_grenache import eventually, new_mark, note_started, wait_started
+from test_batching import server_and_client
 from test_inloop import check_bad_frames, frame, ws_connect
 
 
@@ -367,22 +368,7 @@ class LeaderFollowersTests(unittest.TestCase):
         )
         for poll in (None, "200", "0"):
             with self.subTest(poll_us=poll):
-                env = dict(os.environ)
-                env.pop("GRENACHE_PYTHON_POLL_US", None)
-                if poll is not None:
-                    env["GRENACHE_PYTHON_POLL_US"] = poll
-                server = subprocess.Popen([sys.executable, "-c", server_script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                try:
-                    port = server.stdout.readline().strip()
-                    self.assertTrue(port.isdigit(), port)
-                    client = subprocess.run([sys.executable, "-c", client_script, port], env=env, capture_output=True, text=True, timeout=120)
-                    self.assertEqual(client.returncode, 0, client.stderr[-2000:])
-                    out, _ = server.communicate("stop\n", timeout=30)
-                    sockets, budget, (spins, hits) = json.loads(out)
-                finally:
-                    if server.poll() is None:
-                        server.kill()
-                        server.wait()
+                _, (sockets, budget, (spins, hits)) = server_and_client(self, server_script, client_script, poll)
                 self.assertIsNotNone(sockets, "the plain handler's sockets are on its threads")
                 if poll is None:
                     self.assertIn(budget, (0, 50 if len(os.sched_getaffinity(0)) >= 2 else 0))
