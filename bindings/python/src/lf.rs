@@ -38,13 +38,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pyo3::prelude::*;
 
 use crate::{FINALIZING, IN_PYTHON, Pool, embed, lock};
-use grenache::transport::loop_spin::{self, LoopSpin};
-
-thread_local! {
-    /// The poll before this thread sleeps at the poller (`GRENACHE_PYTHON_POLL_US`, as the
-    /// asyncio loops': the core's `loop_spin` policy).
-    static SPIN: std::cell::RefCell<Option<LoopSpin>> = const { std::cell::RefCell::new(None) };
-}
+use grenache::transport::loop_spin;
 
 /// Polls before sleeping at a poller, and those that found it ready, over every server of
 /// the process (`_native._lf_spin_stats`).
@@ -601,18 +595,15 @@ impl Lf {
         let mut poller = lock(&self.poller);
         let (poll, events) = &mut *poller;
         // After a reply went out from this thread, poll for up to the budget before sleeping.
-        let ready = SPIN.with(|s| {
-            let Ok(mut s) = s.try_borrow_mut() else { return false };
-            let budget = crate::loop_spin_budget();
-            let spin = s.get_or_insert_with(|| LoopSpin::new(budget));
-            let Some(b) = spin.plan(Some(TICK)) else { return false };
+        let ready = crate::loop_spin::with_thread_spin(|spin| {
+            let b = spin.plan(Some(TICK))?;
             let found = spin.spin(b, || poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty());
             SPINS.fetch_add(1, Ordering::Relaxed);
-            if found {
-                HITS.fetch_add(1, Ordering::Relaxed);
-            }
-            found
-        });
+            HITS.fetch_add(u64::from(found), Ordering::Relaxed);
+            Some(found)
+        })
+        .flatten()
+        .unwrap_or(false);
         if !ready
             && let Err(e) = poll.poll(events, Some(TICK))
             && e.kind() != std::io::ErrorKind::Interrupted

@@ -18,8 +18,21 @@ use grenache::transport::loop_spin::LoopSpin;
 use pyo3::prelude::*;
 
 thread_local! {
-    /// The spin of the loop of this thread.
+    /// The spin of the loop (or the poller, `lf.rs`) of this thread.
     static SPIN: RefCell<Option<LoopSpin>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's spin, made with the budget (`_poll_us`) on first use; `None`
+/// when the budget is zero or the spin is already in use on this thread.
+pub(crate) fn with_thread_spin<R>(f: impl FnOnce(&mut LoopSpin) -> R) -> Option<R> {
+    let budget = crate::loop_spin_budget();
+    if budget.is_zero() {
+        return None;
+    }
+    SPIN.with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        Some(f(s.get_or_insert_with(|| LoopSpin::new(budget))))
+    })
 }
 
 /// Whether `fd` is readable now (`poll(2)` without waiting).
@@ -36,17 +49,13 @@ fn readable(fd: i32) -> bool {
 #[pyfunction]
 #[pyo3(signature = (epfd, timeout=None))]
 pub(crate) fn _loop_spin(py: Python<'_>, epfd: i32, timeout: Option<f64>) -> bool {
-    let budget = crate::loop_spin_budget();
-    if budget.is_zero() {
-        return false;
-    }
     let timeout = timeout.map(|t| if t > 0.0 { Duration::from_secs_f64(t.min(86_400.0)) } else { Duration::ZERO });
-    SPIN.with(|s| {
-        let Ok(mut s) = s.try_borrow_mut() else { return false };
-        let spin = s.get_or_insert_with(|| LoopSpin::new(budget));
-        let Some(b) = spin.plan(timeout) else { return false };
-        py.detach(|| spin.spin(b, || readable(epfd)))
+    with_thread_spin(|spin| {
+        let b = spin.plan(timeout)?;
+        Some(py.detach(|| spin.spin(b, || readable(epfd))))
     })
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// `(spins, hits)` of this thread's loop: spins done before the loop slept, and those that found

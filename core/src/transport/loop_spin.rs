@@ -52,8 +52,12 @@ pub fn wrote() {
 /// The spin budget in the environment variable `var`, in microseconds (at most [`MAX_BUDGET`]);
 /// zero when it is unset, empty or not a number.
 pub fn budget_from_env(var: &str) -> Duration {
-    let us = std::env::var(var).ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_micros(us).min(MAX_BUDGET)
+    std::env::var(var).map_or(Duration::ZERO, |v| parse_budget(&v))
+}
+
+/// Microseconds, at most [`MAX_BUDGET`]; zero when not a number.
+fn parse_budget(v: &str) -> Duration {
+    Duration::from_micros(v.trim().parse::<u64>().unwrap_or(0)).min(MAX_BUDGET)
 }
 
 /// The spin budget of a loop that spins by default: the environment variable `var` when it is
@@ -64,7 +68,7 @@ pub fn budget_from_env(var: &str) -> Duration {
 /// only delay the thread that would answer.
 pub fn budget_from_env_or_default(var: &str) -> Duration {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => budget_from_env(var),
+        Ok(v) if !v.trim().is_empty() => parse_budget(&v),
         _ => default_budget(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
 }

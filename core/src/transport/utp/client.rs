@@ -270,7 +270,8 @@ impl UtpClient {
                         }
                         // The engine gave the stream up: "remote was inactive for too long"
                         // (`UtpNodeConfig::inactivity_timeout` without an answer), "max number of
-                        // retransmissions reached" (a packet sent 31 times, `ENGINE_MAX_RETRANSMISSIONS`), or a reset.
+                        // retransmissions reached" (a packet sent 31 times: the node's
+                        // `ENGINE_MAX_RETRANSMISSIONS`), or a reset.
                         Err(e) => break (ErrorKind::Closed, format!("the uTP stream failed: {e}")),
                     },
                     _ = c.stop.cancelled() => break (ErrorKind::Closed, "the uTP client was closed".to_string()),
